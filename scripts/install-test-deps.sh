@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the real servers and clients the test suite starts on ephemeral
+# ports (Debian packages). Idempotent: does nothing when all are present.
+set -euo pipefail
+
+declare -A want=(
+  [mosquitto]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
+  [nats-server]=nats-server
+)
+
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
