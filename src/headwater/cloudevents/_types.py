@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from headwater.cloudevents.errors import InvalidEvent
 
@@ -24,8 +24,12 @@ INT32_MAX = 2**31 - 1
 
 # spec.md "Type System", String: control characters U+0000-U+001F and
 # U+007F-U+009F, unpaired surrogates, and Unicode noncharacters are disallowed.
-_NONCHARACTERS = "".join(chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(17))
-_BAD_STRING_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef" + _NONCHARACTERS + "]").search
+_NONCHARACTERS = "".join(
+    chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(17)
+)
+_BAD_STRING_CHAR = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef" + _NONCHARACTERS + "]"
+).search
 
 # spec.md "Attribute Naming Convention": lower-case ASCII letters and digits;
 # Headwater enforces the SHOULD of at most 20 characters as a MUST (issue #2),
@@ -122,7 +126,7 @@ def format_timestamp(name: str, value: datetime) -> str:
     if value.tzinfo is None:
         raise InvalidEvent(name, "a datetime must carry a time zone (RFC 3339 needs an offset)")
     text = value.isoformat()
-    if value.utcoffset() == timezone.utc.utcoffset(None):
+    if value.utcoffset() == UTC.utcoffset(None):
         text = text.removesuffix("+00:00") + "Z"
     return text
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 import orjson
 
@@ -77,15 +77,16 @@ def _validate(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
     specversion = attributes.get("specversion")
     if specversion is None:
         raise InvalidEvent("specversion", "is required")
-    table = SPEC_ATTRIBUTES.get(specversion)  # type: ignore[call-overload]
+    table = SPEC_ATTRIBUTES.get(specversion) if type(specversion) is str else None
     if table is None:
         raise InvalidEvent("specversion", f"unsupported version {specversion!r} (use 1.0 or 0.3)")
+    version = cast(str, specversion)
     out: dict[str, AttributeValue] = {}
     for name, value in attributes.items():
         if value is None:
             continue  # null means unset (json-format.md 2.4); so does None here
         if name == "specversion":
-            out[name] = specversion
+            out[name] = version
             continue
         check: Validator | None = table.get(name)
         if check is None:
@@ -98,7 +99,7 @@ def _validate(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
                 _KNOWN_EXTENSION_NAMES.add(name)
             out[name] = check_extension_value(name, value)
         elif name in _CACHED_ATTRIBUTES and type(value) is str:
-            key = (specversion, name, value)
+            key = (version, name, value)
             if key not in _KNOWN_VALUES:
                 check(name, value)
                 if len(_KNOWN_VALUES) >= _MAX_KNOWN_VALUES:
@@ -179,9 +180,7 @@ class CloudEvent:
     def extensions(self) -> dict[str, AttributeValue]:
         """The attributes that the event's specversion does not define."""
         spec = SPEC_ATTRIBUTES[self.specversion]
-        return {
-            k: v for k, v in self._attributes.items() if k not in spec and k != "specversion"
-        }
+        return {k: v for k, v in self._attributes.items() if k not in spec and k != "specversion"}
 
     @property
     def specversion(self) -> str:
@@ -238,7 +237,7 @@ class CloudEvent:
             return data
         if data is NO_DATA:
             return b""
-        if type(data) is str and not is_json_content_type(self._attributes.get("datacontenttype")):  # type: ignore[arg-type]
+        if type(data) is str and not is_json_content_type(self._attributes.get("datacontenttype")):
             return data.encode()
         try:
             return orjson.dumps(data)
@@ -248,7 +247,10 @@ class CloudEvent:
     # -- deriving -----------------------------------------------------------
 
     def evolve(
-        self, attributes: Mapping[str, object] | None = None, *, data: object = NO_DATA,
+        self,
+        attributes: Mapping[str, object] | None = None,
+        *,
+        data: object = NO_DATA,
         keep_data: bool = True,
     ) -> CloudEvent:
         """A new event with ``attributes`` merged in (``None`` removes one).
@@ -260,8 +262,15 @@ class CloudEvent:
         if attributes:
             if "specversion" in attributes and attributes["specversion"] != self.specversion:
                 return CloudEvent({**merged, **attributes}, self._data if keep_data else data)
-            changes = _validate({"specversion": self.specversion, "id": "x", "source": "x",
-                                 "type": "x", **{k: v for k, v in attributes.items() if v is not None}})
+            changes = _validate(
+                {
+                    "specversion": self.specversion,
+                    "id": "x",
+                    "source": "x",
+                    "type": "x",
+                    **{k: v for k, v in attributes.items() if v is not None},
+                }
+            )
             for name, value in attributes.items():
                 if value is None:
                     if name in REQUIRED:

@@ -1,0 +1,106 @@
+"""The Kafka protocol binding (kafka-protocol-binding.md), over plain values.
+
+A Kafka record is described by its headers (name, bytes) list, key and value.
+Binary mode (3.2): ``ce_``-prefixed headers with UTF-8 values, ``content-type``
+for ``datacontenttype``, the value is the data. Structured mode (3.3): a
+``content-type`` of ``application/cloudevents+json`` and the JSON format as the
+value. The record key is only set from ``partitionkey`` when asked (3.1: the
+key mapper is opt-in and never modifies the event).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from headwater.cloudevents._types import canonical_string
+from headwater.cloudevents.errors import InvalidEvent
+from headwater.cloudevents.event import NO_DATA, CloudEvent
+from headwater.cloudevents.json import CONTENT_TYPE, from_json, to_json
+
+Mode = Literal["binary", "structured"]
+
+__all__ = ["KafkaRecord", "from_kafka", "to_kafka"]
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """The parts of a Kafka record a CloudEvent maps to."""
+
+    headers: tuple[tuple[str, bytes], ...]
+    value: bytes | None
+    key: bytes | None = None
+
+
+def to_kafka(
+    event: CloudEvent, mode: Mode = "binary", *, key_from_partitionkey: bool = False
+) -> KafkaRecord:
+    """Encode an event as a Kafka record."""
+    key: bytes | None = None
+    if key_from_partitionkey:
+        partitionkey = event.get("partitionkey")
+        if partitionkey is not None:
+            key = canonical_string(partitionkey).encode()
+    if mode == "structured":
+        return KafkaRecord((("content-type", CONTENT_TYPE.encode()),), to_json(event), key)
+    if mode != "binary":
+        raise ValueError(f"unknown Kafka content mode {mode!r}; use 'binary' or 'structured'")
+    headers: list[tuple[str, bytes]] = []
+    for name, value in event._attributes.items():
+        text = value if type(value) is str else canonical_string(value)
+        if name == "datacontenttype":
+            headers.append(("content-type", text.encode()))
+        else:
+            headers.append(("ce_" + name, text.encode()))
+    if event.datacontenttype is None and event.has_data and type(event._data) is not bytes:
+        headers.append(("content-type", b"application/json"))  # json-format.md 3.1.2
+    return KafkaRecord(tuple(headers), event.data_bytes() if event.has_data else None, key)
+
+
+def from_kafka(
+    headers: Sequence[tuple[str, bytes | None]],
+    value: bytes | bytearray | memoryview | None,
+    key: bytes | None = None,
+) -> CloudEvent:
+    """Decode a Kafka record into an event; :class:`InvalidEvent` if it is not one.
+
+    The key is not turned into an attribute (3.1: mapping the key is the
+    sender's business); a ``partitionkey`` travels as its own header.
+    """
+    content_type: str | None = None
+    attributes: dict[str, object] = {}
+    for name, raw in headers:
+        text = _utf8(name, raw)
+        lower = name.lower()
+        if lower == "content-type":
+            content_type = text
+        elif lower.startswith("ce_"):
+            if lower[3:] in attributes:
+                raise InvalidEvent(name, "header appears more than once")
+            attributes[lower[3:]] = text
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media.startswith("application/cloudevents"):
+        if media != CONTENT_TYPE:
+            raise InvalidEvent("content-type", f"unsupported event format {media!r}; use JSON")
+        if value is None:
+            raise InvalidEvent("value", "a structured-mode record needs a value")
+        return from_json(value)
+    if "specversion" not in attributes:
+        raise InvalidEvent(
+            "ce_specversion",
+            "header missing: not a binary-mode CloudEvent, and the content-type "
+            f"({content_type or 'none'}) is not a CloudEvents format",
+        )
+    if content_type is not None:
+        attributes["datacontenttype"] = content_type  # 3.2.1
+    return CloudEvent(attributes, bytes(value) if value else NO_DATA)
+
+
+def _utf8(name: str, raw: bytes | None) -> str:
+    if raw is None:
+        raise InvalidEvent(name, "header has no value")
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(name, "header value is not valid UTF-8 (3.2.3)") from exc
