@@ -53,10 +53,10 @@ _KNOWN_EXTENSION_NAMES: set[str] = set()
 _MAX_KNOWN_EXTENSION_NAMES: Final = 4096
 
 # Recently validated values of attributes that repeat across events (source,
-# type, subject, datacontenttype, dataschema): a hit skips the regex. Bounded
-# like the name cache above.
+# type, subject, datacontenttype, dataschema), per specversion: a hit skips the
+# regex. Bounded like the name cache above.
 _CACHED_ATTRIBUTES = frozenset({"source", "type", "subject", "datacontenttype", "dataschema"})
-_KNOWN_VALUES: dict[tuple[str, str, str], None] = {}
+_KNOWN_VALUES: dict[str, dict[tuple[str, str], None]] = {"1.0": {}, "0.3": {}}
 _MAX_KNOWN_VALUES: Final = 8192
 
 
@@ -82,7 +82,11 @@ def _validate(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
         raise InvalidEvent("specversion", f"unsupported version {specversion!r} (use 1.0 or 0.3)")
     version = cast(str, specversion)
     out: dict[str, AttributeValue] = {}
+    known = _KNOWN_VALUES[version]
     for name, value in attributes.items():
+        if type(value) is str and (name, value) in known:
+            out[name] = value
+            continue
         if value is None:
             continue  # null means unset (json-format.md 2.4); so does None here
         if name == "specversion":
@@ -99,12 +103,10 @@ def _validate(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
                 _KNOWN_EXTENSION_NAMES.add(name)
             out[name] = check_extension_value(name, value)
         elif name in _CACHED_ATTRIBUTES and type(value) is str:
-            key = (version, name, value)
-            if key not in _KNOWN_VALUES:
-                check(name, value)
-                if len(_KNOWN_VALUES) >= _MAX_KNOWN_VALUES:
-                    _KNOWN_VALUES.clear()
-                _KNOWN_VALUES[key] = None
+            check(name, value)
+            if len(known) >= _MAX_KNOWN_VALUES:
+                known.clear()
+            known[name, value] = None
             out[name] = value
         else:
             out[name] = check(name, value)

@@ -142,7 +142,9 @@ def from_http(
             attribute = lower[3:]
             if attribute in attributes:
                 raise InvalidEvent(name, "header appears more than once")
-            attributes[attribute] = decode_header_value(name, value)
+            if "%" in value or value[:1] == '"':
+                value = decode_header_value(name, value)
+            attributes[attribute] = value
     media = _media_type(content_type)
     if media.startswith("application/cloudevents"):
         # 3.2 / 3.3: the event format named by the media type; only JSON here.
