@@ -1,0 +1,181 @@
+"""The admin REST API under ``/api/v1/`` (aiohttp).
+
+How this works: handlers are thin: they parse the request, call the runtime,
+and answer JSON. Errors are JSON too, ``{"error": ..., "problems": [...]}``,
+with the status that fits (400 bad request, 401 no or wrong token, 404
+unknown resource, 415 unsupported body, 422 invalid resources). A bearer token,
+when configured, is required on every ``/api/`` route and compared in
+constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from headwater import __version__
+from headwater.resources import KINDS, ConfigError, Resource
+from headwater.runtime.runtime import Runtime
+
+RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token", str)
+
+# The largest apply body accepted; resource files are small.
+MAX_APPLY_BYTES = 4 * 1024 * 1024
+
+_KIND_NAMES = {
+    **{kind.lower(): kind for kind in KINDS},
+    **{kind.lower() + "s": kind for kind in KINDS},
+    **{kind.lower() + "es": kind for kind in KINDS},
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": message, **extra}, status)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[TOKEN_KEY]
+    if token and request.path.startswith("/api/") and request.path != "/api/v1/openapi.json":
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            response = error(401, "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="headwater"'
+            return response
+    return await handler(request)
+
+
+def kind_of(name: str) -> str:
+    kind = _KIND_NAMES.get(name.lower())
+    if kind is None:
+        raise web.HTTPNotFound(
+            body=orjson.dumps(
+                {"error": f"unknown kind {name!r}; known: {', '.join(sorted(KINDS))}"}
+            ),
+            content_type="application/json",
+        )
+    return kind
+
+
+def resource_json(runtime: Runtime, resource: Resource) -> dict[str, Any]:
+    body = resource.model_dump(by_alias=True, exclude_none=True, mode="json")
+    body["status"] = runtime.status(resource.key)
+    return body
+
+
+async def status(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    return json_response({"version": __version__, **runtime.info()})
+
+
+async def list_resources(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    kind = kind_of(request.match_info["kind"]) if "kind" in request.match_info else None
+    namespace = request.query.get("namespace")
+    items = [
+        resource_json(runtime, r)
+        for r in runtime.resources(kind)
+        if namespace is None or r.namespace == namespace
+    ]
+    return json_response({"items": items})
+
+
+async def get_resource(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    key = _key(request)
+    resource = runtime.get(key)
+    if resource is None:
+        return error(404, f"no {key[0]} {key[2]!r} in namespace {key[1]!r}")
+    return json_response(resource_json(runtime, resource))
+
+
+async def apply_resources(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
+        return error(413, f"request body over {MAX_APPLY_BYTES} bytes")
+    media = request.content_type
+    if media not in ("application/yaml", "application/x-yaml", "text/yaml", "application/json"):
+        return error(415, "send resources as application/yaml or application/json")
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return error(400, "the body is not valid UTF-8")
+    try:
+        result = await runtime.apply_text(text, request.headers.get("X-Headwater-File", "request"))
+    except ConfigError as exc:
+        return error(
+            422,
+            "invalid resources",
+            problems=[
+                {
+                    "file": p.file,
+                    "line": p.line,
+                    "kind": p.kind,
+                    "name": p.name,
+                    "field": p.field,
+                    "message": p.message,
+                    "text": str(p),
+                }
+                for p in exc.problems
+            ],
+        )
+    return json_response(
+        {
+            "created": [_key_json(k) for k in result.created],
+            "updated": [_key_json(k) for k in result.updated],
+            "unchanged": [_key_json(k) for k in result.unchanged],
+        }
+    )
+
+
+async def delete_resource(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    key = _key(request)
+    try:
+        await runtime.delete([key])
+    except KeyError:
+        return error(404, f"no {key[0]} {key[2]!r} in namespace {key[1]!r}")
+    except ConfigError as exc:
+        return error(409, "other resources refer to it", problems=[str(p) for p in exc.problems])
+    return json_response({"deleted": [_key_json(key)]})
+
+
+def _key(request: web.Request) -> tuple[str, str, str]:
+    info = request.match_info
+    return (kind_of(info["kind"]), info["namespace"], info["name"])
+
+
+def _key_json(key: tuple[str, str, str]) -> dict[str, str]:
+    return {"kind": key[0], "namespace": key[1], "name": key[2]}
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/api/v1/resources", list_resources)
+    app.router.add_post("/api/v1/resources", apply_resources)
+    app.router.add_get("/api/v1/resources/{kind}", list_resources)
+    app.router.add_get("/api/v1/resources/{kind}/{namespace}/{name}", get_resource)
+    app.router.add_delete("/api/v1/resources/{kind}/{namespace}/{name}", delete_resource)
+
+
+def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=MAX_APPLY_BYTES)
+    app[RUNTIME_KEY] = runtime
+    app[TOKEN_KEY] = token
+    add_routes(app)
+    return app

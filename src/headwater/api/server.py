@@ -1,0 +1,150 @@
+"""``headwater up``: load resources, start the runtime and the HTTP listener, run until told.
+
+How this works: the resource files are loaded and checked before anything
+listens (a config error exits without side effects); the runtime applies them;
+the HTTP listener (admin API, and the data-plane ingress) binds; a ready line
+says what listens where. SIGTERM/SIGINT stop accepting, let the runtime finish
+in-flight work and commit cursors, and return normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from headwater.api.app import create_app
+from headwater.resources import ConfigError, Loaded, load_paths
+from headwater.runtime.runtime import Runtime
+from headwater.runtime.watch import watch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpOptions:
+    files: Sequence[Path] = ()
+    data_dir: Path = Path("headwater-data")
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    watch: bool = False
+    token: str | None = None
+
+
+class StartupError(RuntimeError):
+    """Headwater cannot start; the message says why and what to change."""
+
+
+@dataclass
+class Server:
+    runtime: Runtime
+    runner: web.AppRunner
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load(files: Sequence[Path]) -> list[Loaded]:
+    return load_paths(files) if files else []
+
+
+async def start(options: UpOptions) -> Server:
+    if not is_loopback(options.host) and not options.token:
+        raise StartupError(
+            f"refusing to serve the admin API on {options.host} without a token: "
+            "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
+        )
+    loaded = load(options.files)  # ConfigError propagates before anything listens
+    runtime = Runtime()
+    try:
+        await runtime.apply(loaded)
+        app = create_app(runtime, token=options.token)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, options.host, options.http_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"HTTP port {options.http_port} on {options.host} is in use; "
+                    "choose another with --http-port (0 picks a free one)"
+                ) from exc
+            raise StartupError(
+                f"cannot listen on {options.host}:{options.http_port}: {exc}"
+            ) from exc
+    except BaseException:
+        await runtime.close()
+        raise
+    server = Server(runtime, runner)
+    for sock_host, port in _bound(runner):
+        server.urls["http"] = f"http://{_url_host(sock_host)}:{port}"
+    runtime.listeners.update(server.urls)
+    return server
+
+
+def _bound(runner: web.AppRunner) -> list[tuple[str, int]]:
+    return [(str(a[0]), int(a[1])) for a in runner.addresses if isinstance(a, tuple)]
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def stop(server: Server) -> None:
+    await server.runner.cleanup()
+    await server.runtime.close()
+
+
+async def run(options: UpOptions, on_ready: Callable[[Server], None]) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = await start(options)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    watcher: asyncio.Task[None] | None = None
+    try:
+        on_ready(server)
+        if options.watch and options.files:
+            watcher = asyncio.create_task(
+                watch(list(options.files), lambda: _reload(server, options)), name="watch"
+            )
+        await stopping.wait()
+        log.info("stopping")
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await stop(server)
+
+
+async def _reload(server: Server, options: UpOptions) -> None:
+    try:
+        loaded = load(options.files)
+        result = await server.runtime.reconciler.replace(loaded)
+    except ConfigError as exc:
+        log.error("not reloading, the files have problems:\n%s", exc)
+        return
+    log.info(
+        "reloaded: %d created, %d updated, %d deleted",
+        len(result.created),
+        len(result.updated),
+        len(result.deleted),
+    )

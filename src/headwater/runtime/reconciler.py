@@ -1,0 +1,236 @@
+"""Reconcile desired resources into running components.
+
+How this works: the desired state is a map from resource key (kind, namespace,
+name) to a validated resource. ``apply`` merges resources into it and
+``delete`` removes them; ``replace`` makes a set of files the whole desired
+state (hot reload). After each change the reconciler walks the kinds in
+dependency order (things that receive events before things that send them),
+creates components for new resources, asks existing ones to ``update`` in
+place (a Trigger keeps its cursor when only its filter changes) and recreates
+those that cannot, and stops the ones no longer desired, senders first. One
+lock serialises changes, so concurrent API calls and file reloads never
+interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from headwater.resources import ConfigError, Loaded, Problem, Resource, check_references
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]
+
+# Receivers before senders: a Trigger needs its Broker and its subscriber,
+# a PingSource its sink. Stopping goes in the reverse order.
+KIND_ORDER = (
+    "EventDisplay",
+    "Broker",
+    "Channel",
+    "InMemoryChannel",
+    "Trigger",
+    "Subscription",
+    "PingSource",
+)
+
+
+class Component(Protocol):
+    """A running resource."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def update(self, resource: Resource) -> bool:
+        """Take a changed spec in place; False means "recreate me"."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+Builder = Callable[[Resource], Awaitable[Component]]
+
+
+@dataclass
+class Condition:
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+
+@dataclass
+class Entry:
+    loaded: Loaded
+    component: Component | None = None
+    ready: Condition = field(default_factory=lambda: Condition("Ready", "Unknown"))
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    created: list[Key]
+    updated: list[Key]
+    unchanged: list[Key]
+    deleted: list[Key]
+
+
+class Reconciler:
+    """Owns the desired state and the running components."""
+
+    def __init__(self, builders: Mapping[str, Builder]) -> None:
+        self._builders = dict(builders)
+        self._entries: dict[Key, Entry] = {}
+        self._lock = asyncio.Lock()
+
+    # -- reading --------------------------------------------------------------
+
+    def resources(self, kind: str | None = None) -> list[Resource]:
+        return [
+            e.loaded.resource
+            for key, e in sorted(self._entries.items())
+            if kind is None or key[0] == kind
+        ]
+
+    def get(self, key: Key) -> Resource | None:
+        entry = self._entries.get(key)
+        return entry.loaded.resource if entry else None
+
+    def component(self, key: Key) -> Component | None:
+        entry = self._entries.get(key)
+        return entry.component if entry else None
+
+    def status(self, key: Key) -> dict[str, Any]:
+        entry = self._entries[key]
+        out: dict[str, Any] = {"conditions": [entry.ready.as_dict()]}
+        if entry.component is not None:
+            out.update(entry.component.status())
+        return out
+
+    # -- changing -------------------------------------------------------------
+
+    async def apply(self, loaded: Iterable[Loaded]) -> ApplyResult:
+        """Merge resources into the desired state and reconcile."""
+        async with self._lock:
+            incoming = {item.resource.key: item for item in loaded}
+            desired = {k: e.loaded for k, e in self._entries.items()} | incoming
+            self._check(desired.values())
+            return await self._reconcile(desired)
+
+    async def replace(self, loaded: Iterable[Loaded], *, keep: Iterable[Key] = ()) -> ApplyResult:
+        """Make ``loaded`` the whole desired state (plus the ``keep`` keys)."""
+        async with self._lock:
+            kept = {k: self._entries[k].loaded for k in keep if k in self._entries}
+            desired = kept | {item.resource.key: item for item in loaded}
+            self._check(desired.values())
+            return await self._reconcile(desired)
+
+    async def delete(self, keys: Iterable[Key]) -> ApplyResult:
+        async with self._lock:
+            gone = set(keys)
+            missing = gone - self._entries.keys()
+            if missing:
+                raise KeyError(", ".join(f"{k[0]} {k[1]}/{k[2]}" for k in sorted(missing)))
+            desired = {k: e.loaded for k, e in self._entries.items() if k not in gone}
+            self._check(desired.values())
+            return await self._reconcile(desired)
+
+    async def close(self) -> None:
+        """Stop every component, senders first."""
+        async with self._lock:
+            for key in sorted(self._entries, key=_stop_order):
+                await self._stop(key)
+            self._entries.clear()
+
+    def _check(self, desired: Iterable[Loaded]) -> None:
+        items = list(desired)
+        unknown = [i for i in items if i.resource.kind not in self._builders]
+        if unknown:
+            raise ConfigError(
+                [
+                    Problem(
+                        i.file,
+                        i.line,
+                        "this kind is not supported by this runtime",
+                        i.resource.kind,
+                        i.resource.name,
+                    )
+                    for i in unknown
+                ]
+            )
+        check_references(items)
+
+    async def _reconcile(self, desired: dict[Key, Loaded]) -> ApplyResult:
+        result = ApplyResult([], [], [], [])
+        for key in sorted(self._entries.keys() - desired.keys(), key=_stop_order):
+            await self._stop(key)
+            del self._entries[key]
+            result.deleted.append(key)
+        for key in sorted(desired, key=_start_order):
+            item = desired[key]
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = Entry(item)
+                await self._start(entry)
+                result.created.append(key)
+                continue
+            if entry.loaded.resource == item.resource:
+                entry.loaded = item
+                result.unchanged.append(key)
+                continue
+            entry.loaded = item
+            if entry.component is not None and await entry.component.update(item.resource):
+                entry.ready = Condition("Ready", "True")
+            else:
+                await self._stop(key)
+                await self._start(entry)
+            result.updated.append(key)
+        return result
+
+    async def _start(self, entry: Entry) -> None:
+        resource = entry.loaded.resource
+        try:
+            component = await self._builders[resource.kind](resource)
+            await component.start()
+        except Exception as exc:
+            # The resource stays desired and reports why it is not running;
+            # the rest of the mesh keeps going (ARCHITECTURE.md principle 6).
+            log.exception(
+                "%s %s/%s failed to start", resource.kind, resource.namespace, resource.name
+            )
+            entry.component = None
+            entry.ready = Condition("Ready", "False", type(exc).__name__, str(exc))
+            return
+        entry.component = component
+        entry.ready = Condition("Ready", "True")
+
+    async def _stop(self, key: Key) -> None:
+        entry = self._entries[key]
+        component, entry.component = entry.component, None
+        if component is not None:
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("%s %s/%s did not stop cleanly", *key)
+
+
+def _start_order(key: Key) -> tuple[int, Key]:
+    kind = key[0]
+    return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), key)
+
+
+def _stop_order(key: Key) -> tuple[int, Key]:
+    rank, _ = _start_order(key)
+    return (-rank, key)
