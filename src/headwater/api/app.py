@@ -59,15 +59,22 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+class UnknownKind(LookupError):
+    pass
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except UnknownKind as exc:
+        return error(404, str(exc))
+
+
 def kind_of(name: str) -> str:
     kind = _KIND_NAMES.get(name.lower())
     if kind is None:
-        raise web.HTTPNotFound(
-            body=orjson.dumps(
-                {"error": f"unknown kind {name!r}; known: {', '.join(sorted(KINDS))}"}
-            ),
-            content_type="application/json",
-        )
+        raise UnknownKind(f"unknown kind {name!r}; known: {', '.join(sorted(KINDS))}")
     return kind
 
 
@@ -174,7 +181,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=MAX_APPLY_BYTES)
+    app = web.Application(middlewares=[_auth, _errors], client_max_size=MAX_APPLY_BYTES)
     app[RUNTIME_KEY] = runtime
     app[TOKEN_KEY] = token
     add_routes(app)

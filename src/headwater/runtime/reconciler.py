@@ -127,7 +127,9 @@ class Reconciler:
             incoming = {item.resource.key: item for item in loaded}
             desired = {k: e.loaded for k, e in self._entries.items()} | incoming
             self._check(desired.values())
-            return await self._reconcile(desired)
+            result = await self._reconcile(desired)
+            result.unchanged[:] = [k for k in result.unchanged if k in incoming]
+            return result
 
     async def replace(self, loaded: Iterable[Loaded], *, keep: Iterable[Key] = ()) -> ApplyResult:
         """Make ``loaded`` the whole desired state (plus the ``keep`` keys)."""

@@ -1,0 +1,77 @@
+"""Run `headwater up` as a real subprocess and drive it with the real CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADWATER = [sys.executable, "-m", "headwater.cli"]
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class Headwater:
+    process: subprocess.Popen[str]
+    url: str
+    output: list[str]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*HEADWATER, *args, "--server", self.url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"headwater {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_headwater(args: Sequence[str], cwd: Path) -> Headwater:
+    process = subprocess.Popen(
+        [*HEADWATER, "up", "--http-port", "0", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + READY_TIMEOUT
+    url = None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        m = re.search(r"http listening on (http://\S+)", line)
+        if m:
+            url = m.group(1)
+        if line.strip() == "ready" and url:
+            return Headwater(process, url, output)
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    raise AssertionError("headwater up did not become ready:\n" + "".join(output))
