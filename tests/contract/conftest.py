@@ -1,0 +1,42 @@
+"""The contract suite's fixtures: one ``harness`` per event-log backend."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from headwater.log import EventLog
+
+_REPO = Path(__file__).resolve().parents[2]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from tests.contract.log_harness import Harness, MemoryHarness  # noqa: E402
+from tests.servers import NatsServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.fixture(params=["memory"])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    made: Harness
+    if request.param == "memory":
+        made = MemoryHarness()
+    else:
+        raise AssertionError(request.param)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+@pytest.fixture
+async def log(harness: Harness) -> EventLog:
+    return await harness.open()

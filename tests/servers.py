@@ -1,0 +1,183 @@
+"""Real servers for tests: started on an ephemeral loopback port with a temporary
+data directory, waited for until they accept connections, stopped after.
+
+How this works: :class:`ManagedServer` owns one child process. A subclass says
+how to write its configuration and command line for a port (``0`` on the first
+start: the server picks one and the subclass reads it back; the same port on a
+restart, so that clients reconnect to the address they know) and how to learn
+which port it got. ``start``/``stop``/``kill``/``restart`` are synchronous and
+bounded by ``STARTUP_TIMEOUT``; fixtures wrap them (see the ``conftest.py``
+files that use this module). To add a server (mosquitto, influxd), subclass
+:class:`ManagedServer` and implement ``_command`` and, if the server cannot
+report a random port itself, pass ``port=free_port()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Final
+
+STARTUP_TIMEOUT: Final = 15.0
+"""Seconds a server gets to accept connections before the test fails."""
+
+STOP_TIMEOUT: Final = 10.0
+"""Seconds between SIGTERM and SIGKILL when stopping."""
+
+LOOPBACK: Final = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port (for servers that cannot pick one themselves)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_executable(name: str, *candidates: str) -> str:
+    """The server binary on PATH or at one of ``candidates``; fails loudly when missing."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(f"{name} is not installed (run `make servers`)")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedServer:
+    """A server child process with a data directory that outlives restarts."""
+
+    name = "server"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_path = data_dir / f"{self.name}.log"
+
+    # -- what a subclass says --------------------------------------------------
+
+    def _command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def _discover_port(self, process: subprocess.Popen[bytes]) -> int | None:
+        """The port the server listens on, once known (``None``: not yet)."""
+        return self.port or None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"{self.name} is already running")
+        with open(self._log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self._command(self.port), stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+            port = self._discover_port(self.process)
+            if port and _accepts(port):
+                self.port = port
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"{self.name} not ready after {STARTUP_TIMEOUT}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to flush anything."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ManagedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class NatsServer(ManagedServer):
+    """``nats-server`` with JetStream, its store in ``data_dir``."""
+
+    name = "nats-server"
+
+    def __init__(self, data_dir: Path, *, max_payload: str = "2MB") -> None:
+        super().__init__(data_dir)
+        self.binary = find_executable(
+            "nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"
+        )
+        # A 1 MiB event plus its attributes needs more than NATS's default 1 MB.
+        self.max_payload = max_payload
+        self._ports_dir = data_dir / "ports"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.port}"
+
+    def _command(self, port: int) -> list[str]:
+        self._ports_dir.mkdir(exist_ok=True)
+        for stale in self._ports_dir.iterdir():
+            stale.unlink()
+        config = self.data_dir / "nats.conf"
+        config.write_text(
+            f"host: {LOOPBACK}\n"
+            f"port: {port or -1}\n"
+            f"max_payload: {self.max_payload}\n"
+            f"ports_file_dir: {json.dumps(str(self._ports_dir))}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'store'))} }}\n"
+        )
+        return [self.binary, "-c", str(config)]
+
+    def _discover_port(self, process: subprocess.Popen[bytes]) -> int | None:
+        ports_file = self._ports_dir / f"nats-server_{process.pid}.ports"
+        try:
+            urls = json.loads(ports_file.read_text())["nats"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return int(urls[0].rsplit(":", 1)[1])
