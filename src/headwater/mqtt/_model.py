@@ -304,7 +304,7 @@ class Subscribe:
     filter whose *syntax* is wrong (``a/#/b``, ``a+``, ``""``, a bad
     ``$share/``) still decodes, so that the broker can refuse just that entry
     in the SUBACK (0x80 in 3.1.1, 0x8F Topic Filter invalid in 5.0) rather than
-    closing the connection; see :func:`headwater.mqtt.packets.is_valid_topic_filter`.
+    closing the connection; see ``headwater.mqtt.topics.validate_topic_filter``.
     """
 
     packet_type: ClassVar[int] = PacketType.SUBSCRIBE

@@ -16,11 +16,13 @@ connection; a second CONNECT is a protocol error [MQTT-3.1.0-2]. Every error is
 an :class:`MqttError` carrying the reason code to answer with; after one the
 decoder is broken and the connection must close.
 
-What is left to the broker, on purpose: topic filter *syntax* in SUBSCRIBE /
-UNSUBSCRIBE (answered per filter with 0x80 / 0x8F via
-:func:`is_valid_topic_filter`, not by closing), topic alias resolution and
-limits, receive maximum, empty client id policy, authentication, and the
-Payload Format Indicator check of UTF-8 payloads (0x99), which is optional.
+What is left to the broker, on purpose: topic filter *syntax* in SUBSCRIBE
+and UNSUBSCRIBE, which is answered per filter (0x80 in 3.1.1, 0x8F in 5.0)
+rather than by closing, so the decoder accepts any well-formed string there
+and ``headwater.mqtt.topics.validate_topic_filter`` judges it; topic alias
+resolution and limits; receive maximum; the empty client id policy;
+authentication; and the optional UTF-8 check of payloads whose Payload Format
+Indicator is 1 (0x99).
 """
 
 from __future__ import annotations
@@ -100,8 +102,6 @@ __all__ = [
     "encode",
     "encode_properties",
     "encode_publish",
-    "is_valid_topic_filter",
-    "is_valid_topic_name",
 ]
 
 
@@ -319,45 +319,3 @@ def encode(packet: Packet, version: ProtocolVersion) -> bytes:
     in the wrong packet, a string too long).
     """
     return WRITERS[type(packet)](packet, version)
-
-
-def is_valid_topic_name(topic: str) -> bool:
-    """Whether ``topic`` may be a PUBLISH Topic Name (§4.7)."""
-    # [MQTT-4.7.3-1] at least one character; [MQTT-4.7.3-2] no U+0000;
-    # [MQTT-3.3.2-2] no wildcards.
-    return bool(topic) and not ("+" in topic or "#" in topic or "\x00" in topic)
-
-
-def is_valid_topic_filter(topic_filter: str, version: ProtocolVersion = _MQTT5) -> bool:
-    """Whether ``topic_filter`` is a syntactically valid Topic Filter (§4.7, §4.8.2).
-
-    The decoder accepts any well-formed string in SUBSCRIBE and UNSUBSCRIBE;
-    the broker calls this per filter and refuses an invalid one in the
-    SUBACK/UNSUBACK (0x80 in 3.1.1, 0x8F Topic Filter invalid in 5.0) instead
-    of closing the connection. In 5.0 ``$share/{ShareName}/{filter}`` is
-    checked as a shared subscription; in 3.1.1 it is an ordinary filter.
-    """
-    # [MQTT-4.7.3-1] at least one character; [MQTT-4.7.3-2] no U+0000.
-    if not topic_filter or "\x00" in topic_filter:
-        return False
-    if version == _MQTT5 and topic_filter.startswith("$share/"):
-        parts = topic_filter.split("/", 2)
-        # [MQTT-4.8.2-1]: a ShareName of at least one character, then "/" and
-        # a Topic Filter; [MQTT-4.8.2-2]: no "/", "+" or "#" in the ShareName.
-        if len(parts) != 3 or not parts[1] or "+" in parts[1] or "#" in parts[1]:
-            return False
-        topic_filter = parts[2]
-        if not topic_filter:
-            return False
-    if "+" not in topic_filter and "#" not in topic_filter:
-        return True
-    levels = topic_filter.split("/")
-    last = len(levels) - 1
-    for index, level in enumerate(levels):
-        # [MQTT-4.7.1-2]: "#" is alone at its level and the last character;
-        # [MQTT-4.7.1-3]: "+" occupies an entire level.
-        if "#" in level and (level != "#" or index != last):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
