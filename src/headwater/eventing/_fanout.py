@@ -1,0 +1,271 @@
+"""What a Broker and a Channel share: a stream in the log, durable accept, dispatchers.
+
+How this works: ``accept`` appends to the stream and returns once the log
+says the events are durable (the only moment an ingress may answer 202).
+Each attached Trigger or Subscription runs its own :class:`Dispatcher` in a
+supervised task: a dispatcher that fails (the log went away) is restarted
+with backoff, and stopping the fan-out cancels every dispatcher, leaving
+their unfinished events unacknowledged for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing.delivery import (
+    Deliverer,
+    DeliverySpec,
+    DeliveryStats,
+    ReplyHandler,
+    effective_delivery,
+)
+from headwater.eventing.dispatcher import DEFAULT_MAX_INFLIGHT, Dispatcher, Ordering
+from headwater.eventing.filters import MATCH_ALL, EventFilter
+from headwater.eventing.sink import Sink
+from headwater.log import DEFAULT_MAX_EVENT_SIZE, LATEST, EventLog, Start, StreamConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PENDING_EVENTS: Final = 10_000
+"""Events inside appends that have not returned yet. A SQLite group commit of
+this many small events takes tens of milliseconds; past it the log is not
+keeping up, and callers get :class:`Saturated` (HTTP 503 with Retry-After)
+instead of queueing without bound in memory."""
+
+SATURATED_RETRY_AFTER: Final = 1
+"""Seconds a saturated producer is asked to wait (the Retry-After value)."""
+
+RESTART_DELAY: Final = (0.1, 5.0)
+"""Backoff bounds (seconds) for restarting a dispatcher that failed."""
+
+
+class Saturated(Exception):
+    """Too many events are waiting to be stored; try again after ``retry_after`` seconds."""
+
+    def __init__(self, what: str, retry_after: int = SATURATED_RETRY_AFTER) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"{what} is saturated; retry after {retry_after}s")
+
+
+@dataclass(slots=True, eq=False)
+class FanoutStats:
+    """Counters of a Broker or Channel (its Triggers/Subscriptions have their own)."""
+
+    accepted: int = 0
+    saturated: int = 0
+    ttl_dropped: int = 0
+    rejected: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "accepted": self.accepted,
+            "saturated": self.saturated,
+            "ttlDropped": self.ttl_dropped,
+            "rejected": self.rejected,
+        }
+
+
+class Member:
+    """What a Trigger and a Subscription share: a subscriber and how to deliver to it.
+
+    ``delivery`` None means "use the Broker's (Channel's)". ``start`` applies
+    only when the member's cursor does not exist yet: one created later
+    starts at ``LATEST`` unless asked to replay.
+    """
+
+    kind: ClassVar[str] = "member"
+
+    def __init__(
+        self,
+        name: str,
+        subscriber: Sink,
+        *,
+        namespace: str = "default",
+        subscriber_uri: str | None = None,
+        delivery: DeliverySpec | None = None,
+        ordering: Ordering = "unordered",
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        start: Start = LATEST,
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.subscriber = subscriber
+        self.subscriber_uri = subscriber_uri or getattr(subscriber, "url", None) or repr(subscriber)
+        self.delivery = delivery
+        self.ordering: Ordering = ordering
+        self.max_inflight = max_inflight
+        self.start = start
+        self.stats = DeliveryStats()
+
+    @property
+    def consumer(self) -> str:
+        """The durable cursor's name in the Broker's (Channel's) stream."""
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.namespace}/{self.name} -> {self.subscriber_uri})"
+
+
+M = TypeVar("M", bound=Member)
+
+
+class Fanout(Generic[M]):
+    """A stream plus its dispatchers. Use ``async with`` (or ``start``/``stop``)."""
+
+    kind: str = "fanout"
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        log: EventLog,
+        *,
+        delivery: DeliverySpec | None = None,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        stream: str | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.log = log
+        self.delivery = delivery
+        self.max_event_size = max_event_size
+        self.max_pending_events = max_pending_events
+        self.stream = stream or f"{self.kind}/{namespace}/{name}"
+        self.stats = FanoutStats()
+        self._pending = 0
+        self._members: dict[str, M] = {}
+        self._dispatchers: dict[str, Dispatcher] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.namespace}/{self.name})"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.log.create_stream(self.stream, StreamConfig(max_event_size=self.max_event_size))
+        self._started = True
+        for key, dispatcher in self._dispatchers.items():
+            self._launch(key, dispatcher)
+
+    async def stop(self) -> None:
+        self._started = False
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- accepting ----------------------------------------------------------------
+
+    async def _append(self, events: Sequence[CloudEvent]) -> list[int]:
+        if not events:
+            return []
+        if self._pending + len(events) > self.max_pending_events and self._pending:
+            self.stats.saturated += 1
+            raise Saturated(repr(self))
+        self._pending += len(events)
+        try:
+            offsets = await self.log.append(self.stream, events)
+        finally:
+            self._pending -= len(events)
+        self.stats.accepted += len(offsets)
+        return offsets
+
+    # -- dispatchers --------------------------------------------------------------
+
+    async def _add(
+        self, member: M, on_reply: ReplyHandler | None, event_filter: EventFilter = MATCH_ALL
+    ) -> Dispatcher:
+        if member.namespace != self.namespace:
+            raise ValueError(f"{member!r} is not in the namespace of {self!r}")
+        deliverer = Deliverer(
+            member.subscriber,
+            effective_delivery(member.delivery, self.delivery),
+            destination=member.subscriber_uri,
+            stats=member.stats,
+            on_reply=on_reply,
+        )
+        dispatcher = Dispatcher(
+            log=self.log,
+            stream=self.stream,
+            consumer=member.consumer,
+            deliverer=deliverer,
+            event_filter=event_filter,
+            ordering=member.ordering,
+            max_inflight=member.max_inflight,
+            start=member.start,
+        )
+        key = member.consumer
+        await self._detach(key)
+        self._members[member.name] = member
+        self._dispatchers[key] = dispatcher
+        if self._started:
+            self._launch(key, dispatcher)
+            await dispatcher.wait_ready()
+        return dispatcher
+
+    async def _remove(self, name: str, *, forget_cursor: bool) -> None:
+        member = self._members.pop(name, None)
+        if member is None:
+            return
+        await self._detach(member.consumer)
+        if forget_cursor:
+            await self.log.delete_consumer(self.stream, member.consumer)
+
+    async def _detach(self, key: str) -> Dispatcher | None:
+        dispatcher = self._dispatchers.pop(key, None)
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return dispatcher
+
+    def _launch(self, key: str, dispatcher: Dispatcher) -> None:
+        # Owned, named and awaited in stop()/_detach(): each dispatcher lives as
+        # long as its Trigger/Subscription, not as long as any caller's scope.
+        self._tasks[key] = asyncio.create_task(self._supervise(dispatcher), name=key)
+
+    async def _supervise(self, dispatcher: Dispatcher) -> None:
+        delay = RESTART_DELAY[0]
+        while True:
+            try:
+                await dispatcher.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                dispatcher.stats.last_error = f"dispatcher failed: {exc}"
+                log.exception(
+                    "%s: dispatcher failed; restarting in %.1fs", dispatcher.consumer, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAY[1])
+
+    def dispatchers(self) -> dict[str, Dispatcher]:
+        return dict(self._dispatchers)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            **self.stats.snapshot(),
+            "pending": self._pending,
+            "dispatchers": {key: d.status() for key, d in self._dispatchers.items()},
+        }

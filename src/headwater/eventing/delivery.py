@@ -1,0 +1,498 @@
+"""Delivery: timeout, retry with backoff, dead letter; one pipeline for every sink.
+
+How this works: the policy is pure data and pure functions: a frozen
+:class:`DeliverySpec` (Knative's DeliverySpec, with durations already in
+seconds), :func:`should_retry` (the data-plane table of retryable status
+codes), :func:`backoff` (linear or exponential, stretched by a capped
+``Retry-After``) and :func:`dead_letter_event` (the ``knativeerror*``
+extensions). :class:`Deliverer` is the only part that waits: for one event it
+attempts the sink, retries while the policy allows, then hands the original
+event to the dead letter sink, or drops it with a logged error and a counted
+``dropped`` when there is none. A reply is handed to ``on_reply`` inside the
+attempt, so that failing to store or forward it fails the attempt and the
+whole delivery is retried (control-plane.md "Event Delivery").
+
+Cancellation never loses an event: a cancelled delivery reports no outcome,
+so the dispatcher's cursor does not move past it and it is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import email.utils
+import enum
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing.sink import DeliveryError, Sink
+
+__all__ = [
+    "DEFAULT_RETRY_AFTER_MAX",
+    "BackoffPolicy",
+    "Deliverer",
+    "DeliverySpec",
+    "DeliveryStats",
+    "LatencyHistogram",
+    "Outcome",
+    "backoff",
+    "dead_letter_event",
+    "effective_delivery",
+    "parse_duration",
+    "parse_retry_after",
+    "should_retry",
+]
+
+log = logging.getLogger(__name__)
+
+BackoffPolicy = Literal["linear", "exponential"]
+
+# Knative's defaults when a DeliverySpec leaves a field unset.
+DEFAULT_BACKOFF_DELAY: Final = 0.2  # seconds; Knative examples and kncloudevents use PT0.2S
+# An attempt that hangs must not hold the cursor forever; Knative leaves this
+# to the HTTP client, whose default is no limit. A minute is generous for a
+# webhook and short enough that a wedged subscriber shows up in the counters.
+DEFAULT_TIMEOUT: Final = 60.0
+# A destination's Retry-After is honoured up to this many seconds, so that a
+# misconfigured "Retry-After: 86400" cannot park a Trigger for a day.
+DEFAULT_RETRY_AFTER_MAX: Final = 60.0
+# The longest single wait between attempts: exponential backoff doubles, and
+# 2**30 * 0.2 s would overflow any sensible schedule.
+MAX_BACKOFF: Final = 3600.0
+# knativeerrordata holds at most this many bytes of the response body.
+ERROR_DATA_LIMIT: Final = 1024
+
+# -- ISO 8601 durations ------------------------------------------------------------
+
+# The duration units Knative accepts: no years or months (their length varies).
+_DURATION = re.compile(
+    r"P(?!\Z)(?:(?P<weeks>\d+(?:[.,]\d+)?)W)?(?:(?P<days>\d+(?:[.,]\d+)?)D)?"
+    r"(?:T(?=\d)(?:(?P<hours>\d+(?:[.,]\d+)?)H)?(?:(?P<minutes>\d+(?:[.,]\d+)?)M)?"
+    r"(?:(?P<seconds>\d+(?:[.,]\d+)?)S)?)?\Z"
+)
+_UNIT_SECONDS: Final = {
+    "weeks": 604800.0,
+    "days": 86400.0,
+    "hours": 3600.0,
+    "minutes": 60.0,
+    "seconds": 1.0,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in an ISO 8601 duration (``PT0.2S``, ``PT10S``, ``PT1M30S``, ``P1D``).
+
+    Raises ``ValueError`` naming the input when it is not one.
+    """
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if m is None or not any(m.groupdict().values()):
+        raise ValueError(f"{text!r} is not an ISO 8601 duration (e.g. PT0.2S, PT10S, PT1M)")
+    return sum(
+        float(value.replace(",", ".")) * _UNIT_SECONDS[unit]
+        for unit, value in m.groupdict().items()
+        if value is not None
+    )
+
+
+# -- the policy ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySpec:
+    """Knative DeliverySpec, resolved: durations in seconds, the dead letter sink a Sink.
+
+    ``retry`` is the number of retries after the first attempt (control-plane.md
+    DeliverySpec: "the minimum number of retries the sender should attempt").
+    ``dead_letter_uri`` is only for display (``describe``).
+    """
+
+    retry: int = 0
+    backoff_policy: BackoffPolicy = "exponential"
+    backoff_delay: float = DEFAULT_BACKOFF_DELAY
+    timeout: float = DEFAULT_TIMEOUT
+    retry_after_max: float = DEFAULT_RETRY_AFTER_MAX
+    dead_letter_sink: Sink | None = field(default=None, compare=False)
+    dead_letter_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.retry < 0:
+            raise ValueError(f"retry must be >= 0, not {self.retry}")
+        if self.backoff_policy not in ("linear", "exponential"):
+            raise ValueError(
+                f"backoffPolicy must be linear or exponential, not {self.backoff_policy!r}"
+            )
+        for name in ("backoff_delay", "timeout", "retry_after_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @classmethod
+    def from_knative(
+        cls,
+        spec: Mapping[str, Any],
+        resolve_sink: Callable[[Mapping[str, Any]], tuple[Sink, str]] | None = None,
+    ) -> DeliverySpec:
+        """Build from Knative's camelCase mapping (``retry``, ``backoffDelay: PT0.5S``, ...).
+
+        ``resolve_sink`` turns a ``deadLetterSink`` destination into a sink and
+        its URI for display; without it a ``deadLetterSink`` is an error.
+        """
+        kwargs: dict[str, Any] = {}
+        if spec.get("retry") is not None:
+            kwargs["retry"] = int(spec["retry"])
+        if spec.get("backoffPolicy") is not None:
+            kwargs["backoff_policy"] = spec["backoffPolicy"]
+        for key, name in (
+            ("backoffDelay", "backoff_delay"),
+            ("timeout", "timeout"),
+            ("retryAfterMax", "retry_after_max"),
+        ):
+            if spec.get(key) is not None:
+                kwargs[name] = parse_duration(spec[key])
+        destination = spec.get("deadLetterSink")
+        if destination is not None:
+            if resolve_sink is None:
+                raise ValueError("deadLetterSink given but no way to resolve destinations")
+            kwargs["dead_letter_sink"], kwargs["dead_letter_uri"] = resolve_sink(destination)
+        return cls(**kwargs)
+
+    def with_dead_letter(self, sink: Sink | None, uri: str | None = None) -> DeliverySpec:
+        return replace(self, dead_letter_sink=sink, dead_letter_uri=uri)
+
+
+def effective_delivery(own: DeliverySpec | None, default: DeliverySpec | None) -> DeliverySpec:
+    """A Trigger's (Subscription's) spec, or else its Broker's (Channel's), as a whole.
+
+    control-plane.md Broker ``delivery``: "If a Trigger specifies **any**
+    delivery options, this field MUST be ignored."
+    """
+    if own is not None:
+        return own
+    return default if default is not None else DeliverySpec()
+
+
+def should_retry(status: int | None) -> bool:
+    """Whether a failed attempt with this HTTP status (None: no response) is retried.
+
+    data-plane.md "Event Acknowledgement and Delivery Retry": retry on
+    ``404``, ``408``, ``409``, ``429`` and ``5xx``; not on other ``4xx``, nor
+    on the reserved ``1xx`` / ``3xx``. A transport error (no response) is
+    retried: the event may never have arrived.
+    """
+    if status is None:
+        return True
+    if status >= 500:
+        return True
+    return status in (404, 408, 409, 429)
+
+
+def backoff(spec: DeliverySpec, attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+
+    Knative's event delivery docs: linear waits ``backoffDelay * attempt``,
+    exponential ``backoffDelay * 2**attempt``. A destination's ``Retry-After``
+    stretches the wait (never shortens it), capped at ``retry_after_max``.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts retries from 1")
+    delay = spec.backoff_delay
+    if spec.backoff_policy == "exponential":
+        wait = delay * 2.0 ** min(attempt, 30)
+    else:
+        wait = delay * attempt
+    if retry_after is not None and retry_after > 0:
+        wait = max(wait, min(retry_after, spec.retry_after_max))
+    return min(wait, MAX_BACKOFF)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from an HTTP ``Retry-After`` (delta-seconds or HTTP-date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def dead_letter_event(event: CloudEvent, destination: str, error: DeliveryError) -> CloudEvent:
+    """The original event with Knative's ``knativeerror*`` extensions; ``data`` untouched.
+
+    ``knativeerrordest`` is the destination that failed, ``knativeerrorcode``
+    the last HTTP status (absent when there was no response) and
+    ``knativeerrordata`` the response body, base64, at most 1024 bytes.
+    """
+    # None removes what an earlier dead-lettering may have left on the event.
+    body = error.body[:ERROR_DATA_LIMIT]
+    return event.evolve(
+        {
+            "knativeerrordest": destination,
+            "knativeerrorcode": str(error.status) if error.status is not None else None,
+            "knativeerrordata": base64.b64encode(body).decode() if body else None,
+        }
+    )
+
+
+# -- counters -----------------------------------------------------------------------
+
+# Latency bucket upper bounds in seconds (Prometheus' defaults, extended down
+# to 1 ms: a loopback delivery takes well under 5 ms).
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class LatencyHistogram:
+    """Cumulative-free bucket counts of delivery latency, as a Prometheus histogram reads them."""
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def quantile(self, q: float) -> float | None:
+        """An upper bound of the q-quantile (the bucket boundary it falls under)."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        seen = 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            seen += n
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "buckets": dict(zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True)),
+            "count": self.count,
+            "sum": self.sum,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class DeliveryStats:
+    """Per Trigger / Subscription counters, read by the runtime for ``describe`` and metrics.
+
+    ``delivered``: events the subscriber accepted. ``failed_attempts``: attempts
+    that failed (each retry that failed counts). ``retried``: retries made.
+    ``dead_lettered``: events handed to the dead letter sink. ``dropped``:
+    events given up without a dead letter sink (or whose dead letter failed).
+    ``filtered``: events the filter rejected. ``replies``: reply events
+    forwarded. ``lag``: events in the log not yet acknowledged by this cursor.
+    """
+
+    delivered: int = 0
+    failed_attempts: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    filtered: int = 0
+    replies: int = 0
+    lag: int = 0
+    in_flight: int = 0
+    last_error: str | None = None
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "failedAttempts": self.failed_attempts,
+            "retried": self.retried,
+            "deadLettered": self.dead_lettered,
+            "dropped": self.dropped,
+            "filtered": self.filtered,
+            "replies": self.replies,
+            "lag": self.lag,
+            "inFlight": self.in_flight,
+            "lastError": self.last_error,
+            "latencySeconds": self.latency.snapshot(),
+        }
+
+
+# -- the loop -----------------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    """How a delivery ended; each lets the cursor move past the event."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead-lettered"
+    DROPPED = "dropped"
+
+
+ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
+"""``on_reply(original, reply)``: store or forward a reply; raising fails the attempt."""
+
+
+class Deliverer:
+    """Delivers one event at a time to one sink under a DeliverySpec.
+
+    ``destination`` names the sink in logs and in ``knativeerrordest``.
+    ``sleep`` and ``clock`` are injectable so that tests need not wait.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        spec: DeliverySpec,
+        *,
+        destination: str,
+        stats: DeliveryStats | None = None,
+        on_reply: ReplyHandler | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.spec = spec
+        self.destination = destination
+        self.stats = stats if stats is not None else DeliveryStats()
+        self._on_reply = on_reply
+        self._sleep = sleep
+        self._clock = clock
+
+    async def deliver(self, event: CloudEvent) -> Outcome:
+        """Deliver ``event``; returns once it was delivered, dead-lettered or dropped."""
+        stats = self.stats
+        started = self._clock()
+        error = await self._attempts(self.sink, event, self._on_reply, count=True)
+        if error is None:
+            stats.delivered += 1
+            stats.latency.observe(self._clock() - started)
+            return Outcome.DELIVERED
+        stats.last_error = f"{self.destination}: {error}"
+        dls = self.spec.dead_letter_sink
+        if dls is None:
+            # No dead letter sink: "the event is dropped" (control-plane.md), and
+            # never silently.
+            stats.dropped += 1
+            log.error(
+                "dropped event id=%s source=%s after %s to %s failed: %s (no dead letter sink)",
+                event.id,
+                event.source,
+                _attempts_text(error, self.spec),
+                self.destination,
+                error,
+            )
+            return Outcome.DROPPED
+        dead = dead_letter_event(event, self.destination, error)
+        # "If delivery of the dead-letter event fails with a retryable error, the
+        # delivery to the deadLetterSink SHOULD be retried up to retry times".
+        dls_error = await self._attempts(dls, dead, None, count=False)
+        if dls_error is None:
+            stats.dead_lettered += 1
+            log.warning(
+                "dead-lettered event id=%s source=%s: %s failed: %s",
+                event.id,
+                event.source,
+                self.destination,
+                error,
+            )
+            return Outcome.DEAD_LETTERED
+        stats.dropped += 1
+        stats.last_error = f"dead letter sink {self.spec.dead_letter_uri or ''}: {dls_error}"
+        log.error(
+            "dropped event id=%s source=%s: %s failed (%s) and so did the dead letter sink (%s)",
+            event.id,
+            event.source,
+            self.destination,
+            error,
+            dls_error,
+        )
+        return Outcome.DROPPED
+
+    async def _attempts(
+        self,
+        sink: Sink,
+        event: CloudEvent,
+        on_reply: ReplyHandler | None,
+        *,
+        count: bool,
+    ) -> DeliveryError | None:
+        """Attempt, retrying while allowed; None on success, else the last error."""
+        spec = self.spec
+        attempt = 0
+        while True:
+            error = await self._attempt(sink, event, on_reply)
+            if error is None:
+                return None
+            if count:
+                self.stats.failed_attempts += 1
+            if not error.retryable or attempt >= spec.retry:
+                return error
+            attempt += 1
+            if count:
+                self.stats.retried += 1
+            await self._sleep(backoff(spec, attempt, error.retry_after))
+
+    async def _attempt(
+        self, sink: Sink, event: CloudEvent, on_reply: ReplyHandler | None
+    ) -> DeliveryError | None:
+        try:
+            async with asyncio.timeout(self.spec.timeout or None):
+                reply = await sink.deliver(event)
+        except DeliveryError as exc:
+            return exc
+        except TimeoutError:
+            return DeliveryError(None, True, reason=f"timed out after {self.spec.timeout:g}s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug in an in-process sink: keep it visible, treat it like a transport
+            # error (data-plane.md: an unknown outcome "SHOULD be treated as a
+            # retriable error").
+            log.exception("sink %s raised while delivering id=%s", self.destination, event.id)
+            return DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}")
+        if reply is not None and on_reply is not None:
+            try:
+                await on_reply(event, reply)
+            except DeliveryError as exc:
+                return exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # control-plane.md: "If the storage of the reply event in the
+                # Broker fails, the entire event delivery MUST be failed and ...
+                # retried."
+                return DeliveryError(None, True, reason=f"reply not stored: {exc}")
+            self.stats.replies += 1
+        return None
+
+
+def _attempts_text(error: DeliveryError, spec: DeliverySpec) -> str:
+    if not error.retryable:
+        return "a non-retryable failure"
+    return f"{spec.retry + 1} attempt(s)"

@@ -1,0 +1,150 @@
+"""The HTTP destination: deliver CloudEvents to any HTTP receiver (data-plane.md).
+
+How this works: one aiohttp ``ClientSession`` with a pooled keep-alive
+connector is shared by every :class:`HttpSink` of a process (or owned by a
+sink created without one). Each delivery is one POST in binary content mode
+(``format: json`` selects structured mode) with ``Prefer: reply``; the
+response is turned into a reply event, nothing, or a :class:`DeliveryError`
+carrying the status, whether it is retryable, the body (for
+``knativeerrordata``) and ``Retry-After``. Timeouts, retries and dead letters
+are the business of :mod:`headwater.eventing.delivery`, not of this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import aiohttp
+
+from headwater.cloudevents import CloudEvent, InvalidEvent, from_http, is_cloudevent, to_http
+from headwater.eventing.delivery import parse_retry_after, should_retry
+from headwater.eventing.sink import DeliveryError
+
+__all__ = ["DEFAULT_POOL_SIZE", "HttpSink", "new_session"]
+
+# Connections kept open across all destinations of a session. Each in-flight
+# delivery holds one; at the default unordered max in-flight (100) one busy
+# Trigger can use them all, and further requests wait for a free connection
+# (backpressure, not failure).
+DEFAULT_POOL_SIZE: Final = 256
+# Idle keep-alive connections are closed after this many seconds.
+KEEPALIVE_TIMEOUT: Final = 30.0
+# The largest response body read: a reply is one event, which a broker would
+# refuse above 1 MiB anyway; error bodies are truncated to 1 KiB later.
+MAX_RESPONSE_BYTES: Final = 1024 * 1024 + 64 * 1024
+
+Format = Literal["binary", "json"]
+
+
+def new_session(pool_size: int = DEFAULT_POOL_SIZE) -> aiohttp.ClientSession:
+    """A ClientSession tuned for delivery: pooled keep-alive connections, no cookies."""
+    connector = aiohttp.TCPConnector(
+        limit=pool_size,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Timeouts are applied per attempt by the Deliverer (DeliverySpec.timeout).
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+    )
+
+
+class HttpSink:
+    """POSTs each event to ``url``; a 2xx with a CloudEvent in it (not 202) is a reply.
+
+    ``format`` is Knative's DeliverySpec ``format``: ``binary`` (default) or
+    ``json`` (structured). ``headers`` are added to every request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        format: Format = "binary",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if format not in ("binary", "json"):
+            raise ValueError(f"format must be 'binary' or 'json', not {format!r}")
+        self.url = url
+        self._mode: Literal["binary", "structured"] = (
+            "binary" if format == "binary" else "structured"
+        )
+        self._session = session
+        self._owns_session = session is None
+        self._extra_headers = dict(headers or {})
+
+    def __repr__(self) -> str:
+        return f"HttpSink({self.url!r})"
+
+    async def __aenter__(self) -> HttpSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session if this sink created it (a shared one is its owner's)."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        session = self._session
+        if session is None:
+            session = self._session = new_session()
+        headers, body = to_http(event, self._mode)
+        # data-plane.md "Derived (Reply) Events": Brokers and Channels "MUST
+        # indicate support for replies using the Prefer: reply header".
+        headers["prefer"] = "reply"
+        if self._extra_headers:
+            headers.update(self._extra_headers)
+        try:
+            async with session.post(
+                self.url,
+                data=body,
+                headers=headers,
+                # An event without datacontenttype must not gain one in transit.
+                skip_auto_headers=("Content-Type",),
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                payload = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                if 200 <= status < 300:
+                    if status == 202 or (not payload and "ce-specversion" not in response.headers):
+                        # "Responses with a 202 response code MUST NOT be processed
+                        # as reply events".
+                        return None
+                    return _reply(status, response.headers, payload)
+                raise DeliveryError(
+                    status,
+                    should_retry(status),
+                    payload[:MAX_RESPONSE_BYTES],
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    reason=response.reason or "",
+                )
+        except (aiohttp.ClientError, OSError) as exc:
+            # No usable response (refused, reset, DNS, malformed HTTP): the
+            # event may not have arrived, so the attempt is retryable.
+            raise DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}") from exc
+
+
+def _reply(status: int, headers: Mapping[str, str], payload: bytes) -> CloudEvent | None:
+    if not is_cloudevent(headers):
+        return None
+    if len(payload) > MAX_RESPONSE_BYTES:
+        raise DeliveryError(status, False, payload[:1024], reason="reply event too large")
+    try:
+        reply = from_http(headers.items(), payload)
+    except InvalidEvent as exc:
+        # The subscriber said it handled the event but its reply cannot be
+        # used; not retryable (it would answer the same), so it is dead-lettered.
+        raise DeliveryError(status, False, payload, reason=f"invalid reply event: {exc}") from exc
+    if isinstance(reply, list):
+        raise DeliveryError(status, False, payload, reason="a reply must be one event, not a batch")
+    return reply

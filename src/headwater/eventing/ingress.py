@@ -1,0 +1,173 @@
+"""The Broker ingress: ``POST /{namespace}/{broker}`` over HTTP, Knative's status codes.
+
+How this works: an aiohttp handler that only parses and validates; the
+Broker stores. The body is read up to the broker's limit (never more), then
+decoded with the CloudEvents HTTP binding (binary, structured or batched
+mode, decided by Content-Type). The answer follows Knative's broker ingress:
+
+- ``202`` once every event of the request is durable in the log;
+- ``400`` with the reason for anything that is not a valid CloudEvent;
+- ``404`` for an unknown broker; ``405`` for methods other than POST
+  (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs");
+- ``413`` over the broker's maximum event size;
+- ``503`` with ``Retry-After`` when the log is unavailable or the broker saturated.
+
+Bad input never produces a 500: decoding is pure, so any error it raises is
+about the input and answered with 400.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol, Self
+
+from aiohttp import web
+
+from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent, InvalidEvent, from_http
+from headwater.eventing._fanout import Saturated
+from headwater.log import EventTooLarge, LogUnavailable, StreamNotFound
+
+__all__ = ["DEFAULT_MAX_BATCH_BYTES", "Acceptor", "Ingress", "IngressServer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+"""The largest batched-mode request body (each event in it still obeys the
+broker's max event size). Bounds the memory one request can take."""
+
+UNAVAILABLE_RETRY_AFTER: Final = 1
+"""Seconds a producer is asked to wait when the log is unavailable."""
+
+_ALLOW: Final = "POST, OPTIONS"
+_READ_CHUNK: Final = 64 * 1024
+
+
+class Acceptor(Protocol):
+    """What the ingress delivers to: a Broker (or a Channel)."""
+
+    max_event_size: int
+
+    async def accept(self, events: Sequence[CloudEvent]) -> list[int]: ...
+
+
+Lookup = Callable[[str, str], Acceptor | None]
+"""``lookup(namespace, name)``: the broker at that path, or None."""
+
+
+class Ingress:
+    """The HTTP ingress of every Broker that ``lookup`` knows; ``app()`` is the aiohttp app."""
+
+    def __init__(self, lookup: Lookup, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+        self._lookup = lookup
+        self.max_batch_bytes = max_batch_bytes
+        self.responses: Counter[int] = Counter()
+
+    def app(self) -> web.Application:
+        # The body limit is enforced per broker in the handler, not by aiohttp.
+        app = web.Application(client_max_size=max(self.max_batch_bytes, 1) + 1)
+        self.add_routes(app)
+        return app
+
+    def add_routes(self, app: web.Application, prefix: str = "") -> None:
+        app.router.add_route("*", prefix + "/{namespace}/{name}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._handle(request)
+        self.responses[response.status] += 1
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.method == "OPTIONS":
+            return web.Response(status=200, headers={"Allow": _ALLOW})
+        if request.method != "POST":
+            return _text(405, f"method {request.method} not allowed; use POST", Allow=_ALLOW)
+        namespace = request.match_info["namespace"]
+        name = request.match_info["name"]
+        broker = self._lookup(namespace, name)
+        if broker is None:
+            return _text(404, f"broker {namespace}/{name} not found")
+
+        is_batch = request.content_type == BATCH_CONTENT_TYPE
+        limit = (
+            max(self.max_batch_bytes, broker.max_event_size) if is_batch else broker.max_event_size
+        )
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            return _too_large(declared, limit)
+        body = await _read_bounded(request, limit)
+        if body is None:
+            return _too_large(None, limit)
+
+        try:
+            decoded = from_http(request.headers.items(), body)
+        except InvalidEvent as exc:
+            return _text(400, f"invalid CloudEvent: {exc}")
+        except Exception as exc:  # decoding is pure: whatever it raises is about the input
+            log.debug("ingress: undecodable request to %s/%s", namespace, name, exc_info=True)
+            return _text(400, f"invalid CloudEvent: {type(exc).__name__}: {exc}")
+        events = decoded if isinstance(decoded, list) else [decoded]
+
+        try:
+            await broker.accept(events)
+        except EventTooLarge as exc:
+            return _text(413, str(exc))
+        except Saturated as exc:
+            return _text(503, str(exc), **{"Retry-After": str(exc.retry_after)})
+        except StreamNotFound:
+            return _text(404, f"broker {namespace}/{name} is not running")
+        except LogUnavailable as exc:
+            log.warning("ingress %s/%s: log unavailable: %s", namespace, name, exc)
+            return _text(
+                503,
+                f"event log unavailable: {exc}",
+                **{"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+            )
+        return web.Response(status=202)
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds ``limit`` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
+def _text(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers=headers or None)
+
+
+def _too_large(size: int | None, limit: int) -> web.Response:
+    what = f"{size} bytes" if size is not None else "the request body"
+    return _text(413, f"{what} is over the broker's limit of {limit} bytes")
+
+
+class IngressServer:
+    """Serve an aiohttp app on a TCP port (0: pick one); ``port`` is known after entering."""
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._runner.cleanup()

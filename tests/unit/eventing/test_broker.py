@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import (
+    TTL_EXTENSION,
+    Broker,
+    Channel,
+    DeliveryError,
+    DeliverySpec,
+    RecordingSink,
+    Saturated,
+    Subscription,
+    Trigger,
+)
+from headwater.log import EARLIEST, MemoryLog, Start
+
+
+def event(i: int, type: str = "t", **extra: object) -> CloudEvent:
+    return CloudEvent(
+        {"specversion": "1.0", "id": str(i), "source": "/test", "type": type, **extra},
+        {"n": i},
+    )
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    async with MemoryLog() as log, Broker("default", "b", log) as b:
+        yield b
+
+
+async def test_accept_stamps_ttl_and_never_changes_data(broker: Broker) -> None:
+    sink = RecordingSink()
+    await broker.add_trigger(Trigger("all", sink))
+    original = event(1)
+    offsets = await broker.accept([original])
+    assert offsets == [1]
+    (got,) = await sink.wait_for(1)
+    assert got[TTL_EXTENSION] == 255
+    assert got.data == original.data
+    assert got.evolve({TTL_EXTENSION: None}) == original
+
+
+async def test_each_matching_trigger_gets_its_own_delivery(broker: Broker) -> None:
+    a, b, c = RecordingSink(), RecordingSink(), RecordingSink()
+    await broker.add_trigger(Trigger("a", a, attributes={"type": "x"}))
+    await broker.add_trigger(Trigger("b", b, filters=[{"prefix": {"type": "x"}}]))
+    await broker.add_trigger(Trigger("c", c, attributes={"type": "y"}))
+    await broker.accept([event(1, "x"), event(2, "y"), event(3, "xx")])
+    assert [e.id for e in await a.wait_for(1)] == ["1"]
+    assert sorted(e.id for e in await b.wait_for(2)) == ["1", "3"]
+    assert [e.id for e in await c.wait_for(1)] == ["2"]
+    await asyncio.sleep(0.05)
+    assert (len(a.events), len(b.events), len(c.events)) == (1, 2, 1)
+    stats = broker.triggers()["a"].stats
+    assert (stats.delivered, stats.filtered) == (1, 2)
+
+
+async def test_a_dead_subscriber_does_not_slow_other_triggers(broker: Broker) -> None:
+    async def dead(e: CloudEvent) -> None:
+        raise DeliveryError(503, True)
+
+    stuck = Trigger(
+        "stuck", RecordingSink(dead), delivery=DeliverySpec(retry=1000, backoff_delay=5)
+    )
+    await broker.add_trigger(stuck)
+    healthy = RecordingSink()
+    await broker.add_trigger(Trigger("healthy", healthy))
+    await broker.accept([event(i) for i in range(200)])
+    assert len(await healthy.wait_for(200)) == 200
+    assert stuck.stats.delivered == 0
+    assert stuck.stats.in_flight == 100  # max in-flight reached, reading paused
+
+
+async def test_late_trigger_starts_at_latest_unless_it_replays(broker: Broker) -> None:
+    await broker.accept([event(1), event(2)])
+    late, replay, from_two = RecordingSink(), RecordingSink(), RecordingSink()
+    await broker.add_trigger(Trigger("late", late))
+    await broker.add_trigger(Trigger("replay", replay, start=EARLIEST))
+    await broker.add_trigger(Trigger("from2", from_two, start=Start.at_offset(2)))
+    await broker.accept([event(3)])
+    assert [e.id for e in await late.wait_for(1)] == ["3"]
+    assert sorted(e.id for e in await replay.wait_for(3)) == ["1", "2", "3"]
+    assert sorted(e.id for e in await from_two.wait_for(2)) == ["2", "3"]
+
+
+async def test_cursor_survives_a_trigger_restart() -> None:
+    async with MemoryLog() as log:
+        async with Broker("default", "b", log) as broker:
+            first = RecordingSink()
+            await broker.add_trigger(Trigger("t", first))
+            await broker.accept([event(1), event(2)])
+            await first.wait_for(2)
+            await asyncio.sleep(0.05)  # let the acks land
+        async with Broker("default", "b", log) as broker:
+            second = RecordingSink()
+            await broker.add_trigger(Trigger("t", second, start=EARLIEST))
+            await broker.accept([event(3)])
+            assert [e.id for e in await second.wait_for(1)] == ["3"]
+            await asyncio.sleep(0.05)
+            assert len(second.events) == 1
+
+
+async def test_ordered_delivery_one_in_flight_per_partition_key(broker: Broker) -> None:
+    active: dict[object, int] = {}
+    peak: dict[object, int] = {}
+    seen: list[tuple[object, int]] = []
+
+    async def slow(e: CloudEvent) -> None:
+        key = e.get("partitionkey")
+        active[key] = active.get(key, 0) + 1
+        peak[key] = max(peak.get(key, 0), active[key])
+        await asyncio.sleep(0.001)
+        seen.append((key, e.data["n"]))
+        active[key] -= 1
+
+    sink = RecordingSink(slow)
+    await broker.add_trigger(Trigger("o", sink, ordering="ordered"))
+    events = [event(i, partitionkey=f"k{i % 3}") if i % 4 else event(i) for i in range(60)]
+    await broker.accept(events)
+    await sink.wait_for(60)
+    assert set(peak.values()) == {1}
+    for key in {k for k, _ in seen}:
+        ns = [n for k, n in seen if k == key]
+        assert ns == sorted(ns)
+    assert len({k for k, _ in seen}) == 4  # three keys and the keyless ones, in parallel
+
+
+async def test_unordered_respects_max_inflight(broker: Broker) -> None:
+    active = 0
+    peak = 0
+
+    async def slow(e: CloudEvent) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.005)
+        active -= 1
+
+    sink = RecordingSink(slow)
+    await broker.add_trigger(Trigger("u", sink, max_inflight=7))
+    await broker.accept([event(i) for i in range(50)])
+    await sink.wait_for(50)
+    assert peak == 7
+
+
+async def test_reply_is_re_enqueued_with_decremented_ttl(broker: Broker) -> None:
+    def reply(e: CloudEvent) -> CloudEvent | None:
+        if e.type == "request":
+            return CloudEvent({"specversion": "1.0", "id": "r", "source": "/r", "type": "reply"})
+        return None
+
+    replier = RecordingSink(reply)
+    replies = RecordingSink()
+    await broker.add_trigger(Trigger("req", replier, attributes={"type": "request"}))
+    await broker.add_trigger(Trigger("rep", replies, attributes={"type": "reply"}))
+    await broker.accept([event(1, "request", knativebrokerttl=10)])
+    (got,) = await replies.wait_for(1)
+    assert got[TTL_EXTENSION] == 9
+
+
+async def test_reply_loop_ends_by_ttl(broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    def echo(e: CloudEvent) -> CloudEvent:
+        return e.evolve({"id": f"{e.id}+"})
+
+    sink = RecordingSink(echo)
+    trigger = Trigger("loop", sink)
+    await broker.add_trigger(trigger)
+    await broker.accept([event(1, knativebrokerttl=5)])
+    await sink.wait_for(5)
+    await asyncio.sleep(0.1)
+    assert [e[TTL_EXTENSION] for e in sink.events] == [5, 4, 3, 2, 1]
+    assert broker.stats.ttl_dropped == 1
+    assert trigger.stats.replies == 5  # the fifth was dropped by the TTL guard
+    assert "reached 0" in caplog.text
+
+
+async def test_event_arriving_with_exhausted_ttl_is_dropped(broker: Broker) -> None:
+    assert await broker.accept([event(1, knativebrokerttl=0), event(2)]) == [1]
+    assert broker.stats.ttl_dropped == 1
+
+
+async def test_saturated_broker_refuses_instead_of_queueing() -> None:
+    class SlowLog(MemoryLog):
+        async def append(self, stream: str, events: object) -> list[int]:
+            await asyncio.sleep(0.05)
+            return await super().append(stream, events)  # type: ignore[arg-type]
+
+    async with SlowLog() as log, Broker("default", "b", log, max_pending_events=10) as broker:
+        first = asyncio.create_task(broker.accept([event(i) for i in range(8)]))
+        await asyncio.sleep(0)
+        with pytest.raises(Saturated):
+            await broker.accept([event(i) for i in range(8, 12)])
+        assert len(await first) == 8
+        assert broker.stats.saturated == 1
+
+
+async def test_invalid_trigger_filter_rejects_the_trigger() -> None:
+    from headwater.eventing import FilterError
+
+    with pytest.raises(FilterError):
+        Trigger("bad", RecordingSink(), filters=[{"regex": {"type": "x"}}])
+
+
+async def test_channel_fans_out_to_every_subscription_with_replies() -> None:
+    def answer(e: CloudEvent) -> CloudEvent:
+        return e.evolve({"type": "answer"})
+
+    replies = RecordingSink()
+    a, b = RecordingSink(answer), RecordingSink(answer)
+    channel = Channel.in_memory("default", "c")
+    async with channel:
+        sub_a = Subscription("a", a, reply=replies)
+        sub_b = Subscription("b", b)  # no reply destination: replies discarded
+        await channel.subscribe(sub_a)
+        await channel.subscribe(sub_b)
+        await channel.accept([event(i) for i in range(5)])
+        await a.wait_for(5)
+        await b.wait_for(5)
+        got = await replies.wait_for(5)
+        assert {e.type for e in got} == {"answer"}
+        await asyncio.sleep(0.02)
+        assert sub_b.replies_discarded == 5
+        assert sub_a.stats.replies == 5
+
+
+async def test_subscription_reply_failure_retries_the_delivery() -> None:
+    calls = 0
+
+    async def reply_down(e: CloudEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise DeliveryError(503, True)
+
+    subscriber = RecordingSink(lambda e: e.evolve({"type": "r"}))
+    channel = Channel.in_memory("default", "c")
+    async with channel:
+        sub = Subscription(
+            "s",
+            subscriber,
+            reply=RecordingSink(reply_down),
+            delivery=DeliverySpec(retry=2, backoff_delay=0.001),
+        )
+        await channel.subscribe(sub)
+        await channel.accept([event(1)])
+        await subscriber.wait_for(2)
+        await asyncio.sleep(0.02)
+        assert sub.stats.delivered == 1 and sub.stats.retried == 1
+
+
+async def test_status_and_lag(broker: Broker) -> None:
+    sink = RecordingSink()
+    dispatcher = await broker.add_trigger(Trigger("t", sink))
+    await broker.accept([event(i) for i in range(3)])
+    await sink.wait_for(3)
+    await asyncio.sleep(0.05)
+    assert await dispatcher.refresh_lag() == 0
+    status = broker.status()
+    assert status["accepted"] == 3
+    assert status["dispatchers"]["trigger/default/t"]["delivered"] == 3
+    await broker.remove_trigger("t", forget_cursor=True)
+    assert broker.triggers() == {}
