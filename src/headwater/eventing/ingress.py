@@ -40,6 +40,9 @@ broker's max event size). Bounds the memory one request can take."""
 UNAVAILABLE_RETRY_AFTER: Final = 1
 """Seconds a producer is asked to wait when the log is unavailable."""
 
+MAX_REASON_CHARS: Final = 1024
+"""An error answer quotes at most this much of the reason (which may quote the input)."""
+
 _ALLOW: Final = "POST, OPTIONS"
 _READ_CHUNK: Final = 64 * 1024
 
@@ -142,7 +145,18 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
-    return web.Response(status=status, text=text + "\n", headers=headers or None)
+    # The reason may quote the input (bounded here): undecodable bytes arrive as
+    # lone surrogates, which are escaped rather than allowed to fail the answer.
+    if len(text) > MAX_REASON_CHARS:
+        text = text[:MAX_REASON_CHARS] + "..."
+    body = (text + "\n").encode("utf-8", "backslashreplace")
+    return web.Response(
+        status=status,
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers=headers or None,
+    )
 
 
 def _too_large(size: int | None, limit: int) -> web.Response:

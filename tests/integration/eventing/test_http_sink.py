@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import DeliveryError, HttpSink, new_session
+
+from .conftest import Answer, Receiver, StartReceiver, reply_with
+
+pytestmark = pytest.mark.integration
+
+
+def event(i: int = 1, **attrs: object) -> CloudEvent:
+    return CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": str(i),
+            "source": "/test",
+            "type": "t",
+            "datacontenttype": "application/json",
+            **attrs,
+        },
+        {"n": i},
+    )
+
+
+async def test_binary_mode_with_prefer_reply(receiver: StartReceiver) -> None:
+    r = await receiver()
+    async with HttpSink(r.url) as sink:
+        assert await sink.deliver(event(1, subject="a b")) is None
+    (headers,) = r.requests
+    assert headers["ce-id"] == "1"
+    assert headers["Prefer"] == "reply"
+    assert headers["Content-Type"] == "application/json"
+    assert r.accepted == [event(1, subject="a b")]
+
+
+async def test_structured_mode(receiver: StartReceiver) -> None:
+    r = await receiver()
+    async with HttpSink(r.url, format="json") as sink:
+        await sink.deliver(event(2))
+    assert r.requests[0]["Content-Type"] == "application/cloudevents+json"
+    assert r.accepted == [event(2)]
+
+
+async def test_event_without_content_type_gains_none(receiver: StartReceiver) -> None:
+    bare = CloudEvent({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}, b"raw")
+    r = await receiver()
+    async with HttpSink(r.url) as sink:
+        await sink.deliver(bare)
+    assert "Content-Type" not in r.requests[0]
+    assert r.accepted == [bare]
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+async def test_200_with_event_is_a_reply(receiver: StartReceiver, mode: str) -> None:
+    answer = CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": "r",
+            "source": "/r",
+            "type": "reply",
+            "datacontenttype": "text/plain",
+        },
+        "x",
+    )
+    r = await receiver(lambda e, _: reply_with(answer, mode))
+    async with HttpSink(r.url) as sink:
+        assert await sink.deliver(event()) == answer
+
+
+async def test_202_is_never_a_reply(receiver: StartReceiver) -> None:
+    answer = CloudEvent({"specversion": "1.0", "id": "r", "source": "/r", "type": "reply"})
+
+    def accepted_with_event(e: CloudEvent, _: Receiver) -> Answer:
+        _, headers, body = reply_with(answer)
+        return 202, headers, body
+
+    r = await receiver(accepted_with_event)
+    async with HttpSink(r.url) as sink:
+        assert await sink.deliver(event()) is None
+
+
+async def test_200_without_event_is_no_reply(receiver: StartReceiver) -> None:
+    r = await receiver(lambda e, _: (200, {"Content-Type": "text/plain"}, b"thanks"))
+    async with HttpSink(r.url) as sink:
+        assert await sink.deliver(event()) is None
+
+
+async def test_invalid_reply_is_a_non_retryable_failure(receiver: StartReceiver) -> None:
+    r = await receiver(lambda e, _: (200, {"ce-specversion": "1.0", "ce-id": "x"}, b""))
+    async with HttpSink(r.url) as sink:
+        with pytest.raises(DeliveryError) as info:
+            await sink.deliver(event())
+    assert not info.value.retryable
+    assert "invalid reply" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(400, False), (403, False), (404, True), (409, True), (429, True), (500, True), (503, True)],
+)
+async def test_error_statuses(receiver: StartReceiver, status: int, retryable: bool) -> None:
+    r = await receiver(lambda e, _: (status, {"Retry-After": "7"}, b"why"))
+    async with HttpSink(r.url) as sink:
+        with pytest.raises(DeliveryError) as info:
+            await sink.deliver(event())
+    assert (info.value.status, info.value.retryable, info.value.body) == (status, retryable, b"why")
+    assert info.value.retry_after == 7.0
+
+
+async def test_redirect_is_not_followed_nor_retried(receiver: StartReceiver) -> None:
+    r = await receiver(lambda e, _: (307, {"Location": "http://127.0.0.1:9/"}, b""))
+    async with HttpSink(r.url) as sink:
+        with pytest.raises(DeliveryError) as info:
+            await sink.deliver(event())
+    assert (info.value.status, info.value.retryable) == (307, False)
+
+
+async def test_connection_refused_is_retryable() -> None:
+    async with HttpSink("http://127.0.0.1:9/") as sink:
+        with pytest.raises(DeliveryError) as info:
+            await sink.deliver(event())
+    assert info.value.status is None and info.value.retryable
+
+
+async def test_connections_are_pooled_and_kept_alive(receiver: StartReceiver) -> None:
+    r = await receiver()
+    async with new_session(pool_size=4) as session:
+        sink = HttpSink(r.url, session=session)
+        for batch in range(5):
+            await asyncio.gather(*(sink.deliver(event(batch * 20 + i)) for i in range(20)))
+    assert len(r.accepted) == 100
+    assert len(r.peers) <= 4  # 100 requests over at most 4 connections
