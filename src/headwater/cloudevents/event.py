@@ -3,8 +3,9 @@
 How this works: the constructor checks every attribute against the CloudEvents
 type system for the event's specversion (1.0, or 0.3 kept as 0.3) and stores
 the values as given, so that a decoded event re-encodes to the same attributes
-(nothing is added, dropped or rewritten in transit). Decoders that already
-validated build events through :meth:`CloudEvent._trusted`, skipping the work.
+(nothing is added, dropped or rewritten in transit). Decoders hand over the
+dict they built (:meth:`CloudEvent._owned`, validated in place, no copy);
+code that already holds validated attributes uses :meth:`CloudEvent._trusted`.
 
 ``data`` is one of: ``bytes`` (Binary, as a binary-mode body or
 ``data_base64`` carries it), ``str`` (text), or any JSON value (from the JSON
@@ -17,18 +18,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 import orjson
 
 from headwater.cloudevents._types import (
+    EXTENSION,
+    NONEMPTY_STRING,
     REQUIRED,
+    REQUIRED_SET,
+    SCHEMAS,
     SPEC_ATTRIBUTES,
+    TIMESTAMP,
+    TIMESTAMP_SYNTAX,
     AttributeValue,
-    Validator,
     canonical_string,
-    check_extension_name,
     check_extension_value,
+    check_new_name,
+    check_nonempty_string,
+    check_specversion,
+    check_string,
+    check_timestamp,
 )
 from headwater.cloudevents.errors import InvalidEvent
 
@@ -42,22 +52,12 @@ class _NoData:
     def __bool__(self) -> bool:
         return False
 
+    def __reduce__(self) -> str:
+        return "NO_DATA"
+
 
 NO_DATA: Final = _NoData()
 """Marks an event without data (distinct from data that is JSON ``null``)."""
-
-# Validated extension names, so that the common case (the same few names on
-# every event) costs one set lookup. Bounded: cleared when full, never grows
-# with hostile input.
-_KNOWN_EXTENSION_NAMES: set[str] = set()
-_MAX_KNOWN_EXTENSION_NAMES: Final = 4096
-
-# Recently validated values of attributes that repeat across events (source,
-# type, subject, datacontenttype, dataschema), per specversion: a hit skips the
-# regex. Bounded like the name cache above.
-_CACHED_ATTRIBUTES = frozenset({"source", "type", "subject", "datacontenttype", "dataschema"})
-_KNOWN_VALUES: dict[str, dict[tuple[str, str], None]] = {"1.0": {}, "0.3": {}}
-_MAX_KNOWN_VALUES: Final = 8192
 
 
 @lru_cache(maxsize=256)
@@ -73,47 +73,65 @@ def is_json_content_type(content_type: str | None) -> bool:
     return subtype == "json" or subtype.endswith("+json")
 
 
-def _validate(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
+def _validate(attributes: dict[str, Any]) -> dict[str, AttributeValue]:
+    """Validate a dict the caller owns, in place, and return it.
+
+    ``None`` values are removed (json-format.md 2.2: ``null`` means unset);
+    ``datetime`` values become their RFC 3339 strings. Values of attributes
+    that repeat across events (source, type, ...) are remembered once checked,
+    so that the common event pays one set lookup for each of them; the two
+    that change with every event (a non-empty String ``id`` and a Timestamp
+    ``time``) have their common case inline. Everything else, and every
+    failure, goes through the validators of ``_types``, which word the error.
+    """
     specversion = attributes.get("specversion")
-    if specversion is None:
-        raise InvalidEvent("specversion", "is required")
-    table = SPEC_ATTRIBUTES.get(specversion) if type(specversion) is str else None
-    if table is None:
-        raise InvalidEvent("specversion", f"unsupported version {specversion!r} (use 1.0 or 0.3)")
-    version = cast(str, specversion)
-    out: dict[str, AttributeValue] = {}
-    known = _KNOWN_VALUES[version]
-    for name, value in attributes.items():
-        if type(value) is str and (name, value) in known:
-            out[name] = value
-            continue
-        if value is None:
-            continue  # null means unset (json-format.md 2.4); so does None here
-        if name == "specversion":
-            out[name] = version
-            continue
-        check: Validator | None = table.get(name)
-        if check is None:
-            if name not in _KNOWN_EXTENSION_NAMES:
-                if type(name) is not str:
-                    raise InvalidEvent(repr(name), "attribute names must be strings")
-                check_extension_name(name)
-                if len(_KNOWN_EXTENSION_NAMES) >= _MAX_KNOWN_EXTENSION_NAMES:
-                    _KNOWN_EXTENSION_NAMES.clear()
-                _KNOWN_EXTENSION_NAMES.add(name)
-            out[name] = check_extension_value(name, value)
-        elif name in _CACHED_ATTRIBUTES and type(value) is str:
-            check(name, value)
-            if len(known) >= _MAX_KNOWN_VALUES:
-                known.clear()
-            known[name, value] = None
-            out[name] = value
+    schema = SCHEMAS.get(specversion) if type(specversion) is str else None
+    if schema is None:
+        if specversion is None:
+            raise InvalidEvent("specversion", "is required")
+        check_specversion("specversion", specversion)
+    assert schema is not None
+    remembered = schema.remembered
+    kinds = schema.kinds
+    unset: list[str] | None = None
+    for item in attributes.items():
+        try:
+            if item in remembered:
+                continue
+        except TypeError:
+            pass  # an unhashable value: its validator rejects it below
+        name, value = item
+        kind = kinds.get(name, EXTENSION)
+        if type(value) is str:
+            if kind is NONEMPTY_STRING:
+                if not (value and value.isascii() and value.isprintable()):
+                    check_nonempty_string(name, value)
+            elif kind is TIMESTAMP:
+                if not TIMESTAMP_SYNTAX(value) or value[8:10] > "28":
+                    check_timestamp(name, value)
+            elif kind is EXTENSION:
+                check_new_name(name)
+                if not (value.isascii() and value.isprintable()):
+                    check_string(name, value)
+                continue
+            else:
+                schema.validators[name](name, value)
+            if name in schema.repeating:
+                schema.remember(name, value)
+        elif value is None:
+            unset = [name] if unset is None else [*unset, name]
+        elif kind is EXTENSION:
+            check_new_name(name)
+            attributes[name] = check_extension_value(name, value)
         else:
-            out[name] = check(name, value)
-    for name in REQUIRED:
-        if name not in out:
-            raise InvalidEvent(name, "is required")
-    return out
+            attributes[name] = schema.validators[name](name, value)
+    if unset is not None:
+        for name in unset:
+            del attributes[name]
+    if not attributes.keys() >= REQUIRED_SET:
+        missing = next(name for name in REQUIRED if name not in attributes)
+        raise InvalidEvent(missing, "is required")
+    return attributes
 
 
 def _normalise_data(data: object) -> object:
@@ -142,15 +160,25 @@ class CloudEvent:
     _data: object
 
     def __init__(self, attributes: Mapping[str, object], data: object = NO_DATA) -> None:
-        object.__setattr__(self, "_attributes", _validate(attributes))
-        object.__setattr__(self, "_data", _normalise_data(data))
+        _set_attributes(self, _validate(dict(attributes)))
+        if type(data) is bytearray or type(data) is memoryview:
+            data = bytes(data)
+        _set_data(self, data)
 
     @classmethod
     def _trusted(cls, attributes: dict[str, AttributeValue], data: object) -> CloudEvent:
         """Build from attributes a decoder has already validated (no copy, no checks)."""
-        event = object.__new__(cls)
-        object.__setattr__(event, "_attributes", attributes)
-        object.__setattr__(event, "_data", data)
+        event = _new(cls)
+        _set_attributes(event, attributes)
+        _set_data(event, data)
+        return event
+
+    @classmethod
+    def _owned(cls, attributes: dict[str, Any], data: object) -> CloudEvent:
+        """Validate a dict the caller gives up (a decoder's), in place, and build on it."""
+        event = _new(cls)
+        _set_attributes(event, _validate(attributes))
+        _set_data(event, data)
         return event
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -231,20 +259,15 @@ class CloudEvent:
     def data_bytes(self) -> bytes:
         """The payload as the bytes a binary-mode message carries.
 
-        Binary data as is, text as UTF-8, a JSON value serialised as JSON; an
-        event without data gives ``b""``.
+        Binary data as is; a string as UTF-8 text when ``datacontenttype`` is
+        not JSON, else as a JSON string (json-format.md 3.1.2: a JSON string
+        value stays quoted); any other value serialised as JSON. An event
+        without data gives ``b""``.
         """
         data = self._data
         if type(data) is bytes:
             return data
-        if data is NO_DATA:
-            return b""
-        if type(data) is str and not is_json_content_type(self._attributes.get("datacontenttype")):
-            return data.encode()
-        try:
-            return orjson.dumps(data)
-        except TypeError as exc:
-            raise InvalidEvent("data", f"cannot be serialised as JSON: {exc}") from exc
+        return _payload_bytes(data, is_json_content_type(self._attributes.get("datacontenttype")))
 
     # -- deriving -----------------------------------------------------------
 
@@ -258,29 +281,31 @@ class CloudEvent:
         """A new event with ``attributes`` merged in (``None`` removes one).
 
         The data is kept unless ``keep_data`` is false, in which case ``data``
-        becomes the new payload. Only the changed attributes are validated.
+        becomes the new payload. Only the changed attributes are validated,
+        unless the specversion changes, which revalidates everything.
         """
+        new_data = self._data if keep_data else _normalise_data(data)
         merged = dict(self._attributes)
-        if attributes:
-            if "specversion" in attributes and attributes["specversion"] != self.specversion:
-                return CloudEvent({**merged, **attributes}, self._data if keep_data else data)
-            changes = _validate(
-                {
-                    "specversion": self.specversion,
-                    "id": "x",
-                    "source": "x",
-                    "type": "x",
-                    **{k: v for k, v in attributes.items() if v is not None},
-                }
-            )
-            for name, value in attributes.items():
-                if value is None:
-                    if name in REQUIRED:
-                        raise InvalidEvent(name, "is required and cannot be removed")
-                    merged.pop(name, None)
-                else:
-                    merged[name] = changes[name]
-        return CloudEvent._trusted(merged, self._data if keep_data else _normalise_data(data))
+        if not attributes:
+            return CloudEvent._trusted(merged, new_data)
+        changed: dict[str, Any] = {}
+        for name, value in attributes.items():
+            if value is None:
+                if name in REQUIRED:
+                    raise InvalidEvent(name, "is required and cannot be removed")
+                merged.pop(name, None)
+            else:
+                changed[name] = value
+        if changed.get("specversion", self.specversion) != self.specversion:
+            merged.update(changed)
+            return CloudEvent._owned(merged, new_data)
+        # Validate the changes alone, completed to a minimal event of this version.
+        probe = {"specversion": self.specversion, "id": "x", "source": "x", "type": "x"}
+        probe.update(changed)
+        _validate(probe)
+        for name in changed:
+            merged[name] = probe[name]
+        return CloudEvent._trusted(merged, new_data)
 
     # -- value semantics ----------------------------------------------------
 
@@ -316,16 +341,21 @@ def _unpickle(attributes: dict[str, AttributeValue], no_data: bool, data: object
 
 
 def _data_equal(a: object, b: object, content_type: str | None) -> bool:
+    """Data equality: by JSON value under a JSON content type, else by payload bytes."""
     if a is NO_DATA or b is NO_DATA:
         return a is b
     if type(a) is type(b) and a == b:
         return True
-    if is_json_content_type(content_type):
+    json = is_json_content_type(content_type)
+    if json:
         try:
             return _as_json(a) == _as_json(b)
         except orjson.JSONDecodeError:
             pass
-    return _as_bytes(a) == _as_bytes(b)
+    try:
+        return _payload_bytes(a, json) == _payload_bytes(b, json)
+    except InvalidEvent:
+        return False
 
 
 def _as_json(value: object) -> object:
@@ -334,9 +364,22 @@ def _as_json(value: object) -> object:
     return value
 
 
-def _as_bytes(value: object) -> bytes:
-    if type(value) is bytes:
-        return value
-    if type(value) is str:
-        return value.encode()
-    return orjson.dumps(value)
+def _payload_bytes(data: object, json: bool) -> bytes:
+    """What a binary-mode body holds for ``data`` (see :meth:`CloudEvent.data_bytes`)."""
+    if type(data) is bytes:
+        return data
+    if data is NO_DATA:
+        return b""
+    try:
+        if type(data) is str and not json:
+            return data.encode()
+        return orjson.dumps(data)
+    except (TypeError, UnicodeEncodeError) as exc:
+        raise InvalidEvent("data", f"cannot be serialised: {exc}") from exc
+
+
+_new = object.__new__
+# The slots' own setters: CloudEvent refuses attribute assignment, its
+# constructors write through these.
+_set_attributes: Final = vars(CloudEvent)["_attributes"].__set__
+_set_data: Final = vars(CloudEvent)["_data"].__set__

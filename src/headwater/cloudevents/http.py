@@ -1,26 +1,41 @@
 """The HTTP protocol binding (http-protocol-binding.md): binary, structured, batched.
 
-How this works: both directions are pure functions over a header mapping and a
-body, usable for requests and responses alike. The content mode is decided by
-the Content-Type alone (section 3): a CloudEvents media type means structured
-or batched mode, anything else binary mode, which then needs ``ce-`` headers.
-Header values are percent-encoded and decoded exactly as section 3.1.3.2 says;
-the common case (plain printable ASCII) skips that work entirely.
+How this works: both directions are pure functions over a header mapping (or
+a list of name/value pairs) and a body, usable for requests and responses
+alike. The content mode is decided by the Content-Type alone (section 3): a
+media type starting ``application/cloudevents-batch`` means batched mode,
+``application/cloudevents`` structured mode, anything else (or none) binary
+mode, which then needs a ``ce-specversion`` header. Media types compare
+case-insensitively and without their parameters.
+
+Header values are percent-encoded and decoded exactly as section 3.1.3.2
+says; the common case (every value printable ASCII without space, ``"`` or
+``%``) is recognised with one scan over all values and skips that work.
+
+Encoding an event whose data is a JSON value (not bytes) and that has no
+``datacontenttype`` writes ``Content-Type: application/json``: the JSON
+format implies that type, and json-format.md 3.1.2 says it SHOULD be made
+explicit when the event is re-encoded in another binding. That is the one
+case where a decoded event differs from the encoded one (it gains the
+``datacontenttype`` it implicitly had).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Final, Literal
 
-from headwater.cloudevents._types import AttributeValue, canonical_string
+from headwater.cloudevents._types import canonical_string
 from headwater.cloudevents.errors import InvalidEvent
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE,
-    from_json,
+    _from_object,
+    _json_kind,
+    _loads,
     from_json_batch,
     to_json,
     to_json_batch,
@@ -29,18 +44,33 @@ from headwater.cloudevents.json import (
 Mode = Literal["binary", "structured"]
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
-__all__ = ["Mode", "from_http", "is_cloudevent", "to_http", "to_http_batch"]
+__all__ = [
+    "Headers",
+    "Mode",
+    "decode_header_value",
+    "encode_header_value",
+    "from_http",
+    "is_cloudevent",
+    "to_http",
+    "to_http_batch",
+]
 
 # 3.1.3.2: space, double-quote, percent and everything outside U+0021-U+007E
 # must be percent-encoded.
 _NEEDS_ENCODING = re.compile(r"[^\x21\x23\x24\x26-\x7e]").search
 _PERCENT_TRIPLET = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})").search
-_QUOTED_PAIR = re.compile(r"\\(.)")
+
+JSON_CONTENT_TYPE: Final = "application/json"
 
 
 def encode_header_value(value: str) -> str:
-    """Percent-encode a canonical string for an HTTP header (3.1.3.2)."""
+    """Percent-encode a canonical string for an HTTP header (3.1.3.2).
+
+    Each character that needs it is written as the ``%XY`` triplets (upper-case
+    hex) of its UTF-8 bytes; a Python str holds whole code points, so an astral
+    character is one character, as the section asks.
+    """
     if _NEEDS_ENCODING(value) is None:
         return value
     return "".join(
@@ -49,28 +79,62 @@ def encode_header_value(value: str) -> str:
     )
 
 
-def decode_header_value(name: str, value: str) -> str:
-    """Undo 3.1.3.2: unquote an RFC 7230 quoted-string, then one round of percent-decoding.
+def _is_plain(text: str) -> bool:
+    """True when ``text`` needs no percent-encoding (printable ASCII, no space, ``"``, ``%``)."""
+    return (
+        text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and '"' not in text
+        and "%" not in text
+    )
 
-    Byte sequences that are not valid UTF-8 after decoding (overlong forms
-    such as ``%C0%A0`` included) are rejected.
+
+def _unquote(name: str, value: str) -> str:
+    """Undo RFC 7230 3.2.6 quoted-strings (with their backslash escapes) in a header value."""
+    out: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in value:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        else:
+            out.append(ch)
+    if quoted or escaped:
+        raise InvalidEvent(name, f"has an unterminated quoted-string: {value!r}")
+    return "".join(out)
+
+
+def decode_header_value(name: str, value: str) -> str:
+    """Undo 3.1.3.2: unescape RFC 7230 quoted-strings, then one round of percent-decoding.
+
+    Lower-case hex and needlessly encoded characters are accepted; byte
+    sequences that are not valid UTF-8 after decoding (overlong forms such as
+    ``%C0%A0``, encoded surrogates) are rejected.
     """
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
+    if '"' in value:
+        value = _unquote(name, value)
     if "%" not in value:
         return value
     if _BAD_PERCENT(value):
         raise InvalidEvent(name, f"has a malformed percent-encoding: {value!r}")
     raw = bytearray()
     pos = 0
-    for m in _PERCENT_TRIPLET.finditer(value):
-        raw += value[pos : m.start()].encode("utf-8")
-        raw.append(int(m.group(1), 16))
-        pos = m.end()
-    raw += value[pos:].encode("utf-8")
     try:
+        for m in _PERCENT_TRIPLET.finditer(value):
+            # Characters between triplets go back to the bytes they were
+            # received as (servers decode header bytes with surrogateescape).
+            raw += value[pos : m.start()].encode("utf-8", "surrogateescape")
+            raw.append(int(m.group(1), 16))
+            pos = m.end()
+        raw += value[pos:].encode("utf-8", "surrogateescape")
         return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:
         raise InvalidEvent(name, f"percent-decodes to invalid UTF-8: {value!r}") from exc
 
 
@@ -80,48 +144,115 @@ def to_http(event: CloudEvent, mode: Mode = "binary") -> tuple[dict[str, str], b
         return {"content-type": CONTENT_TYPE}, to_json(event)
     if mode != "binary":
         raise ValueError(f"unknown HTTP content mode {mode!r}; use 'binary' or 'structured'")
-    headers: dict[str, str] = {}
-    value: AttributeValue
-    for name, value in event._attributes.items():
-        if name == "datacontenttype":
-            # 3.1.1: datacontenttype maps to Content-Type.
-            headers["content-type"] = value  # type: ignore[assignment]
-            continue
-        text = value if type(value) is str else canonical_string(value)
-        headers["ce-" + name] = text if _NEEDS_ENCODING(text) is None else encode_header_value(text)
+    attributes = event._attributes
+    # 3.1.3.1: every attribute but datacontenttype becomes a ce- header holding
+    # its canonical string (3.1.3.2).
+    headers = {"ce-" + name: value for name, value in attributes.items()}
+    content_type = headers.pop("ce-datacontenttype", None)
+    try:
+        joined = "".join(headers.values())  # type: ignore[arg-type]
+    except TypeError:  # a Boolean, Integer or Binary extension
+        for name, value in headers.items():
+            if type(value) is not str:
+                headers[name] = canonical_string(value)
+        joined = "".join(headers.values())  # type: ignore[arg-type]
+    if not _is_plain(joined):
+        for name, value in headers.items():
+            headers[name] = encode_header_value(value)  # type: ignore[arg-type]
     data = event._data
-    if data is not NO_DATA and type(data) is not bytes and "content-type" not in headers:
+    if content_type is not None:
+        headers["content-type"] = content_type  # 3.1.1
+    elif data is not NO_DATA and type(data) is not bytes:
         # json-format.md 3.1.2: JSON data without datacontenttype is implied
         # application/json, which SHOULD be made explicit when re-encoding.
-        headers["content-type"] = "application/json"
-    return headers, event.data_bytes()
+        headers["content-type"] = JSON_CONTENT_TYPE
+    return headers, event.data_bytes()  # type: ignore[return-value]
 
 
 def to_http_batch(events: Iterable[CloudEvent]) -> tuple[dict[str, str], bytes]:
-    """Encode events in batched mode (3.3)."""
+    """Encode events in batched mode (3.3); they must share one specversion."""
     return {"content-type": BATCH_CONTENT_TYPE}, to_json_batch(events)
 
 
-def _media_type(content_type: str | None) -> str:
-    if content_type is None:
-        return ""
-    return content_type.partition(";")[0].strip().lower()
+_BINARY: Final = 0
+_STRUCTURED: Final = 1
+_BATCH: Final = 2
 
 
-def _header_items(headers: Headers) -> Iterable[tuple[str, str]]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return items
+@lru_cache(maxsize=256)
+def _mode(content_type: str) -> int:
+    """The content mode a Content-Type selects (section 3)."""
+    media = content_type.partition(";")[0].strip().lower()
+    if not media.startswith("application/cloudevents"):
+        return _BINARY
+    # 3.2 / 3.3: the event format the media type names; only JSON here.
+    if media == CONTENT_TYPE:
+        return _STRUCTURED
+    if media == BATCH_CONTENT_TYPE:
+        return _BATCH
+    raise InvalidEvent(
+        "content-type",
+        f"unsupported event format {media!r}; this receiver reads {CONTENT_TYPE} "
+        f"and {BATCH_CONTENT_TYPE}",
+    )
+
+
+# Header name -> its role: the attribute a ce- header carries, _CONTENT_TYPE_ROLE
+# or _OTHER_ROLE. Names repeat from message to message, so each is lowered and
+# classified once. Bounded: emptied when full, never grows with hostile input.
+_CONTENT_TYPE_ROLE: Final = ""
+_OTHER_ROLE: Final = "-"
+_header_roles: dict[str, str] = {}
+MAX_REMEMBERED_HEADER_NAMES: Final = 4096
+
+
+def _header_role(name: str) -> str:
+    lower = name.lower()
+    if lower == "content-type":
+        role = _CONTENT_TYPE_ROLE
+    elif lower.startswith("ce-"):
+        role = lower[3:]
+    else:
+        role = _OTHER_ROLE
+    if len(_header_roles) >= MAX_REMEMBERED_HEADER_NAMES:
+        _header_roles.clear()
+    _header_roles[name] = role
+    return role
+
+
+def _read_headers(headers: Headers) -> tuple[str | None, dict[str, Any]]:
+    """The Content-Type and the ce- headers (by attribute name, values still encoded)."""
+    # A Mapping (dict, multidict) offers items(); otherwise it is a list of pairs.
+    items = headers.items() if hasattr(headers, "items") else headers
+    content_type: str | None = None
+    attributes: dict[str, Any] = {}
+    roles = _header_roles
+    for name, value in items:
+        role = roles.get(name)
+        if role is None:
+            role = _header_role(name)
+        if role is _OTHER_ROLE:
+            continue
+        if role is _CONTENT_TYPE_ROLE:
+            if content_type is not None:
+                raise InvalidEvent("content-type", "header appears more than once")
+            content_type = value
+        elif role in attributes:
+            raise InvalidEvent(name, "header appears more than once")
+        else:
+            attributes[role] = value
+    return content_type, attributes
 
 
 def is_cloudevent(headers: Headers) -> bool:
     """True when a message looks like a CloudEvent in any mode (without parsing it)."""
-    for name, value in _header_items(headers):
-        lower = name.lower()
-        if lower == "ce-specversion":
-            return True
-        if lower == "content-type" and _media_type(value).startswith("application/cloudevents"):
-            return True
-    return False
+    try:
+        content_type, attributes = _read_headers(headers)
+        return (
+            content_type is not None and _mode(content_type) != _BINARY
+        ) or "specversion" in attributes
+    except InvalidEvent:
+        return True  # a CloudEvent, if a broken one: from_http says what is wrong
 
 
 def from_http(
@@ -130,35 +261,34 @@ def from_http(
     """Decode an HTTP message (request or response) into an event, or a list for a batch.
 
     Raises :class:`InvalidEvent` naming the problem when the message is not a
-    valid CloudEvent in any mode.
+    valid CloudEvent in the mode its Content-Type selects.
     """
-    content_type: str | None = None
-    attributes: dict[str, Any] = {}
-    for name, value in _header_items(headers):
-        lower = name.lower()
-        if lower == "content-type":
-            content_type = value
-        elif lower.startswith("ce-"):
-            attribute = lower[3:]
-            if attribute in attributes:
-                raise InvalidEvent(name, "header appears more than once")
-            if "%" in value or value[:1] == '"':
-                value = decode_header_value(name, value)
-            attributes[attribute] = value
-    media = _media_type(content_type)
-    if media.startswith("application/cloudevents"):
-        # 3.2 / 3.3: the event format named by the media type; only JSON here.
-        if media == CONTENT_TYPE:
-            return from_json(body)
-        if media == BATCH_CONTENT_TYPE:
-            return from_json_batch(body)
-        raise InvalidEvent("content-type", f"unsupported event format {media!r}; use JSON")
+    content_type, attributes = _read_headers(headers)
+    mode = _BINARY if content_type is None else _mode(content_type)
+    if mode == _STRUCTURED:
+        # 3.2.3: ce- headers MAY accompany a structured message; the body rules.
+        obj = _loads(body)
+        if type(obj) is not dict:
+            raise InvalidEvent("event", f"a JSON event must be an object, not {_json_kind(obj)}")
+        return _from_object(obj)
+    if mode == _BATCH:
+        return from_json_batch(body)
     if "specversion" not in attributes:
         raise InvalidEvent(
             "ce-specversion",
             "header missing: not a binary-mode CloudEvent, and the Content-Type "
             f"({content_type or 'none'}) is not a CloudEvents format",
         )
+    if "datacontenttype" in attributes:
+        # 3.1.1: a ce-datacontenttype header MUST NOT be present.
+        raise InvalidEvent(
+            "ce-datacontenttype",
+            "header not allowed in binary mode: datacontenttype is the Content-Type (3.1.1)",
+        )
+    joined = "".join(attributes.values())
+    if "%" in joined or '"' in joined:
+        for attribute, value in attributes.items():
+            attributes[attribute] = decode_header_value("ce-" + attribute, value)
     if content_type is not None:
-        attributes["datacontenttype"] = content_type
-    return CloudEvent(attributes, bytes(body) if body else NO_DATA)
+        attributes["datacontenttype"] = content_type  # 3.1.1
+    return CloudEvent._owned(attributes, bytes(body) if body else NO_DATA)

@@ -1,19 +1,27 @@
 """The JSON event format (json-format.md): single events and batches.
 
 How this works: ``from_json`` parses with orjson, takes ``data`` or
-``data_base64`` out of the object and hands the rest to the CloudEvent
-validator. ``to_json`` writes attributes as JSON values of their type (Binary
-as Base64 strings, section 2.2) and places data per section 3.1.1: Binary data
-goes to ``data_base64``, except bytes whose ``datacontenttype`` declares JSON
-and that hold valid JSON, which are embedded as the JSON value they encode (a
-binary-mode HTTP body of ``application/json`` stays readable JSON, byte for
-byte); text and JSON values go to ``data``.
+``data_base64`` out of the object and hands the rest, as the dict orjson made,
+to the CloudEvent validator (which types each member per section 2.2: a String
+attribute must be a JSON string, an Integer a JSON number without fraction or
+exponent; ``null`` means unset). ``to_json`` writes attributes as JSON values
+of their type (Binary as Base64 strings) and places data per section 3.1.1:
+Binary data goes to ``data_base64``, except bytes whose ``datacontenttype``
+declares JSON and that hold valid JSON, which are embedded as the JSON value
+they encode (a binary-mode ``application/json`` body stays readable JSON, byte
+for byte); text and JSON values go to ``data``.
+
+CloudEvents 0.3 is kept as 0.3: there, ``datacontentencoding: base64`` marks
+``data`` as Base64 text of binary data, which is decoded on reading and
+written back the same way. 0.3 has no way to carry binary data without that
+attribute, and adding it would rewrite the event, so such data is written as
+``data_base64`` (which the official SDK also reads for 0.3).
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -36,30 +44,38 @@ __all__ = [
     "to_json_value",
 ]
 
+_b64encode = base64.b64encode
+
 
 def to_json_value(event: CloudEvent) -> dict[str, Any]:
     """The event as a JSON-ready dict (members in attribute order, then data)."""
-    out: dict[str, Any] = {}
-    for name, value in event._attributes.items():
-        out[name] = base64.b64encode(value).decode("ascii") if type(value) is bytes else value
+    attributes = event._attributes
+    out: dict[str, Any] = dict(attributes)
+    if bytes in map(type, attributes.values()):
+        for name, value in attributes.items():
+            if type(value) is bytes:
+                out[name] = _b64encode(value).decode("ascii")  # 2.2: Binary as Base64
     data = event._data
     if data is NO_DATA:
         return out
-    if type(data) is bytes:
-        if is_json_content_type(event._attributes.get("datacontenttype")):
-            # json-format.md 3.1.1: JSON-formatted content goes into `data`
-            # as a JSON value; raw bytes that are valid JSON are embedded
-            # as they are (orjson.Fragment), invalid ones fall back to Base64.
-            try:
-                orjson.loads(data)
-            except orjson.JSONDecodeError:
-                pass
-            else:
-                out["data"] = orjson.Fragment(data)
-                return out
-        out["data_base64"] = base64.b64encode(data).decode("ascii")
+    if type(data) is not bytes:
+        out["data"] = data
         return out
-    out["data"] = data
+    if attributes["specversion"] == "0.3" and _is_base64_encoding(attributes):
+        out["data"] = _b64encode(data).decode("ascii")
+        return out
+    if is_json_content_type(attributes.get("datacontenttype")):
+        # 3.1.1: JSON-formatted content goes into `data` as a JSON value; raw
+        # bytes that are valid JSON are embedded as they are (orjson.Fragment),
+        # anything else is Binary and falls back to Base64.
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            out["data"] = orjson.Fragment(data)
+            return out
+    out["data_base64"] = _b64encode(data).decode("ascii")
     return out
 
 
@@ -67,54 +83,63 @@ def to_json(event: CloudEvent) -> bytes:
     """Serialise one event in the JSON format (``application/cloudevents+json``)."""
     try:
         return orjson.dumps(to_json_value(event))
-    except TypeError as exc:
+    except TypeError as exc:  # orjson.JSONEncodeError included
         raise InvalidEvent("data", f"cannot be serialised as JSON: {exc}") from exc
 
 
 def to_json_batch(events: Iterable[CloudEvent]) -> bytes:
-    """Serialise events as a JSON batch (``application/cloudevents-batch+json``)."""
-    values = [to_json_value(event) for event in events]
-    _check_batch_versions(values)
+    """Serialise events as a JSON batch (``application/cloudevents-batch+json``).
+
+    http-protocol-binding.md 3.3.2: all events of a batch share one specversion.
+    """
+    events = list(events)
+    _check_batch_versions(events)
     try:
-        return orjson.dumps(values)
+        return orjson.dumps([to_json_value(event) for event in events])
     except TypeError as exc:
         raise InvalidEvent("data", f"cannot be serialised as JSON: {exc}") from exc
 
 
 def from_json_value(obj: object) -> CloudEvent:
-    """Build an event from an already-parsed JSON object."""
+    """Build an event from an already-parsed JSON object (which is left untouched)."""
     if type(obj) is not dict:
         raise InvalidEvent("event", f"a JSON event must be an object, not {_json_kind(obj)}")
-    attributes: dict[str, Any] = obj
+    return _from_object(dict(obj))
+
+
+def _from_object(obj: dict[str, Any]) -> CloudEvent:
+    """Build an event from a JSON object this module owns (it becomes the attributes)."""
     data: object = NO_DATA
-    if "data_base64" in attributes or "data" in attributes:
-        attributes = dict(attributes)
-        has_data = "data" in attributes
-        data = attributes.pop("data", NO_DATA)
-        encoded = attributes.pop("data_base64", None)
-        if encoded is not None:
-            if has_data:
-                # json-format.md 3.1.1: the two members are mutually exclusive.
-                raise InvalidEvent("data_base64", "an event cannot have both data and data_base64")
+    if "data" in obj:
+        data = obj.pop("data")
+        if obj.pop("data_base64", None) is not None:
+            # 3.1.1: the two members are mutually exclusive.
+            raise InvalidEvent("data_base64", "an event cannot have both data and data_base64")
+        if type(data) is str and obj.get("specversion") == "0.3" and _is_base64_encoding(obj):
+            data = decode_base64("data", data)  # 0.3: Base64 text of binary data
+    elif "data_base64" in obj:
+        encoded = obj.pop("data_base64")
+        if encoded is not None:  # 2.2: null is the same as absent
             if type(encoded) is not str:
-                raise InvalidEvent("data_base64", "must be a JSON string of Base64")
+                raise InvalidEvent(
+                    "data_base64", f"must be a JSON string of Base64, not {_json_kind(encoded)}"
+                )
+            # 3.1.2: data_base64 MUST be decoded into binary.
             data = decode_base64("data_base64", encoded)
-    for name, value in attributes.items():
-        kind = type(value)
-        if kind is float:
-            if not value.is_integer():
-                raise InvalidEvent(name, f"Integer attributes must be whole numbers, not {value}")
-            attributes = {**attributes, name: int(value)}
-        elif kind is dict or kind is list:
-            raise InvalidEvent(
-                name, f"attribute values cannot be JSON {_json_kind(value)}s (json-format.md 2.2)"
-            )
-    return CloudEvent(attributes, data)
+    return CloudEvent._owned(obj, data)
+
+
+def _is_base64_encoding(attributes: dict[str, Any]) -> bool:
+    encoding = attributes.get("datacontentencoding")
+    return type(encoding) is str and encoding.lower() == "base64"
 
 
 def from_json(body: bytes | bytearray | memoryview | str) -> CloudEvent:
     """Parse one event in the JSON format; raise :class:`InvalidEvent` if it is not one."""
-    return from_json_value(_loads(body))
+    obj = _loads(body)
+    if type(obj) is not dict:
+        raise InvalidEvent("event", f"a JSON event must be an object, not {_json_kind(obj)}")
+    return _from_object(obj)
 
 
 def from_json_batch(body: bytes | bytearray | memoryview | str) -> list[CloudEvent]:
@@ -123,22 +148,25 @@ def from_json_batch(body: bytes | bytearray | memoryview | str) -> list[CloudEve
     if type(values) is not list:
         raise InvalidEvent("batch", f"a JSON batch must be an array, not {_json_kind(values)}")
     events = [_batch_member(i, value) for i, value in enumerate(values)]
-    _check_batch_versions([e._attributes for e in events])
+    _check_batch_versions(events)
     return events
 
 
 def _batch_member(index: int, value: object) -> CloudEvent:
     try:
-        return from_json_value(value)
+        if type(value) is not dict:
+            raise InvalidEvent("event", f"must be a JSON object, not {_json_kind(value)}")
+        return _from_object(value)
     except InvalidEvent as exc:
         raise InvalidEvent(f"batch[{index}].{exc.attribute}", exc.reason) from exc
 
 
-def _check_batch_versions(values: Sequence[Any]) -> None:
-    versions = {value.get("specversion") for value in values}
+def _check_batch_versions(events: list[CloudEvent]) -> None:
+    versions = {event.specversion for event in events}
     if len(versions) > 1:
         raise InvalidEvent(
-            "batch", f"events in one batch must share a specversion, found {sorted(versions)}"
+            "batch",
+            f"events in one batch must share a specversion, found {', '.join(sorted(versions))}",
         )
 
 
