@@ -192,7 +192,7 @@ class Connack:
             raise LocalProtocolError("a refused CONNACK must have session_present=False")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Publish:
     """PUBLISH (§3.3). ``packet_id`` is None exactly when ``qos`` is 0.
 
@@ -203,29 +203,48 @@ class Publish:
     packet_type: ClassVar[int] = PacketType.PUBLISH
 
     topic: str
-    payload: bytes = b""
-    qos: int = 0
-    retain: bool = False
-    dup: bool = False
-    packet_id: int | None = None
-    properties: Properties = EMPTY_PROPERTIES
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    packet_id: int | None
+    properties: Properties
 
-    def __post_init__(self) -> None:
-        _check_qos(self.qos)
-        if self.qos == 0:
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        dup: bool = False,
+        packet_id: int | None = None,
+        properties: Properties = EMPTY_PROPERTIES,
+    ) -> None:
+        # Written out rather than generated: a frozen dataclass __init__ goes
+        # through object.__setattr__ per field, twice as slow as the slot
+        # setters, and PUBLISH is built once per message the broker sends.
+        if qos == 0:
             # [MQTT-2.3.1-5] (3.1.1) / [MQTT-2.2.1-2] (5.0): no Packet Identifier at QoS 0.
-            if self.packet_id is not None:
+            if packet_id is not None:
                 raise LocalProtocolError("a QoS 0 PUBLISH has no packet identifier")
             # [MQTT-3.3.1-2]: the DUP flag MUST be set to 0 for all QoS 0 messages.
-            if self.dup:
+            if dup:
                 raise LocalProtocolError("a QoS 0 PUBLISH cannot have dup=True")
-        elif self.packet_id is None:
-            raise LocalProtocolError(f"a QoS {self.qos} PUBLISH needs a packet identifier")
-        else:
-            _check_packet_id(self.packet_id)
+        elif qos != 1 and qos != 2:
+            raise LocalProtocolError(f"QoS {qos} is not 0, 1 or 2")
+        # [MQTT-2.3.1-1] (3.1.1) / [MQTT-2.2.1-3] (5.0): a non-zero 16-bit identifier.
+        elif packet_id is None or not 0 < packet_id <= MAX_PACKET_ID:
+            raise LocalProtocolError(f"a QoS {qos} PUBLISH needs a packet identifier in 1..65535")
         # [MQTT-3.3.2-2]: the Topic Name MUST NOT contain wildcard characters.
-        if "+" in self.topic or "#" in self.topic:
-            raise LocalProtocolError(f"wildcard in PUBLISH topic {self.topic!r}")
+        if "+" in topic or "#" in topic:
+            raise LocalProtocolError(f"wildcard in PUBLISH topic {topic!r}")
+        _set_publish_topic(self, topic)
+        _set_publish_payload(self, payload)
+        _set_publish_qos(self, qos)
+        _set_publish_retain(self, retain)
+        _set_publish_dup(self, dup)
+        _set_publish_packet_id(self, packet_id)
+        _set_publish_properties(self, properties)
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,3 +476,12 @@ def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
     descriptor: Any = getattr(cls, name)  # a member descriptor, possibly inherited
     setter: Callable[[Any, Any], None] = descriptor.__set__
     return setter
+
+
+_set_publish_topic = _slot_setter(Publish, "topic")
+_set_publish_payload = _slot_setter(Publish, "payload")
+_set_publish_qos = _slot_setter(Publish, "qos")
+_set_publish_retain = _slot_setter(Publish, "retain")
+_set_publish_dup = _slot_setter(Publish, "dup")
+_set_publish_packet_id = _slot_setter(Publish, "packet_id")
+_set_publish_properties = _slot_setter(Publish, "properties")

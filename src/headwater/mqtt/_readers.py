@@ -35,7 +35,13 @@ from headwater.mqtt._model import (
     Unsubscribe,
     Will,
     _fast_constructor,
-    _slot_setter,
+    _set_publish_dup,
+    _set_publish_packet_id,
+    _set_publish_payload,
+    _set_publish_properties,
+    _set_publish_qos,
+    _set_publish_retain,
+    _set_publish_topic,
 )
 from headwater.mqtt._properties import WILL, read_properties
 from headwater.mqtt._protocol import ProtocolVersion
@@ -75,13 +81,6 @@ _new_disconnect = _fast_constructor(Disconnect)
 _new_auth = _fast_constructor(Auth)
 
 _object_new = object.__new__
-_set_topic = _slot_setter(Publish, "topic")
-_set_payload = _slot_setter(Publish, "payload")
-_set_qos = _slot_setter(Publish, "qos")
-_set_retain = _slot_setter(Publish, "retain")
-_set_dup = _slot_setter(Publish, "dup")
-_set_packet_id = _slot_setter(Publish, "packet_id")
-_set_properties = _slot_setter(Publish, "properties")
 
 
 def _new_publish(
@@ -95,13 +94,13 @@ def _new_publish(
 ) -> Publish:
     # Unrolled _fast_constructor: this runs once per message the broker receives.
     obj: Publish = _object_new(Publish)
-    _set_topic(obj, topic)
-    _set_payload(obj, payload)
-    _set_qos(obj, qos)
-    _set_retain(obj, retain)
-    _set_dup(obj, dup)
-    _set_packet_id(obj, packet_id)
-    _set_properties(obj, properties)
+    _set_publish_topic(obj, topic)
+    _set_publish_payload(obj, payload)
+    _set_publish_qos(obj, qos)
+    _set_publish_retain(obj, retain)
+    _set_publish_dup(obj, dup)
+    _set_publish_packet_id(obj, packet_id)
+    _set_publish_properties(obj, properties)
     return obj
 
 

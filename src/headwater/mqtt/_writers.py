@@ -11,6 +11,7 @@ subscribers without re-serialising anything but the packet identifier.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,44 @@ def write_connack(packet: Connack, version: ProtocolVersion) -> bytes:
     return bytes((0x20, 0x02, flags, code))
 
 
+_U16 = struct.Struct(">H").pack
+
+
+def _publish(
+    topic: bytes,
+    payload: bytes,
+    version: ProtocolVersion,
+    qos: int,
+    retain: bool,
+    dup: bool,
+    packet_id: int | None,
+    properties: bytes,
+) -> bytes:
+    """Frame a PUBLISH; the arguments are trusted (see :func:`encode_publish`)."""
+    if len(topic) > 0xFFFF:
+        raise LocalProtocolError(f"topic of {len(topic)} bytes exceeds 65535")
+    parts = [b"", b"", _U16(len(topic)), topic]
+    length = 2 + len(topic) + len(payload)
+    if qos:
+        if packet_id is None:
+            raise LocalProtocolError(f"a QoS {qos} PUBLISH needs a packet identifier")
+        parts.append(_U16(packet_id))
+        length += 2
+    if version == MQTT5:
+        if properties:
+            prefix = write_varint(len(properties))
+            parts.append(prefix)
+            parts.append(properties)
+            length += len(prefix) + len(properties)
+        else:
+            parts.append(b"\x00")
+            length += 1
+    parts.append(payload)
+    parts[0] = _FIRST_BYTES[0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)]
+    parts[1] = write_varint(length)
+    return b"".join(parts)
+
+
 def encode_publish(
     topic: str | bytes,
     payload: bytes,
@@ -116,32 +155,33 @@ def encode_publish(
     No validation beyond what framing needs happens here; build a
     :class:`Publish` for that.
     """
-    topic_bytes = topic.encode() if isinstance(topic, str) else topic
-    n = len(topic_bytes)
-    if n > 0xFFFF:
-        raise LocalProtocolError(f"topic of {n} bytes exceeds 65535")
-    head = _FIRST_BYTES[n >> 8] + _FIRST_BYTES[n & 0xFF] + topic_bytes
-    if qos:
-        if packet_id is None:
-            raise LocalProtocolError(f"a QoS {qos} PUBLISH needs a packet identifier")
-        head += packet_id.to_bytes(2, "big")
-    if version == MQTT5:
-        head += write_varint(len(properties)) + properties if properties else b"\x00"
-    first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-    return _FIRST_BYTES[first] + write_varint(len(head) + len(payload)) + head + payload
+    if isinstance(topic, str):
+        try:
+            topic = topic.encode()
+        except UnicodeEncodeError as exc:  # lone surrogates
+            raise LocalProtocolError(f"topic {topic!r} is not valid Unicode") from exc
+    return _publish(topic, payload, version, qos, retain, dup, packet_id, properties)
 
 
 def write_publish(packet: Publish, version: ProtocolVersion) -> bytes:
+    topic = packet.topic
+    # [MQTT-1.5.3-2] (3.1.1) / [MQTT-1.5.4-2] (5.0): no U+0000 in a string.
+    if "\x00" in topic:
+        raise LocalProtocolError(f"topic {topic!r} contains U+0000")
+    try:
+        topic_bytes = topic.encode()
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise LocalProtocolError(f"topic {topic!r} is not valid Unicode") from exc
     properties = packet.properties
-    return encode_publish(
-        write_string(packet.topic)[2:],
+    return _publish(
+        topic_bytes,
         packet.payload,
         version,
-        qos=packet.qos,
-        retain=packet.retain,
-        dup=packet.dup,
-        packet_id=packet.packet_id,
-        properties=b""
+        packet.qos,
+        packet.retain,
+        packet.dup,
+        packet.packet_id,
+        b""
         if properties is EMPTY_PROPERTIES or version != MQTT5
         else encode_properties(properties, PacketType.PUBLISH),
     )
