@@ -14,7 +14,7 @@ _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from tests.contract.log_harness import Harness, MemoryHarness  # noqa: E402
+from tests.contract.log_harness import Harness, MemoryHarness, SqliteHarness  # noqa: E402
 from tests.servers import NatsServer  # noqa: E402
 
 
@@ -24,11 +24,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         yield server  # type: ignore[misc]
 
 
-@pytest.fixture(params=["memory"])
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+@pytest.fixture(params=["memory", "sqlite"])
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     made: Harness
     if request.param == "memory":
         made = MemoryHarness()
+    elif request.param == "sqlite":
+        made = SqliteHarness(tmp_path)
     else:
         raise AssertionError(request.param)
     try:

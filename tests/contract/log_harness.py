@@ -7,9 +7,11 @@ and hands back the same log.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from headwater.log import EventLog, MemoryLog
+from headwater.log.sqlite import Durability, SqliteLog
 
 
 class Harness(Protocol):
@@ -38,3 +40,25 @@ class MemoryHarness:
 
     async def aclose(self) -> None:
         await self._log.close()
+
+
+class SqliteHarness:
+    name = "sqlite"
+
+    def __init__(self, directory: Path, durability: Durability = "normal") -> None:
+        self._path = directory / "log.db"
+        self._durability = durability
+        self._logs: list[SqliteLog] = []
+
+    async def open(self) -> EventLog:
+        log = SqliteLog(self._path, durability=self._durability, poll_interval=0.05)
+        self._logs.append(log)
+        return log
+
+    async def reopen(self, log: EventLog) -> EventLog:
+        await log.close()
+        return await self.open()
+
+    async def aclose(self) -> None:
+        for log in self._logs:
+            await log.close()

@@ -397,8 +397,9 @@ async def test_max_age_drops_old_events(log: EventLog) -> None:
     while (info := await log.info(STREAM)).dropped < 3:
         assert time.monotonic() < deadline, info
         await asyncio.sleep(0.05)
-    assert info.first_offset == 4
+    # The newest may be gone too by now (backends sweep ages periodically).
     assert info.dropped in (3, 4)
+    assert info.first_offset == info.dropped + 1
 
 
 async def test_readers_skip_what_retention_dropped(log: EventLog) -> None:

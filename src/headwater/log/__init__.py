@@ -29,6 +29,7 @@ from headwater.log.base import (
     StreamNotFound,
 )
 from headwater.log.memory import MemoryLog
+from headwater.log.sqlite import SqliteLog
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryLog",
     "NotAHeadwaterLog",
     "Reader",
+    "SqliteLog",
     "Start",
     "StartKind",
     "StreamConfig",

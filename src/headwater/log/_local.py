@@ -145,7 +145,9 @@ class LocalReader:
             return entries
 
     async def ack(self, offset: int) -> None:
-        cursor = await self._open()
+        cursor = self._cursor
+        if cursor is None or self._closed:
+            cursor = await self._open()
         self._unacked.discard(offset)
         if cursor.ack(offset):
             self._backend.save_position(self._stream, self._consumer, cursor.position)

@@ -18,7 +18,7 @@ it is acknowledged (a low-water mark), so a crash redelivers but never skips.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -221,6 +221,32 @@ class StreamInfo:
 def lag(position: int, first_offset: int, last_offset: int) -> int:
     """Retained events after ``position``."""
     return last_offset - (position if position >= first_offset else first_offset - 1)
+
+
+def stream_info(
+    name: str,
+    *,
+    first: int,
+    last: int,
+    size: int,
+    dropped: int,
+    config: StreamConfig,
+    positions: Iterable[tuple[str, int]],
+) -> StreamInfo:
+    """A :class:`StreamInfo` from a backend's counters and consumer positions."""
+    return StreamInfo(
+        name=name,
+        first_offset=first,
+        last_offset=last,
+        events=last - first + 1,
+        bytes=size,
+        dropped=dropped,
+        config=config,
+        consumers=tuple(
+            ConsumerInfo(consumer, position, lag(position, first, last))
+            for consumer, position in sorted(positions)
+        ),
+    )
 
 
 # -- interfaces ------------------------------------------------------------------

@@ -12,6 +12,7 @@ sized as the durable backends would store them, so limits behave the same.
 from __future__ import annotations
 
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Final, Self
@@ -23,7 +24,6 @@ from headwater.log._local import LocalReader, Signal
 from headwater.log.base import (
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
-    ConsumerInfo,
     Entry,
     EventTooLarge,
     LogClosed,
@@ -34,7 +34,7 @@ from headwater.log.base import (
     StreamNotFound,
     as_event_list,
     check_name,
-    lag,
+    stream_info,
 )
 
 _COMPACT_AFTER: Final = 4096
@@ -121,7 +121,7 @@ class MemoryLog:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
-        self._readers: set[LocalReader] = set()
+        self._readers: weakref.WeakSet[LocalReader] = weakref.WeakSet()
         self._closed = False
 
     def _stream(self, name: str) -> _Stream:
@@ -184,18 +184,14 @@ class MemoryLog:
     async def info(self, stream: str) -> StreamInfo:
         s = self._stream(stream)
         s.apply_retention(self._clock())
-        return StreamInfo(
-            name=stream,
-            first_offset=s.first,
-            last_offset=s.last,
-            events=s.last - s.first + 1,
-            bytes=s.bytes,
+        return stream_info(
+            stream,
+            first=s.first,
+            last=s.last,
+            size=s.bytes,
             dropped=s.dropped,
             config=s.config,
-            consumers=tuple(
-                ConsumerInfo(name, position, lag(position, s.first, s.last))
-                for name, position in sorted(s.positions.items())
-            ),
+            positions=s.positions.items(),
         )
 
     async def close(self) -> None:

@@ -1,0 +1,207 @@
+"""Event log: appends/s and reads/s per backend, against raw sqlite3 inserting the same rows.
+
+What is measured, per backend (memory, sqlite ``normal``, sqlite ``fsync``,
+jetstream when ``nats-server`` is installed):
+
+* **append**: ``--producers`` (100) asyncio tasks each append ``--events`` /
+  producers telemetry events (64 bytes of data, 6 attributes) through
+  ``EventLog.append``, ``--batch`` events per call (1 by default: one call per
+  event, as an MQTT PUBLISH or HTTP POST makes it), all concurrently. An
+  append counts when it returned, i.e. when the backend made it durable.
+  Events are built before the clock starts; encoding them is part of the
+  backend's work.
+* **read**: one consumer reads everything back with ``next_batch(1000)`` and
+  acks every entry (as a dispatcher does), then flushes its position.
+
+The peer is raw ``sqlite3`` on the same kind of file (WAL, same
+``synchronous`` setting) inserting the same rows, pre-encoded, with
+``executemany`` and one transaction per batch of 1000 rows, single-threaded
+with no asyncio in the way: the floor our SQLite backend is compared with, and
+the ratio printed is Headwater/raw (1.0 = as fast as raw sqlite3). Raw reads
+are the same rows ``SELECT``-ed back in pages of 1000 and decoded.
+
+Run: ``.venv/bin/python benchmarks/log_append.py [--events N] [--producers P]
+[--batch B] [--backends memory,sqlite-normal,sqlite-fsync,jetstream]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from headwater.cloudevents import CloudEvent
+from headwater.log import EventLog, MemoryLog, Start
+from headwater.log._codec import decode, encode
+from headwater.log.sqlite import SqliteLog
+
+REPO = Path(__file__).resolve().parents[1]
+
+DEFAULT_EVENTS = 200_000
+DEFAULT_PRODUCERS = 100
+RAW_BATCH = 1000
+READ_BATCH = 1000
+STREAM = "bench"
+
+
+def telemetry(producer: int, n: int) -> list[CloudEvent]:
+    """``n`` events of one producer, each with 64 bytes of JSON data."""
+    events = []
+    for i in range(n):
+        data = b'{"device":"sensor-%03d","seq":%08d,"celsius":21.50,"ok":true}' % (producer, i)
+        data = data.ljust(64, b" ")
+        events.append(
+            CloudEvent(
+                {
+                    "specversion": "1.0",
+                    "id": f"p{producer}-{i}",
+                    "source": f"mqtt://gateway-1/sensors/{producer}",
+                    "type": "dev.headwater.telemetry",
+                    "time": "2026-11-28T12:00:00.000Z",
+                    "datacontenttype": "application/json",
+                },
+                data,
+            )
+        )
+    return events
+
+
+async def run_backend(
+    log: EventLog, per_producer: list[list[CloudEvent]], batch: int
+) -> tuple[float, float]:
+    total = sum(map(len, per_producer))
+    await log.create_stream(STREAM)
+
+    async def produce(events: list[CloudEvent]) -> None:
+        for i in range(0, len(events), batch):
+            await log.append(STREAM, events[i : i + batch])
+
+    gc.collect()
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for events in per_producer:
+            tg.create_task(produce(events))
+    append_rate = total / (time.perf_counter() - started)
+
+    reader = log.reader(STREAM, "bench", Start.at_offset(1))
+    gc.collect()
+    started = time.perf_counter()
+    seen = 0
+    while seen < total:
+        entries = await reader.next_batch(READ_BATCH, timeout=5)
+        if not entries:
+            raise RuntimeError(f"read stalled at {seen} of {total}")
+        for offset, _ in entries:
+            await reader.ack(offset)
+        seen += len(entries)
+    await reader.flush()
+    read_rate = total / (time.perf_counter() - started)
+    await reader.close()
+    return append_rate, read_rate
+
+
+def raw_sqlite(path: Path, records: list[bytes], synchronous: str) -> tuple[float, float]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("CREATE TABLE events (offset INTEGER PRIMARY KEY, time REAL, record BLOB)")
+    now = time.time()
+    rows = [(i + 1, now, record) for i, record in enumerate(records)]
+    gc.collect()
+    started = time.perf_counter()
+    for i in range(0, len(rows), RAW_BATCH):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?)", rows[i : i + RAW_BATCH])
+        conn.execute("COMMIT")
+    append_rate = len(rows) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    after, seen = 0, 0
+    while True:
+        page = conn.execute(
+            "SELECT offset, record FROM events WHERE offset > ? ORDER BY offset LIMIT ?",
+            (after, READ_BATCH),
+        ).fetchall()
+        if not page:
+            break
+        decoded = [(offset, decode(record)) for offset, record in page]
+        after = decoded[-1][0]
+        seen += len(decoded)
+    read_rate = seen / (time.perf_counter() - started)
+    conn.close()
+    return append_rate, read_rate
+
+
+def jetstream_factory(tmp: Path) -> tuple[Callable[[], EventLog], Callable[[], None]] | None:
+    sys.path.insert(0, str(REPO))
+    from headwater.log.jetstream import JetStreamLog
+    from tests.servers import NatsServer
+
+    try:
+        server = NatsServer(tmp / "nats")
+        server.start()
+    except RuntimeError as exc:
+        print(f"  (jetstream skipped: {exc})")
+        return None
+    return (lambda: JetStreamLog(server.url)), server.stop
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    per = args.events // args.producers
+    per_producer = [telemetry(p, per) for p in range(args.producers)]
+    total = per * args.producers
+    records = [encode(e) for events in per_producer for e in events]
+    print(
+        f"{total} events ({len(records[0])} bytes encoded each), {args.producers} producers, "
+        f"{args.batch} event(s) per append; one reader acking every entry"
+    )
+    print(f"{'backend':<16}{'appends/s':>12}{'reads/s':>12}   raw sqlite3 append/read, ratio")
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for name in args.backends.split(","):
+            cleanup: Callable[[], None] = lambda: None  # noqa: E731
+            if name == "memory":
+                log: EventLog = MemoryLog()
+            elif name in ("sqlite-normal", "sqlite-fsync"):
+                durability = name.split("-")[1]
+                log = SqliteLog(tmp / f"{name}.db", durability=durability)  # type: ignore[arg-type]
+            elif name == "jetstream":
+                made = jetstream_factory(tmp)
+                if made is None:
+                    continue
+                factory, cleanup = made
+                log = factory()
+            else:
+                raise SystemExit(f"unknown backend {name!r}")
+            try:
+                append_rate, read_rate = await run_backend(log, per_producer, args.batch)
+            finally:
+                await log.close()
+                cleanup()
+            line = f"{name:<16}{append_rate:>12,.0f}{read_rate:>12,.0f}"
+            if name.startswith("sqlite"):
+                sync = "FULL" if name.endswith("fsync") else "NORMAL"
+                raw_append, raw_read = raw_sqlite(tmp / f"raw-{name}.db", records, sync)
+                line += (
+                    f"   {raw_append:>10,.0f} {raw_read:>10,.0f}"
+                    f"   append x{append_rate / raw_append:.2f}, read x{read_rate / raw_read:.2f}"
+                )
+            print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
+    parser.add_argument("--producers", type=int, default=DEFAULT_PRODUCERS)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--backends", default="memory,sqlite-normal,sqlite-fsync,jetstream")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

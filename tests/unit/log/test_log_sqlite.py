@@ -1,0 +1,199 @@
+"""SQLite backend specifics: file checks, durability settings, several processes on one file.
+
+(Everything every backend must do is in tests/contract/.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from headwater.cloudevents import CloudEvent
+from headwater.log import LogClosed, NotAHeadwaterLog, StreamConfig
+from headwater.log.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteLog
+
+
+def event(i: int) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": str(i), "source": "/s", "type": "t"}, b"x" * 64)
+
+
+async def test_a_new_file_gets_the_headwater_header(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path) as log:
+        await log.create_stream("s")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT value FROM meta").fetchone()[0] == "1"  # clean shutdown
+    conn.close()
+
+
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    path.write_bytes(b"this is not a database, just some text that happens to be here" * 100)
+    with pytest.raises(NotAHeadwaterLog, match="not a Headwater event log"):
+        SqliteLog(path)
+    assert path.read_bytes().startswith(b"this is not a database")  # untouched
+
+
+def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE mine (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(NotAHeadwaterLog, match="application_id"):
+        SqliteLog(path)
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    asyncio.run(SqliteLog(path).close())
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(NotAHeadwaterLog, match="upgrade Headwater"):
+        SqliteLog(path)
+
+
+def test_a_missing_table_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    asyncio.run(SqliteLog(path).close())
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE consumers")
+    conn.close()
+    with pytest.raises(NotAHeadwaterLog, match="consumers"):
+        SqliteLog(path)
+
+
+def scribble(path: Path, at: int, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"\xa5" * size)
+
+
+async def test_a_damaged_file_after_an_unclean_shutdown_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, durability="normal") as log:
+        await log.create_stream("s")
+        for i in range(20):
+            await log.append("s", [event(i * 100 + k) for k in range(100)])
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute("UPDATE meta SET value = '0'")  # as if the process had been killed
+    conn.commit()
+    conn.close()
+    assert pages > 10
+    scribble(path, page_size * (pages // 2), page_size)  # a page amid the events
+    with pytest.raises(NotAHeadwaterLog, match="damaged"):
+        SqliteLog(path)
+
+
+async def test_committed_events_survive_an_unclean_shutdown(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    log = SqliteLog(path, durability="fsync")
+    await log.create_stream("s")
+    assert await log.append("s", [event(1), event(2)]) == [1, 2]
+    # No close(): the file is left as a killed process leaves it (the
+    # crash tests in tests/chaos/log do this with SIGKILL).
+    reopened = SqliteLog(path)
+    try:
+        info = await reopened.info("s")
+        assert info.last_offset == 2
+        batch = await reopened.reader("s", "c").next_batch(10)
+        assert [e for _, e in batch] == [event(1), event(2)]
+    finally:
+        await reopened.close()
+        await log.close()
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_durability_settings(tmp_path: Path, durability: str) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability=durability) as log:  # type: ignore[arg-type]
+        await log.create_stream("s")
+        assert await log.append("s", [event(1)]) == [1]
+
+
+def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        SqliteLog(tmp_path / "log.db", durability="sometimes")  # type: ignore[arg-type]
+
+
+async def test_appends_by_another_writer_reach_a_waiting_reader(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, poll_interval=0.05) as mine, SqliteLog(path) as theirs:
+        await mine.create_stream("s")
+        reader = mine.reader("s", "c")
+        await reader.next_batch(1, timeout=0)
+
+        async def append_elsewhere() -> None:
+            await asyncio.sleep(0.2)
+            assert await theirs.append("s", [event(1)]) == [1]
+            assert await mine.append("s", [event(2)]) == [2]  # offsets are shared
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(append_elsewhere())
+            started = time.monotonic()
+            got = await reader.next_batch(10, timeout=5)
+        assert got[0].offset == 1
+        assert time.monotonic() - started < 2
+
+
+async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability="fsync") as log:
+        await log.create_stream("s")
+        commits = 0
+        conn = log._writer._conn
+
+        def count(sql: str) -> None:
+            nonlocal commits
+            commits += sql == "COMMIT"
+
+        conn.set_trace_callback(count)
+        offsets = await asyncio.gather(*(log.append("s", [event(i)]) for i in range(500)))
+        conn.set_trace_callback(None)
+        assert sorted(o for [o] in offsets) == list(range(1, 501))
+        assert commits < 250  # group commit: far fewer transactions than appends
+
+
+async def test_cancelled_append_leaves_the_log_consistent(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db") as log:
+        await log.create_stream("s")
+        task = asyncio.create_task(log.append("s", [event(1)]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        offsets = await log.append("s", [event(2)])
+        info = await log.info("s")
+        assert offsets[0] == info.last_offset
+        assert info.events == info.last_offset
+
+
+async def test_retention_limits_persist(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path) as log:
+        await log.create_stream("s", StreamConfig(max_events=3, max_bytes=10_000, max_age=60))
+        await log.append("s", [event(i) for i in range(5)])
+    async with SqliteLog(path) as log:
+        info = await log.info("s")
+        assert info.config == StreamConfig(max_events=3, max_bytes=10_000, max_age=60)
+        assert (info.first_offset, info.dropped) == (3, 2)
+        await log.append("s", [event(9)])
+        assert (await log.info("s")).dropped == 3
+
+
+async def test_using_a_closed_log_raises(tmp_path: Path) -> None:
+    log = SqliteLog(tmp_path / "log.db")
+    await log.close()
+    await log.close()  # twice is fine
+    with pytest.raises(LogClosed):
+        await log.create_stream("s")
+    with pytest.raises(LogClosed):
+        log.reader("s", "c")
