@@ -154,6 +154,10 @@ class Will:
 
     def __post_init__(self) -> None:
         _check_qos(self.qos)
+        # [MQTT-3.1.3-11] (3.1.1) / [MQTT-3.1.3-12] (5.0): the Will Topic is a
+        # Topic Name: at least one character [MQTT-4.7.3-1], no wildcards.
+        if not self.topic or "+" in self.topic or "#" in self.topic:
+            raise LocalProtocolError(f"invalid will topic {self.topic!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +341,10 @@ class Subscribe:
         # [MQTT-3.8.3-3] (3.1.1) / [MQTT-3.8.3-2] (5.0): at least one Topic Filter.
         if not self.subscriptions:
             raise LocalProtocolError("a SUBSCRIBE needs at least one topic filter")
+        for topic_filter, options in self.subscriptions:
+            # [MQTT-3.8.3-4] (5.0): No Local on a Shared Subscription is a Protocol Error.
+            if options.no_local and topic_filter.startswith("$share/"):
+                raise LocalProtocolError(f"no_local on shared subscription {topic_filter!r}")
 
 
 @dataclass(frozen=True, slots=True)

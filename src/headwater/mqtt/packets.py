@@ -27,6 +27,7 @@ Indicator is 1 (0x99).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Final, Literal
 
 from headwater.mqtt._model import (
@@ -105,16 +106,16 @@ __all__ = [
 ]
 
 
-class _NeedData:
-    """The type of :data:`NEED_DATA`."""
+class _NeedData(Enum):
+    """The type of :data:`NEED_DATA` (an enum, so that ``is NEED_DATA`` narrows types)."""
 
-    __slots__ = ()
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 """Returned by :meth:`Decoder.next_packet` until a whole packet is buffered."""
 
 # §2.2.3 (3.1.1) / §1.5.5 (5.0): the largest Remaining Length is 268,435,455,
@@ -214,7 +215,7 @@ class Decoder:
         """The bytes received but not yet returned as part of a packet."""
         return b"".join([self._buf[self._pos :], *self._chunks])
 
-    def next_packet(self) -> Packet | Literal[NEED_DATA]:  # type: ignore[valid-type]
+    def next_packet(self) -> Packet | Literal[_NeedData.NEED_DATA]:
         """The next whole packet, or :data:`NEED_DATA`. Raises :class:`MqttError`."""
         if self._error is not None:
             raise self._error
@@ -235,12 +236,17 @@ class Decoder:
             self._chunks.clear()
             self._pending = 0
         try:
-            return self._next(buf, pos, available)
+            packet = self._next(buf, pos, available)
         except MqttError as exc:
             self._error = exc
             raise
+        if self._pos == len(buf):
+            # Everything parsed: do not keep the last chunk alive while idle.
+            self._buf = b""
+            self._pos = 0
+        return packet
 
-    def _next(self, buf: bytes, pos: int, available: int) -> Packet | Literal[NEED_DATA]:  # type: ignore[valid-type]
+    def _next(self, buf: bytes, pos: int, available: int) -> Packet | Literal[_NeedData.NEED_DATA]:
         first = buf[pos]
         # §2.2.3 (3.1.1) / §1.5.5 (5.0): the Remaining Length, 1 to 4 bytes.
         length = buf[pos + 1]
