@@ -60,6 +60,14 @@ def version() -> None:
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--watch", is_flag=True, help="Reload when the resource files change.")
 @click.option("--token", envvar="HEADWATER_TOKEN", default=None, help="Admin API bearer token.")
+@click.option(
+    "--durability",
+    type=click.Choice(["fsync", "normal"]),
+    default="fsync",
+    show_default=True,
+    help="fsync: every acknowledged event is on disk; normal: faster, may lose the last "
+    "moments on power loss (never on a process crash).",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def up(
     files: tuple[Path, ...],
@@ -68,6 +76,7 @@ def up(
     http_port: int,
     watch: bool,
     token: str | None,
+    durability: str,
     log_level: str,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
@@ -77,7 +86,7 @@ def up(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    options = UpOptions(files, data_dir, host, http_port, watch, token)
+    options = UpOptions(files, data_dir, host, http_port, watch, token, durability)  # type: ignore[arg-type]
 
     def ready(server: Server) -> None:
         for name, url in server.urls.items():

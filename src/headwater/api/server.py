@@ -21,7 +21,10 @@ from pathlib import Path
 from aiohttp import web
 
 from headwater.api.app import create_app
-from headwater.resources import ConfigError, Loaded, load_paths
+from headwater.eventing import Ingress
+from headwater.log import NotAHeadwaterLog, SqliteLog
+from headwater.log.sqlite import Durability
+from headwater.resources import ConfigError, Loaded, load_paths, load_text
 from headwater.runtime.runtime import Runtime
 from headwater.runtime.watch import watch
 
@@ -36,6 +39,28 @@ class UpOptions:
     http_port: int = 8080
     watch: bool = False
     token: str | None = None
+    durability: Durability = "fsync"
+
+
+# With no resource files, `headwater up` runs the embedded default: a Broker
+# named `default` whose every event is shown by an EventDisplay.
+EMBEDDED_DEFAULTS = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: sinks.headwater.dev/v1alpha1
+kind: EventDisplay
+metadata: {name: display}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: display}
+spec:
+  broker: default
+  subscriber:
+    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: EventDisplay, name: display}
+"""
 
 
 class StartupError(RuntimeError):
@@ -59,7 +84,15 @@ def is_loopback(host: str) -> bool:
 
 
 def load(files: Sequence[Path]) -> list[Loaded]:
-    return load_paths(files) if files else []
+    return load_paths(files) if files else load_text(EMBEDDED_DEFAULTS, "<embedded defaults>")
+
+
+def open_log(options: UpOptions) -> SqliteLog:
+    try:
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        return SqliteLog(options.data_dir / "events.db", durability=options.durability)
+    except (OSError, NotAHeadwaterLog) as exc:
+        raise StartupError(f"cannot open the event log in {options.data_dir}: {exc}") from exc
 
 
 async def start(options: UpOptions) -> Server:
@@ -69,10 +102,11 @@ async def start(options: UpOptions) -> Server:
             "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
         )
     loaded = load(options.files)  # ConfigError propagates before anything listens
-    runtime = Runtime()
+    runtime = Runtime(open_log(options))
     try:
         await runtime.apply(loaded)
         app = create_app(runtime, token=options.token)
+        Ingress(runtime.ingress_lookup).add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.http_port, reuse_address=True)

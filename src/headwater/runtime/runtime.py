@@ -9,152 +9,179 @@ Destination resolves to a pooled HTTP sink.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import aiohttp
 
 from headwater.cloudevents import CloudEvent
+from headwater.eventing import Broker as BrokerFanout
+from headwater.eventing import Channel as ChannelFanout
+from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_session
+from headwater.log import EARLIEST, LATEST, EventLog, MemoryLog, Start
 from headwater.resources import (
     ConfigError,
     Destination,
-    EventDisplay,
     Loaded,
-    PingSource,
     Problem,
     Resource,
     load_text,
+    parse_start,
+)
+from headwater.resources import DeliverySpec as ResourceDelivery
+from headwater.runtime.components import (
+    BrokerComponent,
+    ChannelComponent,
+    EventDisplayComponent,
+    PingSourceComponent,
+    SubscriptionComponent,
+    TriggerComponent,
 )
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
-from headwater.sinks import EventDisplaySink
-from headwater.sources import PingSchedule, PingSourceRunner
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    async def deliver(self, event: CloudEvent) -> CloudEvent | None: ...
-
-
-class Addressable(Protocol):
-    """A component that can receive events through a Destination's ``ref``."""
-
-    @property
-    def sink(self) -> Sink: ...
 
 
 class UnresolvedDestination(LookupError):
     """A Destination's ref names a resource that is not running."""
 
 
-class EventDisplayComponent:
-    def __init__(self, resource: EventDisplay) -> None:
-        self._sink = EventDisplaySink(resource.spec.format)
-        self._format = resource.spec.format
-        self.received = 0
+class RefSink:
+    """A Destination ``ref`` to an in-process receiver, looked up at each delivery.
 
-    @property
-    def sink(self) -> Sink:
-        return self
+    Resolving late means a receiver that is recreated (or not ready yet) is
+    found again without re-wiring its senders; while it is missing, delivery
+    fails as retryable, so retries and dead letters apply as for HTTP.
+    """
+
+    def __init__(self, runtime: Runtime, key: Key) -> None:
+        self._runtime = runtime
+        self.key = key
+        self.url = f"{key[0].lower()}://{key[1]}/{key[2]}"
 
     async def deliver(self, event: CloudEvent) -> CloudEvent | None:
-        self.received += 1
-        return await self._sink.deliver(event)
+        component = self._runtime.reconciler.component(self.key)
+        sink: Sink | None = getattr(component, "sink", None)
+        if sink is None:
+            raise DeliveryError(
+                None, True, reason=f"{self.key[0]} {self.key[1]}/{self.key[2]} is not ready"
+            )
+        return await sink.deliver(event)
 
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self._sink.close()
-
-    async def update(self, resource: Resource) -> bool:
-        return False
-
-    def status(self) -> dict[str, Any]:
-        return {"received": self.received}
-
-
-class PingSourceComponent:
-    def __init__(self, runtime: Runtime, resource: PingSource) -> None:
-        spec = resource.spec
-        data: bytes | None = None
-        if spec.data is not None:
-            data = spec.data.encode()
-        elif spec.data_base64 is not None:
-            data = base64.b64decode(spec.data_base64)
-        self._runtime = runtime
-        self._namespace = resource.namespace
-        self._destination = spec.sink
-        self.runner = PingSourceRunner(
-            namespace=resource.namespace,
-            name=resource.name,
-            schedule=PingSchedule(spec.schedule, spec.timezone),
-            emit=self._emit,
-            data=data,
-            content_type=spec.content_type,
-            extensions=spec.ce_overrides.extensions if spec.ce_overrides else None,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def _emit(self, event: CloudEvent) -> None:
-        sink = self._runtime.resolve(self._destination, self._namespace)
-        await sink.deliver(event)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self.runner.run(), name=f"pingsource:{self.runner.source}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def update(self, resource: Resource) -> bool:
-        return False
-
-    def status(self) -> dict[str, Any]:
-        r = self.runner
-        return {"sent": r.sent, "failed": r.failed, "lastError": r.last_error}
+    def __repr__(self) -> str:
+        return f"RefSink({self.url})"
 
 
 class Runtime:
-    """Headwater's running state; the admin API and ``headwater up`` drive it."""
+    """Headwater's running state; the admin API and ``headwater up`` drive it.
 
-    def __init__(self) -> None:
+    ``log`` holds every Broker's and Channel's stream (InMemoryChannels keep
+    their own). The runtime owns it and closes it in :meth:`close`.
+    """
+
+    def __init__(self, log: EventLog | None = None) -> None:
         self.started = time.time()
         self.listeners: dict[str, str] = {}
+        self.log: EventLog = log if log is not None else MemoryLog()
+        self._session: aiohttp.ClientSession | None = None
         builders: dict[str, Builder] = {
-            "EventDisplay": self._build_event_display,
-            "PingSource": self._build_ping_source,
+            "EventDisplay": self._build(EventDisplayComponent, with_runtime=False),
+            "Broker": self._build(BrokerComponent),
+            "Channel": self._build(ChannelComponent),
+            "InMemoryChannel": self._build(ChannelComponent),
+            "Trigger": self._build(TriggerComponent),
+            "Subscription": self._build(SubscriptionComponent),
+            "PingSource": self._build(PingSourceComponent),
         }
         self.reconciler = Reconciler(builders)
 
-    # -- builders -------------------------------------------------------------
+    def _build(self, cls: Any, *, with_runtime: bool = True) -> Builder:
+        async def build(resource: Resource) -> Component:
+            component: Component = cls(self, resource) if with_runtime else cls(resource)
+            return component
 
-    async def _build_event_display(self, resource: Resource) -> Component:
-        assert isinstance(resource, EventDisplay)
-        return EventDisplayComponent(resource)
+        return build
 
-    async def _build_ping_source(self, resource: Resource) -> Component:
-        assert isinstance(resource, PingSource)
-        return PingSourceComponent(self, resource)
+    # -- what components need ----------------------------------------------------
 
-    # -- destinations ---------------------------------------------------------
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """One pooled HTTP client for every HTTP destination (keep-alive across them)."""
+        if self._session is None:
+            self._session = new_session()
+        return self._session
 
-    def resolve(self, destination: Destination, namespace: str) -> Sink:
-        """The sink a Destination points at, in-process for a ``ref``."""
+    def broker(self, namespace: str, name: str) -> BrokerFanout:
+        component = self.reconciler.component(("Broker", namespace, name))
+        if not isinstance(component, BrokerComponent):
+            raise UnresolvedDestination(f"Broker {namespace}/{name} is not ready")
+        return component.broker
+
+    def channel(self, kind: str, namespace: str, name: str) -> ChannelFanout:
+        component = self.reconciler.component((kind, namespace, name))
+        if not isinstance(component, ChannelComponent):
+            raise UnresolvedDestination(f"{kind} {namespace}/{name} is not ready")
+        return component.channel
+
+    def ingress_lookup(self, namespace: str, name: str) -> BrokerFanout | None:
+        """The running Broker at ``/{namespace}/{name}``, for the HTTP ingress."""
+        component = self.reconciler.component(("Broker", namespace, name))
+        return component.broker if isinstance(component, BrokerComponent) else None
+
+    def ingress_url(self, namespace: str, name: str) -> str | None:
+        base = self.listeners.get("http")
+        return f"{base}/{namespace}/{name}" if base else None
+
+    def resolve(
+        self, destination: Destination, namespace: str, delivery: ResourceDelivery | None = None
+    ) -> Sink:
+        return self.resolve_with_uri(destination, namespace, delivery)[0]
+
+    def resolve_with_uri(
+        self, destination: Destination, namespace: str, delivery: ResourceDelivery | None = None
+    ) -> tuple[Sink, str]:
+        """The sink a Destination points at (in-process for a ``ref``) and its address."""
         ref = destination.ref
         if ref is not None:
-            key = (ref.kind, ref.namespace or namespace, ref.name)
-            component = self.reconciler.component(key)
-            sink = getattr(component, "sink", None)
-            if sink is None:
-                raise UnresolvedDestination(f"{ref.kind} {key[1]}/{key[2]} is not ready")
-            return sink  # type: ignore[no-any-return]
-        raise UnresolvedDestination(f"cannot deliver to {destination.uri!r} yet")
+            if destination.uri:
+                raise UnresolvedDestination(
+                    f"a `uri` relative to the in-process {ref.kind} {ref.name!r} is not supported; "
+                    "use the ref alone"
+                )
+            sink = RefSink(self, (ref.kind, ref.namespace or namespace, ref.name))
+            return sink, sink.url
+        assert destination.uri is not None  # the model requires ref or uri
+        fmt = delivery.format if delivery is not None and delivery.format else "binary"
+        return HttpSink(destination.uri, session=self.session, format=fmt), destination.uri
+
+    def delivery_spec(
+        self, delivery: ResourceDelivery | None, namespace: str
+    ) -> DeliverySpec | None:
+        if delivery is None:
+            return None
+
+        def resolve_sink(raw: Mapping[str, Any]) -> tuple[Sink, str]:
+            return self.resolve_with_uri(Destination.model_validate(raw), namespace)
+
+        return DeliverySpec.from_knative(
+            delivery.model_dump(by_alias=True, exclude_none=True), resolve_sink
+        )
+
+    @staticmethod
+    def start_position(text: str | None) -> Start:
+        if text is None:
+            return LATEST
+        kind, value = parse_start(text)
+        if kind == "earliest":
+            return EARLIEST
+        if kind == "offset":
+            return Start.at_offset(int(value))  # type: ignore[arg-type]
+        if kind == "time":
+            return Start.at_time(datetime.fromisoformat(str(value)))
+        return LATEST
 
     # -- the API's view ---------------------------------------------------------
 
@@ -183,4 +210,9 @@ class Runtime:
         return await self.reconciler.delete(keys)
 
     async def close(self) -> None:
+        """Stop every component (senders first: cursors are committed), then the log."""
         await self.reconciler.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.log.close()

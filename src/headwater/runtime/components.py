@@ -1,0 +1,322 @@
+"""What each resource kind becomes when it runs.
+
+How this works: every component has ``start``/``stop``/``update``/``status``
+(the reconciler's :class:`~headwater.runtime.reconciler.Component`).
+Brokers and Channels wrap the eventing fan-outs; a Trigger or Subscription
+attaches itself to its Broker or Channel, and an ``update`` re-attaches it
+under the same consumer name, so a changed filter or subscriber keeps the
+cursor. Addressable components expose ``sink``: what a Destination's ``ref``
+resolves to, in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import Broker as BrokerFanout
+from headwater.eventing import Channel as ChannelFanout
+from headwater.eventing import DeliveryError, Sink
+from headwater.eventing import Subscription as SubscriptionMember
+from headwater.eventing import Trigger as TriggerMember
+from headwater.eventing._fanout import Saturated
+from headwater.log import LogUnavailable
+from headwater.resources import (
+    Broker,
+    Channel,
+    EventDisplay,
+    InMemoryChannel,
+    PingSource,
+    Resource,
+    Subscription,
+    Trigger,
+)
+from headwater.resources.models import (
+    KAFKA_ORDER_ANNOTATION,
+    MAX_INFLIGHT_ANNOTATION,
+    ORDER_ANNOTATION,
+    START_ANNOTATION,
+)
+from headwater.sinks import EventDisplaySink
+from headwater.sources import PingSchedule, PingSourceRunner
+
+if TYPE_CHECKING:
+    from headwater.runtime.runtime import Runtime
+
+
+class AcceptSink:
+    """Delivering to a Broker or Channel means appending to it durably."""
+
+    def __init__(self, fanout: BrokerFanout | ChannelFanout) -> None:
+        self.fanout = fanout
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        try:
+            await self.fanout.accept([event])
+        except (LogUnavailable, Saturated) as exc:
+            raise DeliveryError(503, True, reason=f"{self.fanout!r}: {exc}") from exc
+        return None
+
+    def __repr__(self) -> str:
+        return f"{self.fanout!r}"
+
+
+class BrokerComponent:
+    def __init__(self, runtime: Runtime, resource: Broker) -> None:
+        self.runtime = runtime
+        self.broker = BrokerFanout(
+            resource.namespace,
+            resource.name,
+            runtime.log,
+            delivery=runtime.delivery_spec(resource.spec.delivery, resource.namespace),
+        )
+        self.sink: Sink = AcceptSink(self.broker)
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+
+    async def update(self, resource: Resource) -> bool:
+        assert isinstance(resource, Broker)
+        self.broker.delivery = self.runtime.delivery_spec(
+            resource.spec.delivery, resource.namespace
+        )
+        # Re-attach every Trigger so the new defaults apply; cursors are kept.
+        for trigger in list(self.broker.triggers().values()):
+            await self.broker.add_trigger(trigger)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        status = self.broker.status()
+        status["address"] = self.runtime.ingress_url(self.broker.namespace, self.broker.name)
+        return status
+
+
+class ChannelComponent:
+    def __init__(self, runtime: Runtime, resource: Channel | InMemoryChannel) -> None:
+        self.runtime = runtime
+        delivery = runtime.delivery_spec(resource.spec.delivery, resource.namespace)
+        in_memory = isinstance(resource, InMemoryChannel) or (
+            isinstance(resource, Channel)
+            and resource.spec.channel_template is not None
+            and resource.spec.channel_template.kind == "InMemoryChannel"
+        )
+        if in_memory:
+            self.channel = ChannelFanout.in_memory(
+                resource.namespace, resource.name, delivery=delivery
+            )
+        else:
+            self.channel = ChannelFanout(
+                resource.namespace, resource.name, runtime.log, delivery=delivery
+            )
+        self.sink: Sink = AcceptSink(self.channel)
+
+    async def start(self) -> None:
+        await self.channel.start()
+
+    async def stop(self) -> None:
+        await self.channel.stop()
+
+    async def update(self, resource: Resource) -> bool:
+        assert isinstance(resource, Channel | InMemoryChannel)
+        if isinstance(resource, Channel) and resource.spec.channel_template is not None:
+            return False  # the backing store may change: recreate
+        self.channel.delivery = self.runtime.delivery_spec(
+            resource.spec.delivery, resource.namespace
+        )
+        for subscription in list(self.channel.subscriptions().values()):
+            await self.channel.subscribe(subscription)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return self.channel.status()
+
+
+def _member_options(runtime: Runtime, resource: Trigger | Subscription) -> dict[str, Any]:
+    annotations = resource.metadata.annotations
+    order = annotations.get(ORDER_ANNOTATION, annotations.get(KAFKA_ORDER_ANNOTATION))
+    options: dict[str, Any] = {
+        "namespace": resource.namespace,
+        "delivery": (
+            runtime.delivery_spec(resource.spec.delivery, resource.namespace)
+            if resource.spec.delivery is not None
+            else None
+        ),
+        "ordering": order or "unordered",
+        "start": runtime.start_position(annotations.get(START_ANNOTATION)),
+    }
+    if MAX_INFLIGHT_ANNOTATION in annotations:
+        options["max_inflight"] = int(annotations[MAX_INFLIGHT_ANNOTATION])
+    return options
+
+
+class TriggerComponent:
+    def __init__(self, runtime: Runtime, resource: Trigger) -> None:
+        self.runtime = runtime
+        self.resource = resource
+        self.member: TriggerMember | None = None
+
+    def _broker(self, resource: Trigger) -> BrokerFanout:
+        return self.runtime.broker(resource.namespace, resource.spec.broker)
+
+    def _build(self, resource: Trigger) -> TriggerMember:
+        spec = resource.spec
+        subscriber, uri = self.runtime.resolve_with_uri(
+            spec.subscriber, resource.namespace, spec.delivery
+        )
+        return TriggerMember(
+            resource.name,
+            subscriber,
+            subscriber_uri=uri,
+            attributes=spec.filter.attributes if spec.filter else None,
+            filters=[f.model_dump(by_alias=True, exclude_none=True) for f in spec.filters],
+            **_member_options(self.runtime, resource),
+        )
+
+    async def start(self) -> None:
+        self.member = self._build(self.resource)
+        await self._broker(self.resource).add_trigger(self.member)
+
+    async def stop(self) -> None:
+        if self.member is not None:
+            with contextlib.suppress(LookupError):
+                await self._broker(self.resource).remove_trigger(self.resource.name)
+            self.member = None
+
+    async def update(self, resource: Resource) -> bool:
+        assert isinstance(resource, Trigger)
+        if resource.spec.broker != self.resource.spec.broker:
+            return False  # spec.broker is immutable in Knative; move = recreate
+        member = self._build(resource)
+        await self._broker(resource).add_trigger(member)  # same consumer: cursor kept
+        self.resource, self.member = resource, member
+        return True
+
+    def status(self) -> dict[str, Any]:
+        if self.member is None:
+            return {}
+        dispatcher = self._broker(self.resource).dispatchers().get(self.member.consumer)
+        if dispatcher is None:
+            return {"subscriberUri": self.member.subscriber_uri, **self.member.stats.snapshot()}
+        return {"subscriberUri": self.member.subscriber_uri, **dispatcher.status()}
+
+
+class SubscriptionComponent:
+    def __init__(self, runtime: Runtime, resource: Subscription) -> None:
+        self.runtime = runtime
+        self.resource = resource
+        self.member: SubscriptionMember | None = None
+
+    def _channel(self, resource: Subscription) -> ChannelFanout:
+        ref = resource.spec.channel
+        return self.runtime.channel(ref.kind, resource.namespace, ref.name)
+
+    def _build(self, resource: Subscription) -> SubscriptionMember:
+        spec = resource.spec
+        subscriber, uri = self.runtime.resolve_with_uri(
+            spec.subscriber, resource.namespace, spec.delivery
+        )
+        reply = (
+            self.runtime.resolve(spec.reply, resource.namespace) if spec.reply is not None else None
+        )
+        return SubscriptionMember(
+            resource.name,
+            subscriber,
+            subscriber_uri=uri,
+            reply=reply,
+            **_member_options(self.runtime, resource),
+        )
+
+    async def start(self) -> None:
+        self.member = self._build(self.resource)
+        await self._channel(self.resource).subscribe(self.member)
+
+    async def stop(self) -> None:
+        if self.member is not None:
+            with contextlib.suppress(LookupError):
+                await self._channel(self.resource).unsubscribe(self.resource.name)
+            self.member = None
+
+    async def update(self, resource: Resource) -> bool:
+        assert isinstance(resource, Subscription)
+        if resource.spec.channel != self.resource.spec.channel:
+            return False
+        member = self._build(resource)
+        await self._channel(resource).subscribe(member)
+        self.resource, self.member = resource, member
+        return True
+
+    def status(self) -> dict[str, Any]:
+        if self.member is None:
+            return {}
+        dispatcher = self._channel(self.resource).dispatchers().get(self.member.consumer)
+        base = {"subscriberUri": self.member.subscriber_uri}
+        if dispatcher is None:
+            return {**base, **self.member.stats.snapshot()}
+        return {**base, **dispatcher.status(), "repliesDiscarded": self.member.replies_discarded}
+
+
+class EventDisplayComponent:
+    def __init__(self, resource: EventDisplay) -> None:
+        self._display = EventDisplaySink(resource.spec.format)
+        self.received = 0
+        self.sink: Sink = self
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        self.received += 1
+        return await self._display.deliver(event)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self._display.close()
+
+    async def update(self, resource: Resource) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {"received": self.received}
+
+
+class PingSourceComponent:
+    def __init__(self, runtime: Runtime, resource: PingSource) -> None:
+        spec = resource.spec
+        data: bytes | None = None
+        if spec.data is not None:
+            data = spec.data.encode()
+        elif spec.data_base64 is not None:
+            data = base64.b64decode(spec.data_base64)
+        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        self.runner = PingSourceRunner(
+            namespace=resource.namespace,
+            name=resource.name,
+            schedule=PingSchedule(spec.schedule, spec.timezone),
+            emit=self._sink.deliver,
+            data=data,
+            content_type=spec.content_type,
+            extensions=spec.ce_overrides.extensions if spec.ce_overrides else None,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # Owned and cancelled in stop(): the schedule lives as long as the resource.
+        self._task = asyncio.create_task(self.runner.run(), name=f"pingsource:{self.runner.source}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def update(self, resource: Resource) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        r = self.runner
+        return {"sent": r.sent, "failed": r.failed, "lastError": r.last_error}
