@@ -83,7 +83,7 @@ class PacketType:
     AUTH = 15
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Properties:
     """The MQTT 5.0 properties of a packet (§2.2.2.2), one field per property.
 
@@ -122,6 +122,15 @@ class Properties:
     subscription_identifier_available: int | None = None
     shared_subscription_available: int | None = None
 
+    def __repr__(self) -> str:
+        """Only the properties present: a packet's repr stays readable in logs."""
+        present = (
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) not in (None, ())
+        )
+        return f"Properties({', '.join(present)})"
+
 
 EMPTY_PROPERTIES = Properties()
 
@@ -137,9 +146,10 @@ def _check_qos(qos: int) -> None:
         raise LocalProtocolError(f"QoS {qos} is not 0, 1 or 2")
 
 
-def _check_reason(code: ReasonCode, allowed: frozenset[ReasonCode], packet: str) -> None:
+def _check_reason(code: ReasonCode, allowed: frozenset[ReasonCode], packet: object) -> None:
     if code not in allowed:
-        raise LocalProtocolError(f"reason code {code!r} is not valid in {packet}")
+        name = packet if isinstance(packet, str) else type(packet).__name__.upper()
+        raise LocalProtocolError(f"reason code {code!r} is not valid in {name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,22 +261,33 @@ class Publish:
         _set_publish_properties(self, properties)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class _Ack:
     """Shared shape of PUBACK, PUBREC, PUBREL and PUBCOMP (§3.4..§3.7)."""
 
     allowed_reason_codes: ClassVar[frozenset[ReasonCode]] = frozenset()
 
     packet_id: int
-    reason_code: ReasonCode = ReasonCode.SUCCESS
-    properties: Properties = EMPTY_PROPERTIES
+    reason_code: ReasonCode
+    properties: Properties
 
-    def __post_init__(self) -> None:
-        _check_packet_id(self.packet_id)
-        _check_reason(self.reason_code, self.allowed_reason_codes, type(self).__name__.upper())
+    def __init__(
+        self,
+        packet_id: int,
+        reason_code: ReasonCode = ReasonCode.SUCCESS,
+        properties: Properties = EMPTY_PROPERTIES,
+    ) -> None:
+        # Written out for speed, as Publish's: one ack per QoS 1/2 message.
+        # [MQTT-2.3.1-1] (3.1.1) / [MQTT-2.2.1-3] (5.0): a non-zero 16-bit identifier.
+        if not 0 < packet_id <= MAX_PACKET_ID:
+            raise LocalProtocolError(f"packet identifier {packet_id} outside 1..65535")
+        _check_reason(reason_code, self.allowed_reason_codes, self)
+        _set_ack_packet_id(self, packet_id)
+        _set_ack_reason_code(self, reason_code)
+        _set_ack_properties(self, properties)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Puback(_Ack):
     """PUBACK (§3.4): the answer to a QoS 1 PUBLISH."""
 
@@ -274,7 +295,7 @@ class Puback(_Ack):
     allowed_reason_codes: ClassVar[frozenset[ReasonCode]] = PUBACK_REASON_CODES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Pubrec(_Ack):
     """PUBREC (§3.5): the first answer to a QoS 2 PUBLISH."""
 
@@ -282,7 +303,7 @@ class Pubrec(_Ack):
     allowed_reason_codes: ClassVar[frozenset[ReasonCode]] = PUBREC_REASON_CODES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Pubrel(_Ack):
     """PUBREL (§3.6): the answer to PUBREC."""
 
@@ -290,7 +311,7 @@ class Pubrel(_Ack):
     allowed_reason_codes: ClassVar[frozenset[ReasonCode]] = PUBREL_REASON_CODES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Pubcomp(_Ack):
     """PUBCOMP (§3.7): the answer to PUBREL, which ends a QoS 2 flow."""
 
@@ -470,6 +491,18 @@ def _fast_constructor(cls: type[_T]) -> Callable[..., _T]:
     setters = tuple(_slot_setter(cls, f.name) for f in fields(cls))  # type: ignore[arg-type]
     new = object.__new__
 
+    if len(setters) == 3:  # the acknowledgements, on the QoS 1/2 hot path: unrolled
+        set0, set1, set2 = setters
+
+        def make3(value0: Any, value1: Any, value2: Any) -> _T:
+            obj = new(cls)
+            set0(obj, value0)
+            set1(obj, value1)
+            set2(obj, value2)
+            return obj
+
+        return make3
+
     def make(*values: Any) -> _T:
         obj = new(cls)
         for setter, value in zip(setters, values, strict=True):
@@ -493,3 +526,6 @@ _set_publish_retain = _slot_setter(Publish, "retain")
 _set_publish_dup = _slot_setter(Publish, "dup")
 _set_publish_packet_id = _slot_setter(Publish, "packet_id")
 _set_publish_properties = _slot_setter(Publish, "properties")
+_set_ack_packet_id = _slot_setter(_Ack, "packet_id")
+_set_ack_reason_code = _slot_setter(_Ack, "reason_code")
+_set_ack_properties = _slot_setter(_Ack, "properties")

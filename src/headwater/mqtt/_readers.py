@@ -69,6 +69,7 @@ _CODES: tuple[ReasonCode | None, ...] = tuple(
     ReasonCode(i) if i in ReasonCode._value2member_map_ else None for i in range(256)
 )
 
+_SUCCESS = ReasonCode.SUCCESS
 _new_connect = _fast_constructor(Connect)
 _new_will = _fast_constructor(Will)
 _new_connack = _fast_constructor(Connack)
@@ -298,6 +299,10 @@ def _ack_reader(
     name = cls.__name__.upper()
 
     def read_ack(buf: bytes, pos: int, end: int, flags: int, version: ProtocolVersion) -> Packet:
+        if end - pos == 2:  # the common case in both versions: just a packet identifier
+            packet_id = (buf[pos] << 8) | buf[pos + 1]
+            if packet_id:
+                return new(packet_id, _SUCCESS, EMPTY_PROPERTIES)
         packet_id, pos = _packet_id(buf, pos, end)
         code = ReasonCode.SUCCESS
         properties = EMPTY_PROPERTIES

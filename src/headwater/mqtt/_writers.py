@@ -188,18 +188,23 @@ def write_publish(packet: Publish, version: ProtocolVersion) -> bytes:
 
 
 def _ack_writer(first: int, packet_type: int) -> Writer:
+    short = bytes((first, 2))
+    with_code = bytes((first, 3))
+
     def write_ack(packet: Puback | Pubrec | Pubrel | Pubcomp, version: ProtocolVersion) -> bytes:
-        packet_id = packet.packet_id.to_bytes(2, "big")
-        if version != MQTT5:
-            return bytes((first, 2)) + packet_id
         properties = packet.properties
+        code = packet.reason_code
+        # 3.1.1 has no room for more; in 5.0 §3.4.2.1: "The Reason Code and
+        # Property Length can be omitted if the Reason Code is 0x00 (Success)
+        # and there are no Properties".
+        if version != MQTT5 or (not code and properties is EMPTY_PROPERTIES):
+            return short + _U16(packet.packet_id)
         if properties is EMPTY_PROPERTIES or properties == EMPTY_PROPERTIES:
-            if packet.reason_code == ReasonCode.SUCCESS:
-                # §3.4.2.1: Reason Code and Property Length may be omitted.
-                return bytes((first, 2)) + packet_id
-            return bytes((first, 3)) + packet_id + _FIRST_BYTES[packet.reason_code]
+            if not code:
+                return short + _U16(packet.packet_id)
+            return with_code + _U16(packet.packet_id) + _FIRST_BYTES[code]
         body = (
-            packet_id + _FIRST_BYTES[packet.reason_code] + write_properties(properties, packet_type)
+            _U16(packet.packet_id) + _FIRST_BYTES[code] + write_properties(properties, packet_type)
         )
         return _frame(first, body)
 
