@@ -46,7 +46,8 @@ def test_up_serves_resources_to_the_cli_and_stops_cleanly(
 def test_apply_and_delete_through_the_cli(
     tmp_path: Path, headwater_up: Callable[..., Headwater]
 ) -> None:
-    hw = headwater_up()
+    (tmp_path / "empty").mkdir()
+    hw = headwater_up("-f", "empty")
     (tmp_path / "d.yaml").write_text(DISPLAY + PING)
     out = hw.cli("apply", "-f", str(tmp_path / "d.yaml")).stdout
     assert "eventdisplay/display created" in out and "pingsource/beat created" in out
