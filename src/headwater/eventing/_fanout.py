@@ -41,6 +41,9 @@ instead of queueing without bound in memory."""
 SATURATED_RETRY_AFTER: Final = 1
 """Seconds a saturated producer is asked to wait (the Retry-After value)."""
 
+READY_TIMEOUT: Final = 5.0
+"""How long adding a Trigger/Subscription waits for its cursor to open."""
+
 RESTART_DELAY: Final = (0.1, 5.0)
 """Backoff bounds (seconds) for restarting a dispatcher that failed."""
 
@@ -219,7 +222,13 @@ class Fanout(Generic[M]):
         self._dispatchers[key] = dispatcher
         if self._started:
             self._launch(key, dispatcher)
-            await dispatcher.wait_ready()
+            # Pin a LATEST cursor before returning, so that what the caller sends
+            # next is delivered; bounded, since the log may be down right now.
+            try:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await dispatcher.wait_ready()
+            except TimeoutError:
+                log.warning("%s: cursor not open after %gs; starting anyway", key, READY_TIMEOUT)
         return dispatcher
 
     async def _remove(self, name: str, *, forget_cursor: bool) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from headwater.eventing import (
     Subscription,
     Trigger,
 )
-from headwater.log import EARLIEST, MemoryLog, Start
+from headwater.log import EARLIEST, LogUnavailable, MemoryLog, Start
 
 
 def event(i: int, type: str = "t", **extra: object) -> CloudEvent:
@@ -265,3 +266,66 @@ async def test_status_and_lag(broker: Broker) -> None:
     assert status["dispatchers"]["trigger/default/t"]["delivered"] == 3
     await broker.remove_trigger("t", forget_cursor=True)
     assert broker.triggers() == {}
+
+
+async def test_filter_is_evaluated_exactly_once_per_event(broker: Broker) -> None:
+    calls: list[str] = []
+
+    def counting(e: CloudEvent) -> bool:
+        calls.append(e.id)
+        return e.data["n"] % 2 == 0
+
+    sink = RecordingSink()
+    trigger = Trigger("t", sink, filter=counting)
+    await broker.add_trigger(trigger)
+    await broker.accept([event(i) for i in range(50)])
+    await sink.wait_for(25)
+    await asyncio.sleep(0.05)
+    assert sorted(calls, key=int) == [str(i) for i in range(50)]
+    assert trigger.stats.filtered == 25
+
+
+async def test_dispatcher_waits_out_an_unavailable_log() -> None:
+    class FlakyReads(MemoryLog):
+        failures = 3
+
+        def reader(self, stream: str, consumer: str, start: Start = EARLIEST) -> Any:
+            inner = super().reader(stream, consumer, start)
+            outer = self
+
+            class Reader:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(inner, name)
+
+                async def next_batch(self, max: int = 256, timeout: float | None = 0) -> Any:  # noqa: ASYNC109
+                    if outer.failures:
+                        outer.failures -= 1
+                        raise LogUnavailable("not now")
+                    return await inner.next_batch(max, timeout)
+
+            return Reader()
+
+    async with FlakyReads() as log, Broker("default", "b", log) as broker:
+        sink = RecordingSink()
+        trigger = Trigger("t", sink, start=EARLIEST)
+        await broker.add_trigger(trigger)
+        await broker.accept([event(1)])
+        await sink.wait_for(1)
+        assert trigger.stats.last_error is not None and "not now" in trigger.stats.last_error
+
+
+async def test_a_failed_dispatcher_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    async with MemoryLog() as log, Broker("default", "b", log) as broker:
+        sink = RecordingSink()
+        trigger = Trigger("t", sink, start=EARLIEST)
+        await broker.add_trigger(trigger)
+        await broker.accept([event(1)])
+        await sink.wait_for(1)
+        # Pull the stream from under the dispatcher: it fails, then recovers once
+        # the stream is back.
+        await log.delete_stream(broker.stream)
+        await asyncio.sleep(0.05)
+        await log.create_stream(broker.stream)
+        await broker.accept([event(2)])
+        await sink.wait_for(2, within=10)
+        assert "failed; restarting" in caplog.text
