@@ -187,6 +187,10 @@ class Connect:
     def __post_init__(self) -> None:
         if not 0 <= self.keep_alive <= 0xFFFF:
             raise LocalProtocolError(f"keep alive {self.keep_alive} outside 0..65535")
+        props = self.properties
+        # §3.1.2.11.10: no Authentication Data without an Authentication Method.
+        if props.authentication_data is not None and props.authentication_method is None:
+            raise LocalProtocolError("authentication data without an authentication method")
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,7 +187,11 @@ def read_connect(buf: bytes, pos: int, end: int, flags: int, version: ProtocolVe
     properties = EMPTY_PROPERTIES
     if version == MQTT5:
         properties, pos = read_properties(buf, pos, end, PacketType.CONNECT)
-    # [MQTT-3.1.3-4] (3.1.1) / [MQTT-3.1.3-3] (5.0): the ClientId MUST be a UTF-8 string.
+        # §3.1.2.11.10: "It is a Protocol Error to include Authentication Data
+        # if there is no Authentication Method".
+        if properties.authentication_data is not None and properties.authentication_method is None:
+            raise ProtocolError("CONNECT authentication data without a method")
+    # [MQTT-3.1.3-4]: the ClientID MUST be a UTF-8 Encoded String.
     # Its length and content policy (empty ids, [MQTT-3.1.3-8]) is the broker's.
     client_id, pos = read_string(buf, pos, end)
     will = None

@@ -109,6 +109,9 @@ def properties(draw: st.DrawFn, packet_type: int) -> Properties:
             values[spec.name] = tuple(draw(st.lists(varints, min_size=1, max_size=most)))
         else:
             values[spec.name] = draw(_VALUES[spec.name])
+    if "authentication_data" in values:
+        # §3.1.2.11.10: no Authentication Data without an Authentication Method.
+        values.setdefault("authentication_method", "m")
     return Properties(**values)
 
 

@@ -155,6 +155,9 @@ CASES = [
                  ProtocolError, PROTOCOL, id="request-problem-information-2"),
     pytest.param(None, True, frame(0x10, s(b"MQTT") + b"\x05\x02\x00\x3c\x02\x18\x00" + s(b"c")),
                  MalformedPacket, MALFORMED, id="will-delay-in-connect-properties"),
+    pytest.param(None, True, frame(0x10, s(b"MQTT") + b"\x05\x02\x00\x3c\x04\x16" + s(b"d")
+                                   + s(b"c")),
+                 ProtocolError, PROTOCOL, id="authentication-data-without-method"),
     # -- CONNECT -----------------------------------------------------------------------------
     pytest.param(None, True, connect(0x03), MalformedPacket, MALFORMED,
                  id="connect-reserved-flag"),  # [MQTT-3.1.2-3]

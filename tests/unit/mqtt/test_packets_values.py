@@ -52,6 +52,10 @@ INVALID_VALUES: list[object] = [
     pytest.param(lambda: Connack(True, R.NOT_AUTHORIZED), id="connack-refused-with-session"),
     pytest.param(lambda: Connack(reason_code=R.GRANTED_QOS_1), id="connack-wrong-code"),
     pytest.param(lambda: Connect(keep_alive=70000), id="connect-keep-alive"),
+    pytest.param(
+        lambda: Connect(properties=Properties(authentication_data=b"x")),
+        id="connect-auth-data-without-method",
+    ),
     pytest.param(lambda: Will("w/+"), id="will-topic-wildcard"),
     pytest.param(lambda: Will(""), id="will-topic-empty"),
     pytest.param(lambda: Will("w", qos=3), id="will-qos-3"),
