@@ -52,6 +52,9 @@ POLL_TIMEOUT: Final = 1.0
 LOG_RETRY_DELAY: Final = (0.05, 2.0)
 """Backoff bounds (seconds) while the log is unavailable; doubles per failure."""
 
+LAG_INTERVAL: Final = 1.0
+"""Seconds between lag refreshes from the log while running (``stats.lag``)."""
+
 # The key of events without a partitionkey in ordered mode: they are delivered
 # one at a time among themselves.
 _GLOBAL: Final = object()
@@ -109,6 +112,8 @@ class Dispatcher:
         self._queues.clear()
         self._room.set()
         retry_delay = LOG_RETRY_DELAY[0]
+        loop = asyncio.get_running_loop()
+        next_lag = loop.time()
         try:
             async with asyncio.TaskGroup() as tasks:
                 while True:
@@ -126,6 +131,10 @@ class Dispatcher:
                         continue
                     retry_delay = LOG_RETRY_DELAY[0]
                     self._ready.set()
+                    now = loop.time()
+                    if now >= next_lag:
+                        next_lag = now + LAG_INTERVAL
+                        await self.refresh_lag()
                     for entry in batch:
                         await self._dispatch(entry, tasks)
         finally:

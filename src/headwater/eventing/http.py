@@ -114,7 +114,7 @@ class HttpSink:
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                payload = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                payload = await _read_bounded(response.content, MAX_RESPONSE_BYTES)
                 if 200 <= status < 300:
                     if status == 202 or (not payload and "ce-specversion" not in response.headers):
                         # "Responses with a 202 response code MUST NOT be processed
@@ -124,7 +124,7 @@ class HttpSink:
                 raise DeliveryError(
                     status,
                     should_retry(status),
-                    payload[:MAX_RESPONSE_BYTES],
+                    payload,
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     reason=response.reason or "",
                 )
@@ -132,6 +132,19 @@ class HttpSink:
             # No usable response (refused, reset, DNS, malformed HTTP): the
             # event may not have arrived, so the attempt is retryable.
             raise DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, stopping once more than ``limit`` bytes arrived (the caller checks the size)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _reply(status: int, headers: Mapping[str, str], payload: bytes) -> CloudEvent | None:

@@ -134,3 +134,36 @@ async def test_connections_are_pooled_and_kept_alive(receiver: StartReceiver) ->
             await asyncio.gather(*(sink.deliver(event(batch * 20 + i)) for i in range(20)))
     assert len(r.accepted) == 100
     assert len(r.peers) <= 4  # 100 requests over at most 4 connections
+
+
+async def test_large_reply_arriving_in_many_chunks(receiver: StartReceiver) -> None:
+    answer = CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": "r",
+            "source": "/r",
+            "type": "big",
+            "datacontenttype": "text/plain",
+        },
+        "y" * 300_000,
+    )
+    r = await receiver(lambda e, _: reply_with(answer))
+    async with HttpSink(r.url) as sink:
+        assert await sink.deliver(event()) == answer
+
+
+async def test_oversized_reply_is_refused(receiver: StartReceiver) -> None:
+    answer = CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": "r",
+            "source": "/r",
+            "type": "big",
+            "datacontenttype": "text/plain",
+        },
+        "y" * 2_000_000,
+    )
+    r = await receiver(lambda e, _: reply_with(answer))
+    async with HttpSink(r.url) as sink:
+        with pytest.raises(DeliveryError, match="too large"):
+            await sink.deliver(event())
