@@ -409,3 +409,20 @@ def test_decoded_publish_without_properties_shares_the_empty_value() -> None:
     packet = decoder.next_packet()
     assert isinstance(packet, Publish)
     assert packet.properties is EMPTY_PROPERTIES
+
+
+def test_large_packet_in_small_chunks_is_joined_once() -> None:
+    # 4 MiB in 4 KiB chunks: the decoder waits until the whole packet is there
+    # instead of re-joining its buffer on every chunk (which would copy ~2 GiB).
+    packet = Publish("big", bytes(4 << 20), qos=1, packet_id=1)
+    data = encode(packet, V5)
+    decoder = Decoder(server=True, version=V5)
+    starts = range(0, len(data) - 4096, 4096)
+    for count, start in enumerate(starts, 1):
+        decoder.receive_data(data[start : start + 4096])
+        assert decoder.next_packet() is NEED_DATA
+        # White-box: the chunks stay unjoined while the packet is incomplete.
+        assert len(decoder._chunks) == count - 1
+    decoder.receive_data(data[len(starts) * 4096 :])
+    assert decoder.next_packet() == packet
+    assert decoder.unprocessed_data == b""
