@@ -260,3 +260,24 @@ async def test_malformed_http_gets_400(setup: Setup, garbage: bytes) -> None:
     assert 400 <= await raw_status(port, garbage) < 500
     headers, body = to_http(event())
     assert await post(setup, headers, body) == 202
+
+
+async def test_saturated_broker_is_503_with_retry_after() -> None:
+    class SlowLog(MemoryLog):
+        async def append(self, stream: str, events: Sequence[CloudEvent]) -> list[int]:
+            await asyncio.sleep(0.2)
+            return await super().append(stream, events)
+
+    async with SlowLog() as log, Broker("default", "b", log, max_pending_events=4) as broker:
+        ingress = Ingress(lambda ns, name: broker)
+        async with IngressServer(ingress.app()) as server, aiohttp.ClientSession() as http:
+
+            async def send(i: int) -> tuple[int, str | None]:
+                headers, body = to_http(event(i))
+                async with http.post(server.url + "/default/b", headers=headers, data=body) as r:
+                    return r.status, r.headers.get("Retry-After")
+
+            results = await asyncio.gather(*(send(i) for i in range(12)))
+    assert sorted({status for status, _ in results}) == [202, 503]
+    assert all(after == "1" for status, after in results if status == 503)
+    assert sum(status == 202 for status, _ in results) == broker.stats.accepted
