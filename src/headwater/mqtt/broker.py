@@ -144,6 +144,9 @@ READ_SIZE = 256 * 1024
 #: be sent to that client (its acks and deliveries), until the transport drains.
 WRITE_HIGH_WATER = 256 * 1024
 
+#: Seconds a WebSocket close handshake may take before the socket is dropped.
+WS_CLOSE_TIMEOUT = 2.0
+
 _PINGRESP = b"\xd0\x00"
 
 
@@ -1351,12 +1354,13 @@ class MqttBroker:
         for bound in self._bound:
             if bound.server is not None:
                 bound.server.close()
-            if bound.runner is not None:
-                await bound.runner.cleanup()
         for conn in list(self._connections):
             conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+            await asyncio.wait(self._tasks, timeout=WS_CLOSE_TIMEOUT + 1)
+        for bound in self._bound:
+            if bound.runner is not None:
+                await bound.runner.cleanup()
         for bound in self._bound:
             if bound.server is not None:
                 with contextlib.suppress(Exception):
@@ -1401,7 +1405,9 @@ class MqttBroker:
         async def handler(request: web.Request) -> web.StreamResponse:
             # [MQTT-6.0.0-3/4] the client offers and the server selects "mqtt".
             ws = web.WebSocketResponse(
-                protocols=("mqtt",), max_msg_size=self.config.max_packet_size + 5
+                protocols=("mqtt",),
+                max_msg_size=self.config.max_packet_size + 5,
+                timeout=WS_CLOSE_TIMEOUT,
             )
             await ws.prepare(request)
             if ws.ws_protocol != "mqtt":

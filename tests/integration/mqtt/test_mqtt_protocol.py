@@ -1,0 +1,355 @@
+"""Exact protocol behaviour, checked packet by packet with a raw-socket client."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw, wait_until
+
+from headwater.mqtt.broker import BrokerConfig, Listener
+from headwater.mqtt.packets import (
+    Connack,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    ReasonCode,
+    Suback,
+    Subscribe,
+    SubscriptionOptions,
+    Unsuback,
+    Unsubscribe,
+    Will,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _subscribe(client: Raw, *filters: tuple[str, int], pid: int = 1, **props: object) -> Suback:
+    client.send(
+        Subscribe(
+            pid,
+            tuple((f, SubscriptionOptions(qos=q)) for f, q in filters),
+            Properties(**props),  # type: ignore[arg-type]
+        )
+    )
+    suback = client.recv()
+    assert isinstance(suback, Suback)
+    return suback
+
+
+def test_v311_empty_client_id_with_persistent_session_is_refused(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V311)
+    connack = client.connect("", clean_start=False)
+    # [MQTT-3.1.3-8 (3.1.1)] CONNACK 0x02 Identifier rejected, then close.
+    assert connack.reason_code == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
+    assert client.is_closed()
+
+
+def test_unsupported_protocol_level_gets_connack_0x01(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V311)
+    body = b"\x00\x04MQTT\x03\x02\x00\x3c\x00\x01c"  # level 3 = MQTT 3.1
+    client.send_bytes(b"\x10" + bytes((len(body),)) + body)
+    assert client.sock.recv(16) == b"\x20\x02\x00\x01"  # [MQTT-3.1.2-2 (3.1.1)]
+    assert client.is_closed()
+
+
+def test_first_packet_must_be_connect(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V311)
+    client.send(Pingreq())
+    assert client.is_closed()  # [MQTT-3.1.0-1]
+
+
+def test_malformed_packet_closes_only_that_connection(broker: BrokerThread) -> None:
+    good = Raw(broker.port(), V5)
+    good.connect("good")
+    _subscribe(good, ("t", 0))
+    bad = Raw(broker.port(), V5)
+    bad.connect("bad")
+    bad.send_bytes(b"\x82\x02\x00\x01")  # SUBSCRIBE without a filter
+    assert bad.recv() == Disconnect(ReasonCode.MALFORMED_PACKET) or bad.is_closed()
+    assert bad.is_closed()
+    other = Raw(broker.port(), V311)
+    other.connect("pub", clean_start=True)
+    other.send_bytes(b"\x36\x05\x00\x01t\x00\x01")  # QoS 3: malformed [MQTT-3.3.1-4]
+    assert other.is_closed()
+    pub = Raw(broker.port(), V5)
+    pub.connect("pub2")
+    pub.send(Publish("t", b"still here"))
+    assert good.recv() == Publish("t", b"still here")
+
+
+def test_second_connect_is_a_protocol_error(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    client.connect("twice")
+    client.send_bytes(b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x00\x00\x00\x00")
+    assert client.is_closed()  # [MQTT-3.1.0-2]
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_redelivery_on_reconnect_with_dup_and_same_ids(broker: BrokerThread, version) -> None:  # type: ignore[no-untyped-def]
+    props = Properties(session_expiry_interval=300) if version == V5 else Properties()
+    sub = Raw(broker.port(), version)
+    sub.connect("dev", clean_start=False, properties=props)
+    _subscribe(sub, ("q/#", 2))
+    pub = Raw(broker.port(), V5)
+    pub.connect("pub")
+    pub.send(Publish("q/1", b"one", 1, packet_id=1))
+    pub.send(Publish("q/2", b"two", 2, packet_id=2))
+    first = sub.recv()
+    second = sub.recv()
+    assert isinstance(first, Publish) and isinstance(second, Publish)
+    assert (first.payload, first.qos, first.dup) == (b"one", 1, False)
+    # Acknowledge only the PUBREC of the QoS 2 message, then drop the connection.
+    sub.send(Pubrec(second.packet_id))  # type: ignore[arg-type]
+    assert sub.recv() == Pubrel(second.packet_id)  # type: ignore[arg-type]
+    sub.close()
+    again = Raw(broker.port(), version)
+    connack = again.connect("dev", clean_start=False, properties=props)
+    assert connack.session_present
+    # [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1, same id) and PUBREL, in order.
+    redelivered = again.recv()
+    assert isinstance(redelivered, Publish)
+    assert (redelivered.payload, redelivered.dup, redelivered.packet_id) == (
+        b"one",
+        True,
+        first.packet_id,
+    )
+    assert again.recv() == Pubrel(second.packet_id)  # type: ignore[arg-type]
+    again.send(Puback(first.packet_id))  # type: ignore[arg-type]
+    again.send(Pubcomp(second.packet_id))  # type: ignore[arg-type]
+    assert again.recv_all() == []
+    wait_until(lambda: broker.call(lambda: not broker.broker.sessions["dev"].inflight))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_qos2_duplicate_is_acknowledged_not_redelivered(broker: BrokerThread, version) -> None:  # type: ignore[no-untyped-def]
+    sub = Raw(broker.port(), V5)
+    sub.connect("sub")
+    _subscribe(sub, ("x", 0))
+    pub = Raw(broker.port(), version)
+    pub.connect("pub")
+    pub.send(Publish("x", b"once", 2, packet_id=7))
+    assert pub.recv() == Pubrec(7)
+    pub.send(Publish("x", b"once", 2, dup=True, packet_id=7))
+    assert pub.recv() == Pubrec(7)  # [MQTT-4.3.3-2 (3.1.1) / 4.3.3-10 (5.0)]
+    pub.send(Pubrel(7))
+    assert pub.recv() == Pubcomp(7)
+    assert [p for p in sub.recv_all() if isinstance(p, Publish)] == [Publish("x", b"once")]
+    # After PUBCOMP the id starts a new message.
+    pub.send(Publish("x", b"again", 2, packet_id=7))
+    assert pub.recv() == Pubrec(7)
+    assert sub.recv() == Publish("x", b"again")
+
+
+def test_client_receive_maximum_is_respected(broker: BrokerThread) -> None:
+    sub = Raw(broker.port(), V5)
+    sub.connect("slow", properties=Properties(receive_maximum=2))
+    _subscribe(sub, ("r", 1))
+    pub = Raw(broker.port(), V5)
+    pub.connect("pub")
+    for i in range(5):
+        pub.send(Publish("r", bytes([i]), 1, packet_id=i + 1))
+    first = sub.recv_all()
+    # [MQTT-3.3.4-9 (5.0)] never more than Receive Maximum unacknowledged.
+    assert [p.payload for p in first] == [b"\x00", b"\x01"]  # type: ignore[union-attr]
+    sub.send(Puback(first[0].packet_id))  # type: ignore[union-attr,arg-type]
+    nxt = sub.recv_all()
+    assert [p.payload for p in nxt] == [b"\x02"]  # type: ignore[union-attr]
+
+
+def test_client_maximum_packet_size(broker: BrokerThread) -> None:
+    sub = Raw(broker.port(), V5)
+    sub.connect("small", properties=Properties(maximum_packet_size=64))
+    _subscribe(sub, ("big", 1))
+    pub = Raw(broker.port(), V5)
+    pub.connect("pub")
+    pub.send(Publish("big", b"x" * 200, 1, packet_id=1))
+    pub.send(Publish("big", b"ok", 1, packet_id=2))
+    # [MQTT-3.1.2-24/25 (5.0)] the oversize one is discarded as if delivered.
+    got = sub.recv_all()
+    assert [p.payload for p in got] == [b"ok"]  # type: ignore[union-attr]
+    assert broker.broker.stats.dropped_too_large == 1  # type: ignore[union-attr]
+
+
+def test_server_maximum_packet_size(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), max_packet_size=128))
+    client = Raw(broker.port(), V5)
+    assert client.connect("c").properties.maximum_packet_size == 128
+    client.send(Publish("t", b"x" * 200))
+    assert client.recv() == Disconnect(ReasonCode.PACKET_TOO_LARGE)
+    assert client.is_closed()
+
+
+def test_topic_aliases_both_ways(broker: BrokerThread) -> None:
+    sub = Raw(broker.port(), V5)
+    sub.connect("sub", properties=Properties(topic_alias_maximum=5))
+    _subscribe(sub, ("long/topic/name", 0))
+    pub = Raw(broker.port(), V5)
+    pub.connect("pub")
+    pub.send(Publish("long/topic/name", b"1", properties=Properties(topic_alias=3)))
+    pub.send(Publish("", b"2", properties=Properties(topic_alias=3)))
+    first, second = sub.recv(), sub.recv()
+    assert isinstance(first, Publish) and isinstance(second, Publish)
+    # Outbound: the first carries topic and alias, the next only the alias.
+    assert (first.topic, first.properties.topic_alias) == ("long/topic/name", 1)
+    assert (second.topic, second.properties.topic_alias, second.payload) == ("", 1, b"2")
+    # An alias above our Topic Alias Maximum: DISCONNECT 0x94.
+    pub.send(Publish("t", b"3", properties=Properties(topic_alias=1000)))
+    assert pub.recv() == Disconnect(ReasonCode.TOPIC_ALIAS_INVALID)
+
+
+def test_no_topic_alias_for_clients_that_do_not_allow_them(broker: BrokerThread) -> None:
+    sub = Raw(broker.port(), V5)
+    sub.connect("sub")
+    _subscribe(sub, ("t", 0))
+    pub = Raw(broker.port(), V5)
+    pub.connect("pub")
+    pub.send(Publish("t", b"1"))
+    pub.send(Publish("t", b"2"))
+    for packet in (sub.recv(), sub.recv()):
+        assert packet.properties.topic_alias is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_session_takeover(broker: BrokerThread, version) -> None:  # type: ignore[no-untyped-def]
+    old = Raw(broker.port(), version)
+    old.connect("same", clean_start=False)
+    new = Raw(broker.port(), version)
+    assert new.connect("same", clean_start=False).session_present
+    if version == V5:
+        # [MQTT-3.1.4-3 (5.0)] DISCONNECT 0x8E to the existing connection.
+        assert old.recv() == Disconnect(ReasonCode.SESSION_TAKEN_OVER)
+    assert old.is_closed()  # [MQTT-3.1.4-2 (3.1.1)]
+    new.send(Pingreq())
+    assert new.recv() == Pingresp()
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_keepalive_timeout_publishes_will(broker: BrokerThread, version) -> None:  # type: ignore[no-untyped-def]
+    watcher = Raw(broker.port(), V5)
+    watcher.connect("watcher")
+    _subscribe(watcher, ("lwt/#", 0))
+    client = Raw(broker.port(), version)
+    client.connect("sleepy", keep_alive=1, will=Will("lwt/sleepy", b"dead"))
+    started = time.monotonic()
+    message = watcher.recv(timeout=4)
+    elapsed = time.monotonic() - started
+    # [MQTT-3.1.2-24 (3.1.1) / 3.1.2-22 (5.0)] closed after 1.5 x keepalive, then the will.
+    assert message == Publish("lwt/sleepy", b"dead")
+    assert 1.3 <= elapsed <= 2.5
+    assert client.is_closed()
+
+
+def test_pings_keep_the_connection_alive(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V311)
+    client.connect("pinger", keep_alive=1)
+    for _ in range(4):
+        time.sleep(0.5)
+        client.send(Pingreq())
+        assert client.recv() == Pingresp()  # [MQTT-3.12.4-1]
+
+
+def test_server_keep_alive_is_imposed(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), server_keep_alive=1))
+    client = Raw(broker.port(), V5)
+    connack = client.connect("c", keep_alive=600)
+    assert connack.properties.server_keep_alive == 1  # [MQTT-3.2.2-21]
+    assert client.recv(3) == Disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [(V311, ReasonCode.UNSPECIFIED_ERROR), (V5, ReasonCode.TOPIC_FILTER_INVALID)],
+)
+def test_invalid_filters_fail_in_suback(broker: BrokerThread, version, code) -> None:  # type: ignore[no-untyped-def]
+    client = Raw(broker.port(), version)
+    client.connect("c")
+    suback = _subscribe(client, ("ok/#", 1), ("bad/#/x", 1), ("a+", 0), ("$share/g/x", 2))
+    got = [c if c < 0x80 else ReasonCode.UNSPECIFIED_ERROR for c in suback.reason_codes]
+    expected = [1, code, code, 2]
+    if version == V311:
+        assert got == [1, 0x80, 0x80, 2]  # [MQTT-3.9.3-2 (3.1.1)]
+    else:
+        assert list(suback.reason_codes) == expected
+
+
+def test_unsubscribe_codes(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    client.connect("c")
+    _subscribe(client, ("a", 0))
+    client.send(Unsubscribe(2, ("a", "never")))
+    assert client.recv() == Unsuback(2, (ReasonCode.SUCCESS, ReasonCode.NO_SUBSCRIPTION_EXISTED))
+    legacy = Raw(broker.port(), V311)
+    legacy.connect("l")
+    legacy.send(Unsubscribe(3, ("nothing",)))
+    assert legacy.recv() == Unsuback(3)  # [MQTT-3.10.4-5 (3.1.1)] even if nothing matched
+
+
+def test_no_local_on_shared_subscription_is_a_protocol_error(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    client.connect("c")
+    # The codec refuses to build this packet, so it is written by hand: options 0x05.
+    body = b"\x00\x01\x00\x00\x0a$share/g/t\x05"
+    client.send_bytes(b"\x82" + bytes((len(body),)) + body)
+    assert client.recv() == Disconnect(ReasonCode.PROTOCOL_ERROR)  # [MQTT-3.8.3-4 (5.0)]
+
+
+def test_dollar_topics_not_matched_by_leading_wildcards(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    client.connect("c")
+    _subscribe(client, ("#", 0), ("+/status", 0), pid=1)
+    _subscribe(client, ("$SYS/#", 0), pid=2)
+    pub = Raw(broker.port(), V5)
+    pub.connect("p")
+    pub.send(Publish("$SYS/status", b"s"))
+    # [MQTT-4.7.2-1] only the $SYS/# subscription matches.
+    assert client.recv_all() == [Publish("$SYS/status", b"s")]
+
+
+def test_session_expiry_changed_on_disconnect(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    client.connect("e", properties=Properties(session_expiry_interval=300))
+    client.send(Disconnect(properties=Properties(session_expiry_interval=0)))
+    assert client.is_closed()
+    wait_until(lambda: broker.call(lambda: "e" not in broker.broker.sessions))  # type: ignore[union-attr]
+    zero = Raw(broker.port(), V5)
+    zero.connect("z")
+    zero.send(Disconnect(properties=Properties(session_expiry_interval=30)))
+    # 0 in CONNECT then non-zero in DISCONNECT: protocol error (§3.14.2.2.2).
+    assert zero.recv() == Disconnect(ReasonCode.PROTOCOL_ERROR)
+
+
+def test_session_expires_after_interval(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    client.connect("short", properties=Properties(session_expiry_interval=1))
+    _subscribe(client, ("t", 1))
+    client.close()
+    wait_until(lambda: broker.call(lambda: "short" in broker.broker.sessions))  # type: ignore[union-attr]
+    wait_until(lambda: broker.call(lambda: "short" not in broker.broker.sessions), 4)  # type: ignore[union-attr]
+    again = Raw(broker.port(), V5)
+    assert not again.connect("short", clean_start=False).session_present
+
+
+def test_inbound_receive_maximum_exceeded(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), receive_maximum=2))
+    client = Raw(broker.port(), V5)
+    assert client.connect("c").properties.receive_maximum == 2
+    for pid in (1, 2, 3):
+        client.send(Publish("t", b"x", 2, packet_id=pid))
+    assert client.recv() == Pubrec(1)
+    assert client.recv() == Pubrec(2)
+    assert client.recv() == Disconnect(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+
+
+def test_enhanced_auth_is_refused(broker: BrokerThread) -> None:
+    client = Raw(broker.port(), V5)
+    connack = client.connect("c", properties=Properties(authentication_method="SCRAM-SHA-1"))
+    assert connack == Connack(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD)
+    assert client.is_closed()
