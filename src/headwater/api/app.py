@@ -185,4 +185,7 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     app[RUNTIME_KEY] = runtime
     app[TOKEN_KEY] = token
     add_routes(app)
+    from headwater.api import events
+
+    events.add_routes(app)
     return app

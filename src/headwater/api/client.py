@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -26,6 +27,38 @@ class ApiClient:
         self.server = (server or os.environ.get("HEADWATER_SERVER") or DEFAULT_SERVER).rstrip("/")
         self.token = token or os.environ.get("HEADWATER_TOKEN")
 
+    def stream_events(self, path: str) -> Iterator[bytes]:
+        """The ``data`` of each server-sent event from ``path``, as it arrives."""
+        req = urllib.request.Request(self.server + path)
+        req.add_header("Accept", "text/event-stream")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            response = urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ApiError(f"cannot reach Headwater at {self.server}: {exc}") from exc
+        with response:
+            data: list[bytes] = []
+            for line in response:
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    data.append(line[5:].lstrip(b" "))
+                elif not line and data:
+                    yield b"\n".join(data)
+                    data = []
+
+    @staticmethod
+    def _error(exc: urllib.error.HTTPError) -> ApiError:
+        raw = exc.read()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = {"error": raw.decode("utf-8", "replace").strip() or exc.reason}
+        message = parsed.get("error", str(exc.reason)) if isinstance(parsed, dict) else raw
+        return ApiError(str(message), exc.code, parsed)
+
     def request(
         self,
         method: str,
@@ -46,14 +79,13 @@ class ApiClient:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                parsed = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                parsed = {"error": raw.decode("utf-8", "replace") or exc.reason}
-            message = parsed.get("error", str(exc.reason)) if isinstance(parsed, dict) else raw
-            raise ApiError(str(message), exc.code, parsed) from exc
+            raise self._error(exc) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiError(f"cannot reach Headwater at {self.server}: {reason}") from exc
-        return orjson.loads(raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw.decode("utf-8", "replace")

@@ -31,6 +31,10 @@ from headwater.runtime.watch import watch
 log = logging.getLogger(__name__)
 
 
+SHUTDOWN_GRACE = 5.0
+"""Seconds in-flight HTTP requests get to finish when Headwater stops."""
+
+
 @dataclass
 class UpOptions:
     files: Sequence[Path] = ()
@@ -107,7 +111,11 @@ async def start(options: UpOptions) -> Server:
         await runtime.apply(loaded)
         app = create_app(runtime, token=options.token)
         Ingress(runtime.ingress_lookup).add_routes(app)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Tails (server-sent events) never end by themselves: after this grace
+        # period at shutdown their handlers are cancelled.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.http_port, reuse_address=True)
         try:
