@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Final
 
 from headwater.cloudevents.errors import InvalidEvent
@@ -198,6 +199,27 @@ def check_media_type(name: str, value: object) -> str:
             name, f"is not a media type (RFC 2046, type/subtype[; name=value]): {value!r}"
         )
     return value
+
+
+@lru_cache(maxsize=256)
+def is_event_format(content_type: str) -> bool:
+    """True for a CloudEvents format media type (``application/cloudevents...``).
+
+    Receivers of the HTTP, MQTT and Kafka bindings pick structured mode for
+    such a Content-Type, so data of that type cannot travel in binary mode.
+    """
+    return content_type.lstrip()[:23].lower() == "application/cloudevents"
+
+
+def binary_content_type(content_type: str) -> str:
+    """``content_type`` if it can be a binary-mode content type, else :class:`InvalidEvent`."""
+    if is_event_format(content_type):
+        raise InvalidEvent(
+            "datacontenttype",
+            f"data of type {content_type!r} cannot travel in binary mode (a receiver reads "
+            "that Content-Type as structured mode); use structured mode",
+        )
+    return content_type
 
 
 def check_extension_value(name: str, value: object) -> AttributeValue:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any, Final, Literal
 
-from headwater.cloudevents._types import canonical_string
+from headwater.cloudevents._types import binary_content_type, canonical_string, is_event_format
 from headwater.cloudevents.errors import InvalidEvent
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import (
@@ -161,7 +161,7 @@ def to_http(event: CloudEvent, mode: Mode = "binary") -> tuple[dict[str, str], b
             headers[name] = encode_header_value(value)  # type: ignore[arg-type]
     data = event._data
     if content_type is not None:
-        headers["content-type"] = content_type  # 3.1.1
+        headers["content-type"] = binary_content_type(content_type)  # type: ignore[arg-type]  # 3.1.1
     elif data is not NO_DATA and type(data) is not bytes:
         # json-format.md 3.1.2: JSON data without datacontenttype is implied
         # application/json, which SHOULD be made explicit when re-encoding.
@@ -182,9 +182,9 @@ _BATCH: Final = 2
 @lru_cache(maxsize=256)
 def _mode(content_type: str) -> int:
     """The content mode a Content-Type selects (section 3)."""
-    media = content_type.partition(";")[0].strip().lower()
-    if not media.startswith("application/cloudevents"):
+    if not is_event_format(content_type):
         return _BINARY
+    media = content_type.partition(";")[0].strip().lower()
     # 3.2 / 3.3: the event format the media type names; only JSON here.
     if media == CONTENT_TYPE:
         return _STRUCTURED

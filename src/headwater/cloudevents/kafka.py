@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from headwater.cloudevents._types import canonical_string
+from headwater.cloudevents._types import binary_content_type, canonical_string, is_event_format
 from headwater.cloudevents.errors import InvalidEvent
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import CONTENT_TYPE, from_json, to_json
@@ -72,7 +72,7 @@ def to_kafka(
     for name, value in event._attributes.items():
         text = value if type(value) is str else canonical_string(value)
         if name == "datacontenttype":
-            headers.append(("content-type", text.encode()))  # 3.2.1
+            headers.append(("content-type", binary_content_type(text).encode()))  # 3.2.1
         else:
             headers.append(("ce_" + name, text.encode()))  # 3.2.3: UTF-8
     if event.datacontenttype is None and event.has_data and type(event._data) is not bytes:
@@ -102,7 +102,7 @@ def from_kafka(
             if lower[3:] in attributes:
                 raise InvalidEvent(name, "header appears more than once")
             attributes[lower[3:]] = _utf8(name, raw)
-    if content_type is not None and content_type.lstrip()[:23].lower() == "application/cloudevents":
+    if content_type is not None and is_event_format(content_type):
         media = content_type.partition(";")[0].strip().lower()
         if media != CONTENT_TYPE:
             raise InvalidEvent(

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from headwater.cloudevents._types import canonical_string
+from headwater.cloudevents._types import binary_content_type, canonical_string, is_event_format
 from headwater.cloudevents.errors import InvalidEvent
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import CONTENT_TYPE, from_json, to_json
@@ -78,15 +78,15 @@ def to_mqtt(event: CloudEvent, mode: Mode | None = None, *, version: int = MQTT_
         if name != "datacontenttype"
     )
     content_type = event.datacontenttype  # 3.1.1
-    if content_type is None and event.has_data and type(event._data) is not bytes:
+    if content_type is not None:
+        binary_content_type(content_type)
+    elif event.has_data and type(event._data) is not bytes:
         content_type = "application/json"  # json-format.md 3.1.2: make the implied type explicit
     return MqttMessage(event.data_bytes(), content_type, properties)
 
 
 def _is_structured(content_type: str | None) -> bool:
-    return content_type is not None and content_type.lstrip()[:23].lower() == (
-        "application/cloudevents"
-    )
+    return content_type is not None and is_event_format(content_type)
 
 
 def is_cloudevent_mqtt(content_type: str | None, user_properties: UserProperties = ()) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from headwater.cloudevents._types import canonical_string
+from headwater.cloudevents._types import canonical_string, is_event_format
 from headwater.cloudevents.errors import InvalidEvent
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.http import decode_header_value, encode_header_value
@@ -65,7 +65,7 @@ def from_nats(
             attributes[attribute] = decode_header_value(name, value)
         elif lower == "content-type":
             content_type = value
-    if content_type is not None and content_type.lstrip()[:23].lower() == "application/cloudevents":
+    if content_type is not None and is_event_format(content_type):
         media = content_type.partition(";")[0].strip().lower()
         if media != CONTENT_TYPE:
             raise InvalidEvent(

@@ -96,6 +96,14 @@ def test_no_content_type_is_invented_for_bytes_or_no_data(data: object) -> None:
     assert decode_one(headers, _) == event
 
 
+def test_data_of_a_cloudevents_format_type_cannot_go_binary() -> None:
+    # 3: the receiver would take that Content-Type for structured mode.
+    e = CloudEvent({**BASE, "datacontenttype": "application/cloudevents+json"}, b"{}")
+    with pytest.raises(InvalidEvent, match=r"datacontenttype: .*binary mode"):
+        to_http(e, "binary")
+    assert from_http(*to_http(e, "structured")) == e
+
+
 def test_unknown_mode() -> None:
     with pytest.raises(ValueError, match="content mode"):
         to_http(CloudEvent(BASE), "batched")  # type: ignore[arg-type]

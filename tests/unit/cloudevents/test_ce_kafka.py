@@ -40,6 +40,12 @@ def test_event_without_data_is_not_a_tombstone() -> None:
     assert not from_kafka(HEADERS, None).has_data
 
 
+def test_data_of_a_cloudevents_format_type_cannot_go_binary() -> None:
+    e = CloudEvent({**BASE, "datacontenttype": "application/cloudevents-batch+json"}, b"[]")
+    with pytest.raises(InvalidEvent, match=r"datacontenttype: .*binary mode"):
+        to_kafka(e, "binary")
+
+
 def test_structured_mode() -> None:
     e = CloudEvent(BASE, "text")
     record = to_kafka(e, "structured")

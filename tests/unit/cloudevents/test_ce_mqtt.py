@@ -45,6 +45,12 @@ def test_mqtt5_binary_json_data_gets_implied_content_type() -> None:
     assert (message.content_type, message.payload) == ("application/json", b'{"a":1}')
 
 
+def test_data_of_a_cloudevents_format_type_cannot_go_binary() -> None:
+    e = CloudEvent({**BASE, "datacontenttype": "application/cloudevents+json"}, b"{}")
+    with pytest.raises(InvalidEvent, match=r"datacontenttype: .*binary mode"):
+        to_mqtt(e, "binary")
+
+
 def test_mqtt5_structured_mode() -> None:
     e = CloudEvent(BASE, b"\x00")
     message = to_mqtt(e, "structured")

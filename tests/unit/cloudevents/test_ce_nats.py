@@ -43,6 +43,12 @@ def test_binary_mode_every_attribute_is_a_ce_header() -> None:
     assert from_nats(headers, payload) == e
 
 
+def test_data_of_a_cloudevents_format_type_goes_binary_as_ce_header() -> None:
+    # Unlike HTTP, NATS binary mode has no Content-Type to be misread.
+    e = CloudEvent({**BASE, "datacontenttype": "application/cloudevents+json"}, b"{}")
+    assert from_nats(*to_nats(e, "binary")) == e
+
+
 def test_binary_json_data_gets_implied_content_type() -> None:
     headers, _ = to_nats(CloudEvent(BASE, [1]), "binary")
     assert headers["ce-datacontenttype"] == "application/json"
