@@ -199,6 +199,10 @@ class Fanout(Generic[M]):
     ) -> Dispatcher:
         if member.namespace != self.namespace:
             raise ValueError(f"{member!r} is not in the namespace of {self!r}")
+        previous = self._members.get(member.name)
+        if previous is not None and previous.consumer == member.consumer:
+            # An update in place (say, a new filter): same cursor, counters go on.
+            member.stats = previous.stats
         deliverer = Deliverer(
             member.subscriber,
             effective_delivery(member.delivery, self.delivery),

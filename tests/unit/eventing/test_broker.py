@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -329,3 +330,28 @@ async def test_a_failed_dispatcher_is_restarted(caplog: pytest.LogCaptureFixture
         await broker.accept([event(2)])
         await sink.wait_for(2, within=10)
         assert "failed; restarting" in caplog.text
+
+
+async def test_replay_from_a_time(broker: Broker) -> None:
+    await broker.accept([event(1)])
+    await asyncio.sleep(0.02)
+    middle = time.time()
+    await asyncio.sleep(0.02)
+    await broker.accept([event(2), event(3)])
+    sink = RecordingSink()
+    await broker.add_trigger(Trigger("replay", sink, start=Start.at_time(middle)))
+    assert sorted(e.id for e in await sink.wait_for(2)) == ["2", "3"]
+
+
+async def test_updating_a_trigger_keeps_cursor_and_counters(broker: Broker) -> None:
+    first = RecordingSink()
+    await broker.add_trigger(Trigger("t", first, attributes={"type": "a"}))
+    await broker.accept([event(1, "a"), event(2, "b")])
+    await first.wait_for(1)
+    await asyncio.sleep(0.02)
+    second = RecordingSink()
+    updated = Trigger("t", second, attributes={"type": "b"}, start=EARLIEST)
+    await broker.add_trigger(updated)
+    await broker.accept([event(3, "b")])
+    assert [e.id for e in await second.wait_for(1)] == ["3"]  # resumed, not replayed
+    assert updated.stats.delivered == 2
