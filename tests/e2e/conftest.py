@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.e2e.headwater_process import Headwater, start_headwater
 
 

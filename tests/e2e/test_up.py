@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+
 from tests.e2e.headwater_process import HEADWATER, Headwater
 
 DISPLAY = """\

@@ -1,0 +1,162 @@
+"""Events through a running `headwater up`: ingress -> log -> Trigger -> HTTP subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.headwater_process import Headwater
+
+
+class Receiver:
+    """A real HTTP server on loopback that records CloudEvents (binary mode)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, str]] = []
+        received = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length).decode()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                received.append({**headers, "body": body})
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            assert time.monotonic() < deadline, f"got {len(self.events)} of {count} events"
+            time.sleep(0.05)
+        return self.events
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+MESH = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: hot}}
+spec:
+  broker: default
+  filters:
+    - prefix: {{type: dev.headwater.}}
+    - not: {{exact: {{subject: ignore-me}}}}
+  subscriber:
+    uri: {uri}
+"""
+
+
+def test_ingress_to_http_subscriber_with_filters(
+    tmp_path: Path, headwater_up: Callable[..., Headwater], receiver: Receiver
+) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH.format(uri=receiver.url))
+    hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+    hw.cli(
+        "send",
+        "--type",
+        "dev.headwater.telemetry",
+        "--subject",
+        "s1",
+        "--id",
+        "e1",
+        "--data",
+        '{"temperature": 31}',
+        "--ext",
+        "zone=north",
+    )
+    hw.cli("send", "--type", "dev.headwater.telemetry", "--subject", "ignore-me", "--id", "e2")
+    hw.cli("send", "--type", "com.other", "--id", "e3")
+    hw.cli("send", "--type", "dev.headwater.command", "--id", "e4")
+    (first, second) = receiver.wait_for(2)
+    time.sleep(0.3)
+    assert len(receiver.events) == 2
+    assert (first["ce-id"], second["ce-id"]) == ("e1", "e4")
+    assert first["ce-type"] == "dev.headwater.telemetry"
+    assert first["ce-subject"] == "s1"
+    assert first["ce-zone"] == "north"
+    assert first["ce-source"] == "/headwater/cli"
+    assert first["content-type"] == "application/json"
+    assert json.loads(first["body"]) == {"temperature": 31}
+    assert first["prefer"] == "reply"
+    described = hw.cli("describe", "trigger", "hot").stdout
+    assert "delivered: 2" in described and "filtered: 2" in described
+    assert hw.stop() == 0
+
+
+def test_acked_events_survive_a_restart_and_replay(
+    tmp_path: Path, headwater_up: Callable[..., Headwater], receiver: Receiver
+) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH.format(uri=receiver.url))
+    hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+    for i in range(5):
+        hw.cli("send", "--type", "dev.headwater.telemetry", "--id", f"r{i}")
+    receiver.wait_for(5)
+    assert hw.stop() == 0
+
+    hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+    out = hw.cli("replay", "default", "--from", "earliest", "--to", receiver.url).stdout
+    assert "replayed 5 events" in out
+    ids = [e["ce-id"] for e in receiver.wait_for(10)]
+    assert ids[5:] == [f"r{i}" for i in range(5)]
+    tail = hw.cli("tail", "--from", "earliest", "--json", "--max", "5").stdout.splitlines()
+    assert [json.loads(line)["id"] for line in tail] == [f"r{i}" for i in range(5)]
+    assert hw.stop() == 0
+
+
+def test_bad_events_get_400_and_nothing_breaks(
+    tmp_path: Path, headwater_up: Callable[..., Headwater], receiver: Receiver
+) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH.format(uri=receiver.url))
+    hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+
+    async def post(headers: dict[str, str], body: bytes, path: str = "/default/default") -> int:
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(hw.url + path, headers=headers, data=body) as response,
+        ):
+            return response.status
+
+    cases = [
+        ({"ce-specversion": "1.0", "ce-id": "x", "ce-source": "/s"}, b"", 400),  # no type
+        ({"content-type": "application/cloudevents+json"}, b"{not json", 400),
+        ({"ce-specversion": "9.9", "ce-id": "x", "ce-source": "/s", "ce-type": "t"}, b"", 400),
+        ({"ce-specversion": "1.0", "ce-id": "x", "ce-source": "/s", "ce-type": "t"}, b"", 202),
+    ]
+    for headers, body, status in cases:
+        assert asyncio.run(post(headers, body)) == status
+    ok = {"ce-specversion": "1.0", "ce-id": "x", "ce-source": "/s", "ce-type": "t"}
+    assert asyncio.run(post(ok, b"", "/default/nope")) == 404
+    assert hw.stop() == 0
