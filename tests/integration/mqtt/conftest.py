@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.mqtt._clients import BrokerThread, close_all, make_certificates
 
 from headwater.mqtt.broker import BrokerConfig, Listener
+from tests.integration.mqtt._clients import BrokerThread, close_all, make_certificates
 
 MakeBroker = Callable[..., BrokerThread]
 

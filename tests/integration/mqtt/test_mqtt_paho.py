@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from tests.integration.mqtt._clients import (
     BrokerThread,
     Paho,

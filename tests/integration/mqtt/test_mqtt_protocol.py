@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw, wait_until
 
 from headwater.mqtt.broker import BrokerConfig, Listener
 from headwater.mqtt.packets import (
@@ -27,6 +26,7 @@ from headwater.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw, wait_until
 
 pytestmark = pytest.mark.integration
 

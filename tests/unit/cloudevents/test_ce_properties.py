@@ -17,7 +17,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from tests.unit.cloudevents.ce_strategies import events
 
 from headwater.cloudevents import (
     CloudEvent,
@@ -36,6 +35,7 @@ from headwater.cloudevents import (
     to_nats,
 )
 from headwater.cloudevents._types import is_event_format
+from tests.unit.cloudevents.ce_strategies import events
 
 PROPERTIES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
