@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +15,12 @@ _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from tests.contract.log_harness import Harness, MemoryHarness, SqliteHarness  # noqa: E402
+from tests.contract.log_harness import (  # noqa: E402
+    Harness,
+    JetStreamHarness,
+    MemoryHarness,
+    SqliteHarness,
+)
 from tests.servers import NatsServer  # noqa: E402
 
 
@@ -24,13 +30,18 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         yield server  # type: ignore[misc]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("jetstream", marks=pytest.mark.integration)]
+)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     made: Harness
     if request.param == "memory":
         made = MemoryHarness()
     elif request.param == "sqlite":
         made = SqliteHarness(tmp_path)
+    elif request.param == "jetstream":
+        server: NatsServer = request.getfixturevalue("nats_server")
+        made = JetStreamHarness(server.url, f"t{uuid.uuid4().hex[:12]}")
     else:
         raise AssertionError(request.param)
     try:

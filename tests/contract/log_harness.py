@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from headwater.log import EventLog, MemoryLog
+from headwater.log.jetstream import JetStreamLog
 from headwater.log.sqlite import Durability, SqliteLog
 
 
@@ -52,6 +53,28 @@ class SqliteHarness:
 
     async def open(self) -> EventLog:
         log = SqliteLog(self._path, durability=self._durability, poll_interval=0.05)
+        self._logs.append(log)
+        return log
+
+    async def reopen(self, log: EventLog) -> EventLog:
+        await log.close()
+        return await self.open()
+
+    async def aclose(self) -> None:
+        for log in self._logs:
+            await log.close()
+
+
+class JetStreamHarness:
+    name = "jetstream"
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self._url = url
+        self._namespace = namespace
+        self._logs: list[JetStreamLog] = []
+
+    async def open(self) -> EventLog:
+        log = JetStreamLog(self._url, namespace=self._namespace, request_timeout=5)
         self._logs.append(log)
         return log
 

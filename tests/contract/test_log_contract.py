@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-from tests.contract.log_harness import Harness
 
 from headwater.cloudevents import CloudEvent
 from headwater.log import (
@@ -24,6 +23,7 @@ from headwater.log import (
     StreamNotFound,
 )
 from headwater.log._codec import encode
+from tests.contract.log_harness import Harness
 
 STREAM = "broker.default"
 
@@ -383,8 +383,10 @@ async def test_max_bytes_drops_the_oldest(log: EventLog) -> None:
         await log.append(STREAM, [reading(i)])
     info = await log.info(STREAM)
     assert info.last_offset == 10
-    assert info.events == 3
-    assert info.dropped == 7
+    # 3 records fit; a backend that counts its own framing too (JetStream
+    # stores subject and headers with each message) keeps at least 2.
+    assert info.events in (2, 3)
+    assert (info.first_offset, info.dropped) == (11 - info.events, 10 - info.events)
     assert info.bytes <= size * 3 + size // 2
 
 

@@ -28,6 +28,7 @@ from headwater.log.base import (
     StreamInfo,
     StreamNotFound,
 )
+from headwater.log.jetstream import JetStreamLog
 from headwater.log.memory import MemoryLog
 from headwater.log.sqlite import SqliteLog
 
@@ -41,6 +42,7 @@ __all__ = [
     "EventLog",
     "EventTooLarge",
     "InvalidAck",
+    "JetStreamLog",
     "LogClosed",
     "LogError",
     "LogUnavailable",

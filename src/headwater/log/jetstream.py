@@ -1,0 +1,592 @@
+"""The event log on NATS JetStream: for running several Headwater processes on one log.
+
+How this works:
+
+- **Streams**: each Headwater stream is one JetStream stream with limits
+  retention (``max_msgs``, ``max_bytes``, ``max_age``; discard old) and
+  ``max_msg_size`` = the stream's ``max_event_size`` (``max_bytes`` and
+  ``StreamInfo.bytes`` count as JetStream does: each record plus its subject
+  and some framing). Its JetStream name and
+  subject are the Headwater name made safe for NATS (``.``, ``*``, ``>``,
+  spaces and the like become ``_`` and a short hash of the real name is added),
+  prefixed with ``namespace`` so that several deployments can share a server;
+  the real name is kept in the stream's description.
+- **Offsets** are JetStream stream sequences (1-based, increasing, never
+  reused). An append publishes each event's record (:mod:`headwater.log._codec`)
+  and waits for every PubAck; the sequences in them are the offsets. JetStream
+  has no multi-message transaction: if an append of several events fails
+  midway, the first ones may be stored (the error says nothing was
+  acknowledged; a retry can duplicate them: at least once).
+- **Consumers** are durable pull consumers with explicit acks, one per
+  Headwater consumer; every reader (in any process) with the same consumer
+  name fetches from the same JetStream consumer, so they share the work.
+  ``ack(offset)`` acks that message; JetStream's *ack floor* is exactly the
+  low-water-mark position of :mod:`headwater.log.base`. Closing a reader naks
+  what it holds unacknowledged, for prompt redelivery; entries held by a
+  process that died are redelivered after ``ack_wait``.
+- **Failure**: while the connection is down, every call raises
+  :class:`~headwater.log.LogUnavailable` at once, and calls in flight when it
+  drops fail with it as soon as the client notices; the client reconnects in
+  the background and the log works again when NATS is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, Self, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.js import api
+
+from headwater.cloudevents import CloudEvent
+from headwater.log._codec import decode, encode
+from headwater.log.base import (
+    DEFAULT_BATCH,
+    DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_STREAM_CONFIG,
+    EARLIEST,
+    Entry,
+    EventTooLarge,
+    InvalidAck,
+    LogClosed,
+    LogError,
+    LogUnavailable,
+    Start,
+    StartKind,
+    StreamConfig,
+    StreamInfo,
+    StreamNotFound,
+    as_event_list,
+    check_name,
+    stream_info,
+)
+
+T = TypeVar("T")
+
+DEFAULT_NAMESPACE: Final = "headwater"
+
+DEFAULT_ACK_WAIT: Final = 30.0
+"""Seconds JetStream waits for an ack before redelivering an entry to any reader
+of the consumer. Long enough for a delivery with a few quick retries; a
+dispatcher that holds entries longer sees them again (at least once)."""
+
+DEFAULT_MAX_ACK_PENDING: Final = 10_000
+"""Entries a consumer may have handed out unacknowledged (over all its readers);
+at the limit JetStream delivers nothing more until some are acked: backpressure
+on slow consumers instead of unbounded redelivery bookkeeping."""
+
+DEFAULT_REQUEST_TIMEOUT: Final = 5.0
+"""Seconds to wait for a JetStream API answer or a PubAck before giving up."""
+
+DEFAULT_CONNECT_TIMEOUT: Final = 2.0
+
+RECONNECT_WAIT: Final = 0.5
+"""Seconds between reconnect attempts while NATS is away (forever)."""
+
+FETCH_CHUNK: Final = 5.0
+"""Longest single pull request; ``next_batch(timeout=None)`` repeats them."""
+
+MIN_FETCH_WAIT: Final = 0.05
+"""A pull needs a server round trip: ``timeout=0`` waits this long at most."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+# JetStream API error codes (nats-server's errors.json).
+_ERR_STREAM_NOT_FOUND: Final = 10059
+_ERR_MESSAGE_TOO_BIG: Final = 10054
+
+
+def nats_token(name: str) -> str:
+    """``name`` as a NATS subject token / stream name, unique per name."""
+    safe = _UNSAFE.sub("_", name)
+    if safe != name:
+        safe += "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return safe
+
+
+def _translate(exc: BaseException, stream: str | None = None) -> LogError:
+    """A NATS error as Headwater's own (most specific first)."""
+    if isinstance(exc, LogError):
+        return exc
+    if stream is not None and (
+        isinstance(exc, nats.js.errors.NotFoundError | nats.js.errors.NoStreamResponseError)
+        or (isinstance(exc, nats.js.errors.APIError) and exc.err_code == _ERR_STREAM_NOT_FOUND)
+    ):
+        return StreamNotFound(stream)
+    if isinstance(exc, nats.errors.ConnectionClosedError):
+        return LogUnavailable("the NATS connection is closed")
+    return LogUnavailable(f"NATS JetStream: {type(exc).__name__}: {exc}")
+
+
+_NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+class JetStreamLog:
+    """An :class:`~headwater.log.EventLog` on NATS JetStream (see the module docstring)."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        ack_wait: float = DEFAULT_ACK_WAIT,
+        max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        replicas: int = 1,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._servers = [servers] if isinstance(servers, str) else list(servers)
+        self.namespace = nats_token(check_name("namespace", namespace))
+        self.ack_wait = ack_wait
+        self.max_ack_pending = max_ack_pending
+        self.request_timeout = request_timeout
+        self._connect_timeout = connect_timeout
+        self._replicas = replicas
+        self._connect_options = dict(connect_options or {})
+        self._nc: Any = None
+        self._js: Any = None
+        self._connecting = asyncio.Lock()
+        self._lost = asyncio.Event()
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._max_sizes: dict[str, int] = {}
+        self._readers: weakref.WeakSet[JetStreamReader] = weakref.WeakSet()
+        self._closed = False
+
+    # -- names ---------------------------------------------------------------------
+
+    def stream_name(self, stream: str) -> str:
+        return f"{self.namespace}_{nats_token(stream)}"
+
+    def subject(self, stream: str) -> str:
+        return f"{self.namespace}.log.{nats_token(stream)}"
+
+    # -- connection ----------------------------------------------------------------
+
+    async def _context(self) -> Any:
+        """The JetStream context, connecting first if needed; LogUnavailable while down."""
+        if self._closed:
+            raise LogClosed("the JetStream log is closed")
+        if self._nc is None:
+            async with self._connecting:
+                if self._nc is None:
+                    await self._connect()
+        if not self._nc.is_connected:
+            raise LogUnavailable("NATS is unreachable (reconnecting in the background)")
+        return self._js
+
+    async def _connect(self) -> None:
+        async def disconnected() -> None:
+            self._lost.set()
+            failure = LogUnavailable("the NATS connection was lost")
+            for future in list(self._inflight):
+                if not future.done():
+                    future.set_exception(failure)
+
+        async def reconnected() -> None:
+            self._lost = asyncio.Event()
+
+        async def error(exc: Exception) -> None:
+            return None  # connection problems surface as LogUnavailable on the next call
+
+        try:
+            nc = await nats.connect(
+                self._servers,
+                connect_timeout=self._connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                **self._connect_options,
+            )
+        except (*_NATS_ERRORS, ValueError) as exc:
+            raise LogUnavailable(f"cannot connect to NATS at {self._servers}: {exc}") from exc
+        self._nc = nc
+        self._js = nc.jetstream(timeout=self.request_timeout)
+
+    async def _until_lost(self, work: Awaitable[T]) -> T:
+        """Await ``work``, but raise LogUnavailable as soon as the connection drops."""
+        lost = self._lost
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *_NATS_ERRORS):
+                    await task
+        if task.cancelled():
+            raise LogUnavailable("the NATS connection was lost")
+        return task.result()
+
+    # -- EventLog --------------------------------------------------------------------------
+
+    async def create_stream(self, name: str, config: StreamConfig = DEFAULT_STREAM_CONFIG) -> None:
+        check_name("stream", name)
+        js = await self._context()
+        wanted = api.StreamConfig(
+            name=self.stream_name(name),
+            description=name,
+            subjects=[self.subject(name)],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_msgs=config.max_events or -1,
+            max_bytes=config.max_bytes or -1,
+            max_age=config.max_age or 0,
+            max_msg_size=config.max_event_size,
+            storage=api.StorageType.FILE,
+            num_replicas=self._replicas,
+        )
+        try:
+            try:
+                await js.stream_info(wanted.name)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(wanted)
+            else:
+                await js.update_stream(wanted)
+        except _NATS_ERRORS as exc:
+            raise _translate(exc) from exc
+        self._max_sizes[name] = config.max_event_size
+
+    async def delete_stream(self, name: str) -> None:
+        js = await self._context()
+        try:
+            await js.delete_stream(self.stream_name(name))
+        except _NATS_ERRORS as exc:
+            raise _translate(exc, name) from exc
+        finally:
+            self._max_sizes.pop(name, None)
+
+    async def _max_size(self, stream: str) -> int:
+        size = self._max_sizes.get(stream)
+        if size is None:
+            size = (await self._stream_info(stream)).config.max_msg_size
+            if size is None or size < 0:
+                size = DEFAULT_MAX_EVENT_SIZE
+            self._max_sizes[stream] = size
+        return size
+
+    async def append(self, stream: str, events: Sequence[CloudEvent]) -> list[int]:
+        js = await self._context()
+        records = [encode(event) for event in as_event_list(events)]
+        limit = await self._max_size(stream)
+        for index, record in enumerate(records):
+            if len(record) > limit:
+                raise EventTooLarge(len(record), limit, index)
+        subject = self.subject(stream)
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for record in records:
+                future = await js.publish_async(subject, record)
+                self._inflight.add(future)
+                future.add_done_callback(self._inflight.discard)
+                acks.append(future)
+            async with asyncio.timeout(self.request_timeout):
+                done = await asyncio.gather(*acks)
+        except (*_NATS_ERRORS, LogError) as exc:
+            for future in acks:
+                future.cancel()
+            if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _ERR_MESSAGE_TOO_BIG:
+                self._max_sizes.pop(stream, None)
+                raise EventTooLarge(max(map(len, records)), limit) from exc
+            raise _translate(exc, stream) from exc
+        return [ack.seq for ack in done]
+
+    def reader(self, stream: str, consumer: str, start: Start = EARLIEST) -> JetStreamReader:
+        if self._closed:
+            raise LogClosed("the JetStream log is closed")
+        reader = JetStreamReader(self, stream, consumer, start)
+        self._readers.add(reader)
+        return reader
+
+    async def delete_consumer(self, stream: str, consumer: str) -> None:
+        js = await self._context()
+        try:
+            await js.delete_consumer(self.stream_name(stream), nats_token(consumer))
+        except nats.js.errors.NotFoundError:
+            await self._stream_info(stream)  # a missing stream is still an error
+        except _NATS_ERRORS as exc:
+            raise _translate(exc, stream) from exc
+
+    async def _stream_info(self, stream: str) -> Any:
+        js = await self._context()
+        try:
+            return await js.stream_info(self.stream_name(stream))
+        except _NATS_ERRORS as exc:
+            raise _translate(exc, stream) from exc
+
+    async def info(self, stream: str) -> StreamInfo:
+        found = await self._stream_info(stream)
+        js = await self._context()
+        try:
+            consumers = await js.consumers_info(self.stream_name(stream))
+        except _NATS_ERRORS as exc:
+            raise _translate(exc, stream) from exc
+        state, config = found.state, found.config
+        last = state.last_seq
+        first = last + 1 if state.messages == 0 else state.first_seq
+        return stream_info(
+            stream,
+            first=first,
+            last=last,
+            size=state.bytes,
+            dropped=first - 1,
+            config=StreamConfig(
+                max_age=config.max_age or None,
+                max_bytes=config.max_bytes if config.max_bytes and config.max_bytes > 0 else None,
+                max_events=config.max_msgs if config.max_msgs and config.max_msgs > 0 else None,
+                max_event_size=config.max_msg_size
+                if config.max_msg_size and config.max_msg_size > 0
+                else DEFAULT_MAX_EVENT_SIZE,
+            ),
+            positions=[_position(c) for c in consumers],
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for reader in list(self._readers):
+            with contextlib.suppress(LogError):
+                await reader.close()
+        self._closed = True
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await nc.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- for readers ----------------------------------------------------------------------
+
+    def _consumer_config(self, consumer: str, start: Start, base: int) -> Any:
+        config = api.ConsumerConfig(
+            durable_name=nats_token(consumer),
+            description=_describe(consumer, base),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        if start.kind is StartKind.LATEST:
+            config.deliver_policy = api.DeliverPolicy.NEW
+        elif start.kind is StartKind.OFFSET:
+            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start.offset
+        elif start.kind is StartKind.TIME:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.fromtimestamp(start.timestamp, UTC)
+        return config
+
+    async def _subscribe(self, stream: str, consumer: str, start: Start) -> tuple[Any, int]:
+        """Bind a pull subscription to the durable consumer, creating it on first use.
+
+        Also returns the offset the consumer started after: JetStream starts a
+        consumer whose start lies beyond the stream's end at the end instead,
+        so readers skip (and ack) what comes before a start in the future.
+        """
+        js = await self._context()
+        name = self.stream_name(stream)
+        durable = nats_token(consumer)
+        try:
+            try:
+                info = await js.consumer_info(name, durable)
+            except nats.js.errors.NotFoundError:
+                found = await self._stream_info(stream)  # StreamNotFound, not "no consumer"
+                base = {
+                    StartKind.EARLIEST: 0,
+                    StartKind.LATEST: found.state.last_seq,
+                    StartKind.OFFSET: start.offset - 1,
+                }.get(start.kind, 0)
+                config = self._consumer_config(consumer, start, base)
+                # A time start's offset is known to the server only (and it
+                # refuses to update the config later): its base stays 0, so
+                # its position reads 0 until its first ack.
+                info = await js.add_consumer(name, config)
+            subscription = await js.pull_subscribe_bind(durable=durable, stream=name)
+        except _NATS_ERRORS as exc:
+            raise _translate(exc, stream) from exc
+        return subscription, _described(info)[1]
+
+    async def _flush(self) -> None:
+        await self._context()
+        try:
+            await self._nc.flush(timeout=self.request_timeout)
+        except _NATS_ERRORS as exc:
+            raise _translate(exc) from exc
+
+
+def _describe(consumer: str, base: int) -> str:
+    """A consumer's description: its Headwater name and where it started."""
+    return orjson.dumps({"consumer": consumer, "base": base}).decode()
+
+
+def _described(info: Any) -> tuple[str, int]:
+    """The Headwater name and start of a consumer, from its description."""
+    try:
+        described = orjson.loads(info.config.description or "")
+        return str(described["consumer"]), int(described["base"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return info.name, 0
+
+
+def _position(info: Any) -> tuple[str, int]:
+    """A consumer's name and low-water-mark position from its JetStream info.
+
+    The ack floor is JetStream's low-water mark, except that it stays 0 until
+    the first ack: before that, the position is where the consumer started
+    (kept in its description) or, with nothing outstanding, all it was handed.
+    """
+    name, base = _described(info)
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    if not info.num_ack_pending:
+        return name, info.delivered.stream_seq if info.delivered else floor
+    return name, floor if floor > 0 else base
+
+
+class JetStreamReader:
+    """A pull subscription on a durable JetStream consumer (see :class:`headwater.log.Reader`)."""
+
+    def __init__(self, log: JetStreamLog, stream: str, consumer: str, start: Start) -> None:
+        self._log = log
+        self._stream = check_name("stream", stream)
+        self._consumer = check_name("consumer", consumer)
+        self._start = start
+        self._sub: Any = None
+        self._base = 0
+        self._skipped: list[Any] = []
+        self._held: dict[int, Any] = {}  # offset -> message handed out, not yet acked
+        self._delivered = 0
+        self._closed = False
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosed(f"reader {self._consumer!r} of {self._stream!r} is closed")
+
+    async def _subscription(self) -> Any:
+        self._check_open()
+        if self._sub is None:
+            sub, self._base = await self._log._subscribe(self._stream, self._consumer, self._start)
+            self._sub = sub
+        return self._sub
+
+    async def next_batch(
+        self,
+        max: int = DEFAULT_BATCH,
+        timeout: float | None = 0,  # noqa: ASYNC109 (waiting for a first entry is the contract)
+    ) -> list[Entry]:
+        if max < 1:
+            raise ValueError(f"max must be at least 1, not {max}")
+        sub = await self._subscription()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            await self._log._context()  # LogUnavailable at once while NATS is away
+            wait = FETCH_CHUNK if deadline is None else deadline - loop.time()
+            wait = min(FETCH_CHUNK, wait if wait > MIN_FETCH_WAIT else MIN_FETCH_WAIT)
+            try:
+                messages = await self._log._until_lost(sub.fetch(max, timeout=wait))
+                if self._skipped:
+                    await self._ack_skipped()
+            except nats.errors.TimeoutError:
+                messages = []
+            except _NATS_ERRORS as exc:
+                raise _translate(exc, self._stream) from exc
+            self._check_open()
+            if messages:
+                entries = self._entries(messages)
+                if entries:
+                    return entries
+            if deadline is not None and loop.time() >= deadline:
+                return []
+
+    async def _ack_skipped(self) -> None:
+        skipped, self._skipped = self._skipped, []
+        for message in skipped:
+            await message.ack()
+
+    def _entries(self, messages: list[Any]) -> list[Entry]:
+        entries = []
+        held = self._held
+        for message in messages:
+            offset = message.metadata.sequence.stream
+            if offset <= self._base:  # before a start that was in the future
+                self._skipped.append(message)
+                continue
+            held[offset] = message
+            entries.append(Entry(offset, decode(message.data)))
+            if offset > self._delivered:
+                self._delivered = offset
+        return entries
+
+    async def ack(self, offset: int) -> None:
+        self._check_open()
+        message = self._held.pop(offset, None)
+        if message is None:
+            if offset > self._delivered:
+                raise InvalidAck(
+                    f"offset {offset} was never delivered (delivered up to {self._delivered})"
+                )
+            return  # acked before (or handed to another reader of the consumer)
+        try:
+            await message.ack()
+        except nats.errors.MsgAlreadyAckdError:
+            return
+        except _NATS_ERRORS as exc:
+            self._held[offset] = message
+            raise _translate(exc, self._stream) from exc
+
+    async def flush(self) -> None:
+        self._check_open()
+        await self._log._flush()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        held, self._held = self._held, {}
+        sub, self._sub = self._sub, None
+        with contextlib.suppress(*_NATS_ERRORS, LogError):
+            for offset in sorted(held):
+                await held[offset].nak()  # redeliver promptly, in order
+            if sub is not None:
+                await sub.unsubscribe()
+            await self._log._flush()
+
+    def __aiter__(self) -> AsyncIterator[Entry]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Entry]:
+        while True:
+            for entry in await self.next_batch(DEFAULT_BATCH, timeout=None):
+                yield entry
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
