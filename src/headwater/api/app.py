@@ -185,7 +185,8 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     app[RUNTIME_KEY] = runtime
     app[TOKEN_KEY] = token
     add_routes(app)
-    from headwater.api import events
+    from headwater.api import events, metrics
 
     events.add_routes(app)
+    metrics.add_routes(app)
     return app

@@ -1,0 +1,66 @@
+"""/metrics renders the data plane's counters in the Prometheus text format."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from headwater.api import create_app
+from headwater.cloudevents import CloudEvent
+from headwater.runtime import Runtime
+
+MESH = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: sinks.headwater.dev/v1alpha1
+kind: EventDisplay
+metadata: {name: display}
+spec: {format: json}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: only-a}
+spec:
+  broker: default
+  filter: {attributes: {type: a}}
+  subscriber:
+    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: EventDisplay, name: display}
+"""
+
+
+def _event(i: int, type_: str) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": str(i), "source": "/t", "type": type_})
+
+
+async def test_metrics_reflect_deliveries() -> None:
+    runtime = Runtime()
+    await runtime.apply_text(MESH, "mesh.yaml")
+    broker = runtime.broker("default", "default")
+    await broker.accept([_event(1, "a"), _event(2, "b"), _event(3, "a")])
+    trigger = runtime.reconciler.component(("Trigger", "default", "only-a"))
+    for _ in range(100):
+        if runtime.status(("Trigger", "default", "only-a"))["delivered"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert trigger is not None
+    async with TestClient(TestServer(create_app(runtime))) as client:
+        response = await client.get("/metrics")
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+    await runtime.close()
+    samples = {
+        (s.name, s.labels.get("name"), s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("headwater_events_accepted_total", "default", None)] == 3
+    assert samples[("headwater_delivery_delivered_total", "only-a", None)] == 2
+    assert samples[("headwater_delivery_filtered_total", "only-a", None)] == 1
+    assert samples[("headwater_delivery_latency_seconds_count", "only-a", None)] == 2
+    assert samples[("headwater_delivery_latency_seconds_bucket", "only-a", "+Inf")] == 2
+    assert samples[("headwater_log_events", None, None)] == 3
