@@ -164,7 +164,9 @@ class Decoder:
     ``server=True`` decodes what a client sends (the broker's side). A client
     side decoder needs ``version`` up front, since CONNACK does not say it.
     ``max_packet_size`` counts the whole packet, fixed header included, as
-    MQTT 5.0's Maximum Packet Size does (§3.1.2.11.4).
+    MQTT 5.0's Maximum Packet Size does (§3.1.2.11.4). End of stream is the
+    caller's business: bytes left in :attr:`unprocessed_data` at EOF are a
+    truncated packet. After raising, the decoder raises the same error again.
     """
 
     __slots__ = (

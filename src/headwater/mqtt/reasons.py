@@ -15,6 +15,7 @@ from enum import IntEnum
 __all__ = [
     "AUTH_REASON_CODES",
     "CONNACK_CODES_311",
+    "CONNACK_CODES_FROM_311",
     "CONNACK_REASON_CODES",
     "DISCONNECT_REASON_CODES",
     "PUBACK_REASON_CODES",
