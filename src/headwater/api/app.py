@@ -185,8 +185,9 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     app[RUNTIME_KEY] = runtime
     app[TOKEN_KEY] = token
     add_routes(app)
-    from headwater.api import events, metrics
+    from headwater.api import events, metrics, openapi
 
     events.add_routes(app)
     metrics.add_routes(app)
+    openapi.add_routes(app)
     return app

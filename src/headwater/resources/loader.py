@@ -179,9 +179,7 @@ def _load(text: str, file: str, loaded: list[Loaded], problems: list[Problem]) -
         line = mark.line + 1 if mark is not None else None
         problems.append(Problem(file, line, f"invalid YAML: {exc.problem or exc.context}"))
         return
-    for doc in documents:
-        if doc is None:
-            continue  # an empty document (e.g. a trailing ---)
+    for doc in _documents(documents):
         line = doc.lc.line + 1 if hasattr(doc, "lc") else 1
         if not isinstance(doc, CommentedMap):
             problems.append(Problem(file, line, "a resource must be a YAML mapping"))
@@ -189,6 +187,19 @@ def _load(text: str, file: str, loaded: list[Loaded], problems: list[Problem]) -
         resource = _validate(doc, file, line, problems)
         if resource is not None:
             loaded.append(Loaded(resource, file, line))
+
+
+def _documents(documents: Iterable[Any]) -> Iterator[Any]:
+    """Each resource: documents, items of a JSON/YAML array, items of a ``kind: List``."""
+    for doc in documents:
+        if doc is None:
+            continue  # an empty document (e.g. a trailing ---)
+        if isinstance(doc, CommentedSeq):
+            yield from doc
+        elif isinstance(doc, CommentedMap) and doc.get("kind") == "List" and "items" in doc:
+            yield from doc["items"] or ()
+        else:
+            yield doc
 
 
 def _validate(doc: CommentedMap, file: str, line: int, problems: list[Problem]) -> Resource | None:

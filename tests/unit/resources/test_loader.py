@@ -78,6 +78,16 @@ def test_knative_yaml_loads_unchanged() -> None:
     check_references(loaded)
 
 
+def test_json_arrays_and_kubectl_lists_load() -> None:
+    broker = (
+        '{"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "%s"}}'
+    )
+    as_array = load_text(f"[{broker % 'a'}, {broker % 'b'}]")
+    assert [i.resource.name for i in as_array] == ["a", "b"]
+    as_list = load_text(f'{{"apiVersion": "v1", "kind": "List", "items": [{broker % "c"}]}}')
+    assert [i.resource.name for i in as_list] == ["c"]
+
+
 def test_namespace_defaults_to_default() -> None:
     (item,) = load_text("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n")
     assert item.resource.namespace == "default"
@@ -262,6 +272,7 @@ def test_namespace_defaults_to_default() -> None:
             "r.yaml:1: a resource must be a YAML mapping",
             id="not-a-mapping",
         ),
+        pytest.param("42\n", "r.yaml:1: a resource must be a YAML mapping", id="scalar"),
         pytest.param(
             """\
             apiVersion: eventing.knative.dev/v1

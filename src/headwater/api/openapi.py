@@ -1,0 +1,338 @@
+"""The OpenAPI 3.1 document of the admin API, served at ``/api/v1/openapi.json``.
+
+Written by hand next to the handlers it describes, and checked against them by
+a schemathesis run in the test suite (every response must match its schema,
+and no request may produce a 5xx).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from headwater import __version__
+from headwater.api.app import json_response
+from headwater.resources import KINDS
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string"},
+        "problems": {"type": "array"},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+_KIND_PARAM = {
+    "name": "kind",
+    "in": "path",
+    "required": True,
+    "description": "A kind, case-insensitive, singular or plural (broker, Brokers, ...).",
+    "schema": {"type": "string"},
+}
+_NS_PARAM = {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string"}}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_RESOURCE = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "status"],
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string", "enum": sorted(KINDS)},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+        },
+        "spec": {"type": "object"},
+        "status": {
+            "type": "object",
+            "required": ["conditions"],
+            "properties": {"conditions": {"type": "array", "items": {"type": "object"}}},
+        },
+    },
+}
+_KEY = {
+    "type": "object",
+    "required": ["kind", "namespace", "name"],
+    "properties": {
+        "kind": {"type": "string"},
+        "namespace": {"type": "string"},
+        "name": {"type": "string"},
+    },
+}
+_KEYS = {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}
+_REPLAY = {
+    "type": "object",
+    "required": ["id", "stream", "destination", "untilOffset", "delivered", "failed", "done"],
+    "properties": {
+        "id": {"type": "string"},
+        "stream": {"type": "string"},
+        "start": {"type": "string"},
+        "destination": {"type": "string"},
+        "untilOffset": {"type": "integer"},
+        "position": {"type": "integer"},
+        "total": {"type": "integer"},
+        "delivered": {"type": "integer"},
+        "failed": {"type": "integer"},
+        "done": {"type": "boolean"},
+        "error": {"type": ["string", "null"]},
+    },
+}
+_STREAM = {
+    "type": "object",
+    "required": ["stream", "firstOffset", "lastOffset", "events", "bytes", "dropped", "consumers"],
+    "properties": {
+        "stream": {"type": "string"},
+        "firstOffset": {"type": "integer"},
+        "lastOffset": {"type": "integer"},
+        "events": {"type": "integer"},
+        "bytes": {"type": "integer"},
+        "dropped": {"type": "integer"},
+        "consumers": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Headwater admin API",
+            "version": __version__,
+            "description": "Resources in Knative's shapes, status, streams, tail and replay.",
+        },
+        "components": {
+            "schemas": {
+                "Error": _ERROR,
+                "Resource": _RESOURCE,
+                "Key": _KEY,
+                "Replay": _REPLAY,
+                "Stream": _STREAM,
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/api/v1/status": {
+                "get": {
+                    "summary": "Version, uptime and listeners",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["version", "uptimeSeconds", "listeners"],
+                                "properties": {
+                                    "version": {"type": "string"},
+                                    "uptimeSeconds": {"type": "number"},
+                                    "listeners": {"type": "object"},
+                                },
+                            },
+                            "Status",
+                        ),
+                        "401": UNAUTHORIZED,
+                    },
+                }
+            },
+            "/api/v1/resources": {
+                "get": {
+                    "summary": "List every resource",
+                    "parameters": [
+                        {"name": "namespace", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Resource"},
+                                    }
+                                },
+                            },
+                            "The resources",
+                        ),
+                        "401": UNAUTHORIZED,
+                    },
+                },
+                "post": {
+                    "summary": "Create or update resources (multi-document YAML, or JSON)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/yaml": {"schema": {"type": "string"}},
+                            "application/json": {"schema": {}},
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["created", "updated", "unchanged"],
+                                "properties": {
+                                    "created": _KEYS,
+                                    "updated": _KEYS,
+                                    "unchanged": _KEYS,
+                                },
+                            },
+                            "Applied",
+                        ),
+                        "400": _error("The body is not UTF-8."),
+                        "401": UNAUTHORIZED,
+                        "413": _error("The body is too large."),
+                        "415": _error("Not YAML or JSON."),
+                        "422": _error("Invalid resources; `problems` locates each."),
+                    },
+                },
+            },
+            "/api/v1/resources/{kind}": {
+                "get": {
+                    "summary": "List resources of a kind",
+                    "parameters": [
+                        _KIND_PARAM,
+                        {"name": "namespace", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Resource"},
+                                    }
+                                },
+                            },
+                            "The resources",
+                        ),
+                        "401": UNAUTHORIZED,
+                        "404": _error("Unknown kind."),
+                    },
+                }
+            },
+            "/api/v1/resources/{kind}/{namespace}/{name}": {
+                "get": {
+                    "summary": "One resource with its status",
+                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Resource"}, "The resource"),
+                        "401": UNAUTHORIZED,
+                        "404": _error("Unknown kind or resource."),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a resource",
+                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["deleted"],
+                                "properties": {"deleted": _KEYS},
+                            },
+                            "Deleted",
+                        ),
+                        "401": UNAUTHORIZED,
+                        "404": _error("Unknown kind or resource."),
+                        "409": _error("Other resources refer to it."),
+                    },
+                },
+            },
+            "/api/v1/brokers/{namespace}/{name}/stream": {
+                "get": {
+                    "summary": "The Broker's stream in the log: offsets, size, consumers, lag",
+                    "parameters": [_NS_PARAM, _NAME_PARAM],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Stream"}, "Stream info"),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No running Broker."),
+                    },
+                }
+            },
+            "/api/v1/brokers/{namespace}/{name}/events": {
+                "get": {
+                    "summary": "Live events of a Broker as server-sent events",
+                    "description": "Each event's `data` is one structured-mode CloudEvent.",
+                    "parameters": [
+                        _NS_PARAM,
+                        _NAME_PARAM,
+                        {"name": "filter", "in": "query", "schema": {"type": "string"}},
+                        {"name": "start", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "An endless event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": _error("Invalid filter or start."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No running Broker."),
+                    },
+                }
+            },
+            "/api/v1/replays": {
+                "post": {
+                    "summary": "Replay a Broker's events from a position to a destination",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["broker", "destination"],
+                                    "properties": {
+                                        "broker": {"type": "string"},
+                                        "namespace": {"type": "string"},
+                                        "start": {"type": "string"},
+                                        "destination": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json({"$ref": "#/components/schemas/Replay"}, "Started"),
+                        "400": _error("Invalid request."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No running Broker."),
+                    },
+                }
+            },
+            "/api/v1/replays/{id}": {
+                "get": {
+                    "summary": "Progress of a replay",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Replay"}, "Progress"),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No such replay."),
+                    },
+                }
+            },
+        },
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/openapi.json", openapi)
