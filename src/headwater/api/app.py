@@ -19,6 +19,7 @@ from aiohttp import web
 
 from headwater import __version__
 from headwater.resources import KINDS, ConfigError, Resource
+from headwater.resources.models import INGRESS_TOKEN_ANNOTATION
 from headwater.runtime.runtime import Runtime
 
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -44,18 +45,34 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
     return json_response({"error": message, **extra}, status)
 
 
+def _bearer_ok(request: web.Request, token: str) -> bool:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
+
+
+def _unauthorized(message: str) -> web.Response:
+    response = error(401, message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="headwater"'
+    return response
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[TOKEN_KEY]
-    if token and request.path.startswith("/api/") and request.path != "/api/v1/openapi.json":
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
-        ):
-            response = error(401, "missing or wrong bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="headwater"'
-            return response
+    path = request.path
+    if path.startswith("/api/"):
+        token = request.app[TOKEN_KEY]
+        if token and path != "/api/v1/openapi.json" and not _bearer_ok(request, token):
+            return _unauthorized("missing or wrong bearer token")
+    elif path.count("/") == 2 and request.method == "POST":
+        # The data-plane ingress `/{namespace}/{broker}`: a Broker may require
+        # its own token (annotation headwater.dev/ingress-token).
+        _, namespace, name = path.split("/")
+        broker = request.app[RUNTIME_KEY].get(("Broker", namespace, name))
+        token = broker.metadata.annotations.get(INGRESS_TOKEN_ANNOTATION) if broker else None
+        if token and not _bearer_ok(request, token):
+            return _unauthorized(f"broker {namespace}/{name} needs its bearer token")
     return await handler(request)
 
 

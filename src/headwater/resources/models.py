@@ -30,6 +30,8 @@ KAFKA_ORDER_ANNOTATION = "kafka.eventing.knative.dev/delivery.order"
 START_ANNOTATION = "headwater.dev/start"
 MAX_INFLIGHT_ANNOTATION = "headwater.dev/max-inflight"
 BROKER_CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
+INGRESS_TOKEN_ANNOTATION = "headwater.dev/ingress-token"
+"""A Broker's own bearer token for its HTTP ingress (use ``${ENV}`` to keep it out of files)."""
 
 
 class Model(BaseModel):

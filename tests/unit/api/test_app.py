@@ -134,3 +134,27 @@ async def test_token_required_when_configured() -> None:
         assert good.status == 200
         assert (await good.json())["version"]
     await runtime.close()
+
+
+async def test_broker_ingress_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.eventing import Ingress
+
+    monkeypatch.setenv("HW_TEST_INGRESS_TOKEN", "t0ken")
+    runtime = Runtime()
+    await runtime.apply_text(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: locked\n"
+        "  annotations: {headwater.dev/ingress-token: '${HW_TEST_INGRESS_TOKEN}'}\n---\n"
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: open}\n",
+        "b.yaml",
+    )
+    app = create_app(runtime)
+    Ingress(runtime.ingress_lookup).add_routes(app)
+    event = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t"}
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.post("/default/locked", headers=event)).status == 401
+        wrong = {**event, "Authorization": "Bearer nope"}
+        assert (await client.post("/default/locked", headers=wrong)).status == 401
+        right = {**event, "Authorization": "Bearer t0ken"}
+        assert (await client.post("/default/locked", headers=right)).status == 202
+        assert (await client.post("/default/open", headers=event)).status == 202
+    await runtime.close()
