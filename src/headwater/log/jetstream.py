@@ -203,7 +203,9 @@ class JetStreamLog:
                 self._servers,
                 connect_timeout=self._connect_timeout,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                # nats-py applies this to the first connect too: -1 would retry
+                # an unreachable server forever instead of reporting it.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=RECONNECT_WAIT,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
@@ -212,6 +214,7 @@ class JetStreamLog:
             )
         except (*_NATS_ERRORS, ValueError) as exc:
             raise LogUnavailable(f"cannot connect to NATS at {self._servers}: {exc}") from exc
+        nc.options["max_reconnect_attempts"] = -1  # connected once: reconnect forever
         self._nc = nc
         self._js = nc.jetstream(timeout=self.request_timeout)
 
@@ -512,7 +515,7 @@ class JetStreamReader:
                 messages = await self._log._until_lost(sub.fetch(max, timeout=wait))
                 if self._skipped:
                     await self._ack_skipped()
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError is one too: nothing came
                 messages = []
             except _NATS_ERRORS as exc:
                 raise _translate(exc, self._stream) from exc

@@ -1,0 +1,184 @@
+"""JetStream backend against a real nats-server: outages, recovery, several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headwater.cloudevents import CloudEvent
+from headwater.log import JetStreamLog, LogUnavailable, StreamConfig
+from headwater.log.jetstream import nats_token
+from tests.servers import NatsServer
+
+pytestmark = pytest.mark.integration
+
+STREAM = "broker.default"
+PROMPTLY = 3.0
+"""Seconds within which an outage must surface as LogUnavailable."""
+
+
+def event(i: int) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": f"e-{i}", "source": "/s", "type": "t"}, {"n": i})
+
+
+async def until_available(log: JetStreamLog, limit: float = 20.0) -> float:
+    """Append until it works again; the seconds that took."""
+    started = time.monotonic()
+    while True:
+        try:
+            await log.info(STREAM)
+            return time.monotonic() - started
+        except LogUnavailable:
+            assert time.monotonic() - started < limit, "the log did not recover"
+            await asyncio.sleep(0.1)
+
+
+def test_names_are_made_safe_for_nats_and_stay_unique() -> None:
+    assert nats_token("plain-name_1") == "plain-name_1"
+    dotted = nats_token("broker.default")
+    assert dotted.startswith("broker_default_") and len(dotted) == len("broker_default_") + 8
+    assert nats_token("broker.default") != nats_token("broker default")
+    assert nats_token("a.b") != nats_token("a_b")
+    assert all(c.isalnum() or c in "_-" for c in nats_token("x > y.* \u00e9"))
+
+
+async def test_an_outage_raises_promptly_and_the_log_recovers(nats_server: NatsServer) -> None:
+    async with JetStreamLog(nats_server.url) as log:
+        await log.create_stream(STREAM)
+        assert await log.append(STREAM, [event(1)]) == [1]
+        reader = log.reader(STREAM, "c")
+        assert [o for o, _ in await reader.next_batch(10, timeout=2)] == [1]
+
+        nats_server.kill()
+        started = time.monotonic()
+        with pytest.raises(LogUnavailable):
+            while time.monotonic() - started < PROMPTLY:  # the client notices within a moment
+                await log.append(STREAM, [event(2)])
+                await asyncio.sleep(0.02)
+        assert time.monotonic() - started < PROMPTLY
+        started = time.monotonic()
+        with pytest.raises(LogUnavailable):
+            await reader.next_batch(10, timeout=30)
+        assert time.monotonic() - started < 1.0  # no wait while down
+        with pytest.raises(LogUnavailable):
+            await log.info(STREAM)
+
+        nats_server.start()
+        await until_available(log)
+        offsets = await log.append(STREAM, [event(3)])
+        assert offsets[0] >= 2
+        await reader.ack(1)
+        got = []
+        while not any(o == offsets[0] for o, _ in got):
+            batch = await reader.next_batch(10, timeout=5)
+            assert batch, "the reader did not recover"
+            got += batch
+        assert got[-1].event == event(3)
+
+
+async def test_a_waiting_reader_learns_of_an_outage_promptly(nats_server: NatsServer) -> None:
+    async with JetStreamLog(nats_server.url) as log:
+        await log.create_stream(STREAM)
+        reader = log.reader(STREAM, "c")
+        await reader.next_batch(1, timeout=0)
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(nats_server.kill)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(kill_soon())
+            started = time.monotonic()
+            with pytest.raises(LogUnavailable):
+                await reader.next_batch(10, timeout=60)
+        assert time.monotonic() - started < PROMPTLY
+
+
+async def test_no_server_is_unavailable_not_a_hang(tmp_path: Path) -> None:
+    log = JetStreamLog("nats://127.0.0.1:9", connect_timeout=0.5)  # the discard port
+    started = time.monotonic()
+    with pytest.raises(LogUnavailable):
+        await log.create_stream(STREAM)
+    assert time.monotonic() - started < 10
+    await log.close()
+
+
+async def test_streams_carry_their_limits_to_jetstream(nats_server: NatsServer) -> None:
+    import nats
+
+    async with JetStreamLog(nats_server.url, namespace="hw") as log:
+        await log.create_stream(STREAM, StreamConfig(max_events=10, max_age=60, max_bytes=10**6))
+        nc = await nats.connect(nats_server.url)
+        try:
+            info = await nc.jetstream().stream_info(log.stream_name(STREAM))
+        finally:
+            await nc.close()
+        assert info.config.name == "hw_" + nats_token(STREAM)
+        assert info.config.description == STREAM
+        assert info.config.subjects == ["hw.log." + nats_token(STREAM)]
+        assert (info.config.max_msgs, info.config.max_bytes) == (10, 10**6)
+        assert info.config.max_age == 60
+        assert info.config.max_msg_size == 1024 * 1024
+
+
+_SHARED_READER = """
+import asyncio, sys
+from headwater.log import JetStreamLog
+
+async def main(url: str, total: int) -> None:
+    async with JetStreamLog(url) as log:
+        reader = log.reader("broker.default", "shared")
+        idle = 0
+        while idle < 20:
+            batch = await reader.next_batch(5, timeout=0.1)
+            idle = 0 if batch else idle + 1
+            for offset, event in batch:
+                print(offset, event.id, flush=True)
+                await reader.ack(offset)
+            await asyncio.sleep(0.01)  # leave some work to the other process
+        await reader.flush()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_two_processes_with_one_consumer_name_share_the_work(
+    nats_server: NatsServer,
+) -> None:
+    total = 200
+    async with JetStreamLog(nats_server.url) as log:
+        await log.create_stream(STREAM)
+        await log.reader(STREAM, "shared").close()  # the consumer exists before the appends
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        children = [
+            subprocess.Popen(  # noqa: ASYNC220 (started once; waited for in a thread)
+                [sys.executable, "-c", _SHARED_READER, nats_server.url, str(total)],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        try:
+            for i in range(0, total, 10):
+                await log.append(STREAM, [event(n) for n in range(i, i + 10)])
+            outputs = [
+                (await asyncio.to_thread(child.communicate, timeout=60))[0] for child in children
+            ]
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        assert [child.returncode for child in children] == [0, 0]
+        seen = [[line.split() for line in out.decode().splitlines()] for out in outputs]
+        offsets = [[int(o) for o, _ in lines] for lines in seen]
+        assert all(offsets), f"one process got nothing: {[len(o) for o in offsets]}"
+        assert sorted(offsets[0] + offsets[1]) == list(range(1, total + 1))  # each once
+        assert {i for lines in seen for _, i in lines} == {f"e-{n}" for n in range(total)}
+        assert (await log.info(STREAM)).consumer("shared").position == total
