@@ -220,15 +220,20 @@ def _table(items: list[dict[str, Any]]) -> None:
     )
 
 
-def _echo_yaml(value: Any) -> None:
+def _echo_yaml(value: Any, indent: str = "") -> None:
+    import io
+
     from ruamel.yaml import YAML
 
     yaml = YAML()
     yaml.default_flow_style = False
+    out = io.StringIO()
     if isinstance(value, list):
-        yaml.dump_all(value, sys.stdout)
+        yaml.dump_all(value, out)
     else:
-        yaml.dump(value, sys.stdout)
+        yaml.dump(value, out)
+    text = out.getvalue()
+    click.echo("".join(indent + line for line in text.splitlines(keepends=True)), nl=False)
 
 
 @main.command()
@@ -241,21 +246,40 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
     """Show a resource's spec, conditions, counters and last error."""
     item = _call(_client(server, token), "GET", f"/api/v1/resources/{kind}/{namespace}/{name}")
     status = item.pop("status", {})
-    click.echo(f"Name:       {item['metadata']['name']}")
-    click.echo(f"Namespace:  {item['metadata'].get('namespace', 'default')}")
-    click.echo(f"Kind:       {item['kind']} ({item['apiVersion']})")
+    meta = item["metadata"]
+    click.echo(f"Name:         {meta['name']}")
+    click.echo(f"Namespace:    {meta.get('namespace', 'default')}")
+    click.echo(f"Kind:         {item['kind']} ({item['apiVersion']})")
+    for key, value in sorted(meta.get("annotations", {}).items()):
+        click.echo(f"Annotation:   {key}={value}")
     click.echo("Spec:")
-    _echo_yaml(item.get("spec", {}))
+    _echo_yaml(item.get("spec", {}), indent="  ")
     click.echo("Conditions:")
     for condition in status.pop("conditions", []):
         line = f"  {condition['type']}={condition['status']}"
         if condition.get("reason"):
-            line += f" ({condition['reason']}: {condition.get('message', '')})"
+            line += f"  {condition['reason']}: {condition.get('message', '')}"
         click.echo(line)
+    latency = status.pop("latencySeconds", None)
+    status.pop("dispatchers", None)
     if status:
         click.echo("Status:")
+        width = max(len(k) for k in status)
         for key, value in status.items():
-            click.echo(f"  {key}: {value}")
+            click.echo(f"  {key + ':':<{width + 1}} {'-' if value is None else value}")
+    if latency and latency.get("count"):
+        p50, p99 = (_bucket_quantile(latency, q) for q in (0.5, 0.99))
+        click.echo(f"Latency:      p50 <= {p50}s, p99 <= {p99}s over {latency['count']} deliveries")
+
+
+def _bucket_quantile(histogram: dict[str, Any], q: float) -> str:
+    """The bucket bound under which the q-quantile of a latency histogram falls."""
+    rank, seen = q * histogram["count"], 0
+    for bound, count in histogram["buckets"].items():
+        seen += count
+        if seen >= rank:
+            return str(bound)
+    return "+Inf"
 
 
 def _parse_extensions(values: tuple[str, ...]) -> dict[str, str]:
