@@ -18,8 +18,9 @@ System"), so ``{"exact": {"knativebrokerttl": "255"}}`` matches the integer 255.
 from __future__ import annotations
 
 import base64
+import importlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from headwater.cloudevents import CloudEvent
 
@@ -182,14 +183,28 @@ def _not(spec: object) -> EventFilter:
     return lambda event: not inner(event)
 
 
+class _Expression(Protocol):
+    """What :func:`headwater.cesql.compile` returns, as far as filtering needs it."""
+
+    def matches(self, event: CloudEvent) -> bool: ...
+
+
+def _cesql_engine() -> tuple[Callable[[str], _Expression], type[Exception]]:
+    """``headwater.cesql``'s ``compile`` and ``ParseError``, looked up when first needed."""
+    try:
+        module = importlib.import_module("headwater.cesql")
+        return module.compile, module.ParseError
+    except (ImportError, AttributeError) as exc:
+        raise FilterError("cesql: the CESQL engine (headwater.cesql) is not available") from exc
+
+
 def _cesql(spec: object) -> EventFilter:
     if not isinstance(spec, str) or not spec.strip():
         raise FilterError("cesql: needs a CESQL expression string")
-    from headwater import cesql
-
+    compile_expression, parse_error = _cesql_engine()
     try:
-        expression = cesql.compile(spec)
-    except cesql.ParseError as exc:
+        expression = compile_expression(spec)
+    except parse_error as exc:
         # "Implementations SHOULD reject subscriptions with invalid CloudEvents
         # SQL expressions."
         raise FilterError(f"cesql: invalid expression {spec!r}: {exc}") from exc

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -136,3 +137,9 @@ def test_filters_replace_filter_when_non_empty() -> None:
 def test_attribute_filter_rejects_non_strings() -> None:
     with pytest.raises(FilterError):
         compile_attributes_filter({"type": 1})  # type: ignore[dict-item]
+
+
+def test_cesql_without_an_engine_rejects_the_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "headwater.cesql", None)
+    with pytest.raises(FilterError, match="CESQL engine"):
+        compile_filters([{"cesql": "type = 'x'"}])
