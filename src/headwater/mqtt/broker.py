@@ -831,11 +831,11 @@ class _Connection:
         if acl is not None and not acl.can_publish(self.username, self.client_id, topic):
             self._deny_publish(qos, pid, topic)
             return None
-        now = time.time()
         if props is EMPTY_PROPERTIES or (props.topic_alias is not None and _only_alias(props)):
             message = Message(topic, packet.payload, qos, packet.retain, origin=self.client_id)
         else:
             expiry = props.message_expiry_interval
+            now = time.time()
             message = Message(
                 topic,
                 packet.payload,
@@ -1610,36 +1610,41 @@ class MqttBroker:
         if message.retain:
             # [MQTT-3.3.1-5 (3.1.1) / 3.3.1-5 (5.0)] store it (an empty payload deletes).
             self._retained.set(message)
-        online = self._online
-        hits: list[tuple[str, Subscription]] = []
+        topic = message.topic
+        tree = self._tree
         fan: _Fanout | None = None
-        for cid, sub, share in self._tree.match(message.topic, online.__contains__):
-            if share is not None:
-                # One member of each shared group; its granted QoS applies [MQTT-4.8.2-3].
-                fan = fan or _Fanout(message, time.time())
-                ids = _sub_ids(sub)
-                self._deliver(cid, fan, sub.qos, sub.retain_as_published, ids)
-                continue
-            if sub.no_local and cid == message.origin:
-                # [MQTT-3.8.3-3 (5.0)] No Local: not to the publishing connection.
-                continue
-            hits.append((cid, sub))
-        if not hits:
+        for cid, sub, _share in tree.shared(topic, self._online.__contains__):
+            # One member of each shared group; its granted QoS applies [MQTT-4.8.2-3].
+            fan = fan or _Fanout(message, time.time())
+            self._deliver(cid, fan, sub.qos, sub.retain_as_published, _sub_ids(sub))
+        origin = message.origin
+        single: tuple[str, Subscription] | None = None
+        merged: dict[str, list[Subscription]] | None = None
+        for table in tree.subscribers(topic):
+            for cid, sub in table.items():
+                if sub.no_local and cid == origin:
+                    # [MQTT-3.8.3-3 (5.0)] No Local: not to the publishing connection.
+                    continue
+                if single is None and merged is None:
+                    single = (cid, sub)
+                    continue
+                if merged is None:
+                    assert single is not None
+                    merged = {single[0]: [single[1]]}
+                    single = None
+                merged.setdefault(cid, []).append(sub)
+        if single is not None:
+            cid, sub = single
+            fan = fan or _Fanout(message, time.time())
+            self._deliver(cid, fan, sub.qos, sub.retain_as_published, _sub_ids(sub))
+            return
+        if merged is None:
             return
         fan = fan or _Fanout(message, time.time())
-        if len(hits) == 1:
-            cid, sub = hits[0]
-            ids = _sub_ids(sub)
-            self._deliver(cid, fan, sub.qos, sub.retain_as_published, ids)
-            return
-        merged: dict[str, list[Subscription]] = {}
-        for cid, sub in hits:
-            merged.setdefault(cid, []).append(sub)
         for cid, subs in merged.items():
             if len(subs) == 1:
                 sub = subs[0]
-                ids = _sub_ids(sub)
-                self._deliver(cid, fan, sub.qos, sub.retain_as_published, ids)
+                self._deliver(cid, fan, sub.qos, sub.retain_as_published, _sub_ids(sub))
                 continue
             # Overlapping subscriptions: one copy at the maximum granted QoS
             # [MQTT-3.3.5-1 (3.1.1) / 3.3.4-2 (5.0)] carrying every subscription

@@ -216,12 +216,14 @@ class SubscriptionTree(Generic[K, V]):
     existing subscription).
     """
 
-    __slots__ = ("_cache", "_count", "_root")
+    __slots__ = ("_cache", "_count", "_groups", "_root", "_tables")
 
     def __init__(self) -> None:
         self._root: _Node[K, V] = _Node()
         self._cache: dict[str, list[_Node[K, V]]] = {}
+        self._tables: dict[str, list[dict[K, V]]] = {}
         self._count = 0
+        self._groups = 0  # shared groups in the tree; 0 skips the shared lookup
 
     def __len__(self) -> int:
         return self._count
@@ -238,12 +240,14 @@ class SubscriptionTree(Generic[K, V]):
             node = child
         if created:
             self._cache.clear()
+            self._tables.clear()
         if share is None:
             table = node.subscribers
         else:
             group = node.groups.get(share)
             if group is None:
                 group = node.groups[share] = _Group()
+                self._groups += 1
             table = group.members
         existed = key in table
         table[key] = value
@@ -270,6 +274,7 @@ class SubscriptionTree(Generic[K, V]):
             value = group.members.pop(key, None)
             if not group.members:
                 del node.groups[share]
+                self._groups -= 1
         if value is None:
             return None
         self._count -= 1
@@ -283,6 +288,7 @@ class SubscriptionTree(Generic[K, V]):
             pruned = True
         if pruned:
             self._cache.clear()
+            self._tables.clear()
         return value
 
     def get(self, topic_filter: str, key: K, share: str | None = None) -> V | None:
@@ -338,6 +344,34 @@ class SubscriptionTree(Generic[K, V]):
             self._cache.clear()
         self._cache[topic] = found
         return found
+
+    def subscribers(self, topic: str) -> list[dict[K, V]]:
+        """The live ``{key: value}`` tables of the non-shared filters matching ``topic``.
+
+        The broker's hot path: a cached list of dicts, no generator, no copies.
+        Tables may be empty and a key may appear in several (overlapping filters).
+        """
+        tables = self._tables.get(topic)
+        if tables is None:
+            if len(self._tables) >= MATCH_CACHE_SIZE:
+                self._tables.clear()
+            tables = self._tables[topic] = [node.subscribers for node in self._nodes(topic)]
+        return tables
+
+    def shared(
+        self, topic: str, available: Callable[[K], bool] | None = None
+    ) -> list[tuple[K, V, str]]:
+        """One ``(key, value, share)`` per shared group matching ``topic`` (round robin)."""
+        if not self._groups:
+            return []
+        picked: list[tuple[K, V, str]] = []
+        for node in self._nodes(topic):
+            if node.groups:
+                for share, group in node.groups.items():
+                    member = group.pick(available)
+                    if member is not None:
+                        picked.append((member[0], member[1], share))
+        return picked
 
     def match(
         self, topic: str, available: Callable[[K], bool] | None = None

@@ -139,8 +139,10 @@ def test_tree_agrees_with_reference_matcher(filters: list[str], topic: str) -> N
         tree.subscribe(f, f, 0)
     got = sorted(k for k, _, _ in tree.match(topic))
     assert got == sorted(f for f in filters if topic_matches(f, topic))
-    # And the cached second lookup agrees with the first.
+    # And the cached second lookup agrees with the first, as does the broker's fast path.
     assert sorted(k for k, _, _ in tree.match(topic)) == got
+    assert sorted(k for table in tree.subscribers(topic) for k in table) == got
+    assert tree.shared(topic) == []
 
 
 def test_subscribe_replaces_and_unsubscribe_prunes() -> None:
@@ -192,6 +194,8 @@ def test_shared_group_prefers_available_members() -> None:
     online = {"m3"}
     picks = [k for _ in range(3) for k, _, _ in tree.match("t", online.__contains__)]
     assert picks == ["m3", "m3", "m3"]
+    assert tree.shared("t", online.__contains__) == [("m3", 1, "g")]
+    assert tree.subscribers("t") == [{}]
     # Nobody available: still exactly one member (its session queues the message).
     assert len(list(tree.match("t", lambda _: False))) == 1
     assert tree.unsubscribe("t", "m3", share="g") == 1
