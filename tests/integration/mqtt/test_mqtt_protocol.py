@@ -353,3 +353,52 @@ def test_enhanced_auth_is_refused(broker: BrokerThread) -> None:
     connack = client.connect("c", properties=Properties(authentication_method="SCRAM-SHA-1"))
     assert connack == Connack(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD)
     assert client.is_closed()
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_connection_limit(make_broker, version) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), max_connections=2))
+    first, second = Raw(broker.port(), version), Raw(broker.port(), version)
+    first.connect("a")
+    second.connect("b")
+    third = Raw(broker.port(), version)
+    # 5.0: 0x89 Server busy; 3.1.1: return code 0x03 Server unavailable.
+    expected = ReasonCode.SERVER_BUSY if version == V5 else ReasonCode.SERVER_UNAVAILABLE
+    assert third.connect("c").reason_code == expected
+    assert third.is_closed()
+    # Reconnecting an existing client id is a takeover, not a new connection.
+    again = Raw(broker.port(), version)
+    assert again.connect("a").reason_code == ReasonCode.SUCCESS
+
+
+def test_subscription_limit(make_broker) -> None:  # type: ignore[no-untyped-def]
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), max_subscriptions=2))
+    client = Raw(broker.port(), V5)
+    client.connect("c")
+    suback = _subscribe(client, ("a", 0), ("b", 1), ("c", 0), ("a", 2))
+    # The third filter exceeds the quota (0x97); replacing an existing one does not.
+    assert list(suback.reason_codes) == [0, 1, ReasonCode.QUOTA_EXCEEDED, 2]
+
+
+def test_autosave_persists_without_shutdown(make_broker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from headwater.mqtt.session import SessionStore
+
+    config = BrokerConfig(listeners=(Listener(port=0),), data_dir=tmp_path, autosave_interval=0.1)
+    broker = make_broker(config)
+    client = Raw(broker.port(), V5)
+    client.connect("saver", properties=Properties(session_expiry_interval=60))
+    _subscribe(client, ("s/#", 1))
+    client.send(Publish("s/r", b"kept", 1, retain=True, packet_id=3))
+
+    def saved() -> bool:
+        store = SessionStore(tmp_path)
+        try:
+            sessions = store.load_sessions()
+            retained = store.load_retained()
+        finally:
+            store.close()
+        return [s.client_id for s in sessions] == ["saver"] and [m.topic for m in retained] == [
+            "s/r"
+        ]
+
+    wait_until(saved)
