@@ -51,12 +51,18 @@ class Cursor:
             raise InvalidAck(
                 f"offset {offset} was never delivered (delivered up to {self.delivered})"
             )
-        if offset not in self._pending:
+        pending = self._pending
+        if offset not in pending:
             return False  # acked before
-        self._pending.discard(offset)
+        pending.discard(offset)
+        if self._heap[0] != offset:
+            return False  # below it is still pending: the position stays
         return self._recompute()
 
     def _recompute(self) -> bool:
+        """Drop acked offsets from the top of the heap (after which ``heap[0]``, if
+        any, is the lowest pending offset: ``ack`` relies on that) and move the
+        position."""
         heap, pending = self._heap, self._pending
         while heap and heap[0] not in pending:
             heapq.heappop(heap)

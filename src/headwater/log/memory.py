@@ -34,6 +34,7 @@ from headwater.log.base import (
     StreamNotFound,
     as_event_list,
     check_name,
+    new_entry,
     stream_info,
 )
 
@@ -106,7 +107,7 @@ class _Stream:
             return []
         i = self.head + (start - self.first)
         chunk = self.events[i : i + limit]
-        return [Entry(offset, event) for offset, event in enumerate(chunk, start)]
+        return [new_entry(Entry, pair) for pair in enumerate(chunk, start)]
 
     def offset_at_time(self, timestamp: float) -> int:
         """The first offset appended at or after ``timestamp`` (``last + 1`` if none)."""

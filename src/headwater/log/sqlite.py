@@ -71,6 +71,7 @@ from headwater.log.base import (
     StreamNotFound,
     as_event_list,
     check_name,
+    new_entry,
     stream_info,
 )
 
@@ -486,29 +487,28 @@ class _Writer:
             done += [(r, None, missing) for r in requests]
             return False
         limit = row.max_event_size
-        rows: list[tuple[int, float, bytes]] = []
         now = self._clock()
         if now < row.last_time:
             now = row.last_time  # append times never go backwards (time starts bisect them)
-        offset = row.last
-        added = 0
+        first = offset = row.last + 1
+        accepted: list[bytes] = []
         for request in requests:
             records = request.records
-            too_big = [i for i, record in enumerate(records) if len(record) > limit]
-            if too_big:
-                size = len(records[too_big[0]])
-                done.append((request, None, EventTooLarge(size, limit, too_big[0])))
+            if max(map(len, records)) > limit:
+                index = next(i for i, record in enumerate(records) if len(record) > limit)
+                done.append((request, None, EventTooLarge(len(records[index]), limit, index)))
                 continue
-            start = offset + 1
+            accepted += records
+            done.append((request, list(range(offset, offset + len(records))), None))
             offset += len(records)
-            rows += zip(range(start, offset + 1), repeat(now), records, strict=False)
-            added += sum(map(len, records))
-            done.append((request, list(range(start, offset + 1)), None))
-        if not rows:
+        if not accepted:
             return False
         conn.executemany(
-            f"INSERT INTO {_events_table(row.id)} (offset, time, record) VALUES (?, ?, ?)", rows
+            f"INSERT INTO {_events_table(row.id)} (offset, time, record) VALUES (?, ?, ?)",
+            zip(range(first, offset), repeat(now), accepted),
         )
+        offset -= 1
+        added = sum(map(len, accepted))
         row.last, row.last_time = offset, now
         row.bytes += added
         _apply_size_limits(conn, row)
@@ -660,7 +660,7 @@ class SqliteLog:
                     if "no such table" in str(exc):
                         return None  # deleted, maybe by another process: look the name up again
                     raise
-                return [Entry(offset, decode(record)) for offset, record in rows]
+                return [new_entry(Entry, (offset, decode(record))) for offset, record in rows]
 
             entries = await self._read(run)
             if entries is not None:
