@@ -373,14 +373,15 @@ V1_ATTRIBUTES: Final = V1_0.validators
 V03_ATTRIBUTES: Final = V0_3.validators
 SPEC_ATTRIBUTES: Final = {version: schema.validators for version, schema in SCHEMAS.items()}
 
-_known_names: set[str] = set()
+KNOWN_NAMES: Final[set[str]] = set()
+"""Extension names found valid, so that the usual few cost a set lookup (bounded)."""
 
 
 def check_new_name(name: object) -> None:
     """Check an extension name, remembering the valid ones (bounded)."""
-    if name in _known_names:
+    if name in KNOWN_NAMES:
         return
     check_attribute_name(name)
-    if len(_known_names) >= MAX_REMEMBERED_NAMES:
-        _known_names.clear()
-    _known_names.add(name)  # type: ignore[arg-type]
+    if len(KNOWN_NAMES) >= MAX_REMEMBERED_NAMES:
+        KNOWN_NAMES.clear()
+    KNOWN_NAMES.add(name)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ import orjson
 
 from headwater.cloudevents._types import (
     EXTENSION,
+    KNOWN_NAMES,
     NONEMPTY_STRING,
     REQUIRED,
     REQUIRED_SET,
@@ -93,6 +94,8 @@ def _validate(attributes: dict[str, Any]) -> dict[str, AttributeValue]:
     assert schema is not None
     remembered = schema.remembered
     kinds = schema.kinds
+    repeating = schema.repeating
+    known_names = KNOWN_NAMES
     unset: list[str] | None = None
     for item in attributes.items():
         try:
@@ -110,18 +113,20 @@ def _validate(attributes: dict[str, Any]) -> dict[str, AttributeValue]:
                 if not TIMESTAMP_SYNTAX(value) or value[8:10] > "28":
                     check_timestamp(name, value)
             elif kind is EXTENSION:
-                check_new_name(name)
+                if name not in known_names:
+                    check_new_name(name)
                 if not (value.isascii() and value.isprintable()):
                     check_string(name, value)
                 continue
             else:
                 schema.validators[name](name, value)
-            if name in schema.repeating:
+            if name in repeating:
                 schema.remember(name, value)
         elif value is None:
             unset = [name] if unset is None else [*unset, name]
         elif kind is EXTENSION:
-            check_new_name(name)
+            if name not in known_names:
+                check_new_name(name)
             attributes[name] = check_extension_value(name, value)
         else:
             attributes[name] = schema.validators[name](name, value)

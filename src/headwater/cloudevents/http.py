@@ -79,17 +79,6 @@ def encode_header_value(value: str) -> str:
     )
 
 
-def _is_plain(text: str) -> bool:
-    """True when ``text`` needs no percent-encoding (printable ASCII, no space, ``"``, ``%``)."""
-    return (
-        text.isascii()
-        and text.isprintable()
-        and " " not in text
-        and '"' not in text
-        and "%" not in text
-    )
-
-
 def _unquote(name: str, value: str) -> str:
     """Undo RFC 7230 3.2.6 quoted-strings (with their backslash escapes) in a header value."""
     out: list[str] = []
@@ -156,7 +145,15 @@ def to_http(event: CloudEvent, mode: Mode = "binary") -> tuple[dict[str, str], b
             if type(value) is not str:
                 headers[name] = canonical_string(value)
         joined = "".join(headers.values())  # type: ignore[arg-type]
-    if not _is_plain(joined):
+    # 3.1.3.2: the common case (printable ASCII without space, '"' or '%') in
+    # one scan of all values at once; otherwise value by value.
+    if not (
+        joined.isascii()
+        and joined.isprintable()
+        and " " not in joined
+        and '"' not in joined
+        and "%" not in joined
+    ):
         for name, value in headers.items():
             headers[name] = encode_header_value(value)  # type: ignore[arg-type]
     data = event._data
@@ -166,7 +163,7 @@ def to_http(event: CloudEvent, mode: Mode = "binary") -> tuple[dict[str, str], b
         # json-format.md 3.1.2: JSON data without datacontenttype is implied
         # application/json, which SHOULD be made explicit when re-encoding.
         headers["content-type"] = JSON_CONTENT_TYPE
-    return headers, event.data_bytes()  # type: ignore[return-value]
+    return headers, data if type(data) is bytes else event.data_bytes()  # type: ignore[return-value]
 
 
 def to_http_batch(events: Iterable[CloudEvent]) -> tuple[dict[str, str], bytes]:

@@ -77,4 +77,4 @@ def test_remembered_names_are_bounded() -> None:
     base = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
     for i in range(types.MAX_REMEMBERED_NAMES + 10):
         CloudEvent({**base, f"x{i}": 1})
-    assert len(types._known_names) <= types.MAX_REMEMBERED_NAMES
+    assert len(types.KNOWN_NAMES) <= types.MAX_REMEMBERED_NAMES
