@@ -1,6 +1,7 @@
 """Resources in Knative's shapes: models of every kind and the YAML loader."""
 
 from headwater.resources.durations import parse_duration
+from headwater.resources.kinds import ADDRESSABLE_KINDS, KINDS
 from headwater.resources.loader import (
     ConfigError,
     Loaded,
@@ -10,7 +11,6 @@ from headwater.resources.loader import (
     load_text,
 )
 from headwater.resources.models import (
-    KINDS,
     Broker,
     Channel,
     DeliverySpec,
@@ -28,6 +28,7 @@ from headwater.resources.models import (
 )
 
 __all__ = [
+    "ADDRESSABLE_KINDS",
     "KINDS",
     "Broker",
     "Channel",

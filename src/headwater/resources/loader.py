@@ -27,9 +27,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from headwater.resources.kinds import ADDRESSABLE_KINDS, KINDS
 from headwater.resources.models import (
-    ADDRESSABLE_KINDS,
-    KINDS,
     Broker,
     Destination,
     Resource,

@@ -374,12 +374,3 @@ class EventDisplay(Resource):
     API_VERSIONS = ("sinks.headwater.dev/v1alpha1",)
     KIND = "EventDisplay"
     spec: EventDisplaySpec = Field(default_factory=EventDisplaySpec)
-
-
-KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls
-    for cls in (Broker, Trigger, Channel, InMemoryChannel, Subscription, PingSource, EventDisplay)
-}
-
-# Kinds that can receive events through a Destination's `ref`.
-ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from headwater.cloudevents import CloudEvent
@@ -44,6 +45,7 @@ from headwater.sinks import EventDisplaySink
 from headwater.sources import PingSchedule, PingSourceRunner
 
 if TYPE_CHECKING:
+    from headwater.runtime.reconciler import Component
     from headwater.runtime.runtime import Runtime
 
 
@@ -320,3 +322,15 @@ class PingSourceComponent:
     def status(self) -> dict[str, Any]:
         r = self.runner
         return {"sent": r.sent, "failed": r.failed, "lastError": r.last_error}
+
+
+BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
+    "Broker": BrokerComponent,
+    "Channel": ChannelComponent,
+    "InMemoryChannel": ChannelComponent,
+    "Trigger": TriggerComponent,
+    "Subscription": SubscriptionComponent,
+    "PingSource": PingSourceComponent,
+    "EventDisplay": lambda runtime, resource: EventDisplayComponent(resource),
+}
+"""What each kind becomes: ``builder(runtime, resource) -> Component``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -32,17 +32,17 @@ from headwater.resources import (
     parse_start,
 )
 from headwater.resources import DeliverySpec as ResourceDelivery
-from headwater.runtime.components import (
-    BrokerComponent,
-    ChannelComponent,
-    EventDisplayComponent,
-    PingSourceComponent,
-    SubscriptionComponent,
-    TriggerComponent,
-)
+from headwater.runtime import components
+from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
 
 log = logging.getLogger(__name__)
+
+
+# Component tables, one per module that defines kinds: ``{kind: builder}``.
+COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] = (
+    components.BUILDERS,
+)
 
 
 class UnresolvedDestination(LookupError):
@@ -88,22 +88,17 @@ class Runtime:
         self.log: EventLog = log if log is not None else MemoryLog()
         self._session: aiohttp.ClientSession | None = None
         builders: dict[str, Builder] = {
-            "EventDisplay": self._build(EventDisplayComponent, with_runtime=False),
-            "Broker": self._build(BrokerComponent),
-            "Channel": self._build(ChannelComponent),
-            "InMemoryChannel": self._build(ChannelComponent),
-            "Trigger": self._build(TriggerComponent),
-            "Subscription": self._build(SubscriptionComponent),
-            "PingSource": self._build(PingSourceComponent),
+            kind: self._builder(build)
+            for table in COMPONENT_TABLES
+            for kind, build in table.items()
         }
         self.reconciler = Reconciler(builders)
 
-    def _build(self, cls: Any, *, with_runtime: bool = True) -> Builder:
-        async def build(resource: Resource) -> Component:
-            component: Component = cls(self, resource) if with_runtime else cls(resource)
-            return component
+    def _builder(self, build: Callable[[Runtime, Any], Component]) -> Builder:
+        async def builder(resource: Resource) -> Component:
+            return build(self, resource)
 
-        return build
+        return builder
 
     # -- what components need ----------------------------------------------------
 

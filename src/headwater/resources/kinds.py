@@ -1,0 +1,26 @@
+"""Every kind Headwater knows, by name: the loader's and the API's table.
+
+Kinds that other modules define (sources, sinks) are added here, one import
+and one entry each.
+"""
+
+from __future__ import annotations
+
+from headwater.resources.models import (
+    Broker,
+    Channel,
+    EventDisplay,
+    InMemoryChannel,
+    PingSource,
+    Resource,
+    Subscription,
+    Trigger,
+)
+
+KINDS: dict[str, type[Resource]] = {
+    cls.KIND: cls
+    for cls in (Broker, Trigger, Channel, InMemoryChannel, Subscription, PingSource, EventDisplay)
+}
+
+# Kinds that can receive events through a Destination's `ref`.
+ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay"})
