@@ -7,6 +7,8 @@ declare -A want=(
   [mosquitto]=mosquitto
   [mosquitto_pub]=mosquitto-clients
   [nats-server]=nats-server
+  [influxd]=influxdb
+  [prometheus]=prometheus
 )
 
 missing=()

@@ -4,7 +4,9 @@ How this works: nothing on the event path touches Prometheus objects. The
 data plane keeps plain counters (per Broker, Trigger, Subscription, source);
 at scrape time this module reads them, plus each stream's size from the log,
 and renders the text exposition format with prometheus_client. A scrape costs
-one pass over the running components, never a lock on the hot path.
+one pass over the running components, never a lock on the hot path. A
+component with a ``metric_families()`` method (returning prometheus_client
+metric families) has them included in the same exposition.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class _Snapshot(Collector):
             "Events a source could not hand to its sink.",
             labels=["kind", "namespace", "name"],
         )
+        extra: list[Metric] = []
         reconciler = self.runtime.reconciler
         for resource in reconciler.resources():
             component: Any = reconciler.component(resource.key)
@@ -129,9 +132,15 @@ class _Snapshot(Collector):
             elif isinstance(component, PingSourceComponent):
                 pings.add_metric([resource.kind, ns, name], component.runner.sent)
                 ping_failures.add_metric([resource.kind, ns, name], component.runner.failed)
+            # Components may publish metric families of their own (a
+            # PrometheusSink's device gauges, a source's counters).
+            own = getattr(component, "metric_families", None)
+            if own is not None:
+                extra.extend(own())
         yield from (accepted, saturated, ttl, *counters.values(), lag, inflight, latency)
         yield from (pings, ping_failures)
         yield from self._streams()
+        yield from extra
 
     def _streams(self) -> Iterator[Metric]:
         events = GaugeMetricFamily(
