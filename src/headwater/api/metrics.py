@@ -105,7 +105,7 @@ class _Snapshot(Collector):
             ns, name = resource.namespace, resource.name
             if isinstance(component, BrokerComponent | ChannelComponent):
                 is_broker = isinstance(component, BrokerComponent)
-                fanout = component.broker if is_broker else component.channel
+                fanout = component.broker if is_broker else component.channel  # type: ignore[union-attr]
                 accepted.add_metric([resource.kind, ns, name], fanout.stats.accepted)
                 saturated.add_metric([resource.kind, ns, name], fanout.stats.saturated)
                 if is_broker:
