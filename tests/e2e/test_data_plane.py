@@ -161,3 +161,39 @@ def test_bad_events_get_400_and_nothing_breaks(
     ok = {"ce-specversion": "1.0", "ce-id": "x", "ce-source": "/s", "ce-type": "t"}
     assert asyncio.run(post(ok, b"", "/default/nope")) == 404
     assert hw.stop() == 0
+
+
+def test_hot_reload_changes_routing_without_loss(
+    tmp_path: Path, headwater_up: Callable[..., Headwater], receiver: Receiver
+) -> None:
+    only_a = MESH.format(uri=receiver.url).replace(
+        "    - prefix: {type: dev.headwater.}\n    - not: {exact: {subject: ignore-me}}\n",
+        "    - exact: {type: dev.headwater.a}\n",
+    )
+    a_or_b = only_a.replace(
+        "    - exact: {type: dev.headwater.a}\n",
+        "    - any: [{exact: {type: dev.headwater.a}}, {exact: {type: dev.headwater.b}}]\n",
+    )
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(only_a)
+    hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data", "--watch")
+    sent: list[str] = []
+
+    def send(type_: str, count: int) -> None:
+        for _ in range(count):
+            event_id = f"{type_}-{len(sent)}"
+            hw.cli("send", "--type", f"dev.headwater.{type_}", "--id", event_id)
+            sent.append(event_id)
+
+    send("a", 5)
+    mesh.write_text(a_or_b)  # reloaded while events keep coming
+    send("a", 5)
+    deadline = time.monotonic() + 10
+    while "any" not in hw.cli("get", "trigger", "hot", "-o", "yaml").stdout:
+        assert time.monotonic() < deadline, "the changed Trigger was not reloaded"
+        time.sleep(0.2)
+    send("b", 3)
+    delivered = [e["ce-id"] for e in receiver.wait_for(13)]
+    time.sleep(0.3)
+    assert sorted(delivered) == sorted(sent)  # none lost, none twice
+    assert hw.stop() == 0
