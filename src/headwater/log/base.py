@@ -18,7 +18,7 @@ it is acknowledged (a low-water mark), so a crash redelivers but never skips.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -154,6 +154,20 @@ class Start:
         if not math.isfinite(ts):
             raise ValueError(f"start time must be finite, not {moment!r}")
         return cls(StartKind.TIME, timestamp=ts)
+
+    def position(self, last_offset: int, first_at: Callable[[float], int]) -> int:
+        """The position a new consumer starting here gets (see the off-by-one rule).
+
+        ``first_at(timestamp)`` finds the first offset appended at or after a
+        time (``last_offset + 1`` if none); only time starts call it.
+        """
+        if self.kind is StartKind.EARLIEST:
+            return 0
+        if self.kind is StartKind.LATEST:
+            return last_offset
+        if self.kind is StartKind.OFFSET:
+            return self.offset - 1
+        return first_at(self.timestamp) - 1
 
 
 EARLIEST: Final = Start(StartKind.EARLIEST)

@@ -412,11 +412,7 @@ class JetStreamLog:
                 info = await js.consumer_info(name, durable)
             except nats.js.errors.NotFoundError:
                 found = await self._stream_info(stream)  # StreamNotFound, not "no consumer"
-                base = {
-                    StartKind.EARLIEST: 0,
-                    StartKind.LATEST: found.state.last_seq,
-                    StartKind.OFFSET: start.offset - 1,
-                }.get(start.kind, 0)
+                base = start.position(found.state.last_seq, lambda _: 1)
                 config = self._consumer_config(consumer, start, base)
                 # A time start's offset is known to the server only (and it
                 # refuses to update the config later): its base stays 0, so

@@ -28,7 +28,6 @@ from headwater.log.base import (
     EventTooLarge,
     LogClosed,
     Start,
-    StartKind,
     StreamConfig,
     StreamInfo,
     StreamNotFound,
@@ -219,20 +218,11 @@ class MemoryLog:
         if cursor is None:
             position = s.positions.get(consumer)
             if position is None:
-                position = self._start_position(s, start)
+                s.apply_retention(self._clock())
+                position = start.position(s.last, s.offset_at_time)
                 s.positions[consumer] = position
             cursor = s.cursors[consumer] = Cursor(position)
         return cursor
-
-    def _start_position(self, s: _Stream, start: Start) -> int:
-        if start.kind is StartKind.EARLIEST:
-            return 0
-        if start.kind is StartKind.LATEST:
-            return s.last
-        if start.kind is StartKind.OFFSET:
-            return start.offset - 1
-        s.apply_retention(self._clock())
-        return s.offset_at_time(start.timestamp) - 1
 
     async def fetch_after(self, stream: str, after: int, limit: int) -> list[Entry]:
         s = self._stream(stream)
