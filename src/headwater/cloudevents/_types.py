@@ -85,8 +85,11 @@ _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 # Content Type as is.
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED_STRING = r'"(?:[ !#-\[\]-~]|\\[ -~])*"'
+# Possessive quantifiers: spaces and empty parameters could otherwise be split
+# between repetitions in exponentially many ways before a mismatch is
+# reported (a ReDoS on a value that arrives in every binary-mode message).
 _MEDIA_TYPE = re.compile(
-    rf"{_TOKEN}/{_TOKEN}(?: *; *(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED_STRING}))?)*", re.ASCII
+    rf"{_TOKEN}/{_TOKEN}(?: *+; *+(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED_STRING}))?+)*+", re.ASCII
 ).fullmatch
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -78,3 +79,22 @@ def test_remembered_names_are_bounded() -> None:
     for i in range(types.MAX_REMEMBERED_NAMES + 10):
         CloudEvent({**base, f"x{i}": 1})
     assert len(types.KNOWN_NAMES) <= types.MAX_REMEMBERED_NAMES
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("datacontenttype", "a/b" + (";" + " " * 30) * 30 + "!", id="media-type"),
+        pytest.param("source", "a:" * 50_000 + " ", id="uri-reference"),
+        pytest.param("dataschema", "a" * 50_000 + "#" * 2, id="uri"),
+        pytest.param("time", "2020-01-01T00:00:00." + "1" * 50_000 + "x", id="timestamp"),
+    ],
+)
+def test_hostile_values_are_rejected_in_linear_time(name: str, value: str) -> None:
+    # A pattern that backtracks exponentially would hang here (it did, for
+    # media types with many empty parameters, before its quantifiers were
+    # made possessive).
+    start = time.perf_counter()
+    with pytest.raises(InvalidEvent, match=name):
+        CloudEvent({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", name: value})
+    assert time.perf_counter() - start < 1.0
