@@ -15,12 +15,21 @@ from headwater.cloudevents.json import (
     to_json_batch,
 )
 from headwater.cloudevents.kafka import KafkaRecord, from_kafka, to_kafka
-from headwater.cloudevents.mqtt import MqttMessage, from_mqtt, is_cloudevent_mqtt, to_mqtt
+from headwater.cloudevents.mqtt import (
+    MQTT_3_1_1,
+    MQTT_5,
+    MqttMessage,
+    from_mqtt,
+    is_cloudevent_mqtt,
+    to_mqtt,
+)
 from headwater.cloudevents.nats import from_nats, to_nats
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
     "CONTENT_TYPE",
+    "MQTT_3_1_1",
+    "MQTT_5",
     "NO_DATA",
     "CloudEvent",
     "InvalidEvent",

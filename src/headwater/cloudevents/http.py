@@ -194,17 +194,19 @@ def _mode(content_type: str) -> int:
     )
 
 
-# Header name -> its role: the attribute a ce- header carries, _CONTENT_TYPE_ROLE
-# or _OTHER_ROLE. Names repeat from message to message, so each is lowered and
-# classified once. Bounded: emptied when full, never grows with hostile input.
-_CONTENT_TYPE_ROLE: Final = ""
-_OTHER_ROLE: Final = "-"
-_header_roles: dict[str, str] = {}
+# Header name -> its role: the attribute name a ce- header carries (a str,
+# possibly empty for a bare "ce-"), or one of the two int roles below. Names
+# repeat from message to message, so each is lowered and classified once.
+# Bounded: emptied when full, never grows with hostile input.
+_CONTENT_TYPE_ROLE: Final = 0
+_OTHER_ROLE: Final = 1
+_header_roles: dict[str, str | int] = {}
 MAX_REMEMBERED_HEADER_NAMES: Final = 4096
 
 
-def _header_role(name: str) -> str:
+def _header_role(name: str) -> str | int:
     lower = name.lower()
+    role: str | int
     if lower == "content-type":
         role = _CONTENT_TYPE_ROLE
     elif lower.startswith("ce-"):
@@ -237,7 +239,7 @@ def _read_headers(headers: Headers) -> tuple[str | None, dict[str, Any]]:
         elif role in attributes:
             raise InvalidEvent(name, "header appears more than once")
         else:
-            attributes[role] = value
+            attributes[role] = value  # type: ignore[index]
     return content_type, attributes
 
 

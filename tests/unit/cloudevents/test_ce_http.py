@@ -297,6 +297,7 @@ def test_decoded_value_is_still_validated() -> None:
         ),
         pytest.param({**HEADERS, "ce-data": "x"}, "data", "reserved", id="ce-data-header"),
         pytest.param({**HEADERS, "ce-bad_name": "x"}, "bad_name", "lower-case", id="bad-name"),
+        pytest.param({**HEADERS, "ce-": "text/plain"}, "", "lower-case", id="bare-ce-prefix"),
         pytest.param(
             {**HEADERS, "content-type": "not a media type"},
             "datacontenttype",
