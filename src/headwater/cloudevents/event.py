@@ -286,9 +286,12 @@ class CloudEvent:
         """A new event with ``attributes`` merged in (``None`` removes one).
 
         The data is kept unless ``keep_data`` is false, in which case ``data``
-        becomes the new payload. Only the changed attributes are validated,
+        becomes the new payload (``data`` alone, with the data kept, is a
+        ``TypeError`` rather than silently ignored). Only the changed attributes are validated,
         unless the specversion changes, which revalidates everything.
         """
+        if keep_data and data is not NO_DATA:
+            raise TypeError("evolve(data=...) replaces the data only with keep_data=False")
         new_data = self._data if keep_data else _normalise_data(data)
         merged = dict(self._attributes)
         if not attributes:

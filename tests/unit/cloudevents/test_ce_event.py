@@ -354,6 +354,8 @@ def test_evolve_sets_removes_and_keeps_data() -> None:
 def test_evolve_replaces_data() -> None:
     assert CloudEvent(BASE, b"d").evolve(data=bytearray(b"n"), keep_data=False).data == b"n"
     assert not CloudEvent(BASE, b"d").evolve(keep_data=False).has_data
+    with pytest.raises(TypeError, match="keep_data=False"):
+        CloudEvent(BASE, b"d").evolve(data=b"n")  # ambiguous: refused, not ignored
 
 
 @pytest.mark.parametrize(
