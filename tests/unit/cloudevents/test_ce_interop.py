@@ -194,6 +194,26 @@ def test_sdk_adds_time_in_transit_and_we_do_not() -> None:
     assert "time" not in from_http(headers, b"")  # type: ignore[operator]
 
 
+def test_sdk_invents_a_missing_id_and_we_reject_the_event() -> None:
+    headers = {"ce-specversion": "1.0", "ce-source": "/s", "ce-type": "t"}
+    assert sdk_http.from_http_event(sdk_http.HTTPMessage(headers, b"")).get_id()
+    with pytest.raises(ValueError, match=r"^id: is required"):
+        from_http(headers, b"")
+
+
+def test_sdk_refuses_time_as_an_rfc3339_string() -> None:
+    attributes = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "/s",
+        "type": "t",
+        "time": "2020-01-01T00:00:00Z",
+    }
+    with pytest.raises(Exception, match="time"):
+        SdkEvent(dict(attributes))
+    assert CloudEvent(attributes).time == "2020-01-01T00:00:00Z"
+
+
 def test_sdk_accepts_overlong_utf8_and_we_reject_it() -> None:
     headers = {"ce-specversion": "1.0", "ce-id": "%C0%A0", "ce-source": "/s", "ce-type": "t"}
     assert sdk_http.from_http_event(sdk_http.HTTPMessage(headers, b"")).get_id() == "\ufffd\ufffd"
