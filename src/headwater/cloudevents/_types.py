@@ -107,10 +107,6 @@ def check_attribute_name(name: object) -> str:
     return name
 
 
-def check_extension_name(name: str) -> None:
-    check_attribute_name(name)
-
-
 def _bad_string(name: str, value: str) -> InvalidEvent:
     bad = _BAD_STRING_CHAR(value)
     assert bad is not None
@@ -331,9 +327,6 @@ class Schema:
             remembered.add(("specversion", self.version))
         remembered.add((name, value))
 
-    def defines(self, name: str) -> bool:
-        return name in self.validators
-
 
 V1_0: Final = Schema(
     "1.0",
@@ -371,9 +364,6 @@ V0_3: Final = Schema(
 
 SCHEMAS: Final[dict[str, Schema]] = {"1.0": V1_0, "0.3": V0_3}
 
-# Kept for callers of the first version of this module.
-V1_ATTRIBUTES: Final = V1_0.validators
-V03_ATTRIBUTES: Final = V0_3.validators
 SPEC_ATTRIBUTES: Final = {version: schema.validators for version, schema in SCHEMAS.items()}
 
 KNOWN_NAMES: Final[set[str]] = set()
