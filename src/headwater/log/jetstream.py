@@ -21,9 +21,10 @@ How this works:
   Headwater consumer; every reader (in any process) with the same consumer
   name fetches from the same JetStream consumer, so they share the work.
   ``ack(offset)`` acks that message; JetStream's *ack floor* is exactly the
-  low-water-mark position of :mod:`headwater.log.base`. Closing a reader naks
-  what it holds unacknowledged, for prompt redelivery; entries held by a
-  process that died are redelivered after ``ack_wait``.
+  low-water-mark position of :mod:`headwater.log.base`. A reader keeps what it
+  holds alive (``+WPI`` every third of ``ack_wait``) however long a delivery
+  retries; closing a reader naks what it holds, for prompt redelivery, and
+  entries held by a process that died are redelivered after ``ack_wait``.
 - **Failure**: while the connection is down, every call raises
   :class:`~headwater.log.LogUnavailable` at once, and calls in flight when it
   drops fail with it as soon as the client notices; the client reconnects in
@@ -75,9 +76,9 @@ T = TypeVar("T")
 DEFAULT_NAMESPACE: Final = "headwater"
 
 DEFAULT_ACK_WAIT: Final = 30.0
-"""Seconds JetStream waits for an ack before redelivering an entry to any reader
-of the consumer. Long enough for a delivery with a few quick retries; a
-dispatcher that holds entries longer sees them again (at least once)."""
+"""Seconds JetStream waits for an ack (or a sign of progress) before redelivering an
+entry to any reader of the consumer: how long the entries of a reader whose
+process died stay stuck. Live readers send progress for what they hold."""
 
 DEFAULT_MAX_ACK_PENDING: Final = 10_000
 """Entries a consumer may have handed out unacknowledged (over all its readers);
@@ -468,6 +469,7 @@ class JetStreamReader:
         self._consumer = check_name("consumer", consumer)
         self._start = start
         self._sub: Any = None
+        self._keeper: asyncio.Task[None] | None = None
         self._base = 0
         self._skipped: list[Any] = []
         self._held: dict[int, Any] = {}  # offset -> message handed out, not yet acked
@@ -491,7 +493,20 @@ class JetStreamReader:
         if self._sub is None:
             sub, self._base = await self._log._subscribe(self._stream, self._consumer, self._start)
             self._sub = sub
+            self._keeper = asyncio.create_task(self._keep_held(), name="headwater-log-keep-held")
         return self._sub
+
+    async def _keep_held(self) -> None:
+        """Tell JetStream, every third of ``ack_wait``, that held entries are still being
+        worked on (``+WPI``), so that a delivery retrying for longer than ``ack_wait``
+        is not handed to another reader meanwhile. Owned by this reader, cancelled by
+        :meth:`close`."""
+        interval = self._log.ack_wait / 3
+        while True:
+            await asyncio.sleep(interval)
+            for message in list(self._held.values()):
+                with contextlib.suppress(*_NATS_ERRORS):  # down: JetStream redelivers later
+                    await message.in_progress()
 
     async def next_batch(
         self,
@@ -569,6 +584,11 @@ class JetStreamReader:
         self._closed = True
         held, self._held = self._held, {}
         sub, self._sub = self._sub, None
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         with contextlib.suppress(*_NATS_ERRORS, LogError):
             for offset in sorted(held):
                 await held[offset].nak()  # redeliver promptly, in order

@@ -182,3 +182,28 @@ async def test_two_processes_with_one_consumer_name_share_the_work(
         assert sorted(offsets[0] + offsets[1]) == list(range(1, total + 1))  # each once
         assert {i for lines in seen for _, i in lines} == {f"e-{n}" for n in range(total)}
         assert (await log.info(STREAM)).consumer("shared").position == total
+
+
+async def test_held_entries_stay_with_their_reader_beyond_ack_wait(
+    nats_server: NatsServer,
+) -> None:
+    async with (
+        JetStreamLog(nats_server.url, ack_wait=1.0) as mine,
+        JetStreamLog(nats_server.url, ack_wait=1.0) as theirs,
+    ):
+        await mine.create_stream(STREAM)
+        await mine.append(STREAM, [event(1)])
+        holder = mine.reader(STREAM, "shared")
+        [(offset, _)] = await holder.next_batch(1, timeout=2)
+        other = theirs.reader(STREAM, "shared")
+        assert await other.next_batch(1, timeout=2.5) == []  # kept alive past ack_wait
+        await holder.ack(offset)
+        await holder.flush()
+        assert (await mine.info(STREAM)).consumer("shared").position == offset
+
+        await mine.append(STREAM, [event(2)])
+        [(offset, _)] = await holder.next_batch(1, timeout=2)
+        assert holder._keeper is not None
+        holder._keeper.cancel()  # as if its process had died: no more progress
+        [(again, _)] = await other.next_batch(1, timeout=5)
+        assert again == offset  # redelivered to the other reader after ack_wait
