@@ -360,6 +360,13 @@ def report(runs: list[Run], *, header: bool = True) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.filter == "cesql":
+        from headwater.eventing import FilterError, compile_filters
+
+        try:
+            compile_filters([{"cesql": FILTER}])
+        except FilterError as exc:
+            raise SystemExit(f"{exc}; run with --filter prefix to measure without CESQL") from exc
     print(
         f"{args.concurrency} generator workers over {DEVICES} devices, {args.seconds:g} s per run, "
         f"{args.repeat} round(s); cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
