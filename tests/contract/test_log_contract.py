@@ -16,7 +16,6 @@ from headwater.log import (
     EventTooLarge,
     InvalidAck,
     LogClosed,
-    LogUnavailable,
     Reader,
     Start,
     StreamConfig,
@@ -484,7 +483,9 @@ async def test_closed_log_and_reader_refuse_work(harness: Harness) -> None:
     other = log.reader(STREAM, "d")
     await other.next_batch(1, timeout=0)
     await log.close()
-    with pytest.raises(LogUnavailable):
+    with pytest.raises(LogClosed):
         await other.next_batch(1)
-    with pytest.raises(LogUnavailable):
+    with pytest.raises(LogClosed):
         await log.append(STREAM, [reading(1)])
+    with pytest.raises(LogClosed):
+        await log.info(STREAM)

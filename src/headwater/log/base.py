@@ -55,8 +55,9 @@ class LogUnavailable(LogError):
     """
 
 
-class LogClosed(LogUnavailable):
-    """The log or reader was closed."""
+class LogClosed(LogError):
+    """The log or reader was closed by this process (not worth retrying, unlike
+    :class:`LogUnavailable`)."""
 
 
 class StreamNotFound(LogError, LookupError):

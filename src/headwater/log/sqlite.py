@@ -108,6 +108,10 @@ class SqliteLog:
     ) -> None:
         if durability not in ("fsync", "normal"):
             raise ValueError(f"durability must be 'fsync' or 'normal', not {durability!r}")
+        if not commit_window >= 0:
+            raise ValueError(f"commit_window must be >= 0 seconds, not {commit_window!r}")
+        if poll_interval is not None and not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds or None, not {poll_interval!r}")
         self.path = str(Path(path))
         self.durability = durability
         self.poll_interval = poll_interval

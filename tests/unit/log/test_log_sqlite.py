@@ -120,9 +120,20 @@ async def test_durability_settings(tmp_path: Path, durability: str) -> None:
         assert await log.append("s", [event(1)]) == [1]
 
 
-def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="durability"):
-        SqliteLog(tmp_path / "log.db", durability="sometimes")  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        pytest.param({"durability": "sometimes"}, "durability", id="durability"),
+        pytest.param({"commit_window": -1.0}, "commit_window", id="negative-window"),
+        pytest.param({"poll_interval": 0.0}, "poll_interval", id="zero-poll"),
+    ],
+)
+def test_bad_options_are_refused(
+    tmp_path: Path, options: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        SqliteLog(tmp_path / "log.db", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "log.db").exists()  # refused before touching the disk
 
 
 async def test_appends_by_another_writer_reach_a_waiting_reader(tmp_path: Path) -> None:
