@@ -154,6 +154,9 @@ class Fanout(Generic[M]):
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Create the stream if needed and start every dispatcher (once; again after ``stop``)."""
+        if self._started:
+            return
         await self.log.create_stream(self.stream, StreamConfig(max_event_size=self.max_event_size))
         self._started = True
         for key, dispatcher in self._dispatchers.items():

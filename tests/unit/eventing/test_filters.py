@@ -4,6 +4,8 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import MATCH_ALL, FilterError, compile_filters, compile_trigger_filter
@@ -143,3 +145,54 @@ def test_cesql_without_an_engine_rejects_the_filter(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "headwater.cesql", None)
     with pytest.raises(FilterError, match="CESQL engine"):
         compile_filters([{"cesql": "type = 'x'"}])
+
+
+# -- properties -------------------------------------------------------------------------
+
+_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=8)
+_events = st.builds(
+    lambda t, s, ext: CloudEvent(
+        {"specversion": "1.0", "id": "1", "source": "/s", "type": t, "subject": s, **ext}
+    ),
+    _text,
+    _text,
+    st.dictionaries(st.sampled_from(["zone", "level", "device"]), _text, max_size=3),
+)
+_leaves = st.builds(
+    lambda dialect, name, value: {dialect: {name: value}},
+    st.sampled_from(["exact", "prefix", "suffix"]),
+    st.sampled_from(["type", "subject", "zone", "level"]),
+    _text,
+)
+_expressions = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda x: {"not": x}, inner),
+    ),
+    max_leaves=8,
+)
+
+
+@given(_expressions, _events)
+def test_composite_dialects_follow_boolean_logic(expression: dict[str, Any], e: CloudEvent) -> None:
+    f = compile_filters([expression])
+    assert compile_filters([{"not": {"not": expression}}])(e) is f(e)
+    assert compile_filters([{"all": [expression]}])(e) is f(e)
+    assert compile_filters([{"any": [expression, {"not": expression}]}])(e) is True
+    assert compile_filters([{"all": [expression, {"not": expression}]}])(e) is False
+
+
+@given(_events, st.sampled_from(["type", "subject", "zone"]))
+def test_an_attributes_own_value_matches_exact_prefix_and_suffix(e: CloudEvent, name: str) -> None:
+    value = e.get(name)
+    if value is None:
+        assert not compile_filters([{"exact": {name: "x"}}])(e)
+        return
+    for dialect in ("exact", "prefix", "suffix"):
+        assert compile_filters([{dialect: {name: value}}])(e)
+    assert compile_filters([{"prefix": {name: value[:1]}}])(e)
+    assert compile_filters([{"suffix": {name: value[-1:]}}])(e)
+    assert compile_attributes_filter({name: value})(e)
+    assert compile_attributes_filter({name: ""})(e)
