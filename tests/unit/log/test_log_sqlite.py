@@ -208,3 +208,44 @@ async def test_using_a_closed_log_raises(tmp_path: Path) -> None:
         await log.create_stream("s")
     with pytest.raises(LogClosed):
         log.reader("s", "c")
+
+
+async def crash_image(tmp_path: Path, batches: list[list[CloudEvent]]) -> Path:
+    """Append ``batches`` (fsync) and copy the files as a crash would leave them:
+    database plus write-ahead log, no clean close, no shared-memory index."""
+    live = tmp_path / "live"
+    live.mkdir()
+    log = SqliteLog(live / "log.db", durability="fsync")
+    try:
+        await log.create_stream("s")
+        for batch in batches:
+            await log.append("s", batch)
+        image = tmp_path / "image"
+        image.mkdir()
+        for name in ("log.db", "log.db-wal"):
+            (image / name).write_bytes((live / name).read_bytes())
+    finally:
+        await log.close()
+    return image / "log.db"
+
+
+async def read_back(path: Path) -> list[CloudEvent]:
+    async with SqliteLog(path) as log:
+        return [e for _, e in await log.reader("s", "check").next_batch(1000)]
+
+
+async def test_garbage_after_the_last_commit_is_ignored(tmp_path: Path) -> None:
+    batches = [[event(i * 10 + k) for k in range(3)] for i in range(4)]
+    path = await crash_image(tmp_path, batches)
+    wal = path.with_name("log.db-wal")
+    wal.write_bytes(wal.read_bytes() + b"\x37\x7f\x06\x82" + bytes(range(256)) * 9)  # torn frame
+    assert await read_back(path) == [e for batch in batches for e in batch]
+
+
+async def test_a_torn_last_commit_vanishes_whole(tmp_path: Path) -> None:
+    first = [event(i) for i in range(5)]
+    last = [event(100 + i) for i in range(200)]  # spans several pages
+    path = await crash_image(tmp_path, [first, last])
+    wal = path.with_name("log.db-wal")
+    wal.write_bytes(wal.read_bytes()[:-100])  # the commit frame was not fully written
+    assert await read_back(path) == first  # the last append is gone entirely, not in part
