@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,14 @@ class Receiver:
         async with asyncio.timeout(within), self.changed:
             await self.changed.wait_for(lambda: len(self.accepted) >= count)
         return self.accepted
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for a counter that is updated just after the receiver saw the request."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 def reply_with(event: CloudEvent, mode: str = "binary") -> Answer:

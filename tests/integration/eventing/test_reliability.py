@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -23,7 +23,7 @@ from headwater.eventing import (
 )
 from headwater.log import MemoryLog
 
-from .conftest import Answer, Receiver, StartReceiver, reply_with
+from .conftest import Answer, Receiver, StartReceiver, eventually, reply_with
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,6 @@ def event(i: int, **attrs: object) -> CloudEvent:
         },
         {"n": i},
     )
-
-
-async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for a counter that is updated just after the receiver saw the request."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
