@@ -102,6 +102,8 @@ def from_mqtt(
     version: int = MQTT_5,
 ) -> CloudEvent:
     """Decode an MQTT PUBLISH into an event; :class:`InvalidEvent` if it is not one."""
+    if version not in (MQTT_3_1_1, MQTT_5):
+        raise ValueError(f"unknown MQTT protocol version {version}; use 4 (3.1.1) or 5")
     if version == MQTT_3_1_1:
         return from_json(payload)  # 3: always structured, always JSON
     if _is_structured(content_type):

@@ -177,6 +177,11 @@ def test_invalid_messages(
     assert info.value.attribute == attribute and problem in info.value.reason
 
 
+def test_decoding_needs_a_known_protocol_version() -> None:
+    with pytest.raises(ValueError, match="protocol version"):
+        from_mqtt(b"{}", version=3)
+
+
 def test_mqtt311_garbage() -> None:
     with pytest.raises(InvalidEvent, match=r"^body: "):
         from_mqtt(b"\x00", version=4)
