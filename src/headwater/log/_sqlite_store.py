@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from headwater.log.base import (
+    LogCorrupted,
     LogError,
     LogUnavailable,
     NotAHeadwaterLog,
@@ -166,7 +167,7 @@ def prepare_file(path: str, durability: Durability) -> None:
             # back any torn tail; make sure the pages themselves are sound.
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
-                raise NotAHeadwaterLog(f"{path!r} is damaged: {'; '.join(problems[:5])}")
+                raise LogCorrupted(f"{path!r} is damaged: {'; '.join(problems[:5])}")
     except sqlite3.Error as exc:
         raise open_error(path, exc) from exc
     finally:
@@ -179,7 +180,7 @@ def open_error(path: str, exc: sqlite3.Error) -> LogError:
     if code == sqlite3.SQLITE_NOTADB:
         return NotAHeadwaterLog(f"{path!r} is not a Headwater event log: {exc}")
     if code == sqlite3.SQLITE_CORRUPT:
-        return NotAHeadwaterLog(f"{path!r} is damaged: {exc}")
+        return LogCorrupted(f"{path!r} is damaged: {exc}")
     return LogUnavailable(f"cannot open event log {path!r}: {exc}")
 
 

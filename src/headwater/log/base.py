@@ -88,6 +88,13 @@ class NotAHeadwaterLog(LogError):
     """The file or store exists but is not a Headwater event log (or a newer one)."""
 
 
+class LogCorrupted(LogError):
+    """The log's storage is damaged: a page or a stored event cannot be read back.
+
+    Not retryable; restore the file from a backup (or start a new one).
+    """
+
+
 def check_name(kind: str, name: str) -> str:
     """Validate a stream or consumer name (non-empty, printable, bounded)."""
     if type(name) is not str or not name or len(name) > MAX_NAME_LENGTH:

@@ -49,7 +49,7 @@ import orjson
 from nats.js import api
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import decode, encode
+from headwater.log._codec import CorruptRecord, decode, encode
 from headwater.log.base import (
     DEFAULT_BATCH,
     DEFAULT_MAX_EVENT_SIZE,
@@ -59,6 +59,7 @@ from headwater.log.base import (
     EventTooLarge,
     InvalidAck,
     LogClosed,
+    LogCorrupted,
     LogError,
     LogUnavailable,
     Start,
@@ -68,6 +69,7 @@ from headwater.log.base import (
     StreamNotFound,
     as_event_list,
     check_name,
+    new_entry,
     stream_info,
 )
 
@@ -552,7 +554,13 @@ class JetStreamReader:
                 self._skipped.append(message)
                 continue
             held[offset] = message
-            entries.append(Entry(offset, decode(message.data)))
+            try:
+                event = decode(message.data)
+            except CorruptRecord as exc:
+                raise LogCorrupted(
+                    f"{self._stream!r} offset {offset} is not an event record: {exc}"
+                ) from exc
+            entries.append(new_entry(Entry, (offset, event)))
             if offset > self._delivered:
                 self._delivered = offset
         return entries

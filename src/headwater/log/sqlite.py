@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Final, Self, TypeVar
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import decode, encode
+from headwater.log._codec import CorruptRecord, decode, encode
 from headwater.log._cursor import Cursor
 from headwater.log._local import LocalReader, Signal
 from headwater.log._sqlite_store import (
@@ -69,6 +69,7 @@ from headwater.log.base import (
     EARLIEST,
     Entry,
     LogClosed,
+    LogCorrupted,
     LogUnavailable,
     Start,
     StreamConfig,
@@ -149,6 +150,12 @@ class SqliteLog:
         def run() -> T:
             try:
                 return fn(conn)
+            except CorruptRecord as exc:
+                raise LogCorrupted(f"event log {self.path!r}: a stored event is damaged") from exc
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT:
+                    raise LogCorrupted(f"event log {self.path!r} is damaged: {exc}") from exc
+                raise LogUnavailable(f"event log read failed: {exc}") from exc
             except sqlite3.Error as exc:
                 raise LogUnavailable(f"event log read failed: {exc}") from exc
 

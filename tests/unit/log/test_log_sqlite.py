@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.log import LogClosed, NotAHeadwaterLog, StreamConfig
+from headwater.log import LogClosed, LogCorrupted, NotAHeadwaterLog, StreamConfig
 from headwater.log.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteLog
 
 
@@ -91,7 +91,7 @@ async def test_a_damaged_file_after_an_unclean_shutdown_is_detected(tmp_path: Pa
     conn.close()
     assert pages > 10
     scribble(path, page_size * (pages // 2), page_size)  # a page amid the events
-    with pytest.raises(NotAHeadwaterLog, match="damaged"):
+    with pytest.raises(LogCorrupted, match="damaged"):
         SqliteLog(path)
 
 
@@ -249,3 +249,19 @@ async def test_a_torn_last_commit_vanishes_whole(tmp_path: Path) -> None:
     wal = path.with_name("log.db-wal")
     wal.write_bytes(wal.read_bytes()[:-100])  # the commit frame was not fully written
     assert await read_back(path) == first  # the last append is gone entirely, not in part
+
+
+async def test_a_damaged_record_is_reported_not_returned(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path) as log:
+        await log.create_stream("s")
+        await log.append("s", [event(1), event(2)])
+    conn = sqlite3.connect(path)
+    (table,) = conn.execute("SELECT name FROM sqlite_schema WHERE name LIKE 'events_%'").fetchone()
+    conn.execute(f"UPDATE {table} SET record = x'01ffff' WHERE offset = 2")
+    conn.commit()
+    conn.close()
+    async with SqliteLog(path) as log:
+        reader = log.reader("s", "c")
+        with pytest.raises(LogCorrupted, match="damaged"):
+            await reader.next_batch(10)
