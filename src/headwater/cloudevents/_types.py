@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Final
 
-from headwater.cloudevents.errors import InvalidEvent
+from headwater.cloudevents.errors import InvalidEvent, shown
 
 AttributeValue = str | bool | int | bytes
 
@@ -96,7 +96,7 @@ _MEDIA_TYPE = re.compile(
 def check_attribute_name(name: object) -> str:
     """An attribute name (spec.md "Attribute Naming Convention"); ``data`` is reserved."""
     if type(name) is not str:
-        raise InvalidEvent(repr(name), "attribute names must be strings")
+        raise InvalidEvent(shown(name), "attribute names must be strings")
     if not _ATTRIBUTE_NAME(name):
         raise InvalidEvent(
             name,
@@ -145,7 +145,7 @@ def check_uri_reference(name: str, value: object) -> str:
         raise InvalidEvent(name, "must be a non-empty URI-reference")
     if not _URI_REFERENCE(value):
         check_string(name, value)
-        raise InvalidEvent(name, f"is not a valid URI-reference (RFC 3986): {value!r}")
+        raise InvalidEvent(name, f"is not a valid URI-reference (RFC 3986): {shown(value)}")
     return value
 
 
@@ -155,7 +155,7 @@ def check_uri(name: str, value: object) -> str:
         raise _not_a("URI String", name, value)
     if not _URI(value):
         check_string(name, value)
-        raise InvalidEvent(name, f"is not an absolute URI (RFC 3986): {value!r}")
+        raise InvalidEvent(name, f"is not an absolute URI (RFC 3986): {shown(value)}")
     return value
 
 
@@ -167,12 +167,14 @@ def check_timestamp(name: str, value: object) -> str:
         raise _not_a("Timestamp (an RFC 3339 string or a datetime)", name, value)
     if not _TIMESTAMP(value):
         check_string(name, value)
-        raise InvalidEvent(name, f"is not an RFC 3339 timestamp: {value!r}")
+        raise InvalidEvent(name, f"is not an RFC 3339 timestamp: {shown(value)}")
     if value[8:10] > "28":
         year, month, day = int(value[:4]), int(value[5:7]), int(value[8:10])
         leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
         if day > _DAYS_IN_MONTH[month - 1] or (month == 2 and day == 29 and not leap):
-            raise InvalidEvent(name, f"is not a valid RFC 3339 date: {value!r} has no such day")
+            raise InvalidEvent(
+                name, f"is not a valid RFC 3339 date: {shown(value)} has no such day"
+            )
     return value
 
 
@@ -195,7 +197,7 @@ def check_media_type(name: str, value: object) -> str:
     if not _MEDIA_TYPE(value):
         check_string(name, value)
         raise InvalidEvent(
-            name, f"is not a media type (RFC 2046, type/subtype[; name=value]): {value!r}"
+            name, f"is not a media type (RFC 2046, type/subtype[; name=value]): {shown(value)}"
         )
     return value
 
@@ -215,7 +217,7 @@ def binary_content_type(content_type: str) -> str:
     if is_event_format(content_type):
         raise InvalidEvent(
             "datacontenttype",
-            f"data of type {content_type!r} cannot travel in binary mode (a receiver reads "
+            f"data of type {shown(content_type)} cannot travel in binary mode (a receiver reads "
             "that Content-Type as structured mode); use structured mode",
         )
     return content_type
@@ -230,7 +232,7 @@ def check_extension_value(name: str, value: object) -> AttributeValue:
         return value  # type: ignore[return-value]
     if kind is int:
         if not INT32_MIN <= value <= INT32_MAX:  # type: ignore[operator]
-            raise InvalidEvent(name, f"Integer {value} is outside the signed 32-bit range")
+            raise InvalidEvent(name, f"Integer {shown(value)} is outside the signed 32-bit range")
         return value  # type: ignore[return-value]
     if isinstance(value, datetime):
         return format_timestamp(name, value)
@@ -238,7 +240,8 @@ def check_extension_value(name: str, value: object) -> AttributeValue:
         # json-format.md 2.2: an Integer is a JSON number with only the integer
         # component; a fraction or an exponent (orjson gives float) is not one.
         raise InvalidEvent(
-            name, f"Integer values are whole numbers without fraction or exponent, not {value!r}"
+            name,
+            f"Integer values are whole numbers without fraction or exponent, not {shown(value)}",
         )
     raise InvalidEvent(
         name,
@@ -249,7 +252,7 @@ def check_extension_value(name: str, value: object) -> AttributeValue:
 
 def check_specversion(name: str, value: object) -> str:
     if type(value) is not str or value not in SCHEMAS:
-        raise InvalidEvent(name, f"unsupported version {value!r} (use 1.0 or 0.3)")
+        raise InvalidEvent(name, f"unsupported version {shown(value)} (use 1.0 or 0.3)")
     return value
 
 

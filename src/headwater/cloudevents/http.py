@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal
 
 from headwater.cloudevents._types import binary_content_type, canonical_string, is_event_format
-from headwater.cloudevents.errors import InvalidEvent
+from headwater.cloudevents.errors import InvalidEvent, shown
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import (
     BATCH_CONTENT_TYPE,
@@ -95,7 +95,7 @@ def _unquote(name: str, value: str) -> str:
         else:
             out.append(ch)
     if quoted or escaped:
-        raise InvalidEvent(name, f"has an unterminated quoted-string: {value!r}")
+        raise InvalidEvent(name, f"has an unterminated quoted-string: {shown(value)}")
     return "".join(out)
 
 
@@ -111,7 +111,7 @@ def decode_header_value(name: str, value: str) -> str:
     if "%" not in value:
         return value
     if _BAD_PERCENT(value):
-        raise InvalidEvent(name, f"has a malformed percent-encoding: {value!r}")
+        raise InvalidEvent(name, f"has a malformed percent-encoding: {shown(value)}")
     raw = bytearray()
     pos = 0
     try:
@@ -124,7 +124,7 @@ def decode_header_value(name: str, value: str) -> str:
         raw += value[pos:].encode("utf-8", "surrogateescape")
         return raw.decode("utf-8")
     except UnicodeError as exc:
-        raise InvalidEvent(name, f"percent-decodes to invalid UTF-8: {value!r}") from exc
+        raise InvalidEvent(name, f"percent-decodes to invalid UTF-8: {shown(value)}") from exc
 
 
 def to_http(event: CloudEvent, mode: Mode = "binary") -> tuple[dict[str, str], bytes]:
@@ -189,7 +189,7 @@ def _mode(content_type: str) -> int:
         return _BATCH
     raise InvalidEvent(
         "content-type",
-        f"unsupported event format {media!r}; this receiver reads {CONTENT_TYPE} "
+        f"unsupported event format {shown(media)}; this receiver reads {CONTENT_TYPE} "
         f"and {BATCH_CONTENT_TYPE}",
     )
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from headwater.cloudevents._types import binary_content_type, canonical_string, is_event_format
-from headwater.cloudevents.errors import InvalidEvent
+from headwater.cloudevents.errors import InvalidEvent, shown
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import CONTENT_TYPE, from_json, to_json
 
@@ -106,7 +106,7 @@ def from_kafka(
         media = content_type.partition(";")[0].strip().lower()
         if media != CONTENT_TYPE:
             raise InvalidEvent(
-                "content-type", f"unsupported event format {media!r}; this receiver reads JSON"
+                "content-type", f"unsupported event format {shown(media)}; this receiver reads JSON"
             )
         return _structured(value)
     if "specversion" not in attributes:

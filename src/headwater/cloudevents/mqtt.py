@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from headwater.cloudevents._types import binary_content_type, canonical_string, is_event_format
-from headwater.cloudevents.errors import InvalidEvent
+from headwater.cloudevents.errors import InvalidEvent, shown
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.json import CONTENT_TYPE, from_json, to_json
 
@@ -111,7 +111,7 @@ def from_mqtt(
         media = content_type.partition(";")[0].strip().lower()
         if media != CONTENT_TYPE:
             raise InvalidEvent(
-                "content type", f"unsupported event format {media!r}; this receiver reads JSON"
+                "content type", f"unsupported event format {shown(media)}; this receiver reads JSON"
             )
         return from_json(payload)
     attributes: dict[str, object] = {}
@@ -135,7 +135,8 @@ def from_mqtt(
         if repeated != content_type:
             raise InvalidEvent(
                 "datacontenttype",
-                f"user property {repeated!r} contradicts the Content Type {content_type!r}",
+                f"user property {shown(repeated)} contradicts "
+                f"the Content Type {shown(content_type)}",
             )
         attributes["datacontenttype"] = content_type
     return CloudEvent._owned(attributes, bytes(payload) if payload else NO_DATA)

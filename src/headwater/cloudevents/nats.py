@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from headwater.cloudevents._types import canonical_string, is_event_format
-from headwater.cloudevents.errors import InvalidEvent
+from headwater.cloudevents.errors import InvalidEvent, shown
 from headwater.cloudevents.event import NO_DATA, CloudEvent
 from headwater.cloudevents.http import decode_header_value, encode_header_value
 from headwater.cloudevents.json import CONTENT_TYPE, from_json, to_json
@@ -69,7 +69,7 @@ def from_nats(
         media = content_type.partition(";")[0].strip().lower()
         if media != CONTENT_TYPE:
             raise InvalidEvent(
-                "Content-Type", f"unsupported event format {media!r}; this receiver reads JSON"
+                "Content-Type", f"unsupported event format {shown(media)}; this receiver reads JSON"
             )
         return from_json(payload)
     if "specversion" not in attributes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -98,3 +99,23 @@ def test_hostile_values_are_rejected_in_linear_time(name: str, value: str) -> No
     with pytest.raises(InvalidEvent, match=name):
         CloudEvent({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", name: value})
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("attributes", "attribute"),
+    [
+        pytest.param({"source": "a b" * 10_000}, "source", id="long-value"),
+        pytest.param({"x" * 10_000: 1}, "x" * 10_000, id="long-name"),
+        pytest.param({"ext": 10**10_000}, "ext", id="int-too-long-to-print"),
+    ],
+)
+def test_error_messages_stay_short(attributes: dict[str, object], attribute: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        CloudEvent({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", **attributes})
+    assert info.value.attribute == attribute
+    assert len(str(info.value)) < 300
+
+
+def test_invalid_event_pickles() -> None:
+    error = pickle.loads(pickle.dumps(InvalidEvent("id", "is required")))
+    assert (error.attribute, error.reason, str(error)) == ("id", "is required", "id: is required")
