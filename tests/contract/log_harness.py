@@ -52,7 +52,7 @@ class SqliteHarness:
         self._logs: list[SqliteLog] = []
 
     async def open(self) -> EventLog:
-        log = SqliteLog(self._path, durability=self._durability, poll_interval=0.05)
+        log = await SqliteLog.open(self._path, durability=self._durability, poll_interval=0.05)
         self._logs.append(log)
         return log
 

@@ -38,6 +38,7 @@ How this works:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import time
@@ -129,6 +130,29 @@ class SqliteLog:
         self._writer = Writer(self.path, durability, commit_window, self._signals, clock)
         self._outbox: list[Append] = []
         self._outbox_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "fsync",
+        commit_window: float = 0.0,
+        poll_interval: float | None = DEFAULT_POLL_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> SqliteLog:
+        """Open from async code: the constructor's file checks run in a worker thread
+        (after an unclean shutdown they read the whole file)."""
+        return await asyncio.to_thread(
+            functools.partial(
+                cls,
+                path,
+                durability=durability,
+                commit_window=commit_window,
+                poll_interval=poll_interval,
+                clock=clock,
+            )
+        )
 
     # -- plumbing ------------------------------------------------------------------
 

@@ -95,6 +95,13 @@ async def test_a_damaged_file_after_an_unclean_shutdown_is_detected(tmp_path: Pa
         SqliteLog(path)
 
 
+async def test_open_from_async_code(tmp_path: Path) -> None:
+    async with await SqliteLog.open(tmp_path / "log.db", durability="normal") as log:
+        assert log.durability == "normal"
+        await log.create_stream("s")
+        assert await log.append("s", [event(1)]) == [1]
+
+
 async def test_committed_events_survive_an_unclean_shutdown(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     log = SqliteLog(path, durability="fsync")
