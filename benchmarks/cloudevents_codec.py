@@ -9,8 +9,10 @@ times, through a full HTTP round trip on each side:
   ``http.to_structured_event``) -> ``http.from_http_event``.
 * Headwater: construct ``CloudEvent`` -> ``to_http(event, mode)`` -> ``from_http``.
 
-Both sides validate what they build and decode; every event gets its own
-``id`` and ``time`` so that no side profits from seeing one event N times. The
+Each side validates what it builds and decodes as it always does (the SDK
+checks less: no URI, media type or control-character rules; see
+tests/unit/cloudevents/test_ce_interop.py). Every event gets its own ``id``
+and ``time`` so that no side profits from seeing one event N times. The
 SDK takes ``time`` only as a ``datetime`` (and renders/parses it on every hop),
 Headwater takes the RFC 3339 string a device sends; each is fed its native
 form of the same instant. In binary mode the SDK parses the JSON body into a
@@ -21,9 +23,9 @@ already yields the parsed value on both sides).
 Run: ``.venv/bin/python benchmarks/cloudevents_codec.py [-n N] [--rounds R]``.
 Each side runs R rounds (the SDK N events a round, Headwater as many as take
 the same time), the two sides taking turns so that a burst of load on a
-shared machine hits both alike; the garbage collector runs
-as it would in production. The best round per side counts (the one least
-disturbed by other work), then the ratio Headwater/SDK.
+shared machine hits both alike; the garbage collector runs as it would in
+production. The best round per side counts (the one least disturbed by other
+work), then the ratio Headwater/SDK.
 """
 
 from __future__ import annotations
