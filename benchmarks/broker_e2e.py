@@ -146,7 +146,7 @@ def run_headwater(sink_url: str, data_dir: str, dialect: str) -> None:
 
     async def main() -> None:
         async with (
-            SqliteLog(Path(data_dir) / "bench.db", durability="normal") as log,
+            await SqliteLog.open(Path(data_dir) / "bench.db", durability="normal") as log,
             Broker("default", "bench", log) as broker,
             new_session() as session,
         ):

@@ -28,7 +28,7 @@ from headwater.log.sqlite import SqliteLog
 
 async def main(data_dir: Path, sink_url: str, port: int) -> None:
     async with (
-        SqliteLog(data_dir / "log.db", durability="normal") as log,
+        await SqliteLog.open(data_dir / "log.db", durability="normal") as log,
         Broker("default", "chaos", log) as broker,
         new_session() as session,
     ):
