@@ -69,6 +69,7 @@ class LocalReader:
         self._start = start
         self._cursor: Cursor | None = None
         self._unacked: set[int] = set()
+        self._save_pending = False
         self._closed = False
 
     @property
@@ -133,7 +134,7 @@ class LocalReader:
                     if offset not in found:  # dropped by retention meanwhile
                         moved |= cursor.ack(offset)
                 if moved:
-                    backend.save_position(self._stream, self._consumer, cursor.position)
+                    self._save_position()
             if len(entries) < limit:
                 entries += await backend.fetch_after(
                     self._stream, cursor.delivered, limit - len(entries)
@@ -149,16 +150,28 @@ class LocalReader:
         if cursor is None or self._closed:
             cursor = await self._open()
         self._unacked.discard(offset)
-        if cursor.ack(offset):
+        if cursor.ack(offset) and not self._save_pending:
+            # Saved once per event-loop pass, however many acks that pass made.
+            self._save_pending = True
+            asyncio.get_running_loop().call_soon(self._save_position)
+
+    def _save_position(self) -> None:
+        self._save_pending = False
+        cursor = self._cursor
+        if cursor is not None:
             self._backend.save_position(self._stream, self._consumer, cursor.position)
 
     async def flush(self) -> None:
+        if self._save_pending:
+            self._save_position()
         await self._backend.flush_positions()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._save_pending:
+            self._save_position()
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             cursor.give_back(self._unacked)
