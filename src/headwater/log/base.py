@@ -12,7 +12,9 @@ the highest offset ``p`` such that every retained offset ``<= p`` has been
 acknowledged. After a restart, delivery resumes at the first retained offset
 ``> p``. ``ack(offset)`` acknowledges exactly that one entry; acks may arrive
 out of order, and the position only moves past an offset once everything below
-it is acknowledged (a low-water mark), so a crash redelivers but never skips.
+it is acknowledged (a low-water mark), so a crash redelivers but never skips:
+entries above ``p`` come again, those acknowledged out of order included (the
+SQLite backend persists only ``p``), and need their ack again.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class LogError(Exception):
 class LogUnavailable(LogError):
     """The backend cannot be reached or failed to store/read (retry later).
 
-    Nothing from the failed call is acknowledged; an ``append`` that raised
-    this may or may not have stored its events (JetStream), never half of one.
+    Nothing from the failed call was acknowledged. A memory or SQLite append
+    is all or nothing; a JetStream append of several events that raised this
+    may have stored some of them (a retry can then duplicate: at least once).
     """
 
 
