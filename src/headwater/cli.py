@@ -460,5 +460,36 @@ def replay(
         sys.exit(1)
 
 
+@main.command("cesql")
+@click.argument("expression")
+@click.option(
+    "--event",
+    "event_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A JSON-format CloudEvent to evaluate against (default: no attributes).",
+)
+def cesql_command(expression: str, event_file: Path | None) -> None:
+    """Compile a CESQL expression and print its value and errors (exit 1 if invalid)."""
+    from headwater import cesql
+    from headwater.cloudevents import InvalidEvent, from_json
+
+    try:
+        compiled = cesql.compile(expression)
+    except cesql.ParseError as exc:
+        fail(f"invalid CESQL: {exc}")
+    event: Any = {}
+    if event_file is not None:
+        try:
+            event = from_json(event_file.read_bytes())
+        except (OSError, InvalidEvent) as exc:
+            fail(f"cannot read the event: {exc}", 2)
+    result = compiled.evaluate(event)
+    value = result.value
+    click.echo(("true" if value else "false") if isinstance(value, bool) else repr(value))
+    for error in result.errors:
+        click.echo(f"{type(error).__name__}: {error.message}", err=True)
+    click.echo(f"matches: {'yes' if compiled.matches(event) else 'no'}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,305 @@
+"""CESQL v1, table-driven from the spec (shared/specs/cesql/spec.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from headwater import cesql
+from headwater.cesql import (
+    CastError,
+    FunctionEvaluationError,
+    MathError,
+    MissingAttributeError,
+    MissingFunctionError,
+    ParseError,
+)
+from headwater.cloudevents import CloudEvent
+
+EVENT = {
+    "specversion": "1.0",
+    "id": "42",
+    "source": "/greenhouse/north",
+    "type": "dev.headwater.telemetry",
+    "subject": "greenhouse/s1",
+    "time": "2026-11-28T12:00:00Z",
+    "temperature": "31",
+    "sequence": 10,
+    "enabled": True,
+    "firstname": "Francesco",
+    "blob": b"\x00\x01",
+}
+
+
+def evaluate(text: str, event: dict[str, Any] | None = None) -> tuple[Any, list[type]]:
+    result = cesql.compile(text).evaluate(EVENT if event is None else event)
+    return result.value, [type(e) for e in result.errors]
+
+
+def p(text: str, value: Any, *errors: type, id: str) -> Any:
+    return pytest.param(text, value, list(errors), id=id)
+
+
+CASES = [
+    # literals (2.2)
+    p("1", 1, id="integer"),
+    p("-2147483648", -2147483648, id="int32-min-literal"),
+    p("+5", 5, id="plus-sign-literal"),
+    p("'single'", "single", id="single-quoted"),
+    p('"double"', "double", id="double-quoted"),
+    p("'it\\'s'", "it's", id="escaped-single-quote"),
+    p("'it''s'", "it's", id="doubled-single-quote"),
+    p('"say \\"hi\\""', 'say "hi"', id="escaped-double-quote"),
+    p("true", True, id="true"),
+    p("FaLsE", False, id="false-any-case"),
+    # identifiers (3.2)
+    p("id", "42", id="attribute"),
+    p("sequence", 10, id="integer-extension"),
+    p("blob", "AAE=", id="binary-as-base64-string"),
+    p("missing", False, MissingAttributeError, id="missing-attribute-is-false"),
+    # unary (3.4.1)
+    p("NOT true", False, id="not"),
+    p("not 'true'", False, id="not-casts-string"),
+    p("-sequence", -10, id="unary-minus-attribute"),
+    p("- -2147483648", 0, MathError, id="negation-overflow"),
+    p("NOT missing", False, MissingAttributeError, id="not-missing"),
+    # arithmetic (3.4.2)
+    p("2 + 3 * 4", 14, id="precedence-mul-over-add"),
+    p("(2 + 3) * 4", 20, id="parentheses"),
+    p("10 - 4 - 3", 3, id="left-to-right"),
+    p("7 / 2", 3, id="division-truncates"),
+    p("-7 / 2", -3, id="division-towards-zero"),
+    p("-7 % 3", -1, id="remainder-sign-of-dividend"),
+    p("7 % -3", 1, id="remainder-positive-dividend"),
+    p("5 / 0", 0, MathError, id="division-by-zero"),
+    p("5 % 0", 0, MathError, id="modulo-by-zero"),
+    p("2147483647 + 1", 0, MathError, id="addition-overflow"),
+    p("-2147483648 - 1", 0, MathError, id="subtraction-overflow"),
+    p("65536 * 65536", 0, MathError, id="multiplication-overflow"),
+    p("1 / missing", 0, MissingAttributeError, id="missing-in-division-no-math-error"),
+    p("missing * 5", 0, MissingAttributeError, id="missing-in-product"),
+    p("temperature + 1", 32, id="string-attribute-cast-to-integer"),
+    p("'abc' + 1", 1, CastError, id="bad-string-to-integer"),
+    p("true + 1", 2, id="boolean-to-integer"),
+    # comparisons (3.4.2, 3.7)
+    p("sequence = 10", True, id="equal-integer"),
+    p("temperature = 31", True, id="string-cast-to-right-type"),
+    p("10 = '10'", True, id="left-cast-to-string"),
+    p("sequence <> 11", True, id="not-equal-angle"),
+    p("sequence != 10", False, id="not-equal-bang"),
+    p("TRUE = 'true' AND FALSE = 'false'", True, id="boolean-to-string-spec-example"),
+    p("TRUE = 'TRUE' OR FALSE = 'FALSE'", False, id="boolean-strings-case-sensitive"),
+    p("'abc' = 'ABC'", False, id="strings-case-sensitive"),
+    p("true = 'yes'", False, id="string-literal-right-compares-as-string"),
+    p("'yes' = true", False, CastError, id="failed-cast-for-equality"),
+    p("temperature > 30", True, id="greater-casts"),
+    p("temperature >= 31 AND temperature <= 31", True, id="range"),
+    p("'a' < 1", True, CastError, id="order-bad-cast-uses-zero"),
+    p("missing = ''", False, MissingAttributeError, id="missing-equality"),
+    p("true AND (missing = '')", False, MissingAttributeError, id="spec-missing-example"),
+    p("subject = firstname", False, id="attribute-to-attribute"),
+    p("id = sequence", False, id="dynamic-types-compare-by-right"),
+    # logic (3.4.2)
+    p("true AND false", False, id="and"),
+    p("false OR true", True, id="or"),
+    p("true XOR true", False, id="xor"),
+    p("true XOR false", True, id="xor-true"),
+    p("false AND missing", False, id="and-short-circuits"),
+    p("true OR missing", True, id="or-short-circuits"),
+    p("false AND true OR true", True, id="logic-left-to-right"),
+    p("NOT true = false", True, id="not-binds-tighter-than-equals"),
+    p("sequence AND true", True, id="integer-to-boolean"),
+    # LIKE (3.4.3)
+    p("subject LIKE 'greenhouse/%'", True, id="like-percent"),
+    p("subject LIKE 'greenhouse/s_'", True, id="like-underscore"),
+    p("subject LIKE 'greenhouse/'", False, id="like-needs-whole-match"),
+    p("subject NOT LIKE 'x%'", True, id="not-like"),
+    p("'abc%' LIKE 'abc\\%'", True, id="like-escaped-percent"),
+    p("'abcd' LIKE 'abc\\%'", False, id="like-escaped-percent-no-wildcard"),
+    p("'a_c' LIKE 'a\\_c'", True, id="like-escaped-underscore"),
+    p("'héllo' LIKE 'h_llo'", True, id="like-unicode-character"),
+    p("'line1\nline2' LIKE 'line1%'", True, id="like-percent-spans-newline"),
+    p("'ab' LIKE '_b%'", True, id="spec-like-example"),
+    p("sequence LIKE '1%'", True, id="like-casts-left-to-string"),
+    p("missing LIKE '%'", False, MissingAttributeError, id="like-missing"),
+    # EXISTS (3.4.4)
+    p("EXISTS subject", True, id="exists"),
+    p("EXISTS nothere", False, id="exists-absent"),
+    p("exists id", True, id="exists-required"),
+    # IN (3.4.5)
+    p("type IN ('a', 'dev.headwater.telemetry')", True, id="in"),
+    p("type NOT IN ('a', 'b')", True, id="not-in"),
+    p("sequence IN ('10', 11)", True, id="in-casts-to-left-type"),
+    p("sequence IN ('x', 10)", True, id="in-skips-uncastable-when-found"),
+    p("sequence IN ('x', 11)", False, CastError, id="in-uncastable-element"),
+    p("missing IN ('a')", False, MissingAttributeError, id="in-missing"),
+    p("1 + 1 IN (2)", 1, id="in-binds-tighter-than-plus"),
+    p("id IN (sequence, 42)", True, id="in-with-expressions"),
+    # functions (3.5)
+    p("LENGTH('héllo')", 5, id="length-characters"),
+    p("CONCAT()", "", id="concat-none"),
+    p("CONCAT('a', 1, true)", "a1true", id="concat-casts"),
+    p("CONCAT_WS('-', 'a', 'b', 'c')", "a-b-c", id="concat-ws"),
+    p("CONCAT_WS('-')", "", id="concat-ws-only-delimiter"),
+    p("LOWER('ÀBC')", "àbc", id="lower"),
+    p("UPPER('abc')", "ABC", id="upper"),
+    p("TRIM('  a b \t')", "a b", id="trim"),
+    p("LEFT('abc', 2)", "ab", id="left"),
+    p("LEFT('abc', 5)", "abc", id="left-longer"),
+    p("LEFT('abc', -1)", "abc", FunctionEvaluationError, id="left-negative"),
+    p("RIGHT('abc', 2)", "bc", id="right"),
+    p("RIGHT('abc', 0)", "", id="right-zero"),
+    p("RIGHT('abc', -1)", "abc", FunctionEvaluationError, id="right-negative"),
+    p("SUBSTRING('abcdef', 3)", "cdef", id="substring"),
+    p("SUBSTRING('abcdef', -2)", "ef", id="substring-negative"),
+    p("SUBSTRING('abcdef', 0)", "", id="substring-zero"),
+    p("SUBSTRING('abcdef', 7)", "", FunctionEvaluationError, id="substring-past-end"),
+    p("SUBSTRING('abcdef', -7)", "", FunctionEvaluationError, id="substring-before-start"),
+    p("SUBSTRING('abcdef', 2, 3)", "bcd", id="substring-length"),
+    p("SUBSTRING('abcdef', -3, 2)", "de", id="substring-negative-length"),
+    p("SUBSTRING('abcdef', 5, 10)", "ef", id="substring-length-too-long"),
+    p("SUBSTRING('abcdef', 2, -1)", "", FunctionEvaluationError, id="substring-negative-len"),
+    p("ABS(-5)", 5, id="abs"),
+    p("ABS(-2147483648)", 2147483647, MathError, id="abs-overflow"),
+    p("INT('12')", 12, id="int-cast"),
+    p("INT('abc')", 0, CastError, id="int-cast-fails"),
+    p("INT('99999999999')", 0, CastError, id="int-cast-overflow"),
+    p("INT(true)", 1, id="int-of-boolean"),
+    p("BOOL('TRUE')", True, id="bool-cast-any-case"),
+    p("BOOL(0)", False, id="bool-of-zero"),
+    p("BOOL('yes')", False, CastError, id="bool-cast-fails"),
+    p("STRING(-12)", "-12", id="string-of-integer"),
+    p("STRING(false)", "false", id="string-of-boolean"),
+    p("length(subject)", 13, id="function-names-case-insensitive"),
+    p("LENGTH(missing)", 0, MissingAttributeError, id="function-missing-argument"),
+    p("NOPE(1)", False, MissingFunctionError, id="missing-function"),
+    p("LENGTH('a', 'b')", False, MissingFunctionError, id="wrong-arity"),
+    p("ABS('x')", 0, CastError, id="function-argument-cast"),
+]
+
+
+@pytest.mark.parametrize(("text", "value", "errors"), CASES)
+def test_semantics(text: str, value: Any, errors: list[type]) -> None:
+    assert evaluate(text) == (value, errors)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "column"),
+    [
+        pytest.param("", "empty expression", 1, id="empty"),
+        pytest.param("a =", "expected a value, found the end of the expression", 4, id="dangling"),
+        pytest.param("type = = 1", "expected a value, found '='", 8, id="double-operator"),
+        pytest.param("A = 1", "'A' is not a valid attribute name", 1, id="uppercase-identifier"),
+        pytest.param("a_b = 1", "'a_b' is not a valid attribute name", 1, id="underscore-id"),
+        pytest.param("2147483648", "outside the 32-bit range", 1, id="int-too-large"),
+        pytest.param("-2147483649", "outside the 32-bit range", 1, id="int-too-small"),
+        pytest.param("'abc", "unterminated string literal", 1, id="unterminated"),
+        pytest.param("a LIKE b", "the LIKE pattern must be a string literal", 8, id="like-ref"),
+        pytest.param("x IN ()", "an IN set needs at least one element", 7, id="empty-set"),
+        pytest.param("x IN 'a'", "expected '(' to open the IN set", 6, id="set-without-parens"),
+        pytest.param("(1 + 2", "expected ')'", 7, id="unclosed-parenthesis"),
+        pytest.param("a b", "unexpected 'b' after the expression", 3, id="trailing"),
+        pytest.param("EXISTS 1 + 1", "EXISTS needs an attribute name, found '1'", 8, id="exists-1"),
+        pytest.param("EXISTS", "EXISTS needs an attribute name", 7, id="exists-alone"),
+        pytest.param("a = 1 ;", "unexpected character ';'", 7, id="bad-character"),
+        pytest.param("+ a", "'+' must be followed directly by digits", 1, id="unary-plus"),
+        pytest.param("F_1(2)", "'F_1' is not a valid function name", 1, id="bad-function-name"),
+        pytest.param("LENGTH('a'", "expected ',' or ')' in the arguments", 11, id="open-call"),
+        pytest.param("(" * 300 + "1" + ")" * 300, "nested deeper than 200", 201, id="too-deep"),
+    ],
+)
+def test_parse_errors(text: str, reason: str, column: int) -> None:
+    with pytest.raises(ParseError) as info:
+        cesql.compile(text)
+    assert reason in info.value.reason
+    assert (info.value.line, info.value.column) == (1, column)
+    assert "^" in str(info.value)
+
+
+def test_parse_error_on_a_later_line() -> None:
+    with pytest.raises(ParseError) as info:
+        cesql.compile("type = 'x'\n  AND = 1")
+    assert (info.value.line, info.value.column) == (2, 7)
+    assert str(info.value).endswith("  AND = 1\n        ^")
+
+
+def test_keywords_are_case_insensitive() -> None:
+    assert evaluate("exists subject and not (sequence in (1, 2)) or false") == (True, [])
+
+
+def test_matches_requires_true_and_no_errors() -> None:
+    assert cesql.compile("sequence = 10").matches(EVENT)
+    assert not cesql.compile("sequence").matches(EVENT)  # 10, not Boolean TRUE
+    assert cesql.compile("true OR missing = 1").matches({}) is not False
+    assert not cesql.compile("missing = 1 OR true").matches(EVENT)  # error recorded first
+    assert not cesql.compile("'yes' = true").matches(EVENT)
+
+
+def test_evaluates_cloudevents_and_mappings_alike() -> None:
+    event = CloudEvent(
+        {k: v for k, v in EVENT.items() if k not in ("blob",)}, b'{"temperature": 31}'
+    )
+    expression = cesql.compile("type = 'dev.headwater.telemetry' AND INT(temperature) > 30")
+    assert expression.matches(event)
+    assert expression.evaluate(event) == expression.evaluate(dict(event.attributes))
+    with pytest.raises(TypeError, match="takes a CloudEvent or a mapping"):
+        expression.evaluate(42)
+
+
+def test_user_defined_functions_with_overloads() -> None:
+    registry = cesql.default_functions.copy()
+    registry.register("ADD_ONE", lambda x: x + 1, [cesql.INTEGER], cesql.INTEGER)
+    registry.register("ADD_ONE", lambda x, y: x + y + 1, [cesql.INTEGER] * 2, cesql.INTEGER)
+    registry.register(
+        "JOIN_ALL", lambda a, b, *r: "".join((a, b, *r)), ["String"] * 3, "String", variadic=True
+    )
+    registry.register("BROKEN", lambda: 1 / 0, [], cesql.INTEGER)
+    registry.register("LIAR", lambda: "not an int", [], cesql.INTEGER)
+
+    def run(text: str) -> tuple[Any, list[type]]:
+        result = cesql.compile(text, registry).evaluate(EVENT)
+        return result.value, [type(e) for e in result.errors]
+
+    assert run("ADD_ONE('41')") == (42, [])
+    assert run("add_one(1, 2)") == (4, [])
+    assert run("JOIN_ALL('a', 'b', 'c', 1)") == ("abc1", [])
+    assert run("JOIN_ALL('a')") == (False, [MissingFunctionError])
+    assert run("BROKEN()") == (0, [FunctionEvaluationError])
+    assert run("LIAR()") == (0, [FunctionEvaluationError])
+    # The default registry is untouched.
+    assert evaluate("ADD_ONE(1)") == (False, [MissingFunctionError])
+
+
+@pytest.mark.parametrize(
+    ("register", "message"),
+    [
+        pytest.param(
+            lambda r: r.register("LENGTH", len, ["String"], "Integer"),
+            "LENGTH/1 is already defined",
+            id="same-arity",
+        ),
+        pytest.param(
+            lambda r: r.register("CONCAT", len, ["String"], "String", variadic=True),
+            "only one variadic overload",
+            id="two-variadic",
+        ),
+        pytest.param(
+            lambda r: r.register("SUBSTRING", len, ["String"], "String", variadic=True),
+            "more fixed parameters than the arity",
+            id="variadic-ambiguous",
+        ),
+        pytest.param(
+            lambda r: r.register("X", len, ["Float"], "String"), "unknown type", id="bad-type"
+        ),
+    ],
+)
+def test_invalid_function_definitions_are_rejected(register: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        register(cesql.default_functions.copy())
+
+
+def test_result_of_an_attribute_of_each_type() -> None:
+    assert evaluate("enabled") == (True, [])
+    assert cesql.compile("sequence").type is None  # decided by the event
+    assert cesql.compile("sequence + 1").type == cesql.INTEGER

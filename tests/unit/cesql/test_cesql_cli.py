@@ -1,0 +1,42 @@
+"""`headwater cesql`: a filter author's quick check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from headwater.cli import main
+
+
+def test_prints_value_errors_and_match(tmp_path: Path) -> None:
+    event = tmp_path / "e.json"
+    event.write_text('{"specversion":"1.0","id":"1","source":"/s","type":"x","temperature":31}')
+    result = CliRunner().invoke(
+        main, ["cesql", "type = 'x' AND temperature > 30", "--event", str(event)]
+    )
+    assert result.exit_code == 0
+    assert result.stdout == "true\n"
+    assert "matches: yes" in result.stderr
+
+
+def test_errors_go_to_stderr() -> None:
+    result = CliRunner().invoke(main, ["cesql", "missing + 1"])
+    assert result.exit_code == 0
+    assert result.stdout == "0\n"
+    assert "MissingAttributeError: the event has no attribute 'missing'" in result.stderr
+
+
+def test_parse_error_exits_1_with_the_caret() -> None:
+    result = CliRunner().invoke(main, ["cesql", "type = = 1"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid CESQL: line 1, column 8")
+    assert "         ^" in result.stderr
+
+
+def test_unreadable_event_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    result = CliRunner().invoke(main, ["cesql", "true", "--event", str(bad)])
+    assert result.exit_code == 2
+    assert "cannot read the event: specversion: is required" in result.stderr
