@@ -150,6 +150,13 @@ async def test_a_single_event_is_not_a_sequence(log: EventLog) -> None:
         await log.append(STREAM, reading(1))  # type: ignore[arg-type]
 
 
+async def test_any_iterable_of_events_can_be_appended(log: EventLog) -> None:
+    await log.create_stream(STREAM)
+    assert await log.append(STREAM, (reading(i) for i in range(3))) == [1, 2, 3]  # type: ignore[arg-type]
+    back = await read_all(log.reader(STREAM, "c"), 3)
+    assert [e for _, e in back] == [reading(0), reading(1), reading(2)]
+
+
 async def test_create_stream_is_idempotent_and_updates_limits(log: EventLog) -> None:
     await log.create_stream(STREAM)
     await log.append(STREAM, [reading(i) for i in range(5)])

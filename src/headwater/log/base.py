@@ -380,7 +380,10 @@ class EventLog(Protocol):
 
 
 def as_event_list(events: Sequence[CloudEvent]) -> Sequence[CloudEvent]:
-    """Reject a single event passed where a sequence is expected (a common slip)."""
+    """``events`` as a sequence that can be walked twice; a single event passed where a
+    sequence is expected (a common slip) is a TypeError."""
     if isinstance(events, CloudEvent):
         raise TypeError("append() takes a sequence of events; wrap a single event in a list")
-    return events
+    if type(events) is list or type(events) is tuple:
+        return events
+    return list(events)

@@ -151,7 +151,8 @@ class MemoryLog:
     async def append(self, stream: str, events: Sequence[CloudEvent]) -> list[int]:
         s = self._stream(stream)
         limit = s.config.max_event_size
-        sizes = [len(_codec.encode(event)) for event in as_event_list(events)]
+        events = as_event_list(events)
+        sizes = [len(_codec.encode(event)) for event in events]
         for index, size in enumerate(sizes):
             if size > limit:
                 raise EventTooLarge(size, limit, index)
