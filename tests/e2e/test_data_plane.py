@@ -197,3 +197,33 @@ def test_hot_reload_changes_routing_without_loss(
     time.sleep(0.3)
     assert sorted(delivered) == sorted(sent)  # none lost, none twice
     assert hw.stop() == 0
+
+
+def test_cesql_trigger_and_filtered_tail(
+    tmp_path: Path, headwater_up: Callable[..., Headwater], receiver: Receiver
+) -> None:
+    mesh = MESH.format(uri=receiver.url).replace(
+        "    - prefix: {type: dev.headwater.}\n    - not: {exact: {subject: ignore-me}}\n",
+        "    - cesql: \"type = 'dev.headwater.telemetry' AND INT(temperature) > 30\"\n",
+    )
+    (tmp_path / "mesh.yaml").write_text(mesh)
+    hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+    for i, temperature in enumerate((25, 31, 40)):
+        hw.cli(
+            "send",
+            "--type",
+            "dev.headwater.telemetry",
+            "--id",
+            f"t{i}",
+            "--ext",
+            f"temperature={temperature}",
+        )
+    assert [e["ce-id"] for e in receiver.wait_for(2)] == ["t1", "t2"]
+    tail = hw.cli(
+        "tail", "--from", "earliest", "--json", "--max", "1", "--filter", "INT(temperature) < 30"
+    ).stdout
+    assert json.loads(tail)["id"] == "t0"
+    bad = hw.cli("tail", "--filter", "temperature >", check=False)
+    assert bad.returncode == 1
+    assert "invalid filter: line 1, column 14: expected a value" in bad.stderr
+    assert hw.stop() == 0

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from headwater import cesql
 from headwater.api.app import RUNTIME_KEY, error, json_response
 from headwater.cloudevents import to_json
 from headwater.eventing import Deliverer, DeliverySpec, DeliveryStats, Outcome, Sink
@@ -50,12 +51,8 @@ def _broker_stream(runtime: Runtime, namespace: str, name: str) -> str | None:
     return broker.stream if broker is not None else None
 
 
-def _compile_filter(text: str | None) -> Any:
-    if not text:
-        return None
-    from headwater import cesql
-
-    return cesql.compile(text)
+def _compile_filter(text: str | None) -> cesql.Expression | None:
+    return cesql.compile(text) if text else None
 
 
 def _start(runtime: Runtime, text: str) -> Start:
@@ -70,7 +67,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
         return error(404, f"no running Broker {name!r} in namespace {namespace!r}")
     try:
         expression = _compile_filter(request.query.get("filter"))
-    except ValueError as exc:
+    except cesql.ParseError as exc:
         return error(400, f"invalid filter: {exc}")
     try:
         start = _start(runtime, request.query.get("start", "latest"))
