@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import Final
 
-from headwater.cloudevents import CloudEvent
+from headwater.cloudevents import NO_DATA, CloudEvent
 from headwater.eventing._fanout import DEFAULT_MAX_PENDING_EVENTS, Fanout, Saturated
 from headwater.eventing.delivery import DeliverySpec
 from headwater.eventing.dispatcher import Dispatcher
@@ -93,7 +93,12 @@ class Broker(Fanout[Trigger]):
         for event in events:
             ttl = event_ttl(event)
             if ttl is None:
-                stamped.append(event.evolve({TTL_EXTENSION: self.default_ttl}))
+                # A constant, valid Integer extension: no need to validate the event again.
+                attributes = dict(event.attributes)
+                attributes[TTL_EXTENSION] = self.default_ttl
+                stamped.append(
+                    CloudEvent._trusted(attributes, event.data if event.has_data else NO_DATA)
+                )
             elif ttl > 0:
                 stamped.append(event)
             else:

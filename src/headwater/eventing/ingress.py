@@ -99,7 +99,9 @@ class Ingress:
         declared = request.content_length
         if declared is not None and declared > limit:
             return _too_large(declared, limit)
-        body = await _read_bounded(request, limit)
+        # With a Content-Length (checked above) read it at once; chunked bodies are
+        # read until they pass the limit, and no further.
+        body = await request.read() if declared is not None else await _read_bounded(request, limit)
         if body is None:
             return _too_large(None, limit)
 
