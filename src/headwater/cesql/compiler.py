@@ -233,7 +233,19 @@ class Compiler:
 
     def _logic(self, op: str, left: Node, right: Node) -> Fn:
         if op in ("AND", "OR"):
-            operands = tuple(self.typed(n, BOOLEAN) for n in (*self._chain(op, left), right))
+            nodes = (*self._chain(op, left), right)
+            operands = tuple(self.typed(n, BOOLEAN) for n in nodes)
+            head = nodes[0]
+            # The usual Trigger filter starts with `type = '...'`: check that
+            # inline and leave the rest to the chain.
+            if (
+                op == "AND"
+                and head[:2] == ("bin", "=")
+                and head[2][0] == "id"
+                and head[3][0] == "lit"
+                and type(head[3][1]) is str
+            ):
+                return _all_of_after_equality(head[2][1], head[3][1], operands)
             if len(operands) > 2:
                 return _all_of(operands) if op == "AND" else _any_of(operands)
         lf, rf = self.typed(left, BOOLEAN), self.typed(right, BOOLEAN)
