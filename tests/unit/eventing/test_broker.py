@@ -355,3 +355,16 @@ async def test_updating_a_trigger_keeps_cursor_and_counters(broker: Broker) -> N
     await broker.accept([event(3, "b")])
     assert [e.id for e in await second.wait_for(1)] == ["3"]  # resumed, not replayed
     assert updated.stats.delivered == 2
+
+
+async def test_cesql_trigger_routes_on_extensions(broker: Broker) -> None:
+    hot = RecordingSink()
+    await broker.add_trigger(
+        Trigger("hot", hot, filters=[{"cesql": "type = 't' AND INT(temperature) > 30"}])
+    )
+    await broker.accept(
+        [event(1, temperature="25"), event(2, temperature="31"), event(3), event(4, temperature=40)]
+    )
+    assert sorted(e.id for e in await hot.wait_for(2)) == ["2", "4"]
+    await asyncio.sleep(0.02)
+    assert len(hot.events) == 2
