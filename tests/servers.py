@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
 STARTUP_TIMEOUT: Final = 15.0
 """Seconds a server gets to accept connections before the test fails."""
@@ -134,7 +134,7 @@ class ManagedServer:
         except OSError:
             return ""
 
-    def __enter__(self) -> ManagedServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -27,7 +27,7 @@ from tests.servers import NatsServer  # noqa: E402
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     with NatsServer(tmp_path_factory.mktemp("nats")) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture(

@@ -12,6 +12,7 @@ from headwater.log import (
     DEFAULT_MAX_EVENT_SIZE,
     EARLIEST,
     LATEST,
+    Entry,
     EventLog,
     EventTooLarge,
     InvalidAck,
@@ -41,9 +42,9 @@ def reading(i: int, data: object = None, **extensions: object) -> CloudEvent:
     )
 
 
-async def read_all(reader: Reader, count: int, wait: float = 5.0) -> list[tuple[int, CloudEvent]]:
+async def read_all(reader: Reader, count: int, wait: float = 5.0) -> list[Entry]:
     """Read exactly ``count`` entries (fails if they do not arrive in time)."""
-    got: list[tuple[int, CloudEvent]] = []
+    got: list[Entry] = []
     deadline = time.monotonic() + wait
     while len(got) < count:
         remaining = deadline - time.monotonic()
@@ -52,9 +53,9 @@ async def read_all(reader: Reader, count: int, wait: float = 5.0) -> list[tuple[
     return got
 
 
-async def drain(reader: Reader, wait: float = 0.3) -> list[tuple[int, CloudEvent]]:
+async def drain(reader: Reader, wait: float = 0.3) -> list[Entry]:
     """Everything currently readable."""
-    got: list[tuple[int, CloudEvent]] = []
+    got: list[Entry] = []
     while batch := await reader.next_batch(100, timeout=wait):
         got += batch
     return got

@@ -119,9 +119,9 @@ async def check_log(path: Path, acked: dict[int, str], run: int) -> int:
     for offset, event in entries:
         batches.setdefault(event.data["batch"], []).append(offset)
         assert event.source == "/crash"
-    for batch, members in batches.items():
+    for name, members in batches.items():
         size = by_offset[members[0]].data["size"]
-        assert len(members) == size, f"append {batch} is half visible: {len(members)}/{size}"
+        assert len(members) == size, f"append {name} is half visible: {len(members)}/{size}"
         assert members == list(range(members[0], members[0] + size))
     return len(entries)
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.log import JetStreamLog, LogUnavailable, StreamConfig
+from headwater.log import Entry, JetStreamLog, LogUnavailable, StreamConfig
 from headwater.log.jetstream import nats_token
 from tests.servers import NatsServer, free_port
 
@@ -73,7 +73,7 @@ async def test_an_outage_raises_promptly_and_the_log_recovers(nats_server: NatsS
         offsets = await log.append(STREAM, [event(3)])
         assert offsets[0] >= 2
         await reader.ack(1)
-        got = []
+        got: list[Entry] = []
         while not any(o == offsets[0] for o, _ in got):
             batch = await reader.next_batch(10, timeout=5)
             assert batch, "the reader did not recover"
