@@ -300,6 +300,8 @@ class JetStreamLog:
                 self._inflight.add(future)
                 future.add_done_callback(self._inflight.discard)
                 acks.append(future)
+            if not self._nc.is_connected:  # dropped while publishing: no PubAck will come
+                raise LogUnavailable("the NATS connection was lost")
             async with asyncio.timeout(self.request_timeout):
                 done = await asyncio.gather(*acks)
         except (*_NATS_ERRORS, LogError) as exc:
