@@ -46,11 +46,25 @@ delivery ends: the log is the buffer."""
 READ_BATCH: Final = 256
 """Entries read from the log at once (fewer when fewer slots are free)."""
 
+READ_LINGER: Final = 0.002
+READ_LINGER_BELOW: Final = 8
+"""After a batch of fewer than ``READ_LINGER_BELOW`` entries, wait ``READ_LINGER``
+seconds before reading again, so that the next read finds a few events rather
+than one: each read is a round trip to the log's reader thread, and at moderate
+rates one read per event costs about a fifth of the CPU per event (measured with
+the SQLite log). It adds at most 2 ms to an event's latency."""
+
 POLL_TIMEOUT: Final = 1.0
 """How long one ``next_batch`` waits for new entries; it returns early when some arrive."""
 
 LOG_RETRY_DELAY: Final = (0.05, 2.0)
 """Backoff bounds (seconds) while the log is unavailable; doubles per failure."""
+
+ACK_INTERVAL: Final = 0.01
+"""Acknowledgements go to the log in bulk, at most this often (seconds). Each
+hand-over can cost the log a write of its own (SQLite commits positions in a
+transaction when no append is pending); holding an ack back 10 ms only means
+that after a crash up to 10 ms more of events are delivered again."""
 
 LAG_INTERVAL: Final = 1.0
 """Seconds between lag refreshes from the log while running (``stats.lag``)."""
@@ -88,12 +102,13 @@ class Dispatcher:
         self.max_inflight = max_inflight
         self.start = start
         self.stats: DeliveryStats = deliverer.stats
-        self._reader: Reader | None = None
         self._unfinished = 0
         self._room = asyncio.Event()
         self._room.set()
         self._queues: dict[object, collections.deque[Entry]] = {}
         self._ready = asyncio.Event()
+        self._acks: list[int] = []
+        self._ack_due = asyncio.Event()
 
     async def wait_ready(self) -> None:
         """Wait until the cursor exists (so a ``latest`` start is pinned before events flow)."""
@@ -105,17 +120,18 @@ class Dispatcher:
         Unfinished entries are not acknowledged, so they are redelivered later.
         """
         reader = self.log.reader(self.stream, self.consumer, self.start)
-        self._reader = reader
         # A restarted run starts clean: what the last one left unfinished was
         # not acknowledged and comes back from the log.
         self._unfinished = 0
         self._queues.clear()
+        self._acks.clear()
         self._room.set()
         retry_delay = LOG_RETRY_DELAY[0]
         loop = asyncio.get_running_loop()
         next_lag = loop.time()
         try:
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._ack_loop(reader))
                 while True:
                     await self._room.wait()
                     free = self.max_inflight - self._unfinished
@@ -137,8 +153,10 @@ class Dispatcher:
                         await self.refresh_lag()
                     for entry in batch:
                         await self._dispatch(entry, tasks)
+                    if 0 < len(batch) < READ_LINGER_BELOW:
+                        await asyncio.sleep(READ_LINGER)
         finally:
-            self._reader = None
+            await self._flush_acks(reader)  # what was delivered stays delivered
             with contextlib.suppress(LogError):
                 await reader.close()
 
@@ -147,7 +165,7 @@ class Dispatcher:
         # **exactly once**" per event: here, once per entry handed out.
         if not self.filter(entry.event):
             self.stats.filtered += 1
-            await self._ack(entry.offset)
+            self._ack(entry.offset)
             return
         self._unfinished += 1
         if self._unfinished >= self.max_inflight:
@@ -183,18 +201,29 @@ class Dispatcher:
         # Reached only when the delivery ended (a cancelled one is not acked).
         self._unfinished -= 1
         self._room.set()
-        await self._ack(entry.offset)
+        self._ack(entry.offset)
 
-    async def _ack(self, offset: int) -> None:
-        reader = self._reader
-        if reader is None:
-            return
-        try:
-            await reader.ack(offset)
-        except LogError as exc:
-            # The event was handled; failing to record that only means it may
-            # be delivered again after a restart (at least once).
-            log.warning("%s: could not acknowledge offset %d: %s", self.consumer, offset, exc)
+    def _ack(self, offset: int) -> None:
+        """Queue an acknowledgement; the ack loop hands it to the log shortly."""
+        self._acks.append(offset)
+        self._ack_due.set()
+
+    async def _ack_loop(self, reader: Reader) -> None:
+        while True:
+            await self._ack_due.wait()
+            self._ack_due.clear()
+            await self._flush_acks(reader)
+            await asyncio.sleep(ACK_INTERVAL)
+
+    async def _flush_acks(self, reader: Reader) -> None:
+        acks, self._acks = self._acks, []
+        for offset in acks:
+            try:
+                await reader.ack(offset)
+            except LogError as exc:
+                # The event was handled; failing to record that only means it
+                # may be delivered again after a restart (at least once).
+                log.warning("%s: could not acknowledge offset %d: %s", self.consumer, offset, exc)
 
     async def refresh_lag(self) -> int:
         """Ask the log how many events this cursor has not acknowledged; updates ``stats.lag``."""
