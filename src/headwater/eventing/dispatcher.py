@@ -2,11 +2,11 @@
 
 How this works: :meth:`Dispatcher.run` reads batches from its own consumer
 of the stream, evaluates the filter once per entry, and starts a delivery
-for each match; filtered-out entries are acknowledged at once. Every entry
-is acknowledged only after its delivery ended (delivered, dead-lettered or
-dropped), and the log turns those acks into a low-water mark, so after a
-crash delivery resumes at the oldest unfinished event: at least once, never
-skipped. A Trigger is a dispatcher with a filter on a Broker's stream; a
+for each match; filtered-out entries are acknowledged straight away. Every
+other entry is acknowledged only after its delivery ended (delivered,
+dead-lettered or dropped), in bulk every few milliseconds, and the log turns
+those acks into a low-water mark, so after a crash delivery resumes at the
+oldest unfinished event: at least once, never skipped. A Trigger is a dispatcher with a filter on a Broker's stream; a
 Subscription is one without a filter on a Channel's stream.
 
 Two orderings, as Knative's Kafka broker has them:
