@@ -13,7 +13,6 @@ only for a Boolean TRUE with no error.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ from headwater.cesql.functions import (
     FunctionFailed,
     FunctionRegistry,
 )
-from headwater.cesql.parser import parse
+from headwater.cesql.parser import Node, parse
 from headwater.cloudevents import CloudEvent
 
 __all__ = [
@@ -104,19 +103,28 @@ class Expression:
 
     __slots__ = ("_fn", "_zero", "matches", "text", "type")
 
-    def __init__(self, text: str, fn: Fn, result_type: str | None) -> None:
+    def __init__(self, text: str, fn: Fn, result_type: str | None, matches: Matcher) -> None:
         self.text = text
         self._fn = fn
         self.type = result_type
+        """Boolean, Integer, String, or None when the event decides (a bare attribute)."""
         # 3.2: when the type cannot be determined, Boolean is assumed.
         self._zero = ZERO[result_type or BOOLEAN]
-        self.matches: Callable[[Any], bool] = _matcher(fn)
+        self.matches: Matcher = matches
         """True only when the value is Boolean TRUE and no error occurred (spec.md 1.2).
 
-        A closure rather than a method: it is the hot path of every Trigger."""
+        Evaluated in fail-fast mode (4.1), as 1.2 recommends for filters; a
+        plain attribute rather than a method, as it is the hot path of every
+        Trigger. Raises TypeError (like evaluate) for an event that is neither
+        a CloudEvent nor a mapping."""
 
     def evaluate(self, event: Any) -> Result:
-        """Evaluate against a CloudEvent or a mapping of attribute name to value."""
+        """Evaluate against a CloudEvent or a mapping of attribute name to value.
+
+        Complete evaluation mode (4.1): the value and every error that
+        occurred; never raises for any event (TypeError if ``event`` is not
+        an event at all).
+        """
         attributes = _attributes(event)
         errors: list[CesqlError] = []
         try:
@@ -125,11 +133,6 @@ class Expression:
             errors.append(GenericError(f"{type(exc).__name__}: {exc}"))
             value = self._zero
         if value is MISSING:
-            value = self._zero
-        elif type(value) is bytes:
-            value = base64.b64encode(value).decode("ascii")
-        elif type(value) not in (bool, int, str):
-            errors.append(GenericError(f"unexpected value {value!r}"))
             value = self._zero
         return Result(value, errors)
 
@@ -140,20 +143,51 @@ class Expression:
         return f"cesql.compile({self.text!r})"
 
 
-def _matcher(fn: Fn) -> Callable[[Any], bool]:
-    def matches(event: Any) -> bool:
-        attributes = event if type(event) is dict else _attributes(event)
-        errors: list[CesqlError] = []
-        try:
-            return fn(attributes, errors) is True and not errors
-        except Exception:  # never expected; a filter that cannot decide does not match
-            return False
+Matcher = Callable[[Any], bool]
 
-    return matches
+
+def _matcher(compiler: Compiler, tree: Node, fn: Fn, result_type: str | None) -> Matcher:
+    if result_type != BOOLEAN:
+        # An Integer or String can never be Boolean TRUE; a bare attribute can.
+        def matches_value(event: Any) -> bool:
+            attributes = _attributes(event)
+            errors: list[CesqlError] = []
+            try:
+                return fn(attributes, errors) is True and not errors
+            except Exception:  # never expected; a filter that cannot decide does not match
+                return False
+
+        return matches_value
+    tests = tuple(compiler.test(node) for node in compiler.conjuncts(tree))
+    if len(tests) == 1:
+        (test,) = tests
+
+        def matches_one(event: Any) -> bool:
+            if type(event) is not dict:
+                event = _attributes(event)
+            return test(event) is True
+
+        return matches_one
+
+    def matches_all(event: Any) -> bool:
+        if type(event) is not dict:
+            event = _attributes(event)
+        # 3.6: AND short-circuits; fail fast on the first operand not TRUE.
+        for test in tests:  # noqa: SIM110 (a plain loop is faster than all() here)
+            if test(event) is not True:
+                return False
+        return True
+
+    return matches_all
 
 
 def compile(text: str, functions: FunctionRegistry | None = None) -> Expression:
-    """Parse and compile ``text``; :class:`ParseError` (line, column, caret) if invalid."""
+    """Parse and compile ``text``; :class:`ParseError` (line, column, caret) if invalid.
+
+    ``functions`` is the registry to resolve function calls in (default:
+    :data:`default_functions`); resolution happens here, once.
+    """
     tree = parse(text)
-    fn, result_type = Compiler(functions or default_functions).compile(tree)
-    return Expression(text, fn, result_type)
+    compiler = Compiler(functions or default_functions)
+    fn, result_type = compiler.compile(tree)
+    return Expression(text, fn, result_type, _matcher(compiler, tree, fn, result_type))

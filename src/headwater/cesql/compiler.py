@@ -1,14 +1,21 @@
-"""Compile a CESQL tree into nested closures, once; evaluation calls them per event.
+"""Compile a CESQL tree into nested closures, once; evaluation only calls them.
 
-How this works: every node becomes ``fn(attributes, errors) -> value`` and a
+How this works: every node becomes ``fn(attributes, errors) -> value`` with a
 static result type (Boolean, Integer, String, or None when it depends on the
-event: a bare attribute). Operators cast their operands as spec.md 3.7 says,
-appending a :class:`CastError` when a cast fails. A missing attribute yields
-the MISSING marker plus a :class:`MissingAttributeError`, and any operator or
-function receiving MISSING returns the zero value of its own result type
-(spec.md 3.2). Common shapes (an attribute compared with a literal) get
-closures of their own, so that a typical Trigger filter costs a dict lookup
-and a compare. Nothing is ever evaluated with ``eval``.
+event: a bare attribute). This is the *complete evaluation mode* of spec.md
+4.1: an error is appended to the list and the operator goes on with the value
+the spec gives it (3.3), so the flow never depends on errors. A missing
+attribute reads as the MISSING marker plus a :class:`MissingAttributeError`,
+and the operator or function that receives MISSING returns the zero value of
+its own result type (3.2).
+
+Filters need less: ``matches`` is true only for Boolean TRUE without errors
+(1.2), so the compiler also builds *tests*, ``test(attributes)`` returning
+True, False, or None for "an error occurred" (the fail-fast mode 1.2
+recommends). A test takes the common case inline (an attribute of the
+expected type compared with a literal: one dict lookup, one comparison, no
+error list) and hands anything unusual to the complete closure, so both modes
+agree by construction. Nothing is ever evaluated with ``eval``.
 """
 
 from __future__ import annotations
@@ -32,17 +39,21 @@ from headwater.cesql.functions import (
     INT32_MAX,
     INT32_MIN,
     INTEGER,
+    PYTHON_TYPE,
     STRING,
     ZERO,
     Function,
     FunctionFailed,
     FunctionRegistry,
-    _identity,
+    cast_function,
 )
+from headwater.cesql.like import like_matcher
 from headwater.cesql.parser import Node
 
+Attributes = Mapping[str, Any]
 Errors = list[CesqlError]
-Fn = Callable[[Mapping[str, Any], Errors], Any]
+Fn = Callable[[Attributes, Errors], Any]
+Test = Callable[[Attributes], "bool | None"]
 
 
 class _Missing:
@@ -54,12 +65,49 @@ class _Missing:
 
 MISSING: Any = _Missing()
 
-# Required attributes always exist on a valid event (spec.md 3.4.4).
+# 3.4.4: "EXISTS MUST always return true for the REQUIRED context attributes
+# because the input CloudEvent is always assumed valid".
 _REQUIRED = frozenset({"id", "source", "specversion", "type"})
 _INT = re.compile(r"[+-]?[0-9]+\Z")
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+# `x OP bound` as a method of the bound: `x > 30` is `(30).__lt__(x)`.
+_MIRRORED = {"<": "__gt__", "<=": "__ge__", ">": "__lt__", ">=": "__le__"}
 
 
-# -- casts (spec.md 3.7) ------------------------------------------------------
+# -- values and casts (spec.md 3.1, 3.2, 3.7) -----------------------------------------
+
+
+def value_of(raw: Any) -> Any:
+    """An attribute value as a CESQL value (3.2).
+
+    "If the value of the attribute or extension is not one of the primitive
+    CESQL types, it MUST be represented by the String type": Binary as its
+    canonical Base64 string (CloudEvents "Type System"), anything else a plain
+    mapping may hold (a float, an int beyond 32 bits) as ``str()``. ``None``
+    means absent, as for ``CloudEvent.evolve``.
+    """
+    kind = type(raw)
+    if kind is str or kind is bool:
+        return raw
+    if kind is int:
+        return raw if INT32_MIN <= raw <= INT32_MAX else str(raw)
+    if raw is None or raw is MISSING:
+        return MISSING
+    if kind is bytes:
+        return base64.b64encode(raw).decode("ascii")
+    return str(raw)
+
+
+def read(a: Attributes, name: str, e: Errors) -> Any:
+    value = value_of(a.get(name))
+    if value is MISSING:
+        e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
+    return value
 
 
 def to_string(value: Any, errors: Errors) -> str:
@@ -67,15 +115,8 @@ def to_string(value: Any, errors: Errors) -> str:
     if kind is str:
         return value  # type: ignore[no-any-return]
     if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return str(value)
-    if kind is bytes:
-        # 3.2: attribute values of other types are represented as String
-        # (a Binary's canonical string is Base64, CloudEvents "Type System").
-        return base64.b64encode(value).decode("ascii")
-    errors.append(CastError(f"cannot cast {value!r} to String"))
-    return ""
+        return "true" if value else "false"  # "Returns "true" if the boolean is true"
+    return str(value)  # Integer: base 10, no leading zeros, '-' when negative
 
 
 def to_integer(value: Any, errors: Errors) -> int:
@@ -84,16 +125,16 @@ def to_integer(value: Any, errors: Errors) -> int:
         return value  # type: ignore[no-any-return]
     if kind is bool:
         return 1 if value else 0
-    if kind is str and value.isascii() and value.isdigit() and len(value) < 10:
-        return int(value)  # the common case: plain ASCII digits that fit
-    text = to_string(value, errors) if kind is bytes else value
-    if type(text) is str and _INT.match(text):
-        number = int(text)
+    # String: "MAY begin with a leading sign '+' or '-'. If the result will
+    # overflow or the string is not a valid integer an error is returned along
+    # with a value of 0."
+    if _INT.match(value):
+        number = int(value)
         if INT32_MIN <= number <= INT32_MAX:
             return number
-        errors.append(CastError(f"{text!r} overflows a 32-bit Integer"))
+        errors.append(CastError(f"{_quote(value)} overflows a 32-bit Integer"))
         return 0
-    errors.append(CastError(f"cannot cast {value!r} to Integer"))
+    errors.append(CastError(f"cannot cast {_quote(value)} to Integer"))
     return 0
 
 
@@ -102,14 +143,15 @@ def to_boolean(value: Any, errors: Errors) -> bool:
     if kind is bool:
         return value  # type: ignore[no-any-return]
     if kind is int:
-        return bool(value != 0)
-    if kind is str:
-        lower: str = value.lower()
-        if lower == "true":
-            return True
-        if lower == "false":
-            return False
-    errors.append(CastError(f"cannot cast {value!r} to Boolean"))
+        return value != 0  # type: ignore[no-any-return]
+    # "Returns true or false if the lower case representation of the string is
+    # exactly "true" or "false", respectively. Otherwise returns an error along
+    # with a value of false"
+    lower = value.lower()
+    if lower == "true":
+        return True
+    if lower != "false":
+        errors.append(CastError(f"cannot cast {_quote(value)} to Boolean"))
     return False
 
 
@@ -129,7 +171,22 @@ def type_of(value: Any) -> str:
     return STRING
 
 
-# -- compiling -----------------------------------------------------------------
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _is_int32(value: Any) -> bool:
+    return INT32_MIN <= value <= INT32_MAX  # type: ignore[no-any-return]
+
+
+def _fast_int(value: str) -> int | None:
+    """The value of plain ASCII digits that surely fit 32 bits, else None (use the cast)."""
+    if len(value) < 10 and value.isdigit() and value.isascii():
+        return int(value)
+    return None
+
+
+# -- compiling ----------------------------------------------------------------------
 
 
 class Compiler:
@@ -137,35 +194,51 @@ class Compiler:
         self.functions = functions
 
     def compile(self, node: Node) -> tuple[Fn, str | None]:
-        kind = node[0]
-        return getattr(self, "_" + kind)(node)  # type: ignore[no-any-return]
+        return getattr(self, "_" + node[0])(node)  # type: ignore[no-any-return]
 
     def typed(self, node: Node, target: str) -> Fn:
-        """``node`` cast to ``target`` (MISSING passes through)."""
-        fn, kind = self.compile(node)
-        if kind == target:
-            return fn
-        if node[0] == "lit":
+        """``node`` cast to ``target`` (3.7 implicit casts); MISSING passes through."""
+        kind = node[0]
+        if kind == "call" and self._is_cast(node, target):
+            node = node[2][0]  # INT(x) where an Integer is wanted anyway: just the cast
+            kind = node[0]
+        if kind == "lit":
             errors: Errors = []
             value = CASTS[target](node[1], errors)
             if errors:
                 error = errors[0]
 
-                def failed_literal(a: Mapping[str, Any], e: Errors) -> Any:
+                def failed_literal(a: Attributes, e: Errors) -> Any:
                     e.append(error)
                     return value
 
                 return failed_literal
             return lambda a, e: value
+        if kind == "id":
+            return _typed_attribute(node[1], target)
+        fn, result = self.compile(node)
+        if result == target:
+            return fn
         cast = CASTS[target]
 
-        def casted(a: Mapping[str, Any], e: Errors) -> Any:
+        def casted(a: Attributes, e: Errors) -> Any:
             value = fn(a, e)
             return value if value is MISSING else cast(value, e)
 
         return casted
 
-    # -- leaves ------------------------------------------------------------------
+    def _is_cast(self, node: Node, target: str) -> bool:
+        """Whether ``node`` is a call of the built-in cast to ``target``."""
+        if len(node[2]) != 1:
+            return False
+        function = self.functions.resolve(node[1], 1)
+        return (
+            function is not None
+            and function.implementation is cast_function
+            and function.returns == target
+        )
+
+    # -- leaves ------------------------------------------------------------------------
 
     def _lit(self, node: Node) -> tuple[Fn, str | None]:
         value = node[1]
@@ -174,11 +247,12 @@ class Compiler:
     def _id(self, node: Node) -> tuple[Fn, str | None]:
         name = node[1]
 
-        def attribute(a: Mapping[str, Any], e: Errors) -> Any:
-            value = a.get(name, MISSING)
-            if value is MISSING:
-                e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
-            return value
+        def attribute(a: Attributes, e: Errors) -> Any:
+            value: Any = a.get(name)
+            kind = type(value)
+            if kind is str or kind is bool or (kind is int and INT32_MIN <= value <= INT32_MAX):
+                return value
+            return read(a, name, e)
 
         return attribute, None
 
@@ -186,14 +260,14 @@ class Compiler:
         name = node[1]
         if name in _REQUIRED:
             return (lambda a, e: True), BOOLEAN
-        return (lambda a, e: name in a), BOOLEAN
+        return (lambda a, e: a.get(name) is not None), BOOLEAN
 
-    # -- unary -------------------------------------------------------------------
+    # -- unary -------------------------------------------------------------------------
 
     def _not(self, node: Node) -> tuple[Fn, str | None]:
         fn = self.typed(node[1], BOOLEAN)
 
-        def negate(a: Mapping[str, Any], e: Errors) -> Any:
+        def negate(a: Attributes, e: Errors) -> Any:
             value = fn(a, e)
             return False if value is MISSING else not value
 
@@ -202,18 +276,18 @@ class Compiler:
     def _neg(self, node: Node) -> tuple[Fn, str | None]:
         fn = self.typed(node[1], INTEGER)
 
-        def minus(a: Mapping[str, Any], e: Errors) -> Any:
+        def minus(a: Attributes, e: Errors) -> Any:
             value = fn(a, e)
             if value is MISSING:
                 return 0
             if value == INT32_MIN:
-                e.append(MathError("-(-2147483648) overflows a 32-bit integer"))
+                e.append(_overflow(f"-({value})"))
                 return 0
             return -value
 
         return minus, INTEGER
 
-    # -- binary ------------------------------------------------------------------
+    # -- binary ------------------------------------------------------------------------
 
     def _bin(self, node: Node) -> tuple[Fn, str | None]:
         op, left, right = node[1], node[2], node[3]
@@ -221,58 +295,34 @@ class Compiler:
             return self._logic(op, left, right), BOOLEAN
         if op in ("+", "-", "*", "/", "%"):
             return self._arithmetic(op, left, right), INTEGER
-        if op in ("<", "<=", ">", ">="):
+        if op in _COMPARE:
             return self._order(op, left, right), BOOLEAN
-        return self._equality(op != "=", left, right), BOOLEAN
-
-    def _chain(self, op: str, node: Node) -> list[Node]:
-        """The operands of a left-nested chain of one logic operator, in order."""
-        if node[0] == "bin" and node[1] == op:
-            return [*self._chain(op, node[2]), node[3]]
-        return [node]
+        return self._equality(op == "=", left, right), BOOLEAN
 
     def _logic(self, op: str, left: Node, right: Node) -> Fn:
-        if op in ("AND", "OR"):
-            nodes = (*self._chain(op, left), right)
-            operands = tuple(self.typed(n, BOOLEAN) for n in nodes)
-            head = nodes[0]
-            # The usual Trigger filter starts with `type = '...'`: check that
-            # inline and leave the rest to the chain.
-            if (
-                op == "AND"
-                and head[:2] == ("bin", "=")
-                and head[2][0] == "id"
-                and head[3][0] == "lit"
-                and type(head[3][1]) is str
-            ):
-                return _all_of_after_equality(head[2][1], head[3][1], operands)
-            if len(operands) > 2:
-                return _all_of(operands) if op == "AND" else _any_of(operands)
         lf, rf = self.typed(left, BOOLEAN), self.typed(right, BOOLEAN)
         if op == "AND":
-            # 3.4.2: AND and OR short-circuit.
-            def and_(a: Mapping[str, Any], e: Errors) -> Any:
-                x = lf(a, e)
-                if x is not True:
-                    return False
-                y = rf(a, e)
-                return y is True
+            # 3.6: "When the left operand of the AND operation evaluates to
+            # false, the right operand MUST NOT be evaluated."
+            def and_(a: Attributes, e: Errors) -> Any:
+                if lf(a, e) is not True:
+                    return False  # False, or MISSING: the zero value (3.2)
+                return rf(a, e) is True
 
             return and_
         if op == "OR":
 
-            def or_(a: Mapping[str, Any], e: Errors) -> Any:
+            def or_(a: Attributes, e: Errors) -> Any:
                 x = lf(a, e)
                 if x is True:
                     return True
                 if x is MISSING:
                     return False
-                y = rf(a, e)
-                return y is True
+                return rf(a, e) is True
 
             return or_
 
-        def xor(a: Mapping[str, Any], e: Errors) -> Any:
+        def xor(a: Attributes, e: Errors) -> Any:
             x, y = lf(a, e), rf(a, e)
             if x is MISSING or y is MISSING:
                 return False
@@ -282,55 +332,22 @@ class Compiler:
 
     def _arithmetic(self, op: str, left: Node, right: Node) -> Fn:
         lf, rf = self.typed(left, INTEGER), self.typed(right, INTEGER)
+        compute = _ARITHMETIC[op]
 
-        def arithmetic(a: Mapping[str, Any], e: Errors) -> Any:
+        def arithmetic(a: Attributes, e: Errors) -> Any:
             x, y = lf(a, e), rf(a, e)
             if x is MISSING or y is MISSING:
-                return 0
-            if op == "+":
-                result = x + y
-            elif op == "-":
-                result = x - y
-            elif op == "*":
-                result = x * y
-            else:
-                if y == 0:
-                    e.append(MathError(f"{x} {op} 0: division by zero"))
-                    return 0
-                # 3.4.2: division rounds towards 0; the remainder has x's sign.
-                quotient = abs(x) // abs(y) * (1 if (x < 0) == (y < 0) else -1)
-                result = quotient if op == "/" else x - y * quotient
-            if not INT32_MIN <= result <= INT32_MAX:
-                e.append(MathError(f"{x} {op} {y} overflows a 32-bit integer"))
-                return 0
-            return result
+                return 0  # 3.2: "1 / missingAttribute" is 0, without a MathError
+            return compute(x, y, e)
 
         return arithmetic
 
     def _order(self, op: str, left: Node, right: Node) -> Fn:
-        if left[0] == "call" and left[1] == "INT" and len(left[2]) == 1:
-            function = self.functions.resolve("INT", 1)
-            if function is not None and function.implementation is _identity:
-                left = left[2][0]  # the comparison casts to Integer anyway
+        # Integer x Integer only: not ambiguous, both operands cast (3.7 rule 2.1).
         lf, rf = self.typed(left, INTEGER), self.typed(right, INTEGER)
-        if right[0] == "lit" and type(right[1]) is int and left[0] == "id":
-            # attribute < 30: one lookup, one compare.
-            name, bound = left[1], right[1]
-            compare = _ORDER[op]
+        compare = _COMPARE[op]
 
-            def order_literal(a: Mapping[str, Any], e: Errors) -> Any:
-                value = a.get(name, MISSING)
-                if type(value) is not int:
-                    if value is MISSING:
-                        e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
-                        return False
-                    value = to_integer(value, e)
-                return compare(value, bound)
-
-            return order_literal
-        compare = _ORDER[op]
-
-        def order(a: Mapping[str, Any], e: Errors) -> Any:
+        def order(a: Attributes, e: Errors) -> Any:
             x, y = lf(a, e), rf(a, e)
             if x is MISSING or y is MISSING:
                 return False
@@ -338,256 +355,326 @@ class Compiler:
 
         return order
 
-    def _equality(self, negated: bool, left: Node, right: Node) -> Fn:
-        # 3.7: `=` is ambiguous; the right operand's type decides, and the
-        # left operand is cast to it.
+    def _equality(self, equal: bool, left: Node, right: Node) -> Fn:
+        # 3.7 rule 2.2: `=` is ambiguous (Boolean, Integer, String); the type of
+        # the right operand picks the definition and the left one is cast to it.
+        # A failed cast gives the cast's own value (3.7 table) and a CastError,
+        # and the comparison goes on with it (3.3: errors do not change the flow).
         rf, rtype = self.compile(right)
+        compare = operator.eq if equal else operator.ne
         if rtype is not None:
             lf = self.typed(left, rtype)
-            if right[0] == "lit" and left[0] == "id":
-                return _attribute_equals_literal(left[1], right[1], negated)
+            if right[0] == "lit":
+                return _equals_literal(lf, right[1], equal)
 
-            def equals_static(a: Mapping[str, Any], e: Errors) -> Any:
+            def equals_static(a: Attributes, e: Errors) -> Any:
                 x, y = lf(a, e), rf(a, e)
                 if x is MISSING or y is MISSING:
                     return False
-                return (x != y) if negated else (x == y)
+                return compare(x, y)
 
             return equals_static
-        lf_raw, _ = self.compile(left)
+        lf_any, _ = self.compile(left)
 
-        def equals_dynamic(a: Mapping[str, Any], e: Errors) -> Any:
-            x, y = lf_raw(a, e), rf(a, e)
+        def equals_dynamic(a: Attributes, e: Errors) -> Any:
+            x, y = lf_any(a, e), rf(a, e)
             if x is MISSING or y is MISSING:
                 return False
-            x = _cast_like(x, y, e)
-            if x is MISSING:
-                return False
-            if type(y) is bytes:
-                y = to_string(y, e)
-            return (x != y) if negated else (x == y)
+            return compare(CASTS[type_of(y)](x, e), y)
 
         return equals_dynamic
 
-    # -- LIKE, IN ----------------------------------------------------------------
+    # -- LIKE, IN ----------------------------------------------------------------------
 
     def _like(self, node: Node) -> tuple[Fn, str | None]:
-        matcher = like_pattern(node[2])
-        negated = node[3]
-        if node[1][0] == "id":
-            name = node[1][1]
-
-            def like_attribute(a: Mapping[str, Any], e: Errors) -> Any:
-                value = a.get(name, MISSING)
-                if type(value) is not str:
-                    if value is MISSING:
-                        e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
-                        return False
-                    value = to_string(value, e)
-                return (not matcher(value)) if negated else matcher(value)
-
-            return like_attribute, BOOLEAN
+        # 3.4.3: "In cases where the left operand is not a String, it MUST be
+        # cast to a String before the comparison is made."
         fn = self.typed(node[1], STRING)
+        matcher = like_matcher(node[2])
+        negated = node[3]
 
-        def like(a: Mapping[str, Any], e: Errors) -> Any:
+        def like(a: Attributes, e: Errors) -> Any:
             value = fn(a, e)
             if value is MISSING:
                 return False
-            return (not matcher(value)) if negated else matcher(value)
+            return matcher(value) is not negated
 
         return like, BOOLEAN
 
     def _in(self, node: Node) -> tuple[Fn, str | None]:
-        lf, ltype = self.compile(node[1])
-        items = [self.compile(item) for item in node[2]]
+        lf, _ = self.compile(node[1])
+        items = tuple(self.compile(item)[0] for item in node[2])
         negated = node[3]
-        literals = [item for item in node[2] if item[0] == "lit"]
-        if ltype is None and node[1][0] == "id" and len(literals) == len(items):
-            # attribute IN ('a', 'b', ...): precompute the set per target type.
-            return _attribute_in_literals(
-                node[1][1], [lit[1] for lit in literals], negated
-            ), BOOLEAN
 
-        def in_(a: Mapping[str, Any], e: Errors) -> Any:
+        def in_(a: Attributes, e: Errors) -> Any:
             x = lf(a, e)
             if x is MISSING:
                 return False
-            if type(x) is bytes:
-                x = to_string(x, e)
-            target = CASTS[type_of(x)]
-            found = False
-            for fn, _ in items:
+            # 3.4.5: the matching uses "the same semantics of the equal =
+            # operator, but using x type as the target type". The set is
+            # unordered (3.1), so every element is evaluated and every failed
+            # cast reported, whatever the position of a match.
+            cast = CASTS[type_of(x)]
+            found = missing = False
+            for fn in items:
                 y = fn(a, e)
                 if y is MISSING:
-                    continue
-                # 3.4.5: the left operand's type is the target of the cast.
-                errors: Errors = []
-                y = target(y, errors)
-                if errors:
-                    e.extend(errors)
-                    continue
-                if y == x:
+                    missing = True
+                elif cast(y, e) == x:
                     found = True
-                    break
-            return (not found) if negated else found
+            if missing:
+                return False  # 3.2: the IN operation references a missing attribute
+            return found is not negated
 
         return in_, BOOLEAN
 
-    # -- functions -----------------------------------------------------------------
+    # -- functions ---------------------------------------------------------------------
 
     def _call(self, node: Node) -> tuple[Fn, str | None]:
         name, args = node[1], node[2]
         function = self.functions.resolve(name, len(args))
-        if function is not None and function.implementation is _identity:
-            # INT(x), BOOL(x), STRING(x): the cast of x is the whole call.
-            target = function.returns
-            return self.typed(args[0], target), target
         if function is None:
             message = f"no function {name} taking {len(args)} argument(s)"
 
-            def missing_function(a: Mapping[str, Any], e: Errors) -> Any:
-                # 3.5: the value is false, with a MissingFunctionError.
+            def missing_function(a: Attributes, e: Errors) -> Any:
+                # 3.5: "When a function invocation cannot be dispatched, the
+                # return value is false, and a MissingFunctionError is also returned."
                 e.append(MissingFunctionError(message))
                 return False
 
             return missing_function, BOOLEAN
-        return _invocation(
-            function, [self.typed(arg, function.parameter(i)) for i, arg in enumerate(args)]
-        ), function.returns
+        if function.implementation is cast_function:
+            # INT(x), BOOL(x), STRING(x): the cast of x is the whole call.
+            return self.typed(args[0], function.returns), function.returns
+        fns = [self.typed(arg, function.parameter(i)) for i, arg in enumerate(args)]
+        if function.native:
+            constant = self._constant(args[1], function.parameter(1)) if len(args) == 2 else None
+            if constant is not None:  # LEFT(subject, 4): the 4 needs no call
+                return _native_call_constant(function, fns[0], constant[0]), function.returns
+            return _native_call(function, fns), function.returns
+        return _user_call(function, fns), function.returns
+
+    def _constant(self, node: Node, target: str) -> tuple[Any] | None:
+        """``(value,)`` when ``node`` is a literal that casts to ``target`` without error."""
+        if node[0] != "lit":
+            return None
+        errors: Errors = []
+        value = CASTS[target](node[1], errors)
+        return None if errors else (value,)
+
+    # -- tests (fail-fast, for matches) -----------------------------------------------
+
+    def test(self, node: Node) -> Test:
+        """``node`` as a Boolean: True, False, or None when an error occurred."""
+        kind = node[0]
+        if kind == "bin" and node[1] in ("AND", "OR", "XOR"):
+            return _logic_test(node[1], self.test(node[2]), self.test(node[3]))
+        if kind == "not":
+            inner = self.test(node[1])
+
+            def not_(a: Attributes) -> bool | None:
+                value = inner(a)
+                return None if value is None else not value
+
+            return not_
+        if kind == "exists":
+            name = node[1]
+            if name in _REQUIRED:
+                return lambda a: True
+            return lambda a: a.get(name) is not None
+        slow = _via(self.typed(node, BOOLEAN))
+        if kind == "bin" and node[1] in ("=", "!=", "<>"):
+            left, right = node[2], node[3]
+            if left[0] == "id" and right[0] == "lit":
+                return _equals_test(left[1], right[1], node[1] == "=", slow)
+        if kind == "bin" and node[1] in _COMPARE:
+            left, right = node[2], node[3]
+            if left[0] == "call" and self._is_cast(left, INTEGER):
+                left = left[2][0]
+            if left[0] == "id" and right[0] == "lit" and type(right[1]) is int:
+                return _order_test(left[1], node[1], right[1], slow)
+        if kind == "like" and node[1][0] == "id":
+            return _like_test(node[1][1], like_matcher(node[2]), node[2], node[3], slow)
+        if kind == "in" and node[1][0] == "id" and all(item[0] == "lit" for item in node[2]):
+            return _in_test(node[1][1], [item[1] for item in node[2]], node[3], slow)
+        return slow
+
+    def conjuncts(self, node: Node) -> list[Node]:
+        """The operands of a chain of ANDs (left to right), or ``[node]``."""
+        if node[0] == "bin" and node[1] == "AND":
+            return [*self.conjuncts(node[2]), *self.conjuncts(node[3])]
+        return [node]
 
 
-def _all_of(operands: tuple[Fn, ...]) -> Fn:
-    # 3.4.2: AND short-circuits: the first operand that is not TRUE decides.
-    def all_of(a: Mapping[str, Any], e: Errors) -> Any:
-        for fn in operands:  # noqa: SIM110 (a plain loop is faster than all() here)
-            if fn(a, e) is not True:
-                return False
-        return True
-
-    return all_of
+# -- arithmetic (spec.md 3.4.2) -------------------------------------------------------
 
 
-def _all_of_after_equality(name: str, literal: str, operands: tuple[Fn, ...]) -> Fn:
-    head, rest = operands[0], operands[1:]
-
-    def all_of(a: Mapping[str, Any], e: Errors) -> Any:
-        value = a.get(name)
-        if type(value) is str:
-            if value != literal:
-                return False
-        elif head(a, e) is not True:  # a cast, or a missing attribute: the slow path
-            return False
-        for fn in rest:  # noqa: SIM110 (a plain loop is faster than all() here)
-            if fn(a, e) is not True:
-                return False
-        return True
-
-    return all_of
+def _overflow(what: str) -> CesqlError:
+    return MathError(f"{what} overflows a 32-bit integer")
 
 
-def _any_of(operands: tuple[Fn, ...]) -> Fn:
-    def any_of(a: Mapping[str, Any], e: Errors) -> Any:
-        for fn in operands:
-            value = fn(a, e)
-            if value is True:
-                return True
-            if value is MISSING:
-                return False
-        return False
-
-    return any_of
+def _checked(result: int, what: str, e: Errors) -> int:
+    if INT32_MIN <= result <= INT32_MAX:
+        return result
+    e.append(_overflow(what))
+    return 0
 
 
-_ORDER: dict[str, Callable[[int, int], bool]] = {
-    "<": lambda x, y: x < y,
-    "<=": lambda x, y: x <= y,
-    ">": lambda x, y: x > y,
-    ">=": lambda x, y: x >= y,
+def _add(x: int, y: int, e: Errors) -> int:
+    return _checked(x + y, f"{x} + {y}", e)
+
+
+def _subtract(x: int, y: int, e: Errors) -> int:
+    return _checked(x - y, f"{x} - {y}", e)
+
+
+def _multiply(x: int, y: int, e: Errors) -> int:
+    return _checked(x * y, f"{x} * {y}", e)
+
+
+def _quotient(x: int, y: int) -> int:
+    # "rounded towards 0": Python's // rounds towards negative infinity.
+    q = abs(x) // abs(y)
+    return q if (x < 0) == (y < 0) else -q
+
+
+def _divide(x: int, y: int, e: Errors) -> int:
+    if y == 0:
+        e.append(MathError(f"{x} / 0: division by zero"))  # "Returns 0 and a MathError"
+        return 0
+    return _checked(_quotient(x, y), f"{x} / {y}", e)  # -2147483648 / -1 overflows
+
+
+def _remainder(x: int, y: int, e: Errors) -> int:
+    if y == 0:
+        e.append(MathError(f"{x} % 0: division by zero"))
+        return 0
+    return x - y * _quotient(x, y)  # "the result has the same sign as x"
+
+
+_ARITHMETIC: dict[str, Callable[[int, int, Errors], int]] = {
+    "+": _add,
+    "-": _subtract,
+    "*": _multiply,
+    "/": _divide,
+    "%": _remainder,
 }
 
 
-def _cast_like(x: Any, y: Any, errors: Errors) -> Any:
-    """``x`` cast to the type of ``y`` (3.7, ambiguous binary operator)."""
-    local: Errors = []
-    value = CASTS[type_of(y)](x, local)
-    if local:
-        errors.extend(local)
-        return MISSING
-    return value
+# -- closures for common shapes ---------------------------------------------------------
 
 
-def _attribute_equals_literal(name: str, literal: Any, negated: bool) -> Fn:
-    target = CASTS[type_of(literal)]
-    literal_type = type(literal)
+def _typed_attribute(name: str, target: str) -> Fn:
+    """An attribute cast to ``target``: the value itself when it has that type."""
+    cast = CASTS[target]
+    if target == INTEGER:
 
-    def equals(a: Mapping[str, Any], e: Errors) -> Any:
-        value = a.get(name, MISSING)
-        if type(value) is not literal_type:
-            if value is MISSING:
-                e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
-                return False
-            errors: Errors = []
-            value = target(value, errors)
-            if errors:
-                # 3.7: a failed cast for an ambiguous operator: CastError, false.
-                e.extend(errors)
-                return False
-        return (value != literal) if negated else (value == literal)
+        def integer_attribute(a: Attributes, e: Errors) -> Any:
+            value = a.get(name)
+            if type(value) is int and INT32_MIN <= value <= INT32_MAX:
+                return value
+            if type(value) is str:
+                number = _fast_int(value)
+                if number is not None:
+                    return number
+            value = read(a, name, e)
+            return value if value is MISSING else to_integer(value, e)
 
-    return equals
+        return integer_attribute
+    kind = PYTHON_TYPE[target]
 
+    def attribute_as(a: Attributes, e: Errors) -> Any:
+        value = a.get(name)
+        if type(value) is kind:
+            return value
+        value = read(a, name, e)
+        return value if value is MISSING else cast(value, e)
 
-def _attribute_in_literals(name: str, literals: list[Any], negated: bool) -> Fn:
-    by_type: dict[str, tuple[frozenset[Any], Errors]] = {}
-    for target_type, cast in CASTS.items():
-        errors: Errors = []
-        values = set()
-        for literal in literals:
-            local: Errors = []
-            value = cast(literal, local)
-            if local:
-                errors.extend(local)
-            else:
-                values.add(value)
-        by_type[target_type] = (frozenset(values), errors)
-
-    def in_literals(a: Mapping[str, Any], e: Errors) -> Any:
-        value = a.get(name, MISSING)
-        if value is MISSING:
-            e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
-            return False
-        if type(value) is bytes:
-            value = to_string(value, e)
-        values, errors = by_type[type_of(value)]
-        found = value in values
-        if errors and not found:
-            e.extend(errors)  # elements that could not be cast to the value's type
-        return (not found) if negated else found
-
-    return in_literals
+    return attribute_as
 
 
-def _invocation(function: Function, args: list[Fn]) -> Fn:
+def _native_call(function: Function, fns: list[Fn]) -> Fn:
     implementation = function.implementation
     zero = ZERO[function.returns]
-    returns: type = {BOOLEAN: bool, INTEGER: int, STRING: str}[function.returns]
+    if len(fns) == 1:
+        (f0,) = fns
+
+        def call1(a: Attributes, e: Errors) -> Any:
+            x = f0(a, e)
+            return zero if x is MISSING else implementation(e, x)
+
+        return call1
+    if len(fns) == 2:
+        f0, f1 = fns
+
+        def call2(a: Attributes, e: Errors) -> Any:
+            x, y = f0(a, e), f1(a, e)
+            if x is MISSING or y is MISSING:
+                return zero
+            return implementation(e, x, y)
+
+        return call2
+
+    def call(a: Attributes, e: Errors) -> Any:
+        values = [fn(a, e) for fn in fns]
+        for value in values:
+            if value is MISSING:
+                return zero
+        return implementation(e, *values)
+
+    return call
+
+
+def _native_call_constant(function: Function, first: Fn, second: Any) -> Fn:
+    implementation = function.implementation
+    zero = ZERO[function.returns]
+
+    def call_constant(a: Attributes, e: Errors) -> Any:
+        x = first(a, e)
+        return zero if x is MISSING else implementation(e, x, second)
+
+    return call_constant
+
+
+def _equals_literal(lf: Fn, literal: Any, equal: bool) -> Fn:
+    if equal:
+
+        def equals(a: Attributes, e: Errors) -> Any:
+            x = lf(a, e)
+            return False if x is MISSING else x == literal
+
+        return equals
+
+    def differs(a: Attributes, e: Errors) -> Any:
+        x = lf(a, e)
+        return False if x is MISSING else x != literal
+
+    return differs
+
+
+def _user_call(function: Function, fns: list[Fn]) -> Fn:
+    implementation = function.implementation
+    zero = ZERO[function.returns]
+    returns = PYTHON_TYPE[function.returns]
     name = function.name
 
-    def call(a: Mapping[str, Any], e: Errors) -> Any:
-        values = [fn(a, e) for fn in args]
-        if MISSING in values:
-            return zero
+    def call(a: Attributes, e: Errors) -> Any:
+        values = [fn(a, e) for fn in fns]
+        for value in values:
+            if value is MISSING:
+                return zero
+        result: Any
         try:
             result = implementation(*values)
         except FunctionFailed as failed:
             e.append(failed.error)
-            return failed.value
+            result = failed.value
         except Exception as exc:  # a user function's bug must not escape evaluate()
             e.append(FunctionEvaluationError(f"{name} failed: {type(exc).__name__}: {exc}"))
             return zero
-        if type(result) is not returns or (
-            type(result) is int and not INT32_MIN <= result <= INT32_MAX
-        ):
+        # 3.5.3: a user function that fails "to provide a valid return value for
+        # their return type": the zero value and a FunctionEvaluationError.
+        if type(result) is not returns or (returns is int and not _is_int32(result)):
             e.append(
                 FunctionEvaluationError(f"{name} returned {result!r}, not a {function.returns}")
             )
@@ -597,52 +684,132 @@ def _invocation(function: Function, args: list[Fn]) -> Fn:
     return call
 
 
-def like_pattern(pattern: str) -> Callable[[str], bool]:
-    """A matcher for a LIKE pattern: ``%`` any run, ``_`` one character, ``\\`` escapes.
-
-    The common shapes (``abc``, ``abc%``, ``%abc``, ``%abc%``) become plain
-    string operations; the rest a compiled regular expression.
-    """
-    literal, kind = _simple_pattern(pattern)
-    if kind == "exact":
-        return literal.__eq__
-    if kind == "prefix":
-        return operator.methodcaller("startswith", literal)
-    if kind == "suffix":
-        return operator.methodcaller("endswith", literal)
-    if kind == "contains":
-        return literal.__contains__
-    regex = _like_regex(pattern)
-    return lambda value: regex(value) is not None
+# -- tests ---------------------------------------------------------------------------
 
 
-def _simple_pattern(pattern: str) -> tuple[str, str]:
-    """(literal, shape) when the pattern is a literal with at most a leading/trailing %."""
-    if "\\" in pattern or "_" in pattern:
-        return "", "regex"
-    leading, trailing = pattern.startswith("%"), pattern.endswith("%") and len(pattern) > 1
-    core = pattern[1 if leading else 0 : len(pattern) - 1 if trailing else len(pattern)]
-    if "%" in core:
-        return "", "regex"
-    if leading and trailing:
-        return core, "contains"
-    return core, "prefix" if trailing else "suffix" if leading else "exact"
+def _via(fn: Fn) -> Test:
+    """The general closure as a test: its Boolean value, or None if it reported errors."""
+
+    def test(a: Attributes) -> bool | None:
+        errors: Errors = []
+        value = fn(a, errors)
+        return None if errors else value
+
+    return test
 
 
-def _like_regex(pattern: str) -> Callable[[str], Any]:
-    parts: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\" and i + 1 < len(pattern):
-            parts.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if char == "%":
-            parts.append(".*")
-        elif char == "_":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-        i += 1
-    return re.compile("".join(parts), re.DOTALL).fullmatch
+def _logic_test(op: str, left: Test, right: Test) -> Test:
+    if op == "AND":
+
+        def and_(a: Attributes) -> bool | None:
+            x = left(a)
+            return x if x is not True else right(a)
+
+        return and_
+    if op == "OR":
+
+        def or_(a: Attributes) -> bool | None:
+            x = left(a)
+            return x if x is not False else right(a)
+
+        return or_
+
+    def xor(a: Attributes) -> bool | None:
+        x, y = left(a), right(a)
+        if x is None or y is None:
+            return None
+        return x is not y
+
+    return xor
+
+
+def _equals_test(name: str, literal: Any, equal: bool, slow: Test) -> Test:
+    kind = type(literal)
+    if kind is int:
+
+        def int_equals(a: Attributes) -> bool | None:
+            value = a.get(name)
+            if type(value) is int and INT32_MIN <= value <= INT32_MAX:
+                return (value == literal) is equal
+            return slow(a)
+
+        return int_equals
+    if equal:
+
+        def equals(a: Attributes) -> bool | None:
+            value = a.get(name)
+            if type(value) is kind:
+                return value == literal  # type: ignore[no-any-return]
+            return slow(a)
+
+        return equals
+
+    def differs(a: Attributes) -> bool | None:
+        value = a.get(name)
+        if type(value) is kind:
+            return value != literal  # type: ignore[no-any-return]
+        return slow(a)
+
+    return differs
+
+
+def _order_test(name: str, op: str, bound: int, slow: Test) -> Test:
+    compare = getattr(bound, _MIRRORED[op])
+
+    def order(a: Attributes) -> bool | None:
+        value = a.get(name)
+        if type(value) is str:
+            if len(value) < 10 and value.isdigit() and value.isascii():
+                return compare(int(value))  # type: ignore[no-any-return]
+        elif type(value) is int and INT32_MIN <= value <= INT32_MAX:
+            return compare(value)  # type: ignore[no-any-return]
+        return slow(a)
+
+    return order
+
+
+def _like_test(
+    name: str, matcher: Callable[[str], bool], pattern: str, negated: bool, slow: Test
+) -> Test:
+    if not negated and pattern.endswith("%") and not any(c in pattern[:-1] for c in "%_\\"):
+        prefix = pattern[:-1]  # `subject LIKE 'greenhouse/%'`, the common filter
+
+        def starts_with(a: Attributes) -> bool | None:
+            value = a.get(name)
+            if type(value) is str:
+                return value.startswith(prefix)
+            return slow(a)
+
+        return starts_with
+
+    def like(a: Attributes) -> bool | None:
+        value = a.get(name)
+        if type(value) is str:
+            return matcher(value) is not negated
+        return slow(a)
+
+    return like
+
+
+def _in_test(name: str, literals: list[Any], negated: bool, slow: Test) -> Test:
+    # The set cast once per possible type of the attribute; a type whose cast
+    # reports errors takes the slow path (which reports them).
+    sets: dict[type, frozenset[Any]] = {}
+    for kind, target in ((str, STRING), (int, INTEGER), (bool, BOOLEAN)):
+        errors: Errors = []
+        values = frozenset(CASTS[target](literal, errors) for literal in literals)
+        if not errors:
+            sets[kind] = values
+
+    strings = sets[str]  # a cast to String never fails
+
+    def in_set(a: Attributes) -> bool | None:
+        value = a.get(name)
+        if type(value) is str:
+            return (value in strings) is not negated
+        values = sets.get(type(value))
+        if values is None or (type(value) is int and not INT32_MIN <= value <= INT32_MAX):
+            return slow(a)
+        return (value in values) is not negated
+
+    return in_set

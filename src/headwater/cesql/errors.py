@@ -6,6 +6,9 @@ value together with a list of the other errors.
 
 from __future__ import annotations
 
+CONTEXT = 72
+"""Characters of the offending line a ParseError message shows around the caret."""
+
 
 class CesqlError(Exception):
     """Base of every CESQL error."""
@@ -37,7 +40,11 @@ class ParseError(CesqlError):
         self.column = offset - (before.rfind("\n") + 1) + 1
         self.reason = message
         source_line = text.split("\n")[self.line - 1]
-        caret = " " * (self.column - 1) + "^"
+        start = max(0, min(self.column - 1 - CONTEXT // 2, len(source_line) - CONTEXT))
+        shown = source_line[start : start + CONTEXT]
+        prefix = "..." if start else ""
+        caret = " " * (len(prefix) + self.column - 1 - start) + "^"
+        source_line = prefix + shown + ("..." if start + CONTEXT < len(source_line) else "")
         super().__init__(
             f"line {self.line}, column {self.column}: {message}\n  {source_line}\n  {caret}"
         )

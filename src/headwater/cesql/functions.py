@@ -3,10 +3,17 @@
 A function is a name, parameter types and a return type; ``variadic`` means
 its last parameter type repeats (zero or more times). Overloading is by arity
 (3.5), with at most one variadic overload whose fixed parameters outnumber
-every other overload's arity. An implementation receives arguments already
-cast to the parameter types and returns a value of the return type; it
-signals an error by raising :class:`FunctionEvaluationError` or
-:class:`MathError` with ``value`` set to the result to use.
+every other overload's arity.
+
+A user function receives its arguments already cast to the parameter types
+(3.7) and returns a value of its return type. To report an error it raises
+:class:`FunctionFailed` with the error and the value to return (3.5.3: a
+function "MUST still return a valid return value"); any other exception, or
+a value of the wrong type, becomes a :class:`FunctionEvaluationError` with
+the zero value of the return type.
+
+The built-ins are *native*: they take the error list as their first argument
+and append to it, so that evaluating them never raises.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from headwater.cesql.errors import CesqlError, FunctionEvaluationError, MathErro
 BOOLEAN, INTEGER, STRING = "Boolean", "Integer", "String"
 TYPES = (BOOLEAN, INTEGER, STRING)
 ZERO: dict[str, Any] = {BOOLEAN: False, INTEGER: 0, STRING: ""}
+PYTHON_TYPE: dict[str, type] = {BOOLEAN: bool, INTEGER: int, STRING: str}
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
+Errors = list[CesqlError]
+
 
 class FunctionFailed(Exception):
-    """Raised by an implementation: ``error`` to report, ``value`` to return."""
+    """Raised by a user function: ``error`` to report, ``value`` to return."""
 
     def __init__(self, error: CesqlError, value: Any) -> None:
         self.error = error
@@ -40,6 +50,8 @@ class Function:
     returns: str
     implementation: Callable[..., Any]
     variadic: bool = False
+    native: bool = False
+    """Takes the error list first and always returns its return type (built-ins)."""
 
     def accepts(self, arity: int) -> bool:
         if self.variadic:
@@ -53,7 +65,7 @@ class Function:
 
 
 class FunctionRegistry:
-    """Functions by name (case-insensitive) and arity."""
+    """Functions by name (case-insensitive, as every CESQL keyword) and arity."""
 
     def __init__(self, functions: Sequence[Function] = ()) -> None:
         self._by_name: dict[str, list[Function]] = {}
@@ -61,6 +73,7 @@ class FunctionRegistry:
             self.add(function)
 
     def copy(self) -> FunctionRegistry:
+        """A registry with the same functions, to extend without touching this one."""
         return FunctionRegistry([f for fs in self._by_name.values() for f in fs])
 
     def register(
@@ -72,30 +85,38 @@ class FunctionRegistry:
         *,
         variadic: bool = False,
     ) -> None:
-        """Add a function; ``ValueError`` if it clashes with an overload (spec.md 3.5)."""
+        """Add a user function; ``ValueError`` if it clashes with an overload (spec.md 3.5)."""
         self.add(Function(name.upper(), tuple(parameters), returns, implementation, variadic))
 
     def add(self, function: Function) -> None:
+        name = function.name.upper()
+        # 2.4: function-identifier ::= char ( "_" | char )*
+        if not (name[:1].isascii() and name[:1].isalpha()) or not all(
+            c == "_" or (c.isascii() and c.isalpha()) for c in name
+        ):
+            raise ValueError(f"{function.name!r} is not a CESQL function name (spec.md 2.4)")
         for kind in (*function.parameters, function.returns):
             if kind not in TYPES:
-                raise ValueError(f"{function.name}: unknown type {kind!r}; use one of {TYPES}")
+                raise ValueError(f"{name}: unknown type {kind!r}; use one of {TYPES}")
         if function.variadic and not function.parameters:
-            raise ValueError(f"{function.name}: a variadic function needs a parameter type")
-        existing = self._by_name.setdefault(function.name.upper(), [])
+            raise ValueError(f"{name}: a variadic function needs a parameter type")
+        existing = self._by_name.setdefault(name, [])
         fixed = len(function.parameters) - (1 if function.variadic else 0)
         for other in existing:
             other_fixed = len(other.parameters) - (1 if other.variadic else 0)
             if function.variadic and other.variadic:
-                raise ValueError(f"{function.name}: only one variadic overload is allowed")
+                raise ValueError(f"{name}: only one variadic overload is allowed (spec.md 3.5)")
+            # 3.5: "only if the number of initial fixed arguments is greater
+            # than the maximum arity of all other function definitions"
             if (function.variadic and fixed <= other_fixed) or (
                 other.variadic and other_fixed <= fixed
             ):
                 raise ValueError(
-                    f"{function.name}: a variadic overload needs more fixed parameters than "
+                    f"{name}: a variadic overload needs more fixed parameters than "
                     "the arity of every other overload (spec.md 3.5)"
                 )
             if not function.variadic and not other.variadic and fixed == other_fixed:
-                raise ValueError(f"{function.name}/{fixed} is already defined")
+                raise ValueError(f"{name}/{fixed} is already defined")
         existing.append(function)
 
     def resolve(self, name: str, arity: int) -> Function | None:
@@ -105,62 +126,106 @@ class FunctionRegistry:
         return None
 
 
-def _fail(error: CesqlError, value: Any) -> FunctionFailed:
-    return FunctionFailed(error, value)
+# -- built-ins (spec.md 3.5.1, 3.5.2) ---------------------------------------------
 
 
-def _left(x: str, y: int) -> str:
+def _length(e: Errors, x: str) -> int:
+    return len(x)  # characters (code points), not bytes
+
+
+def _concat(e: Errors, *xs: str) -> str:
+    return "".join(xs)
+
+
+def _concat_ws(e: Errors, delimiter: str, *xs: str) -> str:
+    return delimiter.join(xs)
+
+
+def _lower(e: Errors, x: str) -> str:
+    return x.lower()
+
+
+def _upper(e: Errors, x: str) -> str:
+    return x.upper()
+
+
+def _trim(e: Errors, x: str) -> str:
+    # "leading and trailing whitespaces (as defined by unicode)": str.strip()
+    # with no argument strips exactly the Unicode White_Space characters.
+    return x.strip()
+
+
+def _left(e: Errors, x: str, y: int) -> str:
     if y < 0:
-        raise _fail(FunctionEvaluationError(f"LEFT: length {y} is negative"), x)
+        # "Returns x if y < 0 and a FunctionEvaluationError."
+        e.append(FunctionEvaluationError(f"LEFT: length {y} is negative"))
+        return x
     return x[:y]
 
 
-def _right(x: str, y: int) -> str:
+def _right(e: Errors, x: str, y: int) -> str:
     if y < 0:
-        raise _fail(FunctionEvaluationError(f"RIGHT: length {y} is negative"), x)
-    return x[len(x) - y :] if y else ""
+        e.append(FunctionEvaluationError(f"RIGHT: length {y} is negative"))
+        return x
+    return x[len(x) - y :] if y < len(x) else x
 
 
-def _substring(x: str, pos: int, length: int | None = None) -> str:
+def _substring_from(e: Errors, x: str, pos: int) -> str:
+    return _substring(e, x, pos, len(x))
+
+
+def _substring(e: Errors, x: str, pos: int, length: int) -> str:
     n = len(x)
+    # "Returns the empty string and a FunctionEvaluationError if
+    # pos > LENGTH(x) OR pos < -LENGTH(x) or if len is negative."
     if pos > n or pos < -n:
-        raise _fail(
-            FunctionEvaluationError(f"SUBSTRING: position {pos} is outside a string of {n}"), ""
-        )
-    if length is not None and length < 0:
-        raise _fail(FunctionEvaluationError(f"SUBSTRING: length {length} is negative"), "")
-    if pos == 0:
+        e.append(FunctionEvaluationError(f"SUBSTRING: position {pos} is outside a string of {n}"))
         return ""
+    if length < 0:
+        e.append(FunctionEvaluationError(f"SUBSTRING: length {length} is negative"))
+        return ""
+    if pos == 0:  # "If pos is 0, then returns the empty string."
+        return ""
+    # "If pos is negative, the beginning of the substring is pos characters
+    # from the end of the string."
     start = pos - 1 if pos > 0 else n + pos
-    return x[start:] if length is None else x[start : start + length]
+    return x[start : start + length]
 
 
-def _abs(x: int) -> int:
+def _abs(e: Errors, x: int) -> int:
     if x == INT32_MIN:
-        raise _fail(MathError("ABS(-2147483648) overflows a 32-bit integer"), INT32_MAX)
+        # 3.5.2: "returns 2147483647 as well as a MathError"
+        e.append(MathError("ABS(-2147483648) overflows a 32-bit integer"))
+        return INT32_MAX
     return abs(x)
 
 
-def _identity(x: Any) -> Any:
+def cast_function(e: Errors, x: Any) -> Any:
+    """INT, BOOL and STRING: the argument is cast on the way in (spec.md 3.7)."""
     return x
+
+
+def _native(
+    name: str, parameters: tuple[str, ...], returns: str, fn: Callable[..., Any], **kw: bool
+) -> Function:
+    return Function(name, parameters, returns, fn, native=True, **kw)
 
 
 BUILTINS = FunctionRegistry(
     [
-        Function("LENGTH", (STRING,), INTEGER, len),
-        Function("CONCAT", (STRING,), STRING, lambda *xs: "".join(xs), variadic=True),
-        Function("CONCAT_WS", (STRING, STRING), STRING, lambda d, *xs: d.join(xs), variadic=True),
-        Function("LOWER", (STRING,), STRING, str.lower),
-        Function("UPPER", (STRING,), STRING, str.upper),
-        Function("TRIM", (STRING,), STRING, str.strip),
-        Function("LEFT", (STRING, INTEGER), STRING, _left),
-        Function("RIGHT", (STRING, INTEGER), STRING, _right),
-        Function("SUBSTRING", (STRING, INTEGER), STRING, _substring),
-        Function("SUBSTRING", (STRING, INTEGER, INTEGER), STRING, _substring),
-        Function("ABS", (INTEGER,), INTEGER, _abs),
-        # Explicit casts: the argument is cast on the way in (spec.md 3.7).
-        Function("INT", (INTEGER,), INTEGER, _identity),
-        Function("BOOL", (BOOLEAN,), BOOLEAN, _identity),
-        Function("STRING", (STRING,), STRING, _identity),
+        _native("LENGTH", (STRING,), INTEGER, _length),
+        _native("CONCAT", (STRING,), STRING, _concat, variadic=True),
+        _native("CONCAT_WS", (STRING, STRING), STRING, _concat_ws, variadic=True),
+        _native("LOWER", (STRING,), STRING, _lower),
+        _native("UPPER", (STRING,), STRING, _upper),
+        _native("TRIM", (STRING,), STRING, _trim),
+        _native("LEFT", (STRING, INTEGER), STRING, _left),
+        _native("RIGHT", (STRING, INTEGER), STRING, _right),
+        _native("SUBSTRING", (STRING, INTEGER), STRING, _substring_from),
+        _native("SUBSTRING", (STRING, INTEGER, INTEGER), STRING, _substring),
+        _native("ABS", (INTEGER,), INTEGER, _abs),
+        _native("INT", (INTEGER,), INTEGER, cast_function),
+        _native("BOOL", (BOOLEAN,), BOOLEAN, cast_function),
+        _native("STRING", (STRING,), STRING, cast_function),
     ]
 )

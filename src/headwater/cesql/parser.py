@@ -23,8 +23,13 @@ from headwater.cesql.errors import ParseError
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
-MAX_DEPTH = 200
-"""Deepest nesting accepted; deeper input is a ParseError, never a RecursionError."""
+MAX_DEPTH = 128
+"""Deepest tree accepted (every operator applied counts one level, so a chain
+of 128 ANDs is as deep as 128 parentheses). Deeper input is a ParseError,
+never a RecursionError: compiling and evaluating recurse a few Python frames
+per level, and 128 levels stay far below Python's default limit of 1000.
+Filters written by people nest a handful of levels; long alternatives belong
+in an IN set, which does not nest."""
 
 KEYWORDS = frozenset({"AND", "OR", "XOR", "NOT", "LIKE", "EXISTS", "IN", "TRUE", "FALSE"})
 
@@ -153,10 +158,9 @@ class Parser:
         return node
 
     def expression(self, min_power: int) -> Node:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.error(f"expression nested deeper than {MAX_DEPTH} levels")
+        entered = self.depth
         try:
+            self.nest()
             left = self.prefix()
             while True:
                 kind, text, _ = self.peek()
@@ -164,6 +168,7 @@ class Parser:
                 if kind == "NOT" and self.peek(1)[0] in ("LIKE", "IN"):
                     kind, negated = self.peek(1)[0], True
                 if kind == "LIKE" and min_power <= LIKE:
+                    self.nest()  # each operator applied to `left` nests it one deeper
                     self.pos += 2 if negated else 1
                     pattern = self.peek()
                     if pattern[0] != "string":
@@ -173,6 +178,7 @@ class Parser:
                     left = ("like", left, unquote(pattern[1]), negated)
                     continue
                 if kind == "IN" and min_power <= IN:
+                    self.nest()
                     self.pos += 2 if negated else 1
                     left = ("in", left, self.set_expression(), negated)
                     continue
@@ -181,12 +187,21 @@ class Parser:
                 if power is None or power < min_power:
                     return left
                 self.take()
-                # Equal precedence is evaluated left to right (spec.md 3.6),
-                # AND/OR/XOR included.
+                self.nest()
+                # 3.6: "MUST be evaluated left to right when the precedence is
+                # equal". CESQLParser.g4 marks AND/OR/XOR <assoc=right>, which
+                # would read `false AND true OR true` as false; the spec's text
+                # is normative, so logic operators too associate to the left.
                 right = self.expression(power + 1)
                 left = ("bin", op, left, right)
         finally:
-            self.depth -= 1
+            self.depth = entered
+
+    def nest(self) -> None:
+        """One level deeper in the tree; a ParseError past MAX_DEPTH."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"expression nested deeper than {MAX_DEPTH} levels")
 
     def set_expression(self) -> list[Node]:
         self.expect("op", "(", "'(' to open the IN set")

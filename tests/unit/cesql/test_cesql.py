@@ -29,6 +29,8 @@ EVENT = {
     "enabled": True,
     "firstname": "Francesco",
     "blob": b"\x00\x01",
+    "hop": "5",
+    "ttl": "10",
 }
 
 
@@ -57,12 +59,34 @@ CASES = [
     p("id", "42", id="attribute"),
     p("sequence", 10, id="integer-extension"),
     p("blob", "AAE=", id="binary-as-base64-string"),
+    # 3.2: a bare missing attribute has no type to take a zero value from, so
+    # Boolean is assumed. (An older TCK case expects "" without an error; the
+    # spec requires the MissingAttributeError.)
     p("missing", False, MissingAttributeError, id="missing-attribute-is-false"),
+    p("time", "2026-11-28T12:00:00Z", id="timestamp-is-a-string"),
+    p("time = '2026-11-28T12:00:00Z'", True, id="timestamp-compares-as-string"),
+    p("time < '2027'", True, CastError, id="timestamp-has-no-order-cast-fails"),
+    p("source LIKE '/greenhouse/%'", True, id="uri-reference-is-a-string"),
+    p("LENGTH(missing) + 1", 1, MissingAttributeError, id="missing-zero-is-local"),
+    p("NOT (missing = '')", True, MissingAttributeError, id="missing-zero-then-not"),
     # unary (3.4.1)
     p("NOT true", False, id="not"),
     p("not 'true'", False, id="not-casts-string"),
     p("-sequence", -10, id="unary-minus-attribute"),
     p("- -2147483648", 0, MathError, id="negation-overflow"),
+    p("--10", 10, id="minus-minus"),
+    p("-'10'", -10, id="minus-casts-string"),
+    p("--'10'", 10, id="minus-minus-casts-string"),
+    p("-TRUE", -1, id="minus-casts-boolean"),
+    p("-missing", 0, MissingAttributeError, id="minus-missing"),
+    p("NOT 'TRUE'", False, id="not-casts-string-any-case"),
+    p("NOT 'FALSE'", True, id="not-casts-false-string"),
+    # 3.7: Integer -> Boolean is a cast an engine MUST support (0 is false),
+    # and NOT is not ambiguous, so NOT 10 is false without an error. (An
+    # older TCK case expects a CastError here, from before that cast existed.)
+    p("NOT 10", False, id="not-casts-integer"),
+    p("NOT 0", True, id="not-zero"),
+    p("NOT 'maybe'", True, CastError, id="not-failed-cast-negates-false"),
     p("NOT missing", False, MissingAttributeError, id="not-missing"),
     # arithmetic (3.4.2)
     p("2 + 3 * 4", 14, id="precedence-mul-over-add"),
@@ -79,6 +103,18 @@ CASES = [
     p("65536 * 65536", 0, MathError, id="multiplication-overflow"),
     p("1 / missing", 0, MissingAttributeError, id="missing-in-division-no-math-error"),
     p("missing * 5", 0, MissingAttributeError, id="missing-in-product"),
+    p("4 * 2 + 4 / 2", 10, id="precedence-without-parentheses"),
+    p("4 * (2 + 4) / 2", 12, id="precedence-with-parentheses"),
+    p("5 / 3", 1, id="truncated-division"),
+    p("-4 + -1", -5, id="negative-literals"),
+    p("4 - 1", 3, id="subtraction"),
+    p("'5' + '3'", 8, id="both-strings-cast"),
+    p("5 + TRUE", 6, id="boolean-cast-in-sum"),
+    p("missing / 0", 0, MissingAttributeError, id="missing-division-by-zero"),
+    p("missing % 0", 0, MissingAttributeError, id="missing-modulo-by-zero"),
+    p("-2147483648 / -1", 0, MathError, id="division-overflow"),
+    p("-2147483648 % -1", 0, id="remainder-of-int32-min"),
+    p("2147483647 * -1", -2147483647, id="product-in-range"),
     p("temperature + 1", 32, id="string-attribute-cast-to-integer"),
     p("'abc' + 1", 1, CastError, id="bad-string-to-integer"),
     p("true + 1", 2, id="boolean-to-integer"),
@@ -93,6 +129,22 @@ CASES = [
     p("'abc' = 'ABC'", False, id="strings-case-sensitive"),
     p("true = 'yes'", False, id="string-literal-right-compares-as-string"),
     p("'yes' = true", False, CastError, id="failed-cast-for-equality"),
+    # 3.7: a failed cast "returns an error along with a value of false" and
+    # 3.3 keeps the flow: the comparison goes on with that value.
+    p("'yes' = false", True, CastError, id="failed-cast-value-is-compared"),
+    p("'TRUE' = true", True, id="left-cast-to-boolean"),
+    p("true = 'TRUE'", False, id="left-cast-to-string"),
+    p("TRUE = FALSE", False, id="boolean-equality"),
+    p("'abc' != '123'", True, id="string-inequality"),
+    p("2 <> 2", False, id="diamond"),
+    p("missing != 2", False, MissingAttributeError, id="missing-inequality"),
+    p("missing <= 2", False, MissingAttributeError, id="missing-order"),
+    p("hop < ttl", True, id="order-compares-integers-not-strings"),
+    p("int(hop) < int(ttl) and int(hop) < 1000", True, id="spec-hop-example"),
+    p("2 <= 2", True, id="less-or-equal"),
+    p("2 > 2", False, id="greater"),
+    p("2 >= 3", False, id="greater-or-equal"),
+    p("1 < 2 = true", True, id="comparison-left-to-right"),
     p("temperature > 30", True, id="greater-casts"),
     p("temperature >= 31 AND temperature <= 31", True, id="range"),
     p("'a' < 1", True, CastError, id="order-bad-cast-uses-zero"),
@@ -106,6 +158,15 @@ CASES = [
     p("true XOR true", False, id="xor"),
     p("true XOR false", True, id="xor-true"),
     p("false AND missing", False, id="and-short-circuits"),
+    p("false and (1 != 1 / 0)", False, id="and-skips-the-math-error"),
+    p("true or (1 != 1 / 0)", True, id="or-skips-the-math-error"),
+    # Complete evaluation (4.1): 1 / 0 is 0 with a MathError, so 1 != 0 is
+    # true. (The TCK's fail-fast answer is false; matches() is false either way.)
+    p("true and (1 != 1 / 0)", True, MathError, id="and-evaluates-right-when-true"),
+    p("false or (1 != 1 / 0)", True, MathError, id="or-evaluates-right-when-false"),
+    p("missing OR true", False, MissingAttributeError, id="or-missing-left-is-zero"),
+    p("true AND missing", False, MissingAttributeError, id="and-missing-right"),
+    p("missing XOR true", False, MissingAttributeError, id="xor-missing"),
     p("true OR missing", True, id="or-short-circuits"),
     p("false AND true OR true", True, id="logic-left-to-right"),
     p("NOT true = false", True, id="not-binds-tighter-than-equals"),
@@ -121,23 +182,98 @@ CASES = [
     p("'héllo' LIKE 'h_llo'", True, id="like-unicode-character"),
     p("'line1\nline2' LIKE 'line1%'", True, id="like-percent-spans-newline"),
     p("'ab' LIKE '_b%'", True, id="spec-like-example"),
+    p("'abc' LIKE 'a%b%c'", True, id="like-percents-empty"),
+    p("'azzzbzzzc' LIKE 'a%b%c'", True, id="like-percents-runs"),
+    p("'ac' LIKE 'abc'", False, id="like-literal-mismatch"),
+    p("'' LIKE 'abc'", False, id="like-empty-value"),
+    p("'' LIKE '%'", True, id="like-percent-matches-empty"),
+    p("'' LIKE '_'", False, id="like-underscore-needs-one"),
+    p("'.ab.cde.' LIKE '.%.%.'", True, id="like-dots-literal"),
+    p("'ab.cde' LIKE '.%.%.'", False, id="like-dots-anchor"),
+    p("'abc' LIKE 'a_b_c'", False, id="like-underscores-need-characters"),
+    p("'azbzc' LIKE 'a_b_c'", True, id="like-underscores"),
+    p("'azbzc' LIKE 'a\\_b\\_c'", False, id="like-escaped-underscores"),
+    p("'a%b%c' LIKE 'a\\%b\\%c'", True, id="like-escaped-percents"),
+    # 3.4.3 escapes only % and _: any other backslash is itself.
+    p("'ab\\c' LIKE 'ab\\c'", True, id="like-other-backslash-is-literal"),
+    p("'abc' LIKE 'ab\\c'", False, id="like-backslash-not-dropped"),
+    p("'x\\%' LIKE 'x\\\\%'", True, id="like-backslash-then-escaped-percent"),
+    p("'日本語' LIKE '日_語'", True, id="like-underscore-is-a-character"),
+    p("'😀' LIKE '_'", True, id="like-astral-character"),
+    p("234 LIKE '23_'", True, id="like-integer-cast"),
+    p("2344 LIKE '23_'", False, id="like-integer-cast-too-long"),
+    p("TRUE LIKE 'tr%'", True, id="like-boolean-cast"),
+    p("FALSE LIKE 'tr%'", False, id="like-false-cast"),
+    p("'abc' NOT LIKE 'abc'", False, id="not-like-exact"),
+    p("blob LIKE 'AA%'", True, id="like-binary-as-base64"),
     p("sequence LIKE '1%'", True, id="like-casts-left-to-string"),
     p("missing LIKE '%'", False, MissingAttributeError, id="like-missing"),
     # EXISTS (3.4.4)
     p("EXISTS subject", True, id="exists"),
     p("EXISTS nothere", False, id="exists-absent"),
     p("exists id", True, id="exists-required"),
+    p("EXISTS blob", True, id="exists-extension"),
     # IN (3.4.5)
     p("type IN ('a', 'dev.headwater.telemetry')", True, id="in"),
     p("type NOT IN ('a', 'b')", True, id="not-in"),
     p("sequence IN ('10', 11)", True, id="in-casts-to-left-type"),
-    p("sequence IN ('x', 10)", True, id="in-skips-uncastable-when-found"),
+    # 3.1: a Set is unordered, so every element is cast and every failed cast
+    # reported, wherever the match is (the value stays the one found).
+    p("sequence IN ('x', 10)", True, CastError, id="in-reports-uncastable-even-when-found"),
+    p("sequence IN (10, 'x')", True, CastError, id="in-error-independent-of-order"),
     p("sequence IN ('x', 11)", False, CastError, id="in-uncastable-element"),
     p("missing IN ('a')", False, MissingAttributeError, id="in-missing"),
+    # 3.2: the IN operation references a missing attribute: its zero value.
+    p("id IN (missing, '42')", False, MissingAttributeError, id="in-missing-element"),
     p("1 + 1 IN (2)", 1, id="in-binds-tighter-than-plus"),
     p("id IN (sequence, 42)", True, id="in-with-expressions"),
+    p("123 IN (1, 12, 123)", True, id="in-integers"),
+    p("123 NOT IN (1, 12, 123)", False, id="not-in-integers"),
+    p("'true' IN (TRUE, 'false')", True, id="in-element-cast-to-string"),
+    p("'true' IN ('TRUE', 'false')", False, id="in-strings-case-sensitive"),
+    p("TRUE IN ('true', 'false')", True, id="in-element-cast-to-boolean"),
+    p("'TRUE' IN (TRUE, 'false')", False, id="in-boolean-element-as-string"),
+    p("1 IN ('1', '2')", True, id="in-element-cast-to-integer"),
+    p("'1' IN (1, 2)", True, id="in-integer-element-as-string"),
+    p("0 IN ('x')", True, CastError, id="in-failed-cast-uses-its-zero"),
+    p("blob IN ('AAE=')", True, id="in-binary-as-base64"),
     # functions (3.5)
     p("LENGTH('héllo')", 5, id="length-characters"),
+    p("LENGTH('😀')", 1, id="length-astral"),
+    p("LENGTH('')", 0, id="length-empty"),
+    p("LENGTH(TRUE)", 4, id="length-casts-boolean"),
+    p("CONCAT('a')", "a", id="concat-one"),
+    p("CONCAT('a', 'b', 'c')", "abc", id="concat-three"),
+    p("CONCAT_WS(',', 'a')", "a", id="concat-ws-one"),
+    p("CONCAT_WS()", False, MissingFunctionError, id="concat-ws-needs-delimiter"),
+    p("TRIM('\u3000a b\u2003')", "a b", id="trim-unicode-whitespace"),
+    p("TRIM('\x01a')", "\x01a", id="trim-keeps-control-characters"),
+    p("LEFT('', 0)", "", id="left-empty"),
+    p("RIGHT('abc', 10)", "abc", id="right-longer"),
+    p("LEFT('abc', 'x')", "", CastError, id="left-length-cast-fails"),
+    p("SUBSTRING('Quadratically', 5)", "ratically", id="substring-middle"),
+    p("SUBSTRING('Sakila', -3)", "ila", id="substring-from-end"),
+    p("SUBSTRING('Sakila', -5, 3)", "aki", id="substring-from-end-length"),
+    p("SUBSTRING('Quadratically', 0, 1)", "", id="substring-zero-with-length"),
+    p("SUBSTRING('abcdef', 6)", "f", id="substring-last"),
+    p("SUBSTRING('abcdef', -6)", "abcdef", id="substring-first-from-end"),
+    p("SUBSTRING('abcdef', 10, 10)", "", FunctionEvaluationError, id="substring-past-end-len"),
+    p("SUBSTRING('abcdef', -10, 10)", "", FunctionEvaluationError, id="substring-before-len"),
+    p("SUBSTRING('', 0)", "", id="substring-empty"),
+    p("ABS(0)", 0, id="abs-zero"),
+    p("ABS(10)", 10, id="abs-positive"),
+    p("INT('+5')", 5, id="int-cast-plus-sign"),
+    p("INT('-2147483648')", -2147483648, id="int-cast-minimum"),
+    p("INT(' 5')", 0, CastError, id="int-cast-no-spaces"),
+    p("INT('٣')", 0, CastError, id="int-cast-ascii-digits-only"),
+    p("INT('1.5')", 0, CastError, id="int-cast-no-decimals"),
+    p("INT(-1)", -1, id="int-identity"),
+    p("BOOL('False')", False, id="bool-cast-mixed-case"),
+    p("BOOL(-50)", True, id="bool-of-negative"),
+    p("BOOL(TRUE)", True, id="bool-identity"),
+    p("STRING('abc')", "abc", id="string-identity"),
+    p("STRING(INT('007'))", "7", id="string-of-int-cast"),
+    p("INT(STRING(7)) + 1", 8, id="nested-casts"),
     p("CONCAT()", "", id="concat-none"),
     p("CONCAT('a', 1, true)", "a1true", id="concat-casts"),
     p("CONCAT_WS('-', 'a', 'b', 'c')", "a-b-c", id="concat-ws"),
@@ -206,7 +342,7 @@ def test_semantics(text: str, value: Any, errors: list[type]) -> None:
         pytest.param("+ a", "'+' must be followed directly by digits", 1, id="unary-plus"),
         pytest.param("F_1(2)", "'F_1' is not a valid function name", 1, id="bad-function-name"),
         pytest.param("LENGTH('a'", "expected ',' or ')' in the arguments", 11, id="open-call"),
-        pytest.param("(" * 300 + "1" + ")" * 300, "nested deeper than 200", 201, id="too-deep"),
+        pytest.param("(" * 300 + "1" + ")" * 300, "nested deeper than 128", 129, id="too-deep"),
     ],
 )
 def test_parse_errors(text: str, reason: str, column: int) -> None:
@@ -215,6 +351,38 @@ def test_parse_errors(text: str, reason: str, column: int) -> None:
     assert reason in info.value.reason
     assert (info.value.line, info.value.column) == (1, column)
     assert "^" in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "value", "errors"), CASES)
+def test_matches_agrees_with_evaluate(text: str, value: Any, errors: list[type]) -> None:
+    # matches() has fast paths of its own (fail-fast mode); they must decide
+    # exactly as the 1.2 rule applied to evaluate() does, for dicts and events.
+    expression = cesql.compile(text)
+    expected = value is True and not errors
+    assert expression.matches(EVENT) is expected
+    assert expression.matches(CloudEvent(EVENT)) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "value", "errors"),
+    [
+        pytest.param(None, False, [MissingAttributeError], id="none-is-absent"),
+        pytest.param(1.5, "1.5", [], id="float-as-string"),
+        pytest.param(2**40, "1099511627776", [], id="int-beyond-32-bits-as-string"),
+        pytest.param(b"\xff", "/w==", [], id="bytes-as-base64"),
+        pytest.param(-(2**31), -(2**31), [], id="int32-min"),
+    ],
+)
+def test_plain_mapping_values_are_cesql_values(raw: Any, value: Any, errors: list[type]) -> None:
+    # 3.2: "If the value of the attribute or extension is not one of the
+    # primitive CESQL types, it MUST be represented by the String type."
+    assert evaluate("x", {"x": raw}) == (value, errors)
+
+
+def test_an_int_beyond_32_bits_never_matches_an_integer() -> None:
+    # The String "4294967296" overflows the cast to Integer: 0 and a CastError.
+    assert evaluate("x = 0", {"x": 2**32}) == (True, [CastError])
+    assert not cesql.compile("x = 0").matches({"x": 2**32})
 
 
 def test_parse_error_on_a_later_line() -> None:

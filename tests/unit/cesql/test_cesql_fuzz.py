@@ -100,3 +100,47 @@ def test_valid_expressions_never_raise_and_return_a_cesql_value(
         assert -(2**31) <= result.value <= 2**31 - 1
     assert all(isinstance(e, cesql.CesqlError) for e in result.errors)
     assert expression.matches(event) == (result.value is True and not result.errors)
+
+
+ANY_VALUE = st.one_of(
+    VALUES,
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.sampled_from(["greenhouse/1", "greenhouse/", "%", "_", "日本", "a\\b", "٣", "0031"]),
+)
+SHAPES = st.sampled_from(
+    [
+        "x = 'greenhouse/1'",
+        "x != 'a'",
+        "x <> 10",
+        "x = 10",
+        "x = true",
+        "x != false",
+        "x > 30",
+        "INT(x) >= -5",
+        "x < 0",
+        "x LIKE 'greenhouse/%'",
+        "x LIKE '%a%'",
+        "x NOT LIKE '_'",
+        "x LIKE 'a\\b'",
+        "x IN ('a', 'greenhouse/1', 10, true)",
+        "x NOT IN (10, 0031)",
+        "x IN ('x', 1)",
+        "EXISTS x",
+        "x = 'a' AND x = 'a'",
+        "x = 10 OR NOT x = 'b'",
+        "x > 1 XOR x < 1",
+    ]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(SHAPES, ANY_VALUE)
+def test_fast_paths_of_matches_agree_with_evaluate(text: str, value: Any) -> None:
+    # matches() takes the common shapes inline; whatever the attribute holds,
+    # it must decide exactly as evaluate() and the 1.2 rule do.
+    expression = cesql.compile(text)
+    event = {"id": "1", "x": value}
+    result = expression.evaluate(event)
+    assert expression.matches(event) == (result.value is True and not result.errors)
