@@ -70,7 +70,8 @@ def _literal_matcher(head: str, middle: list[str], tail: str) -> Callable[[str],
         least = len(head) + len(tail)
         return lambda value: len(value) >= least and value.startswith(head) and value.endswith(tail)
     if not head and not tail and len(middle) == 1:
-        return middle[0].__contains__
+        (inner,) = middle
+        return lambda value: inner in value
     least = len(head) + len(tail) + sum(map(len, middle))
 
     def match(value: str) -> bool:
