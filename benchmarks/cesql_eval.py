@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from headwater import cesql
 from headwater.cloudevents import CloudEvent
 
 
-def make_events(count: int) -> list[dict[str, Any]]:
+def make_events(count: int) -> list[CloudEvent]:
     rng = random.Random(7)
     types = ["dev.headwater.telemetry", "dev.headwater.command", "dev.headwater.status"]
     zones = ["greenhouse", "barn", "field"]
@@ -41,7 +41,7 @@ def make_events(count: int) -> list[dict[str, Any]]:
         }
         if rng.random() < 0.8:
             attributes["temperature"] = str(rng.randint(10, 40))
-        events.append(CloudEvent(attributes)._attributes)
+        events.append(CloudEvent(attributes))
     return [events[i % len(events)] for i in range(count)]
 
 
@@ -52,7 +52,8 @@ def _int(value: Any) -> int:
         return 0
 
 
-FILTERS: list[tuple[str, str, Callable[[Mapping[str, Any]], bool]]] = [
+# The lambdas use only .get, `in` and [], so they take a dict or a CloudEvent.
+FILTERS: list[tuple[str, str, Callable[[Any], bool]]] = [
     (
         "single equality",
         "type = 'dev.headwater.telemetry'",
@@ -82,11 +83,25 @@ FILTERS: list[tuple[str, str, Callable[[Mapping[str, Any]], bool]]] = [
 ]
 
 
-def rate(check: Callable[[Mapping[str, Any]], bool], events: list[dict[str, Any]]) -> float:
+def rate(check: Callable[[Any], bool], events: list[Any]) -> float:
     started = time.perf_counter()
-    for attributes in events:
-        check(attributes)
+    for event in events:
+        check(event)
     return len(events) / (time.perf_counter() - started)
+
+
+def compare(title: str, events: list[Any], rounds: int) -> None:
+    print(f"\n{title}")
+    print(f"{'filter':<18} {'lambda/s':>12} {'cesql/s':>12} {'cesql/lambda':>13}")
+    for name, text, floor_check in FILTERS:
+        matches = cesql.compile(text).matches
+        # Same answers first: the benchmark compares equal work.
+        assert all(matches(e) == bool(floor_check(e)) for e in events[:1000]), name
+        floor = ours = 0.0
+        for _ in range(rounds):
+            floor = max(floor, rate(floor_check, events))
+            ours = max(ours, rate(matches, events))
+        print(f"{name:<18} {floor:>12,.0f} {ours:>12,.0f} {ours / floor:>12.2f}x")
 
 
 def main() -> None:
@@ -95,18 +110,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     events = make_events(args.events)
-    print(f"{args.events} evaluations per round, best of {args.rounds} rounds")
-    print(f"{'filter':<18} {'lambda/s':>12} {'cesql/s':>12} {'cesql/lambda':>13}")
-    for name, text, by_hand in FILTERS:
-        matches = cesql.compile(text).matches
-        # Same answers first: the benchmark compares equal work.
-        assert all(matches(e) == bool(by_hand(e)) for e in events[:1000]), name
-        floor = ours = 0.0
-        for _ in range(args.rounds):
-            floor = max(floor, rate(by_hand, events))
-            ours = max(ours, rate(matches, events))
-        print(f"{name:<18} {floor:>12,.0f} {ours:>12,.0f} {ours / floor:>12.2f}x")
-    print("targets: realistic mix >= 0.33x of the lambda; single equality >= 1,000,000/s")
+    print(f"{args.events:,} evaluations per round and filter, best of {args.rounds} rounds")
+    # Plain dicts: the strictest comparison, as the lambda pays no API cost.
+    mappings = [event._attributes for event in events]
+    compare("attribute dicts", mappings, args.rounds)
+    # CloudEvents, as a Trigger passes them; the lambda reads them through
+    # the public mapping API (event.get, `in`).
+    compare("CloudEvent objects", events, args.rounds)
+    print("\ntargets: realistic mix >= 0.33x of the lambda; single equality >= 1,000,000/s")
 
 
 if __name__ == "__main__":

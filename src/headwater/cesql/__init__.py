@@ -164,14 +164,14 @@ def _matcher(compiler: Compiler, tree: Node, fn: Fn, result_type: str | None) ->
 
         def matches_one(event: Any) -> bool:
             if type(event) is not dict:
-                event = _attributes(event)
+                event = event._attributes if type(event) is CloudEvent else _attributes(event)
             return test(event) is True
 
         return matches_one
 
     def matches_all(event: Any) -> bool:
         if type(event) is not dict:
-            event = _attributes(event)
+            event = event._attributes if type(event) is CloudEvent else _attributes(event)
         # 3.6: AND short-circuits; fail fast on the first operand not TRUE.
         for test in tests:  # noqa: SIM110 (a plain loop is faster than all() here)
             if test(event) is not True:
