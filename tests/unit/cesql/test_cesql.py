@@ -460,11 +460,90 @@ def test_user_defined_functions_with_overloads() -> None:
         pytest.param(
             lambda r: r.register("X", len, ["Float"], "String"), "unknown type", id="bad-type"
         ),
+        pytest.param(
+            lambda r: r.register("X1", len, [], "String"), "not a CESQL function name", id="digit"
+        ),
+        pytest.param(
+            lambda r: r.register("_X", len, [], "String"), "not a CESQL function name", id="under"
+        ),
+        pytest.param(
+            lambda r: r.register("X", len, [], "String", variadic=True),
+            "needs a parameter type",
+            id="variadic-without-parameters",
+        ),
+        pytest.param(
+            lambda r: (
+                r.register("ABC", len, ["String"] * 3, "Integer", variadic=True),
+                r.register("ABC", len, ["String"] * 3, "Integer"),
+            ),
+            "more fixed parameters than the arity",
+            id="spec-invalid-example",
+        ),
     ],
 )
 def test_invalid_function_definitions_are_rejected(register: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         register(cesql.default_functions.copy())
+
+
+def test_user_function_reports_an_error_with_its_value() -> None:
+    # 3.5.3: a function in error "MUST still return a valid return value".
+    def safe_div(x: int, y: int) -> int:
+        if y == 0:
+            raise cesql.FunctionFailed(FunctionEvaluationError("SAFE_DIV: y is 0"), -1)
+        return x // y
+
+    registry = cesql.default_functions.copy()
+    registry.register("safe_div", safe_div, [cesql.INTEGER, cesql.INTEGER], cesql.INTEGER)
+    expression = cesql.compile("SAFE_DIV(sequence, 0) = -1", registry)
+    assert expression.evaluate(EVENT) == cesql.Result(
+        True, [FunctionEvaluationError("SAFE_DIV: y is 0")]
+    )
+    assert not expression.matches(EVENT)
+    assert cesql.compile("Safe_Div('9', 2)", registry).evaluate(EVENT).value == 4
+
+
+def test_user_function_arguments_are_cast_and_missing_ones_skip_the_call() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def record(*args: Any) -> bool:
+        calls.append(args)
+        return True
+
+    registry = cesql.default_functions.copy()
+    registry.register("REC", record, [cesql.STRING, cesql.BOOLEAN], cesql.BOOLEAN, variadic=True)
+    assert cesql.compile("REC(sequence, 'TRUE', 1)", registry).matches(EVENT)
+    assert calls == [("10", True, True)]
+    assert cesql.compile("REC(missing)", registry).evaluate(EVENT) == cesql.Result(
+        False, [MissingAttributeError("the event has no attribute 'missing'")]
+    )
+    assert len(calls) == 1  # 3.2: the zero value, without calling the function
+
+
+def test_the_spec_example_of_valid_overloads() -> None:
+    # 3.5: ABC(x), ABC(x, y) and ABC(x, y, z, ...) may live together.
+    registry = cesql.default_functions.copy()
+    registry.register("ABC", lambda x: 1, ["String"], "Integer")
+    registry.register("ABC", lambda x, y: 2, ["String"] * 2, "Integer")
+    registry.register("ABC", lambda *xs: len(xs), ["String"] * 4, "Integer", variadic=True)
+    values = [
+        cesql.compile(f"ABC({', '.join(['1'] * n)})", registry).evaluate({}).value for n in range(6)
+    ]
+    assert values == [False, 1, 2, 3, 4, 5]  # no ABC() at all: MissingFunctionError
+
+
+def test_register_function_extends_the_default_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cesql, "default_functions", cesql.default_functions.copy())
+    cesql.register_function("TWICE", lambda s: s + s, [cesql.STRING], cesql.STRING)
+    assert cesql.compile("TWICE('ab')").evaluate({}).value == "abab"
+
+
+def test_a_registry_resolves_at_compile_time() -> None:
+    registry = cesql.default_functions.copy()
+    expression = cesql.compile("LATER(1)", registry)
+    registry.register("LATER", lambda x: x, [cesql.INTEGER], cesql.INTEGER)
+    assert expression.evaluate({}).value is False  # compiled before LATER existed
+    assert cesql.compile("LATER(1)", registry).evaluate({}).value == 1
 
 
 def test_result_of_an_attribute_of_each_type() -> None:
