@@ -484,8 +484,7 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
         except (OSError, InvalidEvent) as exc:
             fail(f"cannot read the event: {exc}", 2)
     result = compiled.evaluate(event)
-    value = result.value
-    click.echo(("true" if value else "false") if isinstance(value, bool) else repr(value))
+    click.echo(cesql.format_value(result.value))
     for error in result.errors:
         click.echo(f"{type(error).__name__}: {error.message}", err=True)
     click.echo(f"matches: {'yes' if compiled.matches(event) else 'no'}", err=True)

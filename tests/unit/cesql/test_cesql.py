@@ -392,6 +392,15 @@ def test_parse_error_on_a_later_line() -> None:
     assert str(info.value).endswith("  AND = 1\n        ^")
 
 
+@pytest.mark.parametrize("name", ["id", "source", "specversion", "type"])
+def test_exists_is_true_for_required_attributes_whatever_the_input(name: str) -> None:
+    # 3.4.4: "EXISTS MUST always return true for the REQUIRED context
+    # attributes because the input CloudEvent is always assumed valid".
+    expression = cesql.compile(f"EXISTS {name}")
+    assert expression.evaluate({}) == cesql.Result(True, [])
+    assert expression.matches({})
+
+
 def test_keywords_are_case_insensitive() -> None:
     assert evaluate("exists subject and not (sequence in (1, 2)) or false") == (True, [])
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from headwater import cesql
 from headwater.cli import main
 
 
@@ -40,3 +41,21 @@ def test_unreadable_event_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["cesql", "true", "--event", str(bad)])
     assert result.exit_code == 2
     assert "cannot read the event: specversion: is required" in result.stderr
+
+
+def test_a_string_value_prints_as_a_cesql_literal() -> None:
+    result = CliRunner().invoke(main, ["cesql", "CONCAT('it', \"'s\")"])
+    assert result.exit_code == 0
+    assert result.stdout == "'it''s'\n"
+    assert "matches: no" in result.stderr
+
+
+def test_the_printed_value_reads_back_as_the_same_value() -> None:
+    for text in ("'a''b'", "-2147483648", "TRUE", "''"):
+        value = cesql.compile(text).evaluate({}).value
+        assert cesql.compile(cesql.format_value(value)).evaluate({}).value == value
+
+
+def test_usage_errors_exit_2() -> None:
+    assert CliRunner().invoke(main, ["cesql"]).exit_code == 2
+    assert CliRunner().invoke(main, ["cesql", "true", "--bogus"]).exit_code == 2
