@@ -43,45 +43,50 @@ class MemoryHarness:
         await self._log.close()
 
 
-class SqliteHarness:
+class _StoredHarness:
+    """A backend with storage outside the log object: reopen = close and open anew."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._logs: list[EventLog] = []
+
+    async def _new_log(self) -> EventLog:
+        raise NotImplementedError
+
+    async def open(self) -> EventLog:
+        log = await self._new_log()
+        self._logs.append(log)
+        return log
+
+    async def reopen(self, log: EventLog) -> EventLog:
+        await log.close()
+        return await self.open()
+
+    async def aclose(self) -> None:
+        for log in self._logs:
+            await log.close()
+
+
+class SqliteHarness(_StoredHarness):
     name = "sqlite"
 
     def __init__(self, directory: Path, durability: Durability = "normal") -> None:
+        super().__init__()
         self._path = directory / "log.db"
         self._durability = durability
-        self._logs: list[SqliteLog] = []
 
-    async def open(self) -> EventLog:
-        log = await SqliteLog.open(self._path, durability=self._durability, poll_interval=0.05)
-        self._logs.append(log)
-        return log
-
-    async def reopen(self, log: EventLog) -> EventLog:
-        await log.close()
-        return await self.open()
-
-    async def aclose(self) -> None:
-        for log in self._logs:
-            await log.close()
+    async def _new_log(self) -> EventLog:
+        return await SqliteLog.open(self._path, durability=self._durability, poll_interval=0.05)
 
 
-class JetStreamHarness:
+class JetStreamHarness(_StoredHarness):
     name = "jetstream"
 
     def __init__(self, url: str, namespace: str) -> None:
+        super().__init__()
         self._url = url
         self._namespace = namespace
-        self._logs: list[JetStreamLog] = []
 
-    async def open(self) -> EventLog:
-        log = JetStreamLog(self._url, namespace=self._namespace, request_timeout=5)
-        self._logs.append(log)
-        return log
-
-    async def reopen(self, log: EventLog) -> EventLog:
-        await log.close()
-        return await self.open()
-
-    async def aclose(self) -> None:
-        for log in self._logs:
-            await log.close()
+    async def _new_log(self) -> EventLog:
+        return JetStreamLog(self._url, namespace=self._namespace, request_timeout=5)

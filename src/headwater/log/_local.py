@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Final, Protocol, Self
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 from headwater.log._cursor import Cursor
-from headwater.log.base import DEFAULT_BATCH, Entry, LogClosed, LogError, Start, check_name
+from headwater.log.base import (
+    DEFAULT_BATCH,
+    Entry,
+    LogError,
+    ReaderBase,
+    Start,
+)
 
 FOREVER_WAIT: Final = 3600.0
 """How long one wait of ``async for`` lasts before it simply waits again."""
@@ -59,35 +65,22 @@ class LocalBackend(Protocol):
     async def flush_positions(self) -> None: ...
 
 
-class LocalReader:
+class LocalReader(ReaderBase):
     """A reader handle of the memory and SQLite backends (see :class:`headwater.log.Reader`)."""
 
     def __init__(self, backend: LocalBackend, stream: str, consumer: str, start: Start) -> None:
+        super().__init__(stream, consumer, start)
         self._backend = backend
-        self._stream = check_name("stream", stream)
-        self._consumer = check_name("consumer", consumer)
-        self._start = start
         self._cursor: Cursor | None = None
         self._unacked: set[int] = set()
         self._save_pending = False
-        self._closed = False
-
-    @property
-    def stream(self) -> str:
-        return self._stream
-
-    @property
-    def consumer(self) -> str:
-        return self._consumer
 
     async def _open(self) -> Cursor:
-        if self._closed:
-            raise LogClosed(f"reader {self._consumer!r} of {self._stream!r} is closed")
+        self._check_open()
         cursor = self._cursor
         if cursor is None:
             cursor = await self._backend.open_cursor(self._stream, self._consumer, self._start)
-            if self._closed:  # closed while opening
-                raise LogClosed(f"reader {self._consumer!r} of {self._stream!r} is closed")
+            self._check_open()  # closed while opening
             self._cursor = cursor
         return cursor
 
@@ -118,8 +111,7 @@ class LocalReader:
                     await waiter.wait()
             except TimeoutError:
                 pass
-            if self._closed:
-                raise LogClosed(f"reader {self._consumer!r} of {self._stream!r} is closed")
+            self._check_open()
 
     async def _take(self, cursor: Cursor, limit: int) -> list[Entry]:
         backend = self._backend
@@ -179,17 +171,3 @@ class LocalReader:
             with contextlib.suppress(LogError):  # the stream or log may be gone already
                 self._backend.signal(self._stream).notify()  # wake readers of given-back entries
                 await self._backend.flush_positions()
-
-    def __aiter__(self) -> AsyncIterator[Entry]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Entry]:
-        while True:
-            for entry in await self.next_batch(DEFAULT_BATCH, timeout=None):
-                yield entry
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()

@@ -379,6 +379,66 @@ class EventLog(Protocol):
     async def __aexit__(self, *exc_info: object) -> None: ...
 
 
+class ReaderBase:
+    """What every reader shares: its names, the closed check, ``async for`` and
+    ``async with`` (on top of the subclass's ``next_batch`` and ``close``)."""
+
+    def __init__(self, stream: str, consumer: str, start: Start) -> None:
+        self._stream = check_name("stream", stream)
+        self._consumer = check_name("consumer", consumer)
+        self._start = start
+        self._closed = False
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosed(f"reader {self._consumer!r} of {self._stream!r} is closed")
+
+    async def next_batch(
+        self,
+        max: int = DEFAULT_BATCH,
+        timeout: float | None = 0,  # noqa: ASYNC109 (waiting for a first entry is the contract)
+    ) -> list[Entry]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[Entry]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Entry]:
+        while True:
+            for entry in await self.next_batch(DEFAULT_BATCH, timeout=None):
+                yield entry
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class EventLogBase:
+    """``async with`` for an event log, on top of its ``close``."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
 def as_event_list(events: Sequence[CloudEvent]) -> Sequence[CloudEvent]:
     """``events`` as a sequence that can be walked twice; a single event passed where a
     sequence is expected (a common slip) is a TypeError."""

@@ -38,9 +38,9 @@ import contextlib
 import hashlib
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 import nats
 import nats.errors
@@ -56,12 +56,14 @@ from headwater.log.base import (
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
     Entry,
+    EventLogBase,
     EventTooLarge,
     InvalidAck,
     LogClosed,
     LogCorrupted,
     LogError,
     LogUnavailable,
+    ReaderBase,
     Start,
     StartKind,
     StreamConfig,
@@ -133,7 +135,7 @@ def _translate(exc: BaseException, stream: str | None = None) -> LogError:
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
-class JetStreamLog:
+class JetStreamLog(EventLogBase):
     """An :class:`~headwater.log.EventLog` on NATS JetStream (see the module docstring)."""
 
     def __init__(
@@ -375,12 +377,6 @@ class JetStreamLog:
             with contextlib.suppress(*_NATS_ERRORS):
                 await nc.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     # -- for readers ----------------------------------------------------------------------
 
     def _consumer_config(self, consumer: str, start: Start, base: int) -> Any:
@@ -464,33 +460,18 @@ def _position(info: Any) -> tuple[str, int]:
     return name, floor if floor > 0 else base
 
 
-class JetStreamReader:
+class JetStreamReader(ReaderBase):
     """A pull subscription on a durable JetStream consumer (see :class:`headwater.log.Reader`)."""
 
     def __init__(self, log: JetStreamLog, stream: str, consumer: str, start: Start) -> None:
+        super().__init__(stream, consumer, start)
         self._log = log
-        self._stream = check_name("stream", stream)
-        self._consumer = check_name("consumer", consumer)
-        self._start = start
         self._sub: Any = None
         self._keeper: asyncio.Task[None] | None = None
         self._base = 0
         self._skipped: list[Any] = []
         self._held: dict[int, Any] = {}  # offset -> message handed out, not yet acked
         self._delivered = 0
-        self._closed = False
-
-    @property
-    def stream(self) -> str:
-        return self._stream
-
-    @property
-    def consumer(self) -> str:
-        return self._consumer
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LogClosed(f"reader {self._consumer!r} of {self._stream!r} is closed")
 
     async def _subscription(self) -> Any:
         self._check_open()
@@ -605,17 +586,3 @@ class JetStreamReader:
             if sub is not None:
                 await sub.unsubscribe()
             await self._log._flush()
-
-    def __aiter__(self) -> AsyncIterator[Entry]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Entry]:
-        while True:
-            for entry in await self.next_batch(DEFAULT_BATCH, timeout=None):
-                yield entry
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()

@@ -15,7 +15,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import Final, Self
+from typing import Final
 
 from headwater.cloudevents import CloudEvent
 from headwater.log import _codec
@@ -25,6 +25,7 @@ from headwater.log.base import (
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
     Entry,
+    EventLogBase,
     EventTooLarge,
     LogClosed,
     Start,
@@ -113,7 +114,7 @@ class _Stream:
         return self.first + bisect_left(self.times, timestamp, self.head) - self.head
 
 
-class MemoryLog:
+class MemoryLog(EventLogBase):
     """An :class:`~headwater.log.EventLog` held in this process's memory."""
 
     poll_interval: float | None = None
@@ -204,12 +205,6 @@ class MemoryLog:
         self._closed = True
         for s in self._streams.values():
             s.signal.notify()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- LocalBackend ----------------------------------------------------------
 

@@ -46,7 +46,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, Self, TypeVar
+from typing import Final, TypeVar
 
 from headwater.cloudevents import CloudEvent
 from headwater.log._codec import CorruptRecord, decode, encode
@@ -69,6 +69,7 @@ from headwater.log.base import (
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
     Entry,
+    EventLogBase,
     LogClosed,
     LogCorrupted,
     LogUnavailable,
@@ -96,7 +97,7 @@ _IN_CHUNK: Final = 500
 __all__ = ["APPLICATION_ID", "DEFAULT_POLL_INTERVAL", "SCHEMA_VERSION", "Durability", "SqliteLog"]
 
 
-class SqliteLog:
+class SqliteLog(EventLogBase):
     """An :class:`~headwater.log.EventLog` in one SQLite file (see the module docstring)."""
 
     def __init__(
@@ -347,12 +348,6 @@ class SqliteLog:
         self._read_conn.close()
         for signal in self._signals.values():
             signal.notify()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- LocalBackend --------------------------------------------------------------------
 
