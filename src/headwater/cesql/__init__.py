@@ -19,7 +19,9 @@ Where the spec leaves room (each choice is tested):
 - ``1-1`` is a subtraction (2.3's EBNF), not ``1`` followed by ``-1`` as the
   lexer grammar alone would read it.
 - Identifiers with upper-case letters are a ParseError: 2.2 says they MUST
-  follow the attribute naming convention, so they could never match.
+  follow the attribute naming convention, so they could never match. Longer
+  names than the 20 characters 2.2 advises (SHOULD NOT) are accepted, as
+  events may carry such extensions.
 - Strings escape their own quote with a backslash or by doubling it (the
   lexer grammar allows both); other backslashes are kept, and LIKE treats
   only ``\%`` and ``\_`` as escapes (3.4.3).

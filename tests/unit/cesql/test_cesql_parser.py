@@ -41,6 +41,9 @@ def value(text: str) -> Any:
         # 2.2: value identifiers are lower-case letters and digits.
         pytest.param("x1", "v", id="identifier-with-digit"),
         pytest.param("1x", 2, id="identifier-starting-with-digit"),
+        # 2.2: a value identifier "SHOULD NOT be greater than 20 characters":
+        # advice to authors; a longer extension name is still addressable.
+        pytest.param("EXISTS abcdefghijklmnopqrstuvwxyz", False, id="long-identifier"),
         # 2.2: integer literals, signed, 32-bit.
         pytest.param("2147483647", 2147483647, id="int32-max"),
         pytest.param("+2147483647", 2147483647, id="int32-max-plus-sign"),
