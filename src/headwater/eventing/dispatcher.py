@@ -6,8 +6,9 @@ for each match; filtered-out entries are acknowledged straight away. Every
 other entry is acknowledged only after its delivery ended (delivered,
 dead-lettered or dropped), in bulk every few milliseconds, and the log turns
 those acks into a low-water mark, so after a crash delivery resumes at the
-oldest unfinished event: at least once, never skipped. A Trigger is a dispatcher with a filter on a Broker's stream; a
-Subscription is one without a filter on a Channel's stream.
+oldest unfinished event: at least once, never skipped. A Trigger is a
+dispatcher with a filter on a Broker's stream; a Subscription is one without
+a filter on a Channel's stream.
 
 Two orderings, as Knative's Kafka broker has them:
 
@@ -17,7 +18,8 @@ Two orderings, as Knative's Kafka broker has them:
   At most ``max_inflight`` events are buffered or in flight in total.
 
 Reading stops while ``max_inflight`` events are unfinished (backpressure into
-the log, never dropping), so a slow subscriber holds back only its own cursor.
+the log, never dropping), so a slow subscriber holds back only its own cursor;
+it resumes when a quarter of the slots are free, to read in batches.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ class Dispatcher:
         self.start = start
         self.stats: DeliveryStats = deliverer.stats
         self._unfinished = 0
+        # Once full, reading resumes when a quarter of the slots are free again,
+        # so that a saturated dispatcher reads in batches rather than one by one.
+        self._refill_at = max_inflight - max(1, max_inflight // 4)
         self._room = asyncio.Event()
         self._room.set()
         self._queues: dict[object, collections.deque[Entry]] = {}
@@ -134,11 +139,11 @@ class Dispatcher:
                 tasks.create_task(self._ack_loop(reader))
                 while True:
                     await self._room.wait()
-                    free = self.max_inflight - self._unfinished
+                    wanted = min(self.max_inflight - self._unfinished, READ_BATCH)
                     try:
                         # A zero-timeout read opens (and, for a new consumer, pins) the cursor.
                         timeout = POLL_TIMEOUT if self._ready.is_set() else 0
-                        batch = await reader.next_batch(min(free, READ_BATCH), timeout=timeout)
+                        batch = await reader.next_batch(wanted, timeout=timeout)
                     except LogUnavailable as exc:
                         self.stats.last_error = f"log: {exc}"
                         log.warning("%s: log unavailable, retrying: %s", self.consumer, exc)
@@ -153,7 +158,7 @@ class Dispatcher:
                         await self.refresh_lag()
                     for entry in batch:
                         await self._dispatch(entry, tasks)
-                    if 0 < len(batch) < READ_LINGER_BELOW:
+                    if 0 < len(batch) < min(wanted, READ_LINGER_BELOW):  # the log ran dry
                         await asyncio.sleep(READ_LINGER)
         finally:
             await self._flush_acks(reader)  # what was delivered stays delivered
@@ -200,7 +205,8 @@ class Dispatcher:
             stats.in_flight -= 1
         # Reached only when the delivery ended (a cancelled one is not acked).
         self._unfinished -= 1
-        self._room.set()
+        if self._unfinished <= self._refill_at:
+            self._room.set()
         self._ack(entry.offset)
 
     def _ack(self, offset: int) -> None:
