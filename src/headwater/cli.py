@@ -477,6 +477,8 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
         compiled = cesql.compile(expression)
     except cesql.ParseError as exc:
         fail(f"invalid CESQL: {exc}")
+    for warning in compiled.warnings:
+        click.echo(f"warning: {type(warning).__name__}: {warning.message}", err=True)
     event: Any = {}
     if event_file is not None:
         try:

@@ -192,6 +192,14 @@ def _fast_int(value: str) -> int | None:
 class Compiler:
     def __init__(self, functions: FunctionRegistry) -> None:
         self.functions = functions
+        self.warnings: list[CesqlError] = []
+        """Errors certain to occur whenever their part of the expression is
+        evaluated, found while compiling (3.3: "Whenever possible, some error
+        checks SHOULD be done at compile time")."""
+
+    def warn(self, error: CesqlError) -> None:
+        if error not in self.warnings:
+            self.warnings.append(error)
 
     def compile(self, node: Node) -> tuple[Fn, str | None]:
         return getattr(self, "_" + node[0])(node)  # type: ignore[no-any-return]
@@ -207,6 +215,7 @@ class Compiler:
             value = CASTS[target](node[1], errors)
             if errors:
                 error = errors[0]
+                self.warn(error)
 
                 def failed_literal(a: Attributes, e: Errors) -> Any:
                     e.append(error)
@@ -333,6 +342,8 @@ class Compiler:
     def _arithmetic(self, op: str, left: Node, right: Node) -> Fn:
         lf, rf = self.typed(left, INTEGER), self.typed(right, INTEGER)
         compute = _ARITHMETIC[op]
+        if op in ("/", "%") and right[0] == "lit" and right[1] in (0, False, "0"):
+            self.warn(MathError(f"{op} 0: division by zero"))
 
         def arithmetic(a: Attributes, e: Errors) -> Any:
             x, y = lf(a, e), rf(a, e)
@@ -435,6 +446,7 @@ class Compiler:
         function = self.functions.resolve(name, len(args))
         if function is None:
             message = f"no function {name} taking {len(args)} argument(s)"
+            self.warn(MissingFunctionError(message))
 
             def missing_function(a: Attributes, e: Errors) -> Any:
                 # 3.5: "When a function invocation cannot be dispatched, the

@@ -555,6 +555,21 @@ def test_a_registry_resolves_at_compile_time() -> None:
     assert cesql.compile("LATER(1)", registry).evaluate({}).value == 1
 
 
+@pytest.mark.parametrize(
+    ("text", "warnings"),
+    [
+        pytest.param("type = 'x'", [], id="none"),
+        pytest.param("false AND 'abc' + 1 = 1", [CastError], id="failed-literal-cast"),
+        pytest.param("NOPE(1) OR NOPE(1)", [MissingFunctionError], id="missing-function-once"),
+        pytest.param("sequence % 0 = 0", [MathError], id="modulo-by-literal-zero"),
+        pytest.param("LENGTH(1, 2) OR 1 / '0' = 0", [MissingFunctionError, MathError], id="two"),
+    ],
+)
+def test_compile_time_warnings(text: str, warnings: list[type]) -> None:
+    # 3.3: "Whenever possible, some error checks SHOULD be done at compile time".
+    assert [type(w) for w in cesql.compile(text).warnings] == warnings
+
+
 def test_result_of_an_attribute_of_each_type() -> None:
     assert evaluate("enabled") == (True, [])
     assert cesql.compile("sequence").type is None  # decided by the event

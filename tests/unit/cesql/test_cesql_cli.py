@@ -59,3 +59,10 @@ def test_the_printed_value_reads_back_as_the_same_value() -> None:
 def test_usage_errors_exit_2() -> None:
     assert CliRunner().invoke(main, ["cesql"]).exit_code == 2
     assert CliRunner().invoke(main, ["cesql", "true", "--bogus"]).exit_code == 2
+
+
+def test_compile_time_warnings_are_printed() -> None:
+    result = CliRunner().invoke(main, ["cesql", "false AND NOPE()"])
+    assert result.exit_code == 0
+    assert result.stdout == "false\n"
+    assert "warning: MissingFunctionError: no function NOPE taking 0 argument(s)" in result.stderr
