@@ -414,8 +414,10 @@ class Compiler:
 
     def _in(self, node: Node) -> tuple[Fn, str | None]:
         lf, _ = self.compile(node[1])
-        items = tuple(self.compile(item)[0] for item in node[2])
         negated = node[3]
+        if all(item[0] == "lit" for item in node[2]):
+            return _in_literals(lf, [item[1] for item in node[2]], negated), BOOLEAN
+        items = tuple(self.compile(item)[0] for item in node[2])
 
         def in_(a: Attributes, e: Errors) -> Any:
             x = lf(a, e)
@@ -603,6 +605,25 @@ def _typed_attribute(name: str, target: str) -> Fn:
         return value if value is MISSING else cast(value, e)
 
     return attribute_as
+
+
+def _in_literals(lf: Fn, literals: list[Any], negated: bool) -> Fn:
+    """``x IN (literal, ...)``: the set cast once per possible type of ``x`` (3.4.5)."""
+    table: dict[str, tuple[frozenset[Any], tuple[CesqlError, ...]]] = {}
+    for target, cast in CASTS.items():
+        errors: Errors = []
+        table[target] = (frozenset(cast(literal, errors) for literal in literals), tuple(errors))
+
+    def in_literals(a: Attributes, e: Errors) -> Any:
+        x = lf(a, e)
+        if x is MISSING:
+            return False
+        values, errors = table[type_of(x)]
+        if errors:
+            e.extend(errors)  # every element is cast, wherever the match is (3.1)
+        return (x in values) is not negated
+
+    return in_literals
 
 
 def _native_call(function: Function, fns: list[Fn]) -> Fn:
