@@ -139,14 +139,18 @@ def run_forwarder(sink_url: str) -> None:
     asyncio.run(main())
 
 
-def run_headwater(sink_url: str, data_dir: str, dialect: str) -> None:
+def run_headwater(sink_url: str, data_dir: str, dialect: str, commit_window: str) -> None:
     from headwater.eventing import Broker, HttpSink, Ingress, Trigger, new_session
     from headwater.log import EARLIEST
     from headwater.log.sqlite import SqliteLog
 
     async def main() -> None:
         async with (
-            await SqliteLog.open(Path(data_dir) / "bench.db", durability="normal") as log,
+            await SqliteLog.open(
+                Path(data_dir) / "bench.db",
+                durability="normal",
+                commit_window=float(commit_window),
+            ) as log,
             Broker("default", "bench", log) as broker,
             new_session() as session,
         ):
@@ -379,7 +383,11 @@ async def main_async(args: argparse.Namespace) -> None:
         urls: dict[str, str] = {}
         for name in ("forwarder", "headwater"):
             data_dir = stack.enter_context(tempfile.TemporaryDirectory())
-            extra = [sink] if name == "forwarder" else [sink, data_dir, args.filter]
+            extra = (
+                [sink]
+                if name == "forwarder"
+                else [sink, data_dir, args.filter, str(args.commit_window)]
+            )
             port = await stack.enter_async_context(child(name, *extra))
             urls[name] = f"http://127.0.0.1:{port}/default/bench"
         # Rounds alternate the systems, so that both see the same (shared) machine.
@@ -426,6 +434,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--filter", choices=("cesql", "prefix"), default="cesql")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best is reported")
+    parser.add_argument(
+        "--commit-window",
+        type=float,
+        default=0.0,
+        help="SqliteLog commit_window in seconds (0: the default, commit at once)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 
