@@ -41,7 +41,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -562,12 +562,6 @@ class _Connection:
             out.clear()
             self.link.write(data)
 
-    def pending_bytes(self) -> int:
-        return self.link.buffered() + sum(map(len, self._out))
-
-    def send_packet(self, packet: Any) -> None:
-        self.send(encode(packet, self.version))
-
     def disconnect(self, code: ReasonCode) -> None:
         """Send DISCONNECT (MQTT 5, after a CONNACK only [MQTT-3.14.0-1]) and close."""
         if self.v5 and self.connected and not self.closing and code in DISCONNECT_REASON_CODES:
@@ -604,6 +598,10 @@ class _Connection:
             self.disconnect(exc.reason_code)
         except (ConnectionError, TimeoutError, ssl.SSLError, OSError) as exc:
             logger.debug("connection %s ended: %r", self.link.peer, exc)
+        except Exception:
+            # A bug must cost this connection only, never the broker.
+            logger.exception("internal error on %s; closing it", self.client_id or self.link.peer)
+            self.disconnect(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
         finally:
             if self._keepalive_handle is not None:
                 self._keepalive_handle.cancel()
@@ -1389,19 +1387,25 @@ class MqttBroker:
         if listener.websocket:
             return await self._listen_websocket(listener)
 
+        bound = _Bound(listener, listener.host, listener.port)
+
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             ssl_object = writer.get_extra_info("ssl_object")
             cert_user = _cert_username(ssl_object, listener.cert_username)
-            await self._serve(_StreamLink(reader, writer), listener, cert_user)
+            await self._serve(_StreamLink(reader, writer), bound.listener, cert_user)
 
-        server = await asyncio.start_server(
+        bound.server = await asyncio.start_server(
             on_client, listener.host, listener.port, ssl=listener.ssl, backlog=4096
         )
-        host, port = server.sockets[0].getsockname()[:2]
-        logger.info("MQTT listening on %s (port %d)", listener.label, port)
-        return _Bound(listener, host, port, server=server)
+        # No await from here on: no connection is served before the real port is known.
+        bound.host, bound.port = bound.server.sockets[0].getsockname()[:2]
+        bound.listener = replace(listener, port=bound.port)
+        logger.info("MQTT listening on %s", bound.listener.label)
+        return bound
 
     async def _listen_websocket(self, listener: Listener) -> _Bound:
+        bound = _Bound(listener, listener.host, listener.port)
+
         async def handler(request: web.Request) -> web.StreamResponse:
             # [MQTT-6.0.0-3/4] the client offers and the server selects "mqtt".
             ws = web.WebSocketResponse(
@@ -1421,7 +1425,7 @@ class MqttBroker:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(link.pump())
                 try:
-                    await self._serve(link, listener, cert_user)
+                    await self._serve(link, bound.listener, cert_user)
                 finally:
                     link.close()
             return ws
@@ -1432,9 +1436,11 @@ class MqttBroker:
         await runner.setup()
         site = web.TCPSite(runner, listener.host, listener.port, ssl_context=listener.ssl)
         await site.start()
-        host, port = runner.addresses[0][:2]
-        logger.info("MQTT over WebSocket on %s (port %d)", listener.label, port)
-        return _Bound(listener, host, port, runner=runner)
+        bound.runner = runner
+        bound.host, bound.port = runner.addresses[0][:2]
+        bound.listener = replace(listener, port=bound.port)
+        logger.info("MQTT over WebSocket on %s%s", bound.listener.label, listener.path)
+        return bound
 
     async def _serve(self, link: _Link, listener: Listener, cert_user: str | None) -> None:
         if self._stopping:
