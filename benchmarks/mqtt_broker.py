@@ -15,7 +15,8 @@ subscriber process, one thread per client with blocking sockets.
   sustained throughput at bounded queueing, not the collapse of an overload.
 * Subscribers parse PUBLISH frames, PUBACK every QoS 1 message in one write
   per read, and count.  Each scenario publishes for :data:`DURATION` seconds;
-  subscribers stop after :data:`IDLE` seconds without traffic.
+  subscribers stop once they have every message their publisher sent, or
+  after :data:`IDLE` seconds without traffic (what is missing then is lost).
 * msgs/s = delivered / (last delivery - first send).  lost = sent - delivered.
   p50/p99 = latency from publisher send to subscriber receive.  Peak RSS is
   the broker process's VmHWM.  A final test holds 10,000 idle connections to
@@ -50,7 +51,7 @@ PAYLOAD_SIZE = 64
 BATCH = 100  # packets per write on the publisher side
 WINDOW = 1000  # unacknowledged QoS 1 messages per publisher
 DURATION = 4.0  # seconds of publishing per scenario
-IDLE = 2.0  # subscriber stops after this long without a message
+IDLE = 10.0  # a subscriber gives up on missing messages after this long without one
 IDLE_CONNECTIONS = 10_000
 HEADWATER_MEMORY_BUDGET = 500 * 1024 * 1024
 
@@ -165,6 +166,7 @@ def _publisher(
             while acked < sent and time.monotonic() < end:
                 cond.wait(0.1)
     done.set()
+    progress[len(progress) // 2 + index] = sent  # tells the subscriber how many to expect
     out.put(sent)
     sock.close()
 
@@ -181,18 +183,26 @@ def _subscriber(
     sock.sendall(subscribe_packet(f"bench/{index}", qos))
     _recv_exact(sock, 5)  # SUBACK
     ready.put(index)
-    sock.settimeout(IDLE)
+    sock.settimeout(0.25)
+    expected = len(progress) // 2 + index
+    idle_since = time.monotonic()
     buf = b""
     count = 0
     last = 0.0
     latencies: list[int] = []
     while True:
+        total = progress[expected]
+        if 0 <= total <= count:
+            break
         try:
             data = sock.recv(1 << 20)
         except TimeoutError:
-            break
+            if time.monotonic() - idle_since > IDLE:
+                break
+            continue
         if not data:
             break
+        idle_since = time.monotonic()
         now = time.monotonic_ns()
         last = time.time()
         buf = buf + data if buf else data
@@ -275,7 +285,9 @@ def run_scenario(broker: str, pid: int, port: int, clients: int, qos: int) -> Re
     results: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     sent_q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    progress = ctx.RawArray("q", clients)  # messages received per subscriber
+    # progress[i]: messages subscriber i received; progress[clients + i]: messages
+    # publisher i sent, once it has finished (-1 before).
+    progress = ctx.RawArray("q", [0] * clients + [-1] * clients)
     subs = ctx.Process(
         target=_role, args=("sub", port, clients, qos, 0.0, results, ready, progress)
     )
