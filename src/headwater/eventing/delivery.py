@@ -109,7 +109,8 @@ class DeliverySpec:
 
     ``retry`` is the number of retries after the first attempt (control-plane.md
     DeliverySpec: "the minimum number of retries the sender should attempt").
-    ``dead_letter_uri`` is only for display (``describe``).
+    ``timeout`` bounds each attempt (0 disables it). ``dead_letter_uri`` is
+    only for display (``describe``).
     """
 
     retry: int = 0
