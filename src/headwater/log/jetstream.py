@@ -116,6 +116,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # reply subject with the messages, then a status if it ended short of the
 # batch: 404 no messages, 408 request expired, 409 e.g. max ack pending.
 _PULL_SUBJECT: Final = "$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+_CONSUMER_PAGE: Final = 256  # consumers per CONSUMER.LIST answer
 
 # JetStream API error codes (nats-server's errors.json).
 _ERR_STREAM_NOT_FOUND: Final = 10059
@@ -353,8 +354,13 @@ class JetStreamLog(EventLogBase):
     async def info(self, stream: str) -> StreamInfo:
         found = await self._stream_info(stream)
         js = await self._context()
+        consumers: list[Any] = []
         try:
-            consumers = await js.consumers_info(self.stream_name(stream))
+            while True:  # the server lists consumers in pages
+                page = await js.consumers_info(self.stream_name(stream), offset=len(consumers))
+                consumers += page
+                if len(page) < _CONSUMER_PAGE:
+                    break
         except _NATS_ERRORS as exc:
             raise _translate(exc, stream) from exc
         state, config = found.state, found.config

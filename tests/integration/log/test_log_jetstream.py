@@ -206,3 +206,22 @@ async def test_held_entries_stay_with_their_reader_beyond_ack_wait(
         holder._keeper.cancel()  # as if its process had died: no more progress
         [(again, _)] = await other.next_batch(1, timeout=5)
         assert again == offset  # redelivered to the other reader after ack_wait
+
+
+async def test_info_lists_every_consumer_past_one_page(nats_server: NatsServer) -> None:
+    import nats
+
+    async with JetStreamLog(nats_server.url, namespace="many") as log:
+        await log.create_stream(STREAM)
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            for i in range(300):  # more than the 256 of one CONSUMER.LIST page
+                await js.add_consumer(
+                    log.stream_name(STREAM), durable_name=f"c{i}", ack_policy="explicit"
+                )
+        finally:
+            await nc.close()
+        info = await log.info(STREAM)
+        assert len(info.consumers) == 300
+        assert {c.name for c in info.consumers} == {f"c{i}" for i in range(300)}
