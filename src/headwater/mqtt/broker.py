@@ -1126,6 +1126,8 @@ class _Connection:
         session = self.session
         assert session is not None
         try:
+            # $share/{ShareName}/{filter} is honoured for 3.1.1 clients too, as
+            # Mosquitto does (3.1.1 has no shared subscriptions of its own).
             parsed = parse_filter(text)
         except InvalidTopic as exc:
             # Invalid filters fail in the SUBACK (0x80 / 0x8F), they are not accepted.
