@@ -13,7 +13,8 @@ How this works:
   the real name is kept in the stream's description.
 - **Offsets** are JetStream stream sequences (1-based, increasing, never
   reused). An append publishes each event's record (:mod:`headwater.log._codec`)
-  and waits for every PubAck; the sequences in them are the offsets. JetStream
+  with a reply subject under one wildcard inbox of the log's, and waits (up to
+  ``request_timeout``) for every PubAck; their sequences are the offsets. JetStream
   has no multi-message transaction: if an append of several events fails
   midway, the first ones may be stored (the error says nothing was
   acknowledged; a retry can duplicate them: at least once).
@@ -39,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import itertools
 import re
 import weakref
 from collections.abc import Awaitable, Sequence
@@ -175,7 +177,10 @@ class JetStreamLog(EventLogBase):
         self._js: Any = None
         self._connecting = asyncio.Lock()
         self._lost = asyncio.Event()
-        self._inflight: set[asyncio.Future[Any]] = set()
+        # PubAcks awaited, by reply subject (one wildcard inbox for all of them).
+        self._acks: dict[str, asyncio.Future[int]] = {}
+        self._ack_prefix = ""
+        self._ack_tokens = itertools.count()
         self._max_sizes: dict[str, int] = {}
         self._readers: weakref.WeakSet[JetStreamReader] = weakref.WeakSet()
         self._closed = False
@@ -206,7 +211,8 @@ class JetStreamLog(EventLogBase):
         async def disconnected() -> None:
             self._lost.set()
             failure = LogUnavailable("the NATS connection was lost")
-            for future in list(self._inflight):
+            acks, self._acks = self._acks, {}
+            for future in acks.values():
                 if not future.done():
                     future.set_exception(failure)
 
@@ -233,8 +239,32 @@ class JetStreamLog(EventLogBase):
         except (*_NATS_ERRORS, ValueError) as exc:
             raise LogUnavailable(f"cannot connect to NATS at {self._servers}: {exc}") from exc
         nc.options["max_reconnect_attempts"] = -1  # connected once: reconnect forever
+        self._ack_prefix = nc.new_inbox() + "."
+        try:
+            await nc.subscribe(self._ack_prefix + "*", cb=self._on_puback)
+        except _NATS_ERRORS as exc:
+            await nc.close()
+            raise LogUnavailable(f"cannot subscribe at NATS: {exc}") from exc
         self._nc = nc
         self._js = nc.jetstream(timeout=self.request_timeout)
+
+    async def _on_puback(self, message: Any) -> None:
+        """A PubAck (or the refusal) for one published record: resolve its future."""
+        future = self._acks.pop(message.subject, None)
+        if future is None or future.done():
+            return  # timed out, cancelled, or failed by a disconnect meanwhile
+        headers = message.headers
+        if headers and headers.get("Status") == "503":  # no responders: no stream there
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            answer = orjson.loads(message.data)
+            if "error" in answer:
+                future.set_exception(nats.js.errors.APIError.from_error(answer["error"]))
+            else:
+                future.set_result(int(answer["seq"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            future.set_exception(LogUnavailable(f"unreadable PubAck: {exc}"))
 
     async def _until_lost(self, work: Awaitable[T]) -> T:
         """Await ``work``, but raise LogUnavailable as soon as the connection drops."""
@@ -301,32 +331,44 @@ class JetStreamLog(EventLogBase):
         return size
 
     async def append(self, stream: str, events: Sequence[CloudEvent]) -> list[int]:
-        js = await self._context()
+        await self._context()
         records = [encode(event) for event in as_event_list(events)]
         limit = await self._max_size(stream)
         for index, record in enumerate(records):
             if len(record) > limit:
                 raise EventTooLarge(len(record), limit, index)
         subject = self.subject(stream)
-        acks: list[asyncio.Future[Any]] = []
+        nc, loop = self._nc, asyncio.get_running_loop()
+        futures: list[asyncio.Future[int]] = []
+        replies: list[str] = []
+        # One timer for the whole append: PubAcks that have not come by then fail it.
+        timer = loop.call_later(self.request_timeout, _expire, futures)
         try:
             for record in records:
-                future = await js.publish_async(subject, record)
-                self._inflight.add(future)
-                future.add_done_callback(self._inflight.discard)
-                acks.append(future)
-            if not self._nc.is_connected:  # dropped while publishing: no PubAck will come
+                reply = f"{self._ack_prefix}{next(self._ack_tokens)}"
+                future: asyncio.Future[int] = loop.create_future()
+                self._acks[reply] = future
+                futures.append(future)
+                replies.append(reply)
+                await nc.publish(subject, record, reply=reply)
+            if not nc.is_connected:  # dropped while publishing: no PubAck will come
                 raise LogUnavailable("the NATS connection was lost")
-            async with asyncio.timeout(self.request_timeout):
-                done = await asyncio.gather(*acks)
+            if len(futures) == 1:
+                offsets = [await futures[0]]
+            else:
+                offsets = list(await asyncio.gather(*futures))
         except (*_NATS_ERRORS, LogError) as exc:
-            for future in acks:
-                future.cancel()
             if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _ERR_MESSAGE_TOO_BIG:
                 self._max_sizes.pop(stream, None)
                 raise EventTooLarge(max(map(len, records)), limit) from exc
             raise _translate(exc, stream) from exc
-        return [ack.seq for ack in done]
+        finally:
+            timer.cancel()
+            for reply, future in zip(replies, futures, strict=True):
+                self._acks.pop(reply, None)  # normally gone already, with its PubAck
+                if not future.done():
+                    future.cancel()
+        return offsets
 
     def reader(self, stream: str, consumer: str, start: Start = EARLIEST) -> JetStreamReader:
         if self._closed:
@@ -447,6 +489,12 @@ class JetStreamLog(EventLogBase):
             await self._nc.flush(timeout=self.request_timeout)
         except _NATS_ERRORS as exc:
             raise _translate(exc) from exc
+
+
+def _expire(futures: list[asyncio.Future[int]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(LogUnavailable("no PubAck from JetStream in time"))
 
 
 def _describe(consumer: str, base: int) -> str:

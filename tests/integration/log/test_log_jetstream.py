@@ -11,7 +11,7 @@ import time
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.log import Entry, JetStreamLog, LogUnavailable, StreamConfig
+from headwater.log import Entry, JetStreamLog, LogUnavailable, StreamConfig, StreamNotFound
 from headwater.log.jetstream import nats_token
 from tests.servers import NatsServer, free_port
 
@@ -225,3 +225,24 @@ async def test_info_lists_every_consumer_past_one_page(nats_server: NatsServer) 
         info = await log.info(STREAM)
         assert len(info.consumers) == 300
         assert {c.name for c in info.consumers} == {f"c{i}" for i in range(300)}
+
+
+async def test_a_stream_deleted_elsewhere_is_not_found(nats_server: NatsServer) -> None:
+    async with JetStreamLog(nats_server.url) as mine, JetStreamLog(nats_server.url) as theirs:
+        await mine.create_stream(STREAM)
+        assert await mine.append(STREAM, [event(1)]) == [1]
+        await theirs.delete_stream(STREAM)
+        with pytest.raises(StreamNotFound):  # JetStream: no responders on the subject
+            await mine.append(STREAM, [event(2), event(3)])
+
+
+async def test_a_missing_puback_fails_the_append_in_time(nats_server: NatsServer) -> None:
+    async with JetStreamLog(nats_server.url, request_timeout=0.5) as log:
+        await log.create_stream(STREAM)
+        await log.append(STREAM, [event(1)])
+        log._ack_prefix = "nobody.listens."  # PubAcks now go where no one hears them
+        started = time.monotonic()
+        with pytest.raises(LogUnavailable, match="PubAck"):
+            await log.append(STREAM, [event(2)])
+        assert time.monotonic() - started < 3
+        assert log._acks == {}  # nothing left waiting
