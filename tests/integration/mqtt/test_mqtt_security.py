@@ -340,3 +340,17 @@ def test_sessions_and_retained_survive_restart(make_broker: MakeBroker, tmp_path
 def test_tls_context_rejects_old_protocols(certificates: dict[str, Path]) -> None:
     context = server_tls_context(certificates["server"], certificates["server-key"])
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_websocket_over_tls(make_broker: MakeBroker, certificates: dict[str, Path]) -> None:
+    context = server_tls_context(certificates["server"], certificates["server-key"])
+    broker = make_broker(
+        BrokerConfig(listeners=(Listener(port=0, ssl=context, websocket=True, path="/mqtt"),))
+    )
+    client_tls = ssl.create_default_context(cafile=str(certificates["ca"]))
+    client = Paho(broker.port(), "wss", transport="websockets", tls=client_tls)
+    assert client.connack()[0] == 0
+    client.subscribe("wss/#", 1)
+    client.publish("wss/1", "secure socket", 1)
+    assert client.get().payload == b"secure socket"
+    assert broker.broker.addresses[0][0].label.startswith("wss://")  # type: ignore[union-attr]
