@@ -11,7 +11,6 @@ their unfinished events unacknowledged for the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -168,9 +167,7 @@ class Fanout(Generic[M]):
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _finished(tasks)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -251,8 +248,7 @@ class Fanout(Generic[M]):
         task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _finished([task])
         return dispatcher
 
     def _launch(self, key: str, dispatcher: Dispatcher) -> None:
@@ -285,3 +281,10 @@ class Fanout(Generic[M]):
             "pending": self._pending,
             "dispatchers": {key: d.status() for key, d in self._dispatchers.items()},
         }
+
+
+async def _finished(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Wait for cancelled tasks to end. Unlike suppressing CancelledError around
+    ``await task``, this lets a cancellation of the caller itself propagate."""
+    if tasks:
+        await asyncio.wait(tasks)
