@@ -368,3 +368,22 @@ async def test_cesql_trigger_routes_on_extensions(broker: Broker) -> None:
     assert sorted(e.id for e in await hot.wait_for(2)) == ["2", "4"]
     await asyncio.sleep(0.02)
     assert len(hot.events) == 2
+
+
+async def test_stopping_mid_delivery_redelivers_after_restart() -> None:
+    started = asyncio.Event()
+
+    async def hang(e: CloudEvent) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async with MemoryLog() as log:
+        async with Broker("default", "b", log) as broker:
+            await broker.add_trigger(Trigger("t", RecordingSink(hang)))
+            await broker.accept([event(1)])
+            await started.wait()
+        # Stopped while the delivery was in flight: it was not acknowledged.
+        async with Broker("default", "b", log) as broker:
+            sink = RecordingSink()
+            await broker.add_trigger(Trigger("t", sink))
+            assert [e.id for e in await sink.wait_for(1)] == ["1"]
