@@ -16,11 +16,13 @@ from headwater.resources.models import (
     Subscription,
     Trigger,
 )
+from headwater.resources.mqtt import MqttBrokerSource, MqttSink, MqttSource
 
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Broker, Trigger, Channel, InMemoryChannel, Subscription, PingSource, EventDisplay)
 }
+KINDS.update({cls.KIND: cls for cls in (MqttBrokerSource, MqttSource, MqttSink)})
 
 # Kinds that can receive events through a Destination's `ref`.
-ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay"})
+ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay", "MqttSink"})

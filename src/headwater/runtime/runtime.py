@@ -9,6 +9,7 @@ Destination resolves to a pooled HTTP sink.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,7 @@ from headwater.resources import (
 )
 from headwater.resources import DeliverySpec as ResourceDelivery
 from headwater.runtime import components
+from headwater.runtime import mqtt as mqtt_components
 from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 # Component tables, one per module that defines kinds: ``{kind: builder}``.
 COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] = (
     components.BUILDERS,
+    mqtt_components.BUILDERS,
 )
 
 
@@ -204,8 +207,27 @@ class Runtime:
     async def delete(self, keys: Iterable[Key]) -> ApplyResult:
         return await self.reconciler.delete(keys)
 
-    async def close(self) -> None:
-        """Stop every component (senders first: cursors are committed), then the log."""
+    def _fanout_keys(self) -> list[Key]:
+        return [
+            r.key for r in self.resources() if r.kind in ("Broker", "Channel", "InMemoryChannel")
+        ]
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop every component (senders first: cursors are committed), then the log.
+
+        With ``grace``, Brokers and Channels first stop reading and let the
+        deliveries under way finish, for up to that many seconds; what does
+        not finish is delivered again after a restart.
+        """
+        if grace > 0:
+            fanouts = [
+                c.broker if isinstance(c, BrokerComponent) else c.channel
+                for c in map(self.reconciler.component, self._fanout_keys())
+                if isinstance(c, BrokerComponent | ChannelComponent)
+            ]
+            settled = await asyncio.gather(*(f.drain(grace) for f in fanouts))
+            if not all(settled):
+                log.warning("stopping with deliveries still under way after %.1fs", grace)
         await self.reconciler.close()
         if self._session is not None:
             await self._session.close()

@@ -1,0 +1,292 @@
+"""What the MQTT kinds become when they run: MqttBrokerSource, MqttSource, MqttSink.
+
+How this works: as in :mod:`headwater.runtime.components`, each kind is a
+component with ``start``/``stop``/``update``/``status``. A source resolves its
+``sink`` Destination once and hands each event to that sink's ``deliver``
+(for a Broker or Channel ref: the durable append). An MqttSink without a
+``broker`` publishes in-process into the namespace's running
+MqttBrokerSource (looked up at each delivery, so the order in which the two
+start does not matter); with one, into that external broker. Any change to
+an MQTT resource recreates its component (listeners, sessions and
+connections are not patched in place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import DeliveryError, Sink
+from headwater.mqtt.auth import Acl, PasswordFile
+from headwater.mqtt.broker import BrokerConfig, Listener, server_tls_context
+from headwater.mqtt.packets import ProtocolVersion
+from headwater.resources.models import Resource
+from headwater.resources.mqtt import (
+    Credentials,
+    ListenerSpec,
+    MqttBrokerSource,
+    MqttSink,
+    MqttSource,
+    Tls,
+    parse_broker_url,
+)
+from headwater.sinks.mqtt import (
+    EmbeddedPublisher,
+    ExternalPublisher,
+    Publisher,
+    Response,
+)
+from headwater.sinks.mqtt import MqttSink as MqttSinkRunner
+from headwater.sources.mqtt import MqttClientConfig, MqttSourceRunner, client_tls_context
+from headwater.sources.mqttbroker import MqttBrokerSource as BrokerSourceRunner
+
+if TYPE_CHECKING:
+    from headwater.runtime.reconciler import Component
+    from headwater.runtime.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _listener(spec: ListenerSpec) -> Listener:
+    context = None
+    if spec.tls is not None:
+        assert spec.tls.cert_file is not None  # the model requires it
+        context = server_tls_context(
+            spec.tls.cert_file,
+            spec.tls.key_file,
+            cafile=spec.tls.ca_file,
+            require_client_cert=spec.tls.require_client_cert,
+        )
+    return Listener(
+        spec.host,
+        spec.port,
+        context,
+        spec.websocket,
+        spec.path,
+        spec.cert_username,
+        spec.allow_anonymous,
+        spec.name,
+    )
+
+
+class MqttBrokerSourceComponent:
+    def __init__(self, runtime: Runtime, resource: MqttBrokerSource) -> None:
+        spec = resource.spec
+        self.resource = resource
+        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        config = BrokerConfig(
+            listeners=tuple(_listener(listener) for listener in spec.listeners),
+            data_dir=spec.data_dir,
+            passwords=PasswordFile.load(spec.password_file) if spec.password_file else None,
+            acl=Acl.load(spec.acl_file) if spec.acl_file else None,
+            max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
+        )
+        self.source = BrokerSourceRunner(
+            config,
+            spec.mapping.compile(),
+            self._sink.deliver,
+            topics=tuple(spec.topics),
+            device_events=spec.device_events,
+            max_event_size=spec.max_event_size,
+            name=f"{resource.namespace}/{resource.name}",
+        )
+        self.runtime = runtime
+
+    async def start(self) -> None:
+        await self.source.__aenter__()
+        for listener, host, port in self.source.broker.addresses:
+            scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
+            url = f"{scheme}://{host}:{port}"
+            self.runtime.listeners[f"mqtt/{self.resource.namespace}/{self.resource.name}"] = url
+            log.info("mqtt listening on %s (%s)", url, self.resource.name)
+
+    async def stop(self) -> None:
+        self.runtime.listeners.pop(f"mqtt/{self.resource.namespace}/{self.resource.name}", None)
+        await self.source.__aexit__(None, None, None)
+
+    async def update(self, resource: Resource) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return self.source.status()
+
+
+def _password(credentials: Credentials) -> bytes | None:
+    if credentials.password_env:
+        value = os.environ.get(credentials.password_env)
+        if value is None:
+            raise ValueError(f"environment variable {credentials.password_env} is not set")
+        return value.encode()
+    if credentials.password_file:
+        return Path(credentials.password_file).read_bytes().rstrip(b"\r\n")
+    return None
+
+
+def _client_config(
+    url: str,
+    client_id: str,
+    version: int,
+    credentials: Credentials | None,
+    tls: Tls | None,
+    **extra: Any,
+) -> MqttClientConfig:
+    use_tls, host, port, user, password = parse_broker_url(url)
+    context = None
+    if use_tls or tls is not None:
+        t = tls or Tls()
+        context = client_tls_context(
+            t.ca_file, t.cert_file, t.key_file, insecure=t.insecure_skip_verify
+        )
+    if credentials is not None:
+        user = credentials.username or user
+        secret = _password(credentials)
+        password = secret.decode() if secret is not None else password
+    return MqttClientConfig(
+        host,
+        port,
+        client_id,
+        ProtocolVersion(version),
+        username=user,
+        password=password.encode() if password is not None else None,
+        tls=context,
+        **extra,
+    )
+
+
+class MqttSourceComponent:
+    def __init__(self, runtime: Runtime, resource: MqttSource) -> None:
+        spec = resource.spec
+        # A stable client id: the persistent session survives Headwater restarts.
+        client_id = spec.client_id or f"headwater-{resource.namespace}-{resource.name}"
+        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        config = _client_config(
+            spec.broker,
+            client_id,
+            spec.protocol_version,
+            spec.credentials,
+            spec.tls,
+            clean_start=False,
+            session_expiry=spec.session_expiry,
+            keep_alive=spec.keep_alive,
+        )
+        self.runner = MqttSourceRunner(
+            config,
+            [(t.filter, t.qos) for t in spec.topics],
+            spec.mapping.compile(),
+            self._sink.deliver,
+            max_backoff=spec.max_backoff,
+            listener=f"{config.host}:{config.port}",
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # Owned and cancelled in stop(): the subscription lives as long as the resource.
+        self._task = asyncio.create_task(
+            self.runner.run(), name=f"mqttsource:{self.runner.listener}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def update(self, resource: Resource) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return self.runner.status()
+
+
+class _LateEmbedded:
+    """The namespace's MqttBrokerSource, found at each delivery (it may start later)."""
+
+    version = 5
+
+    def __init__(self, runtime: Runtime, namespace: str) -> None:
+        self.runtime = runtime
+        self.namespace = namespace
+
+    def _target(self) -> EmbeddedPublisher:
+        reconciler = self.runtime.reconciler
+        for resource in reconciler.resources("MqttBrokerSource"):
+            component = reconciler.component(resource.key)
+            if resource.namespace == self.namespace and isinstance(
+                component, MqttBrokerSourceComponent
+            ):
+                return EmbeddedPublisher(component.source)
+        raise DeliveryError(
+            None, True, reason=f"no MqttBrokerSource is running in namespace {self.namespace!r}"
+        )
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, **kw: Any) -> None:
+        await self._target().publish(topic, payload, qos, retain, **kw)
+
+    def expect_response(self, topic: str) -> asyncio.Future[Response]:
+        return self._target().expect_response(topic)
+
+
+class MqttSinkComponent:
+    def __init__(self, runtime: Runtime, resource: MqttSink) -> None:
+        spec = resource.spec
+        publisher: Publisher
+        prefix = "headwater/responses"
+        if spec.broker is None:
+            publisher = _LateEmbedded(runtime, resource.namespace)
+        else:
+            client_id = spec.client_id or (
+                f"headwater-{resource.namespace}-{resource.name}-{secrets.token_hex(3)}"
+            )
+            config = _client_config(
+                spec.broker,
+                client_id,
+                spec.protocol_version,
+                spec.credentials,
+                spec.tls,
+                clean_start=True,
+                session_expiry=0,
+            )
+            external = ExternalPublisher(config)
+            prefix = external.response_filter.removesuffix("/#")
+            publisher = external
+        self.runner = MqttSinkRunner(
+            spec.topic,
+            publisher,
+            qos=spec.qos,
+            retain=spec.retain,
+            mode=spec.mode,
+            response_prefix=prefix,
+            response_timeout=spec.response_timeout,
+            source=f"/apis/v1alpha1/namespaces/{resource.namespace}/mqttsinks/{resource.name}",
+        )
+        self.sink: Sink = self
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        return await self.runner.deliver(event)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self.runner.close()
+
+    async def update(self, resource: Resource) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {"published": self.runner.published, "responses": self.runner.responses}
+
+
+BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
+    "MqttBrokerSource": MqttBrokerSourceComponent,
+    "MqttSource": MqttSourceComponent,
+    "MqttSink": MqttSinkComponent,
+}
+"""What each MQTT kind becomes: ``builder(runtime, resource) -> Component``."""

@@ -1,0 +1,389 @@
+"""MQTT message -> CloudEvent: the mapping every MQTT source shares (pure functions).
+
+How this works: a :class:`Mapping` is compiled once from a source's settings
+(topic pattern, attribute templates, JMESPath lifts) and validated then, so a
+bad template fails when the resource is applied, not at the first message.
+:func:`to_cloudevent` turns one :class:`Inbound` message into an event:
+
+* an MQTT 5 message that already carries a CloudEvent (binary-mode User
+  Properties or an ``application/cloudevents*`` Content Type) is taken as is
+  (``passthrough``), only the ``mqtt*`` extensions are added;
+* otherwise the topic is matched against the pattern (``sensors/{device}/{metric}``:
+  one ``{name}`` per topic level, a final ``#`` for any rest). A topic that
+  does not match raises :class:`Unmatched` (the caller routes the message
+  between devices as usual, and counts it); every capture becomes an
+  extension and a template variable;
+* ``type``/``source``/``subject`` are templates over the captures plus
+  ``{topic}``, ``{clientid}`` and ``{listener}``;
+* ``datacontenttype`` is the MQTT 5 Content Type, else ``application/json``
+  when the payload parses as JSON, else ``application/octet-stream`` (so a
+  non-UTF-8 payload is carried, unchanged, as bytes);
+* JMESPath expressions lift payload fields into extensions so CESQL can filter
+  on them. CloudEvents has no float type: an integral number within 32 bits
+  becomes an Integer, any other number or value its JSON text as a String,
+  a bool a Boolean; a missing field (JMESPath ``null``) adds nothing.
+
+The ``id`` comes from the caller (an :class:`IdSequence`), unique per message:
+the mapping never invents randomness, so it stays a pure function.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import jmespath
+import orjson
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+
+from headwater.cloudevents import NO_DATA, CloudEvent, InvalidEvent
+from headwater.cloudevents.mqtt import MQTT_5, from_mqtt, is_cloudevent_mqtt
+
+__all__ = [
+    "DEFAULT_TYPE",
+    "IdSequence",
+    "Inbound",
+    "InvalidMapping",
+    "Mapping",
+    "TopicPattern",
+    "Unmatched",
+    "timestamp",
+    "to_cloudevent",
+]
+
+DEFAULT_TYPE: Final = "dev.headwater.mqtt.message"
+DEFAULT_SOURCE: Final = "mqtt://{listener}/{topic}"
+DEFAULT_SUBJECT: Final = "{topic}"
+OCTET_STREAM: Final = "application/octet-stream"
+JSON: Final = "application/json"
+
+_INT32 = range(-(2**31), 2**31)
+_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}\Z")
+_CAPTURE = re.compile(r"\{([a-z0-9]+)\}\Z")
+_BUILTINS: Final = frozenset({"topic", "clientid", "listener"})
+_RESERVED: Final = frozenset(
+    {"id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject", "time"}
+    | {"data", "data_base64", "mqtttopic", "mqttqos", "mqttretain"}
+)
+
+
+class InvalidMapping(ValueError):
+    """A mapping setting that can never work; raised when the mapping is compiled."""
+
+
+class Unmatched(LookupError):
+    """The topic does not match the source's topic pattern: not an event of this source."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPattern:
+    """``sensors/{device}/{metric}``: literal levels, ``{name}`` captures one level, final ``#``.
+
+    ``filter`` is the MQTT topic filter that subscribes to exactly these topics.
+    """
+
+    text: str
+    levels: tuple[tuple[bool, str], ...]  # (is capture, literal text or capture name)
+    rest: bool
+    filter: str
+
+    @classmethod
+    def parse(cls, text: str) -> TopicPattern:
+        if not text:
+            raise InvalidMapping("the topic pattern is empty")
+        parts = text.split("/")
+        rest = parts[-1] == "#"
+        if rest:
+            parts = parts[:-1]
+        levels: list[tuple[bool, str]] = []
+        seen: set[str] = set()
+        for part in parts:
+            m = _CAPTURE.match(part)
+            if m:
+                name = m.group(1)
+                if name in seen:
+                    raise InvalidMapping(f"topic pattern {text!r}: {{{name}}} appears twice")
+                if name in _RESERVED or name in _BUILTINS or len(name) > 20:
+                    raise InvalidMapping(
+                        f"topic pattern {text!r}: {{{name}}} cannot be an extension name "
+                        f"(reserved, or longer than 20 characters)"
+                    )
+                seen.add(name)
+                levels.append((True, name))
+            elif "{" in part or "}" in part or part in ("+", "#") or "+" in part or "#" in part:
+                raise InvalidMapping(
+                    f"topic pattern {text!r}: level {part!r} must be a literal, a whole "
+                    "{name} of lower-case letters and digits, or a final '#'"
+                )
+            else:
+                levels.append((False, part))
+        mqtt_filter = "/".join("+" if capture else lit for capture, lit in levels)
+        if rest:
+            mqtt_filter = f"{mqtt_filter}/#" if levels else "#"
+        return cls(text, tuple(levels), rest, mqtt_filter)
+
+    @property
+    def captures(self) -> tuple[str, ...]:
+        return tuple(name for capture, name in self.levels if capture)
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        """The captures of ``topic``, or ``None`` when it does not match."""
+        parts = topic.split("/")
+        n = len(self.levels)
+        if len(parts) < n or (len(parts) > n and not self.rest):
+            return None
+        found: dict[str, str] = {}
+        for part, (capture, text) in zip(parts, self.levels, strict=False):
+            if capture:
+                found[text] = part
+            elif part != text:
+                return None
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    text: str
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str, variables: frozenset[str], what: str) -> _Template:
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise InvalidMapping(f"{what} template {text!r}: {exc}") from exc
+        fields = []
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if spec or conversion or name not in variables:
+                known = ", ".join(sorted(variables))
+                raise InvalidMapping(
+                    f"{what} template {text!r}: unknown variable {{{name}}}; use one of {known}"
+                )
+            fields.append(name)
+        return cls(text, tuple(fields))
+
+    def render(self, values: MappingABC[str, str]) -> str:
+        return self.text.format_map(values) if self.fields else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT PUBLISH as a source receives it (no MQTT library types)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    content_type: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    client_id: str = ""
+    listener: str = "localhost"
+    version: int = MQTT_5
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """A compiled mapping; build it with :meth:`compile` (which validates everything)."""
+
+    pattern: TopicPattern | None
+    type: _Template
+    source: _Template
+    subject: _Template | None
+    extensions: tuple[tuple[str, ParsedResult], ...]
+    time: ParsedResult | None
+    passthrough: bool = True
+    static: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def compile(
+        cls,
+        *,
+        topic_pattern: str | None = None,
+        type: str = DEFAULT_TYPE,
+        source: str = DEFAULT_SOURCE,
+        subject: str | None = DEFAULT_SUBJECT,
+        extensions: MappingABC[str, str] | None = None,
+        time: str | None = None,
+        passthrough: bool = True,
+        static: MappingABC[str, str] | None = None,
+    ) -> Mapping:
+        pattern = TopicPattern.parse(topic_pattern) if topic_pattern else None
+        variables = _BUILTINS | frozenset(pattern.captures if pattern else ())
+        lifted: list[tuple[str, ParsedResult]] = []
+        for name, expression in (extensions or {}).items():
+            _check_extension_name(name, "extension")
+            if pattern is not None and name in pattern.captures:
+                raise InvalidMapping(f"extension {name!r} is also a topic capture")
+            lifted.append((name, _jmespath(expression, f"extension {name!r}")))
+        for name in static or {}:
+            _check_extension_name(name, "static extension")
+        return cls(
+            pattern,
+            _Template.parse(type, variables, "type"),
+            _Template.parse(source, variables, "source"),
+            _Template.parse(subject, variables, "subject") if subject else None,
+            tuple(lifted),
+            _jmespath(time, "time") if time else None,
+            passthrough,
+            tuple((static or {}).items()),
+        )
+
+    @property
+    def topic_filter(self) -> str:
+        """The MQTT filter that selects this mapping's topics (``#`` without a pattern)."""
+        return self.pattern.filter if self.pattern is not None else "#"
+
+
+def _check_extension_name(name: str, what: str) -> None:
+    if not _ATTRIBUTE_NAME.match(name) or name in _RESERVED:
+        raise InvalidMapping(
+            f"{what} {name!r}: CloudEvents extension names are 1-20 lower-case letters or "
+            "digits, and not a core attribute or mqtttopic/mqttqos/mqttretain"
+        )
+
+
+def _jmespath(expression: str, what: str) -> ParsedResult:
+    try:
+        return jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise InvalidMapping(f"{what}: invalid JMESPath {expression!r}: {exc}") from exc
+
+
+def _lifted(value: Any) -> str | int | bool | None:
+    """A JSON value as a CloudEvents attribute value (see the module docstring)."""
+    if value is None:
+        return None
+    if type(value) is bool or type(value) is str:
+        return value
+    if type(value) is int and value in _INT32:
+        return value
+    if type(value) is float and value.is_integer() and int(value) in _INT32:
+        return int(value)
+    return orjson.dumps(value).decode()
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == JSON or media.endswith("+json")
+
+
+def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float) -> CloudEvent:
+    """The CloudEvent for ``message``.
+
+    Raises :class:`Unmatched` when the topic is not this source's, and
+    :class:`~headwater.cloudevents.InvalidEvent` when a carried CloudEvent is
+    malformed or a template renders an invalid attribute.
+    """
+    mqtt_ext: dict[str, object] = {
+        "mqtttopic": message.topic,
+        "mqttqos": message.qos,
+        "mqttretain": message.retain,
+    }
+    if (
+        mapping.passthrough
+        and message.version == MQTT_5
+        and is_cloudevent_mqtt(message.content_type, message.user_properties)
+    ):
+        carried = from_mqtt(message.payload, message.content_type, message.user_properties)
+        return carried.evolve(mqtt_ext)
+    captures: dict[str, str] = {}
+    if mapping.pattern is not None:
+        matched = mapping.pattern.match(message.topic)
+        if matched is None:
+            raise Unmatched(f"topic {message.topic!r} does not match {mapping.pattern.text!r}")
+        captures = matched
+    variables = {
+        **captures,
+        "topic": message.topic,
+        "clientid": message.client_id,
+        "listener": message.listener,
+    }
+    payload = message.payload
+    parsed: Any = None
+    is_json = False
+    content_type = message.content_type
+    if content_type is None:
+        if payload:
+            try:
+                parsed = orjson.loads(payload)
+                is_json = True
+            except orjson.JSONDecodeError:
+                pass
+        content_type = JSON if is_json else OCTET_STREAM
+    elif _is_json(content_type) and (mapping.extensions or mapping.time):
+        try:
+            parsed = orjson.loads(payload)
+            is_json = True
+        except orjson.JSONDecodeError:
+            pass  # declared JSON but is not: carried as is, nothing lifted
+    attributes: dict[str, object] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": mapping.source.render(variables),
+        "type": mapping.type.render(variables),
+        "datacontenttype": content_type,
+        "time": timestamp(now),
+    }
+    if mapping.subject is not None:
+        attributes["subject"] = mapping.subject.render(variables)
+    attributes.update(mapping.static)
+    attributes.update(captures)
+    attributes.update(mqtt_ext)
+    if is_json and (mapping.extensions or mapping.time):
+        for name, expression in mapping.extensions:
+            value = _lifted(_search(expression, parsed))
+            if value is not None:
+                attributes[name] = value
+        if mapping.time is not None:
+            device_time = _search(mapping.time, parsed)
+            if device_time is not None:
+                attributes["time"] = _device_time(device_time)
+    return CloudEvent(attributes, payload if payload else NO_DATA)
+
+
+def _search(expression: ParsedResult, document: Any) -> Any:
+    try:
+        return expression.search(document)
+    except JMESPathError:
+        return None  # a type error in the expression against this payload: nothing lifted
+
+
+def timestamp(now: float) -> str:
+    return (
+        datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    )
+
+
+def _device_time(value: Any) -> str:
+    """A device time: epoch seconds (number) or an RFC 3339 string (validated by the event)."""
+    if type(value) in (int, float):
+        return timestamp(float(value))
+    if type(value) is str:
+        return value
+    raise InvalidEvent("time", f"the device time {value!r} is not a number or a string")
+
+
+class IdSequence:
+    """Unique event ids: ``{prefix}-{n}``, with a random prefix per source instance.
+
+    The prefix is 64 random bits, so ids of a restarted source never collide
+    with ones it appended before.
+    """
+
+    __slots__ = ("_n", "prefix")
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or secrets.token_hex(8)
+        self._n = 0
+
+    def next(self) -> str:
+        self._n += 1
+        return f"{self.prefix}-{self._n}"

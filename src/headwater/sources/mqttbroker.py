@@ -1,0 +1,285 @@
+"""MqttBrokerSource: the embedded MQTT broker, whose publishes become CloudEvents.
+
+How this works: :class:`MqttBrokerSource` runs an
+:class:`~headwater.mqtt.broker.MqttBroker` with an ``on_publish`` hook. The
+broker awaits the hook inline before it acknowledges (PUBACK/PUBREC) or routes
+a message, and reads nothing more from that connection meanwhile, so:
+
+* a publish whose topic matches the source's filters is mapped
+  (:mod:`headwater.sources.mapping`) and handed to ``emit`` (the sink: a
+  Broker's or Channel's durable append); only when ``emit`` returns is the
+  message acknowledged and routed to subscribing devices. Ack means durable.
+* a slow log slows exactly the connections that publish (backpressure:
+  their next packets wait in the socket); after :data:`DEFAULT_APPEND_TIMEOUT`
+  or when the log fails, an MQTT 5 publisher gets a failure reason code in
+  its PUBACK and an MQTT 3.1.1 publisher is disconnected without an ack (it
+  resends on reconnect). Nothing is acknowledged and then dropped.
+* QoS 0 has no ack to withhold: a failed QoS 0 append is counted
+  (``dropped_qos0``) and the message is still routed to devices.
+
+Defined outcomes for bad input (each counted in :class:`SourceStats`):
+
+========================================  =============================================
+payload over ``max_event_size``           refused: PUBACK 0x97 Quota exceeded (5.0) /
+                                          disconnect (3.1.1); not routed
+a carried CloudEvent that is malformed    refused: PUBACK 0x99 Payload format invalid
+topic outside the pattern (``Unmatched``) routed between devices, no event
+non-UTF-8 / non-JSON payload              an event with ``application/octet-stream`` data
+========================================  =============================================
+
+Device connects/disconnects become ``dev.headwater.device.connected`` /
+``...disconnected`` events (best effort: a failed append is logged and
+counted, there is nothing to refuse).
+
+Event ids are ``{instance}-{n}`` (unique per message). A QoS 2 resend is
+deduplicated by the broker before the hook runs. A QoS 1 DUP resend after an
+append whose PUBACK was lost appends again (at-least-once; the broker's hook
+does not expose the packet id or DUP flag that would let the source tell).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from headwater.cloudevents import CloudEvent, InvalidEvent
+from headwater.log import EventTooLarge
+from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker
+from headwater.mqtt.packets import ProtocolVersion, ReasonCode
+from headwater.mqtt.session import Message
+from headwater.mqtt.topics import topic_matches
+from headwater.sources.mapping import (
+    IdSequence,
+    Inbound,
+    Mapping,
+    Unmatched,
+    timestamp,
+    to_cloudevent,
+)
+
+__all__ = [
+    "CONNECTED_TYPE",
+    "DEFAULT_APPEND_TIMEOUT",
+    "DISCONNECTED_TYPE",
+    "MqttBrokerSource",
+    "SourceStats",
+]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[CloudEvent], Awaitable[object]]
+
+CONNECTED_TYPE: Final = "dev.headwater.device.connected"
+DISCONNECTED_TYPE: Final = "dev.headwater.device.disconnected"
+
+DEFAULT_APPEND_TIMEOUT: Final = 10.0
+"""Seconds a publish waits for its durable append before the publisher is told to
+retry (PUBACK 0x97 for MQTT 5). Long enough for a SQLite fsync under load or
+a JetStream leader election; short enough that a device does not time out first."""
+
+_MATCH_CACHE_MAX: Final = 10_000
+"""Topics whose filter verdict is cached; the cache is cleared when full (bounded memory)."""
+
+
+@dataclass(slots=True)
+class SourceStats:
+    """Counters; every message that did not become an event is in exactly one."""
+
+    events: int = 0
+    unmatched: int = 0
+    too_large: int = 0
+    invalid: int = 0
+    append_failures: int = 0
+    dropped_qos0: int = 0
+    device_events_failed: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "unmatched": self.unmatched,
+            "tooLarge": self.too_large,
+            "invalid": self.invalid,
+            "appendFailures": self.append_failures,
+            "droppedQos0": self.dropped_qos0,
+            "deviceEventsFailed": self.device_events_failed,
+        }
+
+
+class MqttBrokerSource:
+    """``async with MqttBrokerSource(...) as source``: the broker runs while inside."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        mapping: Mapping,
+        emit: Emit,
+        *,
+        topics: tuple[str, ...] = ("#",),
+        device_events: bool = True,
+        max_event_size: int = 1024 * 1024,
+        append_timeout: float = DEFAULT_APPEND_TIMEOUT,
+        name: str = "mqttbroker",
+    ) -> None:
+        self.mapping = mapping
+        self.emit = emit
+        self.topics = topics
+        self.device_events = device_events
+        self.max_event_size = max_event_size
+        self.append_timeout = append_timeout
+        self.name = name
+        self.stats = SourceStats()
+        self.ids = IdSequence()
+        self._matches: dict[str, bool] = {}
+        self._responses: dict[str, asyncio.Future[Message]] = {}
+        self.broker = MqttBroker(
+            config,
+            on_publish=self._on_publish,
+            on_connect=self._on_connect if device_events else None,
+            on_disconnect=self._on_disconnect if device_events else None,
+        )
+
+    async def __aenter__(self) -> MqttBrokerSource:
+        await self.broker.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.broker.__aexit__(*exc_info)
+
+    def _selected(self, topic: str) -> bool:
+        verdict = self._matches.get(topic)
+        if verdict is None:
+            if len(self._matches) >= _MATCH_CACHE_MAX:
+                self._matches.clear()
+            verdict = any(topic_matches(f, topic) for f in self.topics)
+            self._matches[topic] = verdict
+        return verdict
+
+    def expect_response(self, topic: str) -> asyncio.Future[Message]:
+        """A future for the next publish to ``topic`` (an MqttSink's response topic).
+
+        That publish resolves the future instead of becoming an event of this
+        source; it is still routed to subscribers.
+        """
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._responses[topic] = future
+        future.add_done_callback(lambda _: self._responses.pop(topic, None))
+        return future
+
+    async def _on_publish(self, info: ClientInfo, message: Message) -> ReasonCode | None:
+        if self._responses:
+            waiting = self._responses.pop(message.topic, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
+                return None
+        if not self._selected(message.topic):
+            return None
+        stats = self.stats
+        if len(message.payload) > self.max_event_size:
+            stats.too_large += 1
+            log.warning(
+                "%s: %d-byte publish by %s to %r is over the %d-byte event limit",
+                self.name,
+                len(message.payload),
+                info.client_id,
+                message.topic,
+                self.max_event_size,
+            )
+            return ReasonCode.QUOTA_EXCEEDED
+        inbound = Inbound(
+            message.topic,
+            message.payload,
+            message.qos,
+            message.retain,
+            message.content_type,
+            message.user_properties,
+            info.client_id,
+            _host(info.listener),
+            int(info.protocol_version),
+        )
+        try:
+            event = to_cloudevent(self.mapping, inbound, self.ids.next(), time.time())
+        except Unmatched:
+            stats.unmatched += 1
+            return None
+        except (InvalidEvent, ValueError) as exc:
+            stats.invalid += 1
+            log.warning(
+                "%s: publish by %s to %r: %s", self.name, info.client_id, message.topic, exc
+            )
+            return ReasonCode.PAYLOAD_FORMAT_INVALID
+        try:
+            await asyncio.wait_for(self.emit(event), self.append_timeout)
+        except Exception as exc:
+            code = _failure_code(exc)
+            if message.qos == 0:
+                stats.dropped_qos0 += 1
+                return None
+            if code is ReasonCode.QUOTA_EXCEEDED and _too_large(exc):
+                stats.too_large += 1
+            else:
+                stats.append_failures += 1
+            log.warning(
+                "%s: append failed, refusing publish by %s: %s", self.name, info.client_id, exc
+            )
+            return code
+        stats.events += 1
+        return None
+
+    async def _device_event(self, info: ClientInfo, event_type: str) -> None:
+        attributes: dict[str, object] = {
+            "specversion": "1.0",
+            "id": self.ids.next(),
+            "source": f"mqtt://{_host(info.listener)}",
+            "type": event_type,
+            "subject": info.client_id,
+            "time": timestamp(time.time()),
+            "mqttclientid": info.client_id,
+            "mqttprotocol": "5.0" if info.protocol_version == ProtocolVersion.MQTT5 else "3.1.1",
+        }
+        if info.username is not None:
+            attributes["mqttusername"] = info.username
+        try:
+            event = CloudEvent(attributes)
+            await asyncio.wait_for(self.emit(event), self.append_timeout)
+        except Exception as exc:
+            self.stats.device_events_failed += 1
+            log.warning(
+                "%s: %s event for %s failed: %s", self.name, event_type, info.client_id, exc
+            )
+
+    async def _on_connect(self, info: ClientInfo) -> None:
+        await self._device_event(info, CONNECTED_TYPE)
+
+    async def _on_disconnect(self, info: ClientInfo) -> None:
+        await self._device_event(info, DISCONNECTED_TYPE)
+
+    def status(self) -> dict[str, object]:
+        broker = self.broker
+        return {
+            **self.stats.snapshot(),
+            "listeners": [f"{host}:{port}" for _, host, port in broker.addresses],
+            "connectedClients": len(broker.connected_clients),
+            "messagesReceived": broker.stats.messages_received,
+        }
+
+
+def _host(listener: str) -> str:
+    """``mqtt://127.0.0.1:1883`` -> ``127.0.0.1:1883`` (a named listener stays as it is)."""
+    return listener.partition("://")[2] or listener
+
+
+def _too_large(exc: BaseException) -> bool:
+    return isinstance(exc, EventTooLarge) or getattr(exc, "status", None) == 413
+
+
+def _failure_code(exc: BaseException) -> ReasonCode:
+    """The PUBACK reason code for a failed append."""
+    if isinstance(exc, TimeoutError):
+        return ReasonCode.QUOTA_EXCEEDED  # too slow: the device should back off and resend
+    if _too_large(exc):
+        return ReasonCode.QUOTA_EXCEEDED
+    return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR
