@@ -68,6 +68,13 @@ def version() -> None:
     help="fsync: every acknowledged event is on disk; normal: faster, may lose the last "
     "moments on power loss (never on a process crash).",
 )
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds deliveries under way get to finish on SIGTERM/SIGINT.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def up(
     files: tuple[Path, ...],
@@ -77,6 +84,7 @@ def up(
     watch: bool,
     token: str | None,
     durability: str,
+    drain_timeout: float,
     log_level: str,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
@@ -86,7 +94,16 @@ def up(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    options = UpOptions(files, data_dir, host, http_port, watch, token, durability)  # type: ignore[arg-type]
+    options = UpOptions(
+        files=files,
+        data_dir=data_dir,
+        host=host,
+        http_port=http_port,
+        watch=watch,
+        token=token,
+        durability="normal" if durability == "normal" else "fsync",
+        drain_timeout=drain_timeout,
+    )
 
     def ready(server: Server) -> None:
         for name, url in server.urls.items():

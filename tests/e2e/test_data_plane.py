@@ -19,15 +19,18 @@ from tests.e2e.headwater_process import Headwater
 class Receiver:
     """A real HTTP server on loopback that records CloudEvents (binary mode)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.events: list[dict[str, str]] = []
-        received = self.events
+        self.started: list[str] = []
+        received, started = self.events, self.started
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length).decode()
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                started.append(headers.get("ce-id", ""))
+                time.sleep(delay)
                 received.append({**headers, "body": body})
                 self.send_response(202)
                 self.send_header("Content-Length", "0")
@@ -227,3 +230,26 @@ def test_cesql_trigger_and_filtered_tail(
     assert bad.returncode == 1
     assert "invalid filter: line 1, column 14: expected a value" in bad.stderr
     assert hw.stop() == 0
+
+
+def test_sigterm_lets_a_delivery_under_way_finish(
+    tmp_path: Path, headwater_up: Callable[..., Headwater]
+) -> None:
+    slow = Receiver(delay=1.5)
+    try:
+        (tmp_path / "mesh.yaml").write_text(MESH.format(uri=slow.url))
+        hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+        hw.cli("send", "--type", "dev.headwater.telemetry", "--id", "slow-1")
+        deadline = time.monotonic() + 10
+        while not slow.started:
+            assert time.monotonic() < deadline, "the delivery never started"
+            time.sleep(0.02)
+        assert hw.stop() == 0  # SIGTERM while the subscriber is still working
+        assert [e["ce-id"] for e in slow.events] == ["slow-1"]  # it finished
+        # ...and was acknowledged: a restart does not deliver it again.
+        hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
+        time.sleep(1.0)
+        assert slow.started == ["slow-1"]
+        assert hw.stop() == 0
+    finally:
+        slow.close()

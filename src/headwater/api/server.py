@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight HTTP requests get to finish when Headwater stops."""
 
+DEFAULT_DRAIN_TIMEOUT = 10.0
+"""Seconds deliveries under way get to finish at shutdown (after ingress stopped)."""
+
 
 @dataclass
 class UpOptions:
@@ -44,6 +47,7 @@ class UpOptions:
     watch: bool = False
     token: str | None = None
     durability: Durability = "fsync"
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
 
 
 # With no resource files, `headwater up` runs the embedded default: a Broker
@@ -148,9 +152,10 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def stop(server: Server) -> None:
+async def stop(server: Server, drain_timeout: float = 0.0) -> None:
+    """Stop accepting (HTTP first), let deliveries under way finish, commit cursors."""
     await server.runner.cleanup()
-    await server.runtime.close()
+    await server.runtime.close(grace=drain_timeout)
 
 
 async def run(options: UpOptions, on_ready: Callable[[Server], None]) -> None:
@@ -174,7 +179,7 @@ async def run(options: UpOptions, on_ready: Callable[[Server], None]) -> None:
             watcher.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await stop(server)
+        await stop(server, options.drain_timeout)
 
 
 async def _reload(server: Server, options: UpOptions) -> None:

@@ -161,6 +161,18 @@ class Fanout(Generic[M]):
         for key, dispatcher in self._dispatchers.items():
             self._launch(key, dispatcher)
 
+    async def drain(self, grace: float) -> bool:
+        """Let every dispatcher finish its deliveries under way (up to ``grace`` s).
+
+        Nothing new is read meanwhile; :meth:`stop` afterwards commits cursors.
+        Returns whether every dispatcher settled in time.
+        """
+        dispatchers = list(self._dispatchers.values())
+        if not dispatchers:
+            return True
+        results = await asyncio.gather(*(d.drain(grace) for d in dispatchers))
+        return all(results)
+
     async def stop(self) -> None:
         self._started = False
         tasks = list(self._tasks.values())

@@ -114,6 +114,11 @@ class Dispatcher:
         self._ready = asyncio.Event()
         self._acks: list[int] = []
         self._ack_due = asyncio.Event()
+        # Graceful stop: once draining, nothing new is read or dispatched, and
+        # `_settled` is set when the last unfinished delivery ends.
+        self._draining = False
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     async def wait_ready(self) -> None:
         """Wait until the cursor exists (so a ``latest`` start is pinned before events flow)."""
@@ -139,6 +144,8 @@ class Dispatcher:
                 tasks.create_task(self._ack_loop(reader))
                 while True:
                     await self._room.wait()
+                    if self._draining:
+                        await asyncio.Event().wait()  # parked until cancelled
                     wanted = min(self.max_inflight - self._unfinished, READ_BATCH)
                     try:
                         # A zero-timeout read opens (and, for a new consumer, pins) the cursor.
@@ -152,6 +159,10 @@ class Dispatcher:
                         continue
                     retry_delay = LOG_RETRY_DELAY[0]
                     self._ready.set()
+                    if self._draining:
+                        # Read before the drain began: left unacknowledged, so
+                        # it is delivered after the restart instead.
+                        await asyncio.Event().wait()
                     now = loop.time()
                     if now >= next_lag:
                         next_lag = now + LAG_INTERVAL
@@ -173,6 +184,7 @@ class Dispatcher:
             self._ack(entry.offset)
             return
         self._unfinished += 1
+        self._settled.clear()
         if self._unfinished >= self.max_inflight:
             self._room.clear()
         if self.ordering == "unordered":
@@ -207,7 +219,24 @@ class Dispatcher:
         self._unfinished -= 1
         if self._unfinished <= self._refill_at:
             self._room.set()
+        if self._unfinished == 0:
+            self._settled.set()
         self._ack(entry.offset)
+
+    async def drain(self, grace: float) -> bool:
+        """Stop reading and wait up to ``grace`` s for the deliveries under way to end.
+
+        Returns whether they all ended. Call before cancelling :meth:`run`: what
+        finished is acknowledged when run() exits; what did not is redelivered
+        after a restart (at least once either way).
+        """
+        self._draining = True
+        self._room.set()  # a reader parked on a full window sees the drain
+        try:
+            await asyncio.wait_for(self._settled.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
 
     def _ack(self, offset: int) -> None:
         """Queue an acknowledgement; the ack loop hands it to the log shortly."""
