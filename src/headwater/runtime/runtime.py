@@ -34,6 +34,7 @@ from headwater.resources import (
 )
 from headwater.resources import DeliverySpec as ResourceDelivery
 from headwater.runtime import components
+from headwater.runtime import mqtt as mqtt_components
 from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # Component tables, one per module that defines kinds: ``{kind: builder}``.
 COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] = (
     components.BUILDERS,
+    mqtt_components.BUILDERS,
 )
 
 
