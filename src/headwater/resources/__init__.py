@@ -1,6 +1,6 @@
 """Resources in Knative's shapes: models of every kind and the YAML loader."""
 
-from headwater.resources.durations import parse_duration
+from headwater.eventing import parse_duration
 from headwater.resources.kinds import ADDRESSABLE_KINDS, KINDS
 from headwater.resources.loader import (
     ConfigError,
