@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from headwater.resources import (
+    ADDRESSABLE_KINDS,
+    KINDS,
     Broker,
     ConfigError,
     Trigger,
@@ -184,8 +186,7 @@ def test_namespace_defaults_to_default() -> None:
             kind: Gizmo
             metadata: {name: g}
             """,
-            "r.yaml:2: kind: unknown kind 'Gizmo'; Headwater knows Broker, Channel, "
-            "EventDisplay, InMemoryChannel, PingSource, Subscription, Trigger",
+            f"r.yaml:2: kind: unknown kind 'Gizmo'; Headwater knows {', '.join(sorted(KINDS))}",
             id="unknown-kind",
         ),
         pytest.param(
@@ -367,8 +368,7 @@ def test_env_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
                   ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dls}
             """,
             "r.yaml:1: Broker b: spec.delivery.deadLetterSink.ref.kind: Headwater cannot "
-            "address a Service; use one of Broker, Channel, EventDisplay, InMemoryChannel, or a "
-            "`uri`",
+            f"address a Service; use one of {', '.join(sorted(ADDRESSABLE_KINDS))}, or a `uri`",
             id="unaddressable-kind",
         ),
         pytest.param(
