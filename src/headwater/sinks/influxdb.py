@@ -1,0 +1,408 @@
+"""InfluxDBSink: events as points, written in batches, each delivery acknowledged honestly.
+
+How this works: :meth:`InfluxDBSink.deliver` turns the event into one line of
+line protocol (:mod:`headwater.sinks.lineprotocol`), appends it to the open
+batch with a future of its own, and waits for that future. One flusher task
+seals a batch when it holds ``batch_size`` points or ``flush_interval`` after
+its first point, and starts its write as soon as one of
+``max_concurrent_writes`` slots is free; many concurrent deliveries thus share
+one HTTP write, and each returns only once InfluxDB answered ``204`` for the
+write that carried its point (ack means written). At most ``max_buffered``
+points are waiting or being written; further deliveries wait for room
+(backpressure up to the Trigger's dispatcher, never dropping).
+
+A failed write fails every delivery in it with :class:`DeliveryError`, so the
+Trigger's retries and dead letter sink apply per event. 5xx, 429, timeouts
+and connection errors are retryable. A ``400``/``413``/``422`` for a batch
+(a line InfluxDB refused: field type conflict, bad line, too large) is
+narrowed down by writing the halves again until the refused lines stand
+alone: those deliveries fail, not retryable, with InfluxDB's message and the
+offending line; the others succeed (writing a point twice is harmless: the
+same series and timestamp overwrite the same values).
+
+InfluxDB 1.x: ``POST /write?db=&rp=&precision=`` with basic auth;
+2.x: ``POST /api/v2/write?org=&bucket=&precision=`` with ``Authorization:
+Token``. Credentials go in headers only, never in URLs, reprs or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing.delivery import parse_retry_after, should_retry
+from headwater.eventing.http import new_session
+from headwater.eventing.sink import DeliveryError
+from headwater.sinks.lineprotocol import LineProtocolError, PointMapping
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_MAX_BUFFERED",
+    "DEFAULT_MAX_CONCURRENT_WRITES",
+    "DEFAULT_WRITE_TIMEOUT",
+    "InfluxDBSink",
+    "InfluxTarget",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE: Final = 5000
+"""Points per write: InfluxDB's documented optimum ("batches of 5,000 points")."""
+
+DEFAULT_FLUSH_INTERVAL: Final = 0.01
+"""Seconds a batch stays open after its first point. Deliveries are acknowledged
+only once written, so a Trigger's in-flight limit (100 by default) caps how many
+points can gather: a short interval keeps latency low and lets a busy Trigger
+fill batches anyway (100 points / 10 ms); raise it with the Trigger's
+``headwater.dev/max-inflight`` for bigger batches."""
+
+DEFAULT_MAX_BUFFERED: Final = 50_000
+"""Points waiting or being written (about 10 batches, a few MiB); beyond it
+``deliver()`` waits for a write to finish."""
+
+DEFAULT_MAX_CONCURRENT_WRITES: Final = 4
+"""Writes in flight at once: enough to overlap encoding and InfluxDB's fsync,
+few enough not to make InfluxDB compete with itself (it serialises WAL writes)."""
+
+DEFAULT_WRITE_TIMEOUT: Final = 10.0
+"""Seconds one write may take before it counts as failed (retryable)."""
+
+MAX_ERROR_BODY: Final = 4096
+"""Bytes of an error response kept (it ends up in ``knativeerrordata``)."""
+
+MAX_LINE_IN_REASON: Final = 256
+"""Characters of an offending line quoted in a failure reason."""
+
+_SPLITTABLE: Final = frozenset({400, 413, 422})
+"""Statuses that blame the content of a batch, so halving it finds the culprit."""
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxTarget:
+    """Where points go: InfluxDB 1.x (``database``) or 2.x (``bucket``, ``org``)."""
+
+    url: str
+    database: str | None = None
+    retention_policy: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    org: str | None = None
+    bucket: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.database is None) == (self.bucket is None):
+            raise ValueError("an InfluxDB target needs `database` (1.x) or `bucket` (2.x)")
+        if self.bucket is not None and not self.org:
+            raise ValueError("an InfluxDB 2.x target needs `org` with `bucket`")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"InfluxDB url {self.redacted_url!r} must be http(s)://host[:port]")
+
+    def __repr__(self) -> str:
+        where = self.database if self.version == 1 else f"{self.org}/{self.bucket}"
+        return f"InfluxTarget({self.redacted_url!r}, {where!r})"
+
+    @property
+    def version(self) -> int:
+        return 1 if self.database is not None else 2
+
+    @property
+    def redacted_url(self) -> str:
+        """The base URL without any user:password part, for logs and status."""
+        parts = urlsplit(self.url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+    def write_url(self, precision: str) -> str:
+        base = self.url.rstrip("/")
+        if self.version == 1:
+            # 1.x precision values: n, u, ms, s (/write HTTP API reference).
+            query = {"db": self.database, "precision": _V1_PRECISION[precision]}
+            if self.retention_policy:
+                query["rp"] = self.retention_policy
+            return f"{base}/write?{urlencode(query)}"
+        query = {"org": self.org, "bucket": self.bucket, "precision": precision}
+        return f"{base}/api/v2/write?{urlencode(query)}"
+
+    def auth_headers(self) -> dict[str, str]:
+        if self.version == 2:
+            return {"Authorization": f"Token {self.token}"} if self.token else {}
+        if self.username is not None:
+            # RFC 7617: base64 of "user:password".
+            credentials = f"{self.username}:{self.password or ''}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+        return {}
+
+
+_V1_PRECISION: Final = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
+
+
+class _Batch:
+    __slots__ = ("futures", "lines", "opened")
+
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.lines: list[bytes] = []
+        self.futures: list[asyncio.Future[DeliveryError | None]] = []
+
+
+class InfluxDBSink:
+    """Writes each delivered event to InfluxDB as one point; see the module docstring.
+
+    Use as ``async with InfluxDBSink(...) as sink`` (or ``start()``/``close()``):
+    the flusher runs between the two, and ``close()`` writes what is buffered.
+    """
+
+    def __init__(
+        self,
+        target: InfluxTarget,
+        mapping: PointMapping,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        max_concurrent_writes: int = DEFAULT_MAX_CONCURRENT_WRITES,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    ) -> None:
+        if batch_size < 1 or max_concurrent_writes < 1 or max_buffered < batch_size:
+            raise ValueError(
+                "need batch_size >= 1, max_concurrent_writes >= 1, max_buffered >= batch_size"
+            )
+        if flush_interval < 0 or write_timeout <= 0:
+            raise ValueError("flush_interval must be >= 0 and write_timeout > 0")
+        self.target = target
+        self.mapping = mapping
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_buffered = max_buffered
+        self.write_timeout = write_timeout
+        self._url = target.write_url(mapping.precision)
+        self._headers = {"Content-Type": "text/plain; charset=utf-8", **target.auth_headers()}
+        self._session = session
+        self._owns_session = session is None
+        self._slots = asyncio.Semaphore(max_concurrent_writes)
+        self._current: _Batch | None = None
+        self._sealed: collections.deque[_Batch] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._buffered = 0
+        self._closing = False
+        self._flusher: asyncio.Task[None] | None = None
+        # Counters for status() and metrics.
+        self.points_written = 0
+        self.points_failed = 0
+        self.writes = 0
+        self.failed_writes = 0
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        where = self.target.database or f"{self.target.org}/{self.target.bucket}"
+        return f"InfluxDBSink({self.target.redacted_url!r}, {where!r})"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> InfluxDBSink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._flusher is not None:
+            raise RuntimeError(f"{self!r} already started")
+        if self._session is None:
+            self._session = new_session()
+        # Owned by this sink and awaited in close().
+        self._flusher = asyncio.create_task(self._run(), name=f"influxdb-flusher:{self!r}")
+
+    async def close(self) -> None:
+        """Write every buffered point (bounded by ``write_timeout`` per write), then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._flusher is not None:
+            await self._flusher
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def buffered(self) -> int:
+        """Points waiting for or in a write."""
+        return self._buffered
+
+    def status(self) -> dict[str, object]:
+        return {
+            "url": self.target.redacted_url,
+            "pointsWritten": self.points_written,
+            "pointsFailed": self.points_failed,
+            "writes": self.writes,
+            "failedWrites": self.failed_writes,
+            "buffered": self._buffered,
+            "lastError": self.last_error,
+        }
+
+    # -- the Sink interface ------------------------------------------------------
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        if self._flusher is None or self._closing:
+            raise DeliveryError(None, True, reason=f"{self!r} is not running")
+        try:
+            line = self.mapping.line(event, time.time_ns()).encode()
+        except LineProtocolError as exc:
+            # The event itself cannot become a point: trying again cannot help.
+            self.points_failed += 1
+            raise DeliveryError(None, False, reason=str(exc)) from exc
+        while self._buffered >= self.max_buffered:
+            self._space.clear()
+            await self._space.wait()
+        future: asyncio.Future[DeliveryError | None] = asyncio.get_running_loop().create_future()
+        batch = self._current
+        if batch is None:
+            batch = self._current = _Batch(asyncio.get_running_loop().time())
+            self._wakeup.set()
+        batch.lines.append(line)
+        batch.futures.append(future)
+        self._buffered += 1
+        if len(batch.lines) >= self.batch_size:
+            self._sealed.append(batch)
+            self._current = None
+            self._wakeup.set()
+        # Cancelled here (a delivery timeout), the point is still written with
+        # its batch; the retry writes it again, which overwrites it unchanged.
+        error = await future
+        if error is not None:
+            raise DeliveryError(
+                error.status,
+                error.retryable,
+                error.body,
+                retry_after=error.retry_after,
+                reason=error.reason,
+            )
+        return None
+
+    # -- the flusher ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as writes:
+            while (batch := await self._next_batch()) is not None:
+                await self._slots.acquire()
+                writes.create_task(self._write_batch(batch))
+
+    async def _next_batch(self) -> _Batch | None:
+        """The next batch due for writing; ``None`` once closing and empty."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._sealed:
+                return self._sealed.popleft()
+            batch = self._current
+            remaining: float | None = None
+            if batch is not None:
+                remaining = batch.opened + self.flush_interval - loop.time()
+                if remaining <= 0 or self._closing:
+                    self._current = None
+                    return batch
+            elif self._closing:
+                return None
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    async def _write_batch(self, batch: _Batch) -> None:
+        try:
+            outcomes = await self._write_narrowing(batch.lines)
+        except Exception as exc:  # never let one write take the flusher down
+            log.exception("%r: write failed unexpectedly", self)
+            failure = DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}")
+            outcomes = [failure] * len(batch.lines)
+        finally:
+            self._slots.release()
+            self._buffered -= len(batch.lines)
+            self._space.set()
+        for future, outcome in zip(batch.futures, outcomes, strict=True):
+            if outcome is None:
+                self.points_written += 1
+            else:
+                self.points_failed += 1
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _write_narrowing(self, lines: list[bytes]) -> list[DeliveryError | None]:
+        """Each line's outcome; a content error on many lines is narrowed by halving."""
+        error = await self._post(lines)
+        if error is None:
+            return [None] * len(lines)
+        if error.retryable or error.status not in _SPLITTABLE:
+            return [error] * len(lines)
+        if len(lines) == 1:
+            line = lines[0].decode(errors="replace")
+            if len(line) > MAX_LINE_IN_REASON:
+                line = line[:MAX_LINE_IN_REASON] + "..."
+            reason = f"{error.reason}; line: {line}"
+            log.warning("%r: InfluxDB refused a point: %s", self, reason)
+            return [DeliveryError(error.status, False, error.body, reason=reason)]
+        middle = len(lines) // 2
+        return [
+            *await self._write_narrowing(lines[:middle]),
+            *await self._write_narrowing(lines[middle:]),
+        ]
+
+    async def _post(self, lines: list[bytes]) -> DeliveryError | None:
+        session = self._session
+        assert session is not None  # set in start()
+        self.writes += 1
+        try:
+            async with (
+                asyncio.timeout(self.write_timeout),
+                session.post(self._url, data=b"\n".join(lines), headers=self._headers) as response,
+            ):
+                if 200 <= response.status < 300:
+                    return None
+                body = await response.content.read(MAX_ERROR_BODY)
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            error = DeliveryError(None, True, reason=f"write timed out after {self.write_timeout}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            error = DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}")
+        else:
+            error = DeliveryError(
+                status,
+                should_retry(status),
+                body,
+                retry_after=retry_after,
+                reason=f"InfluxDB {status}: {_message(body)}",
+            )
+        self.failed_writes += 1
+        self.last_error = error.reason or str(error)
+        return error
+
+
+def _message(body: bytes) -> str:
+    """InfluxDB's error text: 1.x ``{"error": ...}``, 2.x ``{"message": ...}``, else the body."""
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode(errors="replace").strip()[:MAX_ERROR_BODY]
+    if isinstance(decoded, dict):
+        text = decoded.get("error") or decoded.get("message")
+        if isinstance(text, str):
+            return text
+    return body.decode(errors="replace").strip()
