@@ -181,3 +181,81 @@ class NatsServer(ManagedServer):
         except (OSError, ValueError, KeyError):
             return None
         return int(urls[0].rsplit(":", 1)[1])
+
+
+class InfluxServer(ManagedServer):
+    """Debian's ``influxd`` (InfluxDB 1.x), its meta, data and WAL under ``data_dir``.
+
+    influxd cannot report a port it picked, so it gets ``free_port()``; the
+    RPC (backup) listener gets one too. Reporting, the internal monitor store
+    and query logging are off: nothing leaves the machine or the temp dir.
+    """
+
+    name = "influxd"
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.binary = find_executable("influxd", "/usr/bin/influxd")
+        self.port = free_port()
+        self._rpc_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _command(self, port: int) -> list[str]:
+        config = self.data_dir / "influxdb.conf"
+        quoted = {n: json.dumps(str(self.data_dir / n)) for n in ("meta", "data", "wal")}
+        config.write_text(
+            "reporting-disabled = true\n"
+            f'bind-address = "{LOOPBACK}:{self._rpc_port}"\n'
+            f"[meta]\n  dir = {quoted['meta']}\n"
+            f"[data]\n  dir = {quoted['data']}\n  wal-dir = {quoted['wal']}\n"
+            "  query-log-enabled = false\n"
+            f'[http]\n  bind-address = "{LOOPBACK}:{port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+            "[continuous_queries]\n  enabled = false\n"
+            "[subscriber]\n  enabled = false\n"
+        )
+        return [self.binary, "-config", str(config)]
+
+
+class PrometheusServer(ManagedServer):
+    """Debian's ``prometheus`` scraping ``targets`` (host:port) every ``scrape_interval``."""
+
+    name = "prometheus"
+
+    def __init__(self, data_dir: Path, targets: list[str], *, scrape_interval: str = "1s") -> None:
+        super().__init__(data_dir)
+        self.binary = find_executable("prometheus", "/usr/bin/prometheus")
+        self.port = free_port()
+        self.targets = targets
+        self.scrape_interval = scrape_interval
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _command(self, port: int) -> list[str]:
+        config = self.data_dir / "prometheus.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": self.scrape_interval},
+                    "scrape_configs": [
+                        {
+                            "job_name": "headwater",
+                            "scrape_interval": self.scrape_interval,
+                            "scrape_timeout": self.scrape_interval,
+                            "static_configs": [{"targets": self.targets}],
+                        }
+                    ],
+                }
+            )
+        )
+        return [
+            self.binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+        ]

@@ -1,0 +1,132 @@
+"""InfluxDBSink against a real influxd 1.x: what was delivered is what a query returns."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import aiohttp
+import pytest
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import DeliveryError
+from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
+from headwater.sinks.lineprotocol import PointMapping
+from tests.servers import InfluxServer
+
+pytestmark = pytest.mark.integration
+
+_databases = itertools.count()
+
+
+async def query(url: str, db: str, q: str) -> list[dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/query", params={"db": db, "q": q, "epoch": "ns"}) as response,
+    ):
+        body = await response.json()
+    return body["results"][0].get("series", [])  # type: ignore[no-any-return]
+
+
+async def new_database(url: str) -> str:
+    name = f"test{next(_databases)}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/query", data={"q": f'CREATE DATABASE "{name}"'}) as response,
+    ):
+        assert response.status == 200
+    return name
+
+
+def telemetry(i: int, data: object, **extra: object) -> CloudEvent:
+    return CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": str(i),
+            "source": "mqtt://gw/sensors",
+            "type": "dev.headwater.telemetry",
+            "subject": f"greenhouse {i % 3}",
+            "time": f"2026-11-28T12:00:{i % 60:02d}.{i:09d}Z",
+            "datacontenttype": "application/json",
+            **extra,
+        },
+        data,
+    )
+
+
+async def test_points_read_back_with_types_tags_and_nanosecond_times(
+    influxd: InfluxServer,
+) -> None:
+    db = await new_database(influxd.url)
+    mapping = PointMapping.compile(
+        tags=["subject", "zone"],
+        fields={"t": "temperature", "n": "count", "ok": "ok", "note": "note"},
+        integers=True,
+    )
+    note = 'say "hi", \\ x=1 y'
+    events = [
+        telemetry(
+            i,
+            {"temperature": 20 + i / 4, "count": i, "ok": i % 2 == 0, "note": note},
+            zone="north,east",
+        )
+        for i in range(300)
+    ]
+    async with InfluxDBSink(InfluxTarget(influxd.url, database=db), mapping) as sink:
+        results = await asyncio.gather(*(sink.deliver(e) for e in events))
+    assert results == [None] * 300
+    assert sink.writes < 300  # batched
+    series = await query(
+        influxd.url, db, 'SELECT t, n, ok, note FROM "dev.headwater.telemetry" GROUP BY *'
+    )
+    assert {s["tags"]["subject"] for s in series} == {
+        "greenhouse 0",
+        "greenhouse 1",
+        "greenhouse 2",
+    }
+    assert {s["tags"]["zone"] for s in series} == {"north,east"}
+    rows = {row[0]: row[1:] for s in series for row in s["values"]}
+    assert len(rows) == 300
+    noon = 1795867200_000000000
+    assert rows[noon] == [20.0, 0, True, note]
+    assert rows[noon + 1_000_000_000 + 1] == [20.25, 1, False, note]
+    assert rows[noon + 59_000_000_000 + 299] == [20 + 299 / 4, 299, False, note]
+    types = await query(influxd.url, db, 'SHOW FIELD KEYS FROM "dev.headwater.telemetry"')
+    assert dict(map(tuple, types[0]["values"])) == {  # type: ignore[arg-type]
+        "n": "integer",
+        "note": "string",
+        "ok": "boolean",
+        "t": "float",
+    }
+
+
+async def test_field_type_conflict_fails_only_the_offending_events(influxd: InfluxServer) -> None:
+    db = await new_database(influxd.url)
+    mapping = PointMapping.compile(measurement="m", tags=["subject"], fields={"v": "v"})
+    target = InfluxTarget(influxd.url, database=db)
+    async with InfluxDBSink(target, mapping, batch_size=100, flush_interval=0.2) as sink:
+        await sink.deliver(telemetry(0, {"v": 1.0}))  # the field is a float from now on
+        events = [
+            telemetry(i, {"v": "broken" if i in (17, 71) else float(i)}) for i in range(1, 100)
+        ]
+        results = await asyncio.gather(*(sink.deliver(e) for e in events), return_exceptions=True)
+    failed = {i + 1: r for i, r in enumerate(results) if r is not None}
+    assert set(failed) == {17, 71}
+    error = failed[17]
+    assert isinstance(error, DeliveryError) and error.status == 400 and not error.retryable
+    assert "field type conflict" in error.reason
+    assert 'line: m,subject=greenhouse\\ 2 v="broken"' in error.reason
+    count = await query(influxd.url, db, "SELECT count(v) FROM m")
+    assert count[0]["values"][0][1] == 98
+
+
+async def test_missing_database_is_retryable_not_lost(influxd: InfluxServer) -> None:
+    mapping = PointMapping.compile(measurement="m")
+    target = InfluxTarget(influxd.url, database="never-created")
+    async with InfluxDBSink(target, mapping, flush_interval=0) as sink:
+        with pytest.raises(DeliveryError) as raised:
+            await sink.deliver(telemetry(1, {"v": 1.0}))
+    # 404 "database not found": Knative retries 404, and creating it fixes the write.
+    assert raised.value.status == 404 and raised.value.retryable
+    assert "database not found" in raised.value.reason
