@@ -17,12 +17,15 @@ from headwater.resources.models import (
     Trigger,
 )
 from headwater.resources.mqtt import MqttBrokerSource, MqttSink, MqttSource
+from headwater.resources.sinks import HttpSink, InfluxDBSink, PrometheusSink
 
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Broker, Trigger, Channel, InMemoryChannel, Subscription, PingSource, EventDisplay)
 }
 KINDS.update({cls.KIND: cls for cls in (MqttBrokerSource, MqttSource, MqttSink)})
+KINDS.update({cls.KIND: cls for cls in (InfluxDBSink, PrometheusSink, HttpSink)})
 
 # Kinds that can receive events through a Destination's `ref`.
 ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay", "MqttSink"})
+ADDRESSABLE_KINDS |= {"InfluxDBSink", "PrometheusSink", "HttpSink"}

@@ -35,6 +35,7 @@ from headwater.resources import (
 from headwater.resources import DeliverySpec as ResourceDelivery
 from headwater.runtime import components
 from headwater.runtime import mqtt as mqtt_components
+from headwater.runtime import sinks as sink_components
 from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] = (
     components.BUILDERS,
     mqtt_components.BUILDERS,
+    sink_components.BUILDERS,
 )
 
 

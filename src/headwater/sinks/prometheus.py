@@ -1,0 +1,238 @@
+"""PrometheusSink: telemetry events become gauges and counters for Prometheus to scrape.
+
+How this works: each configured :class:`MetricSpec` names a metric, its type,
+the labels (each from a CloudEvent attribute or extension) and the value (a
+JMESPath over the JSON data; a counter without one counts events). A
+delivery updates one series per metric in plain dicts (no Prometheus objects
+on the event path) and remembers when. At scrape time
+:meth:`PrometheusSink.metric_families` turns the state into prometheus_client
+metric families, first forgetting every series not updated for ``staleness``
+seconds: a device that stopped reporting disappears from the exposition, and
+Prometheus marks its series stale, instead of repeating its last reading
+forever. The families are served on Headwater's ``/metrics`` (the runtime
+component exposes them) or on a port of the sink's own.
+
+Each metric holds at most ``max_series`` series (cardinality guard); an event
+that would add one more, after stale ones are forgotten, is refused with a
+non-retryable :class:`DeliveryError` (dead-lettered, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from headwater.cloudevents import CloudEvent
+from headwater.cloudevents._types import canonical_string
+from headwater.eventing.sink import DeliveryError
+from headwater.sinks._values import NOT_JSON, compile_path, json_data
+
+__all__ = [
+    "DEFAULT_MAX_SERIES",
+    "DEFAULT_STALENESS",
+    "MetricSpec",
+    "PrometheusSink",
+]
+
+DEFAULT_STALENESS: Final = 300.0
+"""Seconds without an update after which a series is dropped (Prometheus's own
+lookback is 5 minutes, so a dropped series and a silent one look alike to queries)."""
+
+DEFAULT_MAX_SERIES: Final = 10_000
+"""Series per metric: far above a gateway's devices, low enough that a label fed
+by something unbounded (an event id) cannot grow the process without limit."""
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: ``labels`` maps a label name to the attribute that gives its value."""
+
+    name: str
+    type: Literal["gauge", "counter"] = "gauge"
+    help: str = ""
+    value: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    event_type: str | None = None
+
+    def __post_init__(self) -> None:
+        # Prometheus data model: metric names [a-zA-Z_:][a-zA-Z0-9_:]*, label
+        # names [a-zA-Z_][a-zA-Z0-9_]*, "names beginning with __ are reserved".
+        if not _METRIC_NAME.match(self.name):
+            raise ValueError(f"metric name {self.name!r} is not [a-zA-Z_:][a-zA-Z0-9_:]*")
+        for label in self.labels:
+            if not _LABEL_NAME.match(label) or label.startswith("__"):
+                raise ValueError(f"label name {label!r} of {self.name} is not a valid label")
+        if self.type not in ("gauge", "counter"):
+            raise ValueError(f"metric type must be gauge or counter, not {self.type!r}")
+        if self.type == "gauge" and self.value is None:
+            raise ValueError(f"gauge {self.name} needs a `value` expression")
+
+
+class _Series:
+    __slots__ = ("seen", "value")
+
+    def __init__(self, value: float, seen: float) -> None:
+        self.value = value
+        self.seen = seen
+
+
+class _Metric:
+    """A compiled :class:`MetricSpec` and its series (label values -> value)."""
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self.label_names = tuple(spec.labels)
+        self.attributes = tuple(spec.labels.values())
+        self.value = compile_path(spec.value) if spec.value is not None else None
+        self.counter = spec.type == "counter"
+        self.series: dict[tuple[str, ...], _Series] = {}
+
+    def forget_stale(self, oldest: float) -> None:
+        stale = [key for key, series in self.series.items() if series.seen < oldest]
+        for key in stale:
+            del self.series[key]
+
+    def family(self) -> Metric:
+        spec = self.spec
+        family: GaugeMetricFamily | CounterMetricFamily
+        if self.counter:
+            family = CounterMetricFamily(spec.name, spec.help, labels=self.label_names)
+        else:
+            family = GaugeMetricFamily(spec.name, spec.help, labels=self.label_names)
+        for key, series in self.series.items():
+            family.add_metric(list(key), series.value)
+        return family
+
+
+def _number(value: Any) -> float | None:
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value) if math.isfinite(value) else None
+    if kind is bool:
+        return 1.0 if value else 0.0
+    if kind is str:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+class PrometheusSink:
+    """Keeps the latest value (gauges) or running total (counters) per series."""
+
+    def __init__(
+        self,
+        metrics: Sequence[MetricSpec],
+        *,
+        staleness: float = DEFAULT_STALENESS,
+        max_series: int = DEFAULT_MAX_SERIES,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not metrics:
+            raise ValueError("a PrometheusSink needs at least one metric")
+        names = [m.name for m in metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric names must be unique: {names}")
+        if staleness <= 0 or max_series < 1:
+            raise ValueError("staleness must be > 0 and max_series >= 1")
+        self._metrics = [_Metric(spec) for spec in metrics]
+        self.staleness = staleness
+        self.max_series = max_series
+        self._clock = clock
+        self.received = 0
+        self.unused = 0
+
+    def __repr__(self) -> str:
+        return f"PrometheusSink({[m.spec.name for m in self._metrics]})"
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        self.received += 1
+        now = self._clock()
+        data = json_data(event)
+        attributes = event.attributes
+        used = False
+        for metric in self._metrics:
+            spec = metric.spec
+            if spec.event_type is not None and event.type != spec.event_type:
+                continue
+            if metric.value is None:
+                amount = 1.0
+            else:
+                if data is NOT_JSON:
+                    continue
+                found = _number(metric.value(data))
+                if found is None:
+                    continue  # this event does not carry this metric's value
+                amount = found
+                if metric.counter and amount < 0:
+                    raise DeliveryError(
+                        None, False, reason=f"counter {spec.name} cannot go down by {-amount}"
+                    )
+            key = tuple(_label_value(attributes.get(name)) for name in metric.attributes)
+            series = metric.series.get(key)
+            if series is None:
+                if len(metric.series) >= self.max_series:
+                    metric.forget_stale(now - self.staleness)
+                if len(metric.series) >= self.max_series:
+                    raise DeliveryError(
+                        None,
+                        False,
+                        reason=f"metric {spec.name} already has {self.max_series} series; "
+                        f"refusing labels {dict(zip(metric.label_names, key, strict=True))}",
+                    )
+                metric.series[key] = _Series(0.0 if metric.counter else amount, now)
+                series = metric.series[key]
+            if metric.counter:
+                series.value += amount
+            else:
+                series.value = amount
+            series.seen = now
+            used = True
+        if not used:
+            self.unused += 1
+        return None
+
+    def metric_families(self) -> list[Metric]:
+        """The metrics as they are now, stale series forgotten first."""
+        oldest = self._clock() - self.staleness
+        families = []
+        for metric in self._metrics:
+            metric.forget_stale(oldest)
+            families.append(metric.family())
+        return families
+
+    def series_count(self) -> int:
+        return sum(len(m.series) for m in self._metrics)
+
+    def render(self) -> bytes:
+        """The text exposition format of :meth:`metric_families` (for a port of its own)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self))
+        return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, sink: PrometheusSink) -> None:
+        self.sink = sink
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.sink.metric_families()
+
+
+def _label_value(value: object) -> str:
+    return "" if value is None else canonical_string(value)  # type: ignore[arg-type]

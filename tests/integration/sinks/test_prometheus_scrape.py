@@ -1,0 +1,131 @@
+"""PrometheusSink on a running Headwater's /metrics, scraped by a real prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from headwater.cloudevents import CloudEvent
+from headwater.runtime import Runtime
+from tests.servers import PrometheusServer
+
+pytestmark = pytest.mark.integration
+
+MESH = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: sinks.headwater.dev/v1alpha1
+kind: PrometheusSink
+metadata: {name: greenhouse}
+spec:
+  staleness: PT1M
+  metrics:
+    - name: greenhouse_temperature_celsius
+      help: Air temperature per device.
+      value: reading.celsius
+      labels: {device: subject, zone: zone}
+    - name: greenhouse_readings
+      type: counter
+      labels: {device: subject}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: to-prometheus}
+spec:
+  broker: default
+  filter: {attributes: {type: dev.headwater.telemetry}}
+  subscriber:
+    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: PrometheusSink, name: greenhouse}
+"""
+
+SCRAPE_WAIT = 30.0
+"""Seconds for prometheus to start, scrape (every second) and answer a query."""
+
+
+def reading(i: int, device: str, celsius: float) -> CloudEvent:
+    return CloudEvent(
+        {
+            "specversion": "1.0",
+            "id": str(i),
+            "source": "mqtt://gw/sensors",
+            "type": "dev.headwater.telemetry",
+            "subject": device,
+            "zone": "north",
+            "datacontenttype": "application/json",
+        },
+        {"reading": {"celsius": celsius}},
+    )
+
+
+@pytest.fixture
+def prometheus_for(tmp_path: Path) -> Iterator[Any]:
+    servers: list[PrometheusServer] = []
+
+    def start(target: str) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / "prometheus", [target])
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+async def query_until(url: str, promql: str, expected: dict[str, float]) -> dict[str, float]:
+    """Poll the query API until it returns ``expected`` (device -> value) or time runs out."""
+    seen: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session, asyncio.timeout(SCRAPE_WAIT):
+        while True:
+            async with session.get(f"{url}/api/v1/query", params={"query": promql}) as response:
+                # 503 until the TSDB is ready
+                body = await response.json() if response.status == 200 else {}
+            if body.get("status") == "success":
+                seen = {r["metric"]["device"]: float(r["value"][1]) for r in body["data"]["result"]}
+                if seen == expected:
+                    return seen
+            await asyncio.sleep(0.25)
+
+
+async def test_prometheus_scrapes_gauges_and_counters(
+    headwater: tuple[Runtime, str], prometheus_for: Any
+) -> None:
+    runtime, address = headwater
+    await runtime.apply_text(MESH, "mesh.yaml")
+    broker = runtime.broker("default", "default")
+    await broker.accept([reading(1, "s1", 20.5), reading(2, "s2", 18.0), reading(3, "s1", 21.25)])
+    sink = runtime.reconciler.component(("PrometheusSink", "default", "greenhouse"))
+    for _ in range(500):  # up to 10 s for the Trigger to deliver
+        if sink.status()["received"] == 3:  # type: ignore[union-attr]
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail(f"the Trigger delivered {sink.status()} of 3 events")  # type: ignore[union-attr]
+
+    prometheus = prometheus_for(address)
+    assert await query_until(
+        prometheus.url, 'greenhouse_temperature_celsius{zone="north"}', {"s1": 21.25, "s2": 18.0}
+    )
+    assert await query_until(prometheus.url, "greenhouse_readings_total", {"s1": 2.0, "s2": 1.0})
+
+
+async def test_own_port_serves_the_metrics_alone(headwater: tuple[Runtime, str]) -> None:
+    runtime, address = headwater
+    own = MESH.replace("  staleness: PT1M\n", "  staleness: PT1M\n  port: 0\n  host: 127.0.0.1\n")
+    await runtime.apply_text(own, "mesh.yaml")
+    component: Any = runtime.reconciler.component(("PrometheusSink", "default", "greenhouse"))
+    await component.sink.deliver(reading(1, "s7", 30.5))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(component.status()["metricsUrl"]) as response:
+            own_text = await response.text()
+        async with session.get(f"http://{address}/metrics") as response:
+            main_text = await response.text()
+    assert 'greenhouse_temperature_celsius{device="s7",zone="north"} 30.5' in own_text
+    assert "greenhouse_temperature_celsius" not in main_text

@@ -1,0 +1,191 @@
+"""The HttpSink kind: headers, a token from the environment, content modes and TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import DeliveryError
+from headwater.resources import ConfigError, load_text
+from headwater.runtime import Runtime
+
+EVENT = CloudEvent(
+    {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "subject": "x"},
+    {"v": 1},
+)
+
+
+def sink_yaml(uri: str, extra: str = "") -> str:
+    return (
+        "apiVersion: sinks.headwater.dev/v1alpha1\nkind: HttpSink\nmetadata: {name: cloud}\n"
+        f"spec:\n  uri: {uri}\n{extra}"
+    )
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.Response(status=202)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "headwater-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[Runtime]:
+    runtime = Runtime()
+    yield runtime
+    await runtime.close()
+
+
+async def serve(receiver: Receiver, context: ssl.SSLContext | None = None) -> TestServer:
+    app = web.Application()
+    app.router.add_post("/", receiver.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(ssl=context)
+    return server
+
+
+def component(runtime: Runtime) -> Any:
+    return runtime.reconciler.component(("HttpSink", "default", "cloud"))
+
+
+async def test_token_from_env_headers_and_structured_mode(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOUD_TOKEN", "s3cret-token")
+    receiver = Receiver()
+    server = await serve(receiver)
+    try:
+        extra = "  tokenEnv: CLOUD_TOKEN\n  headers: {X-Site: greenhouse}\n  format: json\n"
+        await runtime.apply_text(sink_yaml(str(server.make_url("/")), extra), "sink.yaml")
+        assert await component(runtime).sink.deliver(EVENT) is None
+    finally:
+        await server.close()
+    headers, body = receiver.requests[0]
+    assert headers["Authorization"] == "Bearer s3cret-token"
+    assert headers["X-Site"] == "greenhouse"
+    assert headers["Content-Type"] == "application/cloudevents+json"
+    assert b'"id":"1"' in body
+    status = runtime.status(("HttpSink", "default", "cloud"))
+    assert "s3cret-token" not in repr(status)
+    assert "s3cret-token" not in repr(runtime.get(("HttpSink", "default", "cloud")))
+
+
+async def test_binary_mode_is_the_default(runtime: Runtime) -> None:
+    receiver = Receiver()
+    server = await serve(receiver)
+    try:
+        await runtime.apply_text(sink_yaml(str(server.make_url("/"))), "sink.yaml")
+        await component(runtime).sink.deliver(EVENT)
+    finally:
+        await server.close()
+    headers, _ = receiver.requests[0]
+    assert headers["ce-id"] == "1" and "Authorization" not in headers
+
+
+async def test_missing_token_variable_keeps_the_sink_not_ready(runtime: Runtime) -> None:
+    await runtime.apply_text(
+        sink_yaml("http://127.0.0.1:9/", "  tokenEnv: HEADWATER_TEST_UNSET_VARIABLE\n"), "s.yaml"
+    )
+    assert component(runtime) is None
+    (condition,) = runtime.status(("HttpSink", "default", "cloud"))["conditions"]
+    assert condition["status"] == "False"
+    assert "HEADWATER_TEST_UNSET_VARIABLE is not set" in condition["message"]
+
+
+def test_credentials_in_headers_are_refused() -> None:
+    with pytest.raises(ConfigError, match="tokenEnv"):
+        load_text(sink_yaml("http://x/", "  headers: {Authorization: Bearer abc}\n"), "s.yaml")
+
+
+async def test_tls_with_a_private_ca_and_without(runtime: Runtime, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    receiver = Receiver()
+    server = await serve(receiver, context)
+    url = str(server.make_url("/"))
+    try:
+        assert url.startswith("https://")
+        await runtime.apply_text(sink_yaml(url), "s.yaml")
+        with pytest.raises(DeliveryError) as untrusted:
+            await component(runtime).sink.deliver(EVENT)
+        assert untrusted.value.retryable and "certificate" in untrusted.value.reason.lower()
+
+        await runtime.apply_text(sink_yaml(url, f"  tls: {{caFile: {cert}}}\n"), "s.yaml")
+        assert await component(runtime).sink.deliver(EVENT) is None
+
+        await runtime.apply_text(sink_yaml(url, "  tls: {insecureSkipVerify: true}\n"), "s.yaml")
+        assert await component(runtime).sink.deliver(EVENT) is None
+    finally:
+        await server.close()
+    assert len(receiver.requests) == 2
+
+
+async def test_a_trigger_delivers_to_the_kind_by_ref(runtime: Runtime) -> None:
+    receiver = Receiver()
+    server = await serve(receiver)
+    mesh = (
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n---\n"
+        + sink_yaml(str(server.make_url("/")))
+        + "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: up}\n"
+        "spec:\n  broker: default\n  subscriber:\n"
+        "    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: HttpSink, name: cloud}\n"
+    )
+    try:
+        await runtime.apply_text(mesh, "mesh.yaml")
+        await runtime.broker("default", "default").accept([EVENT])
+        for _ in range(250):  # up to 5 s
+            if receiver.requests:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await server.close()
+    assert receiver.requests[0][0]["ce-id"] == "1"
