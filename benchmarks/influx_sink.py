@@ -9,7 +9,10 @@ delivered (a) through :class:`~headwater.sinks.influxdb.InfluxDBSink` by
 written, and (b) by a naive client that POSTs one line per event over a
 keep-alive session, awaiting each write (what a hand-written forwarder does).
 Both write to their own database; each count is checked with ``SELECT
-count(*)`` afterwards, so a point/s figure is for points InfluxDB holds.
+count()`` afterwards, so a point/s figure is for points InfluxDB holds. A
+third figure (not part of the ratio) is the whole delivery path: events
+appended to a Broker (memory log), a Trigger with the default in-flight limit
+delivering them to an InfluxDBSink resource.
 
     .venv/bin/python benchmarks/influx_sink.py [--events 200000] [--naive-events 5000]
 """
@@ -28,6 +31,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headwater.cloudevents import CloudEvent
+from headwater.runtime import Runtime
 from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
 from headwater.sinks.lineprotocol import PointMapping
 from tests.servers import InfluxServer
@@ -82,7 +86,7 @@ async def count(session: aiohttp.ClientSession, url: str, db: str) -> int:
 
 async def run_sink(url: str, events: list[CloudEvent], concurrency: int, batch: int) -> float:
     target = InfluxTarget(url, database="sink")
-    async with InfluxDBSink(target, MAPPING, batch_size=batch, flush_interval=0.05) as sink:
+    async with InfluxDBSink(target, MAPPING, batch_size=batch) as sink:
         queue = iter(events)
 
         async def worker() -> None:
@@ -94,6 +98,55 @@ async def run_sink(url: str, events: list[CloudEvent], concurrency: int, batch: 
             for _ in range(concurrency):
                 tg.create_task(worker())
         return time.perf_counter() - started
+
+
+TRIGGER_MESH = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: sinks.headwater.dev/v1alpha1
+kind: InfluxDBSink
+metadata: {name: influx}
+spec:
+  url: URL
+  database: trigger
+  mapping:
+    measurement: telemetry
+    tags: [subject]
+    fields: {temperature: temperature, humidity: humidity, battery: battery}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: to-influx
+  annotations: {headwater.dev/max-inflight: "INFLIGHT"}
+spec:
+  broker: default
+  subscriber:
+    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: InfluxDBSink, name: influx}
+"""
+
+
+async def run_trigger(url: str, events: list[CloudEvent], inflight: int) -> float:
+    """Broker (memory log) -> Trigger -> InfluxDBSink: the whole delivery path."""
+    runtime = Runtime()
+    try:
+        mesh = TRIGGER_MESH.replace("URL", url).replace("INFLIGHT", str(inflight))
+        await runtime.apply_text(mesh, "bench.yaml")
+        broker = runtime.broker("default", "default")
+        key = ("InfluxDBSink", "default", "influx")
+        started = time.perf_counter()
+        for i in range(0, len(events), 1000):
+            await broker.accept(events[i : i + 1000])
+        deadline = started + 120
+        while runtime.status(key)["pointsWritten"] < len(events):
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"the Trigger delivered only {runtime.status(key)}")
+            await asyncio.sleep(0.005)
+        return time.perf_counter() - started
+    finally:
+        await runtime.close()
 
 
 async def run_naive(url: str, events: list[CloudEvent]) -> float:
@@ -112,17 +165,21 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, InfluxServer(Path(tmp)) as influx:
         url = influx.url
         async with aiohttp.ClientSession() as session:
-            for db in ("sink", "naive"):
+            for db in ("sink", "naive", "trigger"):
                 await create_db(session, url, db)
             start_ns = time.time_ns() - 3600 * 1_000_000_000
             sink_events = telemetry(args.events, start_ns)
             naive_events = telemetry(args.naive_events, start_ns)
             sink_s = await run_sink(url, sink_events, args.concurrency, args.batch)
             naive_s = await run_naive(url, naive_events)
+            trigger_events = sink_events[: args.trigger_events]
+            trigger_s = await run_trigger(url, trigger_events, args.trigger_inflight)
             sink_n = await count(session, url, "sink")
             naive_n = await count(session, url, "naive")
-    if sink_n != args.events or naive_n != args.naive_events:
-        raise SystemExit(f"points missing: sink {sink_n}/{args.events}, naive {naive_n}")
+            trigger_n = await count(session, url, "trigger")
+    expected = (args.events, args.naive_events, len(trigger_events))
+    if (sink_n, naive_n, trigger_n) != expected:
+        raise SystemExit(f"points missing: {(sink_n, naive_n, trigger_n)} of {expected}")
     sink_rate = args.events / sink_s
     naive_rate = args.naive_events / naive_s
     print(f"influxd {url}: {args.events} points via InfluxDBSink, {args.naive_events} naive")
@@ -132,6 +189,10 @@ async def main(args: argparse.Namespace) -> None:
         f"{sink_rate:>10,.0f} points/s"
     )
     print(f"  ratio: {sink_rate / naive_rate:.1f}x")
+    print(
+        f"  Broker -> Trigger (max-inflight {args.trigger_inflight}) -> InfluxDBSink: "
+        f"{len(trigger_events) / trigger_s:>10,.0f} points/s ({len(trigger_events)} events)"
+    )
 
 
 if __name__ == "__main__":
@@ -140,4 +201,6 @@ if __name__ == "__main__":
     parser.add_argument("--naive-events", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--trigger-events", type=int, default=50_000)
+    parser.add_argument("--trigger-inflight", type=int, default=100)
     asyncio.run(main(parser.parse_args()))

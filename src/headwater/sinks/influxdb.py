@@ -3,11 +3,12 @@
 How this works: :meth:`InfluxDBSink.deliver` turns the event into one line of
 line protocol (:mod:`headwater.sinks.lineprotocol`), appends it to the open
 batch with a future of its own, and waits for that future. One flusher task
-seals a batch when it holds ``batch_size`` points or ``flush_interval`` after
-its first point, and starts its write as soon as one of
-``max_concurrent_writes`` slots is free; many concurrent deliveries thus share
-one HTTP write, and each returns only once InfluxDB answered ``204`` for the
-write that carried its point (ack means written). At most ``max_buffered``
+seals a batch when it holds ``batch_size`` points, ``flush_interval`` after
+its first point, or at once when no write is in flight (group commit: points
+that arrive during a write gather into the next one), and starts its write
+as soon as one of ``max_concurrent_writes`` slots is free. Many concurrent
+deliveries thus share one HTTP write, and each returns only once InfluxDB
+answered ``204`` for the write that carried its point (ack means written). At most ``max_buffered``
 points are waiting or being written; further deliveries wait for room
 (backpressure up to the Trigger's dispatcher, never dropping).
 
@@ -61,11 +62,11 @@ DEFAULT_BATCH_SIZE: Final = 5000
 """Points per write: InfluxDB's documented optimum ("batches of 5,000 points")."""
 
 DEFAULT_FLUSH_INTERVAL: Final = 0.01
-"""Seconds a batch stays open after its first point. Deliveries are acknowledged
-only once written, so a Trigger's in-flight limit (100 by default) caps how many
-points can gather: a short interval keeps latency low and lets a busy Trigger
-fill batches anyway (100 points / 10 ms); raise it with the Trigger's
-``headwater.dev/max-inflight`` for bigger batches."""
+"""Seconds a batch stays open after its first point while other writes are in
+flight (with none in flight it goes at once). Deliveries are acknowledged only
+once written, so a Trigger's in-flight limit (100 by default) caps how many
+points can gather anyway: waiting longer would only add latency. Raise the
+Trigger's ``headwater.dev/max-inflight`` for bigger batches."""
 
 DEFAULT_MAX_BUFFERED: Final = 50_000
 """Points waiting or being written (about 10 batches, a few MiB); beyond it
@@ -194,6 +195,7 @@ class InfluxDBSink:
         self._session = session
         self._owns_session = session is None
         self._slots = asyncio.Semaphore(max_concurrent_writes)
+        self._writing = 0
         self._current: _Batch | None = None
         self._sealed: collections.deque[_Batch] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -301,6 +303,7 @@ class InfluxDBSink:
         async with asyncio.TaskGroup() as writes:
             while (batch := await self._next_batch()) is not None:
                 await self._slots.acquire()
+                self._writing += 1
                 writes.create_task(self._write_batch(batch))
 
     async def _next_batch(self) -> _Batch | None:
@@ -313,7 +316,10 @@ class InfluxDBSink:
             remaining: float | None = None
             if batch is not None:
                 remaining = batch.opened + self.flush_interval - loop.time()
-                if remaining <= 0 or self._closing:
+                # Group commit: with no write in flight there is nothing to
+                # wait behind, so the batch goes now; points arriving during
+                # its write gather into the next one.
+                if remaining <= 0 or self._closing or self._writing == 0:
                     self._current = None
                     return batch
             elif self._closing:
@@ -334,8 +340,10 @@ class InfluxDBSink:
             outcomes = [failure] * len(batch.lines)
         finally:
             self._slots.release()
+            self._writing -= 1
             self._buffered -= len(batch.lines)
             self._space.set()
+            self._wakeup.set()  # an open batch may go now (group commit)
         for future, outcome in zip(batch.futures, outcomes, strict=True):
             if outcome is None:
                 self.points_written += 1

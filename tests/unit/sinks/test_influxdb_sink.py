@@ -88,14 +88,28 @@ async def test_concurrent_deliveries_share_one_write(influx: FakeInflux) -> None
 
 
 async def test_batches_are_cut_at_batch_size(influx: FakeInflux) -> None:
-    loop = asyncio.get_running_loop()
-    async with sink_for(influx, batch_size=100, flush_interval=0.3) as sink:
-        started = loop.time()
+    async with sink_for(influx, batch_size=100, flush_interval=5) as sink:
         results = await asyncio.wait_for(deliver_all(sink, [event(i) for i in range(250)]), 2)
-        # Two full batches left at once; the last 50 waited for the interval.
-        assert loop.time() - started >= 0.3
+    # Two full batches left at once; the last 50 as soon as no write was in flight.
     assert results == [None] * 250
     assert [len(w) for w in influx.writes] == [100, 100, 50]
+
+
+async def test_while_a_write_is_in_flight_batches_wait_the_interval(influx: FakeInflux) -> None:
+    influx.gate.clear()
+    loop = asyncio.get_running_loop()
+    async with sink_for(influx, flush_interval=0.2) as sink:
+        first = asyncio.ensure_future(sink.deliver(event(0)))
+        await asyncio.sleep(0.05)  # its write is in flight (held at the gate)
+        started = loop.time()
+        later = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(1, 6)]
+        await asyncio.sleep(0.1)
+        assert sink.buffered == 6  # still gathering: no second write yet
+        await asyncio.sleep(0.2)
+        influx.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 2)
+        assert loop.time() - started >= 0.2
+    assert sorted(len(w) for w in influx.writes) == [1, 5]
 
 
 async def test_a_delivery_returns_only_once_its_write_is_answered(influx: FakeInflux) -> None:
@@ -249,11 +263,16 @@ async def test_deliver_before_start_or_after_close_is_retryable(influx: FakeInfl
 
 
 async def test_close_writes_what_is_buffered(influx: FakeInflux) -> None:
+    influx.gate.clear()
     sink = sink_for(influx, flush_interval=60)
     await sink.start()
-    pending = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(3)]
+    first = asyncio.ensure_future(sink.deliver(event(0)))
+    await asyncio.sleep(0.05)  # in flight: the next points wait for the interval
+    pending = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(1, 4)]
     await asyncio.sleep(0.05)
-    assert influx.writes == [] and not any(p.done() for p in pending)
-    await asyncio.wait_for(sink.close(), 2)
-    assert [p.result() for p in pending] == [None] * 3
-    assert len(influx.writes) == 1 and len(influx.writes[0]) == 3
+    closing = asyncio.ensure_future(sink.close())
+    await asyncio.sleep(0.05)
+    influx.gate.set()
+    await asyncio.wait_for(closing, 2)
+    assert [p.result() for p in (first, *pending)] == [None] * 4
+    assert sorted(len(w) for w in influx.writes) == [1, 3]
