@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -40,6 +41,9 @@ class Mosquitto(ManagedServer):
         config.write_text(
             f"listener {port} {LOOPBACK}\n"
             "allow_anonymous true\n"
+            # Run as root, mosquitto switches to the `mosquitto` user, which cannot
+            # write the test's data directory: stay who we are.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.data_dir}/\n"
             "autosave_interval 1\n"
@@ -167,4 +171,11 @@ class Device:
 
     def close(self) -> None:
         self.client.disconnect()
+        for _ in range(200):  # the network thread sends DISCONNECT and closes the socket
+            if self.client.socket() is None:
+                break
+            threading.Event().wait(0.01)
         self.client.loop_stop()
+        # Closes the connection if still open and paho's internal wake-up socket pair,
+        # which paho otherwise leaves to the garbage collector (a ResourceWarning).
+        self.client._reset_sockets()
