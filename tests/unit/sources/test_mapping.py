@@ -1,0 +1,228 @@
+"""The MQTT -> CloudEvent mapping: patterns, templates, content types, lifts, passthrough."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headwater.cloudevents import CloudEvent, InvalidEvent
+from headwater.cloudevents.mqtt import MQTT_3_1_1, to_mqtt
+from headwater.sources.mapping import (
+    DEFAULT_TYPE,
+    IdSequence,
+    Inbound,
+    InvalidMapping,
+    Mapping,
+    TopicPattern,
+    Unmatched,
+    to_cloudevent,
+)
+
+NOW = 1_700_000_000.0
+
+
+def event(mapping: Mapping, topic: str, payload: bytes, **kw: object) -> CloudEvent:
+    return to_cloudevent(mapping, Inbound(topic, payload, **kw), "id-1", NOW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "expected"),
+    [
+        pytest.param("sensors/{device}/{metric}", "sensors/a/t", {"device": "a", "metric": "t"}),
+        pytest.param("sensors/{device}/{metric}", "sensors/a", None, id="too-short"),
+        pytest.param("sensors/{device}/{metric}", "sensors/a/t/x", None, id="too-long"),
+        pytest.param("sensors/{device}/#", "sensors/a/t/x", {"device": "a"}, id="rest"),
+        pytest.param("sensors/{device}", "plant/a", None, id="literal-differs"),
+        pytest.param("sensors/{device}", "sensors/", {"device": ""}, id="empty-level"),
+    ],
+)
+def test_topic_pattern_match(pattern: str, topic: str, expected: dict[str, str] | None) -> None:
+    assert TopicPattern.parse(pattern).match(topic) == expected
+
+
+def test_topic_pattern_filter() -> None:
+    assert TopicPattern.parse("sensors/{device}/{metric}").filter == "sensors/+/+"
+    assert TopicPattern.parse("a/{b}/#").filter == "a/+/#"
+    assert TopicPattern.parse("#").filter == "#"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        pytest.param({"topic_pattern": "a/{id}"}, "cannot be an extension", id="reserved-capture"),
+        pytest.param({"topic_pattern": "a/{x}/{x}"}, "appears twice", id="twice"),
+        pytest.param({"topic_pattern": "a/+/b"}, "must be a literal", id="wildcard"),
+        pytest.param({"topic_pattern": "a/x{y}"}, "must be a literal", id="partial"),
+        pytest.param({"type": "t.{nope}"}, "unknown variable {nope}", id="unknown-var"),
+        pytest.param({"type": "t.{"}, "type template", id="bad-brace"),
+        pytest.param({"extensions": {"Temp": "t"}}, "lower-case", id="ext-case"),
+        pytest.param({"extensions": {"type": "t"}}, "core attribute", id="ext-core"),
+        pytest.param({"extensions": {"t": "a[["}}, "invalid JMESPath", id="jmespath"),
+        pytest.param(
+            {"topic_pattern": "s/{device}", "extensions": {"device": "d"}},
+            "also a topic capture",
+            id="ext-capture",
+        ),
+    ],
+)
+def test_invalid_mappings_are_rejected_with_a_reason(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidMapping, match=message.replace("{", r"\{").replace("[", r"\[")):
+        Mapping.compile(**settings)  # type: ignore[arg-type]
+
+
+def test_defaults() -> None:
+    e = event(Mapping.compile(), "a/b", b'{"x": 1}', qos=1, client_id="dev", listener="h:1883")
+    assert dict(e.attributes) == {
+        "specversion": "1.0",
+        "id": "id-1",
+        "source": "mqtt://h:1883/a/b",
+        "type": DEFAULT_TYPE,
+        "subject": "a/b",
+        "time": "2023-11-14T22:13:20.000000Z",
+        "datacontenttype": "application/json",
+        "mqtttopic": "a/b",
+        "mqttqos": 1,
+        "mqttretain": False,
+    }
+    assert e.data_bytes() == b'{"x": 1}'
+
+
+def test_templates_captures_and_lifts() -> None:
+    mapping = Mapping.compile(
+        topic_pattern="sensors/{device}/{metric}",
+        type="dev.headwater.{metric}",
+        source="/greenhouse/{device}",
+        subject="{device}",
+        extensions={
+            "temperature": "temperature",
+            "humidity": "hum",
+            "ok": "status.ok",
+            "big": "big",
+            "tags": "tags",
+            "missing": "nope",
+        },
+        time="ts",
+    )
+    payload = orjson.dumps(
+        {
+            "temperature": 21.0,
+            "hum": 40.5,
+            "status": {"ok": True},
+            "big": 2**40,
+            "tags": ["a"],
+            "ts": "2024-01-01T00:00:00Z",
+        }
+    )
+    e = event(mapping, "sensors/s1/climate", payload, retain=True)
+    assert e.type == "dev.headwater.climate"
+    assert e.source == "/greenhouse/s1"
+    assert e.subject == "s1"
+    assert e["device"] == "s1" and e["metric"] == "climate"
+    assert e["temperature"] == 21  # integral: an Integer
+    assert e["humidity"] == "40.5"  # CloudEvents has no float: the JSON text
+    assert e["ok"] is True
+    assert e["big"] == str(2**40)  # outside 32 bits
+    assert e["tags"] == '["a"]'
+    assert "missing" not in e
+    assert e["mqttretain"] is True
+    assert e.time == "2024-01-01T00:00:00Z"
+
+
+def test_unmatched_topic() -> None:
+    with pytest.raises(Unmatched):
+        event(Mapping.compile(topic_pattern="sensors/{d}"), "other/x", b"")
+
+
+@pytest.mark.parametrize(
+    ("payload", "content_type", "expected"),
+    [
+        pytest.param(b'{"a": 1}', None, "application/json", id="sniffed-json"),
+        pytest.param(b"42", None, "application/json", id="json-number"),
+        pytest.param(b"\xff\xfe\x00", None, "application/octet-stream", id="not-utf8"),
+        pytest.param(b"hello", None, "application/octet-stream", id="text"),
+        pytest.param(b"hello", "text/plain", "text/plain", id="mqtt5-content-type"),
+    ],
+)
+def test_datacontenttype(payload: bytes, content_type: str | None, expected: str) -> None:
+    e = event(Mapping.compile(), "t", payload, content_type=content_type)
+    assert e.datacontenttype == expected
+    assert e.data_bytes() == payload
+
+
+def test_declared_json_that_is_not_lifts_nothing() -> None:
+    mapping = Mapping.compile(extensions={"t": "t"})
+    e = event(mapping, "t", b"{not json", content_type="application/json")
+    assert "t" not in e
+    assert e.data_bytes() == b"{not json"
+
+
+def test_empty_payload_has_no_data() -> None:
+    e = event(Mapping.compile(), "t", b"")
+    assert not e.has_data
+    assert e.datacontenttype == "application/octet-stream"
+
+
+CARRIED = CloudEvent(
+    {"specversion": "1.0", "id": "dev-1", "source": "/d", "type": "t.x", "subject": "s"},
+    b'{"v": 1}',
+)
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_carried_cloudevents_pass_through(mode: str) -> None:
+    message = to_mqtt(CARRIED, mode)  # type: ignore[arg-type]
+    e = event(
+        Mapping.compile(type="ignored", topic_pattern="x/{y}"),
+        "anything",
+        message.payload,
+        content_type=message.content_type,
+        user_properties=message.user_properties,
+        qos=2,
+    )
+    assert e.id == "dev-1" and e.type == "t.x" and e.subject == "s"
+    assert e["mqttqos"] == 2 and e["mqtttopic"] == "anything"
+    assert orjson.loads(e.data_bytes()) == {"v": 1}
+
+
+def test_passthrough_off_maps_the_message() -> None:
+    message = to_mqtt(CARRIED, "binary")
+    e = event(
+        Mapping.compile(passthrough=False),
+        "t",
+        message.payload,
+        content_type=message.content_type,
+        user_properties=message.user_properties,
+    )
+    assert e.id == "id-1" and e.type == DEFAULT_TYPE
+
+
+def test_mqtt311_structured_json_is_not_taken_as_an_event() -> None:
+    # 3.1.1 has no content type: a structured event is just JSON telemetry.
+    e = event(Mapping.compile(), "t", to_mqtt(CARRIED, version=MQTT_3_1_1).payload, version=4)
+    assert e.type == DEFAULT_TYPE
+    assert e.datacontenttype == "application/json"
+
+
+def test_malformed_carried_event_raises_invalid_event() -> None:
+    with pytest.raises(InvalidEvent):
+        event(Mapping.compile(), "t", b"{}", content_type="application/cloudevents+json")
+
+
+def test_ids_are_unique_across_instances() -> None:
+    a, b = IdSequence(), IdSequence()
+    ids = {a.next() for _ in range(100)} | {b.next() for _ in range(100)}
+    assert len(ids) == 200
+
+
+@given(st.binary(max_size=200), st.text(alphabet="abc/", min_size=1, max_size=20))
+def test_any_payload_maps_or_raises_a_defined_error(payload: bytes, topic: str) -> None:
+    mapping = Mapping.compile(topic_pattern="a/{b}", extensions={"x": "x"})
+    try:
+        e = event(mapping, topic, payload)
+    except Unmatched:
+        return
+    assert e.data_bytes() == payload
