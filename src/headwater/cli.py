@@ -509,5 +509,63 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
     click.echo(f"matches: {'yes' if compiled.matches(event) else 'no'}", err=True)
 
 
+@main.command()
+@click.option("--devices", type=click.IntRange(1), default=10, show_default=True)
+@click.option(
+    "--rate", type=float, default=10.0, show_default=True, help="Messages/s, whole fleet."
+)
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True)
+@click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True)
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after N messages.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--tls", is_flag=True, help="TLS even for mqtt:// (mqtts:// implies it).")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--cert-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--username", envvar="MQTT_USERNAME", default=None)
+@click.option("--password", envvar="MQTT_PASSWORD", default=None)
+@click.option("--mqtt311", is_flag=True, help="Speak MQTT 3.1.1 instead of 5.0.")
+def simulate(
+    devices: int,
+    rate: float,
+    broker: str,
+    qos: int,
+    count: int | None,
+    duration: float | None,
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    username: str | None,
+    password: str | None,
+    mqtt311: bool,
+) -> None:
+    """Run a fleet of simulated greenhouse sensors that publish telemetry and answer commands."""
+    from headwater.sources.simulator import run_cli
+
+    try:
+        stats = run_cli(
+            devices,
+            rate,
+            broker,
+            qos,
+            count,
+            duration,
+            tls,
+            ca_file,
+            cert_file,
+            key_file,
+            username,
+            password,
+            mqtt311,
+        )
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    click.echo(
+        f"sent {stats.sent}, acked {stats.acked}, failed {stats.failed}, "
+        f"commands {stats.commands}, answered {stats.answered}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

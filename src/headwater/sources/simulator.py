@@ -1,0 +1,250 @@
+"""The device simulator: a fleet of greenhouse climate sensors speaking MQTT.
+
+How this works: :class:`Climate` is a pure, seeded model of one sensor
+(temperature follows a daily sine around the device's setpoint plus a
+bounded random walk; humidity moves against it; the battery drains slowly),
+so the same seed gives the same readings. :class:`Fleet` connects one
+:class:`~headwater.sources.mqtt.MqttClient` per device (client id
+``{prefix}-{n}``), subscribes each to ``devices/{id}/commands`` and publishes
+JSON telemetry to ``sensors/{id}/climate`` at the fleet's total ``rate``
+(messages per second, spread evenly over the devices). A command with a JSON
+``setpoint`` moves the device's setpoint; every command that carries an MQTT 5
+Response Topic is answered there with its Correlation Data and
+``{"ok": true, ...}``. QoS 1/2 publishes wait for their ack, so a slow broker
+slows the fleet (closed loop: what is counted as acked was acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from headwater.mqtt.packets import Properties, ProtocolVersion, Publish
+from headwater.sources.mqtt import ConnectionLost, MqttClient, MqttClientConfig
+
+__all__ = ["Climate", "Fleet", "FleetConfig", "FleetStats"]
+
+DAY = 86_400.0
+
+
+@dataclass(slots=True)
+class Climate:
+    """One sensor's state; :meth:`reading` advances it and returns the telemetry."""
+
+    device: str
+    seed: int
+    setpoint: float = 22.0
+    drift: float = 0.0
+    humidity: float = 55.0
+    battery: float = 100.0
+    seq: int = 0
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.setpoint += self.rng.uniform(-2.0, 2.0)
+        self.humidity += self.rng.uniform(-10.0, 10.0)
+
+    def reading(self, now: float) -> dict[str, object]:
+        rng = self.rng
+        self.seq += 1
+        self.drift = max(-3.0, min(3.0, self.drift + rng.gauss(0.0, 0.15)))
+        daily = 4.0 * math.sin(2 * math.pi * ((now % DAY) / DAY - 0.25))
+        temperature = self.setpoint + daily + self.drift
+        self.humidity = max(20.0, min(95.0, self.humidity - 0.2 * self.drift + rng.gauss(0, 0.3)))
+        self.battery = max(0.0, self.battery - 0.001)
+        return {
+            "device": self.device,
+            "seq": self.seq,
+            "temperature": round(temperature, 2),
+            "humidity": round(self.humidity, 1),
+            "battery": round(self.battery, 2),
+            "ts": round(now, 3),
+        }
+
+    def command(self, payload: bytes) -> dict[str, object]:
+        """Apply a command; returns the answer."""
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return {"ok": False, "error": "not JSON"}
+        if isinstance(body, dict) and isinstance(body.get("setpoint"), int | float):
+            self.setpoint = float(body["setpoint"])
+        return {"ok": True, "device": self.device, "setpoint": round(self.setpoint, 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    devices: int = 10
+    #: messages per second over the whole fleet
+    rate: float = 10.0
+    qos: int = 1
+    #: stop after this many messages in total (none: run until cancelled or ``duration``)
+    count: int | None = None
+    duration: float | None = None
+    prefix: str = "sim"
+    version: ProtocolVersion = ProtocolVersion.MQTT5
+    username: str | None = None
+    password: bytes | None = None
+    tls: object = None  # ssl.SSLContext
+    seed: int = 1
+
+
+@dataclass(slots=True)
+class FleetStats:
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    commands: int = 0
+    answered: int = 0
+
+
+class Fleet:
+    """``await Fleet(config).run()``; returns the stats when done."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.stats = FleetStats()
+        self._budget = config.count
+
+    def _take(self) -> bool:
+        if self._budget is None:
+            return True
+        if self._budget <= 0:
+            return False
+        self._budget -= 1
+        return True
+
+    async def run(self) -> FleetStats:
+        c = self.config
+        try:
+            async with asyncio.timeout(c.duration), asyncio.TaskGroup() as tg:
+                for n in range(c.devices):
+                    tg.create_task(self._device(n))
+        except TimeoutError:
+            pass
+        return self.stats
+
+    async def _device(self, n: int) -> None:
+        c = self.config
+        device_id = f"{c.prefix}-{n}"
+        model = Climate(device_id, c.seed * 100_003 + n)
+        client_config = MqttClientConfig(
+            c.host,
+            c.port,
+            device_id,
+            c.version,
+            clean_start=True,
+            session_expiry=0,
+            keep_alive=60,
+            username=c.username,
+            password=c.password,
+            tls=c.tls,  # type: ignore[arg-type]
+        )
+        interval = c.devices / c.rate if c.rate > 0 else math.inf
+        await asyncio.sleep(random.Random(n).uniform(0, min(interval, 1.0)))  # stagger
+        async with MqttClient(client_config) as client:
+            await client.subscribe([(f"devices/{device_id}/commands", 1)])
+            commands = asyncio.ensure_future(self._commands(client, model))
+            try:
+                next_at = time.monotonic()
+                while self._take():
+                    topic = f"sensors/{device_id}/climate"
+                    payload = orjson.dumps(model.reading(time.time()))
+                    self.stats.sent += 1
+                    try:
+                        await client.publish(topic, payload, c.qos)
+                        self.stats.acked += 1
+                    except ConnectionLost:
+                        self.stats.failed += 1
+                        raise
+                    next_at += interval
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    else:
+                        next_at = time.monotonic()  # behind: do not burst to catch up
+                if c.duration is not None:
+                    await asyncio.sleep(c.duration)  # keep answering commands
+            finally:
+                commands.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await commands
+
+    async def _commands(self, client: MqttClient, model: Climate) -> None:
+        while True:
+            packet: Publish = await client.messages.get()
+            client.ack(packet)
+            self.stats.commands += 1
+            answer = model.command(packet.payload)
+            props = packet.properties
+            if props.response_topic:
+                await client.publish(
+                    props.response_topic,
+                    orjson.dumps(answer),
+                    1,
+                    properties=Properties(
+                        correlation_data=props.correlation_data, content_type="application/json"
+                    ),
+                )
+                self.stats.answered += 1
+
+
+def run_cli(
+    devices: int,
+    rate: float,
+    broker: str,
+    qos: int,
+    count: int | None,
+    duration: float | None,
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    username: str | None,
+    password: str | None,
+    mqtt311: bool,
+) -> FleetStats:
+    """``headwater simulate``: build the fleet from command-line values and run it."""
+    from headwater.sources.mqtt import client_tls_context
+
+    m = _BROKER.fullmatch(broker)
+    if m is None:
+        raise ValueError(f"--broker {broker!r} is not like mqtt://host:1883 or mqtts://host:8883")
+    secure = m["scheme"] == "mqtts" or tls
+    port = int(m["port"]) if m["port"] else (8883 if secure else 1883)
+    config = FleetConfig(
+        host=m["host"].strip("[]"),
+        port=port,
+        devices=devices,
+        rate=rate,
+        qos=qos,
+        count=count,
+        duration=duration,
+        version=ProtocolVersion.MQTT311 if mqtt311 else ProtocolVersion.MQTT5,
+        username=username,
+        password=password.encode() if password is not None else None,
+        tls=client_tls_context(ca_file, cert_file, key_file) if secure else None,
+    )
+    fleet = Fleet(config)
+    try:
+        return asyncio.run(fleet.run())
+    except KeyboardInterrupt:
+        return fleet.stats
+    except ExceptionGroup as group:
+        first = group.exceptions[0]
+        if isinstance(first, OSError):  # ConnectionLost included: one readable line
+            raise OSError(f"device connection failed: {first}") from None
+        raise
+
+
+_BROKER = re.compile(r"(?P<scheme>mqtts?)://(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?/?")
