@@ -11,12 +11,13 @@ Escaping follows the InfluxDB line protocol reference ("Special characters"):
 - tag keys, tag values, field keys: escape comma, equals sign and space;
 - string field values: escape double quote and backslash, inside double quotes.
 
-Line protocol has no escape for a newline outside a string field value, and a
-backslash at the end of a key or tag value would escape the separator after
-it; both make the event unwritable (:class:`LineProtocolError`, never a
-corrupted batch). Tags with an empty value are left out (InfluxDB rejects
-them); tag keys are sorted, as InfluxDB recommends for write performance.
-Numbers stay numbers: floats as floats, JSON integers as floats unless the
+Line protocol has no escape for a newline outside a string field value, nor
+for a backslash before a separator (or at the end of a name); such an event
+is unwritable (:class:`LineProtocolError`, never a corrupted batch); see
+the comment above ``_check`` for exactly which backslashes. Tags with an
+empty value are left out (InfluxDB rejects them); tag keys are sorted, as
+InfluxDB recommends for write performance; ``time`` is reserved and never a
+tag or field key. Numbers stay numbers: floats as floats, JSON integers as floats unless the
 mapping writes integers (``42i``; a field must keep one type per shard, so
 mixing ``21`` and ``21.5`` in an integer field would be refused), booleans
 as ``true``/``false``. Timestamps are the event's ``time`` (RFC 3339, read
@@ -43,9 +44,11 @@ __all__ = [
     "LineProtocolError",
     "PointMapping",
     "Precision",
+    "escape_field_key",
     "escape_key",
     "escape_measurement",
     "escape_string",
+    "escape_tag_value",
     "parse_rfc3339_ns",
 ]
 
@@ -54,6 +57,9 @@ _DIVISORS: Final[Mapping[str, int]] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s
 
 MAX_STRING_FIELD: Final = 64 * 1024
 """InfluxDB's limit on a string field value ("Length limit 64KB")."""
+
+RESERVED_KEY: Final = "time"
+"""InfluxDB's reserved key: never a tag or field name."""
 
 VALUE_FIELD: Final = "value"
 """The field a scalar (non-object) JSON payload is written to."""
@@ -68,24 +74,57 @@ _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
-def _check(text: str, what: str) -> None:
+# InfluxDB has no escape for a backslash outside string field values: its
+# scanner skips the byte after any backslash, and its unescaper turns "\,",
+# "\ ", "\=" and '\"' into the bare character (measurement names are even
+# unescaped twice, once for the series key and once from it). So a backslash
+# before a separator, before a character the unescaper eats, or at the end,
+# cannot be written; in a field key a backslash before '"' is kept by doubling
+# it ('\\"' reads back as '\"'). Checked against influxd by
+# tests/integration/sinks/test_influxdb_influxd.py.
+_STRANDED_IN_MEASUREMENT = re.compile(r'\\(?:[, ="]|\Z)')
+_STRANDED_IN_KEY = re.compile(r"\\(?:[, =]|\Z)")
+_STRANDED_IN_TAG_VALUE = re.compile(r"\\(?:[, ]|\Z)")
+_EATEN_IN_FIELD_KEY = re.compile(r'\\(?=")')
+
+
+def _check(text: str, what: str, stranded: re.Pattern[str]) -> None:
     if "\n" in text or "\r" in text:
         raise LineProtocolError(f"{what} {text!r}: line protocol cannot carry a line break here")
-    if text.endswith("\\"):
-        raise LineProtocolError(f"{what} {text!r}: a trailing backslash would escape the separator")
+    if "\\" in text and stranded.search(text):
+        raise LineProtocolError(
+            f"{what} {text!r}: InfluxDB cannot store a backslash before a separator "
+            "or an escaped character, nor at the end"
+        )
 
 
 def escape_measurement(name: str) -> str:
     """Measurement names: "escape commas and spaces" (line protocol reference)."""
-    _check(name, "measurement")
     if not name:
         raise LineProtocolError("the measurement name is empty")
+    _check(name, "measurement", _STRANDED_IN_MEASUREMENT)
     return name.translate(_MEASUREMENT_ESCAPES)
 
 
-def escape_key(text: str, what: str = "tag or field key") -> str:
-    """Tag keys, tag values and field keys: "escape commas, equal signs and spaces"."""
-    _check(text, what)
+def escape_key(text: str, what: str = "tag key") -> str:
+    """Tag and field keys: "escape commas, equal signs and spaces"."""
+    if not text:
+        raise LineProtocolError(f"the {what} is empty")
+    _check(text, what, _STRANDED_IN_KEY)
+    return text.translate(_KEY_ESCAPES)
+
+
+def escape_field_key(text: str) -> str:
+    """Field keys: as tag keys, and a backslash before '"' doubled (field keys unescape it)."""
+    escaped = escape_key(text, "field key")
+    if "\\" in text:
+        escaped = _EATEN_IN_FIELD_KEY.sub(r"\\\\", escaped)
+    return escaped
+
+
+def escape_tag_value(text: str) -> str:
+    """Tag values: "escape commas, equal signs and spaces" (``=`` does not end one)."""
+    _check(text, "tag value", _STRANDED_IN_TAG_VALUE)
     return text.translate(_KEY_ESCAPES)
 
 
@@ -164,6 +203,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, FieldValue], depth: int) ->
         if depth >= _MAX_FLATTEN_DEPTH:
             return
         for key, item in value.items():
+            if not prefix and key == RESERVED_KEY:
+                continue  # a device timestamp, not a reading (use the mapping's time)
             _flatten(f"{prefix}_{key}" if prefix else key, item, out, depth + 1)
     elif value is not None and type(value) is not list:
         out[prefix or VALUE_FIELD] = value
@@ -206,10 +247,14 @@ class PointMapping:
         if precision not in _DIVISORS:
             raise ValueError(f"precision must be one of {sorted(_DIVISORS)}, not {precision!r}")
         escaped = escape_measurement(measurement) if measurement is not None else None
+        # "Avoid using the reserved key time": InfluxDB refuses it as a tag key
+        # and does not store it as a field.
+        reserved = sorted({*tags, *(fields or {})} & {RESERVED_KEY})
+        if reserved:
+            raise ValueError(f"{RESERVED_KEY!r} is reserved by InfluxDB: not a tag or field name")
         tag_keys = tuple((name, escape_key(name, "tag key")) for name in sorted(set(tags)))
         compiled = tuple(
-            (escape_key(name, "field key"), compile_path(path))
-            for name, path in (fields or {}).items()
+            (escape_field_key(name), compile_path(path)) for name, path in (fields or {}).items()
         )
         return cls(measurement, tuple(tags), compiled, integers, precision, escaped, tag_keys)
 
@@ -252,7 +297,7 @@ class PointMapping:
             flat: dict[str, FieldValue] = {}
             _flatten("", data, flat, 0)
             for name, value in flat.items():
-                rendered.append(f"{escape_key(name, 'field key')}={_field_value(value, integers)}")
+                rendered.append(f"{escape_field_key(name)}={_field_value(value, integers)}")
         if not rendered:
             # "Points must have at least one field."
             raise LineProtocolError("no field values in the event's data")
@@ -261,12 +306,11 @@ class PointMapping:
 
 def _tag_value(value: object) -> str:
     if type(value) is not str:
-        return escape_key(canonical_string(value), "tag value")  # type: ignore[arg-type]
+        return escape_tag_value(canonical_string(value))  # type: ignore[arg-type]
     escaped = _TAG_CACHE.get(value)
     if escaped is None:
-        escaped = escape_key(value, "tag value")
+        escaped = escape_tag_value(value)
         if len(_TAG_CACHE) >= _CACHE_LIMIT:
             _TAG_CACHE.clear()
         _TAG_CACHE[value] = escaped
     return escaped
-

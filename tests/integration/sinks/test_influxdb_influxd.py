@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
+import re
 from typing import Any
 
 import aiohttp
@@ -130,3 +132,59 @@ async def test_missing_database_is_retryable_not_lost(influxd: InfluxServer) -> 
     # 404 "database not found": Knative retries 404, and creating it fixes the write.
     assert raised.value.status == 404 and raised.value.retryable
     assert "database not found" in raised.value.reason
+
+
+TRICKY = " ,=\"\\'=#{}[]éλ☁️\\\\"
+IN_MEASUREMENT = re.compile(r'\\(?:[, ="]|\Z)')
+IN_KEY = re.compile(r"\\(?:[, =]|\Z)")
+
+
+@pytest.mark.parametrize(
+    ("measurement", "unwritable"),
+    [
+        pytest.param(None, IN_MEASUREMENT, id="text-in-measurement-tag-field"),
+        pytest.param("fixed", IN_KEY, id="text-in-tag-and-field"),
+    ],
+)
+async def test_tricky_text_reads_back_exactly_or_is_refused(
+    influxd: InfluxServer, measurement: str | None, unwritable: re.Pattern[str]
+) -> None:
+    """Measurements, tag values, field keys and string fields full of line protocol's
+    special characters come back from InfluxDB exactly as they were sent; what line
+    protocol cannot carry is refused, not mangled."""
+    db = await new_database(influxd.url)
+    rng = random.Random(9)
+    texts = [
+        "".join(rng.choice(TRICKY + "ab") for _ in range(rng.randint(1, 12))) for _ in range(80)
+    ]
+    events = [
+        CloudEvent(
+            {
+                "specversion": "1.0",
+                "id": str(i),
+                "source": "/fuzz",
+                "type": f"m{i}{text}",
+                "label": f"x{text}",
+                "time": f"2026-11-28T12:00:00.{i:09d}Z",
+            },
+            {f"k{text}": text},
+        )
+        for i, text in enumerate(texts)
+    ]
+    mapping = PointMapping.compile(measurement=measurement, tags=["label"])
+    async with InfluxDBSink(InfluxTarget(influxd.url, database=db), mapping) as sink:
+        results = await asyncio.gather(*(sink.deliver(e) for e in events), return_exceptions=True)
+    refused = {i for i, r in enumerate(results) if isinstance(r, DeliveryError)}
+    assert all(not results[i].retryable for i in refused)  # type: ignore[union-attr]
+    assert refused == {i for i, t in enumerate(texts) if unwritable.search(t)}
+    assert 10 < len(refused) < 60  # both kinds are exercised
+    series = await query(influxd.url, db, "SELECT * FROM /.*/ GROUP BY label")
+    got = {
+        (s["name"], s["tags"]["label"], column, value)
+        for s in series
+        for row in s["values"]
+        for column, value in zip(s["columns"][1:], row[1:], strict=True)
+        if value is not None
+    }
+    written = [(i, t) for i, t in enumerate(texts) if i not in refused]
+    assert got == {(measurement or f"m{i}{t}", f"x{t}", f"k{t}", t) for i, t in written}

@@ -10,9 +10,11 @@ from headwater.cloudevents import CloudEvent
 from headwater.sinks.lineprotocol import (
     LineProtocolError,
     PointMapping,
+    escape_field_key,
     escape_key,
     escape_measurement,
     escape_string,
+    escape_tag_value,
     parse_rfc3339_ns,
 )
 
@@ -42,6 +44,9 @@ def event(data: object = b'{"t": 21.5}', **attrs: object) -> CloudEvent:
         pytest.param(escape_key, 'q"uote', 'q"uote', id="key-keeps-quote"),
         pytest.param(escape_string, 'say "hi" \\o/', '"say \\"hi\\" \\\\o/"', id="string"),
         pytest.param(escape_string, "a,b c=d\nx", '"a,b c=d\nx"', id="string-keeps-rest"),
+        pytest.param(escape_tag_value, "x\\=y z", "x\\\\=y\\ z", id="tag-value-backslash-equals"),
+        pytest.param(escape_field_key, 'k\\"x', 'k\\\\"x', id="field-key-backslash-quote"),
+        pytest.param(escape_measurement, "a\\b", "a\\b", id="lone-backslash-kept"),
     ],
 )
 def test_escaping_follows_the_line_protocol_reference(function, raw, escaped) -> None:  # type: ignore[no-untyped-def]
@@ -49,11 +54,21 @@ def test_escaping_follows_the_line_protocol_reference(function, raw, escaped) ->
 
 
 @pytest.mark.parametrize(
-    "text", ["a\nb", "a\rb", "trailing\\", ""], ids=["newline", "cr", "backslash", "empty"]
+    "text",
+    ["a\nb", "a\rb", "trailing\\", "", "a\\ b", "a\\,b", "a\\=b", 'a\\"b'],
+    ids=["newline", "cr", "trailing-backslash", "empty", "\\ ", "\\,", "\\=", '\\"'],
 )
-def test_unwritable_names_are_refused(text: str) -> None:
+def test_unwritable_measurements_are_refused(text: str) -> None:
     with pytest.raises(LineProtocolError):
         escape_measurement(text)
+
+
+@pytest.mark.parametrize("text", ["a\\ b", "a\\,b", "a\\=b", "end\\"])
+def test_unwritable_keys_are_refused(text: str) -> None:
+    with pytest.raises(LineProtocolError, match="backslash"):
+        escape_key(text)
+    with pytest.raises(LineProtocolError, match="backslash"):
+        escape_field_key(text)
 
 
 def test_default_mapping_type_tags_all_scalars_event_time() -> None:
@@ -115,6 +130,14 @@ def test_tag_values_that_cannot_be_written_fail_the_event() -> None:
     mapping = PointMapping.compile(measurement="m", tags=["subject"])
     with pytest.raises(LineProtocolError, match="backslash"):
         mapping.line(event(subject="dir\\"), 0)
+
+
+def test_time_is_reserved() -> None:
+    for options in ({"tags": ["time"]}, {"fields": {"time": "t"}}):
+        with pytest.raises(ValueError, match="reserved"):
+            PointMapping.compile(**options)  # type: ignore[arg-type]
+    line = PointMapping.compile(measurement="m", tags=[]).line(event({"time": 5, "t": 1.5}), 0)
+    assert line == f"m t=1.5 {T_NS}"
 
 
 def test_bad_jmespath_is_refused_at_compile_time() -> None:
