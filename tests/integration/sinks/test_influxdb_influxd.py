@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import random
 import re
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from headwater.cloudevents import CloudEvent
+from headwater.cloudevents import CloudEvent, from_http
 from headwater.eventing import DeliveryError
+from headwater.runtime import Runtime
 from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
 from headwater.sinks.lineprotocol import PointMapping
 from tests.servers import InfluxServer
@@ -188,3 +193,65 @@ async def test_tricky_text_reads_back_exactly_or_is_refused(
     }
     written = [(i, t) for i, t in enumerate(texts) if i not in refused]
     assert got == {(measurement or f"m{i}{t}", f"x{t}", f"k{t}", t) for i, t in written}
+
+
+async def test_through_a_trigger_refused_points_are_dead_lettered_with_influxdb_error(
+    influxd: InfluxServer,
+) -> None:
+    db = await new_database(influxd.url)
+    dead: list[CloudEvent] = []
+
+    async def dead_letter(request: web.Request) -> web.Response:
+        dead.append(from_http(request.headers.items(), await request.read()))  # type: ignore[arg-type]
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/", dead_letter)
+    mesh = f"""\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: sinks.headwater.dev/v1alpha1
+kind: InfluxDBSink
+metadata: {{name: influx}}
+spec:
+  url: {influxd.url}
+  database: {db}
+  mapping: {{measurement: m, tags: [subject], fields: {{v: v}}}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: to-influx, annotations: {{headwater.dev/delivery-order: ordered}}}}
+spec:
+  broker: default
+  delivery:
+    retry: 2
+    backoffDelay: PT0.01S
+    deadLetterSink: {{uri: DLS}}
+  subscriber:
+    ref: {{apiVersion: sinks.headwater.dev/v1alpha1, kind: InfluxDBSink, name: influx}}
+"""
+    runtime = Runtime()
+    async with TestServer(app, host="127.0.0.1") as server:
+        try:
+            await runtime.apply_text(mesh.replace("DLS", str(server.make_url("/"))), "m.yaml")
+            broker = runtime.broker("default", "default")
+            await broker.accept([telemetry(1, {"v": 1.5}), telemetry(2, {"v": "text"})])
+            await broker.accept([telemetry(3, {"v": 2.5})])
+            key = ("InfluxDBSink", "default", "influx")
+            for _ in range(250):  # up to 5 s
+                if dead and runtime.status(key)["pointsWritten"] == 2:
+                    break
+                await asyncio.sleep(0.02)
+            status = runtime.status(key)
+        finally:
+            await runtime.close()
+    assert status["pointsWritten"] == 2
+    (letter,) = dead
+    assert letter.id == "2" and json.loads(letter.data_bytes()) == {"v": "text"}
+    assert letter["knativeerrorcode"] == "400"
+    assert "field type conflict" in base64.b64decode(letter["knativeerrordata"]).decode()
+    assert status["pointsFailed"] == 1  # a 400 is not retried: straight to the dead letter
+    count = await query(influxd.url, db, "SELECT count(v) FROM m")
+    assert count[0]["values"][0][1] == 2
