@@ -272,6 +272,8 @@ class InfluxDBSink:
         while self._buffered >= self.max_buffered:
             self._space.clear()
             await self._space.wait()
+            if self._closing:  # the flusher may be gone: nothing would write this point
+                raise DeliveryError(None, True, reason=f"{self!r} is closing")
         future: asyncio.Future[DeliveryError | None] = asyncio.get_running_loop().create_future()
         batch = self._current
         if batch is None:

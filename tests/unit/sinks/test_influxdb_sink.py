@@ -276,3 +276,20 @@ async def test_close_writes_what_is_buffered(influx: FakeInflux) -> None:
     await asyncio.wait_for(closing, 2)
     assert [p.result() for p in (first, *pending)] == [None] * 4
     assert sorted(len(w) for w in influx.writes) == [1, 3]
+
+
+async def test_deliveries_waiting_for_room_at_close_are_retryable(influx: FakeInflux) -> None:
+    influx.gate.clear()
+    sink = sink_for(influx, batch_size=2, max_buffered=2, flush_interval=0)
+    await sink.start()
+    written = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(2)]
+    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(sink.deliver(event(2)))
+    await asyncio.sleep(0.05)
+    closing = asyncio.ensure_future(sink.close())
+    influx.gate.set()
+    await asyncio.wait_for(closing, 2)
+    assert [w.result() for w in written] == [None, None]
+    with pytest.raises(DeliveryError, match="closing") as raised:
+        await asyncio.wait_for(waiting, 1)
+    assert raised.value.retryable
