@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,10 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
-async def query_until(url: str, promql: str, expected: dict[str, float]) -> dict[str, float]:
-    """Poll the query API until it returns ``expected`` (device -> value) or time runs out."""
+async def query_until(
+    url: str, promql: str, expected: dict[str, float], label: str = "device"
+) -> dict[str, float]:
+    """Poll the query API until it returns ``expected`` (label value -> value) or time runs out."""
     seen: dict[str, float] = {}
     async with aiohttp.ClientSession() as session, asyncio.timeout(SCRAPE_WAIT):
         while True:
@@ -88,7 +91,7 @@ async def query_until(url: str, promql: str, expected: dict[str, float]) -> dict
                 # 503 until the TSDB is ready
                 body = await response.json() if response.status == 200 else {}
             if body.get("status") == "success":
-                seen = {r["metric"]["device"]: float(r["value"][1]) for r in body["data"]["result"]}
+                seen = {r["metric"][label]: float(r["value"][1]) for r in body["data"]["result"]}
                 if seen == expected:
                     return seen
             await asyncio.sleep(0.25)
@@ -129,3 +132,30 @@ async def test_own_port_serves_the_metrics_alone(headwater: tuple[Runtime, str])
             main_text = await response.text()
     assert 'greenhouse_temperature_celsius{device="s7",zone="north"} 30.5' in own_text
     assert "greenhouse_temperature_celsius" not in main_text
+
+
+async def test_a_device_that_stops_reporting_disappears_from_prometheus(
+    headwater: tuple[Runtime, str], prometheus_for: Any
+) -> None:
+    runtime, address = headwater
+    await runtime.apply_text(MESH.replace("staleness: PT1M", "staleness: PT2S"), "mesh.yaml")
+    component: Any = runtime.reconciler.component(("PrometheusSink", "default", "greenhouse"))
+    prometheus = prometheus_for(address)
+    query = 'greenhouse_temperature_celsius{zone="north"}'
+
+    async def keep_reporting() -> None:
+        for i in range(200):  # s2 reports every 0.2 s for at most 40 s (cancelled sooner)
+            await component.sink.deliver(reading(i, "s2", 18.0))
+            await asyncio.sleep(0.2)
+
+    await query_until(prometheus.url, "up", {"headwater": 1.0}, label="job")  # scraping
+    await component.sink.deliver(reading(0, "s1", 21.0))  # s1 reports once, then never
+    reporter = asyncio.create_task(keep_reporting())
+    try:
+        await query_until(prometheus.url, query, {"s1": 21.0, "s2": 18.0})
+        # Two seconds later s1 is gone from /metrics; Prometheus marks it stale.
+        await query_until(prometheus.url, query, {"s2": 18.0})
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
