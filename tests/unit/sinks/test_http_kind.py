@@ -189,3 +189,28 @@ async def test_a_trigger_delivers_to_the_kind_by_ref(runtime: Runtime) -> None:
     finally:
         await server.close()
     assert receiver.requests[0][0]["ce-id"] == "1"
+
+
+async def test_mutual_tls_with_a_client_certificate(runtime: Runtime, tmp_path: Path) -> None:
+    server_dir, client_dir = tmp_path / "server", tmp_path / "client"
+    server_dir.mkdir()
+    client_dir.mkdir()
+    server_cert, server_key = self_signed(server_dir)
+    client_cert, client_key = self_signed(client_dir)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server_cert, server_key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(client_cert)
+    receiver = Receiver()
+    server = await serve(receiver, context)
+    url = str(server.make_url("/"))
+    try:
+        await runtime.apply_text(sink_yaml(url, f"  tls: {{caFile: {server_cert}}}\n"), "s.yaml")
+        with pytest.raises(DeliveryError):  # no client certificate: the handshake fails
+            await component(runtime).sink.deliver(EVENT)
+        tls = f"  tls: {{caFile: {server_cert}, certFile: {client_cert}, keyFile: {client_key}}}\n"
+        await runtime.apply_text(sink_yaml(url, tls), "s.yaml")
+        assert await component(runtime).sink.deliver(EVENT) is None
+    finally:
+        await server.close()
+    assert len(receiver.requests) == 1

@@ -293,3 +293,20 @@ async def test_deliveries_waiting_for_room_at_close_are_retryable(influx: FakeIn
     with pytest.raises(DeliveryError, match="closing") as raised:
         await asyncio.wait_for(waiting, 1)
     assert raised.value.retryable
+
+
+async def test_v2_error_messages_are_reported(influx: FakeInflux) -> None:
+    influx.answer = lambda lines: (
+        422,
+        {},
+        b'{"code":"unprocessable entity","message":"failure writing points: outside retention"}',
+    )
+    target = InfluxTarget(influx.url, org="acme", bucket="b", token="t")
+    async with InfluxDBSink(target, MAPPING, flush_interval=0) as sink:
+        with pytest.raises(DeliveryError) as raised:
+            await sink.deliver(event(1))
+    assert raised.value.status == 422 and not raised.value.retryable
+    assert raised.value.reason == (
+        "InfluxDB 422: failure writing points: outside retention; line: m,subject=d1 v=1.5 "
+        "1795867200000000001"
+    )
