@@ -236,11 +236,17 @@ class InfluxDBSink:
         """Write every buffered point (bounded by ``write_timeout`` per write), then stop."""
         self._closing = True
         self._wakeup.set()
-        if self._flusher is not None:
-            await self._flusher
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        try:
+            if self._flusher is not None:
+                # wait() rather than await: a flusher cancelled elsewhere is done, not an error.
+                await asyncio.wait([self._flusher])
+                error = None if self._flusher.cancelled() else self._flusher.exception()
+                if error is not None:
+                    raise error
+        finally:
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+                self._session = None
 
     @property
     def buffered(self) -> int:
@@ -340,6 +346,14 @@ class InfluxDBSink:
             log.exception("%r: write failed unexpectedly", self)
             failure = DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}")
             outcomes = [failure] * len(batch.lines)
+        except asyncio.CancelledError:
+            # The flusher itself is being cancelled (loop shutdown): nobody may
+            # be left waiting on a point whose write was abandoned.
+            cancelled = DeliveryError(None, True, reason="write cancelled")
+            for future in batch.futures:
+                if not future.done():
+                    future.set_result(cancelled)
+            raise
         finally:
             self._slots.release()
             self._writing -= 1

@@ -310,3 +310,18 @@ async def test_v2_error_messages_are_reported(influx: FakeInflux) -> None:
         "InfluxDB 422: failure writing points: outside retention; line: m,subject=d1 v=1.5 "
         "1795867200000000001"
     )
+
+
+async def test_a_cancelled_flusher_leaves_no_delivery_waiting(influx: FakeInflux) -> None:
+    influx.gate.clear()
+    sink = sink_for(influx, flush_interval=0)
+    await sink.start()
+    pending = asyncio.ensure_future(sink.deliver(event(1)))
+    await asyncio.sleep(0.05)
+    assert sink._flusher is not None
+    sink._flusher.cancel()
+    with pytest.raises(DeliveryError, match="cancelled") as raised:
+        await asyncio.wait_for(pending, 1)
+    assert raised.value.retryable
+    influx.gate.set()
+    await asyncio.wait_for(sink.close(), 1)
