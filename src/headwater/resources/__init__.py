@@ -13,6 +13,7 @@ from headwater.resources.loader import (
 from headwater.resources.models import (
     Broker,
     Channel,
+    ContainerSource,
     DeliverySpec,
     Destination,
     EventDisplay,
@@ -33,6 +34,7 @@ __all__ = [
     "Broker",
     "Channel",
     "ConfigError",
+    "ContainerSource",
     "DeliverySpec",
     "Destination",
     "EventDisplay",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from headwater.resources.models import (
     Broker,
     Channel,
+    ContainerSource,
     EventDisplay,
     InMemoryChannel,
     PingSource,
@@ -23,6 +24,7 @@ KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Broker, Trigger, Channel, InMemoryChannel, Subscription, PingSource, EventDisplay)
 }
+KINDS[ContainerSource.KIND] = ContainerSource
 KINDS.update({cls.KIND: cls for cls in (MqttBrokerSource, MqttSource, MqttSink)})
 KINDS.update({cls.KIND: cls for cls in (InfluxDBSink, PrometheusSink, HttpSink)})
 

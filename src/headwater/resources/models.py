@@ -361,6 +361,101 @@ class PingSource(Resource):
     spec: PingSourceSpec
 
 
+class EnvVar(Model):
+    """A container's environment variable (Kubernetes EnvVar, literal values only)."""
+
+    name: str
+    value: str = ""
+    value_from: Any = None
+
+    @field_validator("name")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not value or "=" in value or "\0" in value:
+            raise ValueError(f"{value!r} is not a valid environment variable name")
+        return value
+
+    @field_validator("value_from")
+    @classmethod
+    def _no_value_from(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(
+                "`valueFrom` reads Kubernetes secrets and config maps, which Headwater does "
+                "not have: use `value` with ${ENV} substitution"
+            )
+        return value
+
+
+class Container(Model):
+    """A Kubernetes Container, as a local process: ``command`` + ``args`` are run."""
+
+    name: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    working_dir: str | None = None
+    image_pull_policy: str | None = None  # accepted for portability; nothing is pulled
+
+    @model_validator(mode="after")
+    def _runnable(self) -> Container:
+        if not self.command:
+            raise ValueError(
+                "Headwater runs local processes, not container images: give `command` "
+                "(the program and its first arguments; `args` are appended)"
+            )
+        return self
+
+
+class PodSpec(Model):
+    containers: list[Container] = Field(min_length=1)
+    termination_grace_period_seconds: int = Field(default=10, ge=0)
+
+
+class PodTemplateSpec(Model):
+    metadata: Any = None  # pod labels and annotations: accepted, unused
+    spec: PodSpec
+
+
+class ContainerSourceSpec(Model):
+    template: PodTemplateSpec
+    sink: Destination
+    ce_overrides: CloudEventOverrides | None = None
+
+    @field_validator("sink")
+    @classmethod
+    def _http_reachable(cls, value: Destination) -> Destination:
+        # The process reaches its sink over HTTP (K_SINK), so the sink needs an
+        # HTTP address: a Broker's ingress or an absolute `uri`.
+        if value.ref is not None and (value.ref.kind != "Broker" or value.uri):
+            raise ValueError(
+                "a ContainerSource's process sends to K_SINK over HTTP: its sink must be a "
+                "Broker `ref` or an absolute `uri`"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ContainerSourceSpec:
+        names = [c.name for c in self.template.spec.containers if c.name]
+        if len(names) != len(set(names)):
+            raise ValueError("container names must be unique")
+        return self
+
+
+class ContainerSource(Resource):
+    """Knative's ContainerSource, run as supervised local processes.
+
+    Each container's ``command`` + ``args`` runs with ``K_SINK`` (the sink's
+    HTTP address) and ``K_CE_OVERRIDES`` (the ``ceOverrides`` as JSON) in its
+    environment, as Knative's SinkBinding injects them, and is restarted with
+    backoff when it exits.
+    """
+
+    API_VERSIONS = ("sources.knative.dev/v1",)
+    KIND = "ContainerSource"
+    spec: ContainerSourceSpec
+
+
 # -- sinks.headwater.dev/v1alpha1 --------------------------------------------
 
 

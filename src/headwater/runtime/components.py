@@ -28,6 +28,7 @@ from headwater.log import LogUnavailable
 from headwater.resources import (
     Broker,
     Channel,
+    ContainerSource,
     EventDisplay,
     InMemoryChannel,
     PingSource,
@@ -43,6 +44,7 @@ from headwater.resources.models import (
 )
 from headwater.sinks import EventDisplaySink
 from headwater.sources import PingSchedule, PingSourceRunner
+from headwater.sources.container import ProcessSpec, ProcessSupervisor
 
 if TYPE_CHECKING:
     from headwater.runtime.reconciler import Component
@@ -324,6 +326,63 @@ class PingSourceComponent:
         return {"sent": r.sent, "failed": r.failed, "lastError": r.last_error}
 
 
+class ContainerSourceComponent:
+    """Each container of the source as a supervised process (see ``sources.container``)."""
+
+    def __init__(self, runtime: Runtime, resource: ContainerSource) -> None:
+        spec = resource.spec
+        self._runtime = runtime
+        self._sink = spec.sink
+        self._namespace = resource.namespace
+        extensions = spec.ce_overrides.extensions if spec.ce_overrides else None
+        containers = spec.template.spec.containers
+        self.supervisors = [
+            ProcessSupervisor(
+                ProcessSpec(
+                    name=f"ContainerSource {resource.namespace}/{resource.name}"
+                    + (f" [{c.name or i}]" if len(containers) > 1 else ""),
+                    argv=[*(c.command or ()), *c.args],
+                    env={var.name: var.value for var in c.env},
+                    cwd=c.working_dir,
+                ),
+                sink_url=self.sink_url,
+                extensions=extensions,
+                grace=spec.template.spec.termination_grace_period_seconds,
+            )
+            for i, c in enumerate(containers)
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def sink_url(self) -> str | None:
+        """``K_SINK``: the sink's HTTP address, once Headwater listens (None before)."""
+        if self._sink.ref is None:
+            return self._sink.uri
+        ref = self._sink.ref
+        url = self._runtime.ingress_url(ref.namespace or self._namespace, ref.name)
+        # A wildcard bind address is not one to connect to: use loopback.
+        return (
+            url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+            if url
+            else None
+        )
+
+    async def start(self) -> None:
+        # Owned and awaited in stop(): the processes live as long as the resource.
+        self._tasks = [asyncio.create_task(s.run(), name=s.spec.name) for s in self.supervisors]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.supervisors))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def update(self, resource: Resource) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {"sinkUri": self.sink_url(), "processes": [s.status() for s in self.supervisors]}
+
+
 BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
     "Broker": BrokerComponent,
     "Channel": ChannelComponent,
@@ -331,6 +390,7 @@ BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
     "Trigger": TriggerComponent,
     "Subscription": SubscriptionComponent,
     "PingSource": PingSourceComponent,
+    "ContainerSource": ContainerSourceComponent,
     "EventDisplay": lambda runtime, resource: EventDisplayComponent(resource),
 }
 """What each kind becomes: ``builder(runtime, resource) -> Component``."""
