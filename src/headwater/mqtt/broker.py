@@ -255,11 +255,14 @@ class ClientInfo:
     peer: str
 
 
-#: Called for every PUBLISH from a client before it is acknowledged and routed.
+#: Called for every PUBLISH from a client before it is acknowledged and routed,
+#: as ``on_publish(info, message, packet_id, dup)``: the packet identifier (``None``
+#: for QoS 0 and for wills) and the DUP flag let the hook recognise a QoS 1
+#: message the client resends because it never saw the PUBACK [MQTT-3.3.1-1].
 #: Return ``None`` (or a code < 0x80) to accept; a failure code (>= 0x80) refuses:
 #: MQTT 5 clients get it in the PUBACK/PUBREC, MQTT 3.1.1 clients (which have no
 #: way to hear it) are disconnected without an ack so they resend later.
-OnPublish = Callable[[ClientInfo, Message], Awaitable[ReasonCode | None]]
+OnPublish = Callable[[ClientInfo, Message, int | None, bool], Awaitable[ReasonCode | None]]
 OnConnect = Callable[[ClientInfo], Awaitable[None]]
 OnDisconnect = Callable[[ClientInfo], Awaitable[None]]
 
@@ -848,7 +851,7 @@ class _Connection:
                 self.client_id,
             )
         if self.on_publish is not None:
-            return self._publish_hooked(message, pid)
+            return self._publish_hooked(message, pid, packet.dup)
         self._accept(message, pid)
         return None
 
@@ -864,10 +867,10 @@ class _Connection:
             # kept until PUBREL so that a resent PUBLISH is not delivered twice.
             self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # type: ignore[operator]
 
-    async def _publish_hooked(self, message: Message, pid: int | None) -> None:
+    async def _publish_hooked(self, message: Message, pid: int | None, dup: bool) -> None:
         assert self.on_publish is not None and self.info is not None
         try:
-            code = await self.on_publish(self.info, message)
+            code = await self.on_publish(self.info, message, pid, dup)
         except Exception:
             logger.exception("on_publish hook failed for %s", self.client_id)
             code = ReasonCode.UNSPECIFIED_ERROR
@@ -1600,7 +1603,7 @@ class MqttBroker:
 
         async def hooked() -> None:
             try:
-                code = await hook(info, message)
+                code = await hook(info, message, None, False)
             except Exception:
                 logger.exception("on_publish hook failed for the will of %s", info.client_id)
                 code = ReasonCode.UNSPECIFIED_ERROR

@@ -18,6 +18,12 @@ PUBLISHes). A lost connection or a failed append drops the connection
 without acking: the broker resends. Reconnects back off exponentially with
 jitter, capped at ``max_backoff``, forever.
 
+A message the broker resends (DUP) because our ack did not reach it, though
+its first copy was appended (a batch whose other append failed, a connection
+lost right after the append), is acknowledged without a second event
+(:class:`~headwater.sources.redelivery.Redeliveries`, across reconnects of
+one session; ``duplicatesSuppressed``).
+
 Bad input: a message outside the topic pattern, or one the mapping cannot
 turn into an event (a malformed carried CloudEvent), is counted and
 acknowledged: redelivering it would fail the same way forever.
@@ -60,6 +66,7 @@ from headwater.mqtt.packets import (
     encode,
 )
 from headwater.sources.mapping import IdSequence, Inbound, Mapping, Unmatched, to_cloudevent
+from headwater.sources.redelivery import Redeliveries, fingerprint
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -339,6 +346,7 @@ class RunnerStats:
     unmatched: int = 0
     invalid: int = 0
     append_failures: int = 0
+    duplicates_suppressed: int = 0
     connects: int = 0
     last_error: str | None = None
 
@@ -348,9 +356,14 @@ class RunnerStats:
             "unmatched": self.unmatched,
             "invalid": self.invalid,
             "appendFailures": self.append_failures,
+            "duplicatesSuppressed": self.duplicates_suppressed,
             "connects": self.connects,
             "lastError": self.last_error,
         }
+
+
+_SESSION: Final = ""
+"""The sender key in :class:`Redeliveries`: the runner has one session with its broker."""
 
 
 class MqttSourceRunner:
@@ -375,6 +388,7 @@ class MqttSourceRunner:
         self.batch = batch
         self.listener = listener or f"{config.host}:{config.port}"
         self.ids = IdSequence()
+        self.redeliveries = Redeliveries()
         self.stats = RunnerStats()
         self.connected = asyncio.Event()
 
@@ -383,6 +397,9 @@ class MqttSourceRunner:
         while True:
             try:
                 async with MqttClient(self.config) as client:
+                    if not client.session_present:
+                        # A new session: the broker resends nothing from before.
+                        self.redeliveries.forget(_SESSION)
                     await client.subscribe(self.topics)  # resubscribe on every connect
                     self.stats.connects += 1
                     attempt = 0
@@ -418,8 +435,18 @@ class MqttSourceRunner:
     async def _append(self, client: MqttClient, batch: list[Publish]) -> None:
         now = time.time()
         version = int(client.version)
-        events: list[CloudEvent | None] = []
+        redeliveries = self.redeliveries
+        events: list[CloudEvent] = []
+        appending: list[tuple[int, int]] = []  # (packet id, fingerprint) per QoS 1/2 event
         for packet in batch:
+            pid = packet.packet_id
+            print_ = 0
+            if pid is not None:
+                print_ = fingerprint(packet.topic, packet.payload)
+                if packet.dup and redeliveries.was_appended(_SESSION, pid, print_):
+                    self.stats.duplicates_suppressed += 1
+                    redeliveries.suppressed += 1
+                    continue
             props = packet.properties
             inbound = Inbound(
                 packet.topic,
@@ -436,19 +463,26 @@ class MqttSourceRunner:
                 events.append(to_cloudevent(self.mapping, inbound, self.ids.next(), now))
             except Unmatched:
                 self.stats.unmatched += 1
-                events.append(None)
+                continue
             except (InvalidEvent, ValueError) as exc:
                 self.stats.invalid += 1
                 log.warning("mqtt source %s: %r: %s", self.listener, packet.topic, exc)
-                events.append(None)
-        results = await asyncio.gather(
-            *(self.emit(e) for e in events if e is not None), return_exceptions=True
-        )
-        failed = [r for r in results if isinstance(r, BaseException)]
+                continue
+            appending.append((pid, print_) if pid is not None else (0, 0))
+        results = await asyncio.gather(*(self.emit(e) for e in events), return_exceptions=True)
+        failed = 0
+        for (pid, print_), result in zip(appending, results, strict=True):
+            if isinstance(result, BaseException):
+                failed += 1
+            elif pid:
+                redeliveries.appended(_SESSION, pid, print_)
         if failed:
-            self.stats.append_failures += len(failed)
-            # Nothing of this batch is acked: the broker resends it all (at least once).
-            raise ConnectionLost(f"append failed: {failed[0]}")
+            self.stats.append_failures += failed
+            self.stats.events += len(results) - failed
+            # Nothing of this batch is acked: the broker resends it all, and the
+            # resends of the appended ones are recognised (DUP) and only acked.
+            error = next(r for r in results if isinstance(r, BaseException))
+            raise ConnectionLost(f"append failed: {error}")
         self.stats.events += len(results)
         for packet in batch:  # [MQTT-4.6.0-2] acks in the order the PUBLISHes came
             client.ack(packet)

@@ -31,10 +31,16 @@ Device connects/disconnects become ``dev.headwater.device.connected`` /
 ``...disconnected`` events (best effort: a failed append is logged and
 counted, there is nothing to refuse).
 
-Event ids are ``{instance}-{n}`` (unique per message). A QoS 2 resend is
-deduplicated by the broker before the hook runs. A QoS 1 DUP resend after an
-append whose PUBACK was lost appends again (at-least-once; the broker's hook
-does not expose the packet id or DUP flag that would let the source tell).
+Event ids are ``{instance}-{n}``: unique per message, across restarts too.
+A resend is not a new message: the broker itself answers a QoS 2 resend whose
+PUBREC went out, and a QoS 1/2 resend (DUP=1, same packet id) whose first
+copy was appended but whose ack never reached the device (the connection
+dropped in between) is recognised by :class:`~headwater.sources.redelivery.Redeliveries`
+and acknowledged without a second event (``duplicatesSuppressed``). Only a
+crash between the append and the ack can still duplicate (at least once).
+Ids are deliberately not derived from packet id and payload: packet ids are
+reused once acknowledged, so a device repeating the same reading would get
+the same id for two different messages, which CloudEvents forbids.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from headwater.sources.mapping import (
     timestamp,
     to_cloudevent,
 )
+from headwater.sources.redelivery import Redeliveries, fingerprint
 
 __all__ = [
     "CONNECTED_TYPE",
@@ -96,6 +103,8 @@ class SourceStats:
     append_failures: int = 0
     dropped_qos0: int = 0
     device_events_failed: int = 0
+    #: DUP resends of messages already appended: acknowledged, not appended again.
+    duplicates_suppressed: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return {
@@ -106,6 +115,7 @@ class SourceStats:
             "appendFailures": self.append_failures,
             "droppedQos0": self.dropped_qos0,
             "deviceEventsFailed": self.device_events_failed,
+            "duplicatesSuppressed": self.duplicates_suppressed,
         }
 
 
@@ -133,6 +143,7 @@ class MqttBrokerSource:
         self.name = name
         self.stats = SourceStats()
         self.ids = IdSequence()
+        self.redeliveries = Redeliveries()
         self._matches: dict[str, bool] = {}
         self._responses: dict[str, asyncio.Future[Message]] = {}
         self.broker = MqttBroker(
@@ -169,7 +180,9 @@ class MqttBrokerSource:
         future.add_done_callback(lambda _: self._responses.pop(topic, None))
         return future
 
-    async def _on_publish(self, info: ClientInfo, message: Message) -> ReasonCode | None:
+    async def _on_publish(
+        self, info: ClientInfo, message: Message, packet_id: int | None, dup: bool
+    ) -> ReasonCode | None:
         if self._responses:
             waiting = self._responses.pop(message.topic, None)
             if waiting is not None and not waiting.done():
@@ -189,6 +202,13 @@ class MqttBrokerSource:
                 self.max_event_size,
             )
             return ReasonCode.QUOTA_EXCEEDED
+        sender = info.client_id
+        print_ = 0
+        if packet_id is not None:
+            print_ = fingerprint(message.topic, message.payload)
+            if dup and await self.redeliveries.is_resend(sender, packet_id, print_):
+                stats.duplicates_suppressed += 1
+                return None  # [MQTT-4.3.2-2] acknowledged again, the event exists once
         inbound = Inbound(
             message.topic,
             message.payload,
@@ -211,20 +231,36 @@ class MqttBrokerSource:
                 "%s: publish by %s to %r: %s", self.name, info.client_id, message.topic, exc
             )
             return ReasonCode.PAYLOAD_FORMAT_INVALID
+        if packet_id is not None:
+            return await self._emit_once(sender, packet_id, print_, event, message.qos)
+        return await self._emit(sender, event, 0)
+
+    async def _emit_once(
+        self, sender: str, packet_id: int, print_: int, event: CloudEvent, qos: int
+    ) -> ReasonCode | None:
+        """:meth:`_emit` a QoS 1/2 message, remembering it for its resends."""
+        self.redeliveries.begin(sender, packet_id, print_)
+        code: ReasonCode | None = ReasonCode.UNSPECIFIED_ERROR
+        try:
+            code = await self._emit(sender, event, qos)
+        finally:
+            self.redeliveries.end(sender, packet_id, print_, code is None)
+        return code
+
+    async def _emit(self, sender: str, event: CloudEvent, qos: int) -> ReasonCode | None:
+        stats = self.stats
         try:
             await asyncio.wait_for(self.emit(event), self.append_timeout)
         except Exception as exc:
             code = _failure_code(exc)
-            if message.qos == 0:
+            if qos == 0:
                 stats.dropped_qos0 += 1
                 return None
             if code is ReasonCode.QUOTA_EXCEEDED and _too_large(exc):
                 stats.too_large += 1
             else:
                 stats.append_failures += 1
-            log.warning(
-                "%s: append failed, refusing publish by %s: %s", self.name, info.client_id, exc
-            )
+            log.warning("%s: append failed, refusing publish by %s: %s", self.name, sender, exc)
             return code
         stats.events += 1
         return None

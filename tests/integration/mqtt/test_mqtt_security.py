@@ -238,7 +238,9 @@ def encode_suback_codes(suback: Suback) -> list[int]:
 def test_on_publish_delays_ack_until_hook_completes(make_broker: MakeBroker, version) -> None:  # type: ignore[no-untyped-def]
     journal: list[tuple[str, bytes]] = []
 
-    async def on_publish(info: ClientInfo, message: Message) -> ReasonCode | None:
+    async def on_publish(
+        info: ClientInfo, message: Message, packet_id: int | None, dup: bool
+    ) -> ReasonCode | None:
         await asyncio.sleep(0.3)  # a durable append
         if message.payload == b"reject":
             return ReasonCode.QUOTA_EXCEEDED

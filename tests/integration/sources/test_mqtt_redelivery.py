@@ -1,0 +1,205 @@
+"""A QoS 1 PUBLISH resent with DUP=1 after its first copy was appended is one event.
+
+A raw MQTT client (our codec over an asyncio socket) publishes, drops the
+connection before the PUBACK can reach it, reconnects to its session and
+resends the same PUBLISH with DUP=1, as every MQTT client does
+[MQTT-4.4.0-1]. The log must hold the message once. The opposite cases are
+checked too: a resend whose first append failed is appended, and a new
+message reusing the packet id with the same payload is a new event. The last
+test does the same for MqttSource, with the embedded broker as the external
+broker resending its unacknowledged messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from headwater.cloudevents import CloudEvent
+from headwater.mqtt.broker import BrokerConfig, Listener, MqttBroker
+from headwater.mqtt.packets import (
+    NEED_DATA,
+    Connack,
+    Connect,
+    Decoder,
+    Packet,
+    Properties,
+    ProtocolVersion,
+    Puback,
+    Publish,
+    ReasonCode,
+    encode,
+)
+from headwater.sources.mapping import Mapping
+from headwater.sources.mqtt import MqttClientConfig, MqttSourceRunner
+from headwater.sources.mqttbroker import MqttBrokerSource
+
+TIMEOUT = 10.0
+V5 = ProtocolVersion.MQTT5
+
+
+class Client:
+    """One MQTT connection on an asyncio socket, packet by packet."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = Decoder(server=False, version=V5)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, port: int, client_id: str) -> AsyncIterator[Client]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        try:
+            # A persistent session, so that the broker keeps it across reconnects.
+            props = Properties(session_expiry_interval=300)
+            client.send(Connect(client_id, False, 60, None, None, None, props))
+            connack = await client.recv()
+            assert isinstance(connack, Connack) and connack.reason_code == 0, connack
+            yield client
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    def send(self, packet: Packet) -> None:
+        self.writer.write(encode(packet, V5))
+
+    async def recv(self) -> Packet:
+        async with asyncio.timeout(TIMEOUT):
+            while (packet := self.decoder.next_packet()) is NEED_DATA:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError("closed by the broker")
+                self.decoder.receive_data(data)
+        return packet  # type: ignore[return-value]
+
+
+class Log:
+    """The sink: appends after ``delay`` seconds; ``fail`` makes the next append fail."""
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+        self.delay = 0.0
+        self.fail = False
+        self.started = asyncio.Event()
+
+    async def append(self, event: CloudEvent) -> None:
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            self.fail = False
+            raise OSError("disk full")
+        self.events.append(event)
+
+
+@asynccontextmanager
+async def source(log: Log) -> AsyncIterator[MqttBrokerSource]:
+    config = BrokerConfig(listeners=(Listener(port=0),))
+    async with MqttBrokerSource(
+        config, Mapping.compile(), log.append, device_events=False, append_timeout=5.0
+    ) as src:
+        yield src
+
+
+def publish(pid: int, payload: bytes, *, dup: bool = False) -> Publish:
+    return Publish("sensors/s1/climate", payload, 1, False, dup, pid)
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    for _ in range(int(TIMEOUT / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_dup_resend_after_a_lost_puback_is_one_event() -> None:
+    log = Log()
+    async with source(log) as src:
+        port = src.broker.port()
+        log.delay = 0.3
+        async with Client.connect(port, "s1") as first:
+            first.send(publish(7, b'{"t": 21}'))
+            await log.started.wait()
+        # The connection is gone before the append finished: no PUBACK reached the device.
+        await wait_until(lambda: len(log.events) == 1)
+        log.delay = 0.0
+        async with Client.connect(port, "s1") as again:
+            again.send(publish(7, b'{"t": 21}', dup=True))
+            assert await again.recv() == Puback(7)
+            # The packet id is free again: the same reading as a new message is a new event.
+            again.send(publish(7, b'{"t": 21}'))
+            assert await again.recv() == Puback(7)
+    assert len(log.events) == 2
+    assert log.events[0].id != log.events[1].id
+    assert src.stats.duplicates_suppressed == 1
+    assert src.stats.events == 2
+
+
+async def test_dup_resend_while_the_first_append_runs_waits_for_it() -> None:
+    log = Log()
+    async with source(log) as src:
+        port = src.broker.port()
+        log.delay = 0.5
+        async with Client.connect(port, "s2") as first:
+            first.send(publish(3, b"reading"))
+            await log.started.wait()
+        # Reconnect at once (taking the session over) and resend while the append runs.
+        async with Client.connect(port, "s2") as again:
+            again.send(publish(3, b"reading", dup=True))
+            assert await again.recv() == Puback(3)
+            assert len(log.events) == 1  # acked only once the first copy was durable
+    assert len(log.events) == 1
+    assert src.stats.duplicates_suppressed == 1
+
+
+async def test_dup_resend_of_a_refused_publish_is_appended() -> None:
+    log = Log()
+    async with source(log) as src:
+        port = src.broker.port()
+        log.fail = True
+        async with Client.connect(port, "s3") as client:
+            client.send(publish(9, b"x"))
+            assert await client.recv() == Puback(9, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
+            client.send(publish(9, b"x", dup=True))
+            assert await client.recv() == Puback(9)
+            # A DUP with a different payload under the same id is not the same message.
+            client.send(publish(10, b"a"))
+            assert await client.recv() == Puback(10)
+            client.send(publish(10, b"b", dup=True))
+            assert await client.recv() == Puback(10)
+    assert [e.data_bytes() for e in log.events] == [b"x", b"a", b"b"]
+    assert src.stats.duplicates_suppressed == 0
+    assert src.stats.append_failures == 1
+
+
+async def test_mqtt_source_acks_a_dup_resend_without_appending_again() -> None:
+    """MqttSource: a batch with one failed append is resent whole (DUP); one event each."""
+    log = Log()
+    failed: list[bytes] = []
+
+    async def append(event: CloudEvent) -> None:
+        data = event.data_bytes()
+        if data == b"3" and not failed:
+            failed.append(data)
+            raise OSError("disk full")
+        await log.append(event)
+
+    async with MqttBroker(BrokerConfig(listeners=(Listener(port=0),))) as broker:
+        config = MqttClientConfig("127.0.0.1", broker.port(), client_id="headwater-dup")
+        runner = MqttSourceRunner(
+            config, [("sensors/#", 1)], Mapping.compile(), append, max_backoff=0.2
+        )
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(runner.run())
+            await asyncio.wait_for(runner.connected.wait(), TIMEOUT)
+            log.delay = 0.2  # the first append is slow, so the rest arrive as one batch
+            for n in range(1, 6):
+                await broker.publish("sensors/s1/climate", str(n).encode(), qos=1)
+            await wait_until(lambda: len(log.events) == 5 and runner.stats.events == 5)
+            task.cancel()
+    assert sorted(e.data_bytes() for e in log.events) == [b"1", b"2", b"3", b"4", b"5"]
+    assert runner.stats.append_failures == 1
+    assert runner.stats.duplicates_suppressed >= 1  # 3's batch mates, resent with DUP=1
+    assert runner.stats.events == 5
