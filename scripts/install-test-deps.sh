@@ -9,6 +9,10 @@ declare -A want=(
   [nats-server]=nats-server
   [influxd]=influxdb
   [prometheus]=prometheus
+  # The dashboard's browser tests: Debian's Chromium and its matching driver
+  # (never a downloaded browser).
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 
 missing=()

@@ -59,6 +59,34 @@ def _start(runtime: Runtime, text: str) -> Start:
     return runtime.start_position(text)
 
 
+MAX_FILTER_BYTES = 64 * 1024
+"""The largest filter the check accepts; real filters are a line or two."""
+
+
+async def check_filter(request: web.Request) -> web.Response:
+    """Whether a CESQL expression compiles; 200 either way, with the parse error if not.
+
+    The dashboard asks before it opens a tail, so that a typo is shown inline
+    without a failed request (the tail itself still answers 400 for it).
+    """
+    if request.content_length is not None and request.content_length > MAX_FILTER_BYTES:
+        return error(413, f"request body over {MAX_FILTER_BYTES} bytes")
+    try:
+        body = await request.json()
+    except ValueError:
+        return error(400, 'send a JSON object: {"filter": "..."}')
+    text = body.get("filter") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        return error(400, "`filter` must be a string")
+    try:
+        cesql.compile(text)
+    except cesql.ParseError as exc:
+        return json_response(
+            {"valid": False, "error": str(exc), "line": exc.line, "column": exc.column}
+        )
+    return json_response({"valid": True, "error": None, "line": None, "column": None})
+
+
 async def tail(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -245,6 +273,7 @@ def add_routes(app: web.Application) -> None:
     app[JOBS_KEY] = {}
     app.on_shutdown.append(_cancel_jobs)
     app.router.add_get("/api/v1/brokers/{namespace}/{name}/events", tail)
+    app.router.add_post("/api/v1/filters/check", check_filter)
     app.router.add_get("/api/v1/brokers/{namespace}/{name}/stream", stream_info)
     app.router.add_post("/api/v1/replays", start_replay)
     app.router.add_get("/api/v1/replays/{id}", replay_status)

@@ -103,7 +103,83 @@ _STREAM = {
     },
 }
 
+_NODE = {
+    "type": "object",
+    "required": ["id", "kind", "name", "role", "ready", "health", "counters"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string"},
+        "namespace": {"type": ["string", "null"]},
+        "name": {"type": "string"},
+        "role": {"type": "string", "enum": ["source", "channel", "route", "sink"]},
+        "ready": {"type": "string"},
+        "reason": {"type": ["string", "null"]},
+        "health": {"type": "string", "enum": ["ok", "lagging", "not-ready"]},
+        "counters": {"type": "object", "additionalProperties": {"type": "number"}},
+        "lastError": {"type": ["string", "null"]},
+    },
+}
+_TOPOLOGY = {
+    "type": "object",
+    "required": ["time", "nodes", "edges"],
+    "properties": {
+        "time": {"type": "number"},
+        "nodes": {"type": "array", "items": _NODE},
+        "edges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["from", "to", "via"],
+                "properties": {
+                    "from": {"type": "string"},
+                    "to": {"type": "string"},
+                    "via": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_OUTCOME = {"type": "string", "enum": ["delivered", "dead-lettered", "dropped"]}
+_DEAD_LETTER = {
+    "type": "object",
+    "required": ["id", "origin", "destination", "code", "event", "redriven"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "origin": {
+            "oneOf": [{"$ref": "#/components/schemas/Key"}, {"type": "null"}],
+            "description": "The Trigger or Subscription that gave the event up.",
+        },
+        "destination": {"type": ["string", "null"], "description": "knativeerrordest"},
+        "code": {"type": ["integer", "null"], "description": "knativeerrorcode"},
+        "errorData": {"type": ["string", "null"], "description": "knativeerrordata (base64)"},
+        "errorText": {"type": ["string", "null"], "description": "errorData as UTF-8 text"},
+        "error": {"type": ["string", "null"], "description": "The last error, as text"},
+        "failedAt": {"type": ["string", "null"]},
+        "dataOmitted": {"type": "boolean"},
+        "redriven": {"oneOf": [_OUTCOME, {"type": "null"}]},
+        "event": {"type": "object", "description": "The original event, structured mode"},
+    },
+}
+_DEVICE = {
+    "type": "object",
+    "required": ["device", "updated", "values"],
+    "properties": {
+        "device": {"type": "string"},
+        "updated": {"type": "number"},
+        "values": {"type": "object", "additionalProperties": {"type": "number"}},
+        "fields": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The dead letter's offset in the dead-letter stream.",
+    "schema": {"type": "string"},
+}
+
 UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
+UNAVAILABLE = _error("The event log is unavailable; try again.")
 
 
 def document() -> dict[str, Any]:
@@ -112,7 +188,10 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Headwater admin API",
             "version": __version__,
-            "description": "Resources in Knative's shapes, status, streams, tail and replay.",
+            "description": (
+                "Resources in Knative's shapes, status, streams, tail and replay, "
+                "topology, dead letters and devices."
+            ),
         },
         "components": {
             "schemas": {
@@ -121,6 +200,9 @@ def document() -> dict[str, Any]:
                 "Key": _KEY,
                 "Replay": _REPLAY,
                 "Stream": _STREAM,
+                "Topology": _TOPOLOGY,
+                "DeadLetter": _DEAD_LETTER,
+                "Device": _DEVICE,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -310,6 +392,210 @@ def document() -> dict[str, Any]:
                         "400": _error("Invalid request."),
                         "401": UNAUTHORIZED,
                         "404": _error("No running Broker."),
+                    },
+                }
+            },
+            "/api/v1/filters/check": {
+                "post": {
+                    "summary": "Check a CESQL filter; the parse error (line, column) if invalid",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["filter"],
+                                    "properties": {"filter": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["valid", "error", "line", "column"],
+                                "properties": {
+                                    "valid": {"type": "boolean"},
+                                    "error": {"type": ["string", "null"]},
+                                    "line": {"type": ["integer", "null"]},
+                                    "column": {"type": ["integer", "null"]},
+                                },
+                            },
+                            "The verdict",
+                        ),
+                        "400": _error("Not a JSON object with a string `filter`."),
+                        "401": UNAUTHORIZED,
+                        "413": _error("The body is too large."),
+                    },
+                }
+            },
+            "/api/v1/topology": {
+                "get": {
+                    "summary": "Sources, Brokers/Channels, Triggers/Subscriptions and sinks",
+                    "description": "Counters are totals; two snapshots give rates.",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Topology"}, "The graph"),
+                        "401": UNAUTHORIZED,
+                    },
+                }
+            },
+            "/api/v1/deadletters": {
+                "get": {
+                    "summary": "Events Triggers and Subscriptions gave up on, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {
+                            "name": "before",
+                            "in": "query",
+                            "description": "Only records with a smaller id.",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items", "firstOffset", "lastOffset"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/DeadLetter"},
+                                    },
+                                    "firstOffset": {"type": "integer"},
+                                    "lastOffset": {"type": "integer"},
+                                },
+                            },
+                            "Dead letters",
+                        ),
+                        "400": _error("Invalid limit or before."),
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
+            "/api/v1/deadletters/{id}": {
+                "get": {
+                    "summary": "One dead letter",
+                    "parameters": [_ID_PARAM],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/DeadLetter"}, "It"),
+                        "400": _error("Not an id."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No such dead letter (or no longer retained)."),
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
+            "/api/v1/deadletters/{id}/redrive": {
+                "post": {
+                    "summary": "Deliver a dead letter again to its origin's current subscriber",
+                    "description": (
+                        "Through the origin's delivery pipeline (retries, dead letter sink); "
+                        "failing again records a new dead letter."
+                    ),
+                    "parameters": [_ID_PARAM],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["id", "outcome", "destination", "deadLetter"],
+                                "properties": {
+                                    "id": {"type": "integer"},
+                                    "outcome": _OUTCOME,
+                                    "destination": {"type": "string"},
+                                    "lastError": {"type": ["string", "null"]},
+                                    "deadLetter": {"$ref": "#/components/schemas/DeadLetter"},
+                                },
+                            },
+                            "Re-driven; `outcome` says how it ended",
+                        ),
+                        "400": _error("Not an id."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No such dead letter."),
+                        "409": _error(
+                            "Cannot re-drive now: delivered already, under way, or the origin "
+                            "is not running."
+                        ),
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
+            "/api/v1/devices": {
+                "get": {
+                    "summary": "Devices seen in the last hour with their latest numeric values",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["devices", "untracked", "windowSeconds"],
+                                "properties": {
+                                    "devices": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Device"},
+                                    },
+                                    "untracked": {"type": "integer"},
+                                    "windowSeconds": {"type": "number"},
+                                    "bucketSeconds": {"type": "number"},
+                                    "version": {"type": "integer"},
+                                },
+                            },
+                            "Devices",
+                        ),
+                        "401": UNAUTHORIZED,
+                    },
+                }
+            },
+            "/api/v1/devices/series": {
+                "get": {
+                    "summary": "A device's points per field (one per bucket) over the last hour",
+                    "parameters": [
+                        {
+                            "name": "device",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "description": "Seconds since the epoch (default: an hour ago).",
+                            "schema": {"type": "number"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "allOf": [
+                                    {"$ref": "#/components/schemas/Device"},
+                                    {
+                                        "type": "object",
+                                        "required": ["series"],
+                                        "properties": {"series": {"type": "object"}},
+                                    },
+                                ]
+                            },
+                            "Series: per field, times `t` and values `v`",
+                        ),
+                        "400": _error("No device named, or a bad `since`."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("No such device in the last hour."),
+                    },
+                }
+            },
+            "/api/v1/devices/events": {
+                "get": {
+                    "summary": "Changed devices, pushed once a second as server-sent events",
+                    "responses": {
+                        "200": {
+                            "description": "An endless event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "401": UNAUTHORIZED,
                     },
                 }
             },

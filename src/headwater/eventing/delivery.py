@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing.sink import DeliveryError, Sink
@@ -36,6 +36,7 @@ from headwater.eventing.sink import DeliveryError, Sink
 __all__ = [
     "DEFAULT_RETRY_AFTER_MAX",
     "BackoffPolicy",
+    "DeadLetterRecorder",
     "Deliverer",
     "DeliverySpec",
     "DeliveryStats",
@@ -103,6 +104,22 @@ def parse_duration(text: str) -> float:
 # -- the policy ---------------------------------------------------------------------
 
 
+class DeadLetterRecorder(Protocol):
+    """Keeps a record of every event a :class:`Deliverer` gives up on.
+
+    Called once per given-up event with the last error, before the event goes
+    to the dead letter sink or is dropped, whether or not the spec has a dead
+    letter sink. The delivery ends only after the record returned; if it
+    raises, the delivery raises too, reports no outcome, and the event stays
+    unacknowledged (delivered again later), so nothing is lost between the
+    two.
+    """
+
+    async def __call__(
+        self, deliverer: Deliverer, event: CloudEvent, error: DeliveryError
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeliverySpec:
     """Knative DeliverySpec, resolved: durations in seconds, the dead letter sink a Sink.
@@ -110,7 +127,8 @@ class DeliverySpec:
     ``retry`` is the number of retries after the first attempt (control-plane.md
     DeliverySpec: "the minimum number of retries the sender should attempt").
     ``timeout`` bounds each attempt (0 disables it). ``dead_letter_uri`` is
-    only for display (``describe``).
+    only for display (``describe``). ``recorder``, when set, is told about
+    every event given up on (see :class:`DeadLetterRecorder`).
     """
 
     retry: int = 0
@@ -120,6 +138,7 @@ class DeliverySpec:
     retry_after_max: float = DEFAULT_RETRY_AFTER_MAX
     dead_letter_sink: Sink | None = field(default=None, compare=False)
     dead_letter_uri: str | None = None
+    recorder: DeadLetterRecorder | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.retry < 0:
@@ -395,6 +414,8 @@ class Deliverer:
             stats.latency.observe(self._clock() - started)
             return Outcome.DELIVERED
         stats.last_error = f"{self.destination}: {error}"
+        if self.spec.recorder is not None:
+            await self.spec.recorder(self, event, error)
         dls = self.spec.dead_letter_sink
         if dls is None:
             # No dead letter sink: "the event is dropped" (control-plane.md), and

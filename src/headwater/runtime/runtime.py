@@ -5,16 +5,24 @@ builder per kind. Addressable components (Brokers, Channels, sinks) expose a
 ``sink`` that Destinations resolve to, so a PingSource, a Trigger or a dead
 letter route reaches an in-process receiver without a socket; a ``uri``
 Destination resolves to a pooled HTTP sink.
+
+Every DeliverySpec the runtime builds carries the runtime's
+:class:`DeadLetters` as its recorder, so each event a Trigger or Subscription
+gives up on is kept in a durable stream of the log, with the ``knativeerror*``
+extensions and the resource it came from, ready to be listed and re-driven.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import aiohttp
 
@@ -22,13 +30,27 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_session
-from headwater.log import EARLIEST, LATEST, EventLog, MemoryLog, Start
+from headwater.eventing.delivery import Deliverer, Outcome, dead_letter_event
+from headwater.eventing.dispatcher import Dispatcher
+from headwater.log import (
+    DEFAULT_MAX_EVENT_SIZE,
+    EARLIEST,
+    LATEST,
+    EventLog,
+    EventTooLarge,
+    LogError,
+    MemoryLog,
+    Start,
+    StreamConfig,
+)
 from headwater.resources import (
     ConfigError,
     Destination,
     Loaded,
     Problem,
     Resource,
+    Subscription,
+    Trigger,
     load_text,
     parse_start,
 )
@@ -80,6 +102,217 @@ class RefSink:
         return f"RefSink({self.url})"
 
 
+# -- dead letters -------------------------------------------------------------------
+
+DEAD_LETTER_STREAM: Final = "headwater/deadletters"
+"""The log stream that keeps every event a Trigger or Subscription gave up on."""
+
+DEAD_LETTER_RETENTION: Final = StreamConfig(
+    max_age=7 * 86400.0,
+    max_bytes=256 * 1024 * 1024,
+    max_event_size=DEFAULT_MAX_EVENT_SIZE + 64 * 1024,
+)
+"""A week or 256 MiB, whichever is reached first: time to notice a failing
+subscriber over a weekend and re-drive, on a gateway's disk. Past it the
+oldest records go (retention never refuses an append, so recording never
+blocks delivery). The event size limit leaves room for the error extensions
+on top of the largest event a Broker accepts."""
+
+DEAD_LETTER_SCAN: Final = 5000
+"""Entries one listing or lookup reads at most from the dead-letter stream:
+a listing shows the records among the newest this many entries, so a request
+costs a bounded read whatever the stream holds."""
+
+ERROR_TEXT_LIMIT: Final = 512
+"""Characters of the delivery error kept in ``headwatererror``."""
+
+# Extensions of a record, beyond Knative's knativeerror* ones.
+ORIGIN_EXTENSION: Final = "headwaterorigin"  # Kind/namespace/name of the Trigger/Subscription
+FAILED_AT_EXTENSION: Final = "headwaterfailedat"  # when it was given up on (RFC 3339)
+ERROR_EXTENSION: Final = "headwatererror"  # the last error, as text
+DATA_OMITTED_EXTENSION: Final = "headwaterdataomitted"  # data too large to keep alongside
+# A re-drive appends a marker (the log is append-only: records are never edited).
+REDRIVE_TYPE: Final = "dev.headwater.deadletter.redriven"
+REDRIVEN_EXTENSION: Final = "headwaterredriven"  # the record's id
+OUTCOME_EXTENSION: Final = "headwateroutcome"  # delivered | dead-lettered | dropped
+
+RECORD_EXTENSIONS: Final = (
+    "knativeerrordest",
+    "knativeerrorcode",
+    "knativeerrordata",
+    ORIGIN_EXTENSION,
+    FAILED_AT_EXTENSION,
+    ERROR_EXTENSION,
+    DATA_OMITTED_EXTENSION,
+)
+
+
+def _ascii_text(text: str, limit: int) -> str:
+    """Text fit for a CloudEvent string extension: printable ASCII, bounded."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else " " for c in escaped)[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record of the dead-letter stream: ``id`` is its offset there."""
+
+    id: int
+    event: CloudEvent
+    """The event as it failed, with the ``knativeerror*`` and ``headwater*`` extensions."""
+    redriven: str | None = None
+    """The outcome of the latest re-drive (an :class:`Outcome` value), if any."""
+
+    @property
+    def origin(self) -> Key | None:
+        kind, _, rest = str(self.event.get(ORIGIN_EXTENSION, "")).partition("/")
+        namespace, _, name = rest.partition("/")
+        return (kind, namespace, name) if kind and namespace and name else None
+
+    def original(self) -> CloudEvent:
+        """The event as it was before it failed (the record's own extensions removed)."""
+        return self.event.evolve(dict.fromkeys(RECORD_EXTENSIONS))
+
+
+class RedriveRefused(Exception):
+    """A dead letter cannot be re-driven now; the message says why."""
+
+
+class DeadLetters:
+    """The durable record of given-up events, and their re-drive.
+
+    It is the :class:`~headwater.eventing.delivery.DeadLetterRecorder` of every
+    DeliverySpec the runtime builds: a record is appended (durably) before the
+    delivery ends, so an event a subscriber never took is kept whether or not
+    a dead letter sink is configured, and whether or not that sink took it.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._created = False
+        self._redriving: set[int] = set()
+
+    async def _stream(self) -> str:
+        if not self._created:
+            await self._runtime.log.create_stream(DEAD_LETTER_STREAM, DEAD_LETTER_RETENTION)
+            self._created = True
+        return DEAD_LETTER_STREAM
+
+    async def __call__(self, deliverer: Deliverer, event: CloudEvent, error: DeliveryError) -> None:
+        origin = self._runtime.origin_of(deliverer)
+        failed = dead_letter_event(event, deliverer.destination, error)
+        record = failed.evolve(
+            {
+                ORIGIN_EXTENSION: "/".join(origin) if origin else None,
+                FAILED_AT_EXTENSION: datetime.now(UTC).isoformat(timespec="milliseconds"),
+                ERROR_EXTENSION: _ascii_text(str(error), ERROR_TEXT_LIMIT) or None,
+            }
+        )
+        stream = await self._stream()
+        try:
+            await self._runtime.log.append(stream, [record])
+        except EventTooLarge:
+            # Bigger than any Broker accepts (an InMemoryChannel has no limit):
+            # keep what failed and why, without the payload.
+            slim = record.evolve({DATA_OMITTED_EXTENSION: "true"}, keep_data=False)
+            await self._runtime.log.append(stream, [slim])
+
+    async def info(self) -> tuple[int, int]:
+        """``(first, last)`` retained offsets (``first > last`` when there is none)."""
+        info = await self._runtime.log.info(await self._stream())
+        return info.first_offset, info.last_offset
+
+    async def _scan(self, first: int, last: int) -> tuple[dict[int, CloudEvent], dict[int, str]]:
+        """Records and re-drive outcomes in ``first..last`` (offsets)."""
+        records: dict[int, CloudEvent] = {}
+        outcomes: dict[int, str] = {}
+        if first > last:
+            return records, outcomes
+        log_ = self._runtime.log
+        stream = await self._stream()
+        consumer = f"view/{uuid.uuid4().hex}"
+        reader = log_.reader(stream, consumer, Start.at_offset(first))
+        try:
+            position = first - 1
+            while position < last:
+                batch = await reader.next_batch(min(256, last - position), timeout=0)
+                if not batch:
+                    break
+                for offset, event in batch:
+                    if offset > last:
+                        break
+                    target = event.get(REDRIVEN_EXTENSION)
+                    if event.type == REDRIVE_TYPE and isinstance(target, str) and target.isdigit():
+                        outcomes[int(target)] = str(event.get(OUTCOME_EXTENSION, ""))
+                    else:
+                        records[offset] = event
+                position = batch[-1].offset
+        finally:
+            await reader.close()
+            with contextlib.suppress(LogError):
+                await log_.delete_consumer(stream, consumer)
+        return records, outcomes
+
+    async def list(self, limit: int, before: int | None = None) -> list[DeadLetter]:
+        """The newest ``limit`` records (below offset ``before``), newest first."""
+        first, last = await self.info()
+        end = last if before is None else min(last, before - 1)
+        # Each re-drive adds a marker (and a record when it fails again), so
+        # four entries per wanted record is ample; never more than the bound.
+        start = max(first, end - min(DEAD_LETTER_SCAN, 4 * limit) + 1)
+        # Markers come after their records: read on to the end, within the bound.
+        records, outcomes = await self._scan(start, min(last, start + 2 * DEAD_LETTER_SCAN))
+        ids = sorted((i for i in records if i <= end), reverse=True)[:limit]
+        return [DeadLetter(i, records[i], outcomes.get(i)) for i in ids]
+
+    async def get(self, id: int) -> DeadLetter | None:
+        first, last = await self.info()
+        if not first <= id <= last:
+            return None
+        records, outcomes = await self._scan(id, min(last, id + DEAD_LETTER_SCAN))
+        event = records.get(id)
+        return DeadLetter(id, event, outcomes.get(id)) if event is not None else None
+
+    async def redrive(self, id: int) -> tuple[DeadLetter, Outcome, Dispatcher]:
+        """Deliver a record's event again, to its origin's current subscriber.
+
+        It goes through the origin's own delivery pipeline (retries, dead
+        letter sink, counters; failing again makes a new record) and the
+        outcome is kept as a marker. Raises ``LookupError`` for an unknown id
+        and :class:`RedriveRefused` when it cannot be re-driven now.
+        """
+        if id in self._redriving:
+            raise RedriveRefused(f"dead letter {id} is being re-driven already")
+        self._redriving.add(id)
+        try:
+            letter = await self.get(id)
+            if letter is None:
+                raise LookupError(f"no dead letter {id}")
+            if letter.redriven == Outcome.DELIVERED.value:
+                raise RedriveRefused(f"dead letter {id} was re-driven and delivered already")
+            origin = letter.origin
+            if origin is None:
+                raise RedriveRefused(f"dead letter {id} does not name a Trigger or Subscription")
+            dispatcher = self._runtime.dispatcher(origin)
+            if dispatcher is None:
+                raise RedriveRefused(f"{origin[0]} {origin[1]}/{origin[2]} is not running")
+            outcome = await dispatcher.deliverer.deliver(letter.original())
+            marker = CloudEvent(
+                {
+                    "specversion": "1.0",
+                    "id": uuid.uuid4().hex,
+                    "source": "/headwater/deadletters",
+                    "type": REDRIVE_TYPE,
+                    REDRIVEN_EXTENSION: str(id),
+                    OUTCOME_EXTENSION: outcome.value,
+                }
+            )
+            await self._runtime.log.append(await self._stream(), [marker])
+            return replace(letter, redriven=outcome.value), outcome, dispatcher
+        finally:
+            self._redriving.discard(id)
+
+
 class Runtime:
     """Headwater's running state; the admin API and ``headwater up`` drive it.
 
@@ -98,6 +331,7 @@ class Runtime:
             for kind, build in table.items()
         }
         self.reconciler = Reconciler(builders)
+        self.dead_letters = DeadLetters(self)
 
     def _builder(self, build: Callable[[Runtime, Any], Component]) -> Builder:
         async def builder(resource: Resource) -> Component:
@@ -157,18 +391,45 @@ class Runtime:
         fmt = delivery.format if delivery is not None and delivery.format else "binary"
         return HttpSink(destination.uri, session=self.session, format=fmt), destination.uri
 
-    def delivery_spec(
-        self, delivery: ResourceDelivery | None, namespace: str
-    ) -> DeliverySpec | None:
+    def delivery_spec(self, delivery: ResourceDelivery | None, namespace: str) -> DeliverySpec:
+        """The resolved spec (Knative's defaults when None), recording into :attr:`dead_letters`."""
         if delivery is None:
-            return None
+            return DeliverySpec(recorder=self.dead_letters)
 
         def resolve_sink(raw: Mapping[str, Any]) -> tuple[Sink, str]:
             return self.resolve_with_uri(Destination.model_validate(raw), namespace)
 
-        return DeliverySpec.from_knative(
+        spec = DeliverySpec.from_knative(
             delivery.model_dump(by_alias=True, exclude_none=True), resolve_sink
         )
+        return replace(spec, recorder=self.dead_letters)
+
+    def dispatcher(self, key: Key) -> Dispatcher | None:
+        """The running dispatcher of a Trigger or Subscription (None when not running)."""
+        resource = self.get(key)
+        member = getattr(self.reconciler.component(key), "member", None)
+        if member is None:
+            return None
+        try:
+            if isinstance(resource, Trigger):
+                fanout: BrokerFanout | ChannelFanout = self.broker(key[1], resource.spec.broker)
+            elif isinstance(resource, Subscription):
+                ref = resource.spec.channel
+                fanout = self.channel(ref.kind, key[1], ref.name)
+            else:
+                return None
+        except UnresolvedDestination:
+            return None
+        return fanout.dispatchers().get(member.consumer)
+
+    def origin_of(self, deliverer: Deliverer) -> Key | None:
+        """The Trigger or Subscription whose dispatcher delivers with ``deliverer``."""
+        for kind in ("Trigger", "Subscription"):
+            for resource in self.resources(kind):
+                dispatcher = self.dispatcher(resource.key)
+                if dispatcher is not None and dispatcher.deliverer is deliverer:
+                    return resource.key
+        return None
 
     @staticmethod
     def start_position(text: str | None) -> Start:

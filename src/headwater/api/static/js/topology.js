@@ -1,0 +1,138 @@
+// Topology: sources -> Brokers/Channels -> Triggers/Subscriptions -> sinks, from
+// GET /api/v1/topology every few seconds. Rates come from the difference of two
+// snapshots; a route whose failure counters grew since the last one is "failing".
+
+import { Poller } from "./api.js";
+import { el, fmtNumber, fmtRate } from "./ui.js";
+
+const REFRESH = 2000;
+const SVG_NS = "http://www.w3.org/2000/svg"; // a namespace name, not fetched
+const COLUMNS = [
+  ["source", "Sources"],
+  ["channel", "Brokers & Channels"],
+  ["route", "Triggers & Subscriptions"],
+  ["sink", "Sinks"],
+];
+// The counter whose rate is shown, by role: the first one a node has.
+const RATE_COUNTERS = {
+  source: ["sent", "accepted", "published", "messages", "received"],
+  channel: ["accepted"],
+  route: ["delivered"],
+  sink: ["received", "written", "delivered", "published", "points"],
+};
+const FAILURES = ["failedAttempts", "dropped", "deadLettered", "failed"];
+const LAG_NOTICE = 100;
+
+export function rateOf(node, previous, seconds) {
+  if (!previous || seconds <= 0) return null;
+  const key = (RATE_COUNTERS[node.role] || []).find((name) => name in node.counters);
+  if (!key) return null;
+  return { key, value: Math.max(0, (node.counters[key] - (previous.counters[key] || 0)) / seconds) };
+}
+
+export function healthOf(node, previous) {
+  if (node.health !== "ok") return node.health;
+  if (previous) {
+    const grew = FAILURES.some((name) => (node.counters[name] || 0) > (previous.counters[name] || 0));
+    if (grew) return "failing";
+    const lag = node.counters.lag || 0;
+    if (lag >= LAG_NOTICE && lag > (previous.counters.lag || 0)) return "lagging";
+  }
+  return "ok";
+}
+
+export class TopologyView {
+  constructor(root) {
+    this.root = root;
+    this.previous = null; // {time, nodes: Map}
+    this.poller = new Poller("/api/v1/topology", REFRESH, (graph) => this.render(graph), (error) => {
+      this.root.replaceChildren(el("p", { class: "error", text: `topology: ${error.message}` }));
+    });
+    this.resize = () => this.drawEdges();
+  }
+
+  show() {
+    window.addEventListener("resize", this.resize);
+    this.poller.start();
+  }
+
+  hide() {
+    window.removeEventListener("resize", this.resize);
+    this.poller.stop();
+  }
+
+  render(graph) {
+    const previous = this.previous;
+    const seconds = previous ? graph.time - previous.time : 0;
+    const outgoing = new Map();
+    for (const edge of graph.edges) {
+      if (!outgoing.has(edge.from)) outgoing.set(edge.from, []);
+      outgoing.get(edge.from).push(edge);
+    }
+    const columns = COLUMNS.map(([role, title]) => {
+      const nodes = graph.nodes.filter((node) => node.role === role);
+      return el("div", { class: "column", "data-role": role },
+        el("h2", { text: title }),
+        ...nodes.map((node) => this.card(node, previous && previous.nodes.get(node.id), seconds, outgoing)),
+        nodes.length ? null : el("p", { class: "hint", text: "none" }));
+    });
+    this.edges = graph.edges;
+    this.root.replaceChildren(...columns);
+    this.drawEdges();
+    this.previous = { time: graph.time, nodes: new Map(graph.nodes.map((n) => [n.id, n])) };
+  }
+
+  card(node, previous, seconds, outgoing) {
+    const health = healthOf(node, previous);
+    const rate = rateOf(node, previous, seconds);
+    const c = node.counters;
+    const stats = [];
+    if (rate) stats.push(el("span", {}, el("b", { text: fmtRate(rate.value) }), ` ${rate.key} · `));
+    if (node.role === "route") {
+      stats.push(`delivered ${fmtNumber(c.delivered || 0)} · failed ${fmtNumber(c.failedAttempts || 0)}`
+        + ` · dead-lettered ${fmtNumber(c.deadLettered || 0)} · dropped ${fmtNumber(c.dropped || 0)}`
+        + ` · lag ${fmtNumber(c.lag || 0)}`);
+    } else {
+      const shown = Object.entries(c).filter(([key]) => key !== "maxInflight").slice(0, 4);
+      stats.push(shown.map(([key, value]) => `${key} ${fmtNumber(value)}`).join(" · "));
+    }
+    const targets = (outgoing.get(node.id) || []).map((edge) => `${edge.via} → ${edge.to.replace(/^uri:/, "")}`);
+    return el("div", {
+      class: `node health-${health}`,
+      "data-id": node.id,
+      "data-health": health,
+      title: node.reason || "",
+    },
+    el("div", { class: "kind", text: `${node.kind}${health === "ok" ? "" : ` · ${health}`}` }),
+    el("div", { class: "name", text: node.namespace ? `${node.namespace}/${node.name}` : node.name }),
+    el("div", { class: "stats" }, ...stats),
+    targets.length ? el("div", { class: "to", text: targets.join("\n") }) : null,
+    health !== "ok" && node.lastError ? el("div", { class: "err", text: node.lastError }) : null);
+  }
+
+  drawEdges() {
+    const old = this.root.querySelector("svg.edges");
+    if (old) old.remove();
+    if (!this.edges || getComputedStyle(this.root).gridTemplateColumns.split(" ").length < 4) return;
+    const box = this.root.getBoundingClientRect();
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("class", "edges");
+    for (const edge of this.edges) {
+      const from = this.root.querySelector(`.node[data-id="${CSS.escape(edge.from)}"]`);
+      const to = this.root.querySelector(`.node[data-id="${CSS.escape(edge.to)}"]`);
+      if (!from || !to) continue;
+      const a = from.getBoundingClientRect();
+      const b = to.getBoundingClientRect();
+      const x1 = a.right - box.left;
+      const y1 = a.top + a.height / 2 - box.top;
+      const x2 = b.left - box.left;
+      const y2 = b.top + b.height / 2 - box.top;
+      const bend = Math.max(30, Math.abs(x2 - x1) / 2);
+      const path = document.createElementNS(SVG_NS, "path");
+      path.setAttribute("d", `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`);
+      if (edge.via !== "deadLetterSink") path.setAttribute("class", "hot");
+      svg.append(path);
+    }
+    this.root.prepend(svg);
+  }
+}

@@ -1,0 +1,69 @@
+"""GET /api/v1/topology: resources as nodes with roles and health, specs as edges."""
+
+from __future__ import annotations
+
+from headwater.api.topology import LAGGING, _health
+from tests.unit.api.mesh import Mesh
+
+MESH = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: sinks.headwater.dev/v1alpha1
+kind: EventDisplay
+metadata: {name: display}
+---
+apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: beat}
+spec:
+  schedule: "* * * * *"
+  sink:
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: show}
+spec:
+  broker: default
+  subscriber:
+    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: EventDisplay, name: display}
+  delivery:
+    deadLetterSink: {uri: "http://127.0.0.1:9/dead"}
+"""
+
+
+async def test_the_mesh_as_a_graph(mesh: Mesh) -> None:
+    await mesh.apply(MESH)
+    await mesh.send("t-1", {"x": 1})
+    status, body = await mesh.json("GET", "/api/v1/topology")
+    assert status == 200
+    nodes = {node["id"]: node for node in body["nodes"]}
+    assert {n: nodes[n]["role"] for n in nodes} == {
+        "Broker/default/default": "channel",
+        "EventDisplay/default/display": "sink",
+        "PingSource/default/beat": "source",
+        "Trigger/default/show": "route",
+        "uri:http://127.0.0.1:9/dead": "sink",
+    }
+    assert {(e["from"], e["to"], e["via"]) for e in body["edges"]} == {
+        ("PingSource/default/beat", "Broker/default/default", "sink"),
+        ("Broker/default/default", "Trigger/default/show", "broker"),
+        ("Trigger/default/show", "EventDisplay/default/display", "subscriber"),
+        ("Trigger/default/show", "uri:http://127.0.0.1:9/dead", "deadLetterSink"),
+    }
+    broker = nodes["Broker/default/default"]
+    assert broker["counters"]["accepted"] == 1
+    assert broker["ready"] == "True"
+    assert broker["health"] == "ok"
+    assert "delivered" in nodes["Trigger/default/show"]["counters"]
+    assert isinstance(body["time"], float)
+
+
+def test_health_verdicts() -> None:
+    ready = {"status": "True"}
+    assert _health("Trigger", ready, {"lag": 0}) == "ok"
+    assert _health("Trigger", ready, {"lag": LAGGING}) == "lagging"
+    assert _health("Broker", ready, {"lag": LAGGING}) == "ok"
+    assert _health("Trigger", {"status": "False"}, {"lag": 0}) == "not-ready"
