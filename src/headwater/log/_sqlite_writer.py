@@ -1,24 +1,35 @@
 """The SQLite event log's single writer: a thread that turns queued appends into group commits.
 
-How this works: callers queue :class:`Append` requests (records already
-encoded) and :class:`Call` requests (a function to run in a transaction of its
-own, or a barrier). The thread takes everything queued, runs the calls, then
-writes every append of the group and the pending consumer positions in *one*
-transaction (one ``executemany`` per stream), commits once, and only then
-resolves the callers' futures, with one ``call_soon_threadsafe`` per event
-loop. While it commits, new requests queue up and form the next group.
+How this works: appends (records already encoded) go into a deque, and the
+first one since the thread last looked also queues a wake-up token, so the
+thread starts waking while the event loop is still making the rest of its
+pass; :class:`Call` requests (a function to run in a transaction of its own,
+or a barrier) are queued. The thread takes everything queued and every
+append waiting, runs the calls, then writes every append of the group and
+the pending consumer positions in *one* transaction, commits once, and only
+then resolves the callers' futures, with one ``call_soon_threadsafe`` per
+event loop. While it commits, new requests queue up and form the next group.
+
+The thread holds the GIL as little as it can, because every moment it holds
+it the event loop cannot run: rows go in with multi-row ``INSERT`` statements
+(one SQLite call, the GIL released, for up to :data:`MAX_ROWS` rows, instead
+of one GIL round trip per row with ``executemany``), and WAL checkpoints,
+which copy pages to the database file and sync it, run on a
+:class:`Checkpointer` thread of their own instead of inside some unlucky
+append's commit (SQLite's automatic checkpoint stays on, at a much larger
+size, as a backstop should the checkpointer fall behind).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any, Final
 
 from headwater.log._local import Signal
@@ -43,27 +54,33 @@ write with them: positions reach the disk at most this much later than the ack
 (``Reader.flush()`` does not wait for it), and a stream of acks costs about
 50 small transactions a second instead of one per ack."""
 
-MAX_GROUP: Final = 4096
-"""Requests the writer takes into one transaction. A larger group amortises
+MAX_APPENDS: Final = 4096
+"""Appends the writer takes into one transaction. A larger group amortises
 the commit further but delays its first caller; the queue itself is not
 bounded here because every caller awaits its own append (producers are
 back-pressured by their own ``await``)."""
 
+MAX_GROUP: Final = 1024
+"""Queued requests (calls, barriers, wake-up tokens) the writer takes at once."""
 
-class Append:
-    __slots__ = ("future", "loop", "records", "stream")
+MAX_ROWS: Final = 128
+"""Rows per multi-row ``INSERT``. A group is written in statements of 128, 64,
+..., 1 rows (its size in binary), so each stream needs at most 8 statement
+texts, all kept in the connection's statement cache."""
 
-    def __init__(
-        self,
-        stream: str,
-        records: list[bytes],
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[list[int]],
-    ) -> None:
-        self.stream = stream
-        self.records = records
-        self.loop = loop
-        self.future = future
+CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
+"""Bytes appended after which the checkpointer is asked to copy the WAL into
+the database file: SQLite's own default (1000 pages of 4 KiB), so the WAL
+stays about as small as it would without the checkpointer."""
+
+BACKSTOP_PAGES: Final = 10_000
+"""``wal_autocheckpoint`` of the writing connection: SQLite checkpoints inside a
+commit only if the WAL reaches about 40 MB, i.e. if the checkpointer cannot
+keep up (a very slow disk) or has failed."""
+
+
+Item = tuple[asyncio.AbstractEventLoop, str, list[bytes], "asyncio.Future[list[int]]"]
+"""One ``append`` call: the caller's loop, the stream, the encoded records, the future."""
 
 
 class Call:
@@ -83,16 +100,15 @@ class Call:
 
 
 WAKE: Final = object()  # positions are waiting to be written
+APPENDS: Final = object()  # appends are waiting in the deque
 STOP: Final = object()
 
-Request = Append | Call
-Outcome = tuple[Request, object, BaseException | None]
+Outcome = tuple["asyncio.Future[Any]", object, BaseException | None]
 
 
 def settle(outcomes: list[Outcome], grown: set[str], signals: dict[str, Signal]) -> None:
     """On the event loop: resolve futures (each once) and wake readers of grown streams."""
-    for request, result, error in outcomes:
-        future: asyncio.Future[Any] = request.future
+    for future, result, error in outcomes:
         if future.done():
             continue  # the caller was cancelled; what was stored stays stored
         if error is None:
@@ -117,22 +133,35 @@ class Writer:
         clock: Callable[[], float],
     ) -> None:
         self._conn = connect(path, durability)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         self._conn.execute("UPDATE meta SET value = '0' WHERE key = 'clean_shutdown'")
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._appends: collections.deque[Item] = collections.deque()
+        self._told = False  # an APPENDS token is queued that the thread has not taken yet
         self._commit_window = commit_window
         self._signals = signals
         self._clock = clock
         self._positions: dict[tuple[str, str], int] = {}
         self._positions_lock = threading.Lock()
         self._next_sweep = 0.0
+        self._inserts: dict[tuple[int, int], str] = {}
+        self._checkpointer = Checkpointer(path, durability)
+        self._unchecked = 0  # bytes appended since the checkpointer was last asked
         self._thread = threading.Thread(target=self._run, name=f"headwater-log-writer:{path}")
         self._thread.daemon = True
         self._thread.start()
 
     # -- called from the event loop --
 
-    def submit(self, request: object) -> None:
+    def submit(self, request: Call) -> None:
         self._queue.put(request)
+
+    def append(self, item: Item) -> None:
+        """Queue an append; any thread. One wake-up token per look of the writer."""
+        self._appends.append(item)
+        if not self._told:
+            self._told = True
+            self._queue.put(APPENDS)
 
     def save_position(self, stream: str, consumer: str, position: int) -> None:
         with self._positions_lock:
@@ -165,48 +194,75 @@ class Writer:
                         first = self._queue.get(timeout=POSITION_DELAY)
                 if self._commit_window > 0:
                     time.sleep(self._commit_window)
-                group = first if type(first) is list else [first]
+                if self._checkpointer.caught_up:
+                    self._checkpointer.caught_up = False
+                    with contextlib.suppress(sqlite3.Error):  # the backstop remains
+                        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                group = [first]
                 with contextlib.suppress(queue.Empty):
                     while len(group) < MAX_GROUP:
-                        item = self._queue.get_nowait()
-                        if type(item) is list:
-                            group += item
-                        else:
-                            group.append(item)
+                        group.append(self._queue.get_nowait())
                 stopping = STOP in group
-                requests = [r for r in group if type(r) is Append or type(r) is Call]
-                try:
-                    outcomes, grown = self._process(requests)
-                except Exception as exc:  # a bug must not strand every later append
-                    failure = LogUnavailable(f"event log writer failed: {exc!r}")
-                    outcomes, grown = [(r, None, failure) for r in requests], set()
-                self._settle(outcomes, grown)
+                # Reset before taking: an append that finds it reset queues
+                # another token, so none waits unseen (at worst a wake-up
+                # finds the deque empty).
+                self._told = False
+                waiting = self._appends
+                items = [waiting.popleft() for _ in range(min(len(waiting), MAX_APPENDS))]
+                if len(waiting):
+                    self._told = True  # the rest: next group, without waiting
+                    self._queue.put(APPENDS)
+                self._settle(*self._process(group, items))
                 if self._clock() >= self._next_sweep:
                     self._sweep_ages()
         finally:
+            self._checkpointer.stop()
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("UPDATE meta SET value = '1' WHERE key = 'clean_shutdown'")
             self._conn.close()
 
-    def _process(self, requests: list[Request]) -> tuple[list[Outcome], set[str]]:
-        appends: dict[str, list[Append]] = {}
+    def _process(
+        self, group: list[object], items: list[Item]
+    ) -> tuple[dict[asyncio.AbstractEventLoop, list[Outcome]], set[str]]:
+        """Run the calls, then commit the appends: the outcomes per event loop to tell,
+        and the streams that grew."""
         barriers: list[Call] = []
-        outcomes: list[Outcome] = []
-        for request in requests:
-            if isinstance(request, Append):
-                appends.setdefault(request.stream, []).append(request)
-            elif request.fn is None:
-                barriers.append(request)
-            else:
-                outcomes.append(self._call(request))
-        grown = self._commit_appends(appends, outcomes)
-        outcomes += [(barrier, None, None) for barrier in barriers]
-        return outcomes, grown
-
-    def _settle(self, outcomes: list[Outcome], grown: set[str]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for request in group:
+            if type(request) is Call:
+                if request.fn is None:
+                    barriers.append(request)
+                else:
+                    by_loop.setdefault(request.loop, []).append(self._call(request))
+        appends: dict[str, list[Item]] = {}
+        loop: asyncio.AbstractEventLoop | None = None
+        if items:
+            loop, stream = items[0][0], items[0][1]
+            if all(item[0] is loop and item[1] == stream for item in items):
+                appends[stream] = items  # one loop, one stream: the usual case
+            else:
+                loop = None
+                for item in items:
+                    appends.setdefault(item[1], []).append(item)
+        try:
+            outcomes, grown = self._commit_appends(appends)
+        except Exception as exc:  # a bug must not strand every later append
+            failure = LogUnavailable(f"event log writer failed: {exc!r}")
+            outcomes, grown = [(i[3], None, failure) for r in appends.values() for i in r], set()
+        if items:
+            if loop is not None and not by_loop:
+                by_loop[loop] = outcomes
+            else:
+                owner = {id(item[3]): item[0] for item in items}
+                for outcome in outcomes:
+                    by_loop.setdefault(owner[id(outcome[0])], []).append(outcome)
+        for barrier in barriers:
+            by_loop.setdefault(barrier.loop, []).append((barrier.future, None, None))
+        return by_loop, grown
+
+    def _settle(
+        self, by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]], grown: set[str]
+    ) -> None:
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(settle, settled, grown, self._signals)
@@ -218,27 +274,28 @@ class Writer:
             with transaction(conn):
                 result = call.fn(conn)
         except LogError as exc:
-            return (call, None, exc)
+            return (call.future, None, exc)
         except sqlite3.Error as exc:
-            return (call, None, LogUnavailable(f"event log write failed: {exc}"))
-        return (call, result, None)
+            return (call.future, None, LogUnavailable(f"event log write failed: {exc}"))
+        return (call.future, result, None)
 
-    def _commit_appends(
-        self, appends: dict[str, list[Append]], outcomes: list[Outcome]
-    ) -> set[str]:
+    def _commit_appends(self, appends: dict[str, list[Item]]) -> tuple[list[Outcome], set[str]]:
         """One transaction for every append of the group, and the pending positions."""
         with self._positions_lock:
             positions, self._positions = self._positions, {}
         if not appends and not positions:
-            return set()
+            return [], set()
         conn = self._conn
         done: list[Outcome] = []
         grown: set[str] = set()
+        added = 0
         try:
             with transaction(conn):
-                for name, requests in appends.items():
-                    if self._append_stream(conn, name, requests, done):
+                for name, items in appends.items():
+                    stored = self._append_stream(conn, name, items, done)
+                    if stored:
                         grown.add(name)
+                        added += stored
                 if positions:
                     conn.executemany(
                         "INSERT INTO consumers (stream_id, name, position) "
@@ -248,49 +305,78 @@ class Writer:
                     )
         except sqlite3.Error as exc:
             failure = LogUnavailable(f"event log write failed: {exc}")
-            outcomes += [(r, None, failure) for rs in appends.values() for r in rs]
             with self._positions_lock:  # keep the positions for the next try
                 self._positions = {**positions, **self._positions}
-            return set()
-        outcomes += done
-        return grown
+            return [(i[3], None, failure) for items in appends.values() for i in items], set()
+        self._unchecked += added
+        if self._unchecked >= CHECKPOINT_BYTES:
+            self._unchecked = 0
+            self._checkpointer.request()
+        return done, grown
 
     def _append_stream(
-        self, conn: sqlite3.Connection, name: str, requests: list[Append], done: list[Outcome]
-    ) -> bool:
+        self, conn: sqlite3.Connection, name: str, items: list[Item], done: list[Outcome]
+    ) -> int:
+        """Insert the stream's appends that fit its limits; the bytes stored."""
         row = stream_row(conn, name)
         if row is None:
             missing = StreamNotFound(name)
-            done += [(r, None, missing) for r in requests]
-            return False
+            done += [(item[3], None, missing) for item in items]
+            return 0
         limit = row.max_event_size
         now = self._clock()
         if now < row.last_time:
             now = row.last_time  # append times never go backwards (time starts bisect them)
         first = offset = row.last + 1
-        accepted: list[bytes] = []
-        for request in requests:
-            records = request.records
-            if max(map(len, records)) > limit:
-                index = next(i for i, record in enumerate(records) if len(record) > limit)
-                done.append((request, None, EventTooLarge(len(records[index]), limit, index)))
-                continue
-            accepted += records
-            done.append((request, list(range(offset, offset + len(records))), None))
-            offset += len(records)
-        if not accepted:
-            return False
-        conn.executemany(
-            f"INSERT INTO {events_table(row.id)} (offset, time, record) VALUES (?, ?, ?)",
-            zip(range(first, offset), repeat(now), accepted),
-        )
-        offset -= 1
+        if len(items) == 1:
+            accepted = items[0][2]
+        else:
+            accepted = [record for item in items for record in item[2]]
+        if max(map(len, accepted)) <= limit:  # the usual case: every record fits
+            for _, _, records, future in items:
+                count = len(records)
+                done.append(
+                    (future, [offset] if count == 1 else list(range(offset, offset + count)), None)
+                )
+                offset += count
+        else:
+            accepted = []
+            for _, _, records, future in items:
+                if max(map(len, records)) > limit:
+                    index = next(i for i, record in enumerate(records) if len(record) > limit)
+                    done.append((future, None, EventTooLarge(len(records[index]), limit, index)))
+                    continue
+                accepted += records
+                done.append((future, list(range(offset, offset + len(records))), None))
+                offset += len(records)
+            if not accepted:
+                return 0
+        self._insert(conn, row.id, first, now, accepted)
         added = sum(map(len, accepted))
-        row.last, row.last_time = offset, now
+        row.last, row.last_time = first + len(accepted) - 1, now
         row.bytes += added
         apply_size_limits(conn, row)
         save_row(conn, row)
-        return True
+        return added
+
+    def _insert(
+        self, conn: sqlite3.Connection, stream_id: int, first: int, now: float, records: list[bytes]
+    ) -> None:
+        """Rows ``first, first + 1, ...`` in statements of ``MAX_ROWS``, ..., 2, 1 rows."""
+        start, total = 0, len(records)
+        size = MAX_ROWS
+        while start < total:
+            while size > total - start:
+                size >>= 1
+            sql = self._inserts.get((stream_id, size))
+            if sql is None:
+                # ?1 is the first offset, ?2 the time, ?3... the records.
+                rows = ",".join(f"(?1+{k},?2,?{k + 3})" for k in range(size))
+                sql = self._inserts[stream_id, size] = (
+                    f"INSERT INTO {events_table(stream_id)} (offset, time, record) VALUES {rows}"
+                )
+            conn.execute(sql, [first + start, now, *records[start : start + size]])
+            start += size
 
     def _sweep_ages(self) -> None:
         """Drop events older than their stream's ``max_age`` (own transaction)."""
@@ -314,3 +400,50 @@ class Writer:
                             save_row(conn, row)
         except sqlite3.Error:
             return  # retried at the next sweep; appends report storage failures
+
+
+class Checkpointer:
+    """Copies the WAL into the database file on a thread of its own, when asked.
+
+    A checkpoint writes pages to the database file and syncs it: milliseconds
+    that, inside SQLite's automatic checkpoint, some unlucky append would wait
+    for. A ``PASSIVE`` checkpoint on another connection runs while the writer
+    goes on committing (SQLite allows one writer and one checkpointer at a
+    time); whatever it cannot copy yet (a reader still needs old pages) it
+    copies the next time.
+
+    The WAL restarts from its beginning only at a commit that began when
+    *everything* had been copied, which a checkpoint running beside a busy
+    writer never achieves; so after each one the writer, between two groups,
+    checkpoints the few pages committed meanwhile itself (no concurrent
+    commit: it completes), and the WAL stays near :data:`CHECKPOINT_BYTES`.
+    """
+
+    def __init__(self, path: str, durability: Durability) -> None:
+        self._conn = connect(path, durability)
+        self._wanted = threading.Event()
+        self._stopping = False
+        self.caught_up = False
+        """Set after each checkpoint: the writer copies what was committed meanwhile."""
+        self._thread = threading.Thread(target=self._run, name=f"headwater-log-checkpoint:{path}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            with contextlib.suppress(sqlite3.Error):  # busy or failing: next time, or the backstop
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.caught_up = True

@@ -4,13 +4,16 @@ How this works:
 
 - **One writer thread per log** (:mod:`headwater.log._sqlite_writer`) owns the
   only writing connection. Appends are encoded on the caller's side
-  (:mod:`headwater.log._codec`) and handed over once per event-loop pass; the
-  writer takes everything queued, writes it in *one* transaction (one
-  ``executemany`` per stream), commits once, and only then resolves every
-  waiting ``append`` (one ``call_soon_threadsafe`` per group). While it
-  commits, new appends queue up and form the next group: that is group commit,
-  and it is why ``fsync`` durability still reaches tens of thousands of events
-  per second. ``commit_window`` adds an optional wait for more work.
+  (:mod:`headwater.log._codec`) and put in the writer's deque; the first one
+  since the writer last looked wakes it (the wake-up overlaps the rest of the
+  event loop's pass). The writer takes everything waiting, writes it in *one*
+  transaction (multi-row ``INSERT`` s per stream), commits once, and only then
+  resolves every waiting ``append`` (one ``call_soon_threadsafe`` per event
+  loop). While it commits, new appends queue up and form the next group: that
+  is group commit, and it is why ``fsync`` durability still reaches tens of
+  thousands of events per second. ``commit_window`` adds an optional wait
+  for more work. WAL checkpoints run on a thread of their own, not inside an
+  append's commit.
 - **Durability**: ``"fsync"`` runs ``synchronous=FULL`` (every commit is on
   disk before ``append`` returns); ``"normal"`` runs ``synchronous=NORMAL``
   (a commit survives a process crash, but the last ones may be lost on power
@@ -64,7 +67,7 @@ from headwater.log._sqlite_store import (
     save_row,
     stream_row,
 )
-from headwater.log._sqlite_writer import Append, Call, Writer
+from headwater.log._sqlite_writer import Call, Writer
 from headwater.log.base import (
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
@@ -129,8 +132,6 @@ class SqliteLog(EventLogBase):
         # connection anyway; it keeps disk waits off the event loop.
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="headwater-log-reader")
         self._writer = Writer(self.path, durability, commit_window, self._signals, clock)
-        self._outbox: list[Append] = []
-        self._outbox_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def open(
@@ -271,30 +272,19 @@ class SqliteLog(EventLogBase):
             signal.notify()
 
     async def append(self, stream: str, events: Sequence[CloudEvent]) -> list[int]:
-        self._check_open()
-        records = [encode(event) for event in as_event_list(events)]
-        if not records:
-            await self._stream_id(stream)  # still report a missing stream
-            return []
+        if self._closed:
+            raise LogClosed(f"event log {self.path!r} is closed")
+        if type(events) is list and len(events) == 1:
+            records = [encode(events[0])]  # one event per call: the usual case, kept short
+        else:
+            records = [encode(event) for event in as_event_list(events)]
+            if not records:
+                await self._stream_id(stream)  # still report a missing stream
+                return []
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        request = Append(stream, records, loop, future)
-        if self._outbox_loop is None:
-            self._outbox_loop = loop
-        if loop is not self._outbox_loop:
-            self._writer.submit(request)
-        else:
-            # Appends made in one pass of the event loop reach the writer as
-            # one hand-over: one thread wake-up instead of one per append.
-            self._outbox.append(request)
-            if len(self._outbox) == 1:
-                loop.call_soon(self._hand_over)
+        self._writer.append((loop, stream, records, future))
         return await future
-
-    def _hand_over(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        if outbox:
-            self._writer.submit(outbox)
 
     def reader(self, stream: str, consumer: str, start: Start = EARLIEST) -> LocalReader:
         self._check_open()
@@ -341,7 +331,6 @@ class SqliteLog(EventLogBase):
             await reader.close()
         self._readers.clear()
         self._closed = True
-        self._hand_over()  # appends still waiting for this loop pass go first
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
         await asyncio.to_thread(self._read_pool.shutdown)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.log import LogClosed, LogCorrupted, NotAHeadwaterLog, StreamConfig
+from headwater.log import (
+    EventTooLarge,
+    LogClosed,
+    LogCorrupted,
+    NotAHeadwaterLog,
+    StreamConfig,
+    StreamNotFound,
+)
 from headwater.log.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteLog
 
 
@@ -178,6 +185,59 @@ async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
         conn.set_trace_callback(None)
         assert sorted(o for [o] in offsets) == list(range(1, 501))
         assert commits < 250  # group commit: far fewer transactions than appends
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 127, 128, 129, 255, 256, 300])
+async def test_an_append_of_any_size_is_written_in_order(tmp_path: Path, size: int) -> None:
+    # Rows go in through multi-row INSERTs of 128, 64, ... 1 rows.
+    async with SqliteLog(tmp_path / "log.db", durability="normal") as log:
+        await log.create_stream("s")
+        await log.append("s", [event(0)])
+        events = [event(i) for i in range(1, size + 1)]
+        assert await log.append("s", events) == list(range(2, size + 2))
+        got = await log.reader("s", "c").next_batch(1000)
+        assert [entry.offset for entry in got] == list(range(1, size + 2))
+        assert [entry.event for entry in got] == [event(0), *events]
+
+
+async def test_a_group_mixing_streams_and_too_large_events(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability="normal") as log:
+        await log.create_stream("a")
+        await log.create_stream("b", StreamConfig(max_event_size=200))
+        big = CloudEvent(
+            {"specversion": "1.0", "id": "big", "source": "/s", "type": "t"}, b"x" * 300
+        )
+        results = await asyncio.gather(
+            log.append("a", [event(1)]),
+            log.append("b", [event(2)]),
+            log.append("b", [event(3), big]),
+            log.append("missing", [event(4)]),
+            log.append("a", [big, event(5)]),
+            log.append("b", [event(6)]),
+            return_exceptions=True,
+        )
+        assert results[0] == [1]
+        assert results[1] == [1]
+        assert isinstance(results[2], EventTooLarge) and results[2].index == 1
+        assert isinstance(results[3], StreamNotFound)
+        assert results[4] == [2, 3]
+        assert results[5] == [2]
+
+
+async def test_the_write_ahead_log_is_checkpointed_while_appending(tmp_path: Path) -> None:
+    # The checkpointer thread copies the WAL into the database file, and the
+    # WAL restarts instead of growing with everything ever appended.
+    path = tmp_path / "log.db"
+    payload = CloudEvent(
+        {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}, b"x" * 4000
+    )
+    async with SqliteLog(path, durability="normal") as log:
+        await log.create_stream("s")
+        for _ in range(200):  # about 32 MB, one append of 40 events at a time
+            await log.append("s", [payload] * 40)
+        wal = path.with_name("log.db-wal").stat().st_size
+        assert wal < 20 * 1024 * 1024
+        assert (await log.info("s")).events == 8000
 
 
 async def test_cancelled_append_leaves_the_log_consistent(tmp_path: Path) -> None:
