@@ -52,17 +52,6 @@ def _bearer_ok(request: web.Request, token: str) -> bool:
     )
 
 
-def _query_token_ok(request: web.Request, token: str) -> bool:
-    """RFC 6750 2.3 ``access_token``, for GETs only: a browser's EventSource
-    (the dashboard's live views) cannot send an Authorization header."""
-    value = request.query.get("access_token")
-    return (
-        request.method == "GET"
-        and value is not None
-        and hmac.compare_digest(value.encode(), token.encode())
-    )
-
-
 def _unauthorized(message: str) -> web.Response:
     response = error(401, message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="headwater"'
@@ -74,12 +63,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/api/"):
         token = request.app[TOKEN_KEY]
-        if (
-            token
-            and path != "/api/v1/openapi.json"
-            and not _bearer_ok(request, token)
-            and not _query_token_ok(request, token)
-        ):
+        if token and path != "/api/v1/openapi.json" and not _bearer_ok(request, token):
             return _unauthorized("missing or wrong bearer token")
     elif path.count("/") == 2 and request.method == "POST":
         # The data-plane ingress `/{namespace}/{broker}`: a Broker may require

@@ -3,9 +3,10 @@
 How this works: ``/`` answers ``index.html``; ``/dashboard/...`` serves the
 rest of ``static/`` (plain ES modules, CSS and the vendored uPlot, see
 ``scripts/vendor-dashboard-assets.sh``). Nothing is built or fetched at run
-time. The page talks to the admin API like any client: with a token
-configured it asks for it once and sends it (``access_token`` for the
-server-sent event streams, which cannot carry headers).
+time. The page talks to the admin API like any client, server-sent event
+streams included (read with ``fetch``, which shows a refusal's reason and
+can send headers): with a token configured it asks for it once and sends it
+as a bearer token; the page itself needs none.
 """
 
 from __future__ import annotations

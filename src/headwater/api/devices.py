@@ -354,12 +354,18 @@ async def device_series(request: web.Request) -> web.Response:
 
 
 async def device_events(request: web.Request) -> web.StreamResponse:
+    """Changes after ``since`` (the ``version`` of the client's listing; default: now)."""
     tracker = _tracker(request)
+    text = request.query.get("since")
+    seen = tracker.version
+    if text is not None:
+        if not (text.isascii() and text.isdigit()):
+            return error(400, f"`since` must be a version from the device list, not {text!r}")
+        seen = min(int(text), tracker.version)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    seen = tracker.version
     try:
         await response.write(b": devices\n\n")
         while True:

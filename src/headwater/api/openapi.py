@@ -114,7 +114,7 @@ _NODE = {
         "role": {"type": "string", "enum": ["source", "channel", "route", "sink"]},
         "ready": {"type": "string"},
         "reason": {"type": ["string", "null"]},
-        "health": {"type": "string", "enum": ["ok", "lagging", "not-ready"]},
+        "health": {"type": "string", "enum": ["ok", "failing", "lagging", "not-ready"]},
         "counters": {"type": "object", "additionalProperties": {"type": "number"}},
         "lastError": {"type": ["string", "null"]},
     },
@@ -590,11 +590,20 @@ def document() -> dict[str, Any]:
             "/api/v1/devices/events": {
                 "get": {
                     "summary": "Changed devices, pushed once a second as server-sent events",
+                    "parameters": [
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "description": "The `version` of a device listing: changes after it.",
+                            "schema": {"type": "integer", "minimum": 0},
+                        }
+                    ],
                     "responses": {
                         "200": {
                             "description": "An endless event stream",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
+                        "400": _error("A bad `since`."),
                         "401": UNAUTHORIZED,
                     },
                 }

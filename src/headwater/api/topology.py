@@ -3,12 +3,13 @@
 How this works: every resource is a node with its role (a *source* sends to a
 sink, a *channel* is a Broker or Channel, a *route* is a Trigger or
 Subscription, a *sink* receives), its Ready condition, its numeric status
-counters and a health verdict; plain ``uri`` destinations are nodes of their
-own. Edges come from the specs: a Trigger's ``broker``, a Subscription's
-``channel``, and every Destination under ``sink``, ``subscriber``, ``reply``
-or ``deadLetterSink``. Counters are totals; the dashboard turns two snapshots
-into rates (``time`` is the moment of this one), so the server keeps no
-per-client state.
+counters and a health verdict (a route is *failing* for a minute after it
+gave an event up, *lagging* when far behind its stream); plain ``uri``
+destinations are nodes of their own. Edges come from the specs: a Trigger's
+``broker``, a Subscription's ``channel``, and every Destination under
+``sink``, ``subscriber``, ``reply`` or ``deadLetterSink``. Counters are
+totals; the dashboard turns two snapshots into rates (``time`` is the moment
+of this one), so the server keeps no per-client state.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from headwater.runtime import Runtime
 LAGGING: Final = 1000
 """Unacknowledged events from which a Trigger/Subscription counts as lagging:
 a healthy dispatcher keeps at most its in-flight window (100) behind."""
+
+FAILING_FOR: Final = 60.0
+"""Seconds a Trigger/Subscription counts as failing after it last gave an event
+up (dead-lettered or dropped it): long enough to be seen on a dashboard that
+refreshes every few seconds, short enough to clear once the subscriber works."""
 
 FANOUT_KINDS: Final = frozenset({"Broker", "Channel", "InMemoryChannel"})
 ROUTE_KINDS: Final = frozenset({"Trigger", "Subscription"})
@@ -81,10 +87,16 @@ def _counters(status: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _health(kind: str, ready: dict[str, Any], status: dict[str, Any]) -> str:
+def _health(
+    kind: str, ready: dict[str, Any], status: dict[str, Any], given_up: float | None, now: float
+) -> str:
     if ready.get("status") != "True":
         return "not-ready"
-    if kind in ROUTE_KINDS and int(status.get("lag") or 0) >= LAGGING:
+    if kind not in ROUTE_KINDS:
+        return "ok"
+    if given_up is not None and now - given_up < FAILING_FOR:
+        return "failing"
+    if int(status.get("lag") or 0) >= LAGGING:
         return "lagging"
     return "ok"
 
@@ -100,6 +112,8 @@ def _role(resource: Resource, spec: dict[str, Any]) -> str:
 def topology(runtime: Runtime) -> dict[str, Any]:
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[dict[str, str]] = []
+    now = time.time()
+    given_up = runtime.dead_letters.given_up
     for resource in runtime.resources():
         ns, kind = resource.namespace, resource.kind
         spec = resource.model_dump(by_alias=True, exclude_none=True, mode="json").get("spec", {})
@@ -114,7 +128,7 @@ def topology(runtime: Runtime) -> dict[str, Any]:
             "role": _role(resource, spec),
             "ready": ready.get("status", "Unknown"),
             "reason": ready.get("message") or ready.get("reason") or None,
-            "health": _health(kind, ready, status),
+            "health": _health(kind, ready, status, given_up.get(resource.key), now),
             "counters": _counters(status),
             "lastError": status.get("lastError"),
         }

@@ -191,6 +191,9 @@ class DeadLetters:
         self._runtime = runtime
         self._created = False
         self._redriving: set[int] = set()
+        # When each origin last gave an event up (time.time()), for "failing"
+        # in the dashboard's topology; at most one entry per resource.
+        self.given_up: dict[Key, float] = {}
 
     async def _stream(self) -> str:
         if not self._created:
@@ -200,6 +203,8 @@ class DeadLetters:
 
     async def __call__(self, deliverer: Deliverer, event: CloudEvent, error: DeliveryError) -> None:
         origin = self._runtime.origin_of(deliverer)
+        if origin is not None:
+            self.given_up[origin] = time.time()
         failed = dead_letter_event(event, deliverer.destination, error)
         record = failed.evolve(
             {

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -187,9 +188,15 @@ def page(browser: WebDriver, headwater: Headwater) -> Iterator[WebDriver]:
 
 
 def until(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true. The views re-render as
+    data arrives, so an element that went stale (or is not there yet) just
+    means: look again."""
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        try:
+            value = check()
+        except (StaleElementReferenceException, NoSuchElementException):
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -115,9 +115,12 @@ async def test_devices_endpoints_follow_the_broker(mesh: Mesh) -> None:
 
 async def test_device_events_push_changes(mesh: Mesh) -> None:
     await mesh.apply(BROKER)
-    response = await mesh.client.get("/api/v1/devices/events")
-    assert response.headers["Content-Type"] == "text/event-stream"
+    _, listing = await mesh.json("GET", "/api/v1/devices")
+    # Sent before the stream opens, after the listing: pushed all the same.
     await mesh.send("c", {"device": "gh-2", "temperature": 18.0})
+    await asyncio.sleep(0.3)
+    response = await mesh.client.get(f"/api/v1/devices/events?since={listing['version']}")
+    assert response.headers["Content-Type"] == "text/event-stream"
     async with asyncio.timeout(10):
         while True:
             line = await response.content.readline()
@@ -134,6 +137,8 @@ async def test_device_events_push_changes(mesh: Mesh) -> None:
         pytest.param("/api/v1/devices/series", 400, id="no-device"),
         pytest.param("/api/v1/devices/series?device=", 400, id="empty-device"),
         pytest.param("/api/v1/devices/series?device=nope", 404, id="unknown"),
+        pytest.param("/api/v1/devices/events?since=-1", 400, id="events-since-negative"),
+        pytest.param("/api/v1/devices/events?since=x", 400, id="events-since-not-a-number"),
     ],
 )
 async def test_bad_series_requests(mesh: Mesh, path: str, status: int) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from headwater.api.topology import LAGGING, _health
-from tests.unit.api.mesh import Mesh
+from headwater.api.topology import FAILING_FOR, LAGGING, _health
+from tests.unit.api.mesh import Mesh, eventually
 
 MESH = """\
 apiVersion: eventing.knative.dev/v1
@@ -63,7 +63,36 @@ async def test_the_mesh_as_a_graph(mesh: Mesh) -> None:
 
 def test_health_verdicts() -> None:
     ready = {"status": "True"}
-    assert _health("Trigger", ready, {"lag": 0}) == "ok"
-    assert _health("Trigger", ready, {"lag": LAGGING}) == "lagging"
-    assert _health("Broker", ready, {"lag": LAGGING}) == "ok"
-    assert _health("Trigger", {"status": "False"}, {"lag": 0}) == "not-ready"
+    now = 1000.0
+    assert _health("Trigger", ready, {"lag": 0}, None, now) == "ok"
+    assert _health("Trigger", ready, {"lag": LAGGING}, None, now) == "lagging"
+    assert _health("Broker", ready, {"lag": LAGGING}, None, now) == "ok"
+    assert _health("Trigger", {"status": "False"}, {"lag": 0}, None, now) == "not-ready"
+    assert _health("Trigger", ready, {"lag": LAGGING}, now - 1, now) == "failing"
+    assert _health("Trigger", ready, {"lag": 0}, now - FAILING_FOR, now) == "ok"
+
+
+async def test_a_trigger_that_gives_events_up_is_failing(mesh: Mesh) -> None:
+    await mesh.apply(
+        """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: broken}
+spec:
+  broker: default
+  subscriber: {uri: "http://127.0.0.1:9/"}
+"""
+    )
+    _, before = await mesh.json("GET", "/api/v1/topology")
+    assert {n["id"]: n["health"] for n in before["nodes"]}["Trigger/default/broken"] == "ok"
+    await mesh.send("f-1", 1)
+
+    async def failing() -> bool:
+        _, body = await mesh.json("GET", "/api/v1/topology")
+        return {n["id"]: n["health"] for n in body["nodes"]}["Trigger/default/broken"] == "failing"
+
+    await eventually(failing)

@@ -45,14 +45,14 @@ export class DeadLettersView {
       });
       return el("tr", { "data-id": String(item.id), onclick: () => this.detail(item) },
         el("td", { text: String(item.id) }),
+        el("td", {}, button),
         el("td", { text: fmtTime(item.failedAt) }),
         el("td", { text: `${item.event.id} (${item.event.type})` }),
         el("td", { text: originText(item.origin) }),
         el("td", { text: item.destination || "" }),
         el("td", { text: item.code === null ? "-" : String(item.code) }),
         el("td", { class: "wide", text: item.errorText || item.error || "" }),
-        el("td", { "data-field": "redriven", text: item.redriven || "" }),
-        el("td", {}, button));
+        el("td", { "data-field": "redriven", text: item.redriven || "" }));
     }));
   }
 

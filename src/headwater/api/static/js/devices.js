@@ -43,6 +43,7 @@ export class DevicesView {
   async load() {
     try {
       const body = await getJSON("/api/v1/devices");
+      this.version = body.version; // the push stream continues from this listing
       this.devices = new Map(body.devices.map((d) => [d.device, d]));
       this.note.hidden = body.untracked === 0;
       this.note.textContent = `${body.untracked} readings from devices over the limit are not shown.`;
@@ -56,7 +57,7 @@ export class DevicesView {
   listen() {
     const abort = new AbortController();
     this.abort = abort;
-    readStream("/api/v1/devices/events", abort.signal, (data) => this.onChanges(JSON.parse(data)))
+    readStream(`/api/v1/devices/events?since=${this.version || 0}`, abort.signal, (data) => this.onChanges(JSON.parse(data)))
       .catch((error) => (isAbort(error) ? null : error))
       .then((error) => {
         if (this.abort !== abort) return;

@@ -52,7 +52,9 @@ export class EventsView {
     this.ticker = setInterval(() => this.tick(), 1000);
     try {
       const brokers = await getJSON("/api/v1/resources/brokers");
-      const chosen = this.broker.value;
+      // Keep the choice across visits; at first, the Broker named "default" if any.
+      const names = brokers.items.map((item) => `${item.metadata.namespace}/${item.metadata.name}`);
+      const chosen = this.broker.value || names.find((key) => key.endsWith("/default")) || names[0];
       this.broker.replaceChildren(...brokers.items.map((item) => {
         const key = `${item.metadata.namespace}/${item.metadata.name}`;
         return el("option", { value: key, text: key, selected: key === chosen });

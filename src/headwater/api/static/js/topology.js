@@ -20,6 +20,7 @@ const RATE_COUNTERS = {
   route: ["delivered"],
   sink: ["received", "written", "delivered", "published", "points"],
 };
+const HIDDEN_COUNTERS = new Set(["maxInflight", "pending", "inFlight"]);
 const FAILURES = ["failedAttempts", "dropped", "deadLettered", "failed"];
 const LAG_NOTICE = 100;
 
@@ -86,16 +87,15 @@ export class TopologyView {
     const health = healthOf(node, previous);
     const rate = rateOf(node, previous, seconds);
     const c = node.counters;
-    const stats = [];
-    if (rate) stats.push(el("span", {}, el("b", { text: fmtRate(rate.value) }), ` ${rate.key} · `));
+    let shown;
     if (node.role === "route") {
-      stats.push(`delivered ${fmtNumber(c.delivered || 0)} · failed ${fmtNumber(c.failedAttempts || 0)}`
-        + ` · dead-lettered ${fmtNumber(c.deadLettered || 0)} · dropped ${fmtNumber(c.dropped || 0)}`
-        + ` · lag ${fmtNumber(c.lag || 0)}`);
+      shown = [["delivered", c.delivered], ["failed", c.failedAttempts], ["dead-lettered", c.deadLettered],
+        ["dropped", c.dropped], ["lag", c.lag]];
     } else {
-      const shown = Object.entries(c).filter(([key]) => key !== "maxInflight").slice(0, 4);
-      stats.push(shown.map(([key, value]) => `${key} ${fmtNumber(value)}`).join(" · "));
+      shown = Object.entries(c).filter(([key]) => !HIDDEN_COUNTERS.has(key)).slice(0, 4);
     }
+    const stats = [shown.map(([key, value]) => `${key} ${fmtNumber(value || 0)}`).join(" · ")];
+    if (rate) stats.unshift(el("b", { text: fmtRate(rate.value) }), ` ${rate.key} now · `);
     const targets = (outgoing.get(node.id) || []).map((edge) => `${edge.via} → ${edge.to.replace(/^uri:/, "")}`);
     return el("div", {
       class: `node health-${health}`,
