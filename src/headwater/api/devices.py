@@ -9,12 +9,14 @@ else its ``subject``. Each number at the top level of its JSON data (or one
 level down, as ``outer.inner``), or the whole data when it is a number, is a
 field. A series keeps one point per :data:`BUCKET_SECONDS` (the latest value
 in it) for :data:`WINDOW_SECONDS`; devices and fields are capped, so memory is
-bounded whatever the devices send (about 12 MiB at the caps).
+bounded whatever the devices send: 16 bytes a point, at most twice a window's
+worth before a trim, under 40 MiB at the caps.
 
-The tracker starts when the dashboard first asks for devices and stops with
-the application. ``GET /api/v1/devices`` lists devices; ``/api/v1/devices/series?device=``
-gives a device's points; ``GET /api/v1/devices/events`` pushes, once a second, what
-changed since the last push, as server-sent events.
+The tracker starts when the dashboard asks for devices and stops with the
+application, or after :data:`IDLE_STOP` seconds without anyone asking.
+``GET /api/v1/devices`` lists devices, ``/api/v1/devices/series?device=``
+gives a device's points, and ``GET /api/v1/devices/events`` pushes, once a
+second, what changed since the client's listing, as server-sent events.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ IGNORED_FIELDS: Final = frozenset({"seq", "sequence", "ts", "time", "timestamp",
 
 PUSH_INTERVAL: Final = 1.0
 """Seconds between pushes of changes to a live client."""
+
+IDLE_STOP: Final = 600.0
+"""Seconds without a request or a connected client after which tracking stops
+(reading every event costs CPU for nobody); the next request starts it again,
+rebuilding the last hour from the log."""
 
 READ_BATCH: Final = 512
 SYNC_INTERVAL: Final = 2.0
@@ -191,6 +198,7 @@ class DeviceTracker:
         self.version = 0
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._sync: asyncio.Task[None] | None = None
+        self.last_used = time.monotonic()
 
     # -- taking events -----------------------------------------------------------
 
@@ -227,6 +235,8 @@ class DeviceTracker:
     # -- reading the streams ---------------------------------------------------------
 
     def start(self) -> None:
+        """Start tracking, if not running; every use calls it (it keeps tracking alive)."""
+        self.last_used = time.monotonic()
         if self._sync is None:
             # Owned and cancelled in stop(), which the application's cleanup calls.
             self._sync = asyncio.create_task(self._synchronise(), name="devices:sync")
@@ -251,6 +261,15 @@ class DeviceTracker:
 
     async def _synchronise(self) -> None:
         while True:
+            if time.monotonic() - self.last_used > IDLE_STOP:
+                log.debug("device tracking idle for %.0fs: stopping", IDLE_STOP)
+                readers = list(self._readers.values())
+                self._readers.clear()
+                self._sync = None
+                for task in readers:
+                    task.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
+                return
             wanted = self._streams()
             for stream, task in list(self._readers.items()):
                 if task.done():  # failed: log why, and start it again below
@@ -370,6 +389,7 @@ async def device_events(request: web.Request) -> web.StreamResponse:
         await response.write(b": devices\n\n")
         while True:
             await asyncio.sleep(PUSH_INTERVAL)
+            tracker.start()  # a connected client keeps tracking alive
             changed = tracker.changes(seen)
             seen = tracker.version
             if changed:

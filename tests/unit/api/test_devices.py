@@ -152,3 +152,27 @@ async def test_bad_since(mesh: Mesh) -> None:
     for since, status in (("abc", 400), ("nan", 400), ("inf", 400), ("0", 200)):
         got, _ = await mesh.json("GET", f"/api/v1/devices/series?device=d&since={since}")
         assert got == status, since
+
+
+async def test_tracking_stops_when_idle_and_starts_again(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await mesh.apply(BROKER)
+    monkeypatch.setattr(devices, "SYNC_INTERVAL", 0.01)
+    tracker = mesh.client.app[devices.TRACKER_KEY]
+    await mesh.json("GET", "/api/v1/devices")
+    await eventually(lambda: _running(tracker, 1))
+    monkeypatch.setattr(devices, "IDLE_STOP", 0.0)
+    await eventually(lambda: _running(tracker, 0))
+    monkeypatch.setattr(devices, "IDLE_STOP", 600.0)
+    await mesh.send("late", {"device": "gh-3", "temperature": 1.0})
+    await mesh.json("GET", "/api/v1/devices")  # starts again; the log has what it missed
+
+    async def seen() -> bool:
+        return "gh-3" in tracker.devices
+
+    await eventually(seen)
+
+
+async def _running(tracker: DeviceTracker, readers: int) -> bool:
+    return len(tracker._readers) == readers and (tracker._sync is None) == (readers == 0)
