@@ -240,7 +240,9 @@ class DeadLetters:
         try:
             position = first - 1
             while position < last:
-                batch = await reader.next_batch(min(256, last - position), timeout=0)
+                # Everything up to `last` is stored: the wait only matters for a
+                # backend that fetches over the network (JetStream).
+                batch = await reader.next_batch(min(256, last - position), timeout=1.0)
                 if not batch:
                     break
                 for offset, event in batch:

@@ -147,6 +147,7 @@ def browser() -> Iterator[WebDriver]:
             f"{CHROMIUM} and {CHROMEDRIVER} are needed: run scripts/install-test-deps.sh "
             "(Debian's chromium and chromium-driver)"
         )
+    offline = os.environ.get("SE_OFFLINE")
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a browser
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -162,13 +163,19 @@ def browser() -> Iterator[WebDriver]:
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_script_timeout(WAIT)
-    driver.set_page_load_timeout(30)
     try:
-        yield driver
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        try:
+            driver.set_script_timeout(WAIT)
+            driver.set_page_load_timeout(30)
+            yield driver
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
+        if offline is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = offline
 
 
 def console_errors(driver: WebDriver) -> list[dict[str, Any]]:

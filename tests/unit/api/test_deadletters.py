@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from headwater.cloudevents import CloudEvent
+from headwater.eventing import Deliverer, DeliveryError, DeliverySpec
 from headwater.log import LogUnavailable, MemoryLog
 from headwater.runtime import Runtime
 from headwater.runtime.runtime import DEAD_LETTER_STREAM
@@ -207,3 +208,28 @@ async def test_an_event_is_not_lost_when_recording_it_fails() -> None:
         assert letter.event.id == "keep"
     finally:
         await runtime.close()
+
+
+async def test_an_event_too_large_to_keep_is_recorded_without_its_data() -> None:
+    """Only a sender with a larger event limit than the dead-letter stream's can hit
+    this; what failed and why is kept all the same."""
+    runtime = Runtime()
+    try:
+        huge = CloudEvent(
+            {"specversion": "1.0", "id": "huge", "source": "/t", "type": "t"}, b"x" * 2_000_000
+        )
+        deliverer = Deliverer(Refusing(), DeliverySpec(), destination="http://nowhere/")
+        await runtime.dead_letters(deliverer, huge, DeliveryError(413, False, b"too big"))
+        (letter,) = await runtime.dead_letters.list(10)
+        assert letter.event.id == "huge"
+        assert letter.event.get("headwaterdataomitted") == "true"
+        assert not letter.event.has_data
+        assert letter.event.get("knativeerrorcode") == "413"
+        assert letter.origin is None  # not a running Trigger's or Subscription's
+    finally:
+        await runtime.close()
+
+
+class Refusing:
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        raise DeliveryError(503, True)
