@@ -297,3 +297,25 @@ def test_tail_stays_responsive_under_a_burst(page: WebDriver, headwater: Headwat
         f"the page received {received}; slowest script answer {worst_answer * 1000:.0f} ms"
     )
     assert worst_answer < 5.0  # generous liveness, not a performance threshold
+
+
+def test_readable_on_a_phone(page: WebDriver) -> None:
+    """At a phone's width every view fits: nothing makes the page scroll sideways
+    (wide tables scroll inside their own box) and the topology is one column."""
+    page.set_window_size(390, 844)
+    try:
+        for view in ("topology", "events", "devices", "deadletters"):
+            open_view(page, view)
+            time.sleep(0.3)  # let it render its data
+            overflow = page.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 1, f"{view} is {overflow}px wider than the screen"
+        open_view(page, "topology")
+        columns = page.execute_script(
+            "return getComputedStyle(document.getElementById('topology'))"
+            ".gridTemplateColumns.split(' ').length"
+        )
+        assert columns == 1
+    finally:
+        page.set_window_size(1400, 1000)
