@@ -9,6 +9,7 @@ import { definitions, el, fmtRate, fmtTime, jsonBlock, showDetail } from "./ui.j
 const MAX_ROWS = 200; // rows kept in the table (older ones are removed)
 const FRAME_ROWS = 50; // rows added per animation frame at most
 const RENDER_BUDGET = 100; // events per second rendered at most; above it, sampling
+const MAX_QUEUE = 4 * FRAME_ROWS; // waiting for a frame at most (a background tab has none)
 const RETRY_DELAY = 2000; // ms before reconnecting a tail that broke
 
 export class EventsView {
@@ -153,6 +154,10 @@ export class EventsView {
     this.counter += 1;
     if (this.counter % this.sampleEvery !== 0) return; // sampled out: not even parsed
     this.queue.push(data);
+    if (this.queue.length > MAX_QUEUE) {
+      this.queue.shift(); // no frame for a while: keep the newest, count it as sampled out
+      this.second.dropped += 1;
+    }
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
