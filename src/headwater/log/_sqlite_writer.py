@@ -68,10 +68,20 @@ MAX_ROWS: Final = 128
 ..., 1 rows (its size in binary), so each stream needs at most 8 statement
 texts, all kept in the connection's statement cache."""
 
-CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
-"""Bytes appended after which the checkpointer is asked to copy the WAL into
-the database file: SQLite's own default (1000 pages of 4 KiB), so the WAL
-stays about as small as it would without the checkpointer."""
+CHECKPOINT_BYTES: Final = 1024 * 1024
+"""Bytes written to the WAL (estimated: the records plus two pages per commit)
+after which the checkpointer is asked to copy the WAL into the database file.
+Small enough that each background checkpoint is short, and the writer's
+catch-up (see :class:`Checkpointer`) copies little."""
+
+COMMIT_BYTES: Final = 2 * 4096
+"""The estimated WAL bytes a commit writes besides its records (the partly
+filled last page of the events table, the stream's row, positions)."""
+
+RESTART_PAGES: Final = 1000
+"""WAL size (pages) from which the writer, after a background checkpoint,
+copies the remainder itself so that the WAL restarts: SQLite's own
+``wal_autocheckpoint`` default (4 MB of 4 KiB pages)."""
 
 BACKSTOP_PAGES: Final = 10_000
 """``wal_autocheckpoint`` of the writing connection: SQLite checkpoints inside a
@@ -146,7 +156,7 @@ class Writer:
         self._next_sweep = 0.0
         self._inserts: dict[tuple[int, int], str] = {}
         self._checkpointer = Checkpointer(path, durability)
-        self._unchecked = 0  # bytes appended since the checkpointer was last asked
+        self._unchecked = 0  # estimated WAL bytes since the checkpointer was last asked
         self._thread = threading.Thread(target=self._run, name=f"headwater-log-writer:{path}")
         self._thread.daemon = True
         self._thread.start()
@@ -194,10 +204,8 @@ class Writer:
                         first = self._queue.get(timeout=POSITION_DELAY)
                 if self._commit_window > 0:
                     time.sleep(self._commit_window)
-                if self._checkpointer.caught_up:
-                    self._checkpointer.caught_up = False
-                    with contextlib.suppress(sqlite3.Error):  # the backstop remains
-                        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if self._checkpointer.restart_wanted:
+                    self._finish_checkpoint()
                 group = [first]
                 with contextlib.suppress(queue.Empty):
                     while len(group) < MAX_GROUP:
@@ -220,6 +228,16 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("UPDATE meta SET value = '1' WHERE key = 'clean_shutdown'")
             self._conn.close()
+
+    def _finish_checkpoint(self) -> None:
+        """Copy what the background checkpoint left, so that the next commit restarts
+        the WAL; tried again after the next group while the checkpointer is busy."""
+        try:
+            ((busy, _, _),) = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            return  # tried again next time; the backstop remains
+        if not busy:
+            self._checkpointer.restart_wanted = False
 
     def _process(
         self, group: list[object], items: list[Item]
@@ -288,14 +306,14 @@ class Writer:
         conn = self._conn
         done: list[Outcome] = []
         grown: set[str] = set()
-        added = 0
+        written = COMMIT_BYTES
         try:
             with transaction(conn):
                 for name, items in appends.items():
                     stored = self._append_stream(conn, name, items, done)
                     if stored:
                         grown.add(name)
-                        added += stored
+                        written += stored
                 if positions:
                     conn.executemany(
                         "INSERT INTO consumers (stream_id, name, position) "
@@ -308,7 +326,7 @@ class Writer:
             with self._positions_lock:  # keep the positions for the next try
                 self._positions = {**positions, **self._positions}
             return [(i[3], None, failure) for items in appends.values() for i in items], set()
-        self._unchecked += added
+        self._unchecked += written
         if self._unchecked >= CHECKPOINT_BYTES:
             self._unchecked = 0
             self._checkpointer.request()
@@ -414,17 +432,18 @@ class Checkpointer:
 
     The WAL restarts from its beginning only at a commit that began when
     *everything* had been copied, which a checkpoint running beside a busy
-    writer never achieves; so after each one the writer, between two groups,
-    checkpoints the few pages committed meanwhile itself (no concurrent
-    commit: it completes), and the WAL stays near :data:`CHECKPOINT_BYTES`.
+    writer never achieves; so once the WAL has :data:`RESTART_PAGES`, the
+    writer, between two groups, checkpoints the few pages committed since the
+    background checkpoint itself (no concurrent commit: it completes), and the
+    WAL stays near that size.
     """
 
     def __init__(self, path: str, durability: Durability) -> None:
         self._conn = connect(path, durability)
         self._wanted = threading.Event()
-        self._stopping = False
-        self.caught_up = False
-        """Set after each checkpoint: the writer copies what was committed meanwhile."""
+        self._stopping = threading.Event()
+        self.restart_wanted = False
+        """Set when the WAL is large: the writer copies what was committed meanwhile."""
         self._thread = threading.Thread(target=self._run, name=f"headwater-log-checkpoint:{path}")
         self._thread.daemon = True
         self._thread.start()
@@ -433,7 +452,7 @@ class Checkpointer:
         self._wanted.set()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._wanted.set()
         self._thread.join()
         self._conn.close()
@@ -442,8 +461,16 @@ class Checkpointer:
         while True:
             self._wanted.wait()
             self._wanted.clear()
-            if self._stopping:
+            if self._stopping.is_set():
                 return
-            with contextlib.suppress(sqlite3.Error):  # busy or failing: next time, or the backstop
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.caught_up = True
+            if self.restart_wanted:
+                continue  # the writer's turn to checkpoint: do not make it busy
+            try:
+                # fetchall: a statement left unfinished would hold a read
+                # transaction open, and the WAL could never restart.
+                ((_, pages, _),) = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass  # busy or failing: next time, or the backstop
+            else:
+                if pages >= RESTART_PAGES:
+                    self.restart_wanted = True
