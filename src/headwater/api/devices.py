@@ -199,6 +199,8 @@ class DeviceTracker:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._sync: asyncio.Task[None] | None = None
         self.last_used = time.monotonic()
+        self.closing = asyncio.Event()
+        """Set when the application stops: live clients are let go at once."""
 
     # -- taking events -----------------------------------------------------------
 
@@ -237,11 +239,12 @@ class DeviceTracker:
     def start(self) -> None:
         """Start tracking, if not running; every use calls it (it keeps tracking alive)."""
         self.last_used = time.monotonic()
-        if self._sync is None:
+        if self._sync is None and not self.closing.is_set():
             # Owned and cancelled in stop(), which the application's cleanup calls.
             self._sync = asyncio.create_task(self._synchronise(), name="devices:sync")
 
     async def stop(self) -> None:
+        self.closing.set()
         tasks = [t for t in (self._sync, *self._readers.values()) if t is not None]
         self._sync = None
         self._readers.clear()
@@ -388,7 +391,10 @@ async def device_events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b": devices\n\n")
         while True:
-            await asyncio.sleep(PUSH_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tracker.closing.wait(), PUSH_INTERVAL)
+            if tracker.closing.is_set():
+                break
             tracker.start()  # a connected client keeps tracking alive
             changed = tracker.changes(seen)
             seen = tracker.version

@@ -176,3 +176,12 @@ async def test_tracking_stops_when_idle_and_starts_again(
 
 async def _running(tracker: DeviceTracker, readers: int) -> bool:
     return len(tracker._readers) == readers and (tracker._sync is None) == (readers == 0)
+
+
+async def test_live_clients_are_let_go_when_the_application_stops(mesh: Mesh) -> None:
+    response = await mesh.client.get("/api/v1/devices/events")
+    assert await response.content.readline() == b": devices\n"
+    await mesh.client.app[devices.TRACKER_KEY].stop()  # what the app's shutdown calls
+    async with asyncio.timeout(2):
+        rest = await response.content.read()
+    assert b"data:" not in rest
