@@ -317,3 +317,48 @@ async def test_cancellation_reports_no_outcome() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (d.stats.delivered, d.stats.dropped, d.stats.failed_attempts) == (0, 0, 0)
+
+
+# -- the dead-letter record ---------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.records: list[tuple[str, str, int | None]] = []
+
+    async def __call__(self, deliverer: Deliverer, e: CloudEvent, error: DeliveryError) -> None:
+        if self.fail:
+            raise OSError("log down")
+        self.records.append((deliverer.destination, e.id, error.status))
+
+
+@pytest.mark.parametrize("with_dls", [True, False], ids=["dead-lettered", "dropped"])
+async def test_every_given_up_event_is_recorded_once(with_dls: bool) -> None:
+    recorder = Recorder()
+    dls = RecordingSink()
+    spec = DeliverySpec(retry=1, dead_letter_sink=dls if with_dls else None, recorder=recorder)
+    d = Deliverer(Script(503, 503), spec, destination="http://sub/", sleep=Sleeps())
+    outcome = await d.deliver(event(3))
+    assert outcome is (Outcome.DEAD_LETTERED if with_dls else Outcome.DROPPED)
+    assert recorder.records == [("http://sub/", "3", 503)]
+    assert len(dls.events) == (1 if with_dls else 0)
+
+
+async def test_delivered_events_are_not_recorded() -> None:
+    recorder = Recorder()
+    spec = DeliverySpec(retry=1, recorder=recorder)
+    d = Deliverer(Script(503), spec, destination="s", sleep=Sleeps())
+    assert await d.deliver(event()) is Outcome.DELIVERED
+    assert recorder.records == []
+
+
+async def test_a_failing_record_reports_no_outcome_and_skips_the_dead_letter_sink() -> None:
+    # The event stays unacknowledged and comes back: nothing is lost between the two.
+    dls = RecordingSink()
+    spec = DeliverySpec(dead_letter_sink=dls, recorder=Recorder(fail=True))
+    d = Deliverer(Script(400), spec, destination="s", sleep=Sleeps())
+    with pytest.raises(OSError, match="log down"):
+        await d.deliver(event())
+    assert dls.events == []
+    assert (d.stats.dead_lettered, d.stats.dropped) == (0, 0)
