@@ -327,10 +327,10 @@ class Recorder:
         self.fail = fail
         self.records: list[tuple[str, str, int | None]] = []
 
-    async def __call__(self, deliverer: Deliverer, e: CloudEvent, error: DeliveryError) -> None:
+    async def __call__(self, deliverer: Deliverer, event: CloudEvent, error: DeliveryError) -> None:
         if self.fail:
             raise OSError("log down")
-        self.records.append((deliverer.destination, e.id, error.status))
+        self.records.append((deliverer.destination, event.id, error.status))
 
 
 @pytest.mark.parametrize("with_dls", [True, False], ids=["dead-lettered", "dropped"])
