@@ -186,6 +186,8 @@ class MqttSourceSpec(Model):
     tls: Tls | None = None
     mapping: MqttMapping = Field(default_factory=MqttMapping)
     max_backoff: float = Field(default=30.0, gt=0)
+    #: larger messages are counted and acknowledged without an event (MQTT 5: 0x97)
+    max_event_size: int = Field(default=1024 * 1024, ge=1)
     sink: Destination
 
     @field_validator("broker")

@@ -183,6 +183,7 @@ class MqttSourceComponent:
             self._sink.deliver,
             max_backoff=spec.max_backoff,
             listener=f"{config.host}:{config.port}",
+            max_event_size=spec.max_event_size,
         )
         self._task: asyncio.Task[None] | None = None
 

@@ -24,9 +24,17 @@ lost right after the append), is acknowledged without a second event
 (:class:`~headwater.sources.redelivery.Redeliveries`, across reconnects of
 one session; ``duplicatesSuppressed``).
 
-Bad input: a message outside the topic pattern, or one the mapping cannot
-turn into an event (a malformed carried CloudEvent), is counted and
-acknowledged: redelivering it would fail the same way forever.
+Bad input is counted and acknowledged, never left unacked: redelivering it
+would fail the same way forever and block the session behind it. Over MQTT 5
+the PUBACK carries why (the broker still ends the flow [MQTT-4.3.2-5]):
+
+========================================  ==============================================
+payload over ``max_event_size`` (or       ``tooLarge``; PUBACK 0x97 Quota exceeded
+the log refuses it as too large)
+a carried CloudEvent that is malformed    ``invalid``; PUBACK 0x99 Payload format invalid
+topic outside the pattern                 ``unmatched``; PUBACK success, no event
+non-UTF-8 / non-JSON payload              an event with ``application/octet-stream`` data
+========================================  ==============================================
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from headwater.cloudevents import CloudEvent, InvalidEvent
+from headwater.log import EventTooLarge
 from headwater.mqtt.packets import (
     EMPTY_PROPERTIES,
     NEED_DATA,
@@ -332,12 +341,18 @@ class MqttClient:
             raise ConnectionLost(f"the broker refused the publish to {topic!r}: {code!r}")
         return code
 
-    def ack(self, packet: Publish) -> None:
-        """Acknowledge a received QoS 1 (PUBACK) or QoS 2 (PUBREC) PUBLISH."""
+    def ack(self, packet: Publish, reason: ReasonCode = ReasonCode.SUCCESS) -> None:
+        """Acknowledge a received QoS 1 (PUBACK) or QoS 2 (PUBREC) PUBLISH.
+
+        A failure ``reason`` (MQTT 5 only; 3.1.1 acks cannot say no) still ends
+        the flow: the broker does not resend the message.
+        """
+        if self.version != ProtocolVersion.MQTT5:
+            reason = ReasonCode.SUCCESS
         if packet.qos == 1:
-            self._write(Puback(packet.packet_id, ReasonCode.SUCCESS, EMPTY_PROPERTIES))  # type: ignore[arg-type]
+            self._write(Puback(packet.packet_id, reason, EMPTY_PROPERTIES))  # type: ignore[arg-type]
         elif packet.qos == 2:
-            self._write(Pubrec(packet.packet_id, ReasonCode.SUCCESS, EMPTY_PROPERTIES))  # type: ignore[arg-type]
+            self._write(Pubrec(packet.packet_id, reason, EMPTY_PROPERTIES))  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -345,6 +360,7 @@ class RunnerStats:
     events: int = 0
     unmatched: int = 0
     invalid: int = 0
+    too_large: int = 0
     append_failures: int = 0
     duplicates_suppressed: int = 0
     connects: int = 0
@@ -355,6 +371,7 @@ class RunnerStats:
             "events": self.events,
             "unmatched": self.unmatched,
             "invalid": self.invalid,
+            "tooLarge": self.too_large,
             "appendFailures": self.append_failures,
             "duplicatesSuppressed": self.duplicates_suppressed,
             "connects": self.connects,
@@ -379,6 +396,7 @@ class MqttSourceRunner:
         max_backoff: float = 30.0,
         batch: int = DEFAULT_BATCH,
         listener: str | None = None,
+        max_event_size: int = 1024 * 1024,
     ) -> None:
         self.config = config
         self.topics = tuple(topics)
@@ -387,6 +405,7 @@ class MqttSourceRunner:
         self.max_backoff = max_backoff
         self.batch = batch
         self.listener = listener or f"{config.host}:{config.port}"
+        self.max_event_size = max_event_size
         self.ids = IdSequence()
         self.redeliveries = Redeliveries()
         self.stats = RunnerStats()
@@ -435,18 +454,31 @@ class MqttSourceRunner:
     async def _append(self, client: MqttClient, batch: list[Publish]) -> None:
         now = time.time()
         version = int(client.version)
+        stats = self.stats
         redeliveries = self.redeliveries
+        reasons = [ReasonCode.SUCCESS] * len(batch)  # the ack of each packet
         events: list[CloudEvent] = []
-        appending: list[tuple[int, int]] = []  # (packet id, fingerprint) per QoS 1/2 event
-        for packet in batch:
+        appending: list[tuple[int, int, int]] = []  # (batch index, packet id, fingerprint)
+        for index, packet in enumerate(batch):
             pid = packet.packet_id
             print_ = 0
             if pid is not None:
                 print_ = fingerprint(packet.topic, packet.payload)
                 if packet.dup and redeliveries.was_appended(_SESSION, pid, print_):
-                    self.stats.duplicates_suppressed += 1
+                    stats.duplicates_suppressed += 1
                     redeliveries.suppressed += 1
                     continue
+            if len(packet.payload) > self.max_event_size:
+                stats.too_large += 1
+                reasons[index] = ReasonCode.QUOTA_EXCEEDED
+                log.warning(
+                    "mqtt source %s: %d-byte message on %r is over the %d-byte event limit",
+                    self.listener,
+                    len(packet.payload),
+                    packet.topic,
+                    self.max_event_size,
+                )
+                continue
             props = packet.properties
             inbound = Inbound(
                 packet.topic,
@@ -462,30 +494,33 @@ class MqttSourceRunner:
             try:
                 events.append(to_cloudevent(self.mapping, inbound, self.ids.next(), now))
             except Unmatched:
-                self.stats.unmatched += 1
+                stats.unmatched += 1
                 continue
             except (InvalidEvent, ValueError) as exc:
-                self.stats.invalid += 1
+                stats.invalid += 1
+                reasons[index] = ReasonCode.PAYLOAD_FORMAT_INVALID
                 log.warning("mqtt source %s: %r: %s", self.listener, packet.topic, exc)
                 continue
-            appending.append((pid, print_) if pid is not None else (0, 0))
+            appending.append((index, pid or 0, print_))
         results = await asyncio.gather(*(self.emit(e) for e in events), return_exceptions=True)
-        failed = 0
-        for (pid, print_), result in zip(appending, results, strict=True):
-            if isinstance(result, BaseException):
-                failed += 1
-            elif pid:
-                redeliveries.appended(_SESSION, pid, print_)
-        if failed:
-            self.stats.append_failures += failed
-            self.stats.events += len(results) - failed
+        error: BaseException | None = None
+        for (index, pid, print_), result in zip(appending, results, strict=True):
+            if isinstance(result, EventTooLarge):
+                stats.too_large += 1  # the log's limit is lower than ours: as above
+                reasons[index] = ReasonCode.QUOTA_EXCEEDED
+            elif isinstance(result, BaseException):
+                stats.append_failures += 1
+                error = error or result
+            else:
+                stats.events += 1
+                if pid:
+                    redeliveries.appended(_SESSION, pid, print_)
+        if error is not None:
             # Nothing of this batch is acked: the broker resends it all, and the
             # resends of the appended ones are recognised (DUP) and only acked.
-            error = next(r for r in results if isinstance(r, BaseException))
             raise ConnectionLost(f"append failed: {error}")
-        self.stats.events += len(results)
-        for packet in batch:  # [MQTT-4.6.0-2] acks in the order the PUBLISHes came
-            client.ack(packet)
+        for packet, reason in zip(batch, reasons, strict=True):
+            client.ack(packet, reason)  # [MQTT-4.6.0-2] in the order the PUBLISHes came
 
     def status(self) -> dict[str, object]:
         return {**self.stats.snapshot(), "connected": self.connected.is_set()}

@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
+
 from headwater.cloudevents import CloudEvent
 from headwater.mqtt.broker import BrokerConfig, Listener, MqttBroker
 from headwater.mqtt.packets import (
@@ -203,3 +205,37 @@ async def test_mqtt_source_acks_a_dup_resend_without_appending_again() -> None:
     assert runner.stats.append_failures == 1
     assert runner.stats.duplicates_suppressed >= 1  # 3's batch mates, resent with DUP=1
     assert runner.stats.events == 5
+
+
+@pytest.mark.parametrize("version", [ProtocolVersion.MQTT5, ProtocolVersion.MQTT311])
+async def test_mqtt_source_acks_bad_input_with_a_defined_outcome(version: ProtocolVersion) -> None:
+    """Nothing stays unacked at the external broker (which would resend it forever)."""
+    log = Log()
+    mapping = Mapping.compile(topic_pattern="sensors/{device}/{metric}")
+    async with MqttBroker(BrokerConfig(listeners=(Listener(port=0),))) as broker:
+        config = MqttClientConfig("127.0.0.1", broker.port(), "headwater-bad", version)
+        runner = MqttSourceRunner(
+            config, [("sensors/#", 1)], mapping, log.append, max_event_size=100
+        )
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(runner.run())
+            await asyncio.wait_for(runner.connected.wait(), TIMEOUT)
+            await broker.publish("sensors/a/b", b"x" * 101, qos=1)  # too large
+            await broker.publish("sensors/a/raw", b"\xff\xfe\x00\x80", qos=1)  # not UTF-8
+            await broker.publish("sensors/a/b/c", b"{}", qos=1)  # outside the pattern
+            await broker.publish(
+                "sensors/a/ce", b"{}", qos=1, content_type="application/cloudevents+json"
+            )
+            await broker.publish("sensors/a/ok", b'{"t": 1}', qos=1)
+            session = broker.sessions["headwater-bad"]
+            # MQTT 3.1.1 carries no content type: there the "CloudEvent" is plain JSON.
+            v5 = version == ProtocolVersion.MQTT5
+            await wait_until(lambda: runner.stats.events == 3 - v5 and not session.inflight)
+            task.cancel()
+    stats = runner.stats
+    assert (stats.too_large, stats.unmatched, stats.invalid) == (1, 1, int(v5))
+    assert stats.append_failures == 0
+    raw, ok = (e for e in log.events if e["metric"] in ("raw", "ok"))
+    assert raw.datacontenttype == "application/octet-stream"
+    assert raw.data_bytes() == b"\xff\xfe\x00\x80"
+    assert ok["device"] == "a" and ok["metric"] == "ok"
