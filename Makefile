@@ -13,9 +13,9 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## run: start Headwater on its embedded defaults (the demo)
+## run: the greenhouse demo: headwater up (MQTT :1883, dashboard :8080) + 20 simulated sensors
 run: $(STAMP)
-	$(VENV)/bin/headwater up -f examples/demo
+	VENV=$(VENV) bash scripts/demo.sh
 
 ## test: install what the tests need (Debian servers included) and run the whole suite
 test: $(STAMP) servers lint typecheck

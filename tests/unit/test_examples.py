@@ -20,3 +20,15 @@ def test_example_is_valid(example: Path) -> None:
     loaded = load_paths([example])
     assert loaded
     check_references(loaded)
+
+
+def test_greenhouse_with_influxdb_is_valid() -> None:
+    """What `make run` loads when INFLUXDB_URL is set (scripts/demo.sh)."""
+    root = Path(__file__).parents[2]
+    loaded = load_paths(
+        [root / "examples" / "greenhouse", root / "deploy/grafana/influxdb-sink.yaml"]
+    )
+    check_references(loaded)
+    kinds = {(item.resource.KIND, item.resource.name) for item in loaded}
+    assert ("InfluxDBSink", "influxdb") in kinds
+    assert ("MqttBrokerSource", "greenhouse") in kinds

@@ -333,10 +333,17 @@ class MqttClient:
         pid = self._packet_id()
         future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
         self._pending[pid] = future
-        self._write(Publish(topic, payload, qos, retain, False, pid, properties))
-        if self._writer is not None and self._writer.transport.get_write_buffer_size() > READ_SIZE:
-            await self._writer.drain()
-        code = await future
+        try:
+            self._write(Publish(topic, payload, qos, retain, False, pid, properties))
+            writer = self._writer
+            if writer is not None and writer.transport.get_write_buffer_size() > READ_SIZE:
+                await writer.drain()
+            code = await future
+        finally:
+            if self._pending.get(pid) is future:
+                # Given up on (the write failed, or cancelled): nobody will read its outcome.
+                del self._pending[pid]
+                future.cancel()
         if code >= 0x80:
             raise ConnectionLost(f"the broker refused the publish to {topic!r}: {code!r}")
         return code

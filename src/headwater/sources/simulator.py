@@ -21,6 +21,7 @@ import contextlib
 import math
 import random
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -199,6 +200,23 @@ class Fleet:
                 self.stats.answered += 1
 
 
+async def _until_stopped(fleet: Fleet) -> FleetStats:
+    """Run the fleet until done or SIGINT/SIGTERM (then stop it and return what it did)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await fleet.run()
+    except asyncio.CancelledError:
+        return fleet.stats  # stopped on request: the devices disconnected cleanly
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
 def run_cli(
     devices: int,
     rate: float,
@@ -237,7 +255,7 @@ def run_cli(
     )
     fleet = Fleet(config)
     try:
-        return asyncio.run(fleet.run())
+        return asyncio.run(_until_stopped(fleet))
     except KeyboardInterrupt:
         return fleet.stats
     except ExceptionGroup as group:
