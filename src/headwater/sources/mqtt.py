@@ -426,11 +426,22 @@ class MqttSourceRunner:
                     if not client.session_present:
                         # A new session: the broker resends nothing from before.
                         self.redeliveries.forget(_SESSION)
-                    await client.subscribe(self.topics)  # resubscribe on every connect
-                    self.stats.connects += 1
-                    attempt = 0
-                    self.connected.set()
-                    await self._consume(client)
+                    # A resumed session's messages arrive before the SUBACK, maybe more
+                    # than the inbox holds (3.1.1 has no Receive Maximum): consume while
+                    # resubscribing, or the reader blocks on the inbox, never reads the
+                    # SUBACK, and the session is stuck.
+                    consuming = asyncio.ensure_future(self._consume(client))
+                    try:
+                        # Resubscribe on every connect.
+                        await asyncio.wait_for(client.subscribe(self.topics), CONNECT_TIMEOUT)
+                        self.stats.connects += 1
+                        attempt = 0
+                        self.connected.set()
+                        await consuming
+                    finally:
+                        consuming.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, ConnectionLost):
+                            await consuming
             except (ConnectionLost, OSError, TimeoutError) as exc:
                 self.stats.last_error = str(exc)
                 log.warning("mqtt source %s: %s", self.listener, exc)

@@ -145,6 +145,26 @@ def drain(headwater: Headwater) -> threading.Thread:
     return thread
 
 
+def broker_and_trigger(sink_url: str) -> str:
+    """A Broker and a Trigger (CESQL on a lifted payload field) to the HTTP subscriber."""
+    return f"""\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+spec:
+  delivery: {{retry: 20, backoffPolicy: exponential, backoffDelay: PT0.1S}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: readings}}
+spec:
+  broker: default
+  filters:
+    - cesql: "type = 'dev.headwater.telemetry' AND temperature >= -50"
+  subscriber: {{uri: "{sink_url}"}}
+"""
+
+
 async def wait_for(condition: Callable[[], bool], within: float) -> bool:
     """Poll state that threads and other processes change; False when ``within`` passed."""
     deadline = time.monotonic() + within

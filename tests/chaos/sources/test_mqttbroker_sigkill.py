@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.sources._mqtt_chaos import WINDOW, Counter, Publisher, drain, wait_for
+from tests.chaos.sources._mqtt_chaos import (
+    WINDOW,
+    Counter,
+    Publisher,
+    broker_and_trigger,
+    drain,
+    wait_for,
+)
 from tests.e2e.headwater_process import Headwater, start_headwater
 from tests.servers import LOOPBACK, free_port
 
@@ -35,12 +42,6 @@ DEADLINE = 120.0
 
 def mesh(mqtt_port: int, sink_url: str, broker_data: Path) -> str:
     return f"""\
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {{name: default}}
-spec:
-  delivery: {{retry: 20, backoffPolicy: exponential, backoffDelay: PT0.1S}}
----
 apiVersion: sources.headwater.dev/v1alpha1
 kind: MqttBrokerSource
 metadata: {{name: devices}}
@@ -55,15 +56,7 @@ spec:
   sink:
     ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
 ---
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {{name: readings}}
-spec:
-  broker: default
-  filters:
-    - cesql: "type = 'dev.headwater.telemetry' AND temperature >= -50"
-  subscriber: {{uri: "{sink_url}"}}
-"""
+{broker_and_trigger(sink_url)}"""
 
 
 def connect_publishers(port: int) -> list[Publisher]:
@@ -107,6 +100,9 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_publish(tmp_path: Path) 
         await asyncio.gather(*running)
         acked = set().union(*(p.acknowledged() for p in publishers))
         await wait_for(lambda: acked <= counter.deliveries.keys(), 60)
+        source = await asyncio.to_thread(second.cli, "describe", "MqttBrokerSource", "devices")
+        trigger = await asyncio.to_thread(second.cli, "describe", "Trigger", "readings")
+        state = f"{source.stdout}\n{trigger.stdout}"
         assert second.stop() == 0
     finally:
         for p in publishers:
@@ -125,7 +121,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_publish(tmp_path: Path) 
         f"lost {len(lost)}, duplicate copies in the log {counter.copies}, "
         f"redeliveries {counter.redeliveries}"
     )
-    assert not lost, f"{len(lost)} PUBACKed messages never delivered: {sorted(lost)[:10]}"
+    assert not lost, f"{len(lost)} PUBACKed, never delivered: {sorted(lost)[:5]}\n{state}"
     assert len(acked) + refused >= PUBLISHERS * PER_PUBLISHER * 0.99, "publishers did not finish"
     # Only messages that were sent are delivered.
     sent = {(p.name, seq) for p in publishers for seq in range(PER_PUBLISHER)}

@@ -239,3 +239,34 @@ async def test_mqtt_source_acks_bad_input_with_a_defined_outcome(version: Protoc
     assert raw.datacontenttype == "application/octet-stream"
     assert raw.data_bytes() == b"\xff\xfe\x00\x80"
     assert ok["device"] == "a" and ok["metric"] == "ok"
+
+
+async def test_mqtt_source_resumes_a_session_with_more_queued_than_its_inbox() -> None:
+    """More messages than MqttClient's inbox arrive before the SUBACK of the resubscribe.
+
+    A 3.1.1 session has no Receive Maximum, so the broker sends everything it
+    queued at once; the source must consume while it resubscribes, or its
+    reader blocks on the full inbox and never reads the SUBACK it waits for.
+    """
+    log = Log()
+    queued = 1500
+    config = BrokerConfig(
+        listeners=(Listener(port=0),), max_inflight=2 * queued, max_queued_messages=2 * queued
+    )
+    async with MqttBroker(config) as broker:
+        client = MqttClientConfig(
+            "127.0.0.1", broker.port(), "headwater-inbox", ProtocolVersion.MQTT311
+        )
+        runner = MqttSourceRunner(client, [("sensors/#", 1)], Mapping.compile(), log.append)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(runner.run())
+            await asyncio.wait_for(runner.connected.wait(), TIMEOUT)
+            task.cancel()
+        # Headwater is away: the broker queues for its session.
+        for n in range(queued):
+            await broker.publish("sensors/s1/climate", str(n).encode(), qos=1)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(runner.run())
+            await wait_until(lambda: len(log.events) >= queued)
+            task.cancel()
+    assert sorted(int(e.data_bytes()) for e in log.events) == list(range(queued))

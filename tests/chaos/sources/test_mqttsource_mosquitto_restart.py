@@ -1,0 +1,121 @@
+"""Mosquitto restarted, and Headwater SIGKILLed, under an MqttSource while devices publish.
+
+paho-mqtt devices publish numbered QoS 1 readings to a real Mosquitto
+(persistence in a temp dir) without pause. `headwater up` consumes them
+through an MqttSource with a stable client id and a persistent session.
+Mid-stream, Mosquitto is restarted (it saves its queues on the way down), and
+later Headwater is SIGKILLed and restarted only after a pause, during which
+Mosquitto queues for the absent session. Every message Mosquitto acknowledged
+to a device must reach the HTTP receiver through the Trigger: nothing
+Mosquitto had queued for Headwater is lost. Copies and redeliveries are
+counted and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.sources._mqtt_chaos import Counter, Publisher, broker_and_trigger, drain, wait_for
+from tests.e2e.headwater_process import Headwater, start_headwater
+from tests.integration.sources.conftest import Mosquitto
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PUBLISHERS = 3
+PER_PUBLISHER = 1500
+DEADLINE = 150.0
+
+
+def mesh(broker_url: str, sink_url: str) -> str:
+    return f"""\
+apiVersion: sources.headwater.dev/v1alpha1
+kind: MqttSource
+metadata: {{name: plant}}
+spec:
+  broker: "{broker_url}"
+  clientId: headwater-chaos
+  topics: [{{filter: "plant/#", qos: 1}}]
+  maxBackoff: 0.5
+  mapping:
+    topicPattern: "plant/{{device}}"
+    type: dev.headwater.telemetry
+    extensions: {{seq: seq, temperature: temperature}}
+  sink:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+---
+{broker_and_trigger(sink_url)}"""
+
+
+def connect_publishers(port: int) -> list[Publisher]:
+    return [Publisher(f"dev{i}", port, v5=i % 2 == 0, prefix="plant") for i in range(PUBLISHERS)]
+
+
+async def test_nothing_mosquitto_queued_is_lost(tmp_path: Path) -> None:
+    counter = Counter()
+    runner, sink_url = await counter.serve()
+    publishers: list[Publisher] = []
+    processes: list[Headwater] = []
+    readers = []
+    with Mosquitto(tmp_path / "mosquitto") as mosquitto:
+        resources = tmp_path / "mesh.yaml"
+        resources.write_text(mesh(mosquitto.url, sink_url))
+        args = ["-f", str(resources), "--data-dir", str(tmp_path / "data")]
+        args += ["--log-level", "warning"]
+        try:
+            first = await asyncio.to_thread(start_headwater, args, tmp_path)
+            processes.append(first)
+            readers.append(drain(first))
+            # Headwater is ready once its source subscribed: the session exists at Mosquitto.
+            publishers.extend(await asyncio.to_thread(connect_publishers, mosquitto.port))
+            deadline = time.monotonic() + DEADLINE
+            running = [
+                asyncio.create_task(asyncio.to_thread(p.run, PER_PUBLISHER, deadline))
+                for p in publishers
+            ]
+
+            def delivered() -> int:
+                return len(counter.deliveries)
+
+            assert await wait_for(lambda: delivered() >= 1000, 60), "nothing flows"
+            # Mosquitto goes down and up under the source and the devices.
+            await asyncio.to_thread(mosquitto.restart)
+            assert await wait_for(lambda: delivered() >= 2000, 60), "no flow after restart"
+            # Headwater dies; Mosquitto queues for its session until it is back.
+            first.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.process.wait, 30)
+            queued_from = delivered()
+            await asyncio.sleep(1.5)
+            second = await asyncio.to_thread(start_headwater, args, tmp_path)
+            processes.append(second)
+            readers.append(drain(second))
+            await asyncio.gather(*running)
+            acked = set().union(*(p.acknowledged() for p in publishers))
+            await wait_for(lambda: acked <= counter.deliveries.keys(), 60)
+            source = await asyncio.to_thread(second.cli, "describe", "MqttSource", "plant")
+            trigger = await asyncio.to_thread(second.cli, "describe", "Trigger", "readings")
+            state = f"{source.stdout}\n{trigger.stdout}\n{mosquitto.log_tail(15)}"
+            assert second.stop() == 0
+        finally:
+            for p in publishers:
+                await asyncio.to_thread(p.close)
+            for process in processes:
+                process.close()
+            await runner.cleanup()
+            for thread in readers:
+                thread.join(5)
+
+    lost = acked - counter.deliveries.keys()
+    print(
+        f"\nchaos mqtt source: {len(acked)} of {PUBLISHERS * PER_PUBLISHER} acknowledged by "
+        f"Mosquitto, {queued_from} delivered before the SIGKILL; lost {len(lost)}, "
+        f"duplicate copies in the log {counter.copies}, redeliveries {counter.redeliveries}"
+    )
+    assert not lost, f"{len(lost)} acked by Mosquitto never arrived: {sorted(lost)[:5]}\n{state}"
+    assert len(acked) == PUBLISHERS * PER_PUBLISHER, "devices did not finish"
+    sent = {(p.name, seq) for p in publishers for seq in range(PER_PUBLISHER)}
+    assert counter.deliveries.keys() <= sent
