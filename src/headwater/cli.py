@@ -58,6 +58,13 @@ def version() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("headwater-data"))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--mqtt-port",
+    type=click.IntRange(0, 65535),
+    default=1883,
+    show_default=True,
+    help="The embedded default's MQTT broker (with -f, your MqttBrokerSource listeners decide).",
+)
 @click.option("--watch", is_flag=True, help="Reload when the resource files change.")
 @click.option("--token", envvar="HEADWATER_TOKEN", default=None, help="Admin API bearer token.")
 @click.option(
@@ -81,6 +88,7 @@ def up(
     data_dir: Path,
     host: str,
     http_port: int,
+    mqtt_port: int,
     watch: bool,
     token: str | None,
     durability: str,
@@ -99,6 +107,7 @@ def up(
         data_dir=data_dir,
         host=host,
         http_port=http_port,
+        mqtt_port=mqtt_port,
         watch=watch,
         token=token,
         durability="normal" if durability == "normal" else "fsync",
@@ -108,6 +117,7 @@ def up(
     def ready(server: Server) -> None:
         for name, url in server.urls.items():
             click.echo(f"headwater {__version__}: {name} listening on {url}")
+        click.echo(f"headwater {__version__}: dashboard on {server.urls['http']}/")
         click.echo("ready", err=False)
         sys.stdout.flush()
 

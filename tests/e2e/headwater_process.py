@@ -50,7 +50,7 @@ class Headwater:
 
 def start_headwater(args: Sequence[str], cwd: Path) -> Headwater:
     process = subprocess.Popen(
-        [*HEADWATER, "up", "--http-port", "0", *args],
+        [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", "0", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+from paho.mqtt import publish
 
 from tests.e2e.headwater_process import HEADWATER, Headwater
 
@@ -63,7 +65,7 @@ def test_apply_and_delete_through_the_cli(
 def test_config_error_exits_1_with_file_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(DISPLAY + PING.replace("schedule:", "schedul:"))
     result = subprocess.run(
-        [*HEADWATER, "up", "--http-port", "0", "-f", "bad.yaml"],
+        [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", "0", "-f", "bad.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -82,7 +84,7 @@ def test_port_in_use_names_the_flag(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [*HEADWATER, "up", "--http-port", str(port)],
+            [*HEADWATER, "up", "--http-port", str(port), "--mqtt-port", "0"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -94,9 +96,54 @@ def test_port_in_use_names_the_flag(tmp_path: Path) -> None:
     )
 
 
+def test_mqtt_port_in_use_names_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"MQTT port {port} on 127.0.0.1 is in use; choose another with --mqtt-port" in (
+        result.stderr
+    )
+
+
+def test_the_embedded_default_takes_mqtt_publishes_into_the_default_broker(
+    headwater_up: Callable[..., Headwater],
+) -> None:
+    hw = headwater_up()
+    mqtt_url = next(
+        m.group(1)
+        for line in hw.output
+        if (m := re.search(r"mqtt listening on (mqtt://\S+)", line))
+    )
+    assert any(f"dashboard on {hw.url}/" in line for line in hw.output)
+    host, port = mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
+    publish.single(
+        "sensors/s1/temperature", b'{"temperature": 21.5}', qos=1, hostname=host, port=int(port)
+    )
+    # PUBACK came after the durable append: the event is in the Broker's history.
+    tail = hw.cli("tail", "--from", "earliest", "--json", "--max", "3")
+    events = [orjson.loads(line) for line in tail.stdout.splitlines()]
+    assert [e["type"] for e in events] == [
+        "dev.headwater.device.connected",
+        "dev.headwater.mqtt.message",
+        "dev.headwater.device.disconnected",
+    ]
+    assert events[1]["mqtttopic"] == "sensors/s1/temperature"
+    assert events[1]["data"] == {"temperature": 21.5}
+    assert hw.stop() == 0
+
+
 def test_non_loopback_without_token_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
-        [*HEADWATER, "up", "--http-port", "0", "--host", "0.0.0.0"],
+        [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", "0", "--host", "0.0.0.0"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ class UpOptions:
     data_dir: Path = Path("headwater-data")
     host: str = "127.0.0.1"
     http_port: int = 8080
+    mqtt_port: int = 1883
     watch: bool = False
     token: str | None = None
     durability: Durability = "fsync"
@@ -51,7 +53,8 @@ class UpOptions:
 
 
 # With no resource files, `headwater up` runs the embedded default: a Broker
-# named `default` whose every event is shown by an EventDisplay.
+# named `default` whose every event is shown by an EventDisplay, and the
+# embedded MQTT broker, whose every publish becomes an event on that Broker.
 EMBEDDED_DEFAULTS = """\
 apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -68,7 +71,26 @@ spec:
   broker: default
   subscriber:
     ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: EventDisplay, name: display}
+---
+apiVersion: sources.headwater.dev/v1alpha1
+kind: MqttBrokerSource
+metadata: {name: mqtt}
+spec:
+  listeners:
+    - {host: %(host)s, port: %(port)d}
+  dataDir: %(data_dir)s
+  sink:
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
 """
+EMBEDDED_MQTT = ("MqttBrokerSource", "default", "mqtt")
+
+
+def embedded_defaults(options: UpOptions) -> str:
+    return EMBEDDED_DEFAULTS % {
+        "host": json.dumps(options.host),
+        "port": options.mqtt_port,
+        "data_dir": json.dumps(str(options.data_dir / "mqtt")),
+    }
 
 
 class StartupError(RuntimeError):
@@ -91,8 +113,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load(files: Sequence[Path]) -> list[Loaded]:
-    return load_paths(files) if files else load_text(EMBEDDED_DEFAULTS, "<embedded defaults>")
+def load(options: UpOptions) -> list[Loaded]:
+    if options.files:
+        return load_paths(options.files)
+    return load_text(embedded_defaults(options), "<embedded defaults>")
 
 
 def open_log(options: UpOptions) -> SqliteLog:
@@ -109,10 +133,12 @@ async def start(options: UpOptions) -> Server:
             f"refusing to serve the admin API on {options.host} without a token: "
             "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
         )
-    loaded = load(options.files)  # ConfigError propagates before anything listens
+    loaded = load(options)  # ConfigError propagates before anything listens
     runtime = Runtime(open_log(options))
     try:
         await runtime.apply(loaded)
+        if not options.files:
+            _check_embedded_mqtt(runtime, options)
         app = create_app(runtime, token=options.token)
         Ingress(runtime.ingress_lookup).add_routes(app)
         # Tails (server-sent events) never end by themselves: after this grace
@@ -141,7 +167,29 @@ async def start(options: UpOptions) -> Server:
     for sock_host, port in _bound(runner):
         server.urls["http"] = f"http://{_url_host(sock_host)}:{port}"
     runtime.listeners.update(server.urls)
+    server.urls.update(
+        (key.partition("/")[0] if not options.files else key, url)
+        for key, url in runtime.listeners.items()
+        if key.startswith("mqtt/")
+    )
     return server
+
+
+def _check_embedded_mqtt(runtime: Runtime, options: UpOptions) -> None:
+    """The embedded MQTT broker is part of the defaults: not listening is a startup error."""
+    [ready] = runtime.status(EMBEDDED_MQTT)["conditions"]
+    if ready["status"] == "True":
+        return
+    message = ready.get("message") or ready.get("reason") or "unknown error"
+    if "in use" in message.lower():
+        raise StartupError(
+            f"MQTT port {options.mqtt_port} on {options.host} is in use; "
+            "choose another with --mqtt-port (0 picks a free one)"
+        )
+    raise StartupError(
+        f"cannot start the embedded MQTT broker on {options.host}:{options.mqtt_port}: "
+        f"{message} (see --mqtt-port)"
+    )
 
 
 def _bound(runner: web.AppRunner) -> list[tuple[str, int]]:
@@ -184,7 +232,7 @@ async def run(options: UpOptions, on_ready: Callable[[Server], None]) -> None:
 
 async def _reload(server: Server, options: UpOptions) -> None:
     try:
-        loaded = load(options.files)
+        loaded = load(options)
         result = await server.runtime.reconciler.replace(loaded)
     except ConfigError as exc:
         log.error("not reloading, the files have problems:\n%s", exc)
