@@ -169,10 +169,10 @@ def run_headwater(
             )
             ingress = Ingress(lambda ns, name: broker)
             if gc_mode == "freeze":
-                # What --gc freeze measures: the start-up step proposed for
-                # `headwater up` (the process's long-lived objects, imports
-                # included, leave the collector's view, so that full
-                # collections under load stop rescanning them).
+                # What `headwater up` does once started (api/server.py): the
+                # process's long-lived objects, imports included, leave the
+                # collector's view, so full collections under load stop
+                # rescanning them.
                 gc.collect()
                 gc.freeze()
             await _serve_async(ingress.app())
@@ -455,9 +455,9 @@ def main() -> None:
     parser.add_argument(
         "--gc",
         choices=("default", "freeze"),
-        default="default",
-        help="headwater process: the collector as `headwater up` leaves it (default), or "
-        "gc.freeze() once started (the proposed start-up change)",
+        default="freeze",
+        help="headwater process: gc.freeze() once started, as `headwater up` does (freeze), "
+        "or the collector untouched (default)",
     )
     asyncio.run(main_async(parser.parse_args()))
 

@@ -68,7 +68,17 @@ def main() -> None:
             peer.append(time_to_ready([sys.executable, "-c", BARE_AIOHTTP], Path(tmp)))
             ours.append(
                 time_to_ready(
-                    [sys.executable, "-m", "headwater.cli", "up", "--http-port", "0", "--mqtt-port", "0"], Path(tmp)
+                    [
+                        sys.executable,
+                        "-m",
+                        "headwater.cli",
+                        "up",
+                        "--http-port",
+                        "0",
+                        "--mqtt-port",
+                        "0",
+                    ],
+                    Path(tmp),
                 )
             )
     print(f"cold start to ready, {args.runs} runs each (fresh data directory every run)")
