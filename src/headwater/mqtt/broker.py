@@ -6,9 +6,14 @@ How this works:
   :class:`_Connection` whose reader loop feeds bytes to a
   :class:`~headwater.mqtt.packets.Decoder` and handles the packets in order.
   Handlers are synchronous; only CONNECT (password check in a thread, the
-  connect hook) and PUBLISH with an ``on_publish`` hook await, and they await
-  inline, so packets of one connection are processed strictly in order and
-  nothing spawns a task per packet.
+  connect hook) and PUBLISH with an ``on_publish`` hook await.  Hooked
+  PUBLISHes are pipelined: each hook runs as a task while the next PUBLISH is
+  read (up to ``receive_maximum`` of them per connection, then reading waits),
+  and their outcomes (ack, routing) are applied strictly in arrival order.
+  Any other packet waits until every earlier PUBLISH is settled, so a
+  connection's packets still take effect in order.  A client with a window
+  of QoS 1 messages thus gets its PUBACKs in one write per batch, and a
+  durable-append hook sees many appends at once (group commit).
 * Outgoing bytes are appended to a per-connection list and written once per
   event-loop iteration (``call_soon`` flush), so a burst of deliveries to a
   subscriber costs one ``write`` syscall.  A reader whose own transport is
@@ -40,6 +45,7 @@ import os
 import secrets
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -535,6 +541,10 @@ class _Connection:
         self.alias_out: dict[str, int] = {}
         self.alias_in: dict[int, str] = {}
         self.on_publish = broker._on_publish
+        #: Hooked PUBLISHes in arrival order: (hook task, message, packet id).
+        self._hooked: deque[tuple[asyncio.Task[ReasonCode | None], Message, int | None]] = deque()
+        #: QoS 2 packet ids among them (a resend meanwhile is ignored, not hooked twice).
+        self._hooked_qos2: set[int] = set()
         self._handlers: dict[type, Callable[[Any], Awaitable[None] | None]] = {
             Publish: self._handle_publish,
             Puback: self._handle_puback,
@@ -608,10 +618,18 @@ class _Connection:
         finally:
             if self._keepalive_handle is not None:
                 self._keepalive_handle.cancel()
-            self.closing = True
-            self.flush()
-            self.link.close()
-            await self.broker._connection_closed(self)
+            try:
+                # Hooks under way finish first. Their messages are routed unless this
+                # side closed the connection (refusal, protocol error, takeover), as
+                # when the hook ran inline; acks to a vanished client go nowhere.
+                await self._settled()
+            finally:
+                for task, _, _ in self._hooked:
+                    task.cancel()
+                self.closing = True
+                self.flush()
+                self.link.close()
+                await self.broker._connection_closed(self)
 
     async def _serve(self) -> None:
         link = self.link
@@ -634,6 +652,10 @@ class _Connection:
                 packet = decoder.next_packet()
                 if packet is NEED_DATA:
                     break
+                if self._hooked and type(packet) is not Publish:
+                    await self._settled()  # earlier PUBLISHes take effect first
+                    if self.closing:
+                        return
                 result = handlers[type(packet)](packet)
                 if result is not None:
                     await result
@@ -824,7 +846,9 @@ class _Connection:
                 # but no second delivery.
                 self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
                 return None
-            if len(session.incoming_qos2) >= config.receive_maximum:
+            if pid in self._hooked_qos2:
+                return None  # a resend while the first is hooked: its PUBREC is coming
+            if len(session.incoming_qos2) + len(self._hooked_qos2) >= config.receive_maximum:
                 # §3.3.4: more than Receive Maximum unacknowledged QoS 2: 0x93.
                 self.fail(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.broker.stats.messages_received += 1
@@ -851,7 +875,7 @@ class _Connection:
                 self.client_id,
             )
         if self.on_publish is not None:
-            return self._publish_hooked(message, pid, packet.dup)
+            return self._hook(message, pid, packet.dup)
         self._accept(message, pid)
         return None
 
@@ -867,15 +891,47 @@ class _Connection:
             # kept until PUBREL so that a resent PUBLISH is not delivered twice.
             self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # type: ignore[operator]
 
-    async def _publish_hooked(self, message: Message, pid: int | None, dup: bool) -> None:
+    def _hook(self, message: Message, pid: int | None, dup: bool) -> Awaitable[None] | None:
+        """Start the ``on_publish`` hook; its outcome is applied by :meth:`_settle`."""
         assert self.on_publish is not None and self.info is not None
-        try:
-            code = await self.on_publish(self.info, message, pid, dup)
-        except Exception:
-            logger.exception("on_publish hook failed for %s", self.client_id)
-            code = ReasonCode.UNSPECIFIED_ERROR
-        if self.closing:
-            return
+        task = asyncio.ensure_future(self.on_publish(self.info, message, pid, dup))
+        self._hooked.append((task, message, pid))
+        if message.qos == 2:
+            self._hooked_qos2.add(pid)  # type: ignore[arg-type]
+        task.add_done_callback(self._settle)
+        if len(self._hooked) >= self.config.receive_maximum:
+            # Bounded pipeline: read nothing more until the oldest is settled.
+            return self._settled(one=True)
+        return None
+
+    async def _settled(self, *, one: bool = False) -> None:
+        """Wait until every hooked PUBLISH (``one``: the oldest) has been settled."""
+        while self._hooked:
+            oldest = self._hooked[0]
+            await asyncio.wait((oldest[0],))
+            self._settle()
+            if one:
+                return
+
+    def _settle(self, _: object = None) -> None:
+        """Apply the outcomes of the finished hooks at the head, in arrival order."""
+        hooked = self._hooked
+        while hooked and hooked[0][0].done():
+            task, message, pid = hooked.popleft()
+            if message.qos == 2:
+                self._hooked_qos2.discard(pid)
+            code: ReasonCode | None
+            if task.cancelled():
+                code = ReasonCode.UNSPECIFIED_ERROR
+            elif (exc := task.exception()) is not None:
+                logger.error("on_publish hook failed for %s", self.client_id, exc_info=exc)
+                code = ReasonCode.UNSPECIFIED_ERROR
+            else:
+                code = task.result()
+            if not self.closing:
+                self._outcome(message, pid, code)
+
+    def _outcome(self, message: Message, pid: int | None, code: ReasonCode | None) -> None:
         if code is None or code < 0x80:
             self._accept(message, pid)
             return

@@ -115,6 +115,8 @@ class Device:
         self._lock = threading.Condition()
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
+        self.subacks: set[int] = set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(LOOPBACK, port)
         self.client.loop_start()
         deadline = TIMEOUT
@@ -135,10 +137,20 @@ class Device:
             self.acks[mid] = int(getattr(reason, "value", 0) or 0)
             self._lock.notify_all()
 
+    def _on_subscribe(
+        self, client: paho.Client, userdata: object, mid: int, codes: object, props: object
+    ) -> None:
+        with self._lock:
+            self.subacks.add(mid)
+            self._lock.notify_all()
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        result, _ = self.client.subscribe(topic, qos)
+        """Subscribe and wait for the SUBACK (a fixed pause loses the race under load)."""
+        # Not under self._lock: paho runs callbacks (which take it) holding its own locks.
+        result, mid = self.client.subscribe(topic, qos)
         assert result == paho.MQTT_ERR_SUCCESS
-        threading.Event().wait(0.2)  # SUBACK
+        with self._lock:
+            assert self._lock.wait_for(lambda: mid in self.subacks, TIMEOUT), "no SUBACK"
 
     def publish(
         self,
