@@ -350,6 +350,12 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
 
 
 def _search(expression: ParsedResult, document: Any) -> Any:
+    ast = expression.parsed
+    if ast["type"] == "field":
+        # A top-level key, the usual lift (`temperature`): the same result as
+        # JMESPath's interpreter (None for a missing key or a non-object) at a
+        # fraction of its cost per message.
+        return document.get(ast["value"]) if type(document) is dict else None
     try:
         return expression.search(document)
     except JMESPathError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jmespath
 import orjson
 import pytest
 from hypothesis import given
@@ -17,6 +18,7 @@ from headwater.sources.mapping import (
     Mapping,
     TopicPattern,
     Unmatched,
+    _search,
     to_cloudevent,
 )
 
@@ -226,3 +228,20 @@ def test_any_payload_maps_or_raises_a_defined_error(payload: bytes, topic: str) 
     except Unmatched:
         return
     assert e.data_bytes() == payload
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"temperature": 21.5}, id="present"),
+        pytest.param({"humidity": 40}, id="missing"),
+        pytest.param({"temperature": None}, id="null"),
+        pytest.param({"temperature": {"c": 1}}, id="object"),
+        pytest.param([{"temperature": 1}], id="array"),
+        pytest.param(42, id="number"),
+        pytest.param("temperature", id="string"),
+    ],
+)
+def test_top_level_field_shortcut_agrees_with_jmespath(document: object) -> None:
+    expression = jmespath.compile("temperature")
+    assert _search(expression, document) == expression.search(document)
