@@ -2,15 +2,18 @@
 
 How this works: :class:`MqttBrokerSource` runs an
 :class:`~headwater.mqtt.broker.MqttBroker` with an ``on_publish`` hook. The
-broker awaits the hook inline before it acknowledges (PUBACK/PUBREC) or routes
-a message, and reads nothing more from that connection meanwhile, so:
+broker acknowledges (PUBACK/PUBREC) and routes a message only once the hook
+returned; hooks of one connection's consecutive PUBLISHes run concurrently
+(up to the broker's ``receive_maximum``, then it stops reading that
+connection) and take effect in arrival order, so:
 
 * a publish whose topic matches the source's filters is mapped
   (:mod:`headwater.sources.mapping`) and handed to ``emit`` (the sink: a
   Broker's or Channel's durable append); only when ``emit`` returns is the
   message acknowledged and routed to subscribing devices. Ack means durable.
 * a slow log slows exactly the connections that publish (backpressure:
-  their next packets wait in the socket); after :data:`DEFAULT_APPEND_TIMEOUT`
+  beyond ``receive_maximum`` pending appends their next packets wait in the
+  socket); after :data:`DEFAULT_APPEND_TIMEOUT`
   or when the log fails, an MQTT 5 publisher gets a failure reason code in
   its PUBACK and an MQTT 3.1.1 publisher is disconnected without an ack (it
   resends on reconnect). Nothing is acknowledged and then dropped.
