@@ -381,7 +381,10 @@ def bench_node_red(sink_port: int, args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-node-red-") as tmp:
         mqtt_port, ui_port = free_port(), free_port()
         conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n")
+        queue = (
+            "" if args.mosquitto_queue is None else f"max_queued_messages {args.mosquitto_queue}\n"
+        )
+        conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n{queue}")
         (Path(tmp) / "flows.json").write_text(json.dumps(node_red_flow(mqtt_port, sink_port)))
         (Path(tmp) / "settings.js").write_text(
             "module.exports = {"
@@ -464,6 +467,13 @@ def main() -> None:
         type=int,
         default=100,
         help="the Trigger's concurrent deliveries (headwater.dev/max-inflight; 100 by default)",
+    )
+    parser.add_argument(
+        "--mosquitto-queue",
+        type=int,
+        default=None,
+        help="Mosquitto's max_queued_messages for Node-RED's session (its default: 1000; "
+        "0: unlimited, to see Node-RED's rate when Mosquitto drops nothing)",
     )
     parser.add_argument("--profile", default=None, help="cProfile output file for headwater")
     args = parser.parse_args()
