@@ -28,7 +28,11 @@ includes Mosquitto's, reported separately too).
 Measured here (2 shared cores, 20,000 messages, 20 connections x window 20):
 node-red 1.55k msgs/s delivered with 16,371 of 20,000 PUBACKed messages lost
 (Mosquitto's default queue of 1000 overflows for Node-RED's session), peak
-RSS 310 MB; headwater 5.4k msgs/s, none lost, 73 MB: 3.5x. Where headwater's
+RSS 310 MB; headwater 5.4k msgs/s, none lost, 73 MB: 3.5x (3.3x-5.6x over five
+runs on the shared machine, Node-RED varying most). With ``--mosquitto-queue 0``
+(unlimited) Node-RED still lost 15,874: it takes the whole burst in (RSS 789 MB)
+and its ``http request`` node fails most of the requests it opens at once, so
+its losses are the flow's own, not only Mosquitto's. Where headwater's
 time goes (py-spy on the process): the Trigger's HTTP delivery (aiohttp
 client) ~30% of the event loop, the MQTT ingest hook (mapping + durable
 append) ~25%, reading the log for the Trigger ~10%; the process is CPU-bound
