@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
+from headwater.cloudevents import CloudEvent
+from headwater.eventing.filters import compile_filters
 from headwater.resources import check_references, load_paths
+from headwater.sources.mapping import Inbound, to_cloudevent
+from headwater.sources.simulator import Climate
 
 EXAMPLES = sorted(p for p in (Path(__file__).parents[2] / "examples").iterdir() if p.is_dir())
 
@@ -32,3 +37,33 @@ def test_greenhouse_with_influxdb_is_valid() -> None:
     kinds = {(item.resource.KIND, item.resource.name) for item in loaded}
     assert ("InfluxDBSink", "influxdb") in kinds
     assert ("MqttBrokerSource", "greenhouse") in kinds
+
+
+def test_greenhouse_filters_match_the_simulated_readings() -> None:
+    """A simulated reading, mapped as the demo maps it, reaches the Triggers meant for it.
+
+    CESQL compares integers only; a reading lifted as a String ("31.27") would
+    make `temperature > 25` a cast error, and the alert would never fire.
+    """
+    root = Path(__file__).parents[2]
+    loaded = {
+        (i.resource.KIND, i.resource.name): i.resource
+        for i in load_paths([root / "examples/greenhouse"])
+    }
+    source = loaded[("MqttBrokerSource", "greenhouse")]
+    mapping = source.spec.mapping.compile()  # type: ignore[attr-defined]
+    reading = Climate("sim-1", seed=7).reading(1_700_000_000.0)
+
+    def mapped(temperature: float) -> CloudEvent:
+        payload = orjson.dumps({**reading, "temperature": temperature})
+        return to_cloudevent(mapping, Inbound("sensors/sim-1/climate", payload, qos=1), "id-1", 0.0)
+
+    def matches(trigger: str, event: CloudEvent) -> bool:
+        filters = loaded[("Trigger", trigger)].spec.filters  # type: ignore[attr-defined]
+        return compile_filters([f.model_dump(exclude_none=True) for f in filters])(event)
+
+    hot, mild = mapped(31.27), mapped(21.57)
+    assert hot.get("temperature") == 31 and hot.data_bytes().startswith(b"{")
+    assert matches("too-hot", hot) and not matches("too-hot", mild)
+    assert matches("sample", hot)
+    assert not matches("sample", mapped(21.57).evolve({"subject": "sim-2"}))
