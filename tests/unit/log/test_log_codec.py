@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from headwater.cloudevents import NO_DATA, CloudEvent, InvalidEvent
 from headwater.log._codec import HEADER_SIZE, CorruptRecord, decode, encode
+from tests.unit.cloudevents.ce_strategies import CHARACTERS
 
 _names = st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True).filter(
     lambda n: (
@@ -29,10 +30,8 @@ _names = st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True).filter(
         }
     )
 )
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff"),
-    max_size=30,
-)
+# Any character a String may hold (noncharacters of every plane excluded, as the model does).
+_text = st.text(CHARACTERS, max_size=30)
 _values = st.one_of(
     _text,
     st.booleans(),
