@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
@@ -17,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from headwater.cloudevents import CloudEvent, from_http
-from tests.e2e.headwater_process import Headwater
+from tests.e2e.headwater_process import Headwater, start_headwater
 from tests.servers import LOOPBACK
 
 WINDOW = 20
@@ -173,3 +175,64 @@ async def wait_for(condition: Callable[[], bool], within: float) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+class ChaosRun:
+    """One run's `headwater up` processes, output readers and publishers; ``close`` ends them.
+
+    ``start`` launches Headwater (again, after a kill) on the same files and
+    data directory; ``publish`` runs the publishers in threads until they sent
+    everything or the deadline passes; ``finish`` waits for them and for every
+    acknowledged message to be delivered, then describes resources of the last
+    Headwater (for the failure message) and stops it cleanly.
+    """
+
+    def __init__(self, counter: Counter, runner: web.AppRunner, args: list[str], cwd: Path):
+        self.counter = counter
+        self.runner = runner
+        self.args = args
+        self.cwd = cwd
+        self.publishers: list[Publisher] = []
+        self.processes: list[Headwater] = []
+        self.readers: list[threading.Thread] = []
+        self.running: list[asyncio.Task[None]] = []
+
+    async def start(self) -> Headwater:
+        headwater = await asyncio.to_thread(start_headwater, self.args, self.cwd)
+        self.processes.append(headwater)
+        self.readers.append(drain(headwater))
+        return headwater
+
+    @staticmethod
+    async def kill(headwater: Headwater) -> None:
+        headwater.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(headwater.process.wait, 30)
+
+    def publish(self, publishers: list[Publisher], count: int, seconds: float) -> None:
+        self.publishers.extend(publishers)
+        deadline = time.monotonic() + seconds
+        self.running = [
+            asyncio.create_task(asyncio.to_thread(p.run, count, deadline)) for p in publishers
+        ]
+
+    async def finish(self, *describe: tuple[str, str]) -> tuple[set[tuple[str, int]], str]:
+        """The acknowledged (device, seq) pairs, and the describe output of ``describe``."""
+        await asyncio.gather(*self.running)
+        acked: set[tuple[str, int]] = set().union(*(p.acknowledged() for p in self.publishers))
+        await wait_for(lambda: acked <= self.counter.deliveries.keys(), 60)
+        last = self.processes[-1]
+        state = [
+            (await asyncio.to_thread(last.cli, "describe", kind, name)).stdout
+            for kind, name in describe
+        ]
+        assert last.stop() == 0
+        return acked, "\n".join(state)
+
+    async def close(self) -> None:
+        for p in self.publishers:
+            await asyncio.to_thread(p.close)
+        for process in self.processes:
+            process.close()
+        await self.runner.cleanup()
+        for thread in self.readers:
+            thread.join(5)

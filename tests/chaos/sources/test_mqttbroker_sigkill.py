@@ -14,21 +14,18 @@ the PUBACK left); repeats of one id are redeliveries by the restarted Trigger.
 from __future__ import annotations
 
 import asyncio
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.chaos.sources._mqtt_chaos import (
     WINDOW,
+    ChaosRun,
     Counter,
     Publisher,
     broker_and_trigger,
-    drain,
     wait_for,
 )
-from tests.e2e.headwater_process import Headwater, start_headwater
 from tests.servers import LOOPBACK, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -71,47 +68,24 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_publish(tmp_path: Path) 
     resources = tmp_path / "mesh.yaml"
     resources.write_text(mesh(mqtt_port, sink_url, tmp_path / "mqtt"))
     args = ["-f", str(resources), "--data-dir", str(tmp_path / "data"), "--log-level", "warning"]
-    publishers: list[Publisher] = []
-    processes: list[Headwater] = []
-    readers = []
+    run = ChaosRun(counter, runner, args, tmp_path)
     try:
-        first = await asyncio.to_thread(start_headwater, args, tmp_path)
-        processes.append(first)
-        readers.append(drain(first))
-        publishers.extend(await asyncio.to_thread(connect_publishers, mqtt_port))
-        deadline = time.monotonic() + DEADLINE
-        running = [
-            asyncio.create_task(asyncio.to_thread(p.run, PER_PUBLISHER, deadline))
-            for p in publishers
-        ]
+        first = await run.start()
+        publishers = await asyncio.to_thread(connect_publishers, mqtt_port)
+        run.publish(publishers, PER_PUBLISHER, DEADLINE)
 
         def acked_count() -> int:
             return sum(len(p.ok) for p in publishers)
 
         assert await wait_for(lambda: acked_count() >= KILL_AFTER, 60), "publishing stalled"
-        first.process.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(first.process.wait, 30)
+        await run.kill(first)
         acked_at_kill = acked_count()
         await asyncio.sleep(0.5)  # publishers notice and keep retrying meanwhile
 
-        second = await asyncio.to_thread(start_headwater, args, tmp_path)
-        processes.append(second)
-        readers.append(drain(second))
-        await asyncio.gather(*running)
-        acked = set().union(*(p.acknowledged() for p in publishers))
-        await wait_for(lambda: acked <= counter.deliveries.keys(), 60)
-        source = await asyncio.to_thread(second.cli, "describe", "MqttBrokerSource", "devices")
-        trigger = await asyncio.to_thread(second.cli, "describe", "Trigger", "readings")
-        state = f"{source.stdout}\n{trigger.stdout}"
-        assert second.stop() == 0
+        await run.start()
+        acked, state = await run.finish(("MqttBrokerSource", "devices"), ("Trigger", "readings"))
     finally:
-        for p in publishers:
-            await asyncio.to_thread(p.close)
-        for process in processes:
-            process.close()
-        await runner.cleanup()
-        for thread in readers:
-            thread.join(5)
+        await run.close()
 
     refused = sum(len(p.refused) for p in publishers)
     lost = acked - counter.deliveries.keys()

@@ -14,14 +14,17 @@ counted and reported.
 from __future__ import annotations
 
 import asyncio
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.sources._mqtt_chaos import Counter, Publisher, broker_and_trigger, drain, wait_for
-from tests.e2e.headwater_process import Headwater, start_headwater
+from tests.chaos.sources._mqtt_chaos import (
+    ChaosRun,
+    Counter,
+    Publisher,
+    broker_and_trigger,
+    wait_for,
+)
 from tests.integration.sources.conftest import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,25 +61,17 @@ def connect_publishers(port: int) -> list[Publisher]:
 async def test_nothing_mosquitto_queued_is_lost(tmp_path: Path) -> None:
     counter = Counter()
     runner, sink_url = await counter.serve()
-    publishers: list[Publisher] = []
-    processes: list[Headwater] = []
-    readers = []
     with Mosquitto(tmp_path / "mosquitto") as mosquitto:
         resources = tmp_path / "mesh.yaml"
         resources.write_text(mesh(mosquitto.url, sink_url))
         args = ["-f", str(resources), "--data-dir", str(tmp_path / "data")]
         args += ["--log-level", "warning"]
+        run = ChaosRun(counter, runner, args, tmp_path)
         try:
-            first = await asyncio.to_thread(start_headwater, args, tmp_path)
-            processes.append(first)
-            readers.append(drain(first))
+            first = await run.start()
             # Headwater is ready once its source subscribed: the session exists at Mosquitto.
-            publishers.extend(await asyncio.to_thread(connect_publishers, mosquitto.port))
-            deadline = time.monotonic() + DEADLINE
-            running = [
-                asyncio.create_task(asyncio.to_thread(p.run, PER_PUBLISHER, deadline))
-                for p in publishers
-            ]
+            publishers = await asyncio.to_thread(connect_publishers, mosquitto.port)
+            run.publish(publishers, PER_PUBLISHER, DEADLINE)
 
             def delivered() -> int:
                 return len(counter.deliveries)
@@ -86,28 +81,14 @@ async def test_nothing_mosquitto_queued_is_lost(tmp_path: Path) -> None:
             await asyncio.to_thread(mosquitto.restart)
             assert await wait_for(lambda: delivered() >= 2000, 60), "no flow after restart"
             # Headwater dies; Mosquitto queues for its session until it is back.
-            first.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(first.process.wait, 30)
+            await run.kill(first)
             queued_from = delivered()
             await asyncio.sleep(1.5)
-            second = await asyncio.to_thread(start_headwater, args, tmp_path)
-            processes.append(second)
-            readers.append(drain(second))
-            await asyncio.gather(*running)
-            acked = set().union(*(p.acknowledged() for p in publishers))
-            await wait_for(lambda: acked <= counter.deliveries.keys(), 60)
-            source = await asyncio.to_thread(second.cli, "describe", "MqttSource", "plant")
-            trigger = await asyncio.to_thread(second.cli, "describe", "Trigger", "readings")
-            state = f"{source.stdout}\n{trigger.stdout}\n{mosquitto.log_tail(15)}"
-            assert second.stop() == 0
+            await run.start()
+            acked, state = await run.finish(("MqttSource", "plant"), ("Trigger", "readings"))
+            state += f"\n{mosquitto.log_tail(15)}"
         finally:
-            for p in publishers:
-                await asyncio.to_thread(p.close)
-            for process in processes:
-                process.close()
-            await runner.cleanup()
-            for thread in readers:
-                thread.join(5)
+            await run.close()
 
     lost = acked - counter.deliveries.keys()
     print(
