@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 from paho.mqtt import publish
 
 from tests.e2e.headwater_process import HEADWATER, Headwater
@@ -78,38 +79,24 @@ def test_config_error_exits_1_with_file_line_and_field(tmp_path: Path) -> None:
     )
 
 
-def test_port_in_use_names_the_flag(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "other", "name"),
+    [("--http-port", "--mqtt-port", "HTTP"), ("--mqtt-port", "--http-port", "MQTT")],
+)
+def test_port_in_use_names_the_flag(tmp_path: Path, flag: str, other: str, name: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [*HEADWATER, "up", "--http-port", str(port), "--mqtt-port", "0"],
+            [*HEADWATER, "up", flag, str(port), other, "0"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=30,
         )
     assert result.returncode == 1
-    assert f"HTTP port {port} on 127.0.0.1 is in use; choose another with --http-port" in (
-        result.stderr
-    )
-
-
-def test_mqtt_port_in_use_names_the_flag(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        result = subprocess.run(
-            [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", str(port)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert result.returncode == 1
-    assert f"MQTT port {port} on 127.0.0.1 is in use; choose another with --mqtt-port" in (
+    assert f"{name} port {port} on 127.0.0.1 is in use; choose another with {flag}" in (
         result.stderr
     )
 
