@@ -168,11 +168,10 @@ async def start(options: UpOptions) -> Server:
     for sock_host, port in _bound(runner):
         server.urls["http"] = f"http://{_url_host(sock_host)}:{port}"
     runtime.listeners.update(server.urls)
-    server.urls.update(
-        (key.partition("/")[0] if not options.files else key, url)
-        for key, url in runtime.listeners.items()
-        if key.startswith("mqtt/")
-    )
+    for key, url in runtime.listeners.items():
+        if key.startswith("mqtt/"):
+            # The embedded default's one broker is "mqtt"; with files, each source by name.
+            server.urls[key if options.files else "mqtt"] = url
     return server
 
 
