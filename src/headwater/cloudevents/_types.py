@@ -71,11 +71,19 @@ _URI = re.compile(rf"{_SCHEME}{_URI_CHAR}*(?:#{_URI_CHAR}*)?", re.ASCII).fullmat
 # RFC 3339 section 5.6 date-time, with the field ranges in the pattern so that
 # one match validates all but the day of the month (checked only for days
 # above 28). 5.6's NOTE allows lower-case "t" and "z"; leap second 60 allowed.
-TIMESTAMP_SYNTAX = _TIMESTAMP = re.compile(
-    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt]"
-    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])",
-    re.ASCII,
+_FULL_DATE_TO_MONTH = r"[0-9]{4}-(?:0[1-9]|1[0-2])-"
+_T_FULL_TIME = (
+    r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+_TIMESTAMP = re.compile(
+    _FULL_DATE_TO_MONTH + r"(?:0[1-9]|[12][0-9]|3[01])" + _T_FULL_TIME, re.ASCII
+).fullmatch
+# The same grammar with the day limited to 01-28, which every month of every
+# year has: a match is a valid timestamp with no calendar check left to do
+# (the validation loop's common case; other days go through check_timestamp).
+TIMESTAMP_BEFORE_29TH = re.compile(
+    _FULL_DATE_TO_MONTH + r"(?:0[1-9]|1[0-9]|2[0-8])" + _T_FULL_TIME, re.ASCII
 ).fullmatch
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -281,7 +289,6 @@ def decode_base64(name: str, text: str) -> bytes:
 Validator = Callable[[str, object], AttributeValue]
 
 REQUIRED: Final = ("id", "source", "specversion", "type")
-REQUIRED_SET: Final = frozenset(REQUIRED)
 
 MAX_REMEMBERED_VALUES: Final = 8192
 """Validated values remembered per specversion. When full the memory is

@@ -27,11 +27,10 @@ from headwater.cloudevents._types import (
     KNOWN_NAMES,
     NONEMPTY_STRING,
     REQUIRED,
-    REQUIRED_SET,
     SCHEMAS,
     SPEC_ATTRIBUTES,
     TIMESTAMP,
-    TIMESTAMP_SYNTAX,
+    TIMESTAMP_BEFORE_29TH,
     AttributeValue,
     canonical_string,
     check_extension_value,
@@ -110,8 +109,9 @@ def _validate(attributes: dict[str, Any]) -> dict[str, AttributeValue]:
                 if not (value and value.isascii() and value.isprintable()):
                     check_nonempty_string(name, value)
             elif kind is TIMESTAMP:
-                if not TIMESTAMP_SYNTAX(value) or value[8:10] > "28":
+                if not TIMESTAMP_BEFORE_29TH(value):
                     check_timestamp(name, value)
+                continue  # a new value with every event: not worth remembering
             elif kind is EXTENSION:
                 if name not in known_names:
                     check_new_name(name)
@@ -133,7 +133,8 @@ def _validate(attributes: dict[str, Any]) -> dict[str, AttributeValue]:
     if unset is not None:
         for name in unset:
             del attributes[name]
-    if not attributes.keys() >= REQUIRED_SET:
+    # specversion is known to be present (checked first).
+    if not ("id" in attributes and "source" in attributes and "type" in attributes):
         missing = next(name for name in REQUIRED if name not in attributes)
         raise InvalidEvent(missing, "is required")
     return attributes

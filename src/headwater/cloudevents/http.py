@@ -222,7 +222,10 @@ def _header_role(name: str) -> str | int:
 def _read_headers(headers: Headers) -> tuple[str | None, dict[str, Any]]:
     """The Content-Type and the ce- headers (by attribute name, values still encoded)."""
     # A Mapping (dict, multidict) offers items(); otherwise it is a list of pairs.
-    items = headers.items() if hasattr(headers, "items") else headers
+    try:
+        items = headers.items()  # type: ignore[union-attr]
+    except AttributeError:
+        items = headers
     content_type: str | None = None
     attributes: dict[str, Any] = {}
     roles = _header_roles

@@ -52,15 +52,25 @@ def to_json_value(event: CloudEvent) -> dict[str, Any]:
     attributes = event._attributes
     out: dict[str, Any] = dict(attributes)
     if bytes in map(type, attributes.values()):
-        for name, value in attributes.items():
-            if type(value) is bytes:
-                out[name] = _b64encode(value).decode("ascii")  # 2.2: Binary as Base64
+        _binary_as_base64(out)
+    return _add_data(out, event)
+
+
+def _binary_as_base64(members: dict[str, Any]) -> None:
+    for name, value in members.items():
+        if type(value) is bytes:
+            members[name] = _b64encode(value).decode("ascii")  # 2.2: Binary as Base64
+
+
+def _add_data(out: dict[str, Any], event: CloudEvent) -> dict[str, Any]:
+    """Place the event's data in ``out`` as section 3.1.1 says, and return ``out``."""
     data = event._data
     if data is NO_DATA:
         return out
     if type(data) is not bytes:
         out["data"] = data
         return out
+    attributes = event._attributes
     if attributes["specversion"] == "0.3" and _is_base64_encoding(attributes):
         out["data"] = _b64encode(data).decode("ascii")
         return out
@@ -81,8 +91,15 @@ def to_json_value(event: CloudEvent) -> dict[str, Any]:
 
 def to_json(event: CloudEvent) -> bytes:
     """Serialise one event in the JSON format (``application/cloudevents+json``)."""
+    members = _add_data(dict(event._attributes), event)
     try:
-        return orjson.dumps(to_json_value(event))
+        return orjson.dumps(members)
+    except TypeError:
+        # orjson refuses bytes: Binary attributes (rare) are written as Base64
+        # and serialisation tried again; data it cannot serialise fails again.
+        _binary_as_base64(members)
+    try:
+        return orjson.dumps(members)
     except TypeError as exc:  # orjson.JSONEncodeError included
         raise InvalidEvent("data", f"cannot be serialised as JSON: {exc}") from exc
 
@@ -109,23 +126,20 @@ def from_json_value(obj: object) -> CloudEvent:
 
 def _from_object(obj: dict[str, Any]) -> CloudEvent:
     """Build an event from a JSON object this module owns (it becomes the attributes)."""
-    data: object = NO_DATA
-    if "data" in obj:
-        data = obj.pop("data")
-        if obj.pop("data_base64", None) is not None:
+    data: object = obj.pop("data", NO_DATA)
+    encoded = obj.pop("data_base64", None)  # 2.2: null is the same as absent
+    if encoded is not None:
+        if data is not NO_DATA:
             # 3.1.1: the two members are mutually exclusive.
             raise InvalidEvent("data_base64", "an event cannot have both data and data_base64")
-        if type(data) is str and obj.get("specversion") == "0.3" and _is_base64_encoding(obj):
-            data = decode_base64("data", data)  # 0.3: Base64 text of binary data
-    elif "data_base64" in obj:
-        encoded = obj.pop("data_base64")
-        if encoded is not None:  # 2.2: null is the same as absent
-            if type(encoded) is not str:
-                raise InvalidEvent(
-                    "data_base64", f"must be a JSON string of Base64, not {_json_kind(encoded)}"
-                )
-            # 3.1.2: data_base64 MUST be decoded into binary.
-            data = decode_base64("data_base64", encoded)
+        if type(encoded) is not str:
+            raise InvalidEvent(
+                "data_base64", f"must be a JSON string of Base64, not {_json_kind(encoded)}"
+            )
+        # 3.1.2: data_base64 MUST be decoded into binary.
+        data = decode_base64("data_base64", encoded)
+    elif type(data) is str and obj.get("specversion") == "0.3" and _is_base64_encoding(obj):
+        data = decode_base64("data", data)  # 0.3: Base64 text of binary data
     return CloudEvent._owned(obj, data)
 
 

@@ -10,9 +10,10 @@ import pickle
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 
-from headwater.cloudevents import NO_DATA, CloudEvent, InvalidEvent, is_json_content_type
+from headwater.cloudevents import NO_DATA, CloudEvent, InvalidEvent, from_json, is_json_content_type
 
 BASE: dict[str, Any] = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
 BASE03: dict[str, Any] = {**BASE, "specversion": "0.3"}
@@ -168,6 +169,17 @@ def test_invalid_attribute_is_named_with_the_rule(
     assert info.value.attribute == attribute
     assert problem in info.value.reason
     assert str(info.value).startswith(f"{attribute}: ")
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.3"])
+@pytest.mark.parametrize("missing", ["specversion", "id", "source", "type"])
+def test_absent_required_attribute_is_named(version: str, missing: str) -> None:
+    attributes = {**BASE, "specversion": version, "subject": "s", "ext": 1}
+    del attributes[missing]
+    for build in (CloudEvent, lambda a: from_json(orjson.dumps(a))):
+        with pytest.raises(InvalidEvent) as info:
+            build(attributes)
+        assert (info.value.attribute, info.value.reason) == (missing, "is required")
 
 
 @pytest.mark.parametrize(

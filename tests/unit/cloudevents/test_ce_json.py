@@ -17,7 +17,7 @@ from headwater.cloudevents import (
     to_json,
     to_json_batch,
 )
-from headwater.cloudevents.json import from_json_value
+from headwater.cloudevents.json import from_json_value, to_json_value
 
 BASE: dict[str, Any] = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
 BASE03: dict[str, Any] = {**BASE, "specversion": "0.3"}
@@ -87,9 +87,44 @@ def test_attributes_keep_their_json_types() -> None:
     assert members(e) == {**BASE, "count": 5, "flag": False, "blob": "/w==", "s": "x"}
 
 
-def test_unserialisable_data_is_invalid() -> None:
+@pytest.mark.parametrize(
+    ("attributes", "data"),
+    [
+        pytest.param({}, {1, 2}, id="set"),
+        pytest.param({}, {"a": b"x"}, id="bytes-inside-json-data"),
+        pytest.param({"blob": b"\xff"}, {1, 2}, id="set-with-binary-attribute"),
+        pytest.param({"blob": b"\xff"}, [b"x"], id="bytes-inside-data-with-binary-attribute"),
+    ],
+)
+def test_unserialisable_data_is_invalid(attributes: dict[str, Any], data: object) -> None:
+    # to_json tries orjson on the attributes as they are and writes Binary
+    # attributes as Base64 only when that fails: bytes inside JSON data must
+    # still be refused, not turned into Base64 along with them.
     with pytest.raises(InvalidEvent, match=r"^data: "):
-        to_json(CloudEvent(BASE, {1, 2}))
+        to_json(CloudEvent({**BASE, **attributes}, data))
+
+
+@pytest.mark.parametrize(
+    ("attributes", "data"),
+    [
+        pytest.param({}, NO_DATA, id="no-data"),
+        pytest.param({"datacontenttype": "application/json"}, {"a": [1]}, id="json-value"),
+        pytest.param({"blob": b"\x00\xff", "n": 5, "b": True}, NO_DATA, id="binary-attribute"),
+        pytest.param({"blob": b""}, b"\x00", id="empty-binary-attribute-binary-data"),
+        pytest.param(
+            {"blob": b"\xff", "datacontenttype": "application/json"},
+            b'{"a": 1}',
+            id="binary-attribute-json-bytes",
+        ),
+        pytest.param(
+            {**BASE03, "blob": b"\xff", "datacontentencoding": "base64"}, b"\x01", id="0.3-base64"
+        ),
+    ],
+)
+def test_to_json_writes_to_json_value(attributes: dict[str, Any], data: object) -> None:
+    e = CloudEvent({**BASE, **attributes}, data)
+    assert to_json(e) == orjson.dumps(to_json_value(e))
+    assert from_json(to_json(e)) == e
 
 
 # -- reading --------------------------------------------------------------------------
@@ -234,6 +269,20 @@ def test_03_base64_data_is_decoded_and_written_back() -> None:
     e = from_json(dumps(document))
     assert e.specversion == "0.3" and e.data == b"\x00\x01"
     assert members(e) == document
+    # A null data_base64 is the same as none (2.2): data is still Base64 text.
+    assert from_json(dumps({**document, "data_base64": None})) == e
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"data": "AAE=", "data_base64": "AAE="}, id="data-and-base64"),
+        pytest.param({"data": None, "data_base64": "AAE="}, id="null-data-and-base64"),
+    ],
+)
+def test_03_data_and_data_base64_are_exclusive(document: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEvent, match=r"^data_base64: .*both"):
+        from_json(dumps({**BASE03, "datacontentencoding": "base64", **document}))
 
 
 def test_03_encoding_is_ignored_for_non_string_data() -> None:

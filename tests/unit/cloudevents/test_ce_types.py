@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import calendar
 import pickle
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from headwater.cloudevents import CloudEvent, InvalidEvent
+from headwater.cloudevents import CloudEvent, InvalidEvent, from_http, from_json, to_http
 from headwater.cloudevents import _types as types
 
 
@@ -119,3 +124,123 @@ def test_error_messages_stay_short(attributes: dict[str, object], attribute: str
 def test_invalid_event_pickles() -> None:
     error = pickle.loads(pickle.dumps(InvalidEvent("id", "is required")))
     assert (error.attribute, error.reason, str(error)) == ("id", "is required", "id: is required")
+
+
+# -- timestamps: the fast path of the validation loop ---------------------------------
+#
+# The loop accepts a time at once when TIMESTAMP_BEFORE_29TH matches (days 01-28
+# exist in every month) and leaves every other value to check_timestamp. Both
+# routes must give exactly RFC 3339, whether an event is built or decoded.
+
+TIME_BASE = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
+
+
+def constructed(text: str) -> CloudEvent:
+    return CloudEvent({**TIME_BASE, "time": text})
+
+
+def decoded_json(text: str) -> CloudEvent:
+    return from_json(orjson.dumps({**TIME_BASE, "time": text}))
+
+
+def decoded_structured_http(text: str) -> CloudEvent:
+    body = orjson.dumps({**TIME_BASE, "time": text})
+    decoded = from_http({"Content-Type": "application/cloudevents+json"}, body)
+    assert isinstance(decoded, CloudEvent)
+    return decoded
+
+
+BUILDS = [
+    pytest.param(constructed, id="constructed"),
+    pytest.param(decoded_json, id="from-json"),
+    pytest.param(decoded_structured_http, id="structured-http"),
+]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("year", [1900, 2000, 2023, 2024])
+def test_every_day_of_the_year_is_checked_against_the_calendar(
+    build: Callable[[str], CloudEvent], year: int
+) -> None:
+    for month in range(1, 13):
+        last = calendar.monthrange(year, month)[1]
+        for day in range(34):
+            text = f"{year:04d}-{month:02d}-{day:02d}T12:00:00Z"
+            if 1 <= day <= last:
+                assert build(text)["time"] == text
+            else:
+                with pytest.raises(InvalidEvent) as info:
+                    build(text)
+                assert info.value.attribute == "time", text
+                assert "RFC 3339" in info.value.reason, text
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("2018-00-05T17:31:00Z", id="month-00"),
+        pytest.param("2018-04-5T17:31:00Z", id="one-digit-day"),
+        pytest.param("2018-04-05T17:60:00Z", id="minute-60"),
+        pytest.param("2018-04-05T17:31:61Z", id="second-61"),
+        pytest.param("2018-04-05T17:31:00.Z", id="empty-fraction"),
+        pytest.param("2018-04-05T17:31:00,5Z", id="comma-fraction"),
+        pytest.param("2018-04-05T17:31:00+24:00", id="offset-hour-24"),
+        pytest.param("2018-04-05T17:31:00+05:60", id="offset-minute-60"),
+        pytest.param("2018-04-05T17:31:00+05:30:00", id="offset-seconds"),
+        pytest.param("2018-04-05T17:31Z", id="no-seconds"),
+        pytest.param("20180405T173100Z", id="iso-basic-format"),
+        pytest.param("2018-W14-4T17:31:00Z", id="iso-week-date"),
+        pytest.param("2018-04-05T17:31:00Z ", id="trailing-space"),
+        pytest.param("2018-04-05T17:31:00Z\n", id="trailing-newline"),
+        pytest.param("2018-04-05_17:31:00Z", id="other-separator"),
+    ],
+)
+def test_iso_8601_forms_outside_rfc_3339_are_rejected(
+    build: Callable[[str], CloudEvent], text: str
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        build(text)
+    assert info.value.attribute == "time"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("0000-01-01T00:00:00Z", id="year-0"),
+        pytest.param("2018-04-28t23:59:60z", id="lower-case-leap-second"),
+        pytest.param("2018-04-28T17:31:00.1234567890-23:59", id="long-fraction-offset"),
+        pytest.param("2018-04-30T00:00:00-00:00", id="unknown-local-offset"),
+    ],
+)
+def test_rfc_3339_forms_are_kept_as_given(build: Callable[[str], CloudEvent], text: str) -> None:
+    assert build(text)["time"] == text
+
+
+TIMESTAMPS = st.from_regex(types._TIMESTAMP.__self__, fullmatch=True)
+
+
+@given(TIMESTAMPS)
+def test_fast_timestamp_pattern_is_the_full_grammar_up_to_the_28th(text: str) -> None:
+    assert bool(types.TIMESTAMP_BEFORE_29TH(text)) == (text[8:10] <= "28")
+
+
+@given(TIMESTAMPS, st.integers(0, 40), st.sampled_from("0123456789-:.+TtZz x\n"))
+def test_fast_timestamp_pattern_admits_nothing_check_timestamp_refuses(
+    text: str, position: int, char: str
+) -> None:
+    # One character of a valid timestamp replaced, inserted or appended.
+    for mutated in (
+        text[:position] + char + text[position + 1 :],
+        text[:position] + char + text[position:],
+    ):
+        if types.TIMESTAMP_BEFORE_29TH(mutated):
+            assert types.check_timestamp("time", mutated) == mutated
+
+
+def test_round_trip_keeps_the_time_exactly() -> None:
+    text = "2026-11-28t12:00:00.000000001+05:30"
+    headers, body = to_http(constructed(text), "structured")
+    decoded = from_http(headers, body)
+    assert isinstance(decoded, CloudEvent) and decoded["time"] == text
