@@ -1489,6 +1489,10 @@ class MqttBroker:
                     await self._serve(link, bound.listener, cert_user)
                 finally:
                     link.close()
+            if self._stopping and transport is not None:
+                # Shutting down: the WebSocket close is done; do not leave a TLS
+                # close_notify exchange pending past the end of the event loop.
+                transport.abort()
             return ws
 
         app = web.Application()

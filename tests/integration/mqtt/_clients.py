@@ -300,9 +300,9 @@ class Paho:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
+        # Closes the connection if still open and paho's wake-up socket pair, which
+        # paho otherwise leaves to the garbage collector (a ResourceWarning).
+        self.client._reset_sockets()
 
 
 def paho_properties(packet_type: int, **values: Any) -> PahoProperties:

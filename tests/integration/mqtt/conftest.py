@@ -32,6 +32,10 @@ def make_broker() -> Iterator[MakeBroker]:
         return broker
 
     yield make
+    # Clients first (this runs before the autouse _close_clients teardown): a
+    # broker stopped under a TLS WebSocket client ends its loop while the TLS
+    # close is still under way, leaving that socket to the garbage collector.
+    close_all()
     for broker in started:
         broker.stop()
 
