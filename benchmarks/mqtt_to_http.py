@@ -18,7 +18,9 @@ them, one of two systems:
   The publishers talk to the embedded broker.
 
 The publishers (one process, our asyncio MQTT client over our codec, the same
-for both) and the sink (one process, aiohttp) are not part of either system.
+for both) and the sink (one process, aiohttp) are not part of either system;
+both run on uvloop, so that they take as little as possible of the two cores
+from the system under test.
 The sink keys each arrival by (device, seq) from the body, so losses and
 duplicates are exact. Rate = distinct messages delivered / (last arrival -
 first publish). Loss = PUBACKed messages that never arrived. Peak RSS is the
@@ -39,8 +41,22 @@ append) ~25%, reading the log for the Trigger ~10%; the process is CPU-bound
 on one core. Pipelining hooked PUBLISHes in the embedded broker (one write
 for a batch of PUBACKs, many appends per group commit) took it from 2.9k.
 
+29 November 2026 (uvloop, the default of ``headwater up --loop``): node-red
+1.35k-1.55k msgs/s (16,998-17,140 of 20,000 lost), headwater 5.5k-5.7k, none
+lost: 3.5x-4.2x. uvloop by itself gave about 5% here (``--loop asyncio``
+5.1k-5.3k, alternated runs). The process is CPU-bound on one core and the
+Trigger's aiohttp deliveries are 60% of its event loop (py-spy). Tried and
+kept out of main (branch wip/http-worker): the HTTP requests made by a
+worker process fed over a pipe (the event loop's CPU per delivery fell from
+about 70 us to 10 us, the process from 100% to 30% of a core), which gave
+only 6.0k-6.2k: the
+bottleneck moved to the Trigger's log reads (100 entries took 15-20 ms in
+the reader thread, the worker, the sink and the publishers contending for
+the two cores), and a larger --max-inflight (200, 400) did not change it.
+
 Run: ``.venv/bin/python benchmarks/mqtt_to_http.py [--messages N] [--publishers P]
-[--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]``. Needs node/npm
+[--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]
+[--loop uvloop|asyncio]``. Needs node/npm
 (Node-RED) and mosquitto. ``--profile FILE`` runs headwater under cProfile
 (writes FILE when it stops) to see where its time goes.
 """
@@ -67,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent
@@ -184,7 +201,9 @@ def run_sink(port: int) -> None:
     app.router.add_post("/", receive)
     app.router.add_get("/stats", stats)
     app.router.add_post("/reset", reset)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(
+        app, host="127.0.0.1", port=port, print=None, access_log=None, loop=uvloop.new_event_loop()
+    )
 
 
 async def _sink_call(port: int, method: str, path: str) -> dict[str, Any]:
@@ -240,7 +259,7 @@ def run_publishers(
         await asyncio.gather(*(publisher(i, share[i], stats) for i in range(publishers)))
         out.put({**stats, "started": started, "finished": time.time()})
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
 # -- the systems --------------------------------------------------------------------------
@@ -453,7 +472,7 @@ def bench_headwater(sink_port: int, args: argparse.Namespace) -> Result:
             python += ["-m", "cProfile", "-o", args.profile]
         command = [*python, "-m", "headwater.cli", "up", "-f", str(resources)]
         command += ["--data-dir", str(Path(tmp) / "data"), "--http-port", "0"]
-        command += ["--durability", "normal", "--log-level", "warning"]
+        command += ["--durability", "normal", "--log-level", "warning", "--loop", args.loop]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with child(command, env=env) as (hw, out):
             out.wait_for("ready", hw)
@@ -480,6 +499,9 @@ def main() -> None:
         "0: unlimited, to see Node-RED's rate when Mosquitto drops nothing)",
     )
     parser.add_argument("--profile", default=None, help="cProfile output file for headwater")
+    parser.add_argument(
+        "--loop", default="uvloop", choices=["uvloop", "asyncio"], help="headwater up --loop"
+    )
     args = parser.parse_args()
 
     sink_port = free_port()

@@ -101,16 +101,18 @@ def test_port_in_use_names_the_flag(tmp_path: Path, flag: str, other: str, name:
     )
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_the_embedded_default_takes_mqtt_publishes_into_the_default_broker(
-    headwater_up: Callable[..., Headwater],
+    headwater_up: Callable[..., Headwater], loop: str
 ) -> None:
-    hw = headwater_up()
+    hw = headwater_up("--loop", loop)
     mqtt_url = next(
         m.group(1)
         for line in hw.output
         if (m := re.search(r"mqtt listening on (mqtt://\S+)", line))
     )
     assert any(f"dashboard on {hw.url}/" in line for line in hw.output)
+    assert any(line.rstrip().endswith(f": event loop {loop}") for line in hw.output)
     host, port = mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
     publish.single(
         "sensors/s1/temperature", b'{"temperature": 21.5}', qos=1, hostname=host, port=int(port)
