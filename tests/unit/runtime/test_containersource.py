@@ -133,7 +133,8 @@ async def test_exits_are_restarted_with_doubling_delays(tmp_path: Path) -> None:
         restart_delay_max=0.2,
     )
     task = asyncio.create_task(supervisor.run())
-    await wait_until(lambda: supervisor.restarts >= 3)
+    # Stopped between runs: a stop during a run would end that run by SIGTERM.
+    await wait_until(lambda: supervisor.restarts >= 3 and supervisor.state == "backoff")
     await supervisor.stop()
     await task
     assert supervisor.last_exit_code == 3
