@@ -25,7 +25,7 @@ The sink keys each arrival by (device, seq) from the body, so losses and
 duplicates are exact. Rate = distinct messages delivered / (last arrival -
 first publish). Loss = PUBACKed messages that never arrived. Peak RSS is the
 kernel's high-water mark (VmHWM) of each system's processes (Node-RED's
-includes Mosquitto's, reported separately too).
+includes Mosquitto's, Headwater's its HTTP worker's; reported separately too).
 
 Measured here (2 shared cores, 20,000 messages, 20 connections x window 20):
 node-red 1.55k msgs/s delivered with 16,371 of 20,000 PUBACKed messages lost
@@ -44,19 +44,22 @@ for a batch of PUBACKs, many appends per group commit) took it from 2.9k.
 29 November 2026 (uvloop, the default of ``headwater up --loop``): node-red
 1.35k-1.55k msgs/s (16,998-17,140 of 20,000 lost), headwater 5.5k-5.7k, none
 lost: 3.5x-4.2x. uvloop by itself gave about 5% here (``--loop asyncio``
-5.1k-5.3k, alternated runs). The process is CPU-bound on one core and the
-Trigger's aiohttp deliveries are 60% of its event loop (py-spy). Tried and
-kept out of main (branch wip/http-worker): the HTTP requests made by a
-worker process fed over a pipe (the event loop's CPU per delivery fell from
-about 70 us to 10 us, the process from 100% to 30% of a core), which gave
-only 6.0k-6.2k: the
-bottleneck moved to the Trigger's log reads (100 entries took 15-20 ms in
-the reader thread, the worker, the sink and the publishers contending for
-the two cores), and a larger --max-inflight (200, 400) did not change it.
+5.1k-5.3k, alternated runs). The process was CPU-bound on one core and the
+Trigger's aiohttp deliveries were 60% of its event loop (py-spy). With the
+HTTP requests made by a worker process (``headwater up --http-worker``, now
+the default) the event loop's CPU per delivery fell from about 70 us to
+10 us and the process from 100% to 30% of a core: 40,000 messages,
+alternated, 6.5k-6.6k msgs/s with the worker against 5.6k-6.1k without, and
+publishing (PUBACKs) took 2.2-2.4 s instead of 3.2-3.6 s; the worker costs
+46 MB. What limits it now is the two cores shared by four busy processes
+(headwater, its worker, the sink, the publishers): none is at 100%, and a
+larger --max-inflight (200, 400) changed nothing. An in-memory tail cache
+for the Trigger's log reads (branch wip/log-tail-cache) did not change it
+either: the Trigger is far behind the head during the burst.
 
 Run: ``.venv/bin/python benchmarks/mqtt_to_http.py [--messages N] [--publishers P]
 [--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]
-[--loop uvloop|asyncio]``. Needs node/npm
+[--loop uvloop|asyncio] [--http-worker on|off]``. Needs node/npm
 (Node-RED) and mosquitto. ``--profile FILE`` runs headwater under cProfile
 (writes FILE when it stops) to see where its time goes.
 """
@@ -123,6 +126,14 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (headwater's HTTP worker), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 class Output:
@@ -309,7 +320,7 @@ def drive(
         elif time.monotonic() - last_change > IDLE_TIMEOUT:
             break
         time.sleep(0.1)
-    rss = [peak_rss_mb(pid) for pid in pids]
+    rss = [peak_rss_mb(pid) for pid in pids + [c for pid in pids for c in children(pid)]]
     return Result(
         system,
         args.messages,
@@ -473,6 +484,7 @@ def bench_headwater(sink_port: int, args: argparse.Namespace) -> Result:
         command = [*python, "-m", "headwater.cli", "up", "-f", str(resources)]
         command += ["--data-dir", str(Path(tmp) / "data"), "--http-port", "0"]
         command += ["--durability", "normal", "--log-level", "warning", "--loop", args.loop]
+        command += ["--http-worker" if args.http_worker == "on" else "--no-http-worker"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with child(command, env=env) as (hw, out):
             out.wait_for("ready", hw)
@@ -501,6 +513,9 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="cProfile output file for headwater")
     parser.add_argument(
         "--loop", default="uvloop", choices=["uvloop", "asyncio"], help="headwater up --loop"
+    )
+    parser.add_argument(
+        "--http-worker", default="on", choices=["on", "off"], help="headwater up --http-worker"
     )
     args = parser.parse_args()
 

@@ -90,6 +90,12 @@ def version() -> None:
     show_default=True,
     help="Event loop: uvloop (libuv; fastest) or the standard library's asyncio.",
 )
+@click.option(
+    "--http-worker/--no-http-worker",
+    default=True,
+    show_default=True,
+    help="Make HTTP deliveries from a worker process, which uses a second CPU core.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def up(
     files: tuple[Path, ...],
@@ -102,6 +108,7 @@ def up(
     durability: str,
     drain_timeout: float,
     loop: str,
+    http_worker: bool,
     log_level: str,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
@@ -121,6 +128,7 @@ def up(
         token=token,
         durability="normal" if durability == "normal" else "fsync",
         drain_timeout=drain_timeout,
+        http_worker=http_worker,
     )
 
     def ready(server: Server) -> None:

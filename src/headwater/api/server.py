@@ -51,6 +51,7 @@ class UpOptions:
     token: str | None = None
     durability: Durability = "fsync"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    http_worker: bool = True
 
 
 # With no resource files, `headwater up` runs the embedded default: a Broker
@@ -135,8 +136,10 @@ async def start(options: UpOptions) -> Server:
             "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
         )
     loaded = load(options)  # ConfigError propagates before anything listens
-    runtime = Runtime(open_log(options))
+    runtime = Runtime(open_log(options), http_worker=options.http_worker)
     try:
+        if runtime.http_worker is not None:
+            await runtime.http_worker.start()
         await runtime.apply(loaded)
         if not options.files:
             _check_embedded_mqtt(runtime, options)

@@ -2,7 +2,9 @@
 
 How this works: one aiohttp ``ClientSession`` with a pooled keep-alive
 connector is shared by every :class:`HttpSink` of a process (or owned by a
-sink created without one). Each delivery is one POST in binary content mode
+sink created without one); or, in ``headwater up``, one
+:class:`~headwater.eventing.http_worker.HttpWorker` makes the requests in a
+process of its own with such a session. Each delivery is one POST in binary content mode
 (``format: json`` selects structured mode) with ``Prefer: reply``; the
 response is turned into a reply event, nothing, or a :class:`DeliveryError`
 carrying the status, whether it is retryable, the body (for
@@ -16,9 +18,11 @@ from collections.abc import Mapping
 from typing import Final, Literal
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from headwater.cloudevents import CloudEvent, InvalidEvent, from_http, is_cloudevent, to_http
 from headwater.eventing.delivery import parse_retry_after, should_retry
+from headwater.eventing.http_worker import HttpWorker, WorkerGone
 from headwater.eventing.sink import DeliveryError
 
 __all__ = ["DEFAULT_POOL_SIZE", "HttpSink", "new_session"]
@@ -65,7 +69,7 @@ class HttpSink:
         self,
         url: str,
         *,
-        session: aiohttp.ClientSession | None = None,
+        session: aiohttp.ClientSession | HttpWorker | None = None,
         format: Format = "binary",
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -104,6 +108,14 @@ class HttpSink:
         headers["prefer"] = "reply"
         if self._extra_headers:
             headers.update(self._extra_headers)
+        if isinstance(session, HttpWorker):
+            try:
+                status, reason, pairs, payload = await session.post(self.url, headers, body)
+            except WorkerGone as exc:
+                raise DeliveryError(None, True, reason=str(exc)) from exc
+            if status == 202 and not payload:
+                return None  # the usual answer: no need to look at the headers
+            return _outcome(status, reason, CIMultiDict(pairs), payload)
         try:
             async with session.post(
                 self.url,
@@ -113,28 +125,34 @@ class HttpSink:
                 skip_auto_headers=("Content-Type",),
                 allow_redirects=False,
             ) as response:
-                status = response.status
-                payload = await _read_bounded(response.content, MAX_RESPONSE_BYTES)
-                if 200 <= status < 300:
-                    if status == 202 or (not payload and "ce-specversion" not in response.headers):
-                        # "Responses with a 202 response code MUST NOT be processed
-                        # as reply events".
-                        return None
-                    return _reply(status, response.headers, payload)
-                raise DeliveryError(
-                    status,
-                    should_retry(status),
-                    payload,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                    reason=response.reason or "",
-                )
+                payload = await read_bounded(response.content, MAX_RESPONSE_BYTES)
+                return _outcome(response.status, response.reason or "", response.headers, payload)
         except (aiohttp.ClientError, OSError) as exc:
             # No usable response (refused, reset, DNS, malformed HTTP): the
             # event may not have arrived, so the attempt is retryable.
             raise DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}") from exc
 
 
-async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+def _outcome(
+    status: int, reason: str, headers: CIMultiDictProxy[str] | CIMultiDict[str], payload: bytes
+) -> CloudEvent | None:
+    """The reply event (or None) for a 2xx response; raises DeliveryError for others."""
+    if 200 <= status < 300:
+        if status == 202 or (not payload and "ce-specversion" not in headers):
+            # "Responses with a 202 response code MUST NOT be processed
+            # as reply events".
+            return None
+        return _reply(status, headers, payload)
+    raise DeliveryError(
+        status,
+        should_retry(status),
+        payload,
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+        reason=reason,
+    )
+
+
+async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
     """The body, stopping once more than ``limit`` bytes arrived (the caller checks the size)."""
     chunks: list[bytes] = []
     size = 0

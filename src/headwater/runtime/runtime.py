@@ -32,6 +32,7 @@ from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_session
 from headwater.eventing.delivery import Deliverer, Outcome, dead_letter_event
 from headwater.eventing.dispatcher import Dispatcher
+from headwater.eventing.http_worker import HttpWorker
 from headwater.log import (
     DEFAULT_MAX_EVENT_SIZE,
     EARLIEST,
@@ -327,11 +328,13 @@ class Runtime:
     their own). The runtime owns it and closes it in :meth:`close`.
     """
 
-    def __init__(self, log: EventLog | None = None) -> None:
+    def __init__(self, log: EventLog | None = None, *, http_worker: bool = False) -> None:
         self.started = time.time()
         self.listeners: dict[str, str] = {}
         self.log: EventLog = log if log is not None else MemoryLog()
         self._session: aiohttp.ClientSession | None = None
+        # HttpSinks' requests made by a worker process (see eventing.http_worker).
+        self.http_worker: HttpWorker | None = HttpWorker() if http_worker else None
         builders: dict[str, Builder] = {
             kind: self._builder(build)
             for table in COMPONENT_TABLES
@@ -396,7 +399,8 @@ class Runtime:
             return sink, sink.url
         assert destination.uri is not None  # the model requires ref or uri
         fmt = delivery.format if delivery is not None and delivery.format else "binary"
-        return HttpSink(destination.uri, session=self.session, format=fmt), destination.uri
+        client = self.http_worker or self.session
+        return HttpSink(destination.uri, session=client, format=fmt), destination.uri
 
     def delivery_spec(self, delivery: ResourceDelivery | None, namespace: str) -> DeliverySpec:
         """The resolved spec (Knative's defaults when None), recording into :attr:`dead_letters`."""
@@ -499,6 +503,8 @@ class Runtime:
             if not all(settled):
                 log.warning("stopping with deliveries still under way after %.1fs", grace)
         await self.reconciler.close()
+        if self.http_worker is not None:
+            await self.http_worker.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -1,15 +1,28 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, HttpSink, new_session
+from headwater.eventing.http_worker import HttpWorker
 
 from .conftest import Answer, Receiver, StartReceiver, reply_with
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["in-process", "worker"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpWorker | None]:
+    """Every test runs twice: the sink's own aiohttp session, and an HttpWorker process."""
+    if request.param == "in-process":
+        yield None
+        return
+    worker = HttpWorker()
+    yield worker
+    await worker.close()
 
 
 def event(i: int = 1, **attrs: object) -> CloudEvent:
@@ -26,9 +39,11 @@ def event(i: int = 1, **attrs: object) -> CloudEvent:
     )
 
 
-async def test_binary_mode_with_prefer_reply(receiver: StartReceiver) -> None:
+async def test_binary_mode_with_prefer_reply(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     r = await receiver()
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event(1, subject="a b")) is None
     (headers,) = r.requests
     assert headers["ce-id"] == "1"
@@ -37,25 +52,29 @@ async def test_binary_mode_with_prefer_reply(receiver: StartReceiver) -> None:
     assert r.accepted == [event(1, subject="a b")]
 
 
-async def test_structured_mode(receiver: StartReceiver) -> None:
+async def test_structured_mode(client: HttpWorker | None, receiver: StartReceiver) -> None:
     r = await receiver()
-    async with HttpSink(r.url, format="json") as sink:
+    async with HttpSink(r.url, session=client, format="json") as sink:
         await sink.deliver(event(2))
     assert r.requests[0]["Content-Type"] == "application/cloudevents+json"
     assert r.accepted == [event(2)]
 
 
-async def test_event_without_content_type_gains_none(receiver: StartReceiver) -> None:
+async def test_event_without_content_type_gains_none(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     bare = CloudEvent({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}, b"raw")
     r = await receiver()
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         await sink.deliver(bare)
     assert "Content-Type" not in r.requests[0]
     assert r.accepted == [bare]
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
-async def test_200_with_event_is_a_reply(receiver: StartReceiver, mode: str) -> None:
+async def test_200_with_event_is_a_reply(
+    client: HttpWorker | None, receiver: StartReceiver, mode: str
+) -> None:
     answer = CloudEvent(
         {
             "specversion": "1.0",
@@ -67,11 +86,11 @@ async def test_200_with_event_is_a_reply(receiver: StartReceiver, mode: str) -> 
         "x",
     )
     r = await receiver(lambda e, _: reply_with(answer, mode))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event()) == answer
 
 
-async def test_202_is_never_a_reply(receiver: StartReceiver) -> None:
+async def test_202_is_never_a_reply(client: HttpWorker | None, receiver: StartReceiver) -> None:
     answer = CloudEvent({"specversion": "1.0", "id": "r", "source": "/r", "type": "reply"})
 
     def accepted_with_event(e: CloudEvent, _: Receiver) -> Answer:
@@ -79,19 +98,23 @@ async def test_202_is_never_a_reply(receiver: StartReceiver) -> None:
         return 202, headers, body
 
     r = await receiver(accepted_with_event)
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event()) is None
 
 
-async def test_200_without_event_is_no_reply(receiver: StartReceiver) -> None:
+async def test_200_without_event_is_no_reply(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     r = await receiver(lambda e, _: (200, {"Content-Type": "text/plain"}, b"thanks"))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event()) is None
 
 
-async def test_invalid_reply_is_a_non_retryable_failure(receiver: StartReceiver) -> None:
+async def test_invalid_reply_is_a_non_retryable_failure(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     r = await receiver(lambda e, _: (200, {"ce-specversion": "1.0", "ce-id": "x"}, b""))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         with pytest.raises(DeliveryError) as info:
             await sink.deliver(event())
     assert not info.value.retryable
@@ -102,25 +125,29 @@ async def test_invalid_reply_is_a_non_retryable_failure(receiver: StartReceiver)
     ("status", "retryable"),
     [(400, False), (403, False), (404, True), (409, True), (429, True), (500, True), (503, True)],
 )
-async def test_error_statuses(receiver: StartReceiver, status: int, retryable: bool) -> None:
+async def test_error_statuses(
+    client: HttpWorker | None, receiver: StartReceiver, status: int, retryable: bool
+) -> None:
     r = await receiver(lambda e, _: (status, {"Retry-After": "7"}, b"why"))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         with pytest.raises(DeliveryError) as info:
             await sink.deliver(event())
     assert (info.value.status, info.value.retryable, info.value.body) == (status, retryable, b"why")
     assert info.value.retry_after == 7.0
 
 
-async def test_redirect_is_not_followed_nor_retried(receiver: StartReceiver) -> None:
+async def test_redirect_is_not_followed_nor_retried(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     r = await receiver(lambda e, _: (307, {"Location": "http://127.0.0.1:9/"}, b""))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         with pytest.raises(DeliveryError) as info:
             await sink.deliver(event())
     assert (info.value.status, info.value.retryable) == (307, False)
 
 
-async def test_connection_refused_is_retryable() -> None:
-    async with HttpSink("http://127.0.0.1:9/") as sink:
+async def test_connection_refused_is_retryable(client: HttpWorker | None) -> None:
+    async with HttpSink("http://127.0.0.1:9/", session=client) as sink:
         with pytest.raises(DeliveryError) as info:
             await sink.deliver(event())
     assert info.value.status is None and info.value.retryable
@@ -136,7 +163,9 @@ async def test_connections_are_pooled_and_kept_alive(receiver: StartReceiver) ->
     assert len(r.peers) <= 4  # 100 requests over at most 4 connections
 
 
-async def test_large_reply_arriving_in_many_chunks(receiver: StartReceiver) -> None:
+async def test_large_reply_arriving_in_many_chunks(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     answer = CloudEvent(
         {
             "specversion": "1.0",
@@ -148,11 +177,13 @@ async def test_large_reply_arriving_in_many_chunks(receiver: StartReceiver) -> N
         "y" * 300_000,
     )
     r = await receiver(lambda e, _: reply_with(answer))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event()) == answer
 
 
-async def test_oversized_reply_is_refused(receiver: StartReceiver) -> None:
+async def test_oversized_reply_is_refused(
+    client: HttpWorker | None, receiver: StartReceiver
+) -> None:
     answer = CloudEvent(
         {
             "specversion": "1.0",
@@ -164,6 +195,6 @@ async def test_oversized_reply_is_refused(receiver: StartReceiver) -> None:
         "y" * 2_000_000,
     )
     r = await receiver(lambda e, _: reply_with(answer))
-    async with HttpSink(r.url) as sink:
+    async with HttpSink(r.url, session=client) as sink:
         with pytest.raises(DeliveryError, match="too large"):
             await sink.deliver(event())
