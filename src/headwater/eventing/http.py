@@ -108,29 +108,38 @@ class HttpSink:
         headers["prefer"] = "reply"
         if self._extra_headers:
             headers.update(self._extra_headers)
-        if isinstance(session, HttpWorker):
-            try:
-                status, reason, pairs, payload = await session.post(self.url, headers, body)
-            except WorkerGone as exc:
-                raise DeliveryError(None, True, reason=str(exc)) from exc
-            if status == 202 and not payload:
-                return None  # the usual answer: no need to look at the headers
-            return _outcome(status, reason, CIMultiDict(pairs), payload)
         try:
-            async with session.post(
-                self.url,
-                data=body,
-                headers=headers,
-                # An event without datacontenttype must not gain one in transit.
-                skip_auto_headers=("Content-Type",),
-                allow_redirects=False,
-            ) as response:
-                payload = await read_bounded(response.content, MAX_RESPONSE_BYTES)
-                return _outcome(response.status, response.reason or "", response.headers, payload)
+            if isinstance(session, HttpWorker):
+                status, reason, pairs, payload = await session.post(self.url, headers, body)
+                return _outcome(status, reason, CIMultiDict(pairs), payload)
+            return _outcome(*await post(session, self.url, headers, body))
+        except WorkerGone as exc:
+            raise DeliveryError(None, True, reason=str(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
             # No usable response (refused, reset, DNS, malformed HTTP): the
             # event may not have arrived, so the attempt is retryable.
             raise DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}") from exc
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], body: bytes
+) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
+    """One delivery's POST, in process or in the HTTP worker: (status, reason, headers, body).
+
+    Redirects are not followed and no Content-Type is added; the response body
+    is read up to a little over :data:`MAX_RESPONSE_BYTES`. aiohttp's errors
+    propagate.
+    """
+    async with session.post(
+        url,
+        data=body,
+        headers=headers,
+        # An event without datacontenttype must not gain one in transit.
+        skip_auto_headers=("Content-Type",),
+        allow_redirects=False,
+    ) as response:
+        payload = await _read_bounded(response.content, MAX_RESPONSE_BYTES)
+        return response.status, response.reason or "", response.headers, payload
 
 
 def _outcome(
@@ -152,7 +161,7 @@ def _outcome(
     )
 
 
-async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
     """The body, stopping once more than ``limit`` bytes arrived (the caller checks the size)."""
     chunks: list[bytes] = []
     size = 0

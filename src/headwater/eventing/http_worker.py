@@ -269,7 +269,7 @@ class _Requests(asyncio.Protocol):
 
 
 async def _serve(pool_size: int | None) -> None:
-    from headwater.eventing.http import MAX_RESPONSE_BYTES, new_session, read_bounded
+    from headwater.eventing.http import new_session, post
 
     loop = asyncio.get_running_loop()
     session = new_session() if pool_size is None else new_session(pool_size)
@@ -280,17 +280,8 @@ async def _serve(pool_size: int | None) -> None:
     async def request(request_id: int, url: str, headers: dict[str, str], body: bytes) -> None:
         head: list[Any]
         try:
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                # An event without datacontenttype must not gain one in transit.
-                skip_auto_headers=("Content-Type",),
-                allow_redirects=False,
-            ) as response:
-                payload = await read_bounded(response.content, MAX_RESPONSE_BYTES)
-                status, reason = response.status, response.reason or ""
-                head = [request_id, status, reason, list(response.headers.items())]
+            status, reason, response_headers, payload = await post(session, url, headers, body)
+            head = [request_id, status, reason, list(response_headers.items())]
         except Exception as exc:  # refused, reset, malformed HTTP, a bad URL: no response
             head, payload = [request_id, 0, f"{type(exc).__name__}: {exc}", []], b""
         finally:
