@@ -52,9 +52,9 @@ READ_LINGER: Final = 0.002
 READ_LINGER_BELOW: Final = 8
 """After a batch of fewer than ``READ_LINGER_BELOW`` entries, wait ``READ_LINGER``
 seconds before reading again, so that the next read finds a few events rather
-than one: each read is a round trip to the log's reader thread, and at moderate
-rates one read per event costs about a fifth of the CPU per event (measured with
-the SQLite log). It adds at most 2 ms to an event's latency."""
+than one: each read is a query of its own, and at moderate rates one read per
+event cost about a fifth of the CPU per event (measured with the SQLite log). It
+adds at most 2 ms to an event's latency."""
 
 POLL_TIMEOUT: Final = 1.0
 """How long one ``next_batch`` waits for new entries; it returns early when some arrive."""
