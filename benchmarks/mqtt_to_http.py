@@ -18,7 +18,8 @@ them, one of two systems:
   The publishers talk to the embedded broker.
 
 The publishers (one process, our asyncio MQTT client over our codec, the same
-for both) and the sink (one process, aiohttp) are not part of either system;
+for both) and the sink (one process, a bare asyncio protocol that parses
+HTTP/1.1 by hand, Content-Length or chunked) are not part of either system;
 both run on uvloop, so that they take as little as possible of the two cores
 from the system under test.
 The sink keys each arrival by (device, seq) from the body, so losses and
@@ -26,36 +27,40 @@ duplicates are exact. Rate = distinct messages delivered / (last arrival -
 first publish). Loss = PUBACKed messages that never arrived. Peak RSS is the
 kernel's high-water mark (VmHWM) of each system's processes (Node-RED's
 includes Mosquitto's, Headwater's its HTTP worker's; reported separately too).
+CPU is the user + system time each process used during the run.
 
-Measured here (2 shared cores, 20,000 messages, 20 connections x window 20):
-node-red 1.55k msgs/s delivered with 16,371 of 20,000 PUBACKed messages lost
-(Mosquitto's default queue of 1000 overflows for Node-RED's session), peak
-RSS 310 MB; headwater 5.4k msgs/s, none lost, 73 MB: 3.5x (3.3x-5.6x over five
-runs on the shared machine, Node-RED varying most). With ``--mosquitto-queue 0``
-(unlimited) Node-RED still lost 15,874: it takes the whole burst in (RSS 789 MB)
-and its ``http request`` node fails most of the requests it opens at once, so
-its losses are the flow's own, not only Mosquitto's. Where headwater's
-time goes (py-spy on the process): the Trigger's HTTP delivery (aiohttp
-client) ~30% of the event loop, the MQTT ingest hook (mapping + durable
-append) ~25%, reading the log for the Trigger ~10%; the process is CPU-bound
-on one core. Pipelining hooked PUBLISHes in the embedded broker (one write
-for a batch of PUBACKs, many appends per group commit) took it from 2.9k.
+Measured here (29 November 2026, 2 shared cores, 40,000 messages, 20
+connections x window 20, three runs): node-red 1.41k-1.56k msgs/s with
+35,511-37,448 of 40,000 PUBACKed messages lost (Mosquitto's default queue of
+1000 overflows for Node-RED's session), peak RSS 274-344 MB; headwater
+10.8k-11.6k msgs/s, none lost, 118 MB (73 + 45 for its HTTP worker):
+6.9x-7.9x. ``--http-worker off`` (one process): 10.2k msgs/s, 74 MB. With
+``--mosquitto-queue 0`` (unlimited) Node-RED still loses most: it takes the
+whole burst in (RSS near 800 MB) and its ``http request`` node fails most of
+the requests it opens at once.
 
-29 November 2026 (uvloop, the default of ``headwater up --loop``): node-red
-1.35k-1.55k msgs/s (16,998-17,140 of 20,000 lost), headwater 5.5k-5.7k, none
-lost: 3.5x-4.2x. uvloop by itself gave about 5% here (``--loop asyncio``
-5.1k-5.3k, alternated runs). The process was CPU-bound on one core and the
-Trigger's aiohttp deliveries were 60% of its event loop (py-spy). With the
-HTTP requests made by a worker process (``headwater up --http-worker``, now
-the default) the event loop's CPU per delivery fell from about 70 us to
-10 us and the process from 100% to 30% of a core: 40,000 messages,
-alternated, 6.5k-6.6k msgs/s with the worker against 5.6k-6.1k without, and
-publishing (PUBACKs) took 2.2-2.4 s instead of 3.2-3.6 s; the worker costs
-46 MB. What limits it now is the two cores shared by four busy processes
-(headwater, its worker, the sink, the publishers): none is at 100%, and a
-larger --max-inflight (200, 400) changed nothing. An in-memory tail cache
-for the Trigger's log reads (branch wip/log-tail-cache) did not change it
-either: the Trigger is far behind the head during the burst.
+How Headwater got there (each step measured with this benchmark, py-spy and
+the CPU column; earlier figures in the git history of this file):
+
+* 2.9k: pipelining hooked PUBLISHes in the embedded broker (one write for a
+  batch of PUBACKs, many appends per group commit) -> 5.4k.
+* uvloop, the default of ``headwater up --loop``: about 5% more.
+* HTTP deliveries in a worker process (``--http-worker``): the main loop's
+  CPU per delivery fell from about 70 us to 10 us -> 6.5k.
+* SQLite log reads on the event loop's thread instead of a reader thread:
+  while the MQTT ingest kept the loop busy, each hand-over to the reader
+  waited for the GIL (10-12 ms per read of 50 entries), and the Trigger
+  delivered only about 2.5k/s until the publishers stopped.
+* This sink instead of an aiohttp server (the same for both systems):
+  aiohttp's took about 45 us of CPU per request, a third of the HTTP hop,
+  on the same two cores; this one takes under 10. Node-RED's rate did not
+  move (1.2k-1.6k with either sink); Headwater went from 6.2k-6.6k to
+  7.1k-7.9k. With the aiohttp sink and everything below, Headwater did 6.6k
+  against Node-RED's 1.34k (4.9x, one run): the sink itself was then what
+  the pipeline waited for.
+* Deliveries with :class:`headwater.eventing._http1.Http1Client` (pooled
+  keep-alive HTTP/1.1, httptools' parser) instead of aiohttp's client:
+  about 17 us of CPU per POST instead of 75-95 -> 10.8k-11.6k.
 
 Run: ``.venv/bin/python benchmarks/mqtt_to_http.py [--messages N] [--publishers P]
 [--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]
@@ -87,7 +92,6 @@ from typing import Any
 
 import orjson
 import uvloop
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "node-red"
@@ -126,6 +130,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -188,33 +198,114 @@ def child(args: list[str], **kwargs: Any) -> Iterator[tuple[subprocess.Popen[str
 # -- the sink (its own process) -----------------------------------------------------------
 
 
+class _SinkProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection to the sink: requests in, a response each, in order.
+
+    Parsed by hand because the sink is part of the harness, not of either system:
+    aiohttp's server took about 45 us of CPU per request here, a third of what the
+    HTTP hop costs the system under test, on the same two cores. This takes a few.
+    Bodies come with Content-Length or chunked; anything else is answered 400 and
+    the connection closed (a miscount would show as losses, never as speed).
+    """
+
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        out: list[bytes] = []
+        close = False
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            request_line, *lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            at = end + 4
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                body = self._chunked(at)
+                if body is None:
+                    break  # not all of it yet
+                body, at = body
+            else:
+                length = int(headers.get("content-length", "0") or 0)
+                if len(buffer) < at + length:
+                    break
+                body = bytes(buffer[at : at + length])
+                at += length
+            del buffer[:at]
+            method, target, _ = request_line.split(" ", 2)
+            out.append(self.sink.handle(method, target, body))
+            close = headers.get("connection", "").lower() == "close"
+            if close:
+                break
+        assert self.transport is not None
+        if out:
+            self.transport.write(b"".join(out))
+        if close:
+            self.transport.close()
+
+    def _chunked(self, at: int) -> tuple[bytes, int] | None:
+        buffer, chunks = self.buffer, []
+        while True:
+            line_end = buffer.find(b"\r\n", at)
+            if line_end < 0:
+                return None
+            size = int(bytes(buffer[at:line_end]).split(b";")[0], 16)
+            at = line_end + 2
+            if size == 0:
+                trailer_end = buffer.find(b"\r\n\r\n", at - 2)
+                return None if trailer_end < 0 else (b"".join(chunks), trailer_end + 4)
+            if len(buffer) < at + size + 2:
+                return None
+            chunks.append(bytes(buffer[at : at + size]))
+            at += size + 2
+
+
+class _Sink:
+    """Counts distinct (device, seq) arrivals; GET /stats, POST /reset."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int]] = set()
+        self.count = 0
+        self.last = 0.0
+
+    def handle(self, method: str, target: str, body: bytes) -> bytes:
+        if method == "POST" and target == "/":
+            event = orjson.loads(body)
+            self.seen.add((event["device"], event["seq"]))
+            self.count += 1
+            self.last = time.time()
+            return b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+        if method == "GET" and target == "/stats":
+            stats = {"distinct": len(self.seen), "count": self.count, "last": self.last}
+            body = orjson.dumps(stats)
+            head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        if method == "POST" and target == "/reset":
+            self.seen.clear()
+            self.count, self.last = 0, 0.0
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
 def run_sink(port: int) -> None:
-    """Count distinct (device, seq) arrivals; GET /stats, POST /reset."""
-    seen: set[tuple[str, int]] = set()
-    state = {"count": 0, "last": 0.0}
+    async def serve() -> None:
+        sink = _Sink()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _SinkProtocol(sink), "127.0.0.1", port)
+        await server.serve_forever()
 
-    async def receive(request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
-        seen.add((body["device"], body["seq"]))
-        state["count"] += 1
-        state["last"] = time.time()
-        return web.Response(status=202)
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response({"distinct": len(seen), **state})
-
-    async def reset(request: web.Request) -> web.Response:
-        seen.clear()
-        state.update(count=0, last=0.0)
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/", receive)
-    app.router.add_get("/stats", stats)
-    app.router.add_post("/reset", reset)
-    web.run_app(
-        app, host="127.0.0.1", port=port, print=None, access_log=None, loop=uvloop.new_event_loop()
-    )
+    uvloop.run(serve())
 
 
 async def _sink_call(port: int, method: str, path: str) -> dict[str, Any]:
@@ -287,6 +378,7 @@ class Result:
     publish_seconds: float
     rss_mb: float
     note: str = ""
+    cpu: str = ""
 
     @property
     def rate(self) -> float:
@@ -307,8 +399,12 @@ def drive(
         target=run_publishers,
         args=(mqtt_port, args.publishers, args.messages, args.window, out),
     )
+    system_pids = pids + [c for pid in pids for c in children(pid)]
+    watched = {"sink": args.sink_pid, **{str(pid): pid for pid in system_pids}}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     pub.start()
     published = out.get(timeout=600)
+    publishers_cpu = cpu_seconds(pub.pid)
     pub.join()
     last_change, last_count = time.monotonic(), -1
     while True:
@@ -320,7 +416,8 @@ def drive(
         elif time.monotonic() - last_change > IDLE_TIMEOUT:
             break
         time.sleep(0.1)
-    rss = [peak_rss_mb(pid) for pid in pids + [c for pid in pids for c in children(pid)]]
+    rss = [peak_rss_mb(pid) for pid in system_pids]
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
     return Result(
         system,
         args.messages,
@@ -331,6 +428,8 @@ def drive(
         published["finished"] - published["started"],
         sum(rss),
         " + ".join(f"{r:.0f}" for r in rss) + " MB" if len(rss) > 1 else "",
+        " + ".join(f"{cpu[str(pid)]:.1f}" for pid in system_pids)
+        + f" s (sink {cpu['sink']:.1f} s, publishers {publishers_cpu:.1f} s)",
     )
 
 
@@ -493,7 +592,7 @@ def bench_headwater(sink_port: int, args: argparse.Namespace) -> Result:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--messages", type=int, default=40_000)
     parser.add_argument("--publishers", type=int, default=20, help="MQTT connections")
     parser.add_argument("--window", type=int, default=20, help="unacked messages per connection")
     parser.add_argument("--systems", default="node-red,headwater")
@@ -522,6 +621,7 @@ def main() -> None:
     sink_port = free_port()
     sink = mp.Process(target=run_sink, args=(sink_port,), daemon=True)
     sink.start()
+    args.sink_pid = sink.pid
     results: dict[str, Result] = {}
     try:
         wait_port(sink_port)
@@ -539,7 +639,7 @@ def main() -> None:
                 f"(published in {result.publish_seconds:5.1f}s, delivered in "
                 f"{result.seconds:5.1f}s), acked {result.acked}/{result.sent}, "
                 f"lost {result.lost}, duplicates {result.duplicates}, "
-                f"peak RSS {result.rss_mb:6.1f} MB {result.note}",
+                f"peak RSS {result.rss_mb:6.1f} MB {result.note}; CPU {result.cpu}",
                 flush=True,
             )
     finally:
