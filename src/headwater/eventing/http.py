@@ -1,15 +1,22 @@
 """The HTTP destination: deliver CloudEvents to any HTTP receiver (data-plane.md).
 
-How this works: one aiohttp ``ClientSession`` with a pooled keep-alive
-connector is shared by every :class:`HttpSink` of a process (or owned by a
-sink created without one); or, in ``headwater up``, one
-:class:`~headwater.eventing.http_worker.HttpWorker` makes the requests in a
-process of its own with such a session. Each delivery is one POST in binary content mode
+How this works: each delivery is one POST in binary content mode
 (``format: json`` selects structured mode) with ``Prefer: reply``; the
 response is turned into a reply event, nothing, or a :class:`DeliveryError`
 carrying the status, whether it is retryable, the body (for
-``knativeerrordata``) and ``Retry-After``. Timeouts, retries and dead letters
-are the business of :mod:`headwater.eventing.delivery`, not of this module.
+``knativeerrordata``) and ``Retry-After``. The POSTs are made by one of:
+
+- :class:`~headwater.eventing._http1.Http1Client`, pooled keep-alive
+  connections with httptools' parser, at a fifth of aiohttp's CPU per
+  request: ``headwater up --no-http-worker``;
+- an :class:`~headwater.eventing.http_worker.HttpWorker`, which runs such a
+  client in a process of its own: ``headwater up``;
+- an aiohttp ``ClientSession`` (:func:`post`), shared by the sinks of a
+  process or owned by a sink created without a client: the library's default.
+
+All three follow the same rules (``tests/integration/eventing/test_http_sink.py``
+runs over each). Timeouts, retries and dead letters are the business of
+:mod:`headwater.eventing.delivery`, not of this module.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from headwater.cloudevents import CloudEvent, InvalidEvent, from_http, is_cloudevent, to_http
+from headwater.eventing._http1 import Http1Client, HttpError
 from headwater.eventing.delivery import parse_retry_after, should_retry
 from headwater.eventing.http_worker import HttpWorker, WorkerGone
 from headwater.eventing.sink import DeliveryError
@@ -69,7 +77,7 @@ class HttpSink:
         self,
         url: str,
         *,
-        session: aiohttp.ClientSession | HttpWorker | None = None,
+        session: aiohttp.ClientSession | HttpWorker | Http1Client | None = None,
         format: Format = "binary",
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -111,9 +119,14 @@ class HttpSink:
         try:
             if isinstance(session, HttpWorker):
                 status, reason, pairs, payload = await session.post(self.url, headers, body)
-                return _outcome(status, reason, CIMultiDict(pairs), payload)
-            return _outcome(*await post(session, self.url, headers, body))
-        except WorkerGone as exc:
+            elif isinstance(session, Http1Client):
+                status, reason, pairs, payload = await session.post(
+                    self.url, headers, body, MAX_RESPONSE_BYTES
+                )
+            else:
+                return _outcome(*await post(session, self.url, headers, body))
+            return _outcome(status, reason, CIMultiDict(pairs), payload)
+        except (WorkerGone, HttpError) as exc:
             raise DeliveryError(None, True, reason=str(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
             # No usable response (refused, reset, DNS, malformed HTTP): the
@@ -124,11 +137,12 @@ class HttpSink:
 async def post(
     session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], body: bytes
 ) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
-    """One delivery's POST, in process or in the HTTP worker: (status, reason, headers, body).
+    """One delivery's POST, in process: (status, reason, headers, body).
 
     Redirects are not followed and no Content-Type is added; the response body
     is read up to a little over :data:`MAX_RESPONSE_BYTES`. aiohttp's errors
-    propagate.
+    propagate. The HTTP worker's client keeps to the same rules
+    (``tests/integration/eventing/test_http_sink.py`` runs over both).
     """
     async with session.post(
         url,

@@ -30,8 +30,10 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_session
+from headwater.eventing._http1 import Http1Client
 from headwater.eventing.delivery import Deliverer, Outcome, dead_letter_event
 from headwater.eventing.dispatcher import Dispatcher
+from headwater.eventing.http import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT
 from headwater.eventing.http_worker import HttpWorker
 from headwater.log import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -333,6 +335,7 @@ class Runtime:
         self.listeners: dict[str, str] = {}
         self.log: EventLog = log if log is not None else MemoryLog()
         self._session: aiohttp.ClientSession | None = None
+        self._delivery_client: Http1Client | None = None
         # HttpSinks' requests made by a worker process (see eventing.http_worker).
         self.http_worker: HttpWorker | None = HttpWorker() if http_worker else None
         builders: dict[str, Builder] = {
@@ -353,10 +356,19 @@ class Runtime:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """One pooled HTTP client for every HTTP destination (keep-alive across them)."""
+        """One pooled aiohttp client for the sinks that speak HTTP APIs (InfluxDB, ...)."""
         if self._session is None:
             self._session = new_session()
         return self._session
+
+    @property
+    def delivery_client(self) -> HttpWorker | Http1Client:
+        """What makes HttpSinks' POSTs: the worker process, or one pooled client in process."""
+        if self.http_worker is not None:
+            return self.http_worker
+        if self._delivery_client is None:
+            self._delivery_client = Http1Client(DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT)
+        return self._delivery_client
 
     def broker(self, namespace: str, name: str) -> BrokerFanout:
         component = self.reconciler.component(("Broker", namespace, name))
@@ -399,8 +411,8 @@ class Runtime:
             return sink, sink.url
         assert destination.uri is not None  # the model requires ref or uri
         fmt = delivery.format if delivery is not None and delivery.format else "binary"
-        client = self.http_worker or self.session
-        return HttpSink(destination.uri, session=client, format=fmt), destination.uri
+        http = HttpSink(destination.uri, session=self.delivery_client, format=fmt)
+        return http, destination.uri
 
     def delivery_spec(self, delivery: ResourceDelivery | None, namespace: str) -> DeliverySpec:
         """The resolved spec (Knative's defaults when None), recording into :attr:`dead_letters`."""
@@ -505,6 +517,9 @@ class Runtime:
         await self.reconciler.close()
         if self.http_worker is not None:
             await self.http_worker.close()
+        if self._delivery_client is not None:
+            await self._delivery_client.close()
+            self._delivery_client = None
         if self._session is not None:
             await self._session.close()
             self._session = None

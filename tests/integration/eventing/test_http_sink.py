@@ -7,22 +7,26 @@ import pytest
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, HttpSink, new_session
+from headwater.eventing._http1 import Http1Client
 from headwater.eventing.http_worker import HttpWorker
 
 from .conftest import Answer, Receiver, StartReceiver, reply_with
 
 pytestmark = pytest.mark.integration
 
+Client = HttpWorker | Http1Client | None
 
-@pytest.fixture(params=["in-process", "worker"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpWorker | None]:
-    """Every test runs twice: the sink's own aiohttp session, and an HttpWorker process."""
-    if request.param == "in-process":
+
+@pytest.fixture(params=["aiohttp", "http1", "worker"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """Every test runs three times: the sink's own aiohttp session, an in-process
+    Http1Client (``headwater up --no-http-worker``), and an HttpWorker process."""
+    if request.param == "aiohttp":
         yield None
         return
-    worker = HttpWorker()
-    yield worker
-    await worker.close()
+    made: HttpWorker | Http1Client = HttpWorker() if request.param == "worker" else Http1Client()
+    yield made
+    await made.close()
 
 
 def event(i: int = 1, **attrs: object) -> CloudEvent:
@@ -39,9 +43,7 @@ def event(i: int = 1, **attrs: object) -> CloudEvent:
     )
 
 
-async def test_binary_mode_with_prefer_reply(
-    client: HttpWorker | None, receiver: StartReceiver
-) -> None:
+async def test_binary_mode_with_prefer_reply(client: Client, receiver: StartReceiver) -> None:
     r = await receiver()
     async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event(1, subject="a b")) is None
@@ -52,7 +54,7 @@ async def test_binary_mode_with_prefer_reply(
     assert r.accepted == [event(1, subject="a b")]
 
 
-async def test_structured_mode(client: HttpWorker | None, receiver: StartReceiver) -> None:
+async def test_structured_mode(client: Client, receiver: StartReceiver) -> None:
     r = await receiver()
     async with HttpSink(r.url, session=client, format="json") as sink:
         await sink.deliver(event(2))
@@ -61,7 +63,7 @@ async def test_structured_mode(client: HttpWorker | None, receiver: StartReceive
 
 
 async def test_event_without_content_type_gains_none(
-    client: HttpWorker | None, receiver: StartReceiver
+    client: Client, receiver: StartReceiver
 ) -> None:
     bare = CloudEvent({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}, b"raw")
     r = await receiver()
@@ -73,7 +75,7 @@ async def test_event_without_content_type_gains_none(
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
 async def test_200_with_event_is_a_reply(
-    client: HttpWorker | None, receiver: StartReceiver, mode: str
+    client: Client, receiver: StartReceiver, mode: str
 ) -> None:
     answer = CloudEvent(
         {
@@ -90,7 +92,7 @@ async def test_200_with_event_is_a_reply(
         assert await sink.deliver(event()) == answer
 
 
-async def test_202_is_never_a_reply(client: HttpWorker | None, receiver: StartReceiver) -> None:
+async def test_202_is_never_a_reply(client: Client, receiver: StartReceiver) -> None:
     answer = CloudEvent({"specversion": "1.0", "id": "r", "source": "/r", "type": "reply"})
 
     def accepted_with_event(e: CloudEvent, _: Receiver) -> Answer:
@@ -102,16 +104,14 @@ async def test_202_is_never_a_reply(client: HttpWorker | None, receiver: StartRe
         assert await sink.deliver(event()) is None
 
 
-async def test_200_without_event_is_no_reply(
-    client: HttpWorker | None, receiver: StartReceiver
-) -> None:
+async def test_200_without_event_is_no_reply(client: Client, receiver: StartReceiver) -> None:
     r = await receiver(lambda e, _: (200, {"Content-Type": "text/plain"}, b"thanks"))
     async with HttpSink(r.url, session=client) as sink:
         assert await sink.deliver(event()) is None
 
 
 async def test_invalid_reply_is_a_non_retryable_failure(
-    client: HttpWorker | None, receiver: StartReceiver
+    client: Client, receiver: StartReceiver
 ) -> None:
     r = await receiver(lambda e, _: (200, {"ce-specversion": "1.0", "ce-id": "x"}, b""))
     async with HttpSink(r.url, session=client) as sink:
@@ -126,7 +126,7 @@ async def test_invalid_reply_is_a_non_retryable_failure(
     [(400, False), (403, False), (404, True), (409, True), (429, True), (500, True), (503, True)],
 )
 async def test_error_statuses(
-    client: HttpWorker | None, receiver: StartReceiver, status: int, retryable: bool
+    client: Client, receiver: StartReceiver, status: int, retryable: bool
 ) -> None:
     r = await receiver(lambda e, _: (status, {"Retry-After": "7"}, b"why"))
     async with HttpSink(r.url, session=client) as sink:
@@ -137,7 +137,7 @@ async def test_error_statuses(
 
 
 async def test_redirect_is_not_followed_nor_retried(
-    client: HttpWorker | None, receiver: StartReceiver
+    client: Client, receiver: StartReceiver
 ) -> None:
     r = await receiver(lambda e, _: (307, {"Location": "http://127.0.0.1:9/"}, b""))
     async with HttpSink(r.url, session=client) as sink:
@@ -146,7 +146,7 @@ async def test_redirect_is_not_followed_nor_retried(
     assert (info.value.status, info.value.retryable) == (307, False)
 
 
-async def test_connection_refused_is_retryable(client: HttpWorker | None) -> None:
+async def test_connection_refused_is_retryable(client: Client) -> None:
     async with HttpSink("http://127.0.0.1:9/", session=client) as sink:
         with pytest.raises(DeliveryError) as info:
             await sink.deliver(event())
@@ -163,9 +163,7 @@ async def test_connections_are_pooled_and_kept_alive(receiver: StartReceiver) ->
     assert len(r.peers) <= 4  # 100 requests over at most 4 connections
 
 
-async def test_large_reply_arriving_in_many_chunks(
-    client: HttpWorker | None, receiver: StartReceiver
-) -> None:
+async def test_large_reply_arriving_in_many_chunks(client: Client, receiver: StartReceiver) -> None:
     answer = CloudEvent(
         {
             "specversion": "1.0",
@@ -181,9 +179,7 @@ async def test_large_reply_arriving_in_many_chunks(
         assert await sink.deliver(event()) == answer
 
 
-async def test_oversized_reply_is_refused(
-    client: HttpWorker | None, receiver: StartReceiver
-) -> None:
+async def test_oversized_reply_is_refused(client: Client, receiver: StartReceiver) -> None:
     answer = CloudEvent(
         {
             "specversion": "1.0",
