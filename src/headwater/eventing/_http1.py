@@ -22,10 +22,17 @@ raises :class:`HttpError`: refused, reset, a malformed response, a bad URL.
 Pooling: at most ``limit`` connections are open at once across all origins;
 beyond that, requests wait for a free one (backpressure, not failure). An
 idle connection is reused most-recent first and closed after
-``keepalive_timeout`` seconds. A request on a reused connection that the
-server closed before sending a byte back (it timed the idle connection
-out as the request went) is sent once more on a new connection, as
-browsers and urllib3 do: the server closed without reading it.
+``keepalive_timeout`` seconds; one the server closed is never reused. A
+request is never sent twice: when a reused connection closes without an
+answer, the server may have read and acted on it (aiohttp's client does
+not resend a POST either); the error is a retryable delivery failure, so
+the DeliverySpec's retries decide.
+
+Limits on what a server sends back: the body as above (a compressed body
+cut short is returned cut, so the caller sees it as too large), response
+headers up to :data:`MAX_HEADER_BYTES` and :data:`MAX_HEADERS`; chunked
+trailers are ignored, as aiohttp does; bytes after a complete response
+close the connection instead of being read as the next one.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import ssl
 import zlib
 from collections.abc import Mapping
 from typing import Final, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 
@@ -53,6 +60,19 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 _TARGETS_KEPT: Final = 1024
 """Parsed URLs kept (a delivery goes to few; the cache is dropped when full)."""
+
+_NAMES_KEPT: Final = 4096
+"""Header names known to be valid (extensions vary; the set is dropped when full)."""
+
+MAX_HEADER_BYTES: Final = 64 * 1024
+"""Bytes of status line and headers accepted in a response."""
+
+MAX_HEADERS: Final = 256
+"""Header fields accepted in a response (an event's attributes and extensions among them)."""
+
+_PATH_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"
+"""What stays as it is in a request target: the rest of ASCII punctuation and any
+non-ASCII character are percent-encoded (UTF-8), as aiohttp's yarl does."""
 
 
 class HttpError(ConnectionError):
@@ -97,7 +117,13 @@ def _target(url: str) -> _Target:
         path += "?" + parts.query
     if any(c <= " " or c == "\x7f" for c in path):
         raise HttpError(f"invalid URL {url!r}: spaces or control characters in the path")
-    authority = f"[{host}]" if ":" in host else host
+    path = quote(path, safe=_PATH_SAFE)
+    try:
+        # An internationalised name goes out as its ASCII form (IDNA), as aiohttp sends it.
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise HttpError(f"invalid URL {url!r}: bad host name: {exc}") from None
+    authority = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
     if port != default_port:
         authority += f":{port}"
     defaults = {"user-agent": f"User-Agent: {USER_AGENT}\r\n"}
@@ -107,7 +133,7 @@ def _target(url: str) -> _Target:
         defaults["authorization"] = f"Authorization: Basic {token}\r\n"
     head = f"POST {path} HTTP/1.1\r\n"
     defaults["host"] = f"Host: {authority}\r\n"
-    return _Target((scheme, host, port), head, defaults)
+    return _Target((scheme, ascii_host, port), head, defaults)
 
 
 class _Connection(asyncio.Protocol):
@@ -119,8 +145,6 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
-        self.reused = False
-        self.received = False
         self._waiter: asyncio.Future[Response] | None = None
         self._limit = 0
         self._reset()
@@ -128,19 +152,20 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
         self._chunks: list[bytes] = []
         self._size = 0
         self._headers_done = False
         self._length_known = False
         self._encoding = ""
         self._keep = True
+        self._complete_seen = False
 
     # -- requests ---------------------------------------------------------------------
 
     async def request(self, data: bytes, max_body: int) -> Response:
         assert self.transport is not None
         self._reset()
-        self.received = False
         self._limit = max_body
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
@@ -171,9 +196,11 @@ class _Connection(asyncio.Protocol):
     def _complete(self, keep: bool) -> None:
         """Answer the request with the response read so far; ``keep``: reuse the connection."""
         self._keep = keep
+        self._complete_seen = True
         body = b"".join(self._chunks)
         encoding = self._encoding
-        if encoding in ("gzip", "x-gzip", "deflate"):
+        # A body cut at the limit stays cut and compressed: the caller sees it too large.
+        if encoding in ("gzip", "x-gzip", "deflate") and self._size <= self._limit:
             try:
                 body = _decompress(body, encoding, self._limit)
             except zlib.error as exc:
@@ -183,16 +210,38 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         self._finish(Response(status, self._reason.decode("latin-1"), self._headers, body))
 
+    def _refuse(self, reason: str) -> None:
+        """Fail the request and drop the connection: the response cannot be used."""
+        self._keep = False
+        self._finish(HttpError(reason))
+        self.close()
+
     # -- httptools callbacks ----------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete_seen:  # a second response to one request
+            self._refuse("the server sent more than one response")
+
     def on_status(self, reason: bytes) -> None:
+        if self._complete_seen:
+            return
         self._reason += reason
+        self._header_bytes += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done or self._complete_seen:
+            return  # a chunked body's trailer fields: ignored, as aiohttp ignores them
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADERS:
+            self._refuse(f"response headers over {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes")
+            return
         key = name.decode("latin-1")
-        text = value.decode("utf-8", "surrogateescape")
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")  # not UTF-8: each byte as itself
         lower = key.lower()
-        if lower in ("content-length", "transfer-encoding"):
+        if lower == "content-length" or (lower == "transfer-encoding" and "chunked" in text):
             self._length_known = True
         elif lower == "content-encoding":
             self._encoding = text.strip().lower()
@@ -202,11 +251,15 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        if self._complete_seen:
+            return
         if self._size <= self._limit:
             self._chunks.append(body)
         self._size += len(body)
 
     def on_message_complete(self) -> None:
+        if self._complete_seen:
+            return
         if self.parser.get_status_code() < 200:  # 100 Continue and the like: the real one follows
             self._reset()
             return
@@ -221,13 +274,15 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:  # nothing was asked: a server talking out of turn
             self.close()
             return
-        self.received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse("the server switched protocols (an upgrade was not asked for)")
+            return
         except httptools.HttpParserError as exc:
-            self._keep = False
-            self._finish(HttpError(f"malformed HTTP response: {exc}"))
-            self.close()
+            self._refuse(f"malformed HTTP response: {exc}")
+            return
+        if self.closed:
             return
         if self._size > self._limit and self._waiter is not None and not self._waiter.done():
             # Enough read: answer with what came (the caller sees the size) and drop the rest.
@@ -247,6 +302,7 @@ class _Connection(asyncio.Protocol):
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The decoded body, at most ``limit + 1`` bytes; zlib.error if it is damaged or cut short."""
     wbits = 31 if encoding in ("gzip", "x-gzip") else 15
     try:
         inflater = zlib.decompressobj(wbits)
@@ -257,6 +313,8 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
         # "deflate" is sometimes sent raw, without its zlib wrapper.
         inflater = zlib.decompressobj(-15)
         data = inflater.decompress(body, limit + 1)
+    if len(data) <= limit and not inflater.eof:
+        raise zlib.error("the compressed data ends early")
     return data
 
 
@@ -299,26 +357,16 @@ class Http1Client:
         connection = await self._acquire(target.origin)
         try:
             response = await connection.request(data, max_body)
-        except HttpError:
-            stale = connection.reused and not connection.received
-            self._discard(connection)
-            if not stale:
-                raise
-            # A kept-alive connection the server closed without reading the request.
-            connection = await self._acquire(target.origin, fresh=True)
-            try:
-                response = await connection.request(data, max_body)
-            except BaseException:
-                self._discard(connection)
-                raise
         except BaseException:
-            self._discard(connection)  # cancelled mid-way: its state is unknown
+            self._discard(connection)  # failed or cancelled mid-way: its state is unknown
             raise
         self._release(connection)
         return response
 
     def _encode(self, target: _Target, headers: Mapping[str, str], body: bytes) -> bytes:
         names = self._names
+        if len(names) >= _NAMES_KEPT:
+            names.clear()
         lines = [target.head]
         given = set()
         for name, value in headers.items():
@@ -344,15 +392,14 @@ class Http1Client:
         except UnicodeEncodeError as exc:
             raise HttpError(f"a header cannot be encoded: {exc}") from None
 
-    async def _acquire(self, origin: tuple[str, str, int], fresh: bool = False) -> _Connection:
-        if self._closed:
-            raise HttpError("the HTTP client is closed")
+    async def _acquire(self, origin: tuple[str, str, int]) -> _Connection:
         while True:
+            if self._closed:
+                raise HttpError("the HTTP client is closed")
             idle = self._idle.get(origin)
-            while idle and not fresh:
+            while idle:
                 connection = idle.pop()
                 if not connection.closed:
-                    connection.reused = True
                     return connection
                 self._open -= 1
             if self._open < self.limit:
@@ -369,11 +416,15 @@ class Http1Client:
                 raise
         self._open += 1
         try:
-            return await self._connect(origin)
+            connection = await self._connect(origin)
         except BaseException:
             self._open -= 1
             self._wake()
             raise
+        if self._closed:  # closed while connecting
+            self._discard(connection)
+            raise HttpError("the HTTP client is closed")
+        return connection
 
     async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
         scheme, host, port = origin

@@ -279,17 +279,18 @@ async def _serve(pool_size: int | None) -> None:
     tasks: dict[int, asyncio.Task[None]] = {}
 
     async def request(request_id: int, url: str, headers: dict[str, str], body: bytes) -> None:
-        head: list[Any]
         try:
             status, reason, response_headers, payload = await client.post(
                 url, headers, body, MAX_RESPONSE_BYTES
             )
-            head = [request_id, status, reason, response_headers]
+            # Framed here too: whatever cannot be framed is answered as a failure.
+            frame = _frame([request_id, status, reason, response_headers], payload)
         except Exception as exc:  # refused, reset, malformed HTTP, a bad URL: no response
-            head, payload = [request_id, 0, f"{type(exc).__name__}: {exc}", []], b""
+            reason = f"{type(exc).__name__}: {exc}".encode(errors="replace").decode()
+            frame = _frame([request_id, 0, reason, []], b"")
         finally:
             tasks.pop(request_id, None)
-        writer.write(_frame(head, payload))
+        writer.write(frame)
 
     def serve(head: list[Any], body: bytes) -> None:
         if len(head) == 1:  # a cancellation

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from headwater import __version__
-from headwater.eventing._http1 import Http1Client, HttpError, Response
+from headwater.eventing._http1 import Http1Client, HttpError, Response, _target
 from tests.certs import self_signed
 
 pytestmark = pytest.mark.timeout(10)
@@ -466,45 +466,29 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced(
 
     server = await serve(handler)
     assert (await post(client, server.url(), body=b"1")).body == b"one"
+    await asyncio.sleep(0.1)  # the server's close reaches the client
     assert (await post(client, server.url(), body=b"2")).body == b"two"
     assert [(r.connection, r.body) for r in server.requests] == [(1, b"1"), (2, b"2")]
     assert client.open_connections == 1
 
 
-async def test_a_request_racing_the_servers_idle_close_is_sent_once_more(
+async def test_a_request_a_reused_connection_drops_unanswered_is_not_sent_again(
     client: Http1Client, serve: Serve
 ) -> None:
-    """The server closes the reused connection as the request arrives, answering nothing."""
+    """The server reads the request on the reused connection, then closes: it may
+    have acted on it, so the client reports the failure instead of resending."""
 
     async def handler(peer: Peer) -> None:
-        if peer.number == 1:
-            await peer.read_request()
-            peer.send(response(body=b"one"))
-            await peer.read_request()  # the second: dropped unanswered
-            return
-        await answer(response(body=b"two"))(peer)
+        await peer.read_request()
+        peer.send(response(body=b"one"))
+        await peer.read_request()  # the second: read, then dropped unanswered
 
     server = await serve(handler)
     await post(client, server.url(), body=b"1")
-    assert (await post(client, server.url(), body=b"2")).body == b"two"
-    assert [(r.connection, r.body) for r in server.requests] == [(1, b"1"), (1, b"2"), (2, b"2")]
-    assert server.connections == 2
-    assert client.open_connections == 1
-
-
-async def test_a_stale_connection_is_retried_only_once(client: Http1Client, serve: Serve) -> None:
-    async def handler(peer: Peer) -> None:
-        if peer.number == 1:
-            await peer.read_request()
-            peer.send(NO_CONTENT)
-        await peer.read_request()  # then closed unanswered, on every connection
-
-    server = await serve(handler)
-    await post(client, server.url())
     with pytest.raises(HttpError, match="before a full response"):
         await post(client, server.url(), body=b"2")
-    assert [(r.connection, r.body) for r in server.requests] == [(1, b""), (1, b"2"), (2, b"2")]
-    assert server.connections == 2
+    assert [(r.connection, r.body) for r in server.requests] == [(1, b"1"), (1, b"2")]
+    assert server.connections == 1
     assert client.open_connections == 0
 
 
@@ -667,8 +651,29 @@ async def test_a_decompressed_body_stops_one_byte_over_max_body(
     client: Http1Client, serve: Serve
 ) -> None:
     encoded = gzip.compress(PLAIN)
+    assert len(PLAIN) > len(encoded) + 1
     server = await serve(answer(response(headers=[("Content-Encoding", "gzip")], body=encoded)))
-    assert (await post(client, server.url(), max_body=10)).body == PLAIN[:11]
+    limit = len(encoded)  # the compressed body fits, the decoded one does not
+    assert (await post(client, server.url(), max_body=limit)).body == PLAIN[: limit + 1]
+
+
+async def test_a_compressed_body_cut_at_the_limit_comes_back_compressed_and_too_long(
+    client: Http1Client, serve: Serve
+) -> None:
+    encoded = gzip.compress(bytes(range(256)) * 40)  # barely compressible
+    server = await serve(answer(response(headers=[("Content-Encoding", "gzip")], body=encoded)))
+    body = (await post(client, server.url(), max_body=100)).body
+    assert len(body) > 100
+    assert encoded.startswith(body)
+
+
+async def test_a_compressed_body_that_ends_early_is_an_error(
+    client: Http1Client, serve: Serve
+) -> None:
+    cut = gzip.compress(PLAIN)[:-12]  # a whole response, but the gzip stream stops short
+    server = await serve(answer(response(headers=[("Content-Encoding", "gzip")], body=cut)))
+    with pytest.raises(HttpError, match="ends early"):
+        await post(client, server.url())
 
 
 async def test_an_unencoded_body_is_left_alone(client: Http1Client, serve: Serve) -> None:
@@ -943,3 +948,77 @@ async def test_https_rejects_an_untrusted_certificate_by_default(
         await post(client, server.url(scheme="https"))
     assert server.requests == []
     assert client.open_connections == 0
+
+
+# -- what a server may not do -----------------------------------------------------------
+
+
+async def test_chunked_trailers_are_not_headers(client: Http1Client, serve: Serve) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nRetry-After: 5\r\nContent-Encoding: gzip\r\n\r\n"
+    )
+    server = await serve(answer(chunked))
+    result = await post(client, server.url())
+    assert result.headers == [("Transfer-Encoding", "chunked")]
+    assert result.body == b"abc"
+
+
+async def test_a_second_response_to_one_request_drops_the_connection(
+    client: Http1Client, serve: Serve
+) -> None:
+    extra = response(202, "Accepted") + response(headers=[("ce-id", "injected")], body=b"x")
+    server = await serve(answer(extra))
+    first = await post(client, server.url())
+    assert (first.status, first.headers) == (202, [("Content-Length", "0")])
+    await post(client, server.url())  # on a new connection: the first was dropped
+    assert server.connections == 2
+
+
+async def test_too_many_response_headers_are_an_error(client: Http1Client, serve: Serve) -> None:
+    many = [(f"x-{i}", "v") for i in range(300)]
+    server = await serve(answer(response(headers=many)))
+    with pytest.raises(HttpError, match="response headers over"):
+        await post(client, server.url())
+    assert client.open_connections == 0
+
+
+async def test_a_huge_response_header_is_an_error(client: Http1Client, serve: Serve) -> None:
+    server = await serve(answer(response(headers=[("x-big", "v" * 100_000)])))
+    with pytest.raises(HttpError, match="response headers over"):
+        await post(client, server.url())
+
+
+async def test_a_header_value_that_is_not_utf8_is_read_as_latin1(
+    client: Http1Client, serve: Serve
+) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 0\r\n\r\n"
+    server = await serve(answer(raw))
+    assert (await post(client, server.url())).headers[0] == ("X-Name", "caf\xe9")
+
+
+async def test_a_protocol_switch_is_an_error(client: Http1Client, serve: Serve) -> None:
+    upgrade = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    server = await serve(answer(upgrade))
+    with pytest.raises(HttpError, match="switched protocols"):
+        await post(client, server.url())
+    assert client.open_connections == 0
+
+
+async def test_non_ascii_paths_are_percent_encoded(client: Http1Client, serve: Serve) -> None:
+    server = await serve(answer(NO_CONTENT))
+    await post(client, server.url("/caf\u00e9/x?q=\u00fc&r=1"))
+    assert server.requests[0].line == "POST /caf%C3%A9/x?q=%C3%BC&r=1 HTTP/1.1"
+
+
+def test_an_internationalised_host_is_sent_in_its_ascii_form() -> None:
+    target = _target("http://b\u00fccher.example:8080/")
+    assert target.defaults["host"] == "Host: xn--bcher-kva.example:8080\r\n"
+    assert target.origin == ("http", "xn--bcher-kva.example", 8080)
+
+
+def test_a_host_that_is_not_a_name_is_an_error() -> None:
+    with pytest.raises(HttpError, match="bad host name"):
+        _target("http://\u00fc..b/")
