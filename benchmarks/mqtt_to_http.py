@@ -30,14 +30,15 @@ includes Mosquitto's, Headwater's its HTTP worker's; reported separately too).
 CPU is the user + system time each process used during the run.
 
 Measured here (29 November 2026, 2 shared cores, 40,000 messages, 20
-connections x window 20, three runs): node-red 1.41k-1.56k msgs/s with
-35,511-37,448 of 40,000 PUBACKed messages lost (Mosquitto's default queue of
-1000 overflows for Node-RED's session), peak RSS 274-344 MB; headwater
-10.8k-11.6k msgs/s, none lost, 118 MB (73 + 45 for its HTTP worker):
-6.9x-7.9x. ``--http-worker off`` (one process): 10.2k msgs/s, 74 MB. With
-``--mosquitto-queue 0`` (unlimited) Node-RED still loses most: it takes the
-whole burst in (RSS near 800 MB) and its ``http request`` node fails most of
-the requests it opens at once.
+connections x window 20, three runs): node-red 1.40k-1.60k msgs/s with
+35,768-37,453 of 40,000 PUBACKed messages lost (Mosquitto's default queue of
+1000 overflows for Node-RED's session), peak RSS 268-323 MB; headwater
+9.9k-10.4k msgs/s, none lost, 118 MB (74 + 44 for its HTTP worker):
+6.5x-7.4x. ``--http-worker off`` (one process, 74 MB) delivered as fast
+(9.5k-10.7k, alternated with ``on``: 9.7k-10.0k), its PUBACKs 10-15% later.
+With ``--mosquitto-queue 0`` (unlimited) Node-RED still loses most: it takes
+the whole burst in (RSS near 800 MB) and its ``http request`` node fails
+most of the requests it opens at once.
 
 How Headwater got there (each step measured with this benchmark, py-spy and
 the CPU column; earlier figures in the git history of this file):
@@ -60,7 +61,8 @@ the CPU column; earlier figures in the git history of this file):
   the pipeline waited for.
 * Deliveries with :class:`headwater.eventing._http1.Http1Client` (pooled
   keep-alive HTTP/1.1, httptools' parser) instead of aiohttp's client:
-  about 17 us of CPU per POST instead of 75-95 -> 10.8k-11.6k.
+  about 17 us of CPU per POST instead of 75-95 -> 10.8k-11.6k; 9.9k-10.4k
+  once it bounded response headers and stopped resending (a review).
 
 Run: ``.venv/bin/python benchmarks/mqtt_to_http.py [--messages N] [--publishers P]
 [--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]
