@@ -62,7 +62,8 @@ the CPU column; earlier figures in the git history of this file):
 * Deliveries with :class:`headwater.eventing._http1.Http1Client` (pooled
   keep-alive HTTP/1.1, httptools' parser) instead of aiohttp's client:
   about 17 us of CPU per POST instead of 75-95 -> 10.8k-11.6k; 9.9k-10.4k
-  once it bounded response headers and stopped resending (a review).
+  in the final runs, after the review fixes (bounded response headers, no
+  resend); the runs' noise is as large as that difference.
 
 Run: ``.venv/bin/python benchmarks/mqtt_to_http.py [--messages N] [--publishers P]
 [--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]
