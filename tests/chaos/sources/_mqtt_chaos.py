@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import orjson
 import paho.mqtt.client as paho
 from aiohttp import web
@@ -202,6 +203,23 @@ class ChaosRun:
         self.processes.append(headwater)
         self.readers.append(drain(headwater))
         return headwater
+
+    @staticmethod
+    async def subscribed(headwater: Headwater, name: str, within: float = 30.0) -> None:
+        """Wait until MqttSource ``name`` subscribed: ``ready`` does not wait for external
+        brokers, and a device publishing before the subscription exists is answered by
+        the broker but its message goes to nobody."""
+        url = f"{headwater.url}/api/v1/resources/MqttSource/default/{name}"
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                async with session.get(url) as response:
+                    if response.status == 200 and (await response.json())["status"].get(
+                        "connected"
+                    ):
+                        return
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"MqttSource {name} did not subscribe within {within}s")
 
     @staticmethod
     async def kill(headwater: Headwater) -> None:

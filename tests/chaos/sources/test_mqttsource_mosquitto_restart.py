@@ -69,7 +69,8 @@ async def test_nothing_mosquitto_queued_is_lost(tmp_path: Path) -> None:
         run = ChaosRun(counter, runner, args, tmp_path)
         try:
             first = await run.start()
-            # Headwater is ready once its source subscribed: the session exists at Mosquitto.
+            # Once the source subscribed, its session exists at Mosquitto.
+            await run.subscribed(first, "plant")
             publishers = await asyncio.to_thread(connect_publishers, mosquitto.port)
             run.publish(publishers, PER_PUBLISHER, DEADLINE)
 
