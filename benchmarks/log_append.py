@@ -40,43 +40,45 @@ Raw reads are the same rows ``SELECT``-ed back in pages of 1000 and decoded.
 Reading the one-event-per-append figure (measured on the 2-core machine,
 November 2026): with 100 producers each awaiting its append, the log runs in
 lock step, one group of 100 per round: the event loop wakes the 100 callers
-and takes their next appends (about 2.5 us each: the suspension alone costs
-about 1 us in CPython's asyncio), then waits while the writer thread inserts
-and commits (about 1.5 us per event, plus the fsync with ``fsync``), plus
-two thread wake-ups. The GIL keeps the two from overlapping (splitting a
-group in two to pipeline them measured 10-25% slower). So the ratio against
-1000-row raw transactions stays near 0.35 (``normal``) and 0.25 (``fsync``);
-against raw at Headwater's own group size, about 0.4. Batches of 10 events
-per append reach 0.7-0.75.
+and takes their next appends (about 2.7 us each: the suspension alone costs
+about 1.2 us in CPython's asyncio, encoding 0.5-1), then the group is
+inserted and committed (about 2.3 us per event with ``normal``, on the event
+loop since 29 November: inserts about 1.1, ``COMMIT`` 0.55, the stream's
+counters and the callers' results the rest).
 
-One round of 100, timed (29 November 2026, ``normal``, means): the writer's
-wake-up of the loop 20 us; the loop's pass 280-310 us; the loop's hand-over
-to the writer 45 us; the writer 135-155 us (inserts 70, ``COMMIT`` 34;
-with ``fsync`` the writer takes 365-450 us, its ``COMMIT`` 250-320). The
-pass, per append, with a writer stub that resolves at once: about 1.2 us for
-the suspension (future, ``call_soon``, the task's step), 0.3-0.5 us for the
-``append`` coroutine and the benchmark's own loop, and 0.5-1 us for encoding
-(0.3 us when the event is in the CPU cache: here the pre-built events are
-not, and the machine is shared). Tried, measured, not kept: one shared
-future per group, callers reading their offsets from a slot (no measurable
-gain, since each caller's wake-up costs the same; and any one caller's
-cancellation would cancel the shared future for all); larger pages
+29 November 2026, uvloop (``headwater up``'s loop), best of 3 each side:
+``normal`` 212k appends/s against raw's 522k, 0.41x (0.41-0.45x over five
+runs; 0.38-0.39x on asyncio); against raw at Headwater's own group size of
+100, 0.47x. ``fsync`` 111k against 476k, 0.23x (0.43x at raw's group of
+100). Reads 390k-430k/s, 0.67-0.73x of raw's. Batches of 10 events per
+append: 0.78x (``normal``) and 0.73x (``fsync``). The issue's target of 0.5x
+for one event per append is not reached.
+
+What moved it: with ``normal`` the groups were written by the writer
+thread, and each round cost two thread hand-overs (about 65 us of 500)
+and GIL waits: 0.27-0.34x. Written on the event loop
+(:class:`headwater.log._sqlite_writer.LoopWriter`), 0.41-0.45x. With
+``fsync`` the writer stays a thread: its ``COMMIT`` waits 0.2-0.3 ms for
+the disk, which must not stop the loop. Tried before, measured, not kept:
+one shared future per group, callers reading their offsets from a slot (no
+measurable gain, since each caller's wake-up costs the same; and any one
+caller's cancellation would cancel the shared future for all); larger pages
 (8 and 16 KiB: no difference); groups split in two with the next group's
 inserts prepared before the previous one is settled, through a thread of
-its own that wakes the loop (so that one group's ``COMMIT`` overlaps the
-loop's pass of the other): 0.85x the throughput with ``normal`` and 0.75x
-with ``fsync`` (medians of 4 alternated runs), the three threads contending
-for the GIL and for the two cores, and twice as many commits.
+its own that wakes the loop: 0.85x the throughput with ``normal`` and 0.75x
+with ``fsync``, the threads contending for the GIL and the two cores.
+Turning the garbage collector off changed nothing measurable.
 With ``fsync``, 100 single-event producers commit at most 100 events per
 fsync (0.2-0.3 ms on this disk), against 1000 for the raw baseline; raw
-``sqlite3`` itself, at 100 rows per transaction, reaches only about 0.65x of
+``sqlite3`` itself, at 100 rows per transaction, reaches only about half
 its 1000-row figure.
 
 The inputs are built before any clock starts and then frozen (``gc.freeze``)
 so that garbage collection does not rescan them during the runs.
 
 Run: ``.venv/bin/python benchmarks/log_append.py [--events N] [--producers P]
-[--batch B] [--repeat R] [--backends memory,sqlite-normal,sqlite-fsync,jetstream]``.
+[--batch B] [--repeat R] [--backends memory,sqlite-normal,sqlite-fsync,jetstream]
+[--loop uvloop|asyncio]``.
 Each backend runs R times on a fresh store, alternating with the raw peer, and
 the best run of each side is reported (the machine is shared; the best run is
 the one least disturbed).
@@ -93,6 +95,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import uvloop
 
 from headwater.cloudevents import CloudEvent
 from headwater.log import EventLog, MemoryLog, Start
@@ -292,7 +296,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", default="memory,sqlite-normal,sqlite-fsync,jetstream")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument(
+        "--loop",
+        default="uvloop",
+        choices=["uvloop", "asyncio"],
+        help="the event loop (headwater up's default: uvloop)",
+    )
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        uvloop.run(main_async(args))
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

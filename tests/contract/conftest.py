@@ -31,7 +31,12 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", pytest.param("jetstream", marks=pytest.mark.integration)]
+    params=[
+        "memory",
+        "sqlite",  # durability `normal`: group commits on the event loop (LoopWriter)
+        "sqlite-fsync",  # group commits on the writer thread (Writer)
+        pytest.param("jetstream", marks=pytest.mark.integration),
+    ]
 )
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     made: Harness
@@ -39,6 +44,8 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         made = MemoryHarness()
     elif request.param == "sqlite":
         made = SqliteHarness(tmp_path)
+    elif request.param == "sqlite-fsync":
+        made = SqliteHarness(tmp_path, "fsync")
     elif request.param == "jetstream":
         server: NatsServer = request.getfixturevalue("nats_server")
         made = JetStreamHarness(server.url, f"t{uuid.uuid4().hex[:12]}")

@@ -2,18 +2,21 @@
 
 How this works:
 
-- **One writer thread per log** (:mod:`headwater.log._sqlite_writer`) owns the
-  only writing connection. Appends are encoded on the caller's side
+- **One writer per log** (:mod:`headwater.log._sqlite_writer`) owns the only
+  writing connection. Appends are encoded on the caller's side
   (:mod:`headwater.log._codec`) and put in the writer's deque; the first one
-  since the writer last looked wakes it (the wake-up overlaps the rest of the
-  event loop's pass). The writer takes everything waiting, writes it in *one*
-  transaction (multi-row ``INSERT`` s per stream), commits once, and only then
-  resolves every waiting ``append`` (one ``call_soon_threadsafe`` per event
-  loop). While it commits, new appends queue up and form the next group: that
-  is group commit, and it is why ``fsync`` durability still reaches tens of
-  thousands of events per second. ``commit_window`` adds an optional wait
-  for more work. WAL checkpoints run on a thread of their own, not inside an
-  append's commit.
+  since the writer last looked wakes it. The writer takes everything waiting,
+  writes it in *one* transaction (multi-row ``INSERT`` s per stream), commits
+  once, and only then resolves every waiting ``append``. While it commits,
+  new appends queue up and form the next group: that is group commit, and it
+  is why ``fsync`` durability still reaches tens of thousands of events per
+  second. With ``fsync`` the writer is a thread (a commit waits for the disk,
+  which must not stop the event loop); with ``normal``, where a commit is a
+  write into the WAL, the groups are written on the event loop itself, after
+  the rest of its pass (:class:`~headwater.log._sqlite_writer.LoopWriter`:
+  no thread hand-overs, which cost more than the commit). ``commit_window``
+  adds an optional wait for more work. WAL checkpoints run on a thread of
+  their own, not inside an append's commit.
 - **Durability**: ``"fsync"`` runs ``synchronous=FULL`` (every commit is on
   disk before ``append`` returns); ``"normal"`` runs ``synchronous=NORMAL``
   (a commit survives a process crash, but the last ones may be lost on power
@@ -72,7 +75,7 @@ from headwater.log._sqlite_store import (
     save_row,
     stream_row,
 )
-from headwater.log._sqlite_writer import Call, Writer
+from headwater.log._sqlite_writer import Call, LoopWriter, Writer
 from headwater.log.base import (
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
@@ -133,7 +136,9 @@ class SqliteLog(EventLogBase):
         self._readers: weakref.WeakSet[LocalReader] = weakref.WeakSet()
         self._closed = False
         self._read_conn = connect(self.path, durability, readonly=True)
-        self._writer = Writer(self.path, durability, commit_window, self._signals, clock)
+        # `normal` commits are writes, not syncs: made on the loop (see LoopWriter).
+        writer = LoopWriter if durability == "normal" else Writer
+        self._writer = writer(self.path, durability, commit_window, self._signals, clock)
 
     @classmethod
     async def open(
@@ -329,8 +334,7 @@ class SqliteLog(EventLogBase):
             await reader.close()
         self._readers.clear()
         self._closed = True
-        self._writer.stop()
-        await asyncio.to_thread(self._writer.join)
+        await self._writer.close()
         self._read_conn.close()
         for signal in self._signals.values():
             signal.notify()

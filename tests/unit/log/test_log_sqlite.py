@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from headwater.log import (
     StreamConfig,
     StreamNotFound,
 )
+from headwater.log._sqlite_writer import LoopWriter, Writer
 from headwater.log.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteLog
 
 
@@ -170,8 +172,9 @@ async def test_appends_by_another_writer_reach_a_waiting_reader(tmp_path: Path) 
         assert time.monotonic() - started < 2
 
 
-async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
-    async with SqliteLog(tmp_path / "log.db", durability="fsync") as log:
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_concurrent_appends_share_transactions(tmp_path: Path, durability: str) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability=durability) as log:  # type: ignore[arg-type]
         await log.create_stream("s")
         commits = 0
         conn = log._writer._conn
@@ -185,6 +188,67 @@ async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
         conn.set_trace_callback(None)
         assert sorted(o for [o] in offsets) == list(range(1, 501))
         assert commits < 250  # group commit: far fewer transactions than appends
+
+
+async def test_normal_durability_writes_its_groups_on_the_event_loop(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability="normal") as log:
+        await log.create_stream("s")
+        threads: set[str] = set()
+        conn = log._writer._conn
+
+        def note(sql: str) -> None:
+            if sql == "COMMIT":
+                threads.add(threading.current_thread().name)
+
+        conn.set_trace_callback(note)
+        await asyncio.gather(*(log.append("s", [event(i)]) for i in range(50)))
+        conn.set_trace_callback(None)
+        assert threads == {threading.current_thread().name}
+    async with SqliteLog(tmp_path / "log.db", durability="fsync") as log:
+        assert type(log._writer) is Writer
+
+
+async def test_appends_wait_for_a_writer_job_then_commit(tmp_path: Path) -> None:
+    # The checkpoint catch-up and the age sweeps run on the writer's thread;
+    # no group is written meanwhile, and what queued up is written after.
+    async with SqliteLog(tmp_path / "log.db", durability="normal") as log:
+        await log.create_stream("s")
+        writer = log._writer
+        assert isinstance(writer, LoopWriter)
+        writer._run_job(lambda: time.sleep(0.3))
+        started = time.monotonic()
+        offsets = await asyncio.gather(*(log.append("s", [event(i)]) for i in range(20)))
+        assert time.monotonic() - started >= 0.25
+        assert sorted(o for [o] in offsets) == list(range(1, 21))
+
+
+async def test_appends_from_another_event_loop_are_written(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability="normal") as log:
+        await log.create_stream("s")
+        await log.append("s", [event(0)])  # the writer is on this loop now
+
+        def other_thread() -> list[list[int]]:
+            async def appends() -> list[list[int]]:
+                return list(await asyncio.gather(*(log.append("s", [event(i)]) for i in range(5))))
+
+            return asyncio.run(appends())
+
+        offsets = await asyncio.to_thread(other_thread)
+        assert sorted(o for [o] in offsets) == [2, 3, 4, 5, 6]
+        assert (await log.info("s")).events == 6
+
+
+async def test_positions_acknowledged_just_before_close_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, durability="normal") as log:
+        await log.create_stream("s")
+        await log.append("s", [event(i) for i in range(5)])
+        reader = log.reader("s", "c")
+        for entry in await reader.next_batch(3):
+            await reader.ack(entry.offset)
+    async with SqliteLog(path, durability="normal") as log:
+        [entry, *_] = await log.reader("s", "c").next_batch(5)
+        assert entry.offset == 4
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 127, 128, 129, 255, 256, 300])
