@@ -189,8 +189,13 @@ def open_error(path: str, exc: sqlite3.Error) -> LogError:
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error (also a failed COMMIT)."""
-    conn.execute("BEGIN IMMEDIATE")
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error (also a failed COMMIT).
+
+    A transaction already begun (the loop writer begins one to take the write
+    lock without waiting) is the one committed.
+    """
+    if not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield
         conn.execute("COMMIT")

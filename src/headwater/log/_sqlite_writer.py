@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -40,6 +41,7 @@ from typing import Any, Final
 
 from headwater.log._local import Signal
 from headwater.log._sqlite_store import (
+    BUSY_TIMEOUT_MS,
     Durability,
     apply_size_limits,
     connect,
@@ -308,6 +310,8 @@ class Writer:
             return (call.future, None, exc)
         except sqlite3.Error as exc:
             return (call.future, None, LogUnavailable(f"event log write failed: {exc}"))
+        except Exception as exc:  # a bug in the call: its caller gets it, the group goes on
+            return (call.future, None, exc)
         return (call.future, result, None)
 
     def _commit_appends(self, appends: dict[str, list[Item]]) -> tuple[list[Outcome], set[str]]:
@@ -440,30 +444,43 @@ class LoopWriter(Writer):
     sync, so it is short; what the writer thread cost was the hand-overs.
     Each group took two thread wake-ups, and the thread waited for the GIL
     whenever the loop was busy. ``benchmarks/log_append.py``: 100 producers
-    appending one event each ran at about 0.3x raw ``sqlite3``'s 1000-row
-    transactions on the thread, and at about 0.5x here.
+    appending one event each ran at 0.27-0.34x raw ``sqlite3``'s 1000-row
+    transactions on the thread, and at 0.41-0.45x here.
 
     How: the first append (or call, or position) since the last group
     schedules one drain with ``call_soon``; the drain runs after the rest of
     the loop's pass, takes everything queued, commits it as one transaction
     (:meth:`Writer._process`, unchanged) and resolves the callers' futures at
-    once. Work that syncs the disk stays off the loop: the background WAL
-    checkpoints on the :class:`Checkpointer`'s thread as before, and the
-    writer's own checkpoint catch-up and the ``max_age`` sweeps run as jobs
-    on a thread of this writer's, during which no group is written (appends
-    wait in the queue). Groups are written on the loop that first used the
-    log; callers on another loop are woken through theirs.
+    once. The loop never waits for the disk or for another process:
+
+    - the background WAL checkpoints run on the :class:`Checkpointer`'s
+      thread as before; the writer's own checkpoint catch-up and the
+      ``max_age`` sweeps run as jobs on a thread of this writer's, during
+      which no group is written (appends wait in the queue);
+    - the connection's busy timeout is 0 on the loop: when another process
+      holds the write lock, the group is written by a job instead, which
+      waits for the lock as the thread writer would.
+
+    The connection is used by one drain or job at a time (a lock, whatever
+    the thread). Groups are written on the loop that first used the log;
+    callers on another loop are woken through theirs, and if that first
+    loop is closed (or stopped while another runs), the next caller's loop
+    takes over.
     """
 
     def _start(self, path: str) -> None:
+        self._conn.execute("PRAGMA busy_timeout = 0")
         self._calls: collections.deque[Call] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._stopped = False
-        self._job: asyncio.Future[None] | None = None
+        self._caught_up = False  # the checkpoint catch-up was tried since the last group
+        self._lock = threading.Lock()
+        self._job: concurrent.futures.Future[None] | None = None
         self._jobs = ThreadPoolExecutor(1, thread_name_prefix=f"headwater-log-writer:{path}")
         self._position_timer: asyncio.TimerHandle | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     # -- called from the event loop --
 
@@ -473,58 +490,92 @@ class LoopWriter(Writer):
 
     def append(self, item: Item) -> None:
         self._appends.append(item)
-        if not self._scheduled:
+        if not self._scheduled or item[0] is not self._loop:
             self._wake(item[0])
 
     def save_position(self, stream: str, consumer: str, position: int) -> None:
         with self._positions_lock:
             first = not self._positions
             self._positions[stream, consumer] = position
-        loop = self._loop
-        if first and loop is not None and self._position_timer is None and not self._stopped:
-            # Let acks pile up for a moment: one write for many (see POSITION_DELAY).
-            self._position_timer = loop.call_later(POSITION_DELAY, self._positions_due)
+        if not first or self._stopped:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # written with the next group, or at close
+        bound = self._bind(loop)
+        if bound is loop:
+            self._arm_positions()
+        else:
+            with contextlib.suppress(RuntimeError):
+                bound.call_soon_threadsafe(self._arm_positions)
 
     async def close(self) -> None:
-        self._stopped = True
-        for timer in (self._position_timer, self._sweep_timer):
-            if timer is not None:
-                timer.cancel()
-        if self._job is not None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self._stopped = True  # timers and drains do nothing from now on
+        job = self._job
+        if job is not None:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._job)
-        self._drain(final=True)
-        self._jobs.shutdown(wait=False)
-        await asyncio.to_thread(self._shut)
+                await asyncio.wrap_future(job)
+        # On a thread: the last group may wait for another process's lock.
+        await asyncio.to_thread(self._final)
+        self._jobs.shutdown(wait=True)
 
     # -- scheduling --
 
-    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Make sure a drain runs soon on the writer's loop (binding it at first use)."""
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        """The loop the groups are written on: the first caller's, until it is gone."""
         bound = self._loop
-        if bound is None or bound.is_closed():
-            bound = self._loop = loop
-            self._next_sweep = 0.0
+        if bound is loop:
+            return loop
+        if bound is None or bound.is_closed() or (not bound.is_running() and loop.is_running()):
+            for timer in (self._position_timer, self._sweep_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._position_timer = None
+            self._scheduled = False  # a drain scheduled there will never run
+            self._loop = loop
             self._sweep_timer = loop.call_later(RETENTION_INTERVAL, self._sweep_due)
-        if self._scheduled or self._job is not None or self._stopped:
+            return loop
+        return bound
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make sure a drain runs soon on the writer's loop."""
+        bound = self._bind(loop)
+        if self._scheduled or self._busy() or self._stopped:
             return  # a drain is coming, or follows the job
         self._scheduled = True
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+        try:
             if self._commit_window > 0:
                 bound.call_soon_threadsafe(self._drain_later)
             elif loop is bound:
                 bound.call_soon(self._drain)
             else:
                 bound.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # closed meanwhile: the next caller's loop takes over
+            self._scheduled = False
+
+    def _busy(self) -> bool:
+        job = self._job
+        return job is not None and not job.done()
 
     def _drain_later(self) -> None:
         """After ``commit_window`` seconds, to gather more work into the group."""
         assert self._loop is not None
         self._loop.call_later(self._commit_window, self._drain)
 
+    def _arm_positions(self) -> None:
+        # Let acks pile up for a moment: one write for many (see POSITION_DELAY).
+        if self._position_timer is None and self._loop is not None and not self._stopped:
+            self._position_timer = self._loop.call_later(POSITION_DELAY, self._positions_due)
+
     def _positions_due(self) -> None:
         self._position_timer = None
-        if self._loop is not None:
+        if self._loop is not None and not self._stopped:
             self._wake(self._loop)
 
     def _sweep_due(self) -> None:
@@ -532,47 +583,122 @@ class LoopWriter(Writer):
         if self._stopped or loop is None:
             return
         self._sweep_timer = loop.call_later(RETENTION_INTERVAL, self._sweep_due)
-        if self._job is None:
+        if not self._busy():
             self._run_job(self._sweep_ages)
 
     def _run_job(self, job: Callable[[], None]) -> None:
-        """Run ``job`` (it syncs the disk) on the writer's thread; no group meanwhile."""
-        assert self._loop is not None
-        self._job = self._loop.run_in_executor(self._jobs, job)
-        self._job.add_done_callback(self._job_done)
+        """Run ``job`` on the writer's thread, holding the connection; no group meanwhile."""
 
-    def _job_done(self, job: asyncio.Future[None]) -> None:
-        self._job = None
+        def run() -> None:
+            with self._lock:
+                if not self._stopped:
+                    job()
+
+        future = self._jobs.submit(run)
+        self._job = future
+        future.add_done_callback(self._job_done)
+
+    def _job_done(self, job: concurrent.futures.Future[None]) -> None:
+        """On the job's thread: report a failure, and wake the loop for what queued up."""
         error = None if job.cancelled() else job.exception()
         if error is not None:  # the jobs handle SQLite's errors: this is a bug
             log.error("event log writer job failed", exc_info=error)
+        loop = self._loop
+        if loop is not None and not self._stopped:
+            with contextlib.suppress(RuntimeError):  # closed: the next caller's loop takes over
+                loop.call_soon_threadsafe(self._resume)
+
+    def _resume(self) -> None:
         if self._loop is not None and (self._appends or self._calls or self._positions):
             self._wake(self._loop)
 
     # -- the drain --
 
-    def _drain(self, final: bool = False) -> None:
+    def _drain(self) -> None:
+        """On the writer's loop: write everything queued as one group."""
+        if asyncio.get_running_loop() is not self._loop:
+            return  # scheduled on a loop the writer has left
         self._scheduled = False
-        if (self._stopped and not final) or self._job is not None:
+        if self._stopped or self._busy():
             return
-        if self._checkpointer.restart_wanted and not final:
+        if self._checkpointer.restart_wanted and not self._caught_up:
+            self._caught_up = True  # once per group: a failing catch-up must not stop writing
             self._run_job(self._finish_checkpoint)
             return
-        calls = self._calls
+        with self._lock:
+            if self._stopped:
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")  # busy timeout 0: never waits
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                # Another process writes: a job waits for the lock instead of the loop.
+                self._run_job(self._drain_waiting)
+                return
+            group, items = self._take()
+            if self._appends or self._calls:
+                self._wake(self._loop)  # the rest: the next group
+            answers = self._write(group, items)
+        self._caught_up = False
+        self._answer(*answers)
+
+    def _drain_waiting(self) -> None:
+        """A job: one group, waiting for another process's write lock as long as SQLite does."""
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            self._answer(*self._write(*self._take()), on_loop=False)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    def _final(self) -> None:
+        """At close, on a thread: write what is left, then close the connection."""
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        with self._lock:
+            while True:
+                self._answer(*self._write(*self._take()), on_loop=False)
+                if not (self._appends or self._calls):
+                    break
+            self._shut()
+
+    def _take(self) -> tuple[list[object], list[Item]]:
+        calls, waiting = self._calls, self._appends
         group: list[object] = [calls.popleft() for _ in range(min(len(calls), MAX_GROUP))]
-        waiting = self._appends
         items = [waiting.popleft() for _ in range(min(len(waiting), MAX_APPENDS))]
-        if (waiting or calls) and not final:
-            self._wake(self._loop)  # type: ignore[arg-type]  # the rest: the next group
-        by_loop, grown = self._process(group, items)
+        return group, items
+
+    def _write(
+        self, group: list[object], items: list[Item]
+    ) -> tuple[dict[asyncio.AbstractEventLoop, list[Outcome]], set[str]]:
+        """The group's transaction (begun already, or begun here); what to tell whom."""
+        try:
+            answers = self._process(group, items)
+        except Exception as exc:  # a bug must not leave the group's callers waiting
+            failure = LogUnavailable(f"event log writer failed: {exc!r}")
+            by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+            for request in group:
+                if type(request) is Call:
+                    by_loop.setdefault(request.loop, []).append((request.future, None, failure))
+            for item in items:
+                by_loop.setdefault(item[0], []).append((item[3], None, failure))
+            answers = (by_loop, set())
+        if self._conn.in_transaction:  # begun for a group that had nothing to write
+            self._conn.execute("ROLLBACK")
+        return answers
+
+    def _answer(
+        self,
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]],
+        grown: set[str],
+        on_loop: bool = True,
+    ) -> None:
         for loop, settled in by_loop.items():
-            if loop is self._loop:
+            if on_loop and loop is self._loop:
                 settle(settled, grown, self._signals)
             else:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(settle, settled, grown, self._signals)
-        if final and (waiting or calls):
-            self._drain(final=True)
 
 
 class Checkpointer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -249,6 +250,118 @@ async def test_positions_acknowledged_just_before_close_are_kept(tmp_path: Path)
     async with SqliteLog(path, durability="normal") as log:
         [entry, *_] = await log.reader("s", "c").next_batch(5)
         assert entry.offset == 4
+
+
+def test_a_log_outlives_the_event_loop_it_was_first_used_on(tmp_path: Path) -> None:
+    # A writer job in flight, and a commit_window drain pending, when the first
+    # loop ends: the next loop takes over and nothing waits forever.
+    path = tmp_path / "log.db"
+    log = SqliteLog(path, durability="normal", commit_window=0.05)
+
+    async def first() -> None:
+        await log.create_stream("s")
+        await log.append("s", [event(0)])
+        log._writer._run_job(lambda: time.sleep(0.3))  # type: ignore[attr-defined]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(log.append("s", [event(1)]), 0.01)
+
+    async def second() -> list[int]:
+        try:
+            async with asyncio.timeout(5):
+                offsets = await log.append("s", [event(2)])
+                await log.create_stream("t")
+                return offsets
+        finally:
+            await log.close()
+
+    asyncio.run(first())
+    time.sleep(0.4)
+    [offset] = asyncio.run(second())
+    assert offset >= 2
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM events_1").fetchone()[0] in (2, 3)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_a_failing_call_is_answered_and_the_group_goes_on(
+    tmp_path: Path, durability: str
+) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability=durability) as log:  # type: ignore[arg-type]
+        await log.create_stream("s")
+        appended = log.append("s", [event(1)])
+        failing = log._write(lambda conn: 1 // 0)
+        results = await asyncio.gather(appended, failing, return_exceptions=True)
+        assert results[0] == [1]
+        assert isinstance(results[1], ZeroDivisionError)
+        assert await log.append("s", [event(2)]) == [2]
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_a_checkpoint_catch_up_that_cannot_finish_does_not_stop_appends(
+    tmp_path: Path, durability: str
+) -> None:
+    async with SqliteLog(tmp_path / "log.db", durability=durability) as log:  # type: ignore[arg-type]
+        await log.create_stream("s")
+        writer = log._writer
+        attempts = 0
+
+        def failing_catch_up() -> None:  # as when the checkpoint is busy or fails
+            nonlocal attempts
+            attempts += 1
+
+        writer._finish_checkpoint = failing_catch_up  # type: ignore[method-assign]
+        writer._checkpointer.restart_wanted = True
+        try:
+            async with asyncio.timeout(5):
+                assert await log.append("s", [event(1)]) == [1]
+                assert await log.append("s", [event(2)]) == [2]
+        finally:
+            writer._checkpointer.restart_wanted = False
+        assert 1 <= attempts <= 2  # tried once per group, not in a loop
+
+
+HOLD_THE_LOCK = """\
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(1.0)
+conn.execute("COMMIT")
+"""
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_another_process_holding_the_write_lock_does_not_stop_the_loop(
+    tmp_path: Path, durability: str
+) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, durability=durability) as log:  # type: ignore[arg-type]
+        await log.create_stream("s")
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLD_THE_LOCK, str(path), stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert holder.stdout is not None
+            assert (await holder.stdout.readline()).strip() == b"locked"
+            longest, ticking = 0.0, True
+
+            async def ticker() -> None:
+                nonlocal longest
+                while ticking:
+                    started = time.monotonic()
+                    await asyncio.sleep(0.01)
+                    longest = max(longest, time.monotonic() - started)
+
+            task = asyncio.create_task(ticker())
+            started = time.monotonic()
+            assert await log.append("s", [event(1)]) == [1]  # once the lock is free
+            waited = time.monotonic() - started
+            ticking = False
+            await task
+        finally:
+            await holder.wait()
+        assert waited > 0.5
+        assert longest < 0.3
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 127, 128, 129, 255, 256, 300])
