@@ -38,7 +38,11 @@ connections x window 20, three runs): node-red 1.40k-1.60k msgs/s with
 (9.5k-10.7k, alternated with ``on``: 9.7k-10.0k), its PUBACKs 10-15% later.
 With ``--mosquitto-queue 0`` (unlimited) Node-RED still loses most: it takes
 the whole burst in (RSS near 800 MB) and its ``http request`` node fails
-most of the requests it opens at once.
+most of the requests it opens at once. Later that day, on the same machine
+running slower (the harness's own CPU per run up about 40%): node-red
+1.28k-1.38k, headwater 7.8k-8.1k, 5.7x-6.3x; there, group commits on the
+event loop (``LoopWriter``) against the writer thread, alternated:
+8.05k-8.28k against 7.85k-7.94k, PUBACKs 10-15% sooner.
 
 How Headwater got there (each step measured with this benchmark, py-spy and
 the CPU column; earlier figures in the git history of this file):
