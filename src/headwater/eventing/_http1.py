@@ -51,12 +51,21 @@ import httptools
 
 from headwater import __version__
 
-__all__ = ["Http1Client", "HttpError", "Response"]
+__all__ = ["DEFAULT_POOL_SIZE", "KEEPALIVE_TIMEOUT", "Http1Client", "HttpError", "Response"]
 
 USER_AGENT: Final = f"headwater/{__version__}"
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 """A header name (RFC 9110, 5.1: a token)."""
+
+DEFAULT_POOL_SIZE: Final = 256
+"""Connections kept open across all origins (aiohttp's sessions here use it too).
+Each in-flight delivery holds one; at the default unordered max in-flight (100)
+one busy Trigger can use them all, and further requests wait for a free
+connection (backpressure, not failure)."""
+
+KEEPALIVE_TIMEOUT: Final = 30.0
+"""Seconds after which an idle keep-alive connection is closed."""
 
 _TARGETS_KEPT: Final = 1024
 """Parsed URLs kept (a delivery goes to few; the cache is dropped when full)."""
@@ -323,8 +332,8 @@ class Http1Client:
 
     def __init__(
         self,
-        limit: int = 256,
-        keepalive_timeout: float = 30.0,
+        limit: int = DEFAULT_POOL_SIZE,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if limit < 1:

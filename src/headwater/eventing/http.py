@@ -28,20 +28,13 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from headwater.cloudevents import CloudEvent, InvalidEvent, from_http, is_cloudevent, to_http
-from headwater.eventing._http1 import Http1Client, HttpError
+from headwater.eventing._http1 import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT, Http1Client, HttpError
 from headwater.eventing.delivery import parse_retry_after, should_retry
 from headwater.eventing.http_worker import HttpWorker, WorkerGone
 from headwater.eventing.sink import DeliveryError
 
-__all__ = ["DEFAULT_POOL_SIZE", "HttpSink", "new_session"]
+__all__ = ["DEFAULT_POOL_SIZE", "KEEPALIVE_TIMEOUT", "HttpSink", "new_session"]
 
-# Connections kept open across all destinations of a session. Each in-flight
-# delivery holds one; at the default unordered max in-flight (100) one busy
-# Trigger can use them all, and further requests wait for a free connection
-# (backpressure, not failure).
-DEFAULT_POOL_SIZE: Final = 256
-# Idle keep-alive connections are closed after this many seconds.
-KEEPALIVE_TIMEOUT: Final = 30.0
 # The largest response body read: a reply is one event, which a broker would
 # refuse above 1 MiB anyway; error bodies are truncated to 1 KiB later.
 MAX_RESPONSE_BYTES: Final = 1024 * 1024 + 64 * 1024
@@ -141,8 +134,8 @@ async def post(
 
     Redirects are not followed and no Content-Type is added; the response body
     is read up to a little over :data:`MAX_RESPONSE_BYTES`. aiohttp's errors
-    propagate. The HTTP worker's client keeps to the same rules
-    (``tests/integration/eventing/test_http_sink.py`` runs over both).
+    propagate. :class:`~headwater.eventing._http1.Http1Client` keeps to the same
+    rules (``tests/integration/eventing/test_http_sink.py`` runs over each client).
     """
     async with session.post(
         url,

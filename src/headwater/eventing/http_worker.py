@@ -35,10 +35,12 @@ import contextlib
 import logging
 import struct
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, NamedTuple, cast
+from collections.abc import Mapping
+from typing import Any, Final, cast
 
 import orjson
+
+from headwater.eventing._http1 import Http1Client, Response
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,6 @@ __all__ = ["HttpWorker", "Response", "WorkerGone"]
 _LENGTHS: Final = struct.Struct("!II")
 STOP_TIMEOUT: Final = 5.0
 """Seconds the worker gets to finish its requests once told to stop."""
-
-
-class Response(NamedTuple):
-    status: int
-    reason: str
-    headers: Sequence[tuple[str, str]]
-    body: bytes
 
 
 class WorkerGone(ConnectionError):
@@ -206,7 +201,8 @@ class HttpWorker:
             if future is None or future.done():
                 continue  # its attempt timed out or was cancelled meanwhile
             if status:
-                future.set_result(Response(status, reason, [tuple(h) for h in headers], body))
+                pairs = [(name, value) for name, value in headers]
+                future.set_result(Response(status, reason, pairs, body))
             else:
                 future.set_exception(WorkerGone(reason))
 
@@ -269,11 +265,10 @@ class _Requests(asyncio.Protocol):
 
 
 async def _serve(pool_size: int | None) -> None:
-    from headwater.eventing._http1 import Http1Client
-    from headwater.eventing.http import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT, MAX_RESPONSE_BYTES
+    from headwater.eventing.http import MAX_RESPONSE_BYTES
 
     loop = asyncio.get_running_loop()
-    client = Http1Client(pool_size or DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT)
+    client = Http1Client() if pool_size is None else Http1Client(pool_size)
     write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
     writer = _Writer(write_transport)
     tasks: dict[int, asyncio.Task[None]] = {}

@@ -33,7 +33,6 @@ from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_
 from headwater.eventing._http1 import Http1Client
 from headwater.eventing.delivery import Deliverer, Outcome, dead_letter_event
 from headwater.eventing.dispatcher import Dispatcher
-from headwater.eventing.http import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT
 from headwater.eventing.http_worker import HttpWorker
 from headwater.log import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -367,7 +366,7 @@ class Runtime:
         if self.http_worker is not None:
             return self.http_worker
         if self._delivery_client is None:
-            self._delivery_client = Http1Client(DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT)
+            self._delivery_client = Http1Client()
         return self._delivery_client
 
     def broker(self, namespace: str, name: str) -> BrokerFanout:
