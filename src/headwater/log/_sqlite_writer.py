@@ -693,12 +693,12 @@ class LoopWriter(Writer):
         grown: set[str],
         on_loop: bool = True,
     ) -> None:
-        for loop, settled in by_loop.items():
-            if on_loop and loop is self._loop:
-                settle(settled, grown, self._signals)
-            else:
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(settle, settled, grown, self._signals)
+        """Resolve the callers' futures: at once on the writer's loop (``on_loop``), through
+        their loops otherwise (:meth:`Writer._settle`)."""
+        here = by_loop.pop(self._loop, None) if on_loop else None  # type: ignore[arg-type]
+        if here is not None:
+            settle(here, grown, self._signals)
+        self._settle(by_loop, grown)
 
 
 class Checkpointer:
