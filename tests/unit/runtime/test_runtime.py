@@ -10,6 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from headwater.cloudevents import CloudEvent, from_http
+from headwater.eventing._http1 import Http1Client
+from headwater.eventing.http_worker import HttpWorker
 from headwater.runtime import Runtime
 
 
@@ -89,6 +91,25 @@ async def test_updating_a_trigger_filter_keeps_its_cursor(
     assert await receiver.wait_for(2) == ["a1", "b2"]
     status = runtime.status(("Trigger", "default", "t"))
     assert status["conditions"][0]["status"] == "True"
+
+
+@pytest.mark.parametrize("http_worker", [False, True], ids=["in-process", "worker"])
+async def test_http_subscribers_are_reached_through_the_delivery_client(
+    receiver: Receiver, http_worker: bool
+) -> None:
+    # headwater up --no-http-worker: one Http1Client in process; the default: the worker.
+    runtime = Runtime(http_worker=http_worker)
+    try:
+        client = runtime.delivery_client
+        assert type(client) is (HttpWorker if http_worker else Http1Client)
+        assert runtime.delivery_client is client  # one per runtime
+        await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
+        await runtime.broker("default", "default").accept([event("a1", "a")])
+        assert await receiver.wait_for(1) == ["a1"]
+    finally:
+        await runtime.close()
+    if isinstance(client, Http1Client):
+        assert client.open_connections == 0  # closed with the runtime
 
 
 async def test_a_trigger_added_later_starts_at_latest(runtime: Runtime, receiver: Receiver) -> None:
