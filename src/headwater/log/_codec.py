@@ -15,12 +15,25 @@ type; the rare event that has one is written with each such value wrapped as
 ``{"b": "<base64>"}`` and flag ``_BINARY_ATTRIBUTES`` set. Decoding trusts
 the record (it was validated when the event was built) and rebuilds the event
 with ``CloudEvent._trusted``: one ``orjson.loads`` per event.
+
+Consecutive records can be stored as one value, a *batch*, as Kafka stores
+record batches: tag :data:`BATCH`, the number of records, each record's
+length (u32), then the records::
+
+    +-----------+-----------+----------------------+-----------+-----+
+    | 0x40 u8   | count u32 | count x length u32   | record 1  | ... |
+    +-----------+-----------+----------------------+-----------+-----+
+
+The SQLite log writes each group commit's events of a stream as one batch
+row instead of one row per event (see :mod:`headwater.log._sqlite_writer`).
+A batch is never a record: :func:`decode` refuses its tag.
 """
 
 from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -35,9 +48,13 @@ _BYTES: Final = 1
 _TEXT: Final = 2
 _JSON: Final = 3
 _BINARY_ATTRIBUTES: Final = 0x80
+BATCH: Final = 0x40
+"""The tag of a batch of records (never a record's tag)."""
 
 _pack = _HEADER.pack
 _unpack_from = _HEADER.unpack_from
+_lengths_format = "<{}I".format
+_BATCH_TAG: Final = bytes([BATCH])
 _dumps = orjson.dumps
 _loads = orjson.loads
 _trusted = CloudEvent._trusted
@@ -79,6 +96,52 @@ def encode(event: CloudEvent) -> bytes:
             raise InvalidEvent("data", f"cannot be serialised as JSON: {exc}") from exc
         tag |= _JSON
     return _pack(tag, len(head)) + head + body
+
+
+def encode_batch(records: Sequence[bytes]) -> bytes:
+    """One value holding ``records`` in order (at least two of them; one is stored as itself)."""
+    count = len(records)
+    return (
+        _pack(BATCH, count)
+        + struct.pack(_lengths_format(count), *map(len, records))
+        + b"".join(records)
+    )
+
+
+def stored_size(lengths: Sequence[int]) -> int:
+    """The size of the value storing records of these lengths (a single one is stored as is)."""
+    if len(lengths) == 1:
+        return lengths[0]
+    return HEADER_SIZE + 4 * len(lengths) + sum(lengths)
+
+
+def is_batch(value: bytes) -> bool:
+    """Whether a stored value is a batch (else it is one record, or garbage)."""
+    return value[:1] == _BATCH_TAG
+
+
+def batch_lengths(value: bytes) -> tuple[int, ...]:
+    """The lengths of a batch's records (raises :class:`CorruptRecord` if they do not add up)."""
+    try:
+        tag, count = _unpack_from(value)
+        lengths: tuple[int, ...] = struct.unpack_from(_lengths_format(count), value, HEADER_SIZE)
+    except struct.error as exc:
+        raise CorruptRecord(f"not a batch of records: {exc}") from exc
+    if tag != BATCH or HEADER_SIZE + 4 * count + sum(lengths) != len(value):
+        raise CorruptRecord("not a batch of records: its lengths do not add up")
+    return lengths
+
+
+def split_batch(value: bytes, skip: int = 0, limit: int | None = None) -> list[bytes]:
+    """The records of a batch, without the first ``skip``, at most ``limit`` of them."""
+    lengths = batch_lengths(value)
+    start = HEADER_SIZE + 4 * len(lengths) + sum(lengths[:skip])
+    records = []
+    for length in lengths[skip:] if limit is None else lengths[skip : skip + limit]:
+        end = start + length
+        records.append(value[start:end])
+        start = end
+    return records
 
 
 def decode(record: bytes) -> CloudEvent:
