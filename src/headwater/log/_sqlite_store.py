@@ -3,20 +3,31 @@
 How this works: a ``streams`` table holds each stream's counters and limits,
 ``consumers`` the positions, ``meta`` the clean-shutdown marker, and each
 stream has its own table ``events_<id>`` whose ``INTEGER PRIMARY KEY`` is the
-offset (reads are rowid range scans; dropping the oldest is one range
-delete). Offsets of a stream are contiguous from ``first_offset`` to
-``last_offset``: only a prefix is ever deleted. Everything here runs on a
-connection the caller owns, inside the caller's transaction.
+offset of the row's first event: a row holds one record, or a batch of
+consecutive ones (:mod:`headwater.log._codec`), so the row holding offset *n*
+is the last row at or below *n* (reads are rowid range scans; dropping the
+oldest is one range delete, and a batch cut in two is rewritten). Offsets
+of a stream are contiguous from ``first_offset`` to ``last_offset``: only a
+prefix is ever deleted. Everything here runs on a connection the caller
+owns, inside the caller's transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from headwater.log._codec import (
+    CorruptRecord,
+    batch_lengths,
+    encode_batch,
+    is_batch,
+    split_batch,
+    stored_size,
+)
 from headwater.log.base import (
     LogCorrupted,
     LogError,
@@ -30,8 +41,11 @@ Durability = Literal["fsync", "normal"]
 APPLICATION_ID: Final = 0x4857_4C47
 """``PRAGMA application_id`` of a Headwater log: ASCII "HWLG"."""
 
-SCHEMA_VERSION: Final = 1
-"""``PRAGMA user_version``; a file with a higher one was written by a newer Headwater."""
+SCHEMA_VERSION: Final = 2
+"""``PRAGMA user_version``; a file with a higher one was written by a newer Headwater.
+Version 2 stores batches of records in a row (:func:`headwater.log._codec.encode_batch`);
+a version 1 file, one record per row, is a version 2 file that has none yet,
+and is marked 2 when opened for writing."""
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for another process's write lock before failing."""
@@ -161,6 +175,8 @@ def prepare_file(path: str, durability: Durability) -> None:
             if not columns <= tables.get(table, set()):
                 raise NotAHeadwaterLog(f"{path!r}: table {table!r} is missing or incomplete")
         conn.execute("PRAGMA journal_mode = WAL")
+        if version < SCHEMA_VERSION:  # readable as it is; batches may be written from now on
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         clean = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
         if clean != ("1",):
             # The last process died without closing: SQLite has already rolled
@@ -207,15 +223,46 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def drop_before(conn: sqlite3.Connection, row: Row, cut: int) -> bool:
-    """Delete every event below offset ``cut`` and account for it in ``row``."""
+    """Delete every event below offset ``cut`` and account for it in ``row``.
+
+    A batch row holding events on both sides of ``cut`` keeps its newer ones,
+    rewritten as the row at ``cut``. A damaged one is left whole (its readers
+    get :class:`LogCorrupted`) until a later cut passes it.
+    """
     if cut <= row.first:
         return False
     table = events_table(row.id)
-    (freed,) = conn.execute(
-        f"SELECT coalesce(sum(length(record)), 0) FROM {table} WHERE offset < ?", (cut,)
+    below = cut  # rows starting below this one are deleted
+    freed = 0
+    found = conn.execute(
+        f"SELECT offset, record FROM {table} WHERE offset < ? ORDER BY offset DESC LIMIT 1",
+        (cut,),
     ).fetchone()
-    conn.execute(f"DELETE FROM {table} WHERE offset < ?", (cut,))
-    row.bytes -= freed
+    if found is not None and is_batch(found[1]):
+        start, value = found
+        try:
+            records = split_batch(value)
+        except CorruptRecord:
+            # Damaged: its end is where the next row begins; it stays if that is past the cut.
+            if (
+                cut <= row.last
+                and not conn.execute(f"SELECT 1 FROM {table} WHERE offset = ?", (cut,)).fetchone()
+            ):
+                below = start
+        else:
+            if start + len(records) > cut:
+                kept = records[cut - start :]
+                stored = kept[0] if len(kept) == 1 else encode_batch(kept)
+                conn.execute(
+                    f"UPDATE {table} SET offset = ?, record = ? WHERE offset = ?",
+                    (cut, stored, start),
+                )
+                freed = len(value) - len(stored)
+    (whole,) = conn.execute(
+        f"SELECT coalesce(sum(length(record)), 0) FROM {table} WHERE offset < ?", (below,)
+    ).fetchone()
+    conn.execute(f"DELETE FROM {table} WHERE offset < ?", (below,))
+    row.bytes -= freed + whole
     row.dropped += cut - row.first
     row.first = cut
     return True
@@ -225,16 +272,32 @@ def apply_size_limits(conn: sqlite3.Connection, row: Row) -> None:
     if row.max_events is not None and row.last - row.first + 1 > row.max_events:
         drop_before(conn, row, row.last - row.max_events + 1)
     if row.max_bytes is not None and row.bytes > row.max_bytes:
-        excess = row.bytes - row.max_bytes
-        cut = row.first
-        for offset, size in conn.execute(
-            f"SELECT offset, length(record) FROM {events_table(row.id)} ORDER BY offset"
-        ):
-            excess -= size
-            cut = offset + 1
-            if excess <= 0:
-                break
-        drop_before(conn, row, cut)
+        drop_before(conn, row, _bytes_cut(conn, row, row.bytes - row.max_bytes))
+
+
+def _bytes_cut(conn: sqlite3.Connection, row: Row, excess: int) -> int:
+    """The lowest offset to keep so that at least ``excess`` stored bytes are freed."""
+    rows = conn.execute(f"SELECT offset, record FROM {events_table(row.id)} ORDER BY offset")
+    with contextlib.closing(rows):  # read only as far as needed
+        return _cut_in(rows, excess, row.last + 1)
+
+
+def _cut_in(rows: Iterable[tuple[int, bytes]], excess: int, end: int) -> int:
+    """:func:`_bytes_cut` over the stream's rows, oldest first; ``end`` if all must go."""
+    for offset, value in rows:
+        if excess <= 0:
+            return offset  # the first row kept whole
+        size = len(value)
+        if size > excess and is_batch(value):  # its newer events may stay: as many as can
+            try:
+                lengths = batch_lengths(value)
+            except CorruptRecord:
+                lengths = ()  # damaged: it goes whole
+            for skip in range(1, len(lengths)):
+                if size - stored_size(lengths[skip:]) >= excess:
+                    return offset + skip
+        excess -= size
+    return end
 
 
 def first_offset_at(conn: sqlite3.Connection, row: Row, timestamp: float) -> int:
@@ -247,12 +310,13 @@ def first_offset_at(conn: sqlite3.Connection, row: Row, timestamp: float) -> int
     low, high = row.first, row.last + 1
     while low < high:
         middle = (low + high) // 2
+        # The row holding offset ``middle`` (a batch row holds several: one time).
         found = conn.execute(
-            f"SELECT offset, time FROM {table} WHERE offset >= ? ORDER BY offset LIMIT 1",
+            f"SELECT time FROM {table} WHERE offset <= ? ORDER BY offset DESC LIMIT 1",
             (middle,),
         ).fetchone()
-        if found is None or found[1] >= timestamp:
+        if found is not None and found[0] >= timestamp:
             high = middle
         else:
-            low = found[0] + 1
+            low = middle + 1
     return low

@@ -15,9 +15,9 @@ then resolves the callers' futures, with one ``call_soon_threadsafe`` per
 event loop. While it commits, new requests queue up and form the next group.
 
 The thread holds the GIL as little as it can, because every moment it holds
-it the event loop cannot run: rows go in with multi-row ``INSERT`` statements
-(one SQLite call, the GIL released, for up to :data:`MAX_ROWS` rows, instead
-of one GIL round trip per row with ``executemany``), and WAL checkpoints,
+it the event loop cannot run: a group's events of a stream go in as one row,
+a batch of records (one SQLite call, the GIL released, instead of a GIL round
+trip and a B-tree insert per event; see :data:`BATCH_BYTES`), and WAL checkpoints,
 which copy pages to the database file and sync it, run on a
 :class:`Checkpointer` thread of their own instead of inside some unlucky
 append's commit (SQLite's automatic checkpoint stays on, at a much larger
@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+from headwater.log._codec import encode_batch
 from headwater.log._local import Signal
 from headwater.log._sqlite_store import (
     BUSY_TIMEOUT_MS,
@@ -73,10 +74,15 @@ back-pressured by their own ``await``)."""
 MAX_GROUP: Final = 1024
 """Queued requests (calls, barriers, wake-up tokens) the writer takes at once."""
 
-MAX_ROWS: Final = 128
-"""Rows per multi-row ``INSERT``. A group is written in statements of 128, 64,
-..., 1 rows (its size in binary), so each stream needs at most 8 statement
-texts, all kept in the connection's statement cache."""
+BATCH_EVENTS: Final = 1024
+BATCH_BYTES: Final = 64 * 1024
+"""The most events and record bytes stored in one row. A group's events of a
+stream go into one row, a batch (:func:`headwater.log._codec.encode_batch`),
+as long as they fit: inserting one row of 100 events costs SQLite little more
+than inserting one event, where 100 rows cost 100 B-tree inserts
+(``benchmarks/log_append.py``: 0.9 us per event, a fifth of an append). The
+bounds keep what a reader copies out of SQLite for one event small; a
+record over ``BATCH_BYTES`` is a row of its own."""
 
 CHECKPOINT_BYTES: Final = 1024 * 1024
 """Bytes written to the WAL (estimated: the records plus two pages per commit)
@@ -164,7 +170,7 @@ class Writer:
         self._positions: dict[tuple[str, str], int] = {}
         self._positions_lock = threading.Lock()
         self._next_sweep = 0.0
-        self._inserts: dict[tuple[int, int], str] = {}
+        self._inserts: dict[int, str] = {}
         self._checkpointer = Checkpointer(path, durability)
         self._unchecked = 0  # estimated WAL bytes since the checkpointer was last asked
         self._start(path)
@@ -386,32 +392,43 @@ class Writer:
                 offset += len(records)
             if not accepted:
                 return 0
-        self._insert(conn, row.id, first, now, accepted)
-        added = sum(map(len, accepted))
+        stored = self._insert(conn, row.id, first, now, accepted)
         row.last, row.last_time = first + len(accepted) - 1, now
-        row.bytes += added
+        row.bytes += stored
         apply_size_limits(conn, row)
         save_row(conn, row)
-        return added
+        return stored
 
     def _insert(
         self, conn: sqlite3.Connection, stream_id: int, first: int, now: float, records: list[bytes]
-    ) -> None:
-        """Rows ``first, first + 1, ...`` in statements of ``MAX_ROWS``, ..., 2, 1 rows."""
-        start, total = 0, len(records)
-        size = MAX_ROWS
-        while start < total:
-            while size > total - start:
-                size >>= 1
-            sql = self._inserts.get((stream_id, size))
-            if sql is None:
-                # ?1 is the first offset, ?2 the time, ?3... the records.
-                rows = ",".join(f"(?1+{k},?2,?{k + 3})" for k in range(size))
-                sql = self._inserts[stream_id, size] = (
-                    f"INSERT INTO {events_table(stream_id)} (offset, time, record) VALUES {rows}"
-                )
-            conn.execute(sql, [first + start, now, *records[start : start + size]])
-            start += size
+    ) -> int:
+        """Rows for offsets ``first, first + 1, ...``: batches of up to :data:`BATCH_EVENTS`
+        records and :data:`BATCH_BYTES` bytes (a record alone is stored as itself);
+        the bytes stored."""
+        sql = self._inserts.get(stream_id)
+        if sql is None:
+            sql = self._inserts[stream_id] = (
+                f"INSERT INTO {events_table(stream_id)} (offset, time, record) VALUES (?, ?, ?)"
+            )
+        count = len(records)
+        if count == 1:
+            conn.execute(sql, (first, now, records[0]))
+            return len(records[0])
+        if count <= BATCH_EVENTS and sum(map(len, records)) <= BATCH_BYTES:  # the usual case
+            value = encode_batch(records)
+            conn.execute(sql, (first, now, value))
+            return len(value)
+        rows = []
+        start, size = 0, 0
+        for index, record in enumerate(records):
+            full = size + len(record) > BATCH_BYTES or index - start == BATCH_EVENTS
+            if full and index > start:
+                rows.append((first + start, now, _stored(records[start:index])))
+                start, size = index, 0
+            size += len(record)
+        rows.append((first + start, now, _stored(records[start:])))
+        conn.executemany(sql, rows)
+        return sum(len(value) for _, _, value in rows)
 
     def _sweep_ages(self) -> None:
         """Drop events older than their stream's ``max_age`` (own transaction)."""
@@ -435,6 +452,10 @@ class Writer:
                             save_row(conn, row)
         except sqlite3.Error:
             return  # retried at the next sweep; appends report storage failures
+
+
+def _stored(records: list[bytes]) -> bytes:
+    return records[0] if len(records) == 1 else encode_batch(records)
 
 
 class LoopWriter(Writer):
@@ -665,7 +686,11 @@ class LoopWriter(Writer):
     def _take(self) -> tuple[list[object], list[Item]]:
         calls, waiting = self._calls, self._appends
         group: list[object] = [calls.popleft() for _ in range(min(len(calls), MAX_GROUP))]
-        items = [waiting.popleft() for _ in range(min(len(waiting), MAX_APPENDS))]
+        if len(waiting) <= MAX_APPENDS:
+            items = list(waiting)
+            waiting.clear()
+        else:
+            items = [waiting.popleft() for _ in range(MAX_APPENDS)]
         return group, items
 
     def _write(

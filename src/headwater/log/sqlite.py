@@ -6,7 +6,7 @@ How this works:
   writing connection. Appends are encoded on the caller's side
   (:mod:`headwater.log._codec`) and put in the writer's deque; the first one
   since the writer last looked wakes it. The writer takes everything waiting,
-  writes it in *one* transaction (multi-row ``INSERT`` s per stream), commits
+  writes it in *one* transaction (a stream's events as one row, a batch), commits
   once, and only then resolves every waiting ``append``. While it commits,
   new appends queue up and form the next group: that is group commit, and it
   is why ``fsync`` durability still reaches tens of thousands of events per
@@ -24,8 +24,10 @@ How this works:
 - **Storage** (:mod:`headwater.log._sqlite_store`): a ``streams`` table holds
   each stream's counters and limits, ``consumers`` the positions, and each
   stream has its own table ``events_<id>`` whose ``INTEGER PRIMARY KEY`` is the
-  offset, so that reads are rowid range scans. Records are stored as the codec
-  wrote them and read back without validation.
+  offset of the row's first event, so that reads are rowid range scans. A row
+  holds one record, as the codec wrote it, or the records of one group commit
+  as a batch (as Kafka stores record batches): one B-tree insert per group
+  instead of one per event. Records are read back without validation.
 - **Readers** use a separate connection (WAL: readers never block the writer),
   queried on the event loop's own thread. A reader thread measured worse:
   while the loop was busy (the MQTT ingest of ``benchmarks/mqtt_to_http.py``)
@@ -50,17 +52,18 @@ How this works:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import CorruptRecord, decode, encode
+from headwater.log._codec import CorruptRecord, decode, encode, is_batch, split_batch
 from headwater.log._cursor import Cursor
 from headwater.log._local import LocalReader, Signal
 from headwater.log._sqlite_store import (
@@ -101,9 +104,6 @@ DEFAULT_POLL_INTERVAL: Final = 0.5
 Appends in this process wake readers at once; this only bounds the delay for
 a file shared between processes, at the cost of one cheap query per waiting
 reader per interval."""
-
-_IN_CHUNK: Final = 500
-"""Offsets per ``IN (...)`` query (below SQLite's parameter limit)."""
 
 __all__ = ["APPLICATION_ID", "DEFAULT_POLL_INTERVAL", "SCHEMA_VERSION", "Durability", "SqliteLog"]
 
@@ -366,24 +366,62 @@ class SqliteLog(EventLogBase):
         return self._cursors.setdefault((stream, consumer), Cursor(position))
 
     async def fetch_after(self, stream: str, after: int, limit: int) -> list[Entry]:
-        return await self._read_events(
-            stream,
-            lambda conn, table: conn.execute(
-                f"SELECT offset, record FROM {table} WHERE offset > ? ORDER BY offset LIMIT ?",
-                (after, limit),
-            ).fetchall(),
-        )
+        start = after + 1
+
+        def query(conn: sqlite3.Connection, table: str) -> list[tuple[int, bytes]]:
+            # From the row holding ``start`` (a batch may begin before it), as far as needed.
+            rows = conn.execute(
+                f"SELECT offset, record FROM {table} WHERE offset >= coalesce("
+                f"(SELECT offset FROM {table} WHERE offset <= ?1 ORDER BY offset DESC LIMIT 1),"
+                " ?1) ORDER BY offset",
+                (start,),
+            )
+            found: list[tuple[int, bytes]] = []
+            with contextlib.closing(rows):
+                for offset, value in rows:
+                    if is_batch(value):
+                        skip = start - offset if offset < start else 0
+                        records = split_batch(value, skip, limit - len(found))
+                        first = offset + skip
+                        found += [(first + i, record) for i, record in enumerate(records)]
+                    elif offset >= start:
+                        found.append((offset, value))
+                    if len(found) >= limit:
+                        break
+            return found
+
+        return await self._read_events(stream, query)
 
     async def fetch_offsets(self, stream: str, offsets: Sequence[int]) -> list[Entry]:
+        wanted = sorted(set(offsets))
+
         def query(conn: sqlite3.Connection, table: str) -> list[tuple[int, bytes]]:
-            rows: list[tuple[int, bytes]] = []
-            for chunk in _chunks(offsets, _IN_CHUNK):
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    f"SELECT offset, record FROM {table} WHERE offset IN ({marks}) ORDER BY offset",
-                    chunk,
-                ).fetchall()
-            return rows
+            found: list[tuple[int, bytes]] = []
+            index = 0
+            while index < len(wanted):
+                # The row holding the next wanted offset, and every wanted offset it holds.
+                row = conn.execute(
+                    f"SELECT offset, record FROM {table} WHERE offset <= ? "
+                    "ORDER BY offset DESC LIMIT 1",
+                    (wanted[index],),
+                ).fetchone()
+                if row is None:
+                    index += 1  # dropped by retention
+                    continue
+                offset, value = row
+                if not is_batch(value):
+                    if offset == wanted[index]:
+                        found.append(row)
+                    index += 1
+                    continue
+                records = split_batch(value)
+                end = offset + len(records)
+                if wanted[index] >= end:
+                    index += 1  # a gap: dropped
+                while index < len(wanted) and wanted[index] < end:
+                    found.append((wanted[index], records[wanted[index] - offset]))
+                    index += 1
+            return found
 
         return await self._read_events(stream, query)
 
@@ -404,8 +442,3 @@ class SqliteLog(EventLogBase):
         future: asyncio.Future[None] = loop.create_future()
         self._writer.submit(Call(None, loop, future))
         await future
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -20,6 +20,7 @@ from headwater.log import (
     LogClosed,
     LogCorrupted,
     NotAHeadwaterLog,
+    Start,
     StreamConfig,
     StreamNotFound,
 )
@@ -496,17 +497,28 @@ async def test_a_torn_last_commit_vanishes_whole(tmp_path: Path) -> None:
     assert await read_back(path) == first  # the last append is gone entirely, not in part
 
 
-async def test_a_damaged_record_is_reported_not_returned(tmp_path: Path) -> None:
+DAMAGES = {
+    "record": (1, "x'01ffff'"),  # a row of one record
+    "batch-lengths": (2, "substr(record, 1, length(record) - 1)"),
+    "record-in-batch": (2, "x'400200000003000000020000000001ffff7b7d'"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+async def test_a_damaged_record_is_reported_not_returned(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "log.db"
     async with SqliteLog(path) as log:
         await log.create_stream("s")
-        await log.append("s", [event(1), event(2)])
+        await log.append("s", [event(1)])
+        await log.append("s", [event(2), event(3)])  # one row: a batch
+    offset, value = DAMAGES[damage]
     conn = sqlite3.connect(path)
     (table,) = conn.execute("SELECT name FROM sqlite_schema WHERE name LIKE 'events_%'").fetchone()
-    conn.execute(f"UPDATE {table} SET record = x'01ffff' WHERE offset = 2")
+    assert conn.execute(f"SELECT offset FROM {table}").fetchall() == [(1,), (2,)]
+    conn.execute(f"UPDATE {table} SET record = {value} WHERE offset = ?", (offset,))
     conn.commit()
     conn.close()
     async with SqliteLog(path) as log:
-        reader = log.reader("s", "c")
+        reader = log.reader("s", "c", Start.at_offset(offset))
         with pytest.raises(LogCorrupted, match="damaged"):
             await reader.next_batch(10)
