@@ -8,7 +8,8 @@ jetstream when ``nats-server`` is installed):
   ``EventLog.append``, ``--batch`` events per call (1 by default: one call per
   event, as an MQTT PUBLISH or HTTP POST makes it), all concurrently. An
   append counts when it returned, i.e. when the backend made it durable.
-  Events are built before the clock starts; encoding them is part of the
+  Events are built before the clock starts, laid out in memory in the order
+  they are appended (see :func:`telemetry`); encoding them is part of the
   backend's work.
 * **read**: one consumer reads everything back with ``next_batch(1000)`` and
   acks every entry (as a dispatcher does), then flushes its position.
@@ -25,11 +26,13 @@ journal, sync         WAL; ``synchronous=NORMAL`` for        the same: WAL and t
                       ``normal``, ``FULL`` for ``fsync``     ``synchronous`` per backend
 encoding              each ``append`` encodes its events     none: rows are pre-encoded
                       (in the timed part)                    records (the same bytes)
-transaction           one per group commit: as many rows     one per 1000 rows (the issue's
-                      as appends are waiting (here at most   baseline); a second figure,
+transaction           one per group commit: the events of    one per 1000 rows (the issue's
+                      every append waiting (here at most     baseline); a second figure,
                       ``--producers`` x ``--batch``), plus   "per group", uses the size of
                       the stream's counters row              Headwater's groups
-insert                multi-row ``INSERT`` statements        ``executemany``
+rows                  one per group commit and stream: its   one per event (the issue's
+                      records as one batch value (as Kafka   baseline), with
+                      stores record batches)                 ``executemany``
 checkpoints           on a background thread                 SQLite's automatic ones, in
                                                              the committing call
 durable when          ``append`` returns                     ``COMMIT`` returns
@@ -38,40 +41,60 @@ durable when          ``append`` returns                     ``COMMIT`` returns
 Raw reads are the same rows ``SELECT``-ed back in pages of 1000 and decoded.
 
 Reading the one-event-per-append figure (measured on the 2-core machine,
-November 2026): with 100 producers each awaiting its append, the log runs in
-lock step, one group of 100 per round: the event loop wakes the 100 callers
-and takes their next appends (about 2.7 us each: the suspension alone costs
-about 1.2 us in CPython's asyncio, encoding 0.5-1), then the group is
-inserted and committed (about 2.3 us per event with ``normal``, on the event
-loop since 29 November: inserts about 1.1, ``COMMIT`` 0.55, the stream's
-counters and the callers' results the rest).
+29 November 2026): with 100 producers each awaiting its append, the log runs
+in lock step, one group of 100 per round. Per event, the event loop wakes
+the caller and takes its next append in about 2 us (the suspension alone
+costs about 1 us on uvloop, encoding 0.4-0.6), and the group is written in
+about 1.5 us (``normal``, on the event loop: ``COMMIT`` 0.4, the batch row's
+``INSERT`` 0.17, ``BEGIN``, the stream's row and the callers' results the
+rest, and 0.2 waiting for the writer's WAL catch-up checkpoints).
 
-29 November 2026, uvloop (``headwater up``'s loop), best of 3 each side:
-``normal`` 212k appends/s against raw's 522k, 0.41x (0.41-0.45x over five
-runs; 0.38-0.39x on asyncio); against raw at Headwater's own group size of
-100, 0.47x. ``fsync`` 111k against 476k, 0.23x (0.43x at raw's group of
-100). Reads 390k-430k/s, 0.67-0.73x of raw's. Batches of 10 events per
-append: 0.78x (``normal``) and 0.73x (``fsync``). The issue's target of 0.5x
-for one event per append is not reached.
+29 November 2026, uvloop (``headwater up``'s loop), best of 3 each side,
+three runs: ``normal`` 264k-272k appends/s against raw's 466k-486k,
+0.56-0.57x (0.62-0.65x against raw at Headwater's own group size of 100);
+on asyncio's own loop, 0.46x. ``fsync`` 120k-124k against 435k-463k,
+0.26-0.28x (0.48-0.52x at raw's group of 100). Reads 405k-423k/s,
+0.74-0.76x of raw's. Batches of 10 events per append: 0.91x (``normal``)
+and 0.83x (``fsync``).
 
-What moved it: with ``normal`` the groups were written by the writer
-thread, and each round cost two thread hand-overs (about 65 us of 500)
-and GIL waits: 0.27-0.34x. Written on the event loop
-(:class:`headwater.log._sqlite_writer.LoopWriter`), 0.41-0.45x. With
-``fsync`` the writer stays a thread: its ``COMMIT`` waits 0.2-0.3 ms for
-the disk, which must not stop the loop. Tried before, measured, not kept:
-one shared future per group, callers reading their offsets from a slot (no
-measurable gain, since each caller's wake-up costs the same; and any one
-caller's cancellation would cancel the shared future for all); larger pages
-(8 and 16 KiB: no difference); groups split in two with the next group's
-inserts prepared before the previous one is settled, through a thread of
-its own that wakes the loop: 0.85x the throughput with ``normal`` and 0.75x
-with ``fsync``, the threads contending for the GIL and the two cores.
-Turning the garbage collector off changed nothing measurable.
-With ``fsync``, 100 single-event producers commit at most 100 events per
-fsync (0.2-0.3 ms on this disk), against 1000 for the raw baseline; raw
-``sqlite3`` itself, at 100 rows per transaction, reaches only about half
-its 1000-row figure.
+What moved it, in order (``normal``, one event per append):
+
+- 0.27-0.34x: the groups written by the writer thread; each round cost two
+  thread hand-overs (about 65 us of 500) and GIL waits.
+- 0.41-0.45x: groups written on the event loop
+  (:class:`headwater.log._sqlite_writer.LoopWriter`). With ``fsync`` the
+  writer stays a thread: its ``COMMIT`` waits 0.3 ms for the disk, which
+  must not stop the loop.
+- 0.51x: a group's events stored as one row, a batch
+  (:data:`headwater.log._sqlite_writer.BATCH_BYTES`): one B-tree insert per
+  group instead of 100 (the inserts fell from 0.9 to 0.17 us per event).
+  Raw ``sqlite3`` still inserts one row per event, as the issue's baseline
+  does; it is the floor of a log that stores each event as a row.
+- 0.56-0.57x: the inputs laid out in append order. Made producer by
+  producer, the lock-step appends read them scattered over 200 MB, about
+  0.5 us of cache misses each that raw ``sqlite3``, reading its list in
+  order, did not pay.
+
+Tried, measured, not kept: one shared future per group, callers reading
+their offsets from a slot (no measurable gain, since each caller's wake-up
+costs the same; and any one caller's cancellation would cancel the shared
+future for all); larger pages (8 and 16 KiB: no difference, with rows per
+event or batches); groups split in two with the next group's inserts
+prepared before the previous one is settled, through a thread of its own
+that wakes the loop: 0.85x the throughput with ``normal`` and 0.75x with
+``fsync``, the threads contending for the GIL and the two cores; WAL
+restarts at 16 MB instead of 4 (catch-ups 4 times rarer but each 3 times
+longer: 1.5% more throughput, longer stalls); turning the garbage collector
+off (no change).
+
+Why ``fsync`` cannot come within 2x of raw's 1000-row transactions with
+single-event producers: 100 producers each awaiting its append put at most
+100 events into one ``fsync`` (0.3 ms on this disk, as raw's 100-row
+commits measure), and the next 100 appends are made only after it returns:
+about 0.3 ms of disk plus 0.3 ms of Python per 100 events, at most about
+160k/s however the work is arranged, where raw commits 1000 rows per
+``fsync``. Raw ``sqlite3`` itself, at 100 rows per transaction, reaches only
+about half its 1000-row figure; against that, Headwater is at 0.48-0.52x.
 
 The inputs are built before any clock starts and then frozen (``gc.freeze``)
 so that garbage collection does not rescan them during the runs.
@@ -112,13 +135,27 @@ READ_BATCH = 1000
 STREAM = "bench"
 
 
-def telemetry(producer: int, n: int) -> list[CloudEvent]:
-    """``n`` events of one producer, each with 64 bytes of JSON data."""
-    events = []
-    for i in range(n):
+def telemetry(producers: int, n: int, *, in_turn: bool) -> list[list[CloudEvent]]:
+    """``n`` events for each producer, each with 64 bytes of JSON data.
+
+    They are made in the order the producers will append them, so that memory
+    holds them in that order, as it holds a live ingest's events (each made
+    just before its append); read scattered across 200 MB instead, each costs
+    about 0.5 us of cache misses, which raw sqlite3, reading its list in
+    order, does not pay. ``in_turn``: one of each producer's in turn, the
+    order of a log whose appends wait for a group commit (every producer
+    appends once per round); otherwise producer by producer, the order of the
+    memory log, whose appends never suspend (each producer runs to its end).
+    """
+    per_producer: list[list[CloudEvent]] = [[] for _ in range(producers)]
+    order = (
+        [(p, i) for i in range(n) for p in range(producers)]
+        if in_turn
+        else [(p, i) for p in range(producers) for i in range(n)]
+    )
+    for producer, i in order:
         data = b'{"device":"sensor-%03d","seq":%08d,"celsius":21.50,"ok":true}' % (producer, i)
-        data = data.ljust(64, b" ")
-        events.append(
+        per_producer[producer].append(
             CloudEvent(
                 {
                     "specversion": "1.0",
@@ -128,10 +165,10 @@ def telemetry(producer: int, n: int) -> list[CloudEvent]:
                     "time": "2026-11-28T12:00:00.000Z",
                     "datacontenttype": "application/json",
                 },
-                data,
+                data.ljust(64, b" "),
             )
         )
-    return events
+    return per_producer
 
 
 async def run_backend(
@@ -242,9 +279,10 @@ async def measure(
 
 async def main_async(args: argparse.Namespace) -> None:
     per = args.events // args.producers
-    per_producer = [telemetry(p, per) for p in range(args.producers)]
+    in_turn = telemetry(args.producers, per, in_turn=True)
+    one_by_one = telemetry(args.producers, per, in_turn=False)
     total = per * args.producers
-    records = [encode(e) for events in per_producer for e in events]
+    records = [encode(events[i]) for i in range(per) for events in in_turn]
     # The inputs live through every run: freeze them, so that the collector's
     # full passes do not rescan them (a cost of this script, not of a log).
     gc.collect()
@@ -266,7 +304,8 @@ async def main_async(args: argparse.Namespace) -> None:
             raw: list[tuple[float, float]] = []
             raw_group: list[float] = []
             for run in range(args.repeat):  # alternate the sides: both see the same noise
-                result = await measure(name, tmp, run, per_producer, args.batch)
+                inputs = one_by_one if name == "memory" else in_turn
+                result = await measure(name, tmp, run, inputs, args.batch)
                 if result is None:
                     break
                 ours.append(result)
