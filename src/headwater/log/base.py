@@ -237,6 +237,10 @@ class StreamInfo:
     last_offset: int
     events: int
     bytes: int
+    """What the backend stores for the retained events, and what ``max_bytes`` bounds:
+    the encoded events plus the backend's own framing (none in memory; in SQLite
+    a batch's 5-byte header and 4 bytes an event in it; JetStream's subjects and
+    headers)."""
     dropped: int
     config: StreamConfig
     consumers: tuple[ConsumerInfo, ...] = field(default=())
