@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -115,9 +115,9 @@ def stored_size(lengths: Sequence[int]) -> int:
     return HEADER_SIZE + 4 * len(lengths) + sum(lengths)
 
 
-def is_batch(value: bytes) -> bool:
+def is_batch(value: object) -> TypeGuard[bytes]:
     """Whether a stored value is a batch (else it is one record, or garbage)."""
-    return value[:1] == _BATCH_TAG
+    return type(value) is bytes and value[:1] == _BATCH_TAG
 
 
 def batch_lengths(value: bytes) -> tuple[int, ...]:
@@ -127,8 +127,8 @@ def batch_lengths(value: bytes) -> tuple[int, ...]:
         lengths: tuple[int, ...] = struct.unpack_from(_lengths_format(count), value, HEADER_SIZE)
     except struct.error as exc:
         raise CorruptRecord(f"not a batch of records: {exc}") from exc
-    if tag != BATCH or HEADER_SIZE + 4 * count + sum(lengths) != len(value):
-        raise CorruptRecord("not a batch of records: its lengths do not add up")
+    if tag != BATCH or count < 2 or HEADER_SIZE + 4 * count + sum(lengths) != len(value):
+        raise CorruptRecord("not a batch of records: its count or lengths do not add up")
     return lengths
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -117,6 +117,24 @@ def stream_row(conn: sqlite3.Connection, name: str) -> Row | None:
     return None if row is None else Row(*row)
 
 
+def new_stream_id(conn: sqlite3.Connection) -> int:
+    """An id no stream of this file ever had (in the writer's transaction).
+
+    Never reused, because a process may still hold a deleted stream's id: with
+    a reused one it would read another stream's table as that stream's."""
+    (last,) = conn.execute(
+        "SELECT max(coalesce((SELECT max(id) FROM streams), 0), "
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_stream_id'), 0))"
+    ).fetchone()
+    sid: int = last + 1
+    conn.execute(
+        "INSERT INTO meta VALUES ('last_stream_id', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(sid),),
+    )
+    return sid
+
+
 def save_row(conn: sqlite3.Connection, row: Row) -> None:
     conn.execute(
         "UPDATE streams SET first_offset = ?, last_offset = ?, last_time = ?, bytes = ?, "
@@ -175,8 +193,6 @@ def prepare_file(path: str, durability: Durability) -> None:
             if not columns <= tables.get(table, set()):
                 raise NotAHeadwaterLog(f"{path!r}: table {table!r} is missing or incomplete")
         conn.execute("PRAGMA journal_mode = WAL")
-        if version < SCHEMA_VERSION:  # readable as it is; batches may be written from now on
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         clean = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
         if clean != ("1",):
             # The last process died without closing: SQLite has already rolled
@@ -184,10 +200,39 @@ def prepare_file(path: str, durability: Durability) -> None:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise LogCorrupted(f"{path!r} is damaged: {'; '.join(problems[:5])}")
+        if version < SCHEMA_VERSION:
+            upgrade(conn, path, version)
     except sqlite3.Error as exc:
         raise open_error(path, exc) from exc
     finally:
         conn.close()
+
+
+def upgrade(conn: sqlite3.Connection, path: str, version: int) -> None:
+    """Mark an older file as this version's, if no other connection has it open.
+
+    A version 1 file (a record per row) reads as it is; but an older Headwater
+    writing it meanwhile would not know batches (its retention would delete a
+    whole batch for a part), so the mark is made only under an exclusive lock,
+    which SQLite refuses while any other connection has the file open.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # released when the connection closes
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+        conn.execute("PRAGMA locking_mode = NORMAL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return  # another Headwater like this one upgraded it meanwhile
+        raise LogUnavailable(
+            f"{path!r} has event log schema {version} and is open in another process "
+            f"(an older Headwater?); close it so that this one can upgrade the file "
+            f"to schema {SCHEMA_VERSION}"
+        ) from exc
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
 
 
 def open_error(path: str, exc: sqlite3.Error) -> LogError:
@@ -234,30 +279,23 @@ def drop_before(conn: sqlite3.Connection, row: Row, cut: int) -> bool:
     table = events_table(row.id)
     below = cut  # rows starting below this one are deleted
     freed = 0
-    found = conn.execute(
-        f"SELECT offset, record FROM {table} WHERE offset < ? ORDER BY offset DESC LIMIT 1",
-        (cut,),
-    ).fetchone()
-    if found is not None and is_batch(found[1]):
-        start, value = found
+    (start,) = conn.execute(f"SELECT max(offset) FROM {table} WHERE offset <= ?", (cut,)).fetchone()
+    if start is not None and start < cut <= row.last:
+        # No row begins at the cut, so the one before holds it: a batch to cut in two.
+        (value,) = conn.execute(f"SELECT record FROM {table} WHERE offset = ?", (start,)).fetchone()
         try:
-            records = split_batch(value)
+            records = split_batch(value) if is_batch(value) else ()
         except CorruptRecord:
-            # Damaged: its end is where the next row begins; it stays if that is past the cut.
-            if (
-                cut <= row.last
-                and not conn.execute(f"SELECT 1 FROM {table} WHERE offset = ?", (cut,)).fetchone()
-            ):
-                below = start
+            records = ()
+        if start + len(records) > cut:
+            kept = records[cut - start :]
+            stored = kept[0] if len(kept) == 1 else encode_batch(kept)
+            conn.execute(
+                f"UPDATE {table} SET offset = ?, record = ? WHERE offset = ?", (cut, stored, start)
+            )
+            freed = len(value) - len(stored)
         else:
-            if start + len(records) > cut:
-                kept = records[cut - start :]
-                stored = kept[0] if len(kept) == 1 else encode_batch(kept)
-                conn.execute(
-                    f"UPDATE {table} SET offset = ?, record = ? WHERE offset = ?",
-                    (cut, stored, start),
-                )
-                freed = len(value) - len(stored)
+            below = start  # damaged: it stays whole
     (whole,) = conn.execute(
         f"SELECT coalesce(sum(length(record)), 0) FROM {table} WHERE offset < ?", (below,)
     ).fetchone()
@@ -277,27 +315,37 @@ def apply_size_limits(conn: sqlite3.Connection, row: Row) -> None:
 
 def _bytes_cut(conn: sqlite3.Connection, row: Row, excess: int) -> int:
     """The lowest offset to keep so that at least ``excess`` stored bytes are freed."""
-    rows = conn.execute(f"SELECT offset, record FROM {events_table(row.id)} ORDER BY offset")
-    with contextlib.closing(rows):  # read only as far as needed
-        return _cut_in(rows, excess, row.last + 1)
-
-
-def _cut_in(rows: Iterable[tuple[int, bytes]], excess: int, end: int) -> int:
-    """:func:`_bytes_cut` over the stream's rows, oldest first; ``end`` if all must go."""
-    for offset, value in rows:
-        if excess <= 0:
-            return offset  # the first row kept whole
-        size = len(value)
-        if size > excess and is_batch(value):  # its newer events may stay: as many as can
-            try:
-                lengths = batch_lengths(value)
-            except CorruptRecord:
-                lengths = ()  # damaged: it goes whole
-            for skip in range(1, len(lengths)):
-                if size - stored_size(lengths[skip:]) >= excess:
+    table = events_table(row.id)
+    sizes = conn.execute(f"SELECT offset, length(record) FROM {table} ORDER BY offset")
+    with contextlib.closing(sizes):  # read only as far as needed
+        offset: int
+        size: int
+        for offset, size in sizes:
+            if excess <= 0:
+                return offset  # the first row kept whole
+            if size > excess:  # if a batch, its newer events may stay: as many as can
+                (value,) = conn.execute(
+                    f"SELECT record FROM {table} WHERE offset = ?", (offset,)
+                ).fetchone()
+                skip = _batch_skip(value, excess)
+                if skip:
                     return offset + skip
-        excess -= size
-    return end
+            excess -= size
+    return row.last + 1
+
+
+def _batch_skip(value: object, excess: int) -> int:
+    """How few of a batch's oldest events to drop to free ``excess`` bytes (0: all of it)."""
+    if not is_batch(value):
+        return 0
+    try:
+        lengths = batch_lengths(value)
+    except CorruptRecord:
+        return 0  # damaged: it goes whole
+    for skip in range(1, len(lengths)):
+        if len(value) - stored_size(lengths[skip:]) >= excess:
+            return skip
+    return 0
 
 
 def first_offset_at(conn: sqlite3.Connection, row: Row, timestamp: float) -> int:

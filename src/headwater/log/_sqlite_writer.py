@@ -283,10 +283,14 @@ class Writer:
                 loop = None
                 for item in items:
                     appends.setdefault(item[1], []).append(item)
+        failure: LogError | None = None
         try:
             outcomes, grown = self._commit_appends(appends)
+        except LogUnavailable as exc:
+            failure = exc
         except Exception as exc:  # a bug must not strand every later append
             failure = LogUnavailable(f"event log writer failed: {exc!r}")
+        if failure is not None:  # nothing of the group was written
             outcomes, grown = [(i[3], None, failure) for r in appends.values() for i in r], set()
         if items:
             if loop is not None and not by_loop:
@@ -295,8 +299,8 @@ class Writer:
                 owner = {id(item[3]): item[0] for item in items}
                 for outcome in outcomes:
                     by_loop.setdefault(owner[id(outcome[0])], []).append(outcome)
-        for barrier in barriers:
-            by_loop.setdefault(barrier.loop, []).append((barrier.future, None, None))
+        for barrier in barriers:  # waiting for this commit: told whether it failed
+            by_loop.setdefault(barrier.loop, []).append((barrier.future, None, failure))
         return by_loop, grown
 
     def _settle(
@@ -321,7 +325,8 @@ class Writer:
         return (call.future, result, None)
 
     def _commit_appends(self, appends: dict[str, list[Item]]) -> tuple[list[Outcome], set[str]]:
-        """One transaction for every append of the group, and the pending positions."""
+        """One transaction for every append of the group, and the pending positions
+        (kept for the next group if it fails; SQLite's errors raise LogUnavailable)."""
         with self._positions_lock:
             positions, self._positions = self._positions, {}
         if not appends and not positions:
@@ -344,11 +349,12 @@ class Writer:
                         "ON CONFLICT (stream_id, name) DO UPDATE SET position = excluded.position",
                         [(c, p, s) for (s, c), p in positions.items()],
                     )
-        except sqlite3.Error as exc:
-            failure = LogUnavailable(f"event log write failed: {exc}")
+        except Exception as exc:
             with self._positions_lock:  # keep the positions for the next try
                 self._positions = {**positions, **self._positions}
-            return [(i[3], None, failure) for items in appends.values() for i in items], set()
+            if isinstance(exc, sqlite3.Error):
+                raise LogUnavailable(f"event log write failed: {exc}") from exc
+            raise
         self._unchecked += written
         if self._unchecked >= CHECKPOINT_BYTES:
             self._unchecked = 0
@@ -686,11 +692,9 @@ class LoopWriter(Writer):
     def _take(self) -> tuple[list[object], list[Item]]:
         calls, waiting = self._calls, self._appends
         group: list[object] = [calls.popleft() for _ in range(min(len(calls), MAX_GROUP))]
-        if len(waiting) <= MAX_APPENDS:
-            items = list(waiting)
-            waiting.clear()
-        else:
-            items = [waiting.popleft() for _ in range(MAX_APPENDS)]
+        # One popleft each, not list() and clear(): this also runs on the jobs'
+        # thread while other threads append, and popleft is atomic.
+        items = [waiting.popleft() for _ in range(min(len(waiting), MAX_APPENDS))]
         return group, items
 
     def _write(

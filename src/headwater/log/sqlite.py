@@ -63,7 +63,13 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import CorruptRecord, decode, encode, is_batch, split_batch
+from headwater.log._codec import (
+    CorruptRecord,
+    decode,
+    encode,
+    is_batch,
+    split_batch,
+)
 from headwater.log._cursor import Cursor
 from headwater.log._local import LocalReader, Signal
 from headwater.log._sqlite_store import (
@@ -74,6 +80,7 @@ from headwater.log._sqlite_store import (
     connect,
     events_table,
     first_offset_at,
+    new_stream_id,
     prepare_file,
     save_row,
     stream_row,
@@ -104,6 +111,9 @@ DEFAULT_POLL_INTERVAL: Final = 0.5
 Appends in this process wake readers at once; this only bounds the delay for
 a file shared between processes, at the cost of one cheap query per waiting
 reader per interval."""
+
+_IN_CHUNK: Final = 500
+"""Offsets per ``IN (...)`` query (below SQLite's parameter limit)."""
 
 __all__ = ["APPLICATION_ID", "DEFAULT_POLL_INTERVAL", "SCHEMA_VERSION", "Durability", "SqliteLog"]
 
@@ -202,15 +212,16 @@ class SqliteLog(EventLogBase):
         return sid
 
     async def _read_events(
-        self, stream: str, fn: Callable[[sqlite3.Connection, str], list[tuple[int, bytes]]]
+        self, stream: str, fn: Callable[[sqlite3.Connection, int], list[tuple[int, bytes]]]
     ) -> list[Entry]:
-        """Run a query over the stream's table; a vanished table means the stream is gone."""
+        """Run a query over the stream's table (``fn(conn, stream id)``); a vanished table
+        means the stream is gone."""
         for _ in range(2):
-            table = events_table(await self._stream_id(stream))
+            sid = await self._stream_id(stream)
 
-            def run(conn: sqlite3.Connection, table: str = table) -> list[Entry] | None:
+            def run(conn: sqlite3.Connection, sid: int = sid) -> list[Entry] | None:
                 try:
-                    rows = fn(conn, table)
+                    rows = fn(conn, sid)
                 except sqlite3.OperationalError as exc:
                     if "no such table" in str(exc):
                         return None  # deleted, maybe by another process: look the name up again
@@ -232,14 +243,13 @@ class SqliteLog(EventLogBase):
             row = stream_row(conn, name)
             limits = (config.max_age, config.max_bytes, config.max_events, config.max_event_size)
             if row is None:
-                cursor = conn.execute(
-                    "INSERT INTO streams (name, max_age, max_bytes, max_events, max_event_size, "
-                    "first_offset, last_offset, last_time, bytes, dropped) "
-                    "VALUES (?, ?, ?, ?, ?, 1, 0, 0, 0, 0)",
-                    (name, *limits),
+                sid = new_stream_id(conn)
+                conn.execute(
+                    "INSERT INTO streams (id, name, max_age, max_bytes, max_events, "
+                    "max_event_size, first_offset, last_offset, last_time, bytes, dropped) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 1, 0, 0, 0, 0)",
+                    (sid, name, *limits),
                 )
-                sid = cursor.lastrowid
-                assert sid is not None
                 conn.execute(
                     f"CREATE TABLE {events_table(sid)} "
                     "(offset INTEGER PRIMARY KEY, time REAL NOT NULL, record BLOB NOT NULL)"
@@ -368,13 +378,17 @@ class SqliteLog(EventLogBase):
     async def fetch_after(self, stream: str, after: int, limit: int) -> list[Entry]:
         start = after + 1
 
-        def query(conn: sqlite3.Connection, table: str) -> list[tuple[int, bytes]]:
-            # From the row holding ``start`` (a batch may begin before it), as far as needed.
+        def query(conn: sqlite3.Connection, sid: int) -> list[tuple[int, bytes]]:
+            table = events_table(sid)
+            # From the row holding ``start`` (a batch may begin before it), as far as
+            # needed; nothing at all, not even that row, when ``start`` is past the end
+            # (a reader waiting at the end asks often).
             rows = conn.execute(
-                f"SELECT offset, record FROM {table} WHERE offset >= coalesce("
-                f"(SELECT offset FROM {table} WHERE offset <= ?1 ORDER BY offset DESC LIMIT 1),"
-                " ?1) ORDER BY offset",
-                (start,),
+                f"SELECT offset, record FROM {table} "
+                "WHERE ?1 <= (SELECT last_offset FROM streams WHERE id = ?2) AND offset >= "
+                f"coalesce((SELECT max(offset) FROM {table} WHERE offset <= ?1), ?1) "
+                "ORDER BY offset",
+                (start, sid),
             )
             found: list[tuple[int, bytes]] = []
             with contextlib.closing(rows):
@@ -394,34 +408,41 @@ class SqliteLog(EventLogBase):
 
     async def fetch_offsets(self, stream: str, offsets: Sequence[int]) -> list[Entry]:
         wanted = sorted(set(offsets))
+        if not wanted:
+            return []
 
-        def query(conn: sqlite3.Connection, table: str) -> list[tuple[int, bytes]]:
-            found: list[tuple[int, bytes]] = []
-            index = 0
-            while index < len(wanted):
-                # The row holding the next wanted offset, and every wanted offset it holds.
-                row = conn.execute(
-                    f"SELECT offset, record FROM {table} WHERE offset <= ? "
-                    "ORDER BY offset DESC LIMIT 1",
-                    (wanted[index],),
-                ).fetchone()
-                if row is None:
-                    index += 1  # dropped by retention
-                    continue
-                offset, value = row
-                if not is_batch(value):
-                    if offset == wanted[index]:
-                        found.append(row)
-                    index += 1
-                    continue
-                records = split_batch(value)
-                end = offset + len(records)
-                if wanted[index] >= end:
-                    index += 1  # a gap: dropped
-                while index < len(wanted) and wanted[index] < end:
-                    found.append((wanted[index], records[wanted[index] - offset]))
-                    index += 1
-            return found
+        def query(conn: sqlite3.Connection, sid: int) -> list[tuple[int, bytes]]:
+            table = events_table(sid)
+            if wanted[-1] - wanted[0] < 4 * len(wanted):  # close together: one range scan
+                rows = conn.execute(
+                    f"SELECT offset, record FROM {table} WHERE offset >= coalesce("
+                    f"(SELECT max(offset) FROM {table} WHERE offset <= ?1), ?1) "
+                    "AND offset <= ?2 ORDER BY offset",
+                    (wanted[0], wanted[-1]),
+                ).fetchall()
+                return _pick(rows, wanted)
+            # Spread out: the rows that begin at them, then the batches holding the others.
+            held: dict[int, bytes] = {}
+            for i in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                held.update(
+                    conn.execute(
+                        f"SELECT offset, record FROM {table} WHERE offset IN ({marks})", chunk
+                    ).fetchall()
+                )
+            for offset in wanted:
+                if offset not in held:
+                    (key,) = conn.execute(
+                        f"SELECT max(offset) FROM {table} WHERE offset <= ?", (offset,)
+                    ).fetchone()
+                    if key is not None and key not in held:
+                        held.update(
+                            conn.execute(
+                                f"SELECT offset, record FROM {table} WHERE offset = ?", (key,)
+                            ).fetchall()
+                        )
+            return _pick(sorted(held.items()), wanted)
 
         return await self._read_events(stream, query)
 
@@ -442,3 +463,18 @@ class SqliteLog(EventLogBase):
         future: asyncio.Future[None] = loop.create_future()
         self._writer.submit(Call(None, loop, future))
         await future
+
+
+def _pick(rows: list[tuple[int, bytes]], wanted: list[int]) -> list[tuple[int, bytes]]:
+    """The ``wanted`` offsets (ascending) that ``rows`` (ascending) hold, with their records."""
+    found: list[tuple[int, bytes]] = []
+    index = 0
+    for offset, value in rows:
+        records = split_batch(value) if is_batch(value) else [value]
+        end = offset + len(records)
+        while index < len(wanted) and wanted[index] < offset:
+            index += 1  # dropped, or not stored
+        while index < len(wanted) and wanted[index] < end:
+            found.append((wanted[index], records[wanted[index] - offset]))
+            index += 1
+    return found
