@@ -182,16 +182,19 @@ async def check_stream(
 
 
 async def together(
-    log: SqliteLog, calls: Sequence[list[CloudEvent]], stream: str = STREAM
+    log: SqliteLog, calls: Sequence[list[CloudEvent]], stream: str | Sequence[str] = STREAM
 ) -> list[list[int]]:
-    """``append`` calls awaited together, written as one group commit.
+    """``append`` calls awaited together, written as one group commit (to ``stream``,
+    or to ``stream[i]`` for ``calls[i]``).
 
     On the event loop (``normal``) they are by construction: the writer drains
     after the loop's pass. The writer thread (``fsync``) may wake before the loop
     has queued them all, so a call holds it busy until every append is queued.
     """
+    streams = [stream] * len(calls) if isinstance(stream, str) else stream
+    pairs = list(zip(streams, calls, strict=True))
     if log.durability == "normal":
-        return list(await asyncio.gather(*(log.append(stream, c) for c in calls)))
+        return list(await asyncio.gather(*(log.append(s, c) for s, c in pairs)))
     holding, release = threading.Event(), threading.Event()
 
     def hold(conn: sqlite3.Connection) -> None:
@@ -201,7 +204,7 @@ async def together(
     held_call = asyncio.ensure_future(log._write(hold))
     try:
         assert await asyncio.to_thread(holding.wait, 5)
-        appends = [asyncio.ensure_future(log.append(stream, c)) for c in calls]
+        appends = [asyncio.ensure_future(log.append(s, c)) for s, c in pairs]
         await asyncio.sleep(0)  # every append has run up to its wait: queued for the writer
     finally:
         release.set()
@@ -801,6 +804,86 @@ async def test_redeliveries_across_rows_skip_what_retention_dropped(
         assert (await log.info(STREAM)).consumer("d").position == 15
 
 
+async def fetched(log: SqliteLog, offsets: Sequence[int], stream: str = STREAM) -> list[Entry]:
+    """``fetch_offsets`` (what a reader's redeliveries use), checking which way it went:
+    one range scan for offsets close together, else an ``IN`` query for the rows
+    that begin at them and lookups of the batches holding the others."""
+    statements: list[str] = []
+    log._read_conn.set_trace_callback(statements.append)
+    try:
+        entries = await log.fetch_offsets(stream, offsets)
+    finally:
+        log._read_conn.set_trace_callback(None)
+    wanted = set(offsets)
+    spread = bool(wanted) and max(wanted) - min(wanted) >= 4 * len(wanted)
+    assert any(" IN (" in sql for sql in statements) == spread, (offsets, statements)
+    return entries
+
+
+def at(events: Sequence[CloudEvent], offsets: Sequence[int]) -> list[tuple[int, CloudEvent]]:
+    return [(n, events[n - 1]) for n in offsets]
+
+
+_CLOSE_TOGETHER = [
+    ([6, 5, 5, 7, 4, 3, 8, 9, 10], [5, 6, 7, 8, 9, 10]),  # from below the first, across rows
+    ([5], [5]),  # the row rewritten at the cut
+    ([6], [6]),  # inside it
+    ([7], [7]),
+    ([8, 7], [7, 8]),  # single-record rows
+    ([14], [14]),  # inside a batch
+    ([21, 20, 20], [20, 21]),  # the end of one batch, the start of the next
+    ([42, 41, 40, 39, 40], [39, 40]),  # past the end
+    ([1, 2, 3, 4], []),  # dropped by retention
+    ([41, 44], []),
+    ([], []),
+]
+_SPREAD_OUT = [
+    ([40, 1, 9, 9, 15, 7, 100, 4, 6], [6, 7, 9, 15, 40]),
+    ([60, 24, 5, 23, 8, 22], [5, 8, 22, 23, 24]),  # three from one batch
+    ([9, 21, 40], [9, 21, 40]),
+    ([10, 30], [10, 30]),  # both inside batches
+    ([6, 20, 39], [6, 20, 39]),
+    ([2, 25], [25]),
+    ([1, 30], [30]),
+    ([0, 41, 100], []),
+]
+
+
+async def test_fetch_offsets_over_rows_and_batches(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    events = [event(n) for n in range(1, 41)]
+    async with SqliteLog(path) as log:
+        await log.create_stream(STREAM, StreamConfig(max_events=36))
+        await log.append(STREAM, [events[0]])
+        await log.append(STREAM, events[1:6])
+        await log.append(STREAM, [events[6]])
+        await log.append(STREAM, [events[7]])
+        await log.append(STREAM, events[8:20])
+        await log.append(STREAM, events[20:40])  # and a cut at 5, inside the batch at 2
+        assert layout(path) == [(5, 2), (7, 1), (8, 1), (9, 12), (21, 20)]
+        for offsets, expected in _CLOSE_TOGETHER + _SPREAD_OUT:
+            assert await fetched(log, offsets) == at(events, expected), offsets
+
+
+async def test_fetch_offsets_of_many_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    events = [event(n, 0) for n in range(1, 3001)]
+    async with SqliteLog(path) as log:
+        await log.create_stream(STREAM, StreamConfig(max_events=2990))
+        await log.append(STREAM, [events[0]])
+        await log.append(STREAM, events[1:2999])
+        await log.append(STREAM, [events[2999]])  # and a cut at 11
+        assert layout(path) == [(11, 1015), (1026, 1024), (2050, 950), (3000, 1)]
+        # Spread out, more than one IN query's worth (offsets 3005, 3000, ... 5).
+        offsets = list(range(3005, 0, -5))
+        assert len(offsets) > 500
+        got = await fetched(log, offsets)
+        assert got == at(events, range(15, 3001, 5))
+        # Close together.
+        got = await fetched(log, [*range(1, 3003, 3), 2998])
+        assert got == at(events, range(13, 3001, 3))
+
+
 # -- older files, damaged batches ----------------------------------------------------------
 
 
@@ -875,6 +958,109 @@ async def test_a_damaged_batch_straddling_a_cut_is_left_whole(
 
 def layout_offsets(path: Path) -> list[int]:
     return [offset for offset, _, _ in stored_rows(path)]
+
+
+def damage_type(path: Path, offset: int) -> None:
+    """Make the value stored at ``offset`` an integer, not a BLOB (page damage can
+    change a value's type; ``quick_check`` does not look at types)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (sid,) = conn.execute("SELECT id FROM streams WHERE name = ?", (STREAM,)).fetchone()
+        conn.execute(f"UPDATE events_{sid} SET record = 12345 WHERE offset = ?", (offset,))
+        conn.commit()
+        query = f"SELECT typeof(record) FROM events_{sid} WHERE offset = ?"
+        assert conn.execute(query, (offset,)).fetchone() == ("integer",)
+
+
+@DURABILITIES
+async def test_a_stored_value_that_is_not_a_blob_is_reported_as_damaged(
+    tmp_path: Path, durability: Durability
+) -> None:
+    path = tmp_path / "log.db"
+    events = [event(n) for n in range(1, 4)]
+    async with SqliteLog(path, durability=durability) as log:
+        await log.create_stream(STREAM)
+        await log.append(STREAM, [events[0]])  # a row of one record
+        await log.append(STREAM, events[1:])  # a batch
+        first = log.reader(STREAM, "c")
+        assert await first.next_batch(10) == numbered(events)
+        await first.ack(2)
+        await first.ack(3)
+        await first.close()  # 1 is given back
+        damage_type(path, 1)
+        async with log.reader(STREAM, "c") as second:
+            with pytest.raises(LogCorrupted, match="damaged"):
+                await second.next_batch(10)  # redelivers 1
+        with pytest.raises(LogCorrupted, match="damaged"):
+            await walk(log, EARLIEST, 10)
+        for offsets in ([1], [1, 2, 3], [3, 1, 50]):  # close together, spread out
+            with pytest.raises(LogCorrupted, match="damaged"):
+                await log.fetch_offsets(STREAM, offsets)
+        assert await log.fetch_offsets(STREAM, [2, 3]) == numbered(events, 2)
+        assert await walk(log, Start.at_offset(2), 10) == [numbered(events, 2)]
+
+
+@DURABILITIES
+@pytest.mark.parametrize("how", ["append", "create_stream"])
+@pytest.mark.parametrize(
+    ("limits", "lower"),
+    [
+        pytest.param(StreamConfig(max_events=3), StreamConfig(max_events=2), id="max_events"),
+        pytest.param(
+            StreamConfig(max_bytes=SIZE + stored_batch(2)),
+            StreamConfig(max_bytes=stored_batch(2)),
+            id="max_bytes",
+        ),
+    ],
+)
+async def test_retention_and_appends_go_on_past_a_stored_value_that_is_not_a_blob(
+    tmp_path: Path, durability: Durability, how: str, limits: StreamConfig, lower: StreamConfig
+) -> None:
+    path = tmp_path / "log.db"
+    events = [event(n) for n in range(1, 10)]
+    async with SqliteLog(path, durability=durability) as log:
+        await log.create_stream(STREAM, limits)
+        await log.create_stream("other")
+        await log.append(STREAM, [events[0]])
+        await log.append(STREAM, events[1:3])
+        assert (await log.info(STREAM)).first_offset == 1  # all within the limits
+    damage_type(path, 1)
+    async with SqliteLog(path, durability=durability) as log:
+        if how == "create_stream":
+            await log.create_stream(STREAM, lower)  # a cut past the damaged row
+        # Each group: an append cutting (past the damaged row at first), and another
+        # stream's append in the same transaction.
+        for n in range(4, 10):
+            calls = [[events[n - 1]], [event(100 + n)]]
+            assert await together(log, calls, [STREAM, "other"]) == [[n], [n - 3]]
+        info = await log.info(STREAM)
+        assert info.last_offset == 9
+        assert layout_offsets(path)[0] == info.first_offset > 1  # the damaged row is gone
+        assert await walk(log, EARLIEST, 10) == [numbered(events, info.first_offset)]
+        assert (await log.info("other")).events == 6
+
+
+@DURABILITIES
+async def test_a_reader_at_the_end_does_not_read_the_last_row_again(
+    tmp_path: Path, durability: Durability
+) -> None:
+    # A reader waiting at the end asks again and again: that must not read the
+    # last row each time, nor fail because that row, read whole, was damaged since.
+    path = tmp_path / "log.db"
+    events = [event(n) for n in range(1, 7)]
+    async with SqliteLog(path, durability=durability) as log:
+        await log.create_stream(STREAM)
+        await log.append(STREAM, events[:4])  # one row
+        async with log.reader(STREAM, "c") as reader:
+            assert await reader.next_batch(10) == numbered(events[:4])
+            damage_count(path, 1)
+            assert await reader.next_batch(10, timeout=0) == []
+            assert await reader.next_batch(10, timeout=0.05) == []  # asks twice
+            assert await walk(log, Start.at_offset(5), 10) == []  # a new consumer at the end
+            await log.append(STREAM, events[4:])
+            assert await reader.next_batch(10) == numbered(events, 5)
+            assert await reader.next_batch(10, timeout=0) == []
+        with pytest.raises(LogCorrupted, match="damaged"):
+            await walk(log, Start.at_offset(4), 10)  # it is damaged
 
 
 async def test_an_empty_stored_value_is_reported_as_damaged(tmp_path: Path) -> None:

@@ -216,6 +216,8 @@ _GOOD = encode_batch([b"abc", b"de"])
         pytest.param(_framed(2, [1, 1], b"abcde"), id="lengths-sum-too-small"),
         pytest.param(_framed(3, [3, 2], b"abcde"), id="count-too-large"),
         pytest.param(_framed(1, [3, 2], b"abcde"), id="count-too-small"),
+        pytest.param(_framed(1, [5], b"abcde"), id="count-one"),  # adds up: still no batch
+        pytest.param(_framed(0, [], b""), id="count-zero"),
         pytest.param(_framed(0xFFFFFFFF, [3, 2], b"abcde"), id="huge-count"),
         pytest.param(_framed(2, [0xFFFFFFFF, 2], b"abcde"), id="huge-length"),
         pytest.param(b"\x41" + _GOOD[1:], id="wrong-tag"),
@@ -242,6 +244,7 @@ def _check_garbage(value: bytes) -> None:
             split_batch(value)
         return
     records = split_batch(value)
+    assert len(lengths) >= 2  # a single record is stored as itself, never as a batch
     assert [len(record) for record in records] == list(lengths)
     assert value[0] == BATCH
     assert b"".join(records) == value[HEADER_SIZE + 4 * len(lengths) :]
@@ -276,6 +279,17 @@ def test_a_damaged_batch_only_raises_corrupt_record(
 def test_decode_refuses_a_batch_of_any_records(records: list[bytes]) -> None:
     with pytest.raises(CorruptRecord):
         decode(encode_batch(records))
+
+
+@pytest.mark.parametrize("records", [[], [b"abc"], [encode(_event(1))]])
+def test_a_batch_of_fewer_than_two_records_is_damaged(records: list[bytes]) -> None:
+    # encode_batch is only ever given two or more; a stored value claiming fewer is damage.
+    value = encode_batch(records)
+    assert is_batch(value)
+    with pytest.raises(CorruptRecord, match="not a batch of records"):
+        batch_lengths(value)
+    with pytest.raises(CorruptRecord, match="not a batch of records"):
+        split_batch(value)
 
 
 def test_decode_refuses_a_batch_of_event_records() -> None:

@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import sqlite3
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,9 @@ from headwater.log import (
     EventTooLarge,
     LogClosed,
     LogCorrupted,
+    LogUnavailable,
     NotAHeadwaterLog,
+    Reader,
     Start,
     StreamConfig,
     StreamNotFound,
@@ -106,6 +111,57 @@ async def test_a_damaged_file_after_an_unclean_shutdown_is_detected(tmp_path: Pa
         SqliteLog(path)
 
 
+def user_version(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+async def version_1_file(path: Path, batches: list[list[CloudEvent]]) -> None:
+    """A file as schema version 1 left it: stream "s", one append call per batch."""
+    async with SqliteLog(path, durability="normal") as log:
+        await log.create_stream("s")
+        for batch in batches:
+            await log.append("s", batch)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 1")
+
+
+async def test_a_version_1_file_open_elsewhere_is_not_upgraded(tmp_path: Path) -> None:
+    # An older Headwater writing the file would not know batches (its retention
+    # would delete a whole batch for a part of it): no upgrade while it is open.
+    path = tmp_path / "log.db"
+    await version_1_file(path, [[event(1)], [event(2)]])
+    with contextlib.closing(sqlite3.connect(path)) as older:
+        assert older.execute("SELECT count(*) FROM streams").fetchone() == (1,)  # it has read
+        with pytest.raises(LogUnavailable, match="schema 1 and is open in another process"):
+            SqliteLog(path)
+        assert user_version(path) == 1
+    async with SqliteLog(path) as log:  # alone now: upgraded
+        assert user_version(path) == SCHEMA_VERSION == 2
+        async with SqliteLog(path) as other:  # already 2: nothing to upgrade, opens
+            assert await other.append("s", [event(3)]) == [3]
+        got = await log.reader("s", "c").next_batch(10)
+        assert [(e.offset, e.event) for e in got] == [(1, event(1)), (2, event(2)), (3, event(3))]
+
+
+async def test_a_damaged_version_1_file_is_not_upgraded(tmp_path: Path) -> None:
+    # The file is checked (after an unclean shutdown) before it is marked version 2.
+    path = tmp_path / "log.db"
+    await version_1_file(path, [[event(i * 100 + k) for k in range(100)] for i in range(20)])
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute("UPDATE meta SET value = '0' WHERE key = 'clean_shutdown'")  # killed
+    conn.commit()
+    conn.close()
+    assert pages > 10
+    scribble(path, page_size * (pages // 2), page_size)
+    with pytest.raises(LogCorrupted, match="damaged"):
+        SqliteLog(path)
+    assert user_version(path) == 1
+
+
 async def test_open_from_async_code(tmp_path: Path) -> None:
     async with await SqliteLog.open(tmp_path / "log.db", durability="normal") as log:
         assert log.durability == "normal"
@@ -174,6 +230,54 @@ async def test_appends_by_another_writer_reach_a_waiting_reader(tmp_path: Path) 
         assert time.monotonic() - started < 2
 
 
+def stream_ids(path: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return dict(conn.execute("SELECT name, id FROM streams ORDER BY id").fetchall())
+
+
+async def test_a_reader_of_a_stream_deleted_elsewhere_never_reads_another_stream(
+    tmp_path: Path,
+) -> None:
+    # Two logs on one file, as two processes: one still knows the deleted stream's id.
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, durability="normal") as mine, SqliteLog(path) as theirs:
+        await mine.create_stream("s")
+        await mine.append("s", [event(1)])
+        reader = mine.reader("s", "c")
+        assert [e.offset for e in await reader.next_batch(10)] == [1]
+        await theirs.delete_stream("s")
+        await theirs.create_stream("t")
+        assert await theirs.append("t", [event(2), event(3)]) == [1, 2]
+        with pytest.raises(StreamNotFound):
+            await reader.next_batch(10)
+        assert stream_ids(path) == {"t": 2}
+        got = await mine.reader("t", "c").next_batch(10)
+        assert [(e.offset, e.event) for e in got] == [(1, event(2)), (2, event(3))]
+
+
+async def test_stream_ids_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path) as log:
+        for name in ("a", "b", "c"):
+            await log.create_stream(name)
+        assert stream_ids(path) == {"a": 1, "b": 2, "c": 3}
+        await log.delete_stream("c")  # the highest id
+        await log.create_stream("d")
+        assert stream_ids(path) == {"a": 1, "b": 2, "d": 4}
+        for name in ("a", "b", "d"):
+            await log.delete_stream(name)
+        await log.create_stream("e")  # no stream left to take the highest id from
+        assert stream_ids(path) == {"e": 5}
+        await log.create_stream("c")  # a name used before: a new id too
+        assert stream_ids(path) == {"e": 5, "c": 6}
+    async with SqliteLog(path) as log:  # kept in the file
+        await log.delete_stream("c")
+        await log.delete_stream("e")
+        await log.create_stream("f")
+        assert stream_ids(path) == {"f": 7}
+        assert await log.append("f", [event(1)]) == [1]
+
+
 @pytest.mark.parametrize("durability", ["fsync", "normal"])
 async def test_concurrent_appends_share_transactions(tmp_path: Path, durability: str) -> None:
     async with SqliteLog(tmp_path / "log.db", durability=durability) as log:  # type: ignore[arg-type]
@@ -240,6 +344,33 @@ async def test_appends_from_another_event_loop_are_written(tmp_path: Path) -> No
         assert (await log.info("s")).events == 6
 
 
+def test_appends_made_while_the_loop_writer_takes_a_group_are_taken_exactly_once() -> None:
+    # Callers on other event loops append from their threads while the writer
+    # takes a group, also on its jobs' thread: none may be lost, or taken twice.
+    writer = LoopWriter.__new__(LoopWriter)  # only the deques that _take uses
+    appends: collections.deque[Any] = collections.deque()
+    writer._calls, writer._appends = collections.deque(), appends
+    count = 300_000
+    taken: list[object] = []
+
+    def append() -> None:
+        for i in range(count):
+            appends.append(i)  # as LoopWriter.append does
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        thread = threading.Thread(target=append)
+        thread.start()
+        while thread.is_alive() or appends:
+            taken += writer._take()[1]
+        thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(taken) == count
+    assert taken == list(range(count))
+
+
 async def test_positions_acknowledged_just_before_close_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     async with SqliteLog(path, durability="normal") as log:
@@ -295,6 +426,89 @@ async def test_a_failing_call_is_answered_and_the_group_goes_on(
         assert results[0] == [1]
         assert isinstance(results[1], ZeroDivisionError)
         assert await log.append("s", [event(2)]) == [2]
+
+
+class Hold:
+    """A call that keeps the writer thread (``fsync``) busy until released."""
+
+    def __init__(self, log: SqliteLog) -> None:
+        self._holding, self._released = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            self._holding.set()
+            self._released.wait(5)
+
+        self.call = asyncio.ensure_future(log._write(hold))
+
+    async def started(self) -> None:
+        assert await asyncio.to_thread(self._holding.wait, 5)
+
+    async def release(self) -> None:
+        self._released.set()
+        await self.call
+
+
+async def fail_a_group_with_acks_and_a_flush(
+    log: SqliteLog, reader: Reader, acks: list[int]
+) -> tuple[object, object]:
+    """Ack ``acks`` and flush in the same group commit as an append whose writing
+    fails with a bug (not an SQLite error); the append's and the flush's outcomes."""
+    if log.durability == "normal":
+        for offset in acks:
+            await reader.ack(offset)
+        # The position is saved after this pass's acks; the group follows the pass.
+        return await asyncio.gather(
+            log.append("s", [event(99)]), reader.flush(), return_exceptions=True
+        )
+    # The writer thread: the append and the flush's barrier are queued while the
+    # thread is busy, the acks made while it runs the group they are in.
+    first = Hold(log)
+    await first.started()
+    second = Hold(log)
+    appended = asyncio.ensure_future(log.append("s", [event(99)]))
+    flushed = asyncio.ensure_future(reader.flush())
+    await asyncio.sleep(0)  # both queued
+    await first.release()
+    await second.started()  # its group: the append and the flush's barrier
+    for offset in acks:
+        await reader.ack(offset)
+    await asyncio.sleep(0)  # the position is saved: pending for that group's transaction
+    await second.release()
+    return await asyncio.gather(appended, flushed, return_exceptions=True)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_positions_of_a_failed_group_are_kept_and_its_flush_fails(
+    tmp_path: Path, durability: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, durability=durability) as log:  # type: ignore[arg-type]
+        await log.create_stream("s")
+        await log.append("s", [event(1), event(2), event(3)])
+        reader = log.reader("s", "c")
+        assert [e.offset for e in await reader.next_batch(10)] == [1, 2, 3]
+        failures = [RuntimeError("injected")]
+        real = Writer._append_stream
+
+        def append_stream(self: Writer, *args: Any) -> int:
+            if failures:
+                raise failures.pop()
+            return real(self, *args)
+
+        monkeypatch.setattr(Writer, "_append_stream", append_stream)
+        appended, flushed = await fail_a_group_with_acks_and_a_flush(log, reader, [1, 2, 3])
+        assert not failures
+        assert isinstance(appended, LogUnavailable)
+        assert isinstance(flushed, LogUnavailable)  # the positions are not written
+        info = await log.info("s")
+        assert (info.last_offset, info.consumer("c").position) == (3, 0)
+        # The next group writes them.
+        assert await log.append("s", [event(4)]) == [4]
+        await reader.flush()
+        assert (await log.info("s")).consumer("c").position == 3
+        await reader.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT name, position FROM consumers").fetchall() == [("c", 3)]
 
 
 @pytest.mark.parametrize("durability", ["fsync", "normal"])
