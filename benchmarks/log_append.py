@@ -52,7 +52,7 @@ rest, and 0.2 waiting for the writer's WAL catch-up checkpoints).
 29 November 2026, uvloop (``headwater up``'s loop), best of 3 each side,
 three runs: ``normal`` 264k-272k appends/s against raw's 466k-486k,
 0.56-0.57x (0.62-0.65x against raw at Headwater's own group size of 100);
-on asyncio's own loop, 0.46x. ``fsync`` 120k-124k against 435k-463k,
+on asyncio's own loop, 0.46-0.51x. ``fsync`` 120k-124k against 435k-463k,
 0.26-0.28x (0.48-0.52x at raw's group of 100). Reads 405k-423k/s,
 0.74-0.76x of raw's. Batches of 10 events per append: 0.91x (``normal``)
 and 0.83x (``fsync``).
