@@ -45,7 +45,7 @@ SCHEMA_VERSION: Final = 2
 """``PRAGMA user_version``; a file with a higher one was written by a newer Headwater.
 Version 2 stores batches of records in a row (:func:`headwater.log._codec.encode_batch`);
 a version 1 file, one record per row, is a version 2 file that has none yet,
-and is marked 2 when opened for writing."""
+and is marked 2 when opened while no other process has it open (:func:`upgrade`)."""
 
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for another process's write lock before failing."""
