@@ -67,6 +67,10 @@ connection (backpressure, not failure)."""
 KEEPALIVE_TIMEOUT: Final = 30.0
 """Seconds after which an idle keep-alive connection is closed."""
 
+MAX_RESPONSE_BYTES: Final = 1024 * 1024 + 64 * 1024
+"""The largest response body a delivery reads: a reply is one event, which a broker
+would refuse above 1 MiB anyway; error bodies are truncated to 1 KiB later."""
+
 _TARGETS_KEPT: Final = 1024
 """Parsed URLs kept (a delivery goes to few; the cache is dropped when full)."""
 

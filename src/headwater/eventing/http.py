@@ -22,22 +22,24 @@ runs over each). Timeouts, retries and dead letters are the business of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Literal
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from headwater.cloudevents import CloudEvent, InvalidEvent, from_http, is_cloudevent, to_http
-from headwater.eventing._http1 import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT, Http1Client, HttpError
+from headwater.eventing._http1 import (
+    DEFAULT_POOL_SIZE,
+    KEEPALIVE_TIMEOUT,
+    MAX_RESPONSE_BYTES,
+    Http1Client,
+    HttpError,
+)
 from headwater.eventing.delivery import parse_retry_after, should_retry
 from headwater.eventing.http_worker import HttpWorker, WorkerGone
 from headwater.eventing.sink import DeliveryError
 
 __all__ = ["DEFAULT_POOL_SIZE", "KEEPALIVE_TIMEOUT", "HttpSink", "new_session"]
-
-# The largest response body read: a reply is one event, which a broker would
-# refuse above 1 MiB anyway; error bodies are truncated to 1 KiB later.
-MAX_RESPONSE_BYTES: Final = 1024 * 1024 + 64 * 1024
 
 Format = Literal["binary", "json"]
 
@@ -110,14 +112,11 @@ class HttpSink:
         if self._extra_headers:
             headers.update(self._extra_headers)
         try:
-            if isinstance(session, HttpWorker):
-                status, reason, pairs, payload = await session.post(self.url, headers, body)
-            elif isinstance(session, Http1Client):
-                status, reason, pairs, payload = await session.post(
-                    self.url, headers, body, MAX_RESPONSE_BYTES
-                )
-            else:
+            if isinstance(session, aiohttp.ClientSession):
                 return _outcome(*await post(session, self.url, headers, body))
+            status, reason, pairs, payload = await session.post(
+                self.url, headers, body, MAX_RESPONSE_BYTES
+            )
             return _outcome(status, reason, CIMultiDict(pairs), payload)
         except (WorkerGone, HttpError) as exc:
             raise DeliveryError(None, True, reason=str(exc)) from exc

@@ -40,7 +40,7 @@ from typing import Any, Final, cast
 
 import orjson
 
-from headwater.eventing._http1 import Http1Client, Response
+from headwater.eventing._http1 import MAX_RESPONSE_BYTES, Http1Client, Response
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,18 @@ class HttpWorker:
         self._closed = False
         self.restarts = 0
 
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Response:
-        """The response to a POST of ``body``; raises :class:`WorkerGone` without one."""
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, max_body: int = MAX_RESPONSE_BYTES
+    ) -> Response:
+        """The response to a POST of ``body`` (its body cut a little over ``max_body``, as
+        :meth:`Http1Client.post` does); raises :class:`WorkerGone` without one."""
         writer = self._writer
         if writer is None:
             writer = await self._start()
         request_id = self._next_id = self._next_id + 1
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
-        writer.write(_frame([request_id, url, list(headers.items())], body))
+        writer.write(_frame([request_id, url, list(headers.items()), max_body], body))
         try:
             return await future
         except asyncio.CancelledError:
@@ -265,18 +268,18 @@ class _Requests(asyncio.Protocol):
 
 
 async def _serve(pool_size: int | None) -> None:
-    from headwater.eventing.http import MAX_RESPONSE_BYTES
-
     loop = asyncio.get_running_loop()
     client = Http1Client() if pool_size is None else Http1Client(pool_size)
     write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
     writer = _Writer(write_transport)
     tasks: dict[int, asyncio.Task[None]] = {}
 
-    async def request(request_id: int, url: str, headers: dict[str, str], body: bytes) -> None:
+    async def request(
+        request_id: int, url: str, headers: dict[str, str], body: bytes, max_body: int
+    ) -> None:
         try:
             status, reason, response_headers, payload = await client.post(
-                url, headers, body, MAX_RESPONSE_BYTES
+                url, headers, body, max_body
             )
             # Framed here too: whatever cannot be framed is answered as a failure.
             frame = _frame([request_id, status, reason, response_headers], payload)
@@ -293,8 +296,10 @@ async def _serve(pool_size: int | None) -> None:
             if task is not None:
                 task.cancel()
             return
-        request_id, url, headers = head
-        tasks[request_id] = loop.create_task(request(request_id, url, dict(headers), body))
+        request_id, url, headers, max_body = head
+        tasks[request_id] = loop.create_task(
+            request(request_id, url, dict(headers), body, max_body)
+        )
 
     protocol = _Requests(serve)
     await loop.connect_read_pipe(lambda: protocol, sys.stdin.buffer)
