@@ -108,8 +108,13 @@ def encode_batch(records: Sequence[bytes]) -> bytes:
     )
 
 
+def stored_value(records: Sequence[bytes]) -> bytes:
+    """What a row stores for consecutive ``records``: a single one as itself, else a batch."""
+    return records[0] if len(records) == 1 else encode_batch(records)
+
+
 def stored_size(lengths: Sequence[int]) -> int:
-    """The size of the value storing records of these lengths (a single one is stored as is)."""
+    """The size of :func:`stored_value` for records of these lengths."""
     if len(lengths) == 1:
         return lengths[0]
     return HEADER_SIZE + 4 * len(lengths) + sum(lengths)

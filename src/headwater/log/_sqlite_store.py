@@ -23,10 +23,10 @@ from typing import Final, Literal
 from headwater.log._codec import (
     CorruptRecord,
     batch_lengths,
-    encode_batch,
     is_batch,
     split_batch,
     stored_size,
+    stored_value,
 )
 from headwater.log.base import (
     LogCorrupted,
@@ -289,7 +289,7 @@ def drop_before(conn: sqlite3.Connection, row: Row, cut: int) -> bool:
             records = ()
         if start + len(records) > cut:
             kept = records[cut - start :]
-            stored = kept[0] if len(kept) == 1 else encode_batch(kept)
+            stored = stored_value(kept)
             conn.execute(
                 f"UPDATE {table} SET offset = ?, record = ? WHERE offset = ?", (cut, stored, start)
             )

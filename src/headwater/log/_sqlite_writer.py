@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-from headwater.log._codec import encode_batch
+from headwater.log._codec import stored_value
 from headwater.log._local import Signal
 from headwater.log._sqlite_store import (
     BUSY_TIMEOUT_MS,
@@ -416,12 +416,8 @@ class Writer:
             sql = self._inserts[stream_id] = (
                 f"INSERT INTO {events_table(stream_id)} (offset, time, record) VALUES (?, ?, ?)"
             )
-        count = len(records)
-        if count == 1:
-            conn.execute(sql, (first, now, records[0]))
-            return len(records[0])
-        if count <= BATCH_EVENTS and sum(map(len, records)) <= BATCH_BYTES:  # the usual case
-            value = encode_batch(records)
+        if len(records) <= BATCH_EVENTS and sum(map(len, records)) <= BATCH_BYTES:  # usual
+            value = stored_value(records)
             conn.execute(sql, (first, now, value))
             return len(value)
         rows = []
@@ -429,10 +425,10 @@ class Writer:
         for index, record in enumerate(records):
             full = size + len(record) > BATCH_BYTES or index - start == BATCH_EVENTS
             if full and index > start:
-                rows.append((first + start, now, _stored(records[start:index])))
+                rows.append((first + start, now, stored_value(records[start:index])))
                 start, size = index, 0
             size += len(record)
-        rows.append((first + start, now, _stored(records[start:])))
+        rows.append((first + start, now, stored_value(records[start:])))
         conn.executemany(sql, rows)
         return sum(len(value) for _, _, value in rows)
 
@@ -458,10 +454,6 @@ class Writer:
                             save_row(conn, row)
         except sqlite3.Error:
             return  # retried at the next sweep; appends report storage failures
-
-
-def _stored(records: list[bytes]) -> bytes:
-    return records[0] if len(records) == 1 else encode_batch(records)
 
 
 class LoopWriter(Writer):

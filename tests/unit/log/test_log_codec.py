@@ -21,8 +21,8 @@ from headwater.log._codec import (
     is_batch,
     split_batch,
     stored_size,
+    stored_value,
 )
-from headwater.log._sqlite_writer import _stored
 from tests.unit.cloudevents.ce_strategies import CHARACTERS
 
 _names = st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True).filter(
@@ -184,7 +184,7 @@ def test_an_event_record_is_not_a_batch() -> None:
 @given(records=st.lists(st.binary(max_size=64), min_size=1, max_size=50))
 def test_stored_size_is_the_size_the_writer_stores(records: list[bytes]) -> None:
     lengths = [len(record) for record in records]
-    stored = _stored(records)  # what the writer puts in a row for these records
+    stored = stored_value(records)  # what the writer puts in a row for these records
     assert stored_size(lengths) == len(stored)
     if len(records) == 1:
         assert stored == records[0]  # a single record is stored as itself, unframed
@@ -192,7 +192,7 @@ def test_stored_size_is_the_size_the_writer_stores(records: list[bytes]) -> None
         assert stored == encode_batch(records)
     # A batch cut by retention keeps a suffix of its records, stored the same way.
     for skip in range(len(records)):
-        assert stored_size(lengths[skip:]) == len(_stored(records[skip:]))
+        assert stored_size(lengths[skip:]) == len(stored_value(records[skip:]))
 
 
 def _framed(count: int, lengths: list[int], body: bytes) -> bytes:
