@@ -92,6 +92,12 @@ def events_table(stream_id: int) -> str:
     return f"events_{stream_id}"
 
 
+def holding(table: str, offset: str = "?") -> str:
+    """SQL for the key of the row of ``table`` holding ``offset`` (an SQL parameter):
+    the last row at or below it, or NULL."""
+    return f"(SELECT max(offset) FROM {table} WHERE offset <= {offset})"
+
+
 @dataclass(slots=True)
 class Row:
     """A stream's row, as the writer reads and updates it inside a transaction."""
@@ -279,7 +285,7 @@ def drop_before(conn: sqlite3.Connection, row: Row, cut: int) -> bool:
     table = events_table(row.id)
     below = cut  # rows starting below this one are deleted
     freed = 0
-    (start,) = conn.execute(f"SELECT max(offset) FROM {table} WHERE offset <= ?", (cut,)).fetchone()
+    (start,) = conn.execute(f"SELECT {holding(table)}", (cut,)).fetchone()
     if start is not None and start < cut <= row.last:
         # No row begins at the cut, so the one before holds it: a batch to cut in two.
         (value,) = conn.execute(f"SELECT record FROM {table} WHERE offset = ?", (start,)).fetchone()
@@ -360,7 +366,7 @@ def first_offset_at(conn: sqlite3.Connection, row: Row, timestamp: float) -> int
         middle = (low + high) // 2
         # The row holding offset ``middle`` (a batch row holds several: one time).
         found = conn.execute(
-            f"SELECT time FROM {table} WHERE offset <= ? ORDER BY offset DESC LIMIT 1",
+            f"SELECT time FROM {table} WHERE offset = {holding(table)}",
             (middle,),
         ).fetchone()
         if found is not None and found[0] >= timestamp:

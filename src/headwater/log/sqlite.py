@@ -80,6 +80,7 @@ from headwater.log._sqlite_store import (
     connect,
     events_table,
     first_offset_at,
+    holding,
     new_stream_id,
     prepare_file,
     save_row,
@@ -386,7 +387,7 @@ class SqliteLog(EventLogBase):
             rows = conn.execute(
                 f"SELECT offset, record FROM {table} "
                 "WHERE ?1 <= (SELECT last_offset FROM streams WHERE id = ?2) AND offset >= "
-                f"coalesce((SELECT max(offset) FROM {table} WHERE offset <= ?1), ?1) "
+                f"coalesce({holding(table, '?1')}, ?1) "
                 "ORDER BY offset",
                 (start, sid),
             )
@@ -415,8 +416,8 @@ class SqliteLog(EventLogBase):
             table = events_table(sid)
             if wanted[-1] - wanted[0] < 4 * len(wanted):  # close together: one range scan
                 rows = conn.execute(
-                    f"SELECT offset, record FROM {table} WHERE offset >= coalesce("
-                    f"(SELECT max(offset) FROM {table} WHERE offset <= ?1), ?1) "
+                    f"SELECT offset, record FROM {table} "
+                    f"WHERE offset >= coalesce({holding(table, '?1')}, ?1) "
                     "AND offset <= ?2 ORDER BY offset",
                     (wanted[0], wanted[-1]),
                 ).fetchall()
@@ -433,9 +434,7 @@ class SqliteLog(EventLogBase):
                 )
             for offset in wanted:
                 if offset not in held:
-                    (key,) = conn.execute(
-                        f"SELECT max(offset) FROM {table} WHERE offset <= ?", (offset,)
-                    ).fetchone()
+                    (key,) = conn.execute(f"SELECT {holding(table)}", (offset,)).fetchone()
                     if key is not None and key not in held:
                         held.update(
                             conn.execute(
