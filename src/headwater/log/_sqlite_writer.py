@@ -161,9 +161,7 @@ class Writer:
         self._conn = connect(path, durability)
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         self._conn.execute("UPDATE meta SET value = '0' WHERE key = 'clean_shutdown'")
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._appends: collections.deque[Item] = collections.deque()
-        self._told = False  # an APPENDS token is queued that the thread has not taken yet
         self._commit_window = commit_window
         self._signals = signals
         self._clock = clock
@@ -176,6 +174,9 @@ class Writer:
         self._start(path)
 
     def _start(self, path: str) -> None:
+        """Start what drives the groups (here: the thread and its queue)."""
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._told = False  # an APPENDS token is queued that the thread has not taken yet
         self._thread = threading.Thread(target=self._run, name=f"headwater-log-writer:{path}")
         self._thread.daemon = True
         self._thread.start()
