@@ -95,7 +95,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import uvloop
@@ -396,18 +396,25 @@ class Result:
         return max(0, self.acked - self.delivered)
 
 
+class Sink(NamedTuple):
+    """The counting sink's process: where to POST, and whose CPU to report."""
+
+    port: int
+    pid: int
+
+
 def drive(
-    system: str, mqtt_port: int, sink_port: int, args: argparse.Namespace, pids: list[int]
+    system: str, mqtt_port: int, sink: Sink, args: argparse.Namespace, pids: list[int]
 ) -> Result:
     """Publish, wait until everything acked arrived (or arrivals stop), collect."""
-    asyncio.run(_sink_call(sink_port, "POST", "/reset"))
+    asyncio.run(_sink_call(sink.port, "POST", "/reset"))
     out: mp.Queue[dict[str, Any]] = mp.Queue()
     pub = mp.Process(
         target=run_publishers,
         args=(mqtt_port, args.publishers, args.messages, args.window, out),
     )
     system_pids = pids + [c for pid in pids for c in children(pid)]
-    watched = {"sink": args.sink_pid, **{str(pid): pid for pid in system_pids}}
+    watched = {"sink": sink.pid, **{str(pid): pid for pid in system_pids}}
     cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     pub.start()
     published = out.get(timeout=600)
@@ -415,7 +422,7 @@ def drive(
     pub.join()
     last_change, last_count = time.monotonic(), -1
     while True:
-        stats = sink_stats(sink_port)
+        stats = sink_stats(sink.port)
         if stats["distinct"] >= published["acked"]:
             break
         if stats["count"] != last_count:
@@ -512,7 +519,7 @@ return msg;
     ]
 
 
-def bench_node_red(sink_port: int, args: argparse.Namespace) -> Result:
+def bench_node_red(sink: Sink, args: argparse.Namespace) -> Result:
     red = install_node_red()
     node = shutil.which("node")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -525,7 +532,7 @@ def bench_node_red(sink_port: int, args: argparse.Namespace) -> Result:
             "" if args.mosquitto_queue is None else f"max_queued_messages {args.mosquitto_queue}\n"
         )
         conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n{queue}")
-        (Path(tmp) / "flows.json").write_text(json.dumps(node_red_flow(mqtt_port, sink_port)))
+        (Path(tmp) / "flows.json").write_text(json.dumps(node_red_flow(mqtt_port, sink.port)))
         (Path(tmp) / "settings.js").write_text(
             "module.exports = {"
             f"uiHost: '127.0.0.1', uiPort: {ui_port}, flowFile: 'flows.json',"
@@ -542,7 +549,7 @@ def bench_node_red(sink_port: int, args: argparse.Namespace) -> Result:
         ):
             wait_port(mqtt_port)
             nr_out.wait_for("Connected to broker", nr)
-            return drive("node-red", mqtt_port, sink_port, args, [nr.pid, mqtt.pid])
+            return drive("node-red", mqtt_port, sink, args, [nr.pid, mqtt.pid])
 
 
 def headwater_resources(mqtt_port: int, sink_port: int, max_inflight: int) -> str:
@@ -579,11 +586,11 @@ spec:
 """
 
 
-def bench_headwater(sink_port: int, args: argparse.Namespace) -> Result:
+def bench_headwater(sink: Sink, args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-headwater-") as tmp:
         mqtt_port = free_port()
         resources = Path(tmp) / "bench.yaml"
-        resources.write_text(headwater_resources(mqtt_port, sink_port, args.max_inflight))
+        resources.write_text(headwater_resources(mqtt_port, sink.port, args.max_inflight))
         python = [sys.executable]
         if args.profile:
             python += ["-m", "cProfile", "-o", args.profile]
@@ -594,7 +601,7 @@ def bench_headwater(sink_port: int, args: argparse.Namespace) -> Result:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with child(command, env=env) as (hw, out):
             out.wait_for("ready", hw)
-            return drive("headwater", mqtt_port, sink_port, args, [hw.pid])
+            return drive("headwater", mqtt_port, sink, args, [hw.pid])
 
 
 def main() -> None:
@@ -626,9 +633,10 @@ def main() -> None:
     args = parser.parse_args()
 
     sink_port = free_port()
-    sink = mp.Process(target=run_sink, args=(sink_port,), daemon=True)
-    sink.start()
-    args.sink_pid = sink.pid
+    sink_process = mp.Process(target=run_sink, args=(sink_port,), daemon=True)
+    sink_process.start()
+    assert sink_process.pid is not None
+    sink = Sink(sink_port, sink_process.pid)
     results: dict[str, Result] = {}
     try:
         wait_port(sink_port)
@@ -639,7 +647,7 @@ def main() -> None:
         )
         for system in args.systems.split(","):
             bench = bench_node_red if system == "node-red" else bench_headwater
-            result = bench(sink_port, args)
+            result = bench(sink, args)
             results[system] = result
             print(
                 f"{system:>10}: {result.rate:8.0f} msgs/s delivered "
@@ -650,8 +658,8 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        sink.terminate()
-        sink.join()
+        sink_process.terminate()
+        sink_process.join()
     if "node-red" in results and "headwater" in results:
         ratio = results["headwater"].rate / max(results["node-red"].rate, 1e-9)
         print(f"ratio headwater/node-red: {ratio:.1f}x msgs/s")
