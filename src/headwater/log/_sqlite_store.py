@@ -31,6 +31,7 @@ from headwater.log._codec import (
 from headwater.log.base import (
     LogCorrupted,
     LogError,
+    LogFull,
     LogUnavailable,
     NotAHeadwaterLog,
     StreamConfig,
@@ -249,6 +250,14 @@ def open_error(path: str, exc: sqlite3.Error) -> LogError:
     if code == sqlite3.SQLITE_CORRUPT:
         return LogCorrupted(f"{path!r} is damaged: {exc}")
     return LogUnavailable(f"cannot open event log {path!r}: {exc}")
+
+
+def write_error(exc: sqlite3.Error) -> LogUnavailable:
+    """Translate a failed write: a full disk is :class:`LogFull`, the rest retryable."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+        return LogFull(f"event log write failed, the disk is full: {exc}")
+    return LogUnavailable(f"event log write failed: {exc}")
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from headwater.log._sqlite_store import (
     save_row,
     stream_row,
     transaction,
+    write_error,
 )
 from headwater.log.base import EventTooLarge, LogError, LogUnavailable, StreamNotFound
 
@@ -320,7 +321,7 @@ class Writer:
         except LogError as exc:
             return (call.future, None, exc)
         except sqlite3.Error as exc:
-            return (call.future, None, LogUnavailable(f"event log write failed: {exc}"))
+            return (call.future, None, write_error(exc))
         except Exception as exc:  # a bug in the call: its caller gets it, the group goes on
             return (call.future, None, exc)
         return (call.future, result, None)
@@ -354,7 +355,7 @@ class Writer:
             with self._positions_lock:  # keep the positions for the next try
                 self._positions = {**positions, **self._positions}
             if isinstance(exc, sqlite3.Error):
-                raise LogUnavailable(f"event log write failed: {exc}") from exc
+                raise write_error(exc) from exc
             raise
         self._unchecked += written
         if self._unchecked >= CHECKPOINT_BYTES:

@@ -58,6 +58,14 @@ class LogUnavailable(LogError):
     """
 
 
+class LogFull(LogUnavailable):
+    """The backend's storage is full (a full disk, a stream or account quota).
+
+    Nothing from the failed call was stored; retry once space is freed. Sources
+    tell producers so precisely: MQTT 5 PUBACK 0x97 Quota exceeded.
+    """
+
+
 class LogClosed(LogError):
     """The log or reader was closed by this process (not worth retrying, unlike
     :class:`LogUnavailable`)."""

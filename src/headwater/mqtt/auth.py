@@ -300,6 +300,12 @@ class Acl:
             Access.WRITE, username, client_id, lambda pattern: topic_matches(pattern, topic)
         )
 
+    def can_read(self, username: str | None, client_id: str, topic: str) -> bool:
+        """Whether a message on ``topic`` may be delivered to this client."""
+        return self._decide(
+            Access.READ, username, client_id, lambda pattern: topic_matches(pattern, topic)
+        )
+
     def can_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
         def test(pattern: str) -> bool:
             return filter_covers(pattern, topic_filter)

@@ -53,6 +53,7 @@ from typing import Any, Literal, Protocol
 
 from aiohttp import WSMsgType, web
 
+from headwater.logs import Throttle
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.packets import (
     EMPTY_PROPERTIES,
@@ -104,11 +105,13 @@ from headwater.mqtt.topics import InvalidTopic, parse_filter, validate_topic_nam
 from headwater.mqtt.topics import SubscriptionTree as _Tree
 
 __all__ = [
+    "DEFAULT_MAX_INCOMPLETE_BYTES",
     "BrokerConfig",
     "BrokerStats",
     "ClientInfo",
     "Listener",
     "MqttBroker",
+    "Refusal",
     "server_tls_context",
 ]
 
@@ -139,6 +142,18 @@ DEFAULT_TOPIC_ALIAS_MAXIMUM = 64
 #: dropped (counted in ``BrokerStats.dropped_slow_consumer``): a stalled
 #: subscriber costs at most this much memory and never blocks publishers.
 DEFAULT_MAX_WRITE_BUFFER = 1024 * 1024
+#: Bytes held across all connections for packets still arriving (a packet is
+#: buffered whole before it is decoded).  The per-packet maximum alone lets 200
+#: clients that each send most of a 1 MiB packet pin 200 MiB; this budget caps
+#: that total as Mosquitto's ``memory_limit`` caps its heap: a connection whose
+#: read would take the total past it is closed (DISCONNECT 0x97 Quota exceeded
+#: once connected), and the bytes of a closed connection are released at once.
+#: 64 MiB lets 32 clients send a 2 MiB packet at the same moment; devices'
+#: telemetry (hundreds of bytes) never comes near it.
+DEFAULT_MAX_INCOMPLETE_BYTES = 64 * 1024 * 1024
+#: Topic verdicts a connection caches when its subscriptions are not wholly
+#: readable under the ACL (after an ACL reload narrowed them); cleared when full.
+READ_CACHE_MAX = 1024
 #: Seconds between saves of changed sessions and retained messages.
 DEFAULT_AUTOSAVE_INTERVAL = 30.0
 #: A connection has this long to send its CONNECT (§4.1 of both standards lets a
@@ -174,7 +189,8 @@ class Listener:
     certificate's subject CN or first SAN (the certificate authenticates; no
     password is needed).  ``websocket`` serves MQTT over WebSocket (subprotocol
     ``mqtt``) at ``path``.  ``allow_anonymous=None`` allows clients without
-    credentials only when the listener is bound to a loopback address.
+    credentials only when the listener is bound to a loopback address *and* the
+    broker has no authentication configured (see :meth:`admits_anonymous`).
     """
 
     host: str = "127.0.0.1"
@@ -188,9 +204,20 @@ class Listener:
 
     @property
     def anonymous_allowed(self) -> bool:
+        """The default without authentication configured: loopback listeners only."""
+        return self.admits_anonymous(authentication=False)
+
+    def admits_anonymous(self, *, authentication: bool) -> bool:
+        """Whether a client without credentials may connect here.
+
+        As Mosquitto 2 does (``allow_anonymous`` defaults to false on a listener
+        with authentication configured), a password file (or any other
+        authentication) turns anonymous access off unless ``allow_anonymous``
+        says otherwise; without authentication, only a loopback listener is open.
+        """
         if self.allow_anonymous is not None:
             return self.allow_anonymous
-        return _is_loopback(self.host)
+        return not authentication and _is_loopback(self.host)
 
     @property
     def label(self) -> str:
@@ -238,6 +265,7 @@ class BrokerConfig:
     topic_alias_maximum: int = DEFAULT_TOPIC_ALIAS_MAXIMUM
     max_retained: int = DEFAULT_MAX_RETAINED
     max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER
+    max_incomplete_bytes: int = DEFAULT_MAX_INCOMPLETE_BYTES
     #: Upper bound on any session's expiry interval (seconds).
     max_session_expiry: int = NEVER_EXPIRES
     #: If set, imposed on MQTT 5 clients through Server Keep Alive [MQTT-3.2.2-21].
@@ -261,14 +289,34 @@ class ClientInfo:
     peer: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An ``on_publish`` hook's refusal of a message that can never be accepted.
+
+    A bare failure :class:`ReasonCode` means "not now" (the log is full or
+    slow): an MQTT 3.1.1 client, which cannot hear a refusal, is disconnected
+    without an ack, so that it sends the message again later. A ``Refusal``
+    means "never" (the payload is over the size limit, the topic cannot be
+    mapped): resending cannot help, so a 3.1.1 client gets its PUBACK/PUBREC
+    and the message is dropped and counted (``BrokerStats.refused_acknowledged``),
+    as Mosquitto does with a publish its ACL denies; otherwise the client would
+    resend it on every reconnect and never get past it. MQTT 5 clients get
+    ``code`` in either case.
+    """
+
+    code: ReasonCode
+
+
 #: Called for every PUBLISH from a client before it is acknowledged and routed,
 #: as ``on_publish(info, message, packet_id, dup)``: the packet identifier (``None``
 #: for QoS 0 and for wills) and the DUP flag let the hook recognise a QoS 1
 #: message the client resends because it never saw the PUBACK [MQTT-3.3.1-1].
-#: Return ``None`` (or a code < 0x80) to accept; a failure code (>= 0x80) refuses:
-#: MQTT 5 clients get it in the PUBACK/PUBREC, MQTT 3.1.1 clients (which have no
-#: way to hear it) are disconnected without an ack so they resend later.
-OnPublish = Callable[[ClientInfo, Message, int | None, bool], Awaitable[ReasonCode | None]]
+#: Return ``None`` (or a code < 0x80) to accept; a failure code (>= 0x80) refuses
+#: for now, a :class:`Refusal` for good: MQTT 5 clients get the code in the
+#: PUBACK/PUBREC; see :class:`Refusal` for MQTT 3.1.1 clients.
+OnPublish = Callable[
+    [ClientInfo, Message, int | None, bool], Awaitable[ReasonCode | Refusal | None]
+]
 OnConnect = Callable[[ClientInfo], Awaitable[None]]
 OnDisconnect = Callable[[ClientInfo], Awaitable[None]]
 
@@ -288,9 +336,24 @@ class BrokerStats:
     dropped_offline_qos0: int = 0
     denied_publish: int = 0
     denied_subscribe: int = 0
+    #: Messages not sent because the receiving client may not read the topic
+    #: (the ACL is checked on every delivery, not only at SUBSCRIBE).
+    denied_delivery: int = 0
     auth_failures: int = 0
     protocol_errors: int = 0
     hook_failures: int = 0
+    #: Messages refused for good (a :class:`Refusal`) and acknowledged to an MQTT
+    #: 3.1.1 client, which has no way to hear a refusal.
+    refused_acknowledged: int = 0
+    #: MQTT 5 publishes (and wills) with Payload Format Indicator 1 whose payload
+    #: is not UTF-8: refused with 0x99 [MQTT-3.3.2-4].
+    payload_format_invalid: int = 0
+    #: Persistent sessions discarded because another user connected with their
+    #: client id (a session belongs to the user who created it).
+    sessions_reset_owner: int = 0
+    #: Connections closed because their incomplete packets would have taken the
+    #: bytes held across all connections past ``max_incomplete_bytes``.
+    incomplete_over_budget: int = 0
 
 
 # -- transports -------------------------------------------------------------------------------
@@ -541,8 +604,18 @@ class _Connection:
         self.alias_out: dict[str, int] = {}
         self.alias_in: dict[int, str] = {}
         self.on_publish = broker._on_publish
+        #: Bytes this connection's decoder holds, as counted in ``broker._incomplete``.
+        self._held = 0
+        #: Per-delivery ACL checks: the broker's ACL generation these were made
+        #: under, whether every subscription is wholly readable (then no topic
+        #: needs checking), and per-topic verdicts otherwise.
+        self._acl_generation = -1
+        self._all_readable = False
+        self._readable: dict[str, bool] = {}
         #: Hooked PUBLISHes in arrival order: (hook task, message, packet id).
-        self._hooked: deque[tuple[asyncio.Task[ReasonCode | None], Message, int | None]] = deque()
+        self._hooked: deque[
+            tuple[asyncio.Task[ReasonCode | Refusal | None], Message, int | None]
+        ] = deque()
         #: QoS 2 packet ids among them (a resend meanwhile is ignored, not hooked twice).
         self._hooked_qos2: set[int] = set()
         self._handlers: dict[type, Callable[[Any], Awaitable[None] | None]] = {
@@ -589,7 +662,13 @@ class _Connection:
     def fail(self, code: ReasonCode, why: str) -> None:
         """A protocol violation by the client: log, DISCONNECT with ``code``, close."""
         self.broker.stats.protocol_errors += 1
-        logger.info("closing %s (%s): %s", self.client_id or self.link.peer, code.name, why)
+        self.broker.throttle.info(
+            ("protocol", code),
+            "closing %s (%s): %s",
+            self.client_id or self.link.peer,
+            code.name,
+            why,
+        )
         self.disconnect(code)
         raise _Close
 
@@ -603,7 +682,9 @@ class _Connection:
         except MqttError as exc:
             # A malformed packet closes this connection only (§4.13 of both standards).
             self.broker.stats.protocol_errors += 1
-            logger.info("closing %s: %s", self.client_id or self.link.peer, exc)
+            self.broker.throttle.info(
+                ("malformed", type(exc)), "closing %s: %s", self.client_id or self.link.peer, exc
+            )
             if not self.connected and isinstance(exc, UnsupportedProtocolVersion):
                 # [MQTT-3.1.2-2 (3.1.1)] CONNACK 0x01, then close.
                 self.send(encode(Connack(reason_code=exc.reason_code), exc.answer_version))
@@ -629,7 +710,38 @@ class _Connection:
                 self.closing = True
                 self.flush()
                 self.link.close()
+                self._release()
                 await self.broker._connection_closed(self)
+
+    def _release(self) -> None:
+        """Give back at once what the connection held for packets still arriving.
+
+        Not left to the garbage collector: the connection's handler table refers
+        back to it, so only a full collection would free it and the partial
+        packet its decoder holds (a megabyte per connection under a probe).
+        """
+        self.broker._incomplete -= self._held
+        self._held = 0
+        self.decoder.release()
+        self._handlers.clear()
+        self._readable.clear()
+
+    def _count_incoming(self) -> None:
+        """Account the decoder's bytes in the broker-wide budget; over it: close."""
+        held = self.decoder.buffered
+        grown = held - self._held
+        if not grown:
+            return
+        broker = self.broker
+        broker._incomplete += grown
+        self._held = held
+        if grown > 0 and broker._incomplete > self.config.max_incomplete_bytes:
+            broker.stats.incomplete_over_budget += 1
+            self.fail(
+                ReasonCode.QUOTA_EXCEEDED,
+                f"{broker._incomplete} bytes of incomplete packets held across connections, "
+                f"over the {self.config.max_incomplete_bytes}-byte budget",
+            )
 
     async def _serve(self) -> None:
         link = self.link
@@ -642,6 +754,7 @@ class _Connection:
                 if not data:
                     return
                 decoder.receive_data(data)
+                self._count_incoming()
                 packet = decoder.next_packet()
         assert isinstance(packet, Connect)
         await self._handle_connect(packet)
@@ -661,6 +774,8 @@ class _Connection:
                     await result
                 if self.closing:
                     return
+            if self._held:
+                self._count_incoming()  # what the packets just handled no longer hold
             if link.buffered() > WRITE_HIGH_WATER:
                 # Backpressure: stop reading this client until its socket drains.
                 self.flush()
@@ -670,12 +785,15 @@ class _Connection:
                 return
             self.last_rx = loop.time()
             decoder.receive_data(data)
+            self._count_incoming()
 
     # -- CONNECT ------------------------------------------------------------------------------
 
     def _refuse(self, code: ReasonCode, why: str) -> None:
         """CONNACK with a failure code, then close [MQTT-3.2.2-5 (3.1.1) / 3.2.2-7 (5.0)]."""
-        logger.info("refusing %s from %s: %s", code.name, self.link.peer, why)
+        self.broker.throttle.info(
+            ("refused", code), "refusing %s from %s: %s", code.name, self.link.peer, why
+        )
         if self.v5:
             self.send(encode(Connack(reason_code=code), V5))
         elif connack_code_311(code) is not None:
@@ -708,16 +826,29 @@ class _Connection:
 
         # Authentication: certificate, then password, then anonymous.
         username = connect.username
+        passwords = broker.passwords
         if self.cert_username is not None:
             username = self.cert_username
-        elif username is not None and config.passwords is not None:
-            ok = await asyncio.to_thread(config.passwords.verify, username, connect.password)
+        elif username is not None and passwords is not None:
+            ok = await asyncio.to_thread(passwords.verify, username, connect.password)
             if not ok:
                 broker.stats.auth_failures += 1
                 self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"bad password for {username!r}")
-        elif not self.listener.anonymous_allowed:
+        elif not self.listener.admits_anonymous(authentication=passwords is not None):
             broker.stats.auth_failures += 1
             self._refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is off on this listener")
+        will = connect.will
+        if (
+            v5
+            and will is not None
+            and will.properties.payload_format_indicator == 1
+            and not _is_utf8(will.payload)
+        ):
+            # MQTT 5.0 §3.1.3.2.3: Payload Format Indicator 1 says the will is UTF-8;
+            # "the Server MAY validate [it] ... and if it is not send a CONNACK with
+            # the Reason Code of 0x99 (Payload format invalid)".
+            broker.stats.payload_format_invalid += 1
+            self._refuse(ReasonCode.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
         if len(broker._online) >= config.max_connections and client_id not in broker._online:
             self._refuse(ReasonCode.SERVER_BUSY, "connection limit reached")
         if self.closing:
@@ -733,7 +864,9 @@ class _Connection:
         granted_expiry = min(expiry, config.max_session_expiry)
 
         # From here on no awaits until the session is attached (no interleaving).
-        self.session, present = broker._attach(self, connect.clean_start, granted_expiry)
+        self.session, present = broker._attach(
+            self, connect.clean_start, granted_expiry, _identity(username)
+        )
         self.will = connect.will
 
         keep_alive = connect.keep_alive
@@ -794,7 +927,7 @@ class _Connection:
             return
         # [MQTT-3.1.2-24 (3.1.1) / MQTT-3.1.2-22 (5.0)] nothing for 1.5 x Keep Alive:
         # close as if the network failed, so the will is published.
-        logger.info("keepalive timeout for %s", self.client_id)
+        self.broker.throttle.info("keepalive", "keepalive timeout for %s", self.client_id)
         self.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
 
     def take_over(self) -> None:
@@ -852,9 +985,16 @@ class _Connection:
                 # §3.3.4: more than Receive Maximum unacknowledged QoS 2: 0x93.
                 self.fail(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
         self.broker.stats.messages_received += 1
-        acl = config.acl
+        acl = self.broker.acl
         if acl is not None and not acl.can_publish(self.username, self.client_id, topic):
             self._deny_publish(qos, pid, topic)
+            return None
+        if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+            # [MQTT-3.3.2-4] Payload Format Indicator 1 promises UTF-8; "the receiver
+            # MAY validate ... and if it is not, send a PUBACK, PUBREC, or DISCONNECT
+            # with Reason Code of 0x99 (Payload format invalid)" (§3.3.2.3.2).
+            self.broker.stats.payload_format_invalid += 1
+            self._refuse_publish(qos, pid, ReasonCode.PAYLOAD_FORMAT_INVALID)
             return None
         if props is EMPTY_PROPERTIES or (props.topic_alias is not None and _only_alias(props)):
             message = Message(topic, packet.payload, qos, packet.retain, origin=self.client_id)
@@ -920,7 +1060,7 @@ class _Connection:
             task, message, pid = hooked.popleft()
             if message.qos == 2:
                 self._hooked_qos2.discard(pid)
-            code: ReasonCode | None
+            code: ReasonCode | Refusal | None
             if task.cancelled():
                 code = ReasonCode.UNSPECIFIED_ERROR
             elif (exc := task.exception()) is not None:
@@ -931,48 +1071,69 @@ class _Connection:
             if not self.closing:
                 self._outcome(message, pid, code)
 
-    def _outcome(self, message: Message, pid: int | None, code: ReasonCode | None) -> None:
-        if code is None or code < 0x80:
+    def _outcome(
+        self, message: Message, pid: int | None, code: ReasonCode | Refusal | None
+    ) -> None:
+        if code is None:
+            self._accept(message, pid)
+            return
+        permanent = isinstance(code, Refusal)
+        reason = code.code if isinstance(code, Refusal) else code
+        if reason < 0x80:
             self._accept(message, pid)
             return
         self.broker.stats.hook_failures += 1
         qos = message.qos
         if not qos:
             return  # nothing to tell a QoS 0 publisher
-        if self.v5:
-            reason = (
-                ReasonCode(code) if code in PUBACK_REASON_CODES else ReasonCode.UNSPECIFIED_ERROR
-            )
-            # [MQTT-4.3.3-9 (5.0)] after a failed PUBREC the id is not kept.
-            assert pid is not None
-            ack = Puback(pid, reason) if qos == 1 else Pubrec(pid, reason)
-            self.send(encode(ack, V5))
+        if self.v5 or permanent:
+            self._refuse_publish(qos, pid, ReasonCode(reason))
         else:
-            # 3.1.1 cannot say no: close without acknowledging, so that the
-            # client resends the message on its next connection [MQTT-4.4.0-1].
-            logger.warning("closing %s: on_publish refused (%s)", self.client_id, code)
+            # 3.1.1 cannot say "not now": close without acknowledging, so that
+            # the client resends the message on its next connection [MQTT-4.4.0-1].
+            self.broker.throttle.warning(
+                ("refused-311", reason),
+                "closing %s: publish refused for now (%s); it will resend",
+                self.client_id,
+                ReasonCode(reason).name,
+            )
             self.close()
 
-    def _deny_publish(self, qos: int, pid: int | None, topic: str) -> None:
-        self.broker.stats.denied_publish += 1
-        logger.warning("denied PUBLISH by %s to %r", self.client_id, topic)
+    def _refuse_publish(
+        self, qos: int, pid: int | None, code: ReasonCode, *, counted: bool = False
+    ) -> None:
+        """Tell a publisher its message was refused for good (nothing for QoS 0).
+
+        ``counted``: the caller counted the refusal already.
+        """
         if not qos:
             return
         assert pid is not None
         if self.v5:
-            # 5.0: PUBACK/PUBREC 0x87 Not authorized (the id is not kept).
-            ack = (
-                Puback(pid, ReasonCode.NOT_AUTHORIZED)
-                if qos == 1
-                else Pubrec(pid, ReasonCode.NOT_AUTHORIZED)
-            )
+            reason = code if code in PUBACK_REASON_CODES else ReasonCode.UNSPECIFIED_ERROR
+            # [MQTT-4.3.3-9 (5.0)] after a failed PUBREC the id is not kept.
+            ack = Puback(pid, reason) if qos == 1 else Pubrec(pid, reason)
             self.send(encode(ack, V5))
-        elif qos == 1:
-            # 3.1.1 has no negative ack: acknowledge and drop (as Mosquitto does).
-            self.send(bytes((0x40, 2, pid >> 8, pid & 0xFF)))
+            return
+        # 3.1.1 has no negative ack, and resending can never succeed: acknowledge
+        # and drop, as Mosquitto does with a denied publish; a disconnect would
+        # make the client resend it on every reconnect, forever.
+        if not counted:
+            self.broker.stats.refused_acknowledged += 1
+        if qos == 1:
+            self.send(encode(Puback(pid), V311))
         else:
             self.session.receive_qos2(pid)  # type: ignore[union-attr]
-            self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
+            self.send(encode(Pubrec(pid), V311))
+
+    def _deny_publish(self, qos: int, pid: int | None, topic: str) -> None:
+        self.broker.stats.denied_publish += 1
+        self.broker.throttle.warning(
+            ("denied-publish", self.client_id), "denied PUBLISH by %s to %r", self.client_id, topic
+        )
+        # 5.0: PUBACK/PUBREC 0x87 Not authorized (the id is not kept); 3.1.1 has no
+        # negative ack: acknowledged and dropped (counted as denied above).
+        self._refuse_publish(qos, pid, ReasonCode.NOT_AUTHORIZED, counted=True)
 
     def _handle_pubrel(self, packet: Pubrel) -> None:
         pid = packet.packet_id
@@ -1071,10 +1232,48 @@ class _Connection:
             return None
         return packet
 
+    def may_read(self, topic: str) -> bool:
+        """Whether the ACL lets this client receive a message on ``topic``.
+
+        Checked on every delivery, as Mosquitto does, not only at SUBSCRIBE: the
+        ACL may have been reloaded since, and a resumed session's queue was
+        filled under the ACL of its previous connection. Cheap in the usual
+        case: a subscription granted under the current ACL is wholly readable
+        (SUBSCRIBE requires an allow rule covering the filter and no deny rule
+        overlapping it), so while every subscription is, no topic is checked;
+        otherwise verdicts are cached per topic until the ACL changes.
+        """
+        broker = self.broker
+        acl = broker.acl
+        if acl is None:
+            self._all_readable = True  # until an ACL is loaded (reload_auth clears it)
+            return True
+        if self._acl_generation != broker.acl_generation:
+            self._acl_generation = broker.acl_generation
+            self._readable.clear()
+            session = self.session
+            self._all_readable = session is not None and all(
+                acl.can_subscribe(self.username, self.client_id, sub.match_filter)
+                for sub in session.subscriptions.values()
+            )
+        if self._all_readable:
+            return True
+        readable = self._readable
+        verdict = readable.get(topic)
+        if verdict is None:
+            if len(readable) >= READ_CACHE_MAX:
+                readable.clear()
+            verdict = readable[topic] = acl.can_read(self.username, self.client_id, topic)
+        if not verdict:
+            broker.stats.denied_delivery += 1
+        return verdict
+
     def deliver(
         self, fan: _Fanout, qos: int, retain: bool, subscription_ids: tuple[int, ...]
     ) -> None:
         """Send (or queue, for QoS > 0 beyond the send quota) one message to this client."""
+        if not self._all_readable and not self.may_read(fan.message.topic):
+            return
         if not qos:
             if self.link.buffered() > self.config.max_write_buffer:
                 self.broker.stats.dropped_slow_consumer += 1
@@ -1118,7 +1317,8 @@ class _Connection:
             delivery = session.pop_queued(now)
             if delivery is None:
                 break
-            self._transmit(delivery, _Fanout(delivery.message, now))
+            if self.may_read(delivery.message.topic):
+                self._transmit(delivery, _Fanout(delivery.message, now))
 
     def _resend_inflight(self) -> None:
         """[MQTT-4.4.0-1] on a resumed session, resend unacknowledged PUBLISH (DUP=1)
@@ -1132,6 +1332,9 @@ class _Connection:
                 self.send(bytes((0x62, 2, pid >> 8, pid & 0xFF)))
                 continue
             d = out.delivery
+            if not self.may_read(d.message.topic):
+                session.drop_inflight(pid)
+                continue
             # [MQTT-3.3.1-1] DUP=1 on a re-delivery.
             packet = self._publish_bytes(
                 _Fanout(d.message, now), d.qos, d.retain, d.subscription_ids, pid, dup=True
@@ -1190,17 +1393,24 @@ class _Connection:
             parsed = parse_filter(text)
         except InvalidTopic as exc:
             # Invalid filters fail in the SUBACK (0x80 / 0x8F), they are not accepted.
-            logger.info("invalid filter %r from %s: %s", text, self.client_id, exc)
+            self.broker.throttle.info(
+                "invalid-filter", "invalid filter %r from %s: %s", text, self.client_id, exc
+            )
             return ReasonCode.TOPIC_FILTER_INVALID, None, False
         if parsed.share is not None and options.no_local and self.v5:
             # [MQTT-3.8.3-4 (5.0)] No Local on a shared subscription is a protocol error.
             self.fail(ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription")
-        acl = config.acl
+        acl = self.broker.acl
         if acl is not None and not acl.can_subscribe(
             self.username, self.client_id, parsed.topic_filter
         ):
             self.broker.stats.denied_subscribe += 1
-            logger.warning("denied SUBSCRIBE by %s to %r", self.client_id, text)
+            self.broker.throttle.warning(
+                ("denied-subscribe", self.client_id),
+                "denied SUBSCRIBE by %s to %r",
+                self.client_id,
+                text,
+            )
             # 0x87 in 5.0; the codec writes 0x80 for 3.1.1 [MQTT-3.9.3-2 (3.1.1)].
             return ReasonCode.NOT_AUTHORIZED, None, False
         existing = session.subscriptions.get(text)
@@ -1236,6 +1446,7 @@ class _Connection:
                 continue
             session.dirty = True
             self.broker._tree.unsubscribe(sub.match_filter, self.client_id, sub.share)
+            self._acl_generation = -1  # what remains may now be wholly readable
             codes.append(ReasonCode.SUCCESS)
         # [MQTT-3.10.4-4/5 (3.1.1)] UNSUBACK even when nothing matched.
         self.send(encode(Unsuback(packet.packet_id, tuple(codes)), self.version))
@@ -1261,6 +1472,23 @@ class _Connection:
             # 0x04 keeps it so that it is published.
             self.will = None
         self.closing = True
+
+
+def _code(outcome: ReasonCode | Refusal) -> ReasonCode:
+    return outcome.code if isinstance(outcome, Refusal) else outcome
+
+
+def _identity(username: str | None) -> str:
+    """Who owns a session: the authenticated user (or certificate identity)."""
+    return "anonymous" if username is None else f"user:{username}"
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _sub_ids(sub: Subscription) -> tuple[int, ...]:
@@ -1301,8 +1529,18 @@ class MqttBroker:
         on_connect: OnConnect | None = None,
         on_disconnect: OnDisconnect | None = None,
     ) -> None:
-        self.config = config or BrokerConfig()
+        self.config = config = config or BrokerConfig()
         self.stats = BrokerStats()
+        #: Authentication and authorisation in force; :meth:`reload_auth` swaps them.
+        self.passwords: PasswordFile | None = config.passwords
+        self.acl: Acl | None = config.acl
+        #: Bumped by every :meth:`reload_auth`: connections re-check their
+        #: subscriptions against the new ACL at their next delivery.
+        self.acl_generation = 0
+        #: A peer's misbehaviour is logged once per kind and interval, with a count.
+        self.throttle = Throttle(logger)
+        #: Bytes held by all connections' decoders (``max_incomplete_bytes``).
+        self._incomplete = 0
         self._on_publish = on_publish
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -1346,6 +1584,24 @@ class MqttBroker:
     @property
     def connected_clients(self) -> list[str]:
         return list(self._online)
+
+    @property
+    def incomplete_bytes(self) -> int:
+        """Bytes held across connections for packets still arriving."""
+        return self._incomplete
+
+    def reload_auth(self, passwords: PasswordFile | None, acl: Acl | None) -> None:
+        """Use a new password file and ACL from now on, without dropping anyone.
+
+        New CONNECTs authenticate against ``passwords``; every later PUBLISH,
+        SUBSCRIBE and delivery is checked against ``acl`` (connected clients'
+        subscriptions included: what they may no longer read stops reaching them).
+        """
+        self.passwords = passwords
+        self.acl = acl
+        self.acl_generation += 1
+        for conn in self._connections:
+            conn._all_readable = False
 
     @property
     def queue_dropped(self) -> int:
@@ -1530,8 +1786,24 @@ class MqttBroker:
             if candidate not in self._sessions and candidate not in self._online:
                 return candidate
 
-    def _attach(self, conn: _Connection, clean_start: bool, expiry: int) -> tuple[Session, bool]:
-        """Bind ``conn`` to its session; returns (session, session present)."""
+    def _attach(
+        self, conn: _Connection, clean_start: bool, expiry: int, owner: str
+    ) -> tuple[Session, bool]:
+        """Bind ``conn`` to its session; returns (session, session present).
+
+        A session belongs to the user who created it. Another user connecting
+        with its client id takes the connection over, as MQTT requires
+        [MQTT-3.1.4-2 (3.1.1) / 3.1.4-3 (5.0)], but not the session: it gets a
+        new, clean one (Session Present 0) and the old one is discarded, so its
+        subscriptions and queued messages never reach someone else. Refusing
+        the CONNECT instead would lock a client id forever to whoever first
+        used it (3.1.1 sessions never expire), so a device whose credentials
+        were rotated could never reconnect. Mosquitto resumes the session for
+        the new user and drops the queued messages its ACL forbids
+        (``db__check_acl_of_all_messages`` in ``connect__on_authorised``); EMQX
+        resumes it unchecked. Besides this rule every delivery is checked
+        against the receiver's ACL (:meth:`_Connection.may_read`).
+        """
         cid = conn.client_id
         old = self._online.pop(cid, None)
         if old is not None:
@@ -1546,6 +1818,16 @@ class MqttBroker:
         if handle is not None:
             handle.cancel()
         session = self._sessions.get(cid)
+        if session is not None and not clean_start and session.owner not in (None, owner):
+            self.stats.sessions_reset_owner += 1
+            logger.warning(
+                "client id %r connected as %s: the session of %s is discarded, not resumed",
+                cid,
+                owner,
+                session.owner,
+            )
+            self._drop_session(session)
+            session = None
         if session is not None and (clean_start or session.is_expired(time.time())):
             # Clean start discards any existing session [MQTT-3.1.2-6 (3.1.1) / 3.1.2-4 (5.0)].
             self._drop_session(session)
@@ -1561,6 +1843,9 @@ class MqttBroker:
             self._deleted_sessions.discard(cid)
         session.expiry_interval = expiry
         session.disconnected_at = None
+        # A session saved before owners were recorded is adopted by whoever
+        # resumes it; the per-delivery ACL check filters what it queued.
+        session.owner = owner
         session.dirty = True
         self._online[cid] = conn
         return session, present
@@ -1651,7 +1936,7 @@ class MqttBroker:
 
     def _publish_will(self, pending: _PendingWill) -> None:
         message, info = pending.message, pending.info
-        acl = self.config.acl
+        acl = self.acl
         if acl is not None and not acl.can_publish(info.username, info.client_id, message.topic):
             self.stats.denied_publish += 1
             logger.warning("denied will of %s to %r", info.client_id, message.topic)
@@ -1667,7 +1952,7 @@ class MqttBroker:
             except Exception:
                 logger.exception("on_publish hook failed for the will of %s", info.client_id)
                 code = ReasonCode.UNSPECIFIED_ERROR
-            if code is None or code < 0x80:
+            if code is None or _code(code) < 0x80:
                 self.route(message)
             else:
                 self.stats.hook_failures += 1

@@ -213,6 +213,19 @@ class Decoder:
             self._pending += len(data)
 
     @property
+    def buffered(self) -> int:
+        """Bytes held: received and not yet returned as part of a packet."""
+        return len(self._buf) - self._pos + self._pending
+
+    def release(self) -> None:
+        """Drop every byte held (the connection is gone); ``next_packet`` raises after it."""
+        self._buf = b""
+        self._pos = 0
+        self._chunks.clear()
+        self._pending = 0
+        self._error = self._error or MalformedPacket("the decoder was released")
+
+    @property
     def unprocessed_data(self) -> bytes:
         """The bytes received but not yet returned as part of a packet."""
         return b"".join([self._buf[self._pos :], *self._chunks])

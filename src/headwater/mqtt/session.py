@@ -227,6 +227,9 @@ class Session:
     dropped: int = 0
     #: Wall-clock time of the last disconnect; ``None`` while connected.
     disconnected_at: float | None = None
+    #: Who created the session (the broker's identity of the authenticated user);
+    #: ``None`` for a session saved before owners were recorded.
+    owner: str | None = None
     #: True when state changed since the last save.
     dirty: bool = True
     _next_id: int = 1
@@ -368,6 +371,7 @@ class Session:
             "dropped": self.dropped,
             "disc": self.disconnected_at,
             "next": self._next_id,
+            "own": self.owner,
         }
 
     @classmethod
@@ -392,6 +396,7 @@ class Session:
             incoming_qos2=set(doc["in2"]),
             dropped=doc["dropped"],
             disconnected_at=doc["disc"],
+            owner=doc.get("own"),
             dirty=False,
             _next_id=doc["next"],
         )

@@ -94,6 +94,9 @@ class ListenerSpec(Model):
     websocket: bool = False
     path: str = "/mqtt"
     cert_username: Literal["cn", "san"] | None = None
+    #: clients without credentials; unset: only on a loopback listener of a
+    #: source without a password file (as Mosquitto 2, which denies anonymous
+    #: access wherever authentication is configured)
     allow_anonymous: bool | None = None
     name: str = ""
 
@@ -121,6 +124,9 @@ class MqttBrokerSourceSpec(Model):
     device_events: bool = True
     #: publishes larger than this are refused (PUBACK 0x97 Quota exceeded) and counted
     max_event_size: int = Field(default=1024 * 1024, ge=1)
+    #: bytes held across all connections for packets still arriving (a connection
+    #: that would take the total past it is closed); unset: the broker's 64 MiB
+    max_incomplete_bytes: int | None = Field(default=None, ge=64 * 1024)
     sink: Destination
 
     @field_validator("topics")

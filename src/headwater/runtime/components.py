@@ -24,7 +24,7 @@ from headwater.eventing import DeliveryError, Sink
 from headwater.eventing import Subscription as SubscriptionMember
 from headwater.eventing import Trigger as TriggerMember
 from headwater.eventing._fanout import Saturated
-from headwater.log import LogUnavailable
+from headwater.log import LogFull, LogUnavailable
 from headwater.resources import (
     Broker,
     Channel,
@@ -60,6 +60,9 @@ class AcceptSink:
     async def deliver(self, event: CloudEvent) -> CloudEvent | None:
         try:
             await self.fanout.accept([event])
+        except LogFull as exc:
+            # 507 Insufficient Storage (RFC 4918 §11.5): retryable once space is freed.
+            raise DeliveryError(507, True, reason=f"{self.fanout!r}: {exc}") from exc
         except (LogUnavailable, Saturated) as exc:
             raise DeliveryError(503, True, reason=f"{self.fanout!r}: {exc}") from exc
         return None

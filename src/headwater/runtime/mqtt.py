@@ -19,8 +19,11 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, Sink
@@ -32,6 +35,7 @@ from headwater.resources.mqtt import (
     Credentials,
     ListenerSpec,
     MqttBrokerSource,
+    MqttBrokerSourceSpec,
     MqttSink,
     MqttSource,
     Tls,
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
     from headwater.runtime.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+LABELS = ["namespace", "name"]
 
 
 def _listener(spec: ListenerSpec) -> Listener:
@@ -76,18 +82,26 @@ def _listener(spec: ListenerSpec) -> Listener:
     )
 
 
+def _auth(spec: MqttBrokerSourceSpec) -> tuple[PasswordFile | None, Acl | None]:
+    passwords = PasswordFile.load(spec.password_file) if spec.password_file else None
+    return passwords, Acl.load(spec.acl_file) if spec.acl_file else None
+
+
 class MqttBrokerSourceComponent:
     def __init__(self, runtime: Runtime, resource: MqttBrokerSource) -> None:
         spec = resource.spec
         self.resource = resource
         self._sink = runtime.resolve(spec.sink, resource.namespace)
+        passwords, acl = _auth(spec)
         config = BrokerConfig(
             listeners=tuple(_listener(listener) for listener in spec.listeners),
             data_dir=spec.data_dir,
-            passwords=PasswordFile.load(spec.password_file) if spec.password_file else None,
-            acl=Acl.load(spec.acl_file) if spec.acl_file else None,
+            passwords=passwords,
+            acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
         )
+        if spec.max_incomplete_bytes is not None:
+            config = replace(config, max_incomplete_bytes=spec.max_incomplete_bytes)
         self.source = BrokerSourceRunner(
             config,
             spec.mapping.compile(),
@@ -112,10 +126,64 @@ class MqttBrokerSourceComponent:
         await self.source.__aexit__(None, None, None)
 
     async def update(self, resource: Resource) -> bool:
-        return False
+        """A change of the password file or ACL only is applied in place (as
+        Mosquitto's reload on SIGHUP): nobody is disconnected, and every later
+        delivery is checked against the new ACL. Anything else recreates the broker."""
+        assert isinstance(resource, MqttBrokerSource)
+        auth = {"password_file": None, "acl_file": None}
+        old = self.resource.spec.model_copy(update=auth)
+        if resource.spec.model_copy(update=auth) != old:
+            return False
+        self.source.broker.reload_auth(*_auth(resource.spec))
+        self.resource = resource
+        return True
 
     def status(self) -> dict[str, Any]:
         return self.source.status()
+
+    def metric_families(self) -> list[Metric]:
+        """The embedded broker's counters of hostile or refused input, for ``/metrics``."""
+        labels = [self.resource.namespace, self.resource.name]
+        stats = self.source.broker.stats
+        families: list[Metric] = []
+        for name, value, doc in (
+            ("auth_failures", stats.auth_failures, "CONNECTs refused for bad credentials."),
+            ("protocol_errors", stats.protocol_errors, "Connections closed for protocol errors."),
+            ("denied_publish", stats.denied_publish, "PUBLISHes the ACL denied."),
+            ("denied_subscribe", stats.denied_subscribe, "SUBSCRIBE filters the ACL denied."),
+            ("denied_delivery", stats.denied_delivery, "Deliveries the receiver's ACL denied."),
+            (
+                "refused_acknowledged",
+                stats.refused_acknowledged,
+                "Publishes refused for good and acknowledged to MQTT 3.1.1 clients.",
+            ),
+            (
+                "payload_format_invalid",
+                stats.payload_format_invalid,
+                "Publishes with Payload Format Indicator 1 that were not UTF-8 (0x99).",
+            ),
+            (
+                "incomplete_over_budget",
+                stats.incomplete_over_budget,
+                "Connections closed: their partial packets would exceed the memory budget.",
+            ),
+            (
+                "sessions_reset_owner",
+                stats.sessions_reset_owner,
+                "Sessions discarded because another user connected with their client id.",
+            ),
+        ):
+            family = CounterMetricFamily(f"headwater_mqtt_{name}", doc, labels=LABELS)
+            family.add_metric(labels, value)
+            families.append(family)
+        held = GaugeMetricFamily(
+            "headwater_mqtt_incomplete_bytes",
+            "Bytes held across connections for packets still arriving.",
+            labels=LABELS,
+        )
+        held.add_metric(labels, self.source.broker.incomplete_bytes)
+        families.append(held)
+        return families
 
 
 def _password(credentials: Credentials) -> bytes | None:

@@ -23,12 +23,21 @@ connection) and take effect in arrival order, so:
 Defined outcomes for bad input (each counted in :class:`SourceStats`):
 
 ========================================  =============================================
-payload over ``max_event_size``           refused: PUBACK 0x97 Quota exceeded (5.0) /
-                                          disconnect (3.1.1); not routed
-a carried CloudEvent that is malformed    refused: PUBACK 0x99 Payload format invalid
+payload over ``max_event_size``           refused for good: PUBACK 0x97 Quota exceeded
+                                          (5.0) / acknowledged and dropped (3.1.1, which
+                                          cannot hear a refusal); not routed
+a topic or carried CloudEvent that        refused for good: PUBACK 0x99 Payload format
+cannot make a valid event                 invalid (5.0) / acknowledged and dropped (3.1.1)
+the log is full (disk, quota)             refused for now: PUBACK 0x97 Quota exceeded
+                                          (5.0) / disconnect without an ack (3.1.1): the
+                                          device resends once there is room
 topic outside the pattern (``Unmatched``) routed between devices, no event
 non-UTF-8 / non-JSON payload              an event with ``application/octet-stream`` data
 ========================================  =============================================
+
+"For good" is a :class:`~headwater.mqtt.broker.Refusal`: the message can never
+become an event, so a 3.1.1 device that resent it after every reconnect would
+loop forever and its later messages would never be acknowledged.
 
 Device connects/disconnects become ``dev.headwater.device.connected`` /
 ``...disconnected`` events (best effort: a failed append is logged and
@@ -56,8 +65,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from headwater.cloudevents import CloudEvent, InvalidEvent
-from headwater.log import EventTooLarge
-from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker
+from headwater.log import EventTooLarge, LogFull
+from headwater.logs import Throttle
+from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
 from headwater.mqtt.session import Message
 from headwater.mqtt.topics import topic_matches
@@ -145,6 +155,7 @@ class MqttBrokerSource:
         self.append_timeout = append_timeout
         self.name = name
         self.stats = SourceStats()
+        self.throttle = Throttle(log)
         self.ids = IdSequence()
         self.redeliveries = Redeliveries()
         self._matches: dict[str, bool] = {}
@@ -185,7 +196,7 @@ class MqttBrokerSource:
 
     async def _on_publish(
         self, info: ClientInfo, message: Message, packet_id: int | None, dup: bool
-    ) -> ReasonCode | None:
+    ) -> ReasonCode | Refusal | None:
         if self._responses:
             waiting = self._responses.pop(message.topic, None)
             if waiting is not None and not waiting.done():
@@ -204,7 +215,7 @@ class MqttBrokerSource:
                 message.topic,
                 self.max_event_size,
             )
-            return ReasonCode.QUOTA_EXCEEDED
+            return Refusal(ReasonCode.QUOTA_EXCEEDED)
         sender = info.client_id
         print_ = 0
         if packet_id is not None:
@@ -233,24 +244,24 @@ class MqttBrokerSource:
             log.warning(
                 "%s: publish by %s to %r: %s", self.name, info.client_id, message.topic, exc
             )
-            return ReasonCode.PAYLOAD_FORMAT_INVALID
+            return Refusal(ReasonCode.PAYLOAD_FORMAT_INVALID)
         if packet_id is not None:
             return await self._emit_once(sender, packet_id, print_, event, message.qos)
         return await self._emit(sender, event, 0)
 
     async def _emit_once(
         self, sender: str, packet_id: int, print_: int, event: CloudEvent, qos: int
-    ) -> ReasonCode | None:
+    ) -> ReasonCode | Refusal | None:
         """:meth:`_emit` a QoS 1/2 message, remembering it for its resends."""
         self.redeliveries.begin(sender, packet_id, print_)
-        code: ReasonCode | None = ReasonCode.UNSPECIFIED_ERROR
+        code: ReasonCode | Refusal | None = ReasonCode.UNSPECIFIED_ERROR
         try:
             code = await self._emit(sender, event, qos)
         finally:
             self.redeliveries.end(sender, packet_id, print_, code is None)
         return code
 
-    async def _emit(self, sender: str, event: CloudEvent, qos: int) -> ReasonCode | None:
+    async def _emit(self, sender: str, event: CloudEvent, qos: int) -> ReasonCode | Refusal | None:
         stats = self.stats
         try:
             # asyncio.timeout, not wait_for: no extra task per message on the hot path.
@@ -261,11 +272,20 @@ class MqttBrokerSource:
             if qos == 0:
                 stats.dropped_qos0 += 1
                 return None
-            if code is ReasonCode.QUOTA_EXCEEDED and _too_large(exc):
+            if _too_large(exc):
                 stats.too_large += 1
-            else:
-                stats.append_failures += 1
-            log.warning("%s: append failed, refusing publish by %s: %s", self.name, sender, exc)
+                self.throttle.warning(
+                    "too-large", "%s: refusing publish by %s: %s", self.name, sender, exc
+                )
+                return Refusal(code)  # as large again next time: never accepted
+            stats.append_failures += 1
+            self.throttle.warning(
+                "append-failed",
+                "%s: append failed, refusing publish by %s: %s",
+                self.name,
+                sender,
+                exc,
+            )
             return code
         stats.events += 1
         return None
@@ -305,6 +325,12 @@ class MqttBrokerSource:
             "listeners": [f"{host}:{port}" for _, host, port in broker.addresses],
             "connectedClients": len(broker.connected_clients),
             "messagesReceived": broker.stats.messages_received,
+            "incompleteBytes": broker.incomplete_bytes,
+            "incompleteOverBudget": broker.stats.incomplete_over_budget,
+            "refusedAcknowledged": broker.stats.refused_acknowledged,
+            "deniedDelivery": broker.stats.denied_delivery,
+            "payloadFormatInvalid": broker.stats.payload_format_invalid,
+            "sessionsResetOwner": broker.stats.sessions_reset_owner,
         }
 
 
@@ -321,6 +347,9 @@ def _failure_code(exc: BaseException) -> ReasonCode:
     """The PUBACK reason code for a failed append."""
     if isinstance(exc, TimeoutError):
         return ReasonCode.QUOTA_EXCEEDED  # too slow: the device should back off and resend
+    if isinstance(exc, LogFull) or getattr(exc, "status", None) == 507:
+        # A full disk or stream quota: 0x97 Quota exceeded says what 0x83 does not.
+        return ReasonCode.QUOTA_EXCEEDED
     if _too_large(exc):
         return ReasonCode.QUOTA_EXCEEDED
     return ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR

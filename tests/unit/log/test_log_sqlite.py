@@ -22,6 +22,7 @@ from headwater.log import (
     EventTooLarge,
     LogClosed,
     LogCorrupted,
+    LogFull,
     LogUnavailable,
     NotAHeadwaterLog,
     Reader,
@@ -736,3 +737,24 @@ async def test_a_damaged_record_is_reported_not_returned(tmp_path: Path, damage:
         reader = log.reader("s", "c", Start.at_offset(offset))
         with pytest.raises(LogCorrupted, match="damaged"):
             await reader.next_batch(10)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"])
+async def test_a_full_disk_is_log_full_and_nothing_is_stored(
+    tmp_path: Path, durability: str
+) -> None:
+    """SQLITE_FULL is LogFull (sources answer MQTT 0x97 Quota exceeded), not just unavailable."""
+    async with SqliteLog(tmp_path / "log.db", durability=durability) as log:  # type: ignore[arg-type]
+        await log.create_stream("s")
+        await log.append("s", [event(1)])
+        conn = log._writer._conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        # The file may not grow: what the next append needs cannot be written.
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        big = CloudEvent(
+            {"specversion": "1.0", "id": "2", "source": "/s", "type": "t"}, b"x" * 200_000
+        )
+        with pytest.raises(LogFull, match="full"):
+            await log.append("s", [big])
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        assert await log.append("s", [event(3)]) == [2]
