@@ -42,6 +42,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import resource
 import secrets
 import ssl
 import time
@@ -122,7 +123,13 @@ V5 = ProtocolVersion.MQTT5
 
 #: A broker sized for a gateway: 10,000 devices with headroom.  Beyond it new
 #: CONNECTs get CONNACK 0x89 Server busy (5.0) / 0x03 Server unavailable (3.1.1).
+#: It also caps open sockets (connected or not yet), together with
+#: :data:`FD_SHARE`: a socket beyond the cap is closed as soon as it is accepted.
 DEFAULT_MAX_CONNECTIONS = 50_000
+#: Share of the process's file descriptor limit (RLIMIT_NOFILE) MQTT sockets may
+#: take: a flood of MQTT connections (each holds its socket until CONNECT_TIMEOUT)
+#: must leave descriptors for the HTTP listener, the admin API and the log files.
+FD_SHARE = 0.75
 #: Largest packet accepted from a client (fixed header included), advertised as
 #: Maximum Packet Size.  IoT payloads are small; 1 MiB bounds the memory one
 #: client can make the broker buffer.  Larger: DISCONNECT 0x95, then close.
@@ -354,6 +361,8 @@ class BrokerStats:
     #: Connections closed because their incomplete packets would have taken the
     #: bytes held across all connections past ``max_incomplete_bytes``.
     incomplete_over_budget: int = 0
+    #: Sockets closed as soon as accepted: the socket cap was reached.
+    connections_refused: int = 0
 
 
 # -- transports -------------------------------------------------------------------------------
@@ -1474,6 +1483,14 @@ class _Connection:
         self.closing = True
 
 
+def _fd_budget() -> int:
+    """The sockets MQTT may hold: :data:`FD_SHARE` of the descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(16, int(soft * FD_SHARE))
+
+
 def _code(outcome: ReasonCode | Refusal) -> ReasonCode:
     return outcome.code if isinstance(outcome, Refusal) else outcome
 
@@ -1541,6 +1558,8 @@ class MqttBroker:
         self.throttle = Throttle(logger)
         #: Bytes held by all connections' decoders (``max_incomplete_bytes``).
         self._incomplete = 0
+        #: Sockets open at most (connected clients and those yet to CONNECT).
+        self.max_sockets = min(config.max_connections, _fd_budget())
         self._on_publish = on_publish
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -1765,6 +1784,16 @@ class MqttBroker:
 
     async def _serve(self, link: _Link, listener: Listener, cert_user: str | None) -> None:
         if self._stopping:
+            link.close()
+            return
+        if len(self._connections) >= self.max_sockets:
+            self.stats.connections_refused += 1
+            self.throttle.warning(
+                "socket-cap",
+                "MQTT connection limit reached (%d sockets): closing the new one from %s",
+                self.max_sockets,
+                link.peer,
+            )
             link.close()
             return
         task = asyncio.current_task()

@@ -168,6 +168,11 @@ class MqttBrokerSourceComponent:
                 "Connections closed: their partial packets would exceed the memory budget.",
             ),
             (
+                "connections_refused",
+                stats.connections_refused,
+                "Sockets closed on accept: the connection cap was reached.",
+            ),
+            (
                 "sessions_reset_owner",
                 stats.sessions_reset_owner,
                 "Sessions discarded because another user connected with their client id.",

@@ -288,3 +288,20 @@ def test_a_will_that_is_not_utf8_is_refused_at_connect(make_broker: MakeBroker) 
     assert isinstance(connack, Connack)
     assert connack.reason_code == ReasonCode.PAYLOAD_FORMAT_INVALID
     assert raw.is_closed()
+
+
+# -- 4. sockets are capped: a flood of MQTT connections leaves descriptors for others --
+
+
+def test_sockets_beyond_the_cap_are_closed_on_accept(make_broker: MakeBroker) -> None:
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), max_connections=3))
+    core = broker.broker
+    assert core is not None and core.max_sockets == 3
+    idle = [Raw(broker.port(), V311) for _ in range(3)]  # no CONNECT: still counted
+    wait_until(lambda: broker.call(lambda: len(core._connections)) == 3)
+    extra = Raw(broker.port(), V311)
+    assert extra.is_closed()
+    assert core.stats.connections_refused == 1
+    idle[0].close()
+    wait_until(lambda: broker.call(lambda: len(core._connections)) == 2)
+    assert Raw(broker.port(), V311).connect("late").reason_code == ReasonCode.SUCCESS
