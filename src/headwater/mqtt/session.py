@@ -279,9 +279,10 @@ class Session:
         self.queue.append(delivery)
         return True
 
-    def send(self, delivery: Delivery) -> Outgoing:
-        """Put a QoS 1/2 delivery in flight under a fresh packet id."""
-        out = Outgoing(self.next_packet_id(), delivery)
+    def send(self, delivery: Delivery, packet_id: int | None = None) -> Outgoing:
+        """Put a QoS 1/2 delivery in flight under a fresh packet id (or ``packet_id``,
+        one the caller got from :meth:`next_packet_id` and checked against its own)."""
+        out = Outgoing(self.next_packet_id() if packet_id is None else packet_id, delivery)
         self.inflight[out.packet_id] = out
         self.dirty = True
         return out
