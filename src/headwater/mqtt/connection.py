@@ -152,11 +152,11 @@ class ServerConnection(Connection):
             Publish: self._inbound_publish,
             Puback: self._on_puback,
             Pubrec: self._on_pubrec,
-            Pubrel: self._on_pubrel,
+            Pubrel: _handed_out,
             Pubcomp: self._on_pubcomp,
             Subscribe: self._on_subscribe,
             Unsubscribe: self._on_unsubscribe,
-            Pingreq: self._on_pingreq,
+            Pingreq: _handed_out,
             Disconnect: self._on_disconnect,
         }
 
@@ -166,9 +166,12 @@ class ServerConnection(Connection):
         Returns :data:`NEED_DATA` when more bytes are needed, :data:`PAUSED`
         between CONNECT and :meth:`accept`/:meth:`refuse`; raises
         :class:`~headwater.mqtt.errors.MqttError` for a protocol violation.
-        PINGREQ, PUBREL and resent QoS 2 PUBLISHes are answered here and never
-        handed out; a PUBACK/PUBCOMP (or a failed PUBREC) is handed out only if
-        it ended a flow of ours, so the application can send what was queued.
+        A resent QoS 2 PUBLISH is answered here and never handed out; a
+        PUBACK/PUBCOMP (or a failed PUBREC) is handed out only if it ended a
+        flow of ours, so the application can send what was queued. PINGREQ and
+        PUBREL are handed out to be answered with :meth:`pong` and
+        :meth:`complete`, so that the application keeps its answers in the order
+        the packets came (a PINGRESP after the acks of the PUBLISHes before it).
         """
         state = self._machine.state
         if state is not State.CONNECTED:
@@ -312,10 +315,15 @@ class ServerConnection(Connection):
     def _on_pubcomp(self, packet: Pubcomp) -> Pubcomp | None:
         return packet if self.session.pubcomp(packet.packet_id) is not None else None  # type: ignore[union-attr]
 
-    def _on_pingreq(self, packet: Pingreq) -> None:
-        # [MQTT-3.12.4-1] answer PINGREQ with PINGRESP.
+    def pong(self) -> None:
+        """Answer a PINGREQ that ``next_event`` handed out [MQTT-3.12.4-1]."""
         self._machine.sending(Event.PINGRESP)
         self._out.append(PINGRESP_BYTES)
+
+    def complete(self, packet: Pubrel) -> None:
+        """Answer a PUBREL that ``next_event`` handed out with PUBCOMP
+        [MQTT-4.3.3-2 (3.1.1) / 4.3.3-11 (5.0)], ending that QoS 2 flow."""
+        self._on_pubrel(packet)
 
     def _on_subscribe(self, packet: Subscribe) -> Subscribe:
         for text, _ in packet.subscriptions:
@@ -345,6 +353,10 @@ class ServerConnection(Connection):
     def unsuback(self, packet_id: int, codes: Iterable[ReasonCode]) -> None:
         """[MQTT-3.10.4-4/5 (3.1.1)] UNSUBACK even when nothing matched."""
         self._send(Unsuback(packet_id, tuple(codes)), Event.UNSUBACK)
+
+
+def _handed_out(packet: Packet) -> Packet:
+    return packet
 
 
 def _valid_filter(text: str) -> None:

@@ -8,7 +8,7 @@ itself (``sport/#`` matches ``sport``).  Topics whose first level starts with
 ``$`` are not reached by a leading wildcard [MQTT-4.7.2-1].
 
 Changes are recorded in ``dirty``/``deleted`` sets so the broker can persist
-them in batches (see :class:`~headwater.mqtt.session.SessionStore`).
+them in batches (see :class:`~headwater.mqtt.stores.SessionStore`).
 Pure: times are passed in.
 """
 

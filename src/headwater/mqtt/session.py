@@ -9,24 +9,18 @@ QoS 2 messages that got a PUBREC but no PUBREL yet (duplicate suppression).
 It is a plain state machine: no clocks (times are passed in), no I/O, no
 asyncio; the broker drives it.
 
-:class:`SessionStore` keeps sessions and retained messages in one SQLite file
-in the data directory, so that both survive a broker restart.  Each session is
-one row holding a JSON document; the broker saves only sessions that changed
-(``Session.dirty``), on an autosave interval and at shutdown.
+Where sessions are kept between runs is :mod:`headwater.mqtt.stores`' business.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-import sqlite3
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import orjson
+from headwater.mqtt._model import Properties
 
 __all__ = [
     "DEFAULT_MAX_QUEUED_MESSAGES",
@@ -37,7 +31,6 @@ __all__ = [
     "OverflowPolicy",
     "PacketIdsExhausted",
     "Session",
-    "SessionStore",
     "Subscription",
 ]
 
@@ -87,6 +80,36 @@ class Message:
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     origin: str | None = None
+
+    @classmethod
+    def from_properties(
+        cls,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        props: Properties,
+        origin: str | None,
+        now: float,
+    ) -> Message:
+        """A message as published with MQTT 5 ``props`` (a PUBLISH's or a will's).
+
+        The Message Expiry Interval becomes a wall-clock deadline from ``now``.
+        """
+        expiry = props.message_expiry_interval
+        return cls(
+            topic,
+            payload,
+            qos,
+            retain,
+            props.payload_format_indicator,
+            None if expiry is None else now + expiry,
+            props.content_type,
+            props.response_topic,
+            props.correlation_data,
+            props.user_properties,
+            origin,
+        )
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -401,77 +424,3 @@ class Session:
             dirty=False,
             _next_id=doc["next"],
         )
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, doc BLOB NOT NULL);
-"""
-
-
-class SessionStore:
-    """Sessions and retained messages in ``<data_dir>/mqtt.sqlite3``.
-
-    Writes are batched into one transaction per call; the broker calls
-    :meth:`save` with what changed since the last save.  WAL mode keeps a crash
-    from corrupting the file; a crash loses at most the changes since the
-    previous save (the autosave interval), like Mosquitto's ``autosave_interval``.
-    """
-
-    FILENAME = "mqtt.sqlite3"
-
-    def __init__(self, data_dir: str | Path) -> None:
-        path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        # check_same_thread=False: the broker may save from a worker thread, one
-        # call at a time (it serialises saves itself).
-        self._db = sqlite3.connect(path / self.FILENAME, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def load_sessions(
-        self,
-        *,
-        max_queued: int = DEFAULT_MAX_QUEUED_MESSAGES,
-        overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST,
-    ) -> list[Session]:
-        rows = self._db.execute("SELECT client_id, doc FROM sessions").fetchall()
-        return [
-            Session.from_json(cid, orjson.loads(doc), max_queued=max_queued, overflow=overflow)
-            for cid, doc in rows
-        ]
-
-    def load_retained(self) -> list[Message]:
-        rows = self._db.execute("SELECT doc FROM retained").fetchall()
-        return [Message.from_json(orjson.loads(doc)) for (doc,) in rows]
-
-    def save(
-        self,
-        sessions: Iterable[tuple[str, bytes]] = (),
-        deleted_sessions: Iterable[str] = (),
-        retained: Iterable[tuple[str, bytes]] = (),
-        deleted_retained: Iterable[str] = (),
-    ) -> None:
-        """Apply one batch of changes atomically (documents pre-serialised by :func:`dump`)."""
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO sessions (client_id, doc) VALUES (?, ?)", sessions
-            )
-            self._db.executemany(
-                "DELETE FROM sessions WHERE client_id = ?", ((cid,) for cid in deleted_sessions)
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO retained (topic, doc) VALUES (?, ?)", retained
-            )
-            self._db.executemany(
-                "DELETE FROM retained WHERE topic = ?", ((t,) for t in deleted_retained)
-            )
-
-
-def dump(doc: dict[str, Any]) -> bytes:
-    """Serialise a session or message document for :meth:`SessionStore.save`."""
-    return orjson.dumps(doc)

@@ -293,11 +293,11 @@ def test_a_will_that_is_not_utf8_is_refused_at_connect(make_broker: MakeBroker) 
 # -- 4. sockets are capped: a flood of MQTT connections leaves descriptors for others --
 
 
-def test_sockets_beyond_the_cap_are_closed_on_accept(make_broker: MakeBroker) -> None:
-    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), max_connections=3))
+def test_silent_sockets_beyond_the_cap_are_closed_on_accept(make_broker: MakeBroker) -> None:
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), max_pending_connections=3))
     core = broker.broker
-    assert core is not None and core.max_sockets == 3
-    idle = [Raw(broker.port(), V311) for _ in range(3)]  # no CONNECT: still counted
+    assert core is not None
+    idle = [Raw(broker.port(), V311) for _ in range(3)]  # no CONNECT yet
     wait_until(lambda: broker.call(lambda: len(core._connections)) == 3)
     extra = Raw(broker.port(), V311)
     assert extra.is_closed()
@@ -305,3 +305,5 @@ def test_sockets_beyond_the_cap_are_closed_on_accept(make_broker: MakeBroker) ->
     idle[0].close()
     wait_until(lambda: broker.call(lambda: len(core._connections)) == 2)
     assert Raw(broker.port(), V311).connect("late").reason_code == ReasonCode.SUCCESS
+    # Connected clients no longer count as pending: room for another.
+    assert Raw(broker.port(), V311).connect("later").reason_code == ReasonCode.SUCCESS

@@ -54,7 +54,7 @@ def _pub(port: int, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _wait_subscribed(broker: BrokerThread, n: int = 1) -> None:
-    wait_until(lambda: len(broker.call(lambda: list(broker.broker._tree.filters()))) >= n)  # type: ignore[union-attr]
+    wait_until(lambda: len(broker.call(lambda: list(broker.broker.router.filters()))) >= n)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,9 @@ from headwater.mqtt.session import (
     OverflowPolicy,
     PacketIdsExhausted,
     Session,
-    SessionStore,
     Subscription,
-    dump,
 )
+from headwater.mqtt.stores import SqliteSessionStore, StoreChanges, dump
 
 
 def _delivery(n: int, qos: int = 1, topic: str = "t", expires_at: float | None = None) -> Delivery:
@@ -141,14 +141,16 @@ def test_session_and_retained_survive_store_reopen(tmp_path: Path) -> None:
     retained.set(msg)
     upserts, _ = retained.take_changes()
 
-    store = SessionStore(tmp_path)
-    store.save(
-        [(s.client_id, dump(s.to_json()))],
-        retained=[(m.topic, dump(m.to_json())) for m in upserts],
+    store = SqliteSessionStore(tmp_path)
+    store.save_now(
+        StoreChanges(
+            [(s.client_id, dump(s.to_json()))],
+            retained=[(m.topic, dump(m.to_json())) for m in upserts],
+        )
     )
-    store.close()
+    asyncio.run(store.close())
 
-    store = SessionStore(tmp_path)
+    store = SqliteSessionStore(tmp_path)
     (loaded,) = store.load_sessions()
     assert loaded.client_id == "dev/1"
     assert loaded.subscriptions == s.subscriptions
@@ -158,10 +160,10 @@ def test_session_and_retained_survive_store_reopen(tmp_path: Path) -> None:
     assert loaded.disconnected_at == 123.5
     assert loaded.next_packet_id() == s.next_packet_id()
     assert store.load_retained() == [msg]
-    store.save(deleted_sessions=["dev/1"], deleted_retained=["a/b"])
+    store.save_now(StoreChanges(deleted_sessions=["dev/1"], deleted_retained=["a/b"]))
     assert store.load_sessions() == []
     assert store.load_retained() == []
-    store.close()
+    asyncio.run(store.close())
 
 
 def test_retained_set_replace_delete() -> None:

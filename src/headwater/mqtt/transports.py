@@ -1,0 +1,268 @@
+"""The byte streams under MQTT connections: TCP, TLS, mTLS and WebSocket listeners.
+
+How this works: a listener accepts network connections and hands each to the
+broker as a :class:`Link` (read, write, drain, close) together with the
+:class:`~headwater.mqtt.config.Listener` it came in on and, for mTLS, the
+identity from the client certificate. :class:`StreamLink` wraps an asyncio
+stream (TCP, TLS); :class:`WebSocketLink` carries MQTT in binary WebSocket
+frames (MQTT 5.0 §6 / 3.1.1 §6, subprotocol ``mqtt``) through aiohttp, one
+frame per batch of writes. Nothing here knows MQTT beyond the subprotocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from headwater.mqtt.config import Listener
+
+__all__ = [
+    "READ_SIZE",
+    "WS_CLOSE_TIMEOUT",
+    "Bound",
+    "Link",
+    "StreamLink",
+    "WebSocketLink",
+    "cert_username",
+    "listen",
+]
+
+logger = logging.getLogger("headwater.mqtt.broker")
+
+#: Bytes asked of the transport per read.
+READ_SIZE = 256 * 1024
+
+#: Seconds a WebSocket close handshake may take before the socket is dropped.
+WS_CLOSE_TIMEOUT = 2.0
+
+
+class Link(Protocol):
+    """The byte stream under one connection."""
+
+    peer: str
+
+    async def read(self) -> bytes: ...
+    def write(self, data: bytes) -> None: ...
+    def buffered(self) -> int: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class StreamLink:
+    __slots__ = ("_reader", "_transport", "_writer", "peer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._transport = writer.transport
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def read(self) -> bytes:
+        return await self._reader.read(READ_SIZE)
+
+    def write(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close(self) -> None:
+        transport = self._transport
+        # A peer that stopped reading would keep a graceful close waiting for
+        # its buffer forever: abort instead (the bytes would never arrive anyway).
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+
+class WebSocketLink:
+    """MQTT over WebSocket (MQTT 5.0 §6 / 3.1.1 §6): binary frames only."""
+
+    __slots__ = ("_closed", "_drained", "_pending", "_size", "_wake", "_ws", "peer")
+
+    def __init__(self, ws: Any, peer: str) -> None:
+        self._ws = ws
+        self.peer = peer
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closed = False
+
+    async def read(self) -> bytes:
+        while not self._closed:
+            msg = await self._ws.receive()
+            if msg.type == WSMsgType.BINARY:
+                return bytes(msg.data)
+            # [MQTT-6.0.0-1] MQTT travels in binary frames; a text frame (or the
+            # end of the socket) closes the connection.
+            if msg.type not in (WSMsgType.PING, WSMsgType.PONG):
+                return b""
+        return b""
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._pending.append(data)
+        self._size += len(data)
+        self._drained.clear()
+        self._wake.set()
+
+    def buffered(self) -> int:
+        return self._size
+
+    async def drain(self) -> None:
+        await self._drained.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def pump(self) -> None:
+        """Send what was written, one frame per batch, until closed."""
+        ws = self._ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._pending:
+                    data = b"".join(self._pending)
+                    self._pending.clear()
+                    # [MQTT-6.0.0-2] a frame may hold several (or part of a) packets.
+                    await ws.send_bytes(data)
+                    self._size -= len(data)
+                if not self._pending:
+                    self._drained.set()
+                if self._closed:
+                    return
+        except (ConnectionError, RuntimeError):
+            self._closed = True
+        finally:
+            self._drained.set()
+            await ws.close()
+
+
+def cert_username(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, mode: str | None) -> str | None:
+    if ssl_object is None or mode is None:
+        return None
+    cert: Any = ssl_object.getpeercert()
+    if not cert:
+        return None
+    if mode == "cn":
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        return None
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind in ("DNS", "email", "URI"):
+            return str(value)
+    return None
+
+
+Serve = Callable[[Link, Listener, "str | None"], Awaitable[None]]
+"""What a listener calls for each accepted connection: ``serve(link, listener, cert_user)``."""
+
+
+@dataclass(slots=True)
+class Bound:
+    """A listener once bound: where (the real port when configured with port 0)."""
+
+    listener: Listener
+    host: str
+    port: int
+    server: Any = None
+    runner: Any = None
+
+    def close(self) -> None:
+        """Stop accepting (connections under way go on)."""
+        if self.server is not None:
+            self.server.close()
+
+    async def wait_closed(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 1)
+            except Exception:  # a stuck close must not hold the shutdown
+                logger.debug("listener %s: close did not finish", self.listener.label)
+
+
+async def listen(
+    listener: Listener, serve: Serve, *, max_packet_size: int, stopping: Callable[[], bool]
+) -> Bound:
+    """Bind ``listener``; every accepted connection is handed to ``serve``."""
+    if listener.websocket:
+        return await _listen_websocket(listener, serve, max_packet_size, stopping)
+    bound = Bound(listener, listener.host, listener.port)
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        cert_user = cert_username(ssl_object, listener.cert_username)
+        await serve(StreamLink(reader, writer), bound.listener, cert_user)
+
+    bound.server = await asyncio.start_server(
+        on_client, listener.host, listener.port, ssl=listener.ssl, backlog=4096
+    )
+    # No await from here on: no connection is served before the real port is known.
+    bound.host, bound.port = bound.server.sockets[0].getsockname()[:2]
+    bound.listener = replace(listener, port=bound.port)
+    logger.info("MQTT listening on %s", bound.listener.label)
+    return bound
+
+
+async def _listen_websocket(
+    listener: Listener, serve: Serve, max_packet_size: int, stopping: Callable[[], bool]
+) -> Bound:
+    bound = Bound(listener, listener.host, listener.port)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        # [MQTT-6.0.0-3/4] the client offers and the server selects "mqtt".
+        ws = web.WebSocketResponse(
+            protocols=("mqtt",), max_msg_size=max_packet_size + 5, timeout=WS_CLOSE_TIMEOUT
+        )
+        await ws.prepare(request)
+        if ws.ws_protocol != "mqtt":
+            await ws.close(code=1002, message=b"subprotocol mqtt required")
+            return ws
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        link = WebSocketLink(ws, request.remote or "?")
+        cert_user = cert_username(ssl_object, listener.cert_username)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(link.pump())
+            try:
+                await serve(link, bound.listener, cert_user)
+            finally:
+                link.close()
+        if stopping() and transport is not None:
+            # Shutting down: the WebSocket close is done; do not leave a TLS
+            # close_notify exchange pending past the end of the event loop.
+            transport.abort()
+        return ws
+
+    app = web.Application()
+    app.router.add_get(listener.path, handler)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, listener.host, listener.port, ssl_context=listener.ssl)
+    await site.start()
+    bound.runner = runner
+    bound.host, bound.port = runner.addresses[0][:2]
+    bound.listener = replace(listener, port=bound.port)
+    logger.info("MQTT over WebSocket on %s%s", bound.listener.label, listener.path)
+    return bound
