@@ -336,17 +336,17 @@ def sink_stats(port: int) -> dict[str, Any]:
 def run_publishers(
     port: int, publishers: int, total: int, window: int, out: mp.Queue[dict[str, Any]]
 ) -> None:
+    from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused
     from headwater.mqtt.packets import ProtocolVersion
-    from headwater.sources.mqtt import ConnectionLost, MqttClient, MqttClientConfig
 
     async def publisher(n: int, count: int, stats: dict[str, int]) -> None:
         device = f"dev{n}"
         topic = f"bench/{device}/climate"
-        config = MqttClientConfig(
+        config = ClientConfig(
             "127.0.0.1", port, f"bench-{n}", ProtocolVersion.MQTT5, clean_start=True
         )
         seqs = iter(range(count))
-        async with MqttClient(config) as client:
+        async with Client(config) as client:
 
             async def lane() -> None:
                 for seq in seqs:
@@ -356,7 +356,7 @@ def run_publishers(
                     try:
                         await client.publish(topic, payload, 1)
                         stats["acked"] += 1
-                    except ConnectionLost:
+                    except (ConnectionLost, PublishRefused):
                         stats["refused"] += 1
 
             await asyncio.gather(*(lane() for _ in range(window)))

@@ -29,6 +29,7 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, Sink
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.broker import BrokerConfig, Listener, server_tls_context
+from headwater.mqtt.client import ClientConfig, tls_context
 from headwater.mqtt.packets import ProtocolVersion
 from headwater.resources.models import Resource
 from headwater.resources.mqtt import (
@@ -48,7 +49,7 @@ from headwater.sinks.mqtt import (
     Response,
 )
 from headwater.sinks.mqtt import MqttSink as MqttSinkRunner
-from headwater.sources.mqtt import MqttClientConfig, MqttSourceRunner, client_tls_context
+from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource as BrokerSourceRunner
 
 if TYPE_CHECKING:
@@ -209,19 +210,17 @@ def _client_config(
     credentials: Credentials | None,
     tls: Tls | None,
     **extra: Any,
-) -> MqttClientConfig:
+) -> ClientConfig:
     use_tls, host, port, user, password = parse_broker_url(url)
     context = None
     if use_tls or tls is not None:
         t = tls or Tls()
-        context = client_tls_context(
-            t.ca_file, t.cert_file, t.key_file, insecure=t.insecure_skip_verify
-        )
+        context = tls_context(t.ca_file, t.cert_file, t.key_file, insecure=t.insecure_skip_verify)
     if credentials is not None:
         user = credentials.username or user
         secret = _password(credentials)
         password = secret.decode() if secret is not None else password
-    return MqttClientConfig(
+    return ClientConfig(
         host,
         port,
         client_id,

@@ -5,7 +5,7 @@ How this works: :meth:`MqttSink.deliver` renders the topic template
 ``{subject}`` or ``{ext.<name>}``), encodes the event with the CloudEvents
 MQTT binding (binary mode by default on MQTT 5, structured otherwise) and
 publishes it through a :class:`Publisher`: the embedded broker in-process
-(no socket) or an external broker over :class:`~headwater.sources.mqtt.MqttClient`
+(no socket) or an external broker over :class:`~headwater.mqtt.client.Client`
 (reconnected on the next delivery after a failure). A missing template
 variable is a non-retryable 400; a broker that is down or refuses is a
 retryable 503, so the Trigger's retries and dead letter sink apply.
@@ -25,16 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.cloudevents.mqtt import MQTT_5, Mode, from_mqtt, is_cloudevent_mqtt, to_mqtt
 from headwater.eventing import DeliveryError
-from headwater.mqtt.packets import Properties, Publish
+from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused
+from headwater.mqtt.packets import Properties, ReasonCode
 from headwater.mqtt.session import Message
 from headwater.sources.mapping import JSON, OCTET_STREAM
-from headwater.sources.mqtt import ConnectionLost, MqttClient, MqttClientConfig
 from headwater.sources.mqttbroker import MqttBrokerSource
 
 __all__ = [
@@ -50,6 +50,17 @@ __all__ = [
 
 CORRELATION_EXTENSION: Final = "correlationid"
 RESPONSE_TYPE: Final = "dev.headwater.command.response"
+
+
+#: Refusals a resend cannot change: the event goes to the dead letters at once.
+_PERMANENT_REFUSALS: Final = frozenset(
+    {
+        ReasonCode.NOT_AUTHORIZED,
+        ReasonCode.TOPIC_NAME_INVALID,
+        ReasonCode.PAYLOAD_FORMAT_INVALID,
+        ReasonCode.PACKET_TOO_LARGE,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +183,13 @@ class MqttSink:
                     True,
                     reason=f"no response on {response_topic!r} in {self.response_timeout}s",
                 ) from exc
+        except PublishRefused as exc:
+            # What the broker can never take is not worth retrying (dead letter);
+            # anything else (quota, a busy broker) may pass later.
+            permanent = exc.reason_code in _PERMANENT_REFUSALS
+            raise DeliveryError(
+                400 if permanent else 503, not permanent, reason=f"publish to {topic!r}: {exc}"
+            ) from exc
         except (ConnectionLost, OSError) as exc:
             raise DeliveryError(503, True, reason=f"publish to {topic!r}: {exc}") from exc
         finally:
@@ -219,16 +237,17 @@ class MqttSink:
 class ExternalPublisher:
     """Publishes to an external broker; connects on first use and after a failure."""
 
-    def __init__(self, config: MqttClientConfig) -> None:
-        self.config = config
+    def __init__(self, config: ClientConfig) -> None:
+        # Responses carry nothing to keep: acknowledged on receipt.
+        self.config = replace(config, auto_ack=True)
         self.version = int(config.version)
-        self._client: MqttClient | None = None
+        self._client: Client | None = None
         self._lock = asyncio.Lock()
         self._responses: dict[str, asyncio.Future[Response]] = {}
         self._router: asyncio.Task[None] | None = None
         self.response_filter = f"headwater/responses/{config.client_id or 'sink'}/#"
 
-    async def _connected(self) -> MqttClient:
+    async def _connected(self) -> Client:
         client = self._client
         if client is not None and not client.closed:
             return client
@@ -236,7 +255,7 @@ class ExternalPublisher:
             if self._client is not None and not self._client.closed:
                 return self._client
             await self._drop()
-            client = MqttClient(self.config)
+            client = Client(self.config)
             await client.__aenter__()
             if self.version == MQTT_5:
                 await client.subscribe([(self.response_filter, 1)])
@@ -244,14 +263,12 @@ class ExternalPublisher:
             self._router = asyncio.get_running_loop().create_task(self._route(client))
             return client
 
-    async def _route(self, client: MqttClient) -> None:
-        while True:
-            packet: Publish = await client.messages.get()
-            client.ack(packet)
-            future = self._responses.pop(packet.topic, None)
+    async def _route(self, client: Client) -> None:
+        async for message in client.messages:
+            future = self._responses.pop(message.topic, None)
             if future is not None and not future.done():
-                p = packet.properties
-                future.set_result(Response(packet.payload, p.content_type, p.user_properties))
+                p = message.properties
+                future.set_result(Response(message.payload, p.content_type, p.user_properties))
 
     async def publish(
         self,

@@ -1,11 +1,10 @@
 """MqttSource: subscribe to an external MQTT broker, append what arrives, then acknowledge.
 
-How this works: :class:`MqttClient` is a small asyncio MQTT 3.1.1/5.0 client
-over Headwater's sans-IO codec (:mod:`headwater.mqtt.packets`). Unlike the
-common client libraries it does not acknowledge a received QoS 1/2 PUBLISH
-by itself: the caller calls :meth:`MqttClient.ack` once the event is
-durable, so a crash between receipt and append leaves the message unacked
-and the external broker redelivers it from the persistent session.
+How this works: the project's MQTT client (:mod:`headwater.mqtt.client`)
+does not acknowledge a received QoS 1/2 PUBLISH by itself: the source calls
+``message.ack()`` once the event is durable, so a crash between receipt and
+append leaves the message unacked and the external broker redelivers it from
+the persistent session.
 
 :class:`MqttSourceRunner` runs forever: connect (clean start off, a stable
 client id, a session expiry so that the broker queues QoS 1/2 messages while
@@ -42,49 +41,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
+from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.log import EventTooLarge
-from headwater.mqtt.packets import (
-    EMPTY_PROPERTIES,
-    NEED_DATA,
-    Connack,
-    Connect,
-    Decoder,
-    Disconnect,
-    MqttError,
-    Pingreq,
-    Pingresp,
-    Properties,
-    ProtocolVersion,
-    Puback,
-    Pubcomp,
-    Publish,
-    Pubrec,
-    Pubrel,
-    ReasonCode,
-    Suback,
-    Subscribe,
-    SubscriptionOptions,
-    encode,
+from headwater.mqtt.client import (
+    CONNECT_TIMEOUT,
+    Client,
+    ClientConfig,
+    ConnectionLost,
+    Message,
 )
-from headwater.sources.mapping import IdSequence, Inbound, Mapping, Unmatched, to_cloudevent
+from headwater.mqtt.packets import ReasonCode
+from headwater.sources.mapping import (
+    CONTENT_TYPE_EXTENSION,
+    IdSequence,
+    Inbound,
+    Mapping,
+    Unmatched,
+    to_cloudevent,
+)
 from headwater.sources.redelivery import Redeliveries, fingerprint
 
-__all__ = [
-    "DEFAULT_BATCH",
-    "ConnectionLost",
-    "MqttClient",
-    "MqttClientConfig",
-    "MqttSourceRunner",
-    "client_tls_context",
-]
+__all__ = ["DEFAULT_BATCH", "MqttSourceRunner", "RunnerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -92,274 +75,11 @@ Emit = Callable[[CloudEvent], Awaitable[object]]
 
 DEFAULT_BATCH: Final = 256
 """Messages appended concurrently before their acks go out. The broker's Receive
-Maximum (ours: :data:`RECEIVE_MAXIMUM`) bounds how many can be outstanding."""
+Maximum (the client's :data:`~headwater.mqtt.client.RECEIVE_MAXIMUM`) bounds how
+many can be outstanding."""
 
-RECEIVE_MAXIMUM: Final = 1024
-"""Unacknowledged QoS 1/2 messages the external broker may send us (MQTT 5);
-the inbound queue is bounded by it, so a slow log stops the broker, not our memory."""
-
-CONNECT_TIMEOUT: Final = 10.0
-"""Seconds for TCP+TLS+CONNACK before the attempt counts as failed."""
-
-READ_SIZE: Final = 64 * 1024
-
-
-class ConnectionLost(ConnectionError):
-    """The connection to the external broker ended (or never completed)."""
-
-
-def client_tls_context(
-    ca_file: str | None = None,
-    cert_file: str | None = None,
-    key_file: str | None = None,
-    *,
-    insecure: bool = False,
-) -> ssl.SSLContext:
-    """A client TLS context (TLS 1.2+); a client certificate makes it mTLS."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file is not None:
-        context.load_cert_chain(cert_file, key_file)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-@dataclass(frozen=True, slots=True)
-class MqttClientConfig:
-    host: str
-    port: int = 1883
-    client_id: str = ""
-    version: ProtocolVersion = ProtocolVersion.MQTT5
-    clean_start: bool = False
-    session_expiry: int = 7 * 24 * 3600
-    keep_alive: int = 30
-    username: str | None = None
-    password: bytes | None = None
-    tls: ssl.SSLContext | None = field(default=None, compare=False)
-
-
-class MqttClient:
-    """One connection; ``async with MqttClient(config) as client``.
-
-    Received PUBLISHes wait in :attr:`messages` until taken; QoS 1/2 ones must
-    be acknowledged with :meth:`ack`. :meth:`publish` returns when the broker
-    acknowledged (QoS 1: PUBACK, QoS 2: PUBCOMP) and raises on a failure code.
-    """
-
-    def __init__(self, config: MqttClientConfig) -> None:
-        self.config = config
-        self.version = config.version
-        self.messages: asyncio.Queue[Publish] = asyncio.Queue(RECEIVE_MAXIMUM)
-        self.session_present = False
-        self._decoder = Decoder(server=False, version=config.version)
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
-        self._next_id = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closed = asyncio.Event()
-        self.error: BaseException | None = None
-
-    # -- lifecycle -----------------------------------------------------------------
-
-    async def __aenter__(self) -> MqttClient:
-        try:
-            await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
-        except BaseException:
-            await self.close()
-            raise
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read_loop())]
-        if self.config.keep_alive:
-            self._tasks.append(loop.create_task(self._ping_loop()))
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._writer is not None and not self._closed.is_set():
-            with contextlib.suppress(Exception):
-                self._writer.write(encode(Disconnect(), self.version))
-        await self.close()
-
-    async def close(self) -> None:
-        self._closed.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._fail_pending()
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
-
-    def _fail_pending(self) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(ConnectionLost("connection closed"))
-        self._pending.clear()
-
-    async def _connect(self) -> None:
-        c = self.config
-        try:
-            self._reader, self._writer = await asyncio.open_connection(
-                c.host, c.port, ssl=c.tls, server_hostname=c.host if c.tls else None
-            )
-        except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
-        v5 = self.version == ProtocolVersion.MQTT5
-        props = (
-            Properties(session_expiry_interval=c.session_expiry, receive_maximum=RECEIVE_MAXIMUM)
-            if v5
-            else EMPTY_PROPERTIES
-        )
-        self._write(
-            Connect(
-                c.client_id,
-                c.clean_start,
-                c.keep_alive,
-                c.username,
-                c.password,
-                None,
-                props,
-            )
-        )
-        packet = await self._next()
-        if not isinstance(packet, Connack):
-            raise ConnectionLost(f"expected CONNACK, got {type(packet).__name__}")
-        if packet.reason_code >= 0x80 or (not v5 and packet.reason_code != 0):
-            raise ConnectionLost(f"connection refused: {packet.reason_code!r}")
-        self.session_present = packet.session_present
-
-    async def _next(self) -> object:
-        assert self._reader is not None
-        while True:
-            try:
-                packet = self._decoder.next_packet()
-            except MqttError as exc:
-                raise ConnectionLost(f"protocol error from the broker: {exc}") from exc
-            if packet is not NEED_DATA:
-                return packet
-            data = await self._reader.read(READ_SIZE)
-            if not data:
-                raise ConnectionLost("the broker closed the connection")
-            self._decoder.receive_data(data)
-
-    def _write(self, packet: object) -> None:
-        if self._writer is None or self._closed.is_set():
-            raise ConnectionLost("not connected")
-        self._writer.write(encode(packet, self.version))  # type: ignore[arg-type]
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                packet = await self._next()
-                if isinstance(packet, Publish):
-                    if packet.qos == 2 and packet.packet_id in self._pending:
-                        continue  # never for incoming; ids are per direction
-                    await self.messages.put(packet)
-                elif isinstance(packet, Puback | Pubcomp | Suback):
-                    future = self._pending.pop(packet.packet_id, None)
-                    code = (
-                        packet.reason_codes[0] if isinstance(packet, Suback) else packet.reason_code
-                    )
-                    if future is not None and not future.done():
-                        future.set_result(code)
-                elif isinstance(packet, Pubrec):
-                    if packet.reason_code >= 0x80:
-                        future = self._pending.pop(packet.packet_id, None)
-                        if future is not None and not future.done():
-                            future.set_result(packet.reason_code)
-                    else:
-                        self._write(Pubrel(packet.packet_id, ReasonCode.SUCCESS, EMPTY_PROPERTIES))
-                elif isinstance(packet, Pubrel):
-                    self._write(Pubcomp(packet.packet_id, ReasonCode.SUCCESS, EMPTY_PROPERTIES))
-                elif isinstance(packet, Disconnect):
-                    raise ConnectionLost(f"the broker disconnected: {packet.reason_code!r}")
-                elif isinstance(packet, Pingresp):
-                    pass
-        except (ConnectionLost, OSError) as exc:
-            self.error = exc
-        finally:
-            self._closed.set()
-            self._fail_pending()
-
-    async def _ping_loop(self) -> None:
-        interval = self.config.keep_alive * 0.75
-        while not self._closed.is_set():
-            await asyncio.sleep(interval)
-            with contextlib.suppress(ConnectionLost):
-                self._write(Pingreq())
-
-    def _packet_id(self) -> int:
-        for _ in range(65535):
-            self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self._pending:
-                return self._next_id
-        raise ConnectionLost("no free packet identifier")
-
-    # -- operations ----------------------------------------------------------------
-
-    async def subscribe(self, topics: Sequence[tuple[str, int]]) -> tuple[ReasonCode, ...]:
-        codes = []
-        for topic, qos in topics:
-            pid = self._packet_id()
-            future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
-            self._pending[pid] = future
-            self._write(Subscribe(pid, ((topic, SubscriptionOptions(qos=qos)),)))
-            codes.append(await future)
-        return tuple(codes)
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 0,
-        retain: bool = False,
-        properties: Properties = EMPTY_PROPERTIES,
-    ) -> ReasonCode:
-        if qos == 0:
-            self._write(Publish(topic, payload, 0, retain, False, None, properties))
-            return ReasonCode.SUCCESS
-        pid = self._packet_id()
-        future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
-        self._pending[pid] = future
-        try:
-            self._write(Publish(topic, payload, qos, retain, False, pid, properties))
-            writer = self._writer
-            if writer is not None and writer.transport.get_write_buffer_size() > READ_SIZE:
-                await writer.drain()
-            code = await future
-        finally:
-            if self._pending.get(pid) is future:
-                # Given up on (the write failed, or cancelled): nobody will read its outcome.
-                del self._pending[pid]
-                future.cancel()
-        if code >= 0x80:
-            raise ConnectionLost(f"the broker refused the publish to {topic!r}: {code!r}")
-        return code
-
-    def ack(self, packet: Publish, reason: ReasonCode = ReasonCode.SUCCESS) -> None:
-        """Acknowledge a received QoS 1 (PUBACK) or QoS 2 (PUBREC) PUBLISH.
-
-        A failure ``reason`` (MQTT 5 only; 3.1.1 acks cannot say no) still ends
-        the flow: the broker does not resend the message.
-        """
-        if self.version != ProtocolVersion.MQTT5:
-            reason = ReasonCode.SUCCESS
-        if packet.qos == 1:
-            self._write(Puback(packet.packet_id, reason, EMPTY_PROPERTIES))  # type: ignore[arg-type]
-        elif packet.qos == 2:
-            self._write(Pubrec(packet.packet_id, reason, EMPTY_PROPERTIES))  # type: ignore[arg-type]
+INITIAL_BACKOFF: Final = 0.1
+"""Seconds before the first reconnect; doubled up to ``max_backoff``, with jitter."""
 
 
 @dataclass(slots=True)
@@ -370,6 +90,8 @@ class RunnerStats:
     too_large: int = 0
     append_failures: int = 0
     duplicates_suppressed: int = 0
+    #: MQTT 5 Content Types that are no media type, kept as ``mqttcontenttype``.
+    content_types_kept: int = 0
     connects: int = 0
     last_error: str | None = None
 
@@ -381,6 +103,7 @@ class RunnerStats:
             "tooLarge": self.too_large,
             "appendFailures": self.append_failures,
             "duplicatesSuppressed": self.duplicates_suppressed,
+            "contentTypesKept": self.content_types_kept,
             "connects": self.connects,
             "lastError": self.last_error,
         }
@@ -395,7 +118,7 @@ class MqttSourceRunner:
 
     def __init__(
         self,
-        config: MqttClientConfig,
+        config: ClientConfig,
         topics: Sequence[tuple[str, int]],
         mapping: Mapping,
         emit: Emit,
@@ -419,10 +142,10 @@ class MqttSourceRunner:
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        attempt = 0
+        delays = Backoff(INITIAL_BACKOFF, self.max_backoff, jitter=True)
         while True:
             try:
-                async with MqttClient(self.config) as client:
+                async with Client(self.config) as client:
                     if not client.session_present:
                         # A new session: the broker resends nothing from before.
                         self.redeliveries.forget(_SESSION)
@@ -435,7 +158,7 @@ class MqttSourceRunner:
                         # Resubscribe on every connect.
                         await asyncio.wait_for(client.subscribe(self.topics), CONNECT_TIMEOUT)
                         self.stats.connects += 1
-                        attempt = 0
+                        delays.reset()
                         self.connected.set()
                         await consuming
                     finally:
@@ -448,28 +171,15 @@ class MqttSourceRunner:
             finally:
                 self.connected.clear()
             # Capped exponential backoff with full jitter, forever.
-            delay = random.uniform(0, min(self.max_backoff, 0.1 * 2**attempt))
-            attempt = min(attempt + 1, 30)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delays.next())
 
-    async def _consume(self, client: MqttClient) -> None:
-        queue = client.messages
-        closed = asyncio.ensure_future(client.wait_closed())
-        try:
-            while True:
-                get = asyncio.ensure_future(queue.get())
-                await asyncio.wait((get, closed), return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    raise ConnectionLost(str(client.error or "connection closed"))
-                batch = [get.result()]
-                while len(batch) < self.batch and not queue.empty():
-                    batch.append(queue.get_nowait())
-                await self._append(client, batch)
-        finally:
-            closed.cancel()
+    async def _consume(self, client: Client) -> None:
+        async for message in client.messages:
+            batch = [message, *client.pending(self.batch - 1)]
+            await self._append(client, batch)
+        raise ConnectionLost(str(client.error or "connection closed"))
 
-    async def _append(self, client: MqttClient, batch: list[Publish]) -> None:
+    async def _append(self, client: Client, batch: list[Message]) -> None:
         now = time.time()
         version = int(client.version)
         stats = self.stats
@@ -510,7 +220,7 @@ class MqttSourceRunner:
                 version,
             )
             try:
-                events.append(to_cloudevent(self.mapping, inbound, self.ids.next(), now))
+                event = to_cloudevent(self.mapping, inbound, self.ids.next(), now)
             except Unmatched:
                 stats.unmatched += 1
                 continue
@@ -519,6 +229,9 @@ class MqttSourceRunner:
                 reasons[index] = ReasonCode.PAYLOAD_FORMAT_INVALID
                 log.warning("mqtt source %s: %r: %s", self.listener, packet.topic, exc)
                 continue
+            if props.content_type is not None and CONTENT_TYPE_EXTENSION in event:
+                stats.content_types_kept += 1
+            events.append(event)
             appending.append((index, pid or 0, print_))
         results = await asyncio.gather(*(self.emit(e) for e in events), return_exceptions=True)
         error: BaseException | None = None
@@ -537,8 +250,8 @@ class MqttSourceRunner:
             # Nothing of this batch is acked: the broker resends it all, and the
             # resends of the appended ones are recognised (DUP) and only acked.
             raise ConnectionLost(f"append failed: {error}")
-        for packet, reason in zip(batch, reasons, strict=True):
-            client.ack(packet, reason)  # [MQTT-4.6.0-2] in the order the PUBLISHes came
+        for message, reason in zip(batch, reasons, strict=True):
+            await message.ack(reason)  # [MQTT-4.6.0-2] in the order the PUBLISHes came
 
     def status(self) -> dict[str, object]:
         return {**self.stats.snapshot(), "connected": self.connected.is_set()}

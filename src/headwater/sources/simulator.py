@@ -4,7 +4,7 @@ How this works: :class:`Climate` is a pure, seeded model of one sensor
 (temperature follows a daily sine around the device's setpoint plus a
 bounded random walk; humidity moves against it; the battery drains slowly),
 so the same seed gives the same readings. :class:`Fleet` connects one
-:class:`~headwater.sources.mqtt.MqttClient` per device (client id
+:class:`~headwater.mqtt.client.Client` per device (client id
 ``{prefix}-{n}``), subscribes each to ``devices/{id}/commands`` and publishes
 JSON telemetry to ``sensors/{id}/climate`` at the fleet's total ``rate``
 (messages per second, spread evenly over the devices). A command with a JSON
@@ -12,6 +12,8 @@ JSON telemetry to ``sensors/{id}/climate`` at the fleet's total ``rate``
 Response Topic is answered there with its Correlation Data and
 ``{"ok": true, ...}``. QoS 1/2 publishes wait for their ack, so a slow broker
 slows the fleet (closed loop: what is counted as acked was acknowledged).
+A device whose connection is lost or taken over reconnects with backoff
+(counted in ``reconnects``); it does not stop the fleet.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from headwater.mqtt.packets import Properties, ProtocolVersion, Publish
-from headwater.sources.mqtt import ConnectionLost, MqttClient, MqttClientConfig
+from headwater.backoff import Backoff
+from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused, tls_context
+from headwater.mqtt.packets import Properties, ProtocolVersion
 
 __all__ = ["Climate", "Fleet", "FleetConfig", "FleetStats"]
 
@@ -107,6 +110,12 @@ class FleetStats:
     failed: int = 0
     commands: int = 0
     answered: int = 0
+    reconnects: int = 0
+
+
+#: Seconds a device waits before reconnecting, doubled up to RECONNECT_MAX.
+RECONNECT_INITIAL = 0.5
+RECONNECT_MAX = 10.0
 
 
 class Fleet:
@@ -139,7 +148,7 @@ class Fleet:
         c = self.config
         device_id = f"{c.prefix}-{n}"
         model = Climate(device_id, c.seed * 100_003 + n)
-        client_config = MqttClientConfig(
+        client_config = ClientConfig(
             c.host,
             c.port,
             device_id,
@@ -150,11 +159,29 @@ class Fleet:
             username=c.username,
             password=c.password,
             tls=c.tls,  # type: ignore[arg-type]
+            auto_ack=True,
         )
         interval = c.devices / c.rate if c.rate > 0 else math.inf
         await asyncio.sleep(random.Random(n).uniform(0, min(interval, 1.0)))  # stagger
-        async with MqttClient(client_config) as client:
-            await client.subscribe([(f"devices/{device_id}/commands", 1)])
+        delays = Backoff(RECONNECT_INITIAL, RECONNECT_MAX, jitter=True)
+        first = True
+        while True:
+            try:
+                await self._session(client_config, model, interval)
+                return
+            except ConnectionLost:
+                if first and not self.stats.acked and not self.stats.reconnects:
+                    raise  # never connected at all: a wrong address or credentials
+            first = False
+            self.stats.reconnects += 1
+            await asyncio.sleep(delays.next())
+
+    async def _session(self, config: ClientConfig, model: Climate, interval: float) -> None:
+        """One connection of one device: publish until done, answer commands meanwhile."""
+        c = self.config
+        device_id = config.client_id
+        async with Client(config) as client:
+            await client.subscribe(f"devices/{device_id}/commands", 1)
             commands = asyncio.ensure_future(self._commands(client, model))
             try:
                 next_at = time.monotonic()
@@ -165,9 +192,10 @@ class Fleet:
                     try:
                         await client.publish(topic, payload, c.qos)
                         self.stats.acked += 1
-                    except ConnectionLost:
+                    except (ConnectionLost, PublishRefused) as exc:
                         self.stats.failed += 1
-                        raise
+                        if isinstance(exc, ConnectionLost):
+                            raise
                     next_at += interval
                     delay = next_at - time.monotonic()
                     if delay > 0:
@@ -178,16 +206,14 @@ class Fleet:
                     await asyncio.sleep(c.duration)  # keep answering commands
             finally:
                 commands.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionLost):
                     await commands
 
-    async def _commands(self, client: MqttClient, model: Climate) -> None:
-        while True:
-            packet: Publish = await client.messages.get()
-            client.ack(packet)
+    async def _commands(self, client: Client, model: Climate) -> None:
+        async for message in client.messages:
             self.stats.commands += 1
-            answer = model.command(packet.payload)
-            props = packet.properties
+            answer = model.command(message.payload)
+            props = message.properties
             if props.response_topic:
                 await client.publish(
                     props.response_topic,
@@ -233,8 +259,6 @@ def run_cli(
     mqtt311: bool,
 ) -> FleetStats:
     """``headwater simulate``: build the fleet from command-line values and run it."""
-    from headwater.sources.mqtt import client_tls_context
-
     m = _BROKER.fullmatch(broker)
     if m is None:
         raise ValueError(f"--broker {broker!r} is not like mqtt://host:1883 or mqtts://host:8883")
@@ -251,7 +275,7 @@ def run_cli(
         version=ProtocolVersion.MQTT311 if mqtt311 else ProtocolVersion.MQTT5,
         username=username,
         password=password.encode() if password is not None else None,
-        tls=client_tls_context(ca_file, cert_file, key_file) if secure else None,
+        tls=tls_context(ca_file, cert_file, key_file) if secure else None,
     )
     fleet = Fleet(config)
     try:

@@ -20,6 +20,7 @@ import pytest
 
 from headwater.cloudevents import CloudEvent
 from headwater.mqtt.broker import BrokerConfig, Listener, MqttBroker
+from headwater.mqtt.client import ClientConfig
 from headwater.mqtt.packets import (
     NEED_DATA,
     Connack,
@@ -34,11 +35,12 @@ from headwater.mqtt.packets import (
     encode,
 )
 from headwater.sources.mapping import Mapping
-from headwater.sources.mqtt import MqttClientConfig, MqttSourceRunner
+from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource
 
 TIMEOUT = 10.0
 V5 = ProtocolVersion.MQTT5
+SESSION = 3600  # the source keeps a persistent session at the broker
 
 
 class Client:
@@ -189,7 +191,13 @@ async def test_mqtt_source_acks_a_dup_resend_without_appending_again() -> None:
         await log.append(event)
 
     async with MqttBroker(BrokerConfig(listeners=(Listener(port=0),))) as broker:
-        config = MqttClientConfig("127.0.0.1", broker.port(), client_id="headwater-dup")
+        config = ClientConfig(
+            "127.0.0.1",
+            broker.port(),
+            client_id="headwater-dup",
+            clean_start=False,
+            session_expiry=SESSION,
+        )
         runner = MqttSourceRunner(
             config, [("sensors/#", 1)], Mapping.compile(), append, max_backoff=0.2
         )
@@ -213,7 +221,14 @@ async def test_mqtt_source_acks_bad_input_with_a_defined_outcome(version: Protoc
     log = Log()
     mapping = Mapping.compile(topic_pattern="sensors/{device}/{metric}")
     async with MqttBroker(BrokerConfig(listeners=(Listener(port=0),))) as broker:
-        config = MqttClientConfig("127.0.0.1", broker.port(), "headwater-bad", version)
+        config = ClientConfig(
+            "127.0.0.1",
+            broker.port(),
+            "headwater-bad",
+            version,
+            clean_start=False,
+            session_expiry=SESSION,
+        )
         runner = MqttSourceRunner(
             config, [("sensors/#", 1)], mapping, log.append, max_event_size=100
         )
@@ -254,8 +269,13 @@ async def test_mqtt_source_resumes_a_session_with_more_queued_than_its_inbox() -
         listeners=(Listener(port=0),), max_inflight=2 * queued, max_queued_messages=2 * queued
     )
     async with MqttBroker(config) as broker:
-        client = MqttClientConfig(
-            "127.0.0.1", broker.port(), "headwater-inbox", ProtocolVersion.MQTT311
+        client = ClientConfig(
+            "127.0.0.1",
+            broker.port(),
+            "headwater-inbox",
+            ProtocolVersion.MQTT311,
+            clean_start=False,
+            session_expiry=SESSION,
         )
         runner = MqttSourceRunner(client, [("sensors/#", 1)], Mapping.compile(), log.append)
         async with asyncio.TaskGroup() as tg:

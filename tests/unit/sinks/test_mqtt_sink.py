@@ -9,8 +9,8 @@ import pytest
 from headwater.cloudevents import CloudEvent, from_json
 from headwater.cloudevents.mqtt import from_mqtt, to_mqtt
 from headwater.eventing import DeliveryError
+from headwater.mqtt.client import ConnectionLost
 from headwater.sinks.mqtt import RESPONSE_TYPE, MqttSink, Response
-from headwater.sources.mqtt import ConnectionLost
 
 
 class Recorder:
