@@ -35,6 +35,7 @@ import string
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 import jmespath
@@ -43,6 +44,7 @@ from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
 from headwater.cloudevents import NO_DATA, CloudEvent, InvalidEvent
+from headwater.cloudevents._types import check_media_type
 from headwater.cloudevents.mqtt import MQTT_5, from_mqtt, is_cloudevent_mqtt
 
 __all__ = [
@@ -310,6 +312,14 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
     parsed: Any = None
     is_json = False
     content_type = message.content_type
+    foreign_type: str | None = None
+    if content_type is not None and not _is_media_type(content_type):
+        # MQTT 5 Content Type is "a UTF-8 Encoded String describing the content
+        # of the Application Message" (§3.3.2.3.9) and its meaning is the
+        # application's business [MQTT-3.3.2-19]: a value that is no media type
+        # (`text`, empty) cannot be `datacontenttype`, but it is never a reason to
+        # refuse a device's telemetry. It is kept in `mqttcontenttype` instead.
+        foreign_type, content_type = content_type, None
     if content_type is None:
         if payload:
             try:
@@ -337,6 +347,8 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
     attributes.update(mapping.static)
     attributes.update(captures)
     attributes.update(mqtt_ext)
+    if foreign_type is not None and foreign_type.isprintable():
+        attributes[CONTENT_TYPE_EXTENSION] = foreign_type
     if is_json and (mapping.extensions or mapping.time):
         for name, expression in mapping.extensions:
             value = _lifted(_search(expression, parsed))
@@ -347,6 +359,19 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
             if device_time is not None:
                 attributes["time"] = _device_time(device_time)
     return CloudEvent(attributes, payload if payload else NO_DATA)
+
+
+CONTENT_TYPE_EXTENSION: Final = "mqttcontenttype"
+"""Where an MQTT 5 Content Type that is not a media type goes (see :func:`to_cloudevent`)."""
+
+
+@lru_cache(maxsize=256)
+def _is_media_type(value: str) -> bool:
+    try:
+        check_media_type("datacontenttype", value)
+    except InvalidEvent:
+        return False
+    return True
 
 
 def _search(expression: ParsedResult, document: Any) -> Any:

@@ -72,6 +72,7 @@ from headwater.mqtt.packets import ProtocolVersion, ReasonCode
 from headwater.mqtt.session import Message
 from headwater.mqtt.topics import topic_matches
 from headwater.sources.mapping import (
+    CONTENT_TYPE_EXTENSION,
     IdSequence,
     Inbound,
     Mapping,
@@ -118,6 +119,8 @@ class SourceStats:
     device_events_failed: int = 0
     #: DUP resends of messages already appended: acknowledged, not appended again.
     duplicates_suppressed: int = 0
+    #: MQTT 5 Content Types that are no media type, kept as ``mqttcontenttype``.
+    content_types_kept: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return {
@@ -129,6 +132,7 @@ class SourceStats:
             "droppedQos0": self.dropped_qos0,
             "deviceEventsFailed": self.device_events_failed,
             "duplicatesSuppressed": self.duplicates_suppressed,
+            "contentTypesKept": self.content_types_kept,
         }
 
 
@@ -245,6 +249,8 @@ class MqttBrokerSource:
                 "%s: publish by %s to %r: %s", self.name, info.client_id, message.topic, exc
             )
             return Refusal(ReasonCode.PAYLOAD_FORMAT_INVALID)
+        if message.content_type is not None and CONTENT_TYPE_EXTENSION in event:
+            stats.content_types_kept += 1
         if packet_id is not None:
             return await self._emit_once(sender, packet_id, print_, event, message.qos)
         return await self._emit(sender, event, 0)

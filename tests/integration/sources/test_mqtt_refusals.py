@@ -17,7 +17,7 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
 from headwater.log import LogFull
 from headwater.mqtt.broker import BrokerConfig, Listener
-from headwater.mqtt.packets import Puback, Publish, ReasonCode
+from headwater.mqtt.packets import Properties, Puback, Publish, ReasonCode
 from headwater.sources.mapping import Mapping
 from headwater.sources.mqttbroker import MqttBrokerSource
 from tests.integration.mqtt._clients import V5, V311, Raw
@@ -127,3 +127,28 @@ async def test_a_full_log_is_quota_exceeded_and_311_clients_resend(
     finally:
         again.close()
     assert len(log.events) == 1
+
+
+@pytest.mark.parametrize("content_type", ["text", "p", "", "application/json"])
+async def test_a_content_type_that_is_no_media_type_never_refuses_telemetry(
+    source: tuple[MqttBrokerSource, Log], content_type: str
+) -> None:
+    """MQTT says Content Type is the application's business [MQTT-3.3.2-19]."""
+    runner, log = source
+    device = await _connect(runner.broker.port(), V5, "typed")
+    try:
+        props = Properties(content_type=content_type)
+        await asyncio.to_thread(
+            device.send, Publish("sensors/a", b'{"t": 1}', 1, packet_id=1, properties=props)
+        )
+        assert await asyncio.to_thread(device.recv) == Puback(1)
+        await asyncio.to_thread(device.send, Publish("sensors/a", b'{"t": 2}', 0, properties=props))
+        await wait_until(lambda: len(log.events) == 2)
+    finally:
+        device.close()
+    kept = content_type != "application/json"
+    for event in log.events:
+        assert event.datacontenttype == "application/json"
+        assert event.get("mqttcontenttype") == (content_type if kept else None)
+    assert runner.stats.content_types_kept == (2 if kept else 0)
+    assert runner.stats.invalid == 0
