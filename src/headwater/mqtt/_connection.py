@@ -58,6 +58,7 @@ from headwater.mqtt.session import Delivery, Session
 
 V311 = ProtocolVersion.MQTT311
 V5 = ProtocolVersion.MQTT5
+_CONNECTED = State.CONNECTED
 
 #: Answers to a client whose DISCONNECT reason codes a server may use.
 NO_LIMIT: Final = 0
@@ -314,7 +315,8 @@ class Connection:
             ack = Puback(pid, code) if qos == 1 else Pubrec(pid, code)
             self._send(ack, Event.ACK)
             return
-        self._machine.sending(Event.ACK)
+        if self._machine.state is not _CONNECTED:  # the table's answer there: allowed
+            self._machine.sending(Event.ACK)
         if qos == 1:
             self._out.append(write_ack_ok(PUBACK_FIRST, pid))
         else:
@@ -448,7 +450,8 @@ class Connection:
         if packet is None:
             session.drop_inflight(out.packet_id)
             return
-        self._machine.sending(Event.PUBLISH)
+        if self._machine.state is not _CONNECTED:  # the table's answer there: allowed
+            self._machine.sending(Event.PUBLISH)
         self.counters.messages_sent += 1
         self._out.append(packet)
 

@@ -274,11 +274,14 @@ class ClientHandler:
                 event = conn.next_event()
                 if event is NEED_DATA:
                     break
-                if self._hooked and type(event) is not Publish:
-                    await self._settled()  # earlier PUBLISHes take effect first
-                    if self.closing:
-                        return
-                result = handlers[type(event)](event)
+                if type(event) is Publish:
+                    result = self._on_publish_packet(event)
+                else:
+                    if self._hooked:
+                        await self._settled()  # earlier PUBLISHes take effect first
+                        if self.closing:
+                            return
+                    result = handlers[type(event)](event)
                 if result is not None:
                     await result
                 if self.closing:
@@ -548,7 +551,9 @@ class ClientHandler:
 
     def _on_flow_ended(self, packet: Puback | Pubcomp | Pubrec) -> None:
         """One of our QoS 1/2 flows ended: room for what the session queued."""
-        self.pump()
+        session = self.session
+        if session is not None and session.queue:
+            self.pump()
 
     def may_read(self, topic: str) -> bool:
         """Whether the ACL lets this client receive a message on ``topic``.
@@ -599,7 +604,9 @@ class ClientHandler:
             self.conn.send_qos0(parts, retain, subscription_ids)
         else:
             self.conn.deliver(Delivery(parts.message, qos, retain, subscription_ids), parts)
-        self.wake()
+        if not self._flush_scheduled:  # wake(), inline: once per delivered message
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     def pump(self) -> None:
         """Move queued messages into flight while the send quota allows."""

@@ -152,6 +152,9 @@ class MqttBroker:
         self._stopping = False
         self._id_counter = itertools.count(1)
         self._id_prefix = f"hw-{secrets.token_hex(4)}-"
+        #: The message being routed, and its encoded parts once someone needs them.
+        self._routed: Message | None = None
+        self._routed_parts: PublishParts | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -504,33 +507,33 @@ class MqttBroker:
         if message.retain:
             # [MQTT-3.3.1-5 (3.1.1) / 3.3.1-5 (5.0)] store it (an empty payload deletes).
             self._retained.set(message)
-        online = self._online
-        sessions = self._sessions
-        stats = self.stats
-        parts: PublishParts | None = None
+        # The router calls _deliver_routed for each receiver, during this call only.
+        self._routed = message
+        self._routed_parts = None
+        self.router.route(message, self._deliver_routed, self._online.__contains__)
 
-        def deliver(cid: str, granted: int, rap: bool, ids: tuple[int, ...]) -> None:
-            nonlocal parts
-            # [MQTT-3.8.4-6 (3.1.1) / 3.8.4-8 (5.0)] delivered at min(published, granted).
-            qos = message.qos if message.qos < granted else granted
-            # [MQTT-3.3.1-9 (3.1.1)] live forwarding clears RETAIN; [MQTT-3.3.1-12/13
-            # (5.0)] unless the subscription asked for Retain As Published.
-            retain = message.retain and rap
-            conn = online.get(cid)
-            if conn is not None:
-                if parts is None:
-                    parts = PublishParts(message, time.time())
-                conn.deliver(parts, qos, retain, ids)
-                return
-            if not qos:
-                stats.dropped_offline_qos0 += 1
-                return
-            session = sessions.get(cid)
-            if session is not None:
-                # [MQTT-3.1.2-5 (3.1.1)] QoS 1/2 messages are stored for an offline session.
-                session.enqueue(Delivery(message, qos, retain, ids))
-
-        self.router.route(message, deliver, online.__contains__)
+    def _deliver_routed(self, cid: str, granted: int, rap: bool, ids: tuple[int, ...]) -> None:
+        message = self._routed
+        assert message is not None
+        # [MQTT-3.8.4-6 (3.1.1) / 3.8.4-8 (5.0)] delivered at min(published, granted).
+        qos = message.qos if message.qos < granted else granted
+        # [MQTT-3.3.1-9 (3.1.1)] live forwarding clears RETAIN; [MQTT-3.3.1-12/13 (5.0)]
+        # unless the subscription asked for Retain As Published.
+        retain = message.retain and rap
+        conn = self._online.get(cid)
+        if conn is not None:
+            parts = self._routed_parts
+            if parts is None:
+                parts = self._routed_parts = PublishParts(message, time.time())
+            conn.deliver(parts, qos, retain, ids)
+            return
+        if not qos:
+            self.stats.dropped_offline_qos0 += 1
+            return
+        session = self._sessions.get(cid)
+        if session is not None:
+            # [MQTT-3.1.2-5 (3.1.1)] QoS 1/2 messages are stored for an offline session.
+            session.enqueue(Delivery(message, qos, retain, ids))
 
     # -- persistence --------------------------------------------------------------------------
 

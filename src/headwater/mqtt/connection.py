@@ -82,6 +82,8 @@ from headwater.mqtt.reasons import connack_code_311
 from headwater.mqtt.session import Delivery, Message, Session
 from headwater.mqtt.topics import InvalidTopic, parse_filter
 
+_CONNECTED = State.CONNECTED
+
 __all__ = [
     "NEED_DATA",
     "PAUSED",
@@ -197,12 +199,20 @@ class ServerConnection(Connection):
             packet = decoder.next_packet()
             if packet is NEED_DATA:
                 return packet
-            handler = handlers.get(type(packet))
-            if handler is None:
-                # CONNECT again is caught by the decoder [MQTT-3.1.0-2]; AUTH without
-                # an agreed authentication method is a protocol error (§4.12).
-                self._check(packet)
-            result = handler(packet)  # type: ignore[misc]
+            kind = type(packet)
+            result: Any
+            if kind is Publish:  # the hot paths, without a table lookup
+                result = self._inbound_publish(packet)  # type: ignore[arg-type]
+            elif kind is Puback:
+                done = self.session.puback(packet.packet_id)  # type: ignore[union-attr,arg-type]
+                result = packet if done is not None else None
+            else:
+                handler = handlers.get(type(packet))
+                if handler is None:
+                    # CONNECT again is caught by the decoder [MQTT-3.1.0-2]; AUTH
+                    # without an agreed authentication method is a protocol error (§4.12).
+                    self._check(packet)
+                result = handler(packet)  # type: ignore[misc]
             if result is not None:
                 return result
 
@@ -317,7 +327,8 @@ class ServerConnection(Connection):
 
     def pong(self) -> None:
         """Answer a PINGREQ that ``next_event`` handed out [MQTT-3.12.4-1]."""
-        self._machine.sending(Event.PINGRESP)
+        if self._machine.state is not _CONNECTED:  # the table's answer there: allowed
+            self._machine.sending(Event.PINGRESP)
         self._out.append(PINGRESP_BYTES)
 
     def complete(self, packet: Pubrel) -> None:
@@ -567,7 +578,8 @@ class ClientConnection(Connection):
                 f"a {len(data)}-byte PUBLISH exceeds the server's Maximum Packet Size "
                 f"of {self.peer_max_packet}"
             )
-        self._machine.sending(Event.PUBLISH)
+        if self._machine.state is not _CONNECTED:  # the table's answer there: allowed
+            self._machine.sending(Event.PUBLISH)
         if pid is not None:
             message = Message(topic, payload, qos, retain)
             self._session.send(Delivery(message, qos, retain), pid)
