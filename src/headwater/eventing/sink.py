@@ -12,12 +12,12 @@ same for an HTTP subscriber and an in-process sink.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from headwater.cloudevents import CloudEvent
 
-__all__ = ["DeliveryError", "RecordingSink", "Sink"]
+__all__ = ["BatchSink", "DeliveryError", "RecordingSink", "Sink", "deliver_many"]
 
 
 class DeliveryError(Exception):
@@ -59,6 +59,30 @@ class Sink(Protocol):
         Raises :class:`DeliveryError` when the destination did not accept it.
         """
         ...
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that takes many events in one call, all or nothing (a durable append)."""
+
+    async def deliver_many(self, events: Sequence[CloudEvent]) -> None:
+        """Deliver every event of ``events``; raises :class:`DeliveryError` if it
+        did not take them all (then none counts as delivered)."""
+        ...
+
+
+async def deliver_many(sink: Sink, events: Sequence[CloudEvent]) -> None:
+    """``sink.deliver_many`` where it has one, else one ``deliver`` per event (concurrently)."""
+    if isinstance(sink, BatchSink):
+        await sink.deliver_many(events)
+        return
+    if len(events) == 1:
+        await sink.deliver(events[0])
+        return
+    results = await asyncio.gather(*(sink.deliver(e) for e in events), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 Responder = Callable[[CloudEvent], Awaitable[CloudEvent | None] | CloudEvent | None]

@@ -271,11 +271,13 @@ class Connection:
             waiting = self._unacked_in + len(session.incoming_qos2)
         else:
             waiting = self._unacked_in
-        if waiting >= self._receive_maximum and self.v5:
+        if waiting >= self._receive_maximum and self.v5 and self.role is Role.SERVER:
             # [MQTT-3.3.4-9 (5.0)] "If it receives more than Receive Maximum QoS 1 and
             # QoS 2 PUBLISH packets where it has not sent a PUBACK or PUBCOMP in
             # response, the Server uses a DISCONNECT packet with Reason Code 0x93".
             # 3.1.1 has no such limit: there the reader waits (receive_window_full).
+            # A client is lenient with a server that sends more (Mosquitto may,
+            # after a session resumes): it stops reading until it acked some.
             raise ProtocolError("receive maximum exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
         self._unacked_in += 1
         return packet

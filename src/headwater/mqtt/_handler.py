@@ -9,14 +9,16 @@ protocol (states, flows, acks, aliases, limits); this class owns the policy
 and the I/O.
 
 * Handlers are synchronous; only CONNECT (password check in a thread, the
-  connect hook) and PUBLISH with an ``on_publish`` hook await. Hooked
-  PUBLISHes are pipelined: each hook runs as a task while the next PUBLISH is
-  read (up to ``receive_maximum`` of them, then reading waits), and their
-  outcomes (ack, routing) are applied strictly in arrival order. Any other
-  packet waits until every earlier PUBLISH is settled, so a connection's
-  packets still take effect in order. A window of QoS 1 messages thus gets
-  its PUBACKs in one write, and a durable-append hook sees many appends at
-  once (group commit).
+  connect hook) and PUBLISHes a :class:`~headwater.mqtt.config.PublishHook`
+  selects await. The selected PUBLISHes of one socket read go to the hook as
+  one batch (one task, one durable append for the Broker source); batches are
+  pipelined (the next read is decoded while a batch is with the hook, up to
+  ``receive_maximum`` messages, then reading waits), and their outcomes (ack,
+  routing) are applied strictly in arrival order. A PUBLISH the hook does not
+  select is acknowledged and routed at once. Any other packet waits until
+  every earlier PUBLISH is settled, so a connection's packets still take
+  effect in order. A window of QoS 1 messages thus gets its PUBACKs in one
+  write, and the log sees many appends at once (group commit).
 * Outgoing bytes collect in the connection and are written once per event
   loop iteration (``call_soon`` flush), so a burst of deliveries to a
   subscriber costs one ``write``. A reader whose own transport is above
@@ -34,10 +36,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headwater.mqtt.config import CONNECT_TIMEOUT, READ_CACHE_MAX, ClientInfo, Listener, Refusal
+from headwater.mqtt.config import (
+    CONNECT_TIMEOUT,
+    READ_CACHE_MAX,
+    ClientInfo,
+    Hooked,
+    Listener,
+    Outcome,
+    Refusal,
+)
 from headwater.mqtt.connection import NEED_DATA, PublishParts, ServerConnection
 from headwater.mqtt.packets import (
     EMPTY_PROPERTIES,
@@ -72,7 +82,11 @@ logger = logging.getLogger("headwater.mqtt.broker")
 #: be sent to that client (its acks and deliveries), until the transport drains.
 WRITE_HIGH_WATER = 256 * 1024
 
-Hooked = tuple["asyncio.Task[ReasonCode | Refusal | None]", Message, Publish]
+#: The selected PUBLISHes of one read at most per hook call: a batch large enough
+#: to amortise the hook's fixed costs, small enough to start appending early.
+MAX_BATCH = 256
+
+InFlight = tuple["asyncio.Task[Sequence[Outcome]]", list[tuple[Message, Publish]]]
 
 
 class _Close(Exception):
@@ -118,7 +132,7 @@ class ClientHandler:
         self.will: Any = None
         self._keepalive_handle: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
-        self.on_publish = broker._on_publish
+        self.hook = broker.hook
         #: Bytes the connection holds, as counted in ``broker._incomplete``.
         self._held = 0
         #: Per-delivery ACL checks: the broker's ACL generation these were made
@@ -127,8 +141,11 @@ class ClientHandler:
         self._acl_generation = -1
         self._all_readable = False
         self._readable: dict[str, bool] = {}
-        #: Hooked PUBLISHes in arrival order: (hook task, message, packet).
-        self._hooked: deque[Hooked] = deque()
+        #: Batches with the hook in arrival order, the messages in them, and the
+        #: batch being collected from the current read.
+        self._hooked: deque[InFlight] = deque()
+        self._hooked_messages = 0
+        self._batch: list[tuple[Message, Publish]] = []
         self._handlers: dict[type, Callable[[Any], Awaitable[None] | None]] = {
             Publish: self._on_publish_packet,
             Puback: self._on_flow_ended,
@@ -213,7 +230,7 @@ class ClientHandler:
                 # when the hook ran inline; acks to a vanished client go nowhere.
                 await self._settled()
             finally:
-                for task, _, _ in self._hooked:
+                for task, _ in self._hooked:
                     task.cancel()
                 self.closing = True
                 self.flush()
@@ -277,6 +294,8 @@ class ClientHandler:
                 if type(event) is Publish:
                     result = self._on_publish_packet(event)
                 else:
+                    if self._batch:
+                        self._start_hook()
                     if self._hooked:
                         await self._settled()  # earlier PUBLISHes take effect first
                         if self.closing:
@@ -284,6 +303,12 @@ class ClientHandler:
                     result = handlers[type(event)](event)
                 if result is not None:
                     await result
+                if self.closing:
+                    return
+            if self._batch:
+                waiting = self._start_hook()
+                if waiting is not None:
+                    await waiting
                 if self.closing:
                     return
             if conn.has_data_to_send:
@@ -463,21 +488,27 @@ class ClientHandler:
                 self.client_id,
                 time.time(),
             )
-        if self.on_publish is not None:
-            return self._hook(message, packet)
+        hook = self.hook
+        if hook is not None and hook.selects(topic):
+            batch = self._batch
+            batch.append((message, packet))
+            if len(batch) >= MAX_BATCH:
+                return self._start_hook()
+            return None
         broker.route(message)
         self.conn.ack(packet)
         return None
 
-    def _hook(self, message: Message, packet: Publish) -> Awaitable[None] | None:
-        """Start the ``on_publish`` hook; its outcome is applied by :meth:`_settle`."""
-        assert self.on_publish is not None and self.info is not None
-        task = asyncio.ensure_future(
-            self.on_publish(self.info, message, packet.packet_id, packet.dup)
-        )
-        self._hooked.append((task, message, packet))
+    def _start_hook(self) -> Awaitable[None] | None:
+        """Hand the collected batch to the hook; its outcomes are applied by :meth:`_settle`."""
+        assert self.hook is not None and self.info is not None
+        batch, self._batch = self._batch, []
+        items = [Hooked(m, p.packet_id, p.dup) for m, p in batch]
+        task = asyncio.ensure_future(self.hook(self.info, items))
+        self._hooked.append((task, batch))
+        self._hooked_messages += len(batch)
         task.add_done_callback(self._settle)
-        if len(self._hooked) >= self.config.receive_maximum:
+        if self._hooked_messages >= self.config.receive_maximum:
             # Bounded pipeline: read nothing more until the oldest is settled.
             return self._settled(one=True)
         return None
@@ -495,16 +526,23 @@ class ClientHandler:
         """Apply the outcomes of the finished hooks at the head, in arrival order."""
         hooked = self._hooked
         while hooked and hooked[0][0].done():
-            task, message, packet = hooked.popleft()
-            code: ReasonCode | Refusal | None
+            task, batch = hooked.popleft()
+            self._hooked_messages -= len(batch)
+            outcomes: Sequence[Outcome] | None = None
             if task.cancelled():
-                code = ReasonCode.UNSPECIFIED_ERROR
+                pass
             elif (exc := task.exception()) is not None:
-                logger.error("on_publish hook failed for %s", self.client_id, exc_info=exc)
-                code = ReasonCode.UNSPECIFIED_ERROR
+                logger.error("the publish hook failed for %s", self.client_id, exc_info=exc)
             else:
-                code = task.result()
-            if not self.closing:
+                outcomes = task.result()
+                if len(outcomes) != len(batch):
+                    logger.error("the publish hook answered %d of %d", len(outcomes), len(batch))
+                    outcomes = None
+            if outcomes is None:
+                outcomes = [ReasonCode.UNSPECIFIED_ERROR] * len(batch)
+            for (message, packet), code in zip(batch, outcomes, strict=True):
+                if self.closing:
+                    break  # a refusal closed the connection: the rest is resent later
                 self._outcome(message, packet, code)
 
     def _outcome(

@@ -32,7 +32,7 @@ import logging
 import resource
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,13 @@ from headwater.mqtt.config import (
     BrokerConfig,
     BrokerStats,
     ClientInfo,
+    Hooked,
     Listener,
     OnConnect,
     OnDisconnect,
     OnPublish,
+    Outcome,
+    PublishHook,
     Refusal,
     server_tls_context,
 )
@@ -85,6 +88,39 @@ def _fd_budget() -> int:
     return max(16, int(soft * FD_SHARE))
 
 
+class _EachPublish:
+    """A per-message ``on_publish`` callback as a :class:`PublishHook`.
+
+    Every message is selected; the messages of a batch are hooked concurrently,
+    one task each, and a callback that raises refuses its message only.
+    """
+
+    def __init__(self, on_publish: OnPublish) -> None:
+        self.on_publish = on_publish
+
+    def selects(self, topic: str) -> bool:
+        return True
+
+    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]:
+        fn = self.on_publish
+        if len(batch) == 1:
+            item = batch[0]
+            return [await fn(info, item.message, item.packet_id, item.dup)]
+        results = await asyncio.gather(
+            *(fn(info, h.message, h.packet_id, h.dup) for h in batch), return_exceptions=True
+        )
+        outcomes: list[Outcome] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                logger.error("on_publish hook failed for %s", info.client_id, exc_info=result)
+                outcomes.append(ReasonCode.UNSPECIFIED_ERROR)
+            else:
+                outcomes.append(result)
+        return outcomes
+
+
 @dataclass(slots=True)
 class _PendingWill:
     message: Message
@@ -104,6 +140,7 @@ class MqttBroker:
         config: BrokerConfig | None = None,
         *,
         on_publish: OnPublish | None = None,
+        hook: PublishHook | None = None,
         on_connect: OnConnect | None = None,
         on_disconnect: OnDisconnect | None = None,
         router: Router | None = None,
@@ -132,7 +169,10 @@ class MqttBroker:
         self._incomplete = 0
         #: Sockets open at most (connected clients and those yet to CONNECT).
         self.max_sockets = _fd_budget()
-        self._on_publish = on_publish
+        if on_publish is not None and hook is not None:
+            raise ValueError("give on_publish or hook, not both")
+        #: What sees selected PUBLISHes before they are acknowledged and routed.
+        self.hook: PublishHook | None = hook if on_publish is None else _EachPublish(on_publish)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self.router: Router = router if router is not None else LocalRouter()
@@ -482,16 +522,16 @@ class MqttBroker:
             self.stats.denied_publish += 1
             logger.warning("denied will of %s to %r", info.client_id, message.topic)
             return
-        hook = self._on_publish
-        if hook is None or self._tg is None:
+        hook = self.hook
+        if hook is None or self._tg is None or not hook.selects(message.topic):
             self.route(message)
             return
 
         async def hooked() -> None:
             try:
-                code = await hook(info, message, None, False)
+                [code] = await hook(info, [Hooked(message, None, False)])
             except Exception:
-                logger.exception("on_publish hook failed for the will of %s", info.client_id)
+                logger.exception("the publish hook failed for the will of %s", info.client_id)
                 code = ReasonCode.UNSPECIFIED_ERROR
             if code is None or (code.code if isinstance(code, Refusal) else code) < 0x80:
                 self.route(message)

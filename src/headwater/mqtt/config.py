@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple, Protocol
 
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
@@ -35,10 +35,13 @@ __all__ = [
     "BrokerConfig",
     "BrokerStats",
     "ClientInfo",
+    "Hooked",
     "Listener",
     "OnConnect",
     "OnDisconnect",
     "OnPublish",
+    "Outcome",
+    "PublishHook",
     "Refusal",
     "server_tls_context",
 ]
@@ -243,6 +246,38 @@ OnPublish = Callable[
 ]
 OnConnect = Callable[[ClientInfo], Awaitable[None]]
 OnDisconnect = Callable[[ClientInfo], Awaitable[None]]
+
+Outcome = ReasonCode | Refusal | None
+"""A hook's answer for one message: ``None`` (or a code < 0x80) accepts it."""
+
+
+class Hooked(NamedTuple):
+    """One PUBLISH handed to a :class:`PublishHook`: the message, its packet
+    identifier (``None`` for QoS 0 and wills) and its DUP flag, so that the hook
+    can recognise a QoS 1 message resent because the PUBACK was lost
+    [MQTT-3.3.1-1]."""
+
+    message: Message
+    packet_id: int | None
+    dup: bool
+
+
+class PublishHook(Protocol):
+    """What sees PUBLISHes before they are acknowledged and routed, a batch at a time.
+
+    ``selects(topic)`` is asked for every PUBLISH (it must be cheap: cache the
+    verdict per topic); a message it does not select is acknowledged and routed
+    at once, as by a plain broker. The selected PUBLISHes a client sent in one
+    go (one socket read) are handed over together; the broker acknowledges and
+    routes each once the call returns its :data:`Outcome` (one per message, in
+    order). Batches of one connection may overlap (pipelining, up to the
+    broker's ``receive_maximum`` messages); their outcomes take effect in
+    arrival order.
+    """
+
+    def selects(self, topic: str) -> bool: ...
+
+    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]: ...
 
 
 @dataclass(slots=True)

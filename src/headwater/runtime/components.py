@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headwater.cloudevents import CloudEvent
@@ -58,14 +58,18 @@ class AcceptSink:
         self.fanout = fanout
 
     async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        await self.deliver_many([event])
+        return None
+
+    async def deliver_many(self, events: Sequence[CloudEvent]) -> None:
+        """One durable append for all of ``events`` (all or nothing)."""
         try:
-            await self.fanout.accept([event])
+            await self.fanout.accept(events)
         except LogFull as exc:
             # 507 Insufficient Storage (RFC 4918 §11.5): retryable once space is freed.
             raise DeliveryError(507, True, reason=f"{self.fanout!r}: {exc}") from exc
         except (LogUnavailable, Saturated) as exc:
             raise DeliveryError(503, True, reason=f"{self.fanout!r}: {exc}") from exc
-        return None
 
     def __repr__(self) -> str:
         return f"{self.fanout!r}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -27,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, Sink
+from headwater.eventing.sink import deliver_many
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.broker import BrokerConfig, Listener, server_tls_context
 from headwater.mqtt.client import ClientConfig, tls_context
@@ -107,6 +109,7 @@ class MqttBrokerSourceComponent:
             config,
             spec.mapping.compile(),
             self._sink.deliver,
+            emit_many=functools.partial(deliver_many, self._sink),
             topics=tuple(spec.topics),
             device_events=spec.device_events,
             max_event_size=spec.max_event_size,

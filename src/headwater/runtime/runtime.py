@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -34,6 +34,7 @@ from headwater.eventing._http1 import Http1Client
 from headwater.eventing.delivery import Deliverer, Outcome, dead_letter_event
 from headwater.eventing.dispatcher import Dispatcher
 from headwater.eventing.http_worker import HttpWorker
+from headwater.eventing.sink import deliver_many
 from headwater.log import (
     DEFAULT_MAX_EVENT_SIZE,
     EARLIEST,
@@ -91,14 +92,21 @@ class RefSink:
         self.key = key
         self.url = f"{key[0].lower()}://{key[1]}/{key[2]}"
 
-    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+    def _sink(self) -> Sink:
         component = self._runtime.reconciler.component(self.key)
         sink: Sink | None = getattr(component, "sink", None)
         if sink is None:
             raise DeliveryError(
                 None, True, reason=f"{self.key[0]} {self.key[1]}/{self.key[2]} is not ready"
             )
-        return await sink.deliver(event)
+        return sink
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        return await self._sink().deliver(event)
+
+    async def deliver_many(self, events: Sequence[CloudEvent]) -> None:
+        """All of ``events`` in one call where the receiver takes batches (a Broker)."""
+        await deliver_many(self._sink(), events)
 
     def __repr__(self) -> str:
         return f"RefSink({self.url})"

@@ -44,7 +44,7 @@ from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
 from headwater.cloudevents import NO_DATA, CloudEvent, InvalidEvent
-from headwater.cloudevents._types import check_media_type
+from headwater.cloudevents._types import check_media_type, check_string, check_timestamp
 from headwater.cloudevents.mqtt import MQTT_5, from_mqtt, is_cloudevent_mqtt
 
 __all__ = [
@@ -203,6 +203,15 @@ class Mapping:
     time: ParsedResult | None
     passthrough: bool = True
     static: tuple[tuple[str, str], ...] = field(default=())
+    #: Whether a template uses the client id / the listener (then attributes
+    #: differ per client / listener, not only per topic).
+    per_client: bool = False
+    per_listener: bool = False
+    #: Per topic (and client id / listener where a template uses them): the
+    #: attributes that follow from them, validated once (or ``Unmatched``).
+    _by_topic: dict[tuple[str, str, str], dict[str, Any] | Unmatched] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def compile(
@@ -227,15 +236,21 @@ class Mapping:
             lifted.append((name, _jmespath(expression, f"extension {name!r}")))
         for name in static or {}:
             _check_extension_name(name, "static extension")
-        return cls(
-            pattern,
+        templates = (
             _Template.parse(type, variables, "type"),
             _Template.parse(source, variables, "source"),
             _Template.parse(subject, variables, "subject") if subject else None,
+        )
+        used = {name for t in templates if t is not None for name in t.fields}
+        return cls(
+            pattern,
+            *templates,
             tuple(lifted),
             _jmespath(time, "time") if time else None,
             passthrough,
             tuple((static or {}).items()),
+            "clientid" in used,
+            "listener" in used,
         )
 
     @property
@@ -284,30 +299,16 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
     :class:`~headwater.cloudevents.InvalidEvent` when a carried CloudEvent is
     malformed or a template renders an invalid attribute.
     """
-    mqtt_ext: dict[str, object] = {
-        "mqtttopic": message.topic,
-        "mqttqos": message.qos,
-        "mqttretain": message.retain,
-    }
     if (
         mapping.passthrough
         and message.version == MQTT_5
         and is_cloudevent_mqtt(message.content_type, message.user_properties)
     ):
         carried = from_mqtt(message.payload, message.content_type, message.user_properties)
-        return carried.evolve(mqtt_ext)
-    captures: dict[str, str] = {}
-    if mapping.pattern is not None:
-        matched = mapping.pattern.match(message.topic)
-        if matched is None:
-            raise Unmatched(f"topic {message.topic!r} does not match {mapping.pattern.text!r}")
-        captures = matched
-    variables = {
-        **captures,
-        "topic": message.topic,
-        "clientid": message.client_id,
-        "listener": message.listener,
-    }
+        return carried.evolve(
+            {"mqtttopic": message.topic, "mqttqos": message.qos, "mqttretain": message.retain}
+        )
+    base = _topic_attributes(mapping, message)
     payload = message.payload
     parsed: Any = None
     is_json = False
@@ -320,6 +321,7 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
         # (`text`, empty) cannot be `datacontenttype`, but it is never a reason to
         # refuse a device's telemetry. It is kept in `mqttcontenttype` instead.
         foreign_type, content_type = content_type, None
+    lifting = bool(mapping.extensions or mapping.time)
     if content_type is None:
         if payload:
             try:
@@ -328,37 +330,36 @@ def to_cloudevent(mapping: Mapping, message: Inbound, event_id: str, now: float)
             except orjson.JSONDecodeError:
                 pass
         content_type = JSON if is_json else OCTET_STREAM
-    elif _is_json(content_type) and (mapping.extensions or mapping.time):
+    elif lifting and _is_json(content_type):
         try:
             parsed = orjson.loads(payload)
             is_json = True
         except orjson.JSONDecodeError:
             pass  # declared JSON but is not: carried as is, nothing lifted
-    attributes: dict[str, object] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": mapping.source.render(variables),
-        "type": mapping.type.render(variables),
-        "datacontenttype": content_type,
-        "time": timestamp(now),
-    }
-    if mapping.subject is not None:
-        attributes["subject"] = mapping.subject.render(variables)
-    attributes.update(mapping.static)
-    attributes.update(captures)
-    attributes.update(mqtt_ext)
+    # The attributes of the topic were validated when first seen; the rest of
+    # what is set here is valid by construction (the id from IdSequence, the
+    # time from timestamp(), a media type checked above, QoS 0-2, a bool), but
+    # what comes from the payload, which is checked value by value.
+    attributes = base.copy()
+    attributes["id"] = event_id
+    attributes["time"] = timestamp(now)
+    attributes["datacontenttype"] = content_type
+    attributes["mqttqos"] = message.qos
+    attributes["mqttretain"] = message.retain
     if foreign_type is not None and foreign_type.isprintable():
         attributes[CONTENT_TYPE_EXTENSION] = foreign_type
-    if is_json and (mapping.extensions or mapping.time):
+    if is_json and lifting:
         for name, expression in mapping.extensions:
             value = _lifted(_search(expression, parsed))
             if value is not None:
+                if type(value) is str and not (value.isascii() and value.isprintable()):
+                    check_string(name, value)
                 attributes[name] = value
         if mapping.time is not None:
             device_time = _search(mapping.time, parsed)
             if device_time is not None:
-                attributes["time"] = _device_time(device_time)
-    return CloudEvent(attributes, payload if payload else NO_DATA)
+                attributes["time"] = check_timestamp("time", _device_time(device_time))
+    return CloudEvent._trusted(attributes, payload if payload else NO_DATA)
 
 
 CONTENT_TYPE_EXTENSION: Final = "mqttcontenttype"
@@ -374,6 +375,63 @@ def _is_media_type(value: str) -> bool:
     return True
 
 
+#: Topics whose attributes a mapping remembers; the memory is cleared when full.
+TOPIC_CACHE_MAX: Final = 10_000
+
+
+def _topic_attributes(mapping: Mapping, message: Inbound) -> dict[str, Any]:
+    """The validated attributes that depend only on the topic (and client id and
+    listener where a template uses them); raises :class:`Unmatched` or
+    :class:`~headwater.cloudevents.InvalidEvent` as the mapping would."""
+    key = (
+        message.topic,
+        message.client_id if mapping.per_client else "",
+        message.listener if mapping.per_listener else "",
+    )
+    cache = mapping._by_topic
+    found = cache.get(key)
+    if found is None:
+        try:
+            found = _render_topic(mapping, message)
+        except Unmatched as exc:
+            found = exc
+        if len(cache) >= TOPIC_CACHE_MAX:
+            cache.clear()
+        cache[key] = found
+    if isinstance(found, Unmatched):
+        raise found
+    return found
+
+
+def _render_topic(mapping: Mapping, message: Inbound) -> dict[str, Any]:
+    captures: dict[str, str] = {}
+    if mapping.pattern is not None:
+        matched = mapping.pattern.match(message.topic)
+        if matched is None:
+            raise Unmatched(f"topic {message.topic!r} does not match {mapping.pattern.text!r}")
+        captures = matched
+    variables = {
+        **captures,
+        "topic": message.topic,
+        "clientid": message.client_id,
+        "listener": message.listener,
+    }
+    attributes: dict[str, object] = {
+        "specversion": "1.0",
+        "id": "-",
+        "source": mapping.source.render(variables),
+        "type": mapping.type.render(variables),
+    }
+    if mapping.subject is not None:
+        attributes["subject"] = mapping.subject.render(variables)
+    attributes.update(mapping.static)
+    attributes.update(captures)
+    attributes["mqtttopic"] = message.topic
+    # Validated as a whole event once (InvalidEvent for a bad rendering, not cached).
+    validated = CloudEvent(attributes).attributes
+    return {k: v for k, v in validated.items() if k != "id"}
+
+
 def _search(expression: ParsedResult, document: Any) -> Any:
     ast = expression.parsed
     if ast["type"] == "field":
@@ -387,10 +445,23 @@ def _search(expression: ParsedResult, document: Any) -> Any:
         return None  # a type error in the expression against this payload: nothing lifted
 
 
+_last_stamp: tuple[float, str] = (0.0, "")
+
+
 def timestamp(now: float) -> str:
-    return (
+    """``now`` (epoch seconds) as RFC 3339 with microseconds, in UTC.
+
+    The events of one batch share their receive time: the last value is kept,
+    so that a batch formats it once.
+    """
+    global _last_stamp
+    if _last_stamp[0] == now:
+        return _last_stamp[1]
+    text = (
         datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     )
+    _last_stamp = (now, text)
+    return text
 
 
 def _device_time(value: Any) -> str:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -68,6 +68,7 @@ from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.log import EventTooLarge, LogFull
 from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
+from headwater.mqtt.config import Hooked, Outcome
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
 from headwater.mqtt.session import Message
 from headwater.mqtt.topics import topic_matches
@@ -93,6 +94,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Emit = Callable[[CloudEvent], Awaitable[object]]
+EmitMany = Callable[[Sequence[CloudEvent]], Awaitable[object]]
+
+
+def _one_by_one(emit: Emit) -> EmitMany:
+    """``emit_many`` for a sink that takes one event at a time (concurrently)."""
+
+    async def emit_many(events: Sequence[CloudEvent]) -> None:
+        if len(events) == 1:
+            await emit(events[0])
+            return
+        results = await asyncio.gather(*(emit(e) for e in events), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    return emit_many
+
 
 CONNECTED_TYPE: Final = "dev.headwater.device.connected"
 DISCONNECTED_TYPE: Final = "dev.headwater.device.disconnected"
@@ -137,7 +155,13 @@ class SourceStats:
 
 
 class MqttBrokerSource:
-    """``async with MqttBrokerSource(...) as source``: the broker runs while inside."""
+    """``async with MqttBrokerSource(...) as source``: the broker runs while inside.
+
+    It is the broker's :class:`~headwater.mqtt.config.PublishHook`: the selected
+    PUBLISHes of one socket read arrive as a batch, become CloudEvents together
+    and are handed to ``emit_many`` in one call (for a Broker: one durable
+    append, one share of a group commit), under one timeout.
+    """
 
     def __init__(
         self,
@@ -145,6 +169,7 @@ class MqttBrokerSource:
         mapping: Mapping,
         emit: Emit,
         *,
+        emit_many: EmitMany | None = None,
         topics: tuple[str, ...] = ("#",),
         device_events: bool = True,
         max_event_size: int = 1024 * 1024,
@@ -153,6 +178,7 @@ class MqttBrokerSource:
     ) -> None:
         self.mapping = mapping
         self.emit = emit
+        self.emit_many: EmitMany = emit_many or _one_by_one(emit)
         self.topics = topics
         self.device_events = device_events
         self.max_event_size = max_event_size
@@ -166,7 +192,7 @@ class MqttBrokerSource:
         self._responses: dict[str, asyncio.Future[Message]] = {}
         self.broker = MqttBroker(
             config,
-            on_publish=self._on_publish,
+            hook=self,
             on_connect=self._on_connect if device_events else None,
             on_disconnect=self._on_disconnect if device_events else None,
         )
@@ -177,15 +203,6 @@ class MqttBrokerSource:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.broker.__aexit__(*exc_info)
-
-    def _selected(self, topic: str) -> bool:
-        verdict = self._matches.get(topic)
-        if verdict is None:
-            if len(self._matches) >= _MATCH_CACHE_MAX:
-                self._matches.clear()
-            verdict = any(topic_matches(f, topic) for f in self.topics)
-            self._matches[topic] = verdict
-        return verdict
 
     def expect_response(self, topic: str) -> asyncio.Future[Message]:
         """A future for the next publish to ``topic`` (an MqttSink's response topic).
@@ -198,103 +215,153 @@ class MqttBrokerSource:
         future.add_done_callback(lambda _: self._responses.pop(topic, None))
         return future
 
-    async def _on_publish(
-        self, info: ClientInfo, message: Message, packet_id: int | None, dup: bool
-    ) -> ReasonCode | Refusal | None:
-        if self._responses:
-            waiting = self._responses.pop(message.topic, None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(message)
-                return None
-        if not self._selected(message.topic):
-            return None
+    def selects(self, topic: str) -> bool:
+        """Whether a publish to ``topic`` becomes an event (or answers an MqttSink)."""
+        if self._responses and topic in self._responses:
+            return True
+        verdict = self._matches.get(topic)
+        if verdict is None:
+            if len(self._matches) >= _MATCH_CACHE_MAX:
+                self._matches.clear()
+            verdict = any(topic_matches(f, topic) for f in self.topics)
+            self._matches[topic] = verdict
+        return verdict
+
+    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> list[Outcome]:
+        """Map a batch of publishes to events and append them together."""
         stats = self.stats
-        if len(message.payload) > self.max_event_size:
-            stats.too_large += 1
-            log.warning(
-                "%s: %d-byte publish by %s to %r is over the %d-byte event limit",
-                self.name,
-                len(message.payload),
-                info.client_id,
-                message.topic,
-                self.max_event_size,
-            )
-            return Refusal(ReasonCode.QUOTA_EXCEEDED)
+        outcomes: list[Outcome] = [None] * len(batch)
+        events: list[CloudEvent] = []
+        # (batch index, packet id or None, fingerprint) of each event, in order.
+        appending: list[tuple[int, int | None, int]] = []
         sender = info.client_id
-        print_ = 0
-        if packet_id is not None:
-            print_ = fingerprint(message.topic, message.payload)
-            if dup and await self.redeliveries.is_resend(sender, packet_id, print_):
-                stats.duplicates_suppressed += 1
-                return None  # [MQTT-4.3.2-2] acknowledged again, the event exists once
-        inbound = Inbound(
-            message.topic,
-            message.payload,
-            message.qos,
-            message.retain,
-            message.content_type,
-            message.user_properties,
-            info.client_id,
-            _host(info.listener),
-            int(info.protocol_version),
-        )
-        try:
-            event = to_cloudevent(self.mapping, inbound, self.ids.next(), time.time())
-        except Unmatched:
-            stats.unmatched += 1
-            return None
-        except (InvalidEvent, ValueError) as exc:
-            stats.invalid += 1
-            log.warning(
-                "%s: publish by %s to %r: %s", self.name, info.client_id, message.topic, exc
-            )
-            return Refusal(ReasonCode.PAYLOAD_FORMAT_INVALID)
-        if message.content_type is not None and CONTENT_TYPE_EXTENSION in event:
-            stats.content_types_kept += 1
-        if packet_id is not None:
-            return await self._emit_once(sender, packet_id, print_, event, message.qos)
-        return await self._emit(sender, event, 0)
-
-    async def _emit_once(
-        self, sender: str, packet_id: int, print_: int, event: CloudEvent, qos: int
-    ) -> ReasonCode | Refusal | None:
-        """:meth:`_emit` a QoS 1/2 message, remembering it for its resends."""
-        self.redeliveries.begin(sender, packet_id, print_)
-        code: ReasonCode | Refusal | None = ReasonCode.UNSPECIFIED_ERROR
-        try:
-            code = await self._emit(sender, event, qos)
-        finally:
-            self.redeliveries.end(sender, packet_id, print_, code is None)
-        return code
-
-    async def _emit(self, sender: str, event: CloudEvent, qos: int) -> ReasonCode | Refusal | None:
-        stats = self.stats
-        try:
-            # asyncio.timeout, not wait_for: no extra task per message on the hot path.
-            async with asyncio.timeout(self.append_timeout):
-                await self.emit(event)
-        except Exception as exc:
-            code = _failure_code(exc)
-            if qos == 0:
-                stats.dropped_qos0 += 1
-                return None
-            if _too_large(exc):
+        now = time.time()
+        host = _host(info.listener)
+        version = int(info.protocol_version)
+        mapping = self.mapping
+        ids = self.ids
+        redeliveries = self.redeliveries
+        for index, (message, packet_id, dup) in enumerate(batch):
+            if self._responses:
+                waiting = self._responses.pop(message.topic, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message)
+                    continue
+            if len(message.payload) > self.max_event_size:
                 stats.too_large += 1
                 self.throttle.warning(
-                    "too-large", "%s: refusing publish by %s: %s", self.name, sender, exc
+                    "too-large",
+                    "%s: %d-byte publish by %s to %r is over the %d-byte event limit",
+                    self.name,
+                    len(message.payload),
+                    sender,
+                    message.topic,
+                    self.max_event_size,
                 )
-                return Refusal(code)  # as large again next time: never accepted
-            stats.append_failures += 1
-            self.throttle.warning(
-                "append-failed",
-                "%s: append failed, refusing publish by %s: %s",
-                self.name,
+                outcomes[index] = Refusal(ReasonCode.QUOTA_EXCEEDED)
+                continue
+            print_ = 0
+            if packet_id is not None:
+                print_ = fingerprint(message.topic, message.payload)
+                if dup and await redeliveries.is_resend(sender, packet_id, print_):
+                    stats.duplicates_suppressed += 1
+                    continue  # [MQTT-4.3.2-2] acknowledged again, the event exists once
+            inbound = Inbound(
+                message.topic,
+                message.payload,
+                message.qos,
+                message.retain,
+                message.content_type,
+                message.user_properties,
                 sender,
-                exc,
+                host,
+                version,
             )
-            return code
-        stats.events += 1
-        return None
+            try:
+                event = to_cloudevent(mapping, inbound, ids.next(), now)
+            except Unmatched:
+                stats.unmatched += 1
+                continue
+            except (InvalidEvent, ValueError) as exc:
+                stats.invalid += 1
+                self.throttle.warning(
+                    "invalid", "%s: publish by %s to %r: %s", self.name, sender, message.topic, exc
+                )
+                outcomes[index] = Refusal(ReasonCode.PAYLOAD_FORMAT_INVALID)
+                continue
+            if message.content_type is not None and CONTENT_TYPE_EXTENSION in event:
+                stats.content_types_kept += 1
+            events.append(event)
+            appending.append((index, packet_id, print_))
+            if packet_id is not None:
+                redeliveries.begin(sender, packet_id, print_)
+        if events:
+            await self._append(sender, batch, events, appending, outcomes)
+        return outcomes
+
+    async def _append(
+        self,
+        sender: str,
+        batch: Sequence[Hooked],
+        events: list[CloudEvent],
+        appending: list[tuple[int, int | None, int]],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Append ``events`` in one call; the outcome of each goes to ``outcomes``."""
+        stats = self.stats
+        failure: BaseException | None = None
+        try:
+            # asyncio.timeout, not wait_for: no extra task per batch on the hot path.
+            async with asyncio.timeout(self.append_timeout):
+                await self.emit_many(events)
+        except EventTooLarge as exc:
+            if len(events) == 1:
+                failure = exc
+            else:
+                # One event of the batch is over the log's limit (an event is larger
+                # than its payload): find it by appending one by one.
+                await self._append_each(sender, batch, events, appending, outcomes)
+                return
+        except Exception as exc:
+            failure = exc
+        if failure is None:
+            stats.events += len(events)
+            for _, packet_id, print_ in appending:
+                if packet_id is not None:
+                    self.redeliveries.end(sender, packet_id, print_, True)
+            return
+        code = _failure_code(failure)
+        too_large = _too_large(failure)
+        for index, packet_id, print_ in appending:
+            if packet_id is not None:
+                self.redeliveries.end(sender, packet_id, print_, False)
+            if batch[index].message.qos == 0:
+                stats.dropped_qos0 += 1
+            elif too_large:
+                stats.too_large += 1
+                outcomes[index] = Refusal(code)  # as large again next time: never accepted
+            else:
+                stats.append_failures += 1
+                outcomes[index] = code
+        self.throttle.warning(
+            "append-failed",
+            "%s: append failed, refusing %d publishes by %s: %s",
+            self.name,
+            len(events),
+            sender,
+            failure,
+        )
+
+    async def _append_each(
+        self,
+        sender: str,
+        batch: Sequence[Hooked],
+        events: list[CloudEvent],
+        appending: list[tuple[int, int | None, int]],
+        outcomes: list[Outcome],
+    ) -> None:
+        for event, entry in zip(events, appending, strict=True):
+            await self._append(sender, batch, [event], [entry], outcomes)
 
     async def _device_event(self, info: ClientInfo, event_type: str) -> None:
         attributes: dict[str, object] = {

@@ -18,16 +18,16 @@ recently active forgotten first), so a crash between append and ack can still
 produce a duplicate: delivery stays at least once, never at most once.
 
 A resend may arrive while the first copy's append is still under way (the
-sender reconnected and took over its session meanwhile); :meth:`begin`
-hands out a future for that append so the resend waits for its outcome
-instead of racing it.
+sender reconnected and took over its session meanwhile); :meth:`begin` marks
+that append so the resend waits for its outcome instead of racing it. Only a
+resend that meets such a mark costs a future; the common case is a dict entry.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["DEFAULT_SENDERS", "DEFAULT_WINDOW", "Redeliveries", "fingerprint"]
 
@@ -57,7 +57,9 @@ class Redeliveries:
         self.max_senders = max_senders
         self.suppressed = 0
         self._senders: OrderedDict[str, dict[int, int]] = OrderedDict()
-        self._pending: dict[tuple[str, int], tuple[int, asyncio.Future[bool]]] = {}
+        #: Appends under way: (sender, packet id) -> [fingerprint, future of a
+        #: resend waiting for it, or None].
+        self._pending: dict[tuple[str, int], list[Any]] = {}
 
     def appended(self, sender: str, packet_id: int, print_: int) -> None:
         """Record that ``sender``'s message ``packet_id`` is in the log."""
@@ -78,11 +80,9 @@ class Redeliveries:
         ids = self._senders.get(sender)
         return ids is not None and ids.get(packet_id) == print_
 
-    def begin(self, sender: str, packet_id: int, print_: int) -> asyncio.Future[bool]:
-        """Mark an append under way; resolve the future with its success via :meth:`end`."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending[(sender, packet_id)] = (print_, future)
-        return future
+    def begin(self, sender: str, packet_id: int, print_: int) -> None:
+        """Mark an append under way; :meth:`end` tells how it went."""
+        self._pending[(sender, packet_id)] = [print_, None]
 
     def end(self, sender: str, packet_id: int, print_: int, ok: bool) -> None:
         """The append started by :meth:`begin` finished (``ok``: it is in the log)."""
@@ -90,8 +90,9 @@ class Redeliveries:
         entry = self._pending.get(key)
         if entry is not None and entry[0] == print_:
             del self._pending[key]
-            if not entry[1].done():
-                entry[1].set_result(ok)
+            waiting = entry[1]
+            if waiting is not None and not waiting.done():
+                waiting.set_result(ok)
         if ok:
             self.appended(sender, packet_id, print_)
 
@@ -103,6 +104,8 @@ class Redeliveries:
         """
         entry = self._pending.get((sender, packet_id))
         if entry is not None and entry[0] == print_:
+            if entry[1] is None:
+                entry[1] = asyncio.get_running_loop().create_future()
             await asyncio.shield(entry[1])
         if self.was_appended(sender, packet_id, print_):
             self.suppressed += 1
