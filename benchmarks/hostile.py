@@ -27,9 +27,11 @@ process's resident set from ``/proc/PID/status``: VmRSS, and VmHWM for the peak.
 * **Idle connections**: N TCP connections that never send CONNECT; how many the
   broker still holds ``--idle-wait`` seconds (:data:`IDLE_WAIT`) after the last was
   opened, and its RSS once it has accepted them all and after the wait.
-  Headwater closes them after its 10 s CONNECT timeout; Mosquitto gives a new
-  connection the keepalive of 60 s until its CONNECT says otherwise, so
-  ``--idle-wait 100`` shows it closing them after 1.5 x 60 s.
+  Headwater closes a socket beyond its cap of sockets waiting for a CONNACK
+  (4096) as soon as it is accepted, and the others after its 10 s CONNECT
+  timeout; Mosquitto gives a new connection the keepalive of 60 s until its
+  CONNECT says otherwise, so ``--idle-wait 100`` shows it closing them after
+  1.5 x 60 s.  Headwater's counters of what it closed are printed under the table.
 * **Slow connections**: N clients that CONNECT with keepalive
   :data:`SLOW_KEEPALIVE` s, read CONNACK, then send nothing; how many are held
   :data:`SLOW_WAIT` seconds after the last CONNACK ("the Server MUST disconnect"
@@ -69,7 +71,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headwater.mqtt.broker import CONNECT_TIMEOUT, DEFAULT_MAX_INCOMPLETE_BYTES
+from headwater.mqtt.config import (
+    CONNECT_TIMEOUT,
+    DEFAULT_MAX_INCOMPLETE_BYTES,
+    DEFAULT_MAX_PENDING_CONNECTIONS,
+)
 from headwater.mqtt.packets import Connect, ProtocolVersion, Publish, encode
 from tests.servers import LOOPBACK, ManagedServer, find_executable, free_port
 
@@ -358,13 +364,6 @@ def probe_partial_packets(broker: Broker, out: Figures) -> None:
     out.notes.append("RSS after each round (MiB): " + " ".join(f"{r:.0f}" for r in rounds))
     if unread:
         out.notes.append(f"{unread} probe rounds: the broker had not read everything in time")
-    if broker.metrics_url is not None:
-        budget = broker.metric("headwater_mqtt_incomplete_over_budget_total")
-        refused = broker.metric("headwater_mqtt_connections_refused_total")
-        out.notes.append(
-            f"headwater_mqtt_incomplete_over_budget_total {budget:.0f}, "
-            f"headwater_mqtt_connections_refused_total {refused:.0f}"
-        )
 
 
 def _open_many(port: int, n: int, group: Watched, hello: Hello | None) -> None:
@@ -457,6 +456,14 @@ def probe_held(
     )
 
 
+def counters(broker: Broker) -> str:
+    """Headwater's counts of connections it closed for the budget or the socket caps."""
+    names = ("incomplete_over_budget", "connections_refused")
+    return ", ".join(
+        f"headwater_mqtt_{n}_total {broker.metric(f'headwater_mqtt_{n}_total'):.0f}" for n in names
+    )
+
+
 def slow_hello(i: int) -> bytes:
     return connect_packet(f"slow-{i}", SLOW_KEEPALIVE)
 
@@ -521,7 +528,8 @@ def main() -> None:
     print(
         f"{version}, defaults (max_packet_size: none, i.e. 256 MB; memory_limit: none) vs "
         f"headwater up, defaults ({DEFAULT_MAX_INCOMPLETE_BYTES // 1024 // 1024} MiB budget "
-        f"for incomplete packets, {CONNECT_TIMEOUT:.0f} s CONNECT timeout)\n"
+        f"for incomplete packets, {CONNECT_TIMEOUT:.0f} s CONNECT timeout, at most "
+        f"{DEFAULT_MAX_PENDING_CONNECTIONS} sockets waiting for their CONNACK)\n"
         f"descriptor limit {limit}; probe {ROUNDS} x {PROBE_CONNECTIONS} connections sending "
         f"{PROBE_SENT // 1024} KiB of a {PROBE_PACKET // 1024} KiB PUBLISH; "
         f"{n} idle and {n} slow connections",
@@ -540,6 +548,8 @@ def main() -> None:
                 with kind(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))) as broker:
                     print(f"{name}: {title} ...", flush=True)
                     probe(broker, results[name])
+                    if broker.metrics_url is not None:
+                        results[name].notes.append(f"{title}: " + counters(broker))
                     if name == "headwater" and worker is None:
                         worker = sum(
                             status_mib(int(c), "VmRSS")
