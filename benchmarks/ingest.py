@@ -65,6 +65,7 @@ spec:
   listeners: [{{port: {port}}}]
   topics: [{topics}]
   deviceEvents: false
+  maxQueuedMessages: 10000000  # as the Mosquitto of the run: no subscriber drops
   mapping:
     topicPattern: "bench/{{device}}"
     type: dev.headwater.bench

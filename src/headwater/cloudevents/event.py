@@ -179,6 +179,15 @@ class CloudEvent:
         _set_data(event, data)
         return event
 
+    def _stamped(self, name: str, value: AttributeValue) -> CloudEvent:
+        """A copy with one more attribute whose validity the caller vouches for."""
+        attributes = self._attributes.copy()
+        attributes[name] = value
+        event = _new(type(self))
+        _set_attributes(event, attributes)
+        _set_data(event, self._data)
+        return event
+
     @classmethod
     def _owned(cls, attributes: dict[str, Any], data: object) -> CloudEvent:
         """Validate a dict the caller gives up (a decoder's), in place, and build on it."""

@@ -61,6 +61,8 @@ class FanoutStats:
 
     accepted: int = 0
     saturated: int = 0
+    #: Appends that waited for room (a source's backpressure) instead of refusing.
+    waited: int = 0
     ttl_dropped: int = 0
     rejected: int = 0
 
@@ -68,6 +70,7 @@ class FanoutStats:
         return {
             "accepted": self.accepted,
             "saturated": self.saturated,
+            "waited": self.waited,
             "ttlDropped": self.ttl_dropped,
             "rejected": self.rejected,
         }
@@ -142,6 +145,8 @@ class Fanout(Generic[M]):
         self.stream = stream or f"{self.kind}/{namespace}/{name}"
         self.stats = FanoutStats()
         self._pending = 0
+        #: Resolved when an append finishes while appends wait for room.
+        self._room: asyncio.Future[None] | None = None
         self._members: dict[str, M] = {}
         self._dispatchers: dict[str, Dispatcher] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -190,17 +195,32 @@ class Fanout(Generic[M]):
 
     # -- accepting ----------------------------------------------------------------
 
-    async def _append(self, events: Sequence[CloudEvent]) -> list[int]:
-        if not events:
+    async def _append(self, events: Sequence[CloudEvent], *, wait: bool = False) -> list[int]:
+        """Append ``events``; past ``max_pending_events`` raise :class:`Saturated`, or
+        with ``wait``, wait until appends under way have made room (backpressure:
+        an MQTT source stops reading its devices rather than refusing them)."""
+        count = len(events)
+        if not count:
             return []
-        if self._pending + len(events) > self.max_pending_events and self._pending:
-            self.stats.saturated += 1
-            raise Saturated(repr(self))
-        self._pending += len(events)
+        while self._pending and self._pending + count > self.max_pending_events:
+            if not wait:
+                self.stats.saturated += 1
+                raise Saturated(repr(self))
+            self.stats.waited += 1
+            room = self._room
+            if room is None:
+                room = self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(room)
+        self._pending += count
         try:
             offsets = await self.log.append(self.stream, events)
         finally:
-            self._pending -= len(events)
+            self._pending -= count
+            room = self._room
+            if room is not None:
+                self._room = None
+                if not room.done():
+                    room.set_result(None)  # every waiter looks again
         self.stats.accepted += len(offsets)
         return offsets
 

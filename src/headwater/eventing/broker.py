@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import Final
 
-from headwater.cloudevents import NO_DATA, CloudEvent
+from headwater.cloudevents import CloudEvent
 from headwater.eventing._fanout import DEFAULT_MAX_PENDING_EVENTS, Fanout, Saturated
 from headwater.eventing.delivery import DeliverySpec
 from headwater.eventing.dispatcher import Dispatcher
@@ -78,8 +78,11 @@ class Broker(Fanout[Trigger]):
 
     # -- accepting ----------------------------------------------------------------
 
-    async def accept(self, events: Sequence[CloudEvent]) -> list[int]:
+    async def accept(self, events: Sequence[CloudEvent], *, wait: bool = False) -> list[int]:
         """Append ``events`` durably; returns their offsets once stored.
+
+        With ``wait``, a saturated log is waited for instead of refused (a source
+        that can hold its producers back, see ``Fanout._append``).
 
         Events without ``knativebrokerttl`` get the default; events that arrive
         with a TTL of zero or less have looped too often and are dropped
@@ -94,16 +97,12 @@ class Broker(Fanout[Trigger]):
             ttl = event_ttl(event)
             if ttl is None:
                 # A constant, valid Integer extension: no need to validate the event again.
-                attributes = dict(event.attributes)
-                attributes[TTL_EXTENSION] = self.default_ttl
-                stamped.append(
-                    CloudEvent._trusted(attributes, event.data if event.has_data else NO_DATA)
-                )
+                stamped.append(event._stamped(TTL_EXTENSION, self.default_ttl))
             elif ttl > 0:
                 stamped.append(event)
             else:
                 self._drop_expired(event)
-        return await self._append(stamped)
+        return await self._append(stamped, wait=wait)
 
     async def accept_reply(self, original: CloudEvent, reply: CloudEvent) -> None:
         """Re-enqueue a subscriber's reply with the TTL of ``original`` minus one."""

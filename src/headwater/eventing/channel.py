@@ -47,15 +47,16 @@ class Channel(Fanout[Subscription]):
             max_pending_events=max_pending_events,
         )
 
-    async def accept(self, events: Sequence[CloudEvent]) -> list[int]:
-        """Append ``events`` durably; returns their offsets once stored.
+    async def accept(self, events: Sequence[CloudEvent], *, wait: bool = False) -> list[int]:
+        """Append ``events`` durably; returns their offsets once stored (``wait``:
+        see :meth:`~headwater.eventing.broker.Broker.accept`).
 
         Raises :class:`Saturated`, and the log's ``LogUnavailable`` /
         ``EventTooLarge``; nothing is acknowledged then.
         """
         if isinstance(events, CloudEvent):
             raise TypeError("accept() takes a sequence of events; wrap a single event in a list")
-        return await self._append(events)
+        return await self._append(events, wait=wait)
 
     async def subscribe(self, subscription: Subscription) -> Dispatcher:
         """Start delivering to ``subscription`` (replacing one of the same name, cursor kept)."""

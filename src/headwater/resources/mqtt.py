@@ -124,6 +124,9 @@ class MqttBrokerSourceSpec(Model):
     device_events: bool = True
     #: publishes larger than this are refused (PUBACK 0x97 Quota exceeded) and counted
     max_event_size: int = Field(default=1024 * 1024, ge=1)
+    #: QoS 1/2 messages kept per session while its client is offline or slow
+    #: (then the oldest is dropped and counted), as Mosquitto's max_queued_messages
+    max_queued_messages: int = Field(default=1000, ge=1)
     #: bytes held across all connections for packets still arriving (a connection
     #: that would take the total past it is closed); unset: the broker's 64 MiB
     max_incomplete_bytes: int | None = Field(default=None, ge=64 * 1024)

@@ -58,13 +58,23 @@ class AcceptSink:
         self.fanout = fanout
 
     async def deliver(self, event: CloudEvent) -> CloudEvent | None:
-        await self.deliver_many([event])
+        """One event (a Trigger's reply, a dead letter route): refused with 503 at
+        once when the log is saturated, and retried by its delivery policy."""
+        await self._accept([event], wait=False)
         return None
 
     async def deliver_many(self, events: Sequence[CloudEvent]) -> None:
-        """One durable append for all of ``events`` (all or nothing)."""
+        """One durable append for all of ``events`` (all or nothing).
+
+        A source's batch waits for a saturated log rather than being refused: the
+        source holds its producers back meanwhile (MQTT: by not reading), under its
+        own append timeout.
+        """
+        await self._accept(events, wait=True)
+
+    async def _accept(self, events: Sequence[CloudEvent], *, wait: bool) -> None:
         try:
-            await self.fanout.accept(events)
+            await self.fanout.accept(events, wait=wait)
         except LogFull as exc:
             # 507 Insufficient Storage (RFC 4918 §11.5): retryable once space is freed.
             raise DeliveryError(507, True, reason=f"{self.fanout!r}: {exc}") from exc

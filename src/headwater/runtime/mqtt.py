@@ -102,6 +102,7 @@ class MqttBrokerSourceComponent:
             passwords=passwords,
             acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
+            max_queued_messages=spec.max_queued_messages,
         )
         if spec.max_incomplete_bytes is not None:
             config = replace(config, max_incomplete_bytes=spec.max_incomplete_bytes)
@@ -256,6 +257,7 @@ class MqttSourceComponent:
             [(t.filter, t.qos) for t in spec.topics],
             spec.mapping.compile(),
             self._sink.deliver,
+            emit_many=functools.partial(deliver_many, self._sink),
             max_backoff=spec.max_backoff,
             listener=f"{config.host}:{config.port}",
             max_event_size=spec.max_event_size,

@@ -72,6 +72,7 @@ __all__ = ["DEFAULT_BATCH", "MqttSourceRunner", "RunnerStats"]
 log = logging.getLogger(__name__)
 
 Emit = Callable[[CloudEvent], Awaitable[object]]
+EmitMany = Callable[[Sequence[CloudEvent]], Awaitable[object]]
 
 DEFAULT_BATCH: Final = 256
 """Messages appended concurrently before their acks go out. The broker's Receive
@@ -123,6 +124,7 @@ class MqttSourceRunner:
         mapping: Mapping,
         emit: Emit,
         *,
+        emit_many: EmitMany | None = None,
         max_backoff: float = 30.0,
         batch: int = DEFAULT_BATCH,
         listener: str | None = None,
@@ -132,6 +134,8 @@ class MqttSourceRunner:
         self.topics = tuple(topics)
         self.mapping = mapping
         self.emit = emit
+        #: One append for a batch, where the sink takes batches (a Broker).
+        self.emit_many = emit_many
         self.max_backoff = max_backoff
         self.batch = batch
         self.listener = listener or f"{config.host}:{config.port}"
@@ -233,10 +237,10 @@ class MqttSourceRunner:
                 stats.content_types_kept += 1
             events.append(event)
             appending.append((index, pid or 0, print_))
-        results = await asyncio.gather(*(self.emit(e) for e in events), return_exceptions=True)
+        results = await self._emit_all(events)
         error: BaseException | None = None
         for (index, pid, print_), result in zip(appending, results, strict=True):
-            if isinstance(result, EventTooLarge):
+            if isinstance(result, BaseException) and _too_large(result):
                 stats.too_large += 1  # the log's limit is lower than ours: as above
                 reasons[index] = ReasonCode.QUOTA_EXCEEDED
             elif isinstance(result, BaseException):
@@ -253,5 +257,26 @@ class MqttSourceRunner:
         for message, reason in zip(batch, reasons, strict=True):
             await message.ack(reason)  # [MQTT-4.6.0-2] in the order the PUBLISHes came
 
+    async def _emit_all(self, events: list[CloudEvent]) -> list[object]:
+        """Append the batch in one call; when that fails, event by event, to know
+        which one the log refused (an event over its size limit) and which not."""
+        if not events:
+            return []
+        if self.emit_many is not None:
+            try:
+                await self.emit_many(events)
+            except Exception as exc:
+                if not _too_large(exc):
+                    return [exc] * len(events)
+                # One event is over the log's limit: find it, append the others.
+            else:
+                return [None] * len(events)
+        return await asyncio.gather(*(self.emit(e) for e in events), return_exceptions=True)
+
     def status(self) -> dict[str, object]:
         return {**self.stats.snapshot(), "connected": self.connected.is_set()}
+
+
+def _too_large(exc: BaseException) -> bool:
+    """The log (or the Broker in front of it, 413) refused an event as too large."""
+    return isinstance(exc, EventTooLarge) or getattr(exc, "status", None) == 413

@@ -324,17 +324,14 @@ class MqttBrokerSource:
                 return
         except Exception as exc:
             failure = exc
+        acked = [(pid, print_) for _, pid, print_ in appending if pid is not None]
+        self.redeliveries.end_many(sender, acked, failure is None)
         if failure is None:
             stats.events += len(events)
-            for _, packet_id, print_ in appending:
-                if packet_id is not None:
-                    self.redeliveries.end(sender, packet_id, print_, True)
             return
         code = _failure_code(failure)
         too_large = _too_large(failure)
-        for index, packet_id, print_ in appending:
-            if packet_id is not None:
-                self.redeliveries.end(sender, packet_id, print_, False)
+        for index, _, _ in appending:
             if batch[index].message.qos == 0:
                 stats.dropped_qos0 += 1
             elif too_large:

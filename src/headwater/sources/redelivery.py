@@ -26,7 +26,9 @@ resend that meets such a mark costs a future; the common case is a dict entry.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Final
 
 __all__ = ["DEFAULT_SENDERS", "DEFAULT_WINDOW", "Redeliveries", "fingerprint"]
@@ -95,6 +97,33 @@ class Redeliveries:
                 waiting.set_result(ok)
         if ok:
             self.appended(sender, packet_id, print_)
+
+    def end_many(self, sender: str, appends: Sequence[tuple[int, int]], ok: bool) -> None:
+        """:meth:`end` for every (packet id, fingerprint) of one sender's batch."""
+        pending = self._pending
+        for packet_id, print_ in appends:
+            entry = pending.get((sender, packet_id))
+            if entry is not None and entry[0] == print_:
+                del pending[(sender, packet_id)]
+                waiting = entry[1]
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(ok)
+        if not ok or not appends:
+            return
+        ids = self._senders.get(sender)
+        if ids is None:
+            if len(self._senders) >= self.max_senders:
+                self._senders.popitem(last=False)
+            ids = self._senders[sender] = {}
+        else:
+            self._senders.move_to_end(sender)
+        for packet_id, print_ in appends:
+            ids.pop(packet_id, None)  # re-insert: newest last
+            ids[packet_id] = print_
+        excess = len(ids) - self.window
+        if excess > 0:
+            for stale in list(itertools.islice(ids, excess)):
+                del ids[stale]
 
     async def is_resend(self, sender: str, packet_id: int, print_: int) -> bool:
         """For a DUP publish: True when its first copy is (or just became) durable.

@@ -201,6 +201,27 @@ async def test_saturated_broker_refuses_instead_of_queueing() -> None:
         assert broker.stats.saturated == 1
 
 
+async def test_a_waiting_append_waits_for_room_instead_of_refusing() -> None:
+    """A source that can hold its producers back waits for a saturated log (#22)."""
+    gate = asyncio.Event()
+
+    class GatedLog(MemoryLog):
+        async def append(self, stream: str, events: object) -> list[int]:
+            await gate.wait()
+            return await super().append(stream, events)  # type: ignore[arg-type]
+
+    async with GatedLog() as log, Broker("default", "b", log, max_pending_events=10) as broker:
+        first = asyncio.create_task(broker.accept([event(i) for i in range(8)]))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(broker.accept([event(i) for i in range(8, 12)], wait=True))
+        await asyncio.sleep(0)
+        assert not second.done() and broker.stats.waited == 1
+        gate.set()
+        assert len(await first) == 8
+        assert len(await second) == 4
+        assert broker.stats.saturated == 0
+
+
 async def test_invalid_trigger_filter_rejects_the_trigger() -> None:
     from headwater.eventing import FilterError
 

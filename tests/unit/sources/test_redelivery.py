@@ -51,3 +51,23 @@ async def test_a_resend_waits_for_the_first_copy_and_follows_its_outcome() -> No
     assert await waiting is False
     assert await r.is_resend("dev", 3, 33) is False  # never seen
     assert r.suppressed == 1
+
+
+def test_end_many_records_a_batch_and_wakes_waiting_resends() -> None:
+    async def run() -> None:
+        r = Redeliveries(window=3)
+        for pid in (1, 2, 3, 4):
+            r.begin("dev", pid, pid * 10)
+        waiting = asyncio.ensure_future(r.is_resend("dev", 2, 20))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # the first copy's append is still under way
+        r.end_many("dev", [(1, 10), (2, 20), (3, 30), (4, 40)], True)
+        assert await waiting is True
+        # The window keeps the newest three.
+        assert not r.was_appended("dev", 1, 10)
+        assert all(r.was_appended("dev", pid, pid * 10) for pid in (2, 3, 4))
+        r.begin("dev", 5, 50)
+        r.end_many("dev", [(5, 50)], False)
+        assert not r.was_appended("dev", 5, 50)
+
+    asyncio.run(run())
