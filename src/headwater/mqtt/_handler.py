@@ -86,7 +86,7 @@ WRITE_HIGH_WATER = 256 * 1024
 #: to amortise the hook's fixed costs, small enough to start appending early.
 MAX_BATCH = 256
 
-InFlight = tuple["asyncio.Task[Sequence[Outcome]]", list[tuple[Message, Publish]]]
+InFlight = tuple["asyncio.Task[Sequence[Outcome]]", list[Hooked], list[Publish]]
 
 
 class _Close(Exception):
@@ -145,7 +145,8 @@ class ClientHandler:
         #: batch being collected from the current read.
         self._hooked: deque[InFlight] = deque()
         self._hooked_messages = 0
-        self._batch: list[tuple[Message, Publish]] = []
+        self._batch: list[Hooked] = []
+        self._batch_packets: list[Publish] = []
         self._handlers: dict[type, Callable[[Any], Awaitable[None] | None]] = {
             Publish: self._on_publish_packet,
             Puback: self._on_flow_ended,
@@ -230,7 +231,7 @@ class ClientHandler:
                 # when the hook ran inline; acks to a vanished client go nowhere.
                 await self._settled()
             finally:
-                for task, _ in self._hooked:
+                for task, _, _ in self._hooked:
                     task.cancel()
                 self.closing = True
                 self.flush()
@@ -491,7 +492,8 @@ class ClientHandler:
         hook = self.hook
         if hook is not None and hook.selects(topic):
             batch = self._batch
-            batch.append((message, packet))
+            batch.append(Hooked(message, packet.packet_id, packet.dup))
+            self._batch_packets.append(packet)
             if len(batch) >= MAX_BATCH:
                 return self._start_hook()
             return None
@@ -503,9 +505,9 @@ class ClientHandler:
         """Hand the collected batch to the hook; its outcomes are applied by :meth:`_settle`."""
         assert self.hook is not None and self.info is not None
         batch, self._batch = self._batch, []
-        items = [Hooked(m, p.packet_id, p.dup) for m, p in batch]
-        task = asyncio.ensure_future(self.hook(self.info, items))
-        self._hooked.append((task, batch))
+        packets, self._batch_packets = self._batch_packets, []
+        task = asyncio.ensure_future(self.hook(self.info, batch))
+        self._hooked.append((task, batch, packets))
         self._hooked_messages += len(batch)
         task.add_done_callback(self._settle)
         if self._hooked_messages >= self.config.receive_maximum:
@@ -526,7 +528,7 @@ class ClientHandler:
         """Apply the outcomes of the finished hooks at the head, in arrival order."""
         hooked = self._hooked
         while hooked and hooked[0][0].done():
-            task, batch = hooked.popleft()
+            task, batch, packets = hooked.popleft()
             self._hooked_messages -= len(batch)
             outcomes: Sequence[Outcome] | None = None
             if task.cancelled():
@@ -540,10 +542,17 @@ class ClientHandler:
                     outcomes = None
             if outcomes is None:
                 outcomes = [ReasonCode.UNSPECIFIED_ERROR] * len(batch)
-            for (message, packet), code in zip(batch, outcomes, strict=True):
+            broker = self.broker
+            conn = self.conn
+            for item, packet, code in zip(batch, packets, outcomes, strict=True):
                 if self.closing:
                     break  # a refusal closed the connection: the rest is resent later
-                self._outcome(message, packet, code)
+                if code is None:  # accepted: the common case, inline
+                    broker.route(item.message)
+                    conn.ack(packet)
+                else:
+                    self._outcome(item.message, packet, code)
+            self.wake()
 
     def _outcome(
         self, message: Message, packet: Publish, code: ReasonCode | Refusal | None

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, Sink
+from headwater.eventing.broker import DEFAULT_TTL, TTL_EXTENSION
 from headwater.eventing.sink import deliver_many
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.broker import BrokerConfig, Listener, server_tls_context
@@ -106,9 +107,13 @@ class MqttBrokerSourceComponent:
         )
         if spec.max_incomplete_bytes is not None:
             config = replace(config, max_incomplete_bytes=spec.max_incomplete_bytes)
+        mapping = spec.mapping.compile()
+        if spec.sink.ref is not None and spec.sink.ref.kind == "Broker":
+            # What the Broker's ingress would add to each event, set once per topic.
+            mapping = mapping.stamping({TTL_EXTENSION: DEFAULT_TTL})
         self.source = BrokerSourceRunner(
             config,
-            spec.mapping.compile(),
+            mapping,
             self._sink.deliver,
             emit_many=functools.partial(deliver_many, self._sink),
             topics=tuple(spec.topics),

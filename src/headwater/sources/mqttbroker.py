@@ -75,11 +75,10 @@ from headwater.mqtt.topics import topic_matches
 from headwater.sources.mapping import (
     CONTENT_TYPE_EXTENSION,
     IdSequence,
-    Inbound,
     Mapping,
     Unmatched,
+    map_publish,
     timestamp,
-    to_cloudevent,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
 
@@ -234,6 +233,8 @@ class MqttBrokerSource:
         events: list[CloudEvent] = []
         # (batch index, packet id or None, fingerprint) of each event, in order.
         appending: list[tuple[int, int | None, int]] = []
+        # (packet id, fingerprint) of the QoS 1/2 ones: their appends are under way.
+        begun: list[tuple[int, int]] = []
         sender = info.client_id
         now = time.time()
         host = _host(info.listener)
@@ -266,19 +267,21 @@ class MqttBrokerSource:
                 if dup and await redeliveries.is_resend(sender, packet_id, print_):
                     stats.duplicates_suppressed += 1
                     continue  # [MQTT-4.3.2-2] acknowledged again, the event exists once
-            inbound = Inbound(
-                message.topic,
-                message.payload,
-                message.qos,
-                message.retain,
-                message.content_type,
-                message.user_properties,
-                sender,
-                host,
-                version,
-            )
             try:
-                event = to_cloudevent(mapping, inbound, ids.next(), now)
+                event = map_publish(
+                    mapping,
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    message.retain,
+                    message.content_type,
+                    message.user_properties,
+                    sender,
+                    host,
+                    version,
+                    ids.next(),
+                    now,
+                )
             except Unmatched:
                 stats.unmatched += 1
                 continue
@@ -294,7 +297,9 @@ class MqttBrokerSource:
             events.append(event)
             appending.append((index, packet_id, print_))
             if packet_id is not None:
-                redeliveries.begin(sender, packet_id, print_)
+                begun.append((packet_id, print_))
+        if begun:
+            redeliveries.begin_many(sender, begun)
         if events:
             await self._append(sender, batch, events, appending, outcomes)
         return outcomes
@@ -324,8 +329,8 @@ class MqttBrokerSource:
                 return
         except Exception as exc:
             failure = exc
-        acked = [(pid, print_) for _, pid, print_ in appending if pid is not None]
-        self.redeliveries.end_many(sender, acked, failure is None)
+        begun = [(pid, print_) for _, pid, print_ in appending if pid is not None]
+        self.redeliveries.end_many(sender, begun, failure is None)
         if failure is None:
             stats.events += len(events)
             return

@@ -86,6 +86,10 @@ class Redeliveries:
         """Mark an append under way; :meth:`end` tells how it went."""
         self._pending[(sender, packet_id)] = [print_, None]
 
+    def begin_many(self, sender: str, appends: Sequence[tuple[int, int]]) -> None:
+        """:meth:`begin` for every (packet id, fingerprint) of one sender's batch."""
+        self._pending.update(((sender, pid), [print_, None]) for pid, print_ in appends)
+
     def end(self, sender: str, packet_id: int, print_: int, ok: bool) -> None:
         """The append started by :meth:`begin` finished (``ok``: it is in the log)."""
         key = (sender, packet_id)
