@@ -62,9 +62,9 @@ def version() -> None:
 @click.option(
     "--mqtt-port",
     type=click.IntRange(0, 65535),
-    default=1883,
-    show_default=True,
-    help="The embedded default's MQTT broker (with -f, your MqttBrokerSource listeners decide).",
+    default=None,
+    help="The embedded default's MQTT port [default: 1883]; with -f, the port of the one "
+    "MQTT listener your files define (refused if they define more or none).",
 )
 @click.option("--watch", is_flag=True, help="Reload when the resource files change.")
 @click.option("--token", envvar="HEADWATER_TOKEN", default=None, help="Admin API bearer token.")
@@ -102,7 +102,7 @@ def up(
     data_dir: Path,
     host: str,
     http_port: int,
-    mqtt_port: int,
+    mqtt_port: int | None,
     watch: bool,
     token: str | None,
     durability: str,
@@ -210,6 +210,8 @@ def apply(files: tuple[Path, ...], server: str | None, token: str | None) -> Non
         for verb in ("created", "updated", "unchanged"):
             for key in result[verb]:
                 click.echo(f"{key['kind'].lower()}/{key['name']} {verb}")
+        for warning in result.get("warnings", []):
+            click.echo(f"warning: {warning['text']}", err=True)
 
 
 @main.command()
@@ -239,13 +241,17 @@ def get(
     server: str | None,
     token: str | None,
 ) -> None:
-    """List resources of a kind (or show one)."""
+    """List resources of a kind, or `all` of them (or show one)."""
     client = _client(server, token)
+    every = kind.lower() == "all"
+    if name and every:
+        fail("`get all` lists every resource; give a kind to show one by name", 2)
     if name:
         items = [_call(client, "GET", f"/api/v1/resources/{kind}/{namespace or 'default'}/{name}")]
     else:
         query = f"?namespace={namespace}" if namespace else ""
-        items = _call(client, "GET", f"/api/v1/resources/{kind}{query}")["items"]
+        path = "/api/v1/resources" if every else f"/api/v1/resources/{kind}"
+        items = _call(client, "GET", path + query)["items"]
     if output == "json":
         click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
         return
@@ -262,17 +268,40 @@ def _ready(item: dict[str, Any]) -> tuple[str, str]:
     return "Unknown", ""
 
 
+def _source(item: dict[str, Any], *, long: bool = False) -> str:
+    """Where a resource came from: ``file mesh.yaml:3`` or ``api`` (``long``: with detail)."""
+    origin = item.get("status", {}).get("origin") or {}
+    where = f"{origin.get('file')}:{origin['line']}" if origin.get("line") else origin.get("file")
+    if origin.get("source") == "api":
+        if not long:
+            return "api"
+        return (
+            f"applied through the API (from {where}) at {origin.get('applied')}, "
+            f"resourceVersion {origin.get('resourceVersion')}"
+        )
+    if origin.get("source") == "file":
+        return f"file {where}"
+    return "-"
+
+
 def _table(items: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("NAMESPACE", "KIND", "NAME", "READY", "REASON"):
+    for column in ("NAMESPACE", "KIND", "NAME", "READY", "REASON", "SOURCE"):
         table.add_column(column)
     for item in items:
         ready, reason = _ready(item)
         meta = item["metadata"]
-        table.add_row(meta.get("namespace", "default"), item["kind"], meta["name"], ready, reason)
+        table.add_row(
+            meta.get("namespace", "default"),
+            item["kind"],
+            meta["name"],
+            ready,
+            reason,
+            _source(item),
+        )
     Console(width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)).print(
         table
     )
@@ -303,11 +332,14 @@ def _echo_yaml(value: Any, indent: str = "") -> None:
 def describe(kind: str, name: str, namespace: str, server: str | None, token: str | None) -> None:
     """Show a resource's spec, conditions, counters and last error."""
     item = _call(_client(server, token), "GET", f"/api/v1/resources/{kind}/{namespace}/{name}")
+    source = _source(item, long=True)
     status = item.pop("status", {})
+    status.pop("origin", None)
     meta = item["metadata"]
     click.echo(f"Name:         {meta['name']}")
     click.echo(f"Namespace:    {meta.get('namespace', 'default')}")
     click.echo(f"Kind:         {item['kind']} ({item['apiVersion']})")
+    click.echo(f"Source:       {source}")
     for key, value in sorted(meta.get("annotations", {}).items()):
         click.echo(f"Annotation:   {key}={value}")
     click.echo("Spec:")

@@ -58,7 +58,21 @@ _RESOURCE = {
         "status": {
             "type": "object",
             "required": ["conditions"],
-            "properties": {"conditions": {"type": "array", "items": {"type": "object"}}},
+            "properties": {
+                "conditions": {"type": "array", "items": {"type": "object"}},
+                "origin": {
+                    "type": "object",
+                    "description": "Where it came from: a file of `headwater up`, or the API.",
+                    "required": ["source", "file", "line"],
+                    "properties": {
+                        "source": {"type": "string", "enum": ["file", "api"]},
+                        "file": {"type": "string"},
+                        "line": {"type": "integer"},
+                        "resourceVersion": {"type": "string"},
+                        "applied": {"type": ["string", "null"]},
+                    },
+                },
+            },
         },
     },
 }
@@ -72,6 +86,27 @@ _KEY = {
     },
 }
 _KEYS = {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}
+_APPLIED = {
+    "type": "object",
+    "required": ["created", "updated", "unchanged", "warnings"],
+    "properties": {
+        "created": _KEYS,
+        "updated": _KEYS,
+        "unchanged": _KEYS,
+        "warnings": {
+            "type": "array",
+            "description": "Fields that are accepted but ignored, and why.",
+            "items": {"type": "object"},
+        },
+    },
+}
+_RESOURCES_BODY = {
+    "required": True,
+    "content": {
+        "application/yaml": {"schema": {"type": "string"}},
+        "application/json": {"schema": {}},
+    },
+}
 _REPLAY = {
     "type": "object",
     "required": ["id", "stream", "destination", "untilOffset", "delivered", "failed", "done"],
@@ -253,31 +288,20 @@ def document() -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "Create or update resources (multi-document YAML, or JSON)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/yaml": {"schema": {"type": "string"}},
-                            "application/json": {"schema": {}},
-                        },
-                    },
+                    "description": (
+                        "Kept in the state store: they run again after a restart. "
+                        "`metadata.resourceVersion` is ignored here (last write wins)."
+                    ),
+                    "requestBody": _RESOURCES_BODY,
                     "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["created", "updated", "unchanged"],
-                                "properties": {
-                                    "created": _KEYS,
-                                    "updated": _KEYS,
-                                    "unchanged": _KEYS,
-                                },
-                            },
-                            "Applied",
-                        ),
+                        "200": _json(_APPLIED, "Applied"),
                         "400": _error("The body is not UTF-8."),
                         "401": UNAUTHORIZED,
+                        "409": _error("A file of `headwater up` defines one of them."),
                         "413": _error("The body is too large."),
                         "415": _error("Not YAML or JSON."),
                         "422": _error("Invalid resources; `problems` locates each."),
+                        "503": _error("The state store cannot keep them; nothing changed."),
                     },
                 },
             },
@@ -317,8 +341,30 @@ def document() -> dict[str, Any]:
                         "404": _error("Unknown kind or resource."),
                     },
                 },
+                "put": {
+                    "summary": "Replace one resource the API applied",
+                    "description": (
+                        "With `metadata.resourceVersion`, only if it is still the current one "
+                        "(else 409)."
+                    ),
+                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
+                    "requestBody": _RESOURCES_BODY,
+                    "responses": {
+                        "200": _json(_APPLIED, "Replaced"),
+                        "400": _error("The body is not UTF-8."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("Unknown kind or resource."),
+                        "409": _error(
+                            "Changed meanwhile (a stale resourceVersion), or a file defines it."
+                        ),
+                        "413": _error("The body is too large."),
+                        "415": _error("Not YAML or JSON."),
+                        "422": _error("Invalid, or not this one resource."),
+                        "503": _error("The state store cannot keep it; nothing changed."),
+                    },
+                },
                 "delete": {
-                    "summary": "Delete a resource",
+                    "summary": "Delete a resource the API applied",
                     "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
                     "responses": {
                         "200": _json(
@@ -331,7 +377,8 @@ def document() -> dict[str, Any]:
                         ),
                         "401": UNAUTHORIZED,
                         "404": _error("Unknown kind or resource."),
-                        "409": _error("Other resources refer to it."),
+                        "409": _error("Other resources refer to it, or a file defines it."),
+                        "503": _error("The state store cannot forget it; nothing changed."),
                     },
                 },
             },

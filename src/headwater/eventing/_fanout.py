@@ -178,6 +178,10 @@ class Fanout(Generic[M]):
         results = await asyncio.gather(*(d.drain(grace) for d in dispatchers))
         return all(results)
 
+    def unfinished(self) -> int:
+        """Deliveries under way (or waiting their turn) over every dispatcher."""
+        return sum(d.unfinished for d in self._dispatchers.values())
+
     async def stop(self) -> None:
         self._started = False
         tasks = list(self._tasks.values())

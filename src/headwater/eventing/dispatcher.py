@@ -120,6 +120,11 @@ class Dispatcher:
         self._settled = asyncio.Event()
         self._settled.set()
 
+    @property
+    def unfinished(self) -> int:
+        """Events handed out and not yet delivered, dead-lettered or dropped."""
+        return self._unfinished
+
     async def wait_ready(self) -> None:
         """Wait until the cursor exists (so a ``latest`` start is pinned before events flow)."""
         await self._ready.wait()
