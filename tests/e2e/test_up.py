@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -319,3 +320,24 @@ def test_a_reload_keeps_what_the_api_applied(
         time.sleep(0.2)
     assert "beat" in hw.cli("get", "pingsource").stdout
     assert hw.stop() == 0
+
+
+def test_an_unwritable_data_directory_is_one_line(tmp_path: Path) -> None:
+    """A data directory Headwater may not write to. Root may write anywhere, so as
+    root Headwater runs without the capabilities that let it (util-linux's setpriv)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    command = [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", "0", "--data-dir", "data"]
+    if os.geteuid() == 0:
+        without = "-dac_override,-dac_read_search,-fowner"
+        command = ["setpriv", "--inh-caps=-all", f"--bounding-set={without}", *command]
+    try:
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    finally:
+        data.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: the data directory data is not writable by ")
+    assert "permission denied (owner uid " in line and "mode dr-xr-xr-x" in line
+    assert line.endswith("fix its permissions or choose another directory with --data-dir")
