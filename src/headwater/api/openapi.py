@@ -33,6 +33,9 @@ def _error(description: str) -> dict[str, Any]:
     return _json({"$ref": "#/components/schemas/Error"}, description)
 
 
+UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
+UNAVAILABLE = _error("The event log is unavailable; try again.")
+
 _KIND_PARAM = {
     "name": "kind",
     "in": "path",
@@ -107,23 +110,88 @@ _RESOURCES_BODY = {
         "application/json": {"schema": {}},
     },
 }
-_REPLAY = {
+_JOB = {
     "type": "object",
-    "required": ["id", "stream", "destination", "untilOffset", "delivered", "failed", "done"],
+    "required": [
+        "id", "kind", "state", "done", "delivered", "failed", "skipped", "total", "remaining",
+    ],
     "properties": {
         "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["replay", "redrive"]},
+        "state": {"type": "string", "enum": ["running", "done", "failed", "cancelled"]},
+        "done": {"type": "boolean"},
+        "delivered": {"type": "integer"},
+        "failed": {"type": "integer", "description": "Events not delivered after retries."},
+        "skipped": {"type": "integer", "description": "Re-drives refused (origin not running)."},
+        "total": {"type": ["integer", "null"], "description": "Events it handles, once known."},
+        "remaining": {"type": ["integer", "null"]},
+        "maxFailures": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+        "started": {"type": "string"},
+        "finished": {"type": ["string", "null"]},
         "stream": {"type": "string"},
         "start": {"type": "string"},
         "destination": {"type": "string"},
         "untilOffset": {"type": "integer"},
         "position": {"type": "integer"},
-        "total": {"type": "integer"},
-        "delivered": {"type": "integer"},
-        "failed": {"type": "integer"},
-        "done": {"type": "boolean"},
-        "error": {"type": ["string", "null"]},
+        "selector": {"type": "string"},
+        "origin": {"type": ["string", "null"]},
+        "lastSkipped": {"type": ["string", "null"]},
     },
+}  # fmt: skip
+_MAX_FAILURES = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "Stop (state `failed`) once this many events failed.",
 }
+
+
+def _jobs(kind: str) -> dict[str, Any]:
+    """The list, status and cancel operations of a kind of job."""
+    ref = {"$ref": "#/components/schemas/Job"}
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "": {
+            "get": {
+                "summary": f"Every {kind} job kept (running, and the newest finished)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": ref}},
+                        },
+                        "Jobs",
+                    ),
+                    "401": UNAUTHORIZED,
+                },
+            }
+        },
+        "/{id}": {
+            "get": {
+                "summary": f"Progress of a {kind}",
+                "parameters": [id_param],
+                "responses": {
+                    "200": _json(ref, "Progress"),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No such job."),
+                },
+            }
+        },
+        "/{id}/cancel": {
+            "post": {
+                "summary": f"Cancel a {kind}; answers how it ended",
+                "parameters": [id_param],
+                "responses": {
+                    "200": _json(ref, "Its state (cancelled, or how it had ended)"),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No such job."),
+                },
+            }
+        },
+    }
+
+
 _STREAM = {
     "type": "object",
     "required": ["stream", "firstOffset", "lastOffset", "events", "bytes", "dropped", "consumers"],
@@ -213,9 +281,6 @@ _ID_PARAM = {
     "schema": {"type": "string"},
 }
 
-UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
-UNAVAILABLE = _error("The event log is unavailable; try again.")
-
 
 def document() -> dict[str, Any]:
     return {
@@ -233,7 +298,7 @@ def document() -> dict[str, Any]:
                 "Error": _ERROR,
                 "Resource": _RESOURCE,
                 "Key": _KEY,
-                "Replay": _REPLAY,
+                "Job": _JOB,
                 "Stream": _STREAM,
                 "Topology": _TOPOLOGY,
                 "DeadLetter": _DEAD_LETTER,
@@ -429,13 +494,14 @@ def document() -> dict[str, Any]:
                                         "namespace": {"type": "string"},
                                         "start": {"type": "string"},
                                         "destination": {"type": "object"},
+                                        "maxFailures": _MAX_FAILURES,
                                     },
                                 }
                             }
                         },
                     },
                     "responses": {
-                        "202": _json({"$ref": "#/components/schemas/Replay"}, "Started"),
+                        "202": _json({"$ref": "#/components/schemas/Job"}, "Started"),
                         "400": _error("Invalid request."),
                         "401": UNAUTHORIZED,
                         "404": _error("No running Broker."),
@@ -502,6 +568,13 @@ def document() -> dict[str, Any]:
                             "description": "Only records with a smaller id.",
                             "schema": {"type": "integer", "minimum": 1},
                         },
+                        {
+                            "name": "origin",
+                            "in": "query",
+                            "description": "Only this Trigger's or Subscription's "
+                            "(Kind/namespace/name).",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
                         "200": _json(
@@ -519,7 +592,7 @@ def document() -> dict[str, Any]:
                             },
                             "Dead letters",
                         ),
-                        "400": _error("Invalid limit or before."),
+                        "400": _error("Invalid limit, before or origin."),
                         "401": UNAUTHORIZED,
                         "503": UNAVAILABLE,
                     },
@@ -655,19 +728,46 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/replays/{id}": {
-                "get": {
-                    "summary": "Progress of a replay",
-                    "parameters": [
-                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-                    ],
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Replay"}, "Progress"),
-                        "401": UNAUTHORIZED,
-                        "404": _error("No such replay."),
+            **{f"/api/v1/replays{path}": item for path, item in _jobs("replay").items()},
+            "/api/v1/redrives": {
+                **_jobs("redrive")[""],
+                "post": {
+                    "summary": "Re-drive many dead letters, oldest first, as a job",
+                    "description": (
+                        "Every one (`all`), one origin's, or given ids, among the newest "
+                        "records; those delivered by a re-drive already are left out."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "all": {"type": "boolean"},
+                                        "origin": {
+                                            "type": "string",
+                                            "description": "Kind/namespace/name",
+                                        },
+                                        "ids": {
+                                            "type": "array",
+                                            "items": {"type": "integer", "minimum": 1},
+                                        },
+                                        "maxFailures": _MAX_FAILURES,
+                                    },
+                                }
+                            }
+                        },
                     },
-                }
+                    "responses": {
+                        "202": _json({"$ref": "#/components/schemas/Job"}, "Started"),
+                        "400": _error("Not one of all, origin or ids; or a bad value."),
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                },
             },
+            **{f"/api/v1/redrives{path}": item for path, item in _jobs("redrive").items() if path},
         },
     }
 

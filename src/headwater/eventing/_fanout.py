@@ -243,6 +243,7 @@ class Fanout(Generic[M]):
             member.subscriber,
             effective_delivery(member.delivery, self.delivery),
             destination=member.subscriber_uri,
+            name=f"{type(member).__name__} {member.namespace}/{member.name}",
             stats=member.stats,
             on_reply=on_reply,
         )
@@ -300,7 +301,7 @@ class Fanout(Generic[M]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                dispatcher.stats.last_error = f"dispatcher failed: {exc}"
+                dispatcher.stats.failed(f"dispatcher failed: {exc}")
                 log.exception(
                     "%s: dispatcher failed; restarting in %.1fs", dispatcher.consumer, delay
                 )

@@ -145,7 +145,7 @@ DATA_OMITTED_EXTENSION: Final = "headwaterdataomitted"  # data too large to keep
 # A re-drive appends a marker (the log is append-only: records are never edited).
 REDRIVE_TYPE: Final = "dev.headwater.deadletter.redriven"
 REDRIVEN_EXTENSION: Final = "headwaterredriven"  # the record's id
-OUTCOME_EXTENSION: Final = "headwateroutcome"  # delivered | dead-lettered | dropped
+OUTCOME_EXTENSION: Final = "headwateroutcome"  # an Outcome: delivered | dead-lettered | dropped
 
 RECORD_EXTENSIONS: Final = (
     "knativeerrordest",
@@ -271,17 +271,26 @@ class DeadLetters:
                 await log_.delete_consumer(stream, consumer)
         return records, outcomes
 
-    async def list(self, limit: int, before: int | None = None) -> list[DeadLetter]:
-        """The newest ``limit`` records (below offset ``before``), newest first."""
+    async def list(
+        self, limit: int, before: int | None = None, origin: Key | None = None
+    ) -> list[DeadLetter]:
+        """The newest ``limit`` records (below offset ``before``, of ``origin``), newest first."""
         first, last = await self.info()
         end = last if before is None else min(last, before - 1)
         # Each re-drive adds a marker (and a record when it fails again), so
         # four entries per wanted record is ample; never more than the bound.
-        start = max(first, end - min(DEAD_LETTER_SCAN, 4 * limit) + 1)
+        # Records of one origin may be spread among others': the whole bound.
+        window = DEAD_LETTER_SCAN if origin is not None else min(DEAD_LETTER_SCAN, 4 * limit)
+        start = max(first, end - window + 1)
         # Markers come after their records: read on to the end, within the bound.
         records, outcomes = await self._scan(start, min(last, start + 2 * DEAD_LETTER_SCAN))
-        ids = sorted((i for i in records if i <= end), reverse=True)[:limit]
-        return [DeadLetter(i, records[i], outcomes.get(i)) for i in ids]
+        newest = sorted(records, reverse=True)
+        letters = (DeadLetter(i, records[i], outcomes.get(i)) for i in newest)
+        return [
+            letter
+            for letter in letters
+            if letter.id <= end and (origin is None or letter.origin == origin)
+        ][:limit]
 
     async def get(self, id: int) -> DeadLetter | None:
         first, last = await self.info()
