@@ -220,6 +220,8 @@ _NODE = {
         "health": {"type": "string", "enum": ["ok", "failing", "lagging", "not-ready"]},
         "counters": {"type": "object", "additionalProperties": {"type": "number"}},
         "lastError": {"type": ["string", "null"]},
+        "lastErrorTime": {"type": ["string", "null"]},
+        "lastErrorAttempt": {"type": ["integer", "null"]},
     },
 }
 _TOPOLOGY = {
