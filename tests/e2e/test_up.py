@@ -341,3 +341,26 @@ def test_an_unwritable_data_directory_is_one_line(tmp_path: Path) -> None:
     assert line.startswith("error: the data directory data is not writable by ")
     assert "permission denied (owner uid " in line and "mode dr-xr-xr-x" in line
     assert line.endswith("fix its permissions or choose another directory with --data-dir")
+
+
+def test_everything_a_node_stores_is_under_its_data_directory(
+    tmp_path: Path, headwater_up: Callable[..., Headwater]
+) -> None:
+    """The greenhouse example's MQTT sessions too (they used to go to ./headwater-data)."""
+    greenhouse = Path(__file__).resolve().parents[2] / "examples" / "greenhouse"
+    hw = headwater_up("-f", str(greenhouse), "--data-dir", "node", "--mqtt-port", "0")
+    url = next(m.group(1) for line in hw.output if (m := re.search(r"(mqtt://\S+)", line)))
+    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    publish.single(
+        "sensors/sim-1/climate",
+        b'{"temperature": 21.5}',
+        qos=1,
+        retain=True,
+        hostname=host,
+        port=int(port),
+    )
+    assert hw.stop() == 0
+    assert not (tmp_path / "headwater-data").exists()
+    stored = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "node").rglob("*.*"))
+    assert "node/mqtt/default/greenhouse/mqtt.sqlite3" in stored
+    assert {"node/events.db", "node/state.db"} <= set(stored)
