@@ -38,7 +38,7 @@ from headwater.log.sqlite import Durability
 from headwater.resources import ConfigError, LoadResult, collect_paths, collect_text
 from headwater.resources.mqtt import MqttBrokerSource
 from headwater.runtime.applied import EMBEDDED_DEFAULTS as EMBEDDED_FILE
-from headwater.runtime.runtime import Runtime
+from headwater.runtime.runtime import CHANNEL_PREFIX, Runtime
 from headwater.runtime.watch import watch
 from headwater.state import SqliteStore, StateError
 
@@ -243,6 +243,7 @@ async def start(options: UpOptions) -> Server:
         _check_started(runtime)
         app = create_app(runtime, token=options.token)
         Ingress(runtime.ingress_lookup).add_routes(app)
+        Ingress(runtime.channel_lookup, what="channel").add_routes(app, CHANNEL_PREFIX)
         # Tails (server-sent events) never end by themselves: after this grace
         # period at shutdown their handlers are cancelled.
         runner = web.AppRunner(

@@ -76,6 +76,10 @@ COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] 
 )
 
 
+CHANNEL_PREFIX: Final = "/channels"
+"""Channels' HTTP ingress: ``POST /channels/{namespace}/{name}`` (Brokers' is ``/{ns}/{name}``)."""
+
+
 class UnresolvedDestination(LookupError):
     """A Destination's ref names a resource that is not running."""
 
@@ -441,6 +445,19 @@ class Runtime:
     def ingress_url(self, namespace: str, name: str) -> str | None:
         base = self.listeners.get("http")
         return f"{base}/{namespace}/{name}" if base else None
+
+    def channel_lookup(self, namespace: str, name: str) -> ChannelFanout | None:
+        """The running Channel (or InMemoryChannel) at ``/channels/{namespace}/{name}``."""
+        for kind in ("Channel", "InMemoryChannel"):
+            component = self.reconciler.component((kind, namespace, name))
+            if isinstance(component, ChannelComponent):
+                return component.channel
+        return None
+
+    def channel_url(self, namespace: str, name: str) -> str | None:
+        """A Channel's HTTP address (Knative's ``status.address.url``)."""
+        base = self.listeners.get("http")
+        return f"{base}{CHANNEL_PREFIX}/{namespace}/{name}" if base else None
 
     def resolve(
         self, destination: Destination, namespace: str, delivery: ResourceDelivery | None = None
