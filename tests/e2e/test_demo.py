@@ -123,6 +123,9 @@ def test_demo_runs_until_ctrl_c(demo: Demo) -> None:
     demo.wait_for(f"demo: dashboard at http://127.0.0.1:{demo.http_port}/")
     # Simulated readings reach the display (the `sample` Trigger shows sim-1).
     demo.wait_for("type: dev.headwater.telemetry", "subject: sim-1", "temperature:")
+    # A heat alert within the first minute, whatever the time of day: sim-0's vent
+    # sticks shut (only the `too-hot` Trigger shows sim-0).
+    demo.wait_for("type: dev.headwater.telemetry", "subject: sim-0", "temperature: 2")
 
     # A command reaches sim-3 over MQTT; its answer comes back as a reply.
     mark = len(demo.lines)
