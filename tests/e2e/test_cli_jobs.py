@@ -10,73 +10,20 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from tests.e2e.headwater_process import HEADWATER, Headwater
-
-WAIT = 30.0
-
-
-class Receiver:
-    """Answers ``status``, or nothing until released while ``hang`` is set."""
-
-    def __init__(self) -> None:
-        self.status = 202
-        self.hang = threading.Event()
-        self.released = threading.Event()
-        self.ids: list[str] = []
-        self.hit = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.hit:
-                    receiver.ids.append(self.headers.get("ce-id", ""))
-                    receiver.hit.notify_all()
-                if receiver.hang.is_set() and receiver.released.wait(WAIT * 2):
-                    pass
-                body = b"" if receiver.status < 300 else b"<html>nope</html>"
-                self.send_response(receiver.status)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def wait_for(self, count: int) -> list[str]:
-        with self.hit:
-            assert self.hit.wait_for(lambda: len(self.ids) >= count, WAIT), self.ids
-            return list(self.ids)
+from tests.e2e.receiver import WAIT, Receiver, serving
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
-    thread.start()
-    yield r
-    r.released.set()
-    r.server.shutdown()
-    r.server.server_close()
+    with serving() as r:
+        yield r
 
 
 def mesh(url: str, delivery: str = "{retry: 0}") -> str:

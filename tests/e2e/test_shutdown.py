@@ -6,57 +6,21 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from tests.e2e.headwater_process import Headwater
-
-WAIT = 20.0
-
-
-class Subscriber:
-    """Holds every request until ``release`` (a subscriber that hangs), then answers 202."""
-
-    def __init__(self) -> None:
-        self.released = threading.Event()
-        self.arrived = threading.Event()
-        self.ids: list[str] = []
-        subscriber = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                subscriber.ids.append(self.headers.get("ce-id", ""))
-                subscriber.arrived.set()
-                if subscriber.released.wait(WAIT * 3):
-                    self.send_response(202)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/"
+from tests.e2e.receiver import Receiver, serving
 
 
 @pytest.fixture
-def subscriber() -> Iterator[Subscriber]:
-    sub = Subscriber()
-    sub.thread.start()
-    yield sub
-    sub.released.set()
-    sub.server.shutdown()
-    sub.server.server_close()
+def subscriber() -> Iterator[Receiver]:
+    """A subscriber that takes each request and does not answer until released."""
+    with serving() as receiver:
+        receiver.hang.set()
+        yield receiver
 
 
 def stop_and_read(hw: Headwater) -> tuple[int, str]:
@@ -82,13 +46,13 @@ spec:
 
 
 def test_shutdown_says_what_was_under_way_and_it_comes_back(
-    tmp_path: Path, headwater_up: Callable[..., Headwater], subscriber: Subscriber
+    tmp_path: Path, headwater_up: Callable[..., Headwater], subscriber: Receiver
 ) -> None:
     (tmp_path / "mesh.yaml").write_text(mesh(subscriber.url))
     up = ("-f", "mesh.yaml", "--data-dir", "data", "--drain-timeout", "0.2")
     hw = headwater_up(*up)
     hw.cli("send", "--type", "dev.e2e.slow", "--id", "under-way")
-    assert subscriber.arrived.wait(WAIT)
+    subscriber.wait_for(1)
     code, rest = stop_and_read(hw)
     assert code == 0
     assert (
@@ -97,10 +61,8 @@ def test_shutdown_says_what_was_under_way_and_it_comes_back(
     )
 
     subscriber.released.set()
-    subscriber.arrived.clear()
     hw = headwater_up(*up)
-    assert subscriber.arrived.wait(WAIT)
-    assert subscriber.ids == ["under-way", "under-way"]
+    assert subscriber.wait_for(2) == ["under-way", "under-way"]
     assert hw.stop() == 0
 
 
