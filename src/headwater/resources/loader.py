@@ -24,6 +24,7 @@ that says they are ignored and why.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import os
 import re
@@ -458,13 +459,22 @@ def _substitute(
 
 
 def _plain(node: Any) -> Any:
-    """Plain Python data from the YAML tree, as written (no substitution)."""
+    """JSON-ready data from the YAML tree, as written (no substitution): ruamel's
+    scalar subclasses become plain values, YAML timestamps RFC 3339 text."""
     if isinstance(node, dict):
         return {str(k): _plain(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_plain(v) for v in node]
     if isinstance(node, str):
         return str(node)
+    if isinstance(node, bool):
+        return bool(node)
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, datetime.date):
+        return node.isoformat()
     return node
 
 

@@ -159,3 +159,33 @@ async def test_put_answers_clearly_for_what_it_cannot_do(client: TestClient) -> 
         client, "PUT", "/api/v1/resources/eventdisplay/default/display", DISPLAY
     )
     assert status == 409 and "defined by file mesh.yaml:1" in body["error"]
+
+
+async def test_every_yaml_scalar_is_kept_and_loads_again(tmp_path: Path) -> None:
+    """Floats, integers, booleans and timestamps as YAML writes them (ruamel's own types)."""
+    source = """\
+apiVersion: sources.headwater.dev/v1alpha1
+kind: MqttSource
+metadata: {name: m, creationTimestamp: 2026-01-01T00:00:00Z}
+spec:
+  broker: mqtt://127.0.0.1:9
+  topics: [{filter: "a/#", qos: 1}]
+  maxBackoff: 1.5
+  keepAlive: 30
+  sink: {uri: "http://127.0.0.1:9/"}
+"""
+    runtime = Runtime(state=await SqliteStore.open(tmp_path / "state.db"))
+    await runtime.start(LoadResult())
+    await runtime.apply_text(source, "m.yaml")
+    before = runtime.get(("MqttSource", "default", "m"))
+    await runtime.close()
+    runtime = Runtime(state=await SqliteStore.open(tmp_path / "state.db"))
+    try:
+        await runtime.start(LoadResult())
+        after = runtime.get(("MqttSource", "default", "m"))
+        assert before is not None and after is not None
+        assert after.spec == before.spec  # type: ignore[attr-defined]
+        # A YAML timestamp is kept as its RFC 3339 text (Kubernetes' own form of it).
+        assert after.metadata.creation_timestamp == "2026-01-01T00:00:00+00:00"
+    finally:
+        await runtime.close()
