@@ -8,7 +8,8 @@ declare -A want=(
   [mosquitto_pub]=mosquitto-clients
   [nats-server]=nats-server
   [influxd]=influxdb
-  [prometheus]=prometheus
+  [prometheus]=prometheus # promtool too
+  [curl]=curl             # the README's examples (tests/e2e/test_readme.py)
   # The dashboard's browser tests: Debian's Chromium and its matching driver
   # (never a downloaded browser).
   [chromium]=chromium

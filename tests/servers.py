@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Final, Self
+from typing import Any, Final, Self
 
 STARTUP_TIMEOUT: Final = 15.0
 """Seconds a server gets to accept connections before the test fails."""
@@ -225,12 +225,21 @@ class PrometheusServer(ManagedServer):
 
     name = "prometheus"
 
-    def __init__(self, data_dir: Path, targets: list[str], *, scrape_interval: str = "1s") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        targets: list[str],
+        *,
+        scrape_interval: str = "1s",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """``config``: a whole prometheus.yml (as data) instead of one job for ``targets``."""
         super().__init__(data_dir)
         self.binary = find_executable("prometheus", "/usr/bin/prometheus")
         self.port = free_port()
         self.targets = targets
         self.scrape_interval = scrape_interval
+        self.config = config
 
     @property
     def url(self) -> str:
@@ -240,7 +249,8 @@ class PrometheusServer(ManagedServer):
         config = self.data_dir / "prometheus.yml"
         config.write_text(
             json.dumps(
-                {
+                self.config
+                or {
                     "global": {"scrape_interval": self.scrape_interval},
                     "scrape_configs": [
                         {

@@ -7,4 +7,7 @@ replayable log.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+"""The admin API the CLI talks to unless told otherwise (``--server``, ``HEADWATER_SERVER``)."""
+
+__all__ = ["DEFAULT_SERVER", "__version__"]

@@ -4,6 +4,9 @@ Exit codes: 0 ok, 1 failure, 2 usage. Errors go to stderr as one readable line
 (a config error lists each problem on its own line, with file and line).
 Commands other than ``up`` talk to a running Headwater through the admin API
 (``--server``, default http://127.0.0.1:8080, or ``HEADWATER_SERVER``).
+Long jobs (replay, re-drive) show progress with delivered, failed and
+remaining events, on a terminal as a bar and otherwise as a line every few
+seconds; Ctrl-C cancels the job it started on the server too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, NoReturn
 import click
 import orjson
 
-from headwater import __version__
+from headwater import DEFAULT_SERVER, __version__
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -28,8 +31,27 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 server_option = click.option(
-    "--server", envvar="HEADWATER_SERVER", default=None, help="Admin API base URL."
+    "--server",
+    envvar="HEADWATER_SERVER",
+    default=None,
+    show_envvar=True,
+    show_default=DEFAULT_SERVER,
+    help="The admin API of the Headwater to talk to.",
 )
+max_failures_option = click.option(
+    "--max-failures",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop once this many events could not be delivered (fail fast).",
+)
+
+
+def cancel_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--cancel", "cancel_id", default=None, metavar="ID", help=f"Cancel a running {what}."
+    )
+
+
 token_option = click.option(
     "--token", envvar="HEADWATER_TOKEN", default=None, help="Bearer token for the admin API."
 )
@@ -62,9 +84,9 @@ def version() -> None:
 @click.option(
     "--mqtt-port",
     type=click.IntRange(0, 65535),
-    default=1883,
-    show_default=True,
-    help="The embedded default's MQTT broker (with -f, your MqttBrokerSource listeners decide).",
+    default=None,
+    help="The embedded default's MQTT port [default: 1883]; with -f, the port of the one "
+    "MQTT listener your files define (refused if they define more or none).",
 )
 @click.option("--watch", is_flag=True, help="Reload when the resource files change.")
 @click.option("--token", envvar="HEADWATER_TOKEN", default=None, help="Admin API bearer token.")
@@ -102,7 +124,7 @@ def up(
     data_dir: Path,
     host: str,
     http_port: int,
-    mqtt_port: int,
+    mqtt_port: int | None,
     watch: bool,
     token: str | None,
     durability: str,
@@ -210,18 +232,73 @@ def apply(files: tuple[Path, ...], server: str | None, token: str | None) -> Non
         for verb in ("created", "updated", "unchanged"):
             for key in result[verb]:
                 click.echo(f"{key['kind'].lower()}/{key['name']} {verb}")
+        for warning in result.get("warnings", []):
+            click.echo(f"warning: {warning['text']}", err=True)
 
 
 @main.command()
-@click.argument("kind")
-@click.argument("name")
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
 @click.option("-n", "--namespace", default="default", show_default=True)
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Delete what these files or directories define (repeatable).",
+)
 @server_option
 @token_option
-def delete(kind: str, name: str, namespace: str, server: str | None, token: str | None) -> None:
-    """Delete a resource."""
-    _call(_client(server, token), "DELETE", f"/api/v1/resources/{kind}/{namespace}/{name}")
-    click.echo(f"{kind.lower()}/{name} deleted")
+def delete(
+    kind: str | None,
+    name: str | None,
+    namespace: str,
+    files: tuple[Path, ...],
+    server: str | None,
+    token: str | None,
+) -> None:
+    """Delete a resource (KIND NAME), or what files define (-f), like kubectl delete."""
+    from headwater.api.client import ApiError
+    from headwater.resources import ConfigError, load_paths
+
+    client = _client(server, token)
+    if not files:
+        if not kind or not name:
+            raise click.UsageError("give KIND NAME, or -f FILE")
+        _call(client, "DELETE", f"/api/v1/resources/{kind}/{namespace}/{name}")
+        click.echo(f"{kind.lower()}/{name} deleted")
+        return
+    if kind or name:
+        raise click.UsageError("give KIND NAME or -f FILE, not both")
+    try:
+        keys = [item.resource.key for item in load_paths(files)]
+    except ConfigError as exc:
+        fail(f"invalid resources:\n{exc}")
+    # What others refer to is refused (409) until they are gone: try again after them.
+    failed = False
+    while keys:
+        refused: list[tuple[str, str, str]] = []
+        for key in keys:
+            try:
+                client.request("DELETE", "/api/v1/resources/{}/{}/{}".format(*key))
+            except ApiError as exc:
+                if exc.status == 409 and "refer to it" in str(exc):
+                    refused.append(key)
+                    continue
+                failed = True
+                click.echo(f"error: {key[0].lower()}/{key[2]}: {exc}", err=True)
+                continue
+            click.echo(f"{key[0].lower()}/{key[2]} deleted")
+        if len(refused) == len(keys):
+            for key in refused:
+                what = f"{key[0].lower()}/{key[2]}"
+                click.echo(f"error: {what}: other resources refer to it", err=True)
+            failed = True
+            break
+        keys = refused
+    if failed:
+        sys.exit(1)
 
 
 @main.command()
@@ -239,13 +316,17 @@ def get(
     server: str | None,
     token: str | None,
 ) -> None:
-    """List resources of a kind (or show one)."""
+    """List resources of a kind, or `all` of them (or show one)."""
     client = _client(server, token)
+    every = kind.lower() == "all"
+    if name and every:
+        fail("`get all` lists every resource; give a kind to show one by name", 2)
     if name:
         items = [_call(client, "GET", f"/api/v1/resources/{kind}/{namespace or 'default'}/{name}")]
     else:
         query = f"?namespace={namespace}" if namespace else ""
-        items = _call(client, "GET", f"/api/v1/resources/{kind}{query}")["items"]
+        path = "/api/v1/resources" if every else f"/api/v1/resources/{kind}"
+        items = _call(client, "GET", path + query)["items"]
     if output == "json":
         click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
         return
@@ -262,17 +343,40 @@ def _ready(item: dict[str, Any]) -> tuple[str, str]:
     return "Unknown", ""
 
 
+def _source(item: dict[str, Any], *, long: bool = False) -> str:
+    """Where a resource came from: ``file mesh.yaml:3`` or ``api`` (``long``: with detail)."""
+    origin = item.get("status", {}).get("origin") or {}
+    where = f"{origin.get('file')}:{origin['line']}" if origin.get("line") else origin.get("file")
+    if origin.get("source") == "api":
+        if not long:
+            return "api"
+        return (
+            f"applied through the API (from {where}) at {origin.get('applied')}, "
+            f"resourceVersion {origin.get('resourceVersion')}"
+        )
+    if origin.get("source") == "file":
+        return f"file {where}"
+    return "-"
+
+
 def _table(items: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("NAMESPACE", "KIND", "NAME", "READY", "REASON"):
+    for column in ("NAMESPACE", "KIND", "NAME", "READY", "REASON", "SOURCE"):
         table.add_column(column)
     for item in items:
         ready, reason = _ready(item)
         meta = item["metadata"]
-        table.add_row(meta.get("namespace", "default"), item["kind"], meta["name"], ready, reason)
+        table.add_row(
+            meta.get("namespace", "default"),
+            item["kind"],
+            meta["name"],
+            ready,
+            reason,
+            _source(item),
+        )
     Console(width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)).print(
         table
     )
@@ -303,11 +407,14 @@ def _echo_yaml(value: Any, indent: str = "") -> None:
 def describe(kind: str, name: str, namespace: str, server: str | None, token: str | None) -> None:
     """Show a resource's spec, conditions, counters and last error."""
     item = _call(_client(server, token), "GET", f"/api/v1/resources/{kind}/{namespace}/{name}")
+    source = _source(item, long=True)
     status = item.pop("status", {})
+    status.pop("origin", None)
     meta = item["metadata"]
     click.echo(f"Name:         {meta['name']}")
     click.echo(f"Namespace:    {meta.get('namespace', 'default')}")
     click.echo(f"Kind:         {item['kind']} ({item['apiVersion']})")
+    click.echo(f"Source:       {source}")
     for key, value in sorted(meta.get("annotations", {}).items()):
         click.echo(f"Annotation:   {key}={value}")
     click.echo("Spec:")
@@ -320,14 +427,56 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
         click.echo(line)
     latency = status.pop("latencySeconds", None)
     status.pop("dispatchers", None)
+    last_error = _last_error(status)
     if status:
-        click.echo("Status:")
+        click.echo("Status (counters since start):")
         width = max(len(k) for k in status)
         for key, value in status.items():
             click.echo(f"  {key + ':':<{width + 1}} {'-' if value is None else value}")
+    if last_error is not None:
+        click.echo(f"Last error:   {last_error}")
     if latency and latency.get("count"):
         p50, p99 = (_bucket_quantile(latency, q) for q in (0.5, 0.99))
         click.echo(f"Latency:      p50 <= {p50}s, p99 <= {p99}s over {latency['count']} deliveries")
+    if item["kind"] in ("Trigger", "Subscription"):
+        click.echo(f"Dead letters: {_kept(item, server, token)}")
+
+
+def _last_error(status: dict[str, Any]) -> str | None:
+    """``lastError`` with its time and attempt number, as one line (None: no such field)."""
+    if "lastError" not in status:
+        return None
+    error = status.pop("lastError")
+    when = status.pop("lastErrorTime", None)
+    attempt = status.pop("lastErrorAttempt", None)
+    if error is None:
+        return "-"
+    where = ", ".join(
+        part
+        for part in (f"attempt {attempt}" if attempt else "", f"at {when}" if when else "")
+        if part
+    )
+    return f"{error}" + (f" ({where})" if where else "")
+
+
+def _kept(item: dict[str, Any], server: str | None, token: str | None) -> str:
+    """How many dead letters of this Trigger/Subscription the store keeps, and where to look."""
+    import urllib.parse
+
+    meta = item["metadata"]
+    namespace = meta.get("namespace", "default")
+    origin = f"{item['kind']}/{namespace}/{meta['name']}"
+    query = urllib.parse.urlencode({"origin": origin, "limit": 1000})
+    letters = _call(_client(server, token), "GET", f"/api/v1/deadletters?{query}")["items"]
+    waiting = sum(1 for letter in letters if letter["redriven"] != "delivered")
+    count = f"{len(letters)}+" if len(letters) >= 1000 else str(len(letters))
+    flag = f"--{item['kind'].lower()} {meta['name']}" + (
+        f" -n {namespace}" if namespace != "default" else ""
+    )
+    return (
+        f"{count} kept, {waiting} not re-driven yet (`headwater deadletters list {flag}`; "
+        f"`headwater deadletters redrive {flag}` sends them again)"
+    )
 
 
 def _bucket_quantile(histogram: dict[str, Any], q: float) -> str:
@@ -454,8 +603,16 @@ def tail(
     query = {"start": start, **({"filter": filter_} if filter_ else {})}
     path = f"/api/v1/brokers/{namespace}/{broker}/events?{urllib.parse.urlencode(query)}"
     seen = 0
+    waiting = f"waiting for events on Broker {namespace}/{broker}"
+    waiting += f" (from {start}" + (f", matching {filter_}" if filter_ else "") + ")"
+    waiting += "; Ctrl-C stops" if max_events is None else f"; stops after {max_events}"
+
+    def opened() -> None:
+        # On stderr: stdout stays the events alone (--json is one event per line).
+        click.echo(waiting, err=True)
+
     try:
-        for data in _client(server, token).stream_events(path):
+        for data in _client(server, token).stream_events(path, on_open=opened):
             click.echo(data.decode() if as_json else format_pretty(from_json(data)) + "\n")
             seen += 1
             if max_events is not None and seen >= max_events:
@@ -476,19 +633,35 @@ def tail(
     show_default=True,
     help="earliest, offset:N or time:RFC3339.",
 )
-@click.option("--to", "to", required=True, help="Destination URI, or KIND/NAME of a resource.")
+@click.option("--to", "to", default=None, help="Destination URI, or KIND/NAME of a resource.")
+@max_failures_option
+@cancel_option("replay")
 @server_option
 @token_option
 def replay(
-    broker: str, namespace: str, start: str, to: str, server: str | None, token: str | None
+    broker: str,
+    namespace: str,
+    start: str,
+    to: str | None,
+    max_failures: int | None,
+    cancel_id: str | None,
+    server: str | None,
+    token: str | None,
 ) -> None:
-    """Deliver a Broker's past events again, from an offset or a time, to a destination."""
-    import time as _time
+    """Deliver a Broker's past events again, from an offset or a time, to a destination.
 
-    from rich.progress import Progress
-
+    Shows delivered, failed and remaining events until it is done; Ctrl-C
+    cancels the replay on the server too.
+    """
     from headwater.resources import KINDS
 
+    client = _client(server, token)
+    if cancel_id is not None:
+        job = _call(client, "POST", f"/api/v1/replays/{cancel_id}/cancel")
+        click.echo(f"replay {job['id']}: {job['state']}; {_job_counts(job)}")
+        return
+    if to is None:
+        raise click.UsageError("--to is required (or --cancel ID)")
     if "://" in to:
         destination: dict[str, Any] = {"uri": to}
     else:
@@ -498,24 +671,208 @@ def replay(
             fail(f"--to must be a URI or KIND/NAME, not {to!r}", 2)
         cls = KINDS[kinds[kind_name.lower()]]
         destination = {"ref": {"apiVersion": cls.API_VERSIONS[0], "kind": cls.KIND, "name": name}}
-    client = _client(server, token)
-    body = {"namespace": namespace, "broker": broker, "start": start, "destination": destination}
+    body: dict[str, Any] = {
+        "namespace": namespace,
+        "broker": broker,
+        "start": start,
+        "destination": destination,
+    }
+    if max_failures is not None:
+        body["maxFailures"] = max_failures
     job = _call(
         client, "POST", "/api/v1/replays", body=orjson.dumps(body), content_type="application/json"
     )
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"replaying to {job['destination']}", total=None)
-        while not job["done"]:
-            progress.update(task, total=job["total"] or None, completed=job["delivered"])
-            _time.sleep(0.2)
-            job = _call(client, "GET", f"/api/v1/replays/{job['id']}")
-    click.echo(
-        f"replayed {job['delivered']} events to {job['destination']} ({job['failed']} failed)"
-    )
+    _follow(client, "/api/v1/replays", job, f"replay {job['id']} to {job['destination']}", "replay")
+
+
+PROGRESS_EVERY = 5.0
+"""Seconds between progress lines when the output is not a terminal."""
+
+POLL_EVERY = 0.2
+"""Seconds between looks at a job's progress."""
+
+
+def _job_counts(job: dict[str, Any]) -> str:
+    remaining = "?" if job.get("remaining") is None else job["remaining"]
+    text = f"delivered {job['delivered']}, failed {job['failed']}, remaining {remaining}"
+    return text + (f", skipped {job['skipped']}" if job.get("skipped") else "")
+
+
+def _follow(client: Any, prefix: str, job: dict[str, Any], label: str, command: str) -> NoReturn:
+    """Show a job's progress until it ends; Ctrl-C cancels it. Exits 0 only if it all went."""
+    import time as _time
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    path = f"{prefix}/{job['id']}"
+    click.echo(f"{label}: started; `headwater {command} --cancel {job['id']}` cancels it")
+    try:
+        if sys.stdout.isatty():
+            columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+            with Progress(*columns, transient=True) as progress:
+                task = progress.add_task(label, total=None)
+                while not job["done"]:
+                    progress.update(
+                        task,
+                        total=job["total"],
+                        completed=job["delivered"] + job["failed"] + job["skipped"],
+                        description=f"{label}: {_job_counts(job)}",
+                    )
+                    _time.sleep(POLL_EVERY)
+                    job = _call(client, "GET", path)
+        else:
+            said = _time.monotonic()
+            while not job["done"]:
+                if _time.monotonic() - said >= PROGRESS_EVERY:
+                    click.echo(f"{label}: {_job_counts(job)}")
+                    said = _time.monotonic()
+                _time.sleep(POLL_EVERY)
+                job = _call(client, "GET", path)
+    except KeyboardInterrupt:
+        job = _call(client, "POST", f"{path}/cancel")
+        click.echo(f"{label}: cancelled; {_job_counts(job)}", err=True)
+        sys.exit(130)
+    click.echo(f"{label}: {job['state']}; {_job_counts(job)}")
     if job["error"]:
         fail(job["error"])
-    if job["failed"]:
-        sys.exit(1)
+    sys.exit(1 if job["failed"] or job["state"] != "done" else 0)
+
+
+# -- dead letters -----------------------------------------------------------------
+
+
+def _origin_option(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        f"--{kind.lower()}", default=None, metavar="NAME", help=f"Only this {kind}'s."
+    )
+
+
+def _origin(namespace: str, trigger: str | None, subscription: str | None) -> str | None:
+    if trigger and subscription:
+        raise click.UsageError("give --trigger or --subscription, not both")
+    if trigger:
+        return f"Trigger/{namespace}/{trigger}"
+    if subscription:
+        return f"Subscription/{namespace}/{subscription}"
+    return None
+
+
+@main.group()
+def deadletters() -> None:
+    """Events Triggers and Subscriptions gave up on: list, show, re-drive.
+
+    Every event given up on is kept here (a week, or 256 MiB), whether or not
+    a dead letter sink also got it; describe counts them as deadLettered.
+    """
+
+
+@deadletters.command("list")
+@_origin_option("Trigger")
+@_origin_option("Subscription")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@server_option
+@token_option
+def deadletters_list(
+    trigger: str | None,
+    subscription: str | None,
+    namespace: str,
+    limit: int,
+    output: str,
+    server: str | None,
+    token: str | None,
+) -> None:
+    """The newest dead letters first."""
+    import urllib.parse
+
+    from rich.console import Console
+    from rich.table import Table
+
+    query: dict[str, str | int] = {"limit": limit}
+    origin = _origin(namespace, trigger, subscription)
+    if origin:
+        query["origin"] = origin
+    path = f"/api/v1/deadletters?{urllib.parse.urlencode(query)}"
+    items = _call(_client(server, token), "GET", path)["items"]
+    if output == "json":
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not items:
+        click.echo("no dead letters" + (f" of {origin}" if origin else ""))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "FAILED", "ORIGIN", "EVENT", "CODE", "ERROR", "RE-DRIVEN"):
+        table.add_column(column)
+    for item in items:
+        source = item["origin"]
+        table.add_row(
+            str(item["id"]),
+            item.get("failedAt") or "-",
+            f"{source['kind']} {source['namespace']}/{source['name']}" if source else "-",
+            f"{item['event'].get('id')} ({item['event'].get('type')})",
+            "-" if item["code"] is None else str(item["code"]),
+            (item.get("errorText") or item.get("error") or "")[:80],
+            item["redriven"] or "-",
+        )
+    Console(width=160).print(table)
+
+
+@deadletters.command("show")
+@click.argument("id", type=click.IntRange(1))
+@server_option
+@token_option
+def deadletters_show(id: int, server: str | None, token: str | None) -> None:
+    """One dead letter: where it failed, why, and the event."""
+    _echo_yaml(_call(_client(server, token), "GET", f"/api/v1/deadletters/{id}"))
+
+
+@deadletters.command("redrive")
+@click.argument("ids", nargs=-1, type=click.IntRange(1))
+@click.option("--all", "every", is_flag=True, help="Every dead letter not delivered yet.")
+@_origin_option("Trigger")
+@_origin_option("Subscription")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@max_failures_option
+@cancel_option("re-drive")
+@server_option
+@token_option
+def deadletters_redrive(
+    ids: tuple[int, ...],
+    every: bool,
+    trigger: str | None,
+    subscription: str | None,
+    namespace: str,
+    max_failures: int | None,
+    cancel_id: str | None,
+    server: str | None,
+    token: str | None,
+) -> None:
+    """Deliver dead letters again to their origin's current subscriber, oldest first.
+
+    IDs, --all, or those of one --trigger or --subscription; one failing again
+    is kept as a new dead letter. Ctrl-C cancels the re-drive.
+    """
+    client = _client(server, token)
+    if cancel_id is not None:
+        job = _call(client, "POST", f"/api/v1/redrives/{cancel_id}/cancel")
+        click.echo(f"re-drive {job['id']}: {job['state']}; {_job_counts(job)}")
+        return
+    origin = _origin(namespace, trigger, subscription)
+    if sum(map(bool, (ids, every, origin))) != 1:
+        raise click.UsageError("give IDs, --all, --trigger or --subscription (one of them)")
+    body: dict[str, Any] = (
+        {"ids": list(ids)} if ids else {"all": True} if every else {"origin": origin}
+    )
+    if max_failures is not None:
+        body["maxFailures"] = max_failures
+    job = _call(
+        client, "POST", "/api/v1/redrives", body=orjson.dumps(body), content_type="application/json"
+    )
+    what = "every dead letter" if every else origin or f"{len(ids)} dead letter(s)"
+    _follow(
+        client, "/api/v1/redrives", job, f"re-drive {job['id']} of {what}", "deadletters redrive"
+    )
 
 
 @main.command("cesql")

@@ -49,8 +49,12 @@ class Headwater:
 
 
 def start_headwater(args: Sequence[str], cwd: Path) -> Headwater:
+    """`headwater up` on free ports; the embedded MQTT broker's too when there are no files
+    (with files, `--mqtt-port` is for their one listener: pass it when that is wanted)."""
+    files = any(arg in ("-f", "--file") for arg in args)
+    ports = ["--http-port", "0", *([] if files else ["--mqtt-port", "0"])]
     process = subprocess.Popen(
-        [*HEADWATER, "up", "--http-port", "0", "--mqtt-port", "0", *args],
+        [*HEADWATER, "up", *ports, *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

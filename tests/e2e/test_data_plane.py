@@ -130,7 +130,7 @@ def test_acked_events_survive_a_restart_and_replay(
 
     hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
     out = hw.cli("replay", "default", "--from", "earliest", "--to", receiver.url).stdout
-    assert "replayed 5 events" in out
+    assert f"to {receiver.url}: done; delivered 5, failed 0, remaining 0" in out
     ids = [e["ce-id"] for e in receiver.wait_for(10)]
     assert ids[5:] == [f"r{i}" for i in range(5)]
     tail = hw.cli("tail", "--from", "earliest", "--json", "--max", "5").stdout.splitlines()
@@ -253,3 +253,47 @@ def test_sigterm_lets_a_delivery_under_way_finish(
         assert hw.stop() == 0
     finally:
         slow.close()
+
+
+CHANNEL = """\
+apiVersion: messaging.knative.dev/v1
+kind: Channel
+metadata: {{name: orders}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: fulfil}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: orders}}
+  subscriber: {{uri: "{uri}"}}
+"""
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_channel_has_an_http_address_with_the_broker_ingress_status_codes(
+    tmp_path: Path, headwater_up: Callable[..., Headwater], receiver: Receiver
+) -> None:
+    (tmp_path / "mesh.yaml").write_text(CHANNEL.format(uri=receiver.url))
+    hw = headwater_up("-f", "mesh.yaml")
+    described = hw.cli("describe", "channel", "orders").stdout
+    address = f"{hw.url}/channels/default/orders"
+    assert re.search(rf"address: +{re.escape(address)}\n", described)
+    event = {"ce-specversion": "1.0", "ce-id": "c-1", "ce-source": "/e2e", "ce-type": "t"}
+    assert _post(address, b"{}", {**event, "content-type": "application/json"})[0] == 202
+    assert receiver.wait_for(1)[0]["ce-id"] == "c-1"
+    status, reason = _post(address, b"{}", {"content-type": "application/json"})
+    assert status == 400 and reason.startswith("invalid CloudEvent")
+    missing = _post(f"{hw.url}/channels/default/nothing", b"{}", event)
+    assert missing == (404, "channel default/nothing not found\n")
+    assert hw.stop() == 0

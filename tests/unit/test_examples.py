@@ -20,9 +20,14 @@ def test_there_are_examples() -> None:
     assert EXAMPLES
 
 
+APPLIED_TO: dict[str, list[Path]] = {"apply": [Path(__file__).parents[2] / "examples/greenhouse"]}
+"""Examples applied to a running mesh, and the mesh they refer to."""
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_is_valid(example: Path) -> None:
-    loaded = load_paths([example])
+    mesh = APPLIED_TO.get(example.name, [])
+    loaded = load_paths([example, *mesh])
     assert loaded
     check_references(loaded)
 

@@ -3,9 +3,17 @@
 How this works: handlers are thin: they parse the request, call the runtime,
 and answer JSON. Errors are JSON too, ``{"error": ..., "problems": [...]}``,
 with the status that fits (400 bad request, 401 no or wrong token, 404
-unknown resource, 415 unsupported body, 422 invalid resources). A bearer token,
-when configured, is required on every ``/api/`` route and compared in
-constant time.
+unknown resource, 409 a conflict: a resource that a file of ``headwater up``
+owns, a stale ``resourceVersion``, or one that others refer to, 415
+unsupported body, 422 invalid resources, 503 the state store cannot be
+written). A bearer token, when configured, is required on every ``/api/``
+route and compared in constant time.
+
+What the API applies is kept in the state store and runs again after a
+restart (:mod:`headwater.runtime.applied`); each resource's ``status.origin``
+says where it came from (a file, or the API), and those the API applied carry
+their ``metadata.resourceVersion`` (the store's revision), which a PUT may
+give back to replace the resource only if nobody changed it meanwhile.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ import orjson
 from aiohttp import web
 
 from headwater import __version__
-from headwater.resources import KINDS, ConfigError, Resource
+from headwater.resources import KINDS, ConfigError, Problem, Resource
 from headwater.resources.models import INGRESS_TOKEN_ANNOTATION
+from headwater.runtime.applied import OwnedByFile
+from headwater.runtime.reconciler import ApplyResult
 from headwater.runtime.runtime import Runtime
+from headwater.state import RevisionMismatch, StateError
 
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token", str)
@@ -98,6 +109,11 @@ def kind_of(name: str) -> str:
 def resource_json(runtime: Runtime, resource: Resource) -> dict[str, Any]:
     body = resource.model_dump(by_alias=True, exclude_none=True, mode="json")
     body["status"] = runtime.status(resource.key)
+    origin = runtime.origin(resource.key)
+    if origin is not None:
+        body["status"]["origin"] = origin.as_json()
+        if origin.source == "api":
+            body["metadata"]["resourceVersion"] = str(origin.revision)
     return body
 
 
@@ -127,8 +143,20 @@ async def get_resource(request: web.Request) -> web.Response:
     return json_response(resource_json(runtime, resource))
 
 
-async def apply_resources(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
+def _problem_json(p: Problem) -> dict[str, Any]:
+    return {
+        "file": p.file,
+        "line": p.line,
+        "kind": p.kind,
+        "name": p.name,
+        "field": p.field,
+        "message": p.message,
+        "text": str(p),
+    }
+
+
+async def _body_text(request: web.Request) -> str | web.Response:
+    """The resources in a request body, or the error answer."""
     if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
         return error(413, f"request body over {MAX_APPLY_BYTES} bytes")
     media = request.content_type
@@ -136,46 +164,77 @@ async def apply_resources(request: web.Request) -> web.Response:
         return error(415, "send resources as application/yaml or application/json")
     raw = await request.read()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         return error(400, "the body is not valid UTF-8")
+
+
+async def _applying(change: Awaitable[ApplyResult]) -> web.Response:
+    """Answer for an apply or a replace: the keys by outcome, or why nothing changed."""
     try:
-        result = await runtime.apply_text(text, request.headers.get("X-Headwater-File", "request"))
+        result = await change
     except ConfigError as exc:
+        return error(422, "invalid resources", problems=[_problem_json(p) for p in exc.problems])
+    except OwnedByFile as exc:
+        return error(409, str(exc))
+    except RevisionMismatch as exc:
         return error(
-            422,
-            "invalid resources",
-            problems=[
-                {
-                    "file": p.file,
-                    "line": p.line,
-                    "kind": p.kind,
-                    "name": p.name,
-                    "field": p.field,
-                    "message": p.message,
-                    "text": str(p),
-                }
-                for p in exc.problems
-            ],
+            409,
+            f"{exc.key} was changed meanwhile (it is at resourceVersion {exc.actual}, not "
+            f"{exc.expected}): read it again and apply your change to the latest version",
         )
+    except StateError as exc:
+        return error(503, f"the state store cannot keep it, nothing was changed: {exc}")
     return json_response(
         {
             "created": [_key_json(k) for k in result.created],
             "updated": [_key_json(k) for k in result.updated],
             "unchanged": [_key_json(k) for k in result.unchanged],
+            "warnings": [_problem_json(p) for p in result.warnings],
         }
     )
+
+
+async def apply_resources(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    text = await _body_text(request)
+    if isinstance(text, web.Response):
+        return text
+    return await _applying(
+        runtime.apply_text(text, request.headers.get("X-Headwater-File", "request"))
+    )
+
+
+async def replace_resource(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    key = _key(request)
+    text = await _body_text(request)
+    if isinstance(text, web.Response):
+        return text
+    file = request.headers.get("X-Headwater-File", "request")
+    try:
+        return await _applying(runtime.update_text(text, file, key))
+    except KeyError:
+        return error(
+            404,
+            f"no {key[0]} {key[2]!r} in namespace {key[1]!r}; create it with POST "
+            "/api/v1/resources (headwater apply)",
+        )
 
 
 async def delete_resource(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     key = _key(request)
     try:
-        await runtime.delete([key])
+        await runtime.delete_applied([key])
     except KeyError:
         return error(404, f"no {key[0]} {key[2]!r} in namespace {key[1]!r}")
+    except OwnedByFile as exc:
+        return error(409, str(exc))
     except ConfigError as exc:
         return error(409, "other resources refer to it", problems=[str(p) for p in exc.problems])
+    except StateError as exc:
+        return error(503, f"the state store cannot forget it, nothing was changed: {exc}")
     return json_response({"deleted": [_key_json(key)]})
 
 
@@ -194,6 +253,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/resources", apply_resources)
     app.router.add_get("/api/v1/resources/{kind}", list_resources)
     app.router.add_get("/api/v1/resources/{kind}/{namespace}/{name}", get_resource)
+    app.router.add_put("/api/v1/resources/{kind}/{namespace}/{name}", replace_resource)
     app.router.add_delete("/api/v1/resources/{kind}/{namespace}/{name}", delete_resource)
 
 

@@ -1,11 +1,17 @@
-"""Dead letters in the admin API: list, look at one, re-drive.
+"""Dead letters in the admin API: list, look at one, re-drive one or many.
 
 How this works: the runtime records every event a Trigger or Subscription
 gave up on in a durable stream of the log (see
 :class:`headwater.runtime.runtime.DeadLetters`); a record's ``id`` is its
-offset there. These handlers read that stream and answer JSON; a re-drive
-sends the original event (the record's own extensions removed) once more
-through the origin's current delivery pipeline and answers with the outcome.
+offset there. These handlers read that stream and answer JSON (a listing may
+keep to one origin: ``?origin=Trigger/default/too-hot``); a re-drive sends
+the original event (the record's own extensions removed) once more through
+the origin's current delivery pipeline and answers with the outcome. A bulk
+re-drive (``POST /api/v1/redrives``: every record, one origin's, or given
+ids, among the newest :data:`~headwater.runtime.runtime.DEAD_LETTER_SCAN`
+records, those not re-driven and delivered already) is a job
+(:mod:`headwater.api.jobs`): oldest first, one at a time, with progress and
+cancel; a record whose origin is not running is skipped and counted.
 """
 
 from __future__ import annotations
@@ -16,17 +22,23 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from headwater.api.app import RUNTIME_KEY, error, json_response
+from headwater.api import jobs
+from headwater.api.app import RUNTIME_KEY, UnknownKind, error, json_response, kind_of
+from headwater.api.jobs import Job, Jobs
 from headwater.cloudevents.json import to_json_value
 from headwater.eventing import Outcome
 from headwater.log import LogError
 from headwater.runtime.runtime import (
     DATA_OMITTED_EXTENSION,
+    DEAD_LETTER_SCAN,
     ERROR_EXTENSION,
     FAILED_AT_EXTENSION,
     DeadLetter,
+    DeadLetters,
     RedriveRefused,
 )
+
+REDRIVES_KEY: web.AppKey[Jobs] = web.AppKey("redrive_jobs", Jobs)
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
@@ -77,16 +89,36 @@ def _int_param(text: str | None, name: str, low: int, high: int) -> int | None:
     return int(text)
 
 
+def _origin(value: Any) -> tuple[str, str, str]:
+    """A Trigger or Subscription named as ``Kind/namespace/name`` or a Key object."""
+    if isinstance(value, dict):
+        parts = [value.get("kind"), value.get("namespace", "default"), value.get("name")]
+    elif isinstance(value, str):
+        parts = value.split("/", 2)
+    else:
+        parts = []
+    if len(parts) != 3 or not all(isinstance(p, str) and p for p in parts):
+        raise ValueError("`origin` is Kind/namespace/name, e.g. Trigger/default/too-hot")
+    try:
+        kind = kind_of(parts[0])
+    except UnknownKind as exc:
+        raise ValueError(str(exc)) from exc
+    if kind not in ("Trigger", "Subscription"):
+        raise ValueError(f"dead letters come from a Trigger or a Subscription, not a {kind}")
+    return (kind, parts[1], parts[2])
+
+
 async def list_dead_letters(request: web.Request) -> web.Response:
     try:
         limit = _int_param(request.query.get("limit"), "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
         before = _int_param(request.query.get("before"), "before", 1, MAX_ID)
+        origin = _origin(request.query["origin"]) if "origin" in request.query else None
     except ValueError as exc:
         return error(400, str(exc))
     store = request.app[RUNTIME_KEY].dead_letters
     try:
         first, last = await store.info()
-        letters = await store.list(limit, before)
+        letters = await store.list(limit, before, origin)
     except LogError as exc:
         return error(503, f"the event log is unavailable: {exc}")
     return json_response(
@@ -142,7 +174,67 @@ async def redrive(request: web.Request) -> web.Response:
     )
 
 
+async def _redrive_all(store: DeadLetters, job: Job, letters: list[DeadLetter]) -> None:
+    for letter in letters:
+        try:
+            _, outcome, _ = await store.redrive(letter.id)
+        except (RedriveRefused, LookupError) as exc:
+            job.skipped += 1
+            job.details["lastSkipped"] = str(exc).strip("'\"")
+            continue
+        job.count(outcome)  # may stop the job: maxFailures
+
+
+async def start_redrive(request: web.Request) -> web.Response:
+    """Re-drive many as a job: ``{"all": true}``, ``{"origin": ...}`` or ``{"ids": [...]}``."""
+    body = await jobs.json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    selectors = [k for k in ("all", "origin", "ids") if body.get(k) not in (None, False)]
+    try:
+        if len(selectors) != 1:
+            raise ValueError('choose what to re-drive: one of "all": true, "origin" or "ids"')
+        limit = jobs.max_failures(body)
+        origin = _origin(body["origin"]) if "origin" in selectors else None
+        ids = body.get("ids") if "ids" in selectors else None
+        if ids is not None and not (
+            isinstance(ids, list) and ids and all(type(i) is int and 1 <= i <= MAX_ID for i in ids)
+        ):
+            raise ValueError("`ids` is a list of dead letter ids")
+        if body.get("all") not in (None, True, False):
+            raise ValueError("`all` is true or false")
+    except ValueError as exc:
+        return error(400, str(exc))
+    store = request.app[RUNTIME_KEY].dead_letters
+    try:
+        if ids is not None:
+            found = [await store.get(i) for i in sorted(set(ids))]
+            letters = [letter for letter in found if letter is not None]
+        else:
+            letters = await store.list(DEAD_LETTER_SCAN, origin=origin)
+    except LogError as exc:
+        return error(503, f"the event log is unavailable: {exc}")
+    waiting = sorted(
+        (letter for letter in letters if letter.redriven != Outcome.DELIVERED.value),
+        key=lambda letter: letter.id,
+    )
+    unknown = len(set(ids)) - len(letters) if ids is not None else 0
+    job = Job(
+        "redrive",
+        max_failures=limit,
+        skipped=unknown,
+        total=len(waiting) + unknown,
+        details={"selector": selectors[0], "origin": "/".join(origin) if origin else None},
+    )
+    if unknown:
+        job.details["lastSkipped"] = f"{unknown} of the ids are no dead letter (any more)"
+    request.app[REDRIVES_KEY].start(job, _redrive_all(store, job, waiting))
+    return json_response(job.status(), 202)
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/redrives", start_redrive)
+    jobs.add_routes(app, "/api/v1/redrives", REDRIVES_KEY)
     app.router.add_get("/api/v1/deadletters", list_dead_letters)
     app.router.add_get("/api/v1/deadletters/{id}", get_dead_letter)
     app.router.add_post("/api/v1/deadletters/{id}/redrive", redrive)

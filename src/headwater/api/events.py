@@ -4,30 +4,30 @@ How this works: a tail is a throw-away consumer of a Broker's stream (named
 ``tail/<random>``, starting at ``latest`` unless asked otherwise) whose
 entries are filtered with CESQL and written as server-sent events, one
 structured-mode CloudEvent per ``data:`` line; the consumer is deleted when
-the client goes away. A replay is a job: a new consumer named ``replay/<id>``
-reads from the requested start up to the stream's last offset at the moment
-the job was created and delivers each event to a destination under a
-DeliverySpec (retries, backoff), reporting progress until it is done. Nothing
-here touches the Trigger cursors: replay never re-delivers to subscribers
-that did not ask.
+the client goes away. A replay is a job (:mod:`headwater.api.jobs`): a new
+consumer named ``replay/<id>`` reads from the requested start up to the
+stream's last offset at the moment the job was created and delivers each
+event to a destination under a DeliverySpec (retries, backoff), counting
+delivered, failed and remaining events as it goes; it can be cancelled, and
+stops by itself after ``maxFailures`` failed events. Nothing here touches the
+Trigger cursors: replay never re-delivers to subscribers that did not ask.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from headwater import cesql
+from headwater.api import jobs
 from headwater.api.app import RUNTIME_KEY, error, json_response
+from headwater.api.jobs import Job, Jobs
 from headwater.cloudevents import to_json
-from headwater.eventing import Deliverer, DeliverySpec, DeliveryStats, Outcome, Sink
-from headwater.log import LogError, Start
+from headwater.eventing import Deliverer, DeliverySpec, Sink
+from headwater.log import LogError, Start, StartKind
 from headwater.resources import Destination
 from headwater.runtime import Runtime
 
@@ -37,13 +37,15 @@ TAIL_BATCH = 256
 TAIL_KEEPALIVE = 15.0
 """Seconds between SSE comments on a quiet stream, so proxies keep the connection."""
 
-MAX_REPLAY_JOBS = 64
-"""Finished replay jobs kept for status queries; the oldest finished go first."""
+REPLAY_DELIVERY = DeliverySpec(
+    retry=5, backoff_policy="exponential", backoff_delay=0.2, timeout=10.0
+)
+"""Replay retries a failing destination a few times (about 12 s of backoff), then
+counts the event as failed; an attempt that hangs gives up after 10 s, not the
+delivery default of a minute, so a destination that is down costs little per
+event (and ``maxFailures`` stops the replay altogether)."""
 
-REPLAY_DELIVERY = DeliverySpec(retry=5, backoff_policy="exponential", backoff_delay=0.2)
-"""Replay retries a failing destination a few times, then counts the event as failed."""
-
-JOBS_KEY: web.AppKey[dict[str, ReplayJob]] = web.AppKey("replay_jobs", dict)
+JOBS_KEY: web.AppKey[Jobs] = web.AppKey("replay_jobs", Jobs)
 
 
 def _broker_stream(runtime: Runtime, namespace: str, name: str) -> str | None:
@@ -130,77 +132,43 @@ async def tail(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@dataclass
-class ReplayJob:
-    id: str
-    stream: str
-    start: str
-    destination: str
-    until: int
-    stats: DeliveryStats = field(default_factory=DeliveryStats)
-    first: int | None = None
-    position: int = 0
-    done: bool = False
-    error: str | None = None
-    task: asyncio.Task[None] | None = None
-
-    def status(self) -> dict[str, Any]:
-        total = self.until - (self.first or self.until) + 1 if self.first else 0
-        return {
-            "id": self.id,
-            "stream": self.stream,
-            "start": self.start,
-            "destination": self.destination,
-            "untilOffset": self.until,
-            "position": self.position,
-            "total": max(total, 0),
-            "delivered": self.stats.delivered,
-            "failed": self.stats.dropped,
-            "done": self.done,
-            "error": self.error,
-        }
-
-
-async def _run_replay(runtime: Runtime, job: ReplayJob, start: Start, sink: Sink) -> None:
-    deliverer = Deliverer(sink, REPLAY_DELIVERY, destination=job.destination, stats=job.stats)
+async def _run_replay(runtime: Runtime, job: Job, start: Start, sink: Sink) -> None:
+    stream, until = job.details["stream"], job.details["untilOffset"]
+    deliverer = Deliverer(
+        sink, REPLAY_DELIVERY, destination=job.details["destination"], name=f"replay {job.id}"
+    )
     consumer = f"replay/{job.id}"
-    reader = runtime.log.reader(job.stream, consumer, start)
+    reader = runtime.log.reader(stream, consumer, start)
     try:
-        while job.position < job.until:
+        while job.details["position"] < until:
             batch = await reader.next_batch(TAIL_BATCH, timeout=1.0)
             if not batch:
-                info = await runtime.log.info(job.stream)
-                if info.last_offset <= job.position or info.first_offset > job.until:
+                info = await runtime.log.info(stream)
+                if info.last_offset <= job.details["position"] or info.first_offset > until:
                     break  # nothing more to replay in range (e.g. retention dropped it)
                 continue
             for entry in batch:
-                if entry.offset > job.until:
-                    job.position = job.until
+                if entry.offset > until:
+                    job.details["position"] = until
                     break
-                if job.first is None:
-                    job.first = entry.offset
+                if job.total is None:  # a time start: known from its first event
+                    job.total = until - entry.offset + 1
                 outcome = await deliverer.deliver(entry.event)
-                if outcome is not Outcome.DELIVERED:
-                    log.warning("replay %s: event %s not delivered", job.id, entry.offset)
-                job.position = entry.offset
+                job.details["position"] = entry.offset
                 await reader.ack(entry.offset)
-    except LogError as exc:
-        job.error = str(exc)
+                job.count(outcome)  # may stop the job: maxFailures
+        job.total = job.processed  # retention may have taken some: none remain
     finally:
-        job.done = True
         await reader.close()
         with contextlib.suppress(LogError):
-            await runtime.log.delete_consumer(job.stream, consumer)
+            await runtime.log.delete_consumer(stream, consumer)
 
 
 async def start_replay(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    try:
-        body = await request.json()
-    except ValueError:
-        return error(400, "send a JSON object")
-    if not isinstance(body, dict):
-        return error(400, "send a JSON object")
+    body = await jobs.json_object(request)
+    if isinstance(body, web.Response):
+        return body
     namespace = body.get("namespace", "default")
     name = body.get("broker")
     if not isinstance(name, str) or not isinstance(namespace, str):
@@ -211,6 +179,7 @@ async def start_replay(request: web.Request) -> web.Response:
     start_text = body.get("start", "earliest")
     try:
         start = _start(runtime, str(start_text))
+        limit = jobs.max_failures(body)
         destination = Destination.model_validate(body.get("destination"))
         sink, uri = runtime.resolve_with_uri(destination, namespace)
     except ValueError as exc:
@@ -218,25 +187,32 @@ async def start_replay(request: web.Request) -> web.Response:
     except LookupError as exc:
         return error(400, str(exc))
     info = await runtime.log.info(stream)
-    job = ReplayJob(uuid.uuid4().hex[:12], stream, str(start_text), uri, info.last_offset)
-    jobs = request.app[JOBS_KEY]
-    _forget_finished(jobs)
-    jobs[job.id] = job
-    job.task = asyncio.create_task(_run_replay(runtime, job, start, sink), name=f"replay:{job.id}")
+    first = _first_offset(start, info.first_offset, info.last_offset)
+    job = Job(
+        "replay",
+        max_failures=limit,
+        total=None if first is None else max(info.last_offset - first + 1, 0),
+        details={
+            "stream": stream,
+            "start": str(start_text),
+            "destination": uri,
+            "untilOffset": info.last_offset,
+            "position": (first - 1) if first is not None else info.first_offset - 1,
+        },
+    )
+    request.app[JOBS_KEY].start(job, _run_replay(runtime, job, start, sink))
     return json_response(job.status(), 202)
 
 
-def _forget_finished(jobs: dict[str, ReplayJob]) -> None:
-    finished = [k for k, j in jobs.items() if j.done]
-    while len(jobs) >= MAX_REPLAY_JOBS and finished:
-        del jobs[finished.pop(0)]
-
-
-async def replay_status(request: web.Request) -> web.Response:
-    job = request.app[JOBS_KEY].get(request.match_info["id"])
-    if job is None:
-        return error(404, f"no replay job {request.match_info['id']!r}")
-    return json_response(job.status())
+def _first_offset(start: Start, first: int, last: int) -> int | None:
+    """The first offset a replay from ``start`` delivers, when known without reading."""
+    if start.kind is StartKind.EARLIEST:
+        return first
+    if start.kind is StartKind.LATEST:
+        return last + 1
+    if start.kind is StartKind.OFFSET:
+        return max(start.offset, first)
+    return None  # a time: known once the first entry is read
 
 
 async def stream_info(request: web.Request) -> web.Response:
@@ -261,19 +237,9 @@ async def stream_info(request: web.Request) -> web.Response:
     )
 
 
-async def _cancel_jobs(app: web.Application) -> None:
-    for job in app[JOBS_KEY].values():
-        if job.task is not None and not job.task.done():
-            job.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job.task
-
-
 def add_routes(app: web.Application) -> None:
-    app[JOBS_KEY] = {}
-    app.on_shutdown.append(_cancel_jobs)
     app.router.add_get("/api/v1/brokers/{namespace}/{name}/events", tail)
     app.router.add_post("/api/v1/filters/check", check_filter)
     app.router.add_get("/api/v1/brokers/{namespace}/{name}/stream", stream_info)
     app.router.add_post("/api/v1/replays", start_replay)
-    app.router.add_get("/api/v1/replays/{id}", replay_status)
+    jobs.add_routes(app, "/api/v1/replays", JOBS_KEY)

@@ -42,8 +42,9 @@ _MEMBER_COUNTERS = (
     ("delivered", "Events the subscriber accepted."),
     ("failed_attempts", "Delivery attempts that failed (each failed retry counts)."),
     ("retried", "Retries made."),
-    ("dead_lettered", "Events handed to the dead letter sink."),
-    ("dropped", "Events given up without a dead letter sink, or whose dead letter failed."),
+    ("dead_lettered", "Events given up on and kept as dead letters (the store and/or the DLS)."),
+    ("sent_to_dead_letter_sink", "Dead letters the dead letter sink accepted."),
+    ("dropped", "Events given up on that nothing kept."),
     ("filtered", "Events the filter did not match."),
     ("replies", "Reply events forwarded."),
 )

@@ -33,6 +33,9 @@ def _error(description: str) -> dict[str, Any]:
     return _json({"$ref": "#/components/schemas/Error"}, description)
 
 
+UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
+UNAVAILABLE = _error("The event log is unavailable; try again.")
+
 _KIND_PARAM = {
     "name": "kind",
     "in": "path",
@@ -58,7 +61,21 @@ _RESOURCE = {
         "status": {
             "type": "object",
             "required": ["conditions"],
-            "properties": {"conditions": {"type": "array", "items": {"type": "object"}}},
+            "properties": {
+                "conditions": {"type": "array", "items": {"type": "object"}},
+                "origin": {
+                    "type": "object",
+                    "description": "Where it came from: a file of `headwater up`, or the API.",
+                    "required": ["source", "file", "line"],
+                    "properties": {
+                        "source": {"type": "string", "enum": ["file", "api"]},
+                        "file": {"type": "string"},
+                        "line": {"type": "integer"},
+                        "resourceVersion": {"type": "string"},
+                        "applied": {"type": ["string", "null"]},
+                    },
+                },
+            },
         },
     },
 }
@@ -72,23 +89,109 @@ _KEY = {
     },
 }
 _KEYS = {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}
-_REPLAY = {
+_APPLIED = {
     "type": "object",
-    "required": ["id", "stream", "destination", "untilOffset", "delivered", "failed", "done"],
+    "required": ["created", "updated", "unchanged", "warnings"],
+    "properties": {
+        "created": _KEYS,
+        "updated": _KEYS,
+        "unchanged": _KEYS,
+        "warnings": {
+            "type": "array",
+            "description": "Fields that are accepted but ignored, and why.",
+            "items": {"type": "object"},
+        },
+    },
+}
+_RESOURCES_BODY = {
+    "required": True,
+    "content": {
+        "application/yaml": {"schema": {"type": "string"}},
+        "application/json": {"schema": {}},
+    },
+}
+_JOB = {
+    "type": "object",
+    "required": [
+        "id", "kind", "state", "done", "delivered", "failed", "skipped", "total", "remaining",
+    ],
     "properties": {
         "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["replay", "redrive"]},
+        "state": {"type": "string", "enum": ["running", "done", "failed", "cancelled"]},
+        "done": {"type": "boolean"},
+        "delivered": {"type": "integer"},
+        "failed": {"type": "integer", "description": "Events not delivered after retries."},
+        "skipped": {"type": "integer", "description": "Re-drives refused (origin not running)."},
+        "total": {"type": ["integer", "null"], "description": "Events it handles, once known."},
+        "remaining": {"type": ["integer", "null"]},
+        "maxFailures": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+        "started": {"type": "string"},
+        "finished": {"type": ["string", "null"]},
         "stream": {"type": "string"},
         "start": {"type": "string"},
         "destination": {"type": "string"},
         "untilOffset": {"type": "integer"},
         "position": {"type": "integer"},
-        "total": {"type": "integer"},
-        "delivered": {"type": "integer"},
-        "failed": {"type": "integer"},
-        "done": {"type": "boolean"},
-        "error": {"type": ["string", "null"]},
+        "selector": {"type": "string"},
+        "origin": {"type": ["string", "null"]},
+        "lastSkipped": {"type": ["string", "null"]},
     },
+}  # fmt: skip
+_MAX_FAILURES = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "Stop (state `failed`) once this many events failed.",
 }
+
+
+def _jobs(kind: str) -> dict[str, Any]:
+    """The list, status and cancel operations of a kind of job."""
+    ref = {"$ref": "#/components/schemas/Job"}
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "": {
+            "get": {
+                "summary": f"Every {kind} job kept (running, and the newest finished)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": ref}},
+                        },
+                        "Jobs",
+                    ),
+                    "401": UNAUTHORIZED,
+                },
+            }
+        },
+        "/{id}": {
+            "get": {
+                "summary": f"Progress of a {kind}",
+                "parameters": [id_param],
+                "responses": {
+                    "200": _json(ref, "Progress"),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No such job."),
+                },
+            }
+        },
+        "/{id}/cancel": {
+            "post": {
+                "summary": f"Cancel a {kind}; answers how it ended",
+                "parameters": [id_param],
+                "responses": {
+                    "200": _json(ref, "Its state (cancelled, or how it had ended)"),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No such job."),
+                },
+            }
+        },
+    }
+
+
 _STREAM = {
     "type": "object",
     "required": ["stream", "firstOffset", "lastOffset", "events", "bytes", "dropped", "consumers"],
@@ -117,6 +220,8 @@ _NODE = {
         "health": {"type": "string", "enum": ["ok", "failing", "lagging", "not-ready"]},
         "counters": {"type": "object", "additionalProperties": {"type": "number"}},
         "lastError": {"type": ["string", "null"]},
+        "lastErrorTime": {"type": ["string", "null"]},
+        "lastErrorAttempt": {"type": ["integer", "null"]},
     },
 }
 _TOPOLOGY = {
@@ -178,9 +283,6 @@ _ID_PARAM = {
     "schema": {"type": "string"},
 }
 
-UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
-UNAVAILABLE = _error("The event log is unavailable; try again.")
-
 
 def document() -> dict[str, Any]:
     return {
@@ -198,7 +300,7 @@ def document() -> dict[str, Any]:
                 "Error": _ERROR,
                 "Resource": _RESOURCE,
                 "Key": _KEY,
-                "Replay": _REPLAY,
+                "Job": _JOB,
                 "Stream": _STREAM,
                 "Topology": _TOPOLOGY,
                 "DeadLetter": _DEAD_LETTER,
@@ -253,31 +355,20 @@ def document() -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "Create or update resources (multi-document YAML, or JSON)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/yaml": {"schema": {"type": "string"}},
-                            "application/json": {"schema": {}},
-                        },
-                    },
+                    "description": (
+                        "Kept in the state store: they run again after a restart. "
+                        "`metadata.resourceVersion` is ignored here (last write wins)."
+                    ),
+                    "requestBody": _RESOURCES_BODY,
                     "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["created", "updated", "unchanged"],
-                                "properties": {
-                                    "created": _KEYS,
-                                    "updated": _KEYS,
-                                    "unchanged": _KEYS,
-                                },
-                            },
-                            "Applied",
-                        ),
+                        "200": _json(_APPLIED, "Applied"),
                         "400": _error("The body is not UTF-8."),
                         "401": UNAUTHORIZED,
+                        "409": _error("A file of `headwater up` defines one of them."),
                         "413": _error("The body is too large."),
                         "415": _error("Not YAML or JSON."),
                         "422": _error("Invalid resources; `problems` locates each."),
+                        "503": _error("The state store cannot keep them; nothing changed."),
                     },
                 },
             },
@@ -317,8 +408,30 @@ def document() -> dict[str, Any]:
                         "404": _error("Unknown kind or resource."),
                     },
                 },
+                "put": {
+                    "summary": "Replace one resource the API applied",
+                    "description": (
+                        "With `metadata.resourceVersion`, only if it is still the current one "
+                        "(else 409)."
+                    ),
+                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
+                    "requestBody": _RESOURCES_BODY,
+                    "responses": {
+                        "200": _json(_APPLIED, "Replaced"),
+                        "400": _error("The body is not UTF-8."),
+                        "401": UNAUTHORIZED,
+                        "404": _error("Unknown kind or resource."),
+                        "409": _error(
+                            "Changed meanwhile (a stale resourceVersion), or a file defines it."
+                        ),
+                        "413": _error("The body is too large."),
+                        "415": _error("Not YAML or JSON."),
+                        "422": _error("Invalid, or not this one resource."),
+                        "503": _error("The state store cannot keep it; nothing changed."),
+                    },
+                },
                 "delete": {
-                    "summary": "Delete a resource",
+                    "summary": "Delete a resource the API applied",
                     "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
                     "responses": {
                         "200": _json(
@@ -331,7 +444,8 @@ def document() -> dict[str, Any]:
                         ),
                         "401": UNAUTHORIZED,
                         "404": _error("Unknown kind or resource."),
-                        "409": _error("Other resources refer to it."),
+                        "409": _error("Other resources refer to it, or a file defines it."),
+                        "503": _error("The state store cannot forget it; nothing changed."),
                     },
                 },
             },
@@ -382,13 +496,14 @@ def document() -> dict[str, Any]:
                                         "namespace": {"type": "string"},
                                         "start": {"type": "string"},
                                         "destination": {"type": "object"},
+                                        "maxFailures": _MAX_FAILURES,
                                     },
                                 }
                             }
                         },
                     },
                     "responses": {
-                        "202": _json({"$ref": "#/components/schemas/Replay"}, "Started"),
+                        "202": _json({"$ref": "#/components/schemas/Job"}, "Started"),
                         "400": _error("Invalid request."),
                         "401": UNAUTHORIZED,
                         "404": _error("No running Broker."),
@@ -455,6 +570,13 @@ def document() -> dict[str, Any]:
                             "description": "Only records with a smaller id.",
                             "schema": {"type": "integer", "minimum": 1},
                         },
+                        {
+                            "name": "origin",
+                            "in": "query",
+                            "description": "Only this Trigger's or Subscription's "
+                            "(Kind/namespace/name).",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
                         "200": _json(
@@ -472,7 +594,7 @@ def document() -> dict[str, Any]:
                             },
                             "Dead letters",
                         ),
-                        "400": _error("Invalid limit or before."),
+                        "400": _error("Invalid limit, before or origin."),
                         "401": UNAUTHORIZED,
                         "503": UNAVAILABLE,
                     },
@@ -608,19 +730,46 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/replays/{id}": {
-                "get": {
-                    "summary": "Progress of a replay",
-                    "parameters": [
-                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-                    ],
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Replay"}, "Progress"),
-                        "401": UNAUTHORIZED,
-                        "404": _error("No such replay."),
+            **{f"/api/v1/replays{path}": item for path, item in _jobs("replay").items()},
+            "/api/v1/redrives": {
+                **_jobs("redrive")[""],
+                "post": {
+                    "summary": "Re-drive many dead letters, oldest first, as a job",
+                    "description": (
+                        "Every one (`all`), one origin's, or given ids, among the newest "
+                        "records; those delivered by a re-drive already are left out."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "all": {"type": "boolean"},
+                                        "origin": {
+                                            "type": "string",
+                                            "description": "Kind/namespace/name",
+                                        },
+                                        "ids": {
+                                            "type": "array",
+                                            "items": {"type": "integer", "minimum": 1},
+                                        },
+                                        "maxFailures": _MAX_FAILURES,
+                                    },
+                                }
+                            }
+                        },
                     },
-                }
+                    "responses": {
+                        "202": _json({"$ref": "#/components/schemas/Job"}, "Started"),
+                        "400": _error("Not one of all, origin or ids; or a bad value."),
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                },
             },
+            **{f"/api/v1/redrives{path}": item for path, item in _jobs("redrive").items() if path},
         },
     }
 

@@ -1,21 +1,30 @@
 """``headwater up``: load resources, start the runtime and the HTTP listener, run until told.
 
 How this works: the resource files are loaded and checked before anything
-listens (a config error exits without side effects); the runtime applies them;
-the HTTP listener (admin API, and the data-plane ingress) binds; a ready line
-says what listens where. SIGTERM/SIGINT stop accepting, let the runtime finish
-in-flight work and commit cursors, and return normally.
+listens; the data directory is checked and the event log and the state store
+opened in it; the runtime runs the files and what the API applied before
+(every problem of the files, their references included, is one config error,
+and nothing starts then); a resource from the files that cannot start (a
+listener whose port is taken) stops the start with one line; the HTTP listener
+(admin API, and the data-plane ingress) binds; a ready line says what listens
+where. SIGTERM/SIGINT stop ContainerSource processes (they post to the HTTP
+listener), then the HTTP listener, let deliveries under way finish for the
+drain timeout, say how many did not (they are delivered again after the next
+start), commit cursors, and return normally.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import gc
 import ipaddress
 import json
 import logging
+import os
 import signal
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +33,14 @@ from aiohttp import web
 
 from headwater.api.app import create_app
 from headwater.eventing import Ingress
-from headwater.log import NotAHeadwaterLog, SqliteLog
+from headwater.log import LogError, SqliteLog
 from headwater.log.sqlite import Durability
-from headwater.resources import ConfigError, Loaded, load_paths, load_text
-from headwater.runtime.runtime import Runtime
+from headwater.resources import ConfigError, LoadResult, collect_paths, collect_text
+from headwater.resources.mqtt import MqttBrokerSource
+from headwater.runtime.applied import EMBEDDED_DEFAULTS as EMBEDDED_FILE
+from headwater.runtime.runtime import CHANNEL_PREFIX, Runtime
 from headwater.runtime.watch import watch
+from headwater.state import SqliteStore, StateError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,12 @@ GC_THRESHOLDS = (20_000, 20, 50)
 DEFAULT_DRAIN_TIMEOUT = 10.0
 """Seconds deliveries under way get to finish at shutdown (after ingress stopped)."""
 
+DEFAULT_MQTT_PORT = 1883
+"""The embedded default MQTT broker's port when ``--mqtt-port`` is not given."""
+
+EVENT_LOG_FILE = "events.db"
+STATE_FILE = "state.db"
+
 
 @dataclass
 class UpOptions:
@@ -49,7 +67,9 @@ class UpOptions:
     data_dir: Path = Path("headwater-data")
     host: str = "127.0.0.1"
     http_port: int = 8080
-    mqtt_port: int = 1883
+    mqtt_port: int | None = None
+    """The embedded default's MQTT port (1883 if None); with files, the port of
+    their one MQTT listener (refused when there is not exactly one)."""
     watch: bool = False
     token: str | None = None
     durability: Durability = "fsync"
@@ -93,7 +113,7 @@ EMBEDDED_MQTT = ("MqttBrokerSource", "default", "mqtt")
 def embedded_defaults(options: UpOptions) -> str:
     return EMBEDDED_DEFAULTS % {
         "host": json.dumps(options.host),
-        "port": options.mqtt_port,
+        "port": DEFAULT_MQTT_PORT if options.mqtt_port is None else options.mqtt_port,
         "data_dir": json.dumps(str(options.data_dir / "mqtt")),
     }
 
@@ -118,18 +138,87 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load(options: UpOptions) -> list[Loaded]:
-    if options.files:
-        return load_paths(options.files)
-    return load_text(embedded_defaults(options), "<embedded defaults>")
+def load(options: UpOptions) -> LoadResult:
+    """The files (or the embedded defaults), with every problem collected, not raised."""
+    if not options.files:
+        return collect_text(embedded_defaults(options), EMBEDDED_FILE)
+    found = collect_paths(options.files)
+    if options.mqtt_port is not None and not found.problems:
+        _set_mqtt_port(found, options.mqtt_port)
+    return found
+
+
+def _set_mqtt_port(found: LoadResult, port: int) -> None:
+    """``--mqtt-port`` with files: the port of their one MQTT listener, or a clear no."""
+    sources = [
+        (index, item, item.resource)
+        for index, item in enumerate(found.loaded)
+        if isinstance(item.resource, MqttBrokerSource)
+    ]
+    listeners = sum(len(resource.spec.listeners) for _, _, resource in sources)
+    if len(sources) != 1 or listeners != 1:
+        where = ", ".join(f"{item.file}:{item.line}" for _, item, _ in sources)
+        raise StartupError(
+            f"--mqtt-port sets the port of the one MQTT listener of your files, but they have "
+            f"{listeners} listener(s) in {len(sources)} MqttBrokerSource(s)"
+            + (f" ({where}): set each listener's port in its file" if sources else "")
+        )
+    [(index, item, resource)] = sources
+    [listener] = resource.spec.listeners
+    changed = listener.model_copy(update={"port": port})
+    spec = resource.spec.model_copy(update={"listeners": [changed]})
+    found.loaded[index] = dataclasses.replace(
+        item, resource=resource.model_copy(update={"spec": spec})
+    )
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why Headwater cannot keep its files in ``path`` (None when it can), in one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the data directory {path}: {exc.strerror or exc}"
+    if not path.is_dir():
+        return f"the data directory {path} is not a directory"
+    user = _user()
+    for target in (path, *(path / name for name in (EVENT_LOG_FILE, STATE_FILE))):
+        needs = os.W_OK | (os.X_OK if target == path else 0)
+        if target.exists() and not os.access(target, needs):
+            info = target.stat()
+            what = "the data directory" if target == path else "the data file"
+            return (
+                f"{what} {target} is not writable by {user}: permission denied "
+                f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); fix its "
+                "permissions or choose another directory with --data-dir"
+            )
+    return None
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 def open_log(options: UpOptions) -> SqliteLog:
+    problem = data_dir_problem(options.data_dir)
+    if problem is not None:
+        raise StartupError(problem)
     try:
-        options.data_dir.mkdir(parents=True, exist_ok=True)
-        return SqliteLog(options.data_dir / "events.db", durability=options.durability)
-    except (OSError, NotAHeadwaterLog) as exc:
+        return SqliteLog(options.data_dir / EVENT_LOG_FILE, durability=options.durability)
+    except (OSError, LogError) as exc:
         raise StartupError(f"cannot open the event log in {options.data_dir}: {exc}") from exc
+
+
+def open_state(options: UpOptions) -> SqliteStore:
+    try:
+        return SqliteStore(options.data_dir / STATE_FILE)
+    except StateError as exc:
+        raise StartupError(f"cannot open the state store in {options.data_dir}: {exc}") from exc
 
 
 async def start(options: UpOptions) -> Server:
@@ -138,16 +227,26 @@ async def start(options: UpOptions) -> Server:
             f"refusing to serve the admin API on {options.host} without a token: "
             "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
         )
-    loaded = load(options)  # ConfigError propagates before anything listens
-    runtime = Runtime(open_log(options), http_worker=options.http_worker)
+    found = load(options)
+    events = open_log(options)
+    try:
+        state = open_state(options)
+    except BaseException:
+        await events.close()
+        raise
+    runtime = Runtime(
+        events, state=state, data_dir=options.data_dir, http_worker=options.http_worker
+    )
     try:
         if runtime.http_worker is not None:
             await runtime.http_worker.start()
-        await runtime.apply(loaded)
+        await runtime.start(found)  # ConfigError: every problem, before anything runs
         if not options.files:
             _check_embedded_mqtt(runtime, options)
+        _check_started(runtime)
         app = create_app(runtime, token=options.token)
         Ingress(runtime.ingress_lookup).add_routes(app)
+        Ingress(runtime.channel_lookup, what="channel").add_routes(app, CHANNEL_PREFIX)
         # Tails (server-sent events) never end by themselves: after this grace
         # period at shutdown their handlers are cancelled.
         runner = web.AppRunner(
@@ -186,16 +285,35 @@ def _check_embedded_mqtt(runtime: Runtime, options: UpOptions) -> None:
     [ready] = runtime.status(EMBEDDED_MQTT)["conditions"]
     if ready["status"] == "True":
         return
+    port = DEFAULT_MQTT_PORT if options.mqtt_port is None else options.mqtt_port
     message = ready.get("message") or ready.get("reason") or "unknown error"
     if "in use" in message.lower():
         raise StartupError(
-            f"MQTT port {options.mqtt_port} on {options.host} is in use; "
+            f"MQTT port {port} on {options.host} is in use; "
             "choose another with --mqtt-port (0 picks a free one)"
         )
     raise StartupError(
-        f"cannot start the embedded MQTT broker on {options.host}:{options.mqtt_port}: "
+        f"cannot start the embedded MQTT broker on {options.host}:{port}: "
         f"{message} (see --mqtt-port)"
     )
+
+
+def _check_started(runtime: Runtime) -> None:
+    """What the files define must run: a component that failed to start (a listener
+    whose port is taken, a password file that is not there) stops the start."""
+    failed: list[str] = []
+    for resource in runtime.resources():
+        origin = runtime.origin(resource.key)
+        if origin is None or origin.source != "file":
+            continue  # what the API applied is reported (Ready=False), and can be fixed there
+        [ready, *_] = runtime.status(resource.key)["conditions"]
+        if ready["status"] == "False":
+            failed.append(
+                f"{resource.kind} {resource.namespace}/{resource.name} ({origin.where}) "
+                f"cannot start: {ready.get('message') or ready.get('reason')}"
+            )
+    if failed:
+        raise StartupError("; ".join(failed))
 
 
 def _bound(runner: web.AppRunner) -> list[tuple[str, int]]:
@@ -207,7 +325,12 @@ def _url_host(host: str) -> str:
 
 
 async def stop(server: Server, drain_timeout: float = 0.0) -> None:
-    """Stop accepting (HTTP first), let deliveries under way finish, commit cursors."""
+    """Stop accepting (HTTP first), let deliveries under way finish, commit cursors.
+
+    ContainerSource processes stop before the HTTP listener closes: they post
+    their events to it, and would otherwise see it go away under them.
+    """
+    await server.runtime.stop_processes()
     await server.runner.cleanup()
     await server.runtime.close(grace=drain_timeout)
 
@@ -248,9 +371,8 @@ async def run(options: UpOptions, on_ready: Callable[[Server], None]) -> None:
 
 async def _reload(server: Server, options: UpOptions) -> None:
     try:
-        loaded = load(options)
-        result = await server.runtime.reconciler.replace(loaded)
-    except ConfigError as exc:
+        result = await server.runtime.reload(load(options))
+    except (ConfigError, StartupError) as exc:
         log.error("not reloading, the files have problems:\n%s", exc)
         return
     log.info(

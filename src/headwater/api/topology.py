@@ -3,8 +3,10 @@
 How this works: every resource is a node with its role (a *source* sends to a
 sink, a *channel* is a Broker or Channel, a *route* is a Trigger or
 Subscription, a *sink* receives), its Ready condition, its numeric status
-counters and a health verdict (a route is *failing* for a minute after it
-gave an event up, *lagging* when far behind its stream); plain ``uri``
+counters, its last error (with when and which attempt: a subscriber that
+fails shows it at its first failed attempt) and a health verdict (a route is
+*failing* for a minute after an attempt failed or it gave an event up,
+*lagging* when far behind its stream); plain ``uri``
 destinations are nodes of their own. Edges come from the specs: a Trigger's
 ``broker``, a Subscription's ``channel``, and every Destination under
 ``sink``, ``subscriber``, ``reply`` or ``deadLetterSink``. Counters are
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import web
@@ -29,13 +32,15 @@ LAGGING: Final = 1000
 a healthy dispatcher keeps at most its in-flight window (100) behind."""
 
 FAILING_FOR: Final = 60.0
-"""Seconds a Trigger/Subscription counts as failing after it last gave an event
-up (dead-lettered or dropped it): long enough to be seen on a dashboard that
+"""Seconds a Trigger/Subscription counts as failing after an attempt last failed
+or it last gave an event up: long enough to be seen on a dashboard that
 refreshes every few seconds, short enough to clear once the subscriber works."""
 
 FANOUT_KINDS: Final = frozenset({"Broker", "Channel", "InMemoryChannel"})
 ROUTE_KINDS: Final = frozenset({"Trigger", "Subscription"})
 DESTINATION_FIELDS: Final = ("sink", "subscriber", "reply", "deadLetterSink")
+NOT_COUNTERS: Final = frozenset({"lastErrorAttempt"})
+"""Numbers in a status that are not counters (rates of them would mean nothing)."""
 
 
 def node_id(kind: str, namespace: str, name: str) -> str:
@@ -76,6 +81,8 @@ def _target(destination: dict[str, Any], namespace: str) -> tuple[str, dict[str,
         "health": "ok",
         "counters": {},
         "lastError": None,
+        "lastErrorTime": None,
+        "lastErrorAttempt": None,
     }
 
 
@@ -83,8 +90,18 @@ def _counters(status: dict[str, Any]) -> dict[str, float]:
     return {
         key: value
         for key, value in status.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and key not in NOT_COUNTERS
     }
+
+
+def _seconds(text: Any) -> float | None:
+    """An RFC 3339 time of a status as seconds since the epoch (None if not one)."""
+    try:
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _health(
@@ -94,7 +111,8 @@ def _health(
         return "not-ready"
     if kind not in ROUTE_KINDS:
         return "ok"
-    if given_up is not None and now - given_up < FAILING_FOR:
+    failed = max(given_up or 0.0, _seconds(status.get("lastErrorTime")) or 0.0)
+    if failed and now - failed < FAILING_FOR:
         return "failing"
     if int(status.get("lag") or 0) >= LAGGING:
         return "lagging"
@@ -131,6 +149,8 @@ def topology(runtime: Runtime) -> dict[str, Any]:
             "health": _health(kind, ready, status, given_up.get(resource.key), now),
             "counters": _counters(status),
             "lastError": status.get("lastError"),
+            "lastErrorTime": status.get("lastErrorTime"),
+            "lastErrorAttempt": status.get("lastErrorAttempt"),
         }
         if kind == "Trigger":
             edges.append({"from": node_id("Broker", ns, spec["broker"]), "to": me, "via": "broker"})

@@ -178,6 +178,10 @@ class Fanout(Generic[M]):
         results = await asyncio.gather(*(d.drain(grace) for d in dispatchers))
         return all(results)
 
+    def unfinished(self) -> int:
+        """Deliveries under way (or waiting their turn) over every dispatcher."""
+        return sum(d.unfinished for d in self._dispatchers.values())
+
     async def stop(self) -> None:
         self._started = False
         tasks = list(self._tasks.values())
@@ -239,6 +243,7 @@ class Fanout(Generic[M]):
             member.subscriber,
             effective_delivery(member.delivery, self.delivery),
             destination=member.subscriber_uri,
+            name=f"{type(member).__name__} {member.namespace}/{member.name}",
             stats=member.stats,
             on_reply=on_reply,
         )
@@ -296,7 +301,7 @@ class Fanout(Generic[M]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                dispatcher.stats.last_error = f"dispatcher failed: {exc}"
+                dispatcher.stats.failed(f"dispatcher failed: {exc}")
                 log.exception(
                     "%s: dispatcher failed; restarting in %.1fs", dispatcher.consumer, delay
                 )

@@ -6,11 +6,20 @@ seconds), :func:`should_retry` (the data-plane table of retryable status
 codes), :func:`backoff` (linear or exponential, stretched by a capped
 ``Retry-After``) and :func:`dead_letter_event` (the ``knativeerror*``
 extensions). :class:`Deliverer` is the only part that waits: for one event it
-attempts the sink, retries while the policy allows, then hands the original
-event to the dead letter sink, or drops it with a logged error and a counted
-``dropped`` when there is none. A reply is handed to ``on_reply`` inside the
-attempt, so that failing to store or forward it fails the attempt and the
-whole delivery is retried (control-plane.md "Event Delivery").
+attempts the sink, retries while the policy allows, then gives the event up:
+the spec's recorder keeps it (Headwater's dead-letter store) and the dead
+letter sink, if there is one, gets it too. An event kept by either is
+*dead-lettered*; only one that nothing kept is *dropped* (a spec without a
+recorder and without a working dead letter sink). A reply is handed to
+``on_reply`` inside the attempt, so that failing to store or forward it fails
+the attempt and the whole delivery is retried (control-plane.md "Event
+Delivery").
+
+Every failed attempt is visible as it happens: ``stats.last_error`` with its
+time and attempt number, not only once the event is given up on. What is
+logged about given-up events goes through a :class:`~headwater.logs.Throttle`
+keyed by the deliverer's name (a Trigger): a failing subscriber writes one
+line a minute with a count, not one per event.
 
 Cancellation never loses an event: a cancelled delivery reports no outcome,
 so the dispatcher's cursor does not move past it and it is redelivered.
@@ -28,10 +37,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing.sink import DeliveryError, Sink
+from headwater.logs import Throttle
 
 __all__ = [
     "DEFAULT_RETRY_AFTER_MAX",
@@ -51,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_given_up = Throttle(log)
+"""Lines about given-up events: one per deliverer and kind of outcome per minute."""
 
 BackoffPolicy = Literal["linear", "exponential"]
 
@@ -329,23 +343,38 @@ class DeliveryStats:
 
     ``delivered``: events the subscriber accepted. ``failed_attempts``: attempts
     that failed (each retry that failed counts). ``retried``: retries made.
-    ``dead_lettered``: events handed to the dead letter sink. ``dropped``:
-    events given up without a dead letter sink (or whose dead letter failed).
-    ``filtered``: events the filter rejected. ``replies``: reply events
-    forwarded. ``lag``: events in the log not yet acknowledged by this cursor.
+    ``dead_lettered``: events given up on and kept, as a dead letter in
+    Headwater's store (what ``headwater deadletters list`` and the dashboard
+    show) and/or by the dead letter sink; ``sent_to_dead_letter_sink``: those
+    the dead letter sink accepted. ``dropped``: events given up on that
+    nothing kept. ``filtered``: events the filter rejected. ``replies``:
+    reply events forwarded. ``lag``: events in the log not yet acknowledged
+    by this cursor. ``last_error`` is the latest failed attempt's error, with
+    its time (``last_error_time``, seconds since the epoch) and its number
+    among the attempts of its event (``last_error_attempt``, 1 for the first).
+    The counters are since the process started.
     """
 
     delivered: int = 0
     failed_attempts: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    sent_to_dead_letter_sink: int = 0
     dropped: int = 0
     filtered: int = 0
     replies: int = 0
     lag: int = 0
     in_flight: int = 0
     last_error: str | None = None
+    last_error_time: float | None = None
+    last_error_attempt: int | None = None
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def failed(self, error: str, attempt: int | None = None) -> None:
+        """Record a failure as it happens: the error, now, and which attempt it was."""
+        self.last_error = error
+        self.last_error_time = time.time()
+        self.last_error_attempt = attempt
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -353,12 +382,19 @@ class DeliveryStats:
             "failedAttempts": self.failed_attempts,
             "retried": self.retried,
             "deadLettered": self.dead_lettered,
+            "sentToDeadLetterSink": self.sent_to_dead_letter_sink,
             "dropped": self.dropped,
             "filtered": self.filtered,
             "replies": self.replies,
             "lag": self.lag,
             "inFlight": self.in_flight,
             "lastError": self.last_error,
+            "lastErrorTime": (
+                datetime.fromtimestamp(self.last_error_time, UTC).isoformat(timespec="seconds")
+                if self.last_error_time is not None
+                else None
+            ),
+            "lastErrorAttempt": self.last_error_attempt,
             "latencySeconds": self.latency.snapshot(),
         }
 
@@ -367,7 +403,11 @@ class DeliveryStats:
 
 
 class Outcome(enum.Enum):
-    """How a delivery ended; each lets the cursor move past the event."""
+    """How a delivery ended; each lets the cursor move past the event.
+
+    ``DEAD_LETTERED``: given up on and kept (the dead-letter store, the dead
+    letter sink, or both); ``DROPPED``: given up on and kept nowhere.
+    """
 
     DELIVERED = "delivered"
     DEAD_LETTERED = "dead-lettered"
@@ -381,7 +421,8 @@ ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
 class Deliverer:
     """Delivers one event at a time to one sink under a DeliverySpec.
 
-    ``destination`` names the sink in logs and in ``knativeerrordest``.
+    ``destination`` names the sink in logs and in ``knativeerrordest``;
+    ``name`` what delivers (``Trigger default/too-hot``) in logs.
     ``sleep`` and ``clock`` are injectable so that tests need not wait.
     """
 
@@ -391,6 +432,7 @@ class Deliverer:
         spec: DeliverySpec,
         *,
         destination: str,
+        name: str | None = None,
         stats: DeliveryStats | None = None,
         on_reply: ReplyHandler | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -399,6 +441,7 @@ class Deliverer:
         self.sink = sink
         self.spec = spec
         self.destination = destination
+        self.name = name or destination
         self.stats = stats if stats is not None else DeliveryStats()
         self._on_reply = on_reply
         self._sleep = sleep
@@ -413,48 +456,65 @@ class Deliverer:
             stats.delivered += 1
             stats.latency.observe(self._clock() - started)
             return Outcome.DELIVERED
-        stats.last_error = f"{self.destination}: {error}"
+        recorded = False
         if self.spec.recorder is not None:
             await self.spec.recorder(self, event, error)
+            recorded = True
+        attempts = _attempts_text(error, self.spec)
         dls = self.spec.dead_letter_sink
-        if dls is None:
-            # No dead letter sink: "the event is dropped" (control-plane.md), and
-            # never silently.
+        dls_error: DeliveryError | None = None
+        if dls is not None:
+            dead = dead_letter_event(event, self.destination, error)
+            # "If delivery of the dead-letter event fails with a retryable error, the
+            # delivery to the deadLetterSink SHOULD be retried up to retry times".
+            dls_error = await self._attempts(dls, dead, None, count=False)
+            if dls_error is None:
+                stats.sent_to_dead_letter_sink += 1
+            else:
+                stats.failed(f"dead letter sink {self.spec.dead_letter_uri or ''}: {dls_error}")
+        where = self._kept_in(recorded, dls is not None and dls_error is None)
+        if where is None:
+            # No dead letter sink (or a failing one) and no store: "the event is
+            # dropped" (control-plane.md), and never silently.
             stats.dropped += 1
-            log.error(
-                "dropped event id=%s source=%s after %s to %s failed: %s (no dead letter sink)",
+            because = f"the dead letter sink failed too: {dls_error}" if dls else "nothing kept it"
+            _given_up.error(
+                (self.name, "dropped"),
+                "%s: dropped event id=%s source=%s after %s to %s failed: %s (%s)",
+                self.name,
                 event.id,
                 event.source,
-                _attempts_text(error, self.spec),
+                attempts,
                 self.destination,
                 error,
+                because,
             )
             return Outcome.DROPPED
-        dead = dead_letter_event(event, self.destination, error)
-        # "If delivery of the dead-letter event fails with a retryable error, the
-        # delivery to the deadLetterSink SHOULD be retried up to retry times".
-        dls_error = await self._attempts(dls, dead, None, count=False)
-        if dls_error is None:
-            stats.dead_lettered += 1
-            log.warning(
-                "dead-lettered event id=%s source=%s: %s failed: %s",
-                event.id,
-                event.source,
-                self.destination,
-                error,
-            )
-            return Outcome.DEAD_LETTERED
-        stats.dropped += 1
-        stats.last_error = f"dead letter sink {self.spec.dead_letter_uri or ''}: {dls_error}"
-        log.error(
-            "dropped event id=%s source=%s: %s failed (%s) and so did the dead letter sink (%s)",
+        stats.dead_lettered += 1
+        level = logging.ERROR if dls_error is not None else logging.WARNING
+        _given_up.log(
+            level,
+            (self.name, "dead-lettered"),
+            "%s: gave up on event id=%s source=%s after %s to %s failed: %s; %s",
+            self.name,
             event.id,
             event.source,
+            attempts,
             self.destination,
             error,
-            dls_error,
+            where + (f" (the dead letter sink failed: {dls_error})" if dls_error else ""),
         )
-        return Outcome.DROPPED
+        return Outcome.DEAD_LETTERED
+
+    def _kept_in(self, recorded: bool, sent: bool) -> str | None:
+        """Where a given-up event is kept, as log text (None: nowhere)."""
+        if recorded and sent:
+            return f"kept as a dead letter and sent to {self.spec.dead_letter_uri or 'the DLS'}"
+        if recorded:
+            return "kept as a dead letter (headwater deadletters list)"
+        if sent:
+            return f"sent to the dead letter sink {self.spec.dead_letter_uri or ''}".rstrip()
+        return None
 
     async def _attempts(
         self,
@@ -473,6 +533,8 @@ class Deliverer:
                 return None
             if count:
                 self.stats.failed_attempts += 1
+                # Seen as it happens, not only once the event is given up on.
+                self.stats.failed(f"{self.destination}: {error}", attempt + 1)
             if not error.retryable or attempt >= spec.retry:
                 return error
             attempt += 1

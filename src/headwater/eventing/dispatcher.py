@@ -120,6 +120,11 @@ class Dispatcher:
         self._settled = asyncio.Event()
         self._settled.set()
 
+    @property
+    def unfinished(self) -> int:
+        """Events handed out and not yet delivered, dead-lettered or dropped."""
+        return self._unfinished
+
     async def wait_ready(self) -> None:
         """Wait until the cursor exists (so a ``latest`` start is pinned before events flow)."""
         await self._ready.wait()
@@ -152,7 +157,7 @@ class Dispatcher:
                         timeout = POLL_TIMEOUT if self._ready.is_set() else 0
                         batch = await reader.next_batch(wanted, timeout=timeout)
                     except LogUnavailable as exc:
-                        self.stats.last_error = f"log: {exc}"
+                        self.stats.failed(f"log: {exc}")
                         log.warning("%s: log unavailable, retrying: %s", self.consumer, exc)
                         await asyncio.sleep(retry_delay)
                         retry_delay = min(retry_delay * 2, LOG_RETRY_DELAY[1])

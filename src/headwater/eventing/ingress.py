@@ -1,4 +1,7 @@
-"""The Broker ingress: ``POST /{namespace}/{broker}`` over HTTP, Knative's status codes.
+"""The Broker (and Channel) ingress over HTTP, with Knative's status codes.
+
+Brokers answer at ``POST /{namespace}/{broker}``; Channels, with the same
+ingress under a prefix, at ``POST /channels/{namespace}/{channel}``.
 
 How this works: an aiohttp handler that only parses and validates; the
 Broker stores. The body is read up to the broker's limit (never more), then
@@ -7,7 +10,7 @@ mode, decided by Content-Type). The answer follows Knative's broker ingress:
 
 - ``202`` once every event of the request is durable in the log;
 - ``400`` with the reason for anything that is not a valid CloudEvent;
-- ``404`` for an unknown broker; ``405`` for methods other than POST
+- ``404`` for an unknown broker (channel); ``405`` for methods other than POST
   (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs");
 - ``413`` over the broker's maximum event size;
 - ``503`` with ``Retry-After`` when the log is unavailable or the broker saturated.
@@ -60,11 +63,21 @@ Lookup = Callable[[str, str], Acceptor | None]
 
 
 class Ingress:
-    """The HTTP ingress of every Broker that ``lookup`` knows; ``app()`` is the aiohttp app."""
+    """The HTTP ingress of every Broker that ``lookup`` knows; ``app()`` is the aiohttp app.
 
-    def __init__(self, lookup: Lookup, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+    ``what`` names what ``lookup`` finds in answers ("broker", "channel").
+    """
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        *,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        what: str = "broker",
+    ) -> None:
         self._lookup = lookup
         self.max_batch_bytes = max_batch_bytes
+        self.what = what
         self.responses: Counter[int] = Counter()
 
     def app(self) -> web.Application:
@@ -90,7 +103,7 @@ class Ingress:
         name = request.match_info["name"]
         broker = self._lookup(namespace, name)
         if broker is None:
-            return _text(404, f"broker {namespace}/{name} not found")
+            return _text(404, f"{self.what} {namespace}/{name} not found")
 
         is_batch = request.content_type == BATCH_CONTENT_TYPE
         limit = (
@@ -98,12 +111,12 @@ class Ingress:
         )
         declared = request.content_length
         if declared is not None and declared > limit:
-            return _too_large(declared, limit)
+            return _too_large(declared, limit, self.what)
         # With a Content-Length (checked above) read it at once; chunked bodies are
         # read until they pass the limit, and no further.
         body = await request.read() if declared is not None else await _read_bounded(request, limit)
         if body is None:
-            return _too_large(None, limit)
+            return _too_large(None, limit, self.what)
 
         try:
             decoded = from_http(request.headers.items(), body)
@@ -121,7 +134,7 @@ class Ingress:
         except Saturated as exc:
             return _text(503, str(exc), **{"Retry-After": str(exc.retry_after)})
         except StreamNotFound:
-            return _text(404, f"broker {namespace}/{name} is not running")
+            return _text(404, f"{self.what} {namespace}/{name} is not running")
         except LogUnavailable as exc:
             log.warning("ingress %s/%s: log unavailable: %s", namespace, name, exc)
             return _text(
@@ -161,9 +174,9 @@ def _text(status: int, text: str, **headers: str) -> web.Response:
     )
 
 
-def _too_large(size: int | None, limit: int) -> web.Response:
+def _too_large(size: int | None, limit: int, owner: str = "broker") -> web.Response:
     what = f"{size} bytes" if size is not None else "the request body"
-    return _text(413, f"{what} is over the broker's limit of {limit} bytes")
+    return _text(413, f"{what} is over the {owner}'s limit of {limit} bytes")
 
 
 class IngressServer:

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Final, Protocol
 
+from headwater._signal import Signal
 from headwater.log._cursor import Cursor
 from headwater.log.base import (
     DEFAULT_BATCH,
@@ -25,28 +26,10 @@ from headwater.log.base import (
     Start,
 )
 
+__all__ = ["FOREVER_WAIT", "LocalBackend", "LocalReader", "Signal"]
+
 FOREVER_WAIT: Final = 3600.0
 """How long one wait of ``async for`` lasts before it simply waits again."""
-
-
-class Signal:
-    """Wakes every waiter when a stream grows (one asyncio.Event per generation)."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def waiter(self) -> asyncio.Event:
-        """Take this before looking for entries, then wait on it if there were none."""
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
-
-    def notify(self) -> None:
-        event, self._event = self._event, None
-        if event is not None:
-            event.set()
 
 
 class LocalBackend(Protocol):

@@ -5,10 +5,15 @@ from headwater.resources.kinds import ADDRESSABLE_KINDS, KINDS
 from headwater.resources.loader import (
     ConfigError,
     Loaded,
+    LoadResult,
     Problem,
     check_references,
+    collect_paths,
+    collect_text,
+    load_document,
     load_paths,
     load_text,
+    reference_problems,
 )
 from headwater.resources.models import (
     Broker,
@@ -40,6 +45,7 @@ __all__ = [
     "EventDisplay",
     "InMemoryChannel",
     "KReference",
+    "LoadResult",
     "Loaded",
     "PingSource",
     "Problem",
@@ -49,8 +55,12 @@ __all__ = [
     "Trigger",
     "TriggerFilter",
     "check_references",
+    "collect_paths",
+    "collect_text",
+    "load_document",
     "load_paths",
     "load_text",
     "parse_duration",
     "parse_start",
+    "reference_problems",
 ]

@@ -426,11 +426,12 @@ class ContainerSourceSpec(Model):
     @classmethod
     def _http_reachable(cls, value: Destination) -> Destination:
         # The process reaches its sink over HTTP (K_SINK), so the sink needs an
-        # HTTP address: a Broker's ingress or an absolute `uri`.
-        if value.ref is not None and (value.ref.kind != "Broker" or value.uri):
+        # HTTP address: a Broker's or a Channel's ingress, or an absolute `uri`.
+        http_kinds = ("Broker", "Channel", "InMemoryChannel")
+        if value.ref is not None and (value.ref.kind not in http_kinds or value.uri):
             raise ValueError(
                 "a ContainerSource's process sends to K_SINK over HTTP: its sink must be a "
-                "Broker `ref` or an absolute `uri`"
+                "Broker or Channel `ref`, or an absolute `uri`"
             )
         return value
 

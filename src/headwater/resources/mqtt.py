@@ -115,7 +115,8 @@ class MqttBrokerSourceSpec(Model):
     password_file: str | None = None
     #: a mosquitto-style ACL file
     acl_file: str | None = None
-    #: sessions and retained messages persist here; none: in memory
+    #: sessions and retained messages persist here (relative: to the working directory);
+    #: none: under the node's data directory (``headwater up --data-dir``)
     data_dir: str | None = None
     #: which publishes become events (MQTT topic filters)
     topics: list[str] = Field(default_factory=lambda: ["#"])

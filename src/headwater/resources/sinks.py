@@ -81,6 +81,8 @@ class InfluxDBSinkSpec(Model):
     retention_policy: str | None = None
     username: str | None = None
     password_env: str | None = None
+    #: InfluxDB 1.x: create the database when it is missing (false: only check it is there)
+    create_database: bool = True
     #: InfluxDB 2.x: org, bucket and API token
     org: str | None = None
     bucket: str | None = None
@@ -114,6 +116,7 @@ class InfluxDBSinkSpec(Model):
             org=self.org,
             bucket=self.bucket,
             token=secret_from_env(self.token_env) if resolve_secrets else None,
+            create_database=self.create_database,
         )
 
 

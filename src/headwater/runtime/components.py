@@ -155,7 +155,9 @@ class ChannelComponent:
         return True
 
     def status(self) -> dict[str, Any]:
-        return self.channel.status()
+        status = self.channel.status()
+        status["address"] = self.runtime.channel_url(self.channel.namespace, self.channel.name)
+        return status
 
 
 def _member_options(runtime: Runtime, resource: Trigger | Subscription) -> dict[str, Any]:
@@ -375,7 +377,11 @@ class ContainerSourceComponent:
         if self._sink.ref is None:
             return self._sink.uri
         ref = self._sink.ref
-        url = self._runtime.ingress_url(ref.namespace or self._namespace, ref.name)
+        namespace = ref.namespace or self._namespace
+        if ref.kind == "Broker":
+            url = self._runtime.ingress_url(namespace, ref.name)
+        else:
+            url = self._runtime.channel_url(namespace, ref.name)
         # A wildcard bind address is not one to connect to: use loopback.
         return (
             url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")

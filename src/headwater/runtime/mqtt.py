@@ -8,7 +8,11 @@ component with ``start``/``stop``/``update``/``status``. A source resolves its
 MqttBrokerSource (looked up at each delivery, so the order in which the two
 start does not matter); with one, into that external broker. Any change to
 an MQTT resource recreates its component (listeners, sessions and
-connections are not patched in place).
+connections are not patched in place). An MqttBrokerSource keeps its
+sessions and retained messages where its ``dataDir`` says, else under the
+node's data directory (``<data-dir>/mqtt/<namespace>/<name>``), so that
+everything a node stores is in one place; with no data directory (a runtime
+in memory), in memory.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class MqttBrokerSourceComponent:
         passwords, acl = _auth(spec)
         config = BrokerConfig(
             listeners=tuple(_listener(listener) for listener in spec.listeners),
-            data_dir=spec.data_dir,
+            data_dir=session_dir(runtime, resource),
             passwords=passwords,
             acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
@@ -199,6 +203,15 @@ class MqttBrokerSourceComponent:
         held.add_metric(labels, self.source.broker.incomplete_bytes)
         families.append(held)
         return families
+
+
+def session_dir(runtime: Runtime, resource: MqttBrokerSource) -> str | None:
+    """Where an MqttBrokerSource keeps sessions: its ``dataDir``, else the node's data dir."""
+    if resource.spec.data_dir is not None:
+        return resource.spec.data_dir
+    if runtime.data_dir is None:
+        return None
+    return str(runtime.data_dir / "mqtt" / resource.namespace / resource.name)
 
 
 def _password(credentials: Credentials) -> bytes | None:

@@ -9,7 +9,9 @@ creates components for new resources, asks existing ones to ``update`` in
 place (a Trigger keeps its cursor when only its filter changes) and recreates
 those that cannot, and stops the ones no longer desired, senders first. One
 lock serialises changes, so concurrent API calls and file reloads never
-interleave.
+interleave. A change may carry a ``commit`` callback: it runs under that lock
+once the new desired state passed its checks and before anything changes
+(the runtime persists API changes there), and if it raises, nothing changes.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Component(Protocol):
 
 
 Builder = Callable[[Resource], Awaitable[Component]]
+Commit = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -85,6 +88,8 @@ class ApplyResult:
     updated: list[Key]
     unchanged: list[Key]
     deleted: list[Key]
+    warnings: list[Problem] = field(default_factory=list)
+    """Fields of what was applied that are accepted but ignored (see resources.loader)."""
 
 
 class Reconciler:
@@ -108,6 +113,10 @@ class Reconciler:
         entry = self._entries.get(key)
         return entry.loaded.resource if entry else None
 
+    def loaded(self) -> list[Loaded]:
+        """The desired state: every resource, with where it was loaded from."""
+        return [e.loaded for _, e in sorted(self._entries.items())]
+
     def component(self, key: Key) -> Component | None:
         entry = self._entries.get(key)
         return entry.component if entry else None
@@ -121,25 +130,31 @@ class Reconciler:
 
     # -- changing -------------------------------------------------------------
 
-    async def apply(self, loaded: Iterable[Loaded]) -> ApplyResult:
+    async def apply(self, loaded: Iterable[Loaded], *, commit: Commit | None = None) -> ApplyResult:
         """Merge resources into the desired state and reconcile."""
         async with self._lock:
             incoming = {item.resource.key: item for item in loaded}
             desired = {k: e.loaded for k, e in self._entries.items()} | incoming
             self._check(desired.values())
+            if commit is not None:
+                await commit()
             result = await self._reconcile(desired)
             result.unchanged[:] = [k for k in result.unchanged if k in incoming]
             return result
 
-    async def replace(self, loaded: Iterable[Loaded], *, keep: Iterable[Key] = ()) -> ApplyResult:
+    async def replace(
+        self, loaded: Iterable[Loaded], *, keep: Iterable[Key] = (), commit: Commit | None = None
+    ) -> ApplyResult:
         """Make ``loaded`` the whole desired state (plus the ``keep`` keys)."""
         async with self._lock:
             kept = {k: self._entries[k].loaded for k in keep if k in self._entries}
             desired = kept | {item.resource.key: item for item in loaded}
             self._check(desired.values())
+            if commit is not None:
+                await commit()
             return await self._reconcile(desired)
 
-    async def delete(self, keys: Iterable[Key]) -> ApplyResult:
+    async def delete(self, keys: Iterable[Key], *, commit: Commit | None = None) -> ApplyResult:
         async with self._lock:
             gone = set(keys)
             missing = gone - self._entries.keys()
@@ -147,6 +162,8 @@ class Reconciler:
                 raise KeyError(", ".join(f"{k[0]} {k[1]}/{k[2]}" for k in sorted(missing)))
             desired = {k: e.loaded for k, e in self._entries.items() if k not in gone}
             self._check(desired.values())
+            if commit is not None:
+                await commit()
             return await self._reconcile(desired)
 
     async def close(self) -> None:
@@ -209,9 +226,13 @@ class Reconciler:
         except Exception as exc:
             # The resource stays desired and reports why it is not running;
             # the rest of the mesh keeps going (ARCHITECTURE.md principle 6).
-            log.exception(
-                "%s %s/%s failed to start", resource.kind, resource.namespace, resource.name
-            )
+            # The environment's refusals (a port in use, a file that is not
+            # there) are one line; a traceback is for Headwater's own bugs.
+            what = (resource.kind, resource.namespace, resource.name)
+            if isinstance(exc, OSError | ValueError):
+                log.error("%s %s/%s failed to start: %s", *what, exc)
+            else:
+                log.exception("%s %s/%s failed to start", *what)
             entry.component = None
             entry.ready = Condition("Ready", "False", type(exc).__name__, str(exc))
             return

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -46,23 +47,23 @@ from headwater.log import (
     Start,
     StreamConfig,
 )
+from headwater.resources import DeliverySpec as ResourceDelivery
 from headwater.resources import (
-    ConfigError,
     Destination,
     Loaded,
-    Problem,
+    LoadResult,
     Resource,
     Subscription,
     Trigger,
-    load_text,
     parse_start,
 )
-from headwater.resources import DeliverySpec as ResourceDelivery
 from headwater.runtime import components
 from headwater.runtime import mqtt as mqtt_components
 from headwater.runtime import sinks as sink_components
+from headwater.runtime.applied import Origin, Resources
 from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
+from headwater.state import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] 
     mqtt_components.BUILDERS,
     sink_components.BUILDERS,
 )
+
+
+CHANNEL_PREFIX: Final = "/channels"
+"""Channels' HTTP ingress: ``POST /channels/{namespace}/{name}`` (Brokers' is ``/{ns}/{name}``)."""
 
 
 class UnresolvedDestination(LookupError):
@@ -144,7 +149,7 @@ DATA_OMITTED_EXTENSION: Final = "headwaterdataomitted"  # data too large to keep
 # A re-drive appends a marker (the log is append-only: records are never edited).
 REDRIVE_TYPE: Final = "dev.headwater.deadletter.redriven"
 REDRIVEN_EXTENSION: Final = "headwaterredriven"  # the record's id
-OUTCOME_EXTENSION: Final = "headwateroutcome"  # delivered | dead-lettered | dropped
+OUTCOME_EXTENSION: Final = "headwateroutcome"  # an Outcome: delivered | dead-lettered | dropped
 
 RECORD_EXTENSIONS: Final = (
     "knativeerrordest",
@@ -270,17 +275,26 @@ class DeadLetters:
                 await log_.delete_consumer(stream, consumer)
         return records, outcomes
 
-    async def list(self, limit: int, before: int | None = None) -> list[DeadLetter]:
-        """The newest ``limit`` records (below offset ``before``), newest first."""
+    async def list(
+        self, limit: int, before: int | None = None, origin: Key | None = None
+    ) -> list[DeadLetter]:
+        """The newest ``limit`` records (below offset ``before``, of ``origin``), newest first."""
         first, last = await self.info()
         end = last if before is None else min(last, before - 1)
         # Each re-drive adds a marker (and a record when it fails again), so
         # four entries per wanted record is ample; never more than the bound.
-        start = max(first, end - min(DEAD_LETTER_SCAN, 4 * limit) + 1)
+        # Records of one origin may be spread among others': the whole bound.
+        window = DEAD_LETTER_SCAN if origin is not None else min(DEAD_LETTER_SCAN, 4 * limit)
+        start = max(first, end - window + 1)
         # Markers come after their records: read on to the end, within the bound.
         records, outcomes = await self._scan(start, min(last, start + 2 * DEAD_LETTER_SCAN))
-        ids = sorted((i for i in records if i <= end), reverse=True)[:limit]
-        return [DeadLetter(i, records[i], outcomes.get(i)) for i in ids]
+        newest = sorted(records, reverse=True)
+        letters = (DeadLetter(i, records[i], outcomes.get(i)) for i in newest)
+        return [
+            letter
+            for letter in letters
+            if letter.id <= end and (origin is None or letter.origin == origin)
+        ][:limit]
 
     async def get(self, id: int) -> DeadLetter | None:
         first, last = await self.info()
@@ -330,6 +344,27 @@ class DeadLetters:
             self._redriving.discard(id)
 
 
+def _report_unfinished(fanouts: Sequence[BrokerFanout | ChannelFanout], grace: float) -> None:
+    """Say how many deliveries stop unfinished at shutdown, and what becomes of them."""
+    kept = sum(f.unfinished() for f in fanouts if not isinstance(f.log, MemoryLog))
+    lost = sum(f.unfinished() for f in fanouts if isinstance(f.log, MemoryLog))
+    after = f" after {grace:g}s (--drain-timeout)" if grace > 0 else ""
+    if kept:
+        log.warning(
+            "stopping with %d deliveries still under way%s: they were not acknowledged "
+            "and will be delivered again at the next start",
+            kept,
+            after,
+        )
+    if lost:
+        log.warning(
+            "stopping with %d deliveries still under way%s on in-memory channels: their "
+            "events are lost with them (nothing in memory survives a restart)",
+            lost,
+            after,
+        )
+
+
 class Runtime:
     """Headwater's running state; the admin API and ``headwater up`` drive it.
 
@@ -337,10 +372,22 @@ class Runtime:
     their own). The runtime owns it and closes it in :meth:`close`.
     """
 
-    def __init__(self, log: EventLog | None = None, *, http_worker: bool = False) -> None:
+    def __init__(
+        self,
+        log: EventLog | None = None,
+        *,
+        http_worker: bool = False,
+        state: StateStore | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.started = time.time()
         self.listeners: dict[str, str] = {}
         self.log: EventLog = log if log is not None else MemoryLog()
+        # What the API applied is kept here (see runtime.applied); owned and closed here.
+        self.state: StateStore = state if state is not None else MemoryStore()
+        # Where components keep what they store unless their resource names a place
+        # (None: in memory).
+        self.data_dir = data_dir
         self._session: aiohttp.ClientSession | None = None
         self._delivery_client: Http1Client | None = None
         # HttpSinks' requests made by a worker process (see eventing.http_worker).
@@ -351,6 +398,7 @@ class Runtime:
             for kind, build in table.items()
         }
         self.reconciler = Reconciler(builders)
+        self.desired = Resources(self.reconciler, self.state)
         self.dead_letters = DeadLetters(self)
 
     def _builder(self, build: Callable[[Runtime, Any], Component]) -> Builder:
@@ -397,6 +445,19 @@ class Runtime:
     def ingress_url(self, namespace: str, name: str) -> str | None:
         base = self.listeners.get("http")
         return f"{base}/{namespace}/{name}" if base else None
+
+    def channel_lookup(self, namespace: str, name: str) -> ChannelFanout | None:
+        """The running Channel (or InMemoryChannel) at ``/channels/{namespace}/{name}``."""
+        for kind in ("Channel", "InMemoryChannel"):
+            component = self.reconciler.component((kind, namespace, name))
+            if isinstance(component, ChannelComponent):
+                return component.channel
+        return None
+
+    def channel_url(self, namespace: str, name: str) -> str | None:
+        """A Channel's HTTP address (Knative's ``status.address.url``)."""
+        base = self.listeners.get("http")
+        return f"{base}{CHANNEL_PREFIX}/{namespace}/{name}" if base else None
 
     def resolve(
         self, destination: Destination, namespace: str, delivery: ResourceDelivery | None = None
@@ -488,17 +549,48 @@ class Runtime:
     def status(self, key: Key) -> dict[str, Any]:
         return self.reconciler.status(key)
 
+    def origin(self, key: Key) -> Origin | None:
+        """Where a resource came from: a file of ``headwater up``, or the API."""
+        return self.desired.origin(key)
+
+    async def start(self, files: LoadResult) -> ApplyResult:
+        """Run ``headwater up``'s files and what the API applied before (see runtime.applied)."""
+        return await self.desired.start(files)
+
+    async def reload(self, files: LoadResult) -> ApplyResult:
+        """The files changed (``--watch``): they become the desired state, beside the API's."""
+        return await self.desired.reload(files)
+
     async def apply(self, loaded: Iterable[Loaded]) -> ApplyResult:
-        return await self.reconciler.apply(loaded)
+        """Apply resources this process owns (as its files), unchecked and not stored."""
+        return await self.desired.apply_files(list(loaded))
 
     async def apply_text(self, text: str, file: str) -> ApplyResult:
-        loaded = load_text(text, file)
-        if not loaded:
-            raise ConfigError([Problem(file, None, "no resources in the request")])
-        return await self.reconciler.apply(loaded)
+        """The API's apply: checked against ownership, kept in the state store."""
+        return await self.desired.apply_text(text, file)
+
+    async def update_text(self, text: str, file: str, key: Key) -> ApplyResult:
+        """The API's replace of one resource (compare-and-set on its resourceVersion)."""
+        return await self.desired.update_text(text, file, key)
+
+    async def delete_applied(self, keys: Sequence[Key]) -> ApplyResult:
+        """The API's delete: only what the API applied; removed from the state store."""
+        return await self.desired.delete(keys)
 
     async def delete(self, keys: Iterable[Key]) -> ApplyResult:
-        return await self.reconciler.delete(keys)
+        """Delete resources whoever applied them (the process's own decision)."""
+        result = await self.reconciler.delete(keys)
+        for key in result.deleted:
+            self.desired.origins.pop(key, None)
+        return result
+
+    async def stop_processes(self) -> None:
+        """Stop ContainerSource processes (first at shutdown: they post to the HTTP
+        listener, which closes next). Their resources stay; ``close`` finishes them."""
+        for resource in self.resources("ContainerSource"):
+            component = self.reconciler.component(resource.key)
+            if component is not None:
+                await component.stop()
 
     def _fanout_keys(self) -> list[Key]:
         return [
@@ -512,15 +604,19 @@ class Runtime:
         deliveries under way finish, for up to that many seconds; what does
         not finish is delivered again after a restart.
         """
+        fanouts = [
+            c.broker if isinstance(c, BrokerComponent) else c.channel
+            for c in map(self.reconciler.component, self._fanout_keys())
+            if isinstance(c, BrokerComponent | ChannelComponent)
+        ]
         if grace > 0:
-            fanouts = [
-                c.broker if isinstance(c, BrokerComponent) else c.channel
-                for c in map(self.reconciler.component, self._fanout_keys())
-                if isinstance(c, BrokerComponent | ChannelComponent)
-            ]
-            settled = await asyncio.gather(*(f.drain(grace) for f in fanouts))
-            if not all(settled):
-                log.warning("stopping with deliveries still under way after %.1fs", grace)
+            under_way = sum(f.unfinished() for f in fanouts)
+            if under_way:
+                log.info(
+                    "stopping: %d deliveries under way get up to %gs to finish", under_way, grace
+                )
+            await asyncio.gather(*(f.drain(grace) for f in fanouts))
+        _report_unfinished(fanouts, grace)
         await self.reconciler.close()
         if self.http_worker is not None:
             await self.http_worker.close()
@@ -531,3 +627,4 @@ class Runtime:
             await self._session.close()
             self._session = None
         await self.log.close()
+        await self.state.close()

@@ -24,6 +24,15 @@ same series and timestamp overwrite the same values).
 InfluxDB 1.x: ``POST /write?db=&rp=&precision=`` with basic auth;
 2.x: ``POST /api/v2/write?org=&bucket=&precision=`` with ``Authorization:
 Token``. Credentials go in headers only, never in URLs, reprs or logs.
+
+Before its first write, and again after a write was told the database or
+bucket is not there, the sink prepares its target: on 1.x it creates the
+database (``CREATE DATABASE``, which changes nothing when it exists; skipped
+with ``create_database=False``), on 2.x it looks the bucket up in its org
+(a 2.x bucket has a retention policy of its own, so the sink never creates
+one). What stands in the way (a bucket that is not there, a user that may not
+create databases, a token InfluxDB refuses) is one clear ERROR line and the
+``problem`` of :meth:`InfluxDBSink.status`, not one error per event.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing.delivery import parse_retry_after, should_retry
 from headwater.eventing.http import new_session
 from headwater.eventing.sink import DeliveryError
+from headwater.logs import Throttle
 from headwater.sinks.lineprotocol import LineProtocolError, PointMapping
 
 __all__ = [
@@ -57,6 +67,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_problems = Throttle(log)
+"""One line per sink and kind of problem with its target per minute."""
 
 DEFAULT_BATCH_SIZE: Final = 5000
 """Points per write: InfluxDB's documented optimum ("batches of 5,000 points")."""
@@ -101,6 +114,8 @@ class InfluxTarget:
     org: str | None = None
     bucket: str | None = None
     token: str | None = field(default=None, repr=False)
+    create_database: bool = True
+    """1.x: create the database when it is missing (InfluxDB's own CREATE DATABASE)."""
 
     def __post_init__(self) -> None:
         if (self.database is None) == (self.bucket is None):
@@ -136,6 +151,15 @@ class InfluxTarget:
             return f"{base}/write?{urlencode(query)}"
         query = {"org": self.org, "bucket": self.bucket, "precision": precision}
         return f"{base}/api/v2/write?{urlencode(query)}"
+
+    @property
+    def where(self) -> str:
+        """The database (1.x) or org/bucket (2.x), for messages."""
+        return (
+            f"database {self.database!r}"
+            if self.version == 1
+            else (f"bucket {self.bucket!r} of org {self.org!r}")
+        )
 
     def auth_headers(self) -> dict[str, str]:
         if self.version == 2:
@@ -210,6 +234,10 @@ class InfluxDBSink:
         self.writes = 0
         self.failed_writes = 0
         self.last_error: str | None = None
+        # The target's state (see prepare()): checked before the first write.
+        self.problem: str | None = None
+        self._prepared = False
+        self._preparing = asyncio.Lock()
 
     def __repr__(self) -> str:
         where = self.target.database or f"{self.target.org}/{self.target.bucket}"
@@ -262,6 +290,7 @@ class InfluxDBSink:
             "failedWrites": self.failed_writes,
             "buffered": self._buffered,
             "lastError": self.last_error,
+            "problem": self.problem,
         }
 
     # -- the Sink interface ------------------------------------------------------
@@ -307,7 +336,112 @@ class InfluxDBSink:
 
     # -- the flusher ---------------------------------------------------------------
 
+    # -- the target --------------------------------------------------------------
+
+    async def prepare(self) -> str | None:
+        """Create the 1.x database / check the 2.x bucket; None when it is ready, else why.
+
+        Once ready, later calls return at once (until a write finds the target gone).
+        """
+        async with self._preparing:
+            if self._prepared:
+                return None
+            target = self.target
+            if target.version == 2:
+                check = self._check_bucket()
+            elif target.create_database:
+                check = self._create_database()
+            else:
+                check = self._check_database()
+            try:
+                problem = await check
+            except TimeoutError:
+                problem = f"InfluxDB did not answer within {self.write_timeout:g}s"
+            except (aiohttp.ClientError, OSError) as exc:
+                problem = f"InfluxDB cannot be reached: {type(exc).__name__}: {exc}"
+            self._prepared = problem is None
+            if problem is not None:
+                _problems.error(
+                    (id(self), problem), "%r: %s; writes fail until this is fixed", self, problem
+                )
+            elif self.problem is not None:
+                log.info("%r: %s is ready", self, target.where)
+            self.problem = problem
+            return problem
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        session = self._session
+        assert session is not None  # set in start()
+        url = self.target.url.rstrip("/") + path
+        headers = self.target.auth_headers()
+        async with (
+            asyncio.timeout(self.write_timeout),
+            session.request(method, url, headers=headers, data=data, params=params) as response,
+        ):
+            return response.status, await response.content.read(MAX_ERROR_BODY)
+
+    async def _create_database(self) -> str | None:
+        """1.x: ``CREATE DATABASE`` (a no-op for a database that exists)."""
+        name = (self.target.database or "").replace("\\", "\\\\").replace('"', '\\"')
+        status, body = await self._request(
+            "POST", "/query", data={"q": f'CREATE DATABASE "{name}"'}
+        )
+        if status == 200 and b'"error"' not in body:
+            return None
+        return (
+            f"{self.target.where} does not exist and cannot be created "
+            f"(InfluxDB {status}: {_message(body)}): create it "
+            f'(CREATE DATABASE "{self.target.database}") or let this user create it; '
+            "`createDatabase: false` stops trying"
+        )
+
+    async def _check_database(self) -> str | None:
+        """1.x with ``create_database=False``: is the database there?"""
+        status, body = await self._request("GET", "/query", params={"q": "SHOW DATABASES"})
+        if status != 200:
+            return f"cannot list the databases (InfluxDB {status}: {_message(body)})"
+        try:
+            series = orjson.loads(body)["results"][0].get("series") or []
+            names = {row[0] for s in series for row in s.get("values") or []}
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            return f"cannot list the databases (InfluxDB answered {_message(body)!r})"
+        if self.target.database in names:
+            return None
+        return (
+            f"{self.target.where} does not exist and `createDatabase: false` says not to "
+            f'create it: create it (CREATE DATABASE "{self.target.database}")'
+        )
+
+    async def _check_bucket(self) -> str | None:
+        """2.x: is the bucket there? (Its retention is the owner's choice: never created.)"""
+        target = self.target
+        status, body = await self._request(
+            "GET", "/api/v2/buckets", params={"org": target.org or "", "name": target.bucket or ""}
+        )
+        if status == 200:
+            try:
+                found = orjson.loads(body).get("buckets") or []
+            except (orjson.JSONDecodeError, AttributeError):
+                found = []
+            if any(b.get("name") == target.bucket for b in found if isinstance(b, dict)):
+                return None
+            return (
+                f"{target.where} does not exist: create it (influx bucket create "
+                f"--name {target.bucket} --org {target.org}) or fix `bucket`"
+            )
+        if status == 401:
+            return f"InfluxDB refused the token (401: {_message(body)}): check `tokenEnv`"
+        return f"cannot look up {target.where} (InfluxDB {status}: {_message(body)})"
+
     async def _run(self) -> None:
+        await self.prepare()
         async with asyncio.TaskGroup() as writes:
             while (batch := await self._next_batch()) is not None:
                 await self._slots.acquire()
@@ -341,6 +475,8 @@ class InfluxDBSink:
 
     async def _write_batch(self, batch: _Batch) -> None:
         try:
+            if not self._prepared:
+                await self.prepare()
             outcomes = await self._write_narrowing(batch.lines)
         except Exception as exc:  # never let one write take the flusher down
             log.exception("%r: write failed unexpectedly", self)
@@ -416,6 +552,8 @@ class InfluxDBSink:
             )
         self.failed_writes += 1
         self.last_error = error.reason or str(error)
+        if error.status == 404:
+            self._prepared = False  # the database or bucket went away: prepare again
         return error
 
 

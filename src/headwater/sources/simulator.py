@@ -2,9 +2,14 @@
 
 How this works: :class:`Climate` is a pure, seeded model of one sensor
 (temperature follows a daily sine around the device's setpoint plus a
-bounded random walk; humidity moves against it; the battery drains slowly),
-so the same seed gives the same readings. :class:`Fleet` connects one
-:class:`~headwater.mqtt.client.Client` per device (client id
+bounded random walk; humidity moves against it; the battery, in percent,
+drains slowly), so the same seed gives the same readings. Greenhouse vents
+stick: :class:`VentFailures` shuts one device's vent :data:`VENT_FIRST`
+seconds after the fleet starts and another's every :data:`VENT_EVERY`
+seconds after that, and that greenhouse heats towards :data:`VENT_HEAT`
+for a while whatever the time of day, so a demo shows heat alerts within
+its first minute (the daily curve alone follows UTC and rarely reaches one).
+:class:`Fleet` connects one :class:`~headwater.mqtt.client.Client` per device (client id
 ``{prefix}-{n}``), subscribes each to ``devices/{id}/commands`` and publishes
 JSON telemetry to ``sensors/{id}/climate`` at the fleet's total ``rate``
 (messages per second, spread evenly over the devices). A command with a JSON
@@ -33,9 +38,42 @@ from headwater.backoff import Backoff
 from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused, tls_context
 from headwater.mqtt.packets import Properties, ProtocolVersion
 
-__all__ = ["Climate", "Fleet", "FleetConfig", "FleetStats"]
+__all__ = ["Climate", "Fleet", "FleetConfig", "FleetStats", "VentFailures"]
 
 DAY = 86_400.0
+
+VENT_FIRST = 10.0
+"""Seconds after the fleet starts when the first vent (device 0's) sticks shut."""
+VENT_EVERY = 300.0
+"""Seconds between two vent failures in the fleet (the next device's each time)."""
+VENT_RAMP = 15.0
+"""Seconds a greenhouse takes to heat up (and to cool down again once fixed)."""
+VENT_STUCK = 45.0
+"""Seconds a vent stays shut at full heat."""
+VENT_HEAT = 31.0
+"""°C a greenhouse heats towards with its vent shut: well past a 25 °C alert."""
+
+
+@dataclass(frozen=True, slots=True)
+class VentFailures:
+    """When device ``index`` of a fleet of ``devices`` started at ``start`` has its vent shut."""
+
+    start: float
+    index: int
+    devices: int
+
+    def heat(self, now: float) -> float:
+        """How far towards :data:`VENT_HEAT` the greenhouse is now: 0 (vent fine) to 1."""
+        since = now - self.start - VENT_FIRST - self.index * VENT_EVERY
+        if since < 0:
+            return 0.0
+        cycle = self.devices * VENT_EVERY  # each device's turn comes round again
+        at = since % cycle
+        if at < VENT_RAMP:
+            return at / VENT_RAMP
+        if at < VENT_RAMP + VENT_STUCK:
+            return 1.0
+        return max(0.0, 1.0 - (at - VENT_RAMP - VENT_STUCK) / VENT_RAMP)
 
 
 @dataclass(slots=True)
@@ -49,6 +87,7 @@ class Climate:
     humidity: float = 55.0
     battery: float = 100.0
     seq: int = 0
+    vents: VentFailures | None = None
     rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +101,8 @@ class Climate:
         self.drift = max(-3.0, min(3.0, self.drift + rng.gauss(0.0, 0.15)))
         daily = 4.0 * math.sin(2 * math.pi * ((now % DAY) / DAY - 0.25))
         temperature = self.setpoint + daily + self.drift
+        if self.vents is not None:
+            temperature += (VENT_HEAT - temperature) * self.vents.heat(now)
         self.humidity = max(20.0, min(95.0, self.humidity - 0.2 * self.drift + rng.gauss(0, 0.3)))
         self.battery = max(0.0, self.battery - 0.001)
         return {
@@ -125,6 +166,7 @@ class Fleet:
         self.config = config
         self.stats = FleetStats()
         self._budget = config.count
+        self._started = time.time()
 
     def _take(self) -> bool:
         if self._budget is None:
@@ -136,6 +178,7 @@ class Fleet:
 
     async def run(self) -> FleetStats:
         c = self.config
+        self._started = time.time()
         try:
             async with asyncio.timeout(c.duration), asyncio.TaskGroup() as tg:
                 for n in range(c.devices):
@@ -147,7 +190,9 @@ class Fleet:
     async def _device(self, n: int) -> None:
         c = self.config
         device_id = f"{c.prefix}-{n}"
-        model = Climate(device_id, c.seed * 100_003 + n)
+        model = Climate(
+            device_id, c.seed * 100_003 + n, vents=VentFailures(self._started, n, c.devices)
+        )
         client_config = ClientConfig(
             c.host,
             c.port,

@@ -1,9 +1,12 @@
-"""The Grafana dashboard's queries return the demo's readings from a real influxd."""
+"""The Grafana files work: InfluxQL panels on a real influxd, the PromQL panel on a real
+prometheus configured by deploy/grafana/prometheus.yml, units as the simulator sends."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,8 @@ from ruamel.yaml import YAML
 
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
-from tests.servers import InfluxServer
+from headwater.sources.simulator import Climate
+from tests.servers import InfluxServer, PrometheusServer, find_executable
 
 pytestmark = pytest.mark.integration
 
@@ -52,41 +56,51 @@ async def influxql(session: aiohttp.ClientSession, url: str, q: str) -> list[dic
     return result.get("series", [])  # type: ignore[no-any-return]
 
 
+def test_battery_panels_show_the_percentage_the_simulator_sends() -> None:
+    board = dashboard()
+    battery = [p for p in board["panels"] if p["title"].startswith("Battery")]
+    assert len(battery) == 2
+    for panel in battery:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percent", 0, 100)
+    climate = Climate("sim-1", seed=3)
+    levels = [float(climate.reading(1_767_225_600.0 + i)["battery"]) for i in range(100)]  # type: ignore[arg-type]
+    assert all(0 <= level <= 100 for level in levels) and levels[0] > 99
+
+
 async def test_dashboard_queries_return_what_the_demo_sink_wrote(
-    influxd: InfluxServer, monkeypatch: pytest.MonkeyPatch
+    influxd: InfluxServer,
+    headwater: tuple[Runtime, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    """On an influxd without the database: the sink creates it (as `make run` needs)."""
     monkeypatch.setenv("INFLUXDB_URL", influxd.url)
+    runtime, address = headwater
     async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{influxd.url}/query", data={"q": "CREATE DATABASE headwater"}
-        ) as response:
-            assert response.status == 200
-        runtime = Runtime()
-        try:
-            await runtime.apply_text(BROKER, "broker.yaml")
-            await runtime.apply_text((GRAFANA / "influxdb-sink.yaml").read_text(), "sink.yaml")
-            events = [
-                CloudEvent(
-                    {
-                        "specversion": "1.0",
-                        "id": str(i),
-                        "source": "mqtt://gw/sensors",
-                        "type": "dev.headwater.telemetry",
-                        "subject": f"greenhouse-{i % 2}",
-                    },
-                    {"temperature": 20 + i / 10, "humidity": 40 + i, "battery": 3.7 - i / 100},
-                )
-                for i in range(10)
-            ]
-            await runtime.broker("default", "default").accept(events)
-            key = ("InfluxDBSink", "default", "influxdb")
-            for _ in range(250):  # up to 5 s for the Trigger to deliver
-                if runtime.status(key).get("pointsWritten") == 10:
-                    break
-                await asyncio.sleep(0.02)
-            assert runtime.status(key)["pointsWritten"] == 10
-        finally:
-            await runtime.close()
+        await runtime.apply_text(BROKER, "broker.yaml")
+        await runtime.apply_text((GRAFANA / "influxdb-sink.yaml").read_text(), "sink.yaml")
+        now = time.time()
+        events = [
+            CloudEvent(
+                {
+                    "specversion": "1.0",
+                    "id": str(i),
+                    "source": "mqtt://greenhouse/sim",
+                    "type": "dev.headwater.telemetry",
+                    "subject": f"greenhouse-{i % 2}",
+                },
+                Climate(f"greenhouse-{i % 2}", seed=i % 2).reading(now),
+            )
+            for i in range(10)
+        ]
+        await runtime.broker("default", "default").accept(events)
+        key = ("InfluxDBSink", "default", "influxdb")
+        for _ in range(250):  # up to 5 s for the Trigger to deliver
+            if runtime.status(key).get("pointsWritten") == 10:
+                break
+            await asyncio.sleep(0.02)
+        assert runtime.status(key)["pointsWritten"] == 10
 
         board = dashboard()
         variable = board["templating"]["list"][0]["query"]
@@ -100,3 +114,60 @@ async def test_dashboard_queries_return_what_the_demo_sink_wrote(
             )
             series = await influxql(session, influxd.url, concrete)
             assert {s["tags"]["subject"] for s in series} == {"greenhouse-0", "greenhouse-1"}, query
+
+        # The Prometheus panel, from a prometheus that runs deploy/grafana/prometheus.yml.
+        config = YAML(typ="safe").load(GRAFANA / "prometheus.yml")
+        [job] = config["scrape_configs"]
+        assert job["static_configs"] == [{"targets": ["127.0.0.1:8080"]}]  # `make run`'s port
+        job["static_configs"] = [{"targets": [address]}]
+        config["global"]["scrape_interval"] = "1s"
+        prometheus = PrometheusServer(tmp_path / "prometheus", [address], config=config)
+        prometheus.start()
+        try:
+            expressions = [
+                t["expr"]
+                for p in board["panels"]
+                for t in p["targets"]
+                if t["datasource"]["uid"] == "headwater-prometheus"
+            ]
+            assert expressions
+            for expr in expressions:
+                await promql(session, prometheus.url, expr)  # valid, and answered
+            written = await promql(
+                session, prometheus.url, "sum by (name) (headwater_influxdb_points_written_total)"
+            )
+            assert {r["metric"]["name"]: r["value"][1] for r in written} == {"influxdb": "10"}
+        finally:
+            prometheus.stop()
+
+
+SCRAPE_WAIT = 30.0
+"""Seconds for prometheus to start, scrape Headwater and answer."""
+
+
+async def promql(session: aiohttp.ClientSession, url: str, expr: str) -> list[dict[str, Any]]:
+    """The result of ``expr`` once prometheus has scraped something for it."""
+    async with asyncio.timeout(SCRAPE_WAIT):
+        while True:
+            async with session.get(f"{url}/api/v1/query", params={"query": expr}) as response:
+                body = await response.json() if response.status == 200 else {}
+            if body.get("status") == "success" and body["data"]["result"]:
+                return body["data"]["result"]  # type: ignore[no-any-return]
+            assert body.get("errorType") != "bad_data", f"{expr}: {body.get('error')}"
+            await asyncio.sleep(0.25)
+
+
+def test_the_prometheus_config_is_valid(tmp_path: Path) -> None:
+    checked = subprocess.run(
+        [
+            find_executable("promtool", "/usr/bin/promtool"),
+            "check",
+            "config",
+            "--syntax-only",
+            str(GRAFANA / "prometheus.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -129,14 +129,20 @@ async def test_field_type_conflict_fails_only_the_offending_events(influxd: Infl
 
 
 async def test_missing_database_is_retryable_not_lost(influxd: InfluxServer) -> None:
+    """With createDatabase: false, a missing database is said once, and writes wait for it."""
     mapping = PointMapping.compile(measurement="m")
-    target = InfluxTarget(influxd.url, database="never-created")
+    target = InfluxTarget(influxd.url, database="never-created", create_database=False)
     async with InfluxDBSink(target, mapping, flush_interval=0) as sink:
         with pytest.raises(DeliveryError) as raised:
             await sink.deliver(telemetry(1, {"v": 1.0}))
+        problem = sink.status()["problem"]
     # 404 "database not found": Knative retries 404, and creating it fixes the write.
     assert raised.value.status == 404 and raised.value.retryable
     assert "database not found" in raised.value.reason
+    assert problem == (
+        "database 'never-created' does not exist and `createDatabase: false` says not to "
+        'create it: create it (CREATE DATABASE "never-created")'
+    )
 
 
 TRICKY = " ,=\"\\'=#{}[]éλ☁️\\\\"
@@ -255,3 +261,17 @@ spec:
     assert status["pointsFailed"] == 1  # a 400 is not retried: straight to the dead letter
     count = await query(influxd.url, db, "SELECT count(v) FROM m")
     assert count[0]["values"][0][1] == 2
+
+
+async def test_on_an_empty_influxdb_the_database_is_created_and_written(
+    influxd: InfluxServer,
+) -> None:
+    """What `make run` meets on a fresh InfluxDB 1.x: no database yet."""
+    name = f"fresh{next(_databases)}"
+    async with InfluxDBSink(
+        InfluxTarget(influxd.url, database=name), PointMapping.compile()
+    ) as sink:
+        assert await sink.deliver(telemetry(1, {"temperature": 21.5})) is None
+    assert sink.status()["problem"] is None
+    [series] = await query(influxd.url, name, 'SELECT "temperature" FROM "dev.headwater.telemetry"')
+    assert series["values"][0][1] == 21.5

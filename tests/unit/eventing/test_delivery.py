@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import logging
+import time
 
 import pytest
 
@@ -333,16 +335,22 @@ class Recorder:
         self.records.append((deliverer.destination, event.id, error.status))
 
 
-@pytest.mark.parametrize("with_dls", [True, False], ids=["dead-lettered", "dropped"])
+@pytest.mark.parametrize("with_dls", [True, False], ids=["with-dls", "without-dls"])
 async def test_every_given_up_event_is_recorded_once(with_dls: bool) -> None:
     recorder = Recorder()
     dls = RecordingSink()
     spec = DeliverySpec(retry=1, dead_letter_sink=dls if with_dls else None, recorder=recorder)
     d = Deliverer(Script(503, 503), spec, destination="http://sub/", sleep=Sleeps())
     outcome = await d.deliver(event(3))
-    assert outcome is (Outcome.DEAD_LETTERED if with_dls else Outcome.DROPPED)
+    # Kept in the dead-letter store: dead-lettered, with or without a dead letter sink.
+    assert outcome is Outcome.DEAD_LETTERED
     assert recorder.records == [("http://sub/", "3", 503)]
     assert len(dls.events) == (1 if with_dls else 0)
+    assert (d.stats.dead_lettered, d.stats.sent_to_dead_letter_sink, d.stats.dropped) == (
+        1,
+        1 if with_dls else 0,
+        0,
+    )
 
 
 async def test_delivered_events_are_not_recorded() -> None:
@@ -362,3 +370,43 @@ async def test_a_failing_record_reports_no_outcome_and_skips_the_dead_letter_sin
         await d.deliver(event())
     assert dls.events == []
     assert (d.stats.dead_lettered, d.stats.dropped) == (0, 0)
+
+
+async def test_every_failed_attempt_shows_its_error_time_and_number_as_it_happens() -> None:
+    """Not only once the event is given up on: after each attempt."""
+    seen: list[tuple[str | None, int | None]] = []
+    d: Deliverer
+
+    class Watch:
+        async def __call__(self, seconds: float) -> None:
+            seen.append((d.stats.last_error, d.stats.last_error_attempt))
+
+    d = Deliverer(Script(503, 502), DeliverySpec(retry=5), destination="sub", sleep=Watch())
+    before = time.time()
+    assert await d.deliver(event()) is Outcome.DELIVERED
+    assert seen == [("sub: HTTP 503", 1), ("sub: HTTP 502", 2)]
+    assert d.stats.last_error_time is not None and d.stats.last_error_time >= before
+    snapshot = d.stats.snapshot()
+    assert snapshot["lastErrorAttempt"] == 2
+    assert snapshot["lastErrorTime"].endswith("+00:00")
+
+
+async def test_a_failing_subscriber_logs_one_line_a_minute_per_trigger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder = Recorder()
+    spec = DeliverySpec(recorder=recorder)
+    # Names of their own: the throttle remembers a key across deliverers for a minute.
+    flaky, other_name = (f"Trigger default/{n}-{time.monotonic_ns()}" for n in ("flaky", "other"))
+    d = Deliverer(Script(*[400] * 50), spec, destination="sub", name=flaky, sleep=Sleeps())
+    other = Deliverer(Script(400), spec, destination="sub", name=other_name)
+    with caplog.at_level(logging.WARNING, logger="headwater.eventing.delivery"):
+        for i in range(50):
+            assert await d.deliver(event(i)) is Outcome.DEAD_LETTERED
+        await other.deliver(event(99))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(recorder.records) == 51  # each one kept, however few lines
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{flaky}: gave up on event id=0 source=/test")
+    assert "kept as a dead letter (headwater deadletters list)" in lines[0]
+    assert lines[1].startswith(f"{other_name}: gave up on event id=99")

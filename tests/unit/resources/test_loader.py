@@ -413,3 +413,93 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="is not an ISO 8601 duration"):
         parse_duration(text)
+
+
+MISTAKES = """\
+apiVersion: eventing.knative.dev/v1
+kind: Triger
+metadata: {name: typo}
+spec:
+  broker: default
+  subscriber: {uri: http://x/}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+spec: {delivery: {retrys: 1}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: hot}
+spec:
+  broker: defualt
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: cold}
+spec:
+  broker: defualt
+  subscriber: {uri: http://x/}
+"""
+
+
+def test_schema_fields_and_references_come_in_one_report_with_suggestions() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(MISTAKES, "mesh.yaml", known=[])
+    assert [str(p) for p in info.value.problems] == [
+        "mesh.yaml:2: kind: unknown kind 'Triger' (did you mean `Trigger`?); Headwater knows "
+        + ", ".join(sorted(KINDS)),
+        "mesh.yaml:11: Broker default: spec.delivery.retrys: unknown field `retrys` "
+        "(did you mean `retry`?)",
+        "mesh.yaml:16: Trigger hot: spec.subscriber: required field is missing",
+        "mesh.yaml:19: Trigger cold: spec.broker: no Broker 'defualt' in namespace 'default' "
+        "(did you mean `default`?)",
+    ]
+
+
+def test_a_resource_with_problems_of_its_own_still_counts_for_references() -> None:
+    """The Broker has a typo and its Trigger refers to it: one problem, not two."""
+    text = MISTAKES.split("---\n")[1] + "---\n" + MISTAKES.split("---\n")[3]
+    with pytest.raises(ConfigError) as info:
+        load_text(text.replace("defualt", "default"), "mesh.yaml", known=[])
+    assert len(info.value.problems) == 1
+    assert "retrys" in str(info.value.problems[0])
+
+
+def test_a_misspelt_kind_counts_as_the_kind_it_means() -> None:
+    text = MISTAKES.split("---\n")[0].replace("kind: Triger", "kind: Brokr")
+    text += "---\n" + MISTAKES.split("---\n")[3].replace("defualt", "typo")
+    with pytest.raises(ConfigError) as info:
+        load_text(text, "mesh.yaml", known=[])
+    assert [p.message.split(";")[0] for p in info.value.problems] == [
+        "unknown kind 'Brokr' (did you mean `Broker`?)"
+    ]
+
+
+def test_knative_fields_headwater_ignores_load_with_a_warning() -> None:
+    text = textwrap.dedent(
+        """\
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata:
+          name: default
+          annotations: {eventing.knative.dev/broker.class: Kafka}
+        spec:
+          config: {apiVersion: v1, kind: ConfigMap, name: kafka-broker-config}
+          delivery:
+            deadLetterSink: {uri: "https://dls.example/", CACerts: "-----BEGIN..."}
+        """
+    )
+    [item] = load_text(text, "b.yaml")
+    assert [str(w) for w in item.warnings] == [
+        "b.yaml:1: Broker default: spec.config: ignored: Knative points a Broker at the "
+        "configuration of its implementation (a ConfigMap, a Kafka cluster); every Headwater "
+        "Broker keeps its events in Headwater's own event log",
+        "b.yaml:1: Broker default: metadata.annotations[eventing.knative.dev/broker.class]: "
+        "ignored: Headwater has one Broker class (its durable event log), not Kafka",
+        "b.yaml:1: Broker default: spec.delivery.deadLetterSink.CACerts: ignored: Headwater "
+        "checks a `uri` destination's certificate against the system's CAs; for your own CA "
+        "use an HttpSink with `tls.caFile`",
+    ]
+    [plain] = load_text(KNATIVE_BROKER_AND_TRIGGER.split("---")[1], "t.yaml")
+    assert plain.warnings == ()

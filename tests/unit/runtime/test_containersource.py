@@ -79,6 +79,20 @@ def test_a_knative_container_source_with_a_command_loads() -> None:
     assert container.working_dir == "/tmp"
 
 
+async def test_a_channel_sink_is_its_http_address() -> None:
+    """A Channel has an HTTP ingress too: K_SINK is its address."""
+    sink = "ref: {kind: Channel, name: orders, apiVersion: messaging.knative.dev/v1}"
+    channel = "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata: {name: orders}\n"
+    runtime = Runtime()
+    try:
+        runtime.listeners["http"] = "http://127.0.0.1:8999"
+        await runtime.apply(load_text(channel + "---\n" + source_yaml(["true"], sink)))
+        status = runtime.status(("ContainerSource", "default", "adapter"))
+        assert status["sinkUri"] == "http://127.0.0.1:8999/channels/default/orders"
+    finally:
+        await runtime.close()
+
+
 @pytest.mark.parametrize(
     ("fragment", "replacement", "message"),
     [

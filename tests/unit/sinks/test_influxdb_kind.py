@@ -99,3 +99,14 @@ async def test_running_influxdb_sink_writes_and_reports_without_secrets(
     assert 'headwater_influxdb_points_written_total{name="influx",namespace="default"} 1.0' in (
         metrics
     )
+
+
+def test_create_database_can_be_turned_off() -> None:
+    text = INFLUX.replace("URL", "http://localhost:8086")
+    [on] = load_text(text, "influx.yaml")
+    [off] = load_text(
+        text.replace("  database: telemetry\n", "  database: telemetry\n  createDatabase: false\n"),
+        "influx.yaml",
+    )
+    assert on.resource.spec.target(resolve_secrets=False).create_database  # type: ignore[attr-defined]
+    assert not off.resource.spec.target(resolve_secrets=False).create_database  # type: ignore[attr-defined]

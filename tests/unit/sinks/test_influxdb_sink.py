@@ -29,6 +29,37 @@ class FakeInflux:
     writes: list[list[str]] = field(default_factory=list)
     requests: list[web.Request] = field(default_factory=list)
     url: str = ""
+    # The target's own API: 1.x /query (CREATE DATABASE, SHOW DATABASES), 2.x buckets.
+    databases: set[str] = field(default_factory=lambda: {"db"})
+    may_create: bool = True
+    buckets: set[str] = field(default_factory=set)
+    queries: list[str] = field(default_factory=list)
+
+    async def query(self, request: web.Request) -> web.Response:
+        q = (await request.post()).get("q") or request.query.get("q", "")
+        assert isinstance(q, str)
+        self.queries.append(q)
+        if q.startswith("CREATE DATABASE"):
+            if not self.may_create:
+                return web.json_response(
+                    {"error": "error authorizing query: user not authorized"}, status=403
+                )
+            self.databases.add(q.split('"')[1])
+            return web.json_response({"results": [{"statement_id": 0}]})
+        values = [[name] for name in sorted(self.databases)]
+        return web.json_response(
+            {"results": [{"series": [{"name": "databases", "values": values}]}]}
+        )
+
+    async def list_buckets(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Token t0k":
+            return web.json_response(
+                {"code": "unauthorized", "message": "unauthorized"}, status=401
+            )
+        name = request.query.get("name")
+        return web.json_response(
+            {"buckets": [{"name": name, "orgID": "1"}] if name in self.buckets else []}
+        )
 
     async def handle(self, request: web.Request) -> web.Response:
         await self.gate.wait()
@@ -46,6 +77,8 @@ async def influx() -> AsyncIterator[FakeInflux]:
     app = web.Application()
     app.router.add_post("/write", fake.handle)
     app.router.add_post("/api/v2/write", fake.handle)
+    app.router.add_route("*", "/query", fake.query)
+    app.router.add_get("/api/v2/buckets", fake.list_buckets)
     async with TestServer(app, host="127.0.0.1") as server:
         fake.url = str(server.make_url("")).rstrip("/")
         yield fake
@@ -325,3 +358,69 @@ async def test_a_cancelled_flusher_leaves_no_delivery_waiting(influx: FakeInflux
     assert raised.value.retryable
     influx.gate.set()
     await asyncio.wait_for(sink.close(), 1)
+
+
+# -- the target: a 1.x database is created, a 2.x bucket is checked --------------------
+
+
+async def test_a_missing_database_is_created_before_the_first_write(influx: FakeInflux) -> None:
+    influx.databases = set()
+    async with sink_for(influx) as sink:
+        assert await sink.deliver(event(1)) is None
+    assert influx.queries == ['CREATE DATABASE "db"']
+    assert sink.status()["problem"] is None
+
+
+async def test_a_database_that_cannot_be_created_is_one_clear_problem(
+    influx: FakeInflux, caplog: pytest.LogCaptureFixture
+) -> None:
+    influx.databases, influx.may_create = set(), False
+    influx.answer = lambda lines: (404, {}, b'{"error":"database not found: \\"db\\""}')
+    async with sink_for(influx) as sink:
+        results = await deliver_all(sink, [event(i) for i in range(20)])
+        problem = sink.status()["problem"]
+    assert all(isinstance(r, DeliveryError) and r.status == 404 for r in results)
+    assert isinstance(problem, str)
+    assert problem.startswith("database 'db' does not exist and cannot be created (InfluxDB 403")
+    assert 'create it (CREATE DATABASE "db") or let this user create it' in problem
+    lines = [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith("writes fail until this is fixed")
+
+
+async def test_create_database_false_only_checks(influx: FakeInflux) -> None:
+    influx.databases = set()
+    target = InfluxTarget(influx.url, database="db", create_database=False)
+    async with InfluxDBSink(target, MAPPING) as sink:
+        problem = await sink.prepare()
+    assert set(influx.queries) == {"SHOW DATABASES"}  # at start, and asked again
+    assert problem is not None and "`createDatabase: false` says not to create it" in problem
+
+
+@pytest.mark.parametrize(
+    ("buckets", "token", "expected"),
+    [
+        pytest.param({"sensors"}, "t0k", None, id="there"),
+        pytest.param(
+            set(),
+            "t0k",
+            "bucket 'sensors' of org 'acme' does not exist: create it (influx bucket create "
+            "--name sensors --org acme) or fix `bucket`",
+            id="missing",
+        ),
+        pytest.param(
+            {"sensors"},
+            "wrong",
+            "InfluxDB refused the token (401: unauthorized): check `tokenEnv`",
+            id="token",
+        ),
+    ],
+)
+async def test_a_v2_bucket_is_checked_at_start(
+    influx: FakeInflux, buckets: set[str], token: str, expected: str | None
+) -> None:
+    influx.buckets = buckets
+    target = InfluxTarget(influx.url, org="acme", bucket="sensors", token=token)
+    async with InfluxDBSink(target, MAPPING) as sink:
+        problem = await sink.prepare()
+    assert problem == expected
+    assert sink.status()["problem"] == problem

@@ -18,9 +18,12 @@ const views = {
 };
 let current = null;
 
+// `#view` or `#view?key=value`: the parameters go to the view's show().
 function route() {
-  const name = location.hash.slice(1) in views ? location.hash.slice(1) : "topology";
-  if (name === current) return;
+  const [wanted, query] = location.hash.slice(1).split("?", 2);
+  const name = wanted in views ? wanted : "topology";
+  const params = new URLSearchParams(query || "");
+  if (name === current && !query) return;
   if (current) {
     views[current].hide();
     document.getElementById(`view-${current}`).hidden = true;
@@ -30,7 +33,7 @@ function route() {
   for (const link of document.querySelectorAll("#tabs a")) {
     link.classList.toggle("active", link.dataset.view === name);
   }
-  views[name].show();
+  views[name].show(params);
 }
 
 onTokenNeeded(() => {

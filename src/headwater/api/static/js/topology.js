@@ -1,9 +1,11 @@
 // Topology: sources -> Brokers/Channels -> Triggers/Subscriptions -> sinks, from
 // GET /api/v1/topology every few seconds. Rates come from the difference of two
 // snapshots; a route whose failure counters grew since the last one is "failing".
+// A route shows its last error (when, which attempt) from its first failed
+// attempt on, and its dead letters link to the dead letters view of that origin.
 
 import { Poller } from "./api.js";
-import { el, fmtNumber, fmtRate } from "./ui.js";
+import { el, fmtNumber, fmtRate, fmtTime } from "./ui.js";
 
 const REFRESH = 2000;
 const SVG_NS = "http://www.w3.org/2000/svg"; // a namespace name, not fetched
@@ -21,6 +23,14 @@ const RATE_COUNTERS = {
   sink: ["received", "written", "delivered", "published", "points"],
 };
 const HIDDEN_COUNTERS = new Set(["maxInflight", "pending", "inFlight"]);
+// A route's counters, in the words describe and the dead letters view use.
+const ROUTE_COUNTERS = [
+  ["delivered", "delivered"],
+  ["failedAttempts", "failed attempts"],
+  ["deadLettered", "dead letters"],
+  ["dropped", "dropped"],
+  ["lag", "lag"],
+];
 const FAILURES = ["failedAttempts", "dropped", "deadLettered", "failed"];
 const LAG_NOTICE = 100;
 
@@ -40,6 +50,18 @@ export function healthOf(node, previous) {
     if (lag >= LAG_NOTICE && lag > (previous.counters.lag || 0)) return "lagging";
   }
   return "ok";
+}
+
+// The last error, with when and which attempt; muted once the route is healthy again.
+function lastError(node, health) {
+  if (!node.lastError) return null;
+  const when = [node.lastErrorAttempt ? `attempt ${node.lastErrorAttempt}` : "",
+    node.lastErrorTime ? fmtTime(node.lastErrorTime) : ""].filter(Boolean).join(", ");
+  return el("div", {
+    class: health === "ok" ? "err old" : "err",
+    "data-field": "last-error",
+    text: `last error${when ? ` (${when})` : ""}: ${node.lastError}`,
+  });
 }
 
 export class TopologyView {
@@ -89,12 +111,20 @@ export class TopologyView {
     const c = node.counters;
     let shown;
     if (node.role === "route") {
-      shown = [["delivered", c.delivered], ["failed", c.failedAttempts], ["dead-lettered", c.deadLettered],
-        ["dropped", c.dropped], ["lag", c.lag]];
+      // "dropped" only when something was: under Headwater every given-up event is kept.
+      shown = ROUTE_COUNTERS.filter(([key]) => key !== "dropped" || c.dropped)
+        .map(([key, label]) => [label, c[key]]);
     } else {
       shown = Object.entries(c).filter(([key]) => !HIDDEN_COUNTERS.has(key)).slice(0, 4);
     }
     const stats = [shown.map(([key, value]) => `${key} ${fmtNumber(value || 0)}`).join(" · ")];
+    const letters = node.role === "route" && c.deadLettered
+      ? el("a", {
+        class: "letters",
+        href: `#deadletters?origin=${encodeURIComponent(node.id)}`,
+        text: `${fmtNumber(c.deadLettered)} dead letters →`,
+      })
+      : null;
     if (rate) stats.unshift(el("b", { text: fmtRate(rate.value) }), ` ${rate.key} now · `);
     const targets = (outgoing.get(node.id) || []).map((edge) => `${edge.via} → ${edge.to.replace(/^uri:/, "")}`);
     return el("div", {
@@ -107,7 +137,8 @@ export class TopologyView {
     el("div", { class: "name", text: node.namespace ? `${node.namespace}/${node.name}` : node.name }),
     el("div", { class: "stats" }, ...stats),
     targets.length ? el("div", { class: "to", text: targets.join("\n") }) : null,
-    health !== "ok" && node.lastError ? el("div", { class: "err", text: node.lastError }) : null);
+    lastError(node, health),
+    letters);
   }
 
   drawEdges() {
