@@ -39,13 +39,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from headwater.mqtt.auth import Acl
 from headwater.mqtt.config import (
     CONNECT_TIMEOUT,
     READ_CACHE_MAX,
     ClientInfo,
+    Credentials,
     Hooked,
+    Identity,
     Listener,
     Outcome,
+    PeerCertificate,
     Refusal,
 )
 from headwater.mqtt.connection import NEED_DATA, PublishParts, ServerConnection
@@ -114,13 +118,20 @@ class ClientHandler:
     """The server side of one network connection."""
 
     def __init__(
-        self, broker: MqttBroker, link: Link, listener: Listener, cert_username: str | None
+        self,
+        broker: MqttBroker,
+        link: Link,
+        listener: Listener,
+        certificate: PeerCertificate | None,
     ) -> None:
         self.broker = broker
         self.config = broker.config
         self.link = link
         self.listener = listener
-        self.cert_username = cert_username
+        self.certificate = certificate
+        #: Set at CONNECT: who the client is, and its own ACL if its identity has one.
+        self.identity: Identity | None = None
+        self._own_acl: Acl | None = None
         self.conn = ServerConnection(broker.limits, broker.stats)
         self.loop = asyncio.get_running_loop()
         self.client_id = ""
@@ -357,19 +368,8 @@ class ClientHandler:
             # [MQTT-3.1.3-6 (3.1.1) / MQTT-3.1.3-6 (5.0)] assign a unique id.
             client_id = assigned = broker._assign_client_id()
 
-        # Authentication: certificate, then password, then anonymous.
-        username = connect.username
-        passwords = broker.passwords
-        if self.cert_username is not None:
-            username = self.cert_username
-        elif username is not None and passwords is not None:
-            ok = await asyncio.to_thread(passwords.verify, username, connect.password)
-            if not ok:
-                broker.stats.auth_failures += 1
-                self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"bad password for {username!r}")
-        elif not self.listener.admits_anonymous(authentication=passwords is not None):
-            broker.stats.auth_failures += 1
-            self._refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is off on this listener")
+        identity = await self._authenticate(connect, client_id)
+        username = identity.username
         will = connect.will
         if (
             v5
@@ -389,6 +389,8 @@ class ClientHandler:
 
         self.client_id = client_id
         self.username = username
+        self.identity = identity
+        self._own_acl = identity.acl
         if v5:
             expiry = props.session_expiry_interval or 0
         else:
@@ -398,7 +400,7 @@ class ClientHandler:
 
         # From here on no awaits until the session is attached (no interleaving).
         self.session, present = broker._attach(
-            self, connect.clean_start, granted_expiry, identity(username)
+            self, connect.clean_start, granted_expiry, identity.user
         )
         self.will = will
         response_information = None
@@ -412,7 +414,13 @@ class ClientHandler:
             response_information=response_information,
         )
         self.info = ClientInfo(
-            client_id, username, conn.version, self.listener.label, self.link.peer
+            client_id,
+            username,
+            conn.version,
+            self.listener.label,
+            self.link.peer,
+            identity.user,
+            identity.labels,
         )
         broker.stats.connections_total += 1
         deadline = conn.keepalive_deadline()
@@ -428,6 +436,54 @@ class ClientHandler:
                 await broker._on_connect(self.info)
             except Exception:
                 logger.exception("on_connect hook failed for %s", client_id)
+
+    async def _authenticate(self, connect: Connect, client_id: str) -> Identity:
+        """Authenticators first (a device registry), then the certificate, the
+        password file, or anonymous access as the listener allows; refuses with a
+        CONNACK otherwise."""
+        broker = self.broker
+        certificate = self.certificate
+        if broker.authenticators:
+            credentials = Credentials(
+                client_id,
+                connect.username,
+                connect.password,
+                certificate,
+                self.listener,
+                self.link.peer,
+                self.conn.version,
+            )
+            for authenticator in broker.authenticators:
+                verdict = await authenticator.authenticate(credentials)
+                if verdict is None:
+                    continue
+                if isinstance(verdict, Identity):
+                    return verdict
+                broker.stats.auth_failures += 1
+                self._refuse(verdict, f"refused by {type(authenticator).__name__}")
+        username = connect.username
+        passwords = broker.passwords
+        mode = self.listener.cert_username
+        if certificate is not None and mode is not None:
+            username = certificate.name(mode)
+            if username is None:
+                broker.stats.auth_failures += 1
+                self._refuse(ReasonCode.NOT_AUTHORIZED, f"no {mode} in the client certificate")
+        elif username is not None and passwords is not None:
+            ok = await asyncio.to_thread(passwords.verify, username, connect.password)
+            if not ok:
+                broker.stats.auth_failures += 1
+                self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"bad password for {username!r}")
+        elif not self.listener.admits_anonymous(authentication=passwords is not None):
+            broker.stats.auth_failures += 1
+            self._refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is off on this listener")
+        return Identity(identity(username), username)
+
+    @property
+    def acl(self) -> Acl | None:
+        """The ACL that applies to this client: its identity's own, or the broker's."""
+        own = self._own_acl
+        return own if own is not None else self.broker.acl
 
     def _check_keepalive(self) -> None:
         if self.closing:
@@ -455,7 +511,7 @@ class ClientHandler:
         topic = packet.topic
         props = packet.properties
         broker.stats.messages_received += 1
-        acl = broker.acl
+        acl = self.acl
         if acl is not None and not acl.can_publish(self.username, self.client_id, topic):
             broker.stats.denied_publish += 1
             broker.throttle.warning(
@@ -614,7 +670,7 @@ class ClientHandler:
         otherwise verdicts are cached per topic until the ACL changes.
         """
         broker = self.broker
-        acl = broker.acl
+        acl = self.acl
         if acl is None:
             self._all_readable = True  # until an ACL is loaded (reload_auth clears it)
             return True
@@ -715,7 +771,7 @@ class ClientHandler:
             # [MQTT-3.8.3-4 (5.0)] No Local on a shared subscription is a protocol error.
             self.fail(ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription")
         broker = self.broker
-        acl = broker.acl
+        acl = self.acl
         if acl is not None and not acl.can_subscribe(
             self.username, self.client_id, parsed.topic_filter
         ):

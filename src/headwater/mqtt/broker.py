@@ -44,6 +44,7 @@ from headwater.mqtt.config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INCOMPLETE_BYTES,
     FD_SHARE,
+    Authenticator,
     BrokerConfig,
     BrokerStats,
     ClientInfo,
@@ -53,6 +54,7 @@ from headwater.mqtt.config import (
     OnDisconnect,
     OnPublish,
     Outcome,
+    PeerCertificate,
     PublishHook,
     Refusal,
     server_tls_context,
@@ -125,6 +127,7 @@ class _EachPublish:
 class _PendingWill:
     message: Message
     info: ClientInfo
+    acl: Acl | None
     handle: asyncio.TimerHandle | None = None
 
 
@@ -145,6 +148,7 @@ class MqttBroker:
         on_disconnect: OnDisconnect | None = None,
         router: Router | None = None,
         store: SessionStore | None = None,
+        authenticators: Sequence[Authenticator] = (),
     ) -> None:
         self.config = config = config or BrokerConfig()
         self.stats = BrokerStats()
@@ -157,6 +161,8 @@ class MqttBroker:
             max_inflight=config.max_inflight,
             server_keep_alive=config.server_keep_alive,
         )
+        #: Asked first at every CONNECT (a device registry), then the password file.
+        self.authenticators: list[Authenticator] = list(authenticators)
         #: Authentication and authorisation in force; :meth:`reload_auth` swaps them.
         self.passwords: PasswordFile | None = config.passwords
         self.acl: Acl | None = config.acl
@@ -236,6 +242,23 @@ class MqttBroker:
         self.acl_generation += 1
         for conn in self._connections:
             conn._all_readable = False
+
+    def disconnect(self, *, user: str | None = None, client_id: str | None = None) -> int:
+        """Disconnect the clients authenticated as ``user`` (or with ``client_id``) now.
+
+        A device disabled in its registry is cut off this way: MQTT 5 clients
+        get DISCONNECT 0x87 Not authorized. Returns how many were connected.
+        """
+        gone = [
+            conn
+            for conn in self._connections
+            if conn.info is not None
+            and (user is None or conn.info.user == user)
+            and (client_id is None or conn.client_id == client_id)
+        ]
+        for conn in gone:
+            conn.disconnect(ReasonCode.NOT_AUTHORIZED)
+        return len(gone)
 
     @property
     def queue_dropped(self) -> int:
@@ -336,7 +359,9 @@ class MqttBroker:
                 await store.save(self._changes())
             await store.close()
 
-    async def _serve(self, link: Link, listener: Listener, cert_user: str | None) -> None:
+    async def _serve(
+        self, link: Link, listener: Listener, certificate: PeerCertificate | None
+    ) -> None:
         if self._stopping:
             link.close()
             return
@@ -357,7 +382,7 @@ class MqttBroker:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        conn = ClientHandler(self, link, listener, cert_user)
+        conn = ClientHandler(self, link, listener, certificate)
         self._connections.add(conn)
         try:
             await conn.run()
@@ -477,7 +502,7 @@ class MqttBroker:
         will, conn.will = conn.will, None
         if will is not None and conn.info is not None and not self._stopping:
             delay = (will.properties.will_delay_interval or 0) if conn.v5 else 0
-            pending = _PendingWill(self._will_message(will, cid), conn.info)
+            pending = _PendingWill(self._will_message(will, cid), conn.info, conn.acl)
             if delay and session is not None and session.expiry_interval and not takeover:
                 # [MQTT-3.1.2-8 (5.0)] publish after the Will Delay (or at session end).
                 pending.handle = asyncio.get_running_loop().call_later(delay, self._fire_will, cid)
@@ -517,7 +542,7 @@ class MqttBroker:
 
     def _publish_will(self, pending: _PendingWill) -> None:
         message, info = pending.message, pending.info
-        acl = self.acl
+        acl = pending.acl
         if acl is not None and not acl.can_publish(info.username, info.client_id, message.topic):
             self.stats.denied_publish += 1
             logger.warning("denied will of %s to %r", info.client_id, message.topic)

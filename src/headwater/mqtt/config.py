@@ -10,12 +10,13 @@ transports, the router and the session store.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
 
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
@@ -32,15 +33,19 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_INCOMPLETE_BYTES",
     "DEFAULT_MAX_PENDING_CONNECTIONS",
+    "Authenticator",
     "BrokerConfig",
     "BrokerStats",
     "ClientInfo",
+    "Credentials",
     "Hooked",
+    "Identity",
     "Listener",
     "OnConnect",
     "OnDisconnect",
     "OnPublish",
     "Outcome",
+    "PeerCertificate",
     "PublishHook",
     "Refusal",
     "server_tls_context",
@@ -214,6 +219,76 @@ class ClientInfo:
     protocol_version: ProtocolVersion
     listener: str
     peer: str
+    #: Who the client authenticated as (the owner of its session), and what an
+    #: :class:`Authenticator` said about it (a device's labels, say).
+    user: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The certificate a client presented on a TLS listener that verified it."""
+
+    der: bytes
+    #: :meth:`ssl.SSLSocket.getpeercert` of it (subject, issuer, subjectAltName, ...).
+    fields: Mapping[str, Any]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER certificate, lower-case hex (what registries store)."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    def name(self, mode: Literal["cn", "san"]) -> str | None:
+        """The subject's common name, or the first DNS/email/URI subject alternative name."""
+        if mode == "cn":
+            for rdn in self.fields.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return str(value)
+            return None
+        for kind, value in self.fields.get("subjectAltName", ()):
+            if kind in ("DNS", "email", "URI"):
+                return str(value)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a client presented at CONNECT, for an :class:`Authenticator`."""
+
+    client_id: str
+    username: str | None
+    password: bytes | None
+    certificate: PeerCertificate | None
+    listener: Listener
+    peer: str
+    protocol_version: ProtocolVersion
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a client is, once authenticated.
+
+    ``user`` owns the client's sessions (another ``user`` with the same client id
+    gets a clean session); ``username`` is what ACL patterns see as ``%u``;
+    ``acl``, when set, is this client's ACL instead of the broker's (a device's
+    rules from its template); ``labels`` reach the hooks in :class:`ClientInfo`.
+    """
+
+    user: str
+    username: str | None = None
+    acl: Acl | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Authenticator(Protocol):
+    """Decides about a CONNECT before the password file does (a device registry).
+
+    Returns an :class:`Identity` to accept, a failure :class:`ReasonCode` to
+    refuse (CONNACK with that code), or ``None`` when the credentials are not
+    its business (the next authenticator, then the password file, decide).
+    """
+
+    async def authenticate(self, credentials: Credentials) -> Identity | ReasonCode | None: ...
 
 
 @dataclass(frozen=True, slots=True)

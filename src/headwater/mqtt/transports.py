@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
-from headwater.mqtt.config import Listener
+from headwater.mqtt.config import Listener, PeerCertificate
 
 __all__ = [
     "READ_SIZE",
@@ -29,8 +29,8 @@ __all__ = [
     "Link",
     "StreamLink",
     "WebSocketLink",
-    "cert_username",
     "listen",
+    "peer_certificate",
 ]
 
 logger = logging.getLogger("headwater.mqtt.broker")
@@ -155,26 +155,19 @@ class WebSocketLink:
             await ws.close()
 
 
-def cert_username(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, mode: str | None) -> str | None:
-    if ssl_object is None or mode is None:
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCertificate | None:
+    """The client's certificate, when the TLS handshake verified one."""
+    if ssl_object is None:
         return None
-    cert: Any = ssl_object.getpeercert()
-    if not cert:
+    fields: Any = ssl_object.getpeercert()
+    der = ssl_object.getpeercert(binary_form=True)
+    if not fields or der is None:
         return None
-    if mode == "cn":
-        for rdn in cert.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName":
-                    return str(value)
-        return None
-    for kind, value in cert.get("subjectAltName", ()):
-        if kind in ("DNS", "email", "URI"):
-            return str(value)
-    return None
+    return PeerCertificate(der, fields)
 
 
-Serve = Callable[[Link, Listener, "str | None"], Awaitable[None]]
-"""What a listener calls for each accepted connection: ``serve(link, listener, cert_user)``."""
+Serve = Callable[[Link, Listener, "PeerCertificate | None"], Awaitable[None]]
+"""What a listener calls for each accepted connection: ``serve(link, listener, certificate)``."""
 
 
 @dataclass(slots=True)
@@ -212,8 +205,7 @@ async def listen(
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
-        cert_user = cert_username(ssl_object, listener.cert_username)
-        await serve(StreamLink(reader, writer), bound.listener, cert_user)
+        await serve(StreamLink(reader, writer), bound.listener, peer_certificate(ssl_object))
 
     bound.server = await asyncio.start_server(
         on_client, listener.host, listener.port, ssl=listener.ssl, backlog=4096
@@ -242,11 +234,11 @@ async def _listen_websocket(
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
         link = WebSocketLink(ws, request.remote or "?")
-        cert_user = cert_username(ssl_object, listener.cert_username)
+        certificate = peer_certificate(ssl_object)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(link.pump())
             try:
-                await serve(link, bound.listener, cert_user)
+                await serve(link, bound.listener, certificate)
             finally:
                 link.close()
         if stopping() and transport is not None:
