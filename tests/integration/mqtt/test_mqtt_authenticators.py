@@ -9,6 +9,7 @@ from headwater.mqtt.broker import BrokerConfig, Listener
 from headwater.mqtt.config import Credentials, Identity
 from headwater.mqtt.packets import (
     Disconnect,
+    ProtocolVersion,
     Puback,
     Publish,
     ReasonCode,
