@@ -38,8 +38,8 @@ class Registry:
 
 @pytest.mark.parametrize("version", [V311, V5])
 def test_an_authenticator_decides_first_and_brings_its_acl(
-    make_broker: MakeBroker, version
-) -> None:  # type: ignore[no-untyped-def]
+    make_broker: MakeBroker, version: ProtocolVersion
+) -> None:
     passwords = PasswordFile()
     passwords.add_user("alice", "a-pass")
     registry = Registry()
