@@ -597,14 +597,30 @@ def bench_headwater(sink: Sink, args: argparse.Namespace, src: str | None = None
             python += ["-m", "cProfile", "-o", args.profile]
         command = [*python, "-m", "headwater.cli", "up", "-f", str(resources)]
         command += ["--data-dir", str(Path(tmp) / "data"), "--http-port", "0"]
-        command += ["--durability", "normal", "--log-level", "warning", "--loop", args.loop]
-        command += ["--http-worker" if args.http_worker == "on" else "--no-http-worker"]
+        command += ["--durability", "normal", "--log-level", "warning"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if src is not None:
             env["PYTHONPATH"] = src  # ahead of this tree's editable install
+        # An older checkout may predate these options: then it runs its defaults.
+        known = _up_options(env)
+        if "--loop" in known:
+            command += ["--loop", args.loop]
+        if "--http-worker" in known:
+            command += ["--http-worker" if args.http_worker == "on" else "--no-http-worker"]
         with child(command, env=env) as (hw, out):
             out.wait_for("ready", hw)
             return drive("headwater", mqtt_port, sink, args, [hw.pid])
+
+
+def _up_options(env: dict[str, str]) -> str:
+    """``headwater up --help`` of the checkout ``env`` selects."""
+    return subprocess.run(
+        [sys.executable, "-m", "headwater.cli", "up", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def main() -> None:
