@@ -875,7 +875,9 @@ def deadletters_redrive(
     )
 
 
-@main.command("cesql")
+# An expression may start with `-` (`-1 + 2`, `-temperature < 0`): what click
+# does not know as an option is the expression, so no `--` is needed.
+@main.command("cesql", context_settings={"ignore_unknown_options": True})
 @click.argument("expression")
 @click.option(
     "--event",
@@ -904,6 +906,9 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
     click.echo(cesql.format_value(result.value))
     for error in result.errors:
         click.echo(f"{type(error).__name__}: {error.message}", err=True)
+    if result.complete is not None and result.complete != result.value:
+        shown = cesql.format_value(result.complete)
+        click.echo(f"complete evaluation (CESQL 4.1) would give: {shown}", err=True)
     click.echo(f"matches: {'yes' if compiled.matches(event) else 'no'}", err=True)
 
 
