@@ -85,12 +85,13 @@ from headwater.cesql.functions import (
     FunctionFailed,
     FunctionRegistry,
 )
-from headwater.cesql.parser import Node, parse
+from headwater.cesql.parser import MAX_LENGTH, Node, parse
 from headwater.cloudevents import CloudEvent
 
 __all__ = [
     "BOOLEAN",
     "INTEGER",
+    "MAX_LENGTH",
     "MAX_STRING_LENGTH",
     "MAX_STRING_PASSES",
     "STRING",
