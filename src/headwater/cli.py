@@ -651,8 +651,11 @@ def tail(
         # On stderr: stdout stays the events alone (--json is one event per line).
         click.echo(waiting, err=True)
 
+    def warn(text: str) -> None:
+        click.echo(f"warning: {text}", err=True)
+
     try:
-        for data in _client(server, token).stream_events(path, on_open=opened):
+        for data in _client(server, token).stream_events(path, on_open=opened, on_warning=warn):
             click.echo(data.decode() if as_json else format_pretty(from_json(data)) + "\n")
             seen += 1
             if max_events is not None and seen >= max_events:

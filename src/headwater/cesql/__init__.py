@@ -64,7 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from headwater.cesql.compiler import MISSING, Compiler, Fn, string_passes
+from headwater.cesql.compiler import MISSING, Compiler, Fn, read_attributes, string_passes
 from headwater.cesql.errors import (
     CastError,
     CesqlError,
@@ -168,6 +168,7 @@ class Expression:
         "_arguments",
         "_fn",
         "_zero",
+        "attributes",
         "matches",
         "string_passes",
         "text",
@@ -184,8 +185,12 @@ class Expression:
         warnings: tuple[CesqlError, ...] = (),
         root_arguments: Sequence[Fn] | None = None,
         string_passes: int = 0,
+        attributes: frozenset[str] = frozenset(),
     ) -> None:
         self.text = text
+        self.attributes = attributes
+        """The attributes the expression reads, where an absent one is a
+        MissingAttributeError (the operand of EXISTS is not one of them)."""
         self.string_passes = string_passes
         """At most how many times an evaluation reads or copies a whole String
         (see compiler.string_passes); at most MAX_STRING_PASSES."""
@@ -347,4 +352,5 @@ def compile(text: str, functions: FunctionRegistry | None = None) -> Expression:
         tuple(compiler.warnings),
         compiler.root_arguments,
         passes,
+        read_attributes(tree),
     )

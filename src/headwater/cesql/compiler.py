@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from headwater.cesql.errors import (
@@ -537,6 +537,32 @@ _COPYING = frozenset(
 )
 
 
+def nodes(tree: Node) -> Iterator[Node]:
+    """Every node of ``tree`` (iteratively: a deep tree costs no recursion)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        kind = node[0]
+        if kind == "call":
+            stack.extend(node[2])
+        elif kind in ("not", "neg", "like"):
+            stack.append(node[1])
+        elif kind == "bin":
+            stack += (node[2], node[3])
+        elif kind == "in":
+            stack.append(node[1])
+            stack.extend(node[2])
+
+
+def read_attributes(tree: Node) -> frozenset[str]:
+    """The attributes an evaluation of ``tree`` reads (an absent one is an error).
+
+    EXISTS only asks: an absent attribute is its answer, not an error.
+    """
+    return frozenset(node[1] for node in nodes(tree) if node[0] == "id")
+
+
 def string_passes(tree: Node, functions: FunctionRegistry) -> int:
     """At most how many times one evaluation of ``tree`` reads or copies a whole String.
 
@@ -547,25 +573,14 @@ def string_passes(tree: Node, functions: FunctionRegistry) -> int:
     function one, a LIKE whatever its pattern needs (like.scan_passes).
     """
     passes = 0
-    stack = [tree]
-    while stack:
-        node = stack.pop()
+    for node in nodes(tree):
         kind = node[0]
         if kind == "call":
             function = functions.resolve(node[1], len(node[2]))
             if function is not None and (not function.native or function.name in _COPYING):
                 passes += 1
-            stack.extend(node[2])
         elif kind == "like":
             passes += scan_passes(node[2])
-            stack.append(node[1])
-        elif kind in ("not", "neg"):
-            stack.append(node[1])
-        elif kind == "bin":
-            stack += (node[2], node[3])
-        elif kind == "in":
-            stack.append(node[1])
-            stack.extend(node[2])
     return passes
 
 

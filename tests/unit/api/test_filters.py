@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -109,3 +110,42 @@ async def test_a_decimal_is_refused_with_the_reason(mesh: Mesh) -> None:
     body = await response.json()
     assert body["valid"] is False
     assert "CESQL v1 has only integers" in body["error"]
+
+
+async def _tail_lines(mesh: Mesh, filter_: str, until: bytes) -> list[bytes]:
+    response = await mesh.client.get(
+        "/api/v1/brokers/default/default/events", params={"filter": filter_, "start": "earliest"}
+    )
+    assert response.status == 200
+    lines: list[bytes] = []
+    while not lines or not lines[-1].startswith(until):
+        lines.append(await asyncio.wait_for(response.content.readline(), 30))
+    response.close()
+    return lines
+
+
+async def test_a_tail_filter_reading_an_attribute_no_event_has_is_warned_about_once(
+    mesh: Mesh,
+) -> None:
+    await mesh.apply(BROKER)
+    for i in range(12):
+        await mesh.send(f"e{i}", {"n": i}, temperature="25")
+    lines = await _tail_lines(mesh, "temprature > 23", b"data: none of")
+    assert lines[-2] == b"event: warning\n"
+    assert lines[-1] == (
+        b"data: none of the first 10 events has the attribute 'temprature': the filter cannot "
+        b"match them (MissingAttributeError); did you mean 'temperature'?\n"
+    )
+    assert not [line for line in lines if line.startswith(b"id:")]  # nothing matched
+
+
+async def test_a_tail_filter_whose_attributes_exist_has_no_warning(mesh: Mesh) -> None:
+    await mesh.apply(BROKER)
+    for i in range(12):
+        await mesh.send(f"e{i}", {"n": i}, temperature="25")
+    await mesh.send("last", {}, temperature="30", subject="end")
+    lines = await _tail_lines(
+        mesh, "temperature > 23 AND NOT EXISTS nothere", b'data: {"specversion":"1.0","id":"last"'
+    )
+    assert len([line for line in lines if line.startswith(b"data: {")]) == 13
+    assert b"event: warning\n" not in lines
