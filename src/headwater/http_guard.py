@@ -110,7 +110,8 @@ warning."""
 
 SWEEPS_PER_TIMEOUT: Final = 4
 """How often the sweep runs, as a fraction of the shortest timeout (at most
-once a second): a connection is closed at most a quarter late."""
+once a second). The sweep also starts the clocks (a request costs no clock
+reading), so a connection is closed at most half a timeout late."""
 
 GUARDS_KEY: web.AppKey[dict[str, ConnectionGuard]] = web.AppKey("http_guards", dict)
 """The guards of an app's listeners, by listener, for ``/metrics``."""
@@ -256,7 +257,11 @@ class _Connection:
         self.transport: asyncio.Transport | None = None
         self.reads = 0
         self.seen_reads = 0
-        self.opened = self.waiting_since = guard.now()
+        self.opened = guard.now()
+        self.waiting_since: float | None = self.opened
+        """Since when the connection has waited (for a request, or inside one for
+        its body to move); None until the next sweep sees it, so that a request
+        costs no clock reading."""
         self.sending_since: float | None = None
         self.request: web.BaseRequest | None = None
         self.data_plane = False
@@ -334,6 +339,7 @@ class ConnectionGuard:
         self.server: Callable[[], asyncio.Protocol] | None = None
         """aiohttp's protocol factory (``runner.server``), set by GuardedSite."""
         self._data_plane = data_plane
+        self._data_plane_limit = limits.data_plane_connections
         self._loop = asyncio.get_running_loop()
         self._connections: dict[Any, _Connection] = {}  # aiohttp's protocol -> connection
         self._waiting: dict[_Connection, None] = {}  # not in a request; oldest first
@@ -412,27 +418,17 @@ class ConnectionGuard:
         if connection.transport is not None:
             connection.transport.close()
 
-    def _begin(self, connection: _Connection, request: web.BaseRequest) -> None:
-        self._waiting.pop(connection, None)
-        connection.request = request
-        connection.sending_since = None
-        connection.seen_reads = connection.reads
-        connection.waiting_since = self.now()  # from here: progress of the body
-        connection.data_plane = self._data_plane(request)
-        if connection.data_plane:
-            self._data_plane_requests += 1
-
     def _end(self, connection: _Connection) -> None:
         if connection.request is None:
             return
         connection.request = None
         connection.served = True
+        connection.waiting_since = None
         if connection.data_plane:
             self._data_plane_requests -= 1
             connection.data_plane = False
         if not connection.closing:
             connection.seen_reads = connection.reads
-            connection.waiting_since = self.now()
             self._waiting[connection] = None
 
     @web.middleware
@@ -440,13 +436,12 @@ class ConnectionGuard:
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
         """Marks the connection inside a request while the handler runs (install it first)."""
+        # The hot path of every request: no clock reading, a few assignments.
         connection = self._connections.get(request.protocol)
         if connection is None or connection.closing:
             return await handler(request)  # type: ignore[no-any-return]
-        if (
-            self._data_plane(request)
-            and self._data_plane_requests >= self.limits.data_plane_connections
-        ):
+        data_plane = self._data_plane(request)
+        if data_plane and self._data_plane_requests >= self._data_plane_limit:
             peer_log.warning(
                 ("data-plane-cap", self.name),
                 "HTTP listener %s: %d data-plane requests in progress, all it gives them "
@@ -461,7 +456,12 @@ class ConnectionGuard:
             )
             response.force_close()
             return response
-        self._begin(connection, request)
+        if data_plane:
+            self._data_plane_requests += 1
+            connection.data_plane = True
+        self._waiting.pop(connection, None)
+        connection.request = request
+        connection.sending_since = connection.waiting_since = None
         try:
             return await handler(request)  # type: ignore[no-any-return]
         finally:
@@ -499,11 +499,14 @@ class ConnectionGuard:
             moved = connection.reads != connection.seen_reads
             connection.seen_reads = connection.reads
             request = connection.request
+            waited = 0.0 if connection.waiting_since is None else now - connection.waiting_since
+            if connection.waiting_since is None:
+                connection.waiting_since = now
             if request is not None:
                 # Inside a request: a body the handler waits for must keep coming.
                 if moved or request.content.is_eof():
                     connection.waiting_since = now
-                elif now - connection.waiting_since > limits.body_timeout:
+                elif waited > limits.body_timeout:
                     self._close(
                         connection,
                         "body-timeout",
@@ -521,7 +524,7 @@ class ConnectionGuard:
                 started = connection.sending_since
             if started is not None and now - started > limits.header_timeout:
                 self._time_out_headers(connection)
-            elif started is None and now - connection.waiting_since > limits.idle_timeout:
+            elif started is None and waited > limits.idle_timeout:
                 self._close(connection, "idle-timeout")
 
     def _time_out_headers(self, connection: _Connection) -> None:
@@ -563,8 +566,16 @@ class GuardedSite(web.BaseSite):
     guard.middleware)``, before ``runner.setup()``) for requests to count.
     """
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
-        super().__init__(runner)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        *,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
         assert runner.server is not None
         guard.server = runner.server
         self._host = host
@@ -579,7 +590,11 @@ class GuardedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.guard.protocol, self._host, self._port, reuse_address=True
+            self.guard.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
         )
         port = self._server.sockets[0].getsockname()[1]
         self.guard.name = f"{self._host}:{port}"
