@@ -43,6 +43,7 @@ import logging
 import resource
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Final, cast
 
 from aiohttp import web
@@ -107,6 +108,10 @@ FILES_PER_CONNECTION: Final = 4
 rest is for MQTT clients, the event log, deliveries and the processes
 Headwater runs. A larger --http-max-connections is lowered to fit, with a
 warning."""
+
+EVICTION_SCAN: Final = 32
+"""At the cap, how many of the connections waiting longest are considered for
+eviction: the first that is not still receiving a response goes."""
 
 SWEEPS_PER_TIMEOUT: Final = 4
 """How often the sweep runs, as a fraction of the shortest timeout (at most
@@ -319,6 +324,12 @@ _TIMEOUT = (
 )
 
 
+def _writing(connection: _Connection) -> bool:
+    """Whether a response is still going out (the peer has not read all of it yet)."""
+    transport = connection.transport
+    return transport is not None and transport.get_write_buffer_size() > 0
+
+
 def _response(template: bytes, text: str) -> bytes:
     body = text.encode() + b"\n"
     return template % (len(body), body)
@@ -333,6 +344,7 @@ class ConnectionGuard:
         *,
         data_plane: Callable[[web.BaseRequest], bool] = lambda request: False,
         name: str = "http",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.limits = limits
         self.name = name
@@ -340,7 +352,8 @@ class ConnectionGuard:
         """aiohttp's protocol factory (``runner.server``), set by GuardedSite."""
         self._data_plane = data_plane
         self._data_plane_limit = limits.data_plane_connections
-        self._loop = asyncio.get_running_loop()
+        self.now: Callable[[], float] = clock or asyncio.get_running_loop().time
+        """The clock the timeouts are measured on (the loop's)."""
         self._connections: dict[Any, _Connection] = {}  # aiohttp's protocol -> connection
         self._waiting: dict[_Connection, None] = {}  # not in a request; oldest first
         self._data_plane_requests = 0
@@ -348,9 +361,6 @@ class ConnectionGuard:
             ("header-timeout", "body-timeout", "idle-timeout", "evicted", "refused"), 0
         )
         self._sweeper: asyncio.Task[None] | None = None
-
-    def now(self) -> float:
-        return self._loop.time()
 
     @property
     def open_connections(self) -> int:
@@ -367,7 +377,9 @@ class ConnectionGuard:
     def admit(self, connection: _Connection) -> asyncio.Protocol | None:
         """aiohttp's protocol for a new connection, or None when it was refused."""
         if len(self._connections) >= self.limits.max_connections:
-            oldest = next(iter(self._waiting), None)
+            oldest = next(
+                (c for c in islice(self._waiting, EVICTION_SCAN) if not _writing(c)), None
+            )
             if oldest is None:
                 self._refuse(connection)
                 return None
@@ -516,6 +528,9 @@ class ConnectionGuard:
                         limits.body_timeout,
                     )
                 continue
+            if _writing(connection):
+                connection.waiting_since = now  # a response still going out: not idle
+                continue
             if moved and connection.sending_since is None:
                 connection.sending_since = now  # the first bytes of a request
             if not connection.served:
@@ -547,13 +562,14 @@ def guard_app(
     limits: HttpLimits,
     *,
     data_plane: Callable[[web.BaseRequest], bool] = lambda request: False,
+    clock: Callable[[], float] | None = None,
 ) -> ConnectionGuard:
     """A guard for ``app``'s listener: its middleware goes first, and ``/metrics`` finds it.
 
     Call before the runner's setup; serve with ``GuardedSite(runner, host,
     port, guard)`` and ``web.AppRunner(app, logger=PeerLogger())``.
     """
-    guard = ConnectionGuard(limits, data_plane=data_plane)
+    guard = ConnectionGuard(limits, data_plane=data_plane, clock=clock)
     app.middlewares.insert(0, guard.middleware)  # first: a request counts from its start
     app[GUARDS_KEY] = {"http": guard}
     return guard

@@ -19,6 +19,7 @@ from headwater.http_guard import (
     HttpLimits,
     PeerAborted,
     PeerLogger,
+    _writing,
     guard_app,
     metric_families,
     peer_log,
@@ -67,10 +68,15 @@ async def until_closed(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), EOF_WAIT)
 
 
+BIG = 32 * 1024 * 1024  # more than the loopback's socket buffers hold
+
+
 @asynccontextmanager
-async def serve(limits: HttpLimits) -> AsyncIterator[Served]:
+async def serve(
+    limits: HttpLimits, clock: Callable[[], float] | None = None
+) -> AsyncIterator[Served]:
     app = web.Application()
-    guard = guard_app(app, limits, data_plane=is_ingress_request)
+    guard = guard_app(app, limits, data_plane=is_ingress_request, clock=clock)
     served = Served(0, guard)
 
     async def hold(request: web.Request) -> web.Response:
@@ -94,9 +100,13 @@ async def serve(limits: HttpLimits) -> AsyncIterator[Served]:
     async def boom(request: web.Request) -> web.Response:
         raise RuntimeError("a bug of ours")
 
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * BIG)
+
     app.router.add_get("/api/hold", hold)
     app.router.add_get("/api/ok", ok)
     app.router.add_get("/api/boom", boom)
+    app.router.add_get("/api/big", big)
     app.router.add_post("/{namespace}/{name}", ingress)
     runner = web.AppRunner(app, access_log=None, logger=PeerLogger(), shutdown_timeout=0.1)
     await runner.setup()
@@ -184,6 +194,32 @@ async def test_at_the_cap_the_connection_waiting_longest_makes_room() -> None:
         assert s.guard.closed["evicted"] == 1
         for _, writer in waiting:
             writer.close()
+
+
+async def test_a_response_still_going_out_is_neither_idle_nor_evicted() -> None:
+    now = [0.0]
+    limits = HttpLimits(max_connections=2, header_timeout=LONG, idle_timeout=1.0)
+    async with serve(limits, clock=lambda: now[0]) as s:
+        reader, writer = await s.connect(b"GET /api/big HTTP/1.1\r\nHost: t\r\n\r\n")
+        # The handler is done, the response not read: the connection waits to send.
+        await until(lambda: bool(s.guard._waiting) and all(map(_writing, s.guard._waiting)))
+        s.guard.sweep()  # starts the idle clock
+        now[0] += 10 * limits.idle_timeout
+        s.guard.sweep()
+        assert s.guard.closed["idle-timeout"] == 0
+        # At the cap, a new connection takes the slot of the idle one, not of
+        # the one still receiving its response.
+        idle_reader, idle_writer = await s.connect()
+        await until(lambda: s.guard.open_connections == 2)
+        assert (await s.get("/api/ok")).endswith(b"ok")
+        assert await until_closed(idle_reader) == b""
+        assert s.guard.closed["evicted"] == 1
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EOF_WAIT)
+        assert head.startswith(b"HTTP/1.1 200")
+        body = await asyncio.wait_for(reader.readexactly(BIG), EOF_WAIT)
+        assert len(body) == BIG
+        for w in (writer, idle_writer):
+            w.close()
 
 
 async def test_at_the_cap_with_every_connection_in_a_request_new_ones_get_503() -> None:
