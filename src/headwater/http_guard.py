@@ -18,8 +18,9 @@ those that hold a slot without making progress, as nginx does:
   requests.
 
 At ``max_connections``, a new connection first takes the slot of the one that
-has waited longest for a request (idle, or still sending its headers); if
-every slot is inside a request, it is answered ``503`` and closed. Data-plane
+has waited longest for a request (idle, or still sending its headers; not one
+still receiving a response, which is not idle either); if every slot is
+inside a request, it is answered ``503`` and closed. Data-plane
 requests in progress (the Broker ingress) may use all but a reserve of the
 slots (``admin_reserve``), so the admin API, ``/metrics`` and the dashboard
 stay reachable while producers, or a flood posing as one, fill the rest. A
