@@ -104,11 +104,11 @@ ADMIN_RESERVE_SHARE: Final = 8
 with the default cap, 128 connections stay for the admin API and the dashboard
 whatever the ingress holds."""
 
-FILES_PER_CONNECTION: Final = 4
-"""The HTTP listener may use at most a quarter of the open-files limit: the
-rest is for MQTT clients, the event log, deliveries and the processes
-Headwater runs. A larger --http-max-connections is lowered to fit, with a
-warning."""
+FILES_PER_CONNECTION: Final = 8
+"""The HTTP listener may use at most an eighth of the open-files limit: MQTT
+sockets may take three quarters (headwater.mqtt.config.FD_SHARE), and the
+last eighth stays for the event log, deliveries and the processes Headwater
+runs. A larger --http-max-connections is lowered to fit, with a warning."""
 
 EVICTION_SCAN: Final = 32
 """At the cap, how many of the connections waiting longest are considered for
@@ -650,12 +650,12 @@ def raise_open_files_limit() -> int:
 
 
 def fit_to_open_files(limits: HttpLimits, open_files: int) -> HttpLimits:
-    """``limits`` with max_connections at most a quarter of ``open_files``."""
+    """``limits`` with max_connections at most an eighth of ``open_files``."""
     most = max(1, open_files // FILES_PER_CONNECTION)
     if limits.max_connections <= most:
         return limits
     log.warning(
-        "--http-max-connections %d is more than a quarter of the open-files limit (%d): using %d",
+        "--http-max-connections %d is more than an eighth of the open-files limit (%d): using %d",
         limits.max_connections,
         open_files,
         most,

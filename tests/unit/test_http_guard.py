@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from headwater.http_guard import (
     PeerAborted,
     PeerLogger,
     _writing,
+    fit_to_open_files,
     guard_app,
     metric_families,
     peer_log,
+    raise_open_files_limit,
     read_body,
 )
 
@@ -335,3 +338,26 @@ def test_the_cli_defaults_are_the_guards() -> None:
     assert defaults["http_header_timeout"] == limits.header_timeout
     assert defaults["http_body_timeout"] == limits.body_timeout
     assert defaults["http_idle_timeout"] == limits.idle_timeout
+
+
+def test_the_cap_never_takes_more_than_an_eighth_of_the_open_files(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # MQTT may take three quarters of the descriptors; the last eighth is for
+    # the log, deliveries and child processes.
+    assert fit_to_open_files(HttpLimits(max_connections=1024), 1024 * 1024).max_connections == 1024
+    fitted = fit_to_open_files(HttpLimits(max_connections=1024, body_timeout=5.0), 4096)
+    assert (fitted.max_connections, fitted.body_timeout) == (512, 5.0)
+    assert "is more than an eighth of the open-files limit (4096): using 512" in caplog.text
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        raised = raise_open_files_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == raised
+        assert raised == (hard if hard != resource.RLIM_INFINITY else 1024 * 1024)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
