@@ -242,14 +242,14 @@ async def start(options: UpOptions) -> Server:
             "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
         )
     found = load(options)
-    # First: the listeners size their shares of the descriptors from the limit.
-    open_files = raise_open_files_limit()
     events = open_log(options)
     try:
         state = open_state(options)
     except BaseException:
         await events.close()
         raise
+    # Before the runtime: the listeners size their shares of the descriptors from it.
+    open_files = raise_open_files_limit()
     runtime = Runtime(
         events, state=state, data_dir=options.data_dir, http_worker=options.http_worker
     )
