@@ -118,6 +118,38 @@ def version() -> None:
     show_default=True,
     help="Make HTTP deliveries from a worker process, which uses a second CPU core.",
 )
+# The HTTP listener's limits (headwater.http_guard's defaults; a test keeps
+# them equal without importing aiohttp for every command).
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="HTTP connections open at once. At the cap, the connection waiting longest for "
+    "a request is closed, or the new one answered 503; data-plane requests never take "
+    "the last eighth, kept for the admin API.",
+)
+@click.option(
+    "--http-header-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request's headers may take to arrive (then 408 and close).",
+)
+@click.option(
+    "--http-body-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a request body may pause between two reads (then the connection closes).",
+)
+@click.option(
+    "--http-idle-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=75.0,
+    show_default=True,
+    help="Seconds a kept-alive HTTP connection may wait for its next request.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def up(
     files: tuple[Path, ...],
@@ -131,10 +163,15 @@ def up(
     drain_timeout: float,
     loop: str,
     http_worker: bool,
+    http_max_connections: int,
+    http_header_timeout: float,
+    http_body_timeout: float,
+    http_idle_timeout: float,
     log_level: str,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
     from headwater.api.server import Server, StartupError, UpOptions, run
+    from headwater.http_guard import HttpLimits
     from headwater.resources import ConfigError
 
     logging.basicConfig(
@@ -151,6 +188,9 @@ def up(
         durability="normal" if durability == "normal" else "fsync",
         drain_timeout=drain_timeout,
         http_worker=http_worker,
+        http_limits=HttpLimits(
+            http_max_connections, http_header_timeout, http_body_timeout, http_idle_timeout
+        ),
     )
 
     def ready(server: Server) -> None:
@@ -611,8 +651,11 @@ def tail(
         # On stderr: stdout stays the events alone (--json is one event per line).
         click.echo(waiting, err=True)
 
+    def warn(text: str) -> None:
+        click.echo(f"warning: {text}", err=True)
+
     try:
-        for data in _client(server, token).stream_events(path, on_open=opened):
+        for data in _client(server, token).stream_events(path, on_open=opened, on_warning=warn):
             click.echo(data.decode() if as_json else format_pretty(from_json(data)) + "\n")
             seen += 1
             if max_events is not None and seen >= max_events:
@@ -875,7 +918,9 @@ def deadletters_redrive(
     )
 
 
-@main.command("cesql")
+# An expression may start with `-` (`-1 + 2`, `-temperature < 0`): what click
+# does not know as an option is the expression, so no `--` is needed.
+@main.command("cesql", context_settings={"ignore_unknown_options": True})
 @click.argument("expression")
 @click.option(
     "--event",
@@ -904,6 +949,9 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
     click.echo(cesql.format_value(result.value))
     for error in result.errors:
         click.echo(f"{type(error).__name__}: {error.message}", err=True)
+    if result.complete is not None and result.complete != result.value:
+        shown = cesql.format_value(result.complete)
+        click.echo(f"complete evaluation (CESQL 4.1) would give: {shown}", err=True)
     click.echo(f"matches: {'yes' if compiled.matches(event) else 'no'}", err=True)
 
 

@@ -4,10 +4,13 @@ How this works: handlers are thin: they parse the request, call the runtime,
 and answer JSON. Errors are JSON too, ``{"error": ..., "problems": [...]}``,
 with the status that fits (400 bad request, 401 no or wrong token, 404
 unknown resource, 409 a conflict: a resource that a file of ``headwater up``
-owns, a stale ``resourceVersion``, or one that others refer to, 415
-unsupported body, 422 invalid resources, 503 the state store cannot be
-written). A bearer token, when configured, is required on every ``/api/``
-route and compared in constant time.
+owns, a stale ``resourceVersion``, or one that others refer to, 413 body over
+its limit, 415 unsupported body, 422 invalid resources, 503 the state store
+cannot be written). Bodies are read with :func:`read_json` or
+:func:`headwater.http_guard.read_body`, which count the bytes they read
+against the endpoint's limit, however the body is framed. A bearer token,
+when configured, is required on every ``/api/`` route and compared in
+constant time.
 
 What the API applies is kept in the state store and runs again after a
 restart (:mod:`headwater.runtime.applied`); each resource's ``status.origin``
@@ -26,6 +29,8 @@ import orjson
 from aiohttp import web
 
 from headwater import __version__
+from headwater.eventing.ingress import is_ingress_request
+from headwater.http_guard import BodyTooLarge, PeerAborted, read_body
 from headwater.resources import KINDS, ConfigError, Problem, Resource
 from headwater.resources.models import INGRESS_TOKEN_ANNOTATION
 from headwater.runtime.applied import OwnedByFile
@@ -76,7 +81,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = request.app[TOKEN_KEY]
         if token and path != "/api/v1/openapi.json" and not _bearer_ok(request, token):
             return _unauthorized("missing or wrong bearer token")
-    elif path.count("/") == 2 and request.method == "POST":
+    elif is_ingress_request(request):
         # The data-plane ingress `/{namespace}/{broker}`: a Broker may require
         # its own token (annotation headwater.dev/ingress-token).
         _, namespace, name = path.split("/")
@@ -97,6 +102,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except UnknownKind as exc:
         return error(404, str(exc))
+    except BodyTooLarge as exc:
+        return error(413, f"request body over {exc.limit} bytes")
+    except PeerAborted as exc:
+        return error(400, str(exc))  # to no one, most likely: the peer has gone
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body parsed as JSON (ValueError if it is not), read up to ``limit`` bytes.
+
+    Over the limit, BodyTooLarge; a peer gone mid-body, PeerAborted: both
+    answered by the ``_errors`` middleware (413, 400).
+    """
+    return orjson.loads(await read_body(request, limit))
 
 
 def kind_of(name: str) -> str:
@@ -157,12 +175,10 @@ def _problem_json(p: Problem) -> dict[str, Any]:
 
 async def _body_text(request: web.Request) -> str | web.Response:
     """The resources in a request body, or the error answer."""
-    if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
-        return error(413, f"request body over {MAX_APPLY_BYTES} bytes")
     media = request.content_type
     if media not in ("application/yaml", "application/x-yaml", "text/yaml", "application/json"):
         return error(415, "send resources as application/yaml or application/json")
-    raw = await request.read()
+    raw = await read_body(request, MAX_APPLY_BYTES)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -38,11 +38,16 @@ class ApiClient:
         self.token = token or os.environ.get("HEADWATER_TOKEN")
 
     def stream_events(
-        self, path: str, on_open: Callable[[], None] | None = None
+        self,
+        path: str,
+        on_open: Callable[[], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> Iterator[bytes]:
         """The ``data`` of each server-sent event from ``path``, as it arrives.
 
-        ``on_open`` is called once the server accepted the stream.
+        ``on_open`` is called once the server accepted the stream. Events
+        named ``warning`` (the server's remarks about the stream, such as a
+        filter reading an attribute no event has) go to ``on_warning``.
         """
         req = urllib.request.Request(self.server + path)
         req.add_header("Accept", "text/event-stream")
@@ -62,13 +67,20 @@ class ApiClient:
             on_open()
         with response:
             data: list[bytes] = []
+            name = b""
             for line in response:
                 line = line.rstrip(b"\r\n")
                 if line.startswith(b"data:"):
                     data.append(line[5:].lstrip(b" "))
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip()
                 elif not line and data:
-                    yield b"\n".join(data)
-                    data = []
+                    if name == b"warning":
+                        if on_warning is not None:
+                            on_warning(b"\n".join(data).decode("utf-8", "replace"))
+                    elif not name or name == b"message":
+                        yield b"\n".join(data)
+                    data, name = [], b""
 
     def _not_headwater(self, method: str, path: str, status: int, media: str) -> NotHeadwater:
         return NotHeadwater(

@@ -11,11 +11,17 @@ event to a destination under a DeliverySpec (retries, backoff), counting
 delivered, failed and remaining events as it goes; it can be cancelled, and
 stops by itself after ``maxFailures`` failed events. Nothing here touches the
 Trigger cursors: replay never re-delivers to subscribers that did not ask.
+
+A tail's filter that reads an attribute none of the first events has
+(``temprature > 23``) would match nothing, silently: the tail says so once,
+as an ``event: warning`` with a suggestion (AbsentAttributes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import difflib
 import logging
 import uuid
 
@@ -23,9 +29,9 @@ from aiohttp import web
 
 from headwater import cesql
 from headwater.api import jobs
-from headwater.api.app import RUNTIME_KEY, error, json_response
+from headwater.api.app import RUNTIME_KEY, error, json_response, read_json
 from headwater.api.jobs import Job, Jobs
-from headwater.cloudevents import to_json
+from headwater.cloudevents import CloudEvent, to_json
 from headwater.eventing import Deliverer, DeliverySpec, Sink
 from headwater.log import LogError, Start, StartKind
 from headwater.resources import Destination
@@ -34,6 +40,10 @@ from headwater.runtime import Runtime
 log = logging.getLogger(__name__)
 
 TAIL_BATCH = 256
+TAIL_WARN_AFTER = 10
+"""Events a tail reads before it warns that its filter reads an attribute none
+of them had: enough not to warn when the first event is of another kind, few
+enough to say it while someone is still watching."""
 TAIL_KEEPALIVE = 15.0
 """Seconds between SSE comments on a quiet stream, so proxies keep the connection."""
 
@@ -53,8 +63,10 @@ def _broker_stream(runtime: Runtime, namespace: str, name: str) -> str | None:
     return broker.stream if broker is not None else None
 
 
-def _compile_filter(text: str | None) -> cesql.Expression | None:
-    return cesql.compile(text) if text else None
+async def _compile_filter(text: str | None) -> cesql.Expression | None:
+    # Compiling is bounded (cesql.parser.MAX_LENGTH: about 0.1 s at most) but
+    # runs in a thread all the same, so that no request stalls the event loop.
+    return await asyncio.to_thread(cesql.compile, text) if text else None
 
 
 def _start(runtime: Runtime, text: str) -> Start:
@@ -62,7 +74,9 @@ def _start(runtime: Runtime, text: str) -> Start:
 
 
 MAX_FILTER_BYTES = 64 * 1024
-"""The largest filter the check accepts; real filters are a line or two."""
+"""The largest body the filter check reads, however it is sent (chunked or
+not); real filters are a line or two, and CESQL refuses expressions longer
+than this anyway (cesql.MAX_LENGTH)."""
 
 
 async def check_filter(request: web.Request) -> web.Response:
@@ -71,17 +85,15 @@ async def check_filter(request: web.Request) -> web.Response:
     The dashboard asks before it opens a tail, so that a typo is shown inline
     without a failed request (the tail itself still answers 400 for it).
     """
-    if request.content_length is not None and request.content_length > MAX_FILTER_BYTES:
-        return error(413, f"request body over {MAX_FILTER_BYTES} bytes")
     try:
-        body = await request.json()
+        body = await read_json(request, MAX_FILTER_BYTES)
     except ValueError:
         return error(400, 'send a JSON object: {"filter": "..."}')
     text = body.get("filter") if isinstance(body, dict) else None
     if not isinstance(text, str):
         return error(400, "`filter` must be a string")
     try:
-        cesql.compile(text)
+        await _compile_filter(text)
     except cesql.ParseError as exc:
         return json_response(
             {"valid": False, "error": str(exc), "line": exc.line, "column": exc.column}
@@ -96,7 +108,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
     if stream is None:
         return error(404, f"no running Broker {name!r} in namespace {namespace!r}")
     try:
-        expression = _compile_filter(request.query.get("filter"))
+        expression = await _compile_filter(request.query.get("filter"))
     except cesql.ParseError as exc:
         return error(400, f"invalid filter: {exc}")
     try:
@@ -109,6 +121,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     reader = runtime.log.reader(stream, consumer, start)
+    absent = AbsentAttributes(expression.attributes) if expression else None
     try:
         await response.write(b": tailing " + stream.encode() + b"\n\n")
         while True:
@@ -120,6 +133,8 @@ async def tail(request: web.Request) -> web.StreamResponse:
             for entry in batch:
                 if expression is None or expression.matches(entry.event):
                     chunks.append(b"id: %d\ndata: %s\n\n" % (entry.offset, to_json(entry.event)))
+                if absent is not None and (warning := absent.observe(entry.event)) is not None:
+                    chunks.append(b"event: warning\ndata: %s\n\n" % warning.encode())
                 await reader.ack(entry.offset)
             if chunks:
                 await response.write(b"".join(chunks))
@@ -130,6 +145,43 @@ async def tail(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(LogError):
             await runtime.log.delete_consumer(stream, consumer)
     return response
+
+
+class AbsentAttributes:
+    """Which attributes a filter reads that no event seen so far has; a warning, once."""
+
+    MAX_NAMES = 1024
+    """Attribute names remembered for suggestions (events may carry many extensions)."""
+
+    def __init__(self, read: frozenset[str]) -> None:
+        self.absent = set(read)
+        self.names: set[str] = set()
+        self.events = 0
+        self.done = not read
+
+    def observe(self, event: CloudEvent) -> str | None:
+        """The warning to send after ``event``, at most once per tail."""
+        if self.done:
+            return None
+        self.absent.difference_update([name for name in self.absent if name in event])
+        if len(self.names) < self.MAX_NAMES:
+            self.names.update(event)
+        self.events += 1
+        if not self.absent or self.events < TAIL_WARN_AFTER:
+            self.done = not self.absent
+            return None
+        self.done = True
+        return "; ".join(self._say(name) for name in sorted(self.absent))
+
+    def _say(self, name: str) -> str:
+        # As `headwater cesql` reports it: a MissingAttributeError, which makes
+        # a filter false (spec.md 3.2, 1.2).
+        text = (
+            f"none of the first {self.events} events has the attribute {name!r}: "
+            "the filter cannot match them (MissingAttributeError)"
+        )
+        close = difflib.get_close_matches(name, self.names, n=1)
+        return text + (f"; did you mean {close[0]!r}?" if close else "")
 
 
 async def _run_replay(runtime: Runtime, job: Job, start: Start, sink: Sink) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from headwater.api.app import error, json_response
+from headwater.api.app import error, json_response, read_json
 from headwater.eventing import Outcome
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,15 @@ class Jobs:
             await self.cancel(job)
 
 
+MAX_REQUEST_BYTES: Final = 64 * 1024
+"""The largest body a job is started with, however it is framed (a start, a
+destination and a few options are a few lines)."""
+
+
 async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
     """The JSON object a job is started with, or the 400 answer."""
     try:
-        body = await request.json()
+        body = await read_json(request, MAX_REQUEST_BYTES)
     except ValueError:
         return error(400, "send a JSON object")
     if not isinstance(body, dict):

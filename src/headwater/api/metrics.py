@@ -11,7 +11,7 @@ metric families) has them included in the same exposition.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import accumulate
 from typing import Any
 
@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from headwater import http_guard
 from headwater.api.app import RUNTIME_KEY
 from headwater.log import LogError, StreamInfo
 from headwater.runtime import Runtime
@@ -51,9 +52,12 @@ _MEMBER_COUNTERS = (
 
 
 class _Snapshot(Collector):
-    def __init__(self, runtime: Runtime, streams: dict[str, StreamInfo]) -> None:
+    def __init__(
+        self, runtime: Runtime, streams: dict[str, StreamInfo], extra: list[Metric]
+    ) -> None:
         self.runtime = runtime
         self.streams = streams
+        self.extra = extra
 
     def collect(self) -> Iterator[Metric]:
         accepted = CounterMetricFamily(
@@ -142,6 +146,7 @@ class _Snapshot(Collector):
         yield from (pings, ping_failures)
         yield from self._streams()
         yield from extra
+        yield from self.extra
 
     def _streams(self) -> Iterator[Metric]:
         events = GaugeMetricFamily(
@@ -164,7 +169,7 @@ class _Snapshot(Collector):
         yield from (events, size, last, dropped)
 
 
-async def render(runtime: Runtime) -> bytes:
+async def render(runtime: Runtime, extra: Iterable[Metric] = ()) -> bytes:
     streams: dict[str, StreamInfo] = {}
     for resource in runtime.resources():
         component: Any = runtime.reconciler.component(resource.key)
@@ -176,12 +181,14 @@ async def render(runtime: Runtime) -> bytes:
         except LogError:
             continue  # an unavailable log shows up as missing series, not a failed scrape
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(runtime, streams))
+    registry.register(_Snapshot(runtime, streams, list(extra)))
     return generate_latest(registry)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = await render(request.app[RUNTIME_KEY])
+    # The HTTP listener's own: peers' errors, connections open and closed.
+    http = http_guard.metric_families(request.app.get(http_guard.GUARDS_KEY))
+    body = await render(request.app[RUNTIME_KEY], http)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -463,7 +463,9 @@ def document() -> dict[str, Any]:
             "/api/v1/brokers/{namespace}/{name}/events": {
                 "get": {
                     "summary": "Live events of a Broker as server-sent events",
-                    "description": "Each event's `data` is one structured-mode CloudEvent.",
+                    "description": "Each event's `data` is one structured-mode CloudEvent. "
+                    "An event named `warning` (once at most) says that the filter reads an "
+                    "attribute none of the first events has, so it cannot match them.",
                     "parameters": [
                         _NS_PARAM,
                         _NAME_PARAM,
@@ -507,6 +509,7 @@ def document() -> dict[str, Any]:
                         "400": _error("Invalid request."),
                         "401": UNAUTHORIZED,
                         "404": _error("No running Broker."),
+                        "413": _error("The body is too large."),
                     },
                 }
             },

@@ -6,11 +6,14 @@ opened in it; the runtime runs the files and what the API applied before
 (every problem of the files, their references included, is one config error,
 and nothing starts then); a resource from the files that cannot start (a
 listener whose port is taken) stops the start with one line; the HTTP listener
-(admin API, and the data-plane ingress) binds; a ready line says what listens
-where. SIGTERM/SIGINT stop ContainerSource processes (they post to the HTTP
-listener), then the HTTP listener, let deliveries under way finish for the
-drain timeout, say how many did not (they are delivered again after the next
-start), commit cursors, and return normally.
+(admin API, and the data-plane ingress) binds behind a connection guard
+(headwater.http_guard: header, body and idle timeouts, a cap on connections
+that keeps room for the admin API; the open-files limit is raised to the hard
+limit first); a ready line says what listens where. SIGTERM/SIGINT stop
+ContainerSource processes (they post to the HTTP listener), then the HTTP
+listener, let deliveries under way finish for the drain timeout, say how many
+did not (they are delivered again after the next start), commit cursors, and
+return normally.
 """
 
 from __future__ import annotations
@@ -33,9 +36,19 @@ from aiohttp import web
 
 from headwater.api.app import create_app
 from headwater.eventing import Ingress
+from headwater.eventing.ingress import is_ingress_request
+from headwater.http_guard import (
+    GuardedSite,
+    HttpLimits,
+    PeerLogger,
+    fit_to_open_files,
+    guard_app,
+    raise_open_files_limit,
+)
 from headwater.log import LogError, SqliteLog
 from headwater.log.sqlite import Durability
 from headwater.resources import ConfigError, LoadResult, collect_paths, collect_text
+from headwater.resources.models import INGRESS_TOKEN_ANNOTATION
 from headwater.resources.mqtt import MqttBrokerSource
 from headwater.runtime.applied import EMBEDDED_DEFAULTS as EMBEDDED_FILE
 from headwater.runtime.runtime import CHANNEL_PREFIX, Runtime
@@ -75,6 +88,7 @@ class UpOptions:
     durability: Durability = "fsync"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     http_worker: bool = True
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
 
 
 # With no resource files, `headwater up` runs the embedded default: a Broker
@@ -234,6 +248,8 @@ async def start(options: UpOptions) -> Server:
     except BaseException:
         await events.close()
         raise
+    # Before the runtime: the listeners size their shares of the descriptors from it.
+    open_files = raise_open_files_limit()
     runtime = Runtime(
         events, state=state, data_dir=options.data_dir, http_worker=options.http_worker
     )
@@ -247,13 +263,19 @@ async def start(options: UpOptions) -> Server:
         app = create_app(runtime, token=options.token)
         Ingress(runtime.ingress_lookup).add_routes(app)
         Ingress(runtime.channel_lookup, what="channel").add_routes(app, CHANNEL_PREFIX)
+        limits = fit_to_open_files(options.http_limits, open_files)
+        guard = guard_app(app, limits, data_plane=_data_plane)
         # Tails (server-sent events) never end by themselves: after this grace
         # period at shutdown their handlers are cancelled.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            logger=PeerLogger(),
         )
         await runner.setup()
-        site = web.TCPSite(runner, options.host, options.http_port, reuse_address=True)
+        site = GuardedSite(runner, options.host, options.http_port, guard)
         try:
             await site.start()
         except OSError as exc:
@@ -272,6 +294,8 @@ async def start(options: UpOptions) -> Server:
     server = Server(runtime, runner)
     for sock_host, port in _bound(runner):
         server.urls["http"] = f"http://{_url_host(sock_host)}:{port}"
+    if not is_loopback(options.host):
+        _warn_open_brokers(runtime, options.host)
     runtime.listeners.update(server.urls)
     for key, url in runtime.listeners.items():
         if key.startswith("mqtt/"):
@@ -314,6 +338,34 @@ def _check_started(runtime: Runtime) -> None:
             )
     if failed:
         raise StartupError("; ".join(failed))
+
+
+def _data_plane(request: web.BaseRequest) -> bool:
+    """Whether ``request`` is for a Broker's or a Channel's ingress (the guard's data plane)."""
+    return is_ingress_request(request) or (
+        request.method == "POST" and request.path.startswith(CHANNEL_PREFIX + "/")
+    )
+
+
+def _warn_open_brokers(runtime: Runtime, host: str) -> None:
+    """One line naming the Brokers whose ingress anyone who can reach ``host`` may post to.
+
+    Knative's ingress has no authentication either; a gateway on a LAN deserves
+    to be told, and the annotation is the remedy.
+    """
+    open_brokers = [
+        f"{broker.namespace}/{broker.name}"
+        for broker in runtime.resources("Broker")
+        if not broker.metadata.annotations.get(INGRESS_TOKEN_ANNOTATION)
+    ]
+    if open_brokers:
+        log.warning(
+            "the Broker ingress on %s accepts events from anyone who can reach it for %s: "
+            "annotate a Broker with %s (a bearer token) to require one",
+            host,
+            ", ".join(sorted(open_brokers)),
+            INGRESS_TOKEN_ANNOTATION,
+        )
 
 
 def _bound(runner: web.AppRunner) -> list[tuple[str, int]]:

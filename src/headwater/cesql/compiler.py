@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import base64
 import operator
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from headwater.cesql.errors import (
@@ -45,9 +44,11 @@ from headwater.cesql.functions import (
     Function,
     FunctionFailed,
     FunctionRegistry,
+    IntegerOverflow,
     cast_function,
+    int32,
 )
-from headwater.cesql.like import like_matcher
+from headwater.cesql.like import like_matcher, scan_passes
 from headwater.cesql.parser import Node
 
 Attributes = Mapping[str, Any]
@@ -68,7 +69,6 @@ MISSING: Any = _Missing()
 # 3.4.4: "EXISTS MUST always return true for the REQUIRED context attributes
 # because the input CloudEvent is always assumed valid".
 _REQUIRED = frozenset({"id", "source", "specversion", "type"})
-_INT = re.compile(r"[+-]?[0-9]+\Z")
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
@@ -128,13 +128,12 @@ def to_integer(value: Any, errors: Errors) -> int:
     # String: "MAY begin with a leading sign '+' or '-'. If the result will
     # overflow or the string is not a valid integer an error is returned along
     # with a value of 0."
-    if _INT.match(value):
-        number = int(value)
-        if INT32_MIN <= number <= INT32_MAX:
-            return number
+    try:
+        return int32(value)
+    except IntegerOverflow:
         errors.append(CastError(f"{_quote(value)} overflows a 32-bit Integer"))
-        return 0
-    errors.append(CastError(f"cannot cast {_quote(value)} to Integer"))
+    except ValueError:
+        errors.append(CastError(f"cannot cast {_quote(value)} to Integer"))
     return 0
 
 
@@ -147,7 +146,7 @@ def to_boolean(value: Any, errors: Errors) -> bool:
     # "Returns true or false if the lower case representation of the string is
     # exactly "true" or "false", respectively. Otherwise returns an error along
     # with a value of false"
-    lower = value.lower()
+    lower = value.lower() if len(value) <= 5 else ""  # no copy of a long string
     if lower == "true":
         return True
     if lower != "false":
@@ -190,12 +189,18 @@ def _fast_int(value: str) -> int | None:
 
 
 class Compiler:
-    def __init__(self, functions: FunctionRegistry) -> None:
+    def __init__(self, functions: FunctionRegistry, root: Node | None = None) -> None:
         self.functions = functions
         self.warnings: list[CesqlError] = []
         """Errors certain to occur whenever their part of the expression is
         evaluated, found while compiling (3.3: "Whenever possible, some error
         checks SHOULD be done at compile time")."""
+        self._root = root
+        self.root_arguments: list[Fn] | None = None
+        """When ``root`` is a function call (not a cast): its arguments, cast
+        to the parameter types. A function's answer in error (``ABS`` of the
+        most negative integer is 2147483647) is the expression's value when its
+        arguments had none (see Expression.evaluate)."""
 
     def warn(self, error: CesqlError) -> None:
         if error not in self.warnings:
@@ -461,6 +466,8 @@ class Compiler:
             # INT(x), BOOL(x), STRING(x): the cast of x is the whole call.
             return self.typed(args[0], function.returns), function.returns
         fns = [self.typed(arg, function.parameter(i)) for i, arg in enumerate(args)]
+        if node is self._root:
+            self.root_arguments = fns
         if function.native:
             constant = self._constant(args[1], function.parameter(1)) if len(args) == 2 else None
             if constant is not None:  # LEFT(subject, 4): the 4 needs no call
@@ -518,6 +525,63 @@ class Compiler:
         if node[0] == "bin" and node[1] == "AND":
             return [*self.conjuncts(node[2]), *self.conjuncts(node[3])]
         return [node]
+
+
+# -- what an evaluation may cost -----------------------------------------------------
+
+# The built-ins that build a new String (a copy, up to MAX_STRING_LENGTH). The
+# others answer in constant time: LENGTH, ABS, and the casts (a String cast to
+# Integer or Boolean reads a few characters at most, see to_integer/to_boolean).
+_COPYING = frozenset(
+    {"CONCAT", "CONCAT_WS", "LOWER", "UPPER", "TRIM", "LEFT", "RIGHT", "SUBSTRING"}
+)
+
+
+def nodes(tree: Node) -> Iterator[Node]:
+    """Every node of ``tree`` (iteratively: a deep tree costs no recursion)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        kind = node[0]
+        if kind == "call":
+            stack.extend(node[2])
+        elif kind in ("not", "neg", "like"):
+            stack.append(node[1])
+        elif kind == "bin":
+            stack += (node[2], node[3])
+        elif kind == "in":
+            stack.append(node[1])
+            stack.extend(node[2])
+
+
+def read_attributes(tree: Node) -> frozenset[str]:
+    """The attributes an evaluation of ``tree`` reads (an absent one is an error).
+
+    EXISTS only asks: an absent attribute is its answer, not an error.
+    """
+    return frozenset(node[1] for node in nodes(tree) if node[0] == "id")
+
+
+def string_passes(tree: Node, functions: FunctionRegistry) -> int:
+    """At most how many times one evaluation of ``tree`` reads or copies a whole String.
+
+    Every other step costs a dictionary lookup or a comparison (equality of
+    Strings stops at the first difference, and at once when the lengths
+    differ), so this, times the largest value an event may carry, bounds the
+    work of an evaluation: a built-in that builds a String is one pass, a user
+    function one, a LIKE whatever its pattern needs (like.scan_passes).
+    """
+    passes = 0
+    for node in nodes(tree):
+        kind = node[0]
+        if kind == "call":
+            function = functions.resolve(node[1], len(node[2]))
+            if function is not None and (not function.native or function.name in _COPYING):
+                passes += 1
+        elif kind == "like":
+            passes += scan_passes(node[2])
+    return passes
 
 
 # -- arithmetic (spec.md 3.4.2) -------------------------------------------------------

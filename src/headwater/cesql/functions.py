@@ -31,7 +31,51 @@ PYTHON_TYPE: dict[str, type] = {BOOLEAN: bool, INTEGER: int, STRING: str}
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
+MAX_STRING_LENGTH = 1024 * 1024
+"""The longest String a function may build, in characters: as long as the
+largest event Headwater accepts by default (DEFAULT_MAX_EVENT_SIZE), so a
+CONCAT of an event's own attributes fits. Longer, the function returns the
+empty string with a FunctionEvaluationError (3.5.3: a function in error
+"MUST still return a valid return value"), and no string of that size is ever
+built: ``CONCAT(subject, subject, ...)`` cannot take gigabytes."""
+
 Errors = list[CesqlError]
+
+
+class IntegerOverflow(ValueError):
+    """Digits that are an integer, but not a 32-bit one."""
+
+
+def int32(text: str) -> int:
+    """``text`` as a 32-bit Integer (3.7: base 10, an optional leading sign).
+
+    ValueError if it is not an integer, IntegerOverflow if it does not fit 32
+    bits. Only ASCII digits count, and the length is checked before ``int()``
+    runs, so a long string costs one pass (Python's ``int()`` refuses more than
+    4,300 digits with a ValueError of its own, and is quadratic below that).
+    """
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{text[:40]!r} is not an integer")
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(INT32_MAX)):
+        raise IntegerOverflow(f"{len(digits)} digits overflow a 32-bit integer")
+    value = int(significant or "0")
+    if text[:1] == "-":
+        value = -value
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise IntegerOverflow(f"{value} overflows a 32-bit integer")
+    return value
+
+
+def _too_long(e: Errors, name: str, length: int) -> str:
+    e.append(
+        FunctionEvaluationError(
+            f"{name}: the result would be {length} characters, over the limit of "
+            f"{MAX_STRING_LENGTH}"
+        )
+    )
+    return ""
 
 
 class FunctionFailed(Exception):
@@ -134,19 +178,29 @@ def _length(e: Errors, x: str) -> int:
 
 
 def _concat(e: Errors, *xs: str) -> str:
+    length = sum(map(len, xs))
+    if length > MAX_STRING_LENGTH:
+        return _too_long(e, "CONCAT", length)
     return "".join(xs)
 
 
 def _concat_ws(e: Errors, delimiter: str, *xs: str) -> str:
+    length = sum(map(len, xs)) + len(delimiter) * max(len(xs) - 1, 0)
+    if length > MAX_STRING_LENGTH:
+        return _too_long(e, "CONCAT_WS", length)
     return delimiter.join(xs)
 
 
 def _lower(e: Errors, x: str) -> str:
-    return x.lower()
+    # A character may change length with its case ("İ".lower() is two), so the
+    # result is checked, not the argument.
+    result = x.lower()
+    return result if len(result) <= MAX_STRING_LENGTH else _too_long(e, "LOWER", len(result))
 
 
 def _upper(e: Errors, x: str) -> str:
-    return x.upper()
+    result = x.upper()  # "ß".upper() is "SS"
+    return result if len(result) <= MAX_STRING_LENGTH else _too_long(e, "UPPER", len(result))
 
 
 def _trim(e: Errors, x: str) -> str:

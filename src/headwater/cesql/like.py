@@ -46,6 +46,18 @@ def parse_pattern(pattern: str) -> list[Segment]:
     return segments
 
 
+def scan_passes(pattern: str) -> int:
+    """How many times matching ``pattern`` may read a whole value, at most.
+
+    The first and last segments are anchored (they cost their own length); a
+    literal middle segment is one ``str.find``, one pass; a middle segment with
+    ``_`` is a regular expression search, which may try each of its characters
+    at each position of the value: as many passes as it has characters.
+    """
+    middle = parse_pattern(pattern)[1:-1]
+    return sum(len(segment) if "" in segment else 1 for segment in middle if segment)
+
+
 def like_matcher(pattern: str) -> Callable[[str], bool]:
     """A function telling whether a string matches the LIKE ``pattern``."""
     segments = parse_pattern(pattern)

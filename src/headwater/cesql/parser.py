@@ -4,8 +4,10 @@ How this works: a hand-written lexer produces tokens with their offsets; a
 precedence-climbing parser builds nodes following the grammar's precedence
 (spec.md 3.6): function invocations, then unary NOT and minus, LIKE, EXISTS,
 IN, then `* / %`, `+ -`, comparisons, and AND/OR/XOR last. Keywords and
-function names are case-insensitive; value identifiers follow the CloudEvents
-attribute naming convention (lower-case letters and digits, spec.md 2.2).
+function names are case-insensitive; value identifiers are letters and digits
+(spec.md 2.2), and since CloudEvents attribute names are lower-case, an
+upper-case letter reads as its lower-case one (``EXISTS SOURCE``), as in the
+CESQL TCK and the other SDKs.
 
 Nodes are tuples whose first item names the kind:
 ``("lit", value)``, ``("id", name)``, ``("not", x)``, ``("neg", x)``,
@@ -19,9 +21,14 @@ import re
 from typing import Any
 
 from headwater.cesql.errors import ParseError
+from headwater.cesql.functions import int32
 
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
+MAX_LENGTH = 64 * 1024
+"""The longest expression accepted, in characters. Filters written by people
+are a line or two; generated ones (an IN set of a thousand device ids) stay
+far below. Compiling costs a few microseconds per character, so this bounds
+what one expression costs to compile (about 0.1 s) wherever it comes from: a
+Trigger's file, the admin API, ``headwater cesql``."""
 
 MAX_DEPTH = 128
 """Deepest tree accepted (every operator applied counts one level, so a chain
@@ -42,7 +49,8 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
-_IDENTIFIER = re.compile(r"[a-z0-9]+\Z")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+\Z")
+_DECIMAL = re.compile(r"\.[0-9]+")
 _FUNCTION = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
 
 # Binding powers (higher binds tighter), spec.md 3.6.
@@ -78,6 +86,8 @@ def tokenize(text: str) -> list[Token]:
             char = text[pos]
             if char in "'\"":
                 raise ParseError("unterminated string literal", text, pos)
+            if char == "." and _DECIMAL.match(text, pos):
+                raise _decimal(text, tokens, pos)
             raise ParseError(f"unexpected character {char!r}", text, pos)
         kind = m.lastgroup
         assert kind is not None
@@ -94,6 +104,25 @@ def tokenize(text: str) -> list[Token]:
         pos = m.end()
     tokens.append(("eof", "", len(text)))
     return tokens
+
+
+def _decimal(text: str, tokens: list[Token], pos: int) -> ParseError:
+    """``23.5``: CESQL v1 has no decimal numbers (2.2, 3.1), which is worth saying."""
+    start = (
+        tokens[-1][2]
+        if tokens and tokens[-1][0] == "int" and tokens[-1][2] + len(tokens[-1][1]) == pos
+        else pos
+    )
+    number = _DECIMAL.match(text, pos)
+    assert number is not None
+    written = text[start : number.end()]
+    return ParseError(
+        f"{written}: CESQL v1 has only integers, no decimal numbers; compare with an "
+        "integer (temperature > 23), and lift whole numbers from a payload with floor() "
+        "in the source's mapping (extensions: {temperature: floor(temperature)})",
+        text,
+        start,
+    )
 
 
 def unquote(literal: str) -> str:
@@ -242,7 +271,7 @@ class Parser:
             name = self.take()
             if name[0] != "word" or not _IDENTIFIER.match(name[1]):
                 raise self.error(f"EXISTS needs an attribute name, found {_describe(name)}", name)
-            return ("exists", name[1])
+            return ("exists", name[1].lower())
         if kind == "word":
             if self.peek()[:2] == ("op", "("):
                 if not _FUNCTION.match(text):
@@ -250,10 +279,11 @@ class Parser:
                 return self.call(text.upper(), offset)
             if not _IDENTIFIER.match(text):
                 raise self.error(
-                    f"{text!r} is not a valid attribute name (lower-case letters and digits)",
-                    token,
+                    f"{text!r} is not a valid attribute name (letters and digits)", token
                 )
-            return ("id", text)
+            # CloudEvents attribute names are lower-case, so `SOURCE` can only
+            # mean `source`: the CESQL TCK and the other SDKs read it so.
+            return ("id", text.lower())
         raise self.error(f"expected a value, found {_describe(token)}", token)
 
     def call(self, name: str, offset: int) -> Node:
@@ -268,10 +298,14 @@ class Parser:
         return ("call", name, args, offset)
 
     def integer(self, digits: str, token: Token) -> int:
-        value = int(digits)
-        if not INT32_MIN <= value <= INT32_MAX:
-            raise self.error(f"integer literal {digits} is outside the 32-bit range", token)
-        return value
+        # 2.2: "Integer literals MUST be valid 32 bit signed integer values."
+        try:
+            return int32(digits)
+        except ValueError:
+            shown = digits if len(digits) <= 24 else f"{digits[:12]}...({len(digits)} digits)"
+            raise self.error(
+                f"integer literal {shown} is outside the 32-bit range", token
+            ) from None
 
 
 def _describe(token: Token) -> str:
@@ -284,4 +318,10 @@ def _describe(token: Token) -> str:
 def parse(text: str) -> Node:
     if not isinstance(text, str):
         raise TypeError(f"a CESQL expression is a str, not {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise ParseError(
+            f"the expression is {len(text)} characters long, over the limit of {MAX_LENGTH}",
+            text,
+            MAX_LENGTH,
+        )
     return Parser(text).parse()

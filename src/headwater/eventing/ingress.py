@@ -4,12 +4,15 @@ Brokers answer at ``POST /{namespace}/{broker}``; Channels, with the same
 ingress under a prefix, at ``POST /channels/{namespace}/{channel}``.
 
 How this works: an aiohttp handler that only parses and validates; the
-Broker stores. The body is read up to the broker's limit (never more), then
-decoded with the CloudEvents HTTP binding (binary, structured or batched
-mode, decided by Content-Type). The answer follows Knative's broker ingress:
+Broker stores. The body is read up to the broker's limit (never more, however
+it is framed: :func:`headwater.http_guard.read_body`), then decoded with the
+CloudEvents HTTP binding (binary, structured or batched mode, decided by
+Content-Type). The answer follows Knative's broker ingress:
 
 - ``202`` once every event of the request is durable in the log;
-- ``400`` with the reason for anything that is not a valid CloudEvent;
+- ``400`` with the reason for anything that is not a valid CloudEvent (or a
+  body that ends early: the peer left, which is one throttled warning, as
+  every peer's mistake, never a traceback);
 - ``404`` for an unknown broker (channel); ``405`` for methods other than POST
   (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs");
 - ``413`` over the broker's maximum event size;
@@ -30,9 +33,16 @@ from aiohttp import web
 
 from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent, InvalidEvent, from_http
 from headwater.eventing._fanout import Saturated
+from headwater.http_guard import BodyTooLarge, PeerAborted, PeerLogger, read_body
 from headwater.log import EventTooLarge, LogUnavailable, StreamNotFound
 
-__all__ = ["DEFAULT_MAX_BATCH_BYTES", "Acceptor", "Ingress", "IngressServer"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_BYTES",
+    "Acceptor",
+    "Ingress",
+    "IngressServer",
+    "is_ingress_request",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +57,11 @@ MAX_REASON_CHARS: Final = 1024
 """An error answer quotes at most this much of the reason (which may quote the input)."""
 
 _ALLOW: Final = "POST, OPTIONS"
-_READ_CHUNK: Final = 64 * 1024
+
+
+def is_ingress_request(request: web.BaseRequest) -> bool:
+    """Whether ``request`` is a POST to a Broker's ingress, ``/{namespace}/{name}``."""
+    return request.method == "POST" and request.path.count("/") == 2
 
 
 class Acceptor(Protocol):
@@ -109,14 +123,12 @@ class Ingress:
         limit = (
             max(self.max_batch_bytes, broker.max_event_size) if is_batch else broker.max_event_size
         )
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            return _too_large(declared, limit, self.what)
-        # With a Content-Length (checked above) read it at once; chunked bodies are
-        # read until they pass the limit, and no further.
-        body = await request.read() if declared is not None else await _read_bounded(request, limit)
-        if body is None:
-            return _too_large(None, limit, self.what)
+        try:
+            body = await read_body(request, limit)
+        except BodyTooLarge as exc:
+            return _too_large(exc.size, limit, self.what)
+        except PeerAborted as exc:
+            return _text(400, str(exc))  # to no one, most likely: the peer has gone
 
         try:
             decoded = from_http(request.headers.items(), body)
@@ -145,20 +157,6 @@ class Ingress:
         return web.Response(status=202)
 
 
-async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None once it exceeds ``limit`` bytes (the rest is not read)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(_READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-
-
 def _text(status: int, text: str, **headers: str) -> web.Response:
     # The reason may quote the input (bounded here): undecodable bytes arrive as
     # lone surrogates, which are escaped rather than allowed to fail the answer.
@@ -183,7 +181,7 @@ class IngressServer:
     """Serve an aiohttp app on a TCP port (0: pick one); ``port`` is known after entering."""
 
     def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, logger=PeerLogger())
         self.host = host
         self.port = port
 

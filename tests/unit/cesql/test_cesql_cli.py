@@ -66,3 +66,28 @@ def test_compile_time_warnings_are_printed() -> None:
     assert result.exit_code == 0
     assert result.stdout == "false\n"
     assert "warning: MissingFunctionError: no function NOPE taking 0 argument(s)" in result.stderr
+
+
+def test_an_expression_may_start_with_a_minus() -> None:
+    # click would read `-1 + 2` as an unknown option `-1`.
+    for argv, value in ((["-1 + 2"], "1\n"), (["-x < 0"], "false\n"), (["--", "-1"], "-1\n")):
+        result = CliRunner().invoke(main, ["cesql", *argv])
+        assert (result.exit_code, result.stdout) == (0, value), result.output
+    result = CliRunner().invoke(main, ["cesql", "- 2147483648"])
+    assert result.exit_code == 1
+    assert "outside the 32-bit range" in result.stderr
+
+
+def test_a_huge_integer_literal_is_a_parse_error_not_a_traceback() -> None:
+    result = CliRunner().invoke(main, ["cesql", "x = " + "1" * 4301])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: invalid CESQL: line 1, column 5: integer literal")
+
+
+def test_the_value_after_an_error_follows_the_tck_and_the_complete_one_is_shown() -> None:
+    result = CliRunner().invoke(main, ["cesql", "true AND (1 != 1 / 0)"])
+    assert result.exit_code == 0
+    assert result.stdout == "false\n"
+    assert "MathError: 1 / 0: division by zero" in result.stderr
+    assert "complete evaluation (CESQL 4.1) would give: true" in result.stderr

@@ -57,10 +57,12 @@ export async function postJSON(path, body) {
   return response.json();
 }
 
-// Reads a text/event-stream; calls onData(text) for each event's data. Resolves
-// when the stream ends; rejects with ApiError when the server refuses it (the
-// reason included), or with an AbortError when `signal` aborts it.
-export async function readStream(path, signal, onData, onOpen) {
+// Reads a text/event-stream; calls onData(text) for each event's data, and
+// onWarning(text) for events named "warning" (the server's remarks, e.g. a
+// filter reading an attribute no event has). Resolves when the stream ends;
+// rejects with ApiError when the server refuses it (the reason included), or
+// with an AbortError when `signal` aborts it.
+export async function readStream(path, signal, onData, onOpen, onWarning) {
   const response = await send(path, { signal, headers: { Accept: "text/event-stream" } });
   if (!response.ok) throw await failure(response);
   if (onOpen) onOpen();
@@ -77,10 +79,14 @@ export async function readStream(path, signal, onData, onOpen) {
       end = buffer.indexOf("\n\n");
       if (block.startsWith(":")) continue; // a comment: keepalive
       let data = "";
+      let name = "message";
       for (const line of block.split("\n")) {
         if (line.startsWith("data: ")) data += (data ? "\n" : "") + line.slice(6);
+        else if (line.startsWith("event: ")) name = line.slice(7);
       }
-      if (data) onData(data);
+      if (!data) continue;
+      if (name === "message") onData(data);
+      else if (name === "warning" && onWarning) onWarning(data);
     }
   }
 }

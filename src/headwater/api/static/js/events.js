@@ -115,9 +115,13 @@ export class EventsView {
     const abort = new AbortController();
     this.abort = abort;
     this.setState("connecting…");
+    const warn = (text) => {
+      this.error.textContent = `warning: ${text}`;
+      this.error.hidden = false;
+    };
     readStream(path, abort.signal, (data) => this.onData(data), () => {
       this.setState(this.paused ? "paused" : "live");
-    }).then(() => {
+    }, warn).then(() => {
       if (this.abort === abort) this.reconnect("ended");
     }).catch((error) => {
       if (isAbort(error) || this.abort !== abort) return;
