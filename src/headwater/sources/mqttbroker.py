@@ -240,15 +240,18 @@ class MqttBrokerSource:
         host = _host(info.listener)
         version = int(info.protocol_version)
         mapping = self.mapping
-        ids = self.ids
+        next_id = self.ids.next
         redeliveries = self.redeliveries
+        responses = self._responses
+        max_size = self.max_event_size
         for index, (message, packet_id, dup) in enumerate(batch):
-            if self._responses:
-                waiting = self._responses.pop(message.topic, None)
+            if responses:
+                waiting = responses.pop(message.topic, None)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(message)
                     continue
-            if len(message.payload) > self.max_event_size:
+            payload = message.payload
+            if len(payload) > max_size:
                 stats.too_large += 1
                 self.throttle.warning(
                     "too-large",
@@ -263,7 +266,7 @@ class MqttBrokerSource:
                 continue
             print_ = 0
             if packet_id is not None:
-                print_ = fingerprint(message.topic, message.payload)
+                print_ = fingerprint(message.topic, payload)
                 if dup and await redeliveries.is_resend(sender, packet_id, print_):
                     stats.duplicates_suppressed += 1
                     continue  # [MQTT-4.3.2-2] acknowledged again, the event exists once
@@ -271,7 +274,7 @@ class MqttBrokerSource:
                 event = map_publish(
                     mapping,
                     message.topic,
-                    message.payload,
+                    payload,
                     message.qos,
                     message.retain,
                     message.content_type,
@@ -279,7 +282,7 @@ class MqttBrokerSource:
                     sender,
                     host,
                     version,
-                    ids.next(),
+                    next_id(),
                     now,
                 )
             except Unmatched:
