@@ -257,9 +257,11 @@ class ClientHandler:
         this object, so only a full collection would free it and the partial
         packet its connection holds (a megabyte per connection under a probe).
         """
-        self.broker._incomplete -= self._held
+        held = self._held
+        self.broker._incomplete -= held
         self._held = 0
         self.conn.release()
+        self.broker.released(held)
         self._handlers.clear()
         self._readable.clear()
         self._hooked.clear()
