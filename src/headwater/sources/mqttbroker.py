@@ -138,6 +138,8 @@ class SourceStats:
     duplicates_suppressed: int = 0
     #: MQTT 5 Content Types that are no media type, kept as ``mqttcontenttype``.
     content_types_kept: int = 0
+    #: Appends that stored events (``events / appends``: events per append call).
+    appends: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return {
@@ -150,6 +152,7 @@ class SourceStats:
             "deviceEventsFailed": self.device_events_failed,
             "duplicatesSuppressed": self.duplicates_suppressed,
             "contentTypesKept": self.content_types_kept,
+            "appends": self.appends,
         }
 
 
@@ -336,6 +339,7 @@ class MqttBrokerSource:
         self.redeliveries.end_many(sender, begun, failure is None)
         if failure is None:
             stats.events += len(events)
+            stats.appends += 1
             return
         code = _failure_code(failure)
         too_large = _too_large(failure)

@@ -290,3 +290,29 @@ async def test_mqtt_source_resumes_a_session_with_more_queued_than_its_inbox() -
             await wait_until(lambda: len(log.events) >= queued)
             task.cancel()
     assert sorted(int(e.data_bytes()) for e in log.events) == list(range(queued))
+
+
+async def test_the_publishes_of_one_write_are_appended_together() -> None:
+    batches: list[list[CloudEvent]] = []
+
+    async def emit_many(events: list[CloudEvent]) -> None:
+        batches.append(list(events))
+
+    async def emit(event: CloudEvent) -> None:
+        batches.append([event])
+
+    config = BrokerConfig(listeners=(Listener(port=0),))
+    async with (
+        MqttBrokerSource(
+            config, Mapping.compile(), emit, emit_many=emit_many, device_events=False
+        ) as src,
+        Client.connect(src.broker.port(), "s1") as device,
+    ):
+        device.writer.write(b"".join(encode(publish(n, b'{"n": %d}' % n), V5) for n in range(1, 9)))
+        assert [await device.recv() for _ in range(8)] == [Puback(n) for n in range(1, 9)]
+    # Every message once and in order, in fewer appends than messages (one per read).
+    assert [e.data for batch in batches for e in batch] == [b'{"n": %d}' % n for n in range(1, 9)]
+    assert len(batches) < 8
+    assert src.stats.events == 8
+    assert src.stats.appends == len(batches)
+    assert src.stats.snapshot()["appends"] == len(batches)
