@@ -13,7 +13,7 @@ broker resending its unacknowledged messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -295,7 +295,7 @@ async def test_mqtt_source_resumes_a_session_with_more_queued_than_its_inbox() -
 async def test_the_publishes_of_one_write_are_appended_together() -> None:
     batches: list[list[CloudEvent]] = []
 
-    async def emit_many(events: list[CloudEvent]) -> None:
+    async def emit_many(events: Sequence[CloudEvent]) -> None:
         batches.append(list(events))
 
     async def emit(event: CloudEvent) -> None:
