@@ -638,7 +638,7 @@ def tail(
 
     from headwater.api.client import ApiError
     from headwater.cloudevents import from_json
-    from headwater.sinks import format_pretty
+    from headwater.sinks.display import format_pretty
 
     query = {"start": start, **({"filter": filter_} if filter_ else {})}
     path = f"/api/v1/brokers/{namespace}/{broker}/events?{urllib.parse.urlencode(query)}"

@@ -20,7 +20,6 @@ from headwater.eventing.delivery import (
     backoff,
     dead_letter_event,
     effective_delivery,
-    parse_duration,
     parse_retry_after,
     should_retry,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "dead_letter_event",
     "effective_delivery",
     "new_session",
-    "parse_duration",
     "parse_retry_after",
     "should_retry",
 ]

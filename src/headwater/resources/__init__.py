@@ -1,6 +1,5 @@
 """Resources in Knative's shapes: models of every kind and the YAML loader."""
 
-from headwater.eventing import parse_duration
 from headwater.resources.kinds import ADDRESSABLE_KINDS, KINDS
 from headwater.resources.loader import (
     ConfigError,
@@ -60,7 +59,6 @@ __all__ = [
     "load_document",
     "load_paths",
     "load_text",
-    "parse_duration",
     "parse_start",
     "reference_problems",
 ]

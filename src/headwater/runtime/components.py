@@ -42,9 +42,9 @@ from headwater.resources.models import (
     ORDER_ANNOTATION,
     START_ANNOTATION,
 )
-from headwater.sinks import EventDisplaySink
-from headwater.sources import PingSchedule, PingSourceRunner
+from headwater.sinks.display import EventDisplaySink
 from headwater.sources.container import ProcessSpec, ProcessSupervisor
+from headwater.sources.ping import PingSchedule, PingSourceRunner
 
 if TYPE_CHECKING:
     from headwater.runtime.reconciler import Component

@@ -21,8 +21,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from headwater.durations import parse_duration
 from headwater.eventing import HttpSink as HttpDestination
-from headwater.eventing import Sink, parse_duration
+from headwater.eventing import Sink
 from headwater.eventing.http import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT
 from headwater.resources import Resource
 from headwater.resources.sinks import (

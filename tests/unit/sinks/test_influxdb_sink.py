@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
-from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
+from headwater.sinks.influx_target import InfluxTarget
+from headwater.sinks.influxdb import InfluxDBSink
 from headwater.sinks.lineprotocol import PointMapping
 
 MAPPING = PointMapping.compile(measurement="m", tags=["subject"], fields={"v": "v"})
