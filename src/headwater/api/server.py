@@ -36,6 +36,7 @@ from aiohttp import web
 
 from headwater.api.app import create_app
 from headwater.eventing import Ingress
+from headwater.eventing.http_worker import HttpWorker
 from headwater.eventing.ingress import is_ingress_request
 from headwater.http_guard import (
     GuardedSite,
@@ -250,12 +251,12 @@ async def start(options: UpOptions) -> Server:
         raise
     # Before the runtime: the listeners size their shares of the descriptors from it.
     open_files = raise_open_files_limit()
-    runtime = Runtime(
-        events, state=state, data_dir=options.data_dir, http_worker=options.http_worker
-    )
+    # HttpSinks' POSTs: a worker process by default (see eventing.transport).
+    worker = HttpWorker() if options.http_worker else None
+    runtime = Runtime(events, state=state, data_dir=options.data_dir, delivery=worker)
     try:
-        if runtime.http_worker is not None:
-            await runtime.http_worker.start()
+        if worker is not None:
+            await worker.start()
         await runtime.start(found)  # ConfigError: every problem, before anything runs
         if not options.files:
             _check_embedded_mqtt(runtime, options)

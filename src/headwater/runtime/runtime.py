@@ -30,11 +30,17 @@ import aiohttp
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
-from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_session
+from headwater.eventing import (
+    DeliveryError,
+    DeliverySpec,
+    DeliveryTransport,
+    HttpSink,
+    Sink,
+    new_session,
+)
 from headwater.eventing._http1 import Http1Client
 from headwater.eventing.delivery import Deliverer, Outcome, dead_letter_event
 from headwater.eventing.dispatcher import Dispatcher
-from headwater.eventing.http_worker import HttpWorker
 from headwater.eventing.sink import deliver_many
 from headwater.log import (
     DEFAULT_MAX_EVENT_SIZE,
@@ -376,7 +382,7 @@ class Runtime:
         self,
         log: EventLog | None = None,
         *,
-        http_worker: bool = False,
+        delivery: DeliveryTransport | None = None,
         state: StateStore | None = None,
         data_dir: Path | None = None,
     ) -> None:
@@ -389,9 +395,9 @@ class Runtime:
         # (None: in memory).
         self.data_dir = data_dir
         self._session: aiohttp.ClientSession | None = None
-        self._delivery_client: Http1Client | None = None
-        # HttpSinks' requests made by a worker process (see eventing.http_worker).
-        self.http_worker: HttpWorker | None = HttpWorker() if http_worker else None
+        # What makes every HttpSink's POSTs, chosen once by whoever runs the mesh
+        # (`headwater up`: the worker process), owned and closed here.
+        self._delivery = delivery
         builders: dict[str, Builder] = {
             kind: self._builder(build)
             for table in COMPONENT_TABLES
@@ -417,13 +423,12 @@ class Runtime:
         return self._session
 
     @property
-    def delivery_client(self) -> HttpWorker | Http1Client:
-        """What makes HttpSinks' POSTs: the worker process, or one pooled client in process."""
-        if self.http_worker is not None:
-            return self.http_worker
-        if self._delivery_client is None:
-            self._delivery_client = Http1Client()
-        return self._delivery_client
+    def delivery(self) -> DeliveryTransport:
+        """What makes HttpSinks' POSTs (see eventing.transport): the one given, or one
+        pooled :class:`Http1Client` in process."""
+        if self._delivery is None:
+            self._delivery = Http1Client()
+        return self._delivery
 
     def broker(self, namespace: str, name: str) -> BrokerFanout:
         component = self.reconciler.component(("Broker", namespace, name))
@@ -479,7 +484,7 @@ class Runtime:
             return sink, sink.url
         assert destination.uri is not None  # the model requires ref or uri
         fmt = delivery.format if delivery is not None and delivery.format else "binary"
-        http = HttpSink(destination.uri, session=self.delivery_client, format=fmt)
+        http = HttpSink(destination.uri, transport=self.delivery, format=fmt)
         return http, destination.uri
 
     def delivery_spec(self, delivery: ResourceDelivery | None, namespace: str) -> DeliverySpec:
@@ -618,11 +623,9 @@ class Runtime:
             await asyncio.gather(*(f.drain(grace) for f in fanouts))
         _report_unfinished(fanouts, grace)
         await self.reconciler.close()
-        if self.http_worker is not None:
-            await self.http_worker.close()
-        if self._delivery_client is not None:
-            await self._delivery_client.close()
-            self._delivery_client = None
+        if self._delivery is not None:
+            await self._delivery.close()
+            self._delivery = None
         if self._session is not None:
             await self._session.close()
             self._session = None

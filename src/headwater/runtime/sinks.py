@@ -17,14 +17,12 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from headwater.durations import parse_duration
+from headwater.eventing import AiohttpTransport, Sink, new_session
 from headwater.eventing import HttpSink as HttpDestination
-from headwater.eventing import Sink
-from headwater.eventing.http import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT
 from headwater.resources import Resource
 from headwater.resources.sinks import (
     HttpSink,
@@ -176,22 +174,15 @@ class HttpSinkComponent:
         headers = dict(spec.headers)
         if spec.token_env is not None:
             headers["Authorization"] = f"Bearer {secret_from_env(spec.token_env)}"
-        self._own_session: aiohttp.ClientSession | None = None
-        session = runtime.session
-        if spec.tls is not None:
+        if spec.tls is None:
+            transport = AiohttpTransport(runtime.session)
+        else:
             # TLS settings belong to the connection pool: this sink gets its own.
-            self._own_session = session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    ssl=ssl_context(spec.tls),
-                    limit=DEFAULT_POOL_SIZE,
-                    keepalive_timeout=KEEPALIVE_TIMEOUT,
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
+            transport = AiohttpTransport(new_session(ssl_context=ssl_context(spec.tls)), owned=True)
+        self._transport = transport
         self.uri = spec.uri
         self.destination = HttpDestination(
-            spec.uri, session=session, format=spec.format, headers=headers
+            spec.uri, transport=transport, format=spec.format, headers=headers
         )
         self.sink: Sink = self.destination
 
@@ -199,9 +190,7 @@ class HttpSinkComponent:
         return None
 
     async def stop(self) -> None:
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._transport.close()  # its own pool (TLS) only
 
     async def update(self, resource: Resource) -> bool:
         return False

@@ -47,8 +47,8 @@ import aiohttp
 import orjson
 
 from headwater.cloudevents import CloudEvent
+from headwater.eventing._aiohttp import new_session
 from headwater.eventing.delivery import parse_retry_after, should_retry
-from headwater.eventing.http import new_session
 from headwater.eventing.sink import DeliveryError
 from headwater.logs import Throttle
 from headwater.sinks.influx_target import (

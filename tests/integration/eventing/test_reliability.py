@@ -13,6 +13,7 @@ import pytest
 
 from headwater.cloudevents import CloudEvent, to_http
 from headwater.eventing import (
+    AiohttpTransport,
     Broker,
     DeliverySpec,
     HttpSink,
@@ -78,7 +79,7 @@ async def outage_then_recovery(
     r = await receiver(behaviour)
     trigger = Trigger(
         "ordered",
-        HttpSink(r.url, session=session),
+        HttpSink(r.url, transport=AiohttpTransport(session)),
         ordering="ordered",
         # Enough linear retries to outlast the outage.
         delivery=DeliverySpec(
@@ -116,7 +117,7 @@ async def test_subscriber_503_for_20_seconds(
     r = await receiver(behaviour)
     trigger = Trigger(
         "ordered",
-        HttpSink(r.url, session=session),
+        HttpSink(r.url, transport=AiohttpTransport(session)),
         ordering="ordered",
         delivery=DeliverySpec(retry=40, backoff_policy="linear", backoff_delay=0.5),
     )
@@ -139,11 +140,11 @@ async def test_poison_event_is_dead_lettered_while_others_flow(
     dls = await receiver()
     trigger = Trigger(
         "t",
-        HttpSink(subscriber.url, session=session),
+        HttpSink(subscriber.url, transport=AiohttpTransport(session)),
         delivery=DeliverySpec(
             retry=3,
             backoff_delay=0.01,
-            dead_letter_sink=HttpSink(dls.url, session=session),
+            dead_letter_sink=HttpSink(dls.url, transport=AiohttpTransport(session)),
             dead_letter_uri=dls.url,
         ),
     )
@@ -171,9 +172,11 @@ async def test_retryable_poison_is_dead_lettered_after_its_attempts(
     dls = await receiver()
     trigger = Trigger(
         "t",
-        HttpSink(subscriber.url, session=session),
+        HttpSink(subscriber.url, transport=AiohttpTransport(session)),
         delivery=DeliverySpec(
-            retry=2, backoff_delay=0.01, dead_letter_sink=HttpSink(dls.url, session=session)
+            retry=2,
+            backoff_delay=0.01,
+            dead_letter_sink=HttpSink(dls.url, transport=AiohttpTransport(session)),
         ),
     )
     await broker.add_trigger(trigger)
@@ -194,7 +197,9 @@ async def test_reply_loop_over_http_terminates_by_ttl(
 
     subscriber = await receiver(echo)
     trigger = Trigger(
-        "loop", HttpSink(subscriber.url, session=session), attributes={"type": "reading"}
+        "loop",
+        HttpSink(subscriber.url, transport=AiohttpTransport(session)),
+        attributes={"type": "reading"},
     )
     await broker.add_trigger(trigger)
     async with IngressServer(Ingress(lambda ns, n: broker).app()) as ingress:

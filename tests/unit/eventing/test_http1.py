@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 from headwater import __version__
-from headwater.eventing._http1 import Http1Client, HttpError, Response, _target
+from headwater.eventing._http1 import Http1Client, HttpError, _target
+from headwater.eventing.transport import Response
 from tests.certs import self_signed
 
 pytestmark = pytest.mark.timeout(10)

@@ -94,15 +94,15 @@ async def test_updating_a_trigger_filter_keeps_its_cursor(
 
 
 @pytest.mark.parametrize("http_worker", [False, True], ids=["in-process", "worker"])
-async def test_http_subscribers_are_reached_through_the_delivery_client(
+async def test_http_subscribers_are_reached_through_the_delivery_transport(
     receiver: Receiver, http_worker: bool
 ) -> None:
     # headwater up --no-http-worker: one Http1Client in process; the default: the worker.
-    runtime = Runtime(http_worker=http_worker)
+    runtime = Runtime(delivery=HttpWorker() if http_worker else None)
     try:
-        client = runtime.delivery_client
+        client = runtime.delivery
         assert type(client) is (HttpWorker if http_worker else Http1Client)
-        assert runtime.delivery_client is client  # one per runtime
+        assert runtime.delivery is client  # one per runtime
         await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
         await runtime.broker("default", "default").accept([event("a1", "a")])
         assert await receiver.wait_for(1) == ["a1"]
