@@ -14,8 +14,7 @@ component is built and appear in no status. A PrometheusSink without a
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,14 +30,11 @@ from headwater.resources.sinks import (
     TlsOptions,
     secret_from_env,
 )
+from headwater.runtime.context import Context, Kind, Stage
 from headwater.sinks import influxdb, prometheus
 
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
-
 __all__ = [
-    "BUILDERS",
+    "KINDS",
     "HttpSinkComponent",
     "InfluxDBSinkComponent",
     "PrometheusSinkComponent",
@@ -49,13 +45,13 @@ EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class InfluxDBSinkComponent:
-    def __init__(self, runtime: Runtime, resource: InfluxDBSink) -> None:
+    def __init__(self, context: Context, resource: InfluxDBSink) -> None:
         spec = resource.spec
         self.key = resource.key
         self.writer = influxdb.InfluxDBSink(
             spec.target(),
             spec.mapping.compile(),
-            session=runtime.session,
+            session=context.http.session,
             batch_size=spec.batch_size,
             flush_interval=parse_duration(spec.flush_interval),
             max_buffered=spec.max_buffered_points,
@@ -101,7 +97,7 @@ class InfluxDBSinkComponent:
 
 
 class PrometheusSinkComponent:
-    def __init__(self, runtime: Runtime, resource: PrometheusSink) -> None:
+    def __init__(self, context: Context, resource: PrometheusSink) -> None:
         spec = resource.spec
         self.metrics = prometheus.PrometheusSink(
             [metric.to_spec() for metric in spec.metrics],
@@ -169,13 +165,13 @@ def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
 
 
 class HttpSinkComponent:
-    def __init__(self, runtime: Runtime, resource: HttpSink) -> None:
+    def __init__(self, context: Context, resource: HttpSink) -> None:
         spec = resource.spec
         headers = dict(spec.headers)
         if spec.token_env is not None:
             headers["Authorization"] = f"Bearer {secret_from_env(spec.token_env)}"
         if spec.tls is None:
-            transport = AiohttpTransport(runtime.session)
+            transport = AiohttpTransport(context.http.session)
         else:
             # TLS settings belong to the connection pool: this sink gets its own.
             transport = AiohttpTransport(new_session(ssl_context=ssl_context(spec.tls)), owned=True)
@@ -200,9 +196,9 @@ class HttpSinkComponent:
         return {"uri": self.uri}
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "InfluxDBSink": InfluxDBSinkComponent,
-    "PrometheusSink": PrometheusSinkComponent,
-    "HttpSink": HttpSinkComponent,
+KINDS: dict[str, Kind] = {
+    "InfluxDBSink": Kind(InfluxDBSinkComponent, Stage.SINK),
+    "PrometheusSink": Kind(PrometheusSinkComponent, Stage.SINK),
+    "HttpSink": Kind(HttpSinkComponent, Stage.SINK),
 }
-"""What each sink kind becomes: ``builder(runtime, resource) -> Component``."""
+"""What each sink kind becomes (``build(context, resource) -> Component``) and when it starts."""

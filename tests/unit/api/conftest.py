@@ -8,8 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from headwater.api import create_app
-from headwater.eventing import Ingress
+from headwater.api import add_ingress, create_app
 from headwater.runtime import Runtime
 from tests.unit.api.mesh import Mesh, Subscriber
 
@@ -23,7 +22,7 @@ async def mesh() -> AsyncIterator[Mesh]:
         subscriber.url = str(sub_server.make_url("/"))
         runtime = Runtime()
         app = create_app(runtime)
-        Ingress(runtime.ingress_lookup).add_routes(app)
+        add_ingress(app, runtime)
         try:
             async with TestClient(TestServer(app)) as client:
                 yield Mesh(runtime, client, subscriber)

@@ -12,7 +12,7 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing import Deliverer, DeliveryError, DeliverySpec
 from headwater.log import LogUnavailable, MemoryLog
 from headwater.runtime import Runtime
-from headwater.runtime.runtime import DEAD_LETTER_STREAM
+from headwater.runtime.deadletters import DEAD_LETTER_STREAM
 from tests.unit.api.mesh import Mesh, eventually
 
 BROKER = """\

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from headwater.eventing import Ingress
+from headwater.api import add_ingress
 from headwater.resources import ConfigError, load_text
 from headwater.runtime import Runtime
 from headwater.runtime.components import ContainerSourceComponent
@@ -242,7 +242,7 @@ async def test_long_output_lines_are_logged_in_pieces() -> None:
 async def test_the_process_posts_to_the_broker_with_the_overrides(tmp_path: Path) -> None:
     runtime = Runtime()
     app = web.Application()
-    Ingress(runtime.ingress_lookup).add_routes(app)
+    add_ingress(app, runtime)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

@@ -100,9 +100,9 @@ async def test_http_subscribers_are_reached_through_the_delivery_transport(
     # headwater up --no-http-worker: one Http1Client in process; the default: the worker.
     runtime = Runtime(delivery=HttpWorker() if http_worker else None)
     try:
-        client = runtime.delivery
+        client = runtime.http.delivery
         assert type(client) is (HttpWorker if http_worker else Http1Client)
-        assert runtime.delivery is client  # one per runtime
+        assert runtime.http.delivery is client  # one per runtime
         await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
         await runtime.broker("default", "default").accept([event("a1", "a")])
         assert await receiver.wait_for(1) == ["a1"]
