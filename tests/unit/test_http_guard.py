@@ -330,7 +330,7 @@ def test_the_counts_are_metrics() -> None:
 
 
 def test_the_cli_defaults_are_the_guards() -> None:
-    from headwater.cli import up
+    from headwater.cli.up import up
 
     defaults = {p.name: p.default for p in up.params}
     limits = HttpLimits()
