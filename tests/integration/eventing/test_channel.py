@@ -12,8 +12,9 @@ from headwater.eventing import (
     Subscription,
     new_session,
 )
+from tests.helpers import Answer, Receiver, wait_until
 
-from .conftest import Answer, Receiver, StartReceiver, eventually, reply_with
+from .conftest import StartReceiver, reply_with
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ async def test_every_subscription_gets_every_event_and_replies_go_to_reply(
         # The reply destination refused once: the whole delivery was retried, so
         # the subscriber saw one event twice (at least once).
         await checker.wait_for(21)
-        await eventually(lambda: retried.stats.delivered == 10)
+        await wait_until(lambda: retried.stats.delivered == 10)
         assert retried.stats.retried == 1
 
 

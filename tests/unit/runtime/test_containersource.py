@@ -18,6 +18,7 @@ from headwater.resources import ConfigError, load_text
 from headwater.runtime import Runtime
 from headwater.runtime.components import ContainerSourceComponent
 from headwater.sources.container import ProcessSpec, ProcessSupervisor, sink_environment
+from tests.helpers import wait_until
 
 # An adapter as Knative writes them: POST one binary-mode CloudEvent to
 # $K_SINK with the extensions of $K_CE_OVERRIDES, print the status, then wait.
@@ -124,15 +125,6 @@ def test_overrides_are_knatives_json() -> None:
 
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-async def wait_until(predicate: object, within: float = 10.0) -> None:
-    assert callable(predicate)
-    for _ in range(int(within / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_exits_are_restarted_with_doubling_delays(tmp_path: Path) -> None:
