@@ -27,7 +27,7 @@ from headwater.mqtt.packets import (
     Unsubscribe,
     Will,
 )
-from tests.helpers import wait_until_blocking
+from tests.helpers import WAIT, wait_until_blocking
 from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw
 
 pytestmark = pytest.mark.integration
@@ -243,11 +243,12 @@ def test_keepalive_timeout_publishes_will(broker: BrokerThread, version) -> None
     client = Raw(broker.port(), version)
     client.connect("sleepy", keep_alive=1, will=Will("lwt/sleepy", b"dead"))
     started = time.monotonic()
-    message = watcher.recv(timeout=4)
+    message = watcher.recv(timeout=WAIT)
     elapsed = time.monotonic() - started
-    # [MQTT-3.1.2-24 (3.1.1) / 3.1.2-22 (5.0)] closed after 1.5 x keepalive, then the will.
+    # [MQTT-3.1.2-24 (3.1.1) / 3.1.2-22 (5.0)] closed after 1.5 x keepalive, then the will;
+    # not before (how soon after is the sans-IO connection's, tested with its clock).
     assert message == Publish("lwt/sleepy", b"dead")
-    assert 1.3 <= elapsed <= 2.5
+    assert elapsed >= 1.3
     assert client.is_closed()
 
 

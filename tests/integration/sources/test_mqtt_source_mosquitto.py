@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from headwater.runtime import Runtime
-from tests.helpers import Receiver
+from tests.helpers import Receiver, wait_until
 from tests.integration.sources.conftest import Device, Mosquitto
 
 N = 100
@@ -47,11 +47,8 @@ spec:
 
 
 async def wait_connected(runtime: Runtime) -> None:
-    for _ in range(500):
-        if runtime.status(("MqttSource", "default", "plant")).get("connected"):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not connected: {runtime.status(('MqttSource', 'default', 'plant'))}")
+    key = ("MqttSource", "default", "plant")
+    await wait_until(lambda: runtime.status(key).get("connected"), what="connected")
 
 
 def publish_all(port: int, first: int, count: int) -> None:

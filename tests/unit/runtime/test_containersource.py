@@ -151,15 +151,22 @@ async def test_exits_are_restarted_with_doubling_delays(tmp_path: Path) -> None:
 async def test_waits_for_the_sink_address_before_starting(tmp_path: Path) -> None:
     seen = tmp_path / "sink"
     address: list[str] = []
+    asked = 0
+
+    def sink_url() -> str | None:
+        nonlocal asked
+        asked += 1
+        return address[0] if address else None
+
     supervisor = ProcessSupervisor(
         ProcessSpec(
             "w", python(f"import os; open({str(seen)!r}, 'w').write(os.environ['K_SINK'])")
         ),
-        sink_url=lambda: address[0] if address else None,
+        sink_url=sink_url,
         restart_delay=10,
     )
     task = asyncio.create_task(supervisor.run())
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: asked >= 3)  # it looked, and looked again
     assert supervisor.state == "waiting" and supervisor.starts == 0
     address.append("http://127.0.0.1:1234/default/default")
     await wait_until(lambda: supervisor.state == "backoff")
