@@ -39,12 +39,15 @@ RANKS: dict[str, int] = {
     "headwater.eventing": 5,
     # where events come from and go to
     "headwater.sources": 6,
+    "headwater.tiers": 6,  # uplink and downlink between an edge and an upper tier
     "headwater.sinks": 7,  # the MQTT sink publishes into the embedded broker source
+    "headwater.devices": 7,  # the device registry reads the MQTT mapping of sources
     # the resource schema (its pure parts may be read by any layer above)
     "headwater.resources": 8,
     "headwater.runtime": 9,
-    "headwater.api": 10,
-    "headwater.cli": 11,  # runs the server, talks to the API
+    "headwater.cluster": 10,  # several nodes: wraps the runtime's seams
+    "headwater.api": 11,
+    "headwater.cli": 12,  # runs the server, talks to the API
 }
 """Lower ranks never import higher ones; equal ranks of other packages do not import
 each other either. Keep in step with docs/architecture.md, "Layers"."""

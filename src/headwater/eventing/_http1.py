@@ -8,7 +8,9 @@ expensive step an event went through. A delivery needs much less: one
 POST of bytes already encoded, to a handful of origins, over pooled
 keep-alive connections, and the status, headers and a bounded body back.
 This does that and nothing else; the parsing is httptools' (llhttp, the
-parser of Node.js), so the wire format is not ours to get wrong.
+parser of Node.js), so the wire format is not ours to get wrong. Why it
+exists beside aiohttp and the worker: :mod:`headwater.eventing.transport` and
+docs/architecture.md, "Decisions".
 
 It is a :class:`~headwater.eventing.transport.DeliveryTransport` as it
 stands. Semantics (those of every transport): redirects are not followed, no

@@ -35,7 +35,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
@@ -162,9 +162,6 @@ class DeliverySpec:
             kwargs["dead_letter_sink"], kwargs["dead_letter_uri"] = resolve_sink(destination)
         return cls(**kwargs)
 
-    def with_dead_letter(self, sink: Sink | None, uri: str | None = None) -> DeliverySpec:
-        return replace(self, dead_letter_sink=sink, dead_letter_uri=uri)
-
 
 def effective_delivery(own: DeliverySpec | None, default: DeliverySpec | None) -> DeliverySpec:
     """A Trigger's (Subscription's) spec, or else its Broker's (Channel's), as a whole.
@@ -283,18 +280,6 @@ class LatencyHistogram:
         self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.count += 1
         self.sum += seconds
-
-    def quantile(self, q: float) -> float | None:
-        """An upper bound of the q-quantile (the bucket boundary it falls under)."""
-        if self.count == 0:
-            return None
-        rank = q * self.count
-        seen = 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            seen += n
-            if seen >= rank:
-                return bound
-        return float("inf")
 
     def snapshot(self) -> dict[str, Any]:
         return {

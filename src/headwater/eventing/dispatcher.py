@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 Ordering = Literal["ordered", "unordered"]
 
 DEFAULT_MAX_INFLIGHT: Final = 100
-"""Unfinished events per dispatcher (issue 5, like Knative's Kafka broker default
-of 100 in-flight requests per consumer). When reached, reading pauses until a
+"""Unfinished events per dispatcher (like Knative's Kafka broker default of 100
+in-flight requests per consumer). When reached, reading pauses until a
 delivery ends: the log is the buffer."""
 
 READ_BATCH: Final = 256

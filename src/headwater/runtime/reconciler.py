@@ -221,7 +221,7 @@ class Reconciler:
             await component.start()
         except Exception as exc:
             # The resource stays desired and reports why it is not running;
-            # the rest of the mesh keeps going (ARCHITECTURE.md principle 6).
+            # the rest of the mesh keeps going (docs/architecture.md, principle 6).
             # The environment's refusals (a port in use, a file that is not
             # there) are one line; a traceback is for Headwater's own bugs.
             what = (resource.kind, resource.namespace, resource.name)

@@ -12,7 +12,7 @@ transport. Every DeliverySpec it resolves records given-up events in
 :class:`~headwater.runtime.deadletters.DeadLetters`. What the API applied is
 kept in the state store (:mod:`headwater.runtime.applied`); replays and bulk
 re-drives are :class:`~headwater.runtime.jobs.Jobs` the runtime owns and
-cancels when it closes.
+cancels when it closes. The map of it all: docs/architecture.md, "Runtime".
 """
 
 from __future__ import annotations

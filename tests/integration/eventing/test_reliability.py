@@ -1,4 +1,4 @@
-"""The reliability proof of issue 5, with real HTTP subscribers on loopback."""
+"""Delivery holds up against subscribers that fail, stall or loop, with real HTTP on loopback."""
 
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ async def test_saturated_broker_refuses_instead_of_queueing() -> None:
 
 
 async def test_a_waiting_append_waits_for_room_instead_of_refusing() -> None:
-    """A source that can hold its producers back waits for a saturated log (#22)."""
+    """A source that can hold its producers back waits for a saturated log."""
     gate = asyncio.Event()
 
     class GatedLog(MemoryLog):
