@@ -108,7 +108,7 @@ class _Target(NamedTuple):
     """Lower-cased name -> header line, added unless the caller sends that header."""
 
 
-def _target(url: str) -> _Target:
+def _target(url: str, method: str = "POST") -> _Target:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -144,7 +144,7 @@ def _target(url: str) -> _Target:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         token = base64.b64encode(credentials.encode()).decode("ascii")
         defaults["authorization"] = f"Authorization: Basic {token}\r\n"
-    head = f"POST {path} HTTP/1.1\r\n"
+    head = f"{method} {path} HTTP/1.1\r\n"
     defaults["host"] = f"Host: {authority}\r\n"
     return _Target((scheme, ascii_host, port), head, defaults)
 
@@ -345,7 +345,7 @@ class Http1Client:
         self.limit = limit
         self.keepalive_timeout = keepalive_timeout
         self._ssl = ssl_context
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[tuple[str, str], _Target] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open = 0
         self._slots: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -361,11 +361,23 @@ class Http1Client:
         self, url: str, headers: Mapping[str, str], body: bytes, max_body: int
     ) -> Response:
         """The response to a POST of ``body`` (its body cut a little over ``max_body``)."""
-        target = self._targets.get(url)
+        return await self.request("POST", url, headers, body, max_body)
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, max_body: int
+    ) -> Response:
+        """The response to one request (``OPTIONS`` probes a receiver; see :meth:`post`).
+
+        The body goes out with a ``Content-Length`` whatever the method; a
+        response to ``HEAD`` is not supported (it would be read as having a body).
+        """
+        target = self._targets.get((method, url))
         if target is None:
+            if not _TOKEN.match(method) or method == "HEAD":
+                raise HttpError(f"unsupported request method {method!r}")
             if len(self._targets) >= _TARGETS_KEPT:
                 self._targets.clear()
-            target = self._targets[url] = _target(url)
+            target = self._targets[(method, url)] = _target(url, method)
         data = self._encode(target, headers, body)
         connection = await self._acquire(target.origin)
         try:

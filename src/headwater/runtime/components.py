@@ -24,7 +24,7 @@ from headwater.eventing import DeliveryError, Sink
 from headwater.eventing import Subscription as SubscriptionMember
 from headwater.eventing import Trigger as TriggerMember
 from headwater.eventing._fanout import Saturated
-from headwater.log import LogFull, LogUnavailable
+from headwater.log import LogFull, LogUnavailable, StreamConfig
 from headwater.resources import (
     Broker,
     Channel,
@@ -41,6 +41,7 @@ from headwater.resources.models import (
     MAX_INFLIGHT_ANNOTATION,
     ORDER_ANNOTATION,
     START_ANNOTATION,
+    retention_limits,
 )
 from headwater.sinks import EventDisplaySink
 from headwater.sources import PingSchedule, PingSourceRunner
@@ -93,6 +94,7 @@ class BrokerComponent:
             resource.name,
             runtime.log,
             delivery=runtime.delivery_spec(resource.spec.delivery, resource.namespace),
+            retention=_retention(resource),
         )
         self.sink: Sink = AcceptSink(self.broker)
 
@@ -107,6 +109,7 @@ class BrokerComponent:
         self.broker.delivery = self.runtime.delivery_spec(
             resource.spec.delivery, resource.namespace
         )
+        await self.broker.set_retention(_retention(resource))
         # Re-attach every Trigger so the new defaults apply; cursors are kept.
         for trigger in list(self.broker.triggers().values()):
             await self.broker.add_trigger(trigger)
@@ -116,6 +119,10 @@ class BrokerComponent:
         status = self.broker.status()
         status["address"] = self.runtime.ingress_url(self.broker.namespace, self.broker.name)
         return status
+
+
+def _retention(resource: Broker) -> StreamConfig:
+    return StreamConfig(**retention_limits(resource.metadata.annotations))
 
 
 class ChannelComponent:

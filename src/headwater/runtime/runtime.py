@@ -60,6 +60,7 @@ from headwater.resources import (
 from headwater.runtime import components
 from headwater.runtime import mqtt as mqtt_components
 from headwater.runtime import sinks as sink_components
+from headwater.runtime import tiers as tier_components
 from headwater.runtime.applied import Origin, Resources
 from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
@@ -73,6 +74,7 @@ COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] 
     components.BUILDERS,
     mqtt_components.BUILDERS,
     sink_components.BUILDERS,
+    tier_components.BUILDERS,
 )
 
 
@@ -217,10 +219,15 @@ class DeadLetters:
         return DEAD_LETTER_STREAM
 
     async def __call__(self, deliverer: Deliverer, event: CloudEvent, error: DeliveryError) -> None:
-        origin = self._runtime.origin_of(deliverer)
+        await self.record(self._runtime.origin_of(deliverer), deliverer.destination, event, error)
+
+    async def record(
+        self, origin: Key | None, destination: str, event: CloudEvent, error: DeliveryError
+    ) -> None:
+        """Keep ``event``, given up on by ``origin`` while sending to ``destination``."""
         if origin is not None:
             self.given_up[origin] = time.time()
-        failed = dead_letter_event(event, deliverer.destination, error)
+        failed = dead_letter_event(event, destination, error)
         record = failed.evolve(
             {
                 ORIGIN_EXTENSION: "/".join(origin) if origin else None,

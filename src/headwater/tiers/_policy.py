@@ -1,0 +1,163 @@
+"""What an uplink does with an answer, how long it waits, and which events keep order.
+
+How this works: pure data and functions, as Knative's ``retries.go`` keeps its
+retry policy (STYLE.md "Eventing"); the uplink and the downlink only wait.
+
+- :func:`verdict` sorts an HTTP answer into accepted, retry (forever) and
+  refused. A link to another tier is expected to fail for hours: refused,
+  reset, DNS, timeouts, ``5xx`` and ``429`` are the weather, not a verdict on
+  the events, so they are retried until they succeed. So are ``401``/``403``
+  (credentials get fixed), ``404`` (the cloud Broker may not exist *yet*) and
+  anything else a receiver may answer while it is misconfigured. Only ``400``
+  and ``413`` refuse *the content*: the event (or, for a batch, one of its
+  events) will never be accepted as it is.
+- :class:`Backoff` is capped exponential backoff with jitter: each wait lies
+  between half and all of ``min(maximum, initial * 2**n)``, so that edges cut
+  off together do not come back in lockstep, while the wait still grows.
+- :func:`partition_key` is what keeps order: Knative's ``partitionkey``
+  extension (partitioning.md), or the event's ``source`` and ``subject`` (a
+  device) when it has none.
+- :func:`capabilities` reads a receiver's answer to ``OPTIONS``: whether it
+  takes the batched content mode (``Accept-Post``, the solicitation the HTTP
+  binding asks for before batching) and gzip request bodies
+  (``Accept-Encoding`` in a response, RFC 7694 section 3).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent
+
+__all__ = [
+    "Backoff",
+    "Capabilities",
+    "Verdict",
+    "capabilities",
+    "partition_key",
+    "verdict",
+]
+
+DEFAULT_BACKOFF_INITIAL: Final = 0.5
+"""Seconds before the first retry: long enough not to hammer a receiver that is
+restarting, short enough that a blip costs half a second."""
+
+DEFAULT_BACKOFF_MAX: Final = 30.0
+"""The longest wait between two attempts. After an outage of hours the link is
+noticed back within this much (plus the jitter below it): a compromise between
+a prompt catch-up and a thousand edges probing a cloud that is down."""
+
+
+class Verdict(enum.Enum):
+    ACCEPTED = "accepted"
+    RETRY = "retry"
+    REFUSED = "refused"
+
+
+def verdict(status: int | None) -> Verdict:
+    """What an answer (None: no answer at all) means for the events sent."""
+    if status is None:
+        return Verdict.RETRY
+    if 200 <= status < 300:
+        return Verdict.ACCEPTED
+    if status in (400, 413):
+        # data-plane.md: a 400 is "Unparsable event" and 413 "Request too
+        # large": neither gets better by sending the same bytes again.
+        return Verdict.REFUSED
+    return Verdict.RETRY
+
+
+class Backoff:
+    """Capped exponential backoff with jitter; :meth:`reset` after a success."""
+
+    __slots__ = ("_failures", "_random", "initial", "maximum")
+
+    def __init__(
+        self,
+        initial: float = DEFAULT_BACKOFF_INITIAL,
+        maximum: float = DEFAULT_BACKOFF_MAX,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, not {initial}, {maximum}")
+        self.initial = initial
+        self.maximum = maximum
+        self._random = rng
+        self._failures = 0
+
+    @property
+    def failures(self) -> int:
+        """Failures since the last success."""
+        return self._failures
+
+    def next(self, retry_after: float | None = None) -> float:
+        """The wait before the next attempt; a receiver's ``Retry-After`` (capped at
+        ``maximum``) lengthens it, never shortens it."""
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self._failures, 62))
+        self._failures += 1
+        wait = ceiling / 2 + self._random() * ceiling / 2
+        if retry_after is not None and retry_after > 0:
+            wait = max(wait, min(retry_after, self.maximum))
+        return wait
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+def partition_key(event: CloudEvent) -> Hashable:
+    """The key whose events keep their order: ``partitionkey``, else source and subject."""
+    key: Hashable = event.get("partitionkey")
+    if key is not None:
+        return key
+    return (event.source, event.subject)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a receiver said it accepts (see :func:`capabilities`)."""
+
+    batch: bool = False
+    gzip: bool = False
+
+
+def capabilities(status: int, headers: Iterable[tuple[str, str]]) -> Capabilities:
+    """A receiver's answer to ``OPTIONS``; an error answer means "plain POSTs only".
+
+    data-plane.md "HTTP Verbs": "Senders which receive an error when probing
+    with HTTP OPTIONS SHOULD proceed using the HTTP POST mechanism."
+    """
+    if not 200 <= status < 300:
+        return Capabilities()
+    batch = gzip = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "accept-post":
+            types = {part.split(";")[0].strip().lower() for part in value.split(",")}
+            batch = batch or BATCH_CONTENT_TYPE in types
+        elif lower == "accept-encoding":
+            codings = _codings(value)
+            gzip = gzip or codings.get("gzip", codings.get("*", 0.0)) > 0
+    return Capabilities(batch=batch, gzip=gzip)
+
+
+def _codings(value: str) -> dict[str, float]:
+    """``Accept-Encoding`` as coding -> quality (RFC 9110 12.5.3; ``q=0`` means "not")."""
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        coding, _, params = part.partition(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        quality = 1.0
+        name, _, raw = params.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(raw)
+            except ValueError:
+                quality = 0.0
+        out[coding] = quality
+    return out
