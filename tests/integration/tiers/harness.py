@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -170,18 +171,22 @@ class Receiver:
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     """(content type, content encoding, events) of every POST."""
     port: int = 0
+    tls: ssl.SSLContext | None = None
     _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/default/default"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}/default/default"
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/default/default", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, LOOPBACK, self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, LOOPBACK, self.port, reuse_address=True, ssl_context=self.tls
+        )
         await site.start()
         self.port = self._runner.addresses[0][1]
 

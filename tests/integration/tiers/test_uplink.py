@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent
+from tests.certs import self_signed
 from tests.integration.tiers.harness import (
     BROKER,
     Receiver,
@@ -247,3 +250,87 @@ async def test_batch_content_type_is_the_json_batch(edge: Tier) -> None:
         await accept(edge, readings(20))
         await until(lambda: len(receiver.accepted) == 20)
         assert {(kind, enc) for kind, enc, _ in receiver.requests} == {(BATCH_CONTENT_TYPE, "")}
+
+
+async def test_https_with_a_ca_bundle_a_client_certificate_and_a_bearer_token(
+    edge: Tier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    server_tls.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no client certificate, no entry
+    server_tls.load_verify_locations(cert)
+    monkeypatch.setenv("CLOUD_TOKEN", "s3cret")
+    seen: list[str] = []
+
+    def bearer(request: web.Request, events: list[CloudEvent]) -> web.Response | None:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            return web.Response(status=401)
+        return None
+
+    async with receiving(Receiver(script=bearer, tls=server_tls)) as receiver:
+        tls = {"caFile": str(cert), "certFile": str(cert), "keyFile": str(key)}
+        await edge.apply(uplink_yaml(receiver.url, tls=tls, tokenEnv="CLOUD_TOKEN"))
+        await accept(edge, readings(30))
+        await until(lambda: len(receiver.accepted) == 30)
+        assert set(seen) == {"Bearer s3cret"}
+
+
+async def test_without_the_client_certificate_nothing_is_sent_and_nothing_is_lost(
+    edge: Tier, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    server_tls.verify_mode = ssl.CERT_REQUIRED
+    server_tls.load_verify_locations(cert)
+    async with receiving(Receiver(tls=server_tls)) as receiver:
+        await edge.apply(uplink_yaml(receiver.url, tls={"caFile": str(cert)}))
+        await accept(edge, readings(10))
+        await until(lambda: edge.status("Uplink", "up")["failedAttempts"] >= 3)
+        status = edge.status("Uplink", "up")
+        assert status["sent"] == 0 and status["deadLettered"] == 0
+        assert receiver.accepted == []
+
+
+async def test_order_per_device_survives_random_failures_and_resets(edge: Tier) -> None:
+    rng = random.Random(16)
+
+    def chaotic(request: web.Request, events: list[CloudEvent]) -> web.Response | None:
+        roll = rng.random()
+        if roll < 0.2:
+            return web.Response(status=rng.choice([500, 502, 503, 429, 408]))
+        if roll < 0.3:
+            assert request.transport is not None
+            request.transport.abort()  # the connection is reset: no answer at all
+            return web.Response(status=500)
+        return None
+
+    async with receiving(Receiver(script=chaotic)) as receiver:
+        await edge.apply(uplink_yaml(receiver.url, maxBatchEvents=20, linger="PT0S"))
+        for i in range(0, 3000, 100):
+            await accept(edge, [reading(j, DEVICES[j % 5]) for j in range(i, i + 100)])
+        await until(lambda: len(set(receiver.ids())) == 3000, within=60)
+        assert not check_order(receiver.accepted)
+        assert edge.status("Uplink", "up")["deadLettered"] == 0
+
+
+async def test_loop_guard_and_expired_events_are_not_sent(edge: Tier) -> None:
+    async with receiving(Receiver()) as receiver:
+        await edge.apply(uplink_yaml(receiver.url))
+        stale = reading(1, expiresat="2020-01-01T00:00:00Z")
+        looped = reading(2, knativebrokerttl=1)
+        await accept(edge, [stale, looped, reading(3)])
+        await until(lambda: len(receiver.accepted) == 1)
+        status = edge.status("Uplink", "up")
+        assert (status["expired"], status["ttlDropped"]) == (1, 1)
+        assert receiver.ids() == ["d1-3"]
+
+
+async def test_unordered_spreads_one_key_over_the_lanes(edge: Tier) -> None:
+    async with receiving(Receiver()) as receiver:
+        await edge.apply(uplink_yaml(receiver.url, ordering="unordered", maxBatchEvents=10))
+        await accept(edge, [reading(i, "d1") for i in range(400)])
+        await until(lambda: len(receiver.accepted) == 400)
+        assert edge.status("Uplink", "up")["ordering"] == "unordered"
