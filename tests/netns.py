@@ -224,8 +224,22 @@ class Wan:
         if rate is not None:
             for dev in ("w0", "w1"):
                 # A 1 Mbit/s line with a quarter second of buffer, as a DSL modem has.
-                in_ns(self.wan, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-                      "rate", rate, "burst", "16kb", "latency", "250ms")  # fmt: skip
+                in_ns(
+                    self.wan,
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    "16kb",
+                    "latency",
+                    "250ms",
+                )
         if loss:
             in_ns(
                 self.wan,

@@ -40,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import re
+import socket
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -331,6 +333,27 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
+def _detect_dead_peer(sock: socket.socket | None, seconds: float) -> None:
+    """Have the kernel close a connection whose peer went silent for ``seconds``.
+
+    A link that is cut does not close the connections over it: a request
+    waits on TCP retransmissions (whose backoff grows past the outage) or on
+    an answer that will never come. ``TCP_USER_TIMEOUT`` (RFC 5482, Linux)
+    aborts a connection once sent data stays unacknowledged that long, and
+    keepalive probes find the same while a request waits for its answer: the
+    peer's kernel acknowledges them even when its application is slow, so a
+    slow receiver is never mistaken for a dead one.
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the request timeout applies
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds / 3)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds / 6)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+
+
 class Http1Client:
     """POSTs over pooled keep-alive HTTP/1.1 connections (see the module docstring)."""
 
@@ -339,10 +362,16 @@ class Http1Client:
         limit: int = DEFAULT_POOL_SIZE,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        dead_peer_timeout: float | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
+        if dead_peer_timeout is not None and not dead_peer_timeout >= 1:
+            raise ValueError(
+                f"dead_peer_timeout must be at least 1 second, not {dead_peer_timeout}"
+            )
         self.limit = limit
+        self.dead_peer_timeout = dead_peer_timeout
         self.keepalive_timeout = keepalive_timeout
         self._ssl = ssl_context
         self._targets: dict[tuple[str, str], _Target] = {}
@@ -458,11 +487,13 @@ class Http1Client:
         if scheme == "https":
             context = self._ssl = self._ssl or ssl.create_default_context()
         try:
-            _, connection = await loop.create_connection(
+            transport, connection = await loop.create_connection(
                 lambda: _Connection(origin), host, port, ssl=context
             )
         except (OSError, ssl.SSLError) as exc:
             raise HttpError(f"cannot connect to {host}:{port}: {exc}") from exc
+        if self.dead_peer_timeout is not None:
+            _detect_dead_peer(transport.get_extra_info("socket"), self.dead_peer_timeout)
         return connection
 
     def _release(self, connection: _Connection) -> None:

@@ -27,12 +27,14 @@ ACK_INTERVAL: Final = 0.01
 
 
 class AckBatcher:
-    """Offsets finished by a consumer named ``name``, on their way to its reader."""
+    """Offsets finished by a consumer named ``name``, on their way to its reader
+    (at most every ``interval`` seconds)."""
 
-    __slots__ = ("_acks", "_due", "name")
+    __slots__ = ("_acks", "_due", "interval", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, interval: float = ACK_INTERVAL) -> None:
         self.name = name
+        self.interval = interval
         self._acks: list[int] = []
         self._due = asyncio.Event()
 
@@ -51,7 +53,7 @@ class AckBatcher:
             await self._due.wait()
             self._due.clear()
             await self.flush(reader)
-            await asyncio.sleep(ACK_INTERVAL)
+            await asyncio.sleep(self.interval)
 
     async def flush(self, reader: Reader) -> None:
         acks, self._acks = self._acks, []

@@ -64,7 +64,7 @@ class UplinkDelivery(Model):
     timeout: Duration = "PT30S"
     #: the first wait after a failure; it doubles, with jitter, up to ``backoffMax``
     backoff_delay: Duration = "PT0.5S"
-    backoff_max: Duration = "PT30S"
+    backoff_max: Duration = "PT10S"
     #: where events the receiver refuses for good (400, 413) go, besides the dead letters
     dead_letter_sink: Destination | None = None
 
@@ -94,7 +94,7 @@ class UplinkSpec(Model):
     compression: Literal["auto", "gzip", "none"] = "auto"
     #: ordered keeps the order per partitionkey (else per source and subject)
     ordering: Literal["ordered", "unordered"] = "ordered"
-    #: requests in flight at once (default: 4 with batches, 32 one by one)
+    #: requests in flight at once (default: 2 with batches, 32 one by one)
     lanes: int | None = Field(default=None, ge=1, le=256)
     max_batch_events: int = Field(default=uplink.DEFAULT_MAX_BATCH_EVENTS, ge=1, le=100_000)
     max_batch_bytes: int = Field(default=uplink.DEFAULT_MAX_BATCH_BYTES, ge=1024)
@@ -205,7 +205,7 @@ class DownlinkSpec(Model):
     #: how long the cloud holds a pull open while nothing is queued
     wait: Duration = "PT20S"
     backoff_delay: Duration = "PT0.5S"
-    backoff_max: Duration = "PT30S"
+    backoff_max: Duration = "PT10S"
 
     _duration = field_validator("wait", "backoff_delay", "backoff_max")(_duration)
 

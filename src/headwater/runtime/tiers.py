@@ -35,6 +35,7 @@ from headwater.runtime.sinks import ssl_context
 from headwater.tiers import Downlink as DownlinkRunner
 from headwater.tiers import EdgeQueue, Remote
 from headwater.tiers import Uplink as UplinkRunner
+from headwater.tiers._policy import DEAD_PEER_TIMEOUT
 from headwater.tiers.uplink import DEFAULT_BINARY_LANES
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class UplinkComponent:
         self.client = Http1Client(
             limit=(spec.lanes or DEFAULT_BINARY_LANES) + 1,
             ssl_context=ssl_context(spec.tls) if spec.tls is not None else None,
+            dead_peer_timeout=DEAD_PEER_TIMEOUT,
         )
         self.remote = Remote(
             spec.sink.uri,
@@ -369,7 +371,9 @@ class DownlinkComponent:
         self.resource = resource
         self.key = resource.key
         self.client = Http1Client(
-            limit=2, ssl_context=ssl_context(spec.tls) if spec.tls is not None else None
+            limit=2,
+            ssl_context=ssl_context(spec.tls) if spec.tls is not None else None,
+            dead_peer_timeout=DEAD_PEER_TIMEOUT,
         )
         self.downlink = DownlinkRunner(
             spec.url,

@@ -46,10 +46,18 @@ DEFAULT_BACKOFF_INITIAL: Final = 0.5
 """Seconds before the first retry: long enough not to hammer a receiver that is
 restarting, short enough that a blip costs half a second."""
 
-DEFAULT_BACKOFF_MAX: Final = 30.0
-"""The longest wait between two attempts. After an outage of hours the link is
-noticed back within this much (plus the jitter below it): a compromise between
-a prompt catch-up and a thousand edges probing a cloud that is down."""
+DEFAULT_BACKOFF_MAX: Final = 10.0
+"""The longest wait between two attempts: a link that comes back after an outage
+of hours is used again within this much (the catch-up starts no later). Kafka's
+producer waits at most 1 s between reconnections; a tenth of that rate still
+keeps a thousand edges to about a hundred attempts a second on a cloud that is
+down, spread by the jitter."""
+
+DEAD_PEER_TIMEOUT: Final = 10.0
+"""Seconds after which a connection whose peer stopped acknowledging is closed
+by the kernel (see :func:`headwater.eventing._http1._detect_dead_peer`): a
+request caught by a cut fails within this, instead of waiting on TCP
+retransmissions long after the link is back."""
 
 
 class Verdict(enum.Enum):

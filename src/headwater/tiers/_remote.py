@@ -86,6 +86,10 @@ class Answer:
     """Refused here, before sending (the event cannot be encoded in this mode)."""
     form: tuple[str, bool] = ("", False)
     """The content mode and the gzip setting the request was made with."""
+    started: float = 0.0
+    """When the request went out (the event loop's clock)."""
+    abandoned: bool = False
+    """Given up on by the sender, not failed: sent again at once."""
 
     @property
     def verdict(self) -> Verdict:
@@ -193,6 +197,7 @@ class Remote:
         ``encoded`` holds each event's JSON form from :meth:`encode`, if it has one.
         """
         form = self.form
+        started = asyncio.get_running_loop().time()
         try:
             headers, body = self._body(events, encoded)
         except (_Missing, InvalidEvent) as exc:
@@ -212,7 +217,9 @@ class Remote:
                     self.url, headers, body, MAX_ANSWER_BYTES
                 )
         except (HttpError, TimeoutError) as exc:
-            return Answer(None, _reason(exc), wire_bytes=len(body), raw_bytes=raw, form=form)
+            return Answer(
+                None, _reason(exc), wire_bytes=len(body), raw_bytes=raw, form=form, started=started
+            )
         retry_after = None
         for name, value in answer_headers:
             if name.lower() == "retry-after":
@@ -225,6 +232,7 @@ class Remote:
             wire_bytes=len(body),
             raw_bytes=raw,
             form=form,
+            started=started,
         )
 
     def _body(

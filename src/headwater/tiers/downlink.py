@@ -34,8 +34,9 @@ costs one pull of about 400 bytes per ``wait`` (20 s). A WebSocket would save
 that round trip in the rare second case, for the session machinery above.
 
 Expired commands (``expiresat`` passed) are dropped here too, counted, before
-the append, and ``knativebrokerttl`` is decremented on the way down (a
-command that loops between tiers dies as a reply loop does).
+the append, and ``knativebrokerttl`` is decremented on the way down: an event
+that goes round between tiers (up in an Uplink, back down through an Edge)
+loses one per round and dies as a reply loop does.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ redelivered suffix after a crash is counted as duplicates, not as disorder).
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -105,8 +106,13 @@ class Process:
         return "".join(self.output[-lines:])
 
 
-def api(thread: NetnsThread, url: str, token: str | None = None, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> Any:  # fmt: skip
+def api(
+    thread: NetnsThread,
+    url: str,
+    token: str | None = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """A call to a Headwater's HTTP API from inside its namespace; the JSON answer."""
 
     def call() -> Any:
@@ -133,8 +139,11 @@ class Devices:
     def __init__(self, wan: Wan, port: int, count: int = 10, rate: float = 500.0) -> None:
         self.wan, self.port, self.count, self.rate = wan, port, count, rate
         self.acked: set[tuple[str, int]] = set()
+        self.ack_times: list[tuple[float, float]] = []
+        """(published at, seconds until the PUBACK) of every acknowledged reading."""
         self.sent = 0
-        self._pending: dict[int, tuple[str, int]] = {}
+        self._pending: dict[int, tuple[str, int, float]] = {}
+        self._early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._running = threading.Event()
@@ -150,10 +159,18 @@ class Devices:
         self.client.on_publish = self._on_publish
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, *args: object) -> None:
+        now = time.time()
         with self._lock:
-            key = self._pending.pop(mid, None)
-            if key is not None:
-                self.acked.add(key)
+            pending = self._pending.pop(mid, None)
+            if pending is None:
+                self._early[mid] = now  # before publish() returned: recorded by _publish
+            else:
+                self._ack(pending, now)
+
+    def _ack(self, pending: tuple[str, int, float], now: float) -> None:
+        device, seq, published = pending
+        self.acked.add((device, seq))
+        self.ack_times.append((published, now - published))
 
     def _network(self) -> None:
         enter(self.wan.edge)
@@ -176,12 +193,18 @@ class Devices:
             device = self.sent % self.count
             name = f"d{device}"
             seq = seqs[device]
-            payload = json.dumps({"device": name, "seq": seq, "ts": time.time()})
+            now = time.time()
+            payload = json.dumps({"device": name, "seq": seq, "ts": now})
             if self.client.is_connected():
+                # Not under self._lock: paho calls on_publish holding a lock of its own.
                 info = self.client.publish(f"sensors/{name}/reading", payload, qos=1)
                 if info.rc == paho.MQTT_ERR_SUCCESS:
                     with self._lock:
-                        self._pending[info.mid] = (name, seq)
+                        early = self._early.pop(info.mid, None)
+                        if early is None:
+                            self._pending[info.mid] = (name, seq, now)
+                        else:
+                            self._ack((name, seq, now), early)
                     seqs[device] += 1
             self.sent += 1
 
@@ -210,14 +233,34 @@ class Devices:
 # -- the receiver behind the cloud ------------------------------------------------------
 
 
+class Arrival(NamedTuple):
+    device: str
+    seq: int
+    sent: float
+    """When the device published it (its ``ts``, wall clock)."""
+    arrived: float
+
+    @property
+    def latency(self) -> float:
+        return self.arrived - self.sent
+
+
+CAPABILITIES = {
+    "Allow": "POST, OPTIONS",
+    "Accept-Post": "application/cloudevents-batch+json, */*",
+    "Accept-Encoding": "gzip",
+}
+"""What the receiver says it takes (as Headwater's Broker ingress says it)."""
+
+
 @dataclass
 class Receiver:
     """The CloudEvents endpoint behind the cloud, in its namespace."""
 
     batches: bool = True
     """False: behave as a Knative Broker (no OPTIONS, no batches, binary events)."""
-    arrivals: list[tuple[str, int, float]] = field(default_factory=list)
-    """(device, seq, seconds from the device's ts to arrival), in arrival order."""
+    arrivals: list[Arrival] = field(default_factory=list)
+    """Every reading that came, in arrival order (duplicates included)."""
     commands: list[CloudEvent] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
@@ -241,14 +284,14 @@ class Receiver:
 
             def do_OPTIONS(self) -> None:
                 if receiver.batches:
-                    self._answer(
-                        200, {"Allow": "POST", "Accept-Post": "application/cloudevents-batch+json"}
-                    )
+                    self._answer(200, CAPABILITIES)
                 else:
                     self._answer(405)
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
                 if "batch" in self.headers.get("Content-Type", "") and not receiver.batches:
                     self._answer(400)
                     return
@@ -275,11 +318,12 @@ class Receiver:
         if not isinstance(reading, dict) or "device" not in reading:
             self.commands.append(event)
             return
-        self.arrivals.append((reading["device"], int(reading["seq"]), now - float(reading["ts"])))
+        sent = float(reading["ts"])
+        self.arrivals.append(Arrival(reading["device"], int(reading["seq"]), sent, now))
 
     def got(self) -> set[tuple[str, int]]:
         with self.lock:
-            return {(device, seq) for device, seq, _ in self.arrivals}
+            return {(a.device, a.seq) for a in self.arrivals}
 
     def close(self) -> None:
         if self.server is not None:
@@ -294,7 +338,7 @@ def verdict(devices: Devices, receiver: Receiver) -> dict[str, Any]:
     seen: collections.Counter[tuple[str, int]] = collections.Counter()
     last: dict[str, int] = {}
     disorder = []
-    for device, seq, _ in arrivals:
+    for device, seq, _, _ in arrivals:
         seen[(device, seq)] += 1
         if seen[(device, seq)] > 1:
             continue
@@ -438,27 +482,56 @@ class Lab:
         self.cloud = Process(
             self.wan,
             self.wan.cloud,
-            ["-f", str(files), "--data-dir", str(self.root / "cloud"), "--host", "0.0.0.0",
-             "--http-port", str(self.cloud_port), "--token", TOKEN, "--no-http-worker"],
-            {"CLOUD_TOKEN": TOKEN, "EDGE_TOKEN": EDGE_TOKEN,
-             "RECEIVER_PORT": str(self.receiver.port)},
-        ).start()  # fmt: skip
+            [
+                "-f",
+                str(files),
+                "--data-dir",
+                str(self.root / "cloud"),
+                "--host",
+                "0.0.0.0",
+                "--http-port",
+                str(self.cloud_port),
+                "--token",
+                TOKEN,
+                "--no-http-worker",
+            ],
+            {
+                "CLOUD_TOKEN": TOKEN,
+                "EDGE_TOKEN": EDGE_TOKEN,
+                "RECEIVER_PORT": str(self.receiver.port),
+            },
+        ).start()
         self.cloud_port = self.cloud.port("http")
         return self.cloud
 
-    def start_edge(self, uplink_uri: str | None = None, extra: str = "") -> Process:
+    def start_edge(
+        self, uplink_uri: str | None = None, extra: str = "", files_text: str = EDGE_FILES
+    ) -> Process:
         files = self.root / "edge.yaml"
-        files.write_text(EDGE_FILES + extra)
+        files.write_text(files_text + extra)
         uri = uplink_uri or f"http://{CLOUD}:{self.cloud_port}/default/default"
         self.edge = Process(
             self.wan,
             self.wan.edge,
-            ["-f", str(files), "--data-dir", str(self.root / "edge"),
-             "--http-port", str(self.edge_http), "--no-http-worker"],
-            {"CLOUD_TOKEN": TOKEN, "EDGE_TOKEN": EDGE_TOKEN, "MQTT_PORT": str(self.mqtt_port),
-             "DATA": str(self.root / "edge"), "UPLINK_URI": uri, "CLOUD_IP": CLOUD,
-             "CLOUD_PORT": str(self.cloud_port)},
-        ).start()  # fmt: skip
+            [
+                "-f",
+                str(files),
+                "--data-dir",
+                str(self.root / "edge"),
+                "--http-port",
+                str(self.edge_http),
+                "--no-http-worker",
+            ],
+            {
+                "CLOUD_TOKEN": TOKEN,
+                "EDGE_TOKEN": EDGE_TOKEN,
+                "MQTT_PORT": str(self.mqtt_port),
+                "DATA": str(self.root / "edge"),
+                "UPLINK_URI": uri,
+                "CLOUD_IP": CLOUD,
+                "CLOUD_PORT": str(self.cloud_port),
+            },
+        ).start()
         self.mqtt_port = self.edge.port("mqtt/default/devices")
         self.edge_http = self.edge.port("http")
         return self.edge
@@ -491,8 +564,13 @@ class Lab:
 
         headers, body = to_http_batch(events)
         headers["Authorization"] = f"Bearer {TOKEN}"
-        api(self.cloud_thread, f"http://127.0.0.1:{self.cloud_port}/default/default",
-            None, body, headers)  # fmt: skip
+        api(
+            self.cloud_thread,
+            f"http://127.0.0.1:{self.cloud_port}/default/default",
+            None,
+            body,
+            headers,
+        )
 
     def close(self) -> None:
         if self.devices is not None:

@@ -34,7 +34,7 @@ def test_an_uplink_with_defaults() -> None:
     assert isinstance(uplink, Uplink)
     spec = uplink.spec
     assert (spec.format, spec.compression, spec.ordering) == ("auto", "auto", "ordered")
-    assert spec.delivery.backoff_max == "PT30S"
+    assert spec.delivery.backoff_max == "PT10S"
     assert spec.start is None  # latest, as for a Trigger
 
 
