@@ -30,6 +30,10 @@ live readings during the catch-up. The targets of issue 16 are checked at
 the end: 0 lost where the bridge loses some, a drain rate of at least 10x
 the live rate, at most 0.5x the bridge's bytes per event.
 
+``--downlink`` adds the downlink over a WAN of 300 ms each way: the latency
+of commands from the cloud's Broker to the device, and what an idle edge's
+pulls cost on the wire.
+
 ``--backlog N`` adds a compressed long outage for Headwater: N readings are
 appended to the edge's log while it is cut off (directly, not over MQTT, to
 keep the run short), the link comes back while the devices publish live, and
@@ -61,7 +65,7 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from tests.chaos.tiers.lab import Arrival, Devices, Lab, api  # noqa: E402
+from tests.chaos.tiers.lab import EDGE_UPLINK, Arrival, Devices, Lab, Receiver, api  # noqa: E402
 from tests.netns import CLOUD, NetnsThread, Wan, enter  # noqa: E402
 
 IDLE = 30.0
@@ -69,36 +73,6 @@ IDLE = 30.0
 
 DEADLINE = 600.0
 """Seconds a system may take to deliver after the devices stopped."""
-
-EDGE = """\
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default}
----
-apiVersion: sources.headwater.dev/v1alpha1
-kind: MqttBrokerSource
-metadata: {name: devices}
-spec:
-  listeners: [{host: 127.0.0.1, port: "${MQTT_PORT}"}]
-  dataDir: "${DATA}/mqtt"
-  topics: ["sensors/#"]
-  mapping:
-    topicPattern: "sensors/{device}/{metric}"
-    type: dev.headwater.telemetry
-    source: "mqtt://site-7/{device}"
-    subject: "{device}"
-  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
----
-apiVersion: sources.headwater.dev/v1alpha1
-kind: Uplink
-metadata: {name: to-cloud}
-spec:
-  broker: default
-  start: earliest
-  filter: "type = 'dev.headwater.telemetry'"
-  sink: {uri: "${UPLINK_URI}"}
-  tokenEnv: CLOUD_TOKEN
-"""
 
 
 def free_port(thread: NetnsThread, host: str) -> int:
@@ -327,13 +301,20 @@ def headwater_run(args: argparse.Namespace, root: Path) -> Result:
     with Wan() as wan:
         lab = Lab(wan, root)
         try:
-            receiver = lab.receiver.start(lab.cloud_thread, host=CLOUD)
-            lab.start_edge(f"http://{CLOUD}:{receiver.port}/default/default", files_text=EDGE)
+            receiver = _edge_and_receiver(lab)
             devices = Devices(wan, lab.mqtt_port, count=args.devices, rate=args.rate)
             lab.devices = devices
             return scenario("headwater uplink", wan, devices, lambda: list(receiver.arrivals), args)
         finally:
             lab.close()
+
+
+def _edge_and_receiver(lab: Lab) -> Receiver:
+    """The edge's ``headwater up`` with its Uplink (at its defaults) to a receiver in the cloud."""
+    lab.uplink_backoff_max = "PT10S"  # the default
+    receiver = lab.receiver.start(lab.cloud_thread, host=CLOUD)
+    lab.start_edge(f"http://{CLOUD}:{receiver.port}/default/default", files_text=EDGE_UPLINK)
+    return receiver
 
 
 # -- the compressed long outage --------------------------------------------------------------
@@ -345,9 +326,8 @@ def long_outage(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     with Wan() as wan:
         lab = Lab(wan, root)
         try:
-            receiver = lab.receiver.start(lab.cloud_thread, host=CLOUD)
             wan.cut()
-            lab.start_edge(f"http://{CLOUD}:{receiver.port}/default/default", files_text=EDGE)
+            _edge_and_receiver(lab)
             fill_started = time.monotonic()
             _fill(lab, args.backlog)
             fill_s = time.monotonic() - fill_started
@@ -417,6 +397,76 @@ def _fill(lab: Lab, count: int) -> None:
         )
 
 
+# -- the downlink -------------------------------------------------------------------------------
+
+
+def downlink(root: Path, delay: float, commands: int = 20) -> dict[str, Any]:
+    """Commands down a WAN with ``delay`` each way: latency to the device, bytes of idle pulls."""
+    from datetime import UTC, datetime, timedelta
+
+    from headwater.cloudevents import CloudEvent
+
+    root.mkdir(parents=True)
+    with Wan() as wan:
+        lab = Lab(wan, root)
+        try:
+            wan.shape(delay=delay)
+            lab.start_cloud()
+            lab.start_edge()
+            device = Devices(wan, lab.mqtt_port, count=1, rate=1.0)
+            arrived: dict[str, float] = {}
+            device.client.on_message = lambda c, u, m: arrived.setdefault(
+                json.loads(m.payload)["id"], time.time()
+            )
+            device.client.on_connect = lambda c, *a: c.subscribe("devices/+/commands", qos=1)
+            device.start()
+            device.pause()  # no telemetry: the link carries the downlink alone
+            lab.devices = device
+            while not lab.status("cloud", "Edge", "site-7")["connected"]:
+                time.sleep(0.2)
+            time.sleep(5)
+            pulls = lab.status("cloud", "Edge", "site-7")["pulls"]
+            idle_from, idle_bytes = time.time(), wan.wire_bytes()
+            time.sleep(45)
+            idle_pulls = lab.status("cloud", "Edge", "site-7")["pulls"] - pulls
+            idle = wan.wire_bytes() - idle_bytes
+            idle_s = time.time() - idle_from
+            sent: dict[str, float] = {}
+            for i in range(commands):
+                name = f"cmd-{i}"
+                expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+                event = CloudEvent(
+                    {
+                        "specversion": "1.0",
+                        "id": name,
+                        "source": "/bench",
+                        "subject": "d0",
+                        "type": "dev.headwater.command",
+                        "expiresat": expires,
+                    },
+                    {"id": name},
+                )
+                sent[name] = time.time()
+                lab.send_to_cloud([event])
+                time.sleep(0.5 + (i % 5) * 0.37)  # at different moments of a pull
+            deadline = time.monotonic() + 30
+            while len(arrived) < commands and time.monotonic() < deadline:
+                time.sleep(0.1)
+            latencies = [arrived[n] - sent[n] for n in sent if n in arrived]
+            return {
+                "one_way_delay_s": delay,
+                "commands": commands,
+                "arrived": len(latencies),
+                "latency_s_p50": (pcts(latencies) or (0, 0))[0],
+                "latency_s_max": round(max(latencies, default=0.0), 3),
+                "idle_bytes_per_minute": round(idle / idle_s * 60),
+                "idle_pulls_per_minute": round(idle_pulls / idle_s * 60, 1),
+                "bytes_per_idle_pull": round(idle / max(idle_pulls, 1)),
+            }
+        finally:
+            lab.close()
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -481,6 +531,9 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=20.0, help="seconds after it is back")
     parser.add_argument("--backlog", type=int, default=0, help="also the compressed long outage")
     parser.add_argument("--only", choices=["mosquitto", "headwater"], default=None)
+    parser.add_argument(
+        "--downlink", action="store_true", help="also: commands down a WAN of 300 ms each way"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks/uplink.py needs root (network namespaces)")
@@ -500,6 +553,9 @@ def main() -> None:
         if args.backlog:
             print("\ncompressed long outage (headwater):")
             print(json.dumps(long_outage(args, root / "long"), indent=2))
+        if args.downlink:
+            print("\ndownlink (headwater):")
+            print(json.dumps(downlink(root / "downlink", delay=0.3), indent=2))
 
 
 if __name__ == "__main__":

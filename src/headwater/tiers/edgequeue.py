@@ -76,7 +76,7 @@ DEFAULT_WAIT: Final = 20.0
 """Seconds a pull waits for a command when none is queued. Under the 30-60 s
 after which proxies and load balancers commonly close an idle request, and
 short enough that a dead connection is replaced within half a minute; each
-idle pull costs about 400 bytes on the wire (measured in ``tests/chaos/tiers``)."""
+idle pull costs about 1.2 KB on the wire (``benchmarks/uplink.py --downlink``)."""
 
 MAX_WAIT: Final = 60.0
 """The longest wait an edge may ask for."""
