@@ -9,7 +9,7 @@ retrying connectivity failures forever. Down, a cloud keeps one durable
 acknowledges only after its durable append.
 """
 
-from headwater.tiers._policy import Backoff, Capabilities, Verdict, capabilities, verdict
+from headwater.tiers._policy import Capabilities, Verdict, capabilities, verdict
 from headwater.tiers._remote import Answer, Remote
 from headwater.tiers.downlink import LAST_OFFSET_HEADER, Downlink, DownlinkStats
 from headwater.tiers.edgequeue import EdgeQueue, Pull
@@ -18,7 +18,6 @@ from headwater.tiers.uplink import Uplink, UplinkStats
 __all__ = [
     "LAST_OFFSET_HEADER",
     "Answer",
-    "Backoff",
     "Capabilities",
     "Downlink",
     "DownlinkStats",

@@ -11,9 +11,10 @@ retry policy (STYLE.md "Eventing"); the uplink and the downlink only wait.
   anything else a receiver may answer while it is misconfigured. Only ``400``
   and ``413`` refuse *the content*: the event (or, for a batch, one of its
   events) will never be accepted as it is.
-- :class:`Backoff` is capped exponential backoff with jitter: each wait lies
-  between half and all of ``min(maximum, initial * 2**n)``, so that edges cut
-  off together do not come back in lockstep, while the wait still grows.
+- :func:`new_backoff` is Headwater's capped exponential backoff
+  (:mod:`headwater.backoff`) with full jitter, so that edges cut off together
+  do not come back in lockstep; :func:`next_wait` stretches a wait to a
+  receiver's ``Retry-After``.
 - :func:`partition_key` is what keeps order: Knative's ``partitionkey``
   extension (partitioning.md), or the event's ``source`` and ``subject`` (a
   device) when it has none.
@@ -26,18 +27,19 @@ retry policy (STYLE.md "Eventing"); the uplink and the downlink only wait.
 from __future__ import annotations
 
 import enum
-import random
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from headwater.backoff import Backoff
 from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent
 
 __all__ = [
-    "Backoff",
     "Capabilities",
     "Verdict",
     "capabilities",
+    "new_backoff",
+    "next_wait",
     "partition_key",
     "verdict",
 ]
@@ -79,41 +81,20 @@ def verdict(status: int | None) -> Verdict:
     return Verdict.RETRY
 
 
-class Backoff:
-    """Capped exponential backoff with jitter; :meth:`reset` after a success."""
+def new_backoff(bounds: tuple[float, float] | None = None) -> Backoff:
+    """A :class:`~headwater.backoff.Backoff` with full jitter, between ``bounds``
+    (initial, maximum; the defaults above when None)."""
+    initial, maximum = bounds or (DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX)
+    return Backoff(initial, maximum, jitter=True)
 
-    __slots__ = ("_failures", "_random", "initial", "maximum")
 
-    def __init__(
-        self,
-        initial: float = DEFAULT_BACKOFF_INITIAL,
-        maximum: float = DEFAULT_BACKOFF_MAX,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        if not 0 < initial <= maximum:
-            raise ValueError(f"backoff needs 0 < initial <= maximum, not {initial}, {maximum}")
-        self.initial = initial
-        self.maximum = maximum
-        self._random = rng
-        self._failures = 0
-
-    @property
-    def failures(self) -> int:
-        """Failures since the last success."""
-        return self._failures
-
-    def next(self, retry_after: float | None = None) -> float:
-        """The wait before the next attempt; a receiver's ``Retry-After`` (capped at
-        ``maximum``) lengthens it, never shortens it."""
-        ceiling = min(self.maximum, self.initial * 2.0 ** min(self._failures, 62))
-        self._failures += 1
-        wait = ceiling / 2 + self._random() * ceiling / 2
-        if retry_after is not None and retry_after > 0:
-            wait = max(wait, min(retry_after, self.maximum))
-        return wait
-
-    def reset(self) -> None:
-        self._failures = 0
+def next_wait(backoff: Backoff, retry_after: float | None = None) -> float:
+    """The wait before the next attempt; a receiver's ``Retry-After`` (capped at the
+    backoff's maximum) lengthens it, never shortens it."""
+    wait = backoff.next()
+    if retry_after is not None and retry_after > 0:
+        wait = max(wait, min(retry_after, backoff.maximum))
+    return wait
 
 
 def partition_key(event: CloudEvent) -> Hashable:

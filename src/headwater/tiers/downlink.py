@@ -57,7 +57,7 @@ from headwater.eventing._http1 import Http1Client, HttpError
 from headwater.eventing.broker import TTL_EXTENSION, event_ttl
 from headwater.eventing.expiry import expired
 from headwater.logs import Throttle
-from headwater.tiers._policy import Backoff
+from headwater.tiers._policy import new_backoff, next_wait
 from headwater.tiers.edgequeue import DEFAULT_PULL_EVENTS, DEFAULT_WAIT
 
 __all__ = ["LAST_OFFSET_HEADER", "Downlink", "DownlinkStats", "hop"]
@@ -167,14 +167,14 @@ class Downlink:
         self._client = client
         self._store = store
         self._headers = {"accept-encoding": "gzip", **(headers or {})}
-        self._backoff = backoff or (Backoff().initial, Backoff().maximum)
-        Backoff(*self._backoff)
+        self._backoff = backoff
+        new_backoff(backoff)  # validate now, not at the first failure
         self.stats = DownlinkStats()
         self._throttle = Throttle(log)
 
     async def run(self) -> None:
         """Pull, store, acknowledge, until cancelled."""
-        backoff = Backoff(*self._backoff)
+        backoff = new_backoff(self._backoff)
         stats = self.stats
         ack: int | None = None
         while True:
@@ -189,7 +189,7 @@ class Downlink:
                     )
             except (HttpError, TimeoutError) as exc:
                 self._failed(f"no answer: {exc or 'timed out'}")
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(next_wait(backoff))
                 continue
             if status == 204:
                 self._connected()
@@ -198,14 +198,14 @@ class Downlink:
             if status != 200:
                 text = body[:200].decode("utf-8", "replace").strip()
                 self._failed(f"HTTP {status} {reason}: {text}", connected=True)
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(next_wait(backoff))
                 continue
             try:
                 commands, last = _decode(headers, body)
             except InvalidEvent as exc:
                 # The cloud sent something unreadable: not stored, not acknowledged.
                 self._failed(f"unreadable answer: {exc}", connected=True)
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(next_wait(backoff))
                 continue
             self._connected()
             backoff.reset()
@@ -219,7 +219,7 @@ class Downlink:
         """Store until it works: the acknowledgement waits for it."""
         if not commands:
             return
-        backoff = Backoff(*self._backoff)
+        backoff = new_backoff(self._backoff)
         while True:
             try:
                 await self._store(commands)
@@ -227,7 +227,7 @@ class Downlink:
                 raise
             except Exception as exc:
                 self._failed(f"cannot store commands locally: {exc}", connected=True)
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(next_wait(backoff))
                 continue
             self.stats.stored += len(commands)
             return

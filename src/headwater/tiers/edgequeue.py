@@ -53,6 +53,7 @@ from headwater.log import (
     EventTooLarge,
     LogClosed,
     LogError,
+    LogFull,
     LogUnavailable,
     Reader,
     StreamConfig,
@@ -179,6 +180,9 @@ class EdgeQueue:
             await self.log.append(self.stream, [event])
         except EventTooLarge as exc:
             raise DeliveryError(413, False, reason=str(exc)) from exc
+        except LogFull as exc:
+            # 507 Insufficient Storage (RFC 4918 11.5), as a Broker answers: retried.
+            raise DeliveryError(507, True, reason=f"edge queue {self.stream}: {exc}") from exc
         except (LogUnavailable, LogClosed) as exc:
             raise DeliveryError(503, True, reason=f"edge queue {self.stream}: {exc}") from exc
         self.stats.queued += 1

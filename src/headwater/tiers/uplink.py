@@ -32,7 +32,7 @@ receiver first (``OPTIONS``, see :mod:`headwater.tiers._remote`).
 
 **Failures.** Connectivity failures (refused, reset, DNS, timeouts, and
 answers such as ``5xx``, ``429``, ``401``) are retried forever with capped
-exponential backoff and jitter (:class:`~headwater.tiers._policy.Backoff`);
+exponential backoff and jitter (:func:`~headwater.tiers._policy.new_backoff`);
 when one lane gets through after the link was down, the others stop waiting
 and go too. A receiver that refuses content (``400``, ``413``) has a batch
 split in halves until the one event it refuses is found: that event alone is
@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError, LatencyHistogram
 from headwater.eventing.expiry import expired
@@ -78,7 +79,7 @@ from headwater.eventing.filters import MATCH_ALL, EventFilter
 from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Reader, Start
 from headwater.log.acks import AckBatcher
 from headwater.logs import Throttle
-from headwater.tiers._policy import Backoff, Verdict, partition_key
+from headwater.tiers._policy import Verdict, new_backoff, next_wait, partition_key
 from headwater.tiers._remote import Answer, Remote
 
 __all__ = [
@@ -288,8 +289,8 @@ class Uplink:
         self.max_batch_bytes = max_batch_bytes
         self.linger = linger
         self.max_bytes_per_second = max_bytes_per_second
-        self._backoff = backoff or (Backoff().initial, Backoff().maximum)
-        Backoff(*self._backoff)  # validate now, not at the first failure
+        self._backoff = backoff
+        new_backoff(backoff)  # validate now, not at the first failure
         self._on_refused = on_refused
         self.stats = UplinkStats()
         self._throttle = Throttle(logging.getLogger(__name__))
@@ -383,15 +384,14 @@ class Uplink:
 
         Returns what the opening read handed out (it must be processed).
         """
-        delay = LOG_RETRY_DELAY[0]
+        backoff = Backoff(*LOG_RETRY_DELAY)
         while True:
             try:
                 first = await reader.next_batch(READ_BATCH, timeout=0)
                 info = await self.log.info(self.stream)
             except LogUnavailable as exc:
                 self._local_error(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LOG_RETRY_DELAY[1])
+                await asyncio.sleep(backoff.next())
                 continue
             try:
                 position = info.consumer(self.consumer).position
@@ -404,7 +404,7 @@ class Uplink:
             return first
 
     async def _read_loop(self, reader: Reader, batch: list[Entry]) -> None:
-        delay = LOG_RETRY_DELAY[0]
+        backoff = Backoff(*LOG_RETRY_DELAY)
         while True:
             if batch:
                 self._behind = len(batch) >= READ_BATCH
@@ -420,11 +420,10 @@ class Uplink:
                 batch = await reader.next_batch(READ_BATCH, timeout=POLL_TIMEOUT)
             except LogUnavailable as exc:
                 self._local_error(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LOG_RETRY_DELAY[1])
+                await asyncio.sleep(backoff.next())
                 batch = []
                 continue
-            delay = LOG_RETRY_DELAY[0]
+            backoff.reset()
             if not batch:
                 self._behind = False
 
@@ -550,7 +549,7 @@ class Uplink:
 
     async def _deliver(self, items: list[_Item]) -> None:
         """Send ``items`` until the receiver accepted every one or refused it for good."""
-        backoff = Backoff(*self._backoff)
+        backoff = new_backoff(self._backoff)
         while True:
             await self._ensure_known()
             if not self.remote.batches and len(items) > 1:
@@ -588,7 +587,7 @@ class Uplink:
                     continue
             if outcome is Verdict.RETRY:
                 await self._pause(
-                    backoff.next(answer.retry_after), connectivity=answer.status is None
+                    next_wait(backoff, answer.retry_after), connectivity=answer.status is None
                 )
                 continue
             # Refused: find the event(s) the receiver will not take.
@@ -691,7 +690,7 @@ class Uplink:
                     item.event.id,
                     exc,
                 )
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(next_wait(backoff))
                 continue
             self.stats.dead_lettered += 1
             self._throttle.warning(
@@ -752,12 +751,12 @@ class Uplink:
         if self.remote.known:
             return
         async with self._probe_lock:
-            backoff = Backoff(*self._backoff)
+            backoff = new_backoff(self._backoff)
             while not self.remote.known:
                 answer = await self.remote.probe()
                 if answer.status is None:
                     self._failed(answer, "asking what is accepted by")
-                    await self._pause(backoff.next(), connectivity=True)
+                    await self._pause(next_wait(backoff), connectivity=True)
 
     async def _throttle_bytes(self, size: int) -> None:
         """The token bucket of ``max_bytes_per_second`` (a second's worth of burst)."""
