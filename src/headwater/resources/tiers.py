@@ -94,7 +94,7 @@ class UplinkSpec(Model):
     compression: Literal["auto", "gzip", "none"] = "auto"
     #: ordered keeps the order per partitionkey (else per source and subject)
     ordering: Literal["ordered", "unordered"] = "ordered"
-    #: requests in flight at once (default: 2 with batches, 32 one by one)
+    #: requests in flight at once (default: 4 with batches, 32 one by one)
     lanes: int | None = Field(default=None, ge=1, le=256)
     max_batch_events: int = Field(default=uplink.DEFAULT_MAX_BATCH_EVENTS, ge=1, le=100_000)
     max_batch_bytes: int = Field(default=uplink.DEFAULT_MAX_BATCH_BYTES, ge=1024)

@@ -200,6 +200,10 @@ class Remote:
         """
         form = self.form
         started = asyncio.get_running_loop().time()
+        if len(events) > 1 and self.mode != "batch":
+            # Another sender of the uplink found meanwhile that the receiver takes
+            # no batches: nothing is sent, and the caller sends them one by one.
+            return Answer(None, "the receiver takes no batches", form=form, abandoned=True)
         try:
             headers, body = self._body(events, encoded)
         except (_Missing, InvalidEvent) as exc:

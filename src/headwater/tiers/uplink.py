@@ -118,13 +118,13 @@ instead of single ones: gzipped, a reading then costs some 47 bytes of body
 instead of 277 for one alone (and one set of HTTP headers per batch, not per
 reading), for a tenth of a second of latency on a link to another tier."""
 
-DEFAULT_LANES: Final = 2
-"""Requests in flight at once when batching. Two keep a long link busy (one
-batch travels while the other is answered) and drained a 30 s backlog at
-55,000 events/s in ``benchmarks/uplink.py``, faster than four (39,000/s on
-two cores: four lanes gzip four batches at once) and with half the effect on
-the devices' PUBACK latency during the catch-up; at a live rate, fewer lanes
-also mean fuller batches (31 against 36 bytes per event on the wire)."""
+DEFAULT_LANES: Final = 4
+"""Requests in flight at once when batching. Each batch waits for the receiver's
+durable append before its lane sends the next, so lanes are what keeps a long
+link busy during a catch-up (the cut-link test's 60 s outage drains through a
+cloud Headwater at over 10,000 events/s). Fewer lanes make fuller batches at a
+live rate: two used about a fifth fewer bytes per reading on the wire in
+``benchmarks/uplink.py``, for half the requests in flight on a long link."""
 
 DEFAULT_BINARY_LANES: Final = 32
 """Requests in flight at once when sending one event per request (binary or
@@ -139,6 +139,12 @@ a millisecond of work): what a catch-up holds the loop for at a time."""
 
 POLL_TIMEOUT: Final = 1.0
 """How long one read waits for new entries; it returns early when some arrive."""
+
+STALE_AFTER: Final = 5.0
+"""Seconds a request must have waited, while one sent after it was answered,
+before it is abandoned as lost: far longer than a batch takes on a working link
+(a gzipped batch of a thousand readings is about 30 KB, a quarter of a second
+at 1 Mbit/s), shorter than the kernel's 10 s to give up on a dead connection."""
 
 ACK_INTERVAL: Final = 0.1
 """Seconds between hand-overs of acknowledgements to the log. A catch-up accepts
@@ -568,8 +574,7 @@ class Uplink:
             self.stats.raw_bytes += answer.raw_bytes
             outcome = answer.verdict
             if outcome is Verdict.ACCEPTED:
-                if self.stats.link == "down":
-                    self._abandon_stale(answer.started)
+                self._abandon_stale(answer.started)
                 self._accepted(items)
                 return
             self._failed(answer, f"sending {len(items)} event(s) to")
@@ -630,12 +635,16 @@ class Uplink:
         finally:
             del self._requests[request]
 
-    def _abandon_stale(self, answered_since: float) -> None:
-        """The link is back: requests still waiting that were sent before one that was just
-        answered are on connections the outage killed (nothing will answer them until TCP
-        gives up, minutes later). They are abandoned and sent again at once."""
+    def _abandon_stale(self, answered: float) -> None:
+        """A request sent at ``answered`` was just answered: requests sent before it and
+        waiting for longer than :data:`STALE_AFTER` are on connections that died
+        (the link was cut while they were under way, a NAT forgot them) and that
+        nothing answers until the kernel gives up on the peer. They are abandoned
+        and sent again at once (the receiver may have their events already: at
+        least once)."""
+        now = asyncio.get_running_loop().time()
         for request, started in list(self._requests.items()):
-            if started < answered_since and not request.done():
+            if started < answered and now - started > STALE_AFTER and not request.done():
                 request.cancel()
 
     async def _accepted_plainer(self, items: list[_Item], answer: Answer) -> bool:
