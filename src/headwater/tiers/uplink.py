@@ -68,12 +68,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Final, Literal
 
 from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent
-from headwater.eventing import DeliveryError, LatencyHistogram
+from headwater.eventing import DeliveryError
 from headwater.eventing.expiry import expired
 from headwater.eventing.filters import MATCH_ALL, EventFilter
 from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Reader, Start
@@ -81,6 +80,7 @@ from headwater.log.acks import AckBatcher
 from headwater.logs import Throttle
 from headwater.tiers._policy import Verdict, new_backoff, next_wait, partition_key
 from headwater.tiers._remote import Answer, Remote
+from headwater.tiers._uplink_status import SendRate, UplinkStats, at_risk, event_time, now_text
 
 __all__ = [
     "DEFAULT_LANES",
@@ -156,12 +156,6 @@ accepted events again."""
 STATS_INTERVAL: Final = 1.0
 """Seconds between refreshes of the backlog figures from the log."""
 
-RATE_WINDOW: Final = 10.0
-"""The send rate is the average over this many seconds."""
-
-AT_RISK_FRACTION: Final = 0.8
-"""A backlog past this fraction of a retention limit is warned about (once a minute)."""
-
 LOG_RETRY_DELAY: Final = (0.05, 2.0)
 """Backoff bounds (seconds) while the local log is unavailable."""
 
@@ -183,73 +177,6 @@ class _Lane:
     in_flight: list[_Item] = field(default_factory=list)
     first_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(slots=True, eq=False)
-class UplinkStats:
-    """Counters and gauges of an uplink, read for ``describe`` and ``/metrics``.
-
-    ``sent``: events the receiver accepted (2xx). ``requests``: requests made
-    (each attempt). ``failed_attempts``: requests that failed or were refused.
-    ``dead_lettered``: events refused for good and handed to ``on_refused``.
-    ``dropped_unsent``: events retention removed before the uplink read them.
-    ``backlog_events``: events after the durable position (the consumer's lag);
-    ``backlog_bytes``: their size, estimated from the stream's average event
-    size; ``oldest_unsent_age``: seconds since the oldest event not yet
-    accepted was made (its ``time``, else when the uplink read it).
-    ``wire_bytes``/``raw_bytes``: request bodies sent, after and before gzip.
-    """
-
-    sent: int = 0
-    requests: int = 0
-    failed_attempts: int = 0
-    dead_lettered: int = 0
-    filtered: int = 0
-    expired: int = 0
-    dropped_unsent: int = 0
-    backlog_events: int = 0
-    backlog_bytes: int = 0
-    oldest_unsent_age: float | None = None
-    send_rate: float = 0.0
-    wire_bytes: int = 0
-    raw_bytes: int = 0
-    in_flight: int = 0
-    link: str = "unknown"
-    last_error: str | None = None
-    last_error_at: str | None = None
-    last_sent_at: str | None = None
-    at_risk: str | None = None
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "link": self.link,
-            "sent": self.sent,
-            "sendRate": round(self.send_rate, 1),
-            "backlogEvents": self.backlog_events,
-            "backlogBytes": self.backlog_bytes,
-            "oldestUnsentAgeSeconds": (
-                None if self.oldest_unsent_age is None else round(self.oldest_unsent_age, 3)
-            ),
-            "droppedUnsent": self.dropped_unsent,
-            "retentionAtRisk": self.at_risk,
-            "deadLettered": self.dead_lettered,
-            "filtered": self.filtered,
-            "expired": self.expired,
-            "requests": self.requests,
-            "failedAttempts": self.failed_attempts,
-            "inFlight": self.in_flight,
-            "wireBytes": self.wire_bytes,
-            "rawBytes": self.raw_bytes,
-            "lastSentAt": self.last_sent_at,
-            "lastError": self.last_error,
-            "lastErrorAt": self.last_error_at,
-            "latencySeconds": self.latency.snapshot(),
-        }
-
-
-def _now_text() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 class Uplink:
@@ -318,7 +245,7 @@ class Uplink:
         self._idle.set()
         self._read_high: int | None = None
         self._counted_dropped = 0
-        self._rates: collections.deque[tuple[float, int]] = collections.deque()
+        self._rate = SendRate()
         self._round_robin = itertools.count()
         # The token bucket of max_bytes_per_second: bytes that may go now.
         self._allowance = 0.0
@@ -718,7 +645,7 @@ class Uplink:
     def _accepted(self, items: list[_Item]) -> None:
         stats = self.stats
         stats.sent += len(items)
-        stats.last_sent_at = _now_text()
+        stats.last_sent_at = now_text()
         now = time.time()
         latency = stats.latency
         for item in items:
@@ -733,7 +660,7 @@ class Uplink:
         stats = self.stats
         stats.failed_attempts += 1
         stats.last_error = f"{self.remote.url}: {answer}"
-        stats.last_error_at = _now_text()
+        stats.last_error_at = now_text()
         if answer.status is None:
             if stats.link != "down":
                 stats.link = "down"
@@ -796,14 +723,7 @@ class Uplink:
         """Backlog, retention drops and send rate, from the log and the lanes."""
         stats = self.stats
         now = time.time()
-        rates = self._rates
-        rates.append((now, stats.sent))
-        while len(rates) > 2 and now - rates[1][0] >= RATE_WINDOW:
-            rates.popleft()
-        first_time, first_sent = rates[0]
-        stats.send_rate = (
-            (stats.sent - first_sent) / (now - first_time) if now > first_time else 0.0
-        )
+        stats.send_rate = self._rate.update(now, stats.sent)
         stats.oldest_unsent_age = self._oldest_age(now)
         try:
             info = await self.log.info(self.stream)
@@ -814,7 +734,7 @@ class Uplink:
         stats.backlog_bytes = info.bytes * backlog // info.events if info.events else 0
         if self._read_high is not None and info.first_offset - 1 > self._read_high:
             self._count_dropped(info.first_offset - 1)
-        stats.at_risk = self._at_risk(info.config, stats, info.bytes, info.events)
+        stats.at_risk = at_risk(info.config, stats)
         if stats.at_risk is not None:
             self._throttle.warning(
                 ("at-risk", self.name),
@@ -833,26 +753,14 @@ class Uplink:
             )
             if head is None:
                 continue
-            made = _event_time(head.event, head.read_at)
+            made = event_time(head.event, head.read_at)
             if oldest is None or made < oldest:
                 oldest = made
         return None if oldest is None else max(0.0, now - oldest)
 
-    @staticmethod
-    def _at_risk(config: Any, stats: UplinkStats, size: int, events: int) -> str | None:
-        reasons = []
-        if config.max_events and stats.backlog_events >= AT_RISK_FRACTION * config.max_events:
-            reasons.append(f"{stats.backlog_events} of at most {config.max_events} events")
-        if config.max_bytes and stats.backlog_bytes >= AT_RISK_FRACTION * config.max_bytes:
-            reasons.append(f"{stats.backlog_bytes} of at most {config.max_bytes} bytes")
-        age = stats.oldest_unsent_age
-        if config.max_age and age is not None and age >= AT_RISK_FRACTION * config.max_age:
-            reasons.append(f"oldest unsent {age:.0f}s of at most {config.max_age:g}s")
-        return "; ".join(reasons) or None
-
     def _local_error(self, exc: Exception) -> None:
         self.stats.last_error = f"log: {exc}"
-        self.stats.last_error_at = _now_text()
+        self.stats.last_error_at = now_text()
         self._throttle.warning(
             ("log", self.name), "%s: log unavailable, retrying: %s", self.name, exc
         )
@@ -870,12 +778,3 @@ class Uplink:
             "maxBatchBytes": self.max_batch_bytes,
             **self.stats.snapshot(),
         }
-
-
-def _event_time(event: CloudEvent, default: float) -> float:
-    """When an event was made: its ``time`` attribute, else ``default``."""
-    value = event.get("time")
-    if type(value) is str:
-        with contextlib.suppress(ValueError):
-            return min(datetime.fromisoformat(value).timestamp(), default)
-    return default
