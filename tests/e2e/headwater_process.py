@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -64,11 +65,17 @@ class Headwater:
             self.process.stdout.close()
 
 
-def start_headwater(args: Sequence[str], cwd: Path) -> Headwater:
+def start_headwater(args: Sequence[str], cwd: Path, *, open_files: int | None = None) -> Headwater:
     """`headwater up` on free ports; the embedded MQTT broker's too when there are no files
-    (with files, `--mqtt-port` is for their one listener: pass it when that is wanted)."""
+    (with files, `--mqtt-port` is for their one listener: pass it when that is wanted).
+    ``open_files``: the process's RLIMIT_NOFILE, soft and hard (so it cannot raise it)."""
     files = any(arg in ("-f", "--file") for arg in args)
     ports = ["--http-port", "0", *([] if files else ["--mqtt-port", "0"])]
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     process = subprocess.Popen(
         [*HEADWATER, "up", *ports, *args],
         cwd=cwd,
@@ -76,6 +83,7 @@ def start_headwater(args: Sequence[str], cwd: Path) -> Headwater:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=limit_open_files if open_files is not None else None,
     )
     assert process.stdout is not None
     output: list[str] = []

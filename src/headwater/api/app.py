@@ -20,6 +20,7 @@ from aiohttp import web
 import headwater.api.dashboard as dashboard
 import headwater.api.deadletters as deadletters
 import headwater.api.devices as devices
+import headwater.api.edges as edges
 import headwater.api.events as events
 import headwater.api.metrics as metrics
 import headwater.api.openapi as openapi
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     topology.add_routes(app)
     deadletters.add_routes(app, runtime)
     devices.add_routes(app, runtime)
+    edges.add_routes(app)
     dashboard.add_routes(app)
     return app
 

@@ -21,6 +21,10 @@ logged about given-up events goes through a :class:`~headwater.logs.Throttle`
 keyed by the deliverer's name (a Trigger): a failing subscriber writes one
 line a minute with a count, not one per event.
 
+An event whose ``expiresat`` has passed (:mod:`headwater.eventing.expiry`) is
+not attempted, nor retried: it ends as ``expired``, counted, like a drop that
+was asked for.
+
 Cancellation never loses an event: a cancelled delivery reports no outcome,
 so the dispatcher's cursor does not move past it and it is redelivered.
 """
@@ -41,6 +45,7 @@ from typing import Any, Final, Literal, Protocol
 
 from headwater.cloudevents import CloudEvent
 from headwater.durations import parse_duration
+from headwater.eventing.expiry import expired
 from headwater.eventing.sink import DeliveryError, Sink
 from headwater.logs import Throttle
 
@@ -61,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_throttled = Throttle(log)
 
 _given_up = Throttle(log)
 """Lines about given-up events: one per deliverer and kind of outcome per minute."""
@@ -300,7 +306,8 @@ class DeliveryStats:
     show) and/or by the dead letter sink; ``sent_to_dead_letter_sink``: those
     the dead letter sink accepted. ``dropped``: events given up on that
     nothing kept. ``filtered``: events the filter rejected. ``replies``:
-    reply events forwarded. ``lag``: events in the log not yet acknowledged
+    reply events forwarded. ``expired``: events not delivered because their
+    ``expiresat`` had passed. ``lag``: events in the log not yet acknowledged
     by this cursor. ``last_error`` is the latest failed attempt's error, with
     its time (``last_error_time``, seconds since the epoch) and its number
     among the attempts of its event (``last_error_attempt``, 1 for the first).
@@ -315,6 +322,7 @@ class DeliveryStats:
     dropped: int = 0
     filtered: int = 0
     replies: int = 0
+    expired: int = 0
     lag: int = 0
     in_flight: int = 0
     last_error: str | None = None
@@ -338,6 +346,7 @@ class DeliveryStats:
             "dropped": self.dropped,
             "filtered": self.filtered,
             "replies": self.replies,
+            "expired": self.expired,
             "lag": self.lag,
             "inFlight": self.in_flight,
             "lastError": self.last_error,
@@ -364,6 +373,7 @@ class Outcome(enum.Enum):
     DELIVERED = "delivered"
     DEAD_LETTERED = "dead-lettered"
     DROPPED = "dropped"
+    EXPIRED = "expired"
 
 
 ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
@@ -404,6 +414,15 @@ class Deliverer:
         stats = self.stats
         started = self._clock()
         error = await self._attempts(self.sink, event, self._on_reply, count=True)
+        if error is _EXPIRED:
+            stats.expired += 1
+            _throttled.info(
+                ("expired", self.destination),
+                "not delivering event id=%s to %s: its expiresat has passed",
+                event.id,
+                self.destination,
+            )
+            return Outcome.EXPIRED
         if error is None:
             stats.delivered += 1
             stats.latency.observe(self._clock() - started)
@@ -476,10 +495,16 @@ class Deliverer:
         *,
         count: bool,
     ) -> DeliveryError | None:
-        """Attempt, retrying while allowed; None on success, else the last error."""
+        """Attempt, retrying while allowed; None on success, else the last error.
+
+        With ``count`` (the subscriber, not the dead letter sink), an expired
+        event is not attempted: the answer is then ``_EXPIRED``.
+        """
         spec = self.spec
         attempt = 0
         while True:
+            if count and expired(event):
+                return _EXPIRED
             error = await self._attempt(sink, event, on_reply)
             if error is None:
                 return None
@@ -526,6 +551,10 @@ class Deliverer:
                 return DeliveryError(None, True, reason=f"reply not stored: {exc}")
             self.stats.replies += 1
         return None
+
+
+_EXPIRED: Final = DeliveryError(None, False, reason="expired")
+"""What ``_attempts`` answers for an event whose ``expiresat`` passed (compared by identity)."""
 
 
 def _attempts_text(error: DeliveryError, spec: DeliverySpec) -> str:

@@ -17,7 +17,10 @@ Content-Type). The answer follows Knative's broker ingress:
   body that ends early: the peer left, which is one throttled warning, as
   every peer's mistake, never a traceback);
 - ``404`` for an unknown broker (channel); ``405`` for methods other than POST
-  (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs");
+  (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs", and
+  says what a sender may use: ``Accept-Post`` lists the batched mode, the
+  solicitation http-protocol-binding.md 1.3 asks for before a sender batches,
+  and ``Accept-Encoding`` the request content codings read, RFC 7694 section 3);
 - ``413`` over the broker's maximum event size;
 - ``503`` with ``Retry-After`` when the log is unavailable or the broker saturated.
 
@@ -34,7 +37,13 @@ from typing import Final, Protocol, Self
 
 from aiohttp import web
 
-from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent, InvalidEvent, from_http
+from headwater.cloudevents import (
+    BATCH_CONTENT_TYPE,
+    CONTENT_TYPE,
+    CloudEvent,
+    InvalidEvent,
+    from_http,
+)
 from headwater.eventing._fanout import Saturated
 from headwater.http_guard import (
     BEARER_CHALLENGE,
@@ -67,6 +76,13 @@ MAX_REASON_CHARS: Final = 1024
 """An error answer quotes at most this much of the reason (which may quote the input)."""
 
 _ALLOW: Final = "POST, OPTIONS"
+_CAPABILITIES: Final = {
+    "Allow": _ALLOW,
+    # Structured, batched, and binary mode (any media type).
+    "Accept-Post": f"{CONTENT_TYPE}, {BATCH_CONTENT_TYPE}, */*",
+    # aiohttp decodes these request bodies, bounded by the same limits as plain ones.
+    "Accept-Encoding": "gzip, deflate",
+}
 
 
 def is_ingress_request(request: web.BaseRequest) -> bool:
@@ -126,7 +142,7 @@ class Ingress:
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.method == "OPTIONS":
-            return web.Response(status=200, headers={"Allow": _ALLOW})
+            return web.Response(status=200, headers=_CAPABILITIES)
         if request.method != "POST":
             return _text(405, f"method {request.method} not allowed; use POST", Allow=_ALLOW)
         namespace = request.match_info["namespace"]

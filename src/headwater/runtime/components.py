@@ -29,7 +29,7 @@ from headwater.eventing import DeliveryError, Dispatcher, Sink
 from headwater.eventing import Subscription as SubscriptionMember
 from headwater.eventing import Trigger as TriggerMember
 from headwater.eventing._fanout import Saturated
-from headwater.log import LogFull, LogUnavailable
+from headwater.log import LogFull, LogUnavailable, StreamConfig
 from headwater.resources import (
     Broker,
     Channel,
@@ -46,6 +46,7 @@ from headwater.resources.models import (
     MAX_INFLIGHT_ANNOTATION,
     ORDER_ANNOTATION,
     START_ANNOTATION,
+    retention_limits,
 )
 from headwater.runtime.context import Context, Kind, Stage
 from headwater.runtime.metrics import fanout_families, member_families, source_families
@@ -97,6 +98,7 @@ class BrokerComponent:
             resource.name,
             context.log,
             delivery=context.destinations.delivery_spec(resource.spec.delivery, resource.namespace),
+            retention=_retention(resource),
         )
         self.sink: Sink = AcceptSink(self.broker)
 
@@ -115,6 +117,7 @@ class BrokerComponent:
         self.broker.delivery = self.context.destinations.delivery_spec(
             resource.spec.delivery, resource.namespace
         )
+        await self.broker.set_retention(_retention(resource))
         # Re-attach every Trigger so the new defaults apply; cursors are kept.
         for trigger in list(self.broker.triggers().values()):
             await self.broker.add_trigger(trigger)
@@ -129,6 +132,10 @@ class BrokerComponent:
 
     def metric_families(self) -> list[Metric]:
         return fanout_families("Broker", self.broker)
+
+
+def _retention(resource: Broker) -> StreamConfig:
+    return StreamConfig(**retention_limits(resource.metadata.annotations))
 
 
 class ChannelComponent:

@@ -5,7 +5,9 @@ How this works: a builder is ``build(context, resource) -> Component``. The
 store, the :class:`Destinations` resolver (a Destination to a sink, a
 resource's DeliverySpec to a resolved one, a Broker or Channel to its
 fan-out), the HTTP clients (:class:`HttpClients`), the :class:`Registry` of
-what listens where, and the node's data directory. The runtime makes one
+what listens where, the dead letters (:class:`DeadLetterRecords`: what a
+component that sends without a DeliverySpec gives up on, e.g. an Uplink's
+refused events) and the node's data directory. The runtime makes one
 context and hands it to every builder; a component never sees the runtime,
 the reconciler or another component, so what it depends on is written in
 its constructor.
@@ -30,9 +32,10 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
+from headwater.cloudevents import CloudEvent
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
-from headwater.eventing import DeliverySpec, DeliveryTransport, Sink, new_session
+from headwater.eventing import DeliveryError, DeliverySpec, DeliveryTransport, Sink, new_session
 from headwater.eventing._http1 import Http1Client
 from headwater.log import EventLog
 from headwater.resources import DeliverySpec as ResourceDelivery
@@ -45,6 +48,7 @@ __all__ = [
     "CHANNEL_PREFIX",
     "Builder",
     "Context",
+    "DeadLetterRecords",
     "Destinations",
     "HttpClients",
     "Key",
@@ -94,6 +98,16 @@ class Destinations(Protocol):
 
     def channel(self, kind: str, namespace: str, name: str) -> ChannelFanout:
         """The running Channel's fan-out; :class:`UnresolvedDestination` when not running."""
+        ...
+
+
+class DeadLetterRecords(Protocol):
+    """The node's dead letters (:class:`headwater.runtime.deadletters.DeadLetters`)."""
+
+    async def record(
+        self, origin: Key | None, destination: str, event: CloudEvent, error: DeliveryError
+    ) -> None:
+        """Keep ``event``, given up on by ``origin`` while sending to ``destination``."""
         ...
 
 
@@ -171,6 +185,7 @@ class Context:
     destinations: Destinations
     http: HttpClients
     registry: Registry
+    dead_letters: DeadLetterRecords
     data_dir: Path | None
     """Where components keep what they store unless their resource names a place
     (None: in memory)."""

@@ -128,6 +128,10 @@ class DeadLetter:
         return self.event.evolve(dict.fromkeys(RECORD_EXTENSIONS))
 
 
+REDRIVABLE: Final = frozenset({"Trigger", "Subscription"})
+"""The origins whose dead letters a re-drive delivers again (through their dispatcher)."""
+
+
 class RedriveRefused(Exception):
     """A dead letter cannot be re-driven now; the message says why."""
 
@@ -158,9 +162,15 @@ class DeadLetters:
 
     async def __call__(self, deliverer: Deliverer, event: CloudEvent, error: DeliveryError) -> None:
         origin = self._dispatchers.origin_of(deliverer)
+        await self.record(origin, deliverer.destination, event, error)
+
+    async def record(
+        self, origin: Key | None, destination: str, event: CloudEvent, error: DeliveryError
+    ) -> None:
+        """Keep ``event``, given up on by ``origin`` while sending to ``destination``."""
         if origin is not None:
             self.given_up[origin] = time.time()
-        failed = dead_letter_event(event, deliverer.destination, error)
+        failed = dead_letter_event(event, destination, error)
         record = failed.evolve(
             {
                 ORIGIN_EXTENSION: "/".join(origin) if origin else None,
@@ -263,6 +273,13 @@ class DeadLetters:
             origin = letter.origin
             if origin is None:
                 raise RedriveRefused(f"dead letter {id} does not name a Trigger or Subscription")
+            if origin[0] not in REDRIVABLE:
+                # An Uplink's dead letters were refused for good by the other
+                # tier (400, 413): sending them again would be refused again.
+                raise RedriveRefused(
+                    f"dead letter {id} came from {origin[0]} {origin[1]}/{origin[2]}: "
+                    "only a Trigger's or a Subscription's dead letters can be re-driven"
+                )
             dispatcher = self._dispatchers.dispatcher(origin)
             if dispatcher is None:
                 raise RedriveRefused(f"{origin[0]} {origin[1]}/{origin[2]} is not running")

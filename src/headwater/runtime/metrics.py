@@ -53,6 +53,7 @@ MEMBER_COUNTERS = (
     ("dropped", "Events given up on that nothing kept."),
     ("filtered", "Events the filter did not match."),
     ("replies", "Reply events forwarded."),
+    ("expired", "Events not delivered because their expiresat had passed."),
 )
 
 

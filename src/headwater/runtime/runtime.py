@@ -46,11 +46,17 @@ from headwater.runtime.jobs import Jobs
 from headwater.runtime.mqtt import KINDS as MQTT_KINDS
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
 from headwater.runtime.sinks import KINDS as SINK_KINDS
+from headwater.runtime.tiers import KINDS as TIER_KINDS
 from headwater.state import MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
-KINDS: Final[Mapping[str, Kind]] = {**EVENTING_KINDS, **SINK_KINDS, **MQTT_KINDS}
+KINDS: Final[Mapping[str, Kind]] = {
+    **EVENTING_KINDS,
+    **SINK_KINDS,
+    **MQTT_KINDS,
+    **TIER_KINDS,
+}
 """Every kind this runtime runs: how it is built and at which stage it starts."""
 
 
@@ -113,6 +119,7 @@ class Runtime:
             destinations=self.destinations,
             http=self.http,
             registry=self.registry,
+            dead_letters=self.dead_letters,
             data_dir=data_dir,
         )
         self.replays = Jobs()

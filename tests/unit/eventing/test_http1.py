@@ -1022,3 +1022,20 @@ def test_an_internationalised_host_is_sent_in_its_ascii_form() -> None:
 def test_a_host_that_is_not_a_name_is_an_error() -> None:
     with pytest.raises(HttpError, match="bad host name"):
         _target("http://\u00fc..b/")
+
+
+async def test_other_methods_go_out_on_their_own_request_line(
+    client: Http1Client, serve: Serve
+) -> None:
+    server = await serve(answer(NO_CONTENT))
+    async with asyncio.timeout(WAIT):
+        await client.request("OPTIONS", server.url("/b"), {}, b"", 1024)
+        await client.post(server.url("/b"), {}, b"x", 1024)
+    assert [r.line for r in server.requests] == ["OPTIONS /b HTTP/1.1", "POST /b HTTP/1.1"]
+    assert server.requests[0].values("Content-Length") == ["0"]
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET /x", "", "PO ST"])
+async def test_a_method_that_cannot_be_sent_is_an_error(client: Http1Client, method: str) -> None:
+    with pytest.raises(HttpError, match="method"):
+        await client.request(method, "http://127.0.0.1:9/", {}, b"", 10)
