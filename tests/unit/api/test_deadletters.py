@@ -160,6 +160,23 @@ async def test_redrive_refused_when_the_origin_is_gone(mesh: Mesh) -> None:
     assert body["error"] == "Trigger default/flaky is not running"
 
 
+async def test_an_uplinks_dead_letter_is_refused_for_redrive_with_the_reason(mesh: Mesh) -> None:
+    await mesh.apply(BROKER)
+    error = DeliveryError(400, False, reason="the remote refused it")
+    event = CloudEvent({"specversion": "1.0", "id": "u-1", "source": "/s", "type": "t"})
+    await mesh.runtime.dead_letters.record(
+        ("Uplink", "default", "up"), "https://cloud.example/default/default", event, error
+    )
+    (letter,) = await _letters(mesh, 1)
+    assert letter["origin"] == {"kind": "Uplink", "namespace": "default", "name": "up"}
+    status, body = await mesh.json("POST", f"/api/v1/deadletters/{letter['id']}/redrive")
+    assert status == 409
+    assert body["error"] == (
+        f"dead letter {letter['id']} came from Uplink default/up: "
+        "only a Trigger's or a Subscription's dead letters can be re-driven"
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
