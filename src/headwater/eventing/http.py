@@ -38,6 +38,7 @@ from headwater.eventing._http1 import (
 from headwater.eventing.delivery import parse_retry_after, should_retry
 from headwater.eventing.http_worker import HttpWorker, WorkerGone
 from headwater.eventing.sink import DeliveryError
+from headwater.tracing.flows import trace_fields
 
 __all__ = ["DEFAULT_POOL_SIZE", "KEEPALIVE_TIMEOUT", "HttpSink", "new_session"]
 
@@ -109,6 +110,9 @@ class HttpSink:
         # data-plane.md "Derived (Reply) Events": Brokers and Channels "MUST
         # indicate support for replies using the Prefer: reply header".
         headers["prefer"] = "reply"
+        # W3C Trace Context: the event's context (the delivery attempt's when
+        # Headwater traced it) continues in the receiver's trace.
+        headers.update(trace_fields(event))
         if self._extra_headers:
             headers.update(self._extra_headers)
         try:
