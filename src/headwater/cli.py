@@ -12,7 +12,6 @@ seconds; Ctrl-C cancels the job it started on the server too.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -151,6 +150,43 @@ def version() -> None:
     help="Seconds a kept-alive HTTP connection may wait for its next request.",
 )
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with event and trace ids on lines about an event.",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    help="Trace every event and export the spans over OTLP/HTTP to URL (a collector's "
+    "base URL, e.g. http://localhost:4318). OTEL_EXPORTER_OTLP_ENDPOINT does the same; "
+    "without either, tracing is off.",
+)
+@click.option(
+    "--trace-sampling",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="RATIO",
+    help="Share of new traces recorded (head sampling; an incoming sampled flag decides "
+    "for the events that bring one) [default: OTEL_TRACES_SAMPLER_ARG, else 1].",
+)
+@click.option(
+    "--trace-dead-letters/--no-trace-dead-letters",
+    default=True,
+    show_default=True,
+    help="Record the trace of every event given up on, even when not sampled.",
+)
+@click.option(
+    "--trace-url",
+    envvar="HEADWATER_TRACE_URL",
+    default=None,
+    metavar="TEMPLATE",
+    help="A trace viewer's address with {trace_id} in it (e.g. "
+    "http://localhost:16686/trace/{trace_id}): the dashboard and describe link to it.",
+)
 def up(
     files: tuple[Path, ...],
     data_dir: Path,
@@ -168,15 +204,30 @@ def up(
     http_body_timeout: float,
     http_idle_timeout: float,
     log_level: str,
+    log_format: str,
+    otlp_endpoint: str | None,
+    trace_sampling: float | None,
+    trace_dead_letters: bool,
+    trace_url: str | None,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
+    from headwater import tracing
     from headwater.api.server import Server, StartupError, UpOptions, run
     from headwater.http_guard import HttpLimits
+    from headwater.logs import configure
     from headwater.resources import ConfigError
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(log_level, "json" if log_format == "json" else "text")
+    try:
+        config = tracing.resolve(
+            endpoint=otlp_endpoint,
+            sampling=trace_sampling,
+            dead_letters=trace_dead_letters,
+            trace_url=trace_url,
+        )
+        tracing.viewer = tracing.Viewer(trace_url) if trace_url else None
+    except tracing.TracingConfigError as exc:
+        fail(str(exc), 2)
     options = UpOptions(
         files=files,
         data_dir=data_dir,
@@ -202,6 +253,8 @@ def up(
         click.echo("ready", err=False)
         sys.stdout.flush()
 
+    tracer = tracing.Tracer(config) if config is not None else None
+    previous = tracing.install(tracer)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
             runner.run(run(options, ready))
@@ -209,6 +262,10 @@ def up(
         fail(f"invalid resources:\n{exc}")
     except StartupError as exc:
         fail(str(exc))
+    finally:
+        tracing.install(previous)
+        if tracer is not None:
+            tracer.close()  # the spans still queued are exported
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -467,6 +524,7 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
         click.echo(line)
     latency = status.pop("latencySeconds", None)
     status.pop("dispatchers", None)
+    trace_id = status.pop("lastErrorTraceId", None)
     last_error = _last_error(status)
     if status:
         click.echo("Status (counters since start):")
@@ -475,11 +533,26 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
             click.echo(f"  {key + ':':<{width + 1}} {'-' if value is None else value}")
     if last_error is not None:
         click.echo(f"Last error:   {last_error}")
+    if trace_id:
+        click.echo(f"  its trace:  {_trace_link(trace_id, server, token)}")
     if latency and latency.get("count"):
         p50, p99 = (_bucket_quantile(latency, q) for q in (0.5, 0.99))
         click.echo(f"Latency:      p50 <= {p50}s, p99 <= {p99}s over {latency['count']} deliveries")
     if item["kind"] in ("Trigger", "Subscription"):
         click.echo(f"Dead letters: {_kept(item, server, token)}")
+
+
+def _trace_url(trace_id: str, server: str | None, token: str | None) -> str | None:
+    """The trace's address in the trace viewer, when the server knows one (--trace-url)."""
+    tracing = _call(_client(server, token), "GET", "/api/v1/status").get("tracing") or {}
+    template = tracing.get("traceUrl")
+    return template.replace("{trace_id}", trace_id) if template else None
+
+
+def _trace_link(trace_id: str, server: str | None, token: str | None) -> str:
+    """A trace id, and its address in the trace viewer when there is one."""
+    url = _trace_url(trace_id, server, token)
+    return f"{trace_id} {url}" if url else trace_id
 
 
 def _last_error(status: dict[str, Any]) -> str | None:
@@ -867,7 +940,11 @@ def deadletters_list(
 @token_option
 def deadletters_show(id: int, server: str | None, token: str | None) -> None:
     """One dead letter: where it failed, why, and the event."""
-    _echo_yaml(_call(_client(server, token), "GET", f"/api/v1/deadletters/{id}"))
+    letter = _call(_client(server, token), "GET", f"/api/v1/deadletters/{id}")
+    _echo_yaml(letter)
+    url = _trace_url(letter["traceId"], server, token) if letter.get("traceId") else None
+    if url:
+        click.echo(f"traceUrl: {url}")
 
 
 @deadletters.command("redrive")

@@ -37,6 +37,7 @@ from headwater.runtime.runtime import (
     DeadLetters,
     RedriveRefused,
 )
+from headwater.tracing.flows import trace_id
 
 REDRIVES_KEY: web.AppKey[Jobs] = web.AppKey("redrive_jobs", Jobs)
 
@@ -75,6 +76,7 @@ def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
         "error": event.get(ERROR_EXTENSION),
         "failedAt": event.get(FAILED_AT_EXTENSION),
         "dataOmitted": event.get(DATA_OMITTED_EXTENSION) == "true",
+        "traceId": trace_id(event),
         "redriven": letter.redriven,
         "event": to_json_value(letter.original()),
     }
