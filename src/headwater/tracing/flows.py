@@ -79,11 +79,14 @@ from headwater.tracing.spans import AttributeValue, Kind, Span, Tracer
 
 __all__ = [
     "DeliveryTrace",
+    "Hop",
     "Ingest",
     "Publish",
     "Published",
     "context_of",
     "event_context",
+    "hop",
+    "hop_batch",
     "ingest",
     "ingest_mqtt",
     "log_fields",
@@ -326,10 +329,97 @@ def untraced(
     return out, ingest_of
 
 
-# -- delivery -------------------------------------------------------------------------
+# -- hops of stored events (the uplink) ------------------------------------------------
 
 # The last character of a traceparent whose flags have the sampled bit clear.
 _UNSAMPLED: Final = frozenset("02468ace")
+
+
+class Hop:
+    """The spans of one request carrying stored events to another tier (an uplink's
+    batch): a CLIENT span in the trace of each sampled event, which goes out
+    carrying that span's context, so that the receiving tier's ingest continues
+    under it. Unsampled events go out as they are."""
+
+    __slots__ = ("spans",)
+
+    def __init__(self, spans: list[Span]) -> None:
+        self.spans = spans
+
+    def end(self, status: int | None, error: str | None) -> None:
+        for span in self.spans:
+            if status is not None:
+                span.attributes["http.response.status_code"] = status
+            if error is not None:
+                span.fail(error)
+            span.end()
+
+
+def hop(
+    tracer: Tracer, events: Sequence[CloudEvent], name: str, attributes: dict[str, AttributeValue]
+) -> tuple[list[CloudEvent] | None, Hop | None]:
+    """The events as the request sends them (None: all unchanged) and its spans."""
+    out: list[CloudEvent] | None = None
+    spans: list[Span] = []
+    for index, event in enumerate(events):
+        value = event.get(TRACEPARENT)
+        if (
+            type(value) is str
+            and value[-1:] in _UNSAMPLED
+            and tracer.config.parent_based
+            and is_canonical(value)
+        ):
+            continue  # the common case at a low ratio: not sampled, nothing to do
+        parent = event_context(event)
+        if parent is None or not tracer.sampled(parent):
+            continue
+        span = tracer.span(
+            name,
+            tracer.decide(parent),
+            parent,
+            kind=Kind.CLIENT,
+            remote=True,
+            attributes={**attributes, "cloudevents.event_id": event.id},
+        )
+        spans.append(span)
+        if out is None:
+            out = list(events)
+        out[index] = with_context(event, span.context)
+    return out, (Hop(spans) if spans else None)
+
+
+class Encoder(Protocol):
+    """What :func:`hop_batch` needs of the receiver: its URL, and the JSON form of an event."""
+
+    @property
+    def url(self) -> str: ...
+    def encode(self, event: CloudEvent) -> bytes | None: ...
+
+
+def hop_batch(
+    tracer: Tracer,
+    events: list[CloudEvent],
+    encoded: list[bytes | None],
+    remote: Encoder,
+    name: str,
+) -> tuple[list[CloudEvent], list[bytes | None], Hop | None]:
+    """:func:`hop` for a request of pre-encoded events: a sampled event, sent under
+    the request's span, is encoded again (the others keep their JSON form)."""
+    attributes: dict[str, AttributeValue] = {
+        "url.full": remote.url,
+        "headwater.batch.events": len(events),
+    }
+    sent, traced = hop(tracer, events, name, attributes)
+    if sent is None:
+        return events, encoded, traced
+    again = [
+        remote.encode(new) if new is not old else data
+        for new, old, data in zip(sent, events, encoded, strict=True)
+    ]
+    return sent, again, traced
+
+
+# -- delivery -------------------------------------------------------------------------
 
 
 class DeliveryTrace:
