@@ -335,6 +335,19 @@ def untraced(
 _UNSAMPLED: Final = frozenset("02468ace")
 
 
+def stored_unsampled(tracer: Tracer, event: CloudEvent) -> bool:
+    """Whether the event's stored context is valid and says "not sampled" (and the
+    parent decides): then nothing about it is recorded and it goes out as it is.
+    The check of an event most events get when tracing is on at a low ratio."""
+    value = event.get(TRACEPARENT)
+    return (
+        type(value) is str
+        and value[-1:] in _UNSAMPLED
+        and tracer.config.parent_based
+        and is_canonical(value)
+    )
+
+
 class Hop:
     """The spans of one request carrying stored events to another tier (an uplink's
     batch): a CLIENT span in the trace of each sampled event, which goes out
@@ -362,14 +375,8 @@ def hop(
     out: list[CloudEvent] | None = None
     spans: list[Span] = []
     for index, event in enumerate(events):
-        value = event.get(TRACEPARENT)
-        if (
-            type(value) is str
-            and value[-1:] in _UNSAMPLED
-            and tracer.config.parent_based
-            and is_canonical(value)
-        ):
-            continue  # the common case at a low ratio: not sampled, nothing to do
+        if stored_unsampled(tracer, event):
+            continue  # the common case at a low ratio: nothing to do
         parent = event_context(event)
         if parent is None or not tracer.sampled(parent):
             continue
@@ -452,13 +459,7 @@ class DeliveryTrace:
         """The trace of a delivery of ``event``; None when there is nothing to do
         unless it fails: its stored context is valid and not sampled, so it goes
         out as it is (a failed attempt then starts one, see ``Deliverer``)."""
-        value = event.get(TRACEPARENT)
-        if (
-            type(value) is str
-            and value[-1:] in _UNSAMPLED
-            and tracer.config.parent_based
-            and is_canonical(value)
-        ):
+        if stored_unsampled(tracer, event):
             return None
         return cls(tracer, event, name, destination)
 
