@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from headwater.eventing import parse_duration
+from headwater.durations import parse_duration
 
 # Kubernetes object names: RFC 1123 DNS labels (subdomains for most kinds).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
