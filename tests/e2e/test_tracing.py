@@ -2,8 +2,10 @@
 
 A real OTLP/HTTP receiver (tests/otlp.py, decoding with opentelemetry-proto
 what the SDK's exporter sends) collects the spans; real HTTP subscribers
-record the ``traceparent`` each delivery carries. Run with the HTTP worker
-process (``headwater up``'s default) and without it.
+(tests.helpers.Receiver) record the ``traceparent`` each delivery carries.
+Run with the HTTP worker process (``headwater up``'s default) and without
+it. Last, ``--log-format json``: the line about a given-up event carries the
+event's ids and its trace.
 """
 
 from __future__ import annotations
@@ -11,20 +13,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
+import signal
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.e2e.headwater_process import Headwater, start_headwater
+from tests.helpers import Receiver, Request, wait_until_blocking
 from tests.integration.sources.conftest import Device
 from tests.otlp import OtlpReceiver, ReceivedSpan, children, one, threaded_receiver
-
-WAIT = 30.0
 
 MESH = """\
 apiVersion: eventing.knative.dev/v1
@@ -63,45 +63,31 @@ spec:
 
 
 class Subscribers:
-    """HTTP subscribers on one loopback port: /ok and /dls accept, /bad answers 503.
-    ``seen[path]`` is the (traceparent, ce-traceparent, ce-id) of each request."""
+    """HTTP subscribers on one :class:`~tests.helpers.Receiver`: /ok and /dls accept,
+    /bad answers 503. :meth:`seen` is the (traceparent, ce-traceparent, ce-id) of
+    each request to a path."""
 
-    def __init__(self) -> None:
-        self.seen: dict[str, list[tuple[str, str, str]]] = {"/ok": [], "/bad": [], "/dls": []}
-        self.changed = threading.Condition()
-        subscribers = self
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.base = receiver.url.rstrip("/")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                record = (
-                    self.headers.get("traceparent", ""),
-                    self.headers.get("ce-traceparent", ""),
-                    self.headers.get("ce-id", ""),
-                )
-                with subscribers.changed:
-                    subscribers.seen.setdefault(self.path, []).append(record)
-                    subscribers.changed.notify_all()
-                self.send_response(503 if self.path == "/bad" else 202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def seen(self, path: str) -> list[tuple[str, str, str]]:
+        return [
+            (r.headers.get("traceparent", ""), r.headers.get("ce-traceparent", ""), r.id)
+            for r in list(self.receiver.requests)
+            if r.path == path
+        ]
 
     def wait(self, path: str, count: int) -> list[tuple[str, str, str]]:
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.seen[path]) >= count, WAIT), self.seen
-            return list(self.seen[path])
+        seen: list[tuple[str, str, str]] = wait_until_blocking(
+            lambda: (found := self.seen(path)) and len(found) >= count and found,
+            what=f"{count} requests to {path}",
+        )
+        return seen
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+
+def _answer(request: Request) -> tuple[int, dict[str, str], bytes]:
+    return (503 if request.path == "/bad" else 202), {}, b""
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +98,8 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="module")
 def subscribers() -> Iterator[Subscribers]:
-    subs = Subscribers()
-    yield subs
-    subs.close()
+    with Receiver.in_thread(answer=_answer) as receiver:
+        yield Subscribers(receiver)
 
 
 @pytest.fixture(scope="module", params=["--http-worker", "--no-http-worker"])
@@ -161,6 +146,25 @@ def parse(value: str) -> tuple[str, str, str]:
     return trace_id, span_id, flags
 
 
+def post_event(url: str, event_id: str, traceparent: str, subject: str | None = None) -> None:
+    """A CloudEvent to the default Broker's HTTP ingress, with a ``traceparent`` header."""
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "/e2e",
+        "ce-type": "t",
+        "content-type": "application/json",
+        "traceparent": traceparent,
+    }
+    if subject is not None:
+        headers["ce-subject"] = subject
+    request = urllib.request.Request(
+        f"{url}/default/default", data=b"{}", method="POST", headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+
+
 def wait_trace(otlp: OtlpReceiver, trace_id: str, names: list[str]) -> list[ReceivedSpan]:
     """The trace's spans once every name in ``names`` is among them (with repeats)."""
 
@@ -182,7 +186,7 @@ def wait_trace(otlp: OtlpReceiver, trace_id: str, names: list[str]) -> list[Rece
 def test_a_device_trace_continues_through_headwater_to_the_subscriber(
     headwater: tuple[Headwater, int], device: Device, otlp: OtlpReceiver, subscribers: Subscribers
 ) -> None:
-    before = len(subscribers.seen["/ok"])
+    before = len(subscribers.seen("/ok"))
     value, trace_id, device_span = traceparent()
     properties = [("traceparent", value)]
     assert device.publish("sensors/ok", b'{"t": 21.5}', user_properties=properties) == 0
@@ -221,7 +225,7 @@ def test_a_device_trace_continues_through_headwater_to_the_subscriber(
 def test_retries_and_the_dead_letter_are_in_the_trace(
     headwater: tuple[Headwater, int], device: Device, otlp: OtlpReceiver, subscribers: Subscribers
 ) -> None:
-    bad, dls = len(subscribers.seen["/bad"]), len(subscribers.seen["/dls"])
+    bad, dls = len(subscribers.seen("/bad")), len(subscribers.seen("/dls"))
     value, trace_id, _ = traceparent()
     assert device.publish("sensors/bad", b"{}", user_properties=[("traceparent", value)]) == 0
     attempts = subscribers.wait("/bad", bad + 3)[bad : bad + 3]
@@ -258,7 +262,7 @@ def test_retries_and_the_dead_letter_are_in_the_trace(
 def test_a_dead_letter_not_sampled_at_the_head_is_recorded_after_the_fact(
     headwater: tuple[Headwater, int], device: Device, otlp: OtlpReceiver, subscribers: Subscribers
 ) -> None:
-    bad = len(subscribers.seen["/bad"])
+    bad = len(subscribers.seen("/bad"))
     value, trace_id, _ = traceparent(sampled=False)
     assert device.publish("sensors/bad", b"{}", user_properties=[("traceparent", value)]) == 0
     attempts = subscribers.wait("/bad", bad + 3)[bad : bad + 3]
@@ -293,7 +297,7 @@ def test_a_malformed_traceparent_starts_a_new_trace_and_the_reading_goes_through
     otlp: OtlpReceiver,
     subscribers: Subscribers,
 ) -> None:
-    before = len(subscribers.seen["/ok"])
+    before = len(subscribers.seen("/ok"))
     properties = [("traceparent", bad_value), ("tracestate", "congo=1")]
     assert device.publish("sensors/ok", b"{}", user_properties=properties) == 0
     out, _, _ = subscribers.wait("/ok", before + 1)[before]
@@ -308,27 +312,10 @@ def test_a_malformed_traceparent_starts_a_new_trace_and_the_reading_goes_through
 def test_a_trace_through_http_ingress_and_the_trace_id_in_describe(
     headwater: tuple[Headwater, int], otlp: OtlpReceiver, subscribers: Subscribers
 ) -> None:
-    import urllib.request
-
     hw, _ = headwater
     value, trace_id, client_span = traceparent()
-    dls = len(subscribers.seen["/dls"])
-    request = urllib.request.Request(
-        f"{hw.url}/default/default",
-        data=b"{}",
-        method="POST",
-        headers={
-            "ce-specversion": "1.0",
-            "ce-id": uuid.uuid4().hex,
-            "ce-source": "/e2e",
-            "ce-type": "t",
-            "ce-subject": "sensors/bad",
-            "content-type": "application/json",
-            "traceparent": value,
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
+    dls = len(subscribers.seen("/dls"))
+    post_event(hw.url, uuid.uuid4().hex, value, subject="sensors/bad")
     subscribers.wait("/dls", dls + 1)
     spans = wait_trace(otlp, trace_id, ["POST /{namespace}/{name}", "dead-letter"])
     ingress = one(spans, "POST /{namespace}/{name}")
@@ -371,3 +358,50 @@ def test_tracing_settings_that_cannot_work_stop_the_start(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "data").exists()  # refused before anything started
+
+
+DROPPING = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: failing}}
+spec:
+  broker: default
+  subscriber: {{uri: "{url}"}}
+  delivery: {{retry: 1, backoffPolicy: linear, backoffDelay: PT0.01S}}
+"""
+
+
+def test_json_logs_carry_the_event_and_its_trace(tmp_path: Path, otlp: OtlpReceiver) -> None:
+    with Receiver.in_thread(status=503) as subscriber:
+        (tmp_path / "mesh.yaml").write_text(DROPPING.format(url=subscriber.url))
+        hw = start_headwater(
+            [
+                *("-f", "mesh.yaml", "--data-dir", "data", "--durability", "normal"),
+                *("--otlp-endpoint", otlp.url, "--log-format", "json"),
+            ],
+            tmp_path,
+        )
+        try:
+            value, trace_id, _ = traceparent()
+            event_id = uuid.uuid4().hex
+            post_event(hw.url, event_id, value)
+            subscriber.wait_for_requests(2)  # the attempt and its one retry
+            hw.settled()  # the event was given up on: its line was written
+        finally:
+            hw.process.send_signal(signal.SIGTERM)
+            assert hw.process.stdout is not None
+            rest = hw.process.stdout.read()
+            assert hw.stop() == 0
+    lines = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    (given_up,) = [line for line in lines if line.get("event_id") == event_id]
+    assert given_up["level"] == "warning"
+    assert given_up["logger"] == "headwater.eventing.delivery"
+    assert "gave up on event" in given_up["message"]
+    assert (given_up["event_source"], given_up["event_type"]) == ("/e2e", "t")
+    assert given_up["trace_id"] == trace_id
+    assert re.fullmatch("[0-9a-f]{16}", given_up["span_id"])
+    assert {"time", "level", "logger", "message"} <= lines[0].keys()  # every line
