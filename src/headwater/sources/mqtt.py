@@ -50,6 +50,7 @@ from headwater import tracing
 from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.log import EventTooLarge
+from headwater.logs import Throttle
 from headwater.mqtt.client import (
     CONNECT_TIMEOUT,
     Client,
@@ -67,10 +68,9 @@ from headwater.sources.mapping import (
     to_cloudevent,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
+from headwater.tracing.flows import Ingest, Publish, ingest_mqtt
 
 __all__ = ["DEFAULT_BATCH", "MqttSourceRunner", "RunnerStats"]
-from headwater.logs import Throttle
-from headwater.tracing.flows import Ingest, Publish, ingest_mqtt
 
 log = logging.getLogger(__name__)
 
