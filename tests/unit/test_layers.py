@@ -32,6 +32,7 @@ RANKS: dict[str, int] = {
     "headwater.cloudevents": 2,
     "headwater.cesql": 3,
     "headwater.mqtt": 3,
+    "headwater.tracing": 3,  # W3C Trace Context and spans; reads CloudEvents' extensions
     # durable state
     "headwater.log": 4,
     "headwater.state": 4,

@@ -40,6 +40,7 @@ from headwater.runtime.deadletters import (
     redrive_all,
 )
 from headwater.runtime.jobs import Job
+from headwater.tracing.flows import trace_id
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
@@ -76,6 +77,7 @@ def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
         "error": event.get(ERROR_EXTENSION),
         "failedAt": event.get(FAILED_AT_EXTENSION),
         "dataOmitted": event.get(DATA_OMITTED_EXTENSION) == "true",
+        "traceId": trace_id(event),
         "redriven": letter.redriven,
         "event": to_json_value(letter.original()),
     }

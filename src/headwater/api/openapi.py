@@ -261,6 +261,10 @@ _DEAD_LETTER = {
         "error": {"type": ["string", "null"], "description": "The last error, as text"},
         "failedAt": {"type": ["string", "null"]},
         "dataOmitted": {"type": "boolean"},
+        "traceId": {
+            "type": ["string", "null"],
+            "description": "The W3C trace id of the event (its traceparent), if it has one",
+        },
         "redriven": {"oneOf": [_OUTCOME, {"type": "null"}]},
         "event": {"type": "object", "description": "The original event, structured mode"},
     },
@@ -322,6 +326,17 @@ def document() -> dict[str, Any]:
                                     "version": {"type": "string"},
                                     "uptimeSeconds": {"type": "number"},
                                     "listeners": {"type": "object"},
+                                    "tracing": {
+                                        "type": "object",
+                                        "required": ["enabled", "traceUrl"],
+                                        "properties": {
+                                            "enabled": {"type": "boolean"},
+                                            "endpoint": {"type": ["string", "null"]},
+                                            "sampling": {"type": "number"},
+                                            "spans": {"type": "integer"},
+                                            "traceUrl": {"type": ["string", "null"]},
+                                        },
+                                    },
                                 },
                             },
                             "Status",

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from headwater import __version__
+from headwater import __version__, tracing
 from headwater.api.http import RUNTIME_KEY, NotFound, error, json_response
 from headwater.http_guard import read_body
 from headwater.resources import KINDS, ConfigError, Problem, Resource
@@ -65,7 +65,7 @@ def resource_json(runtime: Runtime, resource: Resource) -> dict[str, Any]:
 
 async def status(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    return json_response({"version": __version__, **runtime.info()})
+    return json_response({"version": __version__, **runtime.info(), "tracing": tracing.status()})
 
 
 async def list_resources(request: web.Request) -> web.Response:

@@ -4,7 +4,8 @@ How this works: :func:`main` is the click group each command module adds
 its commands to; :func:`fail` prints one readable line to stderr and exits;
 :func:`call` makes an admin API request and turns its error (with the
 problems of a refused apply, one per line) into such a line; :func:`follow`
-shows a job's progress until it ends, and cancels it on the server at Ctrl-C.
+shows a job's progress until it ends, and cancels it on the server at Ctrl-C;
+:func:`trace_link` adds the trace viewer's address (``up --trace-url``) to a trace id.
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ PROGRESS_EVERY = 5.0
 
 POLL_EVERY = 0.2
 """Seconds between looks at a job's progress."""
+
+
+def trace_url(trace_id: str, server: str | None, token: str | None) -> str | None:
+    """The trace's address in the trace viewer, when the server knows one (--trace-url)."""
+    tracing = call(api_client(server, token), "GET", "/api/v1/status").get("tracing") or {}
+    template = tracing.get("traceUrl")
+    return template.replace("{trace_id}", trace_id) if template else None
+
+
+def trace_link(trace_id: str, server: str | None, token: str | None) -> str:
+    """A trace id, and its address in the trace viewer when there is one."""
+    url = trace_url(trace_id, server, token)
+    return f"{trace_id} {url}" if url else trace_id
 
 
 def job_counts(job: dict[str, Any]) -> str:

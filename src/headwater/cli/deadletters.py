@@ -24,6 +24,7 @@ from headwater.cli._common import (
     max_failures_option,
     server_option,
     token_option,
+    trace_url,
 )
 
 # -- dead letters -----------------------------------------------------------------
@@ -112,7 +113,11 @@ def deadletters_list(
 @token_option
 def deadletters_show(id: int, server: str | None, token: str | None) -> None:
     """One dead letter: where it failed, why, and the event."""
-    echo_yaml(call(api_client(server, token), "GET", f"/api/v1/deadletters/{id}"))
+    letter = call(api_client(server, token), "GET", f"/api/v1/deadletters/{id}")
+    echo_yaml(letter)
+    url = trace_url(letter["traceId"], server, token) if letter.get("traceId") else None
+    if url:
+        click.echo(f"traceUrl: {url}")
 
 
 @deadletters.command("redrive")

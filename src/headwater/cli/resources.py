@@ -24,6 +24,7 @@ from headwater.cli._common import (
     main,
     server_option,
     token_option,
+    trace_link,
 )
 
 
@@ -234,6 +235,7 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
         click.echo(line)
     latency = status.pop("latencySeconds", None)
     status.pop("dispatchers", None)
+    trace_id = status.pop("lastErrorTraceId", None)
     last_error = _last_error(status)
     if status:
         click.echo("Status (counters since start):")
@@ -242,6 +244,8 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
             click.echo(f"  {key + ':':<{width + 1}} {'-' if value is None else value}")
     if last_error is not None:
         click.echo(f"Last error:   {last_error}")
+    if trace_id:
+        click.echo(f"  its trace:  {trace_link(trace_id, server, token)}")
     if latency and latency.get("count"):
         p50, p99 = (_bucket_quantile(latency, q) for q in (0.5, 0.99))
         click.echo(f"Latency:      p50 <= {p50}s, p99 <= {p99}s over {latency['count']} deliveries")

@@ -8,7 +8,6 @@ and runs until SIGINT or SIGTERM, then drains and stops.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +103,43 @@ from headwater.cli._common import (
     help="Seconds a kept-alive HTTP connection may wait for its next request.",
 )
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with event and trace ids on lines about an event.",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    help="Trace every event and export the spans over OTLP/HTTP to URL (a collector's "
+    "base URL, e.g. http://localhost:4318). OTEL_EXPORTER_OTLP_ENDPOINT does the same; "
+    "without either, tracing is off.",
+)
+@click.option(
+    "--trace-sampling",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="RATIO",
+    help="Share of new traces recorded (head sampling; an incoming sampled flag decides "
+    "for the events that bring one) [default: OTEL_TRACES_SAMPLER_ARG, else 1].",
+)
+@click.option(
+    "--trace-dead-letters/--no-trace-dead-letters",
+    default=True,
+    show_default=True,
+    help="Record the trace of every event given up on, even when not sampled.",
+)
+@click.option(
+    "--trace-url",
+    envvar="HEADWATER_TRACE_URL",
+    default=None,
+    metavar="TEMPLATE",
+    help="A trace viewer's address with {trace_id} in it (e.g. "
+    "http://localhost:16686/trace/{trace_id}): the dashboard and describe link to it.",
+)
 def up(
     files: tuple[Path, ...],
     data_dir: Path,
@@ -121,15 +157,30 @@ def up(
     http_body_timeout: float,
     http_idle_timeout: float,
     log_level: str,
+    log_format: str,
+    otlp_endpoint: str | None,
+    trace_sampling: float | None,
+    trace_dead_letters: bool,
+    trace_url: str | None,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
+    from headwater import tracing
     from headwater.api.server import Server, StartupError, UpOptions, run
     from headwater.http_guard import HttpLimits
+    from headwater.logs import configure
     from headwater.resources import ConfigError
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(log_level, "json" if log_format == "json" else "text")
+    try:
+        config = tracing.resolve(
+            endpoint=otlp_endpoint,
+            sampling=trace_sampling,
+            dead_letters=trace_dead_letters,
+            trace_url=trace_url,
+        )
+        tracing.viewer = tracing.Viewer(trace_url) if trace_url else None
+    except tracing.TracingConfigError as exc:
+        fail(str(exc), 2)
     options = UpOptions(
         files=files,
         data_dir=data_dir,
@@ -155,6 +206,8 @@ def up(
         click.echo("ready", err=False)
         sys.stdout.flush()
 
+    tracer = tracing.Tracer(config) if config is not None else None
+    previous = tracing.install(tracer)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
             runner.run(run(options, ready))
@@ -162,6 +215,10 @@ def up(
         fail(f"invalid resources:\n{exc}")
     except StartupError as exc:
         fail(str(exc))
+    finally:
+        tracing.install(previous)
+        if tracer is not None:
+            tracer.close()  # the spans still queued are exported
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
+from headwater import tracing
 from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent
 from headwater.eventing.delivery import (
@@ -29,6 +30,7 @@ from headwater.eventing.dispatcher import DEFAULT_MAX_INFLIGHT, Dispatcher, Orde
 from headwater.eventing.filters import MATCH_ALL, EventFilter
 from headwater.eventing.sink import Sink
 from headwater.log import DEFAULT_MAX_EVENT_SIZE, LATEST, EventLog, Start, StreamConfig
+from headwater.tracing.flows import Ingest, untraced
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +231,17 @@ class Fanout(Generic[M]):
                 room = self._room = asyncio.get_running_loop().create_future()
             await asyncio.shield(room)
         self._pending += count
+        ingest: Ingest | None = None
+        if tracing.tracer is not None:
+            # Events that came without a trace context (a PingSource's, an
+            # external broker's) start a trace here; the ingresses gave theirs one.
+            events, ingest = untraced(tracing.tracer, events, self.stream)
         try:
             offsets = await self.log.append(self.stream, events)
+        except Exception as exc:
+            if ingest is not None:
+                ingest.end(exc)
+            raise
         finally:
             self._pending -= count
             room = self._room
@@ -238,6 +249,8 @@ class Fanout(Generic[M]):
                 self._room = None
                 if not room.done():
                     room.set_result(None)  # every waiter looks again
+        if ingest is not None:
+            ingest.end()
         self.stats.accepted += len(offsets)
         return offsets
 

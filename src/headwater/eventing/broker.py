@@ -23,10 +23,15 @@ from headwater.eventing.delivery import DeliverySpec
 from headwater.eventing.dispatcher import Dispatcher
 from headwater.eventing.trigger import Trigger
 from headwater.log import DEFAULT_MAX_EVENT_SIZE, EventLog, StreamConfig
+from headwater.logs import Throttle
+from headwater.tracing.flows import log_fields
 
 __all__ = ["DEFAULT_TTL", "TTL_EXTENSION", "Broker", "Saturated"]
 
 log = logging.getLogger(__name__)
+
+_expired = Throttle(log)
+"""Events dropped for their TTL (a reply loop drops one per turn): a line a minute per Broker."""
 
 TTL_EXTENSION: Final = "knativebrokerttl"
 DEFAULT_TTL: Final = 255
@@ -117,13 +122,15 @@ class Broker(Fanout[Trigger]):
 
     def _drop_expired(self, event: CloudEvent) -> None:
         self.stats.ttl_dropped += 1
-        log.warning(
+        _expired.warning(
+            self.stream,
             "%r: dropped event id=%s source=%s type=%s: %s reached 0 (a reply loop?)",
             self,
             event.id,
             event.source,
             event.type,
             TTL_EXTENSION,
+            extra=log_fields(event),
         )
 
     # -- triggers -----------------------------------------------------------------

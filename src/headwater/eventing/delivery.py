@@ -43,11 +43,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
+from headwater import tracing
 from headwater.cloudevents import CloudEvent
 from headwater.durations import parse_duration
 from headwater.eventing.expiry import expired
 from headwater.eventing.sink import DeliveryError, Sink
 from headwater.logs import Throttle
+from headwater.tracing.flows import DeliveryTrace, log_fields, trace_id, with_context
+from headwater.tracing.spans import Span, Tracer
 
 __all__ = [
     "DEFAULT_RETRY_AFTER_MAX",
@@ -70,6 +73,9 @@ _throttled = Throttle(log)
 
 _given_up = Throttle(log)
 """Lines about given-up events: one per deliverer and kind of outcome per minute."""
+
+_raised = Throttle(log)
+"""Tracebacks of in-process sinks that raised: one per sink per minute."""
 
 BackoffPolicy = Literal["linear", "exponential"]
 
@@ -328,13 +334,16 @@ class DeliveryStats:
     last_error: str | None = None
     last_error_time: float | None = None
     last_error_attempt: int | None = None
+    last_error_trace_id: str | None = None
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
-    def failed(self, error: str, attempt: int | None = None) -> None:
-        """Record a failure as it happens: the error, now, and which attempt it was."""
+    def failed(self, error: str, attempt: int | None = None, trace_id: str | None = None) -> None:
+        """Record a failure as it happens: the error, now, which attempt it was and
+        the trace of the event (when it has one)."""
         self.last_error = error
         self.last_error_time = time.time()
         self.last_error_attempt = attempt
+        self.last_error_trace_id = trace_id
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -356,6 +365,7 @@ class DeliveryStats:
                 else None
             ),
             "lastErrorAttempt": self.last_error_attempt,
+            "lastErrorTraceId": self.last_error_trace_id,
             "latencySeconds": self.latency.snapshot(),
         }
 
@@ -409,11 +419,24 @@ class Deliverer:
         self._sleep = sleep
         self._clock = clock
 
-    async def deliver(self, event: CloudEvent) -> Outcome:
-        """Deliver ``event``; returns once it was delivered, dead-lettered or dropped."""
+    async def deliver(
+        self, event: CloudEvent, trace: DeliveryTrace | None = None, *, traced: bool = False
+    ) -> Outcome:
+        """Deliver ``event``; returns once it was delivered, dead-lettered or dropped.
+
+        ``trace`` is the event's trace through this deliverer when tracing is on;
+        ``traced``: the caller (a dispatcher) already made it, or found there was
+        nothing to record unless an attempt fails (the trace is then started at
+        the first failure, for a dead letter's spans). Made here otherwise.
+        """
         stats = self.stats
         started = self._clock()
-        error = await self._attempts(self.sink, event, self._on_reply, count=True)
+        tracer = tracing.tracer
+        if trace is None and tracer is not None and not traced:
+            trace = DeliveryTrace.start_for(tracer, event, self.name, self.destination)
+        error, trace = await self._attempts(
+            self.sink, event, self._on_reply, count=True, trace=trace, started=started
+        )
         if error is _EXPIRED:
             stats.expired += 1
             _throttled.info(
@@ -421,12 +444,33 @@ class Deliverer:
                 "not delivering event id=%s to %s: its expiresat has passed",
                 event.id,
                 self.destination,
+                extra=log_fields(event, trace),
             )
+            if trace is not None:
+                trace.end(Outcome.EXPIRED.value)
             return Outcome.EXPIRED
         if error is None:
             stats.delivered += 1
             stats.latency.observe(self._clock() - started)
+            if trace is not None:
+                trace.end(Outcome.DELIVERED.value)
             return Outcome.DELIVERED
+        dead_span = trace.dead_letter(event) if trace is not None else None
+        try:
+            return await self._give_up(event, error, trace, dead_span)
+        finally:
+            if dead_span is not None:
+                dead_span.end()
+
+    async def _give_up(
+        self,
+        event: CloudEvent,
+        error: DeliveryError,
+        trace: DeliveryTrace | None,
+        dead_span: Span | None,
+    ) -> Outcome:
+        """Keep a given-up event (the recorder, the dead letter sink) or drop it."""
+        stats = self.stats
         recorded = False
         if self.spec.recorder is not None:
             await self.spec.recorder(self, event, error)
@@ -436,14 +480,20 @@ class Deliverer:
         dls_error: DeliveryError | None = None
         if dls is not None:
             dead = dead_letter_event(event, self.destination, error)
+            if dead_span is not None:
+                dead = with_context(dead, dead_span.context)
+                dead_span.attributes["headwater.dead_letter_sink"] = self.spec.dead_letter_uri or ""
             # "If delivery of the dead-letter event fails with a retryable error, the
             # delivery to the deadLetterSink SHOULD be retried up to retry times".
-            dls_error = await self._attempts(dls, dead, None, count=False)
+            dls_error, _ = await self._attempts(dls, dead, None, count=False)
             if dls_error is None:
                 stats.sent_to_dead_letter_sink += 1
             else:
                 stats.failed(f"dead letter sink {self.spec.dead_letter_uri or ''}: {dls_error}")
+                if dead_span is not None:
+                    dead_span.fail(f"dead letter sink: {dls_error}")
         where = self._kept_in(recorded, dls is not None and dls_error is None)
+        fields = log_fields(event, trace)
         if where is None:
             # No dead letter sink (or a failing one) and no store: "the event is
             # dropped" (control-plane.md), and never silently.
@@ -459,7 +509,10 @@ class Deliverer:
                 self.destination,
                 error,
                 because,
+                extra=fields,
             )
+            if trace is not None:
+                trace.end(Outcome.DROPPED.value, str(error))
             return Outcome.DROPPED
         stats.dead_lettered += 1
         level = logging.ERROR if dls_error is not None else logging.WARNING
@@ -474,7 +527,10 @@ class Deliverer:
             self.destination,
             error,
             where + (f" (the dead letter sink failed: {dls_error})" if dls_error else ""),
+            extra=fields,
         )
+        if trace is not None:
+            trace.end(Outcome.DEAD_LETTERED.value, str(error))
         return Outcome.DEAD_LETTERED
 
     def _kept_in(self, recorded: bool, sent: bool) -> str | None:
@@ -494,34 +550,75 @@ class Deliverer:
         on_reply: ReplyHandler | None,
         *,
         count: bool,
-    ) -> DeliveryError | None:
+        trace: DeliveryTrace | None = None,
+        started: float | None = None,
+    ) -> tuple[DeliveryError | None, DeliveryTrace | None]:
         """Attempt, retrying while allowed; None on success, else the last error.
 
         With ``count`` (the subscriber, not the dead letter sink), an expired
-        event is not attempted: the answer is then ``_EXPIRED``.
+        event is not attempted: the answer is then ``_EXPIRED``. With tracing on
+        and no ``trace``, a failed attempt (of the delivery that started at
+        ``started`` on this deliverer's clock) starts one, so that the failures
+        are known if the event ends as a dead letter.
         """
         spec = self.spec
         attempt = 0
+        span: Span | None = None
         while True:
             if count and expired(event):
-                return _EXPIRED
-            error = await self._attempt(sink, event, on_reply)
+                return _EXPIRED, trace
+            if trace is None:
+                error = await self._attempt(sink, event, on_reply)
+            else:
+                sent, span = trace.attempt(event)
+                error = await self._attempt(sink, sent, on_reply, trace, span, event)
+                if error is None:
+                    trace.attempt_ok(span)
             if error is None:
-                return None
+                return None, trace
+            if trace is None and started is not None and tracing.tracer is not None:
+                trace = self._late_trace(tracing.tracer, event, started, attempt + 1)
             if count:
                 self.stats.failed_attempts += 1
                 # Seen as it happens, not only once the event is given up on.
-                self.stats.failed(f"{self.destination}: {error}", attempt + 1)
+                self.stats.failed(
+                    f"{self.destination}: {error}",
+                    attempt + 1,
+                    trace.context.trace_id if trace is not None else trace_id(event),
+                )
             if not error.retryable or attempt >= spec.retry:
-                return error
+                if trace is not None:
+                    trace.attempt_failed(span, error.status, str(error), None)
+                return error, trace
             attempt += 1
             if count:
                 self.stats.retried += 1
-            await self._sleep(backoff(spec, attempt, error.retry_after))
+            delay = backoff(spec, attempt, error.retry_after)
+            if trace is not None:
+                trace.attempt_failed(span, error.status, str(error), delay)
+            await self._sleep(delay)
+
+    def _late_trace(
+        self, tracer: Tracer, event: CloudEvent, started: float, attempts: int
+    ) -> DeliveryTrace:
+        """The trace of a delivery that had none until its attempt ``attempts`` failed."""
+        elapsed = self._clock() - started
+        trace = DeliveryTrace(
+            tracer, event, self.name, self.destination, time.time_ns() - int(elapsed * 1e9)
+        )
+        trace.attempts = attempts
+        return trace
 
     async def _attempt(
-        self, sink: Sink, event: CloudEvent, on_reply: ReplyHandler | None
+        self,
+        sink: Sink,
+        event: CloudEvent,
+        on_reply: ReplyHandler | None,
+        trace: DeliveryTrace | None = None,
+        span: Span | None = None,
+        original: CloudEvent | None = None,
     ) -> DeliveryError | None:
+        """One attempt; ``event`` as it is sent (``original``: as it is stored)."""
         try:
             async with asyncio.timeout(self.spec.timeout or None):
                 reply = await sink.deliver(event)
@@ -535,26 +632,48 @@ class Deliverer:
             # A bug in an in-process sink: keep it visible, treat it like a transport
             # error (data-plane.md: an unknown outcome "SHOULD be treated as a
             # retriable error").
-            log.exception("sink %s raised while delivering id=%s", self.destination, event.id)
+            _raised.log(
+                logging.ERROR,
+                self.destination,
+                "sink %s raised while delivering id=%s",
+                self.destination,
+                event.id,
+                extra=log_fields(event, trace),
+                exc_info=True,
+            )
             return DeliveryError(None, True, reason=f"{type(exc).__name__}: {exc}")
         if reply is not None and on_reply is not None:
+            reply_span: Span | None = None
+            if trace is not None:
+                reply, reply_span = trace.reply(span, reply)
             try:
-                await on_reply(event, reply)
+                await on_reply(original or event, reply)
             except DeliveryError as exc:
-                return exc
+                return _failed(reply_span, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # control-plane.md: "If the storage of the reply event in the
                 # Broker fails, the entire event delivery MUST be failed and ...
                 # retried."
-                return DeliveryError(None, True, reason=f"reply not stored: {exc}")
+                return _failed(
+                    reply_span, DeliveryError(None, True, reason=f"reply not stored: {exc}")
+                )
+            finally:
+                if reply_span is not None:
+                    reply_span.end()
             self.stats.replies += 1
         return None
 
 
 _EXPIRED: Final = DeliveryError(None, False, reason="expired")
 """What ``_attempts`` answers for an event whose ``expiresat`` passed (compared by identity)."""
+
+
+def _failed(span: Span | None, error: DeliveryError) -> DeliveryError:
+    if span is not None:
+        span.fail(str(error))
+    return error
 
 
 def _attempts_text(error: DeliveryError, spec: DeliverySpec) -> str:

@@ -30,11 +30,13 @@ import contextlib
 import logging
 from typing import Any, Final, Literal
 
+from headwater import tracing
 from headwater.backoff import Backoff
 from headwater.eventing.delivery import Deliverer, DeliveryStats
 from headwater.eventing.filters import MATCH_ALL, EventFilter
 from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Start
 from headwater.log.acks import AckBatcher
+from headwater.tracing.flows import DeliveryTrace
 
 __all__ = ["DEFAULT_MAX_INFLIGHT", "Dispatcher", "Ordering"]
 
@@ -106,7 +108,7 @@ class Dispatcher:
         self._refill_at = max_inflight - max(1, max_inflight // 4)
         self._room = asyncio.Event()
         self._room.set()
-        self._queues: dict[object, collections.deque[Entry]] = {}
+        self._queues: dict[object, collections.deque[tuple[Entry, DeliveryTrace | None]]] = {}
         self._ready = asyncio.Event()
         self._acks = AckBatcher(consumer)
         # Graceful stop: once draining, nothing new is read or dispatched, and
@@ -176,25 +178,36 @@ class Dispatcher:
                 await reader.close()
 
     async def _dispatch(self, entry: Entry, tasks: asyncio.TaskGroup) -> None:
+        trace: DeliveryTrace | None = None
+        tracer = tracing.tracer
+        if tracer is not None:
+            deliverer = self.deliverer
+            trace = DeliveryTrace.start_for(
+                tracer, entry.event, deliverer.name, deliverer.destination
+            )
         # control-plane.md: the Broker "MUST evaluate each associated Trigger
         # **exactly once**" per event: here, once per entry handed out.
         if not self.filter(entry.event):
+            if trace is not None:
+                trace.filtered(False)
             self.stats.filtered += 1
             self._ack(entry.offset)
             return
+        if trace is not None:
+            trace.filtered(True)
         self._unfinished += 1
         self._settled.clear()
         if self._unfinished >= self.max_inflight:
             self._room.clear()
         if self.ordering == "unordered":
-            tasks.create_task(self._deliver(entry))
+            tasks.create_task(self._deliver(entry, trace))
             return
         key = entry.event.get("partitionkey", _GLOBAL)
         queue = self._queues.get(key)
         if queue is not None:
-            queue.append(entry)  # its worker is running and will get to it
+            queue.append((entry, trace))  # its worker is running and will get to it
             return
-        self._queues[key] = collections.deque((entry,))
+        self._queues[key] = collections.deque(((entry, trace),))
         tasks.create_task(self._drain(key))
 
     async def _drain(self, key: object) -> None:
@@ -202,16 +215,16 @@ class Dispatcher:
         queue = self._queues[key]
         try:
             while queue:
-                await self._deliver(queue[0])
+                await self._deliver(*queue[0])
                 queue.popleft()
         finally:
             del self._queues[key]
 
-    async def _deliver(self, entry: Entry) -> None:
+    async def _deliver(self, entry: Entry, trace: DeliveryTrace | None = None) -> None:
         stats = self.stats
         stats.in_flight += 1
         try:
-            await self.deliverer.deliver(entry.event)
+            await self.deliverer.deliver(entry.event, trace, traced=tracing.tracer is not None)
         finally:
             stats.in_flight -= 1
         # Reached only when the delivery ended (a cancelled one is not acked).

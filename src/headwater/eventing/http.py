@@ -23,6 +23,7 @@ from headwater.eventing._aiohttp import AiohttpTransport, new_session
 from headwater.eventing.delivery import parse_retry_after, should_retry
 from headwater.eventing.sink import DeliveryError
 from headwater.eventing.transport import MAX_RESPONSE_BYTES, DeliveryTransport, TransportError
+from headwater.tracing.flows import trace_fields
 
 __all__ = ["HttpSink"]
 
@@ -77,6 +78,9 @@ class HttpSink:
         # data-plane.md "Derived (Reply) Events": Brokers and Channels "MUST
         # indicate support for replies using the Prefer: reply header".
         headers["prefer"] = "reply"
+        # W3C Trace Context: the event's context (the delivery attempt's when
+        # Headwater traced it) continues in the receiver's trace.
+        headers.update(trace_fields(event))
         if self._extra_headers:
             headers.update(self._extra_headers)
         try:

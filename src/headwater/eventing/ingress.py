@@ -31,12 +31,14 @@ about the input and answered with 400.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol, Self
 
 from aiohttp import web
 
+from headwater import tracing
 from headwater.cloudevents import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE,
@@ -54,6 +56,8 @@ from headwater.http_guard import (
     read_body,
 )
 from headwater.log import EventTooLarge, LogUnavailable, StreamNotFound
+from headwater.tracing import Kind, Tracer
+from headwater.tracing.flows import Ingest, context_of, ingest
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
@@ -178,7 +182,42 @@ class Ingress:
             log.debug("ingress: undecodable request to %s/%s", namespace, name, exc_info=True)
             return _text(400, f"invalid CloudEvent: {type(exc).__name__}: {exc}")
         events = decoded if isinstance(decoded, list) else [decoded]
+        traced: Ingest | None = None
+        if tracing.tracer is not None:
+            events, traced = self._trace(tracing.tracer, request, events)
+        response = await self._accept(broker, events, namespace, name)
+        if traced is not None:
+            traced.end(None if response.status == 202 else f"HTTP {response.status}")
+        return response
 
+    def _trace(
+        self, tracer: Tracer, request: web.Request, events: list[CloudEvent]
+    ) -> tuple[list[CloudEvent], Ingest | None]:
+        """The events with their trace context, under the request's ``traceparent``."""
+        # The header is this hop's context; a structured event's own extension is
+        # its origin's (distributed-tracing.md), the parent only without a header.
+        incoming = context_of(list(request.headers.items()))
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        target = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        return ingest(
+            tracer,
+            events,
+            [incoming] * len(events),
+            name=f"POST {route}",
+            kind=Kind.SERVER,
+            start=time.time_ns(),
+            attributes={
+                "http.request.method": "POST",
+                "http.route": route,
+                "url.path": request.path,
+                f"headwater.{self.what}": target,
+            },
+        )
+
+    async def _accept(
+        self, broker: Acceptor, events: list[CloudEvent], namespace: str, name: str
+    ) -> web.Response:
         try:
             await broker.accept(events)
         except EventTooLarge as exc:

@@ -17,10 +17,15 @@ import logging
 from typing import Final
 
 from headwater.log.base import LogError, Reader
+from headwater.logs import Throttle
 
 __all__ = ["ACK_INTERVAL", "AckBatcher"]
 
 log = logging.getLogger(__name__)
+
+_failed = Throttle(log)
+"""Failed acknowledgements (one per offset while the log is down): a line a minute
+per consumer, with a count."""
 
 ACK_INTERVAL: Final = 0.01
 """Acknowledgements go to the log in bulk, at most this often (seconds)."""
@@ -63,4 +68,10 @@ class AckBatcher:
             except LogError as exc:
                 # The entry was handled; failing to record that only means it
                 # may be handled again after a restart (at least once).
-                log.warning("%s: could not acknowledge offset %d: %s", self.name, offset, exc)
+                _failed.warning(
+                    self.name,
+                    "%s: could not acknowledge offset %d: %s",
+                    self.name,
+                    offset,
+                    exc,
+                )

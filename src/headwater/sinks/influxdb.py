@@ -420,7 +420,9 @@ class InfluxDBSink:
             if len(line) > MAX_LINE_IN_REASON:
                 line = line[:MAX_LINE_IN_REASON] + "..."
             reason = f"{error.reason}; line: {line}"
-            log.warning("%r: InfluxDB refused a point: %s", self, reason)
+            _problems.warning(
+                (id(self), "refused"), "%r: InfluxDB refused a point: %s", self, reason
+            )
             return [DeliveryError(error.status, False, error.body, reason=reason)]
         middle = len(lines) // 2
         return [

@@ -36,6 +36,7 @@ from headwater.mqtt.packets import Properties, ReasonCode
 from headwater.mqtt.session import Message
 from headwater.sources.mapping import JSON, OCTET_STREAM
 from headwater.sources.mqttbroker import MqttBrokerSource
+from headwater.tracing.flows import trace_fields
 
 __all__ = [
     "CORRELATION_EXTENSION",
@@ -153,6 +154,11 @@ class MqttSink:
                 400, False, reason=f"topic template {self.template.text!r}: no value for {exc}"
             ) from exc
         message = to_mqtt(event, self.mode, version=self.publisher.version)
+        user_properties = message.user_properties
+        if self.mode == "structured" and self.publisher.version == MQTT_5:
+            # Trace Context: MQTT: "User properties MUST be used to propagate trace
+            # context" (binary mode carries the event's as attributes already).
+            user_properties = (*user_properties, *trace_fields(event))
         correlation = event.get(CORRELATION_EXTENSION)
         waiting: asyncio.Future[Response] | None = None
         response_topic = None
@@ -168,7 +174,7 @@ class MqttSink:
                 self.qos,
                 self.retain,
                 content_type=message.content_type,
-                user_properties=message.user_properties,
+                user_properties=user_properties,
                 response_topic=response_topic,
                 correlation_data=str(correlation).encode() if waiting is not None else None,
             )

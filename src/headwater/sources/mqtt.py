@@ -46,9 +46,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from headwater import tracing
 from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.log import EventTooLarge
+from headwater.logs import Throttle
 from headwater.mqtt.client import (
     CONNECT_TIMEOUT,
     Client,
@@ -66,10 +68,14 @@ from headwater.sources.mapping import (
     to_cloudevent,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
+from headwater.tracing.flows import Ingest, Publish, ingest_mqtt
 
 __all__ = ["DEFAULT_BATCH", "MqttSourceRunner", "RunnerStats"]
 
 log = logging.getLogger(__name__)
+
+_refused = Throttle(log)
+"""Messages refused (too large, not an event): a line a minute per source and kind."""
 
 Emit = Callable[[CloudEvent], Awaitable[object]]
 EmitMany = Callable[[Sequence[CloudEvent]], Awaitable[object]]
@@ -203,7 +209,8 @@ class MqttSourceRunner:
             if len(packet.payload) > self.max_event_size:
                 stats.too_large += 1
                 reasons[index] = ReasonCode.QUOTA_EXCEEDED
-                log.warning(
+                _refused.warning(
+                    (self.listener, "too-large"),
                     "mqtt source %s: %d-byte message on %r is over the %d-byte event limit",
                     self.listener,
                     len(packet.payload),
@@ -231,13 +238,34 @@ class MqttSourceRunner:
             except (InvalidEvent, ValueError) as exc:
                 stats.invalid += 1
                 reasons[index] = ReasonCode.PAYLOAD_FORMAT_INVALID
-                log.warning("mqtt source %s: %r: %s", self.listener, packet.topic, exc)
+                _refused.warning(
+                    (self.listener, "invalid"),
+                    "mqtt source %s: %r: %s",
+                    self.listener,
+                    packet.topic,
+                    exc,
+                )
                 continue
             if props.content_type is not None and CONTENT_TYPE_EXTENSION in event:
                 stats.content_types_kept += 1
             events.append(event)
             appending.append((index, pid or 0, print_))
+        traced: Ingest | None = None
+        if tracing.tracer is not None and events:
+            published = [
+                Publish(p.topic, p.qos, p.properties.user_properties)
+                for p in (batch[index] for index, _, _ in appending)
+            ]
+            events, traced = ingest_mqtt(
+                tracing.tracer,
+                events,
+                published,
+                client_id=self.config.client_id,
+                received=now,
+            )
         results = await self._emit_all(events)
+        if traced is not None:
+            traced.end(failures=[r if isinstance(r, BaseException) else None for r in results])
         error: BaseException | None = None
         for (index, pid, print_), result in zip(appending, results, strict=True):
             if isinstance(result, BaseException) and _too_large(result):

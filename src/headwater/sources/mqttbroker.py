@@ -64,6 +64,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from headwater import tracing
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.log import EventTooLarge, LogFull
 from headwater.logs import Throttle
@@ -81,6 +82,7 @@ from headwater.sources.mapping import (
     timestamp,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
+from headwater.tracing.flows import ingest_mqtt
 
 __all__ = [
     "CONNECTED_TYPE",
@@ -307,7 +309,16 @@ class MqttBrokerSource:
         if begun:
             redeliveries.begin_many(sender, begun)
         if events:
+            if tracing.tracer is None:
+                await self._append(sender, batch, events, appending, outcomes)
+                return outcomes
+            messages = [batch[index].message for index, _, _ in appending]
+            events, traced = ingest_mqtt(
+                tracing.tracer, events, messages, client_id=sender, received=now
+            )
             await self._append(sender, batch, events, appending, outcomes)
+            if traced is not None:
+                traced.end(failures=[outcomes[index] for index, _, _ in appending])
         return outcomes
 
     async def _append(

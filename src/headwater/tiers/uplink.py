@@ -70,6 +70,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from headwater import tracing
 from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
@@ -82,6 +83,7 @@ from headwater.tiers._policy import Verdict, new_backoff, next_wait, partition_k
 from headwater.tiers._remote import Answer, Remote
 from headwater.tiers._uplink_status import SendRate, UplinkStats, at_risk, event_time, now_text
 from headwater.tiers.limits import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_EVENTS
+from headwater.tracing.flows import Hop, hop_batch
 
 __all__ = [
     "DEFAULT_LANES",
@@ -538,20 +540,34 @@ class Uplink:
         """One request for ``items``; abandoned (as if unanswered) when the link came back
         while it waited on a connection that went dead with the outage."""
         loop = asyncio.get_running_loop()
-        request = asyncio.ensure_future(
-            self.remote.send([item.event for item in items], [item.encoded for item in items])
-        )
+        events = [item.event for item in items]
+        encoded = [item.encoded for item in items]
+        traced: Hop | None = None
+        if tracing.tracer is not None:  # sampled events go out under a span of this request
+            events, encoded, traced = hop_batch(
+                tracing.tracer, events, encoded, self.remote, f"uplink {self.name}"
+            )
+        request = asyncio.ensure_future(self.remote.send(events, encoded))
         started = loop.time()
         self._requests[request] = started
+        answer: Answer | None = None
         try:
-            return await request
+            answer = await request
+            return answer
         except asyncio.CancelledError:
             lane = asyncio.current_task()
             if lane is not None and lane.cancelling():
                 raise  # the uplink stops
-            return Answer(None, "sent before the outage, unanswered after it", abandoned=True)
+            answer = Answer(None, "sent before the outage, unanswered after it", abandoned=True)
+            return answer
         finally:
             del self._requests[request]
+            if traced is not None:
+                accepted = answer is not None and answer.verdict is Verdict.ACCEPTED
+                traced.end(
+                    answer.status if answer is not None else None,
+                    None if accepted else str(answer or "cancelled"),
+                )
 
     def _abandon_stale(self, answered: float) -> None:
         """A request sent at ``answered`` was just answered: requests sent before it and

@@ -26,6 +26,8 @@ from tests.helpers import Receiver, wait_until_blocking
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+TRACE_URL = "http://traces.invalid/trace/{trace_id}"
+"""A trace viewer's address for the dashboard's links (never fetched)."""
 WAIT = 10.0
 """Seconds any one browser wait may take before the test fails."""
 
@@ -90,7 +92,13 @@ def headwater(
 ) -> Iterator[Headwater]:
     root: Path = tmp_path_factory.mktemp("dashboard")
     (root / "mesh.yaml").write_text(mesh(subscriber.url))
-    hw = start_headwater(["-f", "mesh.yaml", "--data-dir", "data", "--durability", "normal"], root)
+    hw = start_headwater(
+        [
+            *("-f", "mesh.yaml", "--data-dir", "data", "--durability", "normal"),
+            *("--trace-url", TRACE_URL),
+        ],
+        root,
+    )
     yield hw
     hw.stop()
 

@@ -19,7 +19,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from tests.e2e.dashboard.conftest import post_batch, post_event, until
+from tests.e2e.dashboard.conftest import TRACE_URL, post_batch, post_event, until
 from tests.e2e.headwater_process import Headwater
 from tests.helpers import WAIT, Receiver
 
@@ -95,6 +95,24 @@ def test_live_events_appear(page: WebDriver, headwater: Headwater) -> None:
     until(detail.is_displayed, what="the detail dialog")
     assert "dev.e2e.live" in detail.text
     assert '"x": 1' in detail.text
+    assert not detail.find_elements(By.CSS_SELECTOR, "dl.trace")  # it has no trace context
+    detail.find_element(By.TAG_NAME, "button").click()
+
+
+def test_an_events_detail_links_its_trace(page: WebDriver, headwater: Headwater) -> None:
+    tail(page, "default")
+    until(lambda: tail_state(page) == "live", what="the tail to connect")
+    event_id = f"traced-{uuid.uuid4().hex[:8]}"
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    post_event(headwater.url, "default", {"id": event_id, "type": "t", "traceparent": parent})
+    until(lambda: event_id in row_ids(page), what="the event in the table")
+    page.find_element(By.XPATH, f'//td[text()="{event_id}"]').click()
+    detail = page.find_element(By.ID, "detail")
+    until(detail.is_displayed, what="the detail dialog")
+    link = detail.find_element(By.CSS_SELECTOR, "dl.trace a")
+    assert link.text == trace_id
+    assert link.get_attribute("href") == TRACE_URL.replace("{trace_id}", trace_id)
     detail.find_element(By.TAG_NAME, "button").click()
 
 

@@ -114,3 +114,38 @@ async def test_persistent_session_survives_headwater_and_mosquitto_restarts(
     duplicates = len(got) - len(set(got))
     assert duplicates <= N  # at least once; duplicates only from unacked redelivery
     assert status["connects"] >= 2
+
+
+async def test_a_publishers_trace_context_continues_through_the_source(
+    mosquitto: Mosquitto, receiver: Receiver
+) -> None:
+    """The W3C "Trace Context: MQTT" User Properties of a message read from another
+    broker are the parent of its ingest span, and the event keeps the trace."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from headwater import tracing
+    from headwater.tracing import Tracer, TracingConfig
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(TracingConfig(endpoint="http://127.0.0.1:9/v1/traces"), exporter=exporter)
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    runtime = Runtime()
+    with tracing.installed(tracer):
+        try:
+            await runtime.apply_text(mesh(mosquitto.url, receiver.url), "mesh.yaml")
+            await wait_connected(runtime)
+            device = Device(mosquitto.port, "traced")
+            try:
+                properties = [("traceparent", f"00-{trace_id}-{parent}-01")]
+                assert device.publish("sensors/a/t", b'{"seq": 1}', user_properties=properties) == 0
+            finally:
+                device.close()
+            (event,) = await receiver.wait_for(1)
+        finally:
+            await runtime.close()
+        tracer.flush()
+    assert str(event["traceparent"]).split("-")[1] == trace_id
+    (ingest,) = [s for s in exporter.get_finished_spans() if s.name == "mqtt publish"]
+    assert ingest.parent is not None and f"{ingest.parent.span_id:016x}" == parent
+    assert ingest.attributes is not None
+    assert ingest.attributes["messaging.destination.name"] == "sensors/a/t"

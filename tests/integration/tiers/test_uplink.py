@@ -332,3 +332,33 @@ async def test_unordered_spreads_one_key_over_the_lanes(edge: Tier) -> None:
         await accept(edge, [reading(i, "d1") for i in range(400)])
         await until(lambda: len(receiver.accepted) == 400)
         assert edge.status("Uplink", "up")["ordering"] == "unordered"
+
+
+async def test_a_sampled_events_trace_continues_from_edge_to_cloud(edge: Tier, cloud: Tier) -> None:
+    """The uplink's request is a span in the event's trace, the event reaches the cloud
+    under it, and the cloud's ingest continues there; unsampled events go as they are."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from headwater import tracing
+    from headwater.tracing import Tracer, TracingConfig
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(TracingConfig(endpoint="http://127.0.0.1:9/v1/traces"), exporter=exporter)
+    sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    with tracing.installed(tracer):
+        await edge.apply(uplink_yaml(f"{cloud.url}/default/default"))
+        await accept(edge, [reading(1, traceparent=sampled), reading(2, traceparent=unsampled)])
+        await until(lambda: edge.status("Uplink", "up").get("sent") == 2)
+        received = {e.id: e for e in await cloud.events()}
+        tracer.flush()
+    spans = exporter.get_finished_spans()
+    (uplink,) = [s for s in spans if s.name == "uplink Uplink default/up"]
+    assert uplink.context is not None and uplink.parent is not None
+    assert f"{uplink.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert uplink.attributes is not None and uplink.attributes["http.response.status_code"] == 202
+    arrived = received["d1-1"]["traceparent"]
+    assert arrived == f"00-{uplink.context.trace_id:032x}-{uplink.context.span_id:016x}-01"
+    assert received["d1-2"]["traceparent"] == unsampled  # not sampled: as it was
+    (ingest,) = [s for s in spans if s.name.startswith("POST")]
+    assert ingest.parent is not None and ingest.parent.span_id == uplink.context.span_id

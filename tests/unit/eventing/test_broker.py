@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -416,3 +417,48 @@ async def test_stopping_mid_delivery_redelivers_after_restart() -> None:
             sink = RecordingSink()
             await broker.add_trigger(Trigger("t", sink))
             assert [e.id for e in await sink.wait_for(1)] == ["1"]
+
+
+async def test_events_dropped_for_their_ttl_make_one_line_with_their_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply loop drops an event per turn: one line a minute, not one per event."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    # A Broker of its own: lines are throttled per Broker for a minute.
+    async with MemoryLog() as log, Broker("default", "looping", log) as broker:
+        await _drop_expired(broker, traceparent, caplog)
+    lines = [r for r in caplog.records if "reached 0" in r.getMessage()]
+    assert len(lines) == 1
+    assert (lines[0].event_id, lines[0].trace_id) == ("0", trace_id)  # type: ignore[attr-defined]
+
+
+async def _drop_expired(broker: Broker, traceparent: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "headwater.eventing.broker"):
+        await broker.accept(
+            [event(i, **{TTL_EXTENSION: 0, "traceparent": traceparent}) for i in range(50)]
+        )
+    assert broker.stats.ttl_dropped == 50
+
+
+async def test_a_sink_that_raises_writes_one_traceback_a_minute(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(e: CloudEvent) -> None:
+        raise RuntimeError("a bug")
+
+    sink = RecordingSink(broken)
+    await broker.add_trigger(Trigger("buggy", sink, delivery=DeliverySpec(retry=0)))
+    with caplog.at_level(logging.ERROR, "headwater.eventing.delivery"):
+        await broker.accept([event(i) for i in range(20)])
+        for _ in range(200):
+            if (
+                broker.triggers()["buggy"].stats.dropped
+                + broker.triggers()["buggy"].stats.dead_lettered
+                >= 20
+            ):
+                break
+            await asyncio.sleep(0.01)
+    raised = [r for r in caplog.records if "raised while delivering" in r.getMessage()]
+    assert len(raised) == 1 and raised[0].exc_info is not None
+    assert sink.attempts == 20

@@ -67,6 +67,28 @@ async def test_structured_mode_and_mqtt311() -> None:
         assert from_json(rec.published[0]["payload"]) == COMMAND  # type: ignore[arg-type]
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+async def test_the_events_trace_context_goes_out_as_user_properties(mode: str) -> None:
+    # Trace Context: MQTT: a device subscribed to the topic continues the trace
+    # from the `traceparent` User Property, whatever the CloudEvents mode.
+    rec = Recorder()
+    traced = COMMAND._stamped("traceparent", TRACEPARENT)
+    await MqttSink("t", rec, mode=mode).deliver(traced)  # type: ignore[arg-type]
+    properties = rec.published[0]["user_properties"]
+    assert ("traceparent", TRACEPARENT) in properties  # type: ignore[operator]
+    decoded = from_mqtt(rec.published[0]["payload"], rec.published[0]["content_type"], properties)  # type: ignore[arg-type]
+    assert decoded == traced
+
+
+async def test_an_event_without_trace_context_goes_out_without_one() -> None:
+    rec = Recorder()
+    await MqttSink("t", rec, mode="structured").deliver(COMMAND)
+    assert all(name != "traceparent" for name, _ in rec.published[0]["user_properties"])  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("topic", ["d/{ext.nope}", "d/{source}/x/{ext.bad}"])
 async def test_missing_or_unsafe_values_are_permanent_errors(topic: str) -> None:
     event = COMMAND.evolve({"bad": "a/+"})

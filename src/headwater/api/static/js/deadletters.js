@@ -4,7 +4,9 @@
 // can be cancelled. These are what describe counts as deadLettered.
 
 import { getJSON, Poller, postJSON } from "./api.js";
-import { confirmDialog, definitions, el, fmtTime, jsonBlock, showDetail, toast } from "./ui.js";
+import {
+  confirmDialog, definitions, el, fmtTime, jsonBlock, showDetail, toast, traceEntry,
+} from "./ui.js";
 
 const REFRESH = 5000;
 const JOB_REFRESH = 500;
@@ -163,6 +165,7 @@ export class DeadLettersView {
         ["re-driven", item.redriven],
         ["data omitted", item.dataOmitted ? "yes (too large to keep)" : null],
       ]),
+      traceEntry(item.event),
       el("h3", { text: "event" }),
       jsonBlock(item.event));
   }

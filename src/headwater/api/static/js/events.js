@@ -4,7 +4,7 @@
 // RENDER_BUDGET events/s only 1 in N is even parsed; the page says so.
 
 import { getJSON, isAbort, postJSON, readStream } from "./api.js";
-import { definitions, el, fmtRate, fmtTime, jsonBlock, showDetail } from "./ui.js";
+import { definitions, el, fmtRate, fmtTime, jsonBlock, showDetail, traceEntry } from "./ui.js";
 
 const MAX_ROWS = 200; // rows kept in the table (older ones are removed)
 const FRAME_ROWS = 50; // rows added per animation frame at most
@@ -211,6 +211,7 @@ export class EventsView {
   detail(event) {
     const { data, data_base64: base64, ...attributes } = event;
     showDetail(`${event.type} · ${event.id}`,
+      traceEntry(event),
       definitions(Object.entries(attributes)),
       el("h3", { text: "data" }),
       data !== undefined ? jsonBlock(data) : el("pre", { class: "mono", text: base64 || "(none)" }));

@@ -7,6 +7,7 @@ import { DeadLettersView } from "./deadletters.js";
 import { DevicesView } from "./devices.js";
 import { EventsView } from "./events.js";
 import { TopologyView } from "./topology.js";
+import { tracing } from "./ui.js";
 
 const STATUS_INTERVAL = 5000;
 
@@ -50,6 +51,7 @@ async function checkStatus() {
   try {
     const status = await getJSON("/api/v1/status");
     conn.textContent = `v${status.version} · up ${Math.round(status.uptimeSeconds)}s`;
+    tracing.traceUrl = status.tracing ? status.tracing.traceUrl : null;
     conn.className = "conn ok";
     const dead = await getJSON("/api/v1/deadletters?limit=100");
     const open = dead.items.filter((item) => item.redriven !== "delivered").length;

@@ -59,7 +59,8 @@ export function confirmDialog(title, text, okLabel) {
 export function showDetail(title, ...content) {
   const dialog = document.getElementById("detail");
   document.getElementById("detail-title").textContent = title;
-  document.getElementById("detail-body").replaceChildren(...content);
+  document.getElementById("detail-body").replaceChildren(
+    ...content.filter((part) => part !== null && part !== undefined));
   dialog.showModal();
 }
 
@@ -74,4 +75,31 @@ export function definitions(pairs) {
 
 export function jsonBlock(value) {
   return el("pre", { class: "mono", text: JSON.stringify(value, null, 2) });
+}
+
+// Tracing: the viewer's address for one trace (`headwater up --trace-url`), as
+// /api/v1/status says; main.js keeps it current.
+export const tracing = { traceUrl: null };
+
+const TRACEPARENT = /^[ \t]*[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})/;
+
+// The trace id of an event's W3C traceparent (the CloudEvents distributed
+// tracing extension), or null when it has none or an invalid one.
+export function traceId(event) {
+  const match = TRACEPARENT.exec(typeof event.traceparent === "string" ? event.traceparent : "");
+  if (!match || /^0+$/.test(match[1]) || /^0+$/.test(match[2])) return null;
+  return match[1];
+}
+
+// A "trace" entry for a detail view: the id, linked to the viewer when there is one.
+export function traceEntry(event) {
+  const id = traceId(event);
+  if (!id) return null;
+  const sampled = (parseInt(event.traceparent.trim().slice(53, 55), 16) & 1) === 1;
+  const note = sampled ? "" : " (not sampled at ingest)";
+  const shown = tracing.traceUrl
+    ? el("a", { href: tracing.traceUrl.replace("{trace_id}", id), target: "_blank",
+      rel: "noopener", class: "mono", text: id })
+    : el("span", { class: "mono", text: id });
+  return el("dl", { class: "trace" }, el("dt", { text: "trace" }), el("dd", {}, shown, note));
 }

@@ -1,0 +1,166 @@
+"""An event's trace through a Broker in process: replies, dead letters, log lines."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from headwater import tracing
+from headwater.cloudevents import CloudEvent
+from headwater.eventing import Broker, DeliveryError, DeliverySpec, RecordingSink, Trigger
+from headwater.log import MemoryLog
+from headwater.logs import JsonFormatter
+from headwater.tracing import TraceContext, Tracer, TracingConfig
+from headwater.tracing.flows import event_context
+
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+
+
+class Exported:
+    def __init__(self, exporter: InMemorySpanExporter, tracer: Tracer) -> None:
+        self.exporter, self.tracer = exporter, tracer
+
+    def spans(self) -> list[ReadableSpan]:
+        self.tracer.flush()
+        return list(self.exporter.get_finished_spans())
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.name == name]
+
+
+def install(sampling: float = 1.0, dead_letters: bool = True) -> Iterator[Exported]:
+    exporter = InMemorySpanExporter()
+    config = TracingConfig(
+        endpoint="http://127.0.0.1:9/v1/traces", sampling=sampling, dead_letters=dead_letters
+    )
+    tracer = Tracer(config, exporter=exporter)
+    with tracing.installed(tracer):
+        yield Exported(exporter, tracer)
+
+
+@pytest.fixture
+def traced() -> Iterator[Exported]:
+    yield from install()
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    async with MemoryLog() as log, Broker("default", "b", log) as b:
+        yield b
+
+
+def event(i: int, **extra: object) -> CloudEvent:
+    return CloudEvent({"specversion": "1.0", "id": str(i), "source": "/t", "type": "t", **extra})
+
+
+def hex_id(value: int) -> str:
+    return f"{value:016x}"
+
+
+async def test_an_event_without_context_starts_a_trace_kept_with_it(
+    traced: Exported, broker: Broker
+) -> None:
+    sink = RecordingSink()
+    await broker.add_trigger(Trigger("all", sink))
+    await broker.accept([event(1)])
+    (got,) = await sink.wait_for(1)
+    context = event_context(got)
+    assert context is not None and context.sampled
+    accept = traced.named("accept broker/default/b")[0]
+    (attempt,) = traced.named("deliver")
+    assert attempt.context is not None and accept.context is not None
+    assert f"{attempt.context.trace_id:032x}" == context.trace_id
+    assert hex_id(attempt.context.span_id) == context.span_id  # sent under its attempt
+    (trigger,) = traced.named("Trigger default/all")
+    assert trigger.parent is not None and trigger.parent.span_id == accept.context.span_id
+
+
+async def test_a_reply_is_stored_under_the_reply_span(traced: Exported, broker: Broker) -> None:
+    replies = RecordingSink()
+    await broker.add_trigger(Trigger("replies", replies, attributes={"type": "reply"}))
+    answer = CloudEvent({"specversion": "1.0", "id": "r", "source": "/s", "type": "reply"})
+    await broker.add_trigger(
+        Trigger("asks", RecordingSink(lambda e: answer), attributes={"type": "t"})
+    )
+    await broker.accept([event(1, traceparent=f"{PARENT}-01")])
+    (reply,) = await replies.wait_for(1)
+    context = event_context(reply)
+    assert context is not None and context.trace_id == PARENT.split("-")[1]
+    (reply_span,) = traced.named("reply")
+    assert reply_span.context is not None and reply_span.parent is not None
+    # The reply was stored under the reply span: the replies' Trigger continues it.
+    (replied,) = [
+        s
+        for s in traced.named("Trigger default/replies")
+        if s.attributes and s.attributes["headwater.filter.matched"]
+    ]
+    assert replied.parent is not None and replied.parent.span_id == reply_span.context.span_id
+    asked = [s.context.span_id for s in traced.named("deliver") if s.context]
+    assert reply_span.parent.span_id in asked  # the attempt that got the reply
+
+
+async def test_a_dead_letter_of_an_unsampled_event_is_recorded_with_its_attempts(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    for exported in install(sampling=0.0):
+
+        async def refuse(e: CloudEvent) -> None:
+            raise DeliveryError(500, True, reason="boom")
+
+        dls = RecordingSink()
+        spec = DeliverySpec(retry=2, backoff_delay=0.001, dead_letter_sink=dls, dead_letter_uri="d")
+        await broker.add_trigger(Trigger("bad", RecordingSink(refuse), delivery=spec))
+        with caplog.at_level(logging.WARNING, "headwater.eventing.delivery"):
+            await broker.accept([event(1, traceparent=f"{PARENT}-00")])
+            (dead,) = await dls.wait_for(1)
+        (trigger,) = exported.named("Trigger default/bad")
+        assert trigger.attributes is not None
+        assert trigger.attributes["headwater.sampled_at_head"] is False
+        assert trigger.attributes["headwater.outcome"] == "dead-lettered"
+        assert [e.attributes["headwater.attempt"] for e in trigger.events if e.attributes] == [
+            1,
+            2,
+            3,
+        ]
+        assert not exported.named("deliver")  # the attempts' spans were never recorded
+        assert not exported.named("accept broker/default/b")
+        (dead_span,) = exported.named("dead-letter")
+        context = event_context(dead)
+        assert dead_span.context is not None and context is not None
+        assert hex_id(dead_span.context.span_id) == context.span_id and context.sampled
+        # The line about it carries the ids (structured logs).
+        (line,) = [r for r in caplog.records if "gave up" in r.getMessage()]
+        fields = JsonFormatter().format(line)
+        assert PARENT.split("-")[1] in fields and '"event_id":"1"' in fields
+
+
+async def test_without_dead_letter_sampling_nothing_is_recorded(broker: Broker) -> None:
+    for exported in install(sampling=0.0, dead_letters=False):
+
+        async def refuse(e: CloudEvent) -> None:
+            raise DeliveryError(400, False)
+
+        dls = RecordingSink()
+        spec = DeliverySpec(dead_letter_sink=dls, dead_letter_uri="d")
+        await broker.add_trigger(Trigger("bad", RecordingSink(refuse), delivery=spec))
+        await broker.accept([event(1)])
+        (dead,) = await dls.wait_for(1)
+        assert exported.spans() == []
+        context = event_context(dead)
+        assert context is not None and not context.sampled  # propagated, not recorded
+
+
+def test_a_filtered_out_event_ends_its_trigger_span() -> None:
+    for exported in install():
+        from headwater.tracing.flows import DeliveryTrace
+
+        parent = TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1)
+        trace = DeliveryTrace(exported.tracer, event(1, traceparent=parent.traceparent), "T", "d")
+        trace.filtered(False)
+        (span,) = exported.spans()
+        assert span.attributes is not None and span.attributes["headwater.filter.matched"] is False
+        assert span.parent is not None and hex_id(span.parent.span_id) == parent.span_id
