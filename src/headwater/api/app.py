@@ -274,7 +274,16 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application:
-    from headwater.api import dashboard, deadletters, devices, events, metrics, openapi, topology
+    from headwater.api import (
+        dashboard,
+        deadletters,
+        devices,
+        events,
+        metrics,
+        openapi,
+        telemetry,
+        topology,
+    )
 
     app = web.Application(
         middlewares=[_auth, _errors, dashboard.static_headers], client_max_size=MAX_APPLY_BYTES
@@ -287,6 +296,7 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     openapi.add_routes(app)
     topology.add_routes(app)
     deadletters.add_routes(app)
-    devices.add_routes(app, runtime)
+    telemetry.add_routes(app, runtime)
+    devices.add_routes(app)
     dashboard.add_routes(app)
     return app

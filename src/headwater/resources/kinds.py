@@ -6,6 +6,7 @@ and one entry each.
 
 from __future__ import annotations
 
+from headwater.resources.devices import Device
 from headwater.resources.models import (
     Broker,
     Channel,
@@ -27,6 +28,7 @@ KINDS: dict[str, type[Resource]] = {
 KINDS[ContainerSource.KIND] = ContainerSource
 KINDS.update({cls.KIND: cls for cls in (MqttBrokerSource, MqttSource, MqttSink)})
 KINDS.update({cls.KIND: cls for cls in (InfluxDBSink, PrometheusSink, HttpSink)})
+KINDS[Device.KIND] = Device
 
 # Kinds that can receive events through a Destination's `ref`.
 ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay", "MqttSink"})

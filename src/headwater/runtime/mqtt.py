@@ -28,9 +28,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jmespath
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from headwater.cloudevents import CloudEvent
+from headwater.devices.access import Provisioning, build_acl
+from headwater.devices.credentials import load_ca_certificates
+from headwater.devices.plane import DevicePlane, ReportedMapping
 from headwater.eventing import DeliveryError, Sink
 from headwater.eventing.broker import DEFAULT_TTL, TTL_EXTENSION
 from headwater.eventing.sink import deliver_many
@@ -38,6 +42,7 @@ from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.broker import BrokerConfig, Listener, server_tls_context
 from headwater.mqtt.client import ClientConfig, tls_context
 from headwater.mqtt.packets import ProtocolVersion
+from headwater.resources.devices import DevicesSpec
 from headwater.resources.models import Resource
 from headwater.resources.mqtt import (
     Credentials,
@@ -56,6 +61,7 @@ from headwater.sinks.mqtt import (
     Response,
 )
 from headwater.sinks.mqtt import MqttSink as MqttSinkRunner
+from headwater.sources.mapping import TopicPattern
 from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource as BrokerSourceRunner
 
@@ -115,20 +121,34 @@ class MqttBrokerSourceComponent:
         if spec.sink.ref is not None and spec.sink.ref.kind == "Broker":
             # What the Broker's ingress would add to each event, set once per topic.
             mapping = mapping.stamping({TTL_EXTENSION: DEFAULT_TTL})
+        name = f"{resource.namespace}/{resource.name}"
+        emit_many: Any = functools.partial(deliver_many, self._sink)
+        self.plane = None
+        if spec.devices is not None:
+            self.plane = device_plane(runtime, resource.namespace, name, spec.devices, self._sink)
+            emit_many = self.plane.tap(emit_many)
         self.source = BrokerSourceRunner(
             config,
             mapping,
             self._sink.deliver,
-            emit_many=functools.partial(deliver_many, self._sink),
+            emit_many=emit_many,
             topics=tuple(spec.topics),
             device_events=spec.device_events,
             max_event_size=spec.max_event_size,
-            name=f"{resource.namespace}/{resource.name}",
+            name=name,
+            devices=self.plane,
         )
         self.runtime = runtime
 
     async def start(self) -> None:
-        await self.source.__aenter__()
+        if self.plane is not None:
+            await self.plane.start()  # the registry is read before the first CONNECT
+        try:
+            await self.source.__aenter__()
+        except BaseException:
+            if self.plane is not None:
+                await self.plane.stop()
+            raise
         for listener, host, port in self.source.broker.addresses:
             scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
             url = f"{scheme}://{host}:{port}"
@@ -137,7 +157,11 @@ class MqttBrokerSourceComponent:
 
     async def stop(self) -> None:
         self.runtime.listeners.pop(f"mqtt/{self.resource.namespace}/{self.resource.name}", None)
-        await self.source.__aexit__(None, None, None)
+        try:
+            await self.source.__aexit__(None, None, None)
+        finally:
+            if self.plane is not None:
+                await self.plane.stop()
 
     async def update(self, resource: Resource) -> bool:
         """A change of the password file or ACL only is applied in place (as
@@ -153,7 +177,10 @@ class MqttBrokerSourceComponent:
         return True
 
     def status(self) -> dict[str, Any]:
-        return self.source.status()
+        status = self.source.status()
+        if self.plane is not None:
+            status.update(self.plane.status())
+        return status
 
     def metric_families(self) -> list[Metric]:
         """The embedded broker's counters of hostile or refused input, for ``/metrics``."""
@@ -203,6 +230,40 @@ class MqttBrokerSourceComponent:
         held.add_metric(labels, self.source.broker.incomplete_bytes)
         families.append(held)
         return families
+
+
+def device_plane(
+    runtime: Runtime, namespace: str, name: str, spec: DevicesSpec, sink: Sink
+) -> DevicePlane:
+    """The registry's side of an MqttBrokerSource with ``devices`` (headwater.devices.plane)."""
+    provisioning = None
+    if spec.provisioning is not None:
+        path = Path(spec.provisioning.ca_file)
+        try:
+            authorities = load_ca_certificates(path.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"devices.provisioning.caFile {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"devices.provisioning.caFile {path}: {exc}") from exc
+        provisioning = Provisioning(
+            tuple(authorities), spec.provisioning.id_from, dict(spec.provisioning.labels)
+        )
+    reported = [
+        ReportedMapping(
+            TopicPattern.parse(item.topic),
+            tuple((key, jmespath.compile(path)) for key, path in item.state.items()),
+        )
+        for item in spec.reported
+    ]
+    return DevicePlane(
+        runtime.devices,
+        namespace,
+        name,
+        build_acl(spec.publish, spec.subscribe),
+        provisioning=provisioning,
+        reported=reported,
+        emit=sink.deliver,
+    )
 
 
 def session_dir(runtime: Runtime, resource: MqttBrokerSource) -> str | None:

@@ -194,7 +194,7 @@ class Reconciler:
     async def _reconcile(self, desired: dict[Key, Loaded]) -> ApplyResult:
         result = ApplyResult([], [], [], [])
         for key in sorted(self._entries.keys() - desired.keys(), key=_stop_order):
-            await self._stop(key)
+            await self._stop(key, removed=True)
             del self._entries[key]
             result.deleted.append(key)
         for key in sorted(desired, key=_start_order):
@@ -239,12 +239,18 @@ class Reconciler:
         entry.component = component
         entry.ready = Condition("Ready", "True")
 
-    async def _stop(self, key: Key) -> None:
+    async def _stop(self, key: Key, *, removed: bool = False) -> None:
+        """Stop a component; ``removed``: its resource was deleted, and a component
+        with a ``removed()`` (one that keeps something, as a Device its registry
+        entry) is told, unlike at shutdown."""
         entry = self._entries[key]
         component, entry.component = entry.component, None
         if component is not None:
             try:
                 await component.stop()
+                gone = getattr(component, "removed", None) if removed else None
+                if gone is not None:
+                    await gone()
             except Exception:
                 log.exception("%s %s/%s did not stop cleanly", *key)
 

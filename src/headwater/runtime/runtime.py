@@ -28,6 +28,7 @@ from typing import Any, Final
 import aiohttp
 
 from headwater.cloudevents import CloudEvent
+from headwater.devices import Devices
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import DeliveryError, DeliverySpec, HttpSink, Sink, new_session
@@ -58,6 +59,7 @@ from headwater.resources import (
     parse_start,
 )
 from headwater.runtime import components
+from headwater.runtime import devices as device_components
 from headwater.runtime import mqtt as mqtt_components
 from headwater.runtime import sinks as sink_components
 from headwater.runtime.applied import Origin, Resources
@@ -73,6 +75,7 @@ COMPONENT_TABLES: tuple[Mapping[str, Callable[[Runtime, Any], Component]], ...] 
     components.BUILDERS,
     mqtt_components.BUILDERS,
     sink_components.BUILDERS,
+    device_components.BUILDERS,
 )
 
 
@@ -385,6 +388,8 @@ class Runtime:
         self.log: EventLog = log if log is not None else MemoryLog()
         # What the API applied is kept here (see runtime.applied); owned and closed here.
         self.state: StateStore = state if state is not None else MemoryStore()
+        # The device registry, presence, twins and commands (headwater.devices), in it too.
+        self.devices = Devices(self.state)
         # Where components keep what they store unless their resource names a place
         # (None: in memory).
         self.data_dir = data_dir
@@ -555,7 +560,9 @@ class Runtime:
 
     async def start(self, files: LoadResult) -> ApplyResult:
         """Run ``headwater up``'s files and what the API applied before (see runtime.applied)."""
-        return await self.desired.start(files)
+        result = await self.desired.start(files)
+        await device_components.remove_orphans(self)
+        return result
 
     async def reload(self, files: LoadResult) -> ApplyResult:
         """The files changed (``--watch``): they become the desired state, beside the API's."""
@@ -626,5 +633,6 @@ class Runtime:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.devices.close()
         await self.log.close()
         await self.state.close()

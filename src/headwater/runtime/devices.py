@@ -1,0 +1,168 @@
+"""What the ``Device`` kind becomes when it runs: an entry of the registry that it owns.
+
+How this works: a Device component writes its device into the runtime's
+registry (:class:`~headwater.devices.Devices`) as it starts or is updated,
+marked as owned by the resource (``Device/{namespace}/{name}``), so that the
+registry's API refuses to change it and says where it is defined. A
+password given in clear (``${VAR}`` from the environment) is hashed with
+scrypt; as long as it does not change, the stored hash is kept (checked
+against it), so a restart writes nothing. Credential ids are kept for
+credentials that did not change.
+
+When the resource is deleted (``headwater delete``, or removed from a file
+that ``--watch`` reloads) the reconciler tells the component it was
+removed, and the device is deleted from the registry; a device whose
+resource vanished while Headwater was not running (its file changed) is
+deleted at the next start by :func:`remove_orphans`. Stopping the process
+leaves the registry as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from headwater.devices.credentials import (
+    credential_id,
+    normalise_fingerprint,
+    normalise_subject,
+    verify_chosen_password,
+)
+from headwater.devices.model import Credential, DeviceNotFound
+from headwater.resources.devices import Device, DeviceCredential
+from headwater.resources.models import Resource
+
+if TYPE_CHECKING:
+    from headwater.runtime.reconciler import Component
+    from headwater.runtime.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def owner_key(resource: Resource) -> str:
+    return f"Device/{resource.namespace}/{resource.name}"
+
+
+class DeviceComponent:
+    def __init__(self, runtime: Runtime, resource: Device) -> None:
+        self.runtime = runtime
+        self.resource = resource
+
+    async def _credentials(self, resource: Device) -> list[Credential]:
+        devices = self.runtime.devices
+        current = devices.registry.get(resource.namespace, resource.device_id)
+        existing = list(current.credentials) if current is not None else []
+        now = devices.registry.clock()
+        out: list[Credential] = []
+        for spec in resource.spec.credentials:
+            found = await _reuse(spec, existing)
+            if found is not None:
+                existing.remove(found)
+                out.append(found)
+            else:
+                [made] = await devices.registry.build_credentials(
+                    resource.device_id, [spec.spec()], now
+                )
+                taken = {c.id for c in out} | {c.id for c in existing}
+                while made.id in taken:
+                    made = replace(made, id=credential_id())
+                out.append(made)
+        return out
+
+    async def _write(self, resource: Device) -> None:
+        devices = self.runtime.devices
+        await devices.start()
+        origin = self.runtime.origin(resource.key)
+        await devices.registry.put_owned(
+            resource.namespace,
+            resource.device_id,
+            labels=resource.metadata.labels,
+            enabled=resource.spec.enabled,
+            credentials=await self._credentials(resource),
+            owner=owner_key(resource),
+            owner_origin=origin.describe() if origin is not None else None,
+        )
+
+    async def start(self) -> None:
+        await self._write(self.resource)
+
+    async def stop(self) -> None:
+        return None  # the device stays registered: see removed()
+
+    async def removed(self) -> None:
+        """The resource was deleted: its device goes."""
+        devices = self.runtime.devices
+        with contextlib.suppress(DeviceNotFound):
+            await devices.registry.delete(
+                self.resource.namespace, self.resource.device_id, as_owner=True
+            )
+
+    async def update(self, resource: Resource) -> bool:
+        assert isinstance(resource, Device)
+        if resource.device_id != self.resource.device_id:
+            await self.removed()  # it names another device now: the old one goes
+        await self._write(resource)
+        self.resource = resource
+        return True
+
+    def status(self) -> dict[str, Any]:
+        devices = self.runtime.devices
+        presence = devices.presence.get(self.resource.namespace, self.resource.device_id)
+        return {
+            "device": self.resource.device_id,
+            "online": devices.presence.online(self.resource.namespace, self.resource.device_id),
+            "lastSeen": presence.last_seen if presence is not None else None,
+        }
+
+
+async def _reuse(spec: DeviceCredential, existing: list[Credential]) -> Credential | None:
+    """The stored credential this spec describes, unchanged (None: make a new one)."""
+    for credential in existing:
+        if credential.type != spec.type:
+            continue
+        if spec.type == "x509":
+            same_fingerprint = credential.fingerprint == (
+                normalise_fingerprint(spec.fingerprint) if spec.fingerprint else None
+            )
+            same_subject = credential.subject == (
+                normalise_subject(spec.subject) if spec.subject else None
+            )
+            if same_fingerprint and same_subject:
+                return credential
+        elif spec.hash is not None:
+            if credential.hash == spec.hash:
+                return credential
+        elif credential.hash is not None and spec.password is not None:
+            stored = credential.hash
+            if await asyncio.to_thread(verify_chosen_password, spec.password.encode(), stored):
+                return credential
+    return None
+
+
+async def remove_orphans(runtime: Runtime) -> int:
+    """Delete the devices whose Device resource is no longer defined (at start)."""
+    await runtime.devices.registry.start()
+    defined = {owner_key(r) for r in runtime.resources("Device")}
+    removed = 0
+    for device in runtime.devices.registry.find():
+        if device.owner is not None and device.owner not in defined:
+            log.warning(
+                "device %s/%s was defined by %s, which is no longer defined: deleting it",
+                device.namespace,
+                device.id,
+                device.owner,
+            )
+            try:
+                await runtime.devices.registry.delete(device.namespace, device.id, as_owner=True)
+            except DeviceNotFound:
+                continue
+            removed += 1
+    return removed
+
+
+BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {"Device": DeviceComponent}
+"""What the Device kind becomes: ``builder(runtime, resource) -> Component``."""
