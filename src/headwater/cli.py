@@ -22,22 +22,16 @@ from typing import Any, NoReturn
 import click
 import orjson
 
-from headwater import DEFAULT_SERVER, __version__
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-server_option = click.option(
-    "--server",
-    envvar="HEADWATER_SERVER",
-    default=None,
-    show_envvar=True,
-    show_default=DEFAULT_SERVER,
-    help="The admin API of the Headwater to talk to.",
+from headwater import __version__
+from headwater._cli_common import (
+    _call,
+    _client,
+    _echo_yaml,
+    fail,
+    server_option,
+    token_option,
 )
+
 max_failures_option = click.option(
     "--max-failures",
     type=click.IntRange(1),
@@ -50,11 +44,6 @@ def cancel_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return click.option(
         "--cancel", "cancel_id", default=None, metavar="ID", help=f"Cancel a running {what}."
     )
-
-
-token_option = click.option(
-    "--token", envvar="HEADWATER_TOKEN", default=None, help="Bearer token for the admin API."
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -223,25 +212,6 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 # -- commands that talk to a running Headwater ---------------------------------
-
-
-def _client(server: str | None, token: str | None) -> Any:
-    from headwater.api.client import ApiClient
-
-    return ApiClient(server, token)
-
-
-def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
-    from headwater.api.client import ApiError
-
-    try:
-        return client.request(method, path, **kwargs)
-    except ApiError as exc:
-        problems = (exc.body or {}).get("problems") if isinstance(exc.body, dict) else None
-        if problems:
-            lines = [p["text"] if isinstance(p, dict) else str(p) for p in problems]
-            fail(f"{exc}:\n" + "\n".join(lines))
-        fail(str(exc))
 
 
 @main.command()
@@ -420,22 +390,6 @@ def _table(items: list[dict[str, Any]]) -> None:
     Console(width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)).print(
         table
     )
-
-
-def _echo_yaml(value: Any, indent: str = "") -> None:
-    import io
-
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.default_flow_style = False
-    out = io.StringIO()
-    if isinstance(value, list):
-        yaml.dump_all(value, out)
-    else:
-        yaml.dump(value, out)
-    text = out.getvalue()
-    click.echo("".join(indent + line for line in text.splitlines(keepends=True)), nl=False)
 
 
 @main.command()
@@ -971,6 +925,20 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
 @click.option("--username", envvar="MQTT_USERNAME", default=None)
 @click.option("--password", envvar="MQTT_PASSWORD", default=None)
 @click.option("--mqtt311", is_flag=True, help="Speak MQTT 3.1.1 instead of 5.0.")
+@click.option(
+    "--prefix",
+    default=None,
+    help="Client ids are PREFIX-0, PREFIX-1, ... [default: sim-XXXX, new each run, so that "
+    "two simulators never take over each other's devices]",
+)
+@click.option(
+    "--register",
+    is_flag=True,
+    help="Register the devices in the device registry first (through the admin API, "
+    "--server) and connect with their secrets.",
+)
+@server_option
+@token_option
 def simulate(
     devices: int,
     rate: float,
@@ -985,8 +953,13 @@ def simulate(
     username: str | None,
     password: str | None,
     mqtt311: bool,
+    prefix: str | None,
+    register: bool,
+    server: str | None,
+    token: str | None,
 ) -> None:
     """Run a fleet of simulated greenhouse sensors that publish telemetry and answer commands."""
+    from headwater.api.client import ApiError
     from headwater.sources.simulator import run_cli
 
     try:
@@ -1004,14 +977,25 @@ def simulate(
             username,
             password,
             mqtt311,
+            prefix,
+            (server, token) if register else None,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ApiError) as exc:
         fail(str(exc))
     click.echo(
         f"sent {stats.sent}, acked {stats.acked}, failed {stats.failed}, "
-        f"commands {stats.commands}, answered {stats.answered}"
+        f"commands {stats.commands}, answered {stats.answered}, reconnects {stats.reconnects}"
     )
 
+
+def _device_group() -> click.Command:
+    """``headwater device ...``, in a module of its own (it uses the helpers above)."""
+    from headwater.cli_devices import device
+
+    return device
+
+
+main.add_command(_device_group())
 
 if __name__ == "__main__":  # pragma: no cover
     main()

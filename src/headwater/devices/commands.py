@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import enum
+import hashlib
 import heapq
 import logging
 import math
@@ -122,6 +123,13 @@ def new_command_id(now: float) -> str:
     return f"{int(now * 1000):012x}{secrets.token_hex(5)}"
 
 
+def command_id_for(when: float, origin: str) -> str:
+    """The id of the command an event makes: its time and a hash of its source and id,
+    the same every time the same event is delivered."""
+    digest = hashlib.sha256(origin.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{int(when * 1000):012x}{digest[:10]}"
+
+
 def command_time(command_id: str) -> float | None:
     try:
         return int(command_id[:12], 16) / 1000
@@ -169,6 +177,8 @@ class Command:
     reason: str | None = None
     #: What made it (an event's ``source``/``id``), to make the same event one command.
     origin: str | None = None
+    #: The ``correlationid`` of the event that made it, for its answer's event.
+    correlation: str | None = None
 
     @property
     def key(self) -> str:
@@ -196,6 +206,7 @@ class Command:
             "code": self.code,
             "reason": self.reason,
             "origin": self.origin,
+            "correlation": self.correlation,
         }
         if self.response is not None:
             doc["response"] = base64.b64encode(self.response).decode("ascii")
@@ -224,6 +235,7 @@ class Command:
             doc.get("code"),
             doc.get("reason"),
             doc.get("origin"),
+            doc.get("correlation"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -245,6 +257,8 @@ class Command:
             out["reason"] = self.reason
         if self.origin is not None:
             out["origin"] = self.origin
+        if self.correlation is not None:
+            out["correlationId"] = self.correlation
         if self.response is not None or self.code is not None:
             out["response"] = {
                 "code": self.code,
@@ -377,8 +391,16 @@ class Commands:
         *,
         expiry: float = DEFAULT_EXPIRY,
         origin: str | None = None,
+        command_id: str | None = None,
+        correlation: str | None = None,
     ) -> Command:
-        """Queue a command (durably) and send it at once if the device is reachable."""
+        """Queue a command (durably) and send it at once if the device is reachable.
+
+        ``origin`` (what made it) and ``command_id`` make a repeated request one
+        command: a command of the same id, or an unfinished one of the same
+        origin, is answered instead of a new one (a Trigger's redelivery of
+        the same event never commands a device twice).
+        """
         if len(data) > MAX_COMMAND_BYTES:
             raise InvalidDevice(
                 f"a command's data is {len(data)} bytes, over the limit of {MAX_COMMAND_BYTES}"
@@ -391,10 +413,14 @@ class Commands:
         device_key = f"{namespace}/{device}"
         async with self._device_lock(device_key):
             queue = self._pending.get(device_key, {})
+            if command_id is not None:
+                known = queue.get(command_id) or await self._result(f"{device_key}/{command_id}")
+                if known is not None:
+                    return known  # the same request again: the same command
             if origin is not None:
                 for command in queue.values():
                     if command.origin == origin:
-                        return command  # the same event again: the same command
+                        return command
             if len(queue) >= MAX_PENDING_PER_DEVICE:
                 raise TooManyCommands(
                     f"device {device!r} has {len(queue)} commands waiting already "
@@ -404,12 +430,13 @@ class Commands:
             command = Command(
                 namespace,
                 device,
-                new_command_id(now),
+                command_id or new_command_id(now),
                 data,
                 content_type,
                 now,
                 now + float(expiry),
                 origin=origin,
+                correlation=correlation,
             )
             await pending.create(command.key, command.stored())
             self._remember(command)
@@ -425,8 +452,11 @@ class Commands:
         command = queue.get(command_id)
         if command is not None:
             return command
+        return await self._result(f"{namespace}/{device}/{command_id}")
+
+    async def _result(self, key: str) -> Command | None:
+        """A finished command from the results, if there is one."""
         _, results = self._buckets()
-        key = f"{namespace}/{device}/{command_id}"
         try:
             entry = await results.get(key)
         except ValueError:  # InvalidKey: not an id this registry made
@@ -534,11 +564,7 @@ class Commands:
     async def _late_answer(self, key: str, changes: dict[str, Any]) -> bool:
         """An answer to a command that expired after it was sent: the device did act on it."""
         _, results = self._buckets()
-        try:
-            entry = await results.get(key)
-        except ValueError:  # InvalidKey: not an id this registry made
-            entry = None
-        command = Command.load(key, entry.value) if entry is not None else None
+        command = await self._result(key)
         if command is None or command.status != Status.EXPIRED or not command.attempts:
             self.duplicate_answers += 1
             return False

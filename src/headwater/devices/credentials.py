@@ -132,8 +132,12 @@ def verify_chosen_password(password: bytes, stored: str) -> bool:
 
 
 def normalise_fingerprint(text: str) -> str:
-    """``AB:CD:...`` or ``abcd...`` (SHA-256) -> 64 lower-case hex digits."""
-    value = text.strip().lower().replace(":", "").removeprefix("sha256:")
+    """``AB:CD:...``, ``abcd...`` or as openssl prints it (``SHA256 Fingerprint=AB:...``)
+    -> 64 lower-case hex digits."""
+    value = text.strip().lower()
+    for prefix in ("sha256 fingerprint=", "sha256:", "sha256="):
+        value = value.removeprefix(prefix)
+    value = value.replace(":", "")
     if not _HEX64.match(value):
         raise InvalidDevice(
             f"certificate fingerprint {text[:100]!r} is not a SHA-256 fingerprint "

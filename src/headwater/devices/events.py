@@ -10,7 +10,8 @@ registry events alike), and carries the details as JSON data:
   merge ``patch`` that was applied (absent when desired was replaced whole),
   both states with their versions, and the delta after the change;
 * ``dev.headwater.command.answered`` / ``.failed`` / ``.expired``: the
-  command as the API shows it (``correlationid`` is the command id).
+  command as the API shows it; ``correlationid`` is the ``correlationid`` of
+  the event that made the command (through a DeviceSink), else the command id.
 """
 
 from __future__ import annotations
@@ -81,4 +82,4 @@ def command_event(command: Command) -> CloudEvent:
         command.finished_at or command.created,
         command.to_json(),
     )
-    return event.evolve({"correlationid": command.id})
+    return event.evolve({"correlationid": command.correlation or command.id})

@@ -223,11 +223,20 @@ class Devices:
         *,
         expiry: float,
         origin: str | None = None,
+        command_id: str | None = None,
+        correlation: str | None = None,
     ) -> Command:
         await self.start()
         self.registry.require(namespace, device_id)
         return await self.commands.create(
-            namespace, device_id, data, content_type, expiry=expiry, origin=origin
+            namespace,
+            device_id,
+            data,
+            content_type,
+            expiry=expiry,
+            origin=origin,
+            command_id=command_id,
+            correlation=correlation,
         )
 
     def _command_finished(self, command: Command) -> None:

@@ -15,6 +15,13 @@ applied, never stored in clear), a password hash, or a certificate; a
 generated secret cannot be written in a file (it is shown once, to whoever
 asks the API). A device a resource defines is changed through the resource
 only; the registry's API refuses to change or delete it.
+
+``DeviceSink`` (``sinks.headwater.dev/v1alpha1``, addressable) is how events
+reach devices without blind retries: a Trigger delivers to it, and each
+event becomes a command in the registry's durable queue (or, with type
+``dev.headwater.twin.desired``, a change of the desired state); the delivery
+is accepted once it is queued. The same event delivered again (a retry, a
+redelivery after a restart) is the same command, never a second one.
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ from headwater.devices.credentials import (
     normalise_subject,
 )
 from headwater.devices.model import InvalidDevice, check_device_id, check_labels
-from headwater.resources.models import Model, Resource
+from headwater.eventing import parse_duration
+from headwater.resources.models import Duration, Model, Resource
 from headwater.sources.mapping import InvalidMapping, TopicPattern
 
 __all__ = [
+    "DESIRED_TYPE",
     "Device",
     "DeviceCredential",
+    "DeviceSink",
+    "DeviceSinkSpec",
     "DeviceSpec",
     "DevicesSpec",
     "ProvisioningSpec",
@@ -116,6 +127,39 @@ class Device(Resource):
     @property
     def device_id(self) -> str:
         return self.spec.id or self.metadata.name
+
+
+DESIRED_TYPE = "dev.headwater.twin.desired"
+"""Events of this type set a device's desired state (their data: a JSON merge patch)."""
+
+
+class DeviceSinkSpec(Model):
+    """Where events become commands (or desired state) of the registry's devices."""
+
+    #: the registry namespace of the devices; default: the sink's own namespace
+    namespace: str | None = None
+    #: how long a command waits for its device and its answer (ISO 8601)
+    expiry: Duration = "PT60S"
+    #: events of this type change the desired state instead of making a command
+    desired_type: str = DESIRED_TYPE
+
+    @field_validator("expiry")
+    @classmethod
+    def _expiry(cls, value: str) -> str:
+        from headwater.devices.commands import MAX_EXPIRY, MIN_EXPIRY
+
+        seconds = parse_duration(value)
+        if not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
+            raise ValueError(f"`expiry` must be {MIN_EXPIRY:g} to {MAX_EXPIRY:g} seconds")
+        return value
+
+
+class DeviceSink(Resource):
+    """Events to the registry's devices: commands, or desired state (see the module docstring)."""
+
+    API_VERSIONS = ("sinks.headwater.dev/v1alpha1",)
+    KIND = "DeviceSink"
+    spec: DeviceSinkSpec = Field(default_factory=DeviceSinkSpec)
 
 
 class ProvisioningSpec(Model):

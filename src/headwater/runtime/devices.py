@@ -1,4 +1,6 @@
-"""What the ``Device`` kind becomes when it runs: an entry of the registry that it owns.
+"""What the ``Device`` and ``DeviceSink`` kinds become when they run.
+
+``Device``: an entry of the registry that the resource owns.
 
 How this works: a Device component writes its device into the runtime's
 registry (:class:`~headwater.devices.Devices`) as it starts or is updated,
@@ -15,6 +17,16 @@ removed, and the device is deleted from the registry; a device whose
 resource vanished while Headwater was not running (its file changed) is
 deleted at the next start by :func:`remove_orphans`. Stopping the process
 leaves the registry as it is.
+
+``DeviceSink``: a sink whose deliveries queue commands (or change desired
+state) of the registry's devices. The device is the event's ``device``
+extension, else its ``subject``. A command's id is made from the event's
+time, source and id, so a retried or redelivered event finds the command it
+made the first time instead of making another. The delivery succeeds once
+the command is queued (durably); what the device answers is recorded as a
+``dev.headwater.command.*`` event. An unknown device or a bad event is a
+400/404 (not retried: dead letter); too many commands waiting for the
+device a 429 and a store that cannot write a 503 (retried).
 """
 
 from __future__ import annotations
@@ -24,8 +36,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from headwater.cloudevents import CloudEvent
+from headwater.devices import DeviceError, InvalidDevice, TooManyCommands
+from headwater.devices.commands import command_id_for
 from headwater.devices.credentials import (
     credential_id,
     normalise_fingerprint,
@@ -33,8 +51,10 @@ from headwater.devices.credentials import (
     verify_chosen_password,
 )
 from headwater.devices.model import Credential, DeviceNotFound
-from headwater.resources.devices import Device, DeviceCredential
+from headwater.eventing import DeliveryError, Sink, parse_duration
+from headwater.resources.devices import Device, DeviceCredential, DeviceSink
 from headwater.resources.models import Resource
+from headwater.state import StateError
 
 if TYPE_CHECKING:
     from headwater.runtime.reconciler import Component
@@ -164,5 +184,87 @@ async def remove_orphans(runtime: Runtime) -> int:
     return removed
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {"Device": DeviceComponent}
-"""What the Device kind becomes: ``builder(runtime, resource) -> Component``."""
+class DeviceSinkComponent:
+    def __init__(self, runtime: Runtime, resource: DeviceSink) -> None:
+        self.runtime = runtime
+        self.resource = resource
+        self.sink: Sink = self
+        self.commands = 0
+        self.desired = 0
+
+    @property
+    def namespace(self) -> str:
+        return self.resource.spec.namespace or self.resource.namespace
+
+    async def deliver(self, event: CloudEvent) -> CloudEvent | None:
+        device = event.get("device") or event.subject
+        if not isinstance(device, str) or not device:
+            raise DeliveryError(
+                400, False, reason="the event names no device (its `subject` or `device`)"
+            )
+        devices = self.runtime.devices
+        try:
+            if event.type == self.resource.spec.desired_type:
+                try:
+                    state = orjson.loads(event.data_bytes())
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidDevice(f"the desired state is not JSON: {exc}") from exc
+                await devices.set_desired(self.namespace, device, state)
+                self.desired += 1
+                return None
+            origin = f"{event.source} {event.id}"
+            when = _event_time(event.time)
+            await devices.command(
+                self.namespace,
+                device,
+                event.data_bytes(),
+                event.datacontenttype,
+                expiry=parse_duration(self.resource.spec.expiry),
+                origin=origin,
+                command_id=command_id_for(when, origin) if when is not None else None,
+                correlation=_text(event.get("correlationid")),
+            )
+            self.commands += 1
+        except DeviceNotFound as exc:
+            raise DeliveryError(404, False, reason=str(exc)) from exc
+        except InvalidDevice as exc:
+            raise DeliveryError(400, False, reason=str(exc)) from exc
+        except TooManyCommands as exc:
+            raise DeliveryError(429, True, reason=str(exc)) from exc
+        except (DeviceError, StateError) as exc:
+            raise DeliveryError(503, True, reason=str(exc)) from exc
+        return None
+
+    async def start(self) -> None:
+        await self.runtime.devices.start()
+
+    async def stop(self) -> None:
+        return None
+
+    async def update(self, resource: Resource) -> bool:
+        assert isinstance(resource, DeviceSink)
+        self.resource = resource
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"commandsQueued": self.commands, "desiredStateChanges": self.desired}
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _event_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
+    "Device": DeviceComponent,
+    "DeviceSink": DeviceSinkComponent,
+}
+"""What the device kinds become: ``builder(runtime, resource) -> Component``."""
