@@ -75,27 +75,42 @@ def credential_id() -> str:
 
 
 class SecretHasher:
-    """HMAC-SHA256 of secrets under the registry's key (see the module docstring)."""
+    """HMAC-SHA256 of secrets under the registry's key (see the module docstring).
 
-    __slots__ = ("_key",)
+    RFC 2104 with the key's inner and outer pads hashed once, here: each MAC
+    copies two SHA-256 states (about a microsecond). ``hmac.digest`` would
+    compute the same but releases the GIL around OpenSSL's call, and a CONNECT
+    that waits for the GIL behind a store's writer thread costs milliseconds.
+    """
+
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("the registry key is too short")
-        self._key = key
+        if len(key) > 64:  # RFC 2104: a key longer than the block is hashed first
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     @staticmethod
     def new_key() -> bytes:
         return secrets.token_bytes(HMAC_KEY_BYTES)
 
+    def _mac(self, message: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
     def hash(self, secret: str | bytes) -> str:
-        raw = secret.encode("utf-8") if isinstance(secret, str) else secret
-        return hmac.new(self._key, raw, hashlib.sha256).hexdigest()
+        return self._mac(secret.encode("utf-8") if isinstance(secret, str) else secret)
 
     def matches(self, secret: bytes, stored: str) -> bool:
         """Constant-time comparison of ``secret``'s hash with a stored one."""
-        digest = hmac.new(self._key, secret, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(digest, stored)
+        return hmac.compare_digest(self._mac(secret), stored)
 
 
 def hash_chosen_password(password: str) -> str:

@@ -185,7 +185,7 @@ class DevicePlane:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def connected(self, info: ClientInfo) -> tuple[dict[str, Any], Any] | None:
+    def connected(self, info: ClientInfo) -> tuple[dict[str, Any], Any] | None:
         device_id = self._device(info)
         if device_id is None:
             return None
@@ -210,7 +210,7 @@ class DevicePlane:
             self.spawn(devices.commands.deliver(self.namespace, device_id))
         return self._event_extra(device_id, info)
 
-    async def disconnected(self, info: ClientInfo) -> tuple[dict[str, Any], Any] | None:
+    def disconnected(self, info: ClientInfo) -> tuple[dict[str, Any], Any] | None:
         device_id = self._device(info)
         if device_id is None:
             return None

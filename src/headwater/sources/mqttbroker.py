@@ -41,8 +41,10 @@ loop forever and its later messages would never be acknowledged.
 
 Device connects/disconnects become ``dev.headwater.device.connected`` /
 ``...disconnected`` events (best effort: a failed append is logged and
-counted, there is nothing to refuse). With a device plane (``devices``, the
-registry's side of the broker: :mod:`headwater.devices.plane`), the plane
+counted, there is nothing to refuse), appended in batches of the events of
+:data:`DEVICE_EVENT_WINDOW` (a reconnect storm of 10,000 devices is not
+10,000 appends). With a device plane (``devices``, the registry's side of the
+broker: :mod:`headwater.devices.plane`), the plane
 authenticates CONNECTs first, hears connects, disconnects and SUBACKs,
 takes the publishes it selects (twin reports, command answers) instead of
 the mapping, and adds the device's id and labels to its device events.
@@ -138,9 +140,11 @@ class DeviceHooks(Protocol):
 
     async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]: ...
 
-    async def connected(self, info: ClientInfo) -> DeviceEvent | None: ...
+    def connected(self, info: ClientInfo) -> DeviceEvent | None:
+        """A client connected (before its device event): what the event adds, if a device."""
+        ...
 
-    async def disconnected(self, info: ClientInfo) -> DeviceEvent | None: ...
+    def disconnected(self, info: ClientInfo) -> DeviceEvent | None: ...
 
     def subscribed(self, info: ClientInfo, subscriptions: Sequence[Subscription]) -> None: ...
 
@@ -152,6 +156,12 @@ DEFAULT_APPEND_TIMEOUT: Final = 10.0
 """Seconds a publish waits for its durable append before the publisher is told to
 retry (PUBACK 0x97 for MQTT 5). Long enough for a SQLite fsync under load or
 a JetStream leader election; short enough that a device does not time out first."""
+
+DEVICE_EVENT_WINDOW: Final = 0.002
+"""Seconds device events gather before they are appended together. A connect's
+CONNACK is out before its event; 2 ms later its next packets are taken (they
+wait for the event). In a reconnect storm it makes batches of dozens of events
+instead of one each (a durable append has a fixed cost that a batch shares)."""
 
 _MATCH_CACHE_MAX: Final = 10_000
 """Topics whose filter verdict is cached; the cache is cleared when full (bounded memory)."""
@@ -227,6 +237,9 @@ class MqttBrokerSource:
         self.redeliveries = Redeliveries()
         self._matches: dict[str, bool] = {}
         self._responses: dict[str, asyncio.Future[Message]] = {}
+        #: Device events of this loop iteration, and the future of their append.
+        self._device_batch: tuple[list[CloudEvent], asyncio.Future[None]] | None = None
+        self._device_tasks: set[asyncio.Task[None]] = set()
         self.devices = devices
         hooked = device_events or devices is not None
         self.broker = MqttBroker(
@@ -441,6 +454,7 @@ class MqttBrokerSource:
     async def _device_event(
         self, info: ClientInfo, event_type: str, extra: DeviceEvent | None = None
     ) -> None:
+        """Append a device event (it waits for its batch: :data:`DEVICE_EVENT_WINDOW`)."""
         attributes: dict[str, object] = {
             "specversion": "1.0",
             "id": self.ids.next(),
@@ -461,20 +475,58 @@ class MqttBrokerSource:
             data = orjson.dumps(body)
         try:
             event = CloudEvent(attributes, data)
-            await asyncio.wait_for(self.emit(event), self.append_timeout)
+            async with asyncio.timeout(self.append_timeout):
+                await self._device_events_appended(event)
         except Exception as exc:
             self.stats.device_events_failed += 1
-            log.warning(
-                "%s: %s event for %s failed: %s", self.name, event_type, info.client_id, exc
+            self.throttle.warning(
+                ("device-event", event_type),
+                "%s: %s event for %s failed: %s",
+                self.name,
+                event_type,
+                info.client_id,
+                exc,
             )
 
+    def _device_events_appended(self, event: CloudEvent) -> asyncio.Future[None]:
+        """A future for ``event``'s append, together with the device events of the next
+        :data:`DEVICE_EVENT_WINDOW`: a reconnect storm's events are appended in
+        batches, as publishes are, not one append each."""
+        batch = self._device_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._device_batch = ([], loop.create_future())
+            loop.call_later(DEVICE_EVENT_WINDOW, self._append_device_events)
+        batch[0].append(event)
+        return asyncio.shield(batch[1])
+
+    def _append_device_events(self) -> None:
+        batch, self._device_batch = self._device_batch, None
+        if batch is None:
+            return
+        events, done = batch
+
+        async def append() -> None:
+            try:
+                await self.emit_many(events)
+            except Exception as exc:  # every waiter hears it
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        task = asyncio.ensure_future(append())
+        self._device_tasks.add(task)
+        task.add_done_callback(self._device_tasks.discard)
+        # Nobody waiting any more (timed out) must not leave the exception unretrieved.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def _on_connect(self, info: ClientInfo) -> None:
-        extra = await self.devices.connected(info) if self.devices is not None else None
+        extra = self.devices.connected(info) if self.devices is not None else None
         if self.device_events:
             await self._device_event(info, CONNECTED_TYPE, extra)
 
     async def _on_disconnect(self, info: ClientInfo) -> None:
-        extra = await self.devices.disconnected(info) if self.devices is not None else None
+        extra = self.devices.disconnected(info) if self.devices is not None else None
         if self.device_events:
             await self._device_event(info, DISCONNECTED_TYPE, extra)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from headwater.devices.credentials import (
@@ -95,6 +98,11 @@ def test_label_selectors(selector: str, matches: bool) -> None:
 def test_a_selector_term_needs_a_name() -> None:
     with pytest.raises(InvalidDevice, match="no label name"):
         Selector.parse("=x")
+
+
+@pytest.mark.parametrize("key", [b"k" * 16, b"k" * 64, b"k" * 100], ids=["short", "block", "long"])
+def test_the_secret_hash_is_hmac_sha256(key: bytes) -> None:
+    assert SecretHasher(key).hash("s3cret") == hmac.new(key, b"s3cret", hashlib.sha256).hexdigest()
 
 
 def test_secrets_are_random_and_their_hashes_keyed() -> None:
