@@ -340,7 +340,7 @@ async def list_commands(request: web.Request) -> web.Response:
     namespace, device_id = _target(request)
     devices.registry.require(namespace, device_id)
     limit = _int_query(request, "limit", 20, 1, 100)
-    commands = await devices.commands.list(namespace, device_id, limit)
+    commands = await devices.commands.recent(namespace, device_id, limit)
     return json_response({"items": [c.to_json() for c in commands]})
 
 

@@ -296,6 +296,7 @@ class Commands:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._lock = asyncio.Lock()
         #: Called with every command that finished (answered, failed, expired).
@@ -335,6 +336,8 @@ class Commands:
             self._started = True
 
     async def close(self) -> None:
+        if self._background:  # what was sent is recorded before the store closes
+            await asyncio.gather(*self._background, return_exceptions=True)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -463,7 +466,7 @@ class Commands:
             return None
         return Command.load(key, entry.value) if entry is not None else None
 
-    async def list(self, namespace: str, device: str, limit: int = 20) -> list[Command]:
+    async def recent(self, namespace: str, device: str, limit: int = 20) -> list[Command]:
         """The newest ``limit`` commands of a device, unfinished ones included, newest first."""
         queue = list(self._pending.get(f"{namespace}/{device}", {}).values())
         _, results = self._buckets()
@@ -503,23 +506,29 @@ class Commands:
     # -- the broker's side ------------------------------------------------------------------
 
     async def deliver(self, namespace: str, device: str) -> int:
-        """Send the device's unfinished commands not sent on its current connection yet."""
+        """Send the device's unfinished commands not sent on its current connection yet.
+
+        That a command was sent is recorded behind (a task that takes the
+        device's lock, and writes only if the command is still unfinished):
+        an answer may already be on its way, and the round trip does not wait
+        for that write. If the process stops before it, the command is sent
+        again at the next connection, which a device recognises by its id.
+        """
         connection = self.presence.connection(namespace, device)
         device_key = f"{namespace}/{device}"
         if connection is None or not connection.ready or device_key not in self._pending:
             return 0
-        pending, _ = self._buckets()
-        sent = 0
+        sent: list[Command] = []
         async with self._device_lock(device_key):
             if self.presence.connection(namespace, device) is not connection:
                 return 0  # it went away (or reconnected: that connection delivers)
-            for command in list(self._pending.get(device_key, {}).values()):
+            queue = self._pending.get(device_key, {})
+            for command in list(queue.values()):
                 now = self.clock()
                 if command.connection == connection.token or command.expires <= now:
                     continue  # sent on this connection already; or expired: never sent
                 connection.sender.send_command(command, now)
                 self.sent += 1
-                sent += 1
                 command = replace(
                     command,
                     status=Status.SENT,
@@ -527,13 +536,29 @@ class Commands:
                     sent_at=now,
                     connection=connection.token,
                 )
-                self._pending[device_key][command.id] = command
+                queue[command.id] = command
+                sent.append(command)
+        if sent:
+            self._spawn(self._record_sent(device_key, sent))
+        return len(sent)
+
+    async def _record_sent(self, device_key: str, sent: list[Command]) -> None:
+        pending, _ = self._buckets()
+        async with self._device_lock(device_key):
+            queue = self._pending.get(device_key, {})
+            for command in sent:
+                if queue.get(command.id) is not command:
+                    continue  # finished (or sent again) meanwhile: nothing to record
                 try:
                     await pending.put(command.key, command.stored())
                 except StateError as exc:
-                    # It went out; only the record of it did not: the next write catches up.
+                    # It went out; only the record of it did not: a later write catches up.
                     log.warning("device commands: cannot record %s as sent: %s", command.id, exc)
-        return sent
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def answer(
         self,
@@ -590,13 +615,14 @@ class Commands:
         pending, results = self._buckets()
         done = replace(command, finished_at=self.clock(), **changes)
         await results.put(done.key, done.stored())
+        # Finished once the result is durable: waiters hear it now, before the queue
+        # entry goes (a crash in between leaves the entry, dropped at the next start).
         self._forget(command)
+        self._finished(done)
         try:
             await pending.delete(done.key)
         except StateError as exc:
-            # The result is written: at the next start the queue entry is dropped.
             log.warning("device commands: cannot remove %s from the queue: %s", done.id, exc)
-        self._finished(done)
 
     def _finished(self, command: Command) -> None:
         if command.status == Status.ANSWERED:
