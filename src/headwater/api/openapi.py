@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from headwater import __version__
+from headwater.api import devices
 from headwater.api.app import json_response
 from headwater.resources import KINDS
 
@@ -292,7 +293,8 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "Resources in Knative's shapes, status, streams, tail and replay, "
-                "topology, dead letters and devices."
+                "topology, dead letters, telemetry, and the device registry (devices, "
+                "credentials, presence, twins, commands)."
             ),
         },
         "components": {
@@ -305,6 +307,7 @@ def document() -> dict[str, Any]:
                 "Topology": _TOPOLOGY,
                 "DeadLetter": _DEAD_LETTER,
                 "Device": _DEVICE,
+                **devices.SCHEMAS,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -650,7 +653,8 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/devices": {
+            **devices.OPENAPI_PATHS,
+            "/api/v1/telemetry": {
                 "get": {
                     "summary": "Devices seen in the last hour with their latest numeric values",
                     "responses": {
@@ -675,7 +679,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/devices/series": {
+            "/api/v1/telemetry/series": {
                 "get": {
                     "summary": "A device's points per field (one per bucket) over the last hour",
                     "parameters": [
@@ -712,7 +716,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/devices/events": {
+            "/api/v1/telemetry/events": {
                 "get": {
                     "summary": "Changed devices, pushed once a second as server-sent events",
                     "parameters": [
