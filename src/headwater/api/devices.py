@@ -29,6 +29,7 @@ from aiohttp import web
 from headwater.api.app import RUNTIME_KEY, error, json_response
 from headwater.devices import (
     DEFAULT_NAMESPACE,
+    Device,
     DeviceConflict,
     DeviceExists,
     DeviceNotFound,
@@ -70,7 +71,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except DeviceNotFound as exc:
         return error(404, str(exc))
     except OwnedByResource as exc:
-        return error(409, str(exc))
+        where = _owner_origin(request, exc.owner)
+        return error(
+            409,
+            f"device {exc.device!r} is defined by {exc.owner}"
+            + (f" ({where})" if where else "")
+            + f": {exc.action} it there",
+        )
     except DeviceConflict as exc:
         return error(409, str(exc), revision=exc.actual)
     except DeviceExists as exc:
@@ -83,6 +90,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _devices(request: web.Request) -> Devices:
     return request.app[RUNTIME_KEY].devices
+
+
+def _owner_origin(request: web.Request, owner: str) -> str | None:
+    """Where the Device resource that owns a device is defined (a file, or the API)."""
+    kind, _, rest = owner.partition("/")
+    namespace, _, name = rest.partition("/")
+    origin = request.app[RUNTIME_KEY].origin((kind, namespace, name))
+    return origin.describe() if origin is not None else None
+
+
+def _view(request: web.Request, device: Device) -> dict[str, Any]:
+    """A device as the API shows it, with where its owning resource is defined."""
+    out = _devices(request).view(device)
+    if device.owner is not None:
+        out["owner"]["origin"] = _owner_origin(request, device.owner)
+    return out
 
 
 def _namespace(request: web.Request) -> str:
@@ -160,7 +183,7 @@ async def list_devices(request: web.Request) -> web.Response:
         found = [d for d in found if f"{d.namespace}/{d.id}" > after]
     page = found[:limit]
     body: dict[str, Any] = {
-        "items": [devices.view(d) for d in page],
+        "items": [_view(request, d) for d in page],
         "total": len(found),
     }
     if len(found) > limit:
@@ -184,7 +207,7 @@ async def create_device(request: web.Request) -> web.Response:
         credentials=credentials,
     )
     return json_response(
-        {"device": devices.view(device), "secrets": [s.to_json() for s in secrets]}, 201
+        {"device": _view(request, device), "secrets": [s.to_json() for s in secrets]}, 201
     )
 
 
@@ -215,7 +238,7 @@ async def get_device(request: web.Request) -> web.Response:
     devices = _devices(request)
     await devices.start()
     namespace, device_id = _target(request)
-    return json_response(devices.view(devices.registry.require(namespace, device_id)))
+    return json_response(_view(request, devices.registry.require(namespace, device_id)))
 
 
 async def update_device(request: web.Request) -> web.Response:
@@ -249,7 +272,7 @@ async def update_device(request: web.Request) -> web.Response:
         revision=_revision(body.get("revision")),
     )
     return json_response(
-        {"device": devices.view(device), "secrets": [s.to_json() for s in secrets]}
+        {"device": _view(request, device), "secrets": [s.to_json() for s in secrets]}
     )
 
 
@@ -274,7 +297,7 @@ async def add_credential(request: web.Request) -> web.Response:
     namespace, device_id = _target(request)
     device, secrets = await devices.registry.update(namespace, device_id, add=[body])
     return json_response(
-        {"device": devices.view(device), "secrets": [s.to_json() for s in secrets]}, 201
+        {"device": _view(request, device), "secrets": [s.to_json() for s in secrets]}, 201
     )
 
 
@@ -284,7 +307,7 @@ async def remove_credential(request: web.Request) -> web.Response:
     namespace, device_id = _target(request)
     credential = request.match_info["credential"]
     device, _ = await devices.registry.update(namespace, device_id, remove=[credential])
-    return json_response({"device": devices.view(device)})
+    return json_response({"device": _view(request, device)})
 
 
 # -- twins ----------------------------------------------------------------------------------

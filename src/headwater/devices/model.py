@@ -98,6 +98,12 @@ class DeviceConflict(DeviceError):
 class OwnedByResource(DeviceError):
     """A ``Device`` resource (a file, or ``headwater apply``) defines this device."""
 
+    def __init__(self, device: str, owner: str, action: str) -> None:
+        self.device = device
+        self.owner = owner
+        self.action = action
+        super().__init__(f"device {device!r} is defined by {owner}: {action} it there")
+
 
 # -- names -----------------------------------------------------------------------------
 
@@ -264,9 +270,8 @@ class Device:
     created: float = 0.0
     updated: float = 0.0
     #: ``Device/{namespace}/{name}`` when a Device resource defines it (the API may
-    #: then not change it), with where: ``file mesh.yaml:3`` or ``api``.
+    #: then not change it; the runtime knows where the resource comes from).
     owner: str | None = None
-    owner_origin: str | None = None
     #: The state store revision this version was written at (0: not stored yet).
     revision: int = 0
 
@@ -299,7 +304,6 @@ class Device:
         }
         if self.owner is not None:
             out["owner"] = self.owner
-            out["ownerOrigin"] = self.owner_origin
         return out
 
     @classmethod
@@ -315,7 +319,6 @@ class Device:
             float(doc.get("created", 0.0)),
             float(doc.get("updated", 0.0)),
             doc.get("owner"),
-            doc.get("ownerOrigin"),
             revision,
         )
 
@@ -332,5 +335,5 @@ class Device:
             "revision": self.revision,
         }
         if self.owner is not None:
-            out["owner"] = {"resource": self.owner, "origin": self.owner_origin}
+            out["owner"] = {"resource": self.owner}
         return out

@@ -384,7 +384,6 @@ class Registry:
         enabled: bool = True,
         credentials: Sequence[Mapping[str, Any]] | None = None,
         owner: str | None = None,
-        owner_origin: str | None = None,
     ) -> tuple[Device, list[Secret]]:
         """Register a device; with no ``credentials``, one generated secret (shown once)."""
         namespace = check_namespace(namespace)
@@ -399,15 +398,7 @@ class Registry:
         creds, shown = await self._credentials(device_id, specs, now, set())
         self._check_certificates(namespace, device_id, creds)
         device = Device(
-            namespace,
-            device_id,
-            label_map,
-            bool(enabled),
-            tuple(creds),
-            now,
-            now,
-            owner,
-            owner_origin,
+            namespace, device_id, label_map, bool(enabled), tuple(creds), now, now, owner
         )
         try:
             revision = await self._store().create(device.key, orjson.dumps(device.to_json()))
@@ -429,7 +420,6 @@ class Registry:
         replace_secrets: bool = False,
         revision: int | None = None,
         owner: str | None = None,
-        owner_origin: str | None = None,
         as_owner: bool = False,
     ) -> tuple[Device, list[Secret]]:
         """Change labels (replaced whole), the enabled flag, or credentials.
@@ -458,10 +448,7 @@ class Registry:
                     current.revision,
                 )
             if current.owner is not None and not as_owner:
-                raise OwnedByResource(
-                    f"device {device_id!r} is defined by {current.owner} ({current.owner_origin}): "
-                    "change it there"
-                )
+                raise OwnedByResource(device_id, current.owner, "change")
             kept = [
                 c
                 for c in current.credentials
@@ -489,7 +476,6 @@ class Registry:
                 credentials=tuple(credentials),
                 updated=now,
                 owner=owner if as_owner else current.owner,
-                owner_origin=owner_origin if as_owner else current.owner_origin,
             )
             try:
                 new_revision = await bucket.update(
@@ -511,10 +497,7 @@ class Registry:
     ) -> Device:
         device = self.require(namespace, device_id)
         if device.owner is not None and not as_owner:
-            raise OwnedByResource(
-                f"device {device_id!r} is defined by {device.owner} ({device.owner_origin}): "
-                "delete it there"
-            )
+            raise OwnedByResource(device_id, device.owner, "delete")
         try:
             deleted = await self._store().delete(device.key, revision)
         except RevisionMismatch as exc:
@@ -536,7 +519,6 @@ class Registry:
         enabled: bool,
         credentials: Sequence[Credential],
         owner: str,
-        owner_origin: str | None,
     ) -> Device:
         """What a Device resource defines, written as it is (it owns the device).
 
@@ -560,11 +542,10 @@ class Registry:
                 created = current.created
                 if current.owner is None:
                     log.warning(
-                        "device %s/%s, registered through the API, is now defined by %s (%s)",
+                        "device %s/%s, registered through the API, is now defined by %s",
                         namespace,
                         device_id,
                         owner,
-                        owner_origin,
                     )
             device = Device(
                 namespace,
@@ -575,7 +556,6 @@ class Registry:
                 created,
                 now,
                 owner,
-                owner_origin,
             )
             if (
                 entry is not None
@@ -583,7 +563,6 @@ class Registry:
                 and current.enabled == device.enabled
                 and current.credentials == device.credentials
                 and current.owner == owner
-                and current.owner_origin == owner_origin
             ):
                 return current  # unchanged: no write, the revision stays
             try:

@@ -96,7 +96,6 @@ class DeviceComponent:
     async def _write(self, resource: Device) -> None:
         devices = self.runtime.devices
         await devices.start()
-        origin = self.runtime.origin(resource.key)
         await devices.registry.put_owned(
             resource.namespace,
             resource.device_id,
@@ -104,7 +103,6 @@ class DeviceComponent:
             enabled=resource.spec.enabled,
             credentials=await self._credentials(resource),
             owner=owner_key(resource),
-            owner_origin=origin.describe() if origin is not None else None,
         )
 
     async def start(self) -> None:

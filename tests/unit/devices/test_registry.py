@@ -100,9 +100,8 @@ async def test_a_device_a_resource_owns_is_changed_there_only(registry: Registry
         enabled=True,
         credentials=[credential],
         owner="Device/default/d",
-        owner_origin="file mesh.yaml:3",
     )
-    with pytest.raises(OwnedByResource, match=r"Device/default/d \(file mesh.yaml:3\)"):
+    with pytest.raises(OwnedByResource, match=r"defined by Device/default/d: change it there"):
         await registry.update("default", "d", enabled=False)
     with pytest.raises(OwnedByResource):
         await registry.delete("default", "d")
