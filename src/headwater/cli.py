@@ -986,6 +986,12 @@ def simulate(
         f"sent {stats.sent}, acked {stats.acked}, failed {stats.failed}, "
         f"commands {stats.commands}, answered {stats.answered}, reconnects {stats.reconnects}"
     )
+    if stats.refused:
+        click.echo(
+            f"warning: {stats.refused} (the broker's ACL, or its `devices.publish` templates, "
+            "may not allow the simulator's topic sensors/<device>/climate)",
+            err=True,
+        )
 
 
 def _device_group() -> click.Command:

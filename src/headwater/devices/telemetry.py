@@ -64,6 +64,14 @@ millions; a few seconds of reading is what a dashboard user will wait)."""
 IGNORED_FIELDS: Final = frozenset({"seq", "sequence", "ts", "time", "timestamp", "id"})
 """Numbers that count or date readings rather than measure anything."""
 
+IGNORED_TYPES: Final = (
+    "dev.headwater.device.",
+    "dev.headwater.twin.",
+    "dev.headwater.command.",
+)
+"""Event types (prefixes) that are about devices, not readings from them: the
+registry's own records (connects, twin changes, finished commands)."""
+
 PUSH_INTERVAL: Final = 1.0
 """Seconds between pushes of changes to a live client."""
 
@@ -206,6 +214,8 @@ class TelemetryTracker:
     # -- taking events -----------------------------------------------------------
 
     def ingest(self, event: CloudEvent, received: float) -> None:
+        if event.type.startswith(IGNORED_TYPES):
+            return
         data = json_data(event)
         name = device_of(event, data)
         if name is None:

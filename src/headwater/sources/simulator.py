@@ -165,6 +165,8 @@ class FleetStats:
     answered: int = 0
     reconnects: int = 0
     deltas: int = 0
+    #: Why the broker refused the last publish it refused (MQTT 5), if any.
+    refused: str | None = None
 
 
 #: Seconds a device waits before reconnecting, doubled up to RECONNECT_MAX.
@@ -257,6 +259,7 @@ class Fleet:
                         self.stats.failed += 1
                         if isinstance(exc, ConnectionLost):
                             raise
+                        self.stats.refused = str(exc)
                     next_at += interval
                     delay = next_at - time.monotonic()
                     if delay > 0:

@@ -53,6 +53,11 @@ def event(data: object, **attributes: str) -> CloudEvent:
         ),
         pytest.param(event({"v": "high"}, subject="words"), None, id="no-numbers"),
         pytest.param(event({"v": 1}), None, id="no-device"),
+        pytest.param(
+            event({"version": 3}, type="dev.headwater.twin.updated", device="d"),
+            None,
+            id="registry-record",
+        ),
     ],
 )
 def test_what_counts_as_a_device_reading(
