@@ -229,6 +229,40 @@ class MqttBrokerSourceComponent:
         )
         held.add_metric(labels, self.source.broker.incomplete_bytes)
         families.append(held)
+        if self.plane is not None:
+            families.extend(self._device_families(labels))
+        return families
+
+    def _device_families(self, labels: list[str]) -> list[Metric]:
+        """The registry of the source's namespace, and what its device plane refused."""
+        plane = self.plane
+        assert plane is not None
+        devices = self.runtime.devices
+        namespace = self.resource.namespace
+        online = sum(
+            1 for d in devices.registry.find(namespace) if devices.presence.online(namespace, d.id)
+        )
+        families: list[Metric] = []
+        for name, value, doc in (
+            ("devices_registered", devices.registry.count(namespace), "Devices in the registry."),
+            ("devices_online", online, "Registered devices connected now."),
+            (
+                "device_commands_pending",
+                devices.commands.pending_count(namespace),
+                "Commands queued or sent, not answered or expired yet.",
+            ),
+        ):
+            gauge = GaugeMetricFamily(f"headwater_{name}", doc, labels=LABELS)
+            gauge.add_metric(labels, value)
+            families.append(gauge)
+        for name, value, doc in (
+            ("devices_refused", plane.authenticator.refused, "Device CONNECTs refused."),
+            ("devices_provisioned", plane.authenticator.provisioned, "Devices auto-provisioned."),
+            ("device_publishes_refused", plane.refused, "Twin reports and answers refused."),
+        ):
+            counter = CounterMetricFamily(f"headwater_{name}", doc, labels=LABELS)
+            counter.add_metric(labels, value)
+            families.append(counter)
         return families
 
 

@@ -113,3 +113,21 @@ def test_presence_is_kept_across_a_restart(node: Node) -> None:
     # And the registry, with its secrets: the device connects again.
     assert connect(node, "pump-1", secret).connack()[0] == 0
     assert presence(node, "pump-1")["connections"] == 2
+
+
+def test_metrics_count_registered_and_online_devices(node: Node) -> None:
+    import urllib.request
+
+    secret = register(node, "pump-1")
+    register(node, "pump-2")
+    connect(node, "pump-1", secret).connack()
+    connect(node, "pump-2", "wrong").connack()
+
+    def metrics() -> str:
+        with urllib.request.urlopen(node.url + "/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    wait_until(lambda: 'headwater_devices_online{name="mqtt",namespace="default"} 1.0' in metrics())
+    text = metrics()
+    assert 'headwater_devices_registered{name="mqtt",namespace="default"} 2.0' in text
+    assert 'headwater_devices_refused_total{name="mqtt",namespace="default"} 1.0' in text

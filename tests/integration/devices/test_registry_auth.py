@@ -227,3 +227,36 @@ def test_protocol_versions_in_presence(node: Node) -> None:
     presence = node.ok("GET", "/api/v1/devices/pump-1")["presence"]
     assert presence["protocol"] == "3.1.1" and presence["clientId"] == "pump-1"
     assert ProtocolVersion.MQTT311 == 4
+
+
+def test_the_password_file_keeps_working_beside_the_registry(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    from headwater.mqtt.auth import PasswordFile
+
+    passwords = PasswordFile()
+    passwords.add_user("dashboard", "a person's password")
+    passwords.save(tmp_path / "passwd")
+    extra = f"""\
+---
+apiVersion: sources.headwater.dev/v1alpha1
+kind: MqttBrokerSource
+metadata: {{name: both}}
+spec:
+  listeners: [{{port: 0}}]
+  passwordFile: {tmp_path / "passwd"}
+  devices: {{}}
+  sink:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+"""
+    node = make_node(extra=extra)
+    port = int(node.server.urls["mqtt/default/both"].rsplit(":", 1)[1])  # type: ignore[union-attr]
+    secret = register(node, "pump-1")
+    device = Paho(port, "pump-1", username="pump-1", password=secret)
+    assert device.connack()[0] == 0
+    person = Paho(port, "anything", username="dashboard", password="a person's password")
+    assert person.connack()[0] == 0
+    wrong = Paho(port, "x", username="dashboard", password="guess")
+    assert wrong.connack()[0] == BAD_CREDENTIALS
+    # The person is no device: no presence, and the broker's ACL (none: all topics) applies.
+    assert person.subscribe("devices/#", 1) == [1]
