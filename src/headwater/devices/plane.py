@@ -139,13 +139,15 @@ class DevicePlane:
 
     async def start(self) -> None:
         """Join the registry and publish every twin's delta (retained) for the devices."""
-        await self.devices.start()
-        self.devices.attach(self)
-        for twin in await self.devices.twins.all():
-            if twin.namespace == self.namespace and self.devices.registry.get(
-                twin.namespace, twin.device
-            ):
-                self.publish_delta(twin)
+        devices = self.devices
+        await devices.start()
+        devices.attach(self)
+        # Every device's delta is retained from the start (an empty one: in sync),
+        # whatever this broker's retained store kept.
+        twins = {(t.namespace, t.device): t for t in await devices.twins.all()}
+        for device in devices.registry.find(self.namespace):
+            key = (self.namespace, device.id)
+            self.publish_delta(twins.get(key) or Twin(self.namespace, device.id))
         if self.reported:
             self._reported_task = asyncio.create_task(
                 self._report_loop(), name=f"devices:reported:{self.name}"
