@@ -491,7 +491,8 @@ class Commands:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: it may swallow a cancel (3.11)
+                await waiter
         except TimeoutError:
             pass
         finally:
@@ -658,7 +659,8 @@ class Commands:
                     break
             delay = self._expiry[0][0] - self.clock() if self._expiry else 3600.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._expiry_changed.wait(), max(0.0, min(delay, 3600.0)))
+                async with asyncio.timeout(max(0.0, min(delay, 3600.0))):
+                    await self._expiry_changed.wait()
 
     async def _expire(self, device_key: str, command_id: str) -> None:
         async with self._device_lock(device_key):

@@ -413,7 +413,8 @@ class DevicePlane:
         if self.emit is None:
             return
         try:
-            await asyncio.wait_for(self.emit(event), EVENT_TIMEOUT)
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                await self.emit(event)
         except Exception as exc:
             self.events_failed += 1
             self.throttle.warning(
