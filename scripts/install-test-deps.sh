@@ -14,6 +14,11 @@ declare -A want=(
   # (never a downloaded browser).
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  # The cut-link tests (tests/chaos/tiers): network namespaces, veth pairs,
+  # NAT and packet loss (nftables), rate limits (tc); tests/netns.py.
+  [ip]=iproute2
+  [tc]=iproute2
+  [nft]=nftables
 )
 
 missing=()
@@ -21,6 +26,7 @@ for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

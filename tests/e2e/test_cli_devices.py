@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from tests.e2e.headwater_process import HEADWATER, Headwater, start_headwater
-from tests.integration.mqtt._clients import Paho, close_all, wait_until
+from tests.helpers import wait_until_blocking as wait_until
+from tests.integration.mqtt._clients import Paho, close_all
 
 MESH = """\
 apiVersion: eventing.knative.dev/v1

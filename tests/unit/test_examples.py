@@ -13,20 +13,29 @@ from headwater.resources import check_references, load_paths
 from headwater.sources.mapping import Inbound, to_cloudevent
 from headwater.sources.simulator import Climate
 
-EXAMPLES = sorted(p for p in (Path(__file__).parents[2] / "examples").iterdir() if p.is_dir())
+ROOT = Path(__file__).parents[2] / "examples"
+EXAMPLES = sorted({p.parent for p in ROOT.rglob("*.yaml")})
+"""Every folder of examples/ that holds resource files: one mesh each (edge-cloud has two)."""
+
+
+@pytest.fixture(autouse=True)
+def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tokens the examples read from the environment (edge-cloud)."""
+    monkeypatch.setenv("CLOUD_TOKEN", "cloud-token")
+    monkeypatch.setenv("SITE7_TOKEN", "site-7-token")
 
 
 def test_there_are_examples() -> None:
     assert EXAMPLES
 
 
-APPLIED_TO: dict[str, list[Path]] = {"apply": [Path(__file__).parents[2] / "examples/greenhouse"]}
+APPLIED_TO: dict[str, list[Path]] = {"apply": [ROOT / "greenhouse"]}
 """Examples applied to a running mesh, and the mesh they refer to."""
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])
 def test_example_is_valid(example: Path) -> None:
-    mesh = APPLIED_TO.get(example.name, [])
+    mesh = APPLIED_TO.get(str(example.relative_to(ROOT)), [])
     loaded = load_paths([example, *mesh])
     assert loaded
     check_references(loaded)

@@ -5,7 +5,7 @@ How this works: thin handlers over the runtime's
 device is named by its id in the path and its namespace in ``?namespace=``
 (default ``default``); a listing without ``namespace`` covers them all.
 Bodies are JSON. The registry's errors map to statuses in one place
-(:func:`_errors`): 400 bad input (with the reason), 404 unknown device or
+(the :func:`errors` middleware): 400 bad input (with the reason), 404 unknown device or
 command, 409 a conflict (an id or certificate taken, a stale ``revision`` or
 twin ``version``, a device a ``Device`` resource defines), 413 a twin over
 its limit, 415 a body that is not JSON, 429 too many commands waiting for
@@ -15,18 +15,20 @@ Generated secrets are in the answer that created them, once, and never
 again. A command is queued by ``POST .../commands`` and answered at once;
 ``GET .../commands/{cid}?wait=S`` waits up to ``S`` seconds
 (:data:`MAX_WAIT`) for it to finish, which is how ``headwater device command
---wait`` follows it.
+--wait`` follows it. Bodies are read up to a bound (:data:`MAX_BODY`,
+:data:`MAX_IMPORT_BYTES` for an import): over it, 413.
+
+The routes' part of the OpenAPI document is :mod:`headwater.api.devices_openapi`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from headwater.api.app import RUNTIME_KEY, error, json_response
+from headwater.api.http import RUNTIME_KEY, Handler, error, json_response
 from headwater.devices import (
     DEFAULT_NAMESPACE,
     Device,
@@ -43,9 +45,10 @@ from headwater.devices import (
 from headwater.devices.commands import expiry_seconds, parse_data, parse_seconds
 from headwater.devices.imports import parse_rows
 from headwater.devices.model import check_device_id, check_namespace
+from headwater.http_guard import read_body
 from headwater.state import StateError
 
-__all__ = ["MAX_WAIT", "add_routes"]
+__all__ = ["MAX_LIMIT", "MAX_WAIT", "add_routes", "errors"]
 
 MAX_WAIT: Final = 60.0
 """Seconds one request waits for a command at most (a client asks again to wait longer)."""
@@ -54,11 +57,16 @@ DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000
 """Devices per listing at most: a fleet of a gateway in one page; more with ``continue``."""
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY: Final = 1024 * 1024
+"""Bytes of a JSON body at most: a command's data is 256 KiB at most, a twin's state less."""
+
+MAX_IMPORT_BYTES: Final = 32 * 1024 * 1024
+"""Bytes of an import at most: 100,000 rows (the import's limit) of a device id,
+labels and a credential each."""
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The registry's errors as HTTP answers (see the module docstring)."""
     if not request.path.startswith("/api/v1/devices"):
         return await handler(request)
@@ -123,7 +131,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
             content_type="application/json",
         )
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(await read_body(request, MAX_BODY))
     except orjson.JSONDecodeError as exc:
         raise InvalidDevice(f"the body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -217,7 +225,7 @@ async def import_devices(request: web.Request) -> web.Response:
     if media not in ("text/csv", "application/json"):
         return error(415, "send the devices as text/csv or application/json")
     try:
-        text = (await request.read()).decode("utf-8")
+        text = (await read_body(request, MAX_IMPORT_BYTES)).decode("utf-8")
     except UnicodeDecodeError:
         return error(400, "the body is not UTF-8")
     rows = parse_rows(text, "csv" if media == "text/csv" else "json")
@@ -384,435 +392,7 @@ async def get_command(request: web.Request) -> web.Response:
     return json_response(command.to_json())
 
 
-# -- the OpenAPI document's part ------------------------------------------------------------
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-_ERROR = _ref("Error")
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_NAMESPACE = {
-    "name": "namespace",
-    "in": "query",
-    "description": "The device's namespace (default `default`).",
-    "schema": {"type": "string"},
-}
-
-SCHEMAS: dict[str, Any] = {
-    "RegistryDevice": {
-        "type": "object",
-        "required": ["id", "namespace", "labels", "enabled", "credentials", "revision", "presence"],
-        "properties": {
-            "id": {"type": "string"},
-            "namespace": {"type": "string"},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "enabled": {"type": "boolean"},
-            "credentials": {
-                "type": "array",
-                "description": "Never with their hashes.",
-                "items": {
-                    "type": "object",
-                    "required": ["id", "type"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "type": {"type": "string", "enum": ["secret", "password", "x509"]},
-                        "created": {"type": "number"},
-                        "fingerprint": {"type": "string"},
-                        "subject": {"type": "string"},
-                    },
-                },
-            },
-            "created": {"type": "number"},
-            "updated": {"type": "number"},
-            "revision": {"type": "integer", "description": "Give it back to change it safely."},
-            "owner": {"type": "object", "description": "The Device resource that defines it."},
-            "presence": {
-                "type": "object",
-                "required": ["online"],
-                "properties": {
-                    "online": {"type": "boolean"},
-                    "lastSeen": {"type": ["number", "null"]},
-                    "connectedAt": {"type": ["number", "null"]},
-                    "disconnectedAt": {"type": ["number", "null"]},
-                    "address": {"type": ["string", "null"]},
-                    "protocol": {"type": ["string", "null"]},
-                    "clientId": {"type": ["string", "null"]},
-                },
-            },
-        },
-    },
-    "Secret": {
-        "type": "object",
-        "description": "A generated secret: shown once, in the answer that made it.",
-        "required": ["device", "credential", "secret"],
-        "properties": {
-            "device": {"type": "string"},
-            "credential": {"type": "string"},
-            "secret": {"type": "string"},
-        },
-    },
-    "Twin": {
-        "type": "object",
-        "required": ["device", "namespace", "desired", "reported", "delta"],
-        "properties": {
-            "device": {"type": "string"},
-            "namespace": {"type": "string"},
-            "desired": {"type": "object"},
-            "reported": {"type": "object"},
-            "delta": {"type": "object"},
-        },
-    },
-    "Command": {
-        "type": "object",
-        "required": ["id", "device", "status", "created", "expires", "attempts"],
-        "properties": {
-            "id": {"type": "string"},
-            "device": {"type": "string"},
-            "namespace": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": ["queued", "sent", "answered", "expired", "failed"],
-            },
-            "created": {"type": "number"},
-            "expires": {"type": "number"},
-            "attempts": {"type": "integer"},
-            "sentAt": {"type": ["number", "null"]},
-            "finishedAt": {"type": ["number", "null"]},
-            "data": {},
-            "dataBase64": {"type": "string"},
-            "reason": {"type": "string"},
-            "response": {"type": "object"},
-        },
-    },
-}
-
-_WITH_SECRETS = {
-    "type": "object",
-    "required": ["device", "secrets"],
-    "properties": {
-        "device": _ref("RegistryDevice"),
-        "secrets": {"type": "array", "items": _ref("Secret")},
-    },
-}
-_CREDENTIAL = {
-    "type": "object",
-    "required": ["type"],
-    "description": "secret (generated), password (`password` or a `$scrypt$` `hash`), "
-    "x509 (`fingerprint`, `subject` or a PEM `certificate`)",
-    "properties": {"type": {"type": "string", "enum": ["secret", "password", "x509"]}},
-}
-_STATE_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["state"],
-                "properties": {
-                    "state": {"type": "object"},
-                    "version": {"type": "integer", "minimum": 0},
-                },
-            }
-        }
-    },
-}
-
-
-def _common(*codes: int) -> dict[str, Any]:
-    texts = {
-        400: "Bad input (the reason says what).",
-        401: "Missing or wrong bearer token (when one is configured).",
-        404: "No such device (or command).",
-        409: "A conflict: taken, changed meanwhile, or defined by a Device resource.",
-        413: "Over a twin's limits.",
-        415: "Not JSON.",
-        429: "Too many commands waiting for this device.",
-        503: "The state store cannot keep it; nothing was changed.",
-    }
-    return {str(code): _json_body(_ERROR, texts[code]) for code in codes}
-
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/api/v1/devices": {
-        "get": {
-            "summary": "Registered devices with their presence",
-            "parameters": [
-                {**_NAMESPACE, "description": "Only this namespace (default: all)."},
-                {
-                    "name": "online",
-                    "in": "query",
-                    "schema": {"type": "string", "enum": ["true", "false"]},
-                },
-                {
-                    "name": "selector",
-                    "in": "query",
-                    "description": "site=a,tier!=test,key,!key",
-                    "schema": {"type": "string"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-                },
-                {"name": "continue", "in": "query", "schema": {"type": "string"}},
-            ],
-            "responses": {
-                "200": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["items", "total"],
-                        "properties": {
-                            "items": {"type": "array", "items": _ref("RegistryDevice")},
-                            "total": {"type": "integer"},
-                            "continue": {"type": "string"},
-                        },
-                    },
-                    "Devices",
-                ),
-                **_common(400, 401, 503),
-            },
-        },
-        "post": {
-            "summary": "Register a device (without credentials: a generated secret, shown once)",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["id"],
-                            "properties": {
-                                "id": {"type": "string"},
-                                "namespace": {"type": "string"},
-                                "labels": {"type": "object"},
-                                "enabled": {"type": "boolean"},
-                                "credentials": {"type": "array", "items": _CREDENTIAL},
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": {
-                "201": _json_body(_WITH_SECRETS, "Registered"),
-                **_common(400, 401, 409, 415, 503),
-            },
-        },
-    },
-    "/api/v1/devices/import": {
-        "post": {
-            "summary": "Register many devices from CSV or JSON (checked whole first)",
-            "parameters": [_NAMESPACE],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {}},
-                },
-            },
-            "responses": {
-                "200": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["created", "existing", "failed", "secrets"],
-                        "properties": {
-                            "created": {"type": "integer"},
-                            "existing": {"type": "array", "items": {"type": "string"}},
-                            "failed": {"type": "array", "items": {"type": "object"}},
-                            "secrets": {"type": "array", "items": _ref("Secret")},
-                        },
-                    },
-                    "What was registered, and the secrets generated (once)",
-                ),
-                **_common(400, 401, 415, 503),
-            },
-        }
-    },
-    "/api/v1/devices/{id}": {
-        "get": {
-            "summary": "A device and its presence",
-            "parameters": [_ID, _NAMESPACE],
-            "responses": {
-                "200": _json_body(_ref("RegistryDevice"), "The device"),
-                **_common(400, 401, 404),
-            },
-        },
-        "patch": {
-            "summary": "Change labels, enabled, credentials (a removed one in use is cut off)",
-            "parameters": [_ID, _NAMESPACE],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "labels": {"type": "object"},
-                                "enabled": {"type": "boolean"},
-                                "revision": {"type": "integer", "minimum": 0},
-                                "addCredentials": {"type": "array", "items": _CREDENTIAL},
-                                "removeCredentials": {"type": "array", "items": {"type": "string"}},
-                                "replaceSecrets": {"type": "boolean"},
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": {
-                "200": _json_body(_WITH_SECRETS, "Changed"),
-                **_common(400, 401, 404, 409, 415, 503),
-            },
-        },
-        "delete": {
-            "summary": "Remove a device (cut off; its unfinished commands fail)",
-            "parameters": [
-                _ID,
-                _NAMESPACE,
-                {"name": "revision", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-            ],
-            "responses": {
-                "200": _json_body({"type": "object", "required": ["deleted"]}, "Deleted"),
-                **_common(400, 401, 404, 409, 503),
-            },
-        },
-    },
-    "/api/v1/devices/{id}/credentials": {
-        "post": {
-            "summary": "Add a credential (a generated secret is in the answer, once)",
-            "parameters": [_ID, _NAMESPACE],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _CREDENTIAL}},
-            },
-            "responses": {
-                "201": _json_body(_WITH_SECRETS, "Added"),
-                **_common(400, 401, 404, 409, 415, 503),
-            },
-        }
-    },
-    "/api/v1/devices/{id}/credentials/{credential}": {
-        "delete": {
-            "summary": "Remove a credential (a connection that used it is cut off)",
-            "parameters": [
-                _ID,
-                _NAMESPACE,
-                {
-                    "name": "credential",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
-            ],
-            "responses": {
-                "200": _json_body({"type": "object", "required": ["device"]}, "Removed"),
-                **_common(400, 401, 404, 409, 503),
-            },
-        }
-    },
-    "/api/v1/devices/{id}/twin": {
-        "get": {
-            "summary": "The twin: desired and reported state, versions, delta",
-            "parameters": [_ID, _NAMESPACE],
-            "responses": {"200": _json_body(_ref("Twin"), "The twin"), **_common(400, 401, 404)},
-        }
-    },
-    "/api/v1/devices/{id}/twin/desired": {
-        method: {
-            "summary": summary,
-            "parameters": [_ID, _NAMESPACE],
-            "requestBody": _STATE_BODY,
-            "responses": {
-                "200": _json_body(_ref("Twin"), "The twin after the change"),
-                **_common(400, 401, 404, 409, 413, 415, 503),
-            },
-        }
-        for method, summary in (
-            ("patch", "Merge into the desired state (RFC 7386); `version`: only if still at it"),
-            ("put", "Replace the desired state; `version`: only if still at it"),
-        )
-    },
-    "/api/v1/devices/{id}/commands": {
-        "post": {
-            "summary": "Queue a command (durably); sent when the device is reachable",
-            "parameters": [_ID, _NAMESPACE],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "data": {},
-                                "dataBase64": {"type": "string"},
-                                "contentType": {"type": "string"},
-                                "expiry": {
-                                    "description": "Seconds (or 30s, 5m, PT1M); default 60",
-                                    "type": ["number", "string"],
-                                },
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": {
-                "201": _json_body(_ref("Command"), "Queued (or sent already)"),
-                **_common(400, 401, 404, 415, 429, 503),
-            },
-        },
-        "get": {
-            "summary": "The device's newest commands, unfinished ones included",
-            "parameters": [
-                _ID,
-                _NAMESPACE,
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                },
-            ],
-            "responses": {
-                "200": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["items"],
-                        "properties": {"items": {"type": "array", "items": _ref("Command")}},
-                    },
-                    "Commands, newest first",
-                ),
-                **_common(400, 401, 404, 503),
-            },
-        },
-    },
-    "/api/v1/devices/{id}/commands/{command}": {
-        "get": {
-            "summary": "A command; with `wait`, once it finished or after that long",
-            "parameters": [
-                _ID,
-                _NAMESPACE,
-                {"name": "command", "in": "path", "required": True, "schema": {"type": "string"}},
-                {
-                    "name": "wait",
-                    "in": "query",
-                    "description": f"Seconds (or 10s), at most {MAX_WAIT:g}",
-                    "schema": {"type": "string"},
-                },
-            ],
-            "responses": {
-                "200": _json_body(_ref("Command"), "The command"),
-                **_common(400, 401, 404, 503),
-            },
-        }
-    },
-}
-
-
 def add_routes(app: web.Application) -> None:
-    app.middlewares.append(_errors)
     router = app.router
     router.add_get("/api/v1/devices", list_devices)
     router.add_post("/api/v1/devices", create_device)

@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from headwater import __version__
-from headwater.api import devices
-from headwater.api.app import json_response
+from headwater.api.devices_openapi import OPENAPI_PATHS as DEVICE_PATHS
+from headwater.api.devices_openapi import SCHEMAS as DEVICE_SCHEMAS
+from headwater.api.http import json_response
 from headwater.resources import KINDS
 
 _ERROR = {
@@ -307,7 +308,7 @@ def document() -> dict[str, Any]:
                 "Topology": _TOPOLOGY,
                 "DeadLetter": _DEAD_LETTER,
                 "Device": _DEVICE,
-                **devices.SCHEMAS,
+                **DEVICE_SCHEMAS,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -653,7 +654,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            **devices.OPENAPI_PATHS,
+            **DEVICE_PATHS,
             "/api/v1/telemetry": {
                 "get": {
                     "summary": "Devices seen in the last hour with their latest numeric values",

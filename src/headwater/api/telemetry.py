@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 
 import orjson
 from aiohttp import web
 
-from headwater.api.app import error, json_response
+from headwater.api.http import error, json_response
 from headwater.devices.telemetry import (
     BUCKET_SECONDS,
     PUSH_INTERVAL,
@@ -112,8 +113,18 @@ async def _stop_tracker(app: web.Application) -> None:
     await app[TRACKER_KEY].stop()
 
 
+def broker_streams(runtime: Runtime) -> set[str]:
+    """The streams of the running Brokers: what the tracker reads."""
+    streams = set()
+    for resource in runtime.resources("Broker"):
+        broker = runtime.ingress_lookup(resource.namespace, resource.name)
+        if broker is not None:
+            streams.add(broker.stream)
+    return streams
+
+
 def add_routes(app: web.Application, runtime: Runtime) -> None:
-    app[TRACKER_KEY] = TelemetryTracker(runtime)
+    app[TRACKER_KEY] = TelemetryTracker(runtime.log, functools.partial(broker_streams, runtime))
     app.on_shutdown.append(_stop_tracker)
     app.router.add_get("/api/v1/telemetry", list_devices)
     app.router.add_get("/api/v1/telemetry/events", device_events)

@@ -8,7 +8,7 @@ fails shows it at its first failed attempt) and a health verdict (a route is
 *failing* for a minute after an attempt failed or it gave an event up,
 *lagging* when far behind its stream); plain ``uri``
 destinations are nodes of their own. Edges come from the specs: a Trigger's
-``broker``, a Subscription's ``channel``, and every Destination under
+or an Uplink's ``broker``, a Subscription's ``channel``, and every Destination under
 ``sink``, ``subscriber``, ``reply`` or ``deadLetterSink``. Counters are
 totals; the dashboard turns two snapshots into rates (``time`` is the moment
 of this one), so the server keeps no per-client state.
@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from headwater.api.app import RUNTIME_KEY, json_response
+from headwater.api.http import RUNTIME_KEY, json_response
 from headwater.resources import Resource
 from headwater.runtime import Runtime
 
@@ -152,7 +152,7 @@ def topology(runtime: Runtime) -> dict[str, Any]:
             "lastErrorTime": status.get("lastErrorTime"),
             "lastErrorAttempt": status.get("lastErrorAttempt"),
         }
-        if kind == "Trigger":
+        if kind in ("Trigger", "Uplink"):
             edges.append({"from": node_id("Broker", ns, spec["broker"]), "to": me, "via": "broker"})
         elif kind == "Subscription":
             channel = spec["channel"]

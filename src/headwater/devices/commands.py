@@ -54,6 +54,7 @@ import orjson
 
 from headwater.devices.model import DeviceError, InvalidDevice
 from headwater.devices.presence import Presence
+from headwater.durations import parse_duration
 from headwater.state import Bucket, StateClosed, StateError, StateStore
 
 __all__ = [
@@ -760,8 +761,6 @@ def parse_seconds(text: str) -> float:
     """``10``, ``10s``, ``1.5m``, ``2h``, ``500ms`` or ISO 8601 (``PT10S``) -> seconds."""
     value = text.strip()
     if value.upper().startswith("P"):
-        from headwater.eventing import parse_duration
-
         try:
             return float(parse_duration(value.upper()))
         except ValueError as exc:

@@ -1,6 +1,6 @@
 """Telemetry for the dashboard: each device's latest values and the last hour of each number.
 
-How this works: a :class:`DeviceTracker` reads every running Broker's stream
+How this works: a :class:`TelemetryTracker` reads every running Broker's stream
 with a consumer of its own (``dashboard/devices``, recreated at each start,
 beginning an hour back, or at most :data:`MAX_BACKFILL` events back). An
 event belongs to a device when it names one: the ``device`` extension (a
@@ -30,17 +30,14 @@ import logging
 import math
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
 from headwater.cloudevents import CloudEvent, is_json_content_type
-from headwater.log import LogError, Start
-
-if TYPE_CHECKING:
-    from headwater.runtime import Runtime
+from headwater.log import EventLog, LogError, Start
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +195,15 @@ def event_time(event: CloudEvent, received: float) -> float:
 
 
 class TelemetryTracker:
-    """Latest values and recent series per device, fed from the Brokers' streams."""
+    """Latest values and recent series per device, fed from the Brokers' streams.
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    ``streams`` names the streams to read now (the running Brokers'), asked
+    every :data:`SYNC_INTERVAL` seconds.
+    """
+
+    def __init__(self, log: EventLog, streams: Callable[[], set[str]]) -> None:
+        self._log = log
+        self._streams = streams
         self.devices: dict[str, SeenDevice] = {}
         self.untracked = 0
         self.version = 0
@@ -265,14 +267,6 @@ class TelemetryTracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _streams(self) -> set[str]:
-        streams = set()
-        for resource in self.runtime.resources("Broker"):
-            broker = self.runtime.ingress_lookup(resource.namespace, resource.name)
-            if broker is not None:
-                streams.add(broker.stream)
-        return streams
-
     async def _synchronise(self) -> None:
         while True:
             if time.monotonic() - self.last_used > IDLE_STOP:
@@ -299,7 +293,7 @@ class TelemetryTracker:
             await asyncio.sleep(SYNC_INTERVAL)
 
     async def _read(self, stream: str) -> None:
-        log_ = self.runtime.log
+        log_ = self._log
         try:
             # A fresh cursor each time: the history is rebuilt from the log.
             with contextlib.suppress(LogError):

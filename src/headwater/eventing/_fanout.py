@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
+from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent
 from headwater.eventing.delivery import (
     Deliverer,
@@ -135,6 +136,7 @@ class Fanout(Generic[M]):
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         stream: str | None = None,
+        retention: StreamConfig | None = None,
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -143,6 +145,7 @@ class Fanout(Generic[M]):
         self.max_event_size = max_event_size
         self.max_pending_events = max_pending_events
         self.stream = stream or f"{self.kind}/{namespace}/{name}"
+        self.retention = retention or StreamConfig()
         self.stats = FanoutStats()
         self._pending = 0
         #: Resolved when an append finishes while appends wait for room.
@@ -161,10 +164,20 @@ class Fanout(Generic[M]):
         """Create the stream if needed and start every dispatcher (once; again after ``stop``)."""
         if self._started:
             return
-        await self.log.create_stream(self.stream, StreamConfig(max_event_size=self.max_event_size))
+        await self.log.create_stream(self.stream, self.stream_config())
         self._started = True
         for key, dispatcher in self._dispatchers.items():
             self._launch(key, dispatcher)
+
+    def stream_config(self) -> StreamConfig:
+        """The stream's retention, with this fan-out's event size limit."""
+        return replace(self.retention, max_event_size=self.max_event_size)
+
+    async def set_retention(self, retention: StreamConfig) -> None:
+        """Apply new retention limits to the running stream."""
+        self.retention = retention
+        if self._started:
+            await self.log.create_stream(self.stream, self.stream_config())
 
     async def drain(self, grace: float) -> bool:
         """Let every dispatcher finish its deliveries under way (up to ``grace`` s).
@@ -294,7 +307,7 @@ class Fanout(Generic[M]):
         self._tasks[key] = asyncio.create_task(self._supervise(dispatcher), name=key)
 
     async def _supervise(self, dispatcher: Dispatcher) -> None:
-        delay = RESTART_DELAY[0]
+        delays = Backoff(*RESTART_DELAY)
         while True:
             try:
                 await dispatcher.run()
@@ -302,11 +315,11 @@ class Fanout(Generic[M]):
                 raise
             except Exception as exc:
                 dispatcher.stats.failed(f"dispatcher failed: {exc}")
+                delay = delays.next()
                 log.exception(
                     "%s: dispatcher failed; restarting in %.1fs", dispatcher.consumer, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_DELAY[1])
 
     def dispatchers(self) -> dict[str, Dispatcher]:
         return dict(self._dispatchers)

@@ -8,10 +8,12 @@ expensive step an event went through. A delivery needs much less: one
 POST of bytes already encoded, to a handful of origins, over pooled
 keep-alive connections, and the status, headers and a bounded body back.
 This does that and nothing else; the parsing is httptools' (llhttp, the
-parser of Node.js), so the wire format is not ours to get wrong.
+parser of Node.js), so the wire format is not ours to get wrong. Why it
+exists beside aiohttp and the worker: :mod:`headwater.eventing.transport` and
+docs/architecture.md, "Decisions".
 
-Semantics (the same as :func:`headwater.eventing.http.post`, which the
-in-process sink uses with aiohttp): redirects are not followed, no
+It is a :class:`~headwater.eventing.transport.DeliveryTransport` as it
+stands. Semantics (those of every transport): redirects are not followed, no
 Content-Type is added, the body read stops a little over ``max_body``
 bytes (the connection is then closed), ``gzip``/``deflate`` responses are
 decompressed, credentials in the URL become Basic authorization. Requests
@@ -40,7 +42,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import re
+import socket
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -50,26 +54,19 @@ from urllib.parse import quote, unquote, urlsplit
 import httptools
 
 from headwater import __version__
+from headwater.eventing.transport import (
+    DEFAULT_POOL_SIZE,
+    KEEPALIVE_TIMEOUT,
+    Response,
+    TransportError,
+)
 
-__all__ = ["DEFAULT_POOL_SIZE", "KEEPALIVE_TIMEOUT", "Http1Client", "HttpError", "Response"]
+__all__ = ["Http1Client", "HttpError"]
 
 USER_AGENT: Final = f"headwater/{__version__}"
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 """A header name (RFC 9110, 5.1: a token)."""
-
-DEFAULT_POOL_SIZE: Final = 256
-"""Connections kept open across all origins (aiohttp's sessions here use it too).
-Each in-flight delivery holds one; at the default unordered max in-flight (100)
-one busy Trigger can use them all, and further requests wait for a free
-connection (backpressure, not failure)."""
-
-KEEPALIVE_TIMEOUT: Final = 30.0
-"""Seconds after which an idle keep-alive connection is closed."""
-
-MAX_RESPONSE_BYTES: Final = 1024 * 1024 + 64 * 1024
-"""The largest response body a delivery reads: a reply is one event, which a broker
-would refuse above 1 MiB anyway; error bodies are truncated to 1 KiB later."""
 
 _TARGETS_KEPT: Final = 1024
 """Parsed URLs kept (a delivery goes to few; the cache is dropped when full)."""
@@ -88,15 +85,8 @@ _PATH_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"
 non-ASCII character are percent-encoded (UTF-8), as aiohttp's yarl does."""
 
 
-class HttpError(ConnectionError):
+class HttpError(TransportError):
     """No usable response came: refused, reset, malformed, or the request could not be made."""
-
-
-class Response(NamedTuple):
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
 
 
 class _Target(NamedTuple):
@@ -108,7 +98,7 @@ class _Target(NamedTuple):
     """Lower-cased name -> header line, added unless the caller sends that header."""
 
 
-def _target(url: str) -> _Target:
+def _target(url: str, method: str = "POST") -> _Target:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -144,7 +134,7 @@ def _target(url: str) -> _Target:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         token = base64.b64encode(credentials.encode()).decode("ascii")
         defaults["authorization"] = f"Authorization: Basic {token}\r\n"
-    head = f"POST {path} HTTP/1.1\r\n"
+    head = f"{method} {path} HTTP/1.1\r\n"
     defaults["host"] = f"Host: {authority}\r\n"
     return _Target((scheme, ascii_host, port), head, defaults)
 
@@ -331,6 +321,27 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
+def _detect_dead_peer(sock: socket.socket | None, seconds: float) -> None:
+    """Have the kernel close a connection whose peer went silent for ``seconds``.
+
+    A link that is cut does not close the connections over it: a request
+    waits on TCP retransmissions (whose backoff grows past the outage) or on
+    an answer that will never come. ``TCP_USER_TIMEOUT`` (RFC 5482, Linux)
+    aborts a connection once sent data stays unacknowledged that long, and
+    keepalive probes find the same while a request waits for its answer: the
+    peer's kernel acknowledges them even when its application is slow, so a
+    slow receiver is never mistaken for a dead one.
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the request timeout applies
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(seconds / 3)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(seconds / 6)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+
+
 class Http1Client:
     """POSTs over pooled keep-alive HTTP/1.1 connections (see the module docstring)."""
 
@@ -339,13 +350,19 @@ class Http1Client:
         limit: int = DEFAULT_POOL_SIZE,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        dead_peer_timeout: float | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
+        if dead_peer_timeout is not None and not dead_peer_timeout >= 1:
+            raise ValueError(
+                f"dead_peer_timeout must be at least 1 second, not {dead_peer_timeout}"
+            )
         self.limit = limit
+        self.dead_peer_timeout = dead_peer_timeout
         self.keepalive_timeout = keepalive_timeout
         self._ssl = ssl_context
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[tuple[str, str], _Target] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open = 0
         self._slots: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -361,11 +378,23 @@ class Http1Client:
         self, url: str, headers: Mapping[str, str], body: bytes, max_body: int
     ) -> Response:
         """The response to a POST of ``body`` (its body cut a little over ``max_body``)."""
-        target = self._targets.get(url)
+        return await self.request("POST", url, headers, body, max_body)
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, max_body: int
+    ) -> Response:
+        """The response to one request (``OPTIONS`` probes a receiver; see :meth:`post`).
+
+        The body goes out with a ``Content-Length`` whatever the method; a
+        response to ``HEAD`` is not supported (it would be read as having a body).
+        """
+        target = self._targets.get((method, url))
         if target is None:
+            if not _TOKEN.match(method) or method == "HEAD":
+                raise HttpError(f"unsupported request method {method!r}")
             if len(self._targets) >= _TARGETS_KEPT:
                 self._targets.clear()
-            target = self._targets[url] = _target(url)
+            target = self._targets[(method, url)] = _target(url, method)
         data = self._encode(target, headers, body)
         connection = await self._acquire(target.origin)
         try:
@@ -446,11 +475,13 @@ class Http1Client:
         if scheme == "https":
             context = self._ssl = self._ssl or ssl.create_default_context()
         try:
-            _, connection = await loop.create_connection(
+            transport, connection = await loop.create_connection(
                 lambda: _Connection(origin), host, port, ssl=context
             )
         except (OSError, ssl.SSLError) as exc:
             raise HttpError(f"cannot connect to {host}:{port}: {exc}") from exc
+        if self.dead_peer_timeout is not None:
+            _detect_dead_peer(transport.get_extra_info("socket"), self.dead_peer_timeout)
         return connection
 
     def _release(self, connection: _Connection) -> None:

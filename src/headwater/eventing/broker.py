@@ -22,7 +22,7 @@ from headwater.eventing._fanout import DEFAULT_MAX_PENDING_EVENTS, Fanout, Satur
 from headwater.eventing.delivery import DeliverySpec
 from headwater.eventing.dispatcher import Dispatcher
 from headwater.eventing.trigger import Trigger
-from headwater.log import DEFAULT_MAX_EVENT_SIZE, EventLog
+from headwater.log import DEFAULT_MAX_EVENT_SIZE, EventLog, StreamConfig
 
 __all__ = ["DEFAULT_TTL", "TTL_EXTENSION", "Broker", "Saturated"]
 
@@ -62,6 +62,7 @@ class Broker(Fanout[Trigger]):
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         stream: str | None = None,
         default_ttl: int = DEFAULT_TTL,
+        retention: StreamConfig | None = None,
     ) -> None:
         super().__init__(
             namespace,
@@ -71,6 +72,7 @@ class Broker(Fanout[Trigger]):
             max_event_size=max_event_size,
             max_pending_events=max_pending_events,
             stream=stream,
+            retention=retention,
         )
         if default_ttl < 1:
             raise ValueError("default_ttl must be at least 1")

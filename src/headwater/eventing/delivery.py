@@ -21,6 +21,10 @@ logged about given-up events goes through a :class:`~headwater.logs.Throttle`
 keyed by the deliverer's name (a Trigger): a failing subscriber writes one
 line a minute with a count, not one per event.
 
+An event whose ``expiresat`` has passed (:mod:`headwater.eventing.expiry`) is
+not attempted, nor retried: it ends as ``expired``, counted, like a drop that
+was asked for.
+
 Cancellation never loses an event: a cancelled delivery reports no outcome,
 so the dispatcher's cursor does not move past it and it is redelivered.
 """
@@ -33,14 +37,15 @@ import bisect
 import email.utils
 import enum
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
 from headwater.cloudevents import CloudEvent
+from headwater.durations import parse_duration
+from headwater.eventing.expiry import expired
 from headwater.eventing.sink import DeliveryError, Sink
 from headwater.logs import Throttle
 
@@ -56,12 +61,12 @@ __all__ = [
     "backoff",
     "dead_letter_event",
     "effective_delivery",
-    "parse_duration",
     "parse_retry_after",
     "should_retry",
 ]
 
 log = logging.getLogger(__name__)
+_throttled = Throttle(log)
 
 _given_up = Throttle(log)
 """Lines about given-up events: one per deliverer and kind of outcome per minute."""
@@ -82,38 +87,6 @@ DEFAULT_RETRY_AFTER_MAX: Final = 60.0
 MAX_BACKOFF: Final = 3600.0
 # knativeerrordata holds at most this many bytes of the response body.
 ERROR_DATA_LIMIT: Final = 1024
-
-# -- ISO 8601 durations ------------------------------------------------------------
-
-# The duration units Knative accepts: no years or months (their length varies).
-_DURATION = re.compile(
-    r"P(?!\Z)(?:(?P<weeks>\d+(?:[.,]\d+)?)W)?(?:(?P<days>\d+(?:[.,]\d+)?)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+(?:[.,]\d+)?)H)?(?:(?P<minutes>\d+(?:[.,]\d+)?)M)?"
-    r"(?:(?P<seconds>\d+(?:[.,]\d+)?)S)?)?\Z"
-)
-_UNIT_SECONDS: Final = {
-    "weeks": 604800.0,
-    "days": 86400.0,
-    "hours": 3600.0,
-    "minutes": 60.0,
-    "seconds": 1.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in an ISO 8601 duration (``PT0.2S``, ``PT10S``, ``PT1M30S``, ``P1D``).
-
-    Raises ``ValueError`` naming the input when it is not one.
-    """
-    m = _DURATION.match(text) if isinstance(text, str) else None
-    if m is None or not any(m.groupdict().values()):
-        raise ValueError(f"{text!r} is not an ISO 8601 duration (e.g. PT0.2S, PT10S, PT1M)")
-    return sum(
-        float(value.replace(",", ".")) * _UNIT_SECONDS[unit]
-        for unit, value in m.groupdict().items()
-        if value is not None
-    )
-
 
 # -- the policy ---------------------------------------------------------------------
 
@@ -194,9 +167,6 @@ class DeliverySpec:
                 raise ValueError("deadLetterSink given but no way to resolve destinations")
             kwargs["dead_letter_sink"], kwargs["dead_letter_uri"] = resolve_sink(destination)
         return cls(**kwargs)
-
-    def with_dead_letter(self, sink: Sink | None, uri: str | None = None) -> DeliverySpec:
-        return replace(self, dead_letter_sink=sink, dead_letter_uri=uri)
 
 
 def effective_delivery(own: DeliverySpec | None, default: DeliverySpec | None) -> DeliverySpec:
@@ -317,18 +287,6 @@ class LatencyHistogram:
         self.count += 1
         self.sum += seconds
 
-    def quantile(self, q: float) -> float | None:
-        """An upper bound of the q-quantile (the bucket boundary it falls under)."""
-        if self.count == 0:
-            return None
-        rank = q * self.count
-        seen = 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            seen += n
-            if seen >= rank:
-                return bound
-        return float("inf")
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "buckets": dict(zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True)),
@@ -348,7 +306,8 @@ class DeliveryStats:
     show) and/or by the dead letter sink; ``sent_to_dead_letter_sink``: those
     the dead letter sink accepted. ``dropped``: events given up on that
     nothing kept. ``filtered``: events the filter rejected. ``replies``:
-    reply events forwarded. ``lag``: events in the log not yet acknowledged
+    reply events forwarded. ``expired``: events not delivered because their
+    ``expiresat`` had passed. ``lag``: events in the log not yet acknowledged
     by this cursor. ``last_error`` is the latest failed attempt's error, with
     its time (``last_error_time``, seconds since the epoch) and its number
     among the attempts of its event (``last_error_attempt``, 1 for the first).
@@ -363,6 +322,7 @@ class DeliveryStats:
     dropped: int = 0
     filtered: int = 0
     replies: int = 0
+    expired: int = 0
     lag: int = 0
     in_flight: int = 0
     last_error: str | None = None
@@ -386,6 +346,7 @@ class DeliveryStats:
             "dropped": self.dropped,
             "filtered": self.filtered,
             "replies": self.replies,
+            "expired": self.expired,
             "lag": self.lag,
             "inFlight": self.in_flight,
             "lastError": self.last_error,
@@ -412,6 +373,7 @@ class Outcome(enum.Enum):
     DELIVERED = "delivered"
     DEAD_LETTERED = "dead-lettered"
     DROPPED = "dropped"
+    EXPIRED = "expired"
 
 
 ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
@@ -452,6 +414,15 @@ class Deliverer:
         stats = self.stats
         started = self._clock()
         error = await self._attempts(self.sink, event, self._on_reply, count=True)
+        if error is _EXPIRED:
+            stats.expired += 1
+            _throttled.info(
+                ("expired", self.destination),
+                "not delivering event id=%s to %s: its expiresat has passed",
+                event.id,
+                self.destination,
+            )
+            return Outcome.EXPIRED
         if error is None:
             stats.delivered += 1
             stats.latency.observe(self._clock() - started)
@@ -524,10 +495,16 @@ class Deliverer:
         *,
         count: bool,
     ) -> DeliveryError | None:
-        """Attempt, retrying while allowed; None on success, else the last error."""
+        """Attempt, retrying while allowed; None on success, else the last error.
+
+        With ``count`` (the subscriber, not the dead letter sink), an expired
+        event is not attempted: the answer is then ``_EXPIRED``.
+        """
         spec = self.spec
         attempt = 0
         while True:
+            if count and expired(event):
+                return _EXPIRED
             error = await self._attempt(sink, event, on_reply)
             if error is None:
                 return None
@@ -574,6 +551,10 @@ class Deliverer:
                 return DeliveryError(None, True, reason=f"reply not stored: {exc}")
             self.stats.replies += 1
         return None
+
+
+_EXPIRED: Final = DeliveryError(None, False, reason="expired")
+"""What ``_attempts`` answers for an event whose ``expiresat`` passed (compared by identity)."""
 
 
 def _attempts_text(error: DeliveryError, spec: DeliverySpec) -> str:

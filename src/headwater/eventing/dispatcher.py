@@ -30,9 +30,11 @@ import contextlib
 import logging
 from typing import Any, Final, Literal
 
+from headwater.backoff import Backoff
 from headwater.eventing.delivery import Deliverer, DeliveryStats
 from headwater.eventing.filters import MATCH_ALL, EventFilter
-from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Reader, Start
+from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Start
+from headwater.log.acks import AckBatcher
 
 __all__ = ["DEFAULT_MAX_INFLIGHT", "Dispatcher", "Ordering"]
 
@@ -41,8 +43,8 @@ log = logging.getLogger(__name__)
 Ordering = Literal["ordered", "unordered"]
 
 DEFAULT_MAX_INFLIGHT: Final = 100
-"""Unfinished events per dispatcher (issue 5, like Knative's Kafka broker default
-of 100 in-flight requests per consumer). When reached, reading pauses until a
+"""Unfinished events per dispatcher (like Knative's Kafka broker default of 100
+in-flight requests per consumer). When reached, reading pauses until a
 delivery ends: the log is the buffer."""
 
 READ_BATCH: Final = 256
@@ -61,12 +63,6 @@ POLL_TIMEOUT: Final = 1.0
 
 LOG_RETRY_DELAY: Final = (0.05, 2.0)
 """Backoff bounds (seconds) while the log is unavailable; doubles per failure."""
-
-ACK_INTERVAL: Final = 0.01
-"""Acknowledgements go to the log in bulk, at most this often (seconds). Each
-hand-over can cost the log a write of its own (SQLite commits positions in a
-transaction when no append is pending); holding an ack back 10 ms only means
-that after a crash up to 10 ms more of events are delivered again."""
 
 LAG_INTERVAL: Final = 1.0
 """Seconds between lag refreshes from the log while running (``stats.lag``)."""
@@ -112,8 +108,7 @@ class Dispatcher:
         self._room.set()
         self._queues: dict[object, collections.deque[Entry]] = {}
         self._ready = asyncio.Event()
-        self._acks: list[int] = []
-        self._ack_due = asyncio.Event()
+        self._acks = AckBatcher(consumer)
         # Graceful stop: once draining, nothing new is read or dispatched, and
         # `_settled` is set when the last unfinished delivery ends.
         self._draining = False
@@ -141,12 +136,12 @@ class Dispatcher:
         self._queues.clear()
         self._acks.clear()
         self._room.set()
-        retry_delay = LOG_RETRY_DELAY[0]
+        retry = Backoff(*LOG_RETRY_DELAY)
         loop = asyncio.get_running_loop()
         next_lag = loop.time()
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._ack_loop(reader))
+                tasks.create_task(self._acks.run(reader))
                 while True:
                     await self._room.wait()
                     if self._draining:
@@ -159,10 +154,9 @@ class Dispatcher:
                     except LogUnavailable as exc:
                         self.stats.failed(f"log: {exc}")
                         log.warning("%s: log unavailable, retrying: %s", self.consumer, exc)
-                        await asyncio.sleep(retry_delay)
-                        retry_delay = min(retry_delay * 2, LOG_RETRY_DELAY[1])
+                        await asyncio.sleep(retry.next())
                         continue
-                    retry_delay = LOG_RETRY_DELAY[0]
+                    retry.reset()
                     self._ready.set()
                     if self._draining:
                         # Read before the drain began: left unacknowledged, so
@@ -177,7 +171,7 @@ class Dispatcher:
                     if 0 < len(batch) < min(wanted, READ_LINGER_BELOW):  # the log ran dry
                         await asyncio.sleep(READ_LINGER)
         finally:
-            await self._flush_acks(reader)  # what was delivered stays delivered
+            await self._acks.flush(reader)  # what was delivered stays delivered
             with contextlib.suppress(LogError):
                 await reader.close()
 
@@ -245,25 +239,7 @@ class Dispatcher:
 
     def _ack(self, offset: int) -> None:
         """Queue an acknowledgement; the ack loop hands it to the log shortly."""
-        self._acks.append(offset)
-        self._ack_due.set()
-
-    async def _ack_loop(self, reader: Reader) -> None:
-        while True:
-            await self._ack_due.wait()
-            self._ack_due.clear()
-            await self._flush_acks(reader)
-            await asyncio.sleep(ACK_INTERVAL)
-
-    async def _flush_acks(self, reader: Reader) -> None:
-        acks, self._acks = self._acks, []
-        for offset in acks:
-            try:
-                await reader.ack(offset)
-            except LogError as exc:
-                # The event was handled; failing to record that only means it
-                # may be delivered again after a restart (at least once).
-                log.warning("%s: could not acknowledge offset %d: %s", self.consumer, offset, exc)
+        self._acks.add(offset)
 
     async def refresh_lag(self) -> int:
         """Ask the log how many events this cursor has not acknowledged; updates ``stats.lag``."""

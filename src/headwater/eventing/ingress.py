@@ -10,11 +10,17 @@ CloudEvents HTTP binding (binary, structured or batched mode, decided by
 Content-Type). The answer follows Knative's broker ingress:
 
 - ``202`` once every event of the request is durable in the log;
+- ``401`` with ``WWW-Authenticate: Bearer`` when the broker requires a bearer
+  token (``token``: Headwater's ``headwater.dev/ingress-token`` annotation)
+  and the request does not carry it, compared in constant time;
 - ``400`` with the reason for anything that is not a valid CloudEvent (or a
   body that ends early: the peer left, which is one throttled warning, as
   every peer's mistake, never a traceback);
 - ``404`` for an unknown broker (channel); ``405`` for methods other than POST
-  (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs");
+  (``OPTIONS`` gets ``200`` with ``Allow``, data-plane.md "HTTP Verbs", and
+  says what a sender may use: ``Accept-Post`` lists the batched mode, the
+  solicitation http-protocol-binding.md 1.3 asks for before a sender batches,
+  and ``Accept-Encoding`` the request content codings read, RFC 7694 section 3);
 - ``413`` over the broker's maximum event size;
 - ``503`` with ``Retry-After`` when the log is unavailable or the broker saturated.
 
@@ -31,9 +37,22 @@ from typing import Final, Protocol, Self
 
 from aiohttp import web
 
-from headwater.cloudevents import BATCH_CONTENT_TYPE, CloudEvent, InvalidEvent, from_http
+from headwater.cloudevents import (
+    BATCH_CONTENT_TYPE,
+    CONTENT_TYPE,
+    CloudEvent,
+    InvalidEvent,
+    from_http,
+)
 from headwater.eventing._fanout import Saturated
-from headwater.http_guard import BodyTooLarge, PeerAborted, PeerLogger, read_body
+from headwater.http_guard import (
+    BEARER_CHALLENGE,
+    BodyTooLarge,
+    PeerAborted,
+    PeerLogger,
+    bearer_matches,
+    read_body,
+)
 from headwater.log import EventTooLarge, LogUnavailable, StreamNotFound
 
 __all__ = [
@@ -57,6 +76,13 @@ MAX_REASON_CHARS: Final = 1024
 """An error answer quotes at most this much of the reason (which may quote the input)."""
 
 _ALLOW: Final = "POST, OPTIONS"
+_CAPABILITIES: Final = {
+    "Allow": _ALLOW,
+    # Structured, batched, and binary mode (any media type).
+    "Accept-Post": f"{CONTENT_TYPE}, {BATCH_CONTENT_TYPE}, */*",
+    # aiohttp decodes these request bodies, bounded by the same limits as plain ones.
+    "Accept-Encoding": "gzip, deflate",
+}
 
 
 def is_ingress_request(request: web.BaseRequest) -> bool:
@@ -75,11 +101,15 @@ class Acceptor(Protocol):
 Lookup = Callable[[str, str], Acceptor | None]
 """``lookup(namespace, name)``: the broker at that path, or None."""
 
+TokenLookup = Callable[[str, str], str | None]
+"""``token(namespace, name)``: the bearer token the broker at that path requires, or None."""
+
 
 class Ingress:
     """The HTTP ingress of every Broker that ``lookup`` knows; ``app()`` is the aiohttp app.
 
-    ``what`` names what ``lookup`` finds in answers ("broker", "channel").
+    ``what`` names what ``lookup`` finds in answers ("broker", "channel");
+    ``token``, when given, says which ones require a bearer token.
     """
 
     def __init__(
@@ -88,8 +118,10 @@ class Ingress:
         *,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         what: str = "broker",
+        token: TokenLookup | None = None,
     ) -> None:
         self._lookup = lookup
+        self._token = token
         self.max_batch_bytes = max_batch_bytes
         self.what = what
         self.responses: Counter[int] = Counter()
@@ -110,11 +142,19 @@ class Ingress:
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.method == "OPTIONS":
-            return web.Response(status=200, headers={"Allow": _ALLOW})
+            return web.Response(status=200, headers=_CAPABILITIES)
         if request.method != "POST":
             return _text(405, f"method {request.method} not allowed; use POST", Allow=_ALLOW)
         namespace = request.match_info["namespace"]
         name = request.match_info["name"]
+        required = self._token(namespace, name) if self._token is not None else None
+        if required and not bearer_matches(request, required):
+            # RFC 6750 3: a request without (or with a wrong) token gets the challenge.
+            return _text(
+                401,
+                f"{self.what} {namespace}/{name} needs its bearer token",
+                **{"WWW-Authenticate": BEARER_CHALLENGE},
+            )
         broker = self._lookup(namespace, name)
         if broker is None:
             return _text(404, f"{self.what} {namespace}/{name} not found")

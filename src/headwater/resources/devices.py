@@ -37,7 +37,7 @@ from headwater.devices.credentials import (
     normalise_subject,
 )
 from headwater.devices.model import InvalidDevice, check_device_id, check_labels
-from headwater.eventing import parse_duration
+from headwater.durations import parse_duration
 from headwater.resources.models import Duration, Model, Resource
 from headwater.sources.mapping import InvalidMapping, TopicPattern
 

@@ -20,6 +20,7 @@ from headwater.resources.models import (
 )
 from headwater.resources.mqtt import MqttBrokerSource, MqttSink, MqttSource
 from headwater.resources.sinks import HttpSink, InfluxDBSink, PrometheusSink
+from headwater.resources.tiers import Downlink, Edge, Uplink
 
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
@@ -29,7 +30,8 @@ KINDS[ContainerSource.KIND] = ContainerSource
 KINDS.update({cls.KIND: cls for cls in (MqttBrokerSource, MqttSource, MqttSink)})
 KINDS.update({cls.KIND: cls for cls in (InfluxDBSink, PrometheusSink, HttpSink)})
 KINDS.update({cls.KIND: cls for cls in (Device, DeviceSink)})
+KINDS.update({cls.KIND: cls for cls in (Uplink, Downlink, Edge)})
 
 # Kinds that can receive events through a Destination's `ref`.
 ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay", "MqttSink"})
-ADDRESSABLE_KINDS |= {"InfluxDBSink", "PrometheusSink", "HttpSink", "DeviceSink"}
+ADDRESSABLE_KINDS |= {"InfluxDBSink", "PrometheusSink", "HttpSink", "DeviceSink", "Edge"}

@@ -50,6 +50,7 @@ from headwater.resources.models import (
     Subscription,
     Trigger,
 )
+from headwater.resources.tiers import Uplink
 
 Key = tuple[str, str, str]
 
@@ -205,7 +206,10 @@ def reference_problems(loaded: Sequence[Loaded], *, present: Iterable[Key] = ())
             r = item.resource
             problems.append(Problem(item.file, item.line, message, r.kind, r.name, field))
 
-        if isinstance(resource, Trigger) and (Broker.KIND, ns, resource.spec.broker) not in present:
+        if (
+            isinstance(resource, Trigger | Uplink)
+            and (Broker.KIND, ns, resource.spec.broker) not in present
+        ):
             problem("spec.broker", missing(Broker.KIND, resource.spec.broker, ns))
         if isinstance(resource, Subscription):
             ch = resource.spec.channel

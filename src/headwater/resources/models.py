@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from headwater.eventing import parse_duration
+from headwater.durations import parse_duration
 
 # Kubernetes object names: RFC 1123 DNS labels (subdomains for most kinds).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
@@ -32,6 +32,48 @@ MAX_INFLIGHT_ANNOTATION = "headwater.dev/max-inflight"
 BROKER_CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 INGRESS_TOKEN_ANNOTATION = "headwater.dev/ingress-token"
 """A Broker's own bearer token for its HTTP ingress (use ``${ENV}`` to keep it out of files)."""
+RETENTION_MAX_AGE_ANNOTATION = "headwater.dev/retention-max-age"
+RETENTION_MAX_BYTES_ANNOTATION = "headwater.dev/retention-max-bytes"
+RETENTION_MAX_EVENTS_ANNOTATION = "headwater.dev/retention-max-events"
+"""A Broker's stream retention (an ISO 8601 duration, bytes with an optional
+Ki/Mi/Gi suffix, a count): past any of them the oldest events are dropped.
+Knative's Kafka broker sets this per topic in a ConfigMap; a Broker here has
+no ConfigMap, so it is an annotation. Unset: kept until deleted."""
+
+_QUANTITY = re.compile(r"([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?\Z")
+_UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def parse_quantity(text: str) -> int:
+    """A byte count as Kubernetes writes one: ``1048576``, ``512Mi``, ``2G``."""
+    match = _QUANTITY.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a byte count (e.g. 1073741824, 512Mi, 2Gi)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def retention_limits(annotations: dict[str, str]) -> dict[str, Any]:
+    """``max_age``/``max_bytes``/``max_events`` (for a StreamConfig) from a Broker's annotations."""
+    limits: dict[str, Any] = {}
+    age = annotations.get(RETENTION_MAX_AGE_ANNOTATION)
+    if age is not None:
+        limits["max_age"] = parse_duration(age)
+        if limits["max_age"] <= 0:
+            raise ValueError(f"annotation {RETENTION_MAX_AGE_ANNOTATION} must be more than zero")
+    size = annotations.get(RETENTION_MAX_BYTES_ANNOTATION)
+    if size is not None:
+        limits["max_bytes"] = parse_quantity(size)
+        if limits["max_bytes"] < 1:
+            raise ValueError(f"annotation {RETENTION_MAX_BYTES_ANNOTATION} must be positive")
+    count = annotations.get(RETENTION_MAX_EVENTS_ANNOTATION)
+    if count is not None:
+        if not (count.isdigit() and int(count) > 0):
+            raise ValueError(
+                f"annotation {RETENTION_MAX_EVENTS_ANNOTATION} must be a positive integer"
+            )
+        limits["max_events"] = int(count)
+    return limits
 
 
 class Model(BaseModel):
@@ -157,6 +199,11 @@ class Broker(Resource):
     API_VERSIONS = ("eventing.knative.dev/v1",)
     KIND = "Broker"
     spec: BrokerSpec = Field(default_factory=BrokerSpec)
+
+    @model_validator(mode="after")
+    def _retention(self) -> Broker:
+        retention_limits(self.metadata.annotations)
+        return self
 
 
 class TriggerFilter(Model):

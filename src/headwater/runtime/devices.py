@@ -2,8 +2,9 @@
 
 ``Device``: an entry of the registry that the resource owns.
 
-How this works: a Device component writes its device into the runtime's
-registry (:class:`~headwater.devices.Devices`) as it starts or is updated,
+How this works: a Device component writes its device into the node's
+registry (:class:`~headwater.devices.Devices`, the builders' context's
+``devices``) as it starts or is updated,
 marked as owned by the resource (``Device/{namespace}/{name}``), so that the
 registry's API refuses to change it and says where it is defined. A
 password given in clear (``${VAR}`` from the environment) is hashed with
@@ -17,6 +18,12 @@ removed, and the device is deleted from the registry; a device whose
 resource vanished while Headwater was not running (its file changed) is
 deleted at the next start by :func:`remove_orphans`. Stopping the process
 leaves the registry as it is.
+
+An MqttBrokerSource with ``devices`` gets a
+:class:`~headwater.devices.plane.DevicePlane` (:func:`device_plane`: its
+ACL templates, auto-provisioning CA and reported-state mappings compiled
+from the resource) and publishes the registry's gauges and the plane's
+counters on ``/metrics`` (:func:`device_metric_families`).
 
 ``DeviceSink``: a sink whose deliveries queue commands (or change desired
 state) of the registry's devices. The device is the event's ``device``
@@ -34,31 +41,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Final
 
+import jmespath
 import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from headwater.cloudevents import CloudEvent
-from headwater.devices import DeviceError, InvalidDevice, TooManyCommands
+from headwater.devices import DeviceError, Devices, InvalidDevice, TooManyCommands
+from headwater.devices.access import Provisioning, build_acl
 from headwater.devices.commands import command_id_for
 from headwater.devices.credentials import (
     credential_id,
+    load_ca_certificates,
     normalise_fingerprint,
     normalise_subject,
     verify_chosen_password,
 )
 from headwater.devices.model import Credential, DeviceNotFound
-from headwater.eventing import DeliveryError, Sink, parse_duration
-from headwater.resources.devices import Device, DeviceCredential, DeviceSink
+from headwater.devices.plane import DevicePlane, ReportedMapping
+from headwater.durations import parse_duration
+from headwater.eventing import DeliveryError, Sink
+from headwater.resources.devices import Device, DeviceCredential, DeviceSink, DevicesSpec
 from headwater.resources.models import Resource
+from headwater.runtime.context import Context, Kind, Stage
+from headwater.sources.mapping import TopicPattern
 from headwater.state import StateError
-
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +80,12 @@ def owner_key(resource: Resource) -> str:
 
 
 class DeviceComponent:
-    def __init__(self, runtime: Runtime, resource: Device) -> None:
-        self.runtime = runtime
+    def __init__(self, context: Context, resource: Device) -> None:
+        self.devices = context.devices
         self.resource = resource
 
     async def _credentials(self, resource: Device) -> list[Credential]:
-        devices = self.runtime.devices
+        devices = self.devices
         current = devices.registry.get(resource.namespace, resource.device_id)
         existing = list(current.credentials) if current is not None else []
         now = devices.registry.clock()
@@ -94,7 +106,7 @@ class DeviceComponent:
         return out
 
     async def _write(self, resource: Device) -> None:
-        devices = self.runtime.devices
+        devices = self.devices
         await devices.start()
         await devices.registry.put_owned(
             resource.namespace,
@@ -113,7 +125,7 @@ class DeviceComponent:
 
     async def removed(self) -> None:
         """The resource was deleted: its device goes."""
-        devices = self.runtime.devices
+        devices = self.devices
         with contextlib.suppress(DeviceNotFound):
             await devices.registry.delete(
                 self.resource.namespace, self.resource.device_id, as_owner=True
@@ -128,7 +140,7 @@ class DeviceComponent:
         return True
 
     def status(self) -> dict[str, Any]:
-        devices = self.runtime.devices
+        devices = self.devices
         presence = devices.presence.get(self.resource.namespace, self.resource.device_id)
         return {
             "device": self.resource.device_id,
@@ -161,12 +173,12 @@ async def _reuse(spec: DeviceCredential, existing: list[Credential]) -> Credenti
     return None
 
 
-async def remove_orphans(runtime: Runtime) -> int:
-    """Delete the devices whose Device resource is no longer defined (at start)."""
-    await runtime.devices.registry.start()
-    defined = {owner_key(r) for r in runtime.resources("Device")}
+async def remove_orphans(devices: Devices, defined_by: Iterable[Resource]) -> int:
+    """Delete the devices whose Device resource (of ``defined_by``) is no longer defined."""
+    await devices.registry.start()
+    defined = {owner_key(r) for r in defined_by}
     removed = 0
-    for device in runtime.devices.registry.find():
+    for device in devices.registry.find():
         if device.owner is not None and device.owner not in defined:
             log.warning(
                 "device %s/%s was defined by %s, which is no longer defined: deleting it",
@@ -175,16 +187,82 @@ async def remove_orphans(runtime: Runtime) -> int:
                 device.owner,
             )
             try:
-                await runtime.devices.registry.delete(device.namespace, device.id, as_owner=True)
+                await devices.registry.delete(device.namespace, device.id, as_owner=True)
             except DeviceNotFound:
                 continue
             removed += 1
     return removed
 
 
+def device_plane(
+    devices: Devices, namespace: str, name: str, spec: DevicesSpec, sink: Sink
+) -> DevicePlane:
+    """The registry's side of an MqttBrokerSource with ``devices`` (headwater.devices.plane)."""
+    provisioning = None
+    if spec.provisioning is not None:
+        path = Path(spec.provisioning.ca_file)
+        try:
+            authorities = load_ca_certificates(path.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"devices.provisioning.caFile {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"devices.provisioning.caFile {path}: {exc}") from exc
+        provisioning = Provisioning(
+            tuple(authorities), spec.provisioning.id_from, dict(spec.provisioning.labels)
+        )
+    reported = [
+        ReportedMapping(
+            TopicPattern.parse(item.topic),
+            tuple((key, jmespath.compile(path)) for key, path in item.state.items()),
+        )
+        for item in spec.reported
+    ]
+    return DevicePlane(
+        devices,
+        namespace,
+        name,
+        build_acl(spec.publish, spec.subscribe),
+        provisioning=provisioning,
+        reported=reported,
+        emit=sink.deliver,
+    )
+
+
+def device_metric_families(
+    plane: DevicePlane, devices: Devices, label_names: list[str], labels: list[str]
+) -> list[Metric]:
+    """The registry of the plane's namespace, and what the plane refused, for ``/metrics``."""
+    namespace = plane.namespace
+    online = sum(
+        1 for d in devices.registry.find(namespace) if devices.presence.online(namespace, d.id)
+    )
+    families: list[Metric] = []
+    for name, value, doc in (
+        ("devices_registered", devices.registry.count(namespace), "Devices in the registry."),
+        ("devices_online", online, "Registered devices connected now."),
+        (
+            "device_commands_pending",
+            devices.commands.pending_count(namespace),
+            "Commands queued or sent, not answered or expired yet.",
+        ),
+    ):
+        gauge = GaugeMetricFamily(f"headwater_{name}", doc, labels=label_names)
+        gauge.add_metric(labels, value)
+        families.append(gauge)
+    for name, value, doc in (
+        ("devices_refused", plane.authenticator.refused, "Device CONNECTs refused."),
+        ("devices_provisioned", plane.authenticator.provisioned, "Devices auto-provisioned."),
+        ("device_publishes_refused", plane.refused, "Twin reports and answers refused."),
+    ):
+        counter = CounterMetricFamily(f"headwater_{name}", doc, labels=label_names)
+        counter.add_metric(labels, value)
+        families.append(counter)
+    return families
+
+
 class DeviceSinkComponent:
-    def __init__(self, runtime: Runtime, resource: DeviceSink) -> None:
-        self.runtime = runtime
+    def __init__(self, context: Context, resource: DeviceSink) -> None:
+        self.devices = context.devices
         self.resource = resource
         self.sink: Sink = self
         self.commands = 0
@@ -200,7 +278,7 @@ class DeviceSinkComponent:
             raise DeliveryError(
                 400, False, reason="the event names no device (its `subject` or `device`)"
             )
-        devices = self.runtime.devices
+        devices = self.devices
         try:
             if event.type == self.resource.spec.desired_type:
                 try:
@@ -234,7 +312,7 @@ class DeviceSinkComponent:
         return None
 
     async def start(self) -> None:
-        await self.runtime.devices.start()
+        await self.devices.start()
 
     async def stop(self) -> None:
         return None
@@ -261,8 +339,10 @@ def _event_time(text: str | None) -> float | None:
         return None
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "Device": DeviceComponent,
-    "DeviceSink": DeviceSinkComponent,
+KINDS: Final[Mapping[str, Kind]] = {
+    # Registry entries are written before the MQTT brokers (sources) start
+    # and check CONNECTs against them.
+    "Device": Kind(DeviceComponent, Stage.SINK),
+    "DeviceSink": Kind(DeviceSinkComponent, Stage.SINK),
 }
-"""What the device kinds become: ``builder(runtime, resource) -> Component``."""
+"""What the device kinds become, and when they start."""

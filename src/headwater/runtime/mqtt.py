@@ -23,18 +23,13 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import jmespath
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from headwater.cloudevents import CloudEvent
-from headwater.devices.access import Provisioning, build_acl
-from headwater.devices.credentials import load_ca_certificates
-from headwater.devices.plane import DevicePlane, ReportedMapping
 from headwater.eventing import DeliveryError, Sink
 from headwater.eventing.broker import DEFAULT_TTL, TTL_EXTENSION
 from headwater.eventing.sink import deliver_many
@@ -42,7 +37,6 @@ from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.broker import BrokerConfig, Listener, server_tls_context
 from headwater.mqtt.client import ClientConfig, tls_context
 from headwater.mqtt.packets import ProtocolVersion
-from headwater.resources.devices import DevicesSpec
 from headwater.resources.models import Resource
 from headwater.resources.mqtt import (
     Credentials,
@@ -54,6 +48,8 @@ from headwater.resources.mqtt import (
     Tls,
     parse_broker_url,
 )
+from headwater.runtime.context import Context, Kind, Registry, Stage
+from headwater.runtime.devices import device_metric_families, device_plane
 from headwater.sinks.mqtt import (
     EmbeddedPublisher,
     ExternalPublisher,
@@ -61,13 +57,8 @@ from headwater.sinks.mqtt import (
     Response,
 )
 from headwater.sinks.mqtt import MqttSink as MqttSinkRunner
-from headwater.sources.mapping import TopicPattern
 from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource as BrokerSourceRunner
-
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +93,14 @@ def _auth(spec: MqttBrokerSourceSpec) -> tuple[PasswordFile | None, Acl | None]:
 
 
 class MqttBrokerSourceComponent:
-    def __init__(self, runtime: Runtime, resource: MqttBrokerSource) -> None:
+    def __init__(self, context: Context, resource: MqttBrokerSource) -> None:
         spec = resource.spec
         self.resource = resource
-        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        self._sink, _ = context.destinations.resolve(spec.sink, resource.namespace)
         passwords, acl = _auth(spec)
         config = BrokerConfig(
             listeners=tuple(_listener(listener) for listener in spec.listeners),
-            data_dir=session_dir(runtime, resource),
+            data_dir=session_dir(context.data_dir, resource),
             passwords=passwords,
             acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
@@ -125,7 +116,9 @@ class MqttBrokerSourceComponent:
         emit_many: Any = functools.partial(deliver_many, self._sink)
         self.plane = None
         if spec.devices is not None:
-            self.plane = device_plane(runtime, resource.namespace, name, spec.devices, self._sink)
+            self.plane = device_plane(
+                context.devices, resource.namespace, name, spec.devices, self._sink
+            )
             emit_many = self.plane.tap(emit_many)
         self.source = BrokerSourceRunner(
             config,
@@ -138,7 +131,12 @@ class MqttBrokerSourceComponent:
             name=name,
             devices=self.plane,
         )
-        self.runtime = runtime
+        self.registry: Registry = context.registry
+        self._devices = context.devices
+
+    @property
+    def _listener_name(self) -> str:
+        return f"mqtt/{self.resource.namespace}/{self.resource.name}"
 
     async def start(self) -> None:
         if self.plane is not None:
@@ -152,11 +150,13 @@ class MqttBrokerSourceComponent:
         for listener, host, port in self.source.broker.addresses:
             scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
             url = f"{scheme}://{host}:{port}"
-            self.runtime.listeners[f"mqtt/{self.resource.namespace}/{self.resource.name}"] = url
+            self.registry.listeners[self._listener_name] = url
             log.info("mqtt listening on %s (%s)", url, self.resource.name)
+        self.registry.mqtt_brokers[self.resource.key] = self.source
 
     async def stop(self) -> None:
-        self.runtime.listeners.pop(f"mqtt/{self.resource.namespace}/{self.resource.name}", None)
+        self.registry.listeners.pop(self._listener_name, None)
+        self.registry.mqtt_brokers.pop(self.resource.key, None)
         try:
             await self.source.__aexit__(None, None, None)
         finally:
@@ -230,83 +230,17 @@ class MqttBrokerSourceComponent:
         held.add_metric(labels, self.source.broker.incomplete_bytes)
         families.append(held)
         if self.plane is not None:
-            families.extend(self._device_families(labels))
-        return families
-
-    def _device_families(self, labels: list[str]) -> list[Metric]:
-        """The registry of the source's namespace, and what its device plane refused."""
-        plane = self.plane
-        assert plane is not None
-        devices = self.runtime.devices
-        namespace = self.resource.namespace
-        online = sum(
-            1 for d in devices.registry.find(namespace) if devices.presence.online(namespace, d.id)
-        )
-        families: list[Metric] = []
-        for name, value, doc in (
-            ("devices_registered", devices.registry.count(namespace), "Devices in the registry."),
-            ("devices_online", online, "Registered devices connected now."),
-            (
-                "device_commands_pending",
-                devices.commands.pending_count(namespace),
-                "Commands queued or sent, not answered or expired yet.",
-            ),
-        ):
-            gauge = GaugeMetricFamily(f"headwater_{name}", doc, labels=LABELS)
-            gauge.add_metric(labels, value)
-            families.append(gauge)
-        for name, value, doc in (
-            ("devices_refused", plane.authenticator.refused, "Device CONNECTs refused."),
-            ("devices_provisioned", plane.authenticator.provisioned, "Devices auto-provisioned."),
-            ("device_publishes_refused", plane.refused, "Twin reports and answers refused."),
-        ):
-            counter = CounterMetricFamily(f"headwater_{name}", doc, labels=LABELS)
-            counter.add_metric(labels, value)
-            families.append(counter)
+            families.extend(device_metric_families(self.plane, self._devices, LABELS, labels))
         return families
 
 
-def device_plane(
-    runtime: Runtime, namespace: str, name: str, spec: DevicesSpec, sink: Sink
-) -> DevicePlane:
-    """The registry's side of an MqttBrokerSource with ``devices`` (headwater.devices.plane)."""
-    provisioning = None
-    if spec.provisioning is not None:
-        path = Path(spec.provisioning.ca_file)
-        try:
-            authorities = load_ca_certificates(path.read_bytes())
-        except OSError as exc:
-            raise ValueError(f"devices.provisioning.caFile {path}: {exc.strerror or exc}") from exc
-        except ValueError as exc:
-            raise ValueError(f"devices.provisioning.caFile {path}: {exc}") from exc
-        provisioning = Provisioning(
-            tuple(authorities), spec.provisioning.id_from, dict(spec.provisioning.labels)
-        )
-    reported = [
-        ReportedMapping(
-            TopicPattern.parse(item.topic),
-            tuple((key, jmespath.compile(path)) for key, path in item.state.items()),
-        )
-        for item in spec.reported
-    ]
-    return DevicePlane(
-        runtime.devices,
-        namespace,
-        name,
-        build_acl(spec.publish, spec.subscribe),
-        provisioning=provisioning,
-        reported=reported,
-        emit=sink.deliver,
-    )
-
-
-def session_dir(runtime: Runtime, resource: MqttBrokerSource) -> str | None:
-    """Where an MqttBrokerSource keeps sessions: its ``dataDir``, else the node's data dir."""
+def session_dir(data_dir: Path | None, resource: MqttBrokerSource) -> str | None:
+    """Where an MqttBrokerSource keeps sessions: its ``dataDir``, else the node's ``data_dir``."""
     if resource.spec.data_dir is not None:
         return resource.spec.data_dir
-    if runtime.data_dir is None:
+    if data_dir is None:
         return None
-    return str(runtime.data_dir / "mqtt" / resource.namespace / resource.name)
+    return str(data_dir / "mqtt" / resource.namespace / resource.name)
 
 
 def _password(credentials: Credentials) -> bytes | None:
@@ -350,11 +284,11 @@ def _client_config(
 
 
 class MqttSourceComponent:
-    def __init__(self, runtime: Runtime, resource: MqttSource) -> None:
+    def __init__(self, context: Context, resource: MqttSource) -> None:
         spec = resource.spec
         # A stable client id: the persistent session survives Headwater restarts.
         client_id = spec.client_id or f"headwater-{resource.namespace}-{resource.name}"
-        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        self._sink, _ = context.destinations.resolve(spec.sink, resource.namespace)
         config = _client_config(
             spec.broker,
             client_id,
@@ -401,21 +335,17 @@ class _LateEmbedded:
 
     version = 5
 
-    def __init__(self, runtime: Runtime, namespace: str) -> None:
-        self.runtime = runtime
+    def __init__(self, registry: Registry, namespace: str) -> None:
+        self.registry = registry
         self.namespace = namespace
 
     def _target(self) -> EmbeddedPublisher:
-        reconciler = self.runtime.reconciler
-        for resource in reconciler.resources("MqttBrokerSource"):
-            component = reconciler.component(resource.key)
-            if resource.namespace == self.namespace and isinstance(
-                component, MqttBrokerSourceComponent
-            ):
-                return EmbeddedPublisher(component.source)
-        raise DeliveryError(
-            None, True, reason=f"no MqttBrokerSource is running in namespace {self.namespace!r}"
-        )
+        source = self.registry.mqtt_broker(self.namespace)
+        if source is None:
+            raise DeliveryError(
+                None, True, reason=f"no MqttBrokerSource is running in namespace {self.namespace!r}"
+            )
+        return EmbeddedPublisher(source)
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, **kw: Any) -> None:
         await self._target().publish(topic, payload, qos, retain, **kw)
@@ -425,12 +355,12 @@ class _LateEmbedded:
 
 
 class MqttSinkComponent:
-    def __init__(self, runtime: Runtime, resource: MqttSink) -> None:
+    def __init__(self, context: Context, resource: MqttSink) -> None:
         spec = resource.spec
         publisher: Publisher
         prefix = "headwater/responses"
         if spec.broker is None:
-            publisher = _LateEmbedded(runtime, resource.namespace)
+            publisher = _LateEmbedded(context.registry, resource.namespace)
         else:
             client_id = spec.client_id or (
                 f"headwater-{resource.namespace}-{resource.name}-{secrets.token_hex(3)}"
@@ -475,9 +405,9 @@ class MqttSinkComponent:
         return {"published": self.runner.published, "responses": self.runner.responses}
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "MqttBrokerSource": MqttBrokerSourceComponent,
-    "MqttSource": MqttSourceComponent,
-    "MqttSink": MqttSinkComponent,
+KINDS: dict[str, Kind] = {
+    "MqttSink": Kind(MqttSinkComponent, Stage.SINK),
+    "MqttBrokerSource": Kind(MqttBrokerSourceComponent, Stage.SOURCE),
+    "MqttSource": Kind(MqttSourceComponent, Stage.SOURCE),
 }
-"""What each MQTT kind becomes: ``builder(runtime, resource) -> Component``."""
+"""What each MQTT kind becomes (``build(context, resource) -> Component``) and when it starts."""

@@ -21,12 +21,13 @@ to its MQTT 5 Response Topic with its Correlation Data when it has one, else
 (a registry command, ``devices/{id}/commands/{cid}``) on
 ``devices/{id}/responses/{cid}``. A twin delta with a ``setpoint`` moves it
 too, and the device reports its setpoint on ``devices/{id}/twin/reported``.
-With ``--register`` the devices are first registered in the device
-registry through the admin API (or given a new secret, if they exist) and
-connect with their secrets. QoS 1/2 publishes wait for their ack, so a slow
-broker slows the fleet (closed loop: what is counted as acked was
-acknowledged). A device whose connection is lost or taken over reconnects
-with backoff (counted in ``reconnects``); it does not stop the fleet.
+With ``--register`` the devices are first registered in the device registry
+(by :func:`headwater.cli.devices.register_simulated`, through the admin API; a
+new secret for those that exist) and connect with their secrets. QoS 1/2
+publishes wait for their ack, so a slow broker slows the fleet (closed loop:
+what is counted as acked was acknowledged). A device whose connection is lost
+or taken over reconnects with backoff (counted in ``reconnects``); it does not
+stop the fleet.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -335,31 +336,6 @@ def default_prefix() -> str:
     return f"sim-{secrets.token_hex(2)}"
 
 
-def register(
-    server: str | None, token: str | None, devices: list[str], namespace: str = "default"
-) -> dict[str, str]:
-    """Register the devices in the registry (a new secret for those that exist); their secrets."""
-    from headwater.api.client import ApiClient
-
-    client = ApiClient(server, token)
-    query = f"?namespace={namespace}"
-    body = orjson.dumps({"devices": [{"id": d, "labels": {"simulated": "true"}} for d in devices]})
-    answer = client.request(
-        "POST", f"/api/v1/devices/import{query}", body, "application/json", timeout=300.0
-    )
-    found = {s["device"]: s["secret"] for s in answer["secrets"]}
-    rotate = orjson.dumps({"addCredentials": [{"type": "secret"}], "replaceSecrets": True})
-    for device in answer["existing"]:
-        changed = client.request(
-            "PATCH", f"/api/v1/devices/{device}{query}", rotate, "application/json"
-        )
-        [secret] = changed["secrets"]
-        found[device] = secret["secret"]
-    for failed in answer["failed"]:
-        raise ValueError(f"cannot register {failed['device']}: {failed['error']}")
-    return found
-
-
 def run_cli(
     devices: int,
     rate: float,
@@ -375,11 +351,13 @@ def run_cli(
     password: str | None,
     mqtt311: bool,
     prefix: str | None = None,
-    register_at: tuple[str | None, str | None] | None = None,
+    register: Callable[[list[str]], dict[str, str]] | None = None,
 ) -> FleetStats:
     """``headwater simulate``: build the fleet from command-line values and run it.
 
-    ``register_at``: (admin API, token) to register the devices at first.
+    ``register``: registers the devices (by client id) at first, and gives
+    each one's secret (``headwater simulate --register`` does it through the
+    admin API).
     """
     m = _BROKER.fullmatch(broker)
     if m is None:
@@ -388,8 +366,8 @@ def run_cli(
     port = int(m["port"]) if m["port"] else (8883 if secure else 1883)
     prefix = prefix or default_prefix()
     known: dict[str, str] = {}
-    if register_at is not None:
-        known = register(*register_at, [f"{prefix}-{n}" for n in range(devices)])
+    if register is not None:
+        known = register([f"{prefix}-{n}" for n in range(devices)])
     config = FleetConfig(
         host=m["host"].strip("[]"),
         port=port,

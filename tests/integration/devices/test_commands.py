@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import Node
 from tests.integration.devices.test_registry_auth import connect, register
-from tests.integration.mqtt._clients import Paho, publish_properties, wait_until
+from tests.integration.mqtt._clients import Paho, publish_properties
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from headwater.mqtt.auth import hash_password
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import DEVICES, MESH, Node
 from tests.integration.devices.test_registry_auth import connect
-from tests.integration.mqtt._clients import wait_until
 
 pytestmark = pytest.mark.integration
 

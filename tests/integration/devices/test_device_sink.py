@@ -7,9 +7,9 @@ import urllib.request
 import orjson
 import pytest
 
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import MakeNode, Node
 from tests.integration.devices.test_commands import answer, online_device
-from tests.integration.mqtt._clients import wait_until
 
 pytestmark = pytest.mark.integration
 

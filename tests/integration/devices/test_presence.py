@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from headwater.mqtt.packets import Disconnect, ProtocolVersion, ReasonCode, Will
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import Node
 from tests.integration.devices.test_registry_auth import connect, register
-from tests.integration.mqtt._clients import Raw, wait_until
+from tests.integration.mqtt._clients import Raw
 
 pytestmark = pytest.mark.integration
 

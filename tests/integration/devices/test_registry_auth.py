@@ -11,8 +11,9 @@ import pytest
 
 from headwater.devices.credentials import certificate_info
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import MakeNode, Node
-from tests.integration.mqtt._clients import Paho, make_certificates, wait_until
+from tests.integration.mqtt._clients import Paho, make_certificates
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,11 @@ import threading
 
 import pytest
 
+from headwater.cli.devices import register_simulated as register
 from headwater.mqtt.packets import ProtocolVersion
-from headwater.sources.simulator import Fleet, FleetConfig, register
+from headwater.sources.simulator import Fleet, FleetConfig
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import Node
-from tests.integration.mqtt._clients import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def test_registered_simulated_devices(node: Node, version: ProtocolVersion) -> N
     runner.start()
     wait_until(lambda: bool(started))
     try:
-        wait_until(lambda: node.ok("GET", "/api/v1/devices/gh-1")["presence"]["online"], 10)
+        wait_until(lambda: node.ok("GET", "/api/v1/devices/gh-1")["presence"]["online"])
         command = node.ok("POST", "/api/v1/devices/gh-1/commands", {"data": {"setpoint": 18}})
         done = node.ok("GET", f"/api/v1/devices/gh-1/commands/{command['id']}?wait=10")
         assert done["status"] == "answered"

@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from headwater.mqtt.packets import ProtocolVersion, Puback, Publish, ReasonCode
+from tests.helpers import wait_until_blocking as wait_until
 from tests.integration.devices.conftest import Node
 from tests.integration.devices.test_registry_auth import connect, register
-from tests.integration.mqtt._clients import Paho, Raw, publish_properties, wait_until
+from tests.integration.mqtt._clients import Paho, Raw, publish_properties
 
 pytestmark = pytest.mark.integration
 

@@ -281,3 +281,28 @@ async def test_saturated_broker_is_503_with_retry_after() -> None:
     assert sorted({status for status, _ in results}) == [202, 503]
     assert all(after == "1" for status, after in results if status == 503)
     assert sum(status == 202 for status, _ in results) == broker.stats.accepted
+
+
+async def test_options_solicits_batches_and_says_which_request_codings_it_reads(
+    setup: Setup,
+) -> None:
+    async with setup.http.options(setup.url) as response:
+        assert response.status == 200
+        accepted = {t.strip() for t in response.headers["Accept-Post"].split(",")}
+        assert "application/cloudevents-batch+json" in accepted
+        assert "application/cloudevents+json" in accepted
+        assert "gzip" in response.headers["Accept-Encoding"]
+
+
+async def test_a_gzipped_batch_is_read_and_its_decoded_size_is_bounded(setup: Setup) -> None:
+    import gzip
+
+    headers, body = to_http_batch([event(i) for i in range(50)])
+    headers["Content-Encoding"] = "gzip"
+    assert await post(setup, headers, gzip.compress(body)) == 202
+    assert [e.id for e in await stored(setup)] == [str(i) for i in range(50)]
+    # 64 KiB of batch limit: a small compressed body that inflates past it is refused.
+    bomb = to_http_batch([event(i, data="x" * 4000) for i in range(40)])[1]
+    assert len(gzip.compress(bomb)) < 4096
+    assert await post(setup, headers, gzip.compress(bomb)) == 413
+    assert len(await stored(setup)) == 50

@@ -16,8 +16,9 @@ from headwater.devices.telemetry import (
     Series,
     TelemetryTracker,
 )
-from headwater.runtime import Runtime
-from tests.unit.api.mesh import Mesh, eventually
+from headwater.log import MemoryLog
+from tests.helpers import wait_until
+from tests.unit.api.mesh import Mesh
 
 BROKER = """\
 apiVersion: eventing.knative.dev/v1
@@ -63,7 +64,7 @@ def event(data: object, **attributes: str) -> CloudEvent:
 def test_what_counts_as_a_device_reading(
     ev: CloudEvent, expected: tuple[str, dict[str, float]] | None
 ) -> None:
-    tracker = TelemetryTracker(Runtime())
+    tracker = TelemetryTracker(MemoryLog(), set)
     tracker.ingest(ev, 1000.0)
     if expected is None:
         assert tracker.devices == {}
@@ -87,7 +88,7 @@ def test_series_keeps_one_point_per_bucket_and_a_bounded_window() -> None:
 
 
 def test_devices_and_fields_are_capped() -> None:
-    tracker = TelemetryTracker(Runtime())
+    tracker = TelemetryTracker(MemoryLog(), set)
     for n in range(MAX_DEVICES + 3):
         tracker.ingest(event({f"f{i}": i for i in range(MAX_FIELDS + 2)}, subject=f"d{n}"), 1e9)
     assert len(tracker.devices) == MAX_DEVICES
@@ -96,7 +97,7 @@ def test_devices_and_fields_are_capped() -> None:
 
 
 def test_readings_older_than_the_window_are_ignored() -> None:
-    tracker = TelemetryTracker(Runtime())
+    tracker = TelemetryTracker(MemoryLog(), set)
     tracker.ingest(event({"v": 1}, subject="old", time="2020-01-01T00:00:00Z"), 1.7e9)
     assert tracker.devices == {}
 
@@ -111,14 +112,14 @@ async def test_devices_endpoints_follow_the_broker(mesh: Mesh) -> None:
         _, body = await mesh.json("GET", "/api/v1/telemetry")
         return [d["device"] for d in body["devices"]] == ["gh-1"]
 
-    await eventually(seen)
+    await wait_until(seen)
     await mesh.send("b", {"device": "gh-1", "temperature": 22.0, "humidity": 50})
 
     async def updated() -> bool:
         _, body = await mesh.json("GET", "/api/v1/telemetry")
         return bool(body["devices"][0]["values"] == {"temperature": 22.0, "humidity": 50.0})
 
-    await eventually(updated)
+    await wait_until(updated)
     status, series = await mesh.json("GET", "/api/v1/telemetry/series?device=gh-1")
     assert status == 200
     assert series["series"]["temperature"]["v"][-1] == 22.0
@@ -173,9 +174,9 @@ async def test_tracking_stops_when_idle_and_starts_again(
     monkeypatch.setattr(telemetry, "SYNC_INTERVAL", 0.01)
     tracker = mesh.client.app[api_telemetry.TRACKER_KEY]
     await mesh.json("GET", "/api/v1/telemetry")
-    await eventually(lambda: _running(tracker, 1))
+    await wait_until(lambda: _running(tracker, 1))
     monkeypatch.setattr(telemetry, "IDLE_STOP", 0.0)
-    await eventually(lambda: _running(tracker, 0))
+    await wait_until(lambda: _running(tracker, 0))
     monkeypatch.setattr(telemetry, "IDLE_STOP", 600.0)
     await mesh.send("late", {"device": "gh-3", "temperature": 1.0})
     await mesh.json("GET", "/api/v1/telemetry")  # starts again; the log has what it missed
@@ -183,7 +184,7 @@ async def test_tracking_stops_when_idle_and_starts_again(
     async def seen() -> bool:
         return "gh-3" in tracker.devices
 
-    await eventually(seen)
+    await wait_until(seen)
 
 
 async def _running(tracker: TelemetryTracker, readers: int) -> bool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from headwater.api.topology import FAILING_FOR, LAGGING, _health
-from tests.unit.api.mesh import Mesh, eventually
+from tests.helpers import wait_until
+from tests.unit.api.mesh import Mesh
 
 MESH = """\
 apiVersion: eventing.knative.dev/v1
@@ -95,4 +96,25 @@ spec:
         _, body = await mesh.json("GET", "/api/v1/topology")
         return {n["id"]: n["health"] for n in body["nodes"]}["Trigger/default/broken"] == "failing"
 
-    await eventually(failing)
+    await wait_until(failing)
+
+
+async def test_an_uplink_is_a_source_between_its_broker_and_the_other_tier(mesh: Mesh) -> None:
+    await mesh.apply(
+        MESH
+        + """\
+---
+apiVersion: sources.headwater.dev/v1alpha1
+kind: Uplink
+metadata: {name: up}
+spec:
+  broker: default
+  sink: {uri: "http://127.0.0.1:9/default/default"}
+"""
+    )
+    _, body = await mesh.json("GET", "/api/v1/topology")
+    nodes = {node["id"]: node for node in body["nodes"]}
+    assert nodes["Uplink/default/up"]["role"] == "source"
+    edges = {(e["from"], e["to"], e["via"]) for e in body["edges"]}
+    assert ("Broker/default/default", "Uplink/default/up", "broker") in edges
+    assert ("Uplink/default/up", "uri:http://127.0.0.1:9/default/default", "sink") in edges

@@ -1,9 +1,11 @@
 """``headwater device ...``: the device registry from the command line, through the admin API.
 
-How this works: each command is one or a few calls of :mod:`headwater.api.devices`
-(``--server``/``HEADWATER_SERVER`` as every command that talks to a running
-Headwater). A generated secret is printed once, as the API answers it, with
-what the device connects with. ``import`` checks the whole file here first
+How this works: the ``device`` group joins :func:`headwater.cli._common.main`
+when this module is imported (as every command module). Each command is one
+or a few calls of :mod:`headwater.api.devices` (``--server``/
+``HEADWATER_SERVER`` as every command that talks to a running Headwater). A
+generated secret is printed once, as the API answers it, with what the
+device connects with. ``import`` checks the whole file here first
 (:func:`headwater.devices.imports.parse_rows`: every problem with its row,
 nothing sent) and sends it in parts of :data:`IMPORT_CHUNK` devices; the
 secrets it generates go to ``--secrets-out`` (a CSV only the owner may read)
@@ -24,9 +26,17 @@ from typing import Any, Final
 import click
 import orjson
 
-from headwater._cli_common import _call, _client, _echo_yaml, fail, server_option, token_option
+from headwater.cli._common import (
+    api_client,
+    call,
+    echo_yaml,
+    fail,
+    main,
+    server_option,
+    token_option,
+)
 
-__all__ = ["device"]
+__all__ = ["device", "register_simulated"]
 
 IMPORT_CHUNK: Final = 5000
 """Devices per import request: well under the API's 4 MiB body limit with certificates."""
@@ -114,7 +124,7 @@ def _ago(then: float | None) -> str:
     return f"{seconds}s ago"
 
 
-@click.group()
+@main.group()
 def device() -> None:
     """The device registry: add, list, show, update, disable, delete, import; twins, commands.
 
@@ -159,8 +169,8 @@ def device_add(
     specs = _credential_specs(password_stdin, password_hash, cert, fingerprint, subject)
     if specs:
         body["credentials"] = specs
-    answer = _call(
-        _client(server, token),
+    answer = call(
+        api_client(server, token),
         "POST",
         "/api/v1/devices",
         body=_json(body),
@@ -188,7 +198,7 @@ def device_list(
     token: str | None,
 ) -> None:
     """List devices with whether they are online and when they were last seen."""
-    client = _client(server, token)
+    client = api_client(server, token)
     query: dict[str, Any] = {"limit": 10_000}
     if not all_namespaces:
         query["namespace"] = namespace
@@ -198,7 +208,7 @@ def device_list(
         query["selector"] = selector
     items: list[dict[str, Any]] = []
     while True:
-        page = _call(client, "GET", f"/api/v1/devices?{urllib.parse.urlencode(query)}")
+        page = call(client, "GET", f"/api/v1/devices?{urllib.parse.urlencode(query)}")
         items.extend(page["items"])
         if "continue" not in page:
             break
@@ -243,15 +253,15 @@ def device_show(
     device_id: str, namespace: str, output: str, server: str | None, token: str | None
 ) -> None:
     """A device: its registry entry, presence, twin and last commands."""
-    client = _client(server, token)
-    shown = _call(client, "GET", _path(device_id, namespace))
-    shown["twin"] = _call(client, "GET", _path(device_id, namespace, "/twin"))
-    commands = _call(client, "GET", _path(device_id, namespace, "/commands", limit=5))
+    client = api_client(server, token)
+    shown = call(client, "GET", _path(device_id, namespace))
+    shown["twin"] = call(client, "GET", _path(device_id, namespace, "/twin"))
+    commands = call(client, "GET", _path(device_id, namespace, "/commands", limit=5))
     shown["commands"] = commands["items"]
     if output == "json":
         click.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     else:
-        _echo_yaml(shown)
+        echo_yaml(shown)
 
 
 @device.command("update")
@@ -293,10 +303,10 @@ def device_update(
     A device connected with a credential that is removed, or that is
     disabled, is cut off at once.
     """
-    client = _client(server, token)
+    client = api_client(server, token)
     body: dict[str, Any] = {}
     if labels:
-        current = _call(client, "GET", _path(device_id, namespace))
+        current = call(client, "GET", _path(device_id, namespace))
         body["labels"] = _labels(labels, current["labels"])
         body["revision"] = current["revision"]  # nobody else's change is undone
     if enabled is not None:
@@ -312,7 +322,7 @@ def device_update(
         body["removeCredentials"] = list(remove_credential)
     if not body:
         raise click.UsageError("nothing to change: give --label, --enable/--disable or credentials")
-    answer = _call(
+    answer = call(
         client,
         "PATCH",
         _path(device_id, namespace),
@@ -326,8 +336,8 @@ def device_update(
 def _set_enabled(
     device_id: str, namespace: str, enabled: bool, server: str | None, token: str | None
 ) -> None:
-    _call(
-        _client(server, token),
+    call(
+        api_client(server, token),
         "PATCH",
         _path(device_id, namespace),
         body=_json({"enabled": enabled}),
@@ -357,7 +367,7 @@ _switch("enable", True, "Let a disabled device connect again.")
 @token_option
 def device_delete(device_id: str, namespace: str, server: str | None, token: str | None) -> None:
     """Remove a device (cut off if connected; its unfinished commands fail)."""
-    _call(_client(server, token), "DELETE", _path(device_id, namespace))
+    call(api_client(server, token), "DELETE", _path(device_id, namespace))
     click.echo(f"device {device_id} deleted")
 
 
@@ -389,7 +399,7 @@ def device_import(
         rows = parse_rows(text, "json" if file.suffix.lower() == ".json" else "csv")
     except InvalidDevice as exc:
         fail(f"{file}: {exc}")
-    client = _client(server, token)
+    client = api_client(server, token)
     created = 0
     existing: list[str] = []
     failed: list[dict[str, str]] = []
@@ -397,7 +407,7 @@ def device_import(
     query = urllib.parse.urlencode({"namespace": namespace})
     started = time.monotonic()
     for start in range(0, len(rows), IMPORT_CHUNK):
-        answer = _call(
+        answer = call(
             client,
             "POST",
             f"/api/v1/devices/import?{query}",
@@ -499,8 +509,8 @@ def device_command(
     body: dict[str, Any] = {"data": value, "expiry": _duration(expiry)}
     if content_type or guessed:
         body["contentType"] = content_type or guessed
-    client = _client(server, token)
-    command = _call(
+    client = api_client(server, token)
+    command = call(
         client,
         "POST",
         _path(device_id, namespace, "/commands"),
@@ -514,7 +524,7 @@ def device_command(
             if left <= 0:
                 break
             step = min(left, MAX_WAIT)
-            command = _call(
+            command = call(
                 client,
                 "GET",
                 _path(device_id, namespace, f"/commands/{command['id']}", wait=f"{step:.3f}"),
@@ -565,10 +575,10 @@ def device_twin(
     """Show a device's twin (desired, reported, delta), or change its desired state."""
     if patch is not None and replace is not None:
         raise click.UsageError("give --set or --replace, not both")
-    client = _client(server, token)
+    client = api_client(server, token)
     text = patch if patch is not None else replace
     if text is None:
-        twin = _call(client, "GET", _path(device_id, namespace, "/twin"))
+        twin = call(client, "GET", _path(device_id, namespace, "/twin"))
     else:
         try:
             state = orjson.loads(text)
@@ -577,7 +587,7 @@ def device_twin(
         body: dict[str, Any] = {"state": state}
         if version is not None:
             body["version"] = version
-        twin = _call(
+        twin = call(
             client,
             "PATCH" if patch is not None else "PUT",
             _path(device_id, namespace, "/twin/desired"),
@@ -587,4 +597,28 @@ def device_twin(
     if output == "json":
         click.echo(orjson.dumps(twin, option=orjson.OPT_INDENT_2).decode())
     else:
-        _echo_yaml(twin)
+        echo_yaml(twin)
+
+
+def register_simulated(
+    server: str | None, token: str | None, devices: list[str], namespace: str = "default"
+) -> dict[str, str]:
+    """Register simulated devices (``headwater simulate --register``; a new secret for
+    those that exist, labelled ``simulated=true``): each one's secret by id."""
+    from headwater.api.client import ApiClient
+
+    client = ApiClient(server, token)
+    query = f"?namespace={urllib.parse.quote(namespace)}"
+    body = orjson.dumps({"devices": [{"id": d, "labels": {"simulated": "true"}} for d in devices]})
+    answer = client.request(
+        "POST", f"/api/v1/devices/import{query}", body, "application/json", timeout=300.0
+    )
+    found = {s["device"]: s["secret"] for s in answer["secrets"]}
+    rotate = orjson.dumps({"addCredentials": [{"type": "secret"}], "replaceSecrets": True})
+    for device_id in answer["existing"]:
+        changed = client.request("PATCH", _path(device_id, namespace), rotate, "application/json")
+        [secret] = changed["secrets"]
+        found[device_id] = secret["secret"]
+    for failed in answer["failed"]:
+        raise ValueError(f"cannot register {failed['device']}: {failed['error']}")
+    return found
