@@ -12,9 +12,12 @@ published) or a DISCONNECT makes it offline.
 What a device's presence is changes in memory at once (the API reads it
 from there) and is written to the state store's ``device-presence`` bucket
 behind, by one flusher task: changes of one device within
-:data:`FLUSH_DELAY` are written once, so a reconnect storm of 10,000 devices
-costs each connection a dictionary update, and the store a write per device
-in the background. At start, every stored record is read back; one that was
+:data:`FLUSH_DELAY` are written once, and what gathered is written in
+transactions of up to :data:`FLUSH_BATCH` devices
+(:meth:`~headwater.state.Bucket.write_many`), so a reconnect storm of 10,000
+devices costs each connection a dictionary update, and the store a few
+writes in the background instead of one per device (each a thread hand-over
+and a commit competing with the CONNECTs). At start, every stored record is read back; one that was
 online when the process stopped (or crashed) is marked offline, since no
 connection survives a restart. At shutdown the brokers close their
 connections first, and the flusher writes what is left.
@@ -44,6 +47,10 @@ PRESENCE_BUCKET: Final = "device-presence"
 FLUSH_DELAY: Final = 0.5
 """Seconds the flusher lets changes gather before writing them: a device that
 connects and is taken over within it costs one write."""
+
+FLUSH_BATCH: Final = 1000
+"""Devices written per transaction at most: a storm's presence in a few commits,
+none of which holds the store's writer for long."""
 
 RETRY_DELAY: Final = 5.0
 """Seconds before writing again after the store failed (what is dirty stays dirty)."""
@@ -286,13 +293,13 @@ class Presence:
         if bucket is None:
             return
         while self._dirty:
-            key = self._dirty.pop()
-            record = self._records.get(key)
+            keys = [self._dirty.pop() for _ in range(min(FLUSH_BATCH, len(self._dirty)))]
+            changes: dict[str, bytes | None] = {}
+            for key in keys:
+                record = self._records.get(key)
+                changes[key] = orjson.dumps(record.to_json()) if record is not None else None
             try:
-                if record is None:
-                    await bucket.delete(key)
-                else:
-                    await bucket.put(key, orjson.dumps(record.to_json()))
+                await bucket.write_many(changes)
             except BaseException:
-                self._dirty.add(key)
+                self._dirty.update(keys)
                 raise

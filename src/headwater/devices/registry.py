@@ -9,7 +9,7 @@ At :meth:`Registry.start` every device is read into an index in memory (by
 id, and by certificate fingerprint and subject), which is what a CONNECT
 asks: authenticating a device costs a dictionary lookup and an HMAC, never
 a read of the store. A watcher on the bucket keeps the index current with
-what other writers change (another node of a cluster on JetStream KV); this
+what other writers change (another registry on the same store); this
 registry's own writes update the index at once, before the call returns, so
 a device registered by the API can connect the moment the answer arrives.
 

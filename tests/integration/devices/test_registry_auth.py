@@ -211,6 +211,20 @@ def test_auto_provisioning_registers_a_device_on_first_connect(
     assert device["presence"]["online"]
 
 
+def test_without_provisioning_an_unknown_certificate_registers_nothing(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    """Auto-provisioning is off by default: a certificate the listener's CA signed is
+    not a device until someone registers it (or turns `provisioning` on)."""
+    node, certs = _tls_node(make_node, tmp_path, '    publish: ["devices/{device}/#"]\n')
+    client = Paho(_tls_port(node), "device-1", tls=_client_tls(certs), connect=False)
+    client.client.connect("localhost", _tls_port(node))
+    client.client.loop_start()
+    assert client.connack()[0] == NOT_AUTHORIZED
+    status, _ = node.api("GET", "/api/v1/devices/device-1")
+    assert status == 404
+
+
 def test_provisioning_never_takes_over_a_registered_id(make_node: MakeNode, tmp_path: Path) -> None:
     node, certs = _tls_node(make_node, tmp_path, TLS_DEVICES)
     register(node, "device-1")  # registered with a secret, not this certificate
