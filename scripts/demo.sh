@@ -93,7 +93,10 @@ fi
 
 echo "demo: dashboard at http://127.0.0.1:$HTTP_PORT/"
 echo "demo: $DEVICES simulated sensors publish to mqtt://127.0.0.1:$MQTT_PORT ($RATE readings/s); Ctrl-C stops"
-"$HEADWATER" simulate --devices "$DEVICES" --rate "$RATE" --broker "mqtt://127.0.0.1:$MQTT_PORT" &
+# --prefix sim: the README's commands name sim-3; --register: the devices are in the
+# device registry (presence, twins, commands with answers on the dashboard).
+"$HEADWATER" simulate --devices "$DEVICES" --rate "$RATE" --broker "mqtt://127.0.0.1:$MQTT_PORT" \
+  --prefix sim --register --server "http://127.0.0.1:$HTTP_PORT" &
 sim_pid=$!
 
 # Until either ends by itself (a signal to us interrupts this wait instead).

@@ -157,6 +157,29 @@ async def test_delete_leaves_a_tombstone_and_the_key_can_come_back(bucket: Bucke
     assert await bucket.create("a/1", b"again") == 5  # deleted counts as absent
 
 
+async def test_write_many_puts_and_deletes_each_at_its_own_revision(bucket: Bucket) -> None:
+    await bucket.put("gone", b"x")
+    async with contextlib.aclosing(bucket.watch()) as changes:
+        await bucket.write_many({"a": b"1", "b": b"2", "gone": None, "never-was": None})
+        seen = [await next_change(changes) for _ in range(3)]
+    assert [(c.key, c.value, c.revision, c.operation) for c in seen] == [
+        ("a", b"1", 2, "put"),
+        ("b", b"2", 3, "put"),
+        ("gone", b"", 4, "delete"),
+    ]
+    assert await bucket.keys() == ["a", "b"] and await bucket.revision() == 4
+    await bucket.write_many({})
+    assert await bucket.revision() == 4
+
+
+async def test_write_many_is_all_or_none(bucket: Bucket) -> None:
+    with pytest.raises(InvalidKey):
+        await bucket.write_many({"a": b"1", "not a key": b"2"})
+    with pytest.raises(ValueTooLarge):
+        await bucket.write_many({"a": b"1", "b": b"x" * (MAX_VALUE_SIZE + 1)})
+    assert await bucket.keys() == [] and await bucket.revision() == 0
+
+
 async def test_keys_with_a_prefix_are_sorted(bucket: Bucket) -> None:
     for key in ("Trigger/default/b", "Broker/default/x", "Trigger/default/a", "Trigger/other/c"):
         await bucket.put(key, b"{}")

@@ -4,7 +4,8 @@ scripts/demo.sh runs as a user would run it (on ephemeral ports and a temp data
 directory instead of :8080/:1883/./headwater-data): the simulated fleet's
 readings reach the console display through the embedded broker, a Broker and
 a CESQL Trigger; a command sent with the CLI reaches a device through the
-MqttSink and the device's answer comes back as a reply on the display; a
+device registry's command queue (a DeviceSink) and the device's answer is
+recorded and shown on the display; a
 SIGINT to the script's process group (the terminal's Ctrl-C) stops both
 children cleanly, with exit status 0 and the ports free again.
 """
@@ -37,7 +38,7 @@ def test_demo_runs_until_ctrl_c(demo: Demo) -> None:
     # sticks shut (only the `too-hot` Trigger shows sim-0).
     demo.wait_for("type: dev.headwater.telemetry", "subject: sim-0", "temperature: 2")
 
-    # A command reaches sim-3 over MQTT; its answer comes back as a reply.
+    # A command reaches sim-3 over MQTT; its answer is recorded, with the correlationid.
     mark = len(demo.lines)
     sent = subprocess.run(
         [
@@ -62,7 +63,7 @@ def test_demo_runs_until_ctrl_c(demo: Demo) -> None:
     )
     assert sent.returncode == 0, sent.stderr
     demo.wait_for(
-        "type: dev.headwater.command.response",
+        "type: dev.headwater.command.answered",
         "correlationid: e2e-1",
         '"setpoint": 19.5',
         after=mark,

@@ -2,11 +2,13 @@
 
 How this works: :func:`create_app` makes one aiohttp application and adds
 each module's routes to it: resources (:mod:`headwater.api.resources`),
-events (tail, replays), dead letters (and re-drives), topology, devices,
+events (tail, replays), dead letters (and re-drives), topology, telemetry
+(what devices send, for the dashboard), the device registry,
 ``/metrics``, the OpenAPI document and the dashboard. Its middlewares ask
 ``/api/`` requests for the bearer token when one is configured
 (:func:`headwater.api.http.require_token`) and turn the errors every handler
-may raise into JSON answers (:func:`headwater.api.http.errors`). The Broker
+may raise into JSON answers (:func:`headwater.api.http.errors`; the device
+registry's own errors, :func:`headwater.api.devices.errors`). The Broker
 and Channel ingresses join the same application with :func:`add_ingress`
 (``headwater up`` does); they check a Broker's own token themselves
 (:class:`headwater.eventing.Ingress`). The domain work behind the routes
@@ -25,6 +27,7 @@ import headwater.api.events as events
 import headwater.api.metrics as metrics
 import headwater.api.openapi as openapi
 import headwater.api.resources as resources
+import headwater.api.telemetry as telemetry
 import headwater.api.topology as topology
 from headwater.api.http import RUNTIME_KEY, errors, require_token
 from headwater.eventing import Ingress
@@ -37,7 +40,7 @@ __all__ = ["add_ingress", "create_app"]
 def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application:
     """The admin API and dashboard of ``runtime``; ``token``: the bearer token required."""
     app = web.Application(
-        middlewares=[require_token(token), errors, dashboard.static_headers],
+        middlewares=[require_token(token), errors, devices.errors, dashboard.static_headers],
         client_max_size=resources.MAX_APPLY_BYTES,
     )
     app[RUNTIME_KEY] = runtime
@@ -47,7 +50,8 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     openapi.add_routes(app)
     topology.add_routes(app)
     deadletters.add_routes(app, runtime)
-    devices.add_routes(app, runtime)
+    telemetry.add_routes(app, runtime)
+    devices.add_routes(app)
     edges.add_routes(app)
     dashboard.add_routes(app)
     return app

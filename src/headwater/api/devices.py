@@ -1,420 +1,410 @@
-"""Devices for the dashboard: latest values and the last hour of each numeric field.
+"""The device registry in the admin API: devices, credentials, twins, commands.
 
-How this works: a :class:`DeviceTracker` reads every running Broker's stream
-with a consumer of its own (``dashboard/devices``, recreated at each start,
-beginning an hour back, or at most :data:`MAX_BACKFILL` events back). An
-event belongs to a device when it names one: the ``device`` extension (a
-topic capture of an MQTT source), else a string ``device`` in its JSON data,
-else its ``subject``. Each number at the top level of its JSON data (or one
-level down, as ``outer.inner``), or the whole data when it is a number, is a
-field. A series keeps one point per :data:`BUCKET_SECONDS` (the latest value
-in it) for :data:`WINDOW_SECONDS`; devices and fields are capped, so memory is
-bounded whatever the devices send: 16 bytes a point, at most twice a window's
-worth before a trim, under 40 MiB at the caps.
+How this works: thin handlers over the runtime's
+:class:`~headwater.devices.Devices` (nothing here decides anything). A
+device is named by its id in the path and its namespace in ``?namespace=``
+(default ``default``); a listing without ``namespace`` covers them all.
+Bodies are JSON. The registry's errors map to statuses in one place
+(the :func:`errors` middleware): 400 bad input (with the reason), 404 unknown device or
+command, 409 a conflict (an id or certificate taken, a stale ``revision`` or
+twin ``version``, a device a ``Device`` resource defines), 413 a twin over
+its limit, 415 a body that is not JSON, 429 too many commands waiting for
+one device, 503 the state store cannot be written (nothing changed).
 
-The tracker starts when the dashboard asks for devices and stops with the
-application, or after :data:`IDLE_STOP` seconds without anyone asking.
-``GET /api/v1/devices`` lists devices, ``/api/v1/devices/series?device=``
-gives a device's points, and ``GET /api/v1/devices/events`` pushes, once a
-second, what changed since the client's listing, as server-sent events.
+Generated secrets are in the answer that created them, once, and never
+again. A command is queued by ``POST .../commands`` and answered at once;
+``GET .../commands/{cid}?wait=S`` waits up to ``S`` seconds
+(:data:`MAX_WAIT`) for it to finish, which is how ``headwater device command
+--wait`` follows it. Bodies are read up to a bound (:data:`MAX_BODY`,
+:data:`MAX_IMPORT_BYTES` for an import): over it, 413.
+
+The routes' part of the OpenAPI document is :mod:`headwater.api.devices_openapi`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import math
-import time
-from array import array
-from collections.abc import Iterator
-from datetime import datetime
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from headwater.api.http import error, json_response
-from headwater.cloudevents import CloudEvent, is_json_content_type
-from headwater.log import LogError, Start
-from headwater.runtime import Runtime
+from headwater.api.http import RUNTIME_KEY, Handler, error, json_response
+from headwater.devices import (
+    DEFAULT_NAMESPACE,
+    Device,
+    DeviceConflict,
+    DeviceExists,
+    DeviceNotFound,
+    Devices,
+    InvalidDevice,
+    OwnedByResource,
+    Selector,
+    TooManyCommands,
+    TwinTooLarge,
+)
+from headwater.devices.commands import expiry_seconds, parse_data, parse_seconds
+from headwater.devices.imports import parse_rows
+from headwater.devices.model import check_device_id, check_namespace
+from headwater.http_guard import read_body
+from headwater.state import StateError
 
-log = logging.getLogger(__name__)
+__all__ = ["MAX_LIMIT", "MAX_WAIT", "add_routes", "errors"]
 
-WINDOW_SECONDS: Final = 3600.0
-"""History kept per series: the dashboard charts the last hour."""
+MAX_WAIT: Final = 60.0
+"""Seconds one request waits for a command at most (a client asks again to wait longer)."""
 
-BUCKET_SECONDS: Final = 5.0
-"""One point per this many seconds per series (the latest value within it):
-720 points an hour, plenty for a chart a few hundred pixels wide."""
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+"""Devices per listing at most: a fleet of a gateway in one page; more with ``continue``."""
 
-MAX_DEVICES: Final = 200
-"""Devices tracked at most; later ones are counted in ``untracked`` and not kept."""
+MAX_BODY: Final = 1024 * 1024
+"""Bytes of a JSON body at most: a command's data is 256 KiB at most, a twin's state less."""
 
-MAX_FIELDS: Final = 8
-"""Numeric fields kept per device (the first seen); the rest are ignored."""
-
-MAX_BACKFILL: Final = 50_000
-"""Events read back from each stream at start, at most (a busy hour can hold
-millions; a few seconds of reading is what a dashboard user will wait)."""
-
-IGNORED_FIELDS: Final = frozenset({"seq", "sequence", "ts", "time", "timestamp", "id"})
-"""Numbers that count or date readings rather than measure anything."""
-
-PUSH_INTERVAL: Final = 1.0
-"""Seconds between pushes of changes to a live client."""
-
-IDLE_STOP: Final = 600.0
-"""Seconds without a request or a connected client after which tracking stops
-(reading every event costs CPU for nobody); the next request starts it again,
-rebuilding the last hour from the log."""
-
-READ_BATCH: Final = 512
-SYNC_INTERVAL: Final = 2.0
-"""Seconds between checks for Brokers that appeared or went away."""
-
-CONSUMER: Final = "dashboard/devices"
-
-TRACKER_KEY: web.AppKey[DeviceTracker] = web.AppKey("device_tracker")
+MAX_IMPORT_BYTES: Final = 32 * 1024 * 1024
+"""Bytes of an import at most: 100,000 rows (the import's limit) of a device id,
+labels and a credential each."""
 
 
-class Series:
-    """One field's points, oldest first; a point per bucket, at most a window's worth."""
-
-    __slots__ = ("times", "values")
-
-    def __init__(self) -> None:
-        self.times = array("d")
-        self.values = array("d")
-
-    def add(self, t: float, value: float) -> bool:
-        """Record a sample; False when it is older than the newest bucket (ignored)."""
-        bucket = t - t % BUCKET_SECONDS
-        times = self.times
-        if times and bucket <= times[-1]:
-            if bucket < times[-1]:
-                return False
-            self.values[-1] = value
-            return True
-        times.append(bucket)
-        self.values.append(value)
-        limit = int(WINDOW_SECONDS / BUCKET_SECONDS)
-        if len(times) > 2 * limit:  # trim in bulk: amortised O(1) per sample
-            del times[:-limit]
-            del self.values[:-limit]
-        return True
-
-    def points(self, since: float) -> tuple[list[float], list[float]]:
-        times = self.times
-        lo = 0
-        hi = len(times)
-        while lo < hi:  # the first bucket at or after `since`
-            mid = (lo + hi) // 2
-            if times[mid] < since:
-                lo = mid + 1
-            else:
-                hi = mid
-        return times[lo:].tolist(), self.values[lo:].tolist()
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The registry's errors as HTTP answers (see the module docstring)."""
+    if not request.path.startswith("/api/v1/devices"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except TwinTooLarge as exc:
+        return error(413, str(exc))
+    except InvalidDevice as exc:
+        return error(400, str(exc))
+    except DeviceNotFound as exc:
+        return error(404, str(exc))
+    except OwnedByResource as exc:
+        where = _owner_origin(request, exc.owner)
+        return error(
+            409,
+            f"device {exc.device!r} is defined by {exc.owner}"
+            + (f" ({where})" if where else "")
+            + f": {exc.action} it there",
+        )
+    except DeviceConflict as exc:
+        return error(409, str(exc), revision=exc.actual)
+    except DeviceExists as exc:
+        return error(409, str(exc))
+    except TooManyCommands as exc:
+        return error(429, str(exc))
+    except StateError as exc:
+        return error(503, f"the state store cannot keep it, nothing was changed: {exc}")
 
 
-class Device:
-    __slots__ = ("fields", "name", "updated", "values", "version")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.fields: dict[str, Series] = {}
-        self.values: dict[str, float] = {}
-        self.updated = 0.0
-        self.version = 0
-
-    def summary(self) -> dict[str, Any]:
-        return {"device": self.name, "updated": self.updated, "values": dict(self.values)}
+def _devices(request: web.Request) -> Devices:
+    return request.app[RUNTIME_KEY].devices
 
 
-def device_of(event: CloudEvent, data: Any) -> str | None:
-    name = event.get("device")
-    if isinstance(name, str) and name:
-        return name
-    if isinstance(data, dict) and isinstance(data.get("device"), str) and data["device"]:
-        return str(data["device"])
-    return event.subject or None
+def _owner_origin(request: web.Request, owner: str) -> str | None:
+    """Where the Device resource that owns a device is defined (a file, or the API)."""
+    kind, _, rest = owner.partition("/")
+    namespace, _, name = rest.partition("/")
+    origin = request.app[RUNTIME_KEY].origin((kind, namespace, name))
+    return origin.describe() if origin is not None else None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return None
+def _view(request: web.Request, device: Device) -> dict[str, Any]:
+    """A device as the API shows it, with where its owning resource is defined."""
+    out = _devices(request).view(device)
+    if device.owner is not None:
+        out["owner"]["origin"] = _owner_origin(request, device.owner)
+    return out
 
 
-def numeric_fields(event: CloudEvent, data: Any) -> Iterator[tuple[str, float]]:
-    whole = _number(data)
-    if whole is not None:
-        metric = event.get("metric")
-        yield (metric if isinstance(metric, str) and metric else "value"), whole
-        return
-    if not isinstance(data, dict):
-        return
-    for key, value in data.items():
-        if key in IGNORED_FIELDS:
-            continue
-        number = _number(value)
-        if number is not None:
-            yield key, number
-        elif isinstance(value, dict):
-            for inner, deeper in value.items():
-                number = _number(deeper)
-                if number is not None and inner not in IGNORED_FIELDS:
-                    yield f"{key}.{inner}", number
+def _namespace(request: web.Request) -> str:
+    return check_namespace(request.query.get("namespace", DEFAULT_NAMESPACE))
 
 
-def json_data(event: CloudEvent) -> Any:
-    data = event.data
-    if isinstance(data, bytes | str) and is_json_content_type(event.datacontenttype):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-    return data
+def _target(request: web.Request) -> tuple[str, str]:
+    return _namespace(request), check_device_id(request.match_info["id"])
 
 
-def event_time(event: CloudEvent, received: float) -> float:
-    text = event.time
-    if text:
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            pass
-    return received
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text=orjson.dumps({"error": "send application/json"}).decode(),
+            content_type="application/json",
+        )
+    try:
+        body = orjson.loads(await read_body(request, MAX_BODY))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidDevice(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidDevice("the body must be a JSON object")
+    return body
 
 
-class DeviceTracker:
-    """Latest values and recent series per device, fed from the Brokers' streams."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.devices: dict[str, Device] = {}
-        self.untracked = 0
-        self.version = 0
-        self._readers: dict[str, asyncio.Task[None]] = {}
-        self._sync: asyncio.Task[None] | None = None
-        self.last_used = time.monotonic()
-        self.closing = asyncio.Event()
-        """Set when the application stops: live clients are let go at once."""
-
-    # -- taking events -----------------------------------------------------------
-
-    def ingest(self, event: CloudEvent, received: float) -> None:
-        data = json_data(event)
-        name = device_of(event, data)
-        if name is None:
-            return
-        samples = list(numeric_fields(event, data))
-        t = event_time(event, received)
-        if not samples or t < received - WINDOW_SECONDS:
-            return
-        device = self.devices.get(name)
-        if device is None:
-            if len(self.devices) >= MAX_DEVICES:
-                self.untracked += 1
-                return
-            device = self.devices[name] = Device(name)
-        changed = False
-        for field, value in samples:
-            series = device.fields.get(field)
-            if series is None:
-                if len(device.fields) >= MAX_FIELDS:
-                    continue
-                series = device.fields[field] = Series()
-            if series.add(t, value):
-                device.values[field] = value
-                changed = True
-        if changed:
-            device.updated = max(device.updated, t)
-            self.version += 1
-            device.version = self.version
-
-    # -- reading the streams ---------------------------------------------------------
-
-    def start(self) -> None:
-        """Start tracking, if not running; every use calls it (it keeps tracking alive)."""
-        self.last_used = time.monotonic()
-        if self._sync is None and not self.closing.is_set():
-            # Owned and cancelled in stop(), which the application's cleanup calls.
-            self._sync = asyncio.create_task(self._synchronise(), name="devices:sync")
-
-    async def stop(self) -> None:
-        self.closing.set()
-        tasks = [t for t in (self._sync, *self._readers.values()) if t is not None]
-        self._sync = None
-        self._readers.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def _streams(self) -> set[str]:
-        streams = set()
-        for resource in self.runtime.resources("Broker"):
-            broker = self.runtime.ingress_lookup(resource.namespace, resource.name)
-            if broker is not None:
-                streams.add(broker.stream)
-        return streams
-
-    async def _synchronise(self) -> None:
-        while True:
-            if time.monotonic() - self.last_used > IDLE_STOP:
-                log.debug("device tracking idle for %.0fs: stopping", IDLE_STOP)
-                readers = list(self._readers.values())
-                self._readers.clear()
-                self._sync = None
-                for task in readers:
-                    task.cancel()
-                await asyncio.gather(*readers, return_exceptions=True)
-                return
-            wanted = self._streams()
-            for stream, task in list(self._readers.items()):
-                if task.done():  # failed: log why, and start it again below
-                    del self._readers[stream]
-                    if not task.cancelled() and task.exception() is not None:
-                        log.error("device tracking of %s failed", stream, exc_info=task.exception())
-            for stream in set(self._readers) - wanted:
-                self._readers.pop(stream).cancel()
-            for stream in wanted - set(self._readers):
-                self._readers[stream] = asyncio.create_task(
-                    self._read(stream), name=f"devices:{stream}"
-                )
-            await asyncio.sleep(SYNC_INTERVAL)
-
-    async def _read(self, stream: str) -> None:
-        log_ = self.runtime.log
-        try:
-            # A fresh cursor each time: the history is rebuilt from the log.
-            with contextlib.suppress(LogError):
-                await log_.delete_consumer(stream, CONSUMER)
-            info = await log_.info(stream)
-            if info.events > MAX_BACKFILL:
-                start = Start.at_offset(info.last_offset - MAX_BACKFILL + 1)
-            else:
-                start = Start.at_time(time.time() - WINDOW_SECONDS)
-            async with log_.reader(stream, CONSUMER, start) as reader:
-                while True:
-                    batch = await reader.next_batch(READ_BATCH, timeout=1.0)
-                    received = time.time()
-                    for entry in batch:
-                        self.ingest(entry.event, received)
-                        await reader.ack(entry.offset)
-        except LogError as exc:
-            # The Broker went away (or the log did): the next sync starts again.
-            log.debug("device tracking of %s stopped: %s", stream, exc)
-        finally:
-            with contextlib.suppress(LogError):
-                await log_.delete_consumer(stream, CONSUMER)
-
-    # -- the API's view ------------------------------------------------------------------
-
-    def changes(self, since: int) -> list[dict[str, Any]]:
-        """Devices changed after version ``since``: latest values and their newest points."""
-        return [
-            {
-                **device.summary(),
-                "points": {
-                    field: [series.times[-1], series.values[-1]]
-                    for field, series in device.fields.items()
-                    if series.times
-                },
-            }
-            for device in self.devices.values()
-            if device.version > since
-        ]
+def _only(body: dict[str, Any], *allowed: str) -> None:
+    unknown = set(body) - set(allowed)
+    if unknown:
+        raise InvalidDevice(
+            f"unknown field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}"
+        )
 
 
-def _tracker(request: web.Request) -> DeviceTracker:
-    tracker = request.app[TRACKER_KEY]
-    tracker.start()
-    return tracker
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidDevice(f"`{name}` is true or false")
+    return value
+
+
+def _revision(value: Any, name: str = "revision") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidDevice(f"`{name}` is a non-negative integer")
+    return value
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise InvalidDevice(f"`{name}` must be an integer from {low} to {high}, not {text[:20]!r}")
+    return int(text)
+
+
+# -- devices ------------------------------------------------------------------------------
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    tracker = _tracker(request)
-    devices = sorted(tracker.devices.values(), key=lambda d: d.name)
+    devices = _devices(request)
+    await devices.start()
+    query = request.query
+    namespace = check_namespace(query["namespace"]) if "namespace" in query else None
+    online: bool | None = None
+    if "online" in query:
+        if query["online"] not in ("true", "false"):
+            raise InvalidDevice("`online` is true or false")
+        online = query["online"] == "true"
+    selector = Selector.parse(query["selector"]) if query.get("selector") else None
+    limit = _int_query(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = query.get("continue")
+    found = devices.find(namespace, online=online, selector=selector)
+    if after:
+        found = [d for d in found if f"{d.namespace}/{d.id}" > after]
+    page = found[:limit]
+    body: dict[str, Any] = {
+        "items": [_view(request, d) for d in page],
+        "total": len(found),
+    }
+    if len(found) > limit:
+        body["continue"] = f"{page[-1].namespace}/{page[-1].id}"
+    return json_response(body)
+
+
+async def create_device(request: web.Request) -> web.Response:
+    body = await _body(request)
+    _only(body, "id", "namespace", "labels", "enabled", "credentials")
+    devices = _devices(request)
+    await devices.start()
+    credentials = body.get("credentials")
+    if credentials is not None and not isinstance(credentials, list):
+        raise InvalidDevice("`credentials` is a list")
+    device, secrets = await devices.registry.create(
+        body.get("namespace", request.query.get("namespace", DEFAULT_NAMESPACE)),
+        body.get("id"),  # type: ignore[arg-type]  # checked there
+        labels=body.get("labels"),
+        enabled=_bool(body.get("enabled", True), "enabled"),
+        credentials=credentials,
+    )
+    return json_response(
+        {"device": _view(request, device), "secrets": [s.to_json() for s in secrets]}, 201
+    )
+
+
+async def import_devices(request: web.Request) -> web.Response:
+    namespace = _namespace(request)
+    media = request.content_type
+    if media not in ("text/csv", "application/json"):
+        return error(415, "send the devices as text/csv or application/json")
+    try:
+        text = (await read_body(request, MAX_IMPORT_BYTES)).decode("utf-8")
+    except UnicodeDecodeError:
+        return error(400, "the body is not UTF-8")
+    rows = parse_rows(text, "csv" if media == "text/csv" else "json")
+    devices = _devices(request)
+    await devices.start()
+    result = await devices.registry.import_devices(namespace, rows)
     return json_response(
         {
-            "devices": [{**d.summary(), "fields": sorted(d.fields)} for d in devices],
-            "untracked": tracker.untracked,
-            "windowSeconds": WINDOW_SECONDS,
-            "bucketSeconds": BUCKET_SECONDS,
-            "version": tracker.version,
+            "created": len(result.created),
+            "existing": result.existing,
+            "failed": [{"device": d, "error": why} for d, why in result.failed],
+            "secrets": [s.to_json() for s in result.secrets],
         }
     )
 
 
-async def device_series(request: web.Request) -> web.Response:
-    tracker = _tracker(request)
-    name = request.query.get("device")
-    if not name:
-        return error(400, "say which device: ?device=NAME")
-    device = tracker.devices.get(name)
-    if device is None:
-        return error(404, f"no device {name!r} in the last hour")
-    text = request.query.get("since")
-    now = time.time()
-    since = now - WINDOW_SECONDS
-    if text is not None:
-        try:
-            since = float(text)
-        except ValueError:
-            return error(400, f"`since` must be seconds since the epoch, not {text!r}")
-        if not math.isfinite(since):
-            return error(400, f"`since` must be a finite number, not {text!r}")
-    series = {}
-    for field, points in sorted(device.fields.items()):
-        times, values = points.points(since)
-        series[field] = {"t": times, "v": values}
-    return json_response({**device.summary(), "series": series})
+async def get_device(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    return json_response(_view(request, devices.registry.require(namespace, device_id)))
 
 
-async def device_events(request: web.Request) -> web.StreamResponse:
-    """Changes after ``since`` (the ``version`` of the client's listing; default: now)."""
-    tracker = _tracker(request)
-    text = request.query.get("since")
-    seen = tracker.version
+async def update_device(request: web.Request) -> web.Response:
+    body = await _body(request)
+    _only(
+        body,
+        "labels",
+        "enabled",
+        "revision",
+        "addCredentials",
+        "removeCredentials",
+        "replaceSecrets",
+    )
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    add = body.get("addCredentials", [])
+    remove = body.get("removeCredentials", [])
+    if not isinstance(add, list):
+        raise InvalidDevice("`addCredentials` is a list of credentials")
+    if not isinstance(remove, list) or not all(isinstance(r, str) for r in remove):
+        raise InvalidDevice("`removeCredentials` is a list of credential ids")
+    device, secrets = await devices.registry.update(
+        namespace,
+        device_id,
+        labels=body.get("labels"),
+        enabled=_bool(body["enabled"], "enabled") if "enabled" in body else None,
+        add=add,
+        remove=remove,
+        replace_secrets=_bool(body.get("replaceSecrets", False), "replaceSecrets"),
+        revision=_revision(body.get("revision")),
+    )
+    return json_response(
+        {"device": _view(request, device), "secrets": [s.to_json() for s in secrets]}
+    )
+
+
+async def delete_device(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    text = request.query.get("revision")
+    revision = None
     if text is not None:
         if not (text.isascii() and text.isdigit()):
-            return error(400, f"`since` must be a version from the device list, not {text!r}")
-        seen = min(int(text), tracker.version)
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            raise InvalidDevice(f"`revision` is a non-negative integer, not {text[:20]!r}")
+        revision = int(text)
+    device = await devices.registry.delete(namespace, device_id, revision=revision)
+    return json_response({"deleted": {"id": device.id, "namespace": device.namespace}})
+
+
+async def add_credential(request: web.Request) -> web.Response:
+    body = await _body(request)
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    device, secrets = await devices.registry.update(namespace, device_id, add=[body])
+    return json_response(
+        {"device": _view(request, device), "secrets": [s.to_json() for s in secrets]}, 201
     )
-    await response.prepare(request)
-    try:
-        await response.write(b": devices\n\n")
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tracker.closing.wait(), PUSH_INTERVAL)
-            if tracker.closing.is_set():
-                break
-            tracker.start()  # a connected client keeps tracking alive
-            changed = tracker.changes(seen)
-            seen = tracker.version
-            if changed:
-                body = orjson.dumps({"devices": changed, "untracked": tracker.untracked})
-                await response.write(b"data: " + body + b"\n\n")
-            else:
-                await response.write(b": keepalive\n\n")
-    except ConnectionResetError:
-        pass
-    return response
 
 
-async def _stop_tracker(app: web.Application) -> None:
-    await app[TRACKER_KEY].stop()
+async def remove_credential(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    credential = request.match_info["credential"]
+    device, _ = await devices.registry.update(namespace, device_id, remove=[credential])
+    return json_response({"device": _view(request, device)})
 
 
-def add_routes(app: web.Application, runtime: Runtime) -> None:
-    app[TRACKER_KEY] = DeviceTracker(runtime)
-    app.on_shutdown.append(_stop_tracker)
-    app.router.add_get("/api/v1/devices", list_devices)
-    app.router.add_get("/api/v1/devices/events", device_events)
-    app.router.add_get("/api/v1/devices/series", device_series)
+# -- twins ----------------------------------------------------------------------------------
+
+
+async def get_twin(request: web.Request) -> web.Response:
+    namespace, device_id = _target(request)
+    twin = await _devices(request).twin(namespace, device_id)
+    return json_response(twin.to_json())
+
+
+async def _set_desired(request: web.Request, *, merge: bool) -> web.Response:
+    body = await _body(request)
+    _only(body, "state", "version")
+    if "state" not in body:
+        raise InvalidDevice("the body needs `state`: a JSON object (a merge patch for PATCH)")
+    namespace, device_id = _target(request)
+    change = await _devices(request).set_desired(
+        namespace,
+        device_id,
+        body["state"],
+        merge=merge,
+        version=_revision(body.get("version"), "version"),
+    )
+    return json_response(change.after.to_json())
+
+
+async def patch_desired(request: web.Request) -> web.Response:
+    return await _set_desired(request, merge=True)
+
+
+async def put_desired(request: web.Request) -> web.Response:
+    return await _set_desired(request, merge=False)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+async def send_command(request: web.Request) -> web.Response:
+    body = await _body(request)
+    _only(body, "data", "dataBase64", "contentType", "expiry")
+    namespace, device_id = _target(request)
+    data, content_type = parse_data(body)
+    command = await _devices(request).command(
+        namespace, device_id, data, content_type, expiry=expiry_seconds(body.get("expiry"))
+    )
+    return json_response(command.to_json(), 201)
+
+
+async def list_commands(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    devices.registry.require(namespace, device_id)
+    limit = _int_query(request, "limit", 20, 1, 100)
+    commands = await devices.commands.recent(namespace, device_id, limit)
+    return json_response({"items": [c.to_json() for c in commands]})
+
+
+async def get_command(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    await devices.start()
+    namespace, device_id = _target(request)
+    devices.registry.require(namespace, device_id)
+    command_id = request.match_info["command"]
+    wait = 0.0
+    if "wait" in request.query:
+        wait = parse_seconds(request.query["wait"])
+        if not 0 <= wait <= MAX_WAIT:
+            raise InvalidDevice(f"`wait` is 0 to {MAX_WAIT:g} seconds")
+    command = await devices.commands.wait(namespace, device_id, command_id, wait)
+    if command is None:
+        raise DeviceNotFound(f"device {device_id!r} has no command {command_id!r}")
+    return json_response(command.to_json())
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/api/v1/devices", list_devices)
+    router.add_post("/api/v1/devices", create_device)
+    router.add_post("/api/v1/devices/import", import_devices)
+    router.add_get("/api/v1/devices/{id}", get_device)
+    router.add_patch("/api/v1/devices/{id}", update_device)
+    router.add_delete("/api/v1/devices/{id}", delete_device)
+    router.add_post("/api/v1/devices/{id}/credentials", add_credential)
+    router.add_delete("/api/v1/devices/{id}/credentials/{credential}", remove_credential)
+    router.add_get("/api/v1/devices/{id}/twin", get_twin)
+    router.add_patch("/api/v1/devices/{id}/twin/desired", patch_desired)
+    router.add_put("/api/v1/devices/{id}/twin/desired", put_desired)
+    router.add_post("/api/v1/devices/{id}/commands", send_command)
+    router.add_get("/api/v1/devices/{id}/commands", list_commands)
+    router.add_get("/api/v1/devices/{id}/commands/{command}", get_command)

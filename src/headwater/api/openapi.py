@@ -12,6 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from headwater import __version__
+from headwater.api.devices_openapi import OPENAPI_PATHS as DEVICE_PATHS
+from headwater.api.devices_openapi import SCHEMAS as DEVICE_SCHEMAS
 from headwater.api.http import json_response
 from headwater.resources import KINDS
 
@@ -296,7 +298,8 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "Resources in Knative's shapes, status, streams, tail and replay, "
-                "topology, dead letters and devices."
+                "topology, dead letters, telemetry, and the device registry (devices, "
+                "credentials, presence, twins, commands)."
             ),
         },
         "components": {
@@ -309,6 +312,7 @@ def document() -> dict[str, Any]:
                 "Topology": _TOPOLOGY,
                 "DeadLetter": _DEAD_LETTER,
                 "Device": _DEVICE,
+                **DEVICE_SCHEMAS,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -665,7 +669,8 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/devices": {
+            **DEVICE_PATHS,
+            "/api/v1/telemetry": {
                 "get": {
                     "summary": "Devices seen in the last hour with their latest numeric values",
                     "responses": {
@@ -690,7 +695,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/devices/series": {
+            "/api/v1/telemetry/series": {
                 "get": {
                     "summary": "A device's points per field (one per bucket) over the last hour",
                     "parameters": [
@@ -727,7 +732,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/devices/events": {
+            "/api/v1/telemetry/events": {
                 "get": {
                     "summary": "Changed devices, pushed once a second as server-sent events",
                     "parameters": [

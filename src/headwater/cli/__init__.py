@@ -9,10 +9,10 @@ remaining events, on a terminal as a bar and otherwise as a line every few
 seconds; Ctrl-C cancels the job it started on the server too.
 """
 
-from headwater.cli import deadletters, events, resources, tools, up
+from headwater.cli import deadletters, devices, events, resources, tools, up
 from headwater.cli._common import main
 
 __all__ = ["main"]
 
 # The command modules add their commands to `main` when imported.
-_COMMANDS = (deadletters, events, resources, tools, up)
+_COMMANDS = (deadletters, devices, events, resources, tools, up)

@@ -3,20 +3,20 @@
 How this works: ``cesql`` compiles and evaluates an expression against an
 event (from a file or a sample) with the same engine Triggers use;
 ``simulate`` runs simulated MQTT devices against a broker
-(:mod:`headwater.sources.simulator`).
+(:mod:`headwater.sources.simulator`); with ``--register`` it registers them
+in a running Headwater's device registry first (so it talks to the admin
+API then, ``--server``).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import click
 
-from headwater.cli._common import (
-    fail,
-    main,
-)
+from headwater.cli._common import fail, main, server_option, token_option
 
 
 @main.command("cesql", context_settings={"ignore_unknown_options": True})
@@ -70,6 +70,20 @@ def cesql_command(expression: str, event_file: Path | None) -> None:
 @click.option("--username", envvar="MQTT_USERNAME", default=None)
 @click.option("--password", envvar="MQTT_PASSWORD", default=None)
 @click.option("--mqtt311", is_flag=True, help="Speak MQTT 3.1.1 instead of 5.0.")
+@click.option(
+    "--prefix",
+    default=None,
+    help="Client ids are PREFIX-0, PREFIX-1, ... [default: sim-XXXX, new each run, so that "
+    "two simulators never take over each other's devices]",
+)
+@click.option(
+    "--register",
+    is_flag=True,
+    help="Register the devices in the device registry first (through the admin API, "
+    "--server) and connect with their secrets.",
+)
+@server_option
+@token_option
 def simulate(
     devices: int,
     rate: float,
@@ -84,8 +98,14 @@ def simulate(
     username: str | None,
     password: str | None,
     mqtt311: bool,
+    prefix: str | None,
+    register: bool,
+    server: str | None,
+    token: str | None,
 ) -> None:
     """Run a fleet of simulated greenhouse sensors that publish telemetry and answer commands."""
+    from headwater.api.client import ApiError
+    from headwater.cli.devices import register_simulated
     from headwater.sources.simulator import run_cli
 
     try:
@@ -103,10 +123,18 @@ def simulate(
             username,
             password,
             mqtt311,
+            prefix,
+            functools.partial(register_simulated, server, token) if register else None,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ApiError) as exc:
         fail(str(exc))
     click.echo(
         f"sent {stats.sent}, acked {stats.acked}, failed {stats.failed}, "
-        f"commands {stats.commands}, answered {stats.answered}"
+        f"commands {stats.commands}, answered {stats.answered}, reconnects {stats.reconnects}"
     )
+    if stats.refused:
+        click.echo(
+            f"warning: {stats.refused} (the broker's ACL, or its `devices.publish` templates, "
+            "may not allow the simulator's topic sensors/<device>/climate)",
+            err=True,
+        )

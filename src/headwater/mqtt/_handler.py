@@ -465,6 +465,9 @@ class ClientHandler:
                 self._refuse(verdict, f"refused by {type(authenticator).__name__}")
         username = connect.username
         passwords = broker.passwords
+        # Any authentication configured (a password file, a device registry) turns
+        # anonymous access off unless the listener allows it, as Mosquitto 2 does.
+        authentication = passwords is not None or bool(broker.authenticators)
         mode = self.listener.cert_username
         if certificate is not None and mode is not None:
             username = certificate.name(mode)
@@ -476,7 +479,7 @@ class ClientHandler:
             if not ok:
                 broker.stats.auth_failures += 1
                 self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"bad password for {username!r}")
-        elif not self.listener.admits_anonymous(authentication=passwords is not None):
+        elif not self.listener.admits_anonymous(authentication=authentication):
             broker.stats.auth_failures += 1
             self._refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is off on this listener")
         return Identity(identity(username), username)
@@ -735,9 +738,12 @@ class ClientHandler:
         now = time.time()
         # [MQTT-3.8.4-4 (3.1.1) / 3.8.4-5 (5.0)] several filters behave like a sequence
         # of SUBSCRIBEs; [MQTT-3.8.4-5 (3.1.1) / 3.9.3-1 (5.0)] one code each, in order.
+        granted: list[Subscription] = []
         for text, options in packet.subscriptions:
             code, sub, is_new = self._subscribe_one(text, options, identifier)
             codes.append(code)
+            if sub is not None:
+                granted.append(sub)
             if sub is None or sub.share is not None or not config.retain_available:
                 # §4.8.2: retained messages are not sent for a shared subscription.
                 continue
@@ -748,6 +754,12 @@ class ClientHandler:
                 retained.append((sub, broker.retained.match(sub.match_filter, now)))
         # [MQTT-3.8.4-1] SUBACK with the same packet id, before any retained message.
         self.conn.suback(packet.packet_id, codes)
+        if granted and broker._on_subscribe is not None:
+            assert self.info is not None
+            try:
+                broker._on_subscribe(self.info, granted)
+            except Exception:
+                logger.exception("on_subscribe hook failed for %s", self.client_id)
         for sub, messages in retained:
             sub_ids = subscription_ids(sub)
             for message in messages:

@@ -54,6 +54,7 @@ from headwater.mqtt.config import (
     OnConnect,
     OnDisconnect,
     OnPublish,
+    OnSubscribe,
     Outcome,
     PeerCertificate,
     PublishHook,
@@ -172,6 +173,7 @@ class MqttBroker:
         hook: PublishHook | None = None,
         on_connect: OnConnect | None = None,
         on_disconnect: OnDisconnect | None = None,
+        on_subscribe: OnSubscribe | None = None,
         router: Router | None = None,
         store: SessionStore | None = None,
         authenticators: Sequence[Authenticator] = (),
@@ -207,6 +209,7 @@ class MqttBroker:
         self.hook: PublishHook | None = hook if on_publish is None else _EachPublish(on_publish)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_subscribe = on_subscribe
         self.router: Router = router if router is not None else LocalRouter()
         self._retained = RetainedStore(config.max_retained)
         self._sessions: dict[str, Session] = {}

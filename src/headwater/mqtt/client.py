@@ -217,7 +217,11 @@ class Client:
 
     async def __aenter__(self) -> Client:
         try:
-            await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for raises the inner
+            # error instead of CancelledError when both land in one step (gh-86296),
+            # and a cancelled caller would go on as if the connect had failed.
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._connect()
         except BaseException:
             await self.close()
             raise

@@ -26,6 +26,7 @@ from headwater.mqtt.session import (
     NEVER_EXPIRES,
     Message,
     OverflowPolicy,
+    Subscription,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "OnConnect",
     "OnDisconnect",
     "OnPublish",
+    "OnSubscribe",
     "Outcome",
     "PeerCertificate",
     "PublishHook",
@@ -321,6 +323,10 @@ OnPublish = Callable[
 ]
 OnConnect = Callable[[ClientInfo], Awaitable[None]]
 OnDisconnect = Callable[[ClientInfo], Awaitable[None]]
+#: Called (synchronously) after a SUBACK with the subscriptions it granted, as
+#: ``on_subscribe(info, subscriptions)``: a device plane learns that a device can
+#: now receive its commands. What it publishes then follows the SUBACK.
+OnSubscribe = Callable[[ClientInfo, Sequence[Subscription]], None]
 
 Outcome = ReasonCode | Refusal | None
 """A hook's answer for one message: ``None`` (or a code < 0x80) accepts it."""

@@ -6,6 +6,7 @@ and one entry each.
 
 from __future__ import annotations
 
+from headwater.resources.devices import Device, DeviceSink
 from headwater.resources.models import (
     Broker,
     Channel,
@@ -28,8 +29,9 @@ KINDS: dict[str, type[Resource]] = {
 KINDS[ContainerSource.KIND] = ContainerSource
 KINDS.update({cls.KIND: cls for cls in (MqttBrokerSource, MqttSource, MqttSink)})
 KINDS.update({cls.KIND: cls for cls in (InfluxDBSink, PrometheusSink, HttpSink)})
+KINDS.update({cls.KIND: cls for cls in (Device, DeviceSink)})
 KINDS.update({cls.KIND: cls for cls in (Uplink, Downlink, Edge)})
 
 # Kinds that can receive events through a Destination's `ref`.
 ADDRESSABLE_KINDS = frozenset({"Broker", "Channel", "InMemoryChannel", "EventDisplay", "MqttSink"})
-ADDRESSABLE_KINDS |= {"InfluxDBSink", "PrometheusSink", "HttpSink", "Edge"}
+ADDRESSABLE_KINDS |= {"InfluxDBSink", "PrometheusSink", "HttpSink", "DeviceSink", "Edge"}

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from headwater.mqtt.topics import InvalidTopic, validate_topic_filter
+from headwater.resources.devices import DevicesSpec
 from headwater.resources.models import Destination, Model, Resource
 from headwater.sources.mapping import DEFAULT_SOURCE, DEFAULT_TYPE, InvalidMapping, Mapping
 
@@ -131,6 +132,9 @@ class MqttBrokerSourceSpec(Model):
     #: bytes held across all connections for packets still arriving (a connection
     #: that would take the total past it is closed); unset: the broker's 64 MiB
     max_incomplete_bytes: int | None = Field(default=None, ge=64 * 1024)
+    #: the device registry: devices of this namespace connect with their credentials,
+    #: within ACL templates; presence, twins and commands (see headwater.devices)
+    devices: DevicesSpec | None = None
     sink: Destination
 
     @field_validator("topics")
@@ -143,6 +147,16 @@ class MqttBrokerSourceSpec(Model):
         fixed = [(listener.host, listener.port) for listener in self.listeners if listener.port]
         if len(fixed) != len(set(fixed)):
             raise ValueError("two listeners share a host and port")
+        if (
+            self.devices is not None
+            and self.devices.provisioning is not None
+            and not any(lis.tls and lis.tls.require_client_cert for lis in self.listeners)
+        ):
+            raise ValueError(
+                "`devices.provisioning` needs a listener with `tls.requireClientCert: true` "
+                "(whose `tls.caFile` trusts the provisioning CA): devices present their "
+                "certificates there"
+            )
         return self
 
 

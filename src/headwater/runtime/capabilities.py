@@ -9,7 +9,10 @@ How this works: every component is a
   the log, with dispatchers);
 - :class:`Delivering`: it runs a Trigger's or Subscription's dispatcher;
 - :class:`HasMetrics`: it publishes Prometheus metric families on
-  Headwater's ``/metrics``.
+  Headwater's ``/metrics``;
+- :class:`Removable`: it keeps something beyond its run (a Device, its
+  registry entry) that goes when its resource is deleted, not when the
+  process stops.
 
 The runtime and the API ask with ``isinstance`` (runtime-checkable
 Protocols), never by probing attributes, and the event path never asks: a
@@ -29,7 +32,7 @@ from headwater.eventing import Dispatcher, Sink
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-__all__ = ["Addressable", "Delivering", "HasFanout", "HasMetrics"]
+__all__ = ["Addressable", "Delivering", "HasFanout", "HasMetrics", "Removable"]
 
 
 @runtime_checkable
@@ -58,4 +61,11 @@ class HasMetrics(Protocol):
     def metric_families(self) -> list[Metric]:
         """Families for ``/metrics``; families of one name from several
         components are merged into one (each component adds its own labels)."""
+        ...
+
+
+@runtime_checkable
+class Removable(Protocol):
+    async def removed(self) -> None:
+        """Its resource was deleted (after ``stop``): drop what it kept."""
         ...

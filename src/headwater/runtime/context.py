@@ -7,7 +7,9 @@ resource's DeliverySpec to a resolved one, a Broker or Channel to its
 fan-out), the HTTP clients (:class:`HttpClients`), the :class:`Registry` of
 what listens where, the dead letters (:class:`DeadLetterRecords`: what a
 component that sends without a DeliverySpec gives up on, e.g. an Uplink's
-refused events) and the node's data directory. The runtime makes one
+refused events), the device registry (:class:`~headwater.devices.Devices`:
+registry, presence, twins and commands, in the state store) and the node's
+data directory. The runtime makes one
 context and hands it to every builder; a component never sees the runtime,
 the reconciler or another component, so what it depends on is written in
 its constructor.
@@ -33,6 +35,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from headwater.cloudevents import CloudEvent
+from headwater.devices import Devices
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import DeliveryError, DeliverySpec, DeliveryTransport, Sink, new_session
@@ -186,6 +189,8 @@ class Context:
     http: HttpClients
     registry: Registry
     dead_letters: DeadLetterRecords
+    devices: Devices
+    """The device registry, presence, twins and commands (one per node)."""
     data_dir: Path | None
     """Where components keep what they store unless their resource names a place
     (None: in memory)."""

@@ -49,6 +49,7 @@ from headwater.resources.mqtt import (
     parse_broker_url,
 )
 from headwater.runtime.context import Context, Kind, Registry, Stage
+from headwater.runtime.devices import device_metric_families, device_plane
 from headwater.sinks.mqtt import (
     EmbeddedPublisher,
     ExternalPublisher,
@@ -111,24 +112,41 @@ class MqttBrokerSourceComponent:
         if spec.sink.ref is not None and spec.sink.ref.kind == "Broker":
             # What the Broker's ingress would add to each event, set once per topic.
             mapping = mapping.stamping({TTL_EXTENSION: DEFAULT_TTL})
+        name = f"{resource.namespace}/{resource.name}"
+        emit_many: Any = functools.partial(deliver_many, self._sink)
+        self.plane = None
+        if spec.devices is not None:
+            self.plane = device_plane(
+                context.devices, resource.namespace, name, spec.devices, self._sink
+            )
+            emit_many = self.plane.tap(emit_many)
         self.source = BrokerSourceRunner(
             config,
             mapping,
             self._sink.deliver,
-            emit_many=functools.partial(deliver_many, self._sink),
+            emit_many=emit_many,
             topics=tuple(spec.topics),
             device_events=spec.device_events,
             max_event_size=spec.max_event_size,
-            name=f"{resource.namespace}/{resource.name}",
+            name=name,
+            devices=self.plane,
         )
         self.registry: Registry = context.registry
+        self._devices = context.devices
 
     @property
     def _listener_name(self) -> str:
         return f"mqtt/{self.resource.namespace}/{self.resource.name}"
 
     async def start(self) -> None:
-        await self.source.__aenter__()
+        if self.plane is not None:
+            await self.plane.start()  # the registry is read before the first CONNECT
+        try:
+            await self.source.__aenter__()
+        except BaseException:
+            if self.plane is not None:
+                await self.plane.stop()
+            raise
         for listener, host, port in self.source.broker.addresses:
             scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
             url = f"{scheme}://{host}:{port}"
@@ -139,7 +157,11 @@ class MqttBrokerSourceComponent:
     async def stop(self) -> None:
         self.registry.listeners.pop(self._listener_name, None)
         self.registry.mqtt_brokers.pop(self.resource.key, None)
-        await self.source.__aexit__(None, None, None)
+        try:
+            await self.source.__aexit__(None, None, None)
+        finally:
+            if self.plane is not None:
+                await self.plane.stop()
 
     async def update(self, resource: Resource) -> bool:
         """A change of the password file or ACL only is applied in place (as
@@ -155,7 +177,10 @@ class MqttBrokerSourceComponent:
         return True
 
     def status(self) -> dict[str, Any]:
-        return self.source.status()
+        status = self.source.status()
+        if self.plane is not None:
+            status.update(self.plane.status())
+        return status
 
     def metric_families(self) -> list[Metric]:
         """The embedded broker's counters of hostile or refused input, for ``/metrics``."""
@@ -204,6 +229,8 @@ class MqttBrokerSourceComponent:
         )
         held.add_metric(labels, self.source.broker.incomplete_bytes)
         families.append(held)
+        if self.plane is not None:
+            families.extend(device_metric_families(self.plane, self._devices, LABELS, labels))
         return families
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from headwater.resources import ConfigError, Loaded, Problem, Resource, check_references
+from headwater.runtime.capabilities import Removable
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class Reconciler:
     async def _reconcile(self, desired: dict[Key, Loaded]) -> ApplyResult:
         result = ApplyResult([], [], [], [])
         for key in sorted(self._entries.keys() - desired.keys(), key=self._stop_order):
-            await self._stop(key)
+            await self._stop(key, removed=True)
             del self._entries[key]
             result.deleted.append(key)
         for key in sorted(desired, key=self._start_order):
@@ -242,11 +243,17 @@ class Reconciler:
         rank, _ = self._start_order(key)
         return (-rank, key)
 
-    async def _stop(self, key: Key) -> None:
+    async def _stop(self, key: Key, *, removed: bool = False) -> None:
+        """Stop a component; ``removed``: its resource was deleted, and a
+        :class:`~headwater.runtime.capabilities.Removable` component (one that
+        keeps something, as a Device its registry entry) is told, unlike at
+        shutdown."""
         entry = self._entries[key]
         component, entry.component = entry.component, None
         if component is not None:
             try:
                 await component.stop()
+                if removed and isinstance(component, Removable):
+                    await component.removed()
             except Exception:
                 log.exception("%s %s/%s did not stop cleanly", *key)

@@ -5,7 +5,10 @@ reconciler, the HTTP clients and the dead-letter store, and builds one
 :class:`~headwater.runtime.context.Context` that every kind's builder gets
 (the kinds and their start stages are the tables of
 :mod:`headwater.runtime.components`, :mod:`headwater.runtime.sinks` and
-:mod:`headwater.runtime.mqtt`). Destinations resolve through the
+:mod:`headwater.runtime.mqtt`, :mod:`headwater.runtime.tiers` and
+:mod:`headwater.runtime.devices`). The device registry
+(:class:`~headwater.devices.Devices`: registry, presence, twins, commands)
+lives in the same state store and is in the context too. Destinations resolve through the
 :class:`~headwater.runtime.destinations.Resolver`: a ``ref`` to an in-process
 receiver without a socket, a ``uri`` to an HTTP sink over the one delivery
 transport. Every DeliverySpec it resolves records given-up events in
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from headwater.devices import Devices
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import Deliverer, DeliveryTransport, Dispatcher
@@ -42,6 +46,8 @@ from headwater.runtime.context import (
 )
 from headwater.runtime.deadletters import DeadLetters
 from headwater.runtime.destinations import Resolver
+from headwater.runtime.devices import KINDS as DEVICE_KINDS
+from headwater.runtime.devices import remove_orphans
 from headwater.runtime.jobs import Jobs
 from headwater.runtime.mqtt import KINDS as MQTT_KINDS
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
@@ -56,6 +62,7 @@ KINDS: Final[Mapping[str, Kind]] = {
     **SINK_KINDS,
     **MQTT_KINDS,
     **TIER_KINDS,
+    **DEVICE_KINDS,
 }
 """Every kind this runtime runs: how it is built and at which stage it starts."""
 
@@ -102,6 +109,8 @@ class Runtime:
         self.log: EventLog = log if log is not None else MemoryLog()
         # What the API applied is kept here (see runtime.applied); owned and closed here.
         self.state: StateStore = state if state is not None else MemoryStore()
+        # The device registry, presence, twins and commands (headwater.devices), in it too.
+        self.devices = Devices(self.state)
         self.data_dir = data_dir
         self.registry = Registry()
         self.listeners = self.registry.listeners
@@ -120,6 +129,7 @@ class Runtime:
             http=self.http,
             registry=self.registry,
             dead_letters=self.dead_letters,
+            devices=self.devices,
             data_dir=data_dir,
         )
         self.replays = Jobs()
@@ -195,7 +205,9 @@ class Runtime:
 
     async def start(self, files: LoadResult) -> ApplyResult:
         """Run ``headwater up``'s files and what the API applied before (see runtime.applied)."""
-        return await self.desired.start(files)
+        result = await self.desired.start(files)
+        await remove_orphans(self.devices, self.resources("Device"))
+        return result
 
     async def reload(self, files: LoadResult) -> ApplyResult:
         """The files changed (``--watch``): they become the desired state, beside the API's."""
@@ -257,5 +269,6 @@ class Runtime:
         _report_unfinished(fanouts, grace)
         await self.reconciler.close()
         await self.http.close()
+        await self.devices.close()
         await self.log.close()
         await self.state.close()

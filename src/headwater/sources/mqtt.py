@@ -166,7 +166,8 @@ class MqttSourceRunner:
                     consuming = asyncio.ensure_future(self._consume(client))
                     try:
                         # Resubscribe on every connect.
-                        await asyncio.wait_for(client.subscribe(self.topics), CONNECT_TIMEOUT)
+                        async with asyncio.timeout(CONNECT_TIMEOUT):  # not wait_for: see Client
+                            await client.subscribe(self.topics)
                         self.stats.connects += 1
                         delays.reset()
                         self.connected.set()

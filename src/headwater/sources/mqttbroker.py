@@ -41,7 +41,13 @@ loop forever and its later messages would never be acknowledged.
 
 Device connects/disconnects become ``dev.headwater.device.connected`` /
 ``...disconnected`` events (best effort: a failed append is logged and
-counted, there is nothing to refuse).
+counted, there is nothing to refuse), appended in batches of the events of
+:data:`DEVICE_EVENT_WINDOW` (a reconnect storm of 10,000 devices is not
+10,000 appends). With a device plane (``devices``, the registry's side of the
+broker: :mod:`headwater.devices.plane`), the plane
+authenticates CONNECTs first, hears connects, disconnects and SUBACKs,
+takes the publishes it selects (twin reports, command answers) instead of
+the mapping, and adds the device's id and labels to its device events.
 
 Event ids are ``{instance}-{n}``: unique per message, across restarts too.
 A resend is not a new message: the broker itself answers a QoS 2 resend whose
@@ -62,16 +68,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
+
+import orjson
 
 from headwater import tracing
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.log import EventTooLarge, LogFull
 from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
-from headwater.mqtt.config import Hooked, Outcome
+from headwater.mqtt.config import Authenticator, Hooked, Outcome
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
-from headwater.mqtt.session import Message
+from headwater.mqtt.session import Message, Subscription
 from headwater.mqtt.topics import topic_matches
 from headwater.sources.mapping import (
     CONTENT_TYPE_EXTENSION,
@@ -88,6 +96,7 @@ __all__ = [
     "CONNECTED_TYPE",
     "DEFAULT_APPEND_TIMEOUT",
     "DISCONNECTED_TYPE",
+    "DeviceHooks",
     "MqttBrokerSource",
     "SourceStats",
 ]
@@ -113,6 +122,35 @@ def _one_by_one(emit: Emit) -> EmitMany:
     return emit_many
 
 
+DeviceEvent = tuple[dict[str, Any], Any]
+"""What a device plane adds to a device event: extension attributes, and the data."""
+
+
+class DeviceHooks(Protocol):
+    """A device plane: the registry's side of the broker (see :mod:`headwater.devices.plane`)."""
+
+    @property
+    def authenticator(self) -> Authenticator:
+        """Asked at every CONNECT before the password file."""
+        ...
+
+    def attach(self, broker: MqttBroker) -> None: ...
+
+    def selects(self, topic: str) -> bool:
+        """Whether the plane takes publishes to ``topic`` (cheap: cached per topic)."""
+        ...
+
+    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]: ...
+
+    def connected(self, info: ClientInfo) -> DeviceEvent | None:
+        """A client connected (before its device event): what the event adds, if a device."""
+        ...
+
+    def disconnected(self, info: ClientInfo) -> DeviceEvent | None: ...
+
+    def subscribed(self, info: ClientInfo, subscriptions: Sequence[Subscription]) -> None: ...
+
+
 CONNECTED_TYPE: Final = "dev.headwater.device.connected"
 DISCONNECTED_TYPE: Final = "dev.headwater.device.disconnected"
 
@@ -120,6 +158,12 @@ DEFAULT_APPEND_TIMEOUT: Final = 10.0
 """Seconds a publish waits for its durable append before the publisher is told to
 retry (PUBACK 0x97 for MQTT 5). Long enough for a SQLite fsync under load or
 a JetStream leader election; short enough that a device does not time out first."""
+
+DEVICE_EVENT_WINDOW: Final = 0.002
+"""Seconds device events gather before they are appended together. A connect's
+CONNACK is out before its event; 2 ms later its next packets are taken (they
+wait for the event). In a reconnect storm it makes batches of dozens of events
+instead of one each (a durable append has a fixed cost that a batch shares)."""
 
 _MATCH_CACHE_MAX: Final = 10_000
 """Topics whose filter verdict is cached; the cache is cleared when full (bounded memory)."""
@@ -179,6 +223,7 @@ class MqttBrokerSource:
         max_event_size: int = 1024 * 1024,
         append_timeout: float = DEFAULT_APPEND_TIMEOUT,
         name: str = "mqttbroker",
+        devices: DeviceHooks | None = None,
     ) -> None:
         self.mapping = mapping
         self.emit = emit
@@ -194,12 +239,21 @@ class MqttBrokerSource:
         self.redeliveries = Redeliveries()
         self._matches: dict[str, bool] = {}
         self._responses: dict[str, asyncio.Future[Message]] = {}
+        #: Device events of this loop iteration, and the future of their append.
+        self._device_batch: tuple[list[CloudEvent], asyncio.Future[None]] | None = None
+        self._device_tasks: set[asyncio.Task[None]] = set()
+        self.devices = devices
+        hooked = device_events or devices is not None
         self.broker = MqttBroker(
             config,
             hook=self,
-            on_connect=self._on_connect if device_events else None,
-            on_disconnect=self._on_disconnect if device_events else None,
+            on_connect=self._on_connect if hooked else None,
+            on_disconnect=self._on_disconnect if hooked else None,
+            on_subscribe=devices.subscribed if devices is not None else None,
+            authenticators=[devices.authenticator] if devices is not None else (),
         )
+        if devices is not None:
+            devices.attach(self.broker)
 
     async def __aenter__(self) -> MqttBrokerSource:
         await self.broker.__aenter__()
@@ -227,12 +281,37 @@ class MqttBrokerSource:
         if verdict is None:
             if len(self._matches) >= _MATCH_CACHE_MAX:
                 self._matches.clear()
-            verdict = any(topic_matches(f, topic) for f in self.topics)
+            verdict = any(topic_matches(f, topic) for f in self.topics) or (
+                self.devices is not None and self.devices.selects(topic)
+            )
             self._matches[topic] = verdict
         return verdict
 
-    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> list[Outcome]:
+    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]:
         """Map a batch of publishes to events and append them together."""
+        devices = self.devices
+        if devices is not None and any(devices.selects(h.message.topic) for h in batch):
+            return await self._with_devices(devices, info, batch)
+        return await self._events(info, batch)
+
+    async def _with_devices(
+        self, devices: DeviceHooks, info: ClientInfo, batch: Sequence[Hooked]
+    ) -> list[Outcome]:
+        """The device plane's publishes go to it, the rest become events, in one answer."""
+        mine = [i for i, h in enumerate(batch) if devices.selects(h.message.topic)]
+        taken = set(mine)
+        rest = [i for i in range(len(batch)) if i not in taken]
+        outcomes: list[Outcome] = [None] * len(batch)
+        if rest:
+            for i, outcome in zip(
+                rest, await self._events(info, [batch[i] for i in rest]), strict=True
+            ):
+                outcomes[i] = outcome
+        for i, outcome in zip(mine, await devices(info, [batch[i] for i in mine]), strict=True):
+            outcomes[i] = outcome
+        return outcomes
+
+    async def _events(self, info: ClientInfo, batch: Sequence[Hooked]) -> list[Outcome]:
         stats = self.stats
         outcomes: list[Outcome] = [None] * len(batch)
         events: list[CloudEvent] = []
@@ -383,7 +462,10 @@ class MqttBrokerSource:
         for event, entry in zip(events, appending, strict=True):
             await self._append(sender, batch, [event], [entry], outcomes)
 
-    async def _device_event(self, info: ClientInfo, event_type: str) -> None:
+    async def _device_event(
+        self, info: ClientInfo, event_type: str, extra: DeviceEvent | None = None
+    ) -> None:
+        """Append a device event (it waits for its batch: :data:`DEVICE_EVENT_WINDOW`)."""
         attributes: dict[str, object] = {
             "specversion": "1.0",
             "id": self.ids.next(),
@@ -396,20 +478,68 @@ class MqttBrokerSource:
         }
         if info.username is not None:
             attributes["mqttusername"] = info.username
+        data: bytes | None = None
+        if extra is not None:
+            extensions, body = extra
+            attributes.update(extensions)
+            attributes["datacontenttype"] = "application/json"
+            data = orjson.dumps(body)
         try:
-            event = CloudEvent(attributes)
-            await asyncio.wait_for(self.emit(event), self.append_timeout)
+            event = CloudEvent(attributes, data)
+            async with asyncio.timeout(self.append_timeout):
+                await self._device_events_appended(event)
         except Exception as exc:
             self.stats.device_events_failed += 1
-            log.warning(
-                "%s: %s event for %s failed: %s", self.name, event_type, info.client_id, exc
+            self.throttle.warning(
+                ("device-event", event_type),
+                "%s: %s event for %s failed: %s",
+                self.name,
+                event_type,
+                info.client_id,
+                exc,
             )
 
+    def _device_events_appended(self, event: CloudEvent) -> asyncio.Future[None]:
+        """A future for ``event``'s append, together with the device events of the next
+        :data:`DEVICE_EVENT_WINDOW`: a reconnect storm's events are appended in
+        batches, as publishes are, not one append each."""
+        batch = self._device_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._device_batch = ([], loop.create_future())
+            loop.call_later(DEVICE_EVENT_WINDOW, self._append_device_events)
+        batch[0].append(event)
+        return asyncio.shield(batch[1])
+
+    def _append_device_events(self) -> None:
+        batch, self._device_batch = self._device_batch, None
+        if batch is None:
+            return
+        events, done = batch
+
+        async def append() -> None:
+            try:
+                await self.emit_many(events)
+            except Exception as exc:  # every waiter hears it
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        task = asyncio.ensure_future(append())
+        self._device_tasks.add(task)
+        task.add_done_callback(self._device_tasks.discard)
+        # Nobody waiting any more (timed out) must not leave the exception unretrieved.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def _on_connect(self, info: ClientInfo) -> None:
-        await self._device_event(info, CONNECTED_TYPE)
+        extra = self.devices.connected(info) if self.devices is not None else None
+        if self.device_events:
+            await self._device_event(info, CONNECTED_TYPE, extra)
 
     async def _on_disconnect(self, info: ClientInfo) -> None:
-        await self._device_event(info, DISCONNECTED_TYPE)
+        extra = self.devices.disconnected(info) if self.devices is not None else None
+        if self.device_events:
+            await self._device_event(info, DISCONNECTED_TYPE, extra)
 
     def status(self) -> dict[str, object]:
         broker = self.broker

@@ -10,15 +10,24 @@ seconds after that, and that greenhouse heats towards :data:`VENT_HEAT`
 for a while whatever the time of day, so a demo shows heat alerts within
 its first minute (the daily curve alone follows UTC and rarely reaches one).
 :class:`Fleet` connects one :class:`~headwater.mqtt.client.Client` per device (client id
-``{prefix}-{n}``), subscribes each to ``devices/{id}/commands`` and publishes
-JSON telemetry to ``sensors/{id}/climate`` at the fleet's total ``rate``
-(messages per second, spread evenly over the devices). A command with a JSON
-``setpoint`` moves the device's setpoint; every command that carries an MQTT 5
-Response Topic is answered there with its Correlation Data and
-``{"ok": true, ...}``. QoS 1/2 publishes wait for their ack, so a slow broker
-slows the fleet (closed loop: what is counted as acked was acknowledged).
-A device whose connection is lost or taken over reconnects with backoff
-(counted in ``reconnects``); it does not stop the fleet.
+``{prefix}-{n}``; ``headwater simulate`` picks a prefix of its own, ``sim-XXXX``,
+unless told one with ``--prefix``, so that a second simulator never takes
+over the first one's devices), subscribes each to ``devices/{id}/commands/#``
+and ``devices/{id}/twin/delta``, and publishes JSON telemetry to
+``sensors/{id}/climate`` at the fleet's total ``rate`` (messages per second,
+spread evenly over the devices). A command with a JSON ``setpoint`` moves
+the device's setpoint; every command is answered with ``{"ok": true, ...}``:
+to its MQTT 5 Response Topic with its Correlation Data when it has one, else
+(a registry command, ``devices/{id}/commands/{cid}``) on
+``devices/{id}/responses/{cid}``. A twin delta with a ``setpoint`` moves it
+too, and the device reports its setpoint on ``devices/{id}/twin/reported``.
+With ``--register`` the devices are first registered in the device registry
+(by :func:`headwater.cli.devices.register_simulated`, through the admin API; a
+new secret for those that exist) and connect with their secrets. QoS 1/2
+publishes wait for their ack, so a slow broker slows the fleet (closed loop:
+what is counted as acked was acknowledged). A device whose connection is lost
+or taken over reconnects with backoff (counted in ``reconnects``); it does not
+stop the fleet.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ import contextlib
 import math
 import random
 import re
+import secrets
 import signal
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -140,6 +151,8 @@ class FleetConfig:
     version: ProtocolVersion = ProtocolVersion.MQTT5
     username: str | None = None
     password: bytes | None = None
+    #: Per device id: its registry secret (it connects with its id as username).
+    secrets: Mapping[str, str] = field(default_factory=dict)
     tls: object = None  # ssl.SSLContext
     seed: int = 1
 
@@ -152,6 +165,9 @@ class FleetStats:
     commands: int = 0
     answered: int = 0
     reconnects: int = 0
+    deltas: int = 0
+    #: Why the broker refused the last publish it refused (MQTT 5), if any.
+    refused: str | None = None
 
 
 #: Seconds a device waits before reconnecting, doubled up to RECONNECT_MAX.
@@ -193,6 +209,7 @@ class Fleet:
         model = Climate(
             device_id, c.seed * 100_003 + n, vents=VentFailures(self._started, n, c.devices)
         )
+        secret = c.secrets.get(device_id)
         client_config = ClientConfig(
             c.host,
             c.port,
@@ -201,8 +218,8 @@ class Fleet:
             clean_start=True,
             session_expiry=0,
             keep_alive=60,
-            username=c.username,
-            password=c.password,
+            username=device_id if secret is not None else c.username,
+            password=secret.encode() if secret is not None else c.password,
             tls=c.tls,  # type: ignore[arg-type]
             auto_ack=True,
         )
@@ -226,7 +243,9 @@ class Fleet:
         c = self.config
         device_id = config.client_id
         async with Client(config) as client:
-            await client.subscribe(f"devices/{device_id}/commands", 1)
+            await client.subscribe(
+                [(f"devices/{device_id}/commands/#", 1), (f"devices/{device_id}/twin/delta", 1)]
+            )
             commands = asyncio.ensure_future(self._commands(client, model))
             try:
                 next_at = time.monotonic()
@@ -241,6 +260,7 @@ class Fleet:
                         self.stats.failed += 1
                         if isinstance(exc, ConnectionLost):
                             raise
+                        self.stats.refused = str(exc)
                     next_at += interval
                     delay = next_at - time.monotonic()
                     if delay > 0:
@@ -255,20 +275,42 @@ class Fleet:
                     await commands
 
     async def _commands(self, client: Client, model: Climate) -> None:
+        device_id = model.device
+        commands = f"devices/{device_id}/commands"
+        for_registry = commands + "/"
         async for message in client.messages:
-            self.stats.commands += 1
-            answer = model.command(message.payload)
             props = message.properties
+            if message.topic == f"devices/{device_id}/twin/delta":
+                await self._delta(client, model, message.payload)
+                continue
+            self.stats.commands += 1
+            answer = orjson.dumps(model.command(message.payload))
+            reply = Properties(
+                correlation_data=props.correlation_data, content_type="application/json"
+            )
             if props.response_topic:
-                await client.publish(
-                    props.response_topic,
-                    orjson.dumps(answer),
-                    1,
-                    properties=Properties(
-                        correlation_data=props.correlation_data, content_type="application/json"
-                    ),
-                )
-                self.stats.answered += 1
+                await client.publish(props.response_topic, answer, 1, properties=reply)
+            elif message.topic.startswith(for_registry):
+                # MQTT 3.1.1: the request id is the topic's last level (headwater.devices.plane).
+                command_id = message.topic[len(for_registry) :]
+                await client.publish(f"devices/{device_id}/responses/{command_id}", answer, 1)
+            else:
+                continue
+            self.stats.answered += 1
+
+    async def _delta(self, client: Client, model: Climate, payload: bytes) -> None:
+        """Follow the twin: a desired setpoint is taken and reported back."""
+        try:
+            state = orjson.loads(payload).get("state") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        setpoint = state.get("setpoint") if isinstance(state, dict) else None
+        if not isinstance(setpoint, int | float) or isinstance(setpoint, bool):
+            return
+        self.stats.deltas += 1
+        model.setpoint = float(setpoint)
+        reported = orjson.dumps({"setpoint": setpoint})
+        await client.publish(f"devices/{model.device}/twin/reported", reported, 1)
 
 
 async def _until_stopped(fleet: Fleet) -> FleetStats:
@@ -288,6 +330,12 @@ async def _until_stopped(fleet: Fleet) -> FleetStats:
             loop.remove_signal_handler(signum)
 
 
+def default_prefix() -> str:
+    """``sim-XXXX``: a fleet's own client ids, so that two simulators never take over
+    each other's devices (the same client id disconnects the other [MQTT-3.1.4-2])."""
+    return f"sim-{secrets.token_hex(2)}"
+
+
 def run_cli(
     devices: int,
     rate: float,
@@ -302,13 +350,24 @@ def run_cli(
     username: str | None,
     password: str | None,
     mqtt311: bool,
+    prefix: str | None = None,
+    register: Callable[[list[str]], dict[str, str]] | None = None,
 ) -> FleetStats:
-    """``headwater simulate``: build the fleet from command-line values and run it."""
+    """``headwater simulate``: build the fleet from command-line values and run it.
+
+    ``register``: registers the devices (by client id) at first, and gives
+    each one's secret (``headwater simulate --register`` does it through the
+    admin API).
+    """
     m = _BROKER.fullmatch(broker)
     if m is None:
         raise ValueError(f"--broker {broker!r} is not like mqtt://host:1883 or mqtts://host:8883")
     secure = m["scheme"] == "mqtts" or tls
     port = int(m["port"]) if m["port"] else (8883 if secure else 1883)
+    prefix = prefix or default_prefix()
+    known: dict[str, str] = {}
+    if register is not None:
+        known = register([f"{prefix}-{n}" for n in range(devices)])
     config = FleetConfig(
         host=m["host"].strip("[]"),
         port=port,
@@ -317,10 +376,12 @@ def run_cli(
         qos=qos,
         count=count,
         duration=duration,
+        prefix=prefix,
         version=ProtocolVersion.MQTT311 if mqtt311 else ProtocolVersion.MQTT5,
         username=username,
         password=password.encode() if password is not None else None,
         tls=tls_context(ca_file, cert_file, key_file) if secure else None,
+        secrets=known,
     )
     fleet = Fleet(config)
     try:

@@ -29,7 +29,7 @@ with ``.``), bucket names letters, digits, ``-`` and ``_``, values at most
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal, Protocol
@@ -215,6 +215,14 @@ class Bucket(Protocol):
 
         With ``expected_revision``, only if the key is at it (else
         :class:`RevisionMismatch`)."""
+        ...
+
+    async def write_many(self, changes: Mapping[str, bytes | None]) -> None:
+        """Unconditional puts (and deletes, for None) of several keys in one durable
+        write: all or none; each change takes its own revision, in the mapping's
+        order (a delete of a missing key writes nothing). For what is written
+        behind in bulk (presence after a reconnect storm), not for compare-and-set.
+        """
         ...
 
     async def keys(self, prefix: str = "") -> list[str]:

@@ -8,7 +8,7 @@ revision. Every call completes at once; nothing survives the process.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 
 from headwater.state._watch import Signal, watch_changes
@@ -89,6 +89,14 @@ class MemoryBucket:
     async def delete(self, key: str, expected_revision: int | None = None) -> int | None:
         expected = None if expected_revision is None else check_revision(expected_revision)
         return self._write(check_key(key), b"", True, expected)
+
+    async def write_many(self, changes: Mapping[str, bytes | None]) -> None:
+        self._store.check_open()
+        checked = [
+            (check_key(k), check_value(v) if v is not None else None) for k, v in changes.items()
+        ]
+        for key, value in checked:
+            self._write(key, value if value is not None else b"", value is None, None)
 
     async def keys(self, prefix: str = "") -> list[str]:
         self._store.check_open()

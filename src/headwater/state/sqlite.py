@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TypeVar
@@ -151,6 +151,32 @@ def _prepare(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("COMMIT")
 
 
+def _live_revision(conn: sqlite3.Connection, bucket: str, key: str) -> int:
+    """The key's revision, 0 when it does not exist (or was deleted)."""
+    found = conn.execute(
+        "SELECT revision FROM entries WHERE bucket = ? AND key = ? AND NOT deleted",
+        (bucket, key),
+    ).fetchone()
+    return int(found[0]) if found is not None else 0
+
+
+def _store_row(
+    conn: sqlite3.Connection, bucket: str, key: str, value: bytes, deleted: bool, now: float
+) -> int:
+    """Write one entry at the bucket's next revision (in the caller's transaction)."""
+    (revision,) = conn.execute(
+        "UPDATE buckets SET revision = revision + 1 WHERE name = ? RETURNING revision",
+        (bucket,),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, key) "
+        "DO UPDATE SET value = excluded.value, revision = excluded.revision, "
+        "updated = excluded.updated, deleted = excluded.deleted",
+        (bucket, key, value, revision, now, int(deleted)),
+    )
+    return int(revision)
+
+
 class SqliteBucket:
     """A :class:`~headwater.state.Bucket` in a :class:`SqliteStore`'s file."""
 
@@ -186,26 +212,13 @@ class SqliteBucket:
         def write(conn: sqlite3.Connection) -> int | None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                found = conn.execute(
-                    "SELECT revision FROM entries WHERE bucket = ? AND key = ? AND NOT deleted",
-                    (name, key),
-                ).fetchone()
-                actual = found[0] if found is not None else 0
+                actual = _live_revision(conn, name, key)
                 if expected is not None and expected != actual:
                     raise RevisionMismatch(name, key, expected, actual)
-                if deleted and found is None:
+                if deleted and not actual:
                     conn.execute("ROLLBACK")
                     return None
-                (revision,) = conn.execute(
-                    "UPDATE buckets SET revision = revision + 1 WHERE name = ? RETURNING revision",
-                    (name,),
-                ).fetchone()
-                conn.execute(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, key) "
-                    "DO UPDATE SET value = excluded.value, revision = excluded.revision, "
-                    "updated = excluded.updated, deleted = excluded.deleted",
-                    (name, key, value, revision, clock(), int(deleted)),
-                )
+                revision = _store_row(conn, name, key, value, deleted, clock())
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -218,6 +231,33 @@ class SqliteBucket:
         if revision is not None:
             self.signal.notify()
         return revision
+
+    async def write_many(self, changes: Mapping[str, bytes | None]) -> None:
+        checked = [
+            (check_key(k), check_value(v) if v is not None else None) for k, v in changes.items()
+        ]
+        if not checked:
+            return
+        name, clock = self._name, self._store.clock
+
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                written = False
+                for key, value in checked:
+                    if value is None and not _live_revision(conn, name, key):
+                        continue
+                    _store_row(conn, name, key, value or b"", value is None, clock())
+                    written = True
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return written
+
+        if await self._store.write(write):
+            self.signal.notify()
 
     async def _put(self, key: str, value: bytes, expected: int | None) -> int:
         revision = await self._write(key, value, False, expected)

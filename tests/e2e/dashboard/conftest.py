@@ -83,6 +83,16 @@ spec:
   broker: orders
   subscriber: {{uri: "{subscriber_url}"}}
   delivery: {{retry: 0}}
+---
+apiVersion: sources.headwater.dev/v1alpha1
+kind: MqttBrokerSource
+metadata: {{name: mqtt}}
+spec:
+  listeners: [{{port: 0}}]
+  topics: ["sensors/#"]
+  devices: {{}}
+  sink:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
 """
 
 

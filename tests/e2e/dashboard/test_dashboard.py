@@ -6,6 +6,7 @@ afresh and fails on any console error (see the `page` fixture).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -194,6 +196,90 @@ def test_device_chart_renders_points(page: WebDriver, headwater: Headwater) -> N
             page.save_screenshot(SCREENSHOT)
         finally:
             page.set_window_size(1400, 1000)
+
+
+def _api(url: str, method: str, path: str, body: object = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _answering_device(headwater: Headwater, device: str, secret: str) -> Any:
+    """A paho device that answers every command with {"ok": true}."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    [line] = [line for line in headwater.output if "mqtt/default/mqtt listening on" in line]
+    port = int(line.rsplit(":", 1)[1])
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=paho.MQTTv5)
+    client.username_pw_set(device, secret)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"devices/{device}/commands/+", 1)
+    client.on_message = lambda c, u, m: c.publish(m.properties.ResponseTopic, b'{"ok": true}', 1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def test_registered_devices_presence_twin_and_a_command(
+    page: WebDriver, headwater: Headwater
+) -> None:
+    url = headwater.url
+    [secret] = _api(url, "POST", "/api/v1/devices", {"id": "valve-1", "labels": {"site": "north"}})[
+        "secrets"
+    ]
+    _api(url, "POST", "/api/v1/devices", {"id": "valve-2", "labels": {"site": "south"}})
+    _api(url, "PATCH", "/api/v1/devices/valve-1/twin/desired", {"state": {"open": True}})
+    device = _answering_device(headwater, "valve-1", secret["secret"])
+    try:
+        open_view(page, "devices")
+        card = '.card[data-device="valve-1"]'
+        until(
+            lambda: page.find_element(By.CSS_SELECTOR, card).get_attribute("data-online") == "true",
+            what="valve-1 online",
+        )
+        offline = page.find_element(By.CSS_SELECTOR, '.card[data-device="valve-2"]').text
+        assert "offline" in offline and "never" in offline
+        # The filter: by label, and by state.
+        page.find_element(By.ID, "device-filter").send_keys("site=south")
+        until(lambda: not page.find_elements(By.CSS_SELECTOR, card), what="valve-1 filtered out")
+        page.find_element(By.ID, "device-filter").clear()
+        page.find_element(By.ID, "device-filter").send_keys(" ")
+        Select(page.find_element(By.ID, "device-state")).select_by_value("online")
+        until(
+            lambda: (
+                [
+                    c.get_attribute("data-device")
+                    for c in page.find_elements(By.CSS_SELECTOR, "#device-list .card")
+                ]
+                == ["valve-1"]
+            ),
+            what="only the online device",
+        )
+        page.find_element(By.CSS_SELECTOR, card).click()
+        until(
+            lambda: (
+                "pending"
+                in page.find_element(By.CSS_SELECTOR, '#device-twin tr[data-member="open"]').text
+            ),
+            what="the twin's pending member",
+        )
+        box = page.find_element(By.ID, "command-data")
+        box.send_keys('{"open": true}')
+        page.find_element(By.ID, "command-send").click()
+        until(
+            lambda: page.find_elements(
+                By.CSS_SELECTOR, '#device-commands tr[data-status="answered"]'
+            ),
+            what="the command answered",
+        )
+        row = page.find_element(By.CSS_SELECTOR, '#device-commands tr[data-status="answered"]')
+        assert '{"ok":true}' in row.text.replace(" ", "")
+    finally:
+        device.disconnect()
+        device.loop_stop()
+        device._reset_sockets()
 
 
 def test_redrive_delivers(page: WebDriver, headwater: Headwater, subscriber: Receiver) -> None:

@@ -66,8 +66,18 @@ def test_an_authenticator_decides_first_and_brings_its_acl(
     assert [c.username for c in registry.seen] == ["device-1", "device-1", "alice"]
 
 
-def test_disconnect_cuts_off_a_user_at_once(make_broker: MakeBroker) -> None:
+def test_an_authenticator_turns_anonymous_access_off(make_broker: MakeBroker) -> None:
+    """As a password file does (Mosquitto 2): authentication is configured."""
     broker = make_broker(BrokerConfig(listeners=(Listener(port=0),)), authenticators=[Registry()])
+    stranger = Raw(broker.port(), V5)
+    assert stranger.connect("s").reason_code == ReasonCode.NOT_AUTHORIZED
+    named = Raw(broker.port(), V5)
+    assert named.connect("n", username="nobody").reason_code == ReasonCode.NOT_AUTHORIZED
+
+
+def test_disconnect_cuts_off_a_user_at_once(make_broker: MakeBroker) -> None:
+    listener = Listener(port=0, allow_anonymous=True)
+    broker = make_broker(BrokerConfig(listeners=(listener,)), authenticators=[Registry()])
     device = Raw(broker.port(), V5)
     device.connect("d1", username="device-1", password=b"s3cret")
     other = Raw(broker.port(), V5)

@@ -61,8 +61,9 @@ async def test_fleet_telemetry_and_commands_through_the_embedded_broker() -> Non
     assert orjson.loads(reply.data_bytes()) == {"ok": True, "device": "sim-2", "setpoint": 25.0}
 
 
-def test_simulate_command_against_mosquitto(mosquitto: Mosquitto) -> None:
-    result = subprocess.run(
+def _simulate(url: str, *extra: str) -> subprocess.Popen[str]:
+    """``headwater simulate`` of 3 devices, 30 messages (``extra`` options win)."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -71,18 +72,22 @@ def test_simulate_command_against_mosquitto(mosquitto: Mosquitto) -> None:
             "--devices",
             "3",
             "--rate",
-            "300",
+            "30",
             "--count",
             "30",
             "--broker",
-            mosquitto.url,
+            url,
+            *extra,
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
     )
-    assert result.returncode == 0, result.stderr
-    assert "sent 30, acked 30, failed 0" in result.stdout
+
+
+def test_simulate_command_against_mosquitto(mosquitto: Mosquitto) -> None:
+    out, err = _simulate(mosquitto.url, "--rate", "300").communicate(timeout=60)
+    assert "sent 30, acked 30, failed 0" in out, err
 
 
 def test_simulate_reports_an_unreachable_broker() -> None:
@@ -103,3 +108,23 @@ def test_simulate_reports_an_unreachable_broker() -> None:
     )
     assert result.returncode == 1
     assert "error: device connection failed" in result.stderr
+
+
+def test_two_simulators_keep_their_own_devices(mosquitto: Mosquitto) -> None:
+    """Each run picks its own client ids: a second simulator takes nothing over."""
+    runs = [_simulate(mosquitto.url), _simulate(mosquitto.url)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err
+        assert "sent 30, acked 30, failed 0" in out and "reconnects 0" in out, out
+
+
+def test_one_prefix_twice_takes_over_and_the_fleets_reconnect(mosquitto: Mosquitto) -> None:
+    """What --prefix makes possible on purpose: both keep running (they reconnect)."""
+    runs = [
+        _simulate(mosquitto.url, "--prefix", "same"),
+        _simulate(mosquitto.url, "--prefix", "same"),
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert any("reconnects 0" not in out for out, _ in outputs), outputs

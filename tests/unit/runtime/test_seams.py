@@ -40,6 +40,8 @@ def test_every_builder_takes_the_context_not_the_runtime(kind: str) -> None:
         pytest.param("HttpSink", "PingSource", id="sink-before-source"),
         pytest.param("Broker", "MqttBrokerSource", id="broker-before-mqtt"),
         pytest.param("MqttSink", "Trigger", id="mqtt-sink-before-trigger"),
+        pytest.param("Device", "MqttBrokerSource", id="registry-entry-before-its-broker"),
+        pytest.param("DeviceSink", "Trigger", id="device-sink-before-trigger"),
     ],
 )
 def test_receivers_start_before_senders(receiver: str, sender: str) -> None:
@@ -97,6 +99,33 @@ async def test_the_reconciler_starts_by_stage_and_stops_the_other_way() -> None:
         "stop PingSource",
         "stop Trigger",
         "stop Broker",
+        "stop EventDisplay",
+    ]
+
+
+class Kept(Recorded):
+    """A component that keeps something past its run (Removable)."""
+
+    async def removed(self) -> None:
+        self.log.append(f"removed {self.key[0]}")
+
+
+async def test_a_removable_component_is_told_when_its_resource_is_deleted_not_at_shutdown() -> None:
+    log: list[str] = []
+
+    async def build(resource: Any) -> Component:
+        return Kept(resource.key, log)
+
+    reconciler = Reconciler({"EventDisplay": build}, {"EventDisplay": Stage.SINK})
+    display = "apiVersion: sinks.headwater.dev/v1alpha1\nkind: EventDisplay\nmetadata: {name: %s}\n"
+    await reconciler.apply(load_text(display % "a" + "---\n" + display % "b", "m.yaml"))
+    await reconciler.delete([("EventDisplay", "default", "a")])
+    await reconciler.close()
+    assert log == [
+        "start EventDisplay",
+        "start EventDisplay",
+        "stop EventDisplay",
+        "removed EventDisplay",
         "stop EventDisplay",
     ]
 

@@ -1,4 +1,4 @@
-"""Devices from the Brokers' streams: latest values, bucketed series, bounded memory."""
+"""Telemetry from the Brokers' streams: latest values, bucketed series, bounded memory."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import asyncio
 
 import pytest
 
-from headwater.api import devices
-from headwater.api.devices import BUCKET_SECONDS, MAX_DEVICES, MAX_FIELDS, DeviceTracker, Series
+from headwater.api import telemetry as api_telemetry
 from headwater.cloudevents import CloudEvent
-from headwater.runtime import Runtime
+from headwater.devices import telemetry
+from headwater.devices.telemetry import (
+    BUCKET_SECONDS,
+    MAX_DEVICES,
+    MAX_FIELDS,
+    Series,
+    TelemetryTracker,
+)
+from headwater.log import MemoryLog
 from tests.helpers import wait_until
 from tests.unit.api.mesh import Mesh
 
@@ -47,12 +54,17 @@ def event(data: object, **attributes: str) -> CloudEvent:
         ),
         pytest.param(event({"v": "high"}, subject="words"), None, id="no-numbers"),
         pytest.param(event({"v": 1}), None, id="no-device"),
+        pytest.param(
+            event({"version": 3}, type="dev.headwater.twin.updated", device="d"),
+            None,
+            id="registry-record",
+        ),
     ],
 )
 def test_what_counts_as_a_device_reading(
     ev: CloudEvent, expected: tuple[str, dict[str, float]] | None
 ) -> None:
-    tracker = DeviceTracker(Runtime())
+    tracker = TelemetryTracker(MemoryLog(), set)
     tracker.ingest(ev, 1000.0)
     if expected is None:
         assert tracker.devices == {}
@@ -69,14 +81,14 @@ def test_series_keeps_one_point_per_bucket_and_a_bounded_window() -> None:
     assert series.points(0) == ([100.0], [2.0])
     for n in range(5000):
         series.add(200.0 + n * BUCKET_SECONDS, float(n))
-    limit = int(devices.WINDOW_SECONDS / BUCKET_SECONDS)
+    limit = int(telemetry.WINDOW_SECONDS / BUCKET_SECONDS)
     assert len(series.times) <= 2 * limit
     _, values = series.points(200.0 + 4990 * BUCKET_SECONDS)
     assert values == [float(n) for n in range(4990, 5000)]
 
 
 def test_devices_and_fields_are_capped() -> None:
-    tracker = DeviceTracker(Runtime())
+    tracker = TelemetryTracker(MemoryLog(), set)
     for n in range(MAX_DEVICES + 3):
         tracker.ingest(event({f"f{i}": i for i in range(MAX_FIELDS + 2)}, subject=f"d{n}"), 1e9)
     assert len(tracker.devices) == MAX_DEVICES
@@ -85,7 +97,7 @@ def test_devices_and_fields_are_capped() -> None:
 
 
 def test_readings_older_than_the_window_are_ignored() -> None:
-    tracker = DeviceTracker(Runtime())
+    tracker = TelemetryTracker(MemoryLog(), set)
     tracker.ingest(event({"v": 1}, subject="old", time="2020-01-01T00:00:00Z"), 1.7e9)
     assert tracker.devices == {}
 
@@ -93,22 +105,22 @@ def test_readings_older_than_the_window_are_ignored() -> None:
 async def test_devices_endpoints_follow_the_broker(mesh: Mesh) -> None:
     await mesh.apply(BROKER)
     await mesh.send("a", {"device": "gh-1", "temperature": 20.0})
-    status, _ = await mesh.json("GET", "/api/v1/devices")  # starts the tracker
+    status, _ = await mesh.json("GET", "/api/v1/telemetry")  # starts the tracker
     assert status == 200
 
     async def seen() -> bool:
-        _, body = await mesh.json("GET", "/api/v1/devices")
+        _, body = await mesh.json("GET", "/api/v1/telemetry")
         return [d["device"] for d in body["devices"]] == ["gh-1"]
 
     await wait_until(seen)
     await mesh.send("b", {"device": "gh-1", "temperature": 22.0, "humidity": 50})
 
     async def updated() -> bool:
-        _, body = await mesh.json("GET", "/api/v1/devices")
+        _, body = await mesh.json("GET", "/api/v1/telemetry")
         return bool(body["devices"][0]["values"] == {"temperature": 22.0, "humidity": 50.0})
 
     await wait_until(updated)
-    status, series = await mesh.json("GET", "/api/v1/devices/series?device=gh-1")
+    status, series = await mesh.json("GET", "/api/v1/telemetry/series?device=gh-1")
     assert status == 200
     assert series["series"]["temperature"]["v"][-1] == 22.0
     assert len(series["series"]["temperature"]["t"]) in (1, 2)
@@ -116,11 +128,11 @@ async def test_devices_endpoints_follow_the_broker(mesh: Mesh) -> None:
 
 async def test_device_events_push_changes(mesh: Mesh) -> None:
     await mesh.apply(BROKER)
-    _, listing = await mesh.json("GET", "/api/v1/devices")
+    _, listing = await mesh.json("GET", "/api/v1/telemetry")
     # Sent before the stream opens, after the listing: pushed all the same.
     await mesh.send("c", {"device": "gh-2", "temperature": 18.0})
     await asyncio.sleep(0.3)
-    response = await mesh.client.get(f"/api/v1/devices/events?since={listing['version']}")
+    response = await mesh.client.get(f"/api/v1/telemetry/events?since={listing['version']}")
     assert response.headers["Content-Type"] == "text/event-stream"
     async with asyncio.timeout(10):
         while True:
@@ -135,11 +147,11 @@ async def test_device_events_push_changes(mesh: Mesh) -> None:
 @pytest.mark.parametrize(
     ("path", "status"),
     [
-        pytest.param("/api/v1/devices/series", 400, id="no-device"),
-        pytest.param("/api/v1/devices/series?device=", 400, id="empty-device"),
-        pytest.param("/api/v1/devices/series?device=nope", 404, id="unknown"),
-        pytest.param("/api/v1/devices/events?since=-1", 400, id="events-since-negative"),
-        pytest.param("/api/v1/devices/events?since=x", 400, id="events-since-not-a-number"),
+        pytest.param("/api/v1/telemetry/series", 400, id="no-device"),
+        pytest.param("/api/v1/telemetry/series?device=", 400, id="empty-device"),
+        pytest.param("/api/v1/telemetry/series?device=nope", 404, id="unknown"),
+        pytest.param("/api/v1/telemetry/events?since=-1", 400, id="events-since-negative"),
+        pytest.param("/api/v1/telemetry/events?since=x", 400, id="events-since-not-a-number"),
     ],
 )
 async def test_bad_series_requests(mesh: Mesh, path: str, status: int) -> None:
@@ -149,9 +161,9 @@ async def test_bad_series_requests(mesh: Mesh, path: str, status: int) -> None:
 
 
 async def test_bad_since(mesh: Mesh) -> None:
-    mesh.client.app[devices.TRACKER_KEY].ingest(event({"v": 1}, subject="d"), 1.9e9)
+    mesh.client.app[api_telemetry.TRACKER_KEY].ingest(event({"v": 1}, subject="d"), 1.9e9)
     for since, status in (("abc", 400), ("nan", 400), ("inf", 400), ("0", 200)):
-        got, _ = await mesh.json("GET", f"/api/v1/devices/series?device=d&since={since}")
+        got, _ = await mesh.json("GET", f"/api/v1/telemetry/series?device=d&since={since}")
         assert got == status, since
 
 
@@ -159,15 +171,15 @@ async def test_tracking_stops_when_idle_and_starts_again(
     mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await mesh.apply(BROKER)
-    monkeypatch.setattr(devices, "SYNC_INTERVAL", 0.01)
-    tracker = mesh.client.app[devices.TRACKER_KEY]
-    await mesh.json("GET", "/api/v1/devices")
+    monkeypatch.setattr(telemetry, "SYNC_INTERVAL", 0.01)
+    tracker = mesh.client.app[api_telemetry.TRACKER_KEY]
+    await mesh.json("GET", "/api/v1/telemetry")
     await wait_until(lambda: _running(tracker, 1))
-    monkeypatch.setattr(devices, "IDLE_STOP", 0.0)
+    monkeypatch.setattr(telemetry, "IDLE_STOP", 0.0)
     await wait_until(lambda: _running(tracker, 0))
-    monkeypatch.setattr(devices, "IDLE_STOP", 600.0)
+    monkeypatch.setattr(telemetry, "IDLE_STOP", 600.0)
     await mesh.send("late", {"device": "gh-3", "temperature": 1.0})
-    await mesh.json("GET", "/api/v1/devices")  # starts again; the log has what it missed
+    await mesh.json("GET", "/api/v1/telemetry")  # starts again; the log has what it missed
 
     async def seen() -> bool:
         return "gh-3" in tracker.devices
@@ -175,14 +187,14 @@ async def test_tracking_stops_when_idle_and_starts_again(
     await wait_until(seen)
 
 
-async def _running(tracker: DeviceTracker, readers: int) -> bool:
+async def _running(tracker: TelemetryTracker, readers: int) -> bool:
     return len(tracker._readers) == readers and (tracker._sync is None) == (readers == 0)
 
 
 async def test_live_clients_are_let_go_when_the_application_stops(mesh: Mesh) -> None:
-    response = await mesh.client.get("/api/v1/devices/events")
+    response = await mesh.client.get("/api/v1/telemetry/events")
     assert await response.content.readline() == b": devices\n"
-    await mesh.client.app[devices.TRACKER_KEY].stop()  # what the app's shutdown calls
+    await mesh.client.app[api_telemetry.TRACKER_KEY].stop()  # what the app's shutdown calls
     async with asyncio.timeout(2):
         rest = await response.content.read()
     assert b"data:" not in rest

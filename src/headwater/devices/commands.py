@@ -1,0 +1,779 @@
+"""Commands with answers: queued durably, sent at most once per connection, tracked to the end.
+
+How this works: a :class:`Command` goes through
+
+    queued -> sent -> answered | failed      (the device answered; failed: with a code >= 400)
+    queued | sent -> expired                 (its expiry passed with no answer)
+    queued | sent -> failed                  (the device was deleted)
+
+A command is written to the state store's ``device-commands`` bucket
+(``{namespace}/{device}/{id}``) before the API answers, so it survives a
+restart. While its device is connected and subscribed to its command topic
+(:class:`~headwater.devices.presence.Connection` ``ready``), it is published
+there (:mod:`headwater.devices.plane` says how); the record remembers the
+connection it was sent on, and it is **sent at most once per connection**.
+When the device reconnects, a command that is still unanswered and
+unexpired is sent again, **with the same id**, so a device that already
+acted on it can recognise and drop the duplicate: a device must treat the
+command id as an idempotency key. An expired command is never sent (and its
+MQTT 5 Message Expiry Interval makes the broker drop a copy still queued for
+the device when it runs out). Nothing is retried blindly: a command is sent
+again only on a new connection.
+
+When it ends (answered, failed, expired) the record moves to the
+``device-command-results`` bucket (written there first, then removed from
+``device-commands``; a crash in between is repaired at the next start, the
+result winning), so the queue that is read back at start holds only what is
+under way. Results are kept :data:`RESULT_RETENTION` and at most
+:data:`MAX_RESULTS_PER_DEVICE` per device. Command ids start with the time
+they were made (milliseconds, hex), so keys sort by age and retention needs
+no reads.
+
+Changes of one device's commands are made one at a time (a lock per
+device), so that an answer arriving while "sent" is being written cannot be
+overtaken by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import enum
+import hashlib
+import heapq
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Protocol
+
+import orjson
+
+from headwater.devices.model import DeviceError, InvalidDevice
+from headwater.devices.presence import Presence
+from headwater.durations import parse_duration
+from headwater.state import Bucket, StateClosed, StateError, StateStore
+
+__all__ = [
+    "COMMANDS_BUCKET",
+    "DEFAULT_EXPIRY",
+    "MAX_COMMAND_BYTES",
+    "MAX_EXPIRY",
+    "MAX_PENDING_PER_DEVICE",
+    "RESULTS_BUCKET",
+    "Command",
+    "Commands",
+    "Sender",
+    "Status",
+    "TooManyCommands",
+]
+
+log = logging.getLogger(__name__)
+
+COMMANDS_BUCKET: Final = "device-commands"
+RESULTS_BUCKET: Final = "device-command-results"
+
+DEFAULT_EXPIRY: Final = 60.0
+"""Seconds a command waits for its device and its answer unless told otherwise:
+an actuator command an hour late is usually worse than none."""
+
+MIN_EXPIRY: Final = 1.0
+MAX_EXPIRY: Final = 7 * 86400.0
+"""A week: the longest a command may wait for its device."""
+
+MAX_COMMAND_BYTES: Final = 256 * 1024
+"""A command's payload at most: commands are instructions, not firmware images."""
+
+MAX_RESPONSE_BYTES: Final = 256 * 1024
+"""An answer kept at most (a longer one is cut, and says so)."""
+
+MAX_PENDING_PER_DEVICE: Final = 1000
+"""Commands waiting for one device at most; more is refused (429) rather than
+queued without bound for a device that may never come back."""
+
+RESULT_RETENTION: Final = 7 * 86400.0
+"""How long finished commands are kept for the API and the dashboard."""
+
+MAX_RESULTS_PER_DEVICE: Final = 100
+"""Finished commands kept per device at most (the newest)."""
+
+RETENTION_INTERVAL: Final = 3600.0
+"""Seconds between two sweeps of old results."""
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    ANSWERED = "answered"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+FINISHED: Final = frozenset({Status.ANSWERED, Status.EXPIRED, Status.FAILED})
+
+
+class TooManyCommands(DeviceError):
+    """The device has :data:`MAX_PENDING_PER_DEVICE` commands waiting already."""
+
+
+def new_command_id(now: float) -> str:
+    """Milliseconds since the epoch (12 hex digits) and 40 random bits: sorts by age."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(5)}"
+
+
+def command_id_for(when: float, origin: str) -> str:
+    """The id of the command an event makes: its time and a hash of its source and id,
+    the same every time the same event is delivered."""
+    digest = hashlib.sha256(origin.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{int(when * 1000):012x}{digest[:10]}"
+
+
+def command_time(command_id: str) -> float | None:
+    try:
+        return int(command_id[:12], 16) / 1000
+    except ValueError:
+        return None
+
+
+def _payload_json(data: bytes | None, content_type: str | None) -> dict[str, Any]:
+    """A payload for the API: JSON as JSON, text as a string, anything else as base64."""
+    if data is None:
+        return {}
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media in ("", "application/json") or media.endswith("+json"):
+        try:
+            return {"data": orjson.loads(data)}
+        except orjson.JSONDecodeError:
+            pass
+    if not media or media.startswith("text/"):
+        try:
+            return {"data": data.decode("utf-8")}
+        except UnicodeDecodeError:
+            pass
+    return {"dataBase64": base64.b64encode(data).decode("ascii")}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    namespace: str
+    device: str
+    id: str
+    data: bytes
+    content_type: str | None
+    created: float
+    expires: float
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    sent_at: float | None = None
+    #: The connection it was last sent on (at most once per connection).
+    connection: str | None = None
+    finished_at: float | None = None
+    response: bytes | None = None
+    response_type: str | None = None
+    #: The device's status code (HTTP-like): 200 unless it said otherwise.
+    code: int | None = None
+    reason: str | None = None
+    #: What made it (an event's ``source``/``id``), to make the same event one command.
+    origin: str | None = None
+    #: The ``correlationid`` of the event that made it, for its answer's event.
+    correlation: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.device}/{self.id}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def remaining(self, now: float) -> float:
+        return self.expires - now
+
+    def stored(self) -> bytes:
+        doc: dict[str, Any] = {
+            "data": base64.b64encode(self.data).decode("ascii"),
+            "contentType": self.content_type,
+            "created": self.created,
+            "expires": self.expires,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "sentAt": self.sent_at,
+            "connection": self.connection,
+            "finishedAt": self.finished_at,
+            "responseType": self.response_type,
+            "code": self.code,
+            "reason": self.reason,
+            "origin": self.origin,
+            "correlation": self.correlation,
+        }
+        if self.response is not None:
+            doc["response"] = base64.b64encode(self.response).decode("ascii")
+        return orjson.dumps(doc)
+
+    @classmethod
+    def load(cls, key: str, value: bytes) -> Command:
+        namespace, device, command_id = key.split("/")
+        doc = orjson.loads(value)
+        response = doc.get("response")
+        return cls(
+            namespace,
+            device,
+            command_id,
+            base64.b64decode(doc.get("data") or ""),
+            doc.get("contentType"),
+            float(doc["created"]),
+            float(doc["expires"]),
+            Status(doc.get("status", "queued")),
+            int(doc.get("attempts") or 0),
+            doc.get("sentAt"),
+            doc.get("connection"),
+            doc.get("finishedAt"),
+            base64.b64decode(response) if response is not None else None,
+            doc.get("responseType"),
+            doc.get("code"),
+            doc.get("reason"),
+            doc.get("origin"),
+            doc.get("correlation"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """What the API shows."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "device": self.device,
+            "namespace": self.namespace,
+            "status": self.status.value,
+            "created": self.created,
+            "expires": self.expires,
+            "attempts": self.attempts,
+            "sentAt": self.sent_at,
+            "finishedAt": self.finished_at,
+            "contentType": self.content_type,
+            **_payload_json(self.data, self.content_type),
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.origin is not None:
+            out["origin"] = self.origin
+        if self.correlation is not None:
+            out["correlationId"] = self.correlation
+        if self.response is not None or self.code is not None:
+            out["response"] = {
+                "code": self.code,
+                "contentType": self.response_type,
+                **_payload_json(self.response, self.response_type),
+            }
+        return out
+
+
+class Sender(Protocol):
+    """What puts a command on the wire to a connected device (a device plane)."""
+
+    def send_command(self, command: Command, now: float) -> None: ...
+
+
+class Commands:
+    """The command queue and its results (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        presence: Presence,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.presence = presence
+        self.clock = clock
+        self._pending_bucket: Bucket | None = None
+        self._results_bucket: Bucket | None = None
+        #: Per device key: its unfinished commands, oldest first.
+        self._pending: dict[str, dict[str, Command]] = {}
+        self._expiry: list[tuple[float, str, str]] = []  # (expires, device key, command id)
+        self._expiry_changed = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._lock = asyncio.Lock()
+        #: Called with every command that finished (answered, failed, expired).
+        self.on_finished: Callable[[Command], None] | None = None
+        self.sent = 0
+        self.answered = 0
+        self.expired = 0
+        self.failed = 0
+        self.duplicate_answers = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._started:
+                return
+            pending = self._pending_bucket = await self.state.bucket(COMMANDS_BUCKET)
+            results = self._results_bucket = await self.state.bucket(RESULTS_BUCKET)
+            finished = set(await results.keys())
+            for key in await pending.keys():
+                if key in finished:
+                    await pending.delete(key)  # moved, then the process stopped: done
+                    continue
+                entry = await pending.get(key)
+                if entry is None:
+                    continue
+                try:
+                    command = Command.load(key, entry.value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("device commands: %s is not readable (%s); it is ignored", key, exc)
+                    continue
+                self._remember(command)
+            self._tasks = [
+                asyncio.create_task(self._expire_loop(), name="devices:command-expiry"),
+                asyncio.create_task(self._retention_loop(), name="devices:command-retention"),
+            ]
+            self._started = True
+
+    async def close(self) -> None:
+        if self._background:  # what was sent is recorded before the store closes
+            await asyncio.gather(*self._background, return_exceptions=True)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _buckets(self) -> tuple[Bucket, Bucket]:
+        if self._pending_bucket is None or self._results_bucket is None:
+            raise RuntimeError("device commands are not started")
+        return self._pending_bucket, self._results_bucket
+
+    def _device_lock(self, device_key: str) -> asyncio.Lock:
+        lock = self._locks.get(device_key)
+        if lock is None:
+            lock = self._locks[device_key] = asyncio.Lock()
+        return lock
+
+    def _remember(self, command: Command) -> None:
+        device_key = f"{command.namespace}/{command.device}"
+        self._pending.setdefault(device_key, {})[command.id] = command
+        heapq.heappush(self._expiry, (command.expires, device_key, command.id))
+        self._expiry_changed.set()
+
+    def _forget(self, command: Command) -> None:
+        device_key = f"{command.namespace}/{command.device}"
+        queue = self._pending.get(device_key)
+        if queue is not None:
+            queue.pop(command.id, None)
+            if not queue:
+                del self._pending[device_key]
+                lock = self._locks.get(device_key)
+                if lock is not None and not lock.locked():
+                    del self._locks[device_key]
+
+    # -- the API's side ---------------------------------------------------------------------
+
+    def pending_count(self, namespace: str | None = None) -> int:
+        if namespace is None:
+            return sum(len(q) for q in self._pending.values())
+        prefix = f"{namespace}/"
+        return sum(len(q) for k, q in self._pending.items() if k.startswith(prefix))
+
+    async def create(
+        self,
+        namespace: str,
+        device: str,
+        data: bytes,
+        content_type: str | None,
+        *,
+        expiry: float = DEFAULT_EXPIRY,
+        origin: str | None = None,
+        command_id: str | None = None,
+        correlation: str | None = None,
+    ) -> Command:
+        """Queue a command (durably) and send it at once if the device is reachable.
+
+        ``origin`` (what made it) and ``command_id`` make a repeated request one
+        command: a command of the same id, or an unfinished one of the same
+        origin, is answered instead of a new one (a Trigger's redelivery of
+        the same event never commands a device twice).
+        """
+        if len(data) > MAX_COMMAND_BYTES:
+            raise InvalidDevice(
+                f"a command's data is {len(data)} bytes, over the limit of {MAX_COMMAND_BYTES}"
+            )
+        if not (isinstance(expiry, int | float) and MIN_EXPIRY <= expiry <= MAX_EXPIRY):
+            raise InvalidDevice(
+                f"`expiry` must be {MIN_EXPIRY:g} to {MAX_EXPIRY:g} seconds, not {expiry!r}"
+            )
+        pending, _ = self._buckets()
+        device_key = f"{namespace}/{device}"
+        async with self._device_lock(device_key):
+            queue = self._pending.get(device_key, {})
+            if command_id is not None:
+                known = queue.get(command_id) or await self._result(f"{device_key}/{command_id}")
+                if known is not None:
+                    return known  # the same request again: the same command
+            if origin is not None:
+                for command in queue.values():
+                    if command.origin == origin:
+                        return command
+            if len(queue) >= MAX_PENDING_PER_DEVICE:
+                raise TooManyCommands(
+                    f"device {device!r} has {len(queue)} commands waiting already "
+                    f"(at most {MAX_PENDING_PER_DEVICE}); let them be answered or expire"
+                )
+            now = self.clock()
+            command = Command(
+                namespace,
+                device,
+                command_id or new_command_id(now),
+                data,
+                content_type,
+                now,
+                now + float(expiry),
+                origin=origin,
+                correlation=correlation,
+            )
+            await pending.create(command.key, command.stored())
+            self._remember(command)
+        await self.deliver(namespace, device)
+        return self._current(command)
+
+    def _current(self, command: Command) -> Command:
+        queue = self._pending.get(f"{command.namespace}/{command.device}", {})
+        return queue.get(command.id, command)
+
+    async def get(self, namespace: str, device: str, command_id: str) -> Command | None:
+        queue = self._pending.get(f"{namespace}/{device}", {})
+        command = queue.get(command_id)
+        if command is not None:
+            return command
+        return await self._result(f"{namespace}/{device}/{command_id}")
+
+    async def _result(self, key: str) -> Command | None:
+        """A finished command from the results, if there is one."""
+        _, results = self._buckets()
+        try:
+            entry = await results.get(key)
+        except ValueError:  # InvalidKey: not an id this registry made
+            return None
+        return Command.load(key, entry.value) if entry is not None else None
+
+    async def recent(self, namespace: str, device: str, limit: int = 20) -> list[Command]:
+        """The newest ``limit`` commands of a device, unfinished ones included, newest first."""
+        queue = list(self._pending.get(f"{namespace}/{device}", {}).values())
+        _, results = self._buckets()
+        keys = await results.keys(f"{namespace}/{device}/")
+        keys = sorted(keys, reverse=True)[:limit]
+        finished = []
+        for key in keys:
+            entry = await results.get(key)
+            if entry is not None:
+                finished.append(Command.load(key, entry.value))
+        both = sorted([*queue, *finished], key=lambda c: c.id, reverse=True)
+        return both[:limit]
+
+    async def wait(
+        self, namespace: str, device: str, command_id: str, seconds: float
+    ) -> Command | None:
+        """The command once finished, or as it is after ``seconds``."""
+        command = await self.get(namespace, device, command_id)
+        if command is None or command.finished or seconds <= 0:
+            return command
+        key = f"{namespace}/{device}/{command_id}"
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            async with asyncio.timeout(seconds):  # not wait_for: it may swallow a cancel (3.11)
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[key]
+        return await self.get(namespace, device, command_id)
+
+    # -- the broker's side ------------------------------------------------------------------
+
+    async def deliver(self, namespace: str, device: str) -> int:
+        """Send the device's unfinished commands not sent on its current connection yet.
+
+        That a command was sent is recorded behind (a task that takes the
+        device's lock, and writes only if the command is still unfinished):
+        an answer may already be on its way, and the round trip does not wait
+        for that write. If the process stops before it, the command is sent
+        again at the next connection, which a device recognises by its id.
+        """
+        connection = self.presence.connection(namespace, device)
+        device_key = f"{namespace}/{device}"
+        if connection is None or not connection.ready or device_key not in self._pending:
+            return 0
+        sent: list[Command] = []
+        async with self._device_lock(device_key):
+            if self.presence.connection(namespace, device) is not connection:
+                return 0  # it went away (or reconnected: that connection delivers)
+            queue = self._pending.get(device_key, {})
+            for command in list(queue.values()):
+                now = self.clock()
+                if command.connection == connection.token or command.expires <= now:
+                    continue  # sent on this connection already; or expired: never sent
+                connection.sender.send_command(command, now)
+                self.sent += 1
+                command = replace(
+                    command,
+                    status=Status.SENT,
+                    attempts=command.attempts + 1,
+                    sent_at=now,
+                    connection=connection.token,
+                )
+                queue[command.id] = command
+                sent.append(command)
+        if sent:
+            self._spawn(self._record_sent(device_key, sent))
+        return len(sent)
+
+    async def _record_sent(self, device_key: str, sent: list[Command]) -> None:
+        pending, _ = self._buckets()
+        async with self._device_lock(device_key):
+            queue = self._pending.get(device_key, {})
+            for command in sent:
+                if queue.get(command.id) is not command:
+                    continue  # finished (or sent again) meanwhile: nothing to record
+                try:
+                    await pending.put(command.key, command.stored())
+                except StateError as exc:
+                    # It went out; only the record of it did not: a later write catches up.
+                    log.warning("device commands: cannot record %s as sent: %s", command.id, exc)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def answer(
+        self,
+        namespace: str,
+        device: str,
+        command_id: str,
+        payload: bytes,
+        content_type: str | None,
+        code: int | None,
+    ) -> bool:
+        """The device answered; False when no such command is waiting (a duplicate answer)."""
+        failed = code is not None and code >= 400
+        changes: dict[str, Any] = {
+            "status": Status.FAILED if failed else Status.ANSWERED,
+            "response": _cut(payload),
+            "response_type": content_type,
+            "code": 200 if code is None else code,
+            "reason": f"the device answered {code}" if failed else None,
+        }
+        device_key = f"{namespace}/{device}"
+        async with self._device_lock(device_key):
+            command = self._pending.get(device_key, {}).get(command_id)
+            if command is None:
+                return await self._late_answer(f"{device_key}/{command_id}", changes)
+            await self._finish(command, **changes)
+        return True
+
+    async def _late_answer(self, key: str, changes: dict[str, Any]) -> bool:
+        """An answer to a command that expired after it was sent: the device did act on it."""
+        _, results = self._buckets()
+        command = await self._result(key)
+        if command is None or command.status != Status.EXPIRED or not command.attempts:
+            self.duplicate_answers += 1
+            return False
+        if changes["reason"] is None:
+            changes["reason"] = "answered after it expired"
+        done = replace(command, finished_at=self.clock(), **changes)
+        await results.put(key, done.stored())
+        self._finished(done)
+        return True
+
+    async def fail_device(self, namespace: str, device: str, reason: str) -> int:
+        """Fail every unfinished command of a device (it was deleted)."""
+        device_key = f"{namespace}/{device}"
+        count = 0
+        async with self._device_lock(device_key):
+            for command in list(self._pending.get(device_key, {}).values()):
+                await self._finish(command, status=Status.FAILED, reason=reason)
+                count += 1
+        return count
+
+    async def _finish(self, command: Command, **changes: Any) -> None:
+        """Move a command to the results (caller holds its device's lock)."""
+        pending, results = self._buckets()
+        done = replace(command, finished_at=self.clock(), **changes)
+        await results.put(done.key, done.stored())
+        # Finished once the result is durable: waiters hear it now, before the queue
+        # entry goes (a crash in between leaves the entry, dropped at the next start).
+        self._forget(command)
+        self._finished(done)
+        try:
+            await pending.delete(done.key)
+        except StateError as exc:
+            log.warning("device commands: cannot remove %s from the queue: %s", done.id, exc)
+
+    def _finished(self, command: Command) -> None:
+        if command.status == Status.ANSWERED:
+            self.answered += 1
+        elif command.status == Status.EXPIRED:
+            self.expired += 1
+        else:
+            self.failed += 1
+        for waiter in self._waiters.get(command.key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.on_finished is not None:
+            try:
+                self.on_finished(command)
+            except Exception:
+                log.exception("device commands: the finished-command listener failed")
+
+    # -- expiry and retention ----------------------------------------------------------------
+
+    async def _expire_loop(self) -> None:
+        while True:
+            self._expiry_changed.clear()
+            now = self.clock()
+            while self._expiry and self._expiry[0][0] <= now:
+                _, device_key, command_id = heapq.heappop(self._expiry)
+                try:
+                    await self._expire(device_key, command_id)
+                except StateClosed:
+                    return
+                except StateError as exc:
+                    log.warning("device commands: cannot expire %s: %s", command_id, exc)
+                    heapq.heappush(self._expiry, (now + 5.0, device_key, command_id))
+                    break
+            delay = self._expiry[0][0] - self.clock() if self._expiry else 3600.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(delay, 3600.0))):
+                    await self._expiry_changed.wait()
+
+    async def _expire(self, device_key: str, command_id: str) -> None:
+        async with self._device_lock(device_key):
+            command = self._pending.get(device_key, {}).get(command_id)
+            if command is None or command.expires > self.clock():
+                return
+            reason = (
+                f"no answer after {command.attempts} send(s)"
+                if command.attempts
+                else "the device was not reachable before it expired: never sent"
+            )
+            await self._finish(command, status=Status.EXPIRED, reason=reason)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StateClosed:
+                return
+            except StateError as exc:
+                log.warning("device commands: cannot sweep old results: %s", exc)
+            await asyncio.sleep(RETENTION_INTERVAL)
+
+    async def sweep(self) -> int:
+        """Delete results older than the retention, or beyond the newest per device."""
+        _, results = self._buckets()
+        cutoff = self.clock() - RESULT_RETENTION
+        by_device: dict[str, list[str]] = {}
+        for key in await results.keys():
+            device_key, _, command_id = key.rpartition("/")
+            by_device.setdefault(device_key, []).append(command_id)
+        removed = 0
+        for device_key, ids in by_device.items():
+            ids.sort(reverse=True)
+            for index, command_id in enumerate(ids):
+                made = command_time(command_id)
+                if index >= MAX_RESULTS_PER_DEVICE or (made is not None and made < cutoff):
+                    await results.delete(f"{device_key}/{command_id}")
+                    removed += 1
+        return removed
+
+
+def _cut(payload: bytes) -> bytes:
+    return payload[:MAX_RESPONSE_BYTES]
+
+
+def parse_data(body: Mapping[str, Any]) -> tuple[bytes, str | None]:
+    """A command's payload from an API body: ``data`` (JSON or text) or ``dataBase64``."""
+    content_type = body.get("contentType")
+    if content_type is not None and not isinstance(content_type, str):
+        raise InvalidDevice("`contentType` must be a string")
+    if "dataBase64" in body:
+        if "data" in body:
+            raise InvalidDevice("give `data` or `dataBase64`, not both")
+        text = body["dataBase64"]
+        try:
+            raw = base64.b64decode(text, validate=True) if isinstance(text, str) else None
+        except ValueError:
+            raw = None
+        if raw is None:
+            raise InvalidDevice("`dataBase64` is not base64")
+        return raw, content_type or "application/octet-stream"
+    if "data" not in body:
+        return b"", content_type
+    data = body["data"]
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if (
+        isinstance(data, str)
+        and media
+        and not (media == "application/json" or media.endswith("+json"))
+    ):
+        return data.encode("utf-8"), content_type
+    return orjson.dumps(data), content_type or "application/json"
+
+
+def expiry_seconds(value: Any) -> float:
+    """``expiry`` from an API body: seconds, or an ISO 8601 / Go-style duration string."""
+    if value is None:
+        return DEFAULT_EXPIRY
+    if isinstance(value, bool):
+        raise InvalidDevice("`expiry` is a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = parse_seconds(value)
+    else:
+        raise InvalidDevice("`expiry` is a number of seconds")
+    if not (math.isfinite(seconds) and MIN_EXPIRY <= seconds <= MAX_EXPIRY):
+        raise InvalidDevice(f"`expiry` must be {MIN_EXPIRY:g} to {MAX_EXPIRY:g} seconds")
+    return seconds
+
+
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_seconds(text: str) -> float:
+    """``10``, ``10s``, ``1.5m``, ``2h``, ``500ms`` or ISO 8601 (``PT10S``) -> seconds."""
+    value = text.strip()
+    if value.upper().startswith("P"):
+        try:
+            return float(parse_duration(value.upper()))
+        except ValueError as exc:
+            raise InvalidDevice(f"{text!r} is not a duration: {exc}") from exc
+    for unit in ("ms", "s", "m", "h", "d"):
+        if value.endswith(unit):
+            number = value[: -len(unit)]
+            break
+    else:
+        unit, number = "s", value
+    try:
+        return float(number) * _UNITS[unit]
+    except ValueError:
+        raise InvalidDevice(
+            f"{text!r} is not a duration (seconds, or like 10s, 1.5m, 2h, PT10S)"
+        ) from None

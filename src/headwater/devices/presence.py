@@ -1,0 +1,305 @@
+"""Presence: whether each device is online, since when, from where; kept across restarts.
+
+How this works: the embedded broker tells :class:`Presence` about every
+connection of a registered device (through the device plane's connect and
+disconnect hooks). A device is online while it has a connection; presence
+remembers *which* connection (the broker's :class:`~headwater.mqtt.config.ClientInfo`
+object of it), so that a session takeover, where the new connection is
+announced before the old one is closed, keeps the device online, and a
+connection closed by keepalive expiry, a network failure (its will is
+published) or a DISCONNECT makes it offline.
+
+What a device's presence is changes in memory at once (the API reads it
+from there) and is written to the state store's ``device-presence`` bucket
+behind, by one flusher task: changes of one device within
+:data:`FLUSH_DELAY` are written once, and what gathered is written in
+transactions of up to :data:`FLUSH_BATCH` devices
+(:meth:`~headwater.state.Bucket.write_many`), so a reconnect storm of 10,000
+devices costs each connection a dictionary update, and the store a few
+writes in the background instead of one per device (each a thread hand-over
+and a commit competing with the CONNECTs). At start, every stored record is read back; one that was
+online when the process stopped (or crashed) is marked offline, since no
+connection survives a restart. At shutdown the brokers close their
+connections first, and the flusher writes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import orjson
+
+from headwater.devices.model import device_key, parse_device_key
+from headwater.state import Bucket, StateClosed, StateError, StateStore
+
+__all__ = ["FLUSH_DELAY", "PRESENCE_BUCKET", "Connection", "Presence", "PresenceRecord"]
+
+log = logging.getLogger(__name__)
+
+PRESENCE_BUCKET: Final = "device-presence"
+
+FLUSH_DELAY: Final = 0.5
+"""Seconds the flusher lets changes gather before writing them: a device that
+connects and is taken over within it costs one write."""
+
+FLUSH_BATCH: Final = 1000
+"""Devices written per transaction at most: a storm's presence in a few commits,
+none of which holds the store's writer for long."""
+
+RETRY_DELAY: Final = 5.0
+"""Seconds before writing again after the store failed (what is dirty stays dirty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    """A device's presence as the API shows it and the store keeps it."""
+
+    online: bool
+    #: When the current (online) or last connection began, and when the last one ended.
+    connected_at: float | None = None
+    disconnected_at: float | None = None
+    address: str | None = None
+    protocol: str | None = None
+    client_id: str | None = None
+    listener: str | None = None
+    #: ``namespace/name`` of the MqttBrokerSource the device is (was last) connected to.
+    broker: str | None = None
+    credential: str | None = None
+    connections: int = 0
+    #: Why the last connection ended, when known (``headwater stopped``).
+    reason: str | None = None
+
+    @property
+    def last_seen(self) -> float | None:
+        """Now for an online device; else when its last connection ended."""
+        if self.online:
+            return time.time()
+        return self.disconnected_at or self.connected_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "online": self.online,
+            "connectedAt": self.connected_at,
+            "disconnectedAt": self.disconnected_at,
+            "lastSeen": self.last_seen,
+            "address": self.address,
+            "protocol": self.protocol,
+            "clientId": self.client_id,
+            "listener": self.listener,
+            "broker": self.broker,
+            "credential": self.credential,
+            "connections": self.connections,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PresenceRecord:
+        return cls(
+            bool(doc.get("online")),
+            doc.get("connectedAt"),
+            doc.get("disconnectedAt"),
+            doc.get("address"),
+            doc.get("protocol"),
+            doc.get("clientId"),
+            doc.get("listener"),
+            doc.get("broker"),
+            doc.get("credential"),
+            int(doc.get("connections") or 0),
+            doc.get("reason"),
+        )
+
+
+@dataclass(slots=True)
+class Connection:
+    """A device's live connection: who to ask to send it something."""
+
+    info: object
+    """The broker's ClientInfo of the connection (compared by identity)."""
+    sender: Any
+    """The device plane of the broker it is connected to."""
+    token: str
+    """Unique per connection (and per process run): "sent on this connection"."""
+    ready: bool = False
+    """Subscribed to its command topic: commands can reach it."""
+
+
+class Presence:
+    """Presence of every device (see the module docstring); ``await start()`` first."""
+
+    def __init__(self, state: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.clock = clock
+        self._bucket: Bucket | None = None
+        self._records: dict[str, PresenceRecord] = {}
+        self._live: dict[str, Connection] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._started = False
+        self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[str, str, PresenceRecord], None]] = []
+        self.write_failures = 0
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._started:
+                return
+            bucket = self._bucket = await self.state.bucket(PRESENCE_BUCKET)
+            now = self.clock()
+            for key in await bucket.keys():
+                entry = await bucket.get(key)
+                if entry is None or parse_device_key(key) is None:
+                    continue
+                try:
+                    record = PresenceRecord.from_json(orjson.loads(entry.value))
+                except (orjson.JSONDecodeError, TypeError, ValueError):
+                    continue
+                if record.online:
+                    # Online when the process stopped: no connection survives a restart.
+                    record = replace(
+                        record,
+                        online=False,
+                        disconnected_at=record.disconnected_at or now,
+                        reason="headwater restarted",
+                    )
+                    self._dirty.add(key)
+                self._records[key] = record
+            self._flusher = asyncio.create_task(self._flush_loop(), name="devices:presence")
+            if self._dirty:
+                self._wake.set()
+            self._started = True
+
+    async def close(self) -> None:
+        """Write what is left, then stop the flusher."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        with contextlib.suppress(StateError):
+            await self._flush()
+
+    def on_change(self, listener: Callable[[str, str, PresenceRecord], None]) -> None:
+        """``listener(namespace, device id, record)`` on every change."""
+        self._listeners.append(listener)
+
+    # -- what the API reads ------------------------------------------------------------
+
+    def get(self, namespace: str, device_id: str) -> PresenceRecord | None:
+        return self._records.get(device_key(namespace, device_id))
+
+    def online(self, namespace: str, device_id: str) -> bool:
+        return device_key(namespace, device_id) in self._live
+
+    def connection(self, namespace: str, device_id: str) -> Connection | None:
+        return self._live.get(device_key(namespace, device_id))
+
+    def online_count(self) -> int:
+        return len(self._live)
+
+    # -- what the broker tells -----------------------------------------------------------
+
+    def connected(
+        self,
+        namespace: str,
+        device_id: str,
+        connection: Connection,
+        *,
+        address: str,
+        protocol: str,
+        client_id: str,
+        listener: str,
+        broker: str,
+        credential: str | None,
+    ) -> PresenceRecord:
+        key = device_key(namespace, device_id)
+        self._live[key] = connection
+        previous = self._records.get(key)
+        record = PresenceRecord(
+            True,
+            self.clock(),
+            previous.disconnected_at if previous else None,
+            address,
+            protocol,
+            client_id,
+            listener,
+            broker,
+            credential,
+            (previous.connections if previous else 0) + 1,
+        )
+        self._set(namespace, device_id, key, record)
+        return record
+
+    def disconnected(self, namespace: str, device_id: str, info: object) -> PresenceRecord | None:
+        """The connection ``info`` ended; None when it was not the device's current one
+        (it was taken over: the device is still online)."""
+        key = device_key(namespace, device_id)
+        live = self._live.get(key)
+        if live is None or live.info is not info:
+            return None
+        del self._live[key]
+        previous = self._records.get(key)
+        record = (
+            replace(previous, online=False, disconnected_at=self.clock(), reason=None)
+            if previous
+            else PresenceRecord(False, disconnected_at=self.clock())
+        )
+        self._set(namespace, device_id, key, record)
+        return record
+
+    def forget(self, namespace: str, device_id: str) -> None:
+        """The device was deleted: its presence goes too."""
+        key = device_key(namespace, device_id)
+        self._live.pop(key, None)
+        if self._records.pop(key, None) is not None:
+            self._dirty.add(key)
+            self._wake.set()
+
+    def _set(self, namespace: str, device_id: str, key: str, record: PresenceRecord) -> None:
+        self._records[key] = record
+        self._dirty.add(key)
+        self._wake.set()
+        for listener in self._listeners:
+            try:
+                listener(namespace, device_id, record)
+            except Exception:
+                log.exception("a presence listener failed")
+
+    # -- writing behind --------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_DELAY)
+            self._wake.clear()
+            try:
+                await self._flush()
+            except StateClosed:
+                return
+            except StateError as exc:
+                self.write_failures += 1
+                log.warning("device presence: cannot write to the state store: %s", exc)
+                await asyncio.sleep(RETRY_DELAY)
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        bucket = self._bucket
+        if bucket is None:
+            return
+        while self._dirty:
+            keys = [self._dirty.pop() for _ in range(min(FLUSH_BATCH, len(self._dirty)))]
+            changes: dict[str, bytes | None] = {}
+            for key in keys:
+                record = self._records.get(key)
+                changes[key] = orjson.dumps(record.to_json()) if record is not None else None
+            try:
+                await bucket.write_many(changes)
+            except BaseException:
+                self._dirty.update(keys)
+                raise
