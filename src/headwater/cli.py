@@ -150,6 +150,41 @@ def version() -> None:
     show_default=True,
     help="Seconds a kept-alive HTTP connection may wait for its next request.",
 )
+@click.option(
+    "--nats",
+    "nats_urls",
+    envvar="HEADWATER_NATS",
+    default=None,
+    metavar="URLS",
+    help="Join a mesh on this NATS JetStream cluster (comma-separated URLs): the event log, "
+    "the resources and MQTT sessions live there, shared with every node.",
+)
+@click.option(
+    "--nats-creds", type=click.Path(path_type=Path), default=None, help="NATS credentials file."
+)
+@click.option(
+    "--nats-tls-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA certificates to verify the NATS servers with (turns TLS on).",
+)
+@click.option(
+    "--nats-tls-cert", type=click.Path(path_type=Path), default=None, help="Client certificate."
+)
+@click.option(
+    "--nats-tls-key", type=click.Path(path_type=Path), default=None, help="Client certificate key."
+)
+@click.option(
+    "--nats-replicas",
+    type=click.IntRange(1, 5),
+    default=None,
+    help="Copies of the mesh's streams and buckets [default: 3 with 3+ servers, else 1].",
+)
+@click.option(
+    "--node-name",
+    default=None,
+    help="This node's name in the mesh [default: the host name]; unique per node.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def up(
     files: tuple[Path, ...],
@@ -167,16 +202,39 @@ def up(
     http_header_timeout: float,
     http_body_timeout: float,
     http_idle_timeout: float,
+    nats_urls: str | None,
+    nats_creds: Path | None,
+    nats_tls_ca: Path | None,
+    nats_tls_cert: Path | None,
+    nats_tls_key: Path | None,
+    nats_replicas: int | None,
+    node_name: str | None,
     log_level: str,
 ) -> None:
     """Run Headwater with the given resources (port 0 picks a free port)."""
     from headwater.api.server import Server, StartupError, UpOptions, run
+    from headwater.cluster import ClusterError, NatsOptions, parse_servers
     from headwater.http_guard import HttpLimits
     from headwater.resources import ConfigError
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    nats = None
+    mesh_flags = (nats_creds, nats_tls_ca, nats_tls_cert, nats_tls_key, nats_replicas, node_name)
+    if nats_urls is None and any(flag is not None for flag in mesh_flags):
+        fail("--nats-creds, --nats-tls-*, --nats-replicas and --node-name need --nats URLS", 2)
+    if nats_urls is not None:
+        try:
+            nats = NatsOptions(
+                parse_servers(nats_urls),
+                creds=nats_creds,
+                tls_ca=nats_tls_ca,
+                tls_cert=nats_tls_cert,
+                tls_key=nats_tls_key,
+            )
+        except ClusterError as exc:
+            fail(str(exc), 2)
     options = UpOptions(
         files=files,
         data_dir=data_dir,
@@ -191,9 +249,18 @@ def up(
         http_limits=HttpLimits(
             http_max_connections, http_header_timeout, http_body_timeout, http_idle_timeout
         ),
+        nats=nats,
+        node_name=node_name,
+        nats_replicas=nats_replicas,
     )
 
     def ready(server: Server) -> None:
+        if server.mesh is not None:
+            mesh = server.mesh
+            click.echo(
+                f"headwater {__version__}: node {mesh.node} of the mesh on "
+                f"{','.join(mesh.options.servers)} ({mesh.replicas} replica(s))"
+            )
         for name, url in server.urls.items():
             click.echo(f"headwater {__version__}: {name} listening on {url}")
         click.echo(f"headwater {__version__}: dashboard on {server.urls['http']}/")
@@ -356,8 +423,11 @@ def get(
     server: str | None,
     token: str | None,
 ) -> None:
-    """List resources of a kind, or `all` of them (or show one)."""
+    """List resources of a kind, or `all` of them (or show one); `nodes`: the mesh's nodes."""
     client = _client(server, token)
+    if kind.lower() in ("node", "nodes"):
+        _nodes(client, name, output)
+        return
     every = kind.lower() == "all"
     if name and every:
         fail("`get all` lists every resource; give a kind to show one by name", 2)
@@ -367,13 +437,70 @@ def get(
         query = f"?namespace={namespace}" if namespace else ""
         path = "/api/v1/resources" if every else f"/api/v1/resources/{kind}"
         items = _call(client, "GET", path + query)["items"]
+    if not _emitted(items, output):
+        _table(items)
+
+
+def _emitted(items: list[dict[str, Any]], output: str) -> bool:
+    """Print ``items`` as JSON or YAML when asked; False for a table (the caller's)."""
     if output == "json":
         click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
-        return
+        return True
     if output == "yaml":
         _echo_yaml(items)
+        return True
+    return False
+
+
+def _print_table(table: Any) -> None:
+    from rich.console import Console
+
+    Console(width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)).print(
+        table
+    )
+
+
+def _nodes(client: Any, name: str | None, output: str) -> None:
+    """``get nodes``: the mesh's live nodes (or this node alone, without a mesh)."""
+    answer = _call(client, "GET", "/api/v1/nodes")
+    items = [n for n in answer["items"] if name is None or n["name"] == name]
+    if name is not None and not items:
+        fail(f"no live node {name!r} in the mesh")
+    if _emitted(items, output):
         return
-    _table(items)
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ADDRESS", "VERSION", "UPTIME", "DEVICES", "CPU", "MEMORY"):
+        table.add_column(column)
+    for node in items:
+        marker = " (this)" if node["name"] == answer.get("self") else ""
+        addresses = node.get("addresses") or {}
+        cpu = node.get("cpu")
+        rss = node.get("rss")
+        table.add_row(
+            node["name"] + marker,
+            addresses.get("http", "-"),
+            node["version"],
+            _duration(node["uptimeSeconds"]),
+            str(node.get("devices", 0)),
+            f"{cpu * 100:.0f}%" if isinstance(cpu, int | float) else "-",
+            f"{rss / 2**20:.0f} MiB" if isinstance(rss, int) and rss else "-",
+        )
+    _print_table(table)
+    if not answer.get("mesh"):
+        click.echo("(a single node: start nodes with `headwater up --nats URLS` to form a mesh)")
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def _ready(item: dict[str, Any]) -> tuple[str, str]:
@@ -387,20 +514,21 @@ def _source(item: dict[str, Any], *, long: bool = False) -> str:
     """Where a resource came from: ``file mesh.yaml:3`` or ``api`` (``long``: with detail)."""
     origin = item.get("status", {}).get("origin") or {}
     where = f"{origin.get('file')}:{origin['line']}" if origin.get("line") else origin.get("file")
+    node = origin.get("node")
     if origin.get("source") == "api":
         if not long:
             return "api"
+        on = f" on node {node}" if node else ""
         return (
-            f"applied through the API (from {where}) at {origin.get('applied')}, "
+            f"applied through the API{on} (from {where}) at {origin.get('applied')}, "
             f"resourceVersion {origin.get('resourceVersion')}"
         )
     if origin.get("source") == "file":
-        return f"file {where}"
+        return f"file {where}" + (f" of node {node}" if long and node else "")
     return "-"
 
 
 def _table(items: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -417,9 +545,7 @@ def _table(items: list[dict[str, Any]]) -> None:
             reason,
             _source(item),
         )
-    Console(width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)).print(
-        table
-    )
+    _print_table(table)
 
 
 def _echo_yaml(value: Any, indent: str = "") -> None:
@@ -467,6 +593,8 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
         click.echo(line)
     latency = status.pop("latencySeconds", None)
     status.pop("dispatchers", None)
+    per_node = status.pop("nodes", None)
+    unanswered = status.pop("unansweredNodes", None)
     last_error = _last_error(status)
     if status:
         click.echo("Status (counters since start):")
@@ -478,8 +606,27 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
     if latency and latency.get("count"):
         p50, p99 = (_bucket_quantile(latency, q) for q in (0.5, 0.99))
         click.echo(f"Latency:      p50 <= {p50}s, p99 <= {p99}s over {latency['count']} deliveries")
+    if per_node:
+        _describe_nodes(per_node, unanswered)
     if item["kind"] in ("Trigger", "Subscription"):
         click.echo(f"Dead letters: {_kept(item, server, token)}")
+
+
+def _describe_nodes(per_node: dict[str, dict[str, Any]], unanswered: list[str] | None) -> None:
+    """In a mesh: each node's counters (the status above is their sum)."""
+    click.echo("Nodes (the counters above are their sum):")
+    for node, status in per_node.items():
+        counters = [
+            f"{key}={value}"
+            for key, value in status.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        ]
+        active = status.get("activeNode")
+        if "activeNode" in status and active != node:
+            counters.insert(0, f"standby (runs on {active or 'no node yet'})")
+        click.echo(f"  {node}: {', '.join(counters) or '-'}")
+    if unanswered:
+        click.echo(f"  not answering in time: {', '.join(unanswered)}")
 
 
 def _last_error(status: dict[str, Any]) -> str | None:

@@ -158,7 +158,12 @@ async def get_resource(request: web.Request) -> web.Response:
     resource = runtime.get(key)
     if resource is None:
         return error(404, f"no {key[0]} {key[2]!r} in namespace {key[1]!r}")
-    return json_response(resource_json(runtime, resource))
+    body = resource_json(runtime, resource)
+    if runtime.mesh is not None:
+        from headwater.api.nodes import mesh_status
+
+        body["status"] = await mesh_status(runtime, key, body["status"])
+    return json_response(body)
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:
@@ -281,6 +286,7 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
         edges,
         events,
         metrics,
+        nodes,
         openapi,
         topology,
     )
@@ -298,5 +304,6 @@ def create_app(runtime: Runtime, *, token: str | None = None) -> web.Application
     deadletters.add_routes(app)
     devices.add_routes(app, runtime)
     edges.add_routes(app)
+    nodes.add_routes(app)
     dashboard.add_routes(app)
     return app

@@ -289,16 +289,20 @@ class DeviceTracker:
 
     async def _read(self, stream: str) -> None:
         log_ = self.runtime.log
+        # In a mesh every node's dashboard reads every event: a cursor per node
+        # (a shared one would split the events between the nodes).
+        node = self.runtime.node
+        consumer = CONSUMER if node is None else f"{CONSUMER}/{node}"
         try:
             # A fresh cursor each time: the history is rebuilt from the log.
             with contextlib.suppress(LogError):
-                await log_.delete_consumer(stream, CONSUMER)
+                await log_.delete_consumer(stream, consumer)
             info = await log_.info(stream)
             if info.events > MAX_BACKFILL:
                 start = Start.at_offset(info.last_offset - MAX_BACKFILL + 1)
             else:
                 start = Start.at_time(time.time() - WINDOW_SECONDS)
-            async with log_.reader(stream, CONSUMER, start) as reader:
+            async with log_.reader(stream, consumer, start) as reader:
                 while True:
                     batch = await reader.next_batch(READ_BATCH, timeout=1.0)
                     received = time.time()
@@ -310,7 +314,7 @@ class DeviceTracker:
             log.debug("device tracking of %s stopped: %s", stream, exc)
         finally:
             with contextlib.suppress(LogError):
-                await log_.delete_consumer(stream, CONSUMER)
+                await log_.delete_consumer(stream, consumer)
 
     # -- the API's view ------------------------------------------------------------------
 

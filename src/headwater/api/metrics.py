@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from headwater import http_guard
 from headwater.api.app import RUNTIME_KEY
+from headwater.cluster.leases import LeasedComponent
 from headwater.log import LogError, StreamInfo
 from headwater.runtime import Runtime
 from headwater.runtime.components import (
@@ -108,6 +109,8 @@ class _Snapshot(Collector):
         reconciler = self.runtime.reconciler
         for resource in reconciler.resources():
             component: Any = reconciler.component(resource.key)
+            if isinstance(component, LeasedComponent):
+                component = component.running  # counted on the node that runs it
             ns, name = resource.namespace, resource.name
             if isinstance(component, BrokerComponent | ChannelComponent):
                 is_broker = isinstance(component, BrokerComponent)
@@ -148,6 +151,14 @@ class _Snapshot(Collector):
         yield from self._streams()
         yield from extra
         yield from self.extra
+        if self.runtime.node is not None:
+            node = GaugeMetricFamily(
+                "headwater_node_info",
+                "This node of the mesh (its counters are its own; describe sums them).",
+                labels=["node"],
+            )
+            node.add_metric([self.runtime.node], 1)
+            yield node
 
     def _streams(self) -> Iterator[Metric]:
         events = GaugeMetricFamily(

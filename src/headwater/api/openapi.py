@@ -330,6 +330,42 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/nodes": {
+                "get": {
+                    "summary": "The nodes of the mesh (this node alone without --nats)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["mesh", "items"],
+                                "properties": {
+                                    "mesh": {"type": "boolean"},
+                                    "self": {"type": ["string", "null"]},
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name", "version", "uptimeSeconds"],
+                                            "properties": {
+                                                "name": {"type": "string"},
+                                                "version": {"type": "string"},
+                                                "addresses": {"type": "object"},
+                                                "uptimeSeconds": {"type": "number"},
+                                                "devices": {"type": "integer"},
+                                                "cpu": {"type": "number"},
+                                                "rss": {"type": "integer"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                            "Nodes",
+                        ),
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
             "/api/v1/resources": {
                 "get": {
                     "summary": "List every resource",

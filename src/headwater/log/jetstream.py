@@ -299,7 +299,7 @@ class JetStreamLog(EventLogBase):
             max_age=config.max_age or 0,
             max_msg_size=config.max_event_size,
             storage=api.StorageType.FILE,
-            num_replicas=self._replicas,
+            num_replicas=config.replicas or self._replicas,
         )
         try:
             try:
@@ -386,6 +386,35 @@ class JetStreamLog(EventLogBase):
         except _NATS_ERRORS as exc:
             raise _translate(exc, stream) from exc
 
+    async def reset_consumer(self, stream: str, consumer: str) -> int:
+        """Make ``consumer`` deliver again everything after its position, in order.
+
+        JetStream redelivers what a reader that died held only after
+        ``ack_wait``, while the consumer hands newer entries to other readers
+        at once: one key's events would then arrive out of order. An ordered
+        Trigger that moves to another node calls this first: the consumer is
+        recreated at its position (its ack floor, the low-water mark), so that
+        everything not acknowledged below the first gap comes again, first
+        and in order (those acknowledged out of order above it come again too:
+        at least once). Returns the position; a consumer that does not exist
+        yet is left to be created by its first reader.
+        """
+        js = await self._context()
+        name, durable = self.stream_name(stream), nats_token(consumer)
+        try:
+            try:
+                info = await js.consumer_info(name, durable)
+            except nats.js.errors.NotFoundError:
+                await self._stream_info(stream)  # a missing stream is still an error
+                return 0
+            _, position = _position(info)
+            await js.delete_consumer(name, durable)
+            config = self._consumer_config(consumer, Start.at_offset(position + 1), position)
+            await js.add_consumer(name, config)
+        except _NATS_ERRORS as exc:
+            raise _translate(exc, stream) from exc
+        return position
+
     async def _stream_info(self, stream: str) -> Any:
         js = await self._context()
         try:
@@ -421,6 +450,7 @@ class JetStreamLog(EventLogBase):
                 max_event_size=config.max_msg_size
                 if config.max_msg_size and config.max_msg_size > 0
                 else DEFAULT_MAX_EVENT_SIZE,
+                replicas=config.num_replicas or 1,
             ),
             positions=[_position(c) for c in consumers],
         )

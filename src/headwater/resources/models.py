@@ -31,6 +31,24 @@ START_ANNOTATION = "headwater.dev/start"
 MAX_INFLIGHT_ANNOTATION = "headwater.dev/max-inflight"
 BROKER_CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 INGRESS_TOKEN_ANNOTATION = "headwater.dev/ingress-token"
+REPLICAS_ANNOTATION = "headwater.dev/replicas"
+MAX_REPLICAS = 5
+"""JetStream keeps at most five copies of a stream."""
+
+
+def replicas_annotation(annotations: dict[str, str]) -> int | None:
+    """The ``headwater.dev/replicas`` annotation as a number of copies (None: absent)."""
+    text = annotations.get(REPLICAS_ANNOTATION)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_REPLICAS):
+        raise ValueError(
+            f"annotation {REPLICAS_ANNOTATION} must be a number of copies from 1 to "
+            f"{MAX_REPLICAS}, not {text!r}"
+        )
+    return int(text)
+
+
 """A Broker's own bearer token for its HTTP ingress (use ``${ENV}`` to keep it out of files)."""
 RETENTION_MAX_AGE_ANNOTATION = "headwater.dev/retention-max-age"
 RETENTION_MAX_BYTES_ANNOTATION = "headwater.dev/retention-max-bytes"
@@ -203,6 +221,7 @@ class Broker(Resource):
     @model_validator(mode="after")
     def _retention(self) -> Broker:
         retention_limits(self.metadata.annotations)
+        replicas_annotation(self.metadata.annotations)
         return self
 
 
@@ -325,6 +344,11 @@ class Channel(Resource):
     API_VERSIONS = ("messaging.knative.dev/v1",)
     KIND = "Channel"
     spec: ChannelSpec = Field(default_factory=ChannelSpec)
+
+    @model_validator(mode="after")
+    def _annotations(self) -> Channel:
+        replicas_annotation(self.metadata.annotations)
+        return self
 
 
 class InMemoryChannelSpec(Model):

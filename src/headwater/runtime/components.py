@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from headwater.cloudevents import CloudEvent
@@ -41,6 +42,7 @@ from headwater.resources.models import (
     MAX_INFLIGHT_ANNOTATION,
     ORDER_ANNOTATION,
     START_ANNOTATION,
+    replicas_annotation,
     retention_limits,
 )
 from headwater.sinks import EventDisplaySink
@@ -122,7 +124,9 @@ class BrokerComponent:
 
 
 def _retention(resource: Broker) -> StreamConfig:
-    return StreamConfig(**retention_limits(resource.metadata.annotations))
+    """Its retention and, in a mesh, its replicas (headwater.dev/replicas)."""
+    annotations = resource.metadata.annotations
+    return StreamConfig(**retention_limits(annotations), replicas=replicas_annotation(annotations))
 
 
 class ChannelComponent:
@@ -140,7 +144,11 @@ class ChannelComponent:
             )
         else:
             self.channel = ChannelFanout(
-                resource.namespace, resource.name, runtime.log, delivery=delivery
+                resource.namespace,
+                resource.name,
+                runtime.log,
+                delivery=delivery,
+                retention=StreamConfig(replicas=replicas_annotation(resource.metadata.annotations)),
             )
         self.sink: Sink = AcceptSink(self.channel)
 
@@ -154,6 +162,9 @@ class ChannelComponent:
         assert isinstance(resource, Channel | InMemoryChannel)
         if isinstance(resource, Channel) and resource.spec.channel_template is not None:
             return False  # the backing store may change: recreate
+        replicas = replicas_annotation(resource.metadata.annotations)
+        if replicas != self.channel.retention.replicas:
+            await self.channel.set_retention(replace(self.channel.retention, replicas=replicas))
         self.channel.delivery = self.runtime.delivery_spec(
             resource.spec.delivery, resource.namespace
         )

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
@@ -65,6 +65,9 @@ from headwater.runtime.applied import Origin, Resources
 from headwater.runtime.components import BrokerComponent, ChannelComponent
 from headwater.runtime.reconciler import ApplyResult, Builder, Component, Key, Reconciler
 from headwater.state import MemoryStore, StateStore
+
+if TYPE_CHECKING:
+    from headwater.cluster.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +389,12 @@ class Runtime:
         http_worker: bool = False,
         state: StateStore | None = None,
         data_dir: Path | None = None,
+        mesh: Mesh | None = None,
     ) -> None:
         self.started = time.time()
+        # In a mesh (``headwater up --nats``): this node's part of it (see headwater.cluster).
+        self.mesh = mesh
+        self.node: str | None = mesh.node if mesh is not None else None
         self.listeners: dict[str, str] = {}
         self.log: EventLog = log if log is not None else MemoryLog()
         # What the API applied is kept here (see runtime.applied); owned and closed here.
@@ -407,10 +414,15 @@ class Runtime:
         self.reconciler = Reconciler(builders)
         self.desired = Resources(self.reconciler, self.state)
         self.dead_letters = DeadLetters(self)
+        if mesh is not None:
+            mesh.bind(self)
 
     def _builder(self, build: Callable[[Runtime, Any], Component]) -> Builder:
         async def builder(resource: Resource) -> Component:
-            return build(self, resource)
+            component = build(self, resource)
+            if self.mesh is not None:
+                component = self.mesh.wrap(resource, component)
+            return component
 
         return builder
 
@@ -545,7 +557,18 @@ class Runtime:
     # -- the API's view ---------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"uptimeSeconds": round(time.time() - self.started, 3), "listeners": self.listeners}
+        info: dict[str, Any] = {
+            "uptimeSeconds": round(time.time() - self.started, 3),
+            "listeners": self.listeners,
+        }
+        if self.mesh is not None:
+            info["node"] = self.mesh.node
+            info["mesh"] = {
+                "servers": list(self.mesh.options.servers),
+                "namespace": self.mesh.namespace,
+                "replicas": self.mesh.replicas,
+            }
+        return info
 
     def resources(self, kind: str | None = None) -> list[Resource]:
         return self.reconciler.resources(kind)
@@ -624,6 +647,7 @@ class Runtime:
                 )
             await asyncio.gather(*(f.drain(grace) for f in fanouts))
         _report_unfinished(fanouts, grace)
+        await self.desired.close()
         await self.reconciler.close()
         if self.http_worker is not None:
             await self.http_worker.close()

@@ -1,0 +1,89 @@
+"""The nodes of the mesh, and a resource's status over all of them.
+
+How this works: ``GET /api/v1/nodes`` lists the live nodes of the mesh from
+its registry (each node's heartbeat: addresses, version, uptime, connected
+devices, load); a single node (no ``--nats``) lists itself. In a mesh,
+:func:`mesh_status` turns a resource's status on this node into its status
+over the mesh: every live node's status (``status.nodes``), their counters
+summed at the top level (:func:`~headwater.cluster.status.merge_statuses`),
+and the nodes that did not answer in time (``status.unansweredNodes``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from aiohttp import web
+
+from headwater import __version__
+from headwater.api.app import RUNTIME_KEY, error, json_response
+from headwater.cluster.nodes import MESH_PROTOCOL
+from headwater.cluster.status import merge_statuses
+from headwater.runtime import Runtime
+from headwater.runtime.reconciler import Key
+from headwater.state import StateError
+
+
+def _single_node(runtime: Runtime) -> dict[str, Any]:
+    """What a node without a mesh says about itself, in a registry entry's shape."""
+    now = time.time()
+    devices = 0
+    for resource in runtime.resources("MqttBrokerSource"):
+        broker = getattr(
+            getattr(runtime.reconciler.component(resource.key), "source", None), "broker", None
+        )
+        if broker is not None:
+            devices += len(broker.connected_clients)
+    return {
+        "name": socket.gethostname().split(".")[0],
+        "version": __version__,
+        "protocol": MESH_PROTOCOL,
+        "started": runtime.started,
+        "heartbeat": now,
+        "addresses": dict(runtime.listeners),
+        "devices": devices,
+        "uptimeSeconds": round(now - runtime.started, 3),
+        "heartbeatAgeSeconds": 0.0,
+    }
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    mesh = runtime.mesh
+    if mesh is None:
+        return json_response({"mesh": False, "self": None, "items": [_single_node(runtime)]})
+    try:
+        nodes = await mesh.nodes()
+    except StateError as exc:
+        return error(503, f"the node registry cannot be read: {exc}")
+    now = time.time()
+    return json_response(
+        {"mesh": True, "self": mesh.node, "items": [n.as_json(now) for n in nodes]}
+    )
+
+
+async def mesh_status(runtime: Runtime, key: Key, local: dict[str, Any]) -> dict[str, Any]:
+    """``local`` (this node's status of ``key``) as the mesh's: see the module docstring."""
+    mesh = runtime.mesh
+    if mesh is None:
+        return local
+    statuses, missing = await mesh.statuses(key)
+    statuses[mesh.node] = local
+    merged = merge_statuses(statuses)
+    merged["conditions"] = local.get("conditions", [])
+    for field in ("origin", "address"):
+        if field in local:
+            merged[field] = local[field]
+    merged["nodes"] = {
+        name: {k: v for k, v in status.items() if k not in ("conditions", "dispatchers")}
+        for name, status in sorted(statuses.items())
+    }
+    if missing:
+        merged["unansweredNodes"] = missing
+    return merged
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/nodes", list_nodes)
