@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,11 +15,13 @@ WAIT = 30.0
 
 class Receiver:
     """On loopback, on a free port: answers ``status`` (an HTML body for errors, as a
-    web server would), or holds each request until ``released`` while ``hang`` is set.
+    web server would) after ``delay`` seconds, or holds each request until ``released``
+    while ``hang`` is set.
     ``ids`` are the ``ce-id`` of every request, in order."""
 
     def __init__(self) -> None:
         self.status = 202
+        self.delay = 0.0  # seconds each request takes (a slow subscriber)
         self.hang = threading.Event()
         self.released = threading.Event()
         self.ids: list[str] = []
@@ -33,6 +36,8 @@ class Receiver:
                     receiver.hit.notify_all()
                 if receiver.hang.is_set():
                     receiver.released.wait(WAIT * 2)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 body = b"" if receiver.status < 300 else b"<html>nope</html>"
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", "text/html")

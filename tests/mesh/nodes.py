@@ -46,11 +46,18 @@ def wait_for(
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {last}" if last else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f": {last}" if last else "")
+    )
 
 
-def api(url: str, method: str = "GET", path: str = "/api/v1/status", body: Any = None,
-        content_type: str = "application/json") -> Any:
+def api(
+    url: str,
+    method: str = "GET",
+    path: str = "/api/v1/status",
+    body: Any = None,
+    content_type: str = "application/json",
+) -> Any:
     """One admin API call; the decoded JSON answer (HTTPError for a 4xx/5xx)."""
     data = None
     if body is not None:
@@ -152,8 +159,9 @@ class Node:
                 raise AssertionError(f"node {self.name} exited at start:\n{text[-4000:]}")
             time.sleep(0.05)
         self.kill()
-        raise AssertionError(f"node {self.name} not ready after {READY_TIMEOUT}s:\n"
-                             f"{self.output()[-4000:]}")
+        raise AssertionError(
+            f"node {self.name} not ready after {READY_TIMEOUT}s:\n{self.output()[-4000:]}"
+        )
 
     def wait_exit(self, timeout: float = 30.0) -> int:
         assert self.process is not None
@@ -178,8 +186,13 @@ class Node:
                 return process.wait()
         return process.returncode
 
-    def api(self, method: str = "GET", path: str = "/api/v1/status", body: Any = None,
-            content_type: str = "application/json") -> Any:
+    def api(
+        self,
+        method: str = "GET",
+        path: str = "/api/v1/status",
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
         return api(self.url, method, path, body, content_type)
 
     def apply(self, yaml_text: str) -> Any:

@@ -122,6 +122,41 @@ _CONSUMER_PAGE: Final = 256  # consumers per CONSUMER.LIST answer
 
 # JetStream API error codes (nats-server's errors.json).
 _ERR_STREAM_NOT_FOUND: Final = 10059
+_ERR_STREAM_NAME_IN_USE: Final = 10058
+
+CREATE_ATTEMPTS: Final = 3
+"""Tries of a stream's creation that time out (a leader election in a cluster) before
+the Broker reports the log unavailable."""
+
+_COMPARED: Final = (
+    "subjects",
+    "retention",
+    "discard",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "max_msg_size",
+    "storage",
+    "num_replicas",
+    "description",
+)
+
+
+def _differs(found: Any, wanted: Any) -> bool:
+    """Whether an existing stream's configuration differs from the wanted one."""
+    for field in _COMPARED:
+        have, want = getattr(found, field, None), getattr(wanted, field, None)
+        if field in ("max_msgs", "max_bytes") and (have or -1) == (want or -1):
+            continue
+        if field == "max_age" and (have or 0) == (want or 0):
+            continue
+        if field == "num_replicas" and (have or 1) == (want or 1):
+            continue
+        if have != want:
+            return True
+    return False
+
+
 _ERR_MESSAGE_TOO_BIG: Final = 10054
 
 
@@ -301,15 +336,32 @@ class JetStreamLog(EventLogBase):
             storage=api.StorageType.FILE,
             num_replicas=config.replicas or self._replicas,
         )
-        try:
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                await js.stream_info(wanted.name)
-            except nats.js.errors.NotFoundError:
-                await js.add_stream(wanted)
-            else:
-                await js.update_stream(wanted)
-        except _NATS_ERRORS as exc:
-            raise _translate(exc) from exc
+                try:
+                    found = await js.stream_info(wanted.name)
+                except nats.js.errors.NotFoundError:
+                    try:
+                        await js.add_stream(wanted)
+                    except nats.js.errors.BadRequestError as exc:
+                        if exc.err_code != _ERR_STREAM_NAME_IN_USE:
+                            raise
+                        continue  # another process created it meanwhile: compare with that
+                else:
+                    # Several nodes of a mesh start the same Broker: only a change
+                    # of its configuration is worth a (replicated) update.
+                    if _differs(found.config, wanted):
+                        await js.update_stream(wanted)
+            except (TimeoutError, nats.errors.TimeoutError) as exc:
+                # A clustered JetStream may be electing a leader for the stream.
+                if attempt < CREATE_ATTEMPTS:
+                    continue
+                raise _translate(exc) from exc
+            except _NATS_ERRORS as exc:
+                raise _translate(exc) from exc
+            break
         self._max_sizes[name] = config.max_event_size
 
     async def delete_stream(self, name: str) -> None:

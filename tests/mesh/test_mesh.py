@@ -1,0 +1,179 @@
+"""Several `headwater up --nats` nodes on a three-server JetStream cluster: one mesh.
+
+Resources applied on one node run on every node and survive a restart of
+all of them; events taken by one node's ingress are delivered by every
+node's share of the Trigger's consumer, each once; ``describe`` sums the
+nodes' counters; ``get nodes`` lists the nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.receiver import serving
+from tests.mesh.nodes import Node, wait_for
+
+pytestmark = pytest.mark.integration
+
+BROKER = """\
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: orders}
+"""
+
+
+def trigger(name: str, url: str, **annotations: str) -> str:
+    notes = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in annotations.items())
+    return f"""\
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: {name}
+  annotations:
+    headwater.dev/start: earliest{notes}
+spec:
+  broker: orders
+  subscriber: {{uri: {json.dumps(url)}}}
+"""
+
+
+def post_event(node: Node, event_id: str, broker: str = "orders") -> int:
+    request = urllib.request.Request(
+        f"{node.url}/default/{broker}",
+        data=json.dumps({"n": event_id}).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-source": "/mesh-test",
+            "ce-type": "mesh.test",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return int(answer.status)
+
+
+def names(node: Node, kind: str) -> set[str]:
+    items = node.api(path=f"/api/v1/resources/{kind}")["items"]
+    return {i["metadata"]["name"] for i in items if _ready(i)}
+
+
+def _ready(item: dict[str, object]) -> bool:
+    conditions = item.get("status", {}).get("conditions", [])  # type: ignore[union-attr]
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_apply_on_one_node_changes_every_node_and_survives_a_restart_of_all(
+    mesh_node: Callable[..., Node],
+) -> None:
+    n1, n2, n3 = (mesh_node(name) for name in ("n1", "n2", "n3"))
+    n1.apply(BROKER)
+    wait_for("the Broker on n3", lambda: "orders" in names(n3, "brokers"))
+    assert "orders" in names(n2, "brokers")
+    described = n3.api(path="/api/v1/resources/Broker/default/orders")
+    assert described["status"]["origin"] == {
+        "source": "api",
+        "file": "request",
+        "line": 1,
+        "resourceVersion": described["metadata"]["resourceVersion"],
+        "applied": described["status"]["origin"]["applied"],
+        "node": "n1",
+    }
+
+    # A change on n3 reaches n1; a delete on n2 reaches all.
+    n3.apply(BROKER.replace("name: orders", "name: audit"))
+    wait_for("the second Broker on n1", lambda: "audit" in names(n1, "brokers"))
+    assert n2.cli("delete", "broker", "audit").returncode == 0
+    wait_for("the delete on n1", lambda: "audit" not in names(n1, "brokers"))
+    wait_for("the delete on n3", lambda: "audit" not in names(n3, "brokers"))
+
+    for node in (n1, n2, n3):
+        node.stop()
+    for node in (n1, n2, n3):
+        node.start()
+    assert {"orders", "default"} <= names(n2, "brokers")
+    assert "audit" not in names(n2, "brokers")
+
+
+def test_events_from_one_ingress_are_delivered_by_every_node_once(
+    mesh_node: Callable[..., Node],
+) -> None:
+    n1, n2, n3 = (mesh_node(name) for name in ("n1", "n2", "n3"))
+    with serving() as receiver:
+        receiver.delay = 0.02  # slow enough that one node cannot take everything
+        n2.apply(
+            BROKER + "---\n" + trigger("all", receiver.url, **{"headwater.dev/max-inflight": "1"})
+        )
+        for node in (n1, n2, n3):
+            wait_for(
+                f"the Trigger on {node.name}", lambda node=node: "all" in names(node, "triggers")
+            )
+        sent = [f"e{i}" for i in range(60)]
+        for event_id in sent:
+            assert post_event(n1, event_id) == 202
+        receiver.wait_for(len(sent))
+
+        def settled() -> dict[str, object] | None:
+            status = n3.api(path="/api/v1/resources/Trigger/default/all")["status"]
+            return status if status["delivered"] == len(sent) else None
+
+        status = wait_for("the deliveries counted", settled)
+    assert sorted(receiver.ids) == sorted(sent), "an event was lost or delivered twice"
+    per_node = {name: s["delivered"] for name, s in status["nodes"].items()}
+    assert set(per_node) == {"n1", "n2", "n3"}
+    assert sum(per_node.values()) == len(sent)
+    assert sum(1 for count in per_node.values() if count) >= 2, per_node
+
+    described = n1.cli("describe", "trigger", "all")
+    assert described.returncode == 0, described.stderr
+    assert "Nodes (the counters above are their sum):" in described.stdout
+    assert f"delivered:            {len(sent)}" in described.stdout or (
+        f"delivered: {len(sent)}" in " ".join(described.stdout.split())
+    )
+
+
+def test_get_nodes_lists_every_live_node(mesh_node: Callable[..., Node]) -> None:
+    n1, n2 = mesh_node("n1"), mesh_node("n2")
+    listed = wait_for(
+        "both nodes with their addresses",
+        lambda: (
+            items
+            if len(items := n1.api(path="/api/v1/nodes")["items"]) == 2
+            and all("http" in i["addresses"] for i in items)
+            else None
+        ),
+    )
+    assert [i["name"] for i in listed] == ["n1", "n2"]
+    assert {i["addresses"]["http"] for i in listed} == {n1.url, n2.url}
+    table = n2.cli("get", "nodes")
+    assert table.returncode == 0, table.stderr
+    assert "n2 (this)" in table.stdout and n1.url in table.stdout
+    n2.stop()
+    wait_for(
+        "n2 gone from the list",
+        lambda: [i["name"] for i in n1.api(path="/api/v1/nodes")["items"]] == ["n1"],
+    )
+
+
+def test_files_are_the_mesh_files_of_the_node_that_started_last(
+    mesh_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    first = tmp_path / "first.yaml"
+    first.write_text(BROKER + "---\n" + BROKER.replace("orders", "old"))
+    n1 = mesh_node("n1", files=[first])
+    n2 = mesh_node("n2")  # no files: runs what the mesh holds
+    assert {"orders", "old"} <= names(n2, "brokers")
+    refused = n2.cli("delete", "broker", "orders")
+    assert refused.returncode != 0 and "first.yaml" in refused.stderr  # a file owns it
+
+    second = tmp_path / "second.yaml"
+    second.write_text(BROKER)
+    n3 = mesh_node("n3", files=[second])
+    assert names(n3, "brokers") >= {"orders"} and "old" not in names(n3, "brokers")
+    wait_for("the dropped Broker gone from n1", lambda: "old" not in names(n1, "brokers"))
