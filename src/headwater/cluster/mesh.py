@@ -43,6 +43,7 @@ from headwater.state import Bucket, StateError
 from headwater.state.jetstream import JetStreamStore
 
 if TYPE_CHECKING:
+    from headwater.mqtt.nats_mesh import MqttMesh
     from headwater.runtime.reconciler import Component, Key
     from headwater.runtime.runtime import Runtime
 
@@ -207,6 +208,34 @@ class Mesh:
     async def nodes(self) -> list[NodeInfo]:
         assert self.registry is not None
         return await self.registry.nodes()
+
+    # -- MQTT across the nodes ------------------------------------------------------------
+
+    def mqtt(self, source: str, max_message_size: int) -> MqttMesh:
+        """The router and session store of the MqttBrokerSource ``source`` (``ns/name``)."""
+        from headwater.mqtt.nats_mesh import MeshLink, MqttMesh
+
+        assert self.state is not None
+        options = self.options
+
+        async def connect_for(purpose: str, no_echo: bool) -> Any:
+            return await connect(options, f"headwater {self.node} {purpose}", no_echo=no_echo)
+
+        async def live_nodes() -> set[str]:
+            return {n.name for n in await self.nodes()}
+
+        link = MeshLink(
+            connect=connect_for,
+            state=self.state,
+            node=self.node,
+            namespace=self.namespace,
+            source=source,
+            replicas=self.replicas,
+            max_message_size=max_message_size,
+            live_nodes=live_nodes,
+            lease=self.lease,
+        )
+        return MqttMesh(link)
 
     # -- one node at a time ----------------------------------------------------------------
 

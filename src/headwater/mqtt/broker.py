@@ -149,6 +149,17 @@ class _EachPublish:
         return outcomes
 
 
+def _info_doc(info: ClientInfo) -> dict[str, Any]:
+    return {
+        "client_id": info.client_id,
+        "username": info.username,
+        "version": int(info.protocol_version),
+        "listener": info.listener,
+        "peer": info.peer,
+        "user": info.user,
+    }
+
+
 @dataclass(slots=True)
 class _PendingWill:
     message: Message
@@ -208,6 +219,8 @@ class MqttBroker:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self.router: Router = router if router is not None else LocalRouter()
+        # A router spanning several processes learns its broker (and may wrap the hook).
+        bind = getattr(self.router, "bind", None)
         self._retained = RetainedStore(config.max_retained)
         self._sessions: dict[str, Session] = {}
         self._online: dict[str, ClientHandler] = {}
@@ -228,6 +241,8 @@ class MqttBroker:
         #: The message being routed, and its encoded parts once someone needs them.
         self._routed: Message | None = None
         self._routed_parts: PublishParts | None = None
+        if bind is not None:
+            bind(self)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -321,20 +336,85 @@ class MqttBroker:
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS {qos} is not 0, 1 or 2")
         expires = None if message_expiry_interval is None else time.time() + message_expiry_interval
-        self.route(
-            Message(
-                topic,
-                bytes(payload),
-                min(qos, self.config.maximum_qos),
-                retain,
-                payload_format_indicator,
-                expires,
-                content_type,
-                response_topic,
-                correlation_data,
-                tuple(user_properties),
-            )
+        message = Message(
+            topic,
+            bytes(payload),
+            min(qos, self.config.maximum_qos),
+            retain,
+            payload_format_indicator,
+            expires,
+            content_type,
+            response_topic,
+            correlation_data,
+            tuple(user_properties),
         )
+        persist = getattr(self.router, "persist", None)
+        if persist is not None and (message.qos or message.retain):
+            await persist([message])  # a router spanning processes stores it first
+        self.route(message)
+
+    # -- what a router or store spanning several processes asks of the broker ------------------
+
+    def online(self, client_id: str) -> ClientHandler | None:
+        """The connection of ``client_id`` on this broker, if it is connected here."""
+        return self._online.get(client_id)
+
+    def deliver(
+        self, client_id: str, message: Message, granted: int, rap: bool, ids: tuple[int, ...]
+    ) -> None:
+        """Deliver ``message`` to one client as routing would (a shared group's choice)."""
+        self._routed = message
+        self._routed_parts = None
+        self._deliver_routed(client_id, granted, rap, ids)
+
+    def take_over(self, client_id: str, by: object = None) -> bool:
+        """Another process claimed ``client_id``'s session for a new connection: close
+        ours as a takeover [MQTT-3.1.4-2 (3.1.1) / 3.1.4-3 (5.0)]. False: not here."""
+        conn = self._online.pop(client_id, None)
+        if conn is None:
+            return False
+        conn.take_over()
+        self._connection_lost(conn, takeover=True)
+        return True
+
+    def forget(self, client_id: str, session: Session) -> None:
+        """The session lives elsewhere now: drop this process's copy (not the session)."""
+        if self._sessions.get(client_id) is session:
+            del self._sessions[client_id]
+        handle = self._expiry.pop(client_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def publish_will(self, message: Message, info: ClientInfo) -> None:
+        """Publish a will that a shared store kept (its node is gone, its delay passed)."""
+        self._publish_will(_PendingWill(message, info, self.acl))
+
+    async def claim(
+        self, conn: ClientHandler, client_id: str, clean_start: bool, owner: str, will: Will | None
+    ) -> None:
+        """Before a connection attaches: a store shared by several processes hands over
+        the session (resumed from wherever it was). Raises RoutingUnavailable."""
+        claim = getattr(self._store, "claim", None)
+        if claim is None:
+            return
+        kept = None
+        if will is not None:
+            info = ClientInfo(
+                client_id,
+                conn.username,
+                conn.conn.version,
+                conn.listener.label,
+                conn.link.peer,
+                owner,
+            )
+            kept = {
+                "message": self._will_message(will, client_id).to_json(),
+                "delay": (will.properties.will_delay_interval or 0) if conn.v5 else 0,
+                "info": _info_doc(info),
+            }
+        session = await claim(client_id, clean_start, owner, kept)
+        if session is not None:
+            self._sessions[client_id] = session
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -485,11 +565,15 @@ class MqttBroker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(
-                cid,
-                max_queued=self.config.max_queued_messages,
-                overflow=self.config.overflow_policy,
-            )
+            new_session = getattr(self._store, "new_session", None)
+            if new_session is not None:
+                session = new_session(cid)
+            else:
+                session = Session(
+                    cid,
+                    max_queued=self.config.max_queued_messages,
+                    overflow=self.config.overflow_policy,
+                )
             self._sessions[cid] = session
             self._deleted_sessions.discard(cid)
         session.expiry_interval = expiry
@@ -508,6 +592,9 @@ class MqttBroker:
         if self._sessions.get(cid) is session:
             del self._sessions[cid]
             self._deleted_sessions.add(cid)
+        dropped = getattr(self._store, "dropped", None)
+        if dropped is not None:
+            dropped(session)
 
     def _end_session(self, cid: str) -> None:
         """The session expired [MQTT-4.1.0-2 (5.0)]: drop it, publish a delayed will."""
@@ -539,6 +626,7 @@ class MqttBroker:
         cid = conn.client_id
         session = conn.session
         will, conn.will = conn.will, None
+        delay = 0
         if will is not None and conn.info is not None and not self._stopping:
             delay = (will.properties.will_delay_interval or 0) if conn.v5 else 0
             pending = _PendingWill(self._will_message(will, cid), conn.info, conn.acl)
@@ -558,6 +646,21 @@ class MqttBroker:
             return
         session.disconnected_at = time.time()
         session.dirty = True
+        hand_off = getattr(self._store, "hand_off", None)
+        if hand_off is not None:
+            # A store shared by several processes keeps the session (and a will
+            # waiting for its Will Delay) while the client is away, not this process.
+            waiting = self._wills.pop(cid, None)
+            kept = None
+            will_at = None
+            if waiting is not None:
+                if waiting.handle is not None:
+                    waiting.handle.cancel()
+                kept = {"message": waiting.message.to_json(), "info": _info_doc(waiting.info)}
+                will_at = session.disconnected_at + delay
+            if hand_off(session, kept, will_at):
+                self._sessions.pop(cid, None)
+                return
         if session.expiry_interval != NEVER_EXPIRES:
             self._expiry[cid] = asyncio.get_running_loop().call_later(
                 session.expiry_interval, self._end_session, cid

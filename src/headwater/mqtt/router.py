@@ -26,10 +26,15 @@ from typing import Protocol
 from headwater.mqtt.session import Message, Subscription
 from headwater.mqtt.topics import SubscriptionTree
 
-__all__ = ["Deliver", "LocalRouter", "Router", "subscription_ids"]
+__all__ = ["Deliver", "LocalRouter", "Router", "RoutingUnavailable", "subscription_ids"]
 
 Deliver = Callable[[str, int, bool, tuple[int, ...]], None]
 """``deliver(client_id, granted_qos, retain_as_published, subscription_ids)``."""
+
+
+class RoutingUnavailable(Exception):
+    """A router spanning several processes cannot take a change now (its network is
+    away); the broker refuses what depends on it, and acknowledges nothing."""
 
 
 def subscription_ids(sub: Subscription) -> tuple[int, ...]:
@@ -54,6 +59,14 @@ class Router(Protocol):
 
     def filters(self) -> Iterator[tuple[str, str | None, str, Subscription]]:
         """Every subscription: (match filter, share name, client id, subscription)."""
+
+
+# A router that spans several broker processes (headwater.mqtt.nats_router) may
+# also have, and the broker then uses them:
+#   bind(broker)             when the broker starts using it (it may wrap broker.hook);
+#   pending(client_id)       what a SUBSCRIBE/UNSUBSCRIBE must wait for before its
+#                            answer (an awaitable raising RoutingUnavailable, or None);
+#   persist(messages)        store messages published in-process before returning.
 
 
 class LocalRouter:

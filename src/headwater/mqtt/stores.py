@@ -77,6 +77,18 @@ class SessionStore(Protocol):
     async def close(self) -> None: ...
 
 
+# A store shared by several broker processes (headwater.mqtt.nats_sessions) loads
+# no sessions at start, and may have, for the broker to use:
+#   claim(client_id, clean_start, owner, will) -> Session | None
+#                            at CONNECT, before the session is attached: the
+#                            session to resume (from wherever it was);
+#   new_session(client_id)   the Session object for a new session;
+#   hand_off(session, will, will_at) -> bool
+#                            a persistent session's connection ended: True if the
+#                            store keeps it (and its delayed will) from now on;
+#   dropped(session)         a session ended (clean start, expiry 0, new owner).
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, doc BLOB NOT NULL);

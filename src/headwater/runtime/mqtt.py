@@ -101,9 +101,11 @@ class MqttBrokerSourceComponent:
         self.resource = resource
         self._sink = runtime.resolve(spec.sink, resource.namespace)
         passwords, acl = _auth(spec)
+        mesh = runtime.mesh
         config = BrokerConfig(
             listeners=tuple(_listener(listener) for listener in spec.listeners),
-            data_dir=session_dir(runtime, resource),
+            # In a mesh sessions and retained messages live in JetStream instead.
+            data_dir=session_dir(runtime, resource) if mesh is None else None,
             passwords=passwords,
             acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
@@ -111,6 +113,11 @@ class MqttBrokerSourceComponent:
         )
         if spec.max_incomplete_bytes is not None:
             config = replace(config, max_incomplete_bytes=spec.max_incomplete_bytes)
+        self.mqtt_mesh = (
+            mesh.mqtt(f"{resource.namespace}/{resource.name}", config.max_packet_size)
+            if mesh is not None
+            else None
+        )
         mapping = spec.mapping.compile()
         if spec.sink.ref is not None and spec.sink.ref.kind == "Broker":
             # What the Broker's ingress would add to each event, set once per topic.
@@ -124,11 +131,25 @@ class MqttBrokerSourceComponent:
             device_events=spec.device_events,
             max_event_size=spec.max_event_size,
             name=f"{resource.namespace}/{resource.name}",
+            router=self.mqtt_mesh.router if self.mqtt_mesh is not None else None,
+            store=self.mqtt_mesh.sessions if self.mqtt_mesh is not None else None,
         )
         self.runtime = runtime
 
     async def start(self) -> None:
+        if self.mqtt_mesh is not None:
+            await self.mqtt_mesh.open()
+            try:
+                await self.source.__aenter__()
+            except BaseException:
+                await self.mqtt_mesh.close()
+                raise
+            self._announce()
+            return
         await self.source.__aenter__()
+        self._announce()
+
+    def _announce(self) -> None:
         for listener, host, port in self.source.broker.addresses:
             scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
             url = f"{scheme}://{host}:{port}"
@@ -137,7 +158,11 @@ class MqttBrokerSourceComponent:
 
     async def stop(self) -> None:
         self.runtime.listeners.pop(f"mqtt/{self.resource.namespace}/{self.resource.name}", None)
-        await self.source.__aexit__(None, None, None)
+        try:
+            await self.source.__aexit__(None, None, None)
+        finally:
+            if self.mqtt_mesh is not None:
+                await self.mqtt_mesh.close()
 
     async def update(self, resource: Resource) -> bool:
         """A change of the password file or ACL only is applied in place (as
@@ -153,7 +178,10 @@ class MqttBrokerSourceComponent:
         return True
 
     def status(self) -> dict[str, Any]:
-        return self.source.status()
+        status = self.source.status()
+        if self.mqtt_mesh is not None:
+            status.update(self.mqtt_mesh.status())
+        return status
 
     def metric_families(self) -> list[Metric]:
         """The embedded broker's counters of hostile or refused input, for ``/metrics``."""

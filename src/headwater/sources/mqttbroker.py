@@ -70,7 +70,9 @@ from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
 from headwater.mqtt.config import Hooked, Outcome
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
+from headwater.mqtt.router import Router
 from headwater.mqtt.session import Message
+from headwater.mqtt.stores import SessionStore
 from headwater.mqtt.topics import topic_matches
 from headwater.sources.mapping import (
     CONTENT_TYPE_EXTENSION,
@@ -177,6 +179,8 @@ class MqttBrokerSource:
         max_event_size: int = 1024 * 1024,
         append_timeout: float = DEFAULT_APPEND_TIMEOUT,
         name: str = "mqttbroker",
+        router: Router | None = None,
+        store: SessionStore | None = None,
     ) -> None:
         self.mapping = mapping
         self.emit = emit
@@ -197,6 +201,8 @@ class MqttBrokerSource:
             hook=self,
             on_connect=self._on_connect if device_events else None,
             on_disconnect=self._on_disconnect if device_events else None,
+            router=router,  # in a mesh: routing and sessions over NATS
+            store=store,
         )
 
     async def __aenter__(self) -> MqttBrokerSource:
