@@ -69,7 +69,10 @@ def merge_statuses(statuses: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for key in _LAST_ERROR:
             if any(key in s for s in ordered):
                 merged[key] = None
-    active = [s["activeNode"] for s in ordered if s.get("activeNode")]
-    if active:
-        merged["activeNode"] = active[0]
+    # The node that runs a leased component says so itself; the others only say
+    # whom they last saw holding the lease.
+    running = [name for name, s in sorted(statuses.items()) if s.get("activeNode") == name]
+    seen = [s["activeNode"] for s in ordered if s.get("activeNode")]
+    if running or seen:
+        merged["activeNode"] = running[0] if running else seen[0]
     return merged

@@ -99,6 +99,9 @@ DEFAULT_REQUEST_TIMEOUT: Final = 5.0
 
 DEFAULT_CONNECT_TIMEOUT: Final = 2.0
 
+NO_LEADER_RETRY: Final = 0.05
+"""Seconds between appends to a stream that has no leader yet (within request_timeout)."""
+
 RECONNECT_WAIT: Final = 0.5
 """Seconds between reconnect attempts while NATS is away (forever)."""
 
@@ -389,6 +392,22 @@ class JetStreamLog(EventLogBase):
         for index, record in enumerate(records):
             if len(record) > limit:
                 raise EventTooLarge(len(record), limit, index)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        while True:
+            try:
+                return await self._append(stream, records, limit)
+            except StreamNotFound:
+                # "No responders" also answers a stream that exists but has no leader
+                # yet (just created, or a server of its cluster died): retry that one.
+                await self._stream_info(stream)  # StreamNotFound when it really is gone
+                if loop.time() >= deadline:
+                    raise LogUnavailable(
+                        f"stream {stream!r} has no leader in JetStream (electing one?)"
+                    ) from None
+                await asyncio.sleep(NO_LEADER_RETRY)
+
+    async def _append(self, stream: str, records: list[bytes], limit: int) -> list[int]:
         subject = self.subject(stream)
         nc, loop = self._nc, asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
