@@ -198,6 +198,7 @@ async def test_a_client_id_connected_to_a_second_node_takes_over(node: MakeNode)
             assert b.online("twice") is not None
     finally:
         first.loop_stop()
+        first._reset_sockets()
     # [MQTT-3.1.4-3 (5.0)] DISCONNECT 0x8E Session taken over, from the first node.
     assert reasons[0] == 0x8E
 
@@ -298,6 +299,7 @@ async def test_an_expired_persistent_session_is_ended_by_the_mesh(node: MakeNode
     finally:
         c2.disconnect()
         c2.loop_stop()
+        c2._reset_sockets()
     assert resumed == [False]  # expired: a new session
 
 
