@@ -305,7 +305,11 @@ class NatsCluster:
     (:meth:`kill`, :meth:`start_server`) at the same ports and store.
     """
 
-    def __init__(self, data_dir: Path, *, size: int = 3, name: str = "hw") -> None:
+    def __init__(
+        self, data_dir: Path, *, size: int = 3, name: str = "hw", no_advertise: bool = False
+    ) -> None:
+        """``no_advertise``: the servers do not tell clients about each other, so a client
+        uses only the URLs it was given (a proxy in front of a server stays in the way)."""
         self.data_dir = data_dir
         routes = [free_port() for _ in range(size)]
         self.monitor_ports = [free_port() for _ in range(size)]
@@ -317,7 +321,9 @@ class NatsCluster:
             extra = (
                 f"http: {LOOPBACK}:{self.monitor_ports[index]}\n"
                 f"cluster {{\n  name: {name}\n  host: {LOOPBACK}\n  port: {routes[index]}\n"
-                f"  routes: [{others}]\n}}\n"
+                f"  routes: [{others}]\n"
+                + ("  no_advertise: true\n" if no_advertise else "")
+                + "}\n"
             )
             self.servers.append(
                 NatsServer(data_dir / f"n{index + 1}", extra=extra, server_name=f"n{index + 1}")

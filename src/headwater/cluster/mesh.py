@@ -58,6 +58,11 @@ SINGLETON_KINDS: Final = frozenset({"PingSource", "MqttSource", "ContainerSource
 """Kinds that run on one node of the mesh at a time: a schedule fires once, an
 external broker sees one client, a process runs once."""
 
+LOG_ACK_WAIT: Final = 10.0
+"""Seconds before JetStream hands an event that a node took for delivery (and then
+died) to another node: how long a dead node's deliveries under way are late. Live
+nodes report progress on what they hold every third of it."""
+
 GATHER_TIMEOUT: Final = 1.0
 """Seconds ``describe`` waits for the other nodes' statuses (a node that does not
 answer in time is left out and named)."""
@@ -122,14 +127,12 @@ class Mesh:
         await check_jetstream(self.nc, self.options)
         info = getattr(self.nc, "_server_info", None) or {}
         if info.get("cluster"):
-            self.servers = max(1, len(info.get("connect_urls") or ()))
+            # The servers a client is told about (none when they do not advertise:
+            # then the URLs it was given).
+            advertised = len(info.get("connect_urls") or ())
+            self.servers = max(1, advertised or len(self.options.servers))
         if self._wanted_replicas is None:
             self.replicas = 3 if self.servers >= 3 else 1
-        elif self._wanted_replicas > self.servers:
-            raise ClusterError(
-                f"--nats-replicas {self._wanted_replicas} needs as many JetStream servers; "
-                f"the cluster at {','.join(self.options.servers)} has {self.servers}"
-            )
         self.state = JetStreamStore(
             connection=self.nc,
             namespace=self.namespace,
@@ -140,11 +143,18 @@ class Mesh:
             nodes = await self.state.bucket(NODES_BUCKET)
             self.leases = await self.state.bucket(LEASES_BUCKET)
         except StateError as exc:
+            if "insufficient resources" in str(exc).lower():
+                raise ClusterError(
+                    f"JetStream at {','.join(self.options.servers)} cannot keep "
+                    f"{self.replicas} replicas (fewer JetStream servers in the cluster): "
+                    "set --nats-replicas to at most their number"
+                ) from exc
             raise ClusterError(f"cannot create the mesh's buckets in JetStream: {exc}") from exc
         self.log = JetStreamLog(
             list(self.options.servers),
             namespace=self.namespace,
             replicas=self.replicas,
+            ack_wait=LOG_ACK_WAIT,
             connect_options={
                 **self.options.connect_options(),
                 "name": f"headwater {self.node} log",
