@@ -177,3 +177,63 @@ def test_files_are_the_mesh_files_of_the_node_that_started_last(
     n3 = mesh_node("n3", files=[second])
     assert names(n3, "brokers") >= {"orders"} and "old" not in names(n3, "brokers")
     wait_for("the dropped Broker gone from n1", lambda: "old" not in names(n1, "brokers"))
+
+
+def test_devices_dead_letters_and_live_events_are_the_same_on_every_node(
+    mesh_node: Callable[..., Node],
+) -> None:
+    n1, n2, n3 = (mesh_node(name) for name in ("n1", "n2", "n3"))
+    with serving() as receiver:
+        receiver.status = 500  # the subscriber fails: every event becomes a dead letter
+        failing = trigger("failing", receiver.url).replace(
+            "spec:\n", "spec:\n  delivery: {retry: 0}\n"
+        )
+        n1.apply(BROKER + "---\n" + failing)
+        for node in (n2, n3):
+            wait_for(
+                f"the Trigger on {node.name}",
+                lambda node=node: "failing" in names(node, "triggers"),
+            )
+            node.api(path="/api/v1/devices")  # its dashboard follows the Broker from now on
+        for i in range(6):
+            request = urllib.request.Request(
+                f"{n1.url}/default/orders",
+                data=json.dumps({"temperature": 20 + i}).encode(),
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    "ce-specversion": "1.0",
+                    "ce-id": f"reading-{i}",
+                    "ce-source": "/sensors",
+                    "ce-type": "reading",
+                    "ce-subject": f"sensor-{i}",
+                },
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 202
+        everyone = {f"sensor-{i}" for i in range(6)}
+        for node in (n2, n3):
+            # Each node's dashboard reads every event (a cursor of its own), not a share.
+            wait_for(
+                f"every device on {node.name}",
+                lambda node=node: (
+                    {d["device"] for d in node.api(path="/api/v1/devices")["devices"]} == everyone
+                ),
+            )
+        for node in (n1, n3):
+            wait_for(
+                f"every dead letter on {node.name}",
+                lambda node=node: len(node.api(path="/api/v1/deadletters?limit=100")["items"]) == 6,
+            )
+    tail = urllib.request.urlopen(
+        f"{n3.url}/api/v1/brokers/default/orders/events?start=earliest", timeout=10
+    )
+    try:
+        seen = set()
+        while len(seen) < 6:
+            line = tail.readline().decode()
+            if line.startswith("data: "):
+                seen.add(json.loads(line[6:])["id"])
+        assert seen == {f"reading-{i}" for i in range(6)}
+    finally:
+        tail.close()
