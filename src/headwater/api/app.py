@@ -41,6 +41,10 @@ from headwater.state import RevisionMismatch, StateError
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token", str)
 
+UNGUARDED = frozenset({"/api/v1/openapi.json", "/api/v1/health"})
+"""API paths open without the token: the API's description, and the health that
+probes (Kubernetes') read; neither says anything a client may not know."""
+
 # The largest apply body accepted; resource files are small.
 MAX_APPLY_BYTES = 4 * 1024 * 1024
 
@@ -79,7 +83,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/api/"):
         token = request.app[TOKEN_KEY]
-        if token and path != "/api/v1/openapi.json" and not _bearer_ok(request, token):
+        if token and path not in UNGUARDED and not _bearer_ok(request, token):
             return _unauthorized("missing or wrong bearer token")
     elif is_ingress_request(request):
         # The data-plane ingress `/{namespace}/{broker}`: a Broker may require

@@ -1,6 +1,10 @@
-"""The nodes of the mesh, and a resource's status over all of them.
+"""The nodes of the mesh, a resource's status over all of them, and this node's health.
 
-How this works: ``GET /api/v1/nodes`` lists the live nodes of the mesh from
+How this works: ``GET /api/v1/health`` (open without the token, for probes)
+answers 200 while the node serves, and 503 with the reasons while it cannot
+take events: in a mesh, while its connection to NATS is down (it refuses
+what it cannot store, so a load balancer should send devices elsewhere).
+``GET /api/v1/nodes`` lists the live nodes of the mesh from
 its registry (each node's heartbeat: addresses, version, uptime, connected
 devices, load); a single node (no ``--nats``) lists itself. In a mesh,
 :func:`mesh_status` turns a resource's status on this node into its status
@@ -85,5 +89,22 @@ async def mesh_status(runtime: Runtime, key: Key, local: dict[str, Any]) -> dict
     return merged
 
 
+async def health(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    problems: list[str] = []
+    mesh = runtime.mesh
+    if mesh is not None:
+        if mesh.nc is None or not mesh.nc.is_connected:
+            problems.append("not connected to NATS (the mesh's state)")
+        log_ = mesh.log
+        if log_ is not None and not log_.connected:
+            problems.append("not connected to NATS (the event log)")
+    body = {"status": "unavailable" if problems else "ok", "problems": problems}
+    if runtime.node is not None:
+        body["node"] = runtime.node
+    return json_response(body, 503 if problems else 200)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/nodes", list_nodes)
+    app.router.add_get("/api/v1/health", health)

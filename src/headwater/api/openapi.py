@@ -330,6 +330,26 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/health": {
+                "get": {
+                    "summary": "Whether this node can take events (for probes; no token)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["status", "problems"],
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "problems": {"type": "array", "items": {"type": "string"}},
+                                    "node": {"type": "string"},
+                                },
+                            },
+                            "Serving",
+                        ),
+                        "503": _error("It cannot store events now (NATS unreachable)."),
+                    },
+                }
+            },
             "/api/v1/nodes": {
                 "get": {
                     "summary": "The nodes of the mesh (this node alone without --nats)",

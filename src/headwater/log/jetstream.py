@@ -231,6 +231,12 @@ class JetStreamLog(EventLogBase):
     def subject(self, stream: str) -> str:
         return f"{self.namespace}.log.{nats_token(stream)}"
 
+    @property
+    def connected(self) -> bool:
+        """Whether the log can reach NATS now (not yet connected counts as reachable:
+        it connects at its first use)."""
+        return self._nc is None or bool(self._nc.is_connected)
+
     # -- connection ----------------------------------------------------------------
 
     async def _context(self) -> Any:

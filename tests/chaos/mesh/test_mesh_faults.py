@@ -173,6 +173,15 @@ def post(node: Node, event_id: str) -> int:
         return exc.code
 
 
+def probe(node: Node) -> int:
+    """What ``/api/v1/health`` (a Kubernetes probe's URL) answers."""
+    try:
+        with urllib.request.urlopen(f"{node.url}/api/v1/health", timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_a_node_cut_off_from_nats_stops_acknowledging(tmp_path: Path, files: Path) -> None:
     with NatsCluster(tmp_path / "nats", no_advertise=True) as cluster:
         proxies = [Blackhole(server.port) for server in cluster.servers]
@@ -197,15 +206,18 @@ def test_a_node_cut_off_from_nats_stops_acknowledging(tmp_path: Path, files: Pat
                 await asyncio.sleep(12.0)  # past nats-py's ping timeout and our request timeout
                 during = sum(1 for node, t in fleet.ack_times if t > cut_at)
                 status = await asyncio.to_thread(post, nodes[1], "during-the-cut")
+                health = await asyncio.to_thread(probe, nodes[1])
                 for proxy in proxies:
                     proxy.heal()
                 await until_all_acking(fleet, within=90)
                 await fleet.stop()
-                return fleet, during, status
+                return fleet, during, status, health
 
-            fleet, during, status = asyncio.run(run())
+            fleet, during, status, health = asyncio.run(run())
             assert during == 0, f"{during} readings acknowledged while cut off from NATS"
             assert status == 503, f"the ingress answered {status} while cut off"
+            assert health == 503, "the node said it was healthy while cut off"
+            assert probe(nodes[1]) == 200, "healthy again once NATS is back"
             assert fleet.refused > 0
             lost, _ = report(fleet, asyncio.run(stored(cluster.urls)))
             assert lost == 0
