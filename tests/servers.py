@@ -306,13 +306,21 @@ class NatsCluster:
     """
 
     def __init__(
-        self, data_dir: Path, *, size: int = 3, name: str = "hw", no_advertise: bool = False
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        name: str = "hw",
+        no_advertise: bool = False,
+        mqtt: bool = False,
     ) -> None:
         """``no_advertise``: the servers do not tell clients about each other, so a client
-        uses only the URLs it was given (a proxy in front of a server stays in the way)."""
+        uses only the URLs it was given (a proxy in front of a server stays in the way).
+        ``mqtt``: each server also listens for MQTT (nats-server's own, at ``mqtt_ports``)."""
         self.data_dir = data_dir
         routes = [free_port() for _ in range(size)]
         self.monitor_ports = [free_port() for _ in range(size)]
+        self.mqtt_ports = [free_port() for _ in range(size)] if mqtt else []
         self.servers: list[NatsServer] = []
         for index in range(size):
             others = ", ".join(
@@ -324,6 +332,7 @@ class NatsCluster:
                 f"  routes: [{others}]\n"
                 + ("  no_advertise: true\n" if no_advertise else "")
                 + "}\n"
+                + (f"mqtt {{ host: {LOOPBACK}, port: {self.mqtt_ports[index]} }}\n" if mqtt else "")
             )
             self.servers.append(
                 NatsServer(data_dir / f"n{index + 1}", extra=extra, server_name=f"n{index + 1}")

@@ -344,7 +344,10 @@ async def start(options: UpOptions) -> Server:
     try:
         if runtime.http_worker is not None:
             await runtime.http_worker.start()
-        await runtime.start(found)  # ConfigError: every problem, before anything runs
+        try:
+            await runtime.start(found)  # ConfigError: every problem, before anything runs
+        except StateError as exc:
+            raise StartupError(f"cannot read the resources to run: {exc}") from exc
         if not options.files and (mesh is None or runtime.get(EMBEDDED_MQTT) is not None):
             _check_embedded_mqtt(runtime, options)
         _check_started(runtime)

@@ -14,6 +14,7 @@ start instead of as timeouts later.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -182,19 +183,37 @@ async def connect(options: NatsOptions, name: str, **extra: Any) -> Any:
     return nc
 
 
+NO_JETSTREAM_PATIENCE: Final = 5.0
+"""Seconds a server that answers "no JetStream" is asked again (it may still be
+starting it) before that is the answer."""
+
+FORMING_PATIENCE: Final = 60.0
+"""Seconds a JetStream that does not answer, or answers "temporarily unavailable"
+(a cluster electing its meta leader), is waited for."""
+
+
 async def check_jetstream(nc: Any, options: NatsOptions) -> Any:
-    """The account's JetStream information; ClusterError when JetStream is not there."""
-    try:
-        return await nc.jetstream(timeout=CONNECT_TIMEOUT).account_info()
-    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
-        raise ClusterError(
-            f"the NATS server at {','.join(options.servers)} does not offer JetStream to this "
-            "account: start nats-server with JetStream (`-js`, or a `jetstream {}` block in its "
-            "configuration; in a cluster, on every server) and enable it for the account"
-        ) from exc
-    except nats.js.errors.APIError as exc:
-        raise ClusterError(f"JetStream at {','.join(options.servers)} refused: {exc}") from exc
-    except (TimeoutError, nats.errors.Error) as exc:
-        raise ClusterError(
-            f"JetStream at {','.join(options.servers)} did not answer: {exc or type(exc).__name__}"
-        ) from exc
+    """The account's JetStream information; ClusterError when JetStream is not there
+    (after asking again for a while: a cluster that just started elects its leader)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    where = ",".join(options.servers)
+    while True:
+        try:
+            return await nc.jetstream(timeout=CONNECT_TIMEOUT).account_info()
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            if loop.time() - started >= NO_JETSTREAM_PATIENCE:
+                raise ClusterError(
+                    f"the NATS server at {where} does not offer JetStream to this account: "
+                    "start nats-server with JetStream (`-js`, or a `jetstream {}` block in its "
+                    "configuration; in a cluster, on every server) and enable it for the account"
+                ) from exc
+        except nats.js.errors.APIError as exc:
+            if loop.time() - started >= FORMING_PATIENCE:
+                raise ClusterError(f"JetStream at {where} refused: {exc}") from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            if loop.time() - started >= FORMING_PATIENCE:
+                raise ClusterError(
+                    f"JetStream at {where} did not answer: {exc or type(exc).__name__}"
+                ) from exc
+        await asyncio.sleep(0.25)

@@ -31,9 +31,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
+import nats.js.errors
 import orjson
 
-from headwater.cluster.connection import ClusterError, NatsOptions, check_jetstream, connect
+from headwater.cluster.connection import (
+    CONNECT_TIMEOUT,
+    ClusterError,
+    NatsOptions,
+    check_jetstream,
+    connect,
+)
 from headwater.cluster.leases import LEASES_BUCKET, Lease, LeasedComponent
 from headwater.cluster.nodes import NODE_TTL, NODES_BUCKET, NodeInfo, NodeRegistry, instance_id
 from headwater.log import JetStreamLog, LogError, StreamNotFound
@@ -62,6 +69,10 @@ LOG_ACK_WAIT: Final = 10.0
 """Seconds before JetStream hands an event that a node took for delivery (and then
 died) to another node: how long a dead node's deliveries under way are late. Live
 nodes report progress on what they hold every third of it."""
+
+JETSTREAM_WAIT: Final = 60.0
+"""Seconds a starting node waits for JetStream to answer (a cluster that just started
+elects its meta leader first) before it gives up with one line."""
 
 GATHER_TIMEOUT: Final = 1.0
 """Seconds ``describe`` waits for the other nodes' statuses (a node that does not
@@ -103,7 +114,7 @@ class Mesh:
         self.leases: Bucket | None = None
         self.runtime: Runtime | None = None
         self._status_sub: Any = None
-        self.servers = 1
+        self._said_waiting = False
 
     @property
     def status_subject(self) -> str:
@@ -125,31 +136,14 @@ class Mesh:
     async def _open(self) -> None:
         self.nc = await connect(self.options, f"headwater {self.node} state")
         await check_jetstream(self.nc, self.options)
-        info = getattr(self.nc, "_server_info", None) or {}
-        if info.get("cluster"):
-            # The servers a client is told about (none when they do not advertise:
-            # then the URLs it was given).
-            advertised = len(info.get("connect_urls") or ())
-            self.servers = max(1, advertised or len(self.options.servers))
-        if self._wanted_replicas is None:
-            self.replicas = 3 if self.servers >= 3 else 1
+        self.replicas = await self._choose_replicas()
         self.state = JetStreamStore(
             connection=self.nc,
             namespace=self.namespace,
             replicas=self.replicas,
             bucket_ttl={NODES_BUCKET: NODE_TTL},
         )
-        try:
-            nodes = await self.state.bucket(NODES_BUCKET)
-            self.leases = await self.state.bucket(LEASES_BUCKET)
-        except StateError as exc:
-            if "insufficient resources" in str(exc).lower():
-                raise ClusterError(
-                    f"JetStream at {','.join(self.options.servers)} cannot keep "
-                    f"{self.replicas} replicas (fewer JetStream servers in the cluster): "
-                    "set --nats-replicas to at most their number"
-                ) from exc
-            raise ClusterError(f"cannot create the mesh's buckets in JetStream: {exc}") from exc
+        nodes = await self._buckets()
         self.log = JetStreamLog(
             list(self.options.servers),
             namespace=self.namespace,
@@ -169,12 +163,66 @@ class Mesh:
             raise ClusterError(f"cannot join the node registry: {exc}") from exc
         self._status_sub = await self.nc.subscribe(self.status_subject, cb=self._answer_status)
         log.info(
-            "node %s joined the mesh on %s (%d JetStream server(s), %d replica(s) by default)",
+            "node %s joined the mesh on %s (%d replica(s) by default)",
             self.node,
             ",".join(self.options.servers),
-            self.servers,
             self.replicas,
         )
+
+    async def _choose_replicas(self) -> int:
+        """--nats-replicas; else what the mesh's buckets have (every node agrees); else
+        three, lowered to one at the first bucket if JetStream cannot keep three."""
+        if self._wanted_replicas is not None:
+            return self._wanted_replicas
+        js = self.nc.jetstream(timeout=CONNECT_TIMEOUT)
+        deadline = asyncio.get_running_loop().time() + JETSTREAM_WAIT
+        while True:
+            try:
+                info = await js.stream_info(f"KV_{self.namespace}_{NODES_BUCKET}")
+                return int(info.config.num_replicas or 1)
+            except nats.js.errors.NotFoundError:
+                return 3
+            except (TimeoutError, nats.errors.Error) as exc:
+                await self._waiting(deadline, exc)
+
+    async def _buckets(self) -> Any:
+        """The node registry's and the leases' buckets, made if needed; while JetStream
+        does not answer yet (a cluster electing its leaders) this waits, up to a bound."""
+        assert self.state is not None
+        deadline = asyncio.get_running_loop().time() + JETSTREAM_WAIT
+        while True:
+            try:
+                nodes = await self.state.bucket(NODES_BUCKET)
+                self.leases = await self.state.bucket(LEASES_BUCKET)
+                await nodes.revision()
+                return nodes
+            except StateError as exc:
+                if "insufficient resources" in str(exc).lower():
+                    if self._wanted_replicas is None and self.replicas > 1:
+                        self.replicas = self.state.replicas = 1  # fewer than three servers
+                        continue
+                    raise ClusterError(
+                        f"JetStream at {','.join(self.options.servers)} cannot keep "
+                        f"{self.replicas} replicas (fewer JetStream servers in the cluster): "
+                        "set --nats-replicas to at most their number"
+                    ) from exc
+                await self._waiting(deadline, exc)
+
+    async def _waiting(self, deadline: float, exc: BaseException) -> None:
+        if asyncio.get_running_loop().time() >= deadline:
+            raise ClusterError(
+                f"JetStream at {','.join(self.options.servers)} did not answer for "
+                f"{JETSTREAM_WAIT:g}s: {exc or type(exc).__name__}"
+            ) from exc
+        if not self._said_waiting:
+            self._said_waiting = True
+            log.warning(
+                "JetStream is not answering yet (%s); a cluster that just started elects its "
+                "leaders first: waiting up to %gs",
+                exc or type(exc).__name__,
+                JETSTREAM_WAIT,
+            )
+        await asyncio.sleep(0.5)
 
     def bind(self, runtime: Runtime) -> None:
         self.runtime = runtime

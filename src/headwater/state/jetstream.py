@@ -441,17 +441,29 @@ class JetStreamStore:
         js = self.js()
         try:
             try:
-                await js.stream_info(stream)
+                info = await js.stream_info(stream)
             except nats.js.errors.NotFoundError:
                 try:
-                    await js.add_stream(config)
+                    info = await js.add_stream(config)
                 except nats.js.errors.BadRequestError:
-                    await js.stream_info(stream)  # created by another node meanwhile
+                    info = await js.stream_info(stream)  # created by another node meanwhile
+            await self._until_led(js, stream, info)
         except _NATS_ERRORS as exc:
             raise _unavailable(exc, f"open bucket {name!r}") from exc
         return self._buckets.setdefault(
             name, JetStreamBucket(self, name, stream, f"$KV.{kv_name}.")
         )
+
+    async def _until_led(self, js: Any, stream: str, info: Any) -> None:
+        """Wait (up to ``request_timeout``) until a replicated bucket's stream has a
+        leader: one created a moment ago answers nothing until its servers elected one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        while info.cluster is not None and not info.cluster.leader:
+            if loop.time() >= deadline:
+                raise StateUnavailable(f"bucket stream {stream} has no leader yet")
+            await asyncio.sleep(0.1)
+            info = await js.stream_info(stream)
 
     async def close(self) -> None:
         if self.closed:
