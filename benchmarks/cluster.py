@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
-import statistics
 import sys
 import tempfile
 import time
@@ -58,12 +57,11 @@ from mqtt_to_http import (  # noqa: E402
     _Sink,
     _sink_call,
     _SinkProtocol,
-    cpu_seconds,
     children,
+    cpu_seconds,
     free_port,
     sink_stats,
 )
-
 from tests.mesh.nodes import Node  # noqa: E402
 from tests.servers import NatsCluster  # noqa: E402
 
@@ -279,9 +277,7 @@ def _cpu_since(before: dict[str, Any]) -> dict[str, float]:
 
 
 def resources(sink_port: int, *, replicas: int | None, topics: str = "bench/#") -> str:
-    annotation = (
-        f"\n  annotations: {{headwater.dev/replicas: \"{replicas}\"}}" if replicas else ""
-    )
+    annotation = f'\n  annotations: {{headwater.dev/replicas: "{replicas}"}}' if replicas else ""
     return f"""\
 apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -317,8 +313,9 @@ class BenchNode(Node):
 
 
 @contextlib.contextmanager
-def nodes_of(cluster: NatsCluster | None, count: int, tmp: Path, files: Path,
-             extra: list[str]) -> Iterator[list[Node]]:
+def nodes_of(
+    cluster: NatsCluster | None, count: int, tmp: Path, files: Path, extra: list[str]
+) -> Iterator[list[Node]]:
     started: list[Node] = []
     try:
         for i in range(count):
@@ -349,8 +346,9 @@ def _without_nats(command: Any) -> Any:
     return plain
 
 
-def drive(name: str, ports: list[int], sink_port: int, args: argparse.Namespace,
-          pids: dict[str, int]) -> Result:
+def drive(
+    name: str, ports: list[int], sink_port: int, args: argparse.Namespace, pids: dict[str, int]
+) -> Result:
     asyncio.run(_sink_call(sink_port, "POST", "/reset"))
     out: mp.Queue[dict[str, Any]] = mp.Queue()
     before = _watch(pids)
@@ -388,9 +386,10 @@ def bench_mesh(count: int, sink_port: int, args: argparse.Namespace) -> Result:
         tmp = Path(tmp_text)
         files = tmp / "mesh.yaml"
         files.write_text(resources(sink_port, replicas=3))
-        with NatsCluster(tmp / "nats") as cluster, nodes_of(
-            cluster, count, tmp, files, ["--nats-replicas", "3"]
-        ) as nodes:
+        with (
+            NatsCluster(tmp / "nats") as cluster,
+            nodes_of(cluster, count, tmp, files, ["--nats-replicas", "3"]) as nodes,
+        ):
             pids = {n.name: n.process.pid for n in nodes if n.process is not None}
             pids |= {
                 f"nats{i + 1}": s.process.pid
@@ -411,13 +410,17 @@ def bench_sqlite(sink_port: int, args: argparse.Namespace, durability: str) -> R
             node = nodes[0]
             assert node.process is not None
             return drive(
-                f"sqlite ({durability}), 1 node", [node.mqtt_port], sink_port, args,
+                f"sqlite ({durability}), 1 node",
+                [node.mqtt_port],
+                sink_port,
+                args,
                 {"headwater": node.process.pid},
             )
 
 
-def passthrough(name: str, pub_port: int, sub_port: int, args: argparse.Namespace,
-                pids: dict[str, int]) -> Result:
+def passthrough(
+    name: str, pub_port: int, sub_port: int, args: argparse.Namespace, pids: dict[str, int]
+) -> Result:
     out: mp.Queue[dict[str, Any]] = mp.Queue()
     sub_out: mp.Queue[dict[str, Any]] = mp.Queue()
     sub = mp.Process(target=run_subscriber, args=(sub_port, "pt/#", args.messages, sub_out))
@@ -450,8 +453,11 @@ def bench_passthrough(args: argparse.Namespace) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench-pt-") as tmp_text:
         tmp = Path(tmp_text)
         with NatsCluster(tmp / "nats", mqtt=True) as cluster:
-            pids = {f"nats{i + 1}": s.process.pid for i, s in enumerate(cluster.servers)
-                    if s.process is not None}
+            pids = {
+                f"nats{i + 1}": s.process.pid
+                for i, s in enumerate(cluster.servers)
+                if s.process is not None
+            }
             results.append(
                 passthrough(
                     "nats-server MQTT, A->B",
@@ -465,12 +471,16 @@ def bench_passthrough(args: argparse.Namespace) -> list[Result]:
         tmp = Path(tmp_text)
         files = tmp / "mesh.yaml"
         files.write_text(resources(free_port(), replicas=3, topics="events-only/#"))
-        with NatsCluster(tmp / "nats") as cluster, nodes_of(
-            cluster, 2, tmp, files, ["--nats-replicas", "3"]
-        ) as nodes:
+        with (
+            NatsCluster(tmp / "nats") as cluster,
+            nodes_of(cluster, 2, tmp, files, ["--nats-replicas", "3"]) as nodes,
+        ):
             pids = {n.name: n.process.pid for n in nodes if n.process is not None}
-            pids |= {f"nats{i + 1}": s.process.pid for i, s in enumerate(cluster.servers)
-                     if s.process is not None}
+            pids |= {
+                f"nats{i + 1}": s.process.pid
+                for i, s in enumerate(cluster.servers)
+                if s.process is not None
+            }
             results.append(
                 passthrough(
                     "headwater mesh, A->B", nodes[0].mqtt_port, nodes[1].mqtt_port, args, pids
@@ -517,18 +527,34 @@ def main() -> None:
     for r in results:
         if r.name.startswith("mesh, ") and fsync and fsync.rate:
             nodes = int(r.name.split(",")[1].split()[0])
-            print(f"{r.name}: {r.rate / nodes:.0f} msgs/s per node, "
-                  f"{r.rate / nodes / fsync.rate:.2f}x SQLite fsync per node")
+            print(
+                f"{r.name}: {r.rate / nodes:.0f} msgs/s per node, "
+                f"{r.rate / nodes / fsync.rate:.2f}x SQLite fsync per node"
+            )
     ours, peer = by_name.get("headwater mesh, A->B"), by_name.get("nats-server MQTT, A->B")
     if ours and peer and peer.rate:
-        print(f"cross-node MQTT QoS 1: headwater / nats-server = {ours.rate / peer.rate:.2f}x "
-              "(target 1x)")
-    print(json.dumps({r.name: {"rate": round(r.rate), "p50_ms": round(r.p50 * 1000, 1),
-                               "p99_ms": round(r.p99 * 1000, 1), "lost": r.lost,
-                               "duplicates": r.duplicates,
-                               "cpu_s_per_1000": {k: round(v / max(1, r.delivered) * 1000, 3)
-                                                  for k, v in r.cpu.items()}}
-                      for r in results}, indent=1))
+        print(
+            f"cross-node MQTT QoS 1: headwater / nats-server = {ours.rate / peer.rate:.2f}x "
+            "(target 1x)"
+        )
+    print(
+        json.dumps(
+            {
+                r.name: {
+                    "rate": round(r.rate),
+                    "p50_ms": round(r.p50 * 1000, 1),
+                    "p99_ms": round(r.p99 * 1000, 1),
+                    "lost": r.lost,
+                    "duplicates": r.duplicates,
+                    "cpu_s_per_1000": {
+                        k: round(v / max(1, r.delivered) * 1000, 3) for k, v in r.cpu.items()
+                    },
+                }
+                for r in results
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":
