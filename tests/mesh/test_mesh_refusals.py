@@ -118,3 +118,26 @@ def test_a_node_of_another_mesh_protocol_is_refused(
     error = refused(nats_cluster.url, tmp_path / "node", "--node-name", "n1")
     assert "mixed Headwater versions" in error
     assert "headwater 9.0.0" in error and f"mesh protocol {MESH_PROTOCOL + 1}" in error
+
+
+def test_tls_to_nats_with_the_right_ca_joins_and_with_another_is_refused(
+    tmp_path: Path,
+) -> None:
+    from tests.certs import self_signed
+
+    server_dir, other_dir = tmp_path / "server-cert", tmp_path / "other-cert"
+    server_dir.mkdir()
+    other_dir.mkdir()
+    cert, key = self_signed(server_dir)
+    other, _ = self_signed(other_dir)
+    tls = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n'
+    with NatsServer(tmp_path / "nats", extra=tls) as server:
+        url = server.url.replace("nats://", "tls://")
+        error = refused(url, tmp_path / "wrong", "--nats-tls-ca", str(other))
+        assert "TLS with NATS" in error and "--nats-tls-ca" in error
+        node = Node("secure", url, tmp_path / "secure", extra=["--nats-tls-ca", str(cert)])
+        node.start()
+        try:
+            assert node.api(path="/api/v1/nodes")["items"][0]["name"] == "secure"
+        finally:
+            node.stop()

@@ -15,6 +15,7 @@ start instead of as timeouts later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,16 +155,21 @@ async def connect(options: NatsOptions, name: str, **extra: Any) -> Any:
     """
     seen: list[BaseException] = []
     user_error_cb = extra.pop("error_cb", None)
+    # nats-py reports a failed TLS handshake to the error callback and then waits
+    # forever: a TLS error ends the first connection attempt here instead.
+    tls_failed = asyncio.Event()
 
     async def error_cb(exc: Exception) -> None:
         if len(seen) < 32:
             seen.append(exc)
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            tls_failed.set()
         if user_error_cb is not None:
             await user_error_cb(exc)
 
     kwargs = {**options.connect_options(), **extra}
-    try:
-        nc = await nats.connect(
+    connecting = asyncio.ensure_future(
+        nats.connect(
             list(options.servers),
             name=name,
             allow_reconnect=True,
@@ -175,6 +181,23 @@ async def connect(options: NatsOptions, name: str, **extra: Any) -> Any:
             error_cb=error_cb,
             **kwargs,
         )
+    )
+    failed = asyncio.ensure_future(tls_failed.wait())
+    try:
+        await asyncio.wait(
+            (connecting, failed),
+            timeout=CONNECT_TIMEOUT * (len(options.servers) + 1),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        failed.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await connecting
+        raise ClusterError(explain(seen, options.servers))
+    try:
+        nc = connecting.result()
     except (TimeoutError, nats.errors.Error, OSError, ssl.SSLError) as exc:
         raise ClusterError(explain([*seen, exc], options.servers)) from exc
     except ValueError as exc:

@@ -197,7 +197,8 @@ class Mesh:
                 await nodes.revision()
                 return nodes
             except StateError as exc:
-                if "insufficient resources" in str(exc).lower():
+                text = str(exc).lower()
+                if "insufficient resources" in text or "non-clustered mode" in text:
                     if self._wanted_replicas is None and self.replicas > 1:
                         self.replicas = self.state.replicas = 1  # fewer than three servers
                         continue
