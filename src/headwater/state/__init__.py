@@ -1,11 +1,11 @@
 """Headwater's state store: what a node keeps besides events (applied resources, ...).
 
 Small buckets of keyed values with revisions, shaped like NATS JetStream KV
-(see :mod:`headwater.state.base`), so that a cluster can keep the same
-buckets in JetStream. Two backends pass one contract suite
+(see :mod:`headwater.state.base`). Three backends pass one contract suite
 (``tests/contract/test_state_contract.py``): :class:`MemoryStore` (tests, and
-a node that keeps nothing) and :class:`SqliteStore` (``state.db`` in the
-data directory). This package imports nothing above it.
+a node that keeps nothing), :class:`SqliteStore` (``state.db`` in the data
+directory) and :class:`JetStreamStore` (JetStream KV buckets that every node
+of a mesh shares). This package imports nothing above it.
 """
 
 from headwater.state.base import (
@@ -24,6 +24,7 @@ from headwater.state.base import (
     StateUnavailable,
     ValueTooLarge,
 )
+from headwater.state.jetstream import JetStreamStore
 from headwater.state.memory import MemoryStore
 from headwater.state.sqlite import SqliteStore
 
@@ -33,6 +34,7 @@ __all__ = [
     "Bucket",
     "Entry",
     "InvalidKey",
+    "JetStreamStore",
     "MemoryStore",
     "NotAStateStore",
     "Operation",
