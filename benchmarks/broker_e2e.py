@@ -144,7 +144,7 @@ def run_forwarder(sink_url: str) -> None:
 def run_headwater(
     sink_url: str, data_dir: str, dialect: str, commit_window: str, gc_mode: str
 ) -> None:
-    from headwater.eventing import Broker, HttpSink, Ingress, Trigger, new_session
+    from headwater.eventing import AiohttpTransport, Broker, HttpSink, Ingress, Trigger, new_session
     from headwater.log import EARLIEST
     from headwater.log.sqlite import SqliteLog
 
@@ -161,7 +161,7 @@ def run_headwater(
             await broker.add_trigger(
                 Trigger(
                     "counter",
-                    HttpSink(sink_url, session=session),
+                    HttpSink(sink_url, transport=AiohttpTransport(session)),
                     filters=[{"cesql": FILTER} if dialect == "cesql" else PREFIX_FILTER],
                     ordering="ordered",
                     start=EARLIEST,

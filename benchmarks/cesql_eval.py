@@ -3,7 +3,7 @@
 The lambda is the floor in Python: the same check written by hand, with the
 same casts. Both run over the same events in the same process, alternating
 rounds, best round kept. Prints evaluations/s for each filter and the ratio.
-Targets (issue #3): the realistic mix within 3x of the lambda; a single
+Targets: the realistic mix within 3x of the lambda; a single
 equality filter at >= 1M evaluations/s. ``matches`` is what a Trigger calls;
 ``evaluate`` (value and errors, a Result per call) is shown alongside.
 

@@ -10,7 +10,7 @@ this process (packets from Headwater's encoder), whose descriptor limit is
 raised to its hard limit (the brokers inherit it).  Memory is the broker
 process's resident set from ``/proc/PID/status``: VmRSS, and VmHWM for the peak.
 
-* **Partial packets** (issue 21, item 3): :data:`ROUNDS` rounds of
+* **Partial packets**: :data:`ROUNDS` rounds of
   :data:`PROBE_CONNECTIONS` connections that each send CONNECT, then the first
   :data:`PROBE_SENT` bytes of a :data:`PROBE_PACKET`-byte PUBLISH, and are
   closed together at the end of the round.  A thread samples VmRSS every few

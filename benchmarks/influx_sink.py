@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
-from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
+from headwater.sinks.influx_target import InfluxTarget
+from headwater.sinks.influxdb import InfluxDBSink
 from headwater.sinks.lineprotocol import PointMapping
 from tests.servers import InfluxServer
 

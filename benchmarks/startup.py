@@ -4,7 +4,7 @@ Both run as fresh processes, one after the other, N times each, in the same
 run; the time is from spawn to the moment the process says it listens (for
 Headwater: after the resources are applied, the SQLite log is open and every
 listener is bound). Prints the median and p90 for each, and the ratio.
-Target (issue #6): Headwater under 2 s on the embedded defaults.
+Target: Headwater under 2 s on the embedded defaults.
 
     .venv/bin/python benchmarks/startup.py [--runs 10]
 """

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import resource
 from collections.abc import Callable, Iterator, Mapping
@@ -194,6 +195,19 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
             )
         raise PeerAborted(f"the request body ended after {size} bytes") from exc
     return b"".join(chunks)
+
+
+def bearer_matches(request: web.BaseRequest, token: str) -> bool:
+    """Whether ``request`` carries ``Authorization: Bearer <token>`` (RFC 6750),
+    compared in constant time (the admin API's token, a Broker ingress's)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
+
+
+BEARER_CHALLENGE: Final = 'Bearer realm="headwater"'
+"""The ``WWW-Authenticate`` header of a 401 for a missing or wrong bearer token."""
 
 
 def _reason(exc: BaseException) -> str:

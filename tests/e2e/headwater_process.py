@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -9,9 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.helpers import wait_until_blocking
 
 HEADWATER = [sys.executable, "-m", "headwater.cli"]
 READY_TIMEOUT = 20.0
@@ -33,6 +37,18 @@ class Headwater:
         if check and result.returncode != 0:
             raise AssertionError(f"headwater {' '.join(args)} failed: {result.stderr}")
         return result
+
+    def settled(self, broker: str = "default", namespace: str = "default") -> None:
+        """Wait until every cursor of the Broker's stream acknowledged all of it: each
+        event was delivered (or dead-lettered), and nothing more is under way."""
+
+        def lags() -> list[int]:
+            url = f"{self.url}/api/v1/brokers/{namespace}/{broker}/stream"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                info = json.load(response)
+            return [consumer["lag"] for consumer in info["consumers"]]
+
+        wait_until_blocking(lambda: not any(lags()), what=f"broker {namespace}/{broker} settled")
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -17,12 +17,12 @@ import orjson
 import pytest
 
 from tests.e2e.headwater_process import HEADWATER, Headwater
-from tests.e2e.receiver import WAIT, Receiver, serving
+from tests.helpers import WAIT, Receiver
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    with serving() as r:
+    with Receiver.in_thread() as r:
         yield r
 
 
@@ -49,7 +49,7 @@ def hw(
     (tmp_path / "mesh.yaml").write_text(mesh(receiver.url))
     running = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
     yield running
-    receiver.released.set()
+    receiver.release()
     running.stop()
 
 
@@ -60,7 +60,7 @@ def send(hw: Headwater, *ids: str) -> None:
 
 def test_a_replay_stops_after_max_failures(hw: Headwater, receiver: Receiver) -> None:
     send(hw, "a", "b", "c", "d")
-    receiver.wait_for(4)
+    receiver.wait_for_requests(4)
     receiver.status = 400  # refused for good: no retries to wait for
     result = hw.cli("replay", "--to", receiver.url, "--max-failures", "2", check=False)
     assert result.returncode == 1
@@ -74,8 +74,8 @@ def test_ctrl_c_cancels_the_replay_on_the_server_after_showing_progress(
     hw: Headwater, receiver: Receiver
 ) -> None:
     send(hw, "a", "b")
-    receiver.wait_for(2)
-    receiver.hang.set()  # the destination takes the request and never answers
+    receiver.wait_for_requests(2)
+    receiver.hold()  # the destination takes the request and never answers
     replay = subprocess.Popen(
         [*HEADWATER, "replay", "--to", receiver.url, "--server", hw.url],
         stdout=subprocess.PIPE,
@@ -100,7 +100,7 @@ def test_ctrl_c_cancels_the_replay_on_the_server_after_showing_progress(
 def test_dead_letters_from_the_cli_and_one_word_for_them(hw: Headwater, receiver: Receiver) -> None:
     receiver.status = 503
     send(hw, "o-1", "o-2", "o-3")
-    receiver.wait_for(3)
+    receiver.wait_for_requests(3)
     listed = hw.cli("deadletters", "list", "--trigger", "orders").stdout
     for event_id in ("o-1", "o-2", "o-3"):
         assert f"{event_id} (dev.e2e.order)" in listed
@@ -128,7 +128,7 @@ def test_dead_letters_from_the_cli_and_one_word_for_them(hw: Headwater, receiver
         r"re-drive \w+ of Trigger/default/orders: done; delivered 3, failed 0, remaining 0",
         redriven.stdout,
     )
-    assert sorted(receiver.wait_for(6)[3:]) == ["o-1", "o-2", "o-3"]
+    assert sorted(receiver.wait_for_requests(6)[3:]) == ["o-1", "o-2", "o-3"]
     assert "3 kept, 0 not re-driven yet" in hw.cli("describe", "trigger", "orders").stdout
     again = hw.cli("deadletters", "redrive", "--all").stdout
     assert "done; delivered 0, failed 0, remaining 0" in again
@@ -139,11 +139,11 @@ def test_the_last_error_shows_while_the_event_is_still_retried(
 ) -> None:
     receiver.status = 503
     (tmp_path / "mesh.yaml").write_text(
-        mesh(receiver.url, "{retry: 20, backoffPolicy: linear, backoffDelay: PT5S}")
+        mesh(receiver.url, "{retry: 20, backoffPolicy: linear, backoffDelay: PT1M}")
     )
     hw = headwater_up("-f", "mesh.yaml")
     send(hw, "slow")
-    receiver.wait_for(1)
+    receiver.wait_for_requests(1)
     described = hw.cli("describe", "trigger", "orders").stdout
     assert re.search(r"deadLettered: +0\n", described)  # not given up on: still retrying
     assert re.search(r"Last error: +\S+: HTTP 503.* \(attempt 1, at \d{4}-", described)

@@ -5,62 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.headwater_process import Headwater
-
-
-class Receiver:
-    """A real HTTP server on loopback that records CloudEvents (binary mode)."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.events: list[dict[str, str]] = []
-        self.started: list[str] = []
-        received, started = self.events, self.started
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length).decode()
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                started.append(headers.get("ce-id", ""))
-                time.sleep(delay)
-                received.append({**headers, "body": body})
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count:
-            assert time.monotonic() < deadline, f"got {len(self.events)} of {count} events"
-            time.sleep(0.05)
-        return self.events
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.helpers import Answer, Receiver, Request, wait_until_blocking
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
+    with Receiver.in_thread() as r:
+        yield r
 
 
 MESH = """\
@@ -102,17 +59,17 @@ def test_ingress_to_http_subscriber_with_filters(
     hw.cli("send", "--type", "dev.headwater.telemetry", "--subject", "ignore-me", "--id", "e2")
     hw.cli("send", "--type", "com.other", "--id", "e3")
     hw.cli("send", "--type", "dev.headwater.command", "--id", "e4")
-    (first, second) = receiver.wait_for(2)
-    time.sleep(0.3)
-    assert len(receiver.events) == 2
-    assert (first["ce-id"], second["ce-id"]) == ("e1", "e4")
-    assert first["ce-type"] == "dev.headwater.telemetry"
-    assert first["ce-subject"] == "s1"
-    assert first["ce-zone"] == "north"
-    assert first["ce-source"] == "/headwater/cli"
-    assert first["content-type"] == "application/json"
-    assert json.loads(first["body"]) == {"temperature": 31}
-    assert first["prefer"] == "reply"
+    receiver.wait_for_blocking(2)
+    hw.settled()  # all four passed the Trigger: nothing more comes
+    assert receiver.ids == ["e1", "e4"]
+    first = receiver.requests[0]
+    assert first.headers["ce-type"] == "dev.headwater.telemetry"
+    assert first.headers["ce-subject"] == "s1"
+    assert first.headers["ce-zone"] == "north"
+    assert first.headers["ce-source"] == "/headwater/cli"
+    assert first.headers["content-type"] == "application/json"
+    assert json.loads(first.body) == {"temperature": 31}
+    assert first.headers["prefer"] == "reply"
     described = hw.cli("describe", "trigger", "hot").stdout
     assert re.search(r"delivered: +2\n", described) and re.search(r"filtered: +2\n", described)
     assert hw.stop() == 0
@@ -125,13 +82,13 @@ def test_acked_events_survive_a_restart_and_replay(
     hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
     for i in range(5):
         hw.cli("send", "--type", "dev.headwater.telemetry", "--id", f"r{i}")
-    receiver.wait_for(5)
+    receiver.wait_for_requests(5)
     assert hw.stop() == 0
 
     hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
     out = hw.cli("replay", "default", "--from", "earliest", "--to", receiver.url).stdout
     assert f"to {receiver.url}: done; delivered 5, failed 0, remaining 0" in out
-    ids = [e["ce-id"] for e in receiver.wait_for(10)]
+    ids = receiver.wait_for_requests(10)
     assert ids[5:] == [f"r{i}" for i in range(5)]
     tail = hw.cli("tail", "--from", "earliest", "--json", "--max", "5").stdout.splitlines()
     assert [json.loads(line)["id"] for line in tail] == [f"r{i}" for i in range(5)]
@@ -191,14 +148,14 @@ def test_hot_reload_changes_routing_without_loss(
     send("a", 5)
     mesh.write_text(a_or_b)  # reloaded while events keep coming
     send("a", 5)
-    deadline = time.monotonic() + 10
-    while "any" not in hw.cli("get", "trigger", "hot", "-o", "yaml").stdout:
-        assert time.monotonic() < deadline, "the changed Trigger was not reloaded"
-        time.sleep(0.2)
+    wait_until_blocking(
+        lambda: "any" in hw.cli("get", "trigger", "hot", "-o", "yaml").stdout,
+        what="the changed Trigger reloaded",
+    )
     send("b", 3)
-    delivered = [e["ce-id"] for e in receiver.wait_for(13)]
-    time.sleep(0.3)
-    assert sorted(delivered) == sorted(sent)  # none lost, none twice
+    receiver.wait_for_requests(13)
+    hw.settled()
+    assert sorted(receiver.ids) == sorted(sent)  # none lost, none twice
     assert hw.stop() == 0
 
 
@@ -221,7 +178,7 @@ def test_cesql_trigger_and_filtered_tail(
             "--ext",
             f"temperature={temperature}",
         )
-    assert [e["ce-id"] for e in receiver.wait_for(2)] == ["t1", "t2"]
+    assert receiver.wait_for_requests(2) == ["t1", "t2"]
     tail = hw.cli(
         "tail", "--from", "earliest", "--json", "--max", "1", "--filter", "INT(temperature) < 30"
     ).stdout
@@ -235,24 +192,22 @@ def test_cesql_trigger_and_filtered_tail(
 def test_sigterm_lets_a_delivery_under_way_finish(
     tmp_path: Path, headwater_up: Callable[..., Headwater]
 ) -> None:
-    slow = Receiver(delay=1.5)
-    try:
+    async def after_a_while(request: Request) -> Answer:
+        await asyncio.sleep(1.5)
+        return 202, {}, b""
+
+    with Receiver.in_thread(answer=after_a_while) as slow:
         (tmp_path / "mesh.yaml").write_text(MESH.format(uri=slow.url))
         hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
         hw.cli("send", "--type", "dev.headwater.telemetry", "--id", "slow-1")
-        deadline = time.monotonic() + 10
-        while not slow.started:
-            assert time.monotonic() < deadline, "the delivery never started"
-            time.sleep(0.02)
+        slow.wait_for_requests(1)  # the delivery started
         assert hw.stop() == 0  # SIGTERM while the subscriber is still working
-        assert [e["ce-id"] for e in slow.events] == ["slow-1"]  # it finished
+        assert slow.accepted_ids == ["slow-1"]  # it finished
         # ...and was acknowledged: a restart does not deliver it again.
         hw = headwater_up("-f", "mesh.yaml", "--data-dir", "data")
-        time.sleep(1.0)
-        assert slow.started == ["slow-1"]
+        hw.settled()
+        assert slow.ids == ["slow-1"]
         assert hw.stop() == 0
-    finally:
-        slow.close()
 
 
 CHANNEL = """\
@@ -291,7 +246,7 @@ def test_a_channel_has_an_http_address_with_the_broker_ingress_status_codes(
     assert re.search(rf"address: +{re.escape(address)}\n", described)
     event = {"ce-specversion": "1.0", "ce-id": "c-1", "ce-source": "/e2e", "ce-type": "t"}
     assert _post(address, b"{}", {**event, "content-type": "application/json"})[0] == 202
-    assert receiver.wait_for(1)[0]["ce-id"] == "c-1"
+    assert receiver.wait_for_requests(1) == ["c-1"]
     status, reason = _post(address, b"{}", {"content-type": "application/json"})
     assert status == 400 and reason.startswith("invalid CloudEvent")
     missing = _post(f"{hw.url}/channels/default/nothing", b"{}", event)

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,10 +68,8 @@ def test_demo_runs_until_ctrl_c(demo: Demo) -> None:
         after=mark,
     )
 
-    started = time.monotonic()
     os.killpg(demo.process.pid, signal.SIGINT)
-    assert demo.process.wait(30) == 0, "".join(demo.lines[-30:])
-    assert time.monotonic() - started < 25
+    assert demo.process.wait(60) == 0, "".join(demo.lines[-30:])
     demo.wait_for("sent ", "failed 0")  # the simulator stopped on its own, then Headwater
     assert not accepts(demo.http_port)
     assert not accepts(demo.mqtt_port)

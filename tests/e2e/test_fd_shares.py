@@ -1,4 +1,4 @@
-"""A flood on one listener leaves the other usable (issue 21, item 4).
+"""A flood on one listener leaves the other usable.
 
 `headwater up` runs with a small open-files limit (256, soft and hard, so that
 it cannot raise it): MQTT may hold three quarters of it, HTTP an eighth, and

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.demo_process import REPO, Demo, running_demo
-from tests.e2e.receiver import Receiver, serving
+from tests.helpers import Receiver
 
 README = REPO / "README.md"
 COMMAND_TIMEOUT = 120.0
@@ -74,7 +74,7 @@ def test_the_readme_blocks_are_found_and_every_skip_says_why() -> None:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    with serving() as r:
+    with Receiver.in_thread() as r:
         yield r
 
 

@@ -12,14 +12,14 @@ import orjson
 import pytest
 
 from tests.e2e.headwater_process import Headwater
-from tests.e2e.receiver import Receiver, serving
+from tests.helpers import Receiver
 
 
 @pytest.fixture
 def subscriber() -> Iterator[Receiver]:
     """A subscriber that takes each request and does not answer until released."""
-    with serving() as receiver:
-        receiver.hang.set()
+    with Receiver.in_thread() as receiver:
+        receiver.hold()
         yield receiver
 
 
@@ -52,7 +52,7 @@ def test_shutdown_says_what_was_under_way_and_it_comes_back(
     up = ("-f", "mesh.yaml", "--data-dir", "data", "--drain-timeout", "0.2")
     hw = headwater_up(*up)
     hw.cli("send", "--type", "dev.e2e.slow", "--id", "under-way")
-    subscriber.wait_for(1)
+    subscriber.wait_for_requests(1)
     code, rest = stop_and_read(hw)
     assert code == 0
     assert (
@@ -60,9 +60,9 @@ def test_shutdown_says_what_was_under_way_and_it_comes_back(
         "not acknowledged and will be delivered again at the next start" in rest
     )
 
-    subscriber.released.set()
+    subscriber.release()
     hw = headwater_up(*up)
-    assert subscriber.wait_for(2) == ["under-way", "under-way"]
+    assert subscriber.wait_for_requests(2) == ["under-way", "under-way"]
     assert hw.stop() == 0
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from paho.mqtt import publish
 
 from tests.e2e.headwater_process import HEADWATER, Headwater
+from tests.helpers import wait_until_blocking
 
 DISPLAY = """\
 apiVersion: sinks.headwater.dev/v1alpha1
@@ -152,18 +152,14 @@ def test_watch_reloads_changed_files(
     hw = headwater_up("-f", "mesh.yaml", "--watch")
     assert "No" not in hw.cli("get", "eventdisplay").stdout
     mesh.write_text(DISPLAY + PING)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if "beat" in hw.cli("get", "pingsource").stdout:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the new PingSource never appeared")
+    wait_until_blocking(
+        lambda: "beat" in hw.cli("get", "pingsource").stdout, what="the new PingSource"
+    )
     mesh.write_text(DISPLAY)
-    deadline = time.monotonic() + 10
-    while "beat" in hw.cli("get", "pingsource").stdout:
-        assert time.monotonic() < deadline, "the removed PingSource is still there"
-        time.sleep(0.2)
+    wait_until_blocking(
+        lambda: "beat" not in hw.cli("get", "pingsource").stdout,
+        what="the removed PingSource gone",
+    )
     assert hw.stop() == 0
 
 
@@ -314,10 +310,10 @@ def test_a_reload_keeps_what_the_api_applied(
     (tmp_path / "ping.yaml").write_text(PING.removeprefix("---\n"))
     hw.cli("apply", "-f", str(tmp_path / "ping.yaml"))
     mesh.write_text(DISPLAY + "spec: {format: json}\n")
-    deadline = time.monotonic() + 10
-    while "format: json" not in hw.cli("get", "eventdisplay", "display", "-o", "yaml").stdout:
-        assert time.monotonic() < deadline, "the file was not reloaded"
-        time.sleep(0.2)
+    wait_until_blocking(
+        lambda: "format: json" in hw.cli("get", "eventdisplay", "display", "-o", "yaml").stdout,
+        what="the file reloaded",
+    )
     assert "beat" in hw.cli("get", "pingsource").stdout
     assert hw.stop() == 0
 

@@ -12,6 +12,8 @@ and to wait for a condition without fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,9 +23,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
+
+from tests.helpers import Receiver, Request
 
 T = TypeVar("T")
 
@@ -214,3 +218,16 @@ def http_error(call: Callable[[], Any]) -> urllib.error.HTTPError:
     except urllib.error.HTTPError as exc:
         return exc
     raise AssertionError("expected an HTTP error")
+
+
+@contextlib.contextmanager
+def receiving(*, delay: float = 0.0, status: int = 202) -> Iterator[Receiver]:
+    """A subscriber on a thread of its own answering ``status``, after ``delay``
+    seconds per request (a slow subscriber, so that one node cannot take everything)."""
+
+    async def slowly(request: Request) -> tuple[int, dict[str, str], bytes]:
+        await asyncio.sleep(delay)
+        return status, {}, b""
+
+    with Receiver.in_thread(status=status, answer=slowly if delay else None) as receiver:
+        yield receiver

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.receiver import serving
-from tests.mesh.nodes import Node, wait_for
+from tests.mesh.nodes import Node, receiving, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +105,8 @@ def test_events_from_one_ingress_are_delivered_by_every_node_once(
     mesh_node: Callable[..., Node],
 ) -> None:
     n1, n2, n3 = (mesh_node(name) for name in ("n1", "n2", "n3"))
-    with serving() as receiver:
-        receiver.delay = 0.02  # slow enough that one node cannot take everything
+    # A slow subscriber, so that one node cannot take everything.
+    with receiving(delay=0.02) as receiver:
         n2.apply(
             BROKER + "---\n" + trigger("all", receiver.url, **{"headwater.dev/max-inflight": "1"})
         )
@@ -118,7 +117,7 @@ def test_events_from_one_ingress_are_delivered_by_every_node_once(
         sent = [f"e{i}" for i in range(60)]
         for event_id in sent:
             assert post_event(n1, event_id) == 202
-        receiver.wait_for(len(sent))
+        receiver.wait_for_requests(len(sent))
 
         def settled() -> dict[str, object] | None:
             status = n3.api(path="/api/v1/resources/Trigger/default/all")["status"]
@@ -184,8 +183,8 @@ def test_devices_dead_letters_and_live_events_are_the_same_on_every_node(
     mesh_node: Callable[..., Node],
 ) -> None:
     n1, n2, n3 = (mesh_node(name) for name in ("n1", "n2", "n3"))
-    with serving() as receiver:
-        receiver.status = 500  # the subscriber fails: every event becomes a dead letter
+    # The subscriber fails: every event becomes a dead letter.
+    with receiving(status=500) as receiver:
         failing = trigger("failing", receiver.url).replace(
             "spec:\n", "spec:\n  delivery: {retry: 0}\n"
         )

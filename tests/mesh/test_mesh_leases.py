@@ -18,8 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.receiver import serving
-from tests.mesh.nodes import Node, wait_for
+from tests.mesh.nodes import Node, receiving, wait_for
 from tests.mesh.test_mesh import BROKER, names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,9 +76,9 @@ def test_a_container_source_runs_on_one_node_and_moves_when_it_dies(
 ) -> None:
     nodes = {name: mesh_node(name) for name in ("n1", "n2", "n3")}
     n1 = nodes["n1"]
-    with serving() as receiver:
+    with receiving() as receiver:
         n1.apply(BROKER + "---\n" + display_trigger(receiver.url) + "---\n" + container_source())
-        first = receiver.wait_for(1)
+        first = receiver.wait_for_requests(1)
         runner = wait_for("the node running it", lambda: active_node(n1, "ContainerSource", "once"))
         # Every node started the resource; one of them runs the process.
         for node in nodes.values():
@@ -89,7 +88,7 @@ def test_a_container_source_runs_on_one_node_and_moves_when_it_dies(
             )
         nodes[runner].kill()
         survivor = next(n for name, n in nodes.items() if name != runner)
-        second = receiver.wait_for(2)
+        second = receiver.wait_for_requests(2)
         assert len(set(second)) == 2, "the process did not start again elsewhere"
         moved = wait_for(
             "another node running it",
@@ -130,8 +129,7 @@ def test_an_ordered_trigger_keeps_its_order_per_key_across_a_node_death(
     n1 = nodes["n1"]
     keys = ("a", "b", "c")
     per_key = 40
-    with serving() as receiver:
-        receiver.delay = 0.01
+    with receiving(delay=0.01) as receiver:
         n1.apply(
             BROKER
             + "---\n"
@@ -152,7 +150,7 @@ def test_an_ordered_trigger_keeps_its_order_per_key_across_a_node_death(
 
         producer = threading.Thread(target=produce)
         producer.start()
-        receiver.wait_for(len(keys) * per_key // 3)
+        receiver.wait_for_requests(len(keys) * per_key // 3)
         nodes[runner].kill()  # mid-delivery
         producer.join(60)
         assert done.is_set()

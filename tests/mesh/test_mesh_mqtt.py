@@ -19,8 +19,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from tests.e2e.receiver import serving
-from tests.mesh.nodes import Node, wait_for
+from tests.mesh.nodes import Node, receiving, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +112,7 @@ def devices() -> Iterator[Callable[..., Device]]:
 def test_devices_on_different_nodes_are_one_broker(
     mesh_node: Callable[..., Node], tmp_path: Path
 ) -> None:
-    with serving() as receiver:
+    with receiving() as receiver:
         files = tmp_path / "mesh.yaml"
         files.write_text(MESH + "---\n" + trigger(receiver.url))
         n1, n2, n3 = (mesh_node(name, files=[files]) for name in ("n1", "n2", "n3"))
@@ -139,7 +138,7 @@ def test_devices_on_different_nodes_are_one_broker(
 
             # Every publish is an event of the Broker; the Trigger delivers each once.
             events = len(sent) + 1
-            ids = receiver.wait_for(events)
+            ids = receiver.wait_for_requests(events)
             assert len(set(ids)) == len(ids) == events
 
 

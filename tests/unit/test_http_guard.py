@@ -28,6 +28,7 @@ from headwater.http_guard import (
     raise_open_files_limit,
     read_body,
 )
+from tests.helpers import wait_until
 
 EOF_WAIT = 30.0
 """How long a test waits for the server to close a connection before failing:
@@ -57,13 +58,6 @@ class Served:
             return await asyncio.wait_for(reader.read(), EOF_WAIT)
         finally:
             writer.close()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for a state of the server that has no event of its own to await."""
-    async with asyncio.timeout(EOF_WAIT):
-        while not condition():  # noqa: ASYNC110 - polled state
-            await asyncio.sleep(0.01)
 
 
 async def until_closed(reader: asyncio.StreamReader) -> bytes:
@@ -159,7 +153,7 @@ async def test_a_stalled_body_is_cut_off(request_start: bytes) -> None:
         assert s.guard.closed["body-timeout"] == 1
         # The handler learnt that its body will not come, and no "aborted" line
         # doubles the guard's own.
-        await until(lambda: bool(s.aborted))
+        await wait_until(lambda: bool(s.aborted))
         assert s.aborted[0].startswith("the request body ended after")
 
 
@@ -190,7 +184,7 @@ async def test_an_idle_kept_alive_connection_is_closed() -> None:
 async def test_at_the_cap_the_connection_waiting_longest_makes_room() -> None:
     async with serve(HttpLimits(max_connections=4, header_timeout=LONG)) as s:
         waiting = [await s.connect() for _ in range(4)]
-        await until(lambda: s.guard.open_connections == 4)
+        await wait_until(lambda: s.guard.open_connections == 4)
         # A fifth: the first idle one is closed for it, and it is served.
         assert (await s.get("/api/ok")).endswith(b"ok")
         assert await until_closed(waiting[0][0]) == b""
@@ -205,7 +199,7 @@ async def test_a_response_still_going_out_is_neither_idle_nor_evicted() -> None:
     async with serve(limits, clock=lambda: now[0]) as s:
         reader, writer = await s.connect(b"GET /api/big HTTP/1.1\r\nHost: t\r\n\r\n")
         # The handler is done, the response not read: the connection waits to send.
-        await until(lambda: bool(s.guard._waiting) and all(map(_writing, s.guard._waiting)))
+        await wait_until(lambda: bool(s.guard._waiting) and all(map(_writing, s.guard._waiting)))
         s.guard.sweep()  # starts the idle clock
         now[0] += 10 * limits.idle_timeout
         s.guard.sweep()
@@ -213,7 +207,7 @@ async def test_a_response_still_going_out_is_neither_idle_nor_evicted() -> None:
         # At the cap, a new connection takes the slot of the idle one, not of
         # the one still receiving its response.
         idle_reader, idle_writer = await s.connect()
-        await until(lambda: s.guard.open_connections == 2)
+        await wait_until(lambda: s.guard.open_connections == 2)
         assert (await s.get("/api/ok")).endswith(b"ok")
         assert await until_closed(idle_reader) == b""
         assert s.guard.closed["evicted"] == 1
@@ -228,7 +222,7 @@ async def test_a_response_still_going_out_is_neither_idle_nor_evicted() -> None:
 async def test_at_the_cap_with_every_connection_in_a_request_new_ones_get_503() -> None:
     async with serve(HttpLimits(max_connections=3)) as s:
         held = [await s.connect(b"GET /api/hold HTTP/1.1\r\nHost: t\r\n\r\n") for _ in range(3)]
-        await until(lambda: s.guard.open_connections == 3 and not s.guard._waiting)
+        await wait_until(lambda: s.guard.open_connections == 3 and not s.guard._waiting)
         refused, writer = await s.connect()
         answer = await until_closed(refused)
         assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
@@ -249,7 +243,7 @@ async def test_data_plane_requests_leave_room_for_the_admin_api() -> None:
             await s.connect(b"POST /ns/b HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{")
             for _ in range(7)
         ]
-        await until(lambda: s.guard.data_plane_requests == 7)
+        await wait_until(lambda: s.guard.data_plane_requests == 7)
         reader, writer = await s.connect(
             b"POST /ns/b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
         )
@@ -292,7 +286,7 @@ async def test_many_aborted_uploads_make_one_line_and_a_count(
             )
             writer.close()
             await writer.wait_closed()
-        await until(lambda: len(s.aborted) == 100)
+        await wait_until(lambda: len(s.aborted) == 100)
     assert peer_log.total("aborted") - before == 100
     records = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in records if r.exc_info], "no tracebacks for a peer's doing"
@@ -330,7 +324,7 @@ def test_the_counts_are_metrics() -> None:
 
 
 def test_the_cli_defaults_are_the_guards() -> None:
-    from headwater.cli import up
+    from headwater.cli.up import up
 
     defaults = {p.name: p.default for p in up.params}
     limits = HttpLimits()

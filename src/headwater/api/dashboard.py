@@ -16,7 +16,7 @@ from typing import Final
 
 from aiohttp import web
 
-from headwater.api.app import Handler
+from headwater.api.http import Handler
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 

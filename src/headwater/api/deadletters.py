@@ -2,16 +2,17 @@
 
 How this works: the runtime records every event a Trigger or Subscription
 gave up on in a durable stream of the log (see
-:class:`headwater.runtime.runtime.DeadLetters`); a record's ``id`` is its
+:class:`headwater.runtime.deadletters.DeadLetters`); a record's ``id`` is its
 offset there. These handlers read that stream and answer JSON (a listing may
 keep to one origin: ``?origin=Trigger/default/too-hot``); a re-drive sends
 the original event (the record's own extensions removed) once more through
 the origin's current delivery pipeline and answers with the outcome. A bulk
 re-drive (``POST /api/v1/redrives``: every record, one origin's, or given
-ids, among the newest :data:`~headwater.runtime.runtime.DEAD_LETTER_SCAN`
-records, those not re-driven and delivered already) is a job
-(:mod:`headwater.api.jobs`): oldest first, one at a time, with progress and
-cancel; a record whose origin is not running is skipped and counted.
+ids, among the newest :data:`~headwater.runtime.deadletters.DEAD_LETTER_SCAN`
+records, those not re-driven and delivered already) is a job of the
+runtime's (:func:`~headwater.runtime.deadletters.redrive_all`): oldest
+first, one at a time, with progress and cancel (:mod:`headwater.api.jobs`);
+a record whose origin is not running is skipped and counted.
 """
 
 from __future__ import annotations
@@ -22,23 +23,23 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from headwater.api import jobs
-from headwater.api.app import RUNTIME_KEY, UnknownKind, error, json_response, kind_of
-from headwater.api.jobs import Job, Jobs
+from headwater.api.http import RUNTIME_KEY, error, json_response
+from headwater.api.jobs import add_job_routes, json_object, max_failures
+from headwater.api.resources import UnknownKind, kind_of
 from headwater.cloudevents.json import to_json_value
 from headwater.eventing import Outcome
 from headwater.log import LogError
-from headwater.runtime.runtime import (
+from headwater.runtime import Runtime
+from headwater.runtime.deadletters import (
     DATA_OMITTED_EXTENSION,
     DEAD_LETTER_SCAN,
     ERROR_EXTENSION,
     FAILED_AT_EXTENSION,
     DeadLetter,
-    DeadLetters,
     RedriveRefused,
+    redrive_all,
 )
-
-REDRIVES_KEY: web.AppKey[Jobs] = web.AppKey("redrive_jobs", Jobs)
+from headwater.runtime.jobs import Job
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
@@ -174,27 +175,16 @@ async def redrive(request: web.Request) -> web.Response:
     )
 
 
-async def _redrive_all(store: DeadLetters, job: Job, letters: list[DeadLetter]) -> None:
-    for letter in letters:
-        try:
-            _, outcome, _ = await store.redrive(letter.id)
-        except (RedriveRefused, LookupError) as exc:
-            job.skipped += 1
-            job.details["lastSkipped"] = str(exc).strip("'\"")
-            continue
-        job.count(outcome)  # may stop the job: maxFailures
-
-
 async def start_redrive(request: web.Request) -> web.Response:
     """Re-drive many as a job: ``{"all": true}``, ``{"origin": ...}`` or ``{"ids": [...]}``."""
-    body = await jobs.json_object(request)
+    body = await json_object(request)
     if isinstance(body, web.Response):
         return body
     selectors = [k for k in ("all", "origin", "ids") if body.get(k) not in (None, False)]
     try:
         if len(selectors) != 1:
             raise ValueError('choose what to re-drive: one of "all": true, "origin" or "ids"')
-        limit = jobs.max_failures(body)
+        limit = max_failures(body)
         origin = _origin(body["origin"]) if "origin" in selectors else None
         ids = body.get("ids") if "ids" in selectors else None
         if ids is not None and not (
@@ -205,7 +195,8 @@ async def start_redrive(request: web.Request) -> web.Response:
             raise ValueError("`all` is true or false")
     except ValueError as exc:
         return error(400, str(exc))
-    store = request.app[RUNTIME_KEY].dead_letters
+    runtime = request.app[RUNTIME_KEY]
+    store = runtime.dead_letters
     try:
         if ids is not None:
             found = [await store.get(i) for i in sorted(set(ids))]
@@ -228,13 +219,13 @@ async def start_redrive(request: web.Request) -> web.Response:
     )
     if unknown:
         job.details["lastSkipped"] = f"{unknown} of the ids are no dead letter (any more)"
-    request.app[REDRIVES_KEY].start(job, _redrive_all(store, job, waiting))
+    runtime.redrives.start(job, redrive_all(store, job, waiting))
     return json_response(job.status(), 202)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, runtime: Runtime) -> None:
     app.router.add_post("/api/v1/redrives", start_redrive)
-    jobs.add_routes(app, "/api/v1/redrives", REDRIVES_KEY)
+    add_job_routes(app, "/api/v1/redrives", runtime.redrives)
     app.router.add_get("/api/v1/deadletters", list_dead_letters)
     app.router.add_get("/api/v1/deadletters/{id}", get_dead_letter)
     app.router.add_post("/api/v1/deadletters/{id}/redrive", redrive)

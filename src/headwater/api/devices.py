@@ -34,7 +34,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from headwater.api.app import error, json_response
+from headwater.api.http import error, json_response
 from headwater.cloudevents import CloudEvent, is_json_content_type
 from headwater.log import LogError, Start
 from headwater.runtime import Runtime

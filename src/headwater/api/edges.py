@@ -22,12 +22,12 @@ import hmac
 
 from aiohttp import web
 
-from headwater.api.app import RUNTIME_KEY, error
+from headwater.api.http import RUNTIME_KEY, error
 from headwater.cloudevents import to_http_batch
 from headwater.log import LogClosed, LogUnavailable
 from headwater.runtime.tiers import EdgeComponent
-from headwater.tiers import LAST_OFFSET_HEADER
-from headwater.tiers.edgequeue import DEFAULT_PULL_EVENTS, DEFAULT_WAIT
+from headwater.tiers.downlink import LAST_OFFSET_HEADER
+from headwater.tiers.limits import DEFAULT_PULL_EVENTS, DEFAULT_WAIT
 
 UNAVAILABLE_RETRY_AFTER = 1
 """Seconds an edge is asked to wait while the log is unavailable."""

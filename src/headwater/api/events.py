@@ -4,13 +4,12 @@ How this works: a tail is a throw-away consumer of a Broker's stream (named
 ``tail/<random>``, starting at ``latest`` unless asked otherwise) whose
 entries are filtered with CESQL and written as server-sent events, one
 structured-mode CloudEvent per ``data:`` line; the consumer is deleted when
-the client goes away. A replay is a job (:mod:`headwater.api.jobs`): a new
-consumer named ``replay/<id>`` reads from the requested start up to the
-stream's last offset at the moment the job was created and delivers each
-event to a destination under a DeliverySpec (retries, backoff), counting
-delivered, failed and remaining events as it goes; it can be cancelled, and
-stops by itself after ``maxFailures`` failed events. Nothing here touches the
-Trigger cursors: replay never re-delivers to subscribers that did not ask.
+the client goes away. ``POST /api/v1/replays`` starts a replay
+(:mod:`headwater.runtime.replay`: a job of the runtime's, from the requested
+start up to the stream's last offset at that moment, to a destination, with
+retries) and answers 202 with its record; ``/api/v1/replays/{id}`` follows it
+and cancels it (:mod:`headwater.api.jobs`). Nothing here touches the Trigger
+cursors: replay never re-delivers to subscribers that did not ask.
 
 A tail's filter that reads an attribute none of the first events has
 (``temprature > 23``) would match nothing, silently: the tail says so once,
@@ -28,34 +27,22 @@ import uuid
 from aiohttp import web
 
 from headwater import cesql
-from headwater.api import jobs
-from headwater.api.app import RUNTIME_KEY, error, json_response, read_json
-from headwater.api.jobs import Job, Jobs
+from headwater.api.http import RUNTIME_KEY, error, json_response, read_json
+from headwater.api.jobs import add_job_routes, json_object, max_failures
 from headwater.cloudevents import CloudEvent, to_json
-from headwater.eventing import Deliverer, DeliverySpec, Sink
-from headwater.log import LogError, Start, StartKind
+from headwater.log import LogError
 from headwater.resources import Destination
 from headwater.runtime import Runtime
+from headwater.runtime.replay import READ_BATCH, new_replay, run_replay, start_position
 
 log = logging.getLogger(__name__)
 
-TAIL_BATCH = 256
 TAIL_WARN_AFTER = 10
 """Events a tail reads before it warns that its filter reads an attribute none
 of them had: enough not to warn when the first event is of another kind, few
 enough to say it while someone is still watching."""
 TAIL_KEEPALIVE = 15.0
 """Seconds between SSE comments on a quiet stream, so proxies keep the connection."""
-
-REPLAY_DELIVERY = DeliverySpec(
-    retry=5, backoff_policy="exponential", backoff_delay=0.2, timeout=10.0
-)
-"""Replay retries a failing destination a few times (about 12 s of backoff), then
-counts the event as failed; an attempt that hangs gives up after 10 s, not the
-delivery default of a minute, so a destination that is down costs little per
-event (and ``maxFailures`` stops the replay altogether)."""
-
-JOBS_KEY: web.AppKey[Jobs] = web.AppKey("replay_jobs", Jobs)
 
 
 def _broker_stream(runtime: Runtime, namespace: str, name: str) -> str | None:
@@ -67,10 +54,6 @@ async def _compile_filter(text: str | None) -> cesql.Expression | None:
     # Compiling is bounded (cesql.parser.MAX_LENGTH: about 0.1 s at most) but
     # runs in a thread all the same, so that no request stalls the event loop.
     return await asyncio.to_thread(cesql.compile, text) if text else None
-
-
-def _start(runtime: Runtime, text: str) -> Start:
-    return runtime.start_position(text)
 
 
 MAX_FILTER_BYTES = 64 * 1024
@@ -112,7 +95,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
     except cesql.ParseError as exc:
         return error(400, f"invalid filter: {exc}")
     try:
-        start = _start(runtime, request.query.get("start", "latest"))
+        start = start_position(request.query.get("start", "latest"))
     except ValueError as exc:
         return error(400, str(exc))
     consumer = f"tail/{uuid.uuid4().hex}"
@@ -125,7 +108,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b": tailing " + stream.encode() + b"\n\n")
         while True:
-            batch = await reader.next_batch(TAIL_BATCH, timeout=TAIL_KEEPALIVE)
+            batch = await reader.next_batch(READ_BATCH, timeout=TAIL_KEEPALIVE)
             if not batch:
                 await response.write(b": keepalive\n\n")
                 continue
@@ -184,41 +167,9 @@ class AbsentAttributes:
         return text + (f"; did you mean {close[0]!r}?" if close else "")
 
 
-async def _run_replay(runtime: Runtime, job: Job, start: Start, sink: Sink) -> None:
-    stream, until = job.details["stream"], job.details["untilOffset"]
-    deliverer = Deliverer(
-        sink, REPLAY_DELIVERY, destination=job.details["destination"], name=f"replay {job.id}"
-    )
-    consumer = f"replay/{job.id}"
-    reader = runtime.log.reader(stream, consumer, start)
-    try:
-        while job.details["position"] < until:
-            batch = await reader.next_batch(TAIL_BATCH, timeout=1.0)
-            if not batch:
-                info = await runtime.log.info(stream)
-                if info.last_offset <= job.details["position"] or info.first_offset > until:
-                    break  # nothing more to replay in range (e.g. retention dropped it)
-                continue
-            for entry in batch:
-                if entry.offset > until:
-                    job.details["position"] = until
-                    break
-                if job.total is None:  # a time start: known from its first event
-                    job.total = until - entry.offset + 1
-                outcome = await deliverer.deliver(entry.event)
-                job.details["position"] = entry.offset
-                await reader.ack(entry.offset)
-                job.count(outcome)  # may stop the job: maxFailures
-        job.total = job.processed  # retention may have taken some: none remain
-    finally:
-        await reader.close()
-        with contextlib.suppress(LogError):
-            await runtime.log.delete_consumer(stream, consumer)
-
-
 async def start_replay(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    body = await jobs.json_object(request)
+    body = await json_object(request)
     if isinstance(body, web.Response):
         return body
     namespace = body.get("namespace", "default")
@@ -228,43 +179,19 @@ async def start_replay(request: web.Request) -> web.Response:
     stream = _broker_stream(runtime, namespace, name)
     if stream is None:
         return error(404, f"no running Broker {name!r} in namespace {namespace!r}")
-    start_text = body.get("start", "earliest")
+    start_text = str(body.get("start", "earliest"))
     try:
-        start = _start(runtime, str(start_text))
-        limit = jobs.max_failures(body)
+        start = start_position(start_text)
+        limit = max_failures(body)
         destination = Destination.model_validate(body.get("destination"))
-        sink, uri = runtime.resolve_with_uri(destination, namespace)
+        sink, uri = runtime.destinations.resolve(destination, namespace)
     except ValueError as exc:
         return error(400, str(exc).splitlines()[0] if str(exc) else "invalid request")
     except LookupError as exc:
         return error(400, str(exc))
-    info = await runtime.log.info(stream)
-    first = _first_offset(start, info.first_offset, info.last_offset)
-    job = Job(
-        "replay",
-        max_failures=limit,
-        total=None if first is None else max(info.last_offset - first + 1, 0),
-        details={
-            "stream": stream,
-            "start": str(start_text),
-            "destination": uri,
-            "untilOffset": info.last_offset,
-            "position": (first - 1) if first is not None else info.first_offset - 1,
-        },
-    )
-    request.app[JOBS_KEY].start(job, _run_replay(runtime, job, start, sink))
+    job = await new_replay(runtime.log, stream, start_text, start, uri, max_failures=limit)
+    runtime.replays.start(job, run_replay(runtime.log, job, start, sink))
     return json_response(job.status(), 202)
-
-
-def _first_offset(start: Start, first: int, last: int) -> int | None:
-    """The first offset a replay from ``start`` delivers, when known without reading."""
-    if start.kind is StartKind.EARLIEST:
-        return first
-    if start.kind is StartKind.LATEST:
-        return last + 1
-    if start.kind is StartKind.OFFSET:
-        return max(start.offset, first)
-    return None  # a time: known once the first entry is read
 
 
 async def stream_info(request: web.Request) -> web.Response:
@@ -289,9 +216,9 @@ async def stream_info(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, runtime: Runtime) -> None:
     app.router.add_get("/api/v1/brokers/{namespace}/{name}/events", tail)
     app.router.add_post("/api/v1/filters/check", check_filter)
     app.router.add_get("/api/v1/brokers/{namespace}/{name}/stream", stream_info)
     app.router.add_post("/api/v1/replays", start_replay)
-    jobs.add_routes(app, "/api/v1/replays", JOBS_KEY)
+    add_job_routes(app, "/api/v1/replays", runtime.replays)

@@ -22,7 +22,8 @@ from typing import Any
 from aiohttp import web
 
 from headwater import __version__
-from headwater.api.app import RUNTIME_KEY, error, json_response
+from headwater.api.http import MESH_KEY, RUNTIME_KEY, error, json_response
+from headwater.cluster.mesh import Mesh
 from headwater.cluster.nodes import MESH_PROTOCOL
 from headwater.cluster.status import merge_statuses
 from headwater.runtime import Runtime
@@ -55,7 +56,7 @@ def _single_node(runtime: Runtime) -> dict[str, Any]:
 
 async def list_nodes(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    mesh = runtime.mesh
+    mesh = request.app[MESH_KEY]
     if mesh is None:
         return json_response({"mesh": False, "self": None, "items": [_single_node(runtime)]})
     try:
@@ -68,11 +69,8 @@ async def list_nodes(request: web.Request) -> web.Response:
     )
 
 
-async def mesh_status(runtime: Runtime, key: Key, local: dict[str, Any]) -> dict[str, Any]:
+async def mesh_status(mesh: Mesh, key: Key, local: dict[str, Any]) -> dict[str, Any]:
     """``local`` (this node's status of ``key``) as the mesh's: see the module docstring."""
-    mesh = runtime.mesh
-    if mesh is None:
-        return local
     statuses, missing = await mesh.statuses(key)
     statuses[mesh.node] = local
     merged = merge_statuses(statuses)
@@ -92,7 +90,7 @@ async def mesh_status(runtime: Runtime, key: Key, local: dict[str, Any]) -> dict
 async def health(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     problems: list[str] = []
-    mesh = runtime.mesh
+    mesh = request.app[MESH_KEY]
     if mesh is not None:
         if mesh.nc is None or not mesh.nc.is_connected:
             problems.append("not connected to NATS (the mesh's state)")

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from headwater import __version__
-from headwater.api.app import json_response
+from headwater.api.http import json_response
 from headwater.resources import KINDS
 
 _ERROR = {

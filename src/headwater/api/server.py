@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from headwater.api.app import create_app
+from headwater.api.app import add_ingress, create_app
 from headwater.cluster.connection import ClusterError, NatsOptions
-from headwater.eventing import Ingress
+from headwater.eventing.http_worker import HttpWorker
 from headwater.eventing.ingress import is_ingress_request
 from headwater.http_guard import (
     GuardedSite,
@@ -53,8 +53,9 @@ from headwater.log.sqlite import Durability
 from headwater.resources import ConfigError, Loaded, LoadResult, collect_paths, collect_text
 from headwater.resources.models import INGRESS_TOKEN_ANNOTATION
 from headwater.resources.mqtt import MqttBrokerSource
+from headwater.runtime import Runtime
 from headwater.runtime.applied import EMBEDDED_DEFAULTS as EMBEDDED_FILE
-from headwater.runtime.runtime import CHANNEL_PREFIX, Runtime
+from headwater.runtime.context import CHANNEL_PREFIX
 from headwater.runtime.watch import watch
 from headwater.state import SqliteStore, StateError, StateStore
 
@@ -324,16 +325,13 @@ async def start(options: UpOptions) -> Server:
             raise
     # Before the runtime: the listeners size their shares of the descriptors from it.
     open_files = raise_open_files_limit()
-    runtime = Runtime(
-        events,
-        state=state,
-        data_dir=options.data_dir,
-        http_worker=options.http_worker,
-        mesh=mesh,
-    )
+    # HttpSinks' POSTs: a worker process by default (see eventing.transport).
+    worker = HttpWorker() if options.http_worker else None
+    runtime = Runtime(events, state=state, data_dir=options.data_dir, delivery=worker, mesh=mesh)
     if mesh is not None:
         from headwater.cluster.resources import MeshResources
 
+        mesh.bind(runtime)
         runtime.desired = MeshResources(
             runtime.reconciler,
             runtime.state,
@@ -342,8 +340,8 @@ async def start(options: UpOptions) -> Server:
             local=_local_overrides(options),
         )
     try:
-        if runtime.http_worker is not None:
-            await runtime.http_worker.start()
+        if worker is not None:
+            await worker.start()
         try:
             await runtime.start(found)  # ConfigError: every problem, before anything runs
         except StateError as exc:
@@ -351,9 +349,8 @@ async def start(options: UpOptions) -> Server:
         if not options.files and (mesh is None or runtime.get(EMBEDDED_MQTT) is not None):
             _check_embedded_mqtt(runtime, options)
         _check_started(runtime)
-        app = create_app(runtime, token=options.token)
-        Ingress(runtime.ingress_lookup).add_routes(app)
-        Ingress(runtime.channel_lookup, what="channel").add_routes(app, CHANNEL_PREFIX)
+        app = create_app(runtime, token=options.token, mesh=mesh)
+        add_ingress(app, runtime)
         limits = fit_to_open_files(options.http_limits, open_files)
         guard = guard_app(app, limits, data_plane=_data_plane)
         # Tails (server-sent events) never end by themselves: after this grace

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from headwater.api.app import RUNTIME_KEY, json_response
+from headwater.api.http import RUNTIME_KEY, json_response
 from headwater.resources import Resource
 from headwater.runtime import Runtime
 

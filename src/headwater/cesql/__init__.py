@@ -64,7 +64,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from headwater.cesql.compiler import MISSING, Compiler, Fn, read_attributes, string_passes
+from headwater.cesql._values import MISSING, Fn
+from headwater.cesql.compiler import Compiler, read_attributes, string_passes
 from headwater.cesql.errors import (
     CastError,
     CesqlError,

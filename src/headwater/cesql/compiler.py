@@ -20,17 +20,41 @@ agree by construction. Nothing is ever evaluated with ``eval``.
 
 from __future__ import annotations
 
-import base64
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
+from headwater.cesql._fast import (
+    equals_literal,
+    equals_test,
+    in_literals,
+    in_test,
+    like_test,
+    logic_test,
+    native_call,
+    native_call_constant,
+    order_test,
+    typed_attribute,
+    user_call,
+    via,
+)
+from headwater.cesql._values import (
+    ARITHMETIC,
+    CASTS,
+    COMPARE,
+    MISSING,
+    REQUIRED,
+    Attributes,
+    Errors,
+    Fn,
+    Test,
+    overflow,
+    read,
+    type_of,
+)
 from headwater.cesql.errors import (
-    CastError,
     CesqlError,
-    FunctionEvaluationError,
     MathError,
-    MissingAttributeError,
     MissingFunctionError,
 )
 from headwater.cesql.functions import (
@@ -38,152 +62,12 @@ from headwater.cesql.functions import (
     INT32_MAX,
     INT32_MIN,
     INTEGER,
-    PYTHON_TYPE,
     STRING,
-    ZERO,
-    Function,
-    FunctionFailed,
     FunctionRegistry,
-    IntegerOverflow,
     cast_function,
-    int32,
 )
 from headwater.cesql.like import like_matcher, scan_passes
 from headwater.cesql.parser import Node
-
-Attributes = Mapping[str, Any]
-Errors = list[CesqlError]
-Fn = Callable[[Attributes, Errors], Any]
-Test = Callable[[Attributes], "bool | None"]
-
-
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
-
-# 3.4.4: "EXISTS MUST always return true for the REQUIRED context attributes
-# because the input CloudEvent is always assumed valid".
-_REQUIRED = frozenset({"id", "source", "specversion", "type"})
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-# `x OP bound` as a method of the bound: `x > 30` is `(30).__lt__(x)`.
-_MIRRORED = {"<": "__gt__", "<=": "__ge__", ">": "__lt__", ">=": "__le__"}
-
-
-# -- values and casts (spec.md 3.1, 3.2, 3.7) -----------------------------------------
-
-
-def value_of(raw: Any) -> Any:
-    """An attribute value as a CESQL value (3.2).
-
-    "If the value of the attribute or extension is not one of the primitive
-    CESQL types, it MUST be represented by the String type": Binary as its
-    canonical Base64 string (CloudEvents "Type System"), anything else a plain
-    mapping may hold (a float, an int beyond 32 bits) as ``str()``. ``None``
-    means absent, as for ``CloudEvent.evolve``.
-    """
-    kind = type(raw)
-    if kind is str or kind is bool:
-        return raw
-    if kind is int:
-        return raw if INT32_MIN <= raw <= INT32_MAX else str(raw)
-    if raw is None or raw is MISSING:
-        return MISSING
-    if kind is bytes:
-        return base64.b64encode(raw).decode("ascii")
-    return str(raw)
-
-
-def read(a: Attributes, name: str, e: Errors) -> Any:
-    value = value_of(a.get(name))
-    if value is MISSING:
-        e.append(MissingAttributeError(f"the event has no attribute {name!r}"))
-    return value
-
-
-def to_string(value: Any, errors: Errors) -> str:
-    kind = type(value)
-    if kind is str:
-        return value  # type: ignore[no-any-return]
-    if kind is bool:
-        return "true" if value else "false"  # "Returns "true" if the boolean is true"
-    return str(value)  # Integer: base 10, no leading zeros, '-' when negative
-
-
-def to_integer(value: Any, errors: Errors) -> int:
-    kind = type(value)
-    if kind is int:
-        return value  # type: ignore[no-any-return]
-    if kind is bool:
-        return 1 if value else 0
-    # String: "MAY begin with a leading sign '+' or '-'. If the result will
-    # overflow or the string is not a valid integer an error is returned along
-    # with a value of 0."
-    try:
-        return int32(value)
-    except IntegerOverflow:
-        errors.append(CastError(f"{_quote(value)} overflows a 32-bit Integer"))
-    except ValueError:
-        errors.append(CastError(f"cannot cast {_quote(value)} to Integer"))
-    return 0
-
-
-def to_boolean(value: Any, errors: Errors) -> bool:
-    kind = type(value)
-    if kind is bool:
-        return value  # type: ignore[no-any-return]
-    if kind is int:
-        return value != 0  # type: ignore[no-any-return]
-    # "Returns true or false if the lower case representation of the string is
-    # exactly "true" or "false", respectively. Otherwise returns an error along
-    # with a value of false"
-    lower = value.lower() if len(value) <= 5 else ""  # no copy of a long string
-    if lower == "true":
-        return True
-    if lower != "false":
-        errors.append(CastError(f"cannot cast {_quote(value)} to Boolean"))
-    return False
-
-
-CASTS: dict[str, Callable[[Any, Errors], Any]] = {
-    BOOLEAN: to_boolean,
-    INTEGER: to_integer,
-    STRING: to_string,
-}
-
-
-def type_of(value: Any) -> str:
-    kind = type(value)
-    if kind is bool:
-        return BOOLEAN
-    if kind is int:
-        return INTEGER
-    return STRING
-
-
-def _quote(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:40] + "...")
-
-
-def _is_int32(value: Any) -> bool:
-    return INT32_MIN <= value <= INT32_MAX  # type: ignore[no-any-return]
-
-
-def _fast_int(value: str) -> int | None:
-    """The value of plain ASCII digits that surely fit 32 bits, else None (use the cast)."""
-    if len(value) < 10 and value.isdigit() and value.isascii():
-        return int(value)
-    return None
-
 
 # -- compiling ----------------------------------------------------------------------
 
@@ -229,7 +113,7 @@ class Compiler:
                 return failed_literal
             return lambda a, e: value
         if kind == "id":
-            return _typed_attribute(node[1], target)
+            return typed_attribute(node[1], target)
         fn, result = self.compile(node)
         if result == target:
             return fn
@@ -272,7 +156,7 @@ class Compiler:
 
     def _exists(self, node: Node) -> tuple[Fn, str | None]:
         name = node[1]
-        if name in _REQUIRED:
+        if name in REQUIRED:
             return (lambda a, e: True), BOOLEAN
         return (lambda a, e: a.get(name) is not None), BOOLEAN
 
@@ -295,7 +179,7 @@ class Compiler:
             if value is MISSING:
                 return 0
             if value == INT32_MIN:
-                e.append(_overflow(f"-({value})"))
+                e.append(overflow(f"-({value})"))
                 return 0
             return -value
 
@@ -309,7 +193,7 @@ class Compiler:
             return self._logic(op, left, right), BOOLEAN
         if op in ("+", "-", "*", "/", "%"):
             return self._arithmetic(op, left, right), INTEGER
-        if op in _COMPARE:
+        if op in COMPARE:
             return self._order(op, left, right), BOOLEAN
         return self._equality(op == "=", left, right), BOOLEAN
 
@@ -346,7 +230,7 @@ class Compiler:
 
     def _arithmetic(self, op: str, left: Node, right: Node) -> Fn:
         lf, rf = self.typed(left, INTEGER), self.typed(right, INTEGER)
-        compute = _ARITHMETIC[op]
+        compute = ARITHMETIC[op]
         if op in ("/", "%") and right[0] == "lit" and right[1] in (0, False, "0"):
             self.warn(MathError(f"{op} 0: division by zero"))
 
@@ -361,7 +245,7 @@ class Compiler:
     def _order(self, op: str, left: Node, right: Node) -> Fn:
         # Integer x Integer only: not ambiguous, both operands cast (3.7 rule 2.1).
         lf, rf = self.typed(left, INTEGER), self.typed(right, INTEGER)
-        compare = _COMPARE[op]
+        compare = COMPARE[op]
 
         def order(a: Attributes, e: Errors) -> Any:
             x, y = lf(a, e), rf(a, e)
@@ -381,7 +265,7 @@ class Compiler:
         if rtype is not None:
             lf = self.typed(left, rtype)
             if right[0] == "lit":
-                return _equals_literal(lf, right[1], equal)
+                return equals_literal(lf, right[1], equal)
 
             def equals_static(a: Attributes, e: Errors) -> Any:
                 x, y = lf(a, e), rf(a, e)
@@ -421,7 +305,7 @@ class Compiler:
         lf, _ = self.compile(node[1])
         negated = node[3]
         if all(item[0] == "lit" for item in node[2]):
-            return _in_literals(lf, [item[1] for item in node[2]], negated), BOOLEAN
+            return in_literals(lf, [item[1] for item in node[2]], negated), BOOLEAN
         items = tuple(self.compile(item)[0] for item in node[2])
 
         def in_(a: Attributes, e: Errors) -> Any:
@@ -471,9 +355,9 @@ class Compiler:
         if function.native:
             constant = self._constant(args[1], function.parameter(1)) if len(args) == 2 else None
             if constant is not None:  # LEFT(subject, 4): the 4 needs no call
-                return _native_call_constant(function, fns[0], constant[0]), function.returns
-            return _native_call(function, fns), function.returns
-        return _user_call(function, fns), function.returns
+                return native_call_constant(function, fns[0], constant[0]), function.returns
+            return native_call(function, fns), function.returns
+        return user_call(function, fns), function.returns
 
     def _constant(self, node: Node, target: str) -> tuple[Any] | None:
         """``(value,)`` when ``node`` is a literal that casts to ``target`` without error."""
@@ -489,7 +373,7 @@ class Compiler:
         """``node`` as a Boolean: True, False, or None when an error occurred."""
         kind = node[0]
         if kind == "bin" and node[1] in ("AND", "OR", "XOR"):
-            return _logic_test(node[1], self.test(node[2]), self.test(node[3]))
+            return logic_test(node[1], self.test(node[2]), self.test(node[3]))
         if kind == "not":
             inner = self.test(node[1])
 
@@ -500,24 +384,24 @@ class Compiler:
             return not_
         if kind == "exists":
             name = node[1]
-            if name in _REQUIRED:
+            if name in REQUIRED:
                 return lambda a: True
             return lambda a: a.get(name) is not None
-        slow = _via(self.typed(node, BOOLEAN))
+        slow = via(self.typed(node, BOOLEAN))
         if kind == "bin" and node[1] in ("=", "!=", "<>"):
             left, right = node[2], node[3]
             if left[0] == "id" and right[0] == "lit":
-                return _equals_test(left[1], right[1], node[1] == "=", slow)
-        if kind == "bin" and node[1] in _COMPARE:
+                return equals_test(left[1], right[1], node[1] == "=", slow)
+        if kind == "bin" and node[1] in COMPARE:
             left, right = node[2], node[3]
             if left[0] == "call" and self._is_cast(left, INTEGER):
                 left = left[2][0]
             if left[0] == "id" and right[0] == "lit" and type(right[1]) is int:
-                return _order_test(left[1], node[1], right[1], slow)
+                return order_test(left[1], node[1], right[1], slow)
         if kind == "like" and node[1][0] == "id":
-            return _like_test(node[1][1], like_matcher(node[2]), node[2], node[3], slow)
+            return like_test(node[1][1], like_matcher(node[2]), node[2], node[3], slow)
         if kind == "in" and node[1][0] == "id" and all(item[0] == "lit" for item in node[2]):
-            return _in_test(node[1][1], [item[1] for item in node[2]], node[3], slow)
+            return in_test(node[1][1], [item[1] for item in node[2]], node[3], slow)
         return slow
 
     def conjuncts(self, node: Node) -> list[Node]:
@@ -582,331 +466,3 @@ def string_passes(tree: Node, functions: FunctionRegistry) -> int:
         elif kind == "like":
             passes += scan_passes(node[2])
     return passes
-
-
-# -- arithmetic (spec.md 3.4.2) -------------------------------------------------------
-
-
-def _overflow(what: str) -> CesqlError:
-    return MathError(f"{what} overflows a 32-bit integer")
-
-
-def _checked(result: int, what: str, e: Errors) -> int:
-    if INT32_MIN <= result <= INT32_MAX:
-        return result
-    e.append(_overflow(what))
-    return 0
-
-
-def _add(x: int, y: int, e: Errors) -> int:
-    return _checked(x + y, f"{x} + {y}", e)
-
-
-def _subtract(x: int, y: int, e: Errors) -> int:
-    return _checked(x - y, f"{x} - {y}", e)
-
-
-def _multiply(x: int, y: int, e: Errors) -> int:
-    return _checked(x * y, f"{x} * {y}", e)
-
-
-def _quotient(x: int, y: int) -> int:
-    # "rounded towards 0": Python's // rounds towards negative infinity.
-    q = abs(x) // abs(y)
-    return q if (x < 0) == (y < 0) else -q
-
-
-def _divide(x: int, y: int, e: Errors) -> int:
-    if y == 0:
-        e.append(MathError(f"{x} / 0: division by zero"))  # "Returns 0 and a MathError"
-        return 0
-    return _checked(_quotient(x, y), f"{x} / {y}", e)  # -2147483648 / -1 overflows
-
-
-def _remainder(x: int, y: int, e: Errors) -> int:
-    if y == 0:
-        e.append(MathError(f"{x} % 0: division by zero"))
-        return 0
-    return x - y * _quotient(x, y)  # "the result has the same sign as x"
-
-
-_ARITHMETIC: dict[str, Callable[[int, int, Errors], int]] = {
-    "+": _add,
-    "-": _subtract,
-    "*": _multiply,
-    "/": _divide,
-    "%": _remainder,
-}
-
-
-# -- closures for common shapes ---------------------------------------------------------
-
-
-def _typed_attribute(name: str, target: str) -> Fn:
-    """An attribute cast to ``target``: the value itself when it has that type."""
-    cast = CASTS[target]
-    if target == INTEGER:
-
-        def integer_attribute(a: Attributes, e: Errors) -> Any:
-            value = a.get(name)
-            if type(value) is int and INT32_MIN <= value <= INT32_MAX:
-                return value
-            if type(value) is str:
-                number = _fast_int(value)
-                if number is not None:
-                    return number
-            value = read(a, name, e)
-            return value if value is MISSING else to_integer(value, e)
-
-        return integer_attribute
-    kind = PYTHON_TYPE[target]
-
-    def attribute_as(a: Attributes, e: Errors) -> Any:
-        value = a.get(name)
-        if type(value) is kind:
-            return value
-        value = read(a, name, e)
-        return value if value is MISSING else cast(value, e)
-
-    return attribute_as
-
-
-def _in_literals(lf: Fn, literals: list[Any], negated: bool) -> Fn:
-    """``x IN (literal, ...)``: the set cast once per possible type of ``x`` (3.4.5)."""
-    table: dict[str, tuple[frozenset[Any], tuple[CesqlError, ...]]] = {}
-    for target, cast in CASTS.items():
-        errors: Errors = []
-        table[target] = (frozenset(cast(literal, errors) for literal in literals), tuple(errors))
-
-    def in_literals(a: Attributes, e: Errors) -> Any:
-        x = lf(a, e)
-        if x is MISSING:
-            return False
-        values, errors = table[type_of(x)]
-        if errors:
-            e.extend(errors)  # every element is cast, wherever the match is (3.1)
-        return (x in values) is not negated
-
-    return in_literals
-
-
-def _native_call(function: Function, fns: list[Fn]) -> Fn:
-    implementation = function.implementation
-    zero = ZERO[function.returns]
-    if len(fns) == 1:
-        (f0,) = fns
-
-        def call1(a: Attributes, e: Errors) -> Any:
-            x = f0(a, e)
-            return zero if x is MISSING else implementation(e, x)
-
-        return call1
-    if len(fns) == 2:
-        f0, f1 = fns
-
-        def call2(a: Attributes, e: Errors) -> Any:
-            x, y = f0(a, e), f1(a, e)
-            if x is MISSING or y is MISSING:
-                return zero
-            return implementation(e, x, y)
-
-        return call2
-
-    def call(a: Attributes, e: Errors) -> Any:
-        values = [fn(a, e) for fn in fns]
-        for value in values:
-            if value is MISSING:
-                return zero
-        return implementation(e, *values)
-
-    return call
-
-
-def _native_call_constant(function: Function, first: Fn, second: Any) -> Fn:
-    implementation = function.implementation
-    zero = ZERO[function.returns]
-
-    def call_constant(a: Attributes, e: Errors) -> Any:
-        x = first(a, e)
-        return zero if x is MISSING else implementation(e, x, second)
-
-    return call_constant
-
-
-def _equals_literal(lf: Fn, literal: Any, equal: bool) -> Fn:
-    if equal:
-
-        def equals(a: Attributes, e: Errors) -> Any:
-            x = lf(a, e)
-            return False if x is MISSING else x == literal
-
-        return equals
-
-    def differs(a: Attributes, e: Errors) -> Any:
-        x = lf(a, e)
-        return False if x is MISSING else x != literal
-
-    return differs
-
-
-def _user_call(function: Function, fns: list[Fn]) -> Fn:
-    implementation = function.implementation
-    zero = ZERO[function.returns]
-    returns = PYTHON_TYPE[function.returns]
-    name = function.name
-
-    def call(a: Attributes, e: Errors) -> Any:
-        values = [fn(a, e) for fn in fns]
-        for value in values:
-            if value is MISSING:
-                return zero
-        result: Any
-        try:
-            result = implementation(*values)
-        except FunctionFailed as failed:
-            e.append(failed.error)
-            result = failed.value
-        except Exception as exc:  # a user function's bug must not escape evaluate()
-            e.append(FunctionEvaluationError(f"{name} failed: {type(exc).__name__}: {exc}"))
-            return zero
-        # 3.5.3: a user function that fails "to provide a valid return value for
-        # their return type": the zero value and a FunctionEvaluationError.
-        if type(result) is not returns or (returns is int and not _is_int32(result)):
-            e.append(
-                FunctionEvaluationError(f"{name} returned {result!r}, not a {function.returns}")
-            )
-            return zero
-        return result
-
-    return call
-
-
-# -- tests ---------------------------------------------------------------------------
-
-
-def _via(fn: Fn) -> Test:
-    """The general closure as a test: its Boolean value, or None if it reported errors."""
-
-    def test(a: Attributes) -> bool | None:
-        errors: Errors = []
-        value = fn(a, errors)
-        return None if errors else value
-
-    return test
-
-
-def _logic_test(op: str, left: Test, right: Test) -> Test:
-    if op == "AND":
-
-        def and_(a: Attributes) -> bool | None:
-            x = left(a)
-            return x if x is not True else right(a)
-
-        return and_
-    if op == "OR":
-
-        def or_(a: Attributes) -> bool | None:
-            x = left(a)
-            return x if x is not False else right(a)
-
-        return or_
-
-    def xor(a: Attributes) -> bool | None:
-        x, y = left(a), right(a)
-        if x is None or y is None:
-            return None
-        return x is not y
-
-    return xor
-
-
-def _equals_test(name: str, literal: Any, equal: bool, slow: Test) -> Test:
-    kind = type(literal)
-    if kind is int:
-
-        def int_equals(a: Attributes) -> bool | None:
-            value = a.get(name)
-            if type(value) is int and INT32_MIN <= value <= INT32_MAX:
-                return (value == literal) is equal
-            return slow(a)
-
-        return int_equals
-    if equal:
-
-        def equals(a: Attributes) -> bool | None:
-            value = a.get(name)
-            if type(value) is kind:
-                return value == literal  # type: ignore[no-any-return]
-            return slow(a)
-
-        return equals
-
-    def differs(a: Attributes) -> bool | None:
-        value = a.get(name)
-        if type(value) is kind:
-            return value != literal  # type: ignore[no-any-return]
-        return slow(a)
-
-    return differs
-
-
-def _order_test(name: str, op: str, bound: int, slow: Test) -> Test:
-    compare = getattr(bound, _MIRRORED[op])
-
-    def order(a: Attributes) -> bool | None:
-        value = a.get(name)
-        if type(value) is str:
-            if len(value) < 10 and value.isdigit() and value.isascii():
-                return compare(int(value))  # type: ignore[no-any-return]
-        elif type(value) is int and INT32_MIN <= value <= INT32_MAX:
-            return compare(value)  # type: ignore[no-any-return]
-        return slow(a)
-
-    return order
-
-
-def _like_test(
-    name: str, matcher: Callable[[str], bool], pattern: str, negated: bool, slow: Test
-) -> Test:
-    if not negated and pattern.endswith("%") and not any(c in pattern[:-1] for c in "%_\\"):
-        prefix = pattern[:-1]  # `subject LIKE 'greenhouse/%'`, the common filter
-
-        def starts_with(a: Attributes) -> bool | None:
-            value = a.get(name)
-            if type(value) is str:
-                return value.startswith(prefix)
-            return slow(a)
-
-        return starts_with
-
-    def like(a: Attributes) -> bool | None:
-        value = a.get(name)
-        if type(value) is str:
-            return matcher(value) is not negated
-        return slow(a)
-
-    return like
-
-
-def _in_test(name: str, literals: list[Any], negated: bool, slow: Test) -> Test:
-    # The set cast once per possible type of the attribute; a type whose cast
-    # reports errors takes the slow path (which reports them).
-    sets: dict[type, frozenset[Any]] = {}
-    for kind, target in ((str, STRING), (int, INTEGER), (bool, BOOLEAN)):
-        errors: Errors = []
-        values = frozenset(CASTS[target](literal, errors) for literal in literals)
-        if not errors:
-            sets[kind] = values
-
-    strings = sets[str]  # a cast to String never fails
-
-    def in_set(a: Attributes) -> bool | None:
-        value = a.get(name)
-        if type(value) is str:
-            return (value in strings) is not negated
-        values = sets.get(type(value))
-        if values is None or (type(value) is int and not INT32_MIN <= value <= INT32_MAX):
-            return slow(a)
-        return (value in values) is not negated
-
-    return in_set

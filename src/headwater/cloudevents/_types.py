@@ -35,8 +35,9 @@ INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
 
 # spec.md "Attribute Naming Convention": lower-case ASCII letters and digits.
-# Headwater enforces the SHOULD of at most 20 characters as a MUST (issue #2),
-# which every attribute defined by the CloudEvents and Knative specs satisfies.
+# Headwater enforces the SHOULD of at most 20 characters as a MUST, which every
+# attribute defined by the CloudEvents and Knative specs satisfies: an event
+# Headwater accepts can travel through any binding whose receivers enforce it.
 MAX_NAME_LENGTH: Final = 20
 _ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}", re.ASCII).fullmatch
 

@@ -50,7 +50,7 @@ from headwater.state import Bucket, StateError
 from headwater.state.jetstream import JetStreamStore
 
 if TYPE_CHECKING:
-    from headwater.mqtt.nats_mesh import MqttMesh
+    from headwater.cluster.mqtt.span import MqttMesh
     from headwater.runtime.reconciler import Component, Key
     from headwater.runtime.runtime import Runtime
 
@@ -226,7 +226,15 @@ class Mesh:
         await asyncio.sleep(0.5)
 
     def bind(self, runtime: Runtime) -> None:
+        """The runtime that runs on this mesh's log and store (it closes them from now on)."""
         self.runtime = runtime
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "servers": list(self.options.servers),
+            "namespace": self.namespace,
+            "replicas": self.replicas,
+        }
 
     async def close(self) -> None:
         """Leave the registry and close what :meth:`open` opened (the runtime closes
@@ -272,7 +280,8 @@ class Mesh:
 
     def mqtt(self, source: str, max_message_size: int) -> MqttMesh:
         """The router and session store of the MqttBrokerSource ``source`` (``ns/name``)."""
-        from headwater.mqtt.nats_mesh import MeshLink, MqttMesh
+        from headwater.cluster.mqtt.link import MeshLink
+        from headwater.cluster.mqtt.span import MqttMesh
 
         assert self.state is not None
         options = self.options

@@ -8,6 +8,7 @@ Every destination is a :class:`Sink` (:class:`HttpSink` for HTTP receivers,
 :class:`DeliverySpec`: timeout, retry with backoff, dead letter sink.
 """
 
+from headwater.eventing._aiohttp import AiohttpTransport, new_session
 from headwater.eventing._fanout import Saturated
 from headwater.eventing.broker import DEFAULT_TTL, TTL_EXTENSION, Broker
 from headwater.eventing.channel import Channel
@@ -20,7 +21,6 @@ from headwater.eventing.delivery import (
     backoff,
     dead_letter_event,
     effective_delivery,
-    parse_duration,
     parse_retry_after,
     should_retry,
 )
@@ -32,10 +32,11 @@ from headwater.eventing.filters import (
     compile_filters,
     compile_trigger_filter,
 )
-from headwater.eventing.http import HttpSink, new_session
+from headwater.eventing.http import HttpSink
 from headwater.eventing.ingress import Ingress, IngressServer
 from headwater.eventing.sink import DeliveryError, RecordingSink, Sink
 from headwater.eventing.subscription import Subscription
+from headwater.eventing.transport import DeliveryTransport, TransportError
 from headwater.eventing.trigger import Trigger
 
 __all__ = [
@@ -43,12 +44,14 @@ __all__ = [
     "DEFAULT_TTL",
     "MATCH_ALL",
     "TTL_EXTENSION",
+    "AiohttpTransport",
     "Broker",
     "Channel",
     "Deliverer",
     "DeliveryError",
     "DeliverySpec",
     "DeliveryStats",
+    "DeliveryTransport",
     "Dispatcher",
     "EventFilter",
     "FilterError",
@@ -62,6 +65,7 @@ __all__ = [
     "Saturated",
     "Sink",
     "Subscription",
+    "TransportError",
     "Trigger",
     "backoff",
     "compile_filters",
@@ -69,7 +73,6 @@ __all__ = [
     "dead_letter_event",
     "effective_delivery",
     "new_session",
-    "parse_duration",
     "parse_retry_after",
     "should_retry",
 ]

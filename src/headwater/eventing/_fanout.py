@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
+from headwater.backoff import Backoff
 from headwater.cloudevents import CloudEvent
 from headwater.eventing.delivery import (
     Deliverer,
@@ -306,7 +307,7 @@ class Fanout(Generic[M]):
         self._tasks[key] = asyncio.create_task(self._supervise(dispatcher), name=key)
 
     async def _supervise(self, dispatcher: Dispatcher) -> None:
-        delay = RESTART_DELAY[0]
+        delays = Backoff(*RESTART_DELAY)
         while True:
             try:
                 await dispatcher.run()
@@ -314,11 +315,11 @@ class Fanout(Generic[M]):
                 raise
             except Exception as exc:
                 dispatcher.stats.failed(f"dispatcher failed: {exc}")
+                delay = delays.next()
                 log.exception(
                     "%s: dispatcher failed; restarting in %.1fs", dispatcher.consumer, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_DELAY[1])
 
     def dispatchers(self) -> dict[str, Dispatcher]:
         return dict(self._dispatchers)

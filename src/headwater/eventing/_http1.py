@@ -8,10 +8,12 @@ expensive step an event went through. A delivery needs much less: one
 POST of bytes already encoded, to a handful of origins, over pooled
 keep-alive connections, and the status, headers and a bounded body back.
 This does that and nothing else; the parsing is httptools' (llhttp, the
-parser of Node.js), so the wire format is not ours to get wrong.
+parser of Node.js), so the wire format is not ours to get wrong. Why it
+exists beside aiohttp and the worker: :mod:`headwater.eventing.transport` and
+docs/architecture.md, "Decisions".
 
-Semantics (the same as :func:`headwater.eventing.http.post`, which the
-in-process sink uses with aiohttp): redirects are not followed, no
+It is a :class:`~headwater.eventing.transport.DeliveryTransport` as it
+stands. Semantics (those of every transport): redirects are not followed, no
 Content-Type is added, the body read stops a little over ``max_body``
 bytes (the connection is then closed), ``gzip``/``deflate`` responses are
 decompressed, credentials in the URL become Basic authorization. Requests
@@ -52,26 +54,19 @@ from urllib.parse import quote, unquote, urlsplit
 import httptools
 
 from headwater import __version__
+from headwater.eventing.transport import (
+    DEFAULT_POOL_SIZE,
+    KEEPALIVE_TIMEOUT,
+    Response,
+    TransportError,
+)
 
-__all__ = ["DEFAULT_POOL_SIZE", "KEEPALIVE_TIMEOUT", "Http1Client", "HttpError", "Response"]
+__all__ = ["Http1Client", "HttpError"]
 
 USER_AGENT: Final = f"headwater/{__version__}"
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 """A header name (RFC 9110, 5.1: a token)."""
-
-DEFAULT_POOL_SIZE: Final = 256
-"""Connections kept open across all origins (aiohttp's sessions here use it too).
-Each in-flight delivery holds one; at the default unordered max in-flight (100)
-one busy Trigger can use them all, and further requests wait for a free
-connection (backpressure, not failure)."""
-
-KEEPALIVE_TIMEOUT: Final = 30.0
-"""Seconds after which an idle keep-alive connection is closed."""
-
-MAX_RESPONSE_BYTES: Final = 1024 * 1024 + 64 * 1024
-"""The largest response body a delivery reads: a reply is one event, which a broker
-would refuse above 1 MiB anyway; error bodies are truncated to 1 KiB later."""
 
 _TARGETS_KEPT: Final = 1024
 """Parsed URLs kept (a delivery goes to few; the cache is dropped when full)."""
@@ -90,15 +85,8 @@ _PATH_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"
 non-ASCII character are percent-encoded (UTF-8), as aiohttp's yarl does."""
 
 
-class HttpError(ConnectionError):
+class HttpError(TransportError):
     """No usable response came: refused, reset, malformed, or the request could not be made."""
-
-
-class Response(NamedTuple):
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
 
 
 class _Target(NamedTuple):

@@ -37,14 +37,14 @@ import bisect
 import email.utils
 import enum
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
 from headwater.cloudevents import CloudEvent
+from headwater.durations import parse_duration
 from headwater.eventing.expiry import expired
 from headwater.eventing.sink import DeliveryError, Sink
 from headwater.logs import Throttle
@@ -61,7 +61,6 @@ __all__ = [
     "backoff",
     "dead_letter_event",
     "effective_delivery",
-    "parse_duration",
     "parse_retry_after",
     "should_retry",
 ]
@@ -88,38 +87,6 @@ DEFAULT_RETRY_AFTER_MAX: Final = 60.0
 MAX_BACKOFF: Final = 3600.0
 # knativeerrordata holds at most this many bytes of the response body.
 ERROR_DATA_LIMIT: Final = 1024
-
-# -- ISO 8601 durations ------------------------------------------------------------
-
-# The duration units Knative accepts: no years or months (their length varies).
-_DURATION = re.compile(
-    r"P(?!\Z)(?:(?P<weeks>\d+(?:[.,]\d+)?)W)?(?:(?P<days>\d+(?:[.,]\d+)?)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+(?:[.,]\d+)?)H)?(?:(?P<minutes>\d+(?:[.,]\d+)?)M)?"
-    r"(?:(?P<seconds>\d+(?:[.,]\d+)?)S)?)?\Z"
-)
-_UNIT_SECONDS: Final = {
-    "weeks": 604800.0,
-    "days": 86400.0,
-    "hours": 3600.0,
-    "minutes": 60.0,
-    "seconds": 1.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in an ISO 8601 duration (``PT0.2S``, ``PT10S``, ``PT1M30S``, ``P1D``).
-
-    Raises ``ValueError`` naming the input when it is not one.
-    """
-    m = _DURATION.match(text) if isinstance(text, str) else None
-    if m is None or not any(m.groupdict().values()):
-        raise ValueError(f"{text!r} is not an ISO 8601 duration (e.g. PT0.2S, PT10S, PT1M)")
-    return sum(
-        float(value.replace(",", ".")) * _UNIT_SECONDS[unit]
-        for unit, value in m.groupdict().items()
-        if value is not None
-    )
-
 
 # -- the policy ---------------------------------------------------------------------
 
@@ -200,9 +167,6 @@ class DeliverySpec:
                 raise ValueError("deadLetterSink given but no way to resolve destinations")
             kwargs["dead_letter_sink"], kwargs["dead_letter_uri"] = resolve_sink(destination)
         return cls(**kwargs)
-
-    def with_dead_letter(self, sink: Sink | None, uri: str | None = None) -> DeliverySpec:
-        return replace(self, dead_letter_sink=sink, dead_letter_uri=uri)
 
 
 def effective_delivery(own: DeliverySpec | None, default: DeliverySpec | None) -> DeliverySpec:
@@ -322,18 +286,6 @@ class LatencyHistogram:
         self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.count += 1
         self.sum += seconds
-
-    def quantile(self, q: float) -> float | None:
-        """An upper bound of the q-quantile (the bucket boundary it falls under)."""
-        if self.count == 0:
-            return None
-        rank = q * self.count
-        seen = 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            seen += n
-            if seen >= rank:
-                return bound
-        return float("inf")
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -30,6 +30,7 @@ import contextlib
 import logging
 from typing import Any, Final, Literal
 
+from headwater.backoff import Backoff
 from headwater.eventing.delivery import Deliverer, DeliveryStats
 from headwater.eventing.filters import MATCH_ALL, EventFilter
 from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Start
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 Ordering = Literal["ordered", "unordered"]
 
 DEFAULT_MAX_INFLIGHT: Final = 100
-"""Unfinished events per dispatcher (issue 5, like Knative's Kafka broker default
-of 100 in-flight requests per consumer). When reached, reading pauses until a
+"""Unfinished events per dispatcher (like Knative's Kafka broker default of 100
+in-flight requests per consumer). When reached, reading pauses until a
 delivery ends: the log is the buffer."""
 
 READ_BATCH: Final = 256
@@ -135,7 +136,7 @@ class Dispatcher:
         self._queues.clear()
         self._acks.clear()
         self._room.set()
-        retry_delay = LOG_RETRY_DELAY[0]
+        retry = Backoff(*LOG_RETRY_DELAY)
         loop = asyncio.get_running_loop()
         next_lag = loop.time()
         try:
@@ -153,10 +154,9 @@ class Dispatcher:
                     except LogUnavailable as exc:
                         self.stats.failed(f"log: {exc}")
                         log.warning("%s: log unavailable, retrying: %s", self.consumer, exc)
-                        await asyncio.sleep(retry_delay)
-                        retry_delay = min(retry_delay * 2, LOG_RETRY_DELAY[1])
+                        await asyncio.sleep(retry.next())
                         continue
-                    retry_delay = LOG_RETRY_DELAY[0]
+                    retry.reset()
                     self._ready.set()
                     if self._draining:
                         # Read before the drain began: left unacknowledged, so

@@ -40,18 +40,19 @@ from typing import Any, Final, cast
 
 import orjson
 
-from headwater.eventing._http1 import MAX_RESPONSE_BYTES, Http1Client, Response
+from headwater.eventing._http1 import Http1Client
+from headwater.eventing.transport import MAX_RESPONSE_BYTES, Response, TransportError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpWorker", "Response", "WorkerGone"]
+__all__ = ["HttpWorker", "WorkerGone"]
 
 _LENGTHS: Final = struct.Struct("!II")
 STOP_TIMEOUT: Final = 5.0
 """Seconds the worker gets to finish its requests once told to stop."""
 
 
-class WorkerGone(ConnectionError):
+class WorkerGone(TransportError):
     """The request had no response: the worker could not be started or exited."""
 
 
@@ -126,7 +127,9 @@ class _Responses(asyncio.SubprocessProtocol):
 
 
 class HttpWorker:
-    """POSTs through a worker process; started on first use, restarted after an exit."""
+    """POSTs through a worker process; started on first use, restarted after an exit.
+
+    A :class:`~headwater.eventing.transport.DeliveryTransport` as it stands."""
 
     def __init__(self, pool_size: int | None = None) -> None:
         self.pool_size = pool_size

@@ -10,6 +10,9 @@ CloudEvents HTTP binding (binary, structured or batched mode, decided by
 Content-Type). The answer follows Knative's broker ingress:
 
 - ``202`` once every event of the request is durable in the log;
+- ``401`` with ``WWW-Authenticate: Bearer`` when the broker requires a bearer
+  token (``token``: Headwater's ``headwater.dev/ingress-token`` annotation)
+  and the request does not carry it, compared in constant time;
 - ``400`` with the reason for anything that is not a valid CloudEvent (or a
   body that ends early: the peer left, which is one throttled warning, as
   every peer's mistake, never a traceback);
@@ -42,7 +45,14 @@ from headwater.cloudevents import (
     from_http,
 )
 from headwater.eventing._fanout import Saturated
-from headwater.http_guard import BodyTooLarge, PeerAborted, PeerLogger, read_body
+from headwater.http_guard import (
+    BEARER_CHALLENGE,
+    BodyTooLarge,
+    PeerAborted,
+    PeerLogger,
+    bearer_matches,
+    read_body,
+)
 from headwater.log import EventTooLarge, LogUnavailable, StreamNotFound
 
 __all__ = [
@@ -91,11 +101,15 @@ class Acceptor(Protocol):
 Lookup = Callable[[str, str], Acceptor | None]
 """``lookup(namespace, name)``: the broker at that path, or None."""
 
+TokenLookup = Callable[[str, str], str | None]
+"""``token(namespace, name)``: the bearer token the broker at that path requires, or None."""
+
 
 class Ingress:
     """The HTTP ingress of every Broker that ``lookup`` knows; ``app()`` is the aiohttp app.
 
-    ``what`` names what ``lookup`` finds in answers ("broker", "channel").
+    ``what`` names what ``lookup`` finds in answers ("broker", "channel");
+    ``token``, when given, says which ones require a bearer token.
     """
 
     def __init__(
@@ -104,8 +118,10 @@ class Ingress:
         *,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         what: str = "broker",
+        token: TokenLookup | None = None,
     ) -> None:
         self._lookup = lookup
+        self._token = token
         self.max_batch_bytes = max_batch_bytes
         self.what = what
         self.responses: Counter[int] = Counter()
@@ -131,6 +147,14 @@ class Ingress:
             return _text(405, f"method {request.method} not allowed; use POST", Allow=_ALLOW)
         namespace = request.match_info["namespace"]
         name = request.match_info["name"]
+        required = self._token(namespace, name) if self._token is not None else None
+        if required and not bearer_matches(request, required):
+            # RFC 6750 3: a request without (or with a wrong) token gets the challenge.
+            return _text(
+                401,
+                f"{self.what} {namespace}/{name} needs its bearer token",
+                **{"WWW-Authenticate": BEARER_CHALLENGE},
+            )
         broker = self._lookup(namespace, name)
         if broker is None:
             return _text(404, f"{self.what} {namespace}/{name} not found")

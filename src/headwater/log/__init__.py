@@ -5,7 +5,13 @@ and pass one contract suite: :class:`MemoryLog` (tests, ephemeral channels),
 :class:`SqliteLog` (the embedded default) and :class:`JetStreamLog` (NATS
 JetStream, for scale-out). Offsets, positions and the off-by-one rule are
 described in :mod:`headwater.log.base`.
+
+:class:`JetStreamLog` is imported on first use (``headwater.log.JetStreamLog``
+or ``from headwater.log import JetStreamLog``): a node on SQLite never loads
+the NATS client.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from headwater.log.base import (
     DEFAULT_BATCH,
@@ -30,9 +36,11 @@ from headwater.log.base import (
     StreamInfo,
     StreamNotFound,
 )
-from headwater.log.jetstream import JetStreamLog
 from headwater.log.memory import MemoryLog
 from headwater.log.sqlite import SqliteLog
+
+if TYPE_CHECKING:
+    from headwater.log.jetstream import JetStreamLog
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -60,3 +68,12 @@ __all__ = [
     "StreamInfo",
     "StreamNotFound",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the NATS backend (and the nats client under it) loads when named.
+    if name == "JetStreamLog":
+        from headwater.log.jetstream import JetStreamLog
+
+        return JetStreamLog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,6 +81,3 @@ class Cursor:
     def take_redeliveries(self, limit: int) -> list[int]:
         taken, self.redeliver = self.redeliver[:limit], self.redeliver[limit:]
         return taken
-
-    def is_pending(self, offset: int) -> bool:
-        return offset in self._pending

@@ -14,7 +14,9 @@ acknowledged. After a restart, delivery resumes at the first retained offset
 out of order, and the position only moves past an offset once everything below
 it is acknowledged (a low-water mark), so a crash redelivers but never skips:
 entries above ``p`` come again, those acknowledged out of order included (the
-SQLite backend persists only ``p``), and need their ack again.
+SQLite backend persists only ``p``), and need their ack again. The whole
+contract is listed in docs/architecture.md, "The log's guarantees", and every
+backend passes ``tests/contract/test_log_contract.py``.
 """
 
 from __future__ import annotations

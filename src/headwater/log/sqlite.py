@@ -14,7 +14,8 @@ How this works:
   which must not stop the event loop); with ``normal``, where a commit is a
   write into the WAL, the groups are written on the event loop itself, after
   the rest of its pass (:class:`~headwater.log._sqlite_writer.LoopWriter`:
-  no thread hand-overs, which cost more than the commit). ``commit_window``
+  no thread hand-overs, which cost more than the commit; the figures are in
+  docs/architecture.md, "Decisions"). ``commit_window``
   adds an optional wait for more work. WAL checkpoints run on a thread of
   their own, not inside an append's commit.
 - **Durability**: ``"fsync"`` runs ``synchronous=FULL`` (every commit is on

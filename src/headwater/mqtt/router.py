@@ -61,7 +61,7 @@ class Router(Protocol):
         """Every subscription: (match filter, share name, client id, subscription)."""
 
 
-# A router that spans several broker processes (headwater.mqtt.nats_router) may
+# A router that spans several broker processes (headwater.cluster.mqtt.router) may
 # also have, and the broker then uses them:
 #   bind(broker)             when the broker starts using it (it may wrap broker.hook);
 #   pending(client_id)       what a SUBSCRIBE/UNSUBSCRIBE must wait for before its

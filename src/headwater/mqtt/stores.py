@@ -77,7 +77,7 @@ class SessionStore(Protocol):
     async def close(self) -> None: ...
 
 
-# A store shared by several broker processes (headwater.mqtt.nats_sessions) loads
+# A store shared by several broker processes (headwater.cluster.mqtt.sessions) loads
 # no sessions at start, and may have, for the broker to use:
 #   claim(client_id, clean_start, owner, will) -> Session | None
 #                            at CONNECT, before the session is attached: the

@@ -1,6 +1,11 @@
-"""Resources in Knative's shapes: models of every kind and the YAML loader."""
+"""Resources in Knative's shapes: models of every kind and the YAML loader.
 
-from headwater.eventing import parse_duration
+A light layer (docs/architecture.md, "Layers"): importing it loads no HTTP or
+NATS client, no prometheus_client and no sink or log I/O; what it validates
+it checks through pure modules (durations, the MQTT mapping, the sinks'
+specs), so that ``headwater apply`` and the loader stay quick to start.
+"""
+
 from headwater.resources.kinds import ADDRESSABLE_KINDS, KINDS
 from headwater.resources.loader import (
     ConfigError,
@@ -60,7 +65,6 @@ __all__ = [
     "load_document",
     "load_paths",
     "load_text",
-    "parse_duration",
     "parse_start",
     "reference_problems",
 ]

@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from headwater.eventing import parse_duration
+from headwater.durations import parse_duration
 
 # Kubernetes object names: RFC 1123 DNS labels (subdomains for most kinds).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
@@ -31,7 +31,21 @@ START_ANNOTATION = "headwater.dev/start"
 MAX_INFLIGHT_ANNOTATION = "headwater.dev/max-inflight"
 BROKER_CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 INGRESS_TOKEN_ANNOTATION = "headwater.dev/ingress-token"
+"""A Broker's own bearer token for its HTTP ingress (use ``${ENV}`` to keep it out of files)."""
+RETENTION_MAX_AGE_ANNOTATION = "headwater.dev/retention-max-age"
+RETENTION_MAX_BYTES_ANNOTATION = "headwater.dev/retention-max-bytes"
+RETENTION_MAX_EVENTS_ANNOTATION = "headwater.dev/retention-max-events"
+"""A Broker's stream retention (an ISO 8601 duration, bytes with an optional
+Ki/Mi/Gi suffix, a count): past any of them the oldest events are dropped.
+Knative's Kafka broker sets this per topic in a ConfigMap; a Broker here has
+no ConfigMap, so it is an annotation. Unset: kept until deleted."""
+
+_QUANTITY = re.compile(r"([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?\Z")
+_UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
 REPLICAS_ANNOTATION = "headwater.dev/replicas"
+"""Copies of a Broker's or Channel's stream in a mesh (JetStream's replicas)."""
 MAX_REPLICAS = 5
 """JetStream keeps at most five copies of a stream."""
 
@@ -47,20 +61,6 @@ def replicas_annotation(annotations: dict[str, str]) -> int | None:
             f"{MAX_REPLICAS}, not {text!r}"
         )
     return int(text)
-
-
-"""A Broker's own bearer token for its HTTP ingress (use ``${ENV}`` to keep it out of files)."""
-RETENTION_MAX_AGE_ANNOTATION = "headwater.dev/retention-max-age"
-RETENTION_MAX_BYTES_ANNOTATION = "headwater.dev/retention-max-bytes"
-RETENTION_MAX_EVENTS_ANNOTATION = "headwater.dev/retention-max-events"
-"""A Broker's stream retention (an ISO 8601 duration, bytes with an optional
-Ki/Mi/Gi suffix, a count): past any of them the oldest events are dropped.
-Knative's Kafka broker sets this per topic in a ConfigMap; a Broker here has
-no ConfigMap, so it is an annotation. Unset: kept until deleted."""
-
-_QUANTITY = re.compile(r"([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?\Z")
-_UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 def parse_quantity(text: str) -> int:

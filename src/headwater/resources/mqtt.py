@@ -34,7 +34,7 @@ _BROKER_URL = re.compile(
 
 
 class MqttMapping(Model):
-    """How an MQTT message becomes a CloudEvent (ARCHITECTURE.md, "MQTT to CloudEvents")."""
+    """How an MQTT message becomes a CloudEvent (see :mod:`headwater.sources.mapping`)."""
 
     topic_pattern: str | None = None
     type: str = DEFAULT_TYPE

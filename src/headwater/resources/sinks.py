@@ -17,9 +17,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from headwater.eventing import parse_duration
+from headwater.durations import parse_duration
 from headwater.resources.models import Duration, Model, Resource
-from headwater.sinks import influxdb, prometheus
+from headwater.sinks import metricspec
+from headwater.sinks.influx_target import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BUFFERED,
+    DEFAULT_MAX_CONCURRENT_WRITES,
+    InfluxTarget,
+)
 from headwater.sinks.lineprotocol import PointMapping, Precision
 
 __all__ = [
@@ -88,10 +94,10 @@ class InfluxDBSinkSpec(Model):
     bucket: str | None = None
     token_env: str | None = None
     mapping: InfluxDBMapping = Field(default_factory=InfluxDBMapping)
-    batch_size: int = Field(default=influxdb.DEFAULT_BATCH_SIZE, ge=1, le=1_000_000)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=1_000_000)
     flush_interval: Duration = "PT0.01S"
-    max_buffered_points: int = Field(default=influxdb.DEFAULT_MAX_BUFFERED, ge=1)
-    max_concurrent_writes: int = Field(default=influxdb.DEFAULT_MAX_CONCURRENT_WRITES, ge=1, le=64)
+    max_buffered_points: int = Field(default=DEFAULT_MAX_BUFFERED, ge=1)
+    max_concurrent_writes: int = Field(default=DEFAULT_MAX_CONCURRENT_WRITES, ge=1, le=64)
     write_timeout: Duration = "PT10S"
 
     _duration = field_validator("flush_interval", "write_timeout")(_duration)
@@ -105,9 +111,9 @@ class InfluxDBSinkSpec(Model):
         self.target(resolve_secrets=False)  # url, database/bucket, org
         return self
 
-    def target(self, *, resolve_secrets: bool = True) -> influxdb.InfluxTarget:
+    def target(self, *, resolve_secrets: bool = True) -> InfluxTarget:
         """The write target; with ``resolve_secrets`` the password/token are read from the env."""
-        return influxdb.InfluxTarget(
+        return InfluxTarget(
             self.url,
             database=self.database,
             retention_policy=self.retention_policy,
@@ -144,11 +150,11 @@ class PrometheusMetric(Model):
 
     @model_validator(mode="after")
     def _compiles(self) -> PrometheusMetric:
-        prometheus.PrometheusSink([self.to_spec()])
+        self.to_spec()  # the spec refuses bad names and a value that does not compile
         return self
 
-    def to_spec(self) -> prometheus.MetricSpec:
-        return prometheus.MetricSpec(
+    def to_spec(self) -> metricspec.MetricSpec:
+        return metricspec.MetricSpec(
             self.name, self.type, self.help, self.value, dict(self.labels), self.event_type
         )
 
@@ -157,7 +163,7 @@ class PrometheusSinkSpec(Model):
     metrics: list[PrometheusMetric] = Field(min_length=1)
     #: series not updated for this long disappear (a device stopped reporting)
     staleness: Duration = "PT5M"
-    max_series: int = Field(default=prometheus.DEFAULT_MAX_SERIES, ge=1)
+    max_series: int = Field(default=metricspec.DEFAULT_MAX_SERIES, ge=1)
     #: serve on a port of its own (``/metrics``) instead of Headwater's ``/metrics``
     port: int | None = Field(default=None, ge=0, le=65535)
     host: str = "0.0.0.0"

@@ -17,15 +17,14 @@ addressable, like the other sinks (``sinks.headwater.dev``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from headwater.eventing import parse_duration
-from headwater.log import StreamConfig
+from headwater.durations import parse_duration
 from headwater.resources.models import Destination, Duration, Model, Resource, parse_start
 from headwater.resources.sinks import TlsOptions
-from headwater.tiers import edgequeue, uplink
+from headwater.tiers import limits
 
 __all__ = [
     "Downlink",
@@ -96,8 +95,8 @@ class UplinkSpec(Model):
     ordering: Literal["ordered", "unordered"] = "ordered"
     #: requests in flight at once (default: 4 with batches, 32 one by one)
     lanes: int | None = Field(default=None, ge=1, le=256)
-    max_batch_events: int = Field(default=uplink.DEFAULT_MAX_BATCH_EVENTS, ge=1, le=100_000)
-    max_batch_bytes: int = Field(default=uplink.DEFAULT_MAX_BATCH_BYTES, ge=1024)
+    max_batch_events: int = Field(default=limits.DEFAULT_MAX_BATCH_EVENTS, ge=1, le=100_000)
+    max_batch_bytes: int = Field(default=limits.DEFAULT_MAX_BATCH_BYTES, ge=1024)
     #: how long an idle lane waits for more events before sending a small batch
     linger: Duration = "PT0.1S"
     #: caps the uplink's share of the link (request bytes per second, before gzip)
@@ -163,12 +162,13 @@ class Retention(Model):
 
     _duration = field_validator("max_age")(_duration)
 
-    def config(self) -> StreamConfig:
-        return StreamConfig(
-            max_age=parse_duration(self.max_age) if self.max_age else None,
-            max_events=self.max_events,
-            max_bytes=self.max_bytes,
-        )
+    def limits(self) -> dict[str, Any]:
+        """The queue stream's retention (``StreamConfig``'s keyword arguments)."""
+        return {
+            "max_age": parse_duration(self.max_age) if self.max_age else None,
+            "max_events": self.max_events,
+            "max_bytes": self.max_bytes,
+        }
 
 
 class EdgeSpec(Model):
@@ -199,9 +199,7 @@ class DownlinkSpec(Model):
     #: where commands go, durably, before they are acknowledged (a local Broker)
     sink: Destination
     #: commands per pull at most
-    max_events: int = Field(
-        default=edgequeue.DEFAULT_PULL_EVENTS, ge=1, le=edgequeue.MAX_PULL_EVENTS
-    )
+    max_events: int = Field(default=limits.DEFAULT_PULL_EVENTS, ge=1, le=limits.MAX_PULL_EVENTS)
     #: how long the cloud holds a pull open while nothing is queued
     wait: Duration = "PT20S"
     backoff_delay: Duration = "PT0.5S"
@@ -211,8 +209,8 @@ class DownlinkSpec(Model):
 
     @model_validator(mode="after")
     def _bounds(self) -> DownlinkSpec:
-        if parse_duration(self.wait) > edgequeue.MAX_WAIT:
-            raise ValueError(f"`wait` must be at most {edgequeue.MAX_WAIT:g} seconds")
+        if parse_duration(self.wait) > limits.MAX_WAIT:
+            raise ValueError(f"`wait` must be at most {limits.MAX_WAIT:g} seconds")
         delay, most = parse_duration(self.backoff_delay), parse_duration(self.backoff_max)
         if not 0 < delay <= most:
             raise ValueError("`backoffDelay` must be more than zero and at most `backoffMax`")

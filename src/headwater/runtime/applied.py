@@ -44,12 +44,11 @@ from headwater.resources import (
     load_document,
     reference_problems,
 )
-from headwater.runtime.reconciler import ApplyResult, Reconciler
+from headwater.runtime.reconciler import ApplyResult, Key, Reconciler
 from headwater.state import Bucket, Entry, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, str]
 
 RESOURCES_BUCKET: Final = "resources"
 """The state store bucket that holds the resources applied through the API."""

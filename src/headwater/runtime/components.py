@@ -1,12 +1,15 @@
 """What each resource kind becomes when it runs.
 
 How this works: every component has ``start``/``stop``/``update``/``status``
-(the reconciler's :class:`~headwater.runtime.reconciler.Component`).
+(the reconciler's :class:`~headwater.runtime.reconciler.Component`) and is
+built from its resource and the builders' :class:`~headwater.runtime.context.Context`.
 Brokers and Channels wrap the eventing fan-outs; a Trigger or Subscription
 attaches itself to its Broker or Channel, and an ``update`` re-attaches it
 under the same consumer name, so a changed filter or subscriber keeps the
-cursor. Addressable components expose ``sink``: what a Destination's ``ref``
-resolves to, in-process.
+cursor. What else a component is (``Addressable``: a ``sink`` a
+Destination's ``ref`` resolves to in-process; ``HasMetrics``; ...) is one of
+the Protocols of :mod:`headwater.runtime.capabilities`. :data:`KINDS` says
+how each kind is built and when it starts.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from prometheus_client.core import Metric
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import Broker as BrokerFanout
 from headwater.eventing import Channel as ChannelFanout
-from headwater.eventing import DeliveryError, Sink
+from headwater.eventing import DeliveryError, Dispatcher, Sink
 from headwater.eventing import Subscription as SubscriptionMember
 from headwater.eventing import Trigger as TriggerMember
 from headwater.eventing._fanout import Saturated
@@ -45,13 +50,12 @@ from headwater.resources.models import (
     replicas_annotation,
     retention_limits,
 )
-from headwater.sinks import EventDisplaySink
-from headwater.sources import PingSchedule, PingSourceRunner
+from headwater.runtime.context import Context, Kind, Stage
+from headwater.runtime.metrics import fanout_families, member_families, source_families
+from headwater.runtime.replay import start_position
+from headwater.sinks.display import EventDisplaySink
 from headwater.sources.container import ProcessSpec, ProcessSupervisor
-
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
+from headwater.sources.ping import PingSchedule, PingSourceRunner
 
 
 class AcceptSink:
@@ -89,16 +93,20 @@ class AcceptSink:
 
 
 class BrokerComponent:
-    def __init__(self, runtime: Runtime, resource: Broker) -> None:
-        self.runtime = runtime
+    def __init__(self, context: Context, resource: Broker) -> None:
+        self.context = context
         self.broker = BrokerFanout(
             resource.namespace,
             resource.name,
-            runtime.log,
-            delivery=runtime.delivery_spec(resource.spec.delivery, resource.namespace),
+            context.log,
+            delivery=context.destinations.delivery_spec(resource.spec.delivery, resource.namespace),
             retention=_retention(resource),
         )
         self.sink: Sink = AcceptSink(self.broker)
+
+    @property
+    def fanout(self) -> BrokerFanout:
+        return self.broker
 
     async def start(self) -> None:
         await self.broker.start()
@@ -108,7 +116,7 @@ class BrokerComponent:
 
     async def update(self, resource: Resource) -> bool:
         assert isinstance(resource, Broker)
-        self.broker.delivery = self.runtime.delivery_spec(
+        self.broker.delivery = self.context.destinations.delivery_spec(
             resource.spec.delivery, resource.namespace
         )
         await self.broker.set_retention(_retention(resource))
@@ -119,8 +127,13 @@ class BrokerComponent:
 
     def status(self) -> dict[str, Any]:
         status = self.broker.status()
-        status["address"] = self.runtime.ingress_url(self.broker.namespace, self.broker.name)
+        status["address"] = self.context.registry.ingress_url(
+            self.broker.namespace, self.broker.name
+        )
         return status
+
+    def metric_families(self) -> list[Metric]:
+        return fanout_families("Broker", self.broker)
 
 
 def _retention(resource: Broker) -> StreamConfig:
@@ -130,9 +143,10 @@ def _retention(resource: Broker) -> StreamConfig:
 
 
 class ChannelComponent:
-    def __init__(self, runtime: Runtime, resource: Channel | InMemoryChannel) -> None:
-        self.runtime = runtime
-        delivery = runtime.delivery_spec(resource.spec.delivery, resource.namespace)
+    def __init__(self, context: Context, resource: Channel | InMemoryChannel) -> None:
+        self.context = context
+        self.kind = resource.kind
+        delivery = context.destinations.delivery_spec(resource.spec.delivery, resource.namespace)
         in_memory = isinstance(resource, InMemoryChannel) or (
             isinstance(resource, Channel)
             and resource.spec.channel_template is not None
@@ -146,11 +160,15 @@ class ChannelComponent:
             self.channel = ChannelFanout(
                 resource.namespace,
                 resource.name,
-                runtime.log,
+                context.log,
                 delivery=delivery,
                 retention=StreamConfig(replicas=replicas_annotation(resource.metadata.annotations)),
             )
         self.sink: Sink = AcceptSink(self.channel)
+
+    @property
+    def fanout(self) -> ChannelFanout:
+        return self.channel
 
     async def start(self) -> None:
         await self.channel.start()
@@ -165,7 +183,7 @@ class ChannelComponent:
         replicas = replicas_annotation(resource.metadata.annotations)
         if replicas != self.channel.retention.replicas:
             await self.channel.set_retention(replace(self.channel.retention, replicas=replicas))
-        self.channel.delivery = self.runtime.delivery_spec(
+        self.channel.delivery = self.context.destinations.delivery_spec(
             resource.spec.delivery, resource.namespace
         )
         for subscription in list(self.channel.subscriptions().values()):
@@ -174,22 +192,27 @@ class ChannelComponent:
 
     def status(self) -> dict[str, Any]:
         status = self.channel.status()
-        status["address"] = self.runtime.channel_url(self.channel.namespace, self.channel.name)
+        status["address"] = self.context.registry.channel_url(
+            self.channel.namespace, self.channel.name
+        )
         return status
 
+    def metric_families(self) -> list[Metric]:
+        return fanout_families(self.kind, self.channel)
 
-def _member_options(runtime: Runtime, resource: Trigger | Subscription) -> dict[str, Any]:
+
+def _member_options(context: Context, resource: Trigger | Subscription) -> dict[str, Any]:
     annotations = resource.metadata.annotations
     order = annotations.get(ORDER_ANNOTATION, annotations.get(KAFKA_ORDER_ANNOTATION))
     options: dict[str, Any] = {
         "namespace": resource.namespace,
         "delivery": (
-            runtime.delivery_spec(resource.spec.delivery, resource.namespace)
+            context.destinations.delivery_spec(resource.spec.delivery, resource.namespace)
             if resource.spec.delivery is not None
             else None
         ),
         "ordering": order or "unordered",
-        "start": runtime.start_position(annotations.get(START_ANNOTATION)),
+        "start": start_position(annotations.get(START_ANNOTATION)),
     }
     if MAX_INFLIGHT_ANNOTATION in annotations:
         options["max_inflight"] = int(annotations[MAX_INFLIGHT_ANNOTATION])
@@ -197,17 +220,17 @@ def _member_options(runtime: Runtime, resource: Trigger | Subscription) -> dict[
 
 
 class TriggerComponent:
-    def __init__(self, runtime: Runtime, resource: Trigger) -> None:
-        self.runtime = runtime
+    def __init__(self, context: Context, resource: Trigger) -> None:
+        self.context = context
         self.resource = resource
         self.member: TriggerMember | None = None
 
     def _broker(self, resource: Trigger) -> BrokerFanout:
-        return self.runtime.broker(resource.namespace, resource.spec.broker)
+        return self.context.destinations.broker(resource.namespace, resource.spec.broker)
 
     def _build(self, resource: Trigger) -> TriggerMember:
         spec = resource.spec
-        subscriber, uri = self.runtime.resolve_with_uri(
+        subscriber, uri = self.context.destinations.resolve(
             spec.subscriber, resource.namespace, spec.delivery
         )
         return TriggerMember(
@@ -216,7 +239,7 @@ class TriggerComponent:
             subscriber_uri=uri,
             attributes=spec.filter.attributes if spec.filter else None,
             filters=[f.model_dump(by_alias=True, exclude_none=True) for f in spec.filters],
-            **_member_options(self.runtime, resource),
+            **_member_options(self.context, resource),
         )
 
     async def start(self) -> None:
@@ -238,39 +261,53 @@ class TriggerComponent:
         self.resource, self.member = resource, member
         return True
 
+    def dispatcher(self) -> Dispatcher | None:
+        if self.member is None:
+            return None
+        with contextlib.suppress(LookupError):  # its Broker is not running
+            return self._broker(self.resource).dispatchers().get(self.member.consumer)
+        return None
+
     def status(self) -> dict[str, Any]:
         if self.member is None:
             return {}
-        dispatcher = self._broker(self.resource).dispatchers().get(self.member.consumer)
+        dispatcher = self.dispatcher()
         if dispatcher is None:
             return {"subscriberUri": self.member.subscriber_uri, **self.member.stats.snapshot()}
         return {"subscriberUri": self.member.subscriber_uri, **dispatcher.status()}
 
+    def metric_families(self) -> list[Metric]:
+        if self.member is None:
+            return []
+        parent = self.resource.spec.broker
+        return member_families(self.resource.key, parent, self.member.stats)
+
 
 class SubscriptionComponent:
-    def __init__(self, runtime: Runtime, resource: Subscription) -> None:
-        self.runtime = runtime
+    def __init__(self, context: Context, resource: Subscription) -> None:
+        self.context = context
         self.resource = resource
         self.member: SubscriptionMember | None = None
 
     def _channel(self, resource: Subscription) -> ChannelFanout:
         ref = resource.spec.channel
-        return self.runtime.channel(ref.kind, resource.namespace, ref.name)
+        return self.context.destinations.channel(ref.kind, resource.namespace, ref.name)
 
     def _build(self, resource: Subscription) -> SubscriptionMember:
         spec = resource.spec
-        subscriber, uri = self.runtime.resolve_with_uri(
-            spec.subscriber, resource.namespace, spec.delivery
-        )
+        destinations = self.context.destinations
+        subscriber, uri = destinations.resolve(spec.subscriber, resource.namespace, spec.delivery)
         reply = (
-            self.runtime.resolve(spec.reply, resource.namespace) if spec.reply is not None else None
+            destinations.resolve(spec.reply, resource.namespace)[0]
+            if spec.reply is not None
+            else None
         )
         return SubscriptionMember(
             resource.name,
             subscriber,
             subscriber_uri=uri,
             reply=reply,
-            **_member_options(self.runtime, resource),
+            **_member_options(self.context, resource),
         )
 
     async def start(self) -> None:
@@ -292,10 +329,23 @@ class SubscriptionComponent:
         self.resource, self.member = resource, member
         return True
 
+    def dispatcher(self) -> Dispatcher | None:
+        if self.member is None:
+            return None
+        with contextlib.suppress(LookupError):  # its Channel is not running
+            return self._channel(self.resource).dispatchers().get(self.member.consumer)
+        return None
+
+    def metric_families(self) -> list[Metric]:
+        if self.member is None:
+            return []
+        parent = self.resource.spec.channel.name
+        return member_families(self.resource.key, parent, self.member.stats)
+
     def status(self) -> dict[str, Any]:
         if self.member is None:
             return {}
-        dispatcher = self._channel(self.resource).dispatchers().get(self.member.consumer)
+        dispatcher = self.dispatcher()
         base = {"subscriberUri": self.member.subscriber_uri}
         if dispatcher is None:
             return {**base, **self.member.stats.snapshot()}
@@ -303,7 +353,7 @@ class SubscriptionComponent:
 
 
 class EventDisplayComponent:
-    def __init__(self, resource: EventDisplay) -> None:
+    def __init__(self, context: Context, resource: EventDisplay) -> None:
         self._display = EventDisplaySink(resource.spec.format)
         self.received = 0
         self.sink: Sink = self
@@ -326,14 +376,15 @@ class EventDisplayComponent:
 
 
 class PingSourceComponent:
-    def __init__(self, runtime: Runtime, resource: PingSource) -> None:
+    def __init__(self, context: Context, resource: PingSource) -> None:
         spec = resource.spec
+        self.key = resource.key
         data: bytes | None = None
         if spec.data is not None:
             data = spec.data.encode()
         elif spec.data_base64 is not None:
             data = base64.b64decode(spec.data_base64)
-        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        self._sink, _ = context.destinations.resolve(spec.sink, resource.namespace)
         self.runner = PingSourceRunner(
             namespace=resource.namespace,
             name=resource.name,
@@ -362,13 +413,16 @@ class PingSourceComponent:
         r = self.runner
         return {"sent": r.sent, "failed": r.failed, "lastError": r.last_error}
 
+    def metric_families(self) -> list[Metric]:
+        return source_families(self.key, self.runner.sent, self.runner.failed)
+
 
 class ContainerSourceComponent:
     """Each container of the source as a supervised process (see ``sources.container``)."""
 
-    def __init__(self, runtime: Runtime, resource: ContainerSource) -> None:
+    def __init__(self, context: Context, resource: ContainerSource) -> None:
         spec = resource.spec
-        self._runtime = runtime
+        self._registry = context.registry
         self._sink = spec.sink
         self._namespace = resource.namespace
         extensions = spec.ce_overrides.extensions if spec.ce_overrides else None
@@ -397,9 +451,9 @@ class ContainerSourceComponent:
         ref = self._sink.ref
         namespace = ref.namespace or self._namespace
         if ref.kind == "Broker":
-            url = self._runtime.ingress_url(namespace, ref.name)
+            url = self._registry.ingress_url(namespace, ref.name)
         else:
-            url = self._runtime.channel_url(namespace, ref.name)
+            url = self._registry.channel_url(namespace, ref.name)
         # A wildcard bind address is not one to connect to: use loopback.
         return (
             url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
@@ -424,14 +478,14 @@ class ContainerSourceComponent:
         return {"sinkUri": self.sink_url(), "processes": [s.status() for s in self.supervisors]}
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "Broker": BrokerComponent,
-    "Channel": ChannelComponent,
-    "InMemoryChannel": ChannelComponent,
-    "Trigger": TriggerComponent,
-    "Subscription": SubscriptionComponent,
-    "PingSource": PingSourceComponent,
-    "ContainerSource": ContainerSourceComponent,
-    "EventDisplay": lambda runtime, resource: EventDisplayComponent(resource),
+KINDS: dict[str, Kind] = {
+    "EventDisplay": Kind(EventDisplayComponent, Stage.SINK),
+    "Broker": Kind(BrokerComponent, Stage.FANOUT),
+    "Channel": Kind(ChannelComponent, Stage.FANOUT),
+    "InMemoryChannel": Kind(ChannelComponent, Stage.FANOUT),
+    "Trigger": Kind(TriggerComponent, Stage.MEMBER),
+    "Subscription": Kind(SubscriptionComponent, Stage.MEMBER),
+    "PingSource": Kind(PingSourceComponent, Stage.SOURCE),
+    "ContainerSource": Kind(ContainerSourceComponent, Stage.SOURCE),
 }
-"""What each kind becomes: ``builder(runtime, resource) -> Component``."""
+"""What each kind becomes (``build(context, resource) -> Component``) and when it starts."""

@@ -12,7 +12,9 @@ connections are not patched in place). An MqttBrokerSource keeps its
 sessions and retained messages where its ``dataDir`` says, else under the
 node's data directory (``<data-dir>/mqtt/<namespace>/<name>``), so that
 everything a node stores is in one place; with no data directory (a runtime
-in memory), in memory.
+in memory), in memory. On a node of a mesh they live in JetStream instead,
+shared by every node: the broker gets the mesh's router and session store
+(:class:`~headwater.runtime.context.MqttSpan`, opened before it starts).
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -49,6 +50,7 @@ from headwater.resources.mqtt import (
     Tls,
     parse_broker_url,
 )
+from headwater.runtime.context import Context, Kind, Registry, Stage
 from headwater.sinks.mqtt import (
     EmbeddedPublisher,
     ExternalPublisher,
@@ -58,10 +60,6 @@ from headwater.sinks.mqtt import (
 from headwater.sinks.mqtt import MqttSink as MqttSinkRunner
 from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource as BrokerSourceRunner
-
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +94,16 @@ def _auth(spec: MqttBrokerSourceSpec) -> tuple[PasswordFile | None, Acl | None]:
 
 
 class MqttBrokerSourceComponent:
-    def __init__(self, runtime: Runtime, resource: MqttBrokerSource) -> None:
+    def __init__(self, context: Context, resource: MqttBrokerSource) -> None:
         spec = resource.spec
         self.resource = resource
-        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        self._sink, _ = context.destinations.resolve(spec.sink, resource.namespace)
         passwords, acl = _auth(spec)
-        mesh = runtime.mesh
+        mesh = context.mesh
         config = BrokerConfig(
             listeners=tuple(_listener(listener) for listener in spec.listeners),
             # In a mesh sessions and retained messages live in JetStream instead.
-            data_dir=session_dir(runtime, resource) if mesh is None else None,
+            data_dir=session_dir(context.data_dir, resource) if mesh is None else None,
             passwords=passwords,
             acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
@@ -134,7 +132,11 @@ class MqttBrokerSourceComponent:
             router=self.mqtt_mesh.router if self.mqtt_mesh is not None else None,
             store=self.mqtt_mesh.sessions if self.mqtt_mesh is not None else None,
         )
-        self.runtime = runtime
+        self.registry: Registry = context.registry
+
+    @property
+    def _listener_name(self) -> str:
+        return f"mqtt/{self.resource.namespace}/{self.resource.name}"
 
     async def start(self) -> None:
         if self.mqtt_mesh is not None:
@@ -153,11 +155,13 @@ class MqttBrokerSourceComponent:
         for listener, host, port in self.source.broker.addresses:
             scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
             url = f"{scheme}://{host}:{port}"
-            self.runtime.listeners[f"mqtt/{self.resource.namespace}/{self.resource.name}"] = url
+            self.registry.listeners[self._listener_name] = url
             log.info("mqtt listening on %s (%s)", url, self.resource.name)
+        self.registry.mqtt_brokers[self.resource.key] = self.source
 
     async def stop(self) -> None:
-        self.runtime.listeners.pop(f"mqtt/{self.resource.namespace}/{self.resource.name}", None)
+        self.registry.listeners.pop(self._listener_name, None)
+        self.registry.mqtt_brokers.pop(self.resource.key, None)
         try:
             await self.source.__aexit__(None, None, None)
         finally:
@@ -233,13 +237,13 @@ class MqttBrokerSourceComponent:
         return families
 
 
-def session_dir(runtime: Runtime, resource: MqttBrokerSource) -> str | None:
-    """Where an MqttBrokerSource keeps sessions: its ``dataDir``, else the node's data dir."""
+def session_dir(data_dir: Path | None, resource: MqttBrokerSource) -> str | None:
+    """Where an MqttBrokerSource keeps sessions: its ``dataDir``, else the node's ``data_dir``."""
     if resource.spec.data_dir is not None:
         return resource.spec.data_dir
-    if runtime.data_dir is None:
+    if data_dir is None:
         return None
-    return str(runtime.data_dir / "mqtt" / resource.namespace / resource.name)
+    return str(data_dir / "mqtt" / resource.namespace / resource.name)
 
 
 def _password(credentials: Credentials) -> bytes | None:
@@ -283,11 +287,11 @@ def _client_config(
 
 
 class MqttSourceComponent:
-    def __init__(self, runtime: Runtime, resource: MqttSource) -> None:
+    def __init__(self, context: Context, resource: MqttSource) -> None:
         spec = resource.spec
         # A stable client id: the persistent session survives Headwater restarts.
         client_id = spec.client_id or f"headwater-{resource.namespace}-{resource.name}"
-        self._sink = runtime.resolve(spec.sink, resource.namespace)
+        self._sink, _ = context.destinations.resolve(spec.sink, resource.namespace)
         config = _client_config(
             spec.broker,
             client_id,
@@ -334,21 +338,17 @@ class _LateEmbedded:
 
     version = 5
 
-    def __init__(self, runtime: Runtime, namespace: str) -> None:
-        self.runtime = runtime
+    def __init__(self, registry: Registry, namespace: str) -> None:
+        self.registry = registry
         self.namespace = namespace
 
     def _target(self) -> EmbeddedPublisher:
-        reconciler = self.runtime.reconciler
-        for resource in reconciler.resources("MqttBrokerSource"):
-            component = reconciler.component(resource.key)
-            if resource.namespace == self.namespace and isinstance(
-                component, MqttBrokerSourceComponent
-            ):
-                return EmbeddedPublisher(component.source)
-        raise DeliveryError(
-            None, True, reason=f"no MqttBrokerSource is running in namespace {self.namespace!r}"
-        )
+        source = self.registry.mqtt_broker(self.namespace)
+        if source is None:
+            raise DeliveryError(
+                None, True, reason=f"no MqttBrokerSource is running in namespace {self.namespace!r}"
+            )
+        return EmbeddedPublisher(source)
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, **kw: Any) -> None:
         await self._target().publish(topic, payload, qos, retain, **kw)
@@ -358,12 +358,12 @@ class _LateEmbedded:
 
 
 class MqttSinkComponent:
-    def __init__(self, runtime: Runtime, resource: MqttSink) -> None:
+    def __init__(self, context: Context, resource: MqttSink) -> None:
         spec = resource.spec
         publisher: Publisher
         prefix = "headwater/responses"
         if spec.broker is None:
-            publisher = _LateEmbedded(runtime, resource.namespace)
+            publisher = _LateEmbedded(context.registry, resource.namespace)
         else:
             client_id = spec.client_id or (
                 f"headwater-{resource.namespace}-{resource.name}-{secrets.token_hex(3)}"
@@ -408,9 +408,9 @@ class MqttSinkComponent:
         return {"published": self.runner.published, "responses": self.runner.responses}
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "MqttBrokerSource": MqttBrokerSourceComponent,
-    "MqttSource": MqttSourceComponent,
-    "MqttSink": MqttSinkComponent,
+KINDS: dict[str, Kind] = {
+    "MqttSink": Kind(MqttSinkComponent, Stage.SINK),
+    "MqttBrokerSource": Kind(MqttBrokerSourceComponent, Stage.SOURCE),
+    "MqttSource": Kind(MqttSourceComponent, Stage.SOURCE),
 }
-"""What each MQTT kind becomes: ``builder(runtime, resource) -> Component``."""
+"""What each MQTT kind becomes (``build(context, resource) -> Component``) and when it starts."""

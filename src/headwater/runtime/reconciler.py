@@ -4,7 +4,8 @@ How this works: the desired state is a map from resource key (kind, namespace,
 name) to a validated resource. ``apply`` merges resources into it and
 ``delete`` removes them; ``replace`` makes a set of files the whole desired
 state (hot reload). After each change the reconciler walks the kinds in
-dependency order (things that receive events before things that send them),
+the order of their stages (each kind's stage is given with its builder:
+things that receive events before things that send them),
 creates components for new resources, asks existing ones to ``update`` in
 place (a Trigger keeps its cursor when only its filter changes) and recreates
 those that cannot, and stops the ones no longer desired, senders first. One
@@ -27,18 +28,7 @@ from headwater.resources import ConfigError, Loaded, Problem, Resource, check_re
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]
-
-# Receivers before senders: a Trigger needs its Broker and its subscriber,
-# a PingSource its sink. Stopping goes in the reverse order.
-KIND_ORDER = (
-    "EventDisplay",
-    "Broker",
-    "Channel",
-    "InMemoryChannel",
-    "Trigger",
-    "Subscription",
-    "PingSource",
-)
+"""A resource's (kind, namespace, name)."""
 
 
 class Component(Protocol):
@@ -93,10 +83,16 @@ class ApplyResult:
 
 
 class Reconciler:
-    """Owns the desired state and the running components."""
+    """Owns the desired state and the running components.
 
-    def __init__(self, builders: Mapping[str, Builder]) -> None:
+    ``stages`` ranks the kinds: lower ranks start first and stop last (a kind
+    without a rank starts after all others).
+    """
+
+    def __init__(self, builders: Mapping[str, Builder], stages: Mapping[str, int]) -> None:
         self._builders = dict(builders)
+        self._stages = dict(stages)
+        self._unranked = max(self._stages.values(), default=0) + 1
         self._entries: dict[Key, Entry] = {}
         self._lock = asyncio.Lock()
 
@@ -169,7 +165,7 @@ class Reconciler:
     async def close(self) -> None:
         """Stop every component, senders first."""
         async with self._lock:
-            for key in sorted(self._entries, key=_stop_order):
+            for key in sorted(self._entries, key=self._stop_order):
                 await self._stop(key)
             self._entries.clear()
 
@@ -193,11 +189,11 @@ class Reconciler:
 
     async def _reconcile(self, desired: dict[Key, Loaded]) -> ApplyResult:
         result = ApplyResult([], [], [], [])
-        for key in sorted(self._entries.keys() - desired.keys(), key=_stop_order):
+        for key in sorted(self._entries.keys() - desired.keys(), key=self._stop_order):
             await self._stop(key)
             del self._entries[key]
             result.deleted.append(key)
-        for key in sorted(desired, key=_start_order):
+        for key in sorted(desired, key=self._start_order):
             item = desired[key]
             entry = self._entries.get(key)
             if entry is None:
@@ -225,7 +221,7 @@ class Reconciler:
             await component.start()
         except Exception as exc:
             # The resource stays desired and reports why it is not running;
-            # the rest of the mesh keeps going (ARCHITECTURE.md principle 6).
+            # the rest of the mesh keeps going (docs/architecture.md, principle 6).
             # The environment's refusals (a port in use, a file that is not
             # there) are one line; a traceback is for Headwater's own bugs.
             what = (resource.kind, resource.namespace, resource.name)
@@ -239,6 +235,13 @@ class Reconciler:
         entry.component = component
         entry.ready = Condition("Ready", "True")
 
+    def _start_order(self, key: Key) -> tuple[int, Key]:
+        return (self._stages.get(key[0], self._unranked), key)
+
+    def _stop_order(self, key: Key) -> tuple[int, Key]:
+        rank, _ = self._start_order(key)
+        return (-rank, key)
+
     async def _stop(self, key: Key) -> None:
         entry = self._entries[key]
         component, entry.component = entry.component, None
@@ -247,13 +250,3 @@ class Reconciler:
                 await component.stop()
             except Exception:
                 log.exception("%s %s/%s did not stop cleanly", *key)
-
-
-def _start_order(key: Key) -> tuple[int, Key]:
-    kind = key[0]
-    return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), key)
-
-
-def _stop_order(key: Key) -> tuple[int, Key]:
-    rank, _ = _start_order(key)
-    return (-rank, key)

@@ -14,16 +14,14 @@ component is built and appear in no status. A PrometheusSink without a
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from headwater.durations import parse_duration
+from headwater.eventing import AiohttpTransport, Sink, new_session
 from headwater.eventing import HttpSink as HttpDestination
-from headwater.eventing import Sink, parse_duration
-from headwater.eventing.http import DEFAULT_POOL_SIZE, KEEPALIVE_TIMEOUT
 from headwater.resources import Resource
 from headwater.resources.sinks import (
     HttpSink,
@@ -32,14 +30,11 @@ from headwater.resources.sinks import (
     TlsOptions,
     secret_from_env,
 )
+from headwater.runtime.context import Context, Kind, Stage
 from headwater.sinks import influxdb, prometheus
 
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
-
 __all__ = [
-    "BUILDERS",
+    "KINDS",
     "HttpSinkComponent",
     "InfluxDBSinkComponent",
     "PrometheusSinkComponent",
@@ -50,13 +45,13 @@ EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class InfluxDBSinkComponent:
-    def __init__(self, runtime: Runtime, resource: InfluxDBSink) -> None:
+    def __init__(self, context: Context, resource: InfluxDBSink) -> None:
         spec = resource.spec
         self.key = resource.key
         self.writer = influxdb.InfluxDBSink(
             spec.target(),
             spec.mapping.compile(),
-            session=runtime.session,
+            session=context.http.session,
             batch_size=spec.batch_size,
             flush_interval=parse_duration(spec.flush_interval),
             max_buffered=spec.max_buffered_points,
@@ -102,7 +97,7 @@ class InfluxDBSinkComponent:
 
 
 class PrometheusSinkComponent:
-    def __init__(self, runtime: Runtime, resource: PrometheusSink) -> None:
+    def __init__(self, context: Context, resource: PrometheusSink) -> None:
         spec = resource.spec
         self.metrics = prometheus.PrometheusSink(
             [metric.to_spec() for metric in spec.metrics],
@@ -170,27 +165,20 @@ def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
 
 
 class HttpSinkComponent:
-    def __init__(self, runtime: Runtime, resource: HttpSink) -> None:
+    def __init__(self, context: Context, resource: HttpSink) -> None:
         spec = resource.spec
         headers = dict(spec.headers)
         if spec.token_env is not None:
             headers["Authorization"] = f"Bearer {secret_from_env(spec.token_env)}"
-        self._own_session: aiohttp.ClientSession | None = None
-        session = runtime.session
-        if spec.tls is not None:
+        if spec.tls is None:
+            transport = AiohttpTransport(context.http.session)
+        else:
             # TLS settings belong to the connection pool: this sink gets its own.
-            self._own_session = session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    ssl=ssl_context(spec.tls),
-                    limit=DEFAULT_POOL_SIZE,
-                    keepalive_timeout=KEEPALIVE_TIMEOUT,
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
+            transport = AiohttpTransport(new_session(ssl_context=ssl_context(spec.tls)), owned=True)
+        self._transport = transport
         self.uri = spec.uri
         self.destination = HttpDestination(
-            spec.uri, session=session, format=spec.format, headers=headers
+            spec.uri, transport=transport, format=spec.format, headers=headers
         )
         self.sink: Sink = self.destination
 
@@ -198,9 +186,7 @@ class HttpSinkComponent:
         return None
 
     async def stop(self) -> None:
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._transport.close()  # its own pool (TLS) only
 
     async def update(self, resource: Resource) -> bool:
         return False
@@ -210,9 +196,9 @@ class HttpSinkComponent:
         return {"uri": self.uri}
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "InfluxDBSink": InfluxDBSinkComponent,
-    "PrometheusSink": PrometheusSinkComponent,
-    "HttpSink": HttpSinkComponent,
+KINDS: dict[str, Kind] = {
+    "InfluxDBSink": Kind(InfluxDBSinkComponent, Stage.SINK),
+    "PrometheusSink": Kind(PrometheusSinkComponent, Stage.SINK),
+    "HttpSink": Kind(HttpSinkComponent, Stage.SINK),
 }
-"""What each sink kind becomes: ``builder(runtime, resource) -> Component``."""
+"""What each sink kind becomes (``build(context, resource) -> Component``) and when it starts."""

@@ -18,31 +18,31 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from headwater.cloudevents import CloudEvent
-from headwater.eventing import DeliveryError, Sink, compile_trigger_filter, parse_duration
+from headwater.durations import parse_duration
+from headwater.eventing import DeliveryError, Sink, compile_trigger_filter
 from headwater.eventing._http1 import Http1Client
 from headwater.eventing.delivery import dead_letter_event
 from headwater.eventing.filters import MATCH_ALL
-from headwater.log import EventTooLarge
+from headwater.log import EventTooLarge, StreamConfig
 from headwater.resources import Resource
 from headwater.resources.sinks import secret_from_env
 from headwater.resources.tiers import Downlink, Edge, Uplink
+from headwater.runtime.context import Context, Kind, Stage
+from headwater.runtime.replay import start_position
 from headwater.runtime.sinks import ssl_context
-from headwater.tiers import Downlink as DownlinkRunner
-from headwater.tiers import EdgeQueue, Remote
-from headwater.tiers import Uplink as UplinkRunner
 from headwater.tiers._policy import DEAD_PEER_TIMEOUT
+from headwater.tiers._remote import Remote
+from headwater.tiers.downlink import Downlink as DownlinkRunner
+from headwater.tiers.edgequeue import EdgeQueue
 from headwater.tiers.uplink import DEFAULT_BINARY_LANES
+from headwater.tiers.uplink import Uplink as UplinkRunner
 
-if TYPE_CHECKING:
-    from headwater.runtime.reconciler import Component
-    from headwater.runtime.runtime import Runtime
-
-__all__ = ["BUILDERS", "DownlinkComponent", "EdgeComponent", "UplinkComponent"]
+__all__ = ["KINDS", "DownlinkComponent", "EdgeComponent", "UplinkComponent"]
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def _labelled(key: tuple[str, str, str], rows: list[tuple[str, str, str, float]]
 
 
 class UplinkComponent:
-    def __init__(self, runtime: Runtime, resource: Uplink) -> None:
+    def __init__(self, context: Context, resource: Uplink) -> None:
         spec = resource.spec
-        self.runtime = runtime
+        self.context = context
         self.resource = resource
         self.key = resource.key
         delivery = spec.delivery
@@ -133,7 +133,7 @@ class UplinkComponent:
         )
         self.dead_letter: tuple[Sink, str] | None = None
         if delivery.dead_letter_sink is not None:
-            self.dead_letter = runtime.resolve_with_uri(
+            self.dead_letter = context.destinations.resolve(
                 delivery.dead_letter_sink, resource.namespace
             )
         self.uplink: UplinkRunner | None = None
@@ -141,15 +141,15 @@ class UplinkComponent:
 
     async def start(self) -> None:
         spec = self.resource.spec
-        broker = self.runtime.broker(self.resource.namespace, spec.broker)
+        broker = self.context.destinations.broker(self.resource.namespace, spec.broker)
         self.uplink = UplinkRunner(
-            log=self.runtime.log,
+            log=self.context.log,
             stream=broker.stream,
             consumer=f"uplink/{self.resource.namespace}/{self.resource.name}",
             remote=self.remote,
             on_refused=self._refused,
             event_filter=self.filter,
-            start=self.runtime.start_position(spec.start),
+            start=start_position(spec.start),
             ordering=spec.ordering,
             lanes=spec.lanes,
             max_batch_events=spec.max_batch_events,
@@ -181,7 +181,7 @@ class UplinkComponent:
 
     async def _refused(self, event: CloudEvent, error: DeliveryError) -> None:
         """Keep an event the receiver refused for good: a dead letter, and the DLS if any."""
-        await self.runtime.dead_letters.record(self.key, self.remote.url, event, error)
+        await self.context.dead_letters.record(self.key, self.remote.url, event, error)
         if self.dead_letter is None:
             return
         sink, uri = self.dead_letter
@@ -291,15 +291,17 @@ class UplinkComponent:
 
 
 class EdgeComponent:
-    def __init__(self, runtime: Runtime, resource: Edge) -> None:
+    def __init__(self, context: Context, resource: Edge) -> None:
         spec = resource.spec
-        self.runtime = runtime
+        self.context = context
         self.key = resource.key
         token = secret_from_env(spec.token_env)
         assert token is not None  # tokenEnv is required
         self.token = token
         self.queue = EdgeQueue(
-            runtime.log, f"edge/{resource.namespace}/{resource.name}", spec.retention.config()
+            context.log,
+            f"edge/{resource.namespace}/{resource.name}",
+            StreamConfig(**spec.retention.limits()),
         )
         self.sink: Sink = self.queue
         self._task: asyncio.Task[None] | None = None
@@ -323,7 +325,7 @@ class EdgeComponent:
         return False
 
     def address(self) -> str | None:
-        base = self.runtime.listeners.get("http")
+        base = self.context.registry.listeners.get("http")
         return f"{base}/edges/{self.key[1]}/{self.key[2]}" if base else None
 
     def status(self) -> dict[str, Any]:
@@ -365,9 +367,9 @@ class EdgeComponent:
 
 
 class DownlinkComponent:
-    def __init__(self, runtime: Runtime, resource: Downlink) -> None:
+    def __init__(self, context: Context, resource: Downlink) -> None:
         spec = resource.spec
-        self.runtime = runtime
+        self.context = context
         self.resource = resource
         self.key = resource.key
         self.client = Http1Client(
@@ -392,13 +394,15 @@ class DownlinkComponent:
         sink = self.resource.spec.sink
         ref = sink.ref
         if ref is not None and ref.kind == "Broker":
-            broker = self.runtime.broker(ref.namespace or self.resource.namespace, ref.name)
+            broker = self.context.destinations.broker(
+                ref.namespace or self.resource.namespace, ref.name
+            )
             try:
                 await broker.accept(events)
             except EventTooLarge as exc:
                 # Never storable here: keep it as a dead letter, store the others.
                 bad = events[exc.index]
-                await self.runtime.dead_letters.record(
+                await self.context.dead_letters.record(
                     self.key,
                     f"broker://{broker.namespace}/{broker.name}",
                     bad,
@@ -408,7 +412,7 @@ class DownlinkComponent:
                 if rest:
                     await self._store(rest)
             return
-        target = self.runtime.resolve(sink, self.resource.namespace)
+        target, _ = self.context.destinations.resolve(sink, self.resource.namespace)
         for event in events:
             await target.deliver(event)
 
@@ -461,9 +465,11 @@ class DownlinkComponent:
         )
 
 
-BUILDERS: dict[str, Callable[[Runtime, Any], Component]] = {
-    "Uplink": UplinkComponent,
-    "Edge": EdgeComponent,
-    "Downlink": DownlinkComponent,
+KINDS: dict[str, Kind] = {
+    # An Edge receives (a Trigger's ref delivers into its queue); an Uplink
+    # and a Downlink send, into the other tier or into a local sink.
+    "Edge": Kind(EdgeComponent, Stage.SINK),
+    "Uplink": Kind(UplinkComponent, Stage.SOURCE),
+    "Downlink": Kind(DownlinkComponent, Stage.SOURCE),
 }
-"""What each tier kind becomes: ``builder(runtime, resource) -> Component``."""
+"""What each tier kind becomes (``build(context, resource) -> Component``) and when it starts."""

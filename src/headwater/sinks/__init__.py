@@ -1,5 +1,6 @@
-"""Sinks: where events land. Each implements the eventing ``Sink`` interface."""
+"""Sinks: where events land. Each implements the eventing ``Sink`` interface.
 
-from headwater.sinks.display import EventDisplaySink, format_pretty
-
-__all__ = ["EventDisplaySink", "format_pretty"]
+The package imports nothing: its modules are imported by name, so that the
+pure ones (line protocol, metric and target specs, read by the resource
+schema) come without the sinks' I/O (aiohttp, prometheus_client).
+"""

@@ -20,11 +20,9 @@ non-retryable :class:`DeliveryError` (dead-lettered, never silently dropped).
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,51 +32,11 @@ from headwater.cloudevents import CloudEvent
 from headwater.cloudevents._types import canonical_string
 from headwater.eventing.sink import DeliveryError
 from headwater.sinks._values import NOT_JSON, compile_path, json_data
+from headwater.sinks.metricspec import DEFAULT_MAX_SERIES, DEFAULT_STALENESS, MetricSpec
 
-__all__ = [
-    "DEFAULT_MAX_SERIES",
-    "DEFAULT_STALENESS",
-    "MetricSpec",
-    "PrometheusSink",
-]
-
-DEFAULT_STALENESS: Final = 300.0
-"""Seconds without an update after which a series is dropped (Prometheus's own
-lookback is 5 minutes, so a dropped series and a silent one look alike to queries)."""
-
-DEFAULT_MAX_SERIES: Final = 10_000
-"""Series per metric: far above a gateway's devices, low enough that a label fed
-by something unbounded (an event id) cannot grow the process without limit."""
-
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+__all__ = ["PrometheusSink"]
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """One metric: ``labels`` maps a label name to the attribute that gives its value."""
-
-    name: str
-    type: Literal["gauge", "counter"] = "gauge"
-    help: str = ""
-    value: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    event_type: str | None = None
-
-    def __post_init__(self) -> None:
-        # Prometheus data model: metric names [a-zA-Z_:][a-zA-Z0-9_:]*, label
-        # names [a-zA-Z_][a-zA-Z0-9_]*, "names beginning with __ are reserved".
-        if not _METRIC_NAME.match(self.name):
-            raise ValueError(f"metric name {self.name!r} is not [a-zA-Z_:][a-zA-Z0-9_:]*")
-        for label in self.labels:
-            if not _LABEL_NAME.match(label) or label.startswith("__"):
-                raise ValueError(f"label name {label!r} of {self.name} is not a valid label")
-        if self.type not in ("gauge", "counter"):
-            raise ValueError(f"metric type must be gauge or counter, not {self.type!r}")
-        if self.type == "gauge" and self.value is None:
-            raise ValueError(f"gauge {self.name} needs a `value` expression")
 
 
 class _Series:

@@ -1,5 +1,6 @@
-"""Sources: where events come from (PingSource; MQTT sources land with their issue)."""
+"""Sources: where events come from (PingSource, ContainerSource, MQTT, the simulator).
 
-from headwater.sources.ping import PingSchedule, PingSourceRunner
-
-__all__ = ["PingSchedule", "PingSourceRunner"]
+The package imports nothing: its modules are imported by name, so that the
+pure one (the MQTT-to-CloudEvents mapping, read by the resource schema)
+comes without the sources' I/O.
+"""

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from headwater.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024
@@ -73,8 +75,7 @@ class ProcessSupervisor:
         self._sink_url = sink_url
         self._extensions = dict(extensions or {})
         self._grace = grace
-        self._restart_delay = restart_delay
-        self._restart_delay_max = restart_delay_max
+        self._delays = Backoff(restart_delay, restart_delay_max)
         self._stable_after = stable_after
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
@@ -91,7 +92,6 @@ class ProcessSupervisor:
         return process.pid if process is not None and process.returncode is None else None
 
     async def run(self) -> None:
-        delay = self._restart_delay
         while not self._stopping.is_set():
             url = await self._wait_for_sink()
             if url is None:
@@ -101,14 +101,14 @@ class ProcessSupervisor:
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= self._stable_after:
-                delay = self._restart_delay
+                self._delays.reset()
+            delay = self._delays.next()
             self.state = "backoff"
             log.warning(
                 "%s: %s; restarting in %.0f s", self.spec.name, self.last_error, max(delay, 1)
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-            delay = min(delay * 2, self._restart_delay_max)
             self.restarts += 1
 
     async def _wait_for_sink(self) -> str | None:

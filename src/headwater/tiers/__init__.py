@@ -7,26 +7,9 @@ retrying connectivity failures forever. Down, a cloud keeps one durable
 :class:`EdgeQueue` per edge, fed by Triggers, and the edge's
 :class:`Downlink` pulls it over its own outbound HTTP connection and
 acknowledges only after its durable append.
+
+The package imports nothing here, so that the resource schema reads
+:mod:`headwater.tiers.limits` without loading the HTTP client; import
+from the modules (``uplink``, ``downlink``, ``edgequeue``, ``_remote``,
+``_policy``).
 """
-
-from headwater.tiers._policy import Capabilities, Verdict, capabilities, verdict
-from headwater.tiers._remote import Answer, Remote
-from headwater.tiers.downlink import LAST_OFFSET_HEADER, Downlink, DownlinkStats
-from headwater.tiers.edgequeue import EdgeQueue, Pull
-from headwater.tiers.uplink import Uplink, UplinkStats
-
-__all__ = [
-    "LAST_OFFSET_HEADER",
-    "Answer",
-    "Capabilities",
-    "Downlink",
-    "DownlinkStats",
-    "EdgeQueue",
-    "Pull",
-    "Remote",
-    "Uplink",
-    "UplinkStats",
-    "Verdict",
-    "capabilities",
-    "verdict",
-]

@@ -58,7 +58,7 @@ from headwater.eventing.broker import TTL_EXTENSION, event_ttl
 from headwater.eventing.expiry import expired
 from headwater.logs import Throttle
 from headwater.tiers._policy import new_backoff, next_wait
-from headwater.tiers.edgequeue import DEFAULT_PULL_EVENTS, DEFAULT_WAIT
+from headwater.tiers.limits import DEFAULT_PULL_EVENTS, DEFAULT_WAIT
 
 __all__ = ["LAST_OFFSET_HEADER", "Downlink", "DownlinkStats", "hop"]
 

@@ -58,6 +58,7 @@ from headwater.log import (
     Reader,
     StreamConfig,
 )
+from headwater.tiers.limits import DEFAULT_PULL_EVENTS, DEFAULT_WAIT, MAX_PULL_EVENTS, MAX_WAIT
 
 __all__ = [
     "DEFAULT_PULL_EVENTS",
@@ -73,20 +74,6 @@ log = logging.getLogger(__name__)
 CONSUMER: Final = "edge"
 """The name of the queue's one durable consumer (the edge's position)."""
 
-DEFAULT_WAIT: Final = 20.0
-"""Seconds a pull waits for a command when none is queued. Under the 30-60 s
-after which proxies and load balancers commonly close an idle request, and
-short enough that a dead connection is replaced within half a minute; each
-idle pull costs about 1.2 KB on the wire (``benchmarks/uplink.py --downlink``)."""
-
-MAX_WAIT: Final = 60.0
-"""The longest wait an edge may ask for."""
-
-DEFAULT_PULL_EVENTS: Final = 100
-"""Commands per answer unless the edge asks for fewer or more."""
-
-MAX_PULL_EVENTS: Final = 1000
-"""Commands per answer at most, whatever the edge asks for."""
 
 CONNECTED_GRACE: Final = 10.0
 """An edge counts as connected while a pull waits, and this many seconds after one ended."""

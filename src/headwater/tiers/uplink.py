@@ -81,6 +81,7 @@ from headwater.logs import Throttle
 from headwater.tiers._policy import Verdict, new_backoff, next_wait, partition_key
 from headwater.tiers._remote import Answer, Remote
 from headwater.tiers._uplink_status import SendRate, UplinkStats, at_risk, event_time, now_text
+from headwater.tiers.limits import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_EVENTS
 
 __all__ = [
     "DEFAULT_LANES",
@@ -97,16 +98,6 @@ Ordering = Literal["ordered", "unordered"]
 Refused = Callable[[CloudEvent, DeliveryError], Awaitable[None]]
 """``on_refused(event, error)``: keep an event the receiver refused (raising: try later)."""
 
-DEFAULT_MAX_BATCH_EVENTS: Final = 1000
-"""Events per request at most. A thousand readings with their attributes are
-about 380 KB of JSON, 30 KB gzipped: large enough that per-request overhead
-vanishes, small enough that a request over a 1 Mbit/s link ends within a
-second."""
-
-DEFAULT_MAX_BATCH_BYTES: Final = 1024 * 1024
-"""Request body bytes (before compression) at most: 1 MiB, the default body
-limit of common proxies (nginx's ``client_max_body_size``). A receiver
-answering 413 lowers it for the rest of the run."""
 
 MIN_BATCH_BYTES: Final = 16 * 1024
 """The lowest the batch byte limit is lowered to after 413 answers."""

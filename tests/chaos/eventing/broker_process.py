@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from headwater.eventing import (
+    AiohttpTransport,
     Broker,
     DeliverySpec,
     HttpSink,
@@ -34,7 +35,7 @@ async def main(data_dir: Path, sink_url: str, port: int) -> None:
     ):
         trigger = Trigger(
             "to-sink",
-            HttpSink(sink_url, session=session),
+            HttpSink(sink_url, transport=AiohttpTransport(session)),
             attributes={"type": "chaos.reading"},
             # The first start must not miss events that arrive while it starts.
             start=EARLIEST,

@@ -7,8 +7,7 @@ import collections
 import contextlib
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from headwater.cloudevents import CloudEvent, from_http, to_http
 from headwater.eventing import IngressServer
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,13 +53,6 @@ async def headwater(
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
-
-
-async def poll(condition: Callable[[], bool], within: float) -> None:
-    """Wait until ``condition()`` (state another process or task changes) or ``within`` passes."""
-    deadline = time.monotonic() + within
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - polled state
-        await asyncio.sleep(0.05)
 
 
 def reading(i: int) -> tuple[dict[str, str], bytes]:
@@ -111,7 +104,7 @@ async def test_sigkill_mid_stream_loses_nothing_that_was_acknowledged(tmp_path: 
                 asyncio.create_task(produce(session, url, ids, acked, stop))
                 for _ in range(PRODUCERS)
             ]
-            await poll(lambda: len(acked) >= 3000, within=30)
+            await wait_until(lambda: len(acked) >= 3000, within=60, what="3000 acknowledged")
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             stop.set()
@@ -126,7 +119,9 @@ async def test_sigkill_mid_stream_loses_nothing_that_was_acknowledged(tmp_path: 
             await asyncio.gather(
                 *(produce(session, url, more, acked, asyncio.Event()) for _ in range(4))
             )
-            await poll(lambda: acked <= counter.seen.keys(), within=60)
+            await wait_until(
+                lambda: acked <= counter.seen.keys(), within=60, what="every acked event"
+            )
 
     lost = acked - counter.seen.keys()
     duplicates = sum(n - 1 for n in counter.seen.values())

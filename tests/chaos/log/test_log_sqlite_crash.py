@@ -130,7 +130,6 @@ def test_sigkill_during_fsync_appends_loses_nothing_acked(tmp_path: Path) -> Non
     path = tmp_path / "crash.db"
     rnd = random.Random(os.environ.get("HEADWATER_CRASH_SEED", "4"))
     acked: dict[int, str] = {}
-    started = time.monotonic()
     kills_mid_append = 0
     for run in range(RUNS):
         output = run_and_kill(path, run, rnd)
@@ -142,4 +141,3 @@ def test_sigkill_during_fsync_appends_loses_nothing_acked(tmp_path: Path) -> Non
         assert stored >= len(acked)
     assert kills_mid_append >= RUNS // 2  # most kills hit a process busy appending
     assert len(acked) > 100
-    assert time.monotonic() - started < 60

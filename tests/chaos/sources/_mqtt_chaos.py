@@ -8,7 +8,6 @@ import collections
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +20,7 @@ from paho.mqtt.properties import Properties
 
 from headwater.cloudevents import CloudEvent, from_http
 from tests.e2e.headwater_process import Headwater, start_headwater
+from tests.helpers import wait_until
 from tests.servers import LOOPBACK
 
 WINDOW = 20
@@ -168,16 +168,6 @@ spec:
 """
 
 
-async def wait_for(condition: Callable[[], bool], within: float) -> bool:
-    """Poll state that threads and other processes change; False when ``within`` passed."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 class ChaosRun:
     """One run's `headwater up` processes, output readers and publishers; ``close`` ends them.
 
@@ -237,7 +227,7 @@ class ChaosRun:
         """The acknowledged (device, seq) pairs, and the describe output of ``describe``."""
         await asyncio.gather(*self.running)
         acked: set[tuple[str, int]] = set().union(*(p.acknowledged() for p in self.publishers))
-        await wait_for(lambda: acked <= self.counter.deliveries.keys(), 60)
+        await wait_until(lambda: acked <= self.counter.deliveries.keys(), 60, "every acked reading")
         last = self.processes[-1]
         state = [
             (await asyncio.to_thread(last.cli, "describe", kind, name)).stdout

@@ -24,8 +24,8 @@ from tests.chaos.sources._mqtt_chaos import (
     Counter,
     Publisher,
     broker_and_trigger,
-    wait_for,
 )
+from tests.helpers import wait_until
 from tests.servers import LOOPBACK, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,7 +77,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_publish(tmp_path: Path) 
         def acked_count() -> int:
             return sum(len(p.ok) for p in publishers)
 
-        assert await wait_for(lambda: acked_count() >= KILL_AFTER, 60), "publishing stalled"
+        await wait_until(lambda: acked_count() >= KILL_AFTER, 60, "publishing stalled")
         await run.kill(first)
         acked_at_kill = acked_count()
         await asyncio.sleep(0.5)  # publishers notice and keep retrying meanwhile

@@ -23,8 +23,8 @@ from tests.chaos.sources._mqtt_chaos import (
     Counter,
     Publisher,
     broker_and_trigger,
-    wait_for,
 )
+from tests.helpers import wait_until
 from tests.integration.sources.conftest import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,10 +77,10 @@ async def test_nothing_mosquitto_queued_is_lost(tmp_path: Path) -> None:
             def delivered() -> int:
                 return len(counter.deliveries)
 
-            assert await wait_for(lambda: delivered() >= 1000, 60), "nothing flows"
+            await wait_until(lambda: delivered() >= 1000, 60, "nothing flows")
             # Mosquitto goes down and up under the source and the devices.
             await asyncio.to_thread(mosquitto.restart)
-            assert await wait_for(lambda: delivered() >= 2000, 60), "no flow after restart"
+            await wait_until(lambda: delivered() >= 2000, 60, "no flow after restart")
             # Headwater dies; Mosquitto queues for its session until it is back.
             await run.kill(first)
             queued_from = delivered()

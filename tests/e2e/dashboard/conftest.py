@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.e2e.headwater_process import Headwater, start_headwater
+from tests.helpers import Receiver, wait_until_blocking
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -33,49 +30,11 @@ WAIT = 10.0
 """Seconds any one browser wait may take before the test fails."""
 
 
-@dataclass
-class Subscriber:
-    """An HTTP subscriber on an ephemeral port answering ``status``; keeps accepted ids."""
-
-    status: int = 503
-    received: list[str] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-
-def _handler(subscriber: Subscriber) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            status = subscriber.status
-            if status < 300:
-                subscriber.received.append(self.headers.get("ce-id", ""))
-            body = b"not now" if status >= 300 else b""
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture(scope="module")
-def subscriber() -> Iterator[Subscriber]:
-    sub = Subscriber()
-    sub.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sub))
-    thread = threading.Thread(target=sub.server.serve_forever, name="subscriber", daemon=True)
-    thread.start()
-    yield sub
-    sub.server.shutdown()
-    sub.server.server_close()
-    thread.join(timeout=5)
+def subscriber() -> Iterator[Receiver]:
+    """An HTTP subscriber that answers 503 until a test sets its ``status``."""
+    with Receiver.in_thread(status=503) as sub:
+        yield sub
 
 
 def mesh(subscriber_url: str) -> str:
@@ -127,7 +86,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def headwater(
-    tmp_path_factory: pytest.TempPathFactory, subscriber: Subscriber
+    tmp_path_factory: pytest.TempPathFactory, subscriber: Receiver
 ) -> Iterator[Headwater]:
     root: Path = tmp_path_factory.mktemp("dashboard")
     (root / "mesh.yaml").write_text(mesh(subscriber.url))
@@ -198,17 +157,14 @@ def until(check: Callable[[], Any], timeout: float = WAIT, what: str = "conditio
     """Poll ``check`` until it returns something true. The views re-render as
     data arrives, so an element that went stale (or is not there yet) just
     means: look again."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def look() -> Any:
         try:
-            value = check()
+            return check()
         except (StaleElementReferenceException, NoSuchElementException):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+            return None
+
+    return wait_until_blocking(look, timeout, what, every=0.05)
 
 
 def _post(url: str, broker: str, body: object, content_type: str) -> None:

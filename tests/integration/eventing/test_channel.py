@@ -4,9 +4,17 @@ import aiohttp
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.eventing import Channel, DeliverySpec, HttpSink, Subscription, new_session
+from headwater.eventing import (
+    AiohttpTransport,
+    Channel,
+    DeliverySpec,
+    HttpSink,
+    Subscription,
+    new_session,
+)
+from tests.helpers import Answer, Receiver, wait_until
 
-from .conftest import Answer, Receiver, StartReceiver, eventually, reply_with
+from .conftest import StartReceiver, reply_with
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +51,7 @@ async def test_every_subscription_gets_every_event_and_replies_go_to_reply(
     async with new_session() as session, Channel.in_memory("default", "orders") as channel:
 
         def http(r: Receiver) -> HttpSink:
-            return HttpSink(r.url, session=session)
+            return HttpSink(r.url, transport=AiohttpTransport(session))
 
         fast = DeliverySpec(retry=3, backoff_delay=0.01)
         await channel.subscribe(Subscription("check", http(checker), reply=http(replies)))
@@ -59,7 +67,7 @@ async def test_every_subscription_gets_every_event_and_replies_go_to_reply(
         # The reply destination refused once: the whole delivery was retried, so
         # the subscriber saw one event twice (at least once).
         await checker.wait_for(21)
-        await eventually(lambda: retried.stats.delivered == 10)
+        await wait_until(lambda: retried.stats.delivered == 10)
         assert retried.stats.retried == 1
 
 
@@ -68,9 +76,11 @@ async def test_subscription_to_a_dead_subscriber_dead_letters(receiver: StartRec
     async with aiohttp.ClientSession() as session, Channel.in_memory("default", "c") as channel:
         sub = Subscription(
             "s",
-            HttpSink("http://127.0.0.1:9/", session=session),
+            HttpSink("http://127.0.0.1:9/", transport=AiohttpTransport(session)),
             delivery=DeliverySpec(
-                retry=1, backoff_delay=0.01, dead_letter_sink=HttpSink(dls.url, session=session)
+                retry=1,
+                backoff_delay=0.01,
+                dead_letter_sink=HttpSink(dls.url, transport=AiohttpTransport(session)),
             ),
         )
         await channel.subscribe(sub)

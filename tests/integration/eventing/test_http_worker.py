@@ -12,8 +12,7 @@ import pytest
 from aiohttp import web
 
 from headwater.eventing.http_worker import HttpWorker, WorkerGone
-
-from .conftest import eventually
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,12 +77,12 @@ async def test_a_cancelled_request_is_cancelled_in_the_worker(
     worker: HttpWorker, slow: Slow
 ) -> None:
     attempt = asyncio.create_task(worker.post(slow.url, {}, b"x"))
-    await eventually(lambda: slow.started == 1)
+    await wait_until(lambda: slow.started == 1)
     attempt.cancel()
     with pytest.raises(asyncio.CancelledError):
         await attempt
     # The worker dropped the connection, which cancels the server's handler.
-    await eventually(lambda: slow.cancelled == 1)
+    await wait_until(lambda: slow.cancelled == 1)
     assert slow.finished == 0
 
 
@@ -91,7 +90,7 @@ async def test_a_crash_fails_what_was_in_flight_and_the_next_request_restarts_it
     worker: HttpWorker, slow: Slow
 ) -> None:
     attempts = [asyncio.create_task(worker.post(slow.url, {}, b"")) for _ in range(3)]
-    await eventually(lambda: slow.started == 3)
+    await wait_until(lambda: slow.started == 3)
     assert worker._transport is not None
     os.kill(worker._transport.get_pid(), signal.SIGKILL)
     for attempt in attempts:
@@ -105,7 +104,7 @@ async def test_a_crash_fails_what_was_in_flight_and_the_next_request_restarts_it
 async def test_close_lets_requests_under_way_finish(worker: HttpWorker, slow: Slow) -> None:
     slow.delay = 0.3
     attempt = asyncio.create_task(worker.post(slow.url, {}, b""))
-    await eventually(lambda: slow.started == 1)
+    await wait_until(lambda: slow.started == 1)
     await worker.close()
     assert (await attempt).status == 204
     assert worker._transport is None and worker.restarts == 0

@@ -121,14 +121,6 @@ def close_all() -> None:
             client.close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 class Raw:
     """A blocking MQTT client on a raw socket, packet by packet."""
 

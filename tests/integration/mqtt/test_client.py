@@ -19,6 +19,7 @@ from headwater.mqtt.client import (
 )
 from headwater.mqtt.packets import Properties, ProtocolVersion, ReasonCode
 from headwater.mqtt.session import Message as BrokerMessage
+from tests.helpers import wait_until
 from tests.servers import LOOPBACK, ManagedServer, find_executable, free_port
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ async def test_publish_subscribe_and_explicit_acks(broker: MqttBroker, version) 
         assert len(session.inflight) == 2  # nothing acked until the application says so
         await first.ack()  # type: ignore[attr-defined]
         await second.ack()  # type: ignore[attr-defined]
-        await _until(lambda: not session.inflight)
+        await wait_until(lambda: not session.inflight)
 
 
 @VERSIONS
@@ -125,7 +126,7 @@ async def test_the_brokers_receive_maximum_is_respected() -> None:
     config = BrokerConfig(listeners=(Listener(port=0),), receive_maximum=2)
     async with MqttBroker(config, on_publish=slow) as b, Client("127.0.0.1", b.port()) as c:
         sends = [asyncio.ensure_future(c.publish("t", b"x", qos=1)) for _ in range(5)]
-        await _until(lambda: c.conn.window_full)
+        await wait_until(lambda: c.conn.window_full)
         assert len(c.conn.session.inflight) == 2  # type: ignore[union-attr]
         gate.set()
         assert await asyncio.gather(*sends) == [ReasonCode.SUCCESS] * 5
@@ -168,13 +169,5 @@ async def test_against_mosquitto(mosquitto: Mosquitto, version) -> None:  # type
         assert [m.payload for m in got] == [b"q0", b"q1", b"q2"]  # type: ignore[attr-defined]
         # keep_alive=1: an idle client pings by itself (and so stays connected).
         before = pub.conn.last_sent
-        await _until(lambda: pub.conn.last_sent > before)
+        await wait_until(lambda: pub.conn.last_sent > before)
         assert await pub.publish("m/y", b"alive", qos=1, properties=Properties()) == 0
-
-
-async def _until(predicate: object) -> None:
-    for _ in range(1000):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")

@@ -14,7 +14,8 @@ from headwater.mqtt.packets import (
     Publish,
     ReasonCode,
 )
-from tests.integration.mqtt._clients import V5, V311, Raw, wait_until
+from tests.helpers import wait_until_blocking
+from tests.integration.mqtt._clients import V5, V311, Raw
 from tests.integration.mqtt.conftest import MakeBroker
 
 pytestmark = pytest.mark.integration
@@ -74,4 +75,6 @@ def test_disconnect_cuts_off_a_user_at_once(make_broker: MakeBroker) -> None:
     assert broker.call(lambda: broker.broker.disconnect(user="device:device-1")) == 1  # type: ignore[union-attr]
     assert device.recv() == Disconnect(ReasonCode.NOT_AUTHORIZED)
     assert device.is_closed()
-    wait_until(lambda: broker.call(lambda: broker.broker.connected_clients) == ["o"])  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: broker.call(lambda: broker.broker.connected_clients) == ["o"],  # type: ignore[union-attr]
+    )

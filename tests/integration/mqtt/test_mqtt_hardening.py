@@ -28,7 +28,8 @@ from headwater.mqtt.packets import (
     Will,
 )
 from headwater.mqtt.session import Delivery, Message
-from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw, wait_until
+from tests.helpers import wait_until_blocking
+from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw
 from tests.integration.mqtt.conftest import MakeBroker
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,9 @@ def test_another_user_cannot_resume_a_session_by_its_client_id(
     publisher = _login(broker, version, "alice", "alice-pub", clean=True)
     publisher.send(Publish("alice/diary", b"secret", 1, packet_id=1))
     assert publisher.recv() == Puback(1)
-    wait_until(lambda: broker.call(lambda: len(broker.broker.sessions["shared-id"].queue)) == 1)  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: broker.call(lambda: len(broker.broker.sessions["shared-id"].queue)) == 1
+    )  # type: ignore[union-attr]
 
     bob = _login(broker, version, "bob", "shared-id", clean=False)
     assert bob.last_connack.session_present is False  # type: ignore[attr-defined]
@@ -234,7 +237,9 @@ def test_incomplete_packets_are_bounded_across_connections_and_released_on_close
     refs: list[weakref.ref[object]] = []
     for _ in range(2):
         held.append(_partial_publish(broker.port(), 900_000, 400_000))
-        wait_until(lambda: broker.call(lambda: core.incomplete_bytes) >= 400_000 * len(held))
+        wait_until_blocking(
+            lambda: broker.call(lambda: core.incomplete_bytes) >= 400_000 * len(held)
+        )
     refs = broker.call(lambda: [weakref.ref(c) for c in core._connections])
     # A third would take the total past the budget: that connection is closed.
     third = _partial_publish(broker.port(), 900_000, 400_000)
@@ -243,9 +248,9 @@ def test_incomplete_packets_are_bounded_across_connections_and_released_on_close
     assert all(not raw.is_closed(0.1) for raw in held)
     for raw in held:
         raw.close()
-    wait_until(lambda: broker.call(lambda: core.incomplete_bytes) == 0)
+    wait_until_blocking(lambda: broker.call(lambda: core.incomplete_bytes) == 0)
     # Freed by reference counting at once, not left for a full garbage collection.
-    wait_until(lambda: all(ref() is None for ref in refs))
+    wait_until_blocking(lambda: all(ref() is None for ref in refs))
 
 
 def test_incomplete_bytes_fall_as_packets_complete(make_broker: MakeBroker) -> None:
@@ -253,9 +258,9 @@ def test_incomplete_bytes_fall_as_packets_complete(make_broker: MakeBroker) -> N
     core = broker.broker
     assert core is not None
     raw = _partial_publish(broker.port(), 200_000, 100_000)
-    wait_until(lambda: broker.call(lambda: core.incomplete_bytes) == 100_000 + 4)
+    wait_until_blocking(lambda: broker.call(lambda: core.incomplete_bytes) == 100_000 + 4)
     raw.send_bytes(b"x" * 100_000)
-    wait_until(lambda: broker.call(lambda: core.incomplete_bytes) == 0)
+    wait_until_blocking(lambda: broker.call(lambda: core.incomplete_bytes) == 0)
 
 
 # -- 8. Payload Format Indicator 1 with a payload that is not UTF-8 -------------------
@@ -298,12 +303,12 @@ def test_silent_sockets_beyond_the_cap_are_closed_on_accept(make_broker: MakeBro
     core = broker.broker
     assert core is not None
     idle = [Raw(broker.port(), V311) for _ in range(3)]  # no CONNECT yet
-    wait_until(lambda: broker.call(lambda: len(core._connections)) == 3)
+    wait_until_blocking(lambda: broker.call(lambda: len(core._connections)) == 3)
     extra = Raw(broker.port(), V311)
     assert extra.is_closed()
     assert core.stats.connections_refused == 1
     idle[0].close()
-    wait_until(lambda: broker.call(lambda: len(core._connections)) == 2)
+    wait_until_blocking(lambda: broker.call(lambda: len(core._connections)) == 2)
     assert Raw(broker.port(), V311).connect("late").reason_code == ReasonCode.SUCCESS
     # Connected clients no longer count as pending: room for another.
     assert Raw(broker.port(), V311).connect("later").reason_code == ReasonCode.SUCCESS

@@ -9,7 +9,6 @@ PUBLISHes arrived in even when later hooks finish first, and any other packet
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -54,7 +53,6 @@ def test_pipelined_hooks_ack_and_route_in_arrival_order(make_broker: MakeBroker,
     assert isinstance(sub.recv(), Suback)
     client = Raw(broker.port(), version)
     client.connect("dev", clean_start=False)
-    started = time.monotonic()
     for n in range(3):
         client.send(Publish("p", str(n).encode(), 1, packet_id=n + 1))
     client.send(Pingreq())  # waits for the three PUBLISHes before it
@@ -72,8 +70,6 @@ def test_pipelined_hooks_ack_and_route_in_arrival_order(make_broker: MakeBroker,
         # 3.1.1 cannot refuse: the connection closes after the acks before the refusal.
         assert [client.recv(), client.recv()] == [Puback(1), Puback(2)]
         assert client.is_closed()
-    elapsed = time.monotonic() - started
-    assert peak == 3  # the hooks ran at once ...
-    assert elapsed < 0.4 + 0.3  # ... so the batch took about the slowest one, not the sum
+    assert peak == 3  # the hooks ran at once, not one after the other
     routed = [p.payload for p in sub.recv_all()]  # type: ignore[union-attr]
     assert routed == ([b"0", b"1", b"3"] if version == V5 else [b"0", b"1"])

@@ -1,6 +1,6 @@
 """Two embedded brokers on one NATS JetStream server, routed and sessioned over NATS.
 
-Each broker stands for a node of a mesh (:mod:`headwater.mqtt.nats_mesh`):
+Each broker stands for a node of a mesh (:mod:`headwater.cluster.mqtt.link`):
 messages cross between them for QoS 0/1/2, retained messages are seen on
 both, a persistent session resumes on the other broker with what was queued
 meanwhile, a client id connected to both is taken over, and a shared group
@@ -21,8 +21,9 @@ import pytest
 
 from headwater.cluster.connection import NatsOptions, connect
 from headwater.cluster.leases import Lease
+from headwater.cluster.mqtt.link import MeshLink
+from headwater.cluster.mqtt.span import MqttMesh
 from headwater.mqtt.broker import BrokerConfig, Listener, MqttBroker
-from headwater.mqtt.nats_mesh import MeshLink, MqttMesh
 from headwater.state.jetstream import JetStreamStore
 from tests.servers import NatsServer
 

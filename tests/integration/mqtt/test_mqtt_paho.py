@@ -6,13 +6,13 @@ import time
 
 import pytest
 
+from tests.helpers import wait_until_blocking
 from tests.integration.mqtt._clients import (
     BrokerThread,
     Paho,
     connect_properties,
     publish_properties,
     subscribe_properties,
-    wait_until,
     will_properties,
 )
 
@@ -98,7 +98,9 @@ def test_persistent_session_queues_offline_messages(broker: BrokerThread, v5: bo
     fresh = Paho(broker.port(), "device-7", v5=v5, clean=True)
     assert fresh.connack()[1] is False
     fresh.close()
-    wait_until(lambda: broker.call(lambda: "device-7" not in broker.broker.sessions))  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: broker.call(lambda: "device-7" not in broker.broker.sessions),  # type: ignore[union-attr]
+    )
 
 
 @pytest.mark.parametrize("v5", VERSIONS)
@@ -316,7 +318,9 @@ def test_v311_empty_client_ids_are_unique(broker: BrokerThread) -> None:
     b = Paho(broker.port(), "", v5=False)
     assert a.connack()[0] == 0 and b.connack()[0] == 0
     # Both stay connected: each got its own unique id [MQTT-3.1.3-6].
-    wait_until(lambda: len(broker.call(lambda: broker.broker.connected_clients)) == 2)  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: len(broker.call(lambda: broker.broker.connected_clients)) == 2,  # type: ignore[union-attr]
+    )
 
 
 def test_websocket_listener(make_broker) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,8 @@ from headwater.mqtt.packets import (
     Unsubscribe,
     Will,
 )
-from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw, wait_until
+from tests.helpers import WAIT, wait_until_blocking
+from tests.integration.mqtt._clients import V5, V311, BrokerThread, Raw
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,9 @@ def test_redelivery_on_reconnect_with_dup_and_same_ids(broker: BrokerThread, ver
     again.send(Puback(first.packet_id))  # type: ignore[arg-type]
     again.send(Pubcomp(second.packet_id))  # type: ignore[arg-type]
     assert again.recv_all() == []
-    wait_until(lambda: broker.call(lambda: not broker.broker.sessions["dev"].inflight))  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: broker.call(lambda: not broker.broker.sessions["dev"].inflight),  # type: ignore[union-attr]
+    )
 
 
 @pytest.mark.parametrize("version", [V311, V5])
@@ -240,11 +243,12 @@ def test_keepalive_timeout_publishes_will(broker: BrokerThread, version) -> None
     client = Raw(broker.port(), version)
     client.connect("sleepy", keep_alive=1, will=Will("lwt/sleepy", b"dead"))
     started = time.monotonic()
-    message = watcher.recv(timeout=4)
+    message = watcher.recv(timeout=WAIT)
     elapsed = time.monotonic() - started
-    # [MQTT-3.1.2-24 (3.1.1) / 3.1.2-22 (5.0)] closed after 1.5 x keepalive, then the will.
+    # [MQTT-3.1.2-24 (3.1.1) / 3.1.2-22 (5.0)] closed after 1.5 x keepalive, then the will;
+    # not before (how soon after is the sans-IO connection's, tested with its clock).
     assert message == Publish("lwt/sleepy", b"dead")
-    assert 1.3 <= elapsed <= 2.5
+    assert elapsed >= 1.3
     assert client.is_closed()
 
 
@@ -329,7 +333,9 @@ def test_session_expiry_changed_on_disconnect(broker: BrokerThread) -> None:
     client.connect("e", properties=Properties(session_expiry_interval=300))
     client.send(Disconnect(properties=Properties(session_expiry_interval=0)))
     assert client.is_closed()
-    wait_until(lambda: broker.call(lambda: "e" not in broker.broker.sessions))  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: broker.call(lambda: "e" not in broker.broker.sessions),  # type: ignore[union-attr]
+    )
     zero = Raw(broker.port(), V5)
     zero.connect("z")
     zero.send(Disconnect(properties=Properties(session_expiry_interval=30)))
@@ -342,8 +348,12 @@ def test_session_expires_after_interval(broker: BrokerThread) -> None:
     client.connect("short", properties=Properties(session_expiry_interval=1))
     _subscribe(client, ("t", 1))
     client.close()
-    wait_until(lambda: broker.call(lambda: "short" in broker.broker.sessions))  # type: ignore[union-attr]
-    wait_until(lambda: broker.call(lambda: "short" not in broker.broker.sessions), 4)  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: broker.call(lambda: "short" in broker.broker.sessions),  # type: ignore[union-attr]
+    )
+    wait_until_blocking(
+        lambda: broker.call(lambda: "short" not in broker.broker.sessions),  # type: ignore[union-attr]
+    )
     again = Raw(broker.port(), V5)
     assert not again.connect("short", clean_start=False).session_present
 
@@ -412,4 +422,4 @@ def test_autosave_persists_without_shutdown(make_broker, tmp_path) -> None:  # t
             "s/r"
         ]
 
-    wait_until(saved)
+    wait_until_blocking(saved)

@@ -26,6 +26,7 @@ from headwater.mqtt.packets import (
     SubscriptionOptions,
     encode,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -147,8 +148,7 @@ async def test_clients_killed_mid_qos2_flow() -> None:
             sub.kill()
         for pub in pubs:
             pub.kill()
-        await asyncio.sleep(0.2)
-        assert not broker.connected_clients
+        await wait_until(lambda: not broker.connected_clients)
         # Publishers come back and finish with PUBREL: PUBCOMP, and no second delivery.
         for i in range(n):
             pub, connack = await Client.connect(

@@ -26,7 +26,8 @@ from headwater.mqtt.packets import (
     SubscriptionOptions,
 )
 from headwater.mqtt.session import Message
-from tests.integration.mqtt._clients import V5, V311, BrokerThread, Paho, Raw, wait_until
+from tests.helpers import wait_until_blocking
+from tests.integration.mqtt._clients import V5, V311, BrokerThread, Paho, Raw
 from tests.integration.mqtt.conftest import MakeBroker
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,9 @@ def _pub(port: int, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _wait_subscribed(broker: BrokerThread, n: int = 1) -> None:
-    wait_until(lambda: len(broker.call(lambda: list(broker.broker.router.filters()))) >= n)  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: len(broker.call(lambda: list(broker.broker.router.filters()))) >= n,  # type: ignore[union-attr]
+    )
 
 
 @pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
@@ -284,7 +287,7 @@ def test_hooks_and_in_process_publish(make_broker: MakeBroker) -> None:
     message = client.get()
     assert (message.payload, message.qos) == (b"from inside", 1)
     client.close()
-    wait_until(lambda: len(events) == 2)
+    wait_until_blocking(lambda: len(events) == 2)
     assert events == ["connect hooked MQTT311", "disconnect hooked"]
     assert broker.broker.retained.get("cmd/x") is not None  # type: ignore[union-attr]
 
@@ -323,7 +326,9 @@ def test_sessions_and_retained_survive_restart(make_broker: MakeBroker, tmp_path
     for i in range(3):
         pub.publish("k/queued", f"q{i}", 1)
     pub.close()
-    wait_until(lambda: first.call(lambda: len(first.broker.sessions["keeper"].queue)) == 4)  # type: ignore[union-attr]
+    wait_until_blocking(
+        lambda: first.call(lambda: len(first.broker.sessions["keeper"].queue)) == 4,  # type: ignore[union-attr]
+    )
     first.stop()
 
     second = make_broker(config)

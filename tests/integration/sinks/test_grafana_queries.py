@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
 from headwater.sources.simulator import Climate
+from tests.helpers import wait_until
 from tests.servers import InfluxServer, PrometheusServer, find_executable
 
 pytestmark = pytest.mark.integration
@@ -96,11 +97,7 @@ async def test_dashboard_queries_return_what_the_demo_sink_wrote(
         ]
         await runtime.broker("default", "default").accept(events)
         key = ("InfluxDBSink", "default", "influxdb")
-        for _ in range(250):  # up to 5 s for the Trigger to deliver
-            if runtime.status(key).get("pointsWritten") == 10:
-                break
-            await asyncio.sleep(0.02)
-        assert runtime.status(key)["pointsWritten"] == 10
+        await wait_until(lambda: runtime.status(key).get("pointsWritten") == 10)
 
         board = dashboard()
         variable = board["templating"]["list"][0]["query"]

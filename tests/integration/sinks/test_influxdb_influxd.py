@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from headwater.cloudevents import CloudEvent, from_http
 from headwater.eventing import DeliveryError
 from headwater.runtime import Runtime
-from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
+from headwater.sinks.influx_target import InfluxTarget
+from headwater.sinks.influxdb import InfluxDBSink
 from headwater.sinks.lineprotocol import PointMapping
 from tests.servers import InfluxServer
 

@@ -13,6 +13,7 @@ import pytest
 
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
+from tests.helpers import wait_until
 from tests.servers import PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -105,12 +106,7 @@ async def test_prometheus_scrapes_gauges_and_counters(
     broker = runtime.broker("default", "default")
     await broker.accept([reading(1, "s1", 20.5), reading(2, "s2", 18.0), reading(3, "s1", 21.25)])
     sink = runtime.reconciler.component(("PrometheusSink", "default", "greenhouse"))
-    for _ in range(500):  # up to 10 s for the Trigger to deliver
-        if sink.status()["received"] == 3:  # type: ignore[union-attr]
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail(f"the Trigger delivered {sink.status()} of 3 events")  # type: ignore[union-attr]
+    await wait_until(lambda: sink.status()["received"] == 3, what="three events delivered")  # type: ignore[union-attr]
 
     prometheus = prometheus_for(address)
     assert await query_until(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -10,13 +9,11 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from headwater.cloudevents import CloudEvent, from_http
+from tests.helpers import Receiver
 from tests.servers import LOOPBACK, ManagedServer, find_executable, free_port
 
 TIMEOUT = 10.0
@@ -59,45 +56,10 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield server
 
 
-class Receiver:
-    """An HTTP CloudEvents receiver that records what arrives."""
-
-    def __init__(self) -> None:
-        self.events: list[CloudEvent] = []
-        self.arrived = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        self.server = TestServer(app, host=LOOPBACK)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        event = from_http(request.headers.items(), await request.read())
-        assert isinstance(event, CloudEvent)
-        self.events.append(event)
-        self.arrived.set()
-        return web.Response(status=202)
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("/"))
-
-    async def wait_for(self, count: int, within: float = TIMEOUT) -> list[CloudEvent]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while len(self.events) < count and loop.time() < deadline:
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                break
-        return self.events
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.server.start_server()
-    yield r
-    await r.server.close()
+    async with Receiver.serving() as r:
+        yield r
 
 
 class Device:

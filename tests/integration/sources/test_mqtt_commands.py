@@ -13,7 +13,8 @@ from paho.mqtt.properties import Properties
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
 from headwater.sinks.mqtt import RESPONSE_TYPE
-from tests.integration.sources.conftest import Device, Receiver
+from tests.helpers import Receiver
+from tests.integration.sources.conftest import Device
 
 
 def mesh(receiver_url: str) -> str:

@@ -18,7 +18,8 @@ from headwater.cloudevents import CloudEvent
 from headwater.log import EARLIEST
 from headwater.runtime import Runtime
 from headwater.sources.mqttbroker import CONNECTED_TYPE
-from tests.integration.sources.conftest import Device, Receiver
+from tests.helpers import Receiver
+from tests.integration.sources.conftest import Device
 
 CESQL = importlib.util.find_spec("headwater.cesql") is not None
 FILTER = (

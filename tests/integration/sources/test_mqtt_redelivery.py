@@ -13,7 +13,7 @@ broker resending its unacknowledged messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -37,6 +37,7 @@ from headwater.mqtt.packets import (
 from headwater.sources.mapping import Mapping
 from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource
+from tests.helpers import wait_until
 
 TIMEOUT = 10.0
 V5 = ProtocolVersion.MQTT5
@@ -108,14 +109,6 @@ async def source(log: Log) -> AsyncIterator[MqttBrokerSource]:
 
 def publish(pid: int, payload: bytes, *, dup: bool = False) -> Publish:
     return Publish("sensors/s1/climate", payload, 1, False, dup, pid)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    for _ in range(int(TIMEOUT / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_dup_resend_after_a_lost_puback_is_one_event() -> None:

@@ -7,7 +7,8 @@ import asyncio
 import orjson
 
 from headwater.runtime import Runtime
-from tests.integration.sources.conftest import Device, Mosquitto, Receiver
+from tests.helpers import Receiver, wait_until
+from tests.integration.sources.conftest import Device, Mosquitto
 
 N = 100
 
@@ -46,11 +47,8 @@ spec:
 
 
 async def wait_connected(runtime: Runtime) -> None:
-    for _ in range(500):
-        if runtime.status(("MqttSource", "default", "plant")).get("connected"):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not connected: {runtime.status(('MqttSource', 'default', 'plant'))}")
+    key = ("MqttSource", "default", "plant")
+    await wait_until(lambda: runtime.status(key).get("connected"), what="connected")
 
 
 def publish_all(port: int, first: int, count: int) -> None:
@@ -64,7 +62,7 @@ def publish_all(port: int, first: int, count: int) -> None:
 
 
 def seqs(receiver: Receiver) -> list[int]:
-    return sorted(int(str(e["seq"])) for e in receiver.events)
+    return sorted(int(str(e["seq"])) for e in receiver.accepted)
 
 
 async def test_mosquitto_messages_become_events(mosquitto: Mosquitto, receiver: Receiver) -> None:
@@ -77,7 +75,7 @@ async def test_mosquitto_messages_become_events(mosquitto: Mosquitto, receiver: 
     finally:
         await runtime.close()
     assert seqs(receiver) == list(range(N))
-    event = receiver.events[0]
+    event = receiver.accepted[0]
     assert event.type == "dev.headwater.telemetry"
     assert event.source == f"mqtt://127.0.0.1:{mosquitto.port}/{event['mqtttopic']}"
     assert event.subject == event["device"]

@@ -15,6 +15,7 @@ from headwater.sinks.mqtt import EmbeddedPublisher, MqttSink
 from headwater.sources.mapping import Mapping
 from headwater.sources.mqttbroker import MqttBrokerSource
 from headwater.sources.simulator import Fleet, FleetConfig
+from tests.helpers import wait_until
 from tests.integration.sources.conftest import Mosquitto
 
 
@@ -33,10 +34,7 @@ async def test_fleet_telemetry_and_commands_through_the_embedded_broker() -> Non
             FleetConfig(port=source.broker.port(), devices=4, rate=400, count=40, duration=3)
         )
         run = asyncio.create_task(fleet.run())
-        for _ in range(300):
-            if sum(e.type == "dev.headwater.mqtt.message" for e in events) >= 40:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: sum(e.type == "dev.headwater.mqtt.message" for e in events) >= 40)
         sink = MqttSink("devices/{subject}/commands", EmbeddedPublisher(source), response_timeout=3)
         command = CloudEvent(
             {

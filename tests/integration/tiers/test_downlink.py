@@ -13,7 +13,7 @@ from headwater.cloudevents import CloudEvent, from_http
 from headwater.eventing import RecordingSink
 from headwater.log import LogUnavailable
 from headwater.runtime.tiers import DownlinkComponent, EdgeComponent
-from headwater.tiers import EdgeQueue
+from headwater.tiers.edgequeue import EdgeQueue
 from tests.integration.tiers.harness import BROKER, Tier, until
 
 pytestmark = pytest.mark.integration

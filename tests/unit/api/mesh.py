@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from headwater.runtime import Runtime
-
-
-@dataclass
-class Subscriber:
-    """An HTTP subscriber answering ``status``; ``received`` keeps the ids it accepted."""
-
-    status: int = 503
-    received: list[str] = field(default_factory=list)
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        if self.status < 300:
-            self.received.append(request.headers.get("ce-id", ""))
-        return web.Response(status=self.status, text="subscriber says no")
+from tests.helpers import Receiver
 
 
 @dataclass
 class Mesh:
     runtime: Runtime
     client: TestClient  # type: ignore[type-arg]
-    subscriber: Subscriber
+    subscriber: Receiver
+    """Answers 503 until a test sets its ``status``."""
 
     async def apply(self, text: str) -> dict[str, Any]:
         response = await self.client.post(
@@ -56,9 +40,3 @@ class Mesh:
     async def json(self, method: str, path: str) -> tuple[int, Any]:
         response = await self.client.request(method, path)
         return response.status, await response.json()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not await check():  # noqa: ASYNC110 - polls the API
-            await asyncio.sleep(0.02)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from headwater.api import create_app
+from headwater.api import add_ingress, create_app
 from headwater.runtime import Runtime
 
 DISPLAY = """\
@@ -137,7 +137,6 @@ async def test_token_required_when_configured() -> None:
 
 
 async def test_broker_ingress_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from headwater.eventing import Ingress
 
     monkeypatch.setenv("HW_TEST_INGRESS_TOKEN", "t0ken")
     runtime = Runtime()
@@ -148,7 +147,7 @@ async def test_broker_ingress_token(monkeypatch: pytest.MonkeyPatch) -> None:
         "b.yaml",
     )
     app = create_app(runtime)
-    Ingress(runtime.ingress_lookup).add_routes(app)
+    add_ingress(app, runtime)
     event = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t"}
     async with TestClient(TestServer(app)) as client:
         assert (await client.post("/default/locked", headers=event)).status == 401

@@ -12,8 +12,9 @@ from headwater.cloudevents import CloudEvent
 from headwater.eventing import Deliverer, DeliveryError, DeliverySpec
 from headwater.log import LogUnavailable, MemoryLog
 from headwater.runtime import Runtime
-from headwater.runtime.runtime import DEAD_LETTER_STREAM
-from tests.unit.api.mesh import Mesh, eventually
+from headwater.runtime.deadletters import DEAD_LETTER_STREAM
+from tests.helpers import wait_until
+from tests.unit.api.mesh import Mesh
 
 BROKER = """\
 apiVersion: eventing.knative.dev/v1
@@ -47,7 +48,7 @@ async def _letters(mesh: Mesh, count: int) -> list[dict]:  # type: ignore[type-a
         items = body["items"]
         return len(items) >= count
 
-    await eventually(enough)
+    await wait_until(enough)
     return items
 
 
@@ -85,7 +86,7 @@ async def test_a_given_up_event_is_recorded_and_redriven_once_the_subscriber_wor
     assert status == 200, result
     assert result["outcome"] == "delivered"
     assert result["lastError"] is None
-    assert mesh.subscriber.received == ["e-1"]
+    assert mesh.subscriber.accepted_ids == ["e-1"]
     _, trigger_status = await mesh.json("GET", "/api/v1/resources/trigger/default/flaky")
     assert trigger_status["status"]["delivered"] == 1
 
@@ -94,7 +95,7 @@ async def test_a_given_up_event_is_recorded_and_redriven_once_the_subscriber_wor
     status, again = await mesh.json("POST", f"/api/v1/deadletters/{letter['id']}/redrive")
     assert status == 409
     assert "delivered already" in again["error"]
-    assert mesh.subscriber.received == ["e-1"]
+    assert mesh.subscriber.accepted_ids == ["e-1"]
 
 
 async def test_a_redrive_that_fails_again_is_recorded_again(mesh: Mesh) -> None:
@@ -131,9 +132,9 @@ async def test_recorded_also_when_the_dead_letter_sink_takes_it(mesh: Mesh) -> N
         _, status = await mesh.json("GET", "/api/v1/resources/trigger/default/closed")
         return bool(status["status"]["deadLettered"] == 1)
 
-    await eventually(dead_lettered)
+    await wait_until(dead_lettered)
     # The dead letter sink got it (and so did the first Trigger, now that it works).
-    assert mesh.subscriber.received.count("e-4") == 2
+    assert mesh.subscriber.accepted_ids.count("e-4") == 2
 
 
 async def test_newest_first_with_limit_and_before(mesh: Mesh) -> None:
@@ -157,6 +158,23 @@ async def test_redrive_refused_when_the_origin_is_gone(mesh: Mesh) -> None:
     status, body = await mesh.json("POST", f"/api/v1/deadletters/{letter['id']}/redrive")
     assert status == 409
     assert body["error"] == "Trigger default/flaky is not running"
+
+
+async def test_an_uplinks_dead_letter_is_refused_for_redrive_with_the_reason(mesh: Mesh) -> None:
+    await mesh.apply(BROKER)
+    error = DeliveryError(400, False, reason="the remote refused it")
+    event = CloudEvent({"specversion": "1.0", "id": "u-1", "source": "/s", "type": "t"})
+    await mesh.runtime.dead_letters.record(
+        ("Uplink", "default", "up"), "https://cloud.example/default/default", event, error
+    )
+    (letter,) = await _letters(mesh, 1)
+    assert letter["origin"] == {"kind": "Uplink", "namespace": "default", "name": "up"}
+    status, body = await mesh.json("POST", f"/api/v1/deadletters/{letter['id']}/redrive")
+    assert status == 409
+    assert body["error"] == (
+        f"dead letter {letter['id']} came from Uplink default/up: "
+        "only a Trigger's or a Subscription's dead letters can be re-driven"
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,7 +226,7 @@ async def test_an_event_is_not_lost_when_recording_it_fails() -> None:
 
         # The failed record fails the delivery: the event stays unacknowledged and
         # comes back once the dispatcher restarts; then the record is kept.
-        await eventually(recorded, within=10)
+        await wait_until(recorded, within=10)
         assert log.failed
         (letter,) = await runtime.dead_letters.list(10)
         assert letter.event.id == "keep"

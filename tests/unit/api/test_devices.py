@@ -10,7 +10,8 @@ from headwater.api import devices
 from headwater.api.devices import BUCKET_SECONDS, MAX_DEVICES, MAX_FIELDS, DeviceTracker, Series
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
-from tests.unit.api.mesh import Mesh, eventually
+from tests.helpers import wait_until
+from tests.unit.api.mesh import Mesh
 
 BROKER = """\
 apiVersion: eventing.knative.dev/v1
@@ -99,14 +100,14 @@ async def test_devices_endpoints_follow_the_broker(mesh: Mesh) -> None:
         _, body = await mesh.json("GET", "/api/v1/devices")
         return [d["device"] for d in body["devices"]] == ["gh-1"]
 
-    await eventually(seen)
+    await wait_until(seen)
     await mesh.send("b", {"device": "gh-1", "temperature": 22.0, "humidity": 50})
 
     async def updated() -> bool:
         _, body = await mesh.json("GET", "/api/v1/devices")
         return bool(body["devices"][0]["values"] == {"temperature": 22.0, "humidity": 50.0})
 
-    await eventually(updated)
+    await wait_until(updated)
     status, series = await mesh.json("GET", "/api/v1/devices/series?device=gh-1")
     assert status == 200
     assert series["series"]["temperature"]["v"][-1] == 22.0
@@ -161,9 +162,9 @@ async def test_tracking_stops_when_idle_and_starts_again(
     monkeypatch.setattr(devices, "SYNC_INTERVAL", 0.01)
     tracker = mesh.client.app[devices.TRACKER_KEY]
     await mesh.json("GET", "/api/v1/devices")
-    await eventually(lambda: _running(tracker, 1))
+    await wait_until(lambda: _running(tracker, 1))
     monkeypatch.setattr(devices, "IDLE_STOP", 0.0)
-    await eventually(lambda: _running(tracker, 0))
+    await wait_until(lambda: _running(tracker, 0))
     monkeypatch.setattr(devices, "IDLE_STOP", 600.0)
     await mesh.send("late", {"device": "gh-3", "temperature": 1.0})
     await mesh.json("GET", "/api/v1/devices")  # starts again; the log has what it missed
@@ -171,7 +172,7 @@ async def test_tracking_stops_when_idle_and_starts_again(
     async def seen() -> bool:
         return "gh-3" in tracker.devices
 
-    await eventually(seen)
+    await wait_until(seen)
 
 
 async def _running(tracker: DeviceTracker, readers: int) -> bool:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from headwater.api import create_app
 from headwater.cloudevents import CloudEvent
 from headwater.runtime import Runtime
+from tests.helpers import wait_until
 
 MESH = """\
 apiVersion: eventing.knative.dev/v1
@@ -43,11 +42,10 @@ async def test_metrics_reflect_deliveries() -> None:
     stale = _event(4, "a").evolve({"expiresat": "2020-01-01T00:00:00Z"})
     await broker.accept([_event(1, "a"), _event(2, "b"), _event(3, "a"), stale])
     trigger = runtime.reconciler.component(("Trigger", "default", "only-a"))
-    for _ in range(100):
-        status = runtime.status(("Trigger", "default", "only-a"))
-        if status["delivered"] == 2 and status["expired"] == 1:
-            break
-        await asyncio.sleep(0.02)
+    key = ("Trigger", "default", "only-a")
+    await wait_until(
+        lambda: runtime.status(key)["delivered"] == 2 and runtime.status(key)["expired"] == 1
+    )
     assert trigger is not None
     async with TestClient(TestServer(create_app(runtime))) as client:
         response = await client.get("/metrics")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from headwater.api.topology import FAILING_FOR, LAGGING, _health
-from tests.unit.api.mesh import Mesh, eventually
+from tests.helpers import wait_until
+from tests.unit.api.mesh import Mesh
 
 MESH = """\
 apiVersion: eventing.knative.dev/v1
@@ -95,7 +96,7 @@ spec:
         _, body = await mesh.json("GET", "/api/v1/topology")
         return {n["id"]: n["health"] for n in body["nodes"]}["Trigger/default/broken"] == "failing"
 
-    await eventually(failing)
+    await wait_until(failing)
 
 
 async def test_an_uplink_is_a_source_between_its_broker_and_the_other_tier(mesh: Mesh) -> None:

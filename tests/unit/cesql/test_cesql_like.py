@@ -73,12 +73,13 @@ def test_agrees_with_a_backtracking_reference(pattern: str, value: str) -> None:
 
 def test_hostile_values_take_linear_time() -> None:
     # A backtracking matcher needs about n**5 steps here; ours a few passes.
+    # Measured in this thread's CPU time: the work done, whatever else loads the machine.
     match = like_matcher("%a%a%a%a%a%b")
     value = "a" * 20_000
-    started = time.perf_counter()
+    started = time.thread_time()
     assert not match(value)
-    assert time.perf_counter() - started < 0.5
+    assert time.thread_time() - started < 0.5
     match = like_matcher("%a_a%a_a%b")
-    started = time.perf_counter()
+    started = time.thread_time()
     assert not match(value)
-    assert time.perf_counter() - started < 0.5
+    assert time.thread_time() - started < 0.5

@@ -18,7 +18,6 @@ from headwater.eventing import (
     backoff,
     dead_letter_event,
     effective_delivery,
-    parse_duration,
     parse_retry_after,
     should_retry,
 )
@@ -33,29 +32,6 @@ def event(i: int = 1, **extra: object) -> CloudEvent:
 
 
 # -- pure policy --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        pytest.param("PT0.2S", 0.2, id="fraction"),
-        pytest.param("PT10S", 10.0, id="seconds"),
-        pytest.param("PT1M30S", 90.0, id="minutes-seconds"),
-        pytest.param("PT1H", 3600.0, id="hours"),
-        pytest.param("P1D", 86400.0, id="days"),
-        pytest.param("P1W", 604800.0, id="weeks"),
-        pytest.param("P1DT1S", 86401.0, id="date-and-time"),
-        pytest.param("PT0,5S", 0.5, id="comma-decimal"),
-    ],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "P", "PT", "10S", "PT-1S", "P1Y", "P1M", "PT1S ", "P1DT"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="ISO 8601"):
-        parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -163,9 +139,8 @@ def test_latency_histogram() -> None:
         h.observe(v)
     assert h.counts == [2, 1, 1, 1]
     assert h.count == 5
-    assert h.quantile(0.5) == 0.1
-    assert h.quantile(1.0) == float("inf")
-    assert LatencyHistogram().quantile(0.5) is None
+    assert h.sum == pytest.approx(5.56)
+    assert h.snapshot()["buckets"] == {"0.01": 2, "0.1": 1, "1.0": 1, "+Inf": 1}
 
 
 # -- the loop -------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import Broker, Trigger
 from headwater.log import MemoryLog
+from tests.helpers import wait_until
 
 
 class SlowSink:
@@ -25,14 +25,6 @@ class SlowSink:
 
 def event(i: int) -> CloudEvent:
     return CloudEvent({"specversion": "1.0", "id": f"e{i}", "source": "/t", "type": "t"})
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    for _ in range(500):  # 5 s at most
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in 5 s")
 
 
 async def test_drain_lets_deliveries_under_way_finish_and_reads_nothing_new() -> None:

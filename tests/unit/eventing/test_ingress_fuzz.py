@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headwater.api import create_app
+from headwater.api import add_ingress, create_app
 from headwater.cloudevents import to_http, to_http_batch
-from headwater.eventing import Ingress
 from headwater.eventing.ingress import is_ingress_request
 from headwater.http_guard import GuardedSite, HttpLimits, PeerLogger, guard_app
 from headwater.runtime import Runtime
@@ -78,7 +77,7 @@ def server() -> Iterator[Server]:
         try:
             await runtime.apply_text(BROKER, "fuzz.yaml")
             app = create_app(runtime)
-            Ingress(runtime.ingress_lookup).add_routes(app)
+            add_ingress(app, runtime)
             guard = guard_app(app, HttpLimits(), data_plane=is_ingress_request)
             runner = web.AppRunner(app, access_log=None, logger=PeerLogger())
             await runner.setup()

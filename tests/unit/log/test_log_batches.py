@@ -14,7 +14,6 @@ import itertools
 import sqlite3
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from headwater.log._codec import (
 )
 from headwater.log._sqlite_store import SCHEMA_VERSION
 from headwater.log.sqlite import Durability
+from tests.helpers import wait_until
 
 STREAM = "s"
 DURABILITIES = pytest.mark.parametrize("durability", ["fsync", "normal"])
@@ -217,17 +217,15 @@ async def sweeps(clock: Clock, count: int = 3) -> None:
     at the start of each age sweep (one at a time), so a sweep that began after the
     clock was set has then finished."""
     reads = clock.reads + count
-    deadline = time.monotonic() + 2
-    while clock.reads < reads:
-        assert time.monotonic() < deadline, "no age sweep ran"
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: clock.reads >= reads, what="age sweeps")
 
 
 async def until_dropped(log: SqliteLog, dropped: int) -> StreamInfo:
-    deadline = time.monotonic() + 2
-    while (info := await log.info(STREAM)).dropped < dropped:
-        assert time.monotonic() < deadline, info
-        await asyncio.sleep(0.005)
+    async def enough() -> bool:
+        return (await log.info(STREAM)).dropped >= dropped
+
+    await wait_until(enough, what=f"{dropped} dropped")
+    info = await log.info(STREAM)
     assert info.dropped == dropped
     return info
 

@@ -32,6 +32,7 @@ from headwater.log import (
 )
 from headwater.log._sqlite_writer import LoopWriter, Writer
 from headwater.log.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteLog
+from tests.helpers import WAIT
 
 
 def event(i: int) -> CloudEvent:
@@ -223,12 +224,11 @@ async def test_appends_by_another_writer_reach_a_waiting_reader(tmp_path: Path) 
             assert await theirs.append("s", [event(1)]) == [1]
             assert await mine.append("s", [event(2)]) == [2]  # offsets are shared
 
-        async with asyncio.TaskGroup() as tg:
+        # An hour's timeout: the read returns only because the appends woke it.
+        async with asyncio.timeout(WAIT), asyncio.TaskGroup() as tg:
             tg.create_task(append_elsewhere())
-            started = time.monotonic()
-            got = await reader.next_batch(10, timeout=5)
+            got = await reader.next_batch(10, timeout=3600)
         assert got[0].offset == 1
-        assert time.monotonic() - started < 2
 
 
 def stream_ids(path: Path) -> dict[str, int]:
@@ -528,7 +528,7 @@ async def test_a_checkpoint_catch_up_that_cannot_finish_does_not_stop_appends(
         writer._finish_checkpoint = failing_catch_up  # type: ignore[method-assign]
         writer._checkpointer.restart_wanted = True
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(WAIT):
                 assert await log.append("s", [event(1)]) == [1]
                 assert await log.append("s", [event(2)]) == [2]
         finally:
@@ -559,14 +559,13 @@ async def test_another_process_holding_the_write_lock_does_not_stop_the_loop(
         try:
             assert holder.stdout is not None
             assert (await holder.stdout.readline()).strip() == b"locked"
-            longest, ticking = 0.0, True
+            ticks, ticking = 0, True
 
             async def ticker() -> None:
-                nonlocal longest
+                nonlocal ticks
                 while ticking:
-                    started = time.monotonic()
                     await asyncio.sleep(0.01)
-                    longest = max(longest, time.monotonic() - started)
+                    ticks += 1
 
             task = asyncio.create_task(ticker())
             started = time.monotonic()
@@ -577,7 +576,9 @@ async def test_another_process_holding_the_write_lock_does_not_stop_the_loop(
         finally:
             await holder.wait()
         assert waited > 0.5
-        assert longest < 0.3
+        # The loop ran other work all along the wait: a loop blocked by the lock
+        # for half a second would have ticked once or twice, not dozens of times.
+        assert ticks >= 10
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 127, 128, 129, 255, 256, 300])

@@ -16,7 +16,6 @@ from headwater.resources import (
     check_references,
     load_paths,
     load_text,
-    parse_duration,
 )
 
 KNATIVE_BROKER_AND_TRIGGER = """\
@@ -399,20 +398,6 @@ def test_load_paths_reads_directories_and_reports_missing(tmp_path: Path) -> Non
     assert len(load_paths([tmp_path])) == 2
     with pytest.raises(ConfigError, match="no such file or directory"):
         load_paths([tmp_path / "missing.yaml"])
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("PT0.2S", 0.2), ("PT10S", 10.0), ("PT1M30S", 90.0), ("P1D", 86400.0), ("P1W", 604800.0)],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "P", "PT", "10s", "PT1", "P1Y", "PTS", "-PT1S"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="is not an ISO 8601 duration"):
-        parse_duration(text)
 
 
 MISTAKES = """\

@@ -13,11 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from headwater.eventing import Ingress
+from headwater.api import add_ingress
 from headwater.resources import ConfigError, load_text
 from headwater.runtime import Runtime
 from headwater.runtime.components import ContainerSourceComponent
 from headwater.sources.container import ProcessSpec, ProcessSupervisor, sink_environment
+from tests.helpers import wait_until
 
 # An adapter as Knative writes them: POST one binary-mode CloudEvent to
 # $K_SINK with the extensions of $K_CE_OVERRIDES, print the status, then wait.
@@ -126,15 +127,6 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
-async def wait_until(predicate: object, within: float = 10.0) -> None:
-    assert callable(predicate)
-    for _ in range(int(within / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
-
-
 async def test_exits_are_restarted_with_doubling_delays(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     supervisor = ProcessSupervisor(
@@ -159,15 +151,22 @@ async def test_exits_are_restarted_with_doubling_delays(tmp_path: Path) -> None:
 async def test_waits_for_the_sink_address_before_starting(tmp_path: Path) -> None:
     seen = tmp_path / "sink"
     address: list[str] = []
+    asked = 0
+
+    def sink_url() -> str | None:
+        nonlocal asked
+        asked += 1
+        return address[0] if address else None
+
     supervisor = ProcessSupervisor(
         ProcessSpec(
             "w", python(f"import os; open({str(seen)!r}, 'w').write(os.environ['K_SINK'])")
         ),
-        sink_url=lambda: address[0] if address else None,
+        sink_url=sink_url,
         restart_delay=10,
     )
     task = asyncio.create_task(supervisor.run())
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: asked >= 3)  # it looked, and looked again
     assert supervisor.state == "waiting" and supervisor.starts == 0
     address.append("http://127.0.0.1:1234/default/default")
     await wait_until(lambda: supervisor.state == "backoff")
@@ -242,7 +241,7 @@ async def test_long_output_lines_are_logged_in_pieces() -> None:
 async def test_the_process_posts_to_the_broker_with_the_overrides(tmp_path: Path) -> None:
     runtime = Runtime()
     app = web.Application()
-    Ingress(runtime.ingress_lookup).add_routes(app)
+    add_ingress(app, runtime)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

@@ -2,51 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from headwater.cloudevents import CloudEvent, from_http
+from headwater.cloudevents import CloudEvent
 from headwater.eventing._http1 import Http1Client
 from headwater.eventing.http_worker import HttpWorker
 from headwater.runtime import Runtime
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.events: list[CloudEvent] = []
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        self.server = TestServer(app)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        event = from_http(request.headers.items(), await request.read())
-        assert isinstance(event, CloudEvent)
-        self.events.append(event)
-        return web.Response(status=202)
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("/"))
-
-    async def wait_for(self, count: int, settle: float = 0.1) -> list[str]:
-        for _ in range(250):
-            if len(self.events) >= count:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(settle)  # and nothing more arrives
-        return [e.id for e in self.events]
+from tests.helpers import Receiver
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.server.start_server()
-    yield r
-    await r.server.close()
+    async with Receiver.serving() as r:
+        yield r
 
 
 @pytest.fixture
@@ -57,6 +27,7 @@ async def runtime() -> AsyncIterator[Runtime]:
 
 
 def mesh(uri: str, event_type: str) -> str:
+    # Ordered: events arrive in log order, so an event delivered twice shows.
     return f"""\
 apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -64,12 +35,16 @@ metadata: {{name: default}}
 ---
 apiVersion: eventing.knative.dev/v1
 kind: Trigger
-metadata: {{name: t}}
+metadata: {{name: t, annotations: {{headwater.dev/delivery-order: ordered}}}}
 spec:
   broker: default
   filter: {{attributes: {{type: {event_type}}}}}
   subscriber: {{uri: "{uri}"}}
 """
+
+
+def ids(events: list[CloudEvent]) -> list[str]:
+    return [e.id for e in events]
 
 
 def event(id_: str, type_: str) -> CloudEvent:
@@ -82,30 +57,30 @@ async def test_updating_a_trigger_filter_keeps_its_cursor(
     await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
     broker = runtime.broker("default", "default")
     await broker.accept([event("a1", "a"), event("b1", "b")])
-    assert await receiver.wait_for(1) == ["a1"]
+    assert ids(await receiver.wait_for(1)) == ["a1"]
 
     result = await runtime.apply_text(mesh(receiver.url, "b"), "m.yaml")
     assert result.updated == [("Trigger", "default", "t")]
     await broker.accept([event("a2", "a"), event("b2", "b")])
     # b1 was passed by the cursor before the change: it is not delivered again.
-    assert await receiver.wait_for(2) == ["a1", "b2"]
+    assert ids(await receiver.wait_for(2)) == ["a1", "b2"]
     status = runtime.status(("Trigger", "default", "t"))
     assert status["conditions"][0]["status"] == "True"
 
 
 @pytest.mark.parametrize("http_worker", [False, True], ids=["in-process", "worker"])
-async def test_http_subscribers_are_reached_through_the_delivery_client(
+async def test_http_subscribers_are_reached_through_the_delivery_transport(
     receiver: Receiver, http_worker: bool
 ) -> None:
     # headwater up --no-http-worker: one Http1Client in process; the default: the worker.
-    runtime = Runtime(http_worker=http_worker)
+    runtime = Runtime(delivery=HttpWorker() if http_worker else None)
     try:
-        client = runtime.delivery_client
+        client = runtime.http.delivery
         assert type(client) is (HttpWorker if http_worker else Http1Client)
-        assert runtime.delivery_client is client  # one per runtime
+        assert runtime.http.delivery is client  # one per runtime
         await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
         await runtime.broker("default", "default").accept([event("a1", "a")])
-        assert await receiver.wait_for(1) == ["a1"]
+        assert ids(await receiver.wait_for(1)) == ["a1"]
     finally:
         await runtime.close()
     if isinstance(client, Http1Client):
@@ -118,17 +93,17 @@ async def test_a_trigger_added_later_starts_at_latest(runtime: Runtime, receiver
     await broker.accept([event("old", "a")])
     await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
     await broker.accept([event("new", "a")])
-    assert await receiver.wait_for(1) == ["new"]
+    assert ids(await receiver.wait_for(1)) == ["new"]
 
 
 async def test_replay_annotation_starts_at_earliest(runtime: Runtime, receiver: Receiver) -> None:
     await runtime.apply_text(mesh(receiver.url, "a").split("---")[0], "b.yaml")
     await runtime.broker("default", "default").accept([event("old", "a")])
     text = mesh(receiver.url, "a").replace(
-        "metadata: {name: t}", "metadata: {name: t, annotations: {headwater.dev/start: earliest}}"
+        "annotations: {", "annotations: {headwater.dev/start: earliest, "
     )
     await runtime.apply_text(text, "m.yaml")
-    assert await receiver.wait_for(1) == ["old"]
+    assert ids(await receiver.wait_for(1)) == ["old"]
 
 
 async def test_component_that_cannot_start_reports_why(runtime: Runtime) -> None:
@@ -158,6 +133,10 @@ spec:
 async def test_deleting_stops_delivery(runtime: Runtime, receiver: Receiver) -> None:
     await runtime.apply_text(mesh(receiver.url, "a"), "m.yaml")
     broker = runtime.broker("default", "default")
+    assert list(broker.dispatchers()) == ["trigger/default/t"]
     await runtime.delete([("Trigger", "default", "t")])
+    # Nothing reads the stream for it any more: nothing can be delivered.
+    assert broker.dispatchers() == {} and broker.triggers() == {}
     await broker.accept([event("a1", "a")])
-    assert await receiver.wait_for(0, settle=0.5) == []
+    assert runtime.dispatcher(("Trigger", "default", "t")) is None
+    assert receiver.requests == []

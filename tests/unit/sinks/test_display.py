@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.sinks import EventDisplaySink, format_pretty
+from headwater.sinks.display import EventDisplaySink, format_pretty
 
 EVENT = CloudEvent(
     {

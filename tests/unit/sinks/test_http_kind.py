@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
 from headwater.resources import ConfigError, load_text
 from headwater.runtime import Runtime
 from tests.certs import self_signed
+from tests.helpers import Receiver
 
 EVENT = CloudEvent(
     {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "subject": "x"},
@@ -31,28 +29,11 @@ def sink_yaml(uri: str, extra: str = "") -> str:
     )
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append((dict(request.headers), await request.read()))
-        return web.Response(status=202)
-
-
 @pytest.fixture
 async def runtime() -> AsyncIterator[Runtime]:
     runtime = Runtime()
     yield runtime
     await runtime.close()
-
-
-async def serve(receiver: Receiver, context: ssl.SSLContext | None = None) -> TestServer:
-    app = web.Application()
-    app.router.add_post("/", receiver.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(ssl=context)
-    return server
 
 
 def component(runtime: Runtime) -> Any:
@@ -63,15 +44,11 @@ async def test_token_from_env_headers_and_structured_mode(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CLOUD_TOKEN", "s3cret-token")
-    receiver = Receiver()
-    server = await serve(receiver)
-    try:
+    async with Receiver.serving() as receiver:
         extra = "  tokenEnv: CLOUD_TOKEN\n  headers: {X-Site: greenhouse}\n  format: json\n"
-        await runtime.apply_text(sink_yaml(str(server.make_url("/")), extra), "sink.yaml")
+        await runtime.apply_text(sink_yaml(receiver.url, extra), "sink.yaml")
         assert await component(runtime).sink.deliver(EVENT) is None
-    finally:
-        await server.close()
-    headers, body = receiver.requests[0]
+    headers, body = receiver.requests[0].headers, receiver.requests[0].body
     assert headers["Authorization"] == "Bearer s3cret-token"
     assert headers["X-Site"] == "greenhouse"
     assert headers["Content-Type"] == "application/cloudevents+json"
@@ -82,14 +59,10 @@ async def test_token_from_env_headers_and_structured_mode(
 
 
 async def test_binary_mode_is_the_default(runtime: Runtime) -> None:
-    receiver = Receiver()
-    server = await serve(receiver)
-    try:
-        await runtime.apply_text(sink_yaml(str(server.make_url("/"))), "sink.yaml")
+    async with Receiver.serving() as receiver:
+        await runtime.apply_text(sink_yaml(receiver.url), "sink.yaml")
         await component(runtime).sink.deliver(EVENT)
-    finally:
-        await server.close()
-    headers, _ = receiver.requests[0]
+    headers = receiver.requests[0].headers
     assert headers["ce-id"] == "1" and "Authorization" not in headers
 
 
@@ -112,10 +85,8 @@ async def test_tls_with_a_private_ca_and_without(runtime: Runtime, tmp_path: Pat
     cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    receiver = Receiver()
-    server = await serve(receiver, context)
-    url = str(server.make_url("/"))
-    try:
+    async with Receiver.serving(ssl_context=context) as receiver:
+        url = receiver.url
         assert url.startswith("https://")
         await runtime.apply_text(sink_yaml(url), "s.yaml")
         with pytest.raises(DeliveryError) as untrusted:
@@ -127,31 +98,22 @@ async def test_tls_with_a_private_ca_and_without(runtime: Runtime, tmp_path: Pat
 
         await runtime.apply_text(sink_yaml(url, "  tls: {insecureSkipVerify: true}\n"), "s.yaml")
         assert await component(runtime).sink.deliver(EVENT) is None
-    finally:
-        await server.close()
     assert len(receiver.requests) == 2
 
 
 async def test_a_trigger_delivers_to_the_kind_by_ref(runtime: Runtime) -> None:
-    receiver = Receiver()
-    server = await serve(receiver)
-    mesh = (
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n---\n"
-        + sink_yaml(str(server.make_url("/")))
-        + "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: up}\n"
-        "spec:\n  broker: default\n  subscriber:\n"
-        "    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: HttpSink, name: cloud}\n"
-    )
-    try:
+    async with Receiver.serving() as receiver:
+        mesh = (
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n---\n"
+            + sink_yaml(receiver.url)
+            + "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: up}\n"
+            "spec:\n  broker: default\n  subscriber:\n"
+            "    ref: {apiVersion: sinks.headwater.dev/v1alpha1, kind: HttpSink, name: cloud}\n"
+        )
         await runtime.apply_text(mesh, "mesh.yaml")
         await runtime.broker("default", "default").accept([EVENT])
-        for _ in range(250):  # up to 5 s
-            if receiver.requests:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        await server.close()
-    assert receiver.requests[0][0]["ce-id"] == "1"
+        (event,) = await receiver.wait_for(1)
+    assert event.id == "1"
 
 
 async def test_mutual_tls_with_a_client_certificate(runtime: Runtime, tmp_path: Path) -> None:
@@ -164,16 +126,12 @@ async def test_mutual_tls_with_a_client_certificate(runtime: Runtime, tmp_path: 
     context.load_cert_chain(server_cert, server_key)
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(client_cert)
-    receiver = Receiver()
-    server = await serve(receiver, context)
-    url = str(server.make_url("/"))
-    try:
+    async with Receiver.serving(ssl_context=context) as receiver:
+        url = receiver.url
         await runtime.apply_text(sink_yaml(url, f"  tls: {{caFile: {server_cert}}}\n"), "s.yaml")
         with pytest.raises(DeliveryError):  # no client certificate: the handshake fails
             await component(runtime).sink.deliver(EVENT)
         tls = f"  tls: {{caFile: {server_cert}, certFile: {client_cert}, keyFile: {client_key}}}\n"
         await runtime.apply_text(sink_yaml(url, tls), "s.yaml")
         assert await component(runtime).sink.deliver(EVENT) is None
-    finally:
-        await server.close()
     assert len(receiver.requests) == 1

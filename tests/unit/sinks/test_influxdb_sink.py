@@ -12,8 +12,10 @@ from aiohttp.test_utils import TestServer
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
-from headwater.sinks.influxdb import InfluxDBSink, InfluxTarget
+from headwater.sinks.influx_target import InfluxTarget
+from headwater.sinks.influxdb import InfluxDBSink
 from headwater.sinks.lineprotocol import PointMapping
+from tests.helpers import WAIT, wait_until
 
 MAPPING = PointMapping.compile(measurement="m", tags=["subject"], fields={"v": "v"})
 
@@ -34,6 +36,8 @@ class FakeInflux:
     may_create: bool = True
     buckets: set[str] = field(default_factory=set)
     queries: list[str] = field(default_factory=list)
+    arrived: int = 0
+    """Writes that reached the server (held at the gate while it is closed)."""
 
     async def query(self, request: web.Request) -> web.Response:
         q = (await request.post()).get("q") or request.query.get("q", "")
@@ -62,6 +66,7 @@ class FakeInflux:
         )
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.arrived += 1
         await self.gate.wait()
         lines = (await request.text()).split("\n")
         self.writes.append(lines)
@@ -82,6 +87,12 @@ async def influx() -> AsyncIterator[FakeInflux]:
     async with TestServer(app, host="127.0.0.1") as server:
         fake.url = str(server.make_url("")).rstrip("/")
         yield fake
+
+
+async def idle() -> None:
+    """Let every task that can run do so (a few turns of the loop, no clock)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 def event(i: int, v: object = 1.5) -> CloudEvent:
@@ -122,7 +133,7 @@ async def test_concurrent_deliveries_share_one_write(influx: FakeInflux) -> None
 
 async def test_batches_are_cut_at_batch_size(influx: FakeInflux) -> None:
     async with sink_for(influx, batch_size=100, flush_interval=5) as sink:
-        results = await asyncio.wait_for(deliver_all(sink, [event(i) for i in range(250)]), 2)
+        results = await asyncio.wait_for(deliver_all(sink, [event(i) for i in range(250)]), WAIT)
     # Two full batches left at once; the last 50 as soon as no write was in flight.
     assert results == [None] * 250
     assert [len(w) for w in influx.writes] == [100, 100, 50]
@@ -133,15 +144,15 @@ async def test_while_a_write_is_in_flight_batches_wait_the_interval(influx: Fake
     loop = asyncio.get_running_loop()
     async with sink_for(influx, flush_interval=0.2) as sink:
         first = asyncio.ensure_future(sink.deliver(event(0)))
-        await asyncio.sleep(0.05)  # its write is in flight (held at the gate)
+        await wait_until(lambda: influx.arrived == 1)  # its write is in flight (held)
         started = loop.time()
         later = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(1, 6)]
-        await asyncio.sleep(0.1)
-        assert sink.buffered == 6  # still gathering: no second write yet
-        await asyncio.sleep(0.2)
-        influx.gate.set()
-        await asyncio.wait_for(asyncio.gather(first, *later), 2)
+        await wait_until(lambda: sink.buffered == 6)
+        assert influx.arrived == 1  # still gathering: no second write yet
+        await wait_until(lambda: influx.arrived == 2)  # the interval passed: it goes
         assert loop.time() - started >= 0.2
+        influx.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
     assert sorted(len(w) for w in influx.writes) == [1, 5]
 
 
@@ -149,22 +160,22 @@ async def test_a_delivery_returns_only_once_its_write_is_answered(influx: FakeIn
     influx.gate.clear()
     async with sink_for(influx, flush_interval=0) as sink:
         pending = asyncio.ensure_future(sink.deliver(event(1)))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: influx.arrived == 1)  # written, not answered yet
         assert not pending.done()
         influx.gate.set()
-        assert await asyncio.wait_for(pending, 2) is None
+        assert await asyncio.wait_for(pending, WAIT) is None
 
 
 async def test_buffer_bound_holds_further_deliveries_back(influx: FakeInflux) -> None:
     influx.gate.clear()
     async with sink_for(influx, batch_size=10, max_buffered=10, flush_interval=0) as sink:
         first = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(10)]
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: influx.arrived == 1)  # the batch of ten is in flight
         late = asyncio.ensure_future(sink.deliver(event(10)))
-        await asyncio.sleep(0.1)
+        await idle()  # the late delivery ran as far as it can
         assert sink.buffered == 10 and not late.done()
         influx.gate.set()
-        assert await asyncio.wait_for(asyncio.gather(*first, late), 2) == [None] * 11
+        assert await asyncio.wait_for(asyncio.gather(*first, late), WAIT) == [None] * 11
     assert [len(w) for w in influx.writes] == [10, 1]
 
 
@@ -300,13 +311,13 @@ async def test_close_writes_what_is_buffered(influx: FakeInflux) -> None:
     sink = sink_for(influx, flush_interval=60)
     await sink.start()
     first = asyncio.ensure_future(sink.deliver(event(0)))
-    await asyncio.sleep(0.05)  # in flight: the next points wait for the interval
+    await wait_until(lambda: influx.arrived == 1)  # in flight: the next points wait
     pending = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(1, 4)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: sink.buffered == 4)
     closing = asyncio.ensure_future(sink.close())
-    await asyncio.sleep(0.05)
+    await idle()  # closing, waiting for the write in flight
     influx.gate.set()
-    await asyncio.wait_for(closing, 2)
+    await asyncio.wait_for(closing, WAIT)
     assert [p.result() for p in (first, *pending)] == [None] * 4
     assert sorted(len(w) for w in influx.writes) == [1, 3]
 
@@ -316,15 +327,15 @@ async def test_deliveries_waiting_for_room_at_close_are_retryable(influx: FakeIn
     sink = sink_for(influx, batch_size=2, max_buffered=2, flush_interval=0)
     await sink.start()
     written = [asyncio.ensure_future(sink.deliver(event(i))) for i in range(2)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: influx.arrived == 1)
     waiting = asyncio.ensure_future(sink.deliver(event(2)))
-    await asyncio.sleep(0.05)
+    await idle()  # waiting for room
     closing = asyncio.ensure_future(sink.close())
     influx.gate.set()
-    await asyncio.wait_for(closing, 2)
+    await asyncio.wait_for(closing, WAIT)
     assert [w.result() for w in written] == [None, None]
     with pytest.raises(DeliveryError, match="closing") as raised:
-        await asyncio.wait_for(waiting, 1)
+        await asyncio.wait_for(waiting, WAIT)
     assert raised.value.retryable
 
 
@@ -350,14 +361,14 @@ async def test_a_cancelled_flusher_leaves_no_delivery_waiting(influx: FakeInflux
     sink = sink_for(influx, flush_interval=0)
     await sink.start()
     pending = asyncio.ensure_future(sink.deliver(event(1)))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: influx.arrived == 1)
     assert sink._flusher is not None
     sink._flusher.cancel()
     with pytest.raises(DeliveryError, match="cancelled") as raised:
-        await asyncio.wait_for(pending, 1)
+        await asyncio.wait_for(pending, WAIT)
     assert raised.value.retryable
     influx.gate.set()
-    await asyncio.wait_for(sink.close(), 1)
+    await asyncio.wait_for(sink.close(), WAIT)
 
 
 # -- the target: a 1.x database is created, a 2.x bucket is checked --------------------

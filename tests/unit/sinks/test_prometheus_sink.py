@@ -4,7 +4,8 @@ import pytest
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
-from headwater.sinks.prometheus import MetricSpec, PrometheusSink
+from headwater.sinks.metricspec import MetricSpec
+from headwater.sinks.prometheus import PrometheusSink
 
 
 class Clock:

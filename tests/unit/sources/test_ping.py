@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from headwater.cloudevents import CloudEvent
-from headwater.sources import PingSchedule, PingSourceRunner
+from headwater.sources.ping import PingSchedule, PingSourceRunner
 
 
 def test_schedule_in_time_zone() -> None:

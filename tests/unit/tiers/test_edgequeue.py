@@ -11,7 +11,7 @@ import pytest
 from headwater.cloudevents import CloudEvent
 from headwater.eventing import DeliveryError
 from headwater.log import MemoryLog, StreamConfig
-from headwater.tiers import EdgeQueue
+from headwater.tiers.edgequeue import EdgeQueue
 
 
 def command(i: int, expires_in: float | None = None) -> CloudEvent:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.tiers import Capabilities, Verdict, capabilities, verdict
-from headwater.tiers._policy import new_backoff, next_wait, partition_key
+from headwater.tiers._policy import (
+    Capabilities,
+    Verdict,
+    capabilities,
+    new_backoff,
+    next_wait,
+    partition_key,
+    verdict,
+)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from headwater.cloudevents import CloudEvent
 from headwater.eventing._http1 import Http1Client
-from headwater.tiers import Remote
+from headwater.tiers._remote import Remote
 
 
 def event(i: int) -> CloudEvent:

@@ -1,7 +1,7 @@
 """Who receives a message, over all the nodes of a mesh: routing by interest over NATS.
 
 How this works: each node subscribes, on NATS, to the subjects of the topic
-filters its own clients hold (:mod:`headwater.mqtt.nats_subjects`; counted,
+filters its own clients hold (:mod:`headwater.cluster.mqtt.subjects`; counted,
 so a filter held by a thousand clients is one NATS subscription), and
 publishes each message its clients send once, to the subject of its topic:
 NATS hands it to exactly the nodes with a matching filter, so a mesh of many
@@ -17,7 +17,7 @@ envelope) makes the node route it once.
 - **QoS 1/2** messages go to ``<prefix>.s.<topic>``, which the source's
   stream stores: the publisher's PUBACK/PUBREC waits for JetStream to have
   stored it (with the stream's replicas), since persistent sessions anywhere
-  get it from there (:mod:`headwater.mqtt.nats_sessions`); live subscribers
+  get it from there (:mod:`headwater.cluster.mqtt.sessions`); live subscribers
   get it at the same moment as a plain NATS message. For a persistent
   session's QoS 1/2 subscription the live copy is skipped: its consumer
   delivers the message, acknowledged end to end. QoS 0 messages go to
@@ -50,9 +50,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import nats.errors
 import orjson
 
-from headwater.logs import Throttle
-from headwater.mqtt.config import ClientInfo, Hooked, Outcome, PublishHook, Refusal
-from headwater.mqtt.nats_mesh import (
+from headwater.cluster.mqtt.link import (
     PUBLISH_TIMEOUT,
     MeshLink,
     MeshUnavailable,
@@ -62,15 +60,17 @@ from headwater.mqtt.nats_mesh import (
     kv_key,
     token,
 )
-from headwater.mqtt.nats_subjects import filter_subjects, topic_subject, unescape
+from headwater.cluster.mqtt.subjects import filter_subjects, topic_subject, unescape
+from headwater.logs import Throttle
+from headwater.mqtt.config import ClientInfo, Hooked, Outcome, PublishHook, Refusal
 from headwater.mqtt.packets import ReasonCode
 from headwater.mqtt.router import Deliver, LocalRouter, subscription_ids
 from headwater.mqtt.session import Message, Session, Subscription
 from headwater.state import Entry, StateError
 
 if TYPE_CHECKING:
+    from headwater.cluster.mqtt.sessions import MeshSessions
     from headwater.mqtt.broker import MqttBroker
-    from headwater.mqtt.nats_sessions import MeshSessions
 
 __all__ = ["MeshHook", "NatsRouter"]
 

@@ -54,11 +54,11 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
+from headwater.cluster.mqtt.link import MeshLink, MeshUnavailable, decode, kv_key, token
+from headwater.cluster.mqtt.subjects import filter_subjects
 from headwater.logs import Throttle
 from headwater.mqtt.config import ClientInfo
 from headwater.mqtt.connection import PublishParts
-from headwater.mqtt.nats_mesh import MeshLink, MeshUnavailable, decode, kv_key, token
-from headwater.mqtt.nats_subjects import filter_subjects
 from headwater.mqtt.packets import ProtocolVersion
 from headwater.mqtt.session import (
     DEFAULT_MAX_QUEUED_MESSAGES,
@@ -74,8 +74,8 @@ from headwater.mqtt.topics import topic_matches
 from headwater.state import Entry, RevisionMismatch, StateError
 
 if TYPE_CHECKING:
+    from headwater.cluster.mqtt.router import NatsRouter
     from headwater.mqtt.broker import MqttBroker
-    from headwater.mqtt.nats_router import NatsRouter
 
 __all__ = ["ACK_WAIT", "MeshSession", "MeshSessions"]
 

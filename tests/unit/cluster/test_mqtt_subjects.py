@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater.mqtt.nats_mesh import decode, encode, kv_key
-from headwater.mqtt.nats_subjects import (
+from headwater.cluster.mqtt.link import decode, encode, kv_key
+from headwater.cluster.mqtt.subjects import (
     decode_level,
     encode_level,
     filter_subjects,

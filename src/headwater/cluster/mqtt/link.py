@@ -1,11 +1,12 @@
 """The MQTT broker of a mesh: several brokers, one per node, that behave as one, over NATS.
 
-How this works: :class:`MqttMesh` is what an embedded broker needs to span
-the nodes of a mesh: a :class:`~headwater.mqtt.nats_router.NatsRouter` (its
-``router``: who receives a message, anywhere) and a
-:class:`~headwater.mqtt.nats_sessions.MeshSessions` (its ``store``: sessions
-and retained messages, everywhere). Both use what :class:`MeshLink` holds
-for one MqttBrokerSource of the mesh:
+How this works: an embedded broker spans the nodes of a mesh with a
+:class:`~headwater.cluster.mqtt.router.NatsRouter` (its ``router``: who
+receives a message, anywhere) and a
+:class:`~headwater.cluster.mqtt.sessions.MeshSessions` (its ``store``:
+sessions and retained messages, everywhere), which
+:class:`~headwater.cluster.mqtt.span.MqttMesh` pairs. Both use what
+:class:`MeshLink` holds for one MqttBrokerSource of the mesh:
 
 - two NATS connections: ``nc`` (no echo: a node never gets its own
   publishes back, since it delivers to its own clients directly) for
@@ -13,7 +14,7 @@ for one MqttBrokerSource of the mesh:
   echo) for the queue groups of shared subscriptions, so that the
   publishing node's own members are chosen too;
 - the subject prefix ``<namespace>.mqtt.<source>`` under which topics are
-  subjects (:mod:`headwater.mqtt.nats_subjects`): ``.m.`` for QoS 0
+  subjects (:mod:`headwater.cluster.mqtt.subjects`): ``.m.`` for QoS 0
   messages (core NATS), ``.s.`` for QoS 1/2 ones (captured by the source's
   JetStream stream, and seen by core subscribers too);
 - the stream (interest retention: a message is kept while a persistent
@@ -50,7 +51,6 @@ __all__ = [
     "DEFAULT_QUEUE_BYTES",
     "MeshLink",
     "MeshUnavailable",
-    "MqttMesh",
     "decode",
     "encode",
     "kv_key",
@@ -262,25 +262,3 @@ class MeshLink:
                 with contextlib.suppress(Exception):
                     await nc.close()
         self.nc = self.queues = None
-
-
-class MqttMesh:
-    """An embedded broker's router and store for a mesh (see the module docstring)."""
-
-    def __init__(self, link: MeshLink) -> None:
-        from headwater.mqtt.nats_router import NatsRouter
-        from headwater.mqtt.nats_sessions import MeshSessions
-
-        self.link = link
-        self.sessions = MeshSessions(link)
-        self.router = NatsRouter(link, self.sessions)
-        self.sessions.router = self.router
-
-    async def open(self) -> None:
-        await self.link.open()
-
-    async def close(self) -> None:
-        await self.link.close()
-
-    def status(self) -> dict[str, Any]:
-        return {"mesh": {**self.router.stats(), **self.sessions.stats()}}
