@@ -27,24 +27,20 @@ Statement ids are quoted as [MQTT-x.y.z-n] with the version when they differ.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import logging
-import resource
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headwater.logs import Throttle
 from headwater.mqtt._handler import ClientHandler
+from headwater.mqtt._os import TRIM_AFTER_BYTES, TRIM_DELAY, fd_budget, malloc_trim
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.config import (
-    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INCOMPLETE_BYTES,
-    FD_SHARE,
     Authenticator,
     BrokerConfig,
     BrokerStats,
@@ -54,13 +50,13 @@ from headwater.mqtt.config import (
     OnConnect,
     OnDisconnect,
     OnPublish,
-    Outcome,
     PeerCertificate,
     PublishHook,
     Refusal,
     server_tls_context,
 )
 from headwater.mqtt.connection import PublishParts, ServerLimits
+from headwater.mqtt.hooks import EachPublish, PendingWill, info_json
 from headwater.mqtt.packets import ReasonCode, Will
 from headwater.mqtt.retained import RetainedStore
 from headwater.mqtt.router import LocalRouter, Router
@@ -81,91 +77,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("headwater.mqtt.broker")
-
-
-#: Bytes a closed connection must have held for the broker to hand freed memory
-#: back to the system (a large partial packet), and how long it waits first, so
-#: that a burst of closes costs one trim.
-TRIM_AFTER_BYTES = 256 * 1024
-TRIM_DELAY = 1.0
-
-
-def _malloc_trim() -> None:
-    """Return freed heap memory to the system (glibc's ``malloc_trim``; a no-op
-    elsewhere). Python frees a large packet's buffer at once, but glibc keeps
-    the pages for reuse: after the partial-packet probe of benchmarks/hostile.py
-    the process stayed ~80 MiB above its start without this."""
-    global _libc_trim
-    if _libc_trim is None:
-        try:
-            _libc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc_trim = False
-    if _libc_trim:
-        _libc_trim(0)
-
-
-_libc_trim: Any = None
-
-
-def _fd_budget() -> int:
-    """The sockets MQTT may hold: :data:`FD_SHARE` of the descriptor limit."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return DEFAULT_MAX_CONNECTIONS
-    return max(16, int(soft * FD_SHARE))
-
-
-class _EachPublish:
-    """A per-message ``on_publish`` callback as a :class:`PublishHook`.
-
-    Every message is selected; the messages of a batch are hooked concurrently,
-    one task each, and a callback that raises refuses its message only.
-    """
-
-    def __init__(self, on_publish: OnPublish) -> None:
-        self.on_publish = on_publish
-
-    def selects(self, topic: str) -> bool:
-        return True
-
-    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]:
-        fn = self.on_publish
-        if len(batch) == 1:
-            item = batch[0]
-            return [await fn(info, item.message, item.packet_id, item.dup)]
-        results = await asyncio.gather(
-            *(fn(info, h.message, h.packet_id, h.dup) for h in batch), return_exceptions=True
-        )
-        outcomes: list[Outcome] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                logger.error("on_publish hook failed for %s", info.client_id, exc_info=result)
-                outcomes.append(ReasonCode.UNSPECIFIED_ERROR)
-            else:
-                outcomes.append(result)
-        return outcomes
-
-
-def _info_doc(info: ClientInfo) -> dict[str, Any]:
-    return {
-        "client_id": info.client_id,
-        "username": info.username,
-        "version": int(info.protocol_version),
-        "listener": info.listener,
-        "peer": info.peer,
-        "user": info.user,
-    }
-
-
-@dataclass(slots=True)
-class _PendingWill:
-    message: Message
-    info: ClientInfo
-    acl: Acl | None
-    handle: asyncio.TimerHandle | None = None
 
 
 class MqttBroker:
@@ -211,11 +122,11 @@ class MqttBroker:
         #: Bytes held by all connections for packets still arriving.
         self._incomplete = 0
         #: Sockets open at most (connected clients and those yet to CONNECT).
-        self.max_sockets = _fd_budget()
+        self.max_sockets = fd_budget()
         if on_publish is not None and hook is not None:
             raise ValueError("give on_publish or hook, not both")
         #: What sees selected PUBLISHes before they are acknowledged and routed.
-        self.hook: PublishHook | None = hook if on_publish is None else _EachPublish(on_publish)
+        self.hook: PublishHook | None = hook if on_publish is None else EachPublish(on_publish)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self.router: Router = router if router is not None else LocalRouter()
@@ -226,7 +137,7 @@ class MqttBroker:
         self._online: dict[str, ClientHandler] = {}
         self._connections: set[ClientHandler] = set()
         self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._wills: dict[str, _PendingWill] = {}
+        self._wills: dict[str, PendingWill] = {}
         self._deleted_sessions: set[str] = set()
         self._store: SessionStore | None = store
         self._bound: list[Bound] = []
@@ -293,7 +204,7 @@ class MqttBroker:
 
     def _trim_now(self) -> None:
         self._trim = None
-        _malloc_trim()
+        malloc_trim()
 
     def disconnect(self, *, user: str | None = None, client_id: str | None = None) -> int:
         """Disconnect the clients authenticated as ``user`` (or with ``client_id``) now.
@@ -387,7 +298,7 @@ class MqttBroker:
 
     def publish_will(self, message: Message, info: ClientInfo) -> None:
         """Publish a will that a shared store kept (its node is gone, its delay passed)."""
-        self._publish_will(_PendingWill(message, info, self.acl))
+        self._publish_will(PendingWill(message, info, self.acl))
 
     async def claim(
         self, conn: ClientHandler, client_id: str, clean_start: bool, owner: str, will: Will | None
@@ -410,7 +321,7 @@ class MqttBroker:
             kept = {
                 "message": self._will_message(will, client_id).to_json(),
                 "delay": (will.properties.will_delay_interval or 0) if conn.v5 else 0,
-                "info": _info_doc(info),
+                "info": info_json(info),
             }
         session = await claim(client_id, clean_start, owner, kept)
         if session is not None:
@@ -629,7 +540,7 @@ class MqttBroker:
         delay = 0
         if will is not None and conn.info is not None and not self._stopping:
             delay = (will.properties.will_delay_interval or 0) if conn.v5 else 0
-            pending = _PendingWill(self._will_message(will, cid), conn.info, conn.acl)
+            pending = PendingWill(self._will_message(will, cid), conn.info, conn.acl)
             if delay and session is not None and session.expiry_interval and not takeover:
                 # [MQTT-3.1.2-8 (5.0)] publish after the Will Delay (or at session end).
                 pending.handle = asyncio.get_running_loop().call_later(delay, self._fire_will, cid)
@@ -656,7 +567,7 @@ class MqttBroker:
             if waiting is not None:
                 if waiting.handle is not None:
                     waiting.handle.cancel()
-                kept = {"message": waiting.message.to_json(), "info": _info_doc(waiting.info)}
+                kept = waiting.as_json()
                 will_at = session.disconnected_at + delay
             if hand_off(session, kept, will_at):
                 self._sessions.pop(cid, None)
@@ -682,7 +593,7 @@ class MqttBroker:
         if pending is not None:
             self._publish_will(pending)
 
-    def _publish_will(self, pending: _PendingWill) -> None:
+    def _publish_will(self, pending: PendingWill) -> None:
         message, info = pending.message, pending.info
         acl = pending.acl
         if acl is not None and not acl.can_publish(info.username, info.client_id, message.topic):

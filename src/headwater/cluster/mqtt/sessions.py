@@ -27,7 +27,7 @@ How this works (one :class:`MeshSessions` per node and MqttBrokerSource):
 - **Expiry and orphans**: one node (a lease) keeps every session document in
   view and ends expired sessions, publishes the wills of sessions whose node
   is gone (its heartbeat expired) or whose Will Delay passed, and marks
-  those sessions disconnected.
+  those sessions disconnected (:mod:`headwater.cluster.mqtt.janitor`).
 
 Clean sessions (expiry 0) are claimed too (for takeovers across nodes) and
 their document is deleted when they end; they have no consumers.
@@ -42,11 +42,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import nats.errors
@@ -54,17 +52,15 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
-from headwater.cluster.mqtt.link import MeshLink, MeshUnavailable, decode, kv_key, token
+from headwater.cluster.mqtt.janitor import Janitor
+from headwater.cluster.mqtt.link import MeshLink, MeshUnavailable, decode, kv_key
+from headwater.cluster.mqtt.session import MeshSession, Puller, consumer_name, read_doc
 from headwater.cluster.mqtt.subjects import filter_subjects
 from headwater.logs import Throttle
-from headwater.mqtt.config import ClientInfo
 from headwater.mqtt.connection import PublishParts
-from headwater.mqtt.packets import ProtocolVersion
 from headwater.mqtt.session import (
     DEFAULT_MAX_QUEUED_MESSAGES,
-    NEVER_EXPIRES,
     Delivery,
-    Message,
     OverflowPolicy,
     Session,
     Subscription,
@@ -94,127 +90,11 @@ renewed: the only traffic an idle persistent session costs."""
 MAX_ACK_PENDING: Final = 1000
 """Messages of one consumer handed out and not acknowledged, at most."""
 
-JANITOR_INTERVAL: Final = 1.0
-"""Seconds between the janitor's looks at sessions (expiry, wills, orphans)."""
-
 SWEEP_INTERVAL: Final = 5.0
 """Seconds between a node's checks for messages that left a session without an ack
 (a veto of the ACL, a message expired in the queue): they are acknowledged then."""
 
 CLAIM_ATTEMPTS: Final = 8
-
-RECENT_SEQUENCES: Final = 256
-"""Stream sequences a session remembers as delivered (copies from overlapping
-subscriptions' consumers that arrive later are acknowledged, not delivered)."""
-
-
-@dataclass(slots=True)
-class MeshSession(Session):
-    """A session whose QoS 1/2 deliveries came from JetStream and are acked there."""
-
-    store: Any = None
-    #: id(Delivery) -> the JetStream reply subjects to ack when it ends.
-    acks: dict[int, list[str]] = field(default_factory=dict)
-    #: stream sequence -> its delivery; and back.
-    by_seq: dict[int, Delivery] = field(default_factory=dict)
-    seq_of: dict[int, int] = field(default_factory=dict)
-    recent: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_SEQUENCES)
-    )
-    #: Consumer name -> its filter subject (persistent sessions' QoS 1/2 subscriptions).
-    consumers: dict[str, str] = field(default_factory=dict)
-
-    def track(self, delivery: Delivery, reply: str, seq: int) -> None:
-        self.acks[id(delivery)] = [reply]
-        self.by_seq[seq] = delivery
-        self.seq_of[id(delivery)] = seq
-
-    def finished(self, delivery: Delivery) -> None:
-        """``delivery`` left the session (acknowledged, dropped, expired): ack it in JetStream."""
-        key = id(delivery)
-        replies = self.acks.pop(key, None)
-        if replies is None:
-            return
-        seq = self.seq_of.pop(key, None)
-        if seq is not None:
-            self.by_seq.pop(seq, None)
-            self.recent.append(seq)
-        self.store.ack(replies)
-        self.store.pump(self)  # room again: pull the next ones
-
-    def puback(self, packet_id: int) -> Any:
-        out = Session.puback(self, packet_id)
-        if out is not None:
-            self.finished(out.delivery)
-        return out
-
-    def pubcomp(self, packet_id: int) -> Any:
-        out = Session.pubcomp(self, packet_id)
-        if out is not None:
-            self.finished(out.delivery)
-        return out
-
-    def pubrec(self, packet_id: int, failed: bool) -> Any:
-        out = Session.pubrec(self, packet_id, failed)
-        if out is not None:
-            self.finished(out.delivery)  # the device has it (or refused it for good)
-        return out
-
-    def drop_inflight(self, packet_id: int) -> None:
-        out = self.inflight.get(packet_id)
-        Session.drop_inflight(self, packet_id)
-        if out is not None:
-            self.finished(out.delivery)
-
-    def discarded(self, delivery: Delivery) -> None:
-        self.finished(delivery)  # dropped (overflow) or expired [MQTT-3.3.2-5]: acked
-
-    def sweep(self) -> None:
-        """Ack what left the session by another way (an ACL veto while pumping)."""
-        if not self.acks:
-            return
-        live = {id(o.delivery) for o in self.inflight.values()} | {id(d) for d in self.queue}
-        for key in [k for k in self.acks if k not in live]:
-            replies = self.acks.pop(key)
-            seq = self.seq_of.pop(key, None)
-            if seq is not None:
-                self.by_seq.pop(seq, None)
-            self.store.ack(replies)
-
-    def give_back(self) -> list[str]:
-        """Every reply still held, oldest first (to be nak'ed: the next node sends them)."""
-        held = [
-            reply
-            for seq in sorted(self.by_seq)
-            for reply in self.acks.get(id(self.by_seq[seq]), ())
-        ]
-        self.acks.clear()
-        self.by_seq.clear()
-        self.seq_of.clear()
-        return held
-
-
-class _Puller:
-    """Keeps a pull request open on one consumer while its session is here.
-
-    Its replies come to an inbox of its own: unsubscribing it when the session
-    leaves makes JetStream drop the request still open (a request whose reply
-    subject nobody listens to is dropped), so nothing more comes here.
-    """
-
-    __slots__ = ("consumer", "inbox", "outstanding", "session", "sub", "subject")
-
-    def __init__(self, session: MeshSession, consumer: str, subject: str, inbox: str) -> None:
-        self.session = session
-        self.consumer = consumer
-        self.subject = subject
-        self.inbox = inbox
-        self.outstanding = 0
-        self.sub: Any = None
-
-
-def _consumer_name(client_id: str, subject: str) -> str:
-    return f"s{token(client_id)[:20]}_{hashlib.sha256(subject.encode()).hexdigest()[:10]}"
 
 
 class MeshSessions:
@@ -230,7 +110,7 @@ class MeshSessions:
         self.claimed: dict[str, tuple[int, int]] = {}
         #: Client id -> its session, while this node has it.
         self.hosted: dict[str, MeshSession] = {}
-        self._pullers: dict[str, _Puller] = {}
+        self._pullers: dict[str, Puller] = {}
         self._resync: set[str] = set()
         self._syncing: dict[str, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -258,7 +138,7 @@ class MeshSessions:
         retained = await self.router.start()
         revision = await link.sessions.revision()
         self._spawn(self._watch(revision), "mqtt-sessions-watch")
-        self._spawn(self._janitor(), "mqtt-sessions-janitor")
+        self._spawn(Janitor(self).run(), "mqtt-sessions-janitor")
         self._spawn(self._sweeper(), "mqtt-sessions-sweep")
         return StoredState([], retained)
 
@@ -343,7 +223,7 @@ class MeshSessions:
                 entry = await bucket.get(key)
             except StateError as exc:
                 raise MeshUnavailable(f"cannot read session {client_id!r}: {exc}") from exc
-            doc = _read(entry)
+            doc = read_doc(entry)
             epoch = int(doc.get("epoch", 0)) + 1 if doc else 1
             claimed = dict(doc) if doc else {"cid": client_id, "subs": [], "cons": {}, "exp": 0}
             claimed.update(node=link.node, epoch=epoch, disc=None, will=will, will_at=None)
@@ -365,13 +245,13 @@ class MeshSessions:
             return None
         session = self._session(doc)
         if session.is_expired(time.time()):
-            await self._delete_consumers(session.consumers)
+            await self.delete_consumers(session.consumers)
             return None
         self.hosted[client_id] = session
         assert self.router is not None
         self.router.attach(client_id, session)
         wanted = {
-            _consumer_name(client_id, subject)
+            consumer_name(client_id, subject)
             for sub in session.subscriptions.values()
             if sub.share is None and sub.qos > 0
             for subject in filter_subjects(self.link.stored, sub.match_filter)
@@ -411,7 +291,7 @@ class MeshSessions:
             return False
         _, epoch = claim
         entry = await bucket.get(self._key(client_id))
-        doc = _read(entry)
+        doc = read_doc(entry)
         if entry is None or doc.get("node") != self.link.node or doc.get("epoch") != epoch:
             return False
         doc.update(change)
@@ -460,7 +340,7 @@ class MeshSessions:
         for sub in session.subscriptions.values():
             if sub.share is None and sub.qos > 0:
                 for subject in filter_subjects(link.stored, sub.match_filter):
-                    wanted[_consumer_name(session.client_id, subject)] = subject
+                    wanted[consumer_name(session.client_id, subject)] = subject
         gone = {n: s for n, s in session.consumers.items() if n not in wanted}
         new = {n: s for n, s in wanted.items() if n not in session.consumers}
         for name, subject in new.items():
@@ -469,7 +349,7 @@ class MeshSessions:
             await self._start_pulling(session, name, subject)
         for name in gone:
             session.consumers.pop(name, None)
-        await self._delete_consumers(gone)
+        await self.delete_consumers(gone)
         try:
             await self._write(
                 session.client_id,
@@ -497,7 +377,7 @@ class MeshSessions:
         except (TimeoutError, nats.errors.Error) as exc:
             raise MeshUnavailable(f"cannot create consumer {name}: {exc}") from exc
 
-    async def _delete_consumers(self, consumers: dict[str, str]) -> None:
+    async def delete_consumers(self, consumers: dict[str, str]) -> None:
         for name in consumers:
             await self._stop_pulling(name)
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
@@ -538,7 +418,7 @@ class MeshSessions:
         self._write_later(self._dropped(client_id, consumers))
 
     async def _dropped(self, client_id: str, consumers: dict[str, str]) -> None:
-        await self._delete_consumers(consumers)
+        await self.delete_consumers(consumers)
         claim = self.claimed.pop(client_id, None)
         bucket = self.link.sessions
         if claim is None or bucket is None or client_id in self.hosted:
@@ -547,7 +427,7 @@ class MeshSessions:
             return
         with contextlib.suppress(StateError):
             entry = await bucket.get(self._key(client_id))
-            doc = _read(entry)
+            doc = read_doc(entry)
             if (
                 entry is not None
                 and doc.get("node") == self.link.node
@@ -586,7 +466,7 @@ class MeshSessions:
                 await asyncio.sleep(1.0)
 
     def _changed(self, entry: Entry) -> None:
-        doc = _read(entry)
+        doc = read_doc(entry)
         client_id = doc.get("cid")
         if not isinstance(client_id, str) or client_id not in self.claimed:
             return
@@ -614,7 +494,7 @@ class MeshSessions:
         await self._stop_pulling(name)
         self._generation += 1
         inbox = f"{link.prefix}.r.{link.node_token}.{name}.{self._generation}"
-        puller = _Puller(session, name, subject, inbox)
+        puller = Puller(session, name, subject, inbox)
 
         async def pulled(message: Any) -> None:
             self._pulled(puller, message)
@@ -640,7 +520,7 @@ class MeshSessions:
         quota = getattr(conn.conn, "send_quota", 0) or PULL_BATCH
         return max(0, min(PULL_BATCH, quota - len(session.inflight) - len(session.queue)))
 
-    def _pull(self, puller: _Puller) -> None:
+    def _pull(self, puller: Puller) -> None:
         """Ask for as many as the session has room for, if no request is open."""
         if puller.outstanding or self._pullers.get(puller.consumer) is not puller:
             return
@@ -660,7 +540,7 @@ class MeshSessions:
                 if puller is not None:
                     self._pull(puller)
 
-    def _pulled(self, puller: _Puller, message: Any) -> None:
+    def _pulled(self, puller: Puller, message: Any) -> None:
         headers = message.headers
         status = headers.get("Status") if headers else None
         if status is not None:
@@ -767,129 +647,3 @@ class MeshSessions:
                 if held:
                     self._send([(reply, b"+WPI") for reply in held])  # still being delivered
                 self.pump(session)
-
-    # -- the janitor: expiry, wills, sessions of nodes that are gone ------------------------------
-
-    async def _janitor(self) -> None:
-        lease = self.link.lease(f"mqtt/{self.link.source}/janitor")
-        while True:
-            await lease.acquire()
-            work = asyncio.ensure_future(self._janitor_work())
-            keep = asyncio.ensure_future(lease.keep())
-            try:
-                await asyncio.wait({work, keep}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (work, keep):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-                await lease.release()
-
-    async def _janitor_work(self) -> None:
-        bucket = self.link.sessions
-        assert bucket is not None
-        docs: dict[str, tuple[int, dict[str, Any]]] = {}
-
-        async def follow() -> None:
-            changes = cast(AsyncGenerator[Entry, None], bucket.watch(after=0))
-            async with contextlib.aclosing(changes):
-                async for entry in changes:
-                    if entry.deleted:
-                        docs.pop(entry.key, None)
-                    else:
-                        docs[entry.key] = (entry.revision, _read(entry))
-
-        watcher = asyncio.ensure_future(follow())
-        try:
-            while True:
-                await asyncio.sleep(JANITOR_INTERVAL)
-                if watcher.done():
-                    watcher.result()  # raises what ended it
-                try:
-                    live = await self.link.live_nodes()
-                except StateError:
-                    continue
-                now = time.time()
-                for key, (revision, doc) in list(docs.items()):
-                    try:
-                        await self._tidy(key, revision, doc, live, now)
-                    except (StateError, MeshUnavailable) as exc:
-                        self.throttle.warning("janitor", "MQTT session janitor: %s", exc)
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
-
-    async def _tidy(
-        self,
-        key: str,
-        revision: int,
-        doc: dict[str, Any],
-        live: set[str],
-        now: float,
-    ) -> None:
-        bucket = self.link.sessions
-        assert bucket is not None
-        node = doc.get("node")
-        if node is not None:
-            if node in live or node == self.link.node:
-                return
-            # Its node is gone (no heartbeat for the registry's TTL): the connection
-            # ended as a network failure would end it.
-            self.counters["orphans"] += 1
-            log.warning("node %s is gone: closing the session of %s", node, doc.get("cid"))
-            will = doc.get("will")
-            delay = int((will or {}).get("delay") or 0)
-            doc = {**doc, "node": None, "disc": now}
-            if will is not None and (delay == 0 or not int(doc.get("exp") or 0)):
-                await self._publish_will(will)
-                doc["will"] = None
-            elif will is not None:
-                doc["will_at"] = now + delay
-            if not int(doc.get("exp") or 0):
-                await bucket.delete(key, expected_revision=revision)
-                return
-            await bucket.update(key, orjson.dumps(doc), revision)
-            return
-        will_at = doc.get("will_at")
-        expiry = int(doc.get("exp") or 0)
-        disc = float(doc.get("disc") or now)
-        ends = expiry != NEVER_EXPIRES and now >= disc + expiry
-        if doc.get("will") is not None and (ends or (will_at is not None and now >= will_at)):
-            # [MQTT-3.1.2-8 (5.0)] after the Will Delay, or at the session's end at the latest.
-            await self._publish_will(doc["will"])
-            doc = {**doc, "will": None, "will_at": None}
-            if not ends:
-                await bucket.update(key, orjson.dumps(doc), revision)
-                return
-        if ends:
-            self.counters["expired"] += 1
-            await self._delete_consumers(dict(doc.get("cons") or {}))
-            with contextlib.suppress(RevisionMismatch):
-                await bucket.delete(key, expected_revision=revision)
-
-    async def _publish_will(self, will: dict[str, Any]) -> None:
-        broker = self.broker
-        if broker is None:
-            return
-        message = Message.from_json(will["message"])
-        info = will.get("info") or {}
-        client = ClientInfo(
-            str(info.get("client_id", message.origin or "")),
-            info.get("username"),
-            ProtocolVersion(int(info.get("version", 4))),
-            str(info.get("listener", "")),
-            str(info.get("peer", "")),
-            str(info.get("user", "")),
-        )
-        broker.publish_will(message, client)
-
-
-def _read(entry: Entry | None) -> dict[str, Any]:
-    if entry is None or entry.deleted:
-        return {}
-    try:
-        doc = orjson.loads(entry.value)
-    except orjson.JSONDecodeError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
