@@ -3,7 +3,9 @@
 Resources applied on one node run on every node and survive a restart of
 all of them; events taken by one node's ingress are delivered by every
 node's share of the Trigger's consumer, each once; ``describe`` sums the
-nodes' counters; ``get nodes`` lists the nodes.
+nodes' counters; ``get nodes`` lists the nodes; a Broker's stream has the
+replicas its annotation asks for (three by default on three servers); dead
+letters, devices, live events and replays are the same on every node.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mesh.nodes import Node, receiving, wait_for
+from headwater.log.jetstream import nats_token
+from tests.mesh.nodes import Node, http_error, receiving, wait_for
+from tests.servers import NatsCluster
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +241,75 @@ def test_devices_dead_letters_and_live_events_are_the_same_on_every_node(
         assert seen == {f"reading-{i}" for i in range(6)}
     finally:
         tail.close()
+
+
+def stream_replicas(cluster: NatsCluster, stream: str) -> int:
+    """The replicas JetStream keeps of a Headwater stream of the mesh."""
+    import asyncio
+
+    import nats
+
+    async def ask() -> int:
+        nc = await nats.connect(cluster.url.split(","))
+        try:
+            info = await nc.jetstream().stream_info(f"headwater_{nats_token(stream)}")
+            return int(info.config.num_replicas)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def annotated_broker(name: str, replicas: str) -> str:
+    return BROKER.replace(
+        "{name: orders}", f"{{name: {name}, annotations: {{headwater.dev/replicas: '{replicas}'}}}}"
+    )
+
+
+def test_a_brokers_stream_has_the_replicas_its_annotation_asks_for(
+    mesh_node: Callable[..., Node], nats_cluster: NatsCluster
+) -> None:
+    n1 = mesh_node("n1")
+    n1.apply(
+        BROKER
+        + "---\n"
+        + BROKER.replace(
+            "{name: orders}", "{name: few, annotations: {headwater.dev/replicas: '1'}}"
+        )
+    )
+    wait_for("both Brokers", lambda: {"orders", "few"} <= names(n1, "brokers"))
+    assert post_event(n1, "e1") == 202 and post_event(n1, "e2", broker="few") == 202
+    # Three servers: three copies by default; the annotation asks for one.
+    assert stream_replicas(nats_cluster, "broker/default/orders") == 3
+    assert stream_replicas(nats_cluster, "broker/default/few") == 1
+    refused = http_error(
+        lambda: n1.apply(
+            BROKER.replace(
+                "{name: orders}", "{name: bad, annotations: {headwater.dev/replicas: '7'}}"
+            )
+        )
+    )
+    assert refused.code == 422 and "headwater.dev/replicas" in refused.read().decode()
+
+
+def test_a_replay_asked_of_any_node_reads_the_shared_stream(
+    mesh_node: Callable[..., Node],
+) -> None:
+    n1, n2 = mesh_node("n1"), mesh_node("n2")
+    n1.apply(BROKER)
+    wait_for("the Broker on n2", lambda: "orders" in names(n2, "brokers"))
+    sent = [f"r{i}" for i in range(5)]
+    for event_id in sent:
+        assert post_event(n1, event_id) == 202
+    with receiving() as receiver:
+        job = n2.api(
+            "POST",
+            "/api/v1/replays",
+            {"broker": "orders", "start": "earliest", "destination": {"uri": receiver.url}},
+        )
+        done = wait_for(
+            "the replay done",
+            lambda: (j := n2.api(path=f"/api/v1/replays/{job['id']}"))["done"] and j,
+        )
+        assert done["state"] == "done" and done["delivered"] == len(sent)
+        assert receiver.wait_for_requests(len(sent)) == sent

@@ -159,6 +159,30 @@ async def test_messages_cross_nodes_at_every_qos(node: MakeNode) -> None:
     ]
 
 
+async def test_a_message_goes_only_to_the_nodes_with_a_matching_subscriber(
+    node: MakeNode, mesh: Mesh
+) -> None:
+    a, b, c = await node("a"), await node("b"), await node("c")
+    async with (
+        client(b, "sensors-app") as on_b,
+        client(c, "other-app") as on_c,
+        client(a, "pub") as pub,
+    ):
+        await on_b.subscribe("sensors/#", qos=1)
+        await on_c.subscribe("other/#", qos=1)
+        for i in range(10):
+            await pub.publish(f"sensors/s{i}", b"x", qos=i % 2)
+        assert len(await received(on_b, 10)) == 10
+        # One message for c last: NATS keeps one publisher's order to a subscriber,
+        # so anything routed to c before it would have arrived before it.
+        await pub.publish("other/x", b"y", qos=1)
+        assert [str(m.topic) for m in await received(on_c, 1)] == ["other/x"]
+    routers = {name: mesh.meshes[name].router.stats() for name in "abc"}
+    assert routers["b"]["receivedFromMesh"] == 10
+    assert routers["c"]["receivedFromMesh"] == 1, "c has no sensors/# subscriber"
+    assert routers["a"]["receivedFromMesh"] == 0
+
+
 async def test_a_persistent_session_resumes_on_another_node(node: MakeNode) -> None:
     a, b = await node("a"), await node("b")
     async with client(a, "dev", clean_session=False) as dev:
