@@ -34,13 +34,6 @@ from headwater.state import StateError
 def _single_node(runtime: Runtime) -> dict[str, Any]:
     """What a node without a mesh says about itself, in a registry entry's shape."""
     now = time.time()
-    devices = 0
-    for resource in runtime.resources("MqttBrokerSource"):
-        broker = getattr(
-            getattr(runtime.reconciler.component(resource.key), "source", None), "broker", None
-        )
-        if broker is not None:
-            devices += len(broker.connected_clients)
     return {
         "name": socket.gethostname().split(".")[0],
         "version": __version__,
@@ -48,7 +41,7 @@ def _single_node(runtime: Runtime) -> dict[str, Any]:
         "started": runtime.started,
         "heartbeat": now,
         "addresses": dict(runtime.listeners),
-        "devices": devices,
+        "devices": runtime.registry.connected_devices(),
         "uptimeSeconds": round(now - runtime.started, 3),
         "heartbeatAgeSeconds": 0.0,
     }

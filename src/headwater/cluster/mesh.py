@@ -263,14 +263,7 @@ class Mesh:
     def _devices(self) -> int:
         if self.runtime is None:
             return 0
-        reconciler = self.runtime.reconciler
-        count = 0
-        for resource in reconciler.resources("MqttBrokerSource"):
-            source = getattr(reconciler.component(resource.key), "source", None)
-            broker = getattr(source, "broker", None)
-            if broker is not None:
-                count += len(broker.connected_clients)
-        return count
+        return self.runtime.registry.connected_devices()
 
     async def nodes(self) -> list[NodeInfo]:
         assert self.registry is not None

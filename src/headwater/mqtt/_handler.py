@@ -759,8 +759,8 @@ class ClientHandler:
 
     def _router_pending(self) -> Awaitable[None] | None:
         """What a router spanning nodes must finish before a SUBACK/UNSUBACK."""
-        pending = getattr(self.broker.router, "pending", None)
-        return pending(self.client_id) if pending is not None else None
+        spanning = self.broker.spanning_router
+        return spanning.pending(self.client_id) if spanning is not None else None
 
     async def _answer_later(self, waiting: Awaitable[None], answer: Callable[[], None]) -> None:
         try:

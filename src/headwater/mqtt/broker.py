@@ -59,9 +59,15 @@ from headwater.mqtt.connection import PublishParts, ServerLimits
 from headwater.mqtt.hooks import EachPublish, PendingWill, info_json
 from headwater.mqtt.packets import ReasonCode, Will
 from headwater.mqtt.retained import RetainedStore
-from headwater.mqtt.router import LocalRouter, Router
+from headwater.mqtt.router import LocalRouter, Router, SpanningRouter
 from headwater.mqtt.session import NEVER_EXPIRES, Delivery, Message, Session
-from headwater.mqtt.stores import SessionStore, SqliteSessionStore, StoreChanges, dump
+from headwater.mqtt.stores import (
+    SessionStore,
+    SharedSessionStore,
+    SqliteSessionStore,
+    StoreChanges,
+    dump,
+)
 from headwater.mqtt.topics import validate_topic_name
 from headwater.mqtt.transports import WS_CLOSE_TIMEOUT, Bound, Link, listen
 
@@ -130,8 +136,8 @@ class MqttBroker:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self.router: Router = router if router is not None else LocalRouter()
-        # A router spanning several processes learns its broker (and may wrap the hook).
-        bind = getattr(self.router, "bind", None)
+        #: The router, when it spans several processes (it learns its broker below).
+        self.spanning_router = self.router if isinstance(self.router, SpanningRouter) else None
         self._retained = RetainedStore(config.max_retained)
         self._sessions: dict[str, Session] = {}
         self._online: dict[str, ClientHandler] = {}
@@ -140,6 +146,7 @@ class MqttBroker:
         self._wills: dict[str, PendingWill] = {}
         self._deleted_sessions: set[str] = set()
         self._store: SessionStore | None = store
+        self._shared = store if isinstance(store, SharedSessionStore) else None
         self._bound: list[Bound] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
@@ -152,8 +159,8 @@ class MqttBroker:
         #: The message being routed, and its encoded parts once someone needs them.
         self._routed: Message | None = None
         self._routed_parts: PublishParts | None = None
-        if bind is not None:
-            bind(self)
+        if self.spanning_router is not None:
+            self.spanning_router.bind(self)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -259,9 +266,9 @@ class MqttBroker:
             correlation_data,
             tuple(user_properties),
         )
-        persist = getattr(self.router, "persist", None)
-        if persist is not None and (message.qos or message.retain):
-            await persist([message])  # a router spanning processes stores it first
+        spanning = self.spanning_router
+        if spanning is not None and (message.qos or message.retain):
+            await spanning.persist([message])  # a router spanning processes stores it first
         self.route(message)
 
     # -- what a router or store spanning several processes asks of the broker ------------------
@@ -305,8 +312,8 @@ class MqttBroker:
     ) -> None:
         """Before a connection attaches: a store shared by several processes hands over
         the session (resumed from wherever it was). Raises RoutingUnavailable."""
-        claim = getattr(self._store, "claim", None)
-        if claim is None:
+        shared = self._shared
+        if shared is None:
             return
         kept = None
         if will is not None:
@@ -323,7 +330,7 @@ class MqttBroker:
                 "delay": (will.properties.will_delay_interval or 0) if conn.v5 else 0,
                 "info": info_json(info),
             }
-        session = await claim(client_id, clean_start, owner, kept)
+        session = await shared.claim(client_id, clean_start, owner, kept)
         if session is not None:
             self._sessions[client_id] = session
 
@@ -476,9 +483,8 @@ class MqttBroker:
             session = None
         present = session is not None
         if session is None:
-            new_session = getattr(self._store, "new_session", None)
-            if new_session is not None:
-                session = new_session(cid)
+            if self._shared is not None:
+                session = self._shared.new_session(cid)
             else:
                 session = Session(
                     cid,
@@ -503,9 +509,8 @@ class MqttBroker:
         if self._sessions.get(cid) is session:
             del self._sessions[cid]
             self._deleted_sessions.add(cid)
-        dropped = getattr(self._store, "dropped", None)
-        if dropped is not None:
-            dropped(session)
+        if self._shared is not None:
+            self._shared.dropped(session)
 
     def _end_session(self, cid: str) -> None:
         """The session expired [MQTT-4.1.0-2 (5.0)]: drop it, publish a delayed will."""
@@ -557,8 +562,8 @@ class MqttBroker:
             return
         session.disconnected_at = time.time()
         session.dirty = True
-        hand_off = getattr(self._store, "hand_off", None)
-        if hand_off is not None:
+        shared = self._shared
+        if shared is not None:
             # A store shared by several processes keeps the session (and a will
             # waiting for its Will Delay) while the client is away, not this process.
             waiting = self._wills.pop(cid, None)
@@ -569,7 +574,7 @@ class MqttBroker:
                     waiting.handle.cancel()
                 kept = waiting.as_json()
                 will_at = session.disconnected_at + delay
-            if hand_off(session, kept, will_at):
+            if shared.hand_off(session, kept, will_at):
                 self._sessions.pop(cid, None)
                 return
         if session.expiry_interval != NEVER_EXPIRES:

@@ -20,13 +20,23 @@ The MQTT rules applied here, for any router:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from headwater.mqtt.session import Message, Subscription
 from headwater.mqtt.topics import SubscriptionTree
 
-__all__ = ["Deliver", "LocalRouter", "Router", "RoutingUnavailable", "subscription_ids"]
+if TYPE_CHECKING:
+    from headwater.mqtt.broker import MqttBroker
+
+__all__ = [
+    "Deliver",
+    "LocalRouter",
+    "Router",
+    "RoutingUnavailable",
+    "SpanningRouter",
+    "subscription_ids",
+]
 
 Deliver = Callable[[str, int, bool, tuple[int, ...]], None]
 """``deliver(client_id, granted_qos, retain_as_published, subscription_ids)``."""
@@ -61,12 +71,20 @@ class Router(Protocol):
         """Every subscription: (match filter, share name, client id, subscription)."""
 
 
-# A router that spans several broker processes (headwater.cluster.mqtt.router) may
-# also have, and the broker then uses them:
-#   bind(broker)             when the broker starts using it (it may wrap broker.hook);
-#   pending(client_id)       what a SUBSCRIBE/UNSUBSCRIBE must wait for before its
-#                            answer (an awaitable raising RoutingUnavailable, or None);
-#   persist(messages)        store messages published in-process before returning.
+@runtime_checkable
+class SpanningRouter(Router, Protocol):
+    """A router that spans several broker processes (headwater.cluster.mqtt.router);
+    the broker checks for it once, when it is given the router."""
+
+    def bind(self, broker: MqttBroker) -> None:
+        """The broker starts using this router (it may wrap ``broker.hook``)."""
+
+    def pending(self, client_id: str) -> Awaitable[None] | None:
+        """What a SUBSCRIBE/UNSUBSCRIBE of ``client_id`` must wait for before its
+        answer (an awaitable raising :class:`RoutingUnavailable`), or None."""
+
+    async def persist(self, messages: Sequence[Message]) -> None:
+        """Store messages published in-process (QoS 1/2, retained) before they are routed."""
 
 
 class LocalRouter:

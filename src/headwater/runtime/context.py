@@ -175,6 +175,10 @@ class Registry:
         base = self.listeners.get("http")
         return f"{base}{CHANNEL_PREFIX}/{namespace}/{name}" if base else None
 
+    def connected_devices(self) -> int:
+        """MQTT clients connected to this node's running brokers now."""
+        return sum(len(source.broker.connected_clients) for source in self.mqtt_brokers.values())
+
     def mqtt_broker(self, namespace: str) -> MqttBrokerSource | None:
         """The namespace's running MqttBrokerSource (the first by name when several run)."""
         for key in sorted(self.mqtt_brokers):

@@ -517,7 +517,7 @@ class MeshSessions:
         conn = broker.online(session.client_id) if broker is not None else None
         if conn is None or not conn.connected:
             return 0
-        quota = getattr(conn.conn, "send_quota", 0) or PULL_BATCH
+        quota = conn.conn.send_quota or PULL_BATCH
         return max(0, min(PULL_BATCH, quota - len(session.inflight) - len(session.queue)))
 
     def _pull(self, puller: Puller) -> None:
