@@ -25,42 +25,45 @@ the CPU each process spends per 1,000 events, reported for every process.
 Targets (issue 15): cross-node MQTT QoS 1 at least 1x nats-server's MQTT;
 JetStream mode at least 0.5x the SQLite mode per node.
 
-Measured here (7 December 2026, 2 cores shared with other work: load average
-near 5 during the run, so rates are noisy; 20,000 messages, 12 connections x
-window 20, one run):
+Measured here (7 December 2026, after the merge of the runtime's seams; 2
+cores shared with other work, so rates are noisy; 20,000 messages, 12
+connections x window 20, one run):
 
 =============================  ========  =======  =======  ====  =================
 run                            msgs/s    p50      p99      lost  CPU s / 1,000 ev.
 =============================  ========  =======  =======  ====  =================
-mesh, 1 node, R3               2,825     1.9 s    3.1 s    0     node 0.107 + worker
-                                                                 0.040; NATS 0.136
-mesh, 2 nodes, R3              3,791     0.8 s    1.1 s    0     per node 0.061 +
-                                                                 0.025; NATS 0.148
-mesh, 3 nodes, R3              3,209     0.23 s   0.44 s   0     per node 0.045 +
-                                                                 0.018; NATS 0.147
-sqlite fsync, 1 node           3,729     1.8 s    2.0 s    0     0.057 + 0.043
-sqlite normal, 1 node          2,711     2.0 s    4.0 s    0     0.060 + 0.050
-nats-server MQTT, A -> B       3,479     52 ms    271 ms   0     NATS 0.181
-headwater mesh, A -> B         8,454     15 ms    145 ms   0     0.028 + 0.021;
-                                                                 NATS 0.041
+mesh, 1 node, R3               4,001     1.6 s    1.9 s    0     node 0.096 + worker
+                                                                 0.035; NATS 0.131
+mesh, 2 nodes, R3              4,199     0.67 s   1.0 s    0     per node 0.054 +
+                                                                 0.024; NATS 0.117
+mesh, 3 nodes, R3              3,705     94 ms    0.30 s   0     per node 0.041 +
+                                                                 0.018; NATS 0.131
+sqlite fsync, 1 node           8,027     0.86 s   0.98 s   0     0.047 + 0.038
+sqlite normal, 1 node          6,968     1.0 s    1.3 s    0     0.045 + 0.036
+nats-server MQTT, A -> B       5,991     38 ms    56 ms    0     NATS 0.162
+headwater mesh, A -> B         10,346    14 ms    35 ms    0     0.047 + 0.006;
+                                                                 NATS 0.039
 =============================  ========  =======  =======  ====  =================
 
 (latencies of the pipeline runs are queueing: every publisher sends as fast as
 its window allows, so the backlog waits; the pass-through runs show the hop.)
 
-Against the targets: cross-node MQTT QoS 1 is 2.43x nats-server's MQTT (target
-1x): nats-server stores every QoS 1 message in JetStream and delivers it to a
-subscriber through a consumer of its own, while Headwater stores it (one R3
-publish, before the PUBACK) and routes it by interest as a plain NATS message
-to the node of a clean-session subscriber. JetStream mode with one node is
-0.76x SQLite fsync (target 0.5x); per node, two nodes make 0.51x and three
-0.29x: on two cores shared by three nodes, three NATS servers, the publishers
-and the sink, the machine is the limit, not the mesh, as the CPU column shows:
-what one node spends per event falls as nodes are added (0.147 -> 0.086 ->
-0.063 s per 1,000 on the node and its HTTP worker), and the mesh's total
-(nodes plus NATS) per event stays near 0.3 s per 1,000 events whatever the
-number of nodes, so on a machine with a core per node and per NATS server the
-rate grows with the nodes.
+Against the targets: cross-node MQTT QoS 1 is 1.73x nats-server's MQTT (target
+1x; 2.43x in an earlier, more loaded run): nats-server stores every QoS 1
+message in JetStream and delivers it to a subscriber through a consumer of its
+own, while Headwater stores it (one R3 publish, before the PUBACK) and routes
+it by interest as a plain NATS message to the node of a clean-session
+subscriber. JetStream mode with one node is 0.50x SQLite fsync (target 0.5x:
+met, with no margin; 0.76x in the earlier run, when SQLite made 3,729/s on a
+busier machine). Per node, two nodes make 0.26x and three 0.15x: on two cores
+shared by three nodes, three NATS servers, the publishers and the sink, the
+machine is the limit, not the mesh: the mesh's total rate stays near 4k/s
+whatever the number of nodes while what one node spends per event falls
+(0.131 -> 0.078 -> 0.059 s per 1,000 on the node and its HTTP worker), and
+the whole mesh (nodes plus NATS) spends 0.26-0.31 s per 1,000 events against
+SQLite's 0.085, so on a machine with a core per node and per NATS server the
+rate grows with the nodes. On this machine the per-node target holds for one
+node only.
 
 Where the time goes, in the mesh against SQLite: a node spends about 0.05 s
 more per 1,000 events (each event is a JetStream publish and its PubAck, a
