@@ -143,17 +143,32 @@ class ManagedServer:
 
 
 class NatsServer(ManagedServer):
-    """``nats-server`` with JetStream, its store in ``data_dir``."""
+    """``nats-server`` with JetStream (unless ``jetstream=False``), its store in ``data_dir``.
+
+    ``extra`` is appended to its configuration (an ``authorization`` block, a
+    ``cluster`` block: see :class:`NatsCluster`).
+    """
 
     name = "nats-server"
 
-    def __init__(self, data_dir: Path, *, max_payload: str = "2MB") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        max_payload: str = "2MB",
+        jetstream: bool = True,
+        extra: str = "",
+        server_name: str | None = None,
+    ) -> None:
         super().__init__(data_dir)
         self.binary = find_executable(
             "nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"
         )
         # A 1 MiB event plus its attributes needs more than NATS's default 1 MB.
         self.max_payload = max_payload
+        self.jetstream = jetstream
+        self.extra = extra
+        self.server_name = server_name
         self._ports_dir = data_dir / "ports"
 
     @property
@@ -165,12 +180,15 @@ class NatsServer(ManagedServer):
         for stale in self._ports_dir.iterdir():
             stale.unlink()
         config = self.data_dir / "nats.conf"
+        store = json.dumps(str(self.data_dir / "store"))
         config.write_text(
-            f"host: {LOOPBACK}\n"
+            (f"server_name: {self.server_name}\n" if self.server_name else "")
+            + f"host: {LOOPBACK}\n"
             f"port: {port or -1}\n"
             f"max_payload: {self.max_payload}\n"
             f"ports_file_dir: {json.dumps(str(self._ports_dir))}\n"
-            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'store'))} }}\n"
+            + (f"jetstream {{ store_dir: {store} }}\n" if self.jetstream else "")
+            + self.extra
         )
         return [self.binary, "-c", str(config)]
 
@@ -269,3 +287,116 @@ class PrometheusServer(ManagedServer):
             f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
             f"--web.listen-address={LOOPBACK}:{port}",
         ]
+
+
+JETSTREAM_READY_TIMEOUT: Final = 30.0
+"""Seconds a cluster gets to elect its JetStream meta leader once every server listens."""
+
+
+class NatsCluster:
+    """Three (``size``) ``nats-server`` processes with JetStream, routed into one cluster.
+
+    Client ports are picked by each server (as :class:`NatsServer` does); the
+    route ports are chosen up front with :func:`free_port`, since every server
+    must name the others' in its configuration. ``start`` returns once every
+    server accepts clients and JetStream has a meta leader (``/healthz`` of
+    every server answers 200), so that streams with three replicas can be
+    created at once. One server can be killed and started again
+    (:meth:`kill`, :meth:`start_server`) at the same ports and store.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        name: str = "hw",
+        no_advertise: bool = False,
+        mqtt: bool = False,
+    ) -> None:
+        """``no_advertise``: the servers do not tell clients about each other, so a client
+        uses only the URLs it was given (a proxy in front of a server stays in the way).
+        ``mqtt``: each server also listens for MQTT (nats-server's own, at ``mqtt_ports``)."""
+        self.data_dir = data_dir
+        routes = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
+        self.mqtt_ports = [free_port() for _ in range(size)] if mqtt else []
+        self.servers: list[NatsServer] = []
+        for index in range(size):
+            others = ", ".join(
+                f"nats-route://{LOOPBACK}:{port}" for i, port in enumerate(routes) if i != index
+            )
+            extra = (
+                f"http: {LOOPBACK}:{self.monitor_ports[index]}\n"
+                f"cluster {{\n  name: {name}\n  host: {LOOPBACK}\n  port: {routes[index]}\n"
+                f"  routes: [{others}]\n"
+                + ("  no_advertise: true\n" if no_advertise else "")
+                + "}\n"
+                + (f"mqtt {{ host: {LOOPBACK}, port: {self.mqtt_ports[index]} }}\n" if mqtt else "")
+            )
+            self.servers.append(
+                NatsServer(data_dir / f"n{index + 1}", extra=extra, server_name=f"n{index + 1}")
+            )
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    @property
+    def url(self) -> str:
+        """Every server's URL, comma-separated (what ``headwater up --nats`` takes)."""
+        return ",".join(self.urls)
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        self.wait_jetstream()
+
+    def start_server(self, index: int) -> None:
+        self.servers[index].start()
+        self.wait_jetstream()
+
+    def kill(self, index: int) -> None:
+        self.servers[index].kill()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def wait_jetstream(self) -> None:
+        """Until every running server says it is healthy, JetStream included."""
+        deadline = time.monotonic() + JETSTREAM_READY_TIMEOUT
+        for server, port in zip(self.servers, self.monitor_ports, strict=True):
+            if server.process is None:
+                continue
+            while not _healthy(port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{server.server_name}: JetStream not ready after "
+                        f"{JETSTREAM_READY_TIMEOUT}s:\n{server.log_tail()}"
+                    )
+                time.sleep(0.05)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _healthy(monitor_port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(
+            f"http://{LOOPBACK}:{monitor_port}/healthz", timeout=1
+        ) as answer:
+            return bool(answer.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False

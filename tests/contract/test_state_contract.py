@@ -1,14 +1,14 @@
-"""The state-store contract: every backend (memory, sqlite) passes all of it.
+"""The state-store contract: every backend (memory, sqlite, JetStream KV) passes all of it.
 
-A JetStream KV backend added later runs this same suite: the rules here are
-JetStream KV's (per-bucket revisions, compare-and-set on a key's revision,
-tombstones that watchers see).
+The rules here are JetStream KV's (per-bucket revisions, compare-and-set on a
+key's revision, tombstones that watchers see).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,8 @@ from headwater.state import (
     StateStore,
     ValueTooLarge,
 )
+from headwater.state.jetstream import JetStreamStore
+from tests.servers import NatsServer
 
 WAIT = 10.0
 """Seconds a watcher may take to see a change before the test fails (not a speed bound:
@@ -68,11 +70,32 @@ class SqliteHarness:
         return await self.open()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+class JetStreamHarness:
+    """Buckets on the session's nats-server, under a namespace of the test's own."""
+
+    def __init__(self, url: str, clock: Callable[[], float]) -> None:
+        self.url = url
+        self.clock = clock
+        self.namespace = f"t{uuid.uuid4().hex[:12]}"
+
+    async def open(self) -> StateStore:
+        return JetStreamStore(self.url, namespace=self.namespace, clock=self.clock)
+
+    async def reopen(self, store: StateStore) -> StateStore:
+        await store.close()
+        return await self.open()
+
+
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("jetstream", marks=pytest.mark.integration)]
+)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> StateHarness:
     clock = lambda: NOW  # noqa: E731
     if request.param == "memory":
         return MemoryHarness(clock)
+    if request.param == "jetstream":
+        server: NatsServer = request.getfixturevalue("nats_server")
+        return JetStreamHarness(server.url, clock)
     return SqliteHarness(tmp_path / "state.db", clock)
 
 

@@ -62,7 +62,14 @@ def test_loading_a_sink_resource_imports_no_io() -> None:
     assert offending(imported_after(statement), HEAVY + SINKS_AND_RUNTIME) == []
 
 
-def test_the_log_package_loads_jetstream_when_named() -> None:
-    assert offending(imported_after("import headwater.log"), ("nats",)) == []
-    named = imported_after("from headwater.log import JetStreamLog")
-    assert "headwater.log.jetstream" in named and "nats" in named
+@pytest.mark.parametrize(
+    ("package", "name", "module"),
+    [
+        pytest.param("headwater.log", "JetStreamLog", "headwater.log.jetstream", id="log"),
+        pytest.param("headwater.state", "JetStreamStore", "headwater.state.jetstream", id="state"),
+    ],
+)
+def test_the_jetstream_backends_load_when_named(package: str, name: str, module: str) -> None:
+    assert offending(imported_after(f"import {package}"), ("nats",)) == []
+    named = imported_after(f"from {package} import {name}")
+    assert module in named and "nats" in named

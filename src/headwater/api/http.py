@@ -8,14 +8,16 @@ the endpoint's limit however the body is framed; the :func:`errors`
 middleware answers what those raise (413 over the limit, 400 a peer gone
 mid-body) and :class:`NotFound` (404), so handlers need not. The
 :func:`require_token` middleware asks every ``/api/`` route but the OpenAPI
-document for the bearer token, when one is configured, compared in constant
-time. Handlers find the runtime under :data:`RUNTIME_KEY`.
+document and the health (:data:`PUBLIC_PATHS`) for the bearer token, when
+one is configured, compared in constant time. Handlers find the runtime
+under :data:`RUNTIME_KEY` and, on a node of a mesh, the mesh under
+:data:`MESH_KEY` (None on a single node).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -30,7 +32,11 @@ from headwater.http_guard import (
 )
 from headwater.runtime import Runtime
 
+if TYPE_CHECKING:
+    from headwater.cluster.mesh import Mesh
+
 __all__ = [
+    "MESH_KEY",
     "RUNTIME_KEY",
     "Handler",
     "NotFound",
@@ -43,11 +49,13 @@ __all__ = [
 ]
 
 RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+MESH_KEY: web.AppKey[Mesh | None] = web.AppKey("mesh")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
-"""API paths served without the token (what the API is, not what it holds)."""
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/health"})
+"""API paths served without the token: what the API is, and the health that probes
+(Kubernetes') read; neither says anything of what it holds."""
 
 
 class NotFound(LookupError):

@@ -4,8 +4,11 @@ How this works: the running components publish their own families at scrape
 time (:mod:`headwater.runtime.metrics`: the data plane's counters, each
 stream's size, a PrometheusSink's series, the embedded MQTT broker's refusals);
 this module adds the HTTP listener's own (:func:`headwater.http_guard.metric_families`)
-and renders the text exposition format with prometheus_client. Nothing on the
-event path touches Prometheus objects.
+and, on a node of a mesh, ``headwater_node_info`` (each node's counters are its
+own: a component that runs on one node at a time under a lease is counted on
+the node that runs it; ``describe`` sums the nodes), and renders the text
+exposition format with prometheus_client. Nothing on the event path touches
+Prometheus objects.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from headwater import http_guard
-from headwater.api.http import RUNTIME_KEY
+from headwater.api.http import MESH_KEY, RUNTIME_KEY
 from headwater.runtime import Runtime
 from headwater.runtime.metrics import collect
 
@@ -43,7 +46,16 @@ async def render(runtime: Runtime, extra: Iterable[Metric] = ()) -> bytes:
 
 async def metrics(request: web.Request) -> web.Response:
     # The HTTP listener's own: peers' errors, connections open and closed.
-    http = http_guard.metric_families(request.app.get(http_guard.GUARDS_KEY))
+    http = list(http_guard.metric_families(request.app.get(http_guard.GUARDS_KEY)))
+    mesh = request.app[MESH_KEY]
+    if mesh is not None:
+        node = GaugeMetricFamily(
+            "headwater_node_info",
+            "This node of the mesh (its counters are its own; describe sums them).",
+            labels=["node"],
+        )
+        node.add_metric([mesh.node], 1)
+        http.append(node)
     body = await render(request.app[RUNTIME_KEY], http)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

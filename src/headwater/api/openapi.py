@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the admin API, served at ``/api/v1/openapi.json``.
 
-Written by hand next to the handlers it describes, and checked against them by
-a schemathesis run in the test suite (every response must match its schema,
-and no request may produce a 5xx).
+How this works: written by hand next to the handlers it describes (the
+schemas and parameters it shares are in :mod:`headwater.api.openapi_parts`),
+and checked against them by a schemathesis run in the test suite (every
+response must match its schema, and no request may produce a 5xx).
 """
 
 from __future__ import annotations
@@ -15,279 +16,30 @@ from headwater import __version__
 from headwater.api.devices_openapi import OPENAPI_PATHS as DEVICE_PATHS
 from headwater.api.devices_openapi import SCHEMAS as DEVICE_SCHEMAS
 from headwater.api.http import json_response
-from headwater.resources import KINDS
-
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {"type": "string"},
-        "problems": {"type": "array"},
-    },
-}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json({"$ref": "#/components/schemas/Error"}, description)
-
-
-UNAUTHORIZED = _error("Missing or wrong bearer token (when one is configured).")
-UNAVAILABLE = _error("The event log is unavailable; try again.")
-
-_KIND_PARAM = {
-    "name": "kind",
-    "in": "path",
-    "required": True,
-    "description": "A kind, case-insensitive, singular or plural (broker, Brokers, ...).",
-    "schema": {"type": "string"},
-}
-_NS_PARAM = {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string"}}
-_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-
-_RESOURCE = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "status"],
-    "properties": {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string", "enum": sorted(KINDS)},
-        "metadata": {
-            "type": "object",
-            "required": ["name", "namespace"],
-            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
-        },
-        "spec": {"type": "object"},
-        "status": {
-            "type": "object",
-            "required": ["conditions"],
-            "properties": {
-                "conditions": {"type": "array", "items": {"type": "object"}},
-                "origin": {
-                    "type": "object",
-                    "description": "Where it came from: a file of `headwater up`, or the API.",
-                    "required": ["source", "file", "line"],
-                    "properties": {
-                        "source": {"type": "string", "enum": ["file", "api"]},
-                        "file": {"type": "string"},
-                        "line": {"type": "integer"},
-                        "resourceVersion": {"type": "string"},
-                        "applied": {"type": ["string", "null"]},
-                    },
-                },
-            },
-        },
-    },
-}
-_KEY = {
-    "type": "object",
-    "required": ["kind", "namespace", "name"],
-    "properties": {
-        "kind": {"type": "string"},
-        "namespace": {"type": "string"},
-        "name": {"type": "string"},
-    },
-}
-_KEYS = {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}
-_APPLIED = {
-    "type": "object",
-    "required": ["created", "updated", "unchanged", "warnings"],
-    "properties": {
-        "created": _KEYS,
-        "updated": _KEYS,
-        "unchanged": _KEYS,
-        "warnings": {
-            "type": "array",
-            "description": "Fields that are accepted but ignored, and why.",
-            "items": {"type": "object"},
-        },
-    },
-}
-_RESOURCES_BODY = {
-    "required": True,
-    "content": {
-        "application/yaml": {"schema": {"type": "string"}},
-        "application/json": {"schema": {}},
-    },
-}
-_JOB = {
-    "type": "object",
-    "required": [
-        "id", "kind", "state", "done", "delivered", "failed", "skipped", "total", "remaining",
-    ],
-    "properties": {
-        "id": {"type": "string"},
-        "kind": {"type": "string", "enum": ["replay", "redrive"]},
-        "state": {"type": "string", "enum": ["running", "done", "failed", "cancelled"]},
-        "done": {"type": "boolean"},
-        "delivered": {"type": "integer"},
-        "failed": {"type": "integer", "description": "Events not delivered after retries."},
-        "skipped": {"type": "integer", "description": "Re-drives refused (origin not running)."},
-        "total": {"type": ["integer", "null"], "description": "Events it handles, once known."},
-        "remaining": {"type": ["integer", "null"]},
-        "maxFailures": {"type": ["integer", "null"]},
-        "error": {"type": ["string", "null"]},
-        "started": {"type": "string"},
-        "finished": {"type": ["string", "null"]},
-        "stream": {"type": "string"},
-        "start": {"type": "string"},
-        "destination": {"type": "string"},
-        "untilOffset": {"type": "integer"},
-        "position": {"type": "integer"},
-        "selector": {"type": "string"},
-        "origin": {"type": ["string", "null"]},
-        "lastSkipped": {"type": ["string", "null"]},
-    },
-}  # fmt: skip
-_MAX_FAILURES = {
-    "type": "integer",
-    "minimum": 1,
-    "description": "Stop (state `failed`) once this many events failed.",
-}
-
-
-def _jobs(kind: str) -> dict[str, Any]:
-    """The list, status and cancel operations of a kind of job."""
-    ref = {"$ref": "#/components/schemas/Job"}
-    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-    return {
-        "": {
-            "get": {
-                "summary": f"Every {kind} job kept (running, and the newest finished)",
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["items"],
-                            "properties": {"items": {"type": "array", "items": ref}},
-                        },
-                        "Jobs",
-                    ),
-                    "401": UNAUTHORIZED,
-                },
-            }
-        },
-        "/{id}": {
-            "get": {
-                "summary": f"Progress of a {kind}",
-                "parameters": [id_param],
-                "responses": {
-                    "200": _json(ref, "Progress"),
-                    "401": UNAUTHORIZED,
-                    "404": _error("No such job."),
-                },
-            }
-        },
-        "/{id}/cancel": {
-            "post": {
-                "summary": f"Cancel a {kind}; answers how it ended",
-                "parameters": [id_param],
-                "responses": {
-                    "200": _json(ref, "Its state (cancelled, or how it had ended)"),
-                    "401": UNAUTHORIZED,
-                    "404": _error("No such job."),
-                },
-            }
-        },
-    }
-
-
-_STREAM = {
-    "type": "object",
-    "required": ["stream", "firstOffset", "lastOffset", "events", "bytes", "dropped", "consumers"],
-    "properties": {
-        "stream": {"type": "string"},
-        "firstOffset": {"type": "integer"},
-        "lastOffset": {"type": "integer"},
-        "events": {"type": "integer"},
-        "bytes": {"type": "integer"},
-        "dropped": {"type": "integer"},
-        "consumers": {"type": "array", "items": {"type": "object"}},
-    },
-}
-
-_NODE = {
-    "type": "object",
-    "required": ["id", "kind", "name", "role", "ready", "health", "counters"],
-    "properties": {
-        "id": {"type": "string"},
-        "kind": {"type": "string"},
-        "namespace": {"type": ["string", "null"]},
-        "name": {"type": "string"},
-        "role": {"type": "string", "enum": ["source", "channel", "route", "sink"]},
-        "ready": {"type": "string"},
-        "reason": {"type": ["string", "null"]},
-        "health": {"type": "string", "enum": ["ok", "failing", "lagging", "not-ready"]},
-        "counters": {"type": "object", "additionalProperties": {"type": "number"}},
-        "lastError": {"type": ["string", "null"]},
-        "lastErrorTime": {"type": ["string", "null"]},
-        "lastErrorAttempt": {"type": ["integer", "null"]},
-    },
-}
-_TOPOLOGY = {
-    "type": "object",
-    "required": ["time", "nodes", "edges"],
-    "properties": {
-        "time": {"type": "number"},
-        "nodes": {"type": "array", "items": _NODE},
-        "edges": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["from", "to", "via"],
-                "properties": {
-                    "from": {"type": "string"},
-                    "to": {"type": "string"},
-                    "via": {"type": "string"},
-                },
-            },
-        },
-    },
-}
-_OUTCOME = {"type": "string", "enum": ["delivered", "dead-lettered", "dropped"]}
-_DEAD_LETTER = {
-    "type": "object",
-    "required": ["id", "origin", "destination", "code", "event", "redriven"],
-    "properties": {
-        "id": {"type": "integer", "minimum": 1},
-        "origin": {
-            "oneOf": [{"$ref": "#/components/schemas/Key"}, {"type": "null"}],
-            "description": "The Trigger or Subscription that gave the event up.",
-        },
-        "destination": {"type": ["string", "null"], "description": "knativeerrordest"},
-        "code": {"type": ["integer", "null"], "description": "knativeerrorcode"},
-        "errorData": {"type": ["string", "null"], "description": "knativeerrordata (base64)"},
-        "errorText": {"type": ["string", "null"], "description": "errorData as UTF-8 text"},
-        "error": {"type": ["string", "null"], "description": "The last error, as text"},
-        "failedAt": {"type": ["string", "null"]},
-        "dataOmitted": {"type": "boolean"},
-        "traceId": {
-            "type": ["string", "null"],
-            "description": "The W3C trace id of the event (its traceparent), if it has one",
-        },
-        "redriven": {"oneOf": [_OUTCOME, {"type": "null"}]},
-        "event": {"type": "object", "description": "The original event, structured mode"},
-    },
-}
-_DEVICE = {
-    "type": "object",
-    "required": ["device", "updated", "values"],
-    "properties": {
-        "device": {"type": "string"},
-        "updated": {"type": "number"},
-        "values": {"type": "object", "additionalProperties": {"type": "number"}},
-        "fields": {"type": "array", "items": {"type": "string"}},
-    },
-}
-_ID_PARAM = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "description": "The dead letter's offset in the dead-letter stream.",
-    "schema": {"type": "string"},
-}
+from headwater.api.openapi_parts import (
+    APPLIED,
+    DEAD_LETTER,
+    DEVICE,
+    ERROR,
+    ID_PARAM,
+    JOB,
+    KEY,
+    KEYS,
+    KIND_PARAM,
+    MAX_FAILURES,
+    NAME_PARAM,
+    NS_PARAM,
+    OUTCOME,
+    RESOURCE,
+    RESOURCES_BODY,
+    STREAM,
+    TOPOLOGY,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    error_body,
+    job_paths,
+    json_body,
+)
 
 
 def document() -> dict[str, Any]:
@@ -298,20 +50,20 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "Resources in Knative's shapes, status, streams, tail and replay, "
-                "topology, dead letters, telemetry, and the device registry (devices, "
-                "credentials, presence, twins, commands)."
+                "topology, dead letters, telemetry, the device registry (devices, "
+                "credentials, presence, twins, commands) and the mesh's nodes."
             ),
         },
         "components": {
             "schemas": {
-                "Error": _ERROR,
-                "Resource": _RESOURCE,
-                "Key": _KEY,
-                "Job": _JOB,
-                "Stream": _STREAM,
-                "Topology": _TOPOLOGY,
-                "DeadLetter": _DEAD_LETTER,
-                "Device": _DEVICE,
+                "Error": ERROR,
+                "Resource": RESOURCE,
+                "Key": KEY,
+                "Job": JOB,
+                "Stream": STREAM,
+                "Topology": TOPOLOGY,
+                "DeadLetter": DEAD_LETTER,
+                "Device": DEVICE,
                 **DEVICE_SCHEMAS,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -322,7 +74,7 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "Version, uptime and listeners",
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["version", "uptimeSeconds", "listeners"],
@@ -349,6 +101,62 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/health": {
+                "get": {
+                    "summary": "Whether this node can take events (for probes; no token)",
+                    "responses": {
+                        "200": json_body(
+                            {
+                                "type": "object",
+                                "required": ["status", "problems"],
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "problems": {"type": "array", "items": {"type": "string"}},
+                                    "node": {"type": "string"},
+                                },
+                            },
+                            "Serving",
+                        ),
+                        "503": error_body("It cannot store events now (NATS unreachable)."),
+                    },
+                }
+            },
+            "/api/v1/nodes": {
+                "get": {
+                    "summary": "The nodes of the mesh (this node alone without --nats)",
+                    "responses": {
+                        "200": json_body(
+                            {
+                                "type": "object",
+                                "required": ["mesh", "items"],
+                                "properties": {
+                                    "mesh": {"type": "boolean"},
+                                    "self": {"type": ["string", "null"]},
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name", "version", "uptimeSeconds"],
+                                            "properties": {
+                                                "name": {"type": "string"},
+                                                "version": {"type": "string"},
+                                                "addresses": {"type": "object"},
+                                                "uptimeSeconds": {"type": "number"},
+                                                "devices": {"type": "integer"},
+                                                "cpu": {"type": "number"},
+                                                "rss": {"type": "integer"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                            "Nodes",
+                        ),
+                        "401": UNAUTHORIZED,
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
             "/api/v1/resources": {
                 "get": {
                     "summary": "List every resource",
@@ -356,7 +164,7 @@ def document() -> dict[str, Any]:
                         {"name": "namespace", "in": "query", "schema": {"type": "string"}}
                     ],
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["items"],
@@ -378,16 +186,16 @@ def document() -> dict[str, Any]:
                         "Kept in the state store: they run again after a restart. "
                         "`metadata.resourceVersion` is ignored here (last write wins)."
                     ),
-                    "requestBody": _RESOURCES_BODY,
+                    "requestBody": RESOURCES_BODY,
                     "responses": {
-                        "200": _json(_APPLIED, "Applied"),
-                        "400": _error("The body is not UTF-8."),
+                        "200": json_body(APPLIED, "Applied"),
+                        "400": error_body("The body is not UTF-8."),
                         "401": UNAUTHORIZED,
-                        "409": _error("A file of `headwater up` defines one of them."),
-                        "413": _error("The body is too large."),
-                        "415": _error("Not YAML or JSON."),
-                        "422": _error("Invalid resources; `problems` locates each."),
-                        "503": _error("The state store cannot keep them; nothing changed."),
+                        "409": error_body("A file of `headwater up` defines one of them."),
+                        "413": error_body("The body is too large."),
+                        "415": error_body("Not YAML or JSON."),
+                        "422": error_body("Invalid resources; `problems` locates each."),
+                        "503": error_body("The state store cannot keep them; nothing changed."),
                     },
                 },
             },
@@ -395,11 +203,11 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "List resources of a kind",
                     "parameters": [
-                        _KIND_PARAM,
+                        KIND_PARAM,
                         {"name": "namespace", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["items"],
@@ -413,18 +221,18 @@ def document() -> dict[str, Any]:
                             "The resources",
                         ),
                         "401": UNAUTHORIZED,
-                        "404": _error("Unknown kind."),
+                        "404": error_body("Unknown kind."),
                     },
                 }
             },
             "/api/v1/resources/{kind}/{namespace}/{name}": {
                 "get": {
                     "summary": "One resource with its status",
-                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
+                    "parameters": [KIND_PARAM, NS_PARAM, NAME_PARAM],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Resource"}, "The resource"),
+                        "200": json_body({"$ref": "#/components/schemas/Resource"}, "The resource"),
                         "401": UNAUTHORIZED,
-                        "404": _error("Unknown kind or resource."),
+                        "404": error_body("Unknown kind or resource."),
                     },
                 },
                 "put": {
@@ -433,49 +241,49 @@ def document() -> dict[str, Any]:
                         "With `metadata.resourceVersion`, only if it is still the current one "
                         "(else 409)."
                     ),
-                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
-                    "requestBody": _RESOURCES_BODY,
+                    "parameters": [KIND_PARAM, NS_PARAM, NAME_PARAM],
+                    "requestBody": RESOURCES_BODY,
                     "responses": {
-                        "200": _json(_APPLIED, "Replaced"),
-                        "400": _error("The body is not UTF-8."),
+                        "200": json_body(APPLIED, "Replaced"),
+                        "400": error_body("The body is not UTF-8."),
                         "401": UNAUTHORIZED,
-                        "404": _error("Unknown kind or resource."),
-                        "409": _error(
+                        "404": error_body("Unknown kind or resource."),
+                        "409": error_body(
                             "Changed meanwhile (a stale resourceVersion), or a file defines it."
                         ),
-                        "413": _error("The body is too large."),
-                        "415": _error("Not YAML or JSON."),
-                        "422": _error("Invalid, or not this one resource."),
-                        "503": _error("The state store cannot keep it; nothing changed."),
+                        "413": error_body("The body is too large."),
+                        "415": error_body("Not YAML or JSON."),
+                        "422": error_body("Invalid, or not this one resource."),
+                        "503": error_body("The state store cannot keep it; nothing changed."),
                     },
                 },
                 "delete": {
                     "summary": "Delete a resource the API applied",
-                    "parameters": [_KIND_PARAM, _NS_PARAM, _NAME_PARAM],
+                    "parameters": [KIND_PARAM, NS_PARAM, NAME_PARAM],
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["deleted"],
-                                "properties": {"deleted": _KEYS},
+                                "properties": {"deleted": KEYS},
                             },
                             "Deleted",
                         ),
                         "401": UNAUTHORIZED,
-                        "404": _error("Unknown kind or resource."),
-                        "409": _error("Other resources refer to it, or a file defines it."),
-                        "503": _error("The state store cannot forget it; nothing changed."),
+                        "404": error_body("Unknown kind or resource."),
+                        "409": error_body("Other resources refer to it, or a file defines it."),
+                        "503": error_body("The state store cannot forget it; nothing changed."),
                     },
                 },
             },
             "/api/v1/brokers/{namespace}/{name}/stream": {
                 "get": {
                     "summary": "The Broker's stream in the log: offsets, size, consumers, lag",
-                    "parameters": [_NS_PARAM, _NAME_PARAM],
+                    "parameters": [NS_PARAM, NAME_PARAM],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Stream"}, "Stream info"),
+                        "200": json_body({"$ref": "#/components/schemas/Stream"}, "Stream info"),
                         "401": UNAUTHORIZED,
-                        "404": _error("No running Broker."),
+                        "404": error_body("No running Broker."),
                     },
                 }
             },
@@ -486,8 +294,8 @@ def document() -> dict[str, Any]:
                     "An event named `warning` (once at most) says that the filter reads an "
                     "attribute none of the first events has, so it cannot match them.",
                     "parameters": [
-                        _NS_PARAM,
-                        _NAME_PARAM,
+                        NS_PARAM,
+                        NAME_PARAM,
                         {"name": "filter", "in": "query", "schema": {"type": "string"}},
                         {"name": "start", "in": "query", "schema": {"type": "string"}},
                     ],
@@ -496,9 +304,9 @@ def document() -> dict[str, Any]:
                             "description": "An endless event stream",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "400": _error("Invalid filter or start."),
+                        "400": error_body("Invalid filter or start."),
                         "401": UNAUTHORIZED,
-                        "404": _error("No running Broker."),
+                        "404": error_body("No running Broker."),
                     },
                 }
             },
@@ -517,18 +325,18 @@ def document() -> dict[str, Any]:
                                         "namespace": {"type": "string"},
                                         "start": {"type": "string"},
                                         "destination": {"type": "object"},
-                                        "maxFailures": _MAX_FAILURES,
+                                        "maxFailures": MAX_FAILURES,
                                     },
                                 }
                             }
                         },
                     },
                     "responses": {
-                        "202": _json({"$ref": "#/components/schemas/Job"}, "Started"),
-                        "400": _error("Invalid request."),
+                        "202": json_body({"$ref": "#/components/schemas/Job"}, "Started"),
+                        "400": error_body("Invalid request."),
                         "401": UNAUTHORIZED,
-                        "404": _error("No running Broker."),
-                        "413": _error("The body is too large."),
+                        "404": error_body("No running Broker."),
+                        "413": error_body("The body is too large."),
                     },
                 }
             },
@@ -548,7 +356,7 @@ def document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["valid", "error", "line", "column"],
@@ -561,9 +369,9 @@ def document() -> dict[str, Any]:
                             },
                             "The verdict",
                         ),
-                        "400": _error("Not a JSON object with a string `filter`."),
+                        "400": error_body("Not a JSON object with a string `filter`."),
                         "401": UNAUTHORIZED,
-                        "413": _error("The body is too large."),
+                        "413": error_body("The body is too large."),
                     },
                 }
             },
@@ -572,7 +380,7 @@ def document() -> dict[str, Any]:
                     "summary": "Sources, Brokers/Channels, Triggers/Subscriptions and sinks",
                     "description": "Counters are totals; two snapshots give rates.",
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Topology"}, "The graph"),
+                        "200": json_body({"$ref": "#/components/schemas/Topology"}, "The graph"),
                         "401": UNAUTHORIZED,
                     },
                 }
@@ -601,7 +409,7 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["items", "firstOffset", "lastOffset"],
@@ -616,7 +424,7 @@ def document() -> dict[str, Any]:
                             },
                             "Dead letters",
                         ),
-                        "400": _error("Invalid limit, before or origin."),
+                        "400": error_body("Invalid limit, before or origin."),
                         "401": UNAUTHORIZED,
                         "503": UNAVAILABLE,
                     },
@@ -625,12 +433,12 @@ def document() -> dict[str, Any]:
             "/api/v1/deadletters/{id}": {
                 "get": {
                     "summary": "One dead letter",
-                    "parameters": [_ID_PARAM],
+                    "parameters": [ID_PARAM],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/DeadLetter"}, "It"),
-                        "400": _error("Not an id."),
+                        "200": json_body({"$ref": "#/components/schemas/DeadLetter"}, "It"),
+                        "400": error_body("Not an id."),
                         "401": UNAUTHORIZED,
-                        "404": _error("No such dead letter (or no longer retained)."),
+                        "404": error_body("No such dead letter (or no longer retained)."),
                         "503": UNAVAILABLE,
                     },
                 }
@@ -642,15 +450,15 @@ def document() -> dict[str, Any]:
                         "Through the origin's delivery pipeline (retries, dead letter sink); "
                         "failing again records a new dead letter."
                     ),
-                    "parameters": [_ID_PARAM],
+                    "parameters": [ID_PARAM],
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["id", "outcome", "destination", "deadLetter"],
                                 "properties": {
                                     "id": {"type": "integer"},
-                                    "outcome": _OUTCOME,
+                                    "outcome": OUTCOME,
                                     "destination": {"type": "string"},
                                     "lastError": {"type": ["string", "null"]},
                                     "deadLetter": {"$ref": "#/components/schemas/DeadLetter"},
@@ -658,10 +466,10 @@ def document() -> dict[str, Any]:
                             },
                             "Re-driven; `outcome` says how it ended",
                         ),
-                        "400": _error("Not an id."),
+                        "400": error_body("Not an id."),
                         "401": UNAUTHORIZED,
-                        "404": _error("No such dead letter."),
-                        "409": _error(
+                        "404": error_body("No such dead letter."),
+                        "409": error_body(
                             "Cannot re-drive now: delivered already, under way, or the origin "
                             "is not running."
                         ),
@@ -674,7 +482,7 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "Devices seen in the last hour with their latest numeric values",
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "type": "object",
                                 "required": ["devices", "untracked", "windowSeconds"],
@@ -713,7 +521,7 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        "200": _json(
+                        "200": json_body(
                             {
                                 "allOf": [
                                     {"$ref": "#/components/schemas/Device"},
@@ -726,9 +534,9 @@ def document() -> dict[str, Any]:
                             },
                             "Series: per field, times `t` and values `v`",
                         ),
-                        "400": _error("No device named, or a bad `since`."),
+                        "400": error_body("No device named, or a bad `since`."),
                         "401": UNAUTHORIZED,
-                        "404": _error("No such device in the last hour."),
+                        "404": error_body("No such device in the last hour."),
                     },
                 }
             },
@@ -748,14 +556,14 @@ def document() -> dict[str, Any]:
                             "description": "An endless event stream",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "400": _error("A bad `since`."),
+                        "400": error_body("A bad `since`."),
                         "401": UNAUTHORIZED,
                     },
                 }
             },
-            **{f"/api/v1/replays{path}": item for path, item in _jobs("replay").items()},
+            **{f"/api/v1/replays{path}": item for path, item in job_paths("replay").items()},
             "/api/v1/redrives": {
-                **_jobs("redrive")[""],
+                **job_paths("redrive")[""],
                 "post": {
                     "summary": "Re-drive many dead letters, oldest first, as a job",
                     "description": (
@@ -778,21 +586,25 @@ def document() -> dict[str, Any]:
                                             "type": "array",
                                             "items": {"type": "integer", "minimum": 1},
                                         },
-                                        "maxFailures": _MAX_FAILURES,
+                                        "maxFailures": MAX_FAILURES,
                                     },
                                 }
                             }
                         },
                     },
                     "responses": {
-                        "202": _json({"$ref": "#/components/schemas/Job"}, "Started"),
-                        "400": _error("Not one of all, origin or ids; or a bad value."),
+                        "202": json_body({"$ref": "#/components/schemas/Job"}, "Started"),
+                        "400": error_body("Not one of all, origin or ids; or a bad value."),
                         "401": UNAUTHORIZED,
                         "503": UNAVAILABLE,
                     },
                 },
             },
-            **{f"/api/v1/redrives{path}": item for path, item in _jobs("redrive").items() if path},
+            **{
+                f"/api/v1/redrives{path}": item
+                for path, item in job_paths("redrive").items()
+                if path
+            },
         },
     }
 

@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from headwater import __version__, tracing
-from headwater.api.http import RUNTIME_KEY, NotFound, error, json_response
+from headwater.api.http import MESH_KEY, RUNTIME_KEY, NotFound, error, json_response
+from headwater.api.nodes import mesh_status
 from headwater.http_guard import read_body
 from headwater.resources import KINDS, ConfigError, Problem, Resource
 from headwater.runtime import Runtime
@@ -86,7 +87,11 @@ async def get_resource(request: web.Request) -> web.Response:
     resource = runtime.get(key)
     if resource is None:
         return error(404, f"no {key[0]} {key[2]!r} in namespace {key[1]!r}")
-    return json_response(resource_json(runtime, resource))
+    body = resource_json(runtime, resource)
+    mesh = request.app[MESH_KEY]
+    if mesh is not None:
+        body["status"] = await mesh_status(mesh, key, body["status"])
+    return json_response(body)
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:

@@ -19,6 +19,7 @@ return normally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import gc
@@ -31,10 +32,12 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from headwater.api.app import add_ingress, create_app
+from headwater.cluster.connection import ClusterError, NatsOptions
 from headwater.eventing.http_worker import HttpWorker
 from headwater.eventing.ingress import is_ingress_request
 from headwater.http_guard import (
@@ -45,16 +48,19 @@ from headwater.http_guard import (
     guard_app,
     raise_open_files_limit,
 )
-from headwater.log import LogError, SqliteLog
+from headwater.log import EventLog, LogError, SqliteLog
 from headwater.log.sqlite import Durability
-from headwater.resources import ConfigError, LoadResult, collect_paths, collect_text
+from headwater.resources import ConfigError, Loaded, LoadResult, collect_paths, collect_text
 from headwater.resources.models import INGRESS_TOKEN_ANNOTATION
 from headwater.resources.mqtt import MqttBrokerSource
 from headwater.runtime import Runtime
 from headwater.runtime.applied import EMBEDDED_DEFAULTS as EMBEDDED_FILE
 from headwater.runtime.context import CHANNEL_PREFIX
 from headwater.runtime.watch import watch
-from headwater.state import SqliteStore, StateError
+from headwater.state import SqliteStore, StateError, StateStore
+
+if TYPE_CHECKING:
+    from headwater.cluster.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,12 @@ class UpOptions:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     http_worker: bool = True
     http_limits: HttpLimits = field(default_factory=HttpLimits)
+    nats: NatsOptions | None = None
+    """With NATS: this node joins a mesh (JetStream log and KV state; see headwater.cluster)."""
+    node_name: str | None = None
+    """The node's name in the mesh (default: the host name)."""
+    nats_replicas: int | None = None
+    """Replicas of the mesh's streams and buckets (default: 3 with 3+ servers, else 1)."""
 
 
 # With no resource files, `headwater up` runs the embedded default: a Broker
@@ -126,6 +138,12 @@ EMBEDDED_MQTT = ("MqttBrokerSource", "default", "mqtt")
 
 
 def embedded_defaults(options: UpOptions) -> str:
+    if options.nats is not None:
+        # What the first node of a mesh seeds for every node: sessions live in
+        # JetStream (no dataDir), and each node's --mqtt-port moves its own
+        # listener (see _local_overrides), so the shared copy keeps the default.
+        text = EMBEDDED_DEFAULTS.replace("  dataDir: %(data_dir)s\n", "")
+        return text % {"host": json.dumps(options.host), "port": DEFAULT_MQTT_PORT}
     return EMBEDDED_DEFAULTS % {
         "host": json.dumps(options.host),
         "port": DEFAULT_MQTT_PORT if options.mqtt_port is None else options.mqtt_port,
@@ -142,6 +160,7 @@ class Server:
     runtime: Runtime
     runner: web.AppRunner
     urls: dict[str, str] = field(default_factory=dict)
+    mesh: Mesh | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -158,9 +177,35 @@ def load(options: UpOptions) -> LoadResult:
     if not options.files:
         return collect_text(embedded_defaults(options), EMBEDDED_FILE)
     found = collect_paths(options.files)
-    if options.mqtt_port is not None and not found.problems:
+    if options.mqtt_port is not None and not found.problems and options.nats is None:
         _set_mqtt_port(found, options.mqtt_port)
     return found
+
+
+def _local_overrides(options: UpOptions) -> Callable[[Loaded], Loaded]:
+    """What this node changes in what the mesh runs: ``--mqtt-port`` moves the one
+    listener of an MqttBrokerSource (on this node only; the stored copy keeps its port)."""
+    port = options.mqtt_port
+
+    def local(item: Loaded) -> Loaded:
+        resource = item.resource
+        if port is None or not isinstance(resource, MqttBrokerSource):
+            return item
+        if len(resource.spec.listeners) != 1:
+            log.warning(
+                "--mqtt-port moves the one listener of an MqttBrokerSource; %s/%s has %d: "
+                "its ports are kept",
+                resource.namespace,
+                resource.name,
+                len(resource.spec.listeners),
+            )
+            return item
+        [listener] = resource.spec.listeners
+        changed = listener.model_copy(update={"port": port})
+        spec = resource.spec.model_copy(update={"listeners": [changed]})
+        return dataclasses.replace(item, resource=resource.model_copy(update={"spec": spec}))
+
+    return local
 
 
 def _set_mqtt_port(found: LoadResult, port: int) -> None:
@@ -236,6 +281,27 @@ def open_state(options: UpOptions) -> SqliteStore:
         raise StartupError(f"cannot open the state store in {options.data_dir}: {exc}") from exc
 
 
+async def open_mesh(options: UpOptions) -> Mesh:
+    """Join the mesh on NATS (``--nats``): a clear StartupError when that cannot be."""
+    from headwater.cluster.mesh import Mesh, default_node_name
+
+    assert options.nats is not None
+    problem = data_dir_problem(options.data_dir)
+    if problem is not None:
+        raise StartupError(problem)
+    mesh = Mesh(
+        options.nats,
+        node=options.node_name or default_node_name(),
+        data_dir=options.data_dir,
+        replicas=options.nats_replicas,
+    )
+    try:
+        await mesh.open()
+    except ClusterError as exc:
+        raise StartupError(str(exc)) from exc
+    return mesh
+
+
 async def start(options: UpOptions) -> Server:
     if not is_loopback(options.host) and not options.token:
         raise StartupError(
@@ -243,25 +309,47 @@ async def start(options: UpOptions) -> Server:
             "set --token or HEADWATER_TOKEN, or bind to 127.0.0.1"
         )
     found = load(options)
-    events = open_log(options)
-    try:
-        state = open_state(options)
-    except BaseException:
-        await events.close()
-        raise
+    mesh: Mesh | None = None
+    events: EventLog
+    state: StateStore
+    if options.nats is not None:
+        mesh = await open_mesh(options)
+        assert mesh.log is not None and mesh.state is not None
+        events, state = mesh.log, mesh.state
+    else:
+        events = open_log(options)
+        try:
+            state = open_state(options)
+        except BaseException:
+            await events.close()
+            raise
     # Before the runtime: the listeners size their shares of the descriptors from it.
     open_files = raise_open_files_limit()
     # HttpSinks' POSTs: a worker process by default (see eventing.transport).
     worker = HttpWorker() if options.http_worker else None
-    runtime = Runtime(events, state=state, data_dir=options.data_dir, delivery=worker)
+    runtime = Runtime(events, state=state, data_dir=options.data_dir, delivery=worker, mesh=mesh)
+    if mesh is not None:
+        from headwater.cluster.resources import MeshResources
+
+        mesh.bind(runtime)
+        runtime.desired = MeshResources(
+            runtime.reconciler,
+            runtime.state,
+            mesh.node,
+            files_given=bool(options.files),
+            local=_local_overrides(options),
+        )
     try:
         if worker is not None:
             await worker.start()
-        await runtime.start(found)  # ConfigError: every problem, before anything runs
-        if not options.files:
+        try:
+            await runtime.start(found)  # ConfigError: every problem, before anything runs
+        except StateError as exc:
+            raise StartupError(f"cannot read the resources to run: {exc}") from exc
+        if not options.files and (mesh is None or runtime.get(EMBEDDED_MQTT) is not None):
             _check_embedded_mqtt(runtime, options)
         _check_started(runtime)
-        app = create_app(runtime, token=options.token)
+        app = create_app(runtime, token=options.token, mesh=mesh)
         add_ingress(app, runtime)
         limits = fit_to_open_files(options.http_limits, open_files)
         guard = guard_app(app, limits, data_plane=_data_plane)
@@ -289,9 +377,13 @@ async def start(options: UpOptions) -> Server:
                 f"cannot listen on {options.host}:{options.http_port}: {exc}"
             ) from exc
     except BaseException:
+        if mesh is not None and mesh.registry is not None:
+            await mesh.registry.leave()
         await runtime.close()
+        if mesh is not None:
+            await mesh.close()
         raise
-    server = Server(runtime, runner)
+    server = Server(runtime, runner, mesh=mesh)
     for sock_host, port in _bound(runner):
         server.urls["http"] = f"http://{_url_host(sock_host)}:{port}"
     if not is_loopback(options.host):
@@ -301,6 +393,9 @@ async def start(options: UpOptions) -> Server:
         if key.startswith("mqtt/"):
             # The embedded default's one broker is "mqtt"; with files, each source by name.
             server.urls[key if options.files else "mqtt"] = url
+    if mesh is not None and mesh.registry is not None:
+        with contextlib.suppress(StateError):
+            await mesh.registry.beat()  # the addresses, now that they are known
     return server
 
 
@@ -384,7 +479,12 @@ async def stop(server: Server, drain_timeout: float = 0.0) -> None:
     """
     await server.runtime.stop_processes()
     await server.runner.cleanup()
+    mesh = server.mesh
+    if mesh is not None and mesh.registry is not None:
+        await mesh.registry.leave()  # the others see this node go at once
     await server.runtime.close(grace=drain_timeout)
+    if mesh is not None:
+        await mesh.close()
 
 
 async def run(options: UpOptions, on_ready: Callable[[Server], None]) -> None:

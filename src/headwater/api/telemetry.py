@@ -124,7 +124,9 @@ def broker_streams(runtime: Runtime) -> set[str]:
 
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:
-    app[TRACKER_KEY] = TelemetryTracker(runtime.log, functools.partial(broker_streams, runtime))
+    app[TRACKER_KEY] = TelemetryTracker(
+        runtime.log, functools.partial(broker_streams, runtime), node=runtime.node
+    )
     app.on_shutdown.append(_stop_tracker)
     app.router.add_get("/api/v1/telemetry", list_devices)
     app.router.add_get("/api/v1/telemetry/events", device_events)

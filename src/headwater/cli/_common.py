@@ -165,3 +165,26 @@ def echo_yaml(value: Any, indent: str = "") -> None:
         yaml.dump(value, out)
     text = out.getvalue()
     click.echo("".join(indent + line for line in text.splitlines(keepends=True)), nl=False)
+
+
+def emitted(items: list[dict[str, Any]], output: str) -> bool:
+    """Print ``items`` as JSON or YAML when ``output`` asks; False: a table (the caller's)."""
+    if output == "json":
+        import orjson
+
+        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
+        return True
+    if output == "yaml":
+        echo_yaml(items)
+        return True
+    return False
+
+
+def print_table(table: Any) -> None:
+    """A rich table, as wide as the terminal (at least 100 columns)."""
+    import os
+
+    from rich.console import Console
+
+    width = max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)
+    Console(width=width).print(table)

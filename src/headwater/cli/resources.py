@@ -3,29 +3,32 @@
 How this works: each command is one or two admin API requests
 (:mod:`headwater.api.resources`); ``get`` prints a table, JSON or YAML;
 ``describe`` adds the status a resource's component reports, its origin and,
-for Triggers and Subscriptions, their delivery counters and latency.
+for Triggers and Subscriptions, their delivery counters and latency; in a
+mesh, the status is the sum over the nodes, each node's shown below it.
+``get nodes`` lists the mesh's nodes (:mod:`headwater.cli.nodes`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from headwater.cli._common import (
     api_client,
     call,
     echo_yaml,
+    emitted,
     fail,
     main,
+    print_table,
     server_option,
     token_option,
     trace_link,
 )
+from headwater.cli.nodes import echo_per_node, show_nodes
 
 
 @main.command()
@@ -140,8 +143,11 @@ def get(
     server: str | None,
     token: str | None,
 ) -> None:
-    """List resources of a kind, or `all` of them (or show one)."""
+    """List resources of a kind, or `all` of them (or show one); `nodes`: the mesh's nodes."""
     client = api_client(server, token)
+    if kind.lower() in ("node", "nodes"):
+        show_nodes(client, name, output)
+        return
     every = kind.lower() == "all"
     if name and every:
         fail("`get all` lists every resource; give a kind to show one by name", 2)
@@ -151,13 +157,8 @@ def get(
         query = f"?namespace={namespace}" if namespace else ""
         path = "/api/v1/resources" if every else f"/api/v1/resources/{kind}"
         items = call(client, "GET", path + query)["items"]
-    if output == "json":
-        click.echo(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode())
-        return
-    if output == "yaml":
-        echo_yaml(items)
-        return
-    _table(items)
+    if not emitted(items, output):
+        _table(items)
 
 
 def _ready(item: dict[str, Any]) -> tuple[str, str]:
@@ -171,20 +172,21 @@ def _source(item: dict[str, Any], *, long: bool = False) -> str:
     """Where a resource came from: ``file mesh.yaml:3`` or ``api`` (``long``: with detail)."""
     origin = item.get("status", {}).get("origin") or {}
     where = f"{origin.get('file')}:{origin['line']}" if origin.get("line") else origin.get("file")
+    node = origin.get("node")
     if origin.get("source") == "api":
         if not long:
             return "api"
+        on = f" on node {node}" if node else ""
         return (
-            f"applied through the API (from {where}) at {origin.get('applied')}, "
+            f"applied through the API{on} (from {where}) at {origin.get('applied')}, "
             f"resourceVersion {origin.get('resourceVersion')}"
         )
     if origin.get("source") == "file":
-        return f"file {where}"
+        return f"file {where}" + (f" of node {node}" if long and node else "")
     return "-"
 
 
 def _table(items: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -201,9 +203,7 @@ def _table(items: list[dict[str, Any]]) -> None:
             reason,
             _source(item),
         )
-    Console(width=max(100, os.get_terminal_size(0).columns if sys.stdin.isatty() else 100)).print(
-        table
-    )
+    print_table(table)
 
 
 @main.command()
@@ -236,6 +236,8 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
     latency = status.pop("latencySeconds", None)
     status.pop("dispatchers", None)
     trace_id = status.pop("lastErrorTraceId", None)
+    per_node = status.pop("nodes", None)
+    unanswered = status.pop("unansweredNodes", None)
     last_error = _last_error(status)
     if status:
         click.echo("Status (counters since start):")
@@ -249,6 +251,8 @@ def describe(kind: str, name: str, namespace: str, server: str | None, token: st
     if latency and latency.get("count"):
         p50, p99 = (_bucket_quantile(latency, q) for q in (0.5, 0.99))
         click.echo(f"Latency:      p50 <= {p50}s, p99 <= {p99}s over {latency['count']} deliveries")
+    if per_node:
+        echo_per_node(per_node, unanswered)
     if item["kind"] in ("Trigger", "Subscription"):
         click.echo(f"Dead letters: {_kept(item, server, token)}")
 

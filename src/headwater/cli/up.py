@@ -2,7 +2,10 @@
 
 How this works: the options become an :class:`~headwater.api.server.UpOptions`;
 :func:`headwater.api.server.run` starts everything on the chosen event loop
-and runs until SIGINT or SIGTERM, then drains and stops.
+and runs until SIGINT or SIGTERM, then drains and stops. With ``--nats`` the
+node joins a mesh on that NATS JetStream cluster (:mod:`headwater.cluster`):
+the event log, the resources and MQTT sessions live there instead of the
+data directory.
 """
 
 from __future__ import annotations
@@ -102,6 +105,41 @@ from headwater.cli._common import (
     show_default=True,
     help="Seconds a kept-alive HTTP connection may wait for its next request.",
 )
+@click.option(
+    "--nats",
+    "nats_urls",
+    envvar="HEADWATER_NATS",
+    default=None,
+    metavar="URLS",
+    help="Join a mesh on this NATS JetStream cluster (comma-separated URLs): the event log, "
+    "the resources and MQTT sessions live there, shared with every node.",
+)
+@click.option(
+    "--nats-creds", type=click.Path(path_type=Path), default=None, help="NATS credentials file."
+)
+@click.option(
+    "--nats-tls-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA certificates to verify the NATS servers with (turns TLS on).",
+)
+@click.option(
+    "--nats-tls-cert", type=click.Path(path_type=Path), default=None, help="Client certificate."
+)
+@click.option(
+    "--nats-tls-key", type=click.Path(path_type=Path), default=None, help="Client certificate key."
+)
+@click.option(
+    "--nats-replicas",
+    type=click.IntRange(1, 5),
+    default=None,
+    help="Copies of the mesh's streams and buckets [default: 3 with 3+ servers, else 1].",
+)
+@click.option(
+    "--node-name",
+    default=None,
+    help="This node's name in the mesh [default: the host name]; unique per node.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 @click.option(
     "--log-format",
@@ -156,6 +194,13 @@ def up(
     http_header_timeout: float,
     http_body_timeout: float,
     http_idle_timeout: float,
+    nats_urls: str | None,
+    nats_creds: Path | None,
+    nats_tls_ca: Path | None,
+    nats_tls_cert: Path | None,
+    nats_tls_key: Path | None,
+    nats_replicas: int | None,
+    node_name: str | None,
     log_level: str,
     log_format: str,
     otlp_endpoint: str | None,
@@ -181,6 +226,23 @@ def up(
         tracing.viewer = tracing.Viewer(trace_url) if trace_url else None
     except tracing.TracingConfigError as exc:
         fail(str(exc), 2)
+    mesh_flags = (nats_creds, nats_tls_ca, nats_tls_cert, nats_tls_key, nats_replicas, node_name)
+    if nats_urls is None and any(flag is not None for flag in mesh_flags):
+        fail("--nats-creds, --nats-tls-*, --nats-replicas and --node-name need --nats URLS", 2)
+    nats = None
+    if nats_urls is not None:
+        from headwater.cluster import ClusterError, NatsOptions, parse_servers
+
+        try:
+            nats = NatsOptions(
+                parse_servers(nats_urls),
+                creds=nats_creds,
+                tls_ca=nats_tls_ca,
+                tls_cert=nats_tls_cert,
+                tls_key=nats_tls_key,
+            )
+        except ClusterError as exc:
+            fail(str(exc), 2)
     options = UpOptions(
         files=files,
         data_dir=data_dir,
@@ -195,9 +257,18 @@ def up(
         http_limits=HttpLimits(
             http_max_connections, http_header_timeout, http_body_timeout, http_idle_timeout
         ),
+        nats=nats,
+        node_name=node_name,
+        nats_replicas=nats_replicas,
     )
 
     def ready(server: Server) -> None:
+        if server.mesh is not None:
+            mesh = server.mesh
+            click.echo(
+                f"headwater {__version__}: node {mesh.node} of the mesh on "
+                f"{','.join(mesh.options.servers)} ({mesh.replicas} replica(s))"
+            )
         for name, url in server.urls.items():
             click.echo(f"headwater {__version__}: {name} listening on {url}")
         click.echo(f"headwater {__version__}: dashboard on {server.urls['http']}/")

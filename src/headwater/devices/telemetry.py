@@ -198,12 +198,17 @@ class TelemetryTracker:
     """Latest values and recent series per device, fed from the Brokers' streams.
 
     ``streams`` names the streams to read now (the running Brokers'), asked
-    every :data:`SYNC_INTERVAL` seconds.
+    every :data:`SYNC_INTERVAL` seconds; ``node``: this node's name in a mesh.
     """
 
-    def __init__(self, log: EventLog, streams: Callable[[], set[str]]) -> None:
+    def __init__(
+        self, log: EventLog, streams: Callable[[], set[str]], *, node: str | None = None
+    ) -> None:
         self._log = log
         self._streams = streams
+        # In a mesh every node's dashboard reads every event: a cursor per node
+        # (a shared one would split the events between the nodes).
+        self._consumer = CONSUMER if node is None else f"{CONSUMER}/{node}"
         self.devices: dict[str, SeenDevice] = {}
         self.untracked = 0
         self.version = 0
@@ -297,13 +302,13 @@ class TelemetryTracker:
         try:
             # A fresh cursor each time: the history is rebuilt from the log.
             with contextlib.suppress(LogError):
-                await log_.delete_consumer(stream, CONSUMER)
+                await log_.delete_consumer(stream, self._consumer)
             info = await log_.info(stream)
             if info.events > MAX_BACKFILL:
                 start = Start.at_offset(info.last_offset - MAX_BACKFILL + 1)
             else:
                 start = Start.at_time(time.time() - WINDOW_SECONDS)
-            async with log_.reader(stream, CONSUMER, start) as reader:
+            async with log_.reader(stream, self._consumer, start) as reader:
                 while True:
                     batch = await reader.next_batch(READ_BATCH, timeout=1.0)
                     received = time.time()
@@ -315,7 +320,7 @@ class TelemetryTracker:
             log.debug("device tracking of %s stopped: %s", stream, exc)
         finally:
             with contextlib.suppress(LogError):
-                await log_.delete_consumer(stream, CONSUMER)
+                await log_.delete_consumer(stream, self._consumer)
 
     # -- the API's view ------------------------------------------------------------------
 

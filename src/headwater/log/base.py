@@ -210,8 +210,13 @@ class StreamConfig:
     max_bytes: int | None = None
     max_events: int | None = None
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    replicas: int | None = None
+    """Copies a replicating backend keeps (JetStream: the stream's replicas, 1..5);
+    ``None`` is the backend's default. Memory and SQLite keep one and ignore it."""
 
     def __post_init__(self) -> None:
+        if self.replicas is not None and (type(self.replicas) is not int or self.replicas < 1):
+            raise ValueError(f"replicas must be a positive integer, not {self.replicas!r}")
         if self.max_age is not None and not (self.max_age > 0 and math.isfinite(self.max_age)):
             raise ValueError(f"max_age must be a positive number of seconds, not {self.max_age}")
         for name in ("max_bytes", "max_events", "max_event_size"):

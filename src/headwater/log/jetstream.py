@@ -37,11 +37,8 @@ How this works:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import hashlib
 import itertools
-import re
 import weakref
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
@@ -54,21 +51,26 @@ import orjson
 from nats.js import api
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import CorruptRecord, decode, encode
+from headwater.log._codec import encode
+from headwater.log._jetstream_nats import (
+    NATS_ERRORS,
+    PULL_SUBJECT,
+    consumer_position,
+    describe,
+    described,
+    nats_token,
+    translate,
+)
+from headwater.log._jetstream_reader import JetStreamReader
 from headwater.log.base import (
-    DEFAULT_BATCH,
     DEFAULT_MAX_EVENT_SIZE,
     DEFAULT_STREAM_CONFIG,
     EARLIEST,
-    Entry,
     EventLogBase,
     EventTooLarge,
-    InvalidAck,
     LogClosed,
-    LogCorrupted,
     LogError,
     LogUnavailable,
-    ReaderBase,
     Start,
     StartKind,
     StreamConfig,
@@ -76,7 +78,6 @@ from headwater.log.base import (
     StreamNotFound,
     as_event_list,
     check_name,
-    new_entry,
     stream_info,
 )
 
@@ -99,55 +100,51 @@ DEFAULT_REQUEST_TIMEOUT: Final = 5.0
 
 DEFAULT_CONNECT_TIMEOUT: Final = 2.0
 
+NO_LEADER_RETRY: Final = 0.05
+"""Seconds between appends to a stream that has no leader yet (within request_timeout)."""
+
 RECONNECT_WAIT: Final = 0.5
 """Seconds between reconnect attempts while NATS is away (forever)."""
 
-FETCH_CHUNK: Final = 5.0
-"""Longest single waiting pull request; ``next_batch(timeout=None)`` repeats them."""
-
-MIN_FETCH_WAIT: Final = 0.05
-"""Shortest waiting pull request (shorter ones would expire in transit)."""
-
-PULL_SLACK: Final = 1.0
-"""Seconds a reader waits beyond a pull request's own expiry for the server's answer."""
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-# JetStream's pull request (jetstream/consumers.md): a JSON body with "batch"
-# and either "no_wait" or "expires" (nanoseconds); the server answers on the
-# reply subject with the messages, then a status if it ended short of the
-# batch: 404 no messages, 408 request expired, 409 e.g. max ack pending.
-_PULL_SUBJECT: Final = "$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 _CONSUMER_PAGE: Final = 256  # consumers per CONSUMER.LIST answer
 
 # JetStream API error codes (nats-server's errors.json).
-_ERR_STREAM_NOT_FOUND: Final = 10059
+_ERR_STREAM_NAME_IN_USE: Final = 10058
+
+CREATE_ATTEMPTS: Final = 3
+"""Tries of a stream's creation that time out (a leader election in a cluster) before
+the Broker reports the log unavailable."""
+
+_COMPARED: Final = (
+    "subjects",
+    "retention",
+    "discard",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "max_msg_size",
+    "storage",
+    "num_replicas",
+    "description",
+)
+
+
+def _differs(found: Any, wanted: Any) -> bool:
+    """Whether an existing stream's configuration differs from the wanted one."""
+    for field in _COMPARED:
+        have, want = getattr(found, field, None), getattr(wanted, field, None)
+        if field in ("max_msgs", "max_bytes") and (have or -1) == (want or -1):
+            continue
+        if field == "max_age" and (have or 0) == (want or 0):
+            continue
+        if field == "num_replicas" and (have or 1) == (want or 1):
+            continue
+        if have != want:
+            return True
+    return False
+
+
 _ERR_MESSAGE_TOO_BIG: Final = 10054
-
-
-def nats_token(name: str) -> str:
-    """``name`` as a NATS subject token / stream name, unique per name."""
-    safe = _UNSAFE.sub("_", name)
-    if safe != name:
-        safe += "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return safe
-
-
-def _translate(exc: BaseException, stream: str | None = None) -> LogError:
-    """A NATS error as Headwater's own (most specific first)."""
-    if isinstance(exc, LogError):
-        return exc
-    if stream is not None and (
-        isinstance(exc, nats.js.errors.NotFoundError | nats.js.errors.NoStreamResponseError)
-        or (isinstance(exc, nats.js.errors.APIError) and exc.err_code == _ERR_STREAM_NOT_FOUND)
-    ):
-        return StreamNotFound(stream)
-    if isinstance(exc, nats.errors.ConnectionClosedError):
-        return LogUnavailable("the NATS connection is closed")
-    return LogUnavailable(f"NATS JetStream: {type(exc).__name__}: {exc}")
-
-
-_NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
 class JetStreamLog(EventLogBase):
@@ -193,6 +190,12 @@ class JetStreamLog(EventLogBase):
     def subject(self, stream: str) -> str:
         return f"{self.namespace}.log.{nats_token(stream)}"
 
+    @property
+    def connected(self) -> bool:
+        """Whether the log can reach NATS now (not yet connected counts as reachable:
+        it connects at its first use)."""
+        return self._nc is None or bool(self._nc.is_connected)
+
     # -- connection ----------------------------------------------------------------
 
     async def _context(self) -> Any:
@@ -236,13 +239,13 @@ class JetStreamLog(EventLogBase):
                 error_cb=error,
                 **self._connect_options,
             )
-        except (*_NATS_ERRORS, ValueError) as exc:
+        except (*NATS_ERRORS, ValueError) as exc:
             raise LogUnavailable(f"cannot connect to NATS at {self._servers}: {exc}") from exc
         nc.options["max_reconnect_attempts"] = -1  # connected once: reconnect forever
         self._ack_prefix = nc.new_inbox() + "."
         try:
             await nc.subscribe(self._ack_prefix + "*", cb=self._on_puback)
-        except _NATS_ERRORS as exc:
+        except NATS_ERRORS as exc:
             await nc.close()
             raise LogUnavailable(f"cannot subscribe at NATS: {exc}") from exc
         self._nc = nc
@@ -277,7 +280,7 @@ class JetStreamLog(EventLogBase):
             watch.cancel()
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *_NATS_ERRORS):
+                with contextlib.suppress(asyncio.CancelledError, *NATS_ERRORS):
                     await task
         if task.cancelled():
             raise LogUnavailable("the NATS connection was lost")
@@ -299,25 +302,42 @@ class JetStreamLog(EventLogBase):
             max_age=config.max_age or 0,
             max_msg_size=config.max_event_size,
             storage=api.StorageType.FILE,
-            num_replicas=self._replicas,
+            num_replicas=config.replicas or self._replicas,
         )
-        try:
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                await js.stream_info(wanted.name)
-            except nats.js.errors.NotFoundError:
-                await js.add_stream(wanted)
-            else:
-                await js.update_stream(wanted)
-        except _NATS_ERRORS as exc:
-            raise _translate(exc) from exc
+                try:
+                    found = await js.stream_info(wanted.name)
+                except nats.js.errors.NotFoundError:
+                    try:
+                        await js.add_stream(wanted)
+                    except nats.js.errors.BadRequestError as exc:
+                        if exc.err_code != _ERR_STREAM_NAME_IN_USE:
+                            raise
+                        continue  # another process created it meanwhile: compare with that
+                else:
+                    # Several nodes of a mesh start the same Broker: only a change
+                    # of its configuration is worth a (replicated) update.
+                    if _differs(found.config, wanted):
+                        await js.update_stream(wanted)
+            except (TimeoutError, nats.errors.TimeoutError) as exc:
+                # A clustered JetStream may be electing a leader for the stream.
+                if attempt < CREATE_ATTEMPTS:
+                    continue
+                raise translate(exc) from exc
+            except NATS_ERRORS as exc:
+                raise translate(exc) from exc
+            break
         self._max_sizes[name] = config.max_event_size
 
     async def delete_stream(self, name: str) -> None:
         js = await self._context()
         try:
             await js.delete_stream(self.stream_name(name))
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, name) from exc
+        except NATS_ERRORS as exc:
+            raise translate(exc, name) from exc
         finally:
             self._max_sizes.pop(name, None)
 
@@ -337,6 +357,22 @@ class JetStreamLog(EventLogBase):
         for index, record in enumerate(records):
             if len(record) > limit:
                 raise EventTooLarge(len(record), limit, index)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        while True:
+            try:
+                return await self._append(stream, records, limit)
+            except StreamNotFound:
+                # "No responders" also answers a stream that exists but has no leader
+                # yet (just created, or a server of its cluster died): retry that one.
+                await self._stream_info(stream)  # StreamNotFound when it really is gone
+                if loop.time() >= deadline:
+                    raise LogUnavailable(
+                        f"stream {stream!r} has no leader in JetStream (electing one?)"
+                    ) from None
+                await asyncio.sleep(NO_LEADER_RETRY)
+
+    async def _append(self, stream: str, records: list[bytes], limit: int) -> list[int]:
         subject = self.subject(stream)
         nc, loop = self._nc, asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
@@ -357,11 +393,11 @@ class JetStreamLog(EventLogBase):
                 offsets = [await futures[0]]
             else:
                 offsets = list(await asyncio.gather(*futures))
-        except (*_NATS_ERRORS, LogError) as exc:
+        except (*NATS_ERRORS, LogError) as exc:
             if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _ERR_MESSAGE_TOO_BIG:
                 self._max_sizes.pop(stream, None)
                 raise EventTooLarge(max(map(len, records)), limit) from exc
-            raise _translate(exc, stream) from exc
+            raise translate(exc, stream) from exc
         finally:
             timer.cancel()
             for reply, future in zip(replies, futures, strict=True):
@@ -383,15 +419,44 @@ class JetStreamLog(EventLogBase):
             await js.delete_consumer(self.stream_name(stream), nats_token(consumer))
         except nats.js.errors.NotFoundError:
             await self._stream_info(stream)  # a missing stream is still an error
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, stream) from exc
+        except NATS_ERRORS as exc:
+            raise translate(exc, stream) from exc
+
+    async def reset_consumer(self, stream: str, consumer: str) -> int:
+        """Make ``consumer`` deliver again everything after its position, in order.
+
+        JetStream redelivers what a reader that died held only after
+        ``ack_wait``, while the consumer hands newer entries to other readers
+        at once: one key's events would then arrive out of order. An ordered
+        Trigger that moves to another node calls this first: the consumer is
+        recreated at its position (its ack floor, the low-water mark), so that
+        everything not acknowledged below the first gap comes again, first
+        and in order (those acknowledged out of order above it come again too:
+        at least once). Returns the position; a consumer that does not exist
+        yet is left to be created by its first reader.
+        """
+        js = await self._context()
+        name, durable = self.stream_name(stream), nats_token(consumer)
+        try:
+            try:
+                info = await js.consumer_info(name, durable)
+            except nats.js.errors.NotFoundError:
+                await self._stream_info(stream)  # a missing stream is still an error
+                return 0
+            _, position = consumer_position(info)
+            await js.delete_consumer(name, durable)
+            config = self._consumer_config(consumer, Start.at_offset(position + 1), position)
+            await js.add_consumer(name, config)
+        except NATS_ERRORS as exc:
+            raise translate(exc, stream) from exc
+        return position
 
     async def _stream_info(self, stream: str) -> Any:
         js = await self._context()
         try:
             return await js.stream_info(self.stream_name(stream))
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, stream) from exc
+        except NATS_ERRORS as exc:
+            raise translate(exc, stream) from exc
 
     async def info(self, stream: str) -> StreamInfo:
         found = await self._stream_info(stream)
@@ -403,8 +468,8 @@ class JetStreamLog(EventLogBase):
                 consumers += page
                 if len(page) < _CONSUMER_PAGE:
                     break
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, stream) from exc
+        except NATS_ERRORS as exc:
+            raise translate(exc, stream) from exc
         state, config = found.state, found.config
         last = state.last_seq
         first = last + 1 if state.messages == 0 else state.first_seq
@@ -421,8 +486,9 @@ class JetStreamLog(EventLogBase):
                 max_event_size=config.max_msg_size
                 if config.max_msg_size and config.max_msg_size > 0
                 else DEFAULT_MAX_EVENT_SIZE,
+                replicas=config.num_replicas or 1,
             ),
-            positions=[_position(c) for c in consumers],
+            positions=[consumer_position(c) for c in consumers],
         )
 
     async def close(self) -> None:
@@ -434,7 +500,7 @@ class JetStreamLog(EventLogBase):
         self._closed = True
         nc, self._nc = self._nc, None
         if nc is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()
 
     # -- for readers ----------------------------------------------------------------------
@@ -442,7 +508,7 @@ class JetStreamLog(EventLogBase):
     def _consumer_config(self, consumer: str, start: Start, base: int) -> Any:
         config = api.ConsumerConfig(
             durable_name=nats_token(consumer),
-            description=_describe(consumer, base),
+            description=describe(consumer, base),
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
             max_ack_pending=self.max_ack_pending,
@@ -479,227 +545,19 @@ class JetStreamLog(EventLogBase):
                 # refuses to update the config later): its base stays 0, so
                 # its position reads 0 until its first ack.
                 info = await js.add_consumer(name, config)
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, stream) from exc
-        return _PULL_SUBJECT.format(stream=name, consumer=durable), _described(info)[1]
+        except NATS_ERRORS as exc:
+            raise translate(exc, stream) from exc
+        return PULL_SUBJECT.format(stream=name, consumer=durable), described(info)[1]
 
     async def _flush(self) -> None:
         await self._context()
         try:
             await self._nc.flush(timeout=self.request_timeout)
-        except _NATS_ERRORS as exc:
-            raise _translate(exc) from exc
+        except NATS_ERRORS as exc:
+            raise translate(exc) from exc
 
 
 def _expire(futures: list[asyncio.Future[int]]) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(LogUnavailable("no PubAck from JetStream in time"))
-
-
-def _describe(consumer: str, base: int) -> str:
-    """A consumer's description: its Headwater name and where it started."""
-    return orjson.dumps({"consumer": consumer, "base": base}).decode()
-
-
-def _described(info: Any) -> tuple[str, int]:
-    """The Headwater name and start of a consumer, from its description."""
-    try:
-        described = orjson.loads(info.config.description or "")
-        return str(described["consumer"]), int(described["base"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return info.name, 0
-
-
-def _position(info: Any) -> tuple[str, int]:
-    """A consumer's name and low-water-mark position from its JetStream info.
-
-    The ack floor is JetStream's low-water mark, except that it stays 0 until
-    the first ack: before that, the position is where the consumer started
-    (kept in its description) or, with nothing outstanding, all it was handed.
-    """
-    name, base = _described(info)
-    floor = info.ack_floor.stream_seq if info.ack_floor else 0
-    if not info.num_ack_pending:
-        return name, info.delivered.stream_seq if info.delivered else floor
-    return name, floor if floor > 0 else base
-
-
-class JetStreamReader(ReaderBase):
-    """Pull requests on a durable JetStream consumer (see :class:`headwater.log.Reader`).
-
-    Each reader has its own inbox subscription. ``next_batch`` first asks for
-    whatever is there (``no_wait``); only when nothing is, it leaves one
-    request for a single message open on the server until the timeout. Messages
-    that arrive after the reader stopped waiting are kept for the next call.
-    """
-
-    def __init__(self, log: JetStreamLog, stream: str, consumer: str, start: Start) -> None:
-        super().__init__(stream, consumer, start)
-        self._log = log
-        self._inbox_sub: Any = None
-        self._inbox = ""
-        self._pull_subject = ""
-        self._keeper: asyncio.Task[None] | None = None
-        self._base = 0
-        self._arrived: collections.deque[Any] = collections.deque()  # not yet handed out
-        self._answered = asyncio.Event()  # the open pull request got its answer
-        self._wanted = 0
-        self._skipped: list[Any] = []
-        self._held: dict[int, Any] = {}  # offset -> message handed out, not yet acked
-        self._delivered = 0
-
-    async def _open(self) -> None:
-        self._check_open()
-        if self._inbox_sub is not None:
-            return
-        self._pull_subject, self._base = await self._log._consumer(
-            self._stream, self._consumer, self._start
-        )
-        nc = self._log._nc
-        self._inbox = nc.new_inbox()
-        try:
-            self._inbox_sub = await nc.subscribe(self._inbox, cb=self._arrive)
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, self._stream) from exc
-        self._keeper = asyncio.create_task(self._keep_held(), name="headwater-log-keep-held")
-
-    async def _arrive(self, message: Any) -> None:
-        """The inbox callback: a message of ours, or the status that ends a request."""
-        headers = message.headers
-        status = headers.get("Status") if headers else None
-        if status is None:
-            self._arrived.append(message)
-            if len(self._arrived) >= self._wanted:
-                self._answered.set()
-        elif status != "100":  # 100 is an idle heartbeat; the rest end the request
-            self._answered.set()
-
-    async def _pull(self, batch: int, wait: float | None) -> None:
-        """Ask for up to ``batch`` messages: what is there now (``wait=None``), or the
-        next ones within ``wait`` seconds; return when answered (or at the expiry)."""
-        request: dict[str, object] = {"batch": batch}
-        if wait is None:
-            request["no_wait"] = True
-        else:
-            request["expires"] = int(wait * 1e9)
-        self._answered.clear()
-        self._wanted = len(self._arrived) + batch
-        nc = self._log._nc
-        try:
-            await nc.publish(self._pull_subject, orjson.dumps(request), reply=self._inbox)
-            limit = (wait or 0) + PULL_SLACK
-            with contextlib.suppress(TimeoutError):
-                await self._log._until_lost(asyncio.wait_for(self._answered.wait(), limit))
-        except _NATS_ERRORS as exc:
-            raise _translate(exc, self._stream) from exc
-
-    async def _keep_held(self) -> None:
-        """Tell JetStream, every third of ``ack_wait``, that held entries are still being
-        worked on (``+WPI``), so that a delivery retrying for longer than ``ack_wait``
-        is not handed to another reader meanwhile. Owned by this reader, cancelled by
-        :meth:`close`."""
-        interval = self._log.ack_wait / 3
-        while True:
-            await asyncio.sleep(interval)
-            for message in [*self._held.values(), *self._arrived]:
-                with contextlib.suppress(*_NATS_ERRORS):  # down: JetStream redelivers later
-                    await message.in_progress()
-
-    async def next_batch(
-        self,
-        max: int = DEFAULT_BATCH,
-        timeout: float | None = 0,  # noqa: ASYNC109 (waiting for a first entry is the contract)
-    ) -> list[Entry]:
-        if max < 1:
-            raise ValueError(f"max must be at least 1, not {max}")
-        await self._open()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            await self._log._context()  # LogUnavailable at once while NATS is away
-            if not self._arrived:
-                await self._pull(max, None)
-            if not self._arrived:
-                wait = FETCH_CHUNK if deadline is None else deadline - loop.time()
-                if wait > 0:
-                    await self._pull(
-                        1, min(FETCH_CHUNK, wait if wait > MIN_FETCH_WAIT else MIN_FETCH_WAIT)
-                    )
-            self._check_open()
-            entries = self._entries(max)
-            if self._skipped:
-                await self._ack_skipped()
-            if entries:
-                return entries
-            if deadline is not None and loop.time() >= deadline:
-                return []
-
-    async def _ack_skipped(self) -> None:
-        skipped, self._skipped = self._skipped, []
-        for message in skipped:
-            await message.ack()
-
-    def _entries(self, limit: int) -> list[Entry]:
-        """Hand out up to ``limit`` of the messages that arrived."""
-        entries: list[Entry] = []
-        held, arrived = self._held, self._arrived
-        while arrived and len(entries) < limit:
-            message = arrived.popleft()
-            offset = message.metadata.sequence.stream
-            if offset <= self._base:  # before a start that was in the future
-                self._skipped.append(message)
-                continue
-            held[offset] = message
-            try:
-                event = decode(message.data)
-            except CorruptRecord as exc:
-                raise LogCorrupted(
-                    f"{self._stream!r} offset {offset} is not an event record: {exc}"
-                ) from exc
-            entries.append(new_entry(Entry, (offset, event)))
-            if offset > self._delivered:
-                self._delivered = offset
-        return entries
-
-    async def ack(self, offset: int) -> None:
-        self._check_open()
-        message = self._held.pop(offset, None)
-        if message is None:
-            if offset > self._delivered:
-                raise InvalidAck(
-                    f"offset {offset} was never delivered (delivered up to {self._delivered})"
-                )
-            return  # acked before (or handed to another reader of the consumer)
-        try:
-            await message.ack()
-        except nats.errors.MsgAlreadyAckdError:
-            return
-        except _NATS_ERRORS as exc:
-            self._held[offset] = message
-            raise _translate(exc, self._stream) from exc
-
-    async def flush(self) -> None:
-        self._check_open()
-        await self._log._flush()
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        held, self._held = self._held, {}
-        arrived, self._arrived = self._arrived, collections.deque()
-        sub, self._inbox_sub = self._inbox_sub, None
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-        with contextlib.suppress(*_NATS_ERRORS, LogError):
-            for offset in sorted(held):
-                await held[offset].nak()  # redeliver promptly, in order
-            for message in arrived:
-                await message.nak()
-            if sub is not None:
-                await sub.unsubscribe()
-            await self._log._flush()

@@ -70,7 +70,7 @@ from headwater.mqtt.packets import (
     SubscriptionOptions,
     Unsubscribe,
 )
-from headwater.mqtt.router import subscription_ids
+from headwater.mqtt.router import RoutingUnavailable, subscription_ids
 from headwater.mqtt.session import NEVER_EXPIRES, Delivery, Message, Session, Subscription
 from headwater.mqtt.topics import parse_filter
 from headwater.mqtt.transports import Link
@@ -399,6 +399,11 @@ class ClientHandler:
             # 3.1.1: CleanSession=0 sessions last until the client cleans them.
             expiry = 0 if connect.clean_start else NEVER_EXPIRES
         granted_expiry = min(expiry, config.max_session_expiry)
+        try:
+            # A session store shared by several nodes hands the session over first.
+            await broker.claim(self, client_id, connect.clean_start, identity.user, will)
+        except RoutingUnavailable as exc:
+            self._refuse(ReasonCode.SERVER_UNAVAILABLE, f"the session cannot be claimed: {exc}")
 
         # From here on no awaits until the session is attached (no interleaving).
         self.session, present = broker._attach(
@@ -726,7 +731,7 @@ class ClientHandler:
 
     # -- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------
 
-    def _on_subscribe(self, packet: Subscribe) -> None:
+    def _on_subscribe(self, packet: Subscribe) -> Awaitable[None] | None:
         broker = self.broker
         config = self.config
         session = self.session
@@ -752,8 +757,44 @@ class ClientHandler:
             # [MQTT-3.8.4-3 (3.1.1)] a repeated SUBSCRIBE re-sends the retained messages.
             if handling == 0 or (handling == 1 and is_new):
                 retained.append((sub, broker.retained.match(sub.match_filter, now)))
+        waiting = self._router_pending()
+        if waiting is not None:
+            return self._answer_later(
+                waiting, lambda: self._suback(packet, codes, granted, retained, now)
+            )
+        self._suback(packet, codes, granted, retained, now)
+        return None
+
+    def _router_pending(self) -> Awaitable[None] | None:
+        """What a router spanning nodes must finish before a SUBACK/UNSUBACK."""
+        spanning = self.broker.spanning_router
+        return spanning.pending(self.client_id) if spanning is not None else None
+
+    async def _answer_later(self, waiting: Awaitable[None], answer: Callable[[], None]) -> None:
+        try:
+            await waiting
+        except RoutingUnavailable as exc:
+            # Not kept across the mesh: no SUBACK; the client subscribes again after
+            # reconnecting, and the session as stored does not have it.
+            self.broker.throttle.warning(
+                ("routing", self.client_id), "closing %s: %s", self.client_id, exc
+            )
+            self.disconnect(ReasonCode.UNSPECIFIED_ERROR)
+            raise _Close from exc
+        if not self.closing:
+            answer()
+
+    def _suback(
+        self,
+        packet: Subscribe,
+        codes: list[ReasonCode],
+        granted: list[Subscription],
+        retained: list[tuple[Subscription, list[Message]]],
+        now: float,
+    ) -> None:
         # [MQTT-3.8.4-1] SUBACK with the same packet id, before any retained message.
         self.conn.suback(packet.packet_id, codes)
+        broker = self.broker
         if granted and broker._on_subscribe is not None:
             assert self.info is not None
             try:
@@ -820,7 +861,7 @@ class ClientHandler:
         broker.router.subscribe(self.client_id, sub)
         return ReasonCode(granted), sub, existing is None
 
-    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+    def _on_unsubscribe(self, packet: Unsubscribe) -> Awaitable[None] | None:
         session = self.session
         assert session is not None
         codes: list[ReasonCode] = []
@@ -833,6 +874,13 @@ class ClientHandler:
             self.broker.router.unsubscribe(self.client_id, sub)
             self._acl_generation = -1  # what remains may now be wholly readable
             codes.append(ReasonCode.SUCCESS)
+        waiting = self._router_pending()
+        if waiting is not None:
+            return self._answer_later(waiting, lambda: self._unsuback(packet, codes))
+        self._unsuback(packet, codes)
+        return None
+
+    def _unsuback(self, packet: Unsubscribe, codes: list[ReasonCode]) -> None:
         self.conn.unsuback(packet.packet_id, codes)
         self.wake()
 

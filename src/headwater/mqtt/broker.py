@@ -27,24 +27,20 @@ Statement ids are quoted as [MQTT-x.y.z-n] with the version when they differ.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import logging
-import resource
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headwater.logs import Throttle
 from headwater.mqtt._handler import ClientHandler
+from headwater.mqtt._os import TRIM_AFTER_BYTES, TRIM_DELAY, fd_budget, malloc_trim
 from headwater.mqtt.auth import Acl, PasswordFile
 from headwater.mqtt.config import (
-    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INCOMPLETE_BYTES,
-    FD_SHARE,
     Authenticator,
     BrokerConfig,
     BrokerStats,
@@ -55,18 +51,24 @@ from headwater.mqtt.config import (
     OnDisconnect,
     OnPublish,
     OnSubscribe,
-    Outcome,
     PeerCertificate,
     PublishHook,
     Refusal,
     server_tls_context,
 )
 from headwater.mqtt.connection import PublishParts, ServerLimits
+from headwater.mqtt.hooks import EachPublish, PendingWill, info_json
 from headwater.mqtt.packets import ReasonCode, Will
 from headwater.mqtt.retained import RetainedStore
-from headwater.mqtt.router import LocalRouter, Router
+from headwater.mqtt.router import LocalRouter, Router, SpanningRouter
 from headwater.mqtt.session import NEVER_EXPIRES, Delivery, Message, Session
-from headwater.mqtt.stores import SessionStore, SqliteSessionStore, StoreChanges, dump
+from headwater.mqtt.stores import (
+    SessionStore,
+    SharedSessionStore,
+    SqliteSessionStore,
+    StoreChanges,
+    dump,
+)
 from headwater.mqtt.topics import validate_topic_name
 from headwater.mqtt.transports import WS_CLOSE_TIMEOUT, Bound, Link, listen
 
@@ -82,80 +84,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("headwater.mqtt.broker")
-
-
-#: Bytes a closed connection must have held for the broker to hand freed memory
-#: back to the system (a large partial packet), and how long it waits first, so
-#: that a burst of closes costs one trim.
-TRIM_AFTER_BYTES = 256 * 1024
-TRIM_DELAY = 1.0
-
-
-def _malloc_trim() -> None:
-    """Return freed heap memory to the system (glibc's ``malloc_trim``; a no-op
-    elsewhere). Python frees a large packet's buffer at once, but glibc keeps
-    the pages for reuse: after the partial-packet probe of benchmarks/hostile.py
-    the process stayed ~80 MiB above its start without this."""
-    global _libc_trim
-    if _libc_trim is None:
-        try:
-            _libc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc_trim = False
-    if _libc_trim:
-        _libc_trim(0)
-
-
-_libc_trim: Any = None
-
-
-def _fd_budget() -> int:
-    """The sockets MQTT may hold: :data:`FD_SHARE` of the descriptor limit."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return DEFAULT_MAX_CONNECTIONS
-    return max(16, int(soft * FD_SHARE))
-
-
-class _EachPublish:
-    """A per-message ``on_publish`` callback as a :class:`PublishHook`.
-
-    Every message is selected; the messages of a batch are hooked concurrently,
-    one task each, and a callback that raises refuses its message only.
-    """
-
-    def __init__(self, on_publish: OnPublish) -> None:
-        self.on_publish = on_publish
-
-    def selects(self, topic: str) -> bool:
-        return True
-
-    async def __call__(self, info: ClientInfo, batch: Sequence[Hooked]) -> Sequence[Outcome]:
-        fn = self.on_publish
-        if len(batch) == 1:
-            item = batch[0]
-            return [await fn(info, item.message, item.packet_id, item.dup)]
-        results = await asyncio.gather(
-            *(fn(info, h.message, h.packet_id, h.dup) for h in batch), return_exceptions=True
-        )
-        outcomes: list[Outcome] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                logger.error("on_publish hook failed for %s", info.client_id, exc_info=result)
-                outcomes.append(ReasonCode.UNSPECIFIED_ERROR)
-            else:
-                outcomes.append(result)
-        return outcomes
-
-
-@dataclass(slots=True)
-class _PendingWill:
-    message: Message
-    info: ClientInfo
-    acl: Acl | None
-    handle: asyncio.TimerHandle | None = None
 
 
 class MqttBroker:
@@ -202,23 +130,26 @@ class MqttBroker:
         #: Bytes held by all connections for packets still arriving.
         self._incomplete = 0
         #: Sockets open at most (connected clients and those yet to CONNECT).
-        self.max_sockets = _fd_budget()
+        self.max_sockets = fd_budget()
         if on_publish is not None and hook is not None:
             raise ValueError("give on_publish or hook, not both")
         #: What sees selected PUBLISHes before they are acknowledged and routed.
-        self.hook: PublishHook | None = hook if on_publish is None else _EachPublish(on_publish)
+        self.hook: PublishHook | None = hook if on_publish is None else EachPublish(on_publish)
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_subscribe = on_subscribe
         self.router: Router = router if router is not None else LocalRouter()
+        #: The router, when it spans several processes (it learns its broker below).
+        self.spanning_router = self.router if isinstance(self.router, SpanningRouter) else None
         self._retained = RetainedStore(config.max_retained)
         self._sessions: dict[str, Session] = {}
         self._online: dict[str, ClientHandler] = {}
         self._connections: set[ClientHandler] = set()
         self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._wills: dict[str, _PendingWill] = {}
+        self._wills: dict[str, PendingWill] = {}
         self._deleted_sessions: set[str] = set()
         self._store: SessionStore | None = store
+        self._shared = store if isinstance(store, SharedSessionStore) else None
         self._bound: list[Bound] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
@@ -231,6 +162,8 @@ class MqttBroker:
         #: The message being routed, and its encoded parts once someone needs them.
         self._routed: Message | None = None
         self._routed_parts: PublishParts | None = None
+        if self.spanning_router is not None:
+            self.spanning_router.bind(self)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -281,7 +214,7 @@ class MqttBroker:
 
     def _trim_now(self) -> None:
         self._trim = None
-        _malloc_trim()
+        malloc_trim()
 
     def disconnect(self, *, user: str | None = None, client_id: str | None = None) -> int:
         """Disconnect the clients authenticated as ``user`` (or with ``client_id``) now.
@@ -324,20 +257,85 @@ class MqttBroker:
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS {qos} is not 0, 1 or 2")
         expires = None if message_expiry_interval is None else time.time() + message_expiry_interval
-        self.route(
-            Message(
-                topic,
-                bytes(payload),
-                min(qos, self.config.maximum_qos),
-                retain,
-                payload_format_indicator,
-                expires,
-                content_type,
-                response_topic,
-                correlation_data,
-                tuple(user_properties),
-            )
+        message = Message(
+            topic,
+            bytes(payload),
+            min(qos, self.config.maximum_qos),
+            retain,
+            payload_format_indicator,
+            expires,
+            content_type,
+            response_topic,
+            correlation_data,
+            tuple(user_properties),
         )
+        spanning = self.spanning_router
+        if spanning is not None and (message.qos or message.retain):
+            await spanning.persist([message])  # a router spanning processes stores it first
+        self.route(message)
+
+    # -- what a router or store spanning several processes asks of the broker ------------------
+
+    def online(self, client_id: str) -> ClientHandler | None:
+        """The connection of ``client_id`` on this broker, if it is connected here."""
+        return self._online.get(client_id)
+
+    def deliver(
+        self, client_id: str, message: Message, granted: int, rap: bool, ids: tuple[int, ...]
+    ) -> None:
+        """Deliver ``message`` to one client as routing would (a shared group's choice)."""
+        self._routed = message
+        self._routed_parts = None
+        self._deliver_routed(client_id, granted, rap, ids)
+
+    def take_over(self, client_id: str, by: object = None) -> bool:
+        """Another process claimed ``client_id``'s session for a new connection: close
+        ours as a takeover [MQTT-3.1.4-2 (3.1.1) / 3.1.4-3 (5.0)]. False: not here."""
+        conn = self._online.pop(client_id, None)
+        if conn is None:
+            return False
+        conn.take_over()
+        self._connection_lost(conn, takeover=True)
+        return True
+
+    def forget(self, client_id: str, session: Session) -> None:
+        """The session lives elsewhere now: drop this process's copy (not the session)."""
+        if self._sessions.get(client_id) is session:
+            del self._sessions[client_id]
+        handle = self._expiry.pop(client_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def publish_will(self, message: Message, info: ClientInfo) -> None:
+        """Publish a will that a shared store kept (its node is gone, its delay passed)."""
+        self._publish_will(PendingWill(message, info, self.acl))
+
+    async def claim(
+        self, conn: ClientHandler, client_id: str, clean_start: bool, owner: str, will: Will | None
+    ) -> None:
+        """Before a connection attaches: a store shared by several processes hands over
+        the session (resumed from wherever it was). Raises RoutingUnavailable."""
+        shared = self._shared
+        if shared is None:
+            return
+        kept = None
+        if will is not None:
+            info = ClientInfo(
+                client_id,
+                conn.username,
+                conn.conn.version,
+                conn.listener.label,
+                conn.link.peer,
+                owner,
+            )
+            kept = {
+                "message": self._will_message(will, client_id).to_json(),
+                "delay": (will.properties.will_delay_interval or 0) if conn.v5 else 0,
+                "info": info_json(info),
+            }
+        session = await shared.claim(client_id, clean_start, owner, kept)
+        if session is not None:
+            self._sessions[client_id] = session
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -488,11 +486,14 @@ class MqttBroker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(
-                cid,
-                max_queued=self.config.max_queued_messages,
-                overflow=self.config.overflow_policy,
-            )
+            if self._shared is not None:
+                session = self._shared.new_session(cid)
+            else:
+                session = Session(
+                    cid,
+                    max_queued=self.config.max_queued_messages,
+                    overflow=self.config.overflow_policy,
+                )
             self._sessions[cid] = session
             self._deleted_sessions.discard(cid)
         session.expiry_interval = expiry
@@ -511,6 +512,8 @@ class MqttBroker:
         if self._sessions.get(cid) is session:
             del self._sessions[cid]
             self._deleted_sessions.add(cid)
+        if self._shared is not None:
+            self._shared.dropped(session)
 
     def _end_session(self, cid: str) -> None:
         """The session expired [MQTT-4.1.0-2 (5.0)]: drop it, publish a delayed will."""
@@ -542,9 +545,10 @@ class MqttBroker:
         cid = conn.client_id
         session = conn.session
         will, conn.will = conn.will, None
+        delay = 0
         if will is not None and conn.info is not None and not self._stopping:
             delay = (will.properties.will_delay_interval or 0) if conn.v5 else 0
-            pending = _PendingWill(self._will_message(will, cid), conn.info, conn.acl)
+            pending = PendingWill(self._will_message(will, cid), conn.info, conn.acl)
             if delay and session is not None and session.expiry_interval and not takeover:
                 # [MQTT-3.1.2-8 (5.0)] publish after the Will Delay (or at session end).
                 pending.handle = asyncio.get_running_loop().call_later(delay, self._fire_will, cid)
@@ -561,6 +565,21 @@ class MqttBroker:
             return
         session.disconnected_at = time.time()
         session.dirty = True
+        shared = self._shared
+        if shared is not None:
+            # A store shared by several processes keeps the session (and a will
+            # waiting for its Will Delay) while the client is away, not this process.
+            waiting = self._wills.pop(cid, None)
+            kept = None
+            will_at = None
+            if waiting is not None:
+                if waiting.handle is not None:
+                    waiting.handle.cancel()
+                kept = waiting.as_json()
+                will_at = session.disconnected_at + delay
+            if shared.hand_off(session, kept, will_at):
+                self._sessions.pop(cid, None)
+                return
         if session.expiry_interval != NEVER_EXPIRES:
             self._expiry[cid] = asyncio.get_running_loop().call_later(
                 session.expiry_interval, self._end_session, cid
@@ -582,7 +601,7 @@ class MqttBroker:
         if pending is not None:
             self._publish_will(pending)
 
-    def _publish_will(self, pending: _PendingWill) -> None:
+    def _publish_will(self, pending: PendingWill) -> None:
         message, info = pending.message, pending.info
         acl = pending.acl
         if acl is not None and not acl.can_publish(info.username, info.client_id, message.topic):

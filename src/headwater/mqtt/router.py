@@ -20,16 +20,31 @@ The MQTT rules applied here, for any router:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from headwater.mqtt.session import Message, Subscription
 from headwater.mqtt.topics import SubscriptionTree
 
-__all__ = ["Deliver", "LocalRouter", "Router", "subscription_ids"]
+if TYPE_CHECKING:
+    from headwater.mqtt.broker import MqttBroker
+
+__all__ = [
+    "Deliver",
+    "LocalRouter",
+    "Router",
+    "RoutingUnavailable",
+    "SpanningRouter",
+    "subscription_ids",
+]
 
 Deliver = Callable[[str, int, bool, tuple[int, ...]], None]
 """``deliver(client_id, granted_qos, retain_as_published, subscription_ids)``."""
+
+
+class RoutingUnavailable(Exception):
+    """A router spanning several processes cannot take a change now (its network is
+    away); the broker refuses what depends on it, and acknowledges nothing."""
 
 
 def subscription_ids(sub: Subscription) -> tuple[int, ...]:
@@ -54,6 +69,22 @@ class Router(Protocol):
 
     def filters(self) -> Iterator[tuple[str, str | None, str, Subscription]]:
         """Every subscription: (match filter, share name, client id, subscription)."""
+
+
+@runtime_checkable
+class SpanningRouter(Router, Protocol):
+    """A router that spans several broker processes (headwater.cluster.mqtt.router);
+    the broker checks for it once, when it is given the router."""
+
+    def bind(self, broker: MqttBroker) -> None:
+        """The broker starts using this router (it may wrap ``broker.hook``)."""
+
+    def pending(self, client_id: str) -> Awaitable[None] | None:
+        """What a SUBSCRIBE/UNSUBSCRIBE of ``client_id`` must wait for before its
+        answer (an awaitable raising :class:`RoutingUnavailable`), or None."""
+
+    async def persist(self, messages: Sequence[Message]) -> None:
+        """Store messages published in-process (QoS 1/2, retained) before they are routed."""
 
 
 class LocalRouter:

@@ -299,10 +299,18 @@ class Session:
             return True
         self.dropped += 1
         if self.overflow is OverflowPolicy.DROP_NEWEST:
+            self.discarded(delivery)
             return False
-        self.queue.popleft()
+        self.discarded(self.queue.popleft())
         self.queue.append(delivery)
         return True
+
+    def discarded(self, delivery: Delivery) -> None:
+        """A delivery left the queue unsent (the overflow policy's victim, or expired).
+
+        Nothing to do here; a session whose deliveries are acknowledged elsewhere
+        (a mesh's, in JetStream) acknowledges it there.
+        """
 
     def send(self, delivery: Delivery, packet_id: int | None = None) -> Outgoing:
         """Put a QoS 1/2 delivery in flight under a fresh packet id (or ``packet_id``,
@@ -320,6 +328,7 @@ class Session:
             self.dirty = True
             if not delivery.message.expired(now):
                 return delivery
+            self.discarded(delivery)
         return None
 
     def puback(self, packet_id: int) -> Outgoing | None:

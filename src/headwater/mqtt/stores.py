@@ -20,7 +20,7 @@ import asyncio
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -31,7 +31,14 @@ from headwater.mqtt.session import (
     Session,
 )
 
-__all__ = ["SessionStore", "SqliteSessionStore", "StoreChanges", "StoredState", "dump"]
+__all__ = [
+    "SessionStore",
+    "SharedSessionStore",
+    "SqliteSessionStore",
+    "StoreChanges",
+    "StoredState",
+    "dump",
+]
 
 
 def dump(doc: object) -> bytes:
@@ -75,6 +82,30 @@ class SessionStore(Protocol):
         """Apply one batch of changes atomically."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedSessionStore(SessionStore, Protocol):
+    """A store shared by several broker processes (headwater.cluster.mqtt.sessions): it
+    loads no sessions at start, and hands them over one at a time instead."""
+
+    async def claim(
+        self, client_id: str, clean_start: bool, owner: str, will: dict[str, Any] | None
+    ) -> Session | None:
+        """At CONNECT, before the session is attached: the session to resume (from
+        wherever it was), or None; ``will`` is kept in case this process dies."""
+
+    def new_session(self, client_id: str) -> Session:
+        """The Session object for a new session."""
+
+    def hand_off(
+        self, session: Session, will: dict[str, Any] | None, will_at: float | None
+    ) -> bool:
+        """A persistent session's connection ended: True if the store keeps it (and its
+        delayed will) from now on, not this process."""
+
+    def dropped(self, session: Session) -> None:
+        """A session ended (clean start, expiry 0, a new owner)."""
 
 
 _SCHEMA = """

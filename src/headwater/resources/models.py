@@ -44,6 +44,24 @@ _QUANTITY = re.compile(r"([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?\Z")
 _UNITS = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
+REPLICAS_ANNOTATION = "headwater.dev/replicas"
+"""Copies of a Broker's or Channel's stream in a mesh (JetStream's replicas)."""
+MAX_REPLICAS = 5
+"""JetStream keeps at most five copies of a stream."""
+
+
+def replicas_annotation(annotations: dict[str, str]) -> int | None:
+    """The ``headwater.dev/replicas`` annotation as a number of copies (None: absent)."""
+    text = annotations.get(REPLICAS_ANNOTATION)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_REPLICAS):
+        raise ValueError(
+            f"annotation {REPLICAS_ANNOTATION} must be a number of copies from 1 to "
+            f"{MAX_REPLICAS}, not {text!r}"
+        )
+    return int(text)
+
 
 def parse_quantity(text: str) -> int:
     """A byte count as Kubernetes writes one: ``1048576``, ``512Mi``, ``2G``."""
@@ -203,6 +221,7 @@ class Broker(Resource):
     @model_validator(mode="after")
     def _retention(self) -> Broker:
         retention_limits(self.metadata.annotations)
+        replicas_annotation(self.metadata.annotations)
         return self
 
 
@@ -325,6 +344,11 @@ class Channel(Resource):
     API_VERSIONS = ("messaging.knative.dev/v1",)
     KIND = "Channel"
     spec: ChannelSpec = Field(default_factory=ChannelSpec)
+
+    @model_validator(mode="after")
+    def _annotations(self) -> Channel:
+        replicas_annotation(self.metadata.annotations)
+        return self
 
 
 class InMemoryChannelSpec(Model):

@@ -72,23 +72,28 @@ class Origin:
     """The state store's revision (``metadata.resourceVersion``); 0 for files."""
     applied: datetime | None = None
     """When the API accepted this version."""
+    node: str | None = None
+    """In a mesh, the node that stored this version (its file, or its API)."""
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file
 
     def describe(self) -> str:
+        on = f" on node {self.node}" if self.node else ""
         if self.source == "api":
-            return f"applied through the API (from {self.where})"
+            return f"applied through the API{on} (from {self.where})"
         if self.file == EMBEDDED_DEFAULTS:
-            return "the embedded defaults of `headwater up` (no -f)"
-        return f"file {self.where}"
+            return f"the embedded defaults of `headwater up`{on} (no -f)"
+        return f"file {self.where}" + (f" of node {self.node}" if self.node else "")
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "file": self.file, "line": self.line}
         if self.source == "api":
             out["resourceVersion"] = str(self.revision)
             out["applied"] = self.applied.isoformat() if self.applied else None
+        if self.node is not None:
+            out["node"] = self.node
         return out
 
 
@@ -139,22 +144,48 @@ class Stored:
 
 
 class ResourceStore:
-    """The ``resources`` bucket, in resources (see the module docstring)."""
+    """The ``resources`` bucket, in resources (see the module docstring).
 
-    def __init__(self, bucket: Bucket) -> None:
+    ``node`` (in a mesh) is recorded with every version this node stores; a
+    mesh also stores the resources of ``headwater up``'s files here
+    (``source="file"``, see :mod:`headwater.cluster.resources`).
+    """
+
+    def __init__(self, bucket: Bucket, node: str | None = None) -> None:
         self.bucket = bucket
+        self.node = node
 
     @staticmethod
     def _origin(entry: Entry, value: Mapping[str, Any]) -> Origin:
         file = value.get("file")
         line = value.get("line")
+        node = value.get("node")
         return Origin(
-            "api",
+            "file" if value.get("source") == "file" else "api",
             file if isinstance(file, str) else "request",
             line if isinstance(line, int) else 0,
             entry.revision,
             entry.updated,
+            node if isinstance(node, str) else None,
         )
+
+    def read(self, key: Key, entry: Entry) -> Stored:
+        """One stored resource, validated again (with today's environment)."""
+        try:
+            value = orjson.loads(entry.value)
+            document = value["document"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            origin = Origin("api", "request", 0, entry.revision, entry.updated)
+            return Stored(key, origin, None, "the stored value is not readable")
+        origin = self._origin(entry, value)
+        try:
+            loaded = load_document(document, origin.file, origin.line)
+        except ConfigError as exc:
+            return Stored(key, origin, None, "; ".join(str(p) for p in exc.problems))
+        if loaded.resource.key != key:
+            named = "/".join(loaded.resource.key)
+            return Stored(key, origin, None, f"the stored document is {named}")
+        return Stored(key, origin, loaded)
 
     async def load(self) -> list[Stored]:
         """Every stored resource, validated again (with today's environment)."""
@@ -164,48 +195,40 @@ class ResourceStore:
             entry = await self.bucket.get(text)
             if key is None or entry is None:
                 continue
-            try:
-                value = orjson.loads(entry.value)
-                document = value["document"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                origin = Origin("api", "request", 0, entry.revision, entry.updated)
-                out.append(Stored(key, origin, None, "the stored value is not readable"))
-                continue
-            origin = self._origin(entry, value)
-            try:
-                loaded = load_document(document, origin.file, origin.line)
-            except ConfigError as exc:
-                out.append(Stored(key, origin, None, "; ".join(str(p) for p in exc.problems)))
-                continue
-            if loaded.resource.key != key:
-                named = "/".join(loaded.resource.key)
-                out.append(Stored(key, origin, None, f"the stored document is {named}"))
-                continue
-            out.append(Stored(key, origin, loaded))
+            out.append(self.read(key, entry))
         return out
 
     async def get(self, key: Key) -> Entry | None:
         return await self.bucket.get(store_key(key))
 
-    async def save(self, item: Loaded, expected_revision: int | None = None) -> Origin:
+    async def save(
+        self, item: Loaded, expected_revision: int | None = None, *, source: Source = "api"
+    ) -> Origin:
         """Keep ``item`` (compare-and-set on ``expected_revision`` when given).
 
         The same document from the same file again writes nothing (its
         revision stays), as re-applying an unchanged manifest should.
         """
         document = _without_server_fields(item.document or {})
-        value = orjson.dumps({"document": document, "file": item.file, "line": item.line})
+        fields: dict[str, Any] = {"document": document, "file": item.file, "line": item.line}
+        if source != "api":
+            fields["source"] = source
+        if self.node is not None:
+            fields["node"] = self.node
+        value = orjson.dumps(fields)
         key = store_key(item.resource.key)
         current = await self.bucket.get(key)
         if current is not None and current.value == value and expected_revision is None:
-            return Origin("api", item.file, item.line, current.revision, current.updated)
+            return Origin(
+                source, item.file, item.line, current.revision, current.updated, self.node
+            )
         if expected_revision is None:
             revision = await self.bucket.put(key, value)
         else:
             revision = await self.bucket.update(key, value, expected_revision)
         entry = await self.bucket.get(key)
         applied = entry.updated if entry is not None and entry.revision == revision else None
-        return Origin("api", item.file, item.line, revision, applied)
+        return Origin(source, item.file, item.line, revision, applied, self.node)
 
     async def restore(self, key: Key, previous: Entry | None) -> None:
         """Put back what ``key`` held before a change that could not be completed."""
@@ -217,6 +240,43 @@ class ResourceStore:
     async def remove(self, keys: Iterable[Key]) -> None:
         for key in keys:
             await self.bucket.delete(store_key(key))
+
+
+def set_aside_unresolved(
+    candidates: dict[Key, Stored], present: set[Key], skipped: dict[Key, Stored]
+) -> None:
+    """Move from ``candidates`` to ``skipped`` the stored resources that do not load or
+    whose references resolve neither among ``present`` nor among the other candidates."""
+    for key, s in list(candidates.items()):
+        if s.loaded is None:
+            skipped[key] = candidates.pop(key)
+    # Leaving one out may break another's reference: until nothing changes.
+    while True:
+        known = present | candidates.keys()
+        broken = {
+            key: problems
+            for key, s in candidates.items()
+            if s.loaded is not None and (problems := reference_problems([s.loaded], present=known))
+        }
+        if not broken:
+            return
+        for key, problems in broken.items():
+            s = candidates.pop(key)
+            skipped[key] = replace(s, problem="; ".join(str(p) for p in problems))
+
+
+def warn_skipped(skipped: Mapping[Key, Stored]) -> None:
+    for key, s in skipped.items():
+        log.warning(
+            "not starting %s %s/%s (%s): %s; it is kept, and `headwater delete %s %s -n %s` "
+            "removes it",
+            *key,
+            s.origin.describe(),
+            s.problem,
+            key[0].lower(),
+            key[2],
+            key[1],
+        )
 
 
 def _as_applied(item: Loaded) -> Loaded:
@@ -258,9 +318,10 @@ class Resources:
     ownership and kept in the state store. One lock orders them all.
     """
 
-    def __init__(self, reconciler: Reconciler, state: StateStore) -> None:
+    def __init__(self, reconciler: Reconciler, state: StateStore, node: str | None = None) -> None:
         self.reconciler = reconciler
         self.state = state
+        self.node = node
         self.origins: dict[Key, Origin] = {}
         self.skipped: dict[Key, Stored] = {}
         """Resources in the store that did not load at start (kept; deletable)."""
@@ -269,11 +330,14 @@ class Resources:
 
     async def store(self) -> ResourceStore:
         if self._store is None:
-            self._store = ResourceStore(await self.state.bucket(RESOURCES_BUCKET))
+            self._store = ResourceStore(await self.state.bucket(RESOURCES_BUCKET), self.node)
         return self._store
 
     def origin(self, key: Key) -> Origin | None:
         return self.origins.get(key)
+
+    async def close(self) -> None:
+        """Stop following the store (a mesh's resources do; these have nothing to stop)."""
 
     def _forget(self, keys: Iterable[Key]) -> None:
         for key in keys:
@@ -300,23 +364,7 @@ class Resources:
             owned = {item.resource.key for item in files.loaded} | files.invalid
             taken = [s for s in stored if s.key in owned]
             candidates = {s.key: s for s in stored if s.key not in owned}
-            for key, s in list(candidates.items()):
-                if s.loaded is None:
-                    self.skipped[key] = candidates.pop(key)
-            # Leaving one out may break another's reference: until nothing changes.
-            while True:
-                present = owned | candidates.keys()
-                broken = {
-                    key: problems
-                    for key, s in candidates.items()
-                    if s.loaded is not None
-                    and (problems := reference_problems([s.loaded], present=present))
-                }
-                if not broken:
-                    break
-                for key, problems in broken.items():
-                    s = candidates.pop(key)
-                    self.skipped[key] = replace(s, problem="; ".join(str(p) for p in problems))
+            set_aside_unresolved(candidates, owned, self.skipped)
             kept = [s.loaded for s in candidates.values() if s.loaded is not None]
             files.check_references(kept)
             loaded = files.result()
@@ -334,17 +382,7 @@ class Resources:
                 *s.key,
                 self.origins[s.key].describe(),
             )
-        for key, s in self.skipped.items():
-            log.warning(
-                "not starting %s %s/%s (%s): %s; it is kept, and `headwater delete %s %s -n %s` "
-                "removes it",
-                *key,
-                s.origin.describe(),
-                s.problem,
-                key[0].lower(),
-                key[2],
-                key[1],
-            )
+        warn_skipped(self.skipped)
         for item in [*loaded, *kept]:
             for warning in item.warnings:
                 log.warning("%s", warning)

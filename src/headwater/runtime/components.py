@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -46,6 +47,7 @@ from headwater.resources.models import (
     MAX_INFLIGHT_ANNOTATION,
     ORDER_ANNOTATION,
     START_ANNOTATION,
+    replicas_annotation,
     retention_limits,
 )
 from headwater.runtime.context import Context, Kind, Stage
@@ -135,7 +137,9 @@ class BrokerComponent:
 
 
 def _retention(resource: Broker) -> StreamConfig:
-    return StreamConfig(**retention_limits(resource.metadata.annotations))
+    """Its retention and, in a mesh, its replicas (headwater.dev/replicas)."""
+    annotations = resource.metadata.annotations
+    return StreamConfig(**retention_limits(annotations), replicas=replicas_annotation(annotations))
 
 
 class ChannelComponent:
@@ -154,7 +158,11 @@ class ChannelComponent:
             )
         else:
             self.channel = ChannelFanout(
-                resource.namespace, resource.name, context.log, delivery=delivery
+                resource.namespace,
+                resource.name,
+                context.log,
+                delivery=delivery,
+                retention=StreamConfig(replicas=replicas_annotation(resource.metadata.annotations)),
             )
         self.sink: Sink = AcceptSink(self.channel)
 
@@ -172,6 +180,9 @@ class ChannelComponent:
         assert isinstance(resource, Channel | InMemoryChannel)
         if isinstance(resource, Channel) and resource.spec.channel_template is not None:
             return False  # the backing store may change: recreate
+        replicas = replicas_annotation(resource.metadata.annotations)
+        if replicas != self.channel.retention.replicas:
+            await self.channel.set_retention(replace(self.channel.retention, replicas=replicas))
         self.channel.delivery = self.context.destinations.delivery_spec(
             resource.spec.delivery, resource.namespace
         )

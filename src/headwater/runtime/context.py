@@ -8,8 +8,12 @@ fan-out), the HTTP clients (:class:`HttpClients`), the :class:`Registry` of
 what listens where, the dead letters (:class:`DeadLetterRecords`: what a
 component that sends without a DeliverySpec gives up on, e.g. an Uplink's
 refused events), the device registry (:class:`~headwater.devices.Devices`:
-registry, presence, twins and commands, in the state store) and the node's
-data directory. The runtime makes one
+registry, presence, twins and commands, in the state store), the node's
+data directory and, on a node of a mesh, the :class:`MeshNode` (what
+:mod:`headwater.cluster` offers the runtime: a component that must run on
+one node at a time comes back wrapped under a lease; an embedded MQTT broker
+gets a router and a session store that span the nodes over NATS). The
+runtime makes one
 context and hands it to every builder; a component never sees the runtime,
 the reconciler or another component, so what it depends on is written in
 its constructor.
@@ -41,8 +45,10 @@ from headwater.eventing import Channel as ChannelFanout
 from headwater.eventing import DeliveryError, DeliverySpec, DeliveryTransport, Sink, new_session
 from headwater.eventing._http1 import Http1Client
 from headwater.log import EventLog
+from headwater.mqtt.router import Router
+from headwater.mqtt.stores import SessionStore
 from headwater.resources import DeliverySpec as ResourceDelivery
-from headwater.resources import Destination
+from headwater.resources import Destination, Resource
 from headwater.runtime.reconciler import Component, Key
 from headwater.sources.mqttbroker import MqttBrokerSource
 from headwater.state import StateStore
@@ -56,6 +62,8 @@ __all__ = [
     "HttpClients",
     "Key",
     "Kind",
+    "MeshNode",
+    "MqttSpan",
     "Registry",
     "Stage",
     "UnresolvedDestination",
@@ -170,12 +178,58 @@ class Registry:
         base = self.listeners.get("http")
         return f"{base}{CHANNEL_PREFIX}/{namespace}/{name}" if base else None
 
+    def connected_devices(self) -> int:
+        """MQTT clients connected to this node's running brokers now."""
+        return sum(len(source.broker.connected_clients) for source in self.mqtt_brokers.values())
+
     def mqtt_broker(self, namespace: str) -> MqttBrokerSource | None:
         """The namespace's running MqttBrokerSource (the first by name when several run)."""
         for key in sorted(self.mqtt_brokers):
             if key[1] == namespace:
                 return self.mqtt_brokers[key]
         return None
+
+
+class MqttSpan(Protocol):
+    """What an embedded MQTT broker uses to span the nodes of a mesh: who receives
+    a message anywhere (``router``), sessions and retained messages everywhere
+    (``sessions``); opened before the broker starts, closed after it stops."""
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def sessions(self) -> SessionStore: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def status(self) -> dict[str, Any]:
+        """What ``describe`` adds to the broker's status (routing and session counters)."""
+        ...
+
+
+class MeshNode(Protocol):
+    """This node's part of a mesh, as the runtime sees it (:class:`headwater.cluster.Mesh`)."""
+
+    @property
+    def node(self) -> str:
+        """This node's name in the mesh."""
+        ...
+
+    def wrap(self, resource: Resource, component: Component) -> Component:
+        """``component`` as it runs in the mesh (under a lease when one node at a
+        time must run it; else itself)."""
+        ...
+
+    def mqtt(self, source: str, max_message_size: int) -> MqttSpan:
+        """The router and session store of the MqttBrokerSource ``source`` (``ns/name``)."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What the API's info says of the mesh (its servers, namespace, replicas)."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,6 +248,8 @@ class Context:
     data_dir: Path | None
     """Where components keep what they store unless their resource names a place
     (None: in memory)."""
+    mesh: MeshNode | None = None
+    """On a node of a mesh (``headwater up --nats``); None: a single node."""
 
 
 Builder = Callable[[Context, Any], Component]

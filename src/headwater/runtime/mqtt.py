@@ -12,7 +12,9 @@ connections are not patched in place). An MqttBrokerSource keeps its
 sessions and retained messages where its ``dataDir`` says, else under the
 node's data directory (``<data-dir>/mqtt/<namespace>/<name>``), so that
 everything a node stores is in one place; with no data directory (a runtime
-in memory), in memory.
+in memory), in memory. On a node of a mesh they live in JetStream instead,
+shared by every node: the broker gets the mesh's router and session store
+(:class:`~headwater.runtime.context.MqttSpan`, opened before it starts).
 """
 
 from __future__ import annotations
@@ -98,9 +100,11 @@ class MqttBrokerSourceComponent:
         self.resource = resource
         self._sink, _ = context.destinations.resolve(spec.sink, resource.namespace)
         passwords, acl = _auth(spec)
+        mesh = context.mesh
         config = BrokerConfig(
             listeners=tuple(_listener(listener) for listener in spec.listeners),
-            data_dir=session_dir(context.data_dir, resource),
+            # In a mesh sessions and retained messages live in JetStream instead.
+            data_dir=session_dir(context.data_dir, resource) if mesh is None else None,
             passwords=passwords,
             acl=acl,
             max_packet_size=max(spec.max_event_size * 2, 64 * 1024),
@@ -108,6 +112,11 @@ class MqttBrokerSourceComponent:
         )
         if spec.max_incomplete_bytes is not None:
             config = replace(config, max_incomplete_bytes=spec.max_incomplete_bytes)
+        self.mqtt_mesh = (
+            mesh.mqtt(f"{resource.namespace}/{resource.name}", config.max_packet_size)
+            if mesh is not None
+            else None
+        )
         mapping = spec.mapping.compile()
         if spec.sink.ref is not None and spec.sink.ref.kind == "Broker":
             # What the Broker's ingress would add to each event, set once per topic.
@@ -130,6 +139,8 @@ class MqttBrokerSourceComponent:
             max_event_size=spec.max_event_size,
             name=name,
             devices=self.plane,
+            router=self.mqtt_mesh.router if self.mqtt_mesh is not None else None,
+            store=self.mqtt_mesh.sessions if self.mqtt_mesh is not None else None,
         )
         self.registry: Registry = context.registry
         self._devices = context.devices
@@ -139,14 +150,20 @@ class MqttBrokerSourceComponent:
         return f"mqtt/{self.resource.namespace}/{self.resource.name}"
 
     async def start(self) -> None:
-        if self.plane is not None:
-            await self.plane.start()  # the registry is read before the first CONNECT
-        try:
-            await self.source.__aenter__()
-        except BaseException:
+        # The registry is read before the first CONNECT; in a mesh, the router and
+        # the session store join NATS before the listeners open.
+        async with contextlib.AsyncExitStack() as undo:
             if self.plane is not None:
-                await self.plane.stop()
-            raise
+                await self.plane.start()
+                undo.push_async_callback(self.plane.stop)
+            if self.mqtt_mesh is not None:
+                await self.mqtt_mesh.open()
+                undo.push_async_callback(self.mqtt_mesh.close)
+            await self.source.__aenter__()
+            undo.pop_all()  # started: stop() undoes it
+        self._announce()
+
+    def _announce(self) -> None:
         for listener, host, port in self.source.broker.addresses:
             scheme = listener.label.partition("://")[0] if not listener.name else "mqtt"
             url = f"{scheme}://{host}:{port}"
@@ -160,8 +177,12 @@ class MqttBrokerSourceComponent:
         try:
             await self.source.__aexit__(None, None, None)
         finally:
-            if self.plane is not None:
-                await self.plane.stop()
+            try:
+                if self.mqtt_mesh is not None:
+                    await self.mqtt_mesh.close()
+            finally:
+                if self.plane is not None:
+                    await self.plane.stop()
 
     async def update(self, resource: Resource) -> bool:
         """A change of the password file or ACL only is applied in place (as
@@ -180,6 +201,8 @@ class MqttBrokerSourceComponent:
         status = self.source.status()
         if self.plane is not None:
             status.update(self.plane.status())
+        if self.mqtt_mesh is not None:
+            status.update(self.mqtt_mesh.status())
         return status
 
     def metric_families(self) -> list[Metric]:

@@ -41,6 +41,7 @@ from headwater.runtime.context import (
     Context,
     HttpClients,
     Kind,
+    MeshNode,
     Registry,
     UnresolvedDestination,
 )
@@ -104,8 +105,12 @@ class Runtime:
         delivery: DeliveryTransport | None = None,
         state: StateStore | None = None,
         data_dir: Path | None = None,
+        mesh: MeshNode | None = None,
     ) -> None:
         self.started = time.time()
+        # In a mesh (``headwater up --nats``): this node's part of it (see headwater.cluster).
+        self.mesh = mesh
+        self.node: str | None = mesh.node if mesh is not None else None
         self.log: EventLog = log if log is not None else MemoryLog()
         # What the API applied is kept here (see runtime.applied); owned and closed here.
         self.state: StateStore = state if state is not None else MemoryStore()
@@ -131,13 +136,17 @@ class Runtime:
             dead_letters=self.dead_letters,
             devices=self.devices,
             data_dir=data_dir,
+            mesh=mesh,
         )
         self.replays = Jobs()
         self.redrives = Jobs()
 
     def _builder(self, kind: Kind) -> Builder:
         async def builder(resource: Resource) -> Component:
-            return kind.build(self.context, resource)
+            component = kind.build(self.context, resource)
+            if self.mesh is not None:
+                component = self.mesh.wrap(resource, component)
+            return component
 
         return builder
 
@@ -188,7 +197,14 @@ class Runtime:
     # -- the API's view ---------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"uptimeSeconds": round(time.time() - self.started, 3), "listeners": self.listeners}
+        info: dict[str, Any] = {
+            "uptimeSeconds": round(time.time() - self.started, 3),
+            "listeners": self.listeners,
+        }
+        if self.mesh is not None:
+            info["node"] = self.mesh.node
+            info["mesh"] = self.mesh.info()
+        return info
 
     def resources(self, kind: str | None = None) -> list[Resource]:
         return self.reconciler.resources(kind)
@@ -267,6 +283,7 @@ class Runtime:
                 )
             await asyncio.gather(*(f.drain(grace) for f in fanouts))
         _report_unfinished(fanouts, grace)
+        await self.desired.close()
         await self.reconciler.close()
         await self.http.close()
         await self.devices.close()

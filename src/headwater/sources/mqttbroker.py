@@ -79,7 +79,9 @@ from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
 from headwater.mqtt.config import Authenticator, Hooked, Outcome
 from headwater.mqtt.packets import ProtocolVersion, ReasonCode
+from headwater.mqtt.router import Router
 from headwater.mqtt.session import Message, Subscription
+from headwater.mqtt.stores import SessionStore
 from headwater.mqtt.topics import topic_matches
 from headwater.sources.mapping import (
     CONTENT_TYPE_EXTENSION,
@@ -224,6 +226,8 @@ class MqttBrokerSource:
         append_timeout: float = DEFAULT_APPEND_TIMEOUT,
         name: str = "mqttbroker",
         devices: DeviceHooks | None = None,
+        router: Router | None = None,
+        store: SessionStore | None = None,
     ) -> None:
         self.mapping = mapping
         self.emit = emit
@@ -251,6 +255,8 @@ class MqttBrokerSource:
             on_disconnect=self._on_disconnect if hooked else None,
             on_subscribe=devices.subscribed if devices is not None else None,
             authenticators=[devices.authenticator] if devices is not None else (),
+            router=router,  # in a mesh: routing and sessions over NATS
+            store=store,
         )
         if devices is not None:
             devices.attach(self.broker)

@@ -6,6 +6,7 @@ import { getJSON, onTokenNeeded } from "./api.js";
 import { DeadLettersView } from "./deadletters.js";
 import { DevicesView } from "./devices.js";
 import { EventsView } from "./events.js";
+import { NodesView } from "./nodes.js";
 import { TopologyView } from "./topology.js";
 import { tracing } from "./ui.js";
 
@@ -16,6 +17,7 @@ const views = {
   events: new EventsView(),
   devices: new DevicesView(),
   deadletters: new DeadLettersView(),
+  nodes: new NodesView(),
 };
 let current = null;
 
@@ -50,7 +52,8 @@ async function checkStatus() {
   const conn = document.getElementById("conn");
   try {
     const status = await getJSON("/api/v1/status");
-    conn.textContent = `v${status.version} · up ${Math.round(status.uptimeSeconds)}s`;
+    const node = status.node ? `node ${status.node} · ` : "";
+    conn.textContent = `${node}v${status.version} · up ${Math.round(status.uptimeSeconds)}s`;
     tracing.traceUrl = status.tracing ? status.tracing.traceUrl : null;
     conn.className = "conn ok";
     const dead = await getJSON("/api/v1/deadletters?limit=100");
