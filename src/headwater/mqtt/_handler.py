@@ -35,10 +35,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from headwater.mqtt._admission import Refused, admit
+from headwater.mqtt._pipeline import MAX_BATCH, Pipeline
 from headwater.mqtt.auth import Acl
 from headwater.mqtt.config import (
     CONNECT_TIMEOUT,
@@ -48,9 +49,7 @@ from headwater.mqtt.config import (
     Hooked,
     Identity,
     Listener,
-    Outcome,
     PeerCertificate,
-    Refusal,
 )
 from headwater.mqtt.connection import NEED_DATA, PublishParts, ServerConnection
 from headwater.mqtt.packets import (
@@ -86,20 +85,9 @@ logger = logging.getLogger("headwater.mqtt.broker")
 #: be sent to that client (its acks and deliveries), until the transport drains.
 WRITE_HIGH_WATER = 256 * 1024
 
-#: The selected PUBLISHes of one read at most per hook call: a batch large enough
-#: to amortise the hook's fixed costs, small enough to start appending early.
-MAX_BATCH = 256
-
-InFlight = tuple["asyncio.Task[Sequence[Outcome]]", list[Hooked], list[Publish]]
-
 
 class _Close(Exception):
     """Internal: stop serving this connection (after whatever was queued is flushed)."""
-
-
-def identity(username: str | None) -> str:
-    """Who owns a session: the authenticated user (or certificate identity)."""
-    return "anonymous" if username is None else f"user:{username}"
 
 
 def is_utf8(payload: bytes) -> bool:
@@ -152,12 +140,8 @@ class ClientHandler:
         self._acl_generation = -1
         self._all_readable = False
         self._readable: dict[str, bool] = {}
-        #: Batches with the hook in arrival order, the messages in them, and the
-        #: batch being collected from the current read.
-        self._hooked: deque[InFlight] = deque()
-        self._hooked_messages = 0
-        self._batch: list[Hooked] = []
-        self._batch_packets: list[Publish] = []
+        #: PUBLISHes with the hook, and the batch being collected from the current read.
+        self.pipeline = Pipeline(self)
         self._handlers: dict[type, Callable[[Any], Awaitable[None] | None]] = {
             Publish: self._on_publish_packet,
             Puback: self._on_flow_ended,
@@ -240,10 +224,8 @@ class ClientHandler:
                 # Hooks under way finish first. Their messages are routed unless this
                 # side closed the connection (refusal, protocol error, takeover), as
                 # when the hook ran inline; acks to a vanished client go nowhere.
-                await self._settled()
+                await self.pipeline.settled()
             finally:
-                for task, _, _ in self._hooked:
-                    task.cancel()
                 self.closing = True
                 self.flush()
                 self.link.close()
@@ -253,8 +235,8 @@ class ClientHandler:
     def _release(self) -> None:
         """Give back at once what the connection held for packets still arriving.
 
-        Not left to the garbage collector: the handler table refers back to
-        this object, so only a full collection would free it and the partial
+        Not left to the garbage collector: the handler table and the pipeline refer
+        back to this object, so only a full collection would free it and the partial
         packet its connection holds (a megabyte per connection under a probe).
         """
         held = self._held
@@ -264,7 +246,7 @@ class ClientHandler:
         self.broker.released(held)
         self._handlers.clear()
         self._readable.clear()
-        self._hooked.clear()
+        self.pipeline.close()
 
     def _count_incoming(self) -> None:
         """Account the connection's bytes in the broker-wide budget; over it: close."""
@@ -300,6 +282,7 @@ class ClientHandler:
         assert isinstance(event, Connect)
         await self._on_connect(event)
         handlers = self._handlers
+        pipeline = self.pipeline
         while not self.closing:
             while True:
                 event = conn.next_event()
@@ -308,10 +291,10 @@ class ClientHandler:
                 if type(event) is Publish:
                     result = self._on_publish_packet(event)
                 else:
-                    if self._batch:
-                        self._start_hook()
-                    if self._hooked:
-                        await self._settled()  # earlier PUBLISHes take effect first
+                    if pipeline.batch:
+                        pipeline.start()
+                    if pipeline.in_flight:
+                        await pipeline.settled()  # earlier PUBLISHes take effect first
                         if self.closing:
                             return
                     result = handlers[type(event)](event)
@@ -319,8 +302,8 @@ class ClientHandler:
                     await result
                 if self.closing:
                     return
-            if self._batch:
-                waiting = self._start_hook()
+            if pipeline.batch:
+                waiting = pipeline.start()
                 if waiting is not None:
                     await waiting
                 if self.closing:
@@ -341,7 +324,7 @@ class ClientHandler:
 
     # -- CONNECT ------------------------------------------------------------------------------
 
-    def _refuse(self, code: ReasonCode, why: str) -> None:
+    def _refuse(self, code: ReasonCode, why: str) -> NoReturn:
         """CONNACK with a failure code, then close [MQTT-3.2.2-5 (3.1.1) / 3.2.2-7 (5.0)]."""
         self.broker.throttle.info(
             ("refused", code), "refusing %s from %s: %s", code.name, self.link.peer, why
@@ -370,7 +353,21 @@ class ClientHandler:
             # [MQTT-3.1.3-6 (3.1.1) / MQTT-3.1.3-6 (5.0)] assign a unique id.
             client_id = assigned = broker._assign_client_id()
 
-        identity = await self._authenticate(connect, client_id)
+        admitted = await admit(
+            broker,
+            Credentials(
+                client_id,
+                connect.username,
+                connect.password,
+                self.certificate,
+                self.listener,
+                self.link.peer,
+                conn.version,
+            ),
+        )
+        if isinstance(admitted, Refused):
+            self._refuse(admitted.code, admitted.why)
+        identity: Identity = admitted
         username = identity.username
         will = connect.will
         if (
@@ -444,51 +441,6 @@ class ClientHandler:
             except Exception:
                 logger.exception("on_connect hook failed for %s", client_id)
 
-    async def _authenticate(self, connect: Connect, client_id: str) -> Identity:
-        """Authenticators first (a device registry), then the certificate, the
-        password file, or anonymous access as the listener allows; refuses with a
-        CONNACK otherwise."""
-        broker = self.broker
-        certificate = self.certificate
-        if broker.authenticators:
-            credentials = Credentials(
-                client_id,
-                connect.username,
-                connect.password,
-                certificate,
-                self.listener,
-                self.link.peer,
-                self.conn.version,
-            )
-            for authenticator in broker.authenticators:
-                verdict = await authenticator.authenticate(credentials)
-                if verdict is None:
-                    continue
-                if isinstance(verdict, Identity):
-                    return verdict
-                broker.stats.auth_failures += 1
-                self._refuse(verdict, f"refused by {type(authenticator).__name__}")
-        username = connect.username
-        passwords = broker.passwords
-        # Any authentication configured (a password file, a device registry) turns
-        # anonymous access off unless the listener allows it, as Mosquitto 2 does.
-        authentication = passwords is not None or bool(broker.authenticators)
-        mode = self.listener.cert_username
-        if certificate is not None and mode is not None:
-            username = certificate.name(mode)
-            if username is None:
-                broker.stats.auth_failures += 1
-                self._refuse(ReasonCode.NOT_AUTHORIZED, f"no {mode} in the client certificate")
-        elif username is not None and passwords is not None:
-            ok = await asyncio.to_thread(passwords.verify, username, connect.password)
-            if not ok:
-                broker.stats.auth_failures += 1
-                self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, f"bad password for {username!r}")
-        elif not self.listener.admits_anonymous(authentication=authentication):
-            broker.stats.auth_failures += 1
-            self._refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is off on this listener")
-        return Identity(identity(username), username)
-
     @property
     def acl(self) -> Acl | None:
         """The ACL that applies to this client: its identity's own, or the broker's."""
@@ -532,14 +484,14 @@ class ClientHandler:
             )
             # 5.0: PUBACK/PUBREC 0x87 Not authorized (the id is not kept); 3.1.1 has no
             # negative ack: acknowledged and dropped (counted as denied above).
-            self._refuse_publish(packet, ReasonCode.NOT_AUTHORIZED, counted=True)
+            self.refuse_publish(packet, ReasonCode.NOT_AUTHORIZED, counted=True)
             return None
         if props.payload_format_indicator == 1 and not is_utf8(packet.payload):
             # [MQTT-3.3.2-4] Payload Format Indicator 1 promises UTF-8; "the receiver
             # MAY validate ... and if it is not, send a PUBACK, PUBREC, or DISCONNECT
             # with Reason Code of 0x99 (Payload format invalid)" (§3.3.2.3.2).
             broker.stats.payload_format_invalid += 1
-            self._refuse_publish(packet, ReasonCode.PAYLOAD_FORMAT_INVALID)
+            self.refuse_publish(packet, ReasonCode.PAYLOAD_FORMAT_INVALID)
             return None
         if props is EMPTY_PROPERTIES or (props.topic_alias is not None and _only_alias(props)):
             message = Message(
@@ -557,95 +509,18 @@ class ClientHandler:
             )
         hook = self.hook
         if hook is not None and hook.selects(topic):
-            batch = self._batch
+            pipeline = self.pipeline
+            batch = pipeline.batch
             batch.append(Hooked(message, packet.packet_id, packet.dup))
-            self._batch_packets.append(packet)
+            pipeline.packets.append(packet)
             if len(batch) >= MAX_BATCH:
-                return self._start_hook()
+                return pipeline.start()
             return None
         broker.route(message)
         self.conn.ack(packet)
         return None
 
-    def _start_hook(self) -> Awaitable[None] | None:
-        """Hand the collected batch to the hook; its outcomes are applied by :meth:`_settle`."""
-        assert self.hook is not None and self.info is not None
-        batch, self._batch = self._batch, []
-        packets, self._batch_packets = self._batch_packets, []
-        task = asyncio.ensure_future(self.hook(self.info, batch))
-        self._hooked.append((task, batch, packets))
-        self._hooked_messages += len(batch)
-        task.add_done_callback(self._settle)
-        if self._hooked_messages >= self.config.receive_maximum:
-            # Bounded pipeline: read nothing more until the oldest is settled.
-            return self._settled(one=True)
-        return None
-
-    async def _settled(self, *, one: bool = False) -> None:
-        """Wait until every hooked PUBLISH (``one``: the oldest) has been settled."""
-        while self._hooked:
-            oldest = self._hooked[0]
-            await asyncio.wait((oldest[0],))
-            self._settle()
-            if one:
-                return
-
-    def _settle(self, _: object = None) -> None:
-        """Apply the outcomes of the finished hooks at the head, in arrival order."""
-        hooked = self._hooked
-        while hooked and hooked[0][0].done():
-            task, batch, packets = hooked.popleft()
-            self._hooked_messages -= len(batch)
-            outcomes: Sequence[Outcome] | None = None
-            if task.cancelled():
-                pass
-            elif (exc := task.exception()) is not None:
-                logger.error("the publish hook failed for %s", self.client_id, exc_info=exc)
-            else:
-                outcomes = task.result()
-                if len(outcomes) != len(batch):
-                    logger.error("the publish hook answered %d of %d", len(outcomes), len(batch))
-                    outcomes = None
-            if outcomes is None:
-                outcomes = [ReasonCode.UNSPECIFIED_ERROR] * len(batch)
-            broker = self.broker
-            conn = self.conn
-            for item, packet, code in zip(batch, packets, outcomes, strict=True):
-                if self.closing:
-                    break  # a refusal closed the connection: the rest is resent later
-                if code is None:  # accepted: the common case, inline
-                    broker.route(item.message)
-                    conn.ack(packet)
-                else:
-                    self._outcome(item.message, packet, code)
-            self.wake()
-
-    def _outcome(
-        self, message: Message, packet: Publish, code: ReasonCode | Refusal | None
-    ) -> None:
-        reason = code.code if isinstance(code, Refusal) else code
-        if reason is None or reason < 0x80:
-            self.broker.route(message)
-            self.conn.ack(packet)
-            self.wake()
-            return
-        self.broker.stats.hook_failures += 1
-        if not packet.qos:
-            return  # nothing to tell a QoS 0 publisher
-        if self.v5 or isinstance(code, Refusal):
-            self._refuse_publish(packet, ReasonCode(reason))
-        else:
-            # 3.1.1 cannot say "not now": close without acknowledging, so that
-            # the client resends the message on its next connection [MQTT-4.4.0-1].
-            self.broker.throttle.warning(
-                ("refused-311", reason),
-                "closing %s: publish refused for now (%s); it will resend",
-                self.client_id,
-                ReasonCode(reason).name,
-            )
-            self.close()
-
-    def _refuse_publish(self, packet: Publish, code: ReasonCode, *, counted: bool = False) -> None:
+    def refuse_publish(self, packet: Publish, code: ReasonCode, *, counted: bool = False) -> None:
         """Tell a publisher its message was refused for good (nothing for QoS 0).
 
         MQTT 5 clients hear ``code``. 3.1.1 has no negative ack, and resending can
