@@ -66,3 +66,9 @@ def test_the_log_package_loads_jetstream_when_named() -> None:
     assert offending(imported_after("import headwater.log"), ("nats",)) == []
     named = imported_after("from headwater.log import JetStreamLog")
     assert "headwater.log.jetstream" in named and "nats" in named
+
+
+def test_the_state_package_loads_jetstream_when_named() -> None:
+    assert offending(imported_after("import headwater.state"), ("nats",)) == []
+    named = imported_after("from headwater.state import JetStreamStore")
+    assert "headwater.state.jetstream" in named and "nats" in named

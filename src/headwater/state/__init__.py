@@ -5,8 +5,11 @@ Small buckets of keyed values with revisions, shaped like NATS JetStream KV
 (``tests/contract/test_state_contract.py``): :class:`MemoryStore` (tests, and
 a node that keeps nothing), :class:`SqliteStore` (``state.db`` in the data
 directory) and :class:`JetStreamStore` (JetStream KV buckets that every node
-of a mesh shares). This package imports nothing above it.
+of a mesh shares, loaded when named, like the log's JetStream backend). This
+package imports nothing above it.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from headwater.state.base import (
     MAX_KEY_LENGTH,
@@ -24,9 +27,11 @@ from headwater.state.base import (
     StateUnavailable,
     ValueTooLarge,
 )
-from headwater.state.jetstream import JetStreamStore
 from headwater.state.memory import MemoryStore
 from headwater.state.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from headwater.state.jetstream import JetStreamStore
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -47,3 +52,12 @@ __all__ = [
     "StateUnavailable",
     "ValueTooLarge",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the JetStream KV backend (and the nats client under it) loads when named.
+    if name == "JetStreamStore":
+        from headwater.state.jetstream import JetStreamStore
+
+        return JetStreamStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
