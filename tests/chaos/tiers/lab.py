@@ -157,6 +157,25 @@ class Devices:
         self.client.max_inflight_messages_set(1000)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_publish = self._on_publish
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self._filters: list[tuple[str, int]] = []
+        self.subscribed = threading.Event()
+        """Set once the broker granted the filters of :meth:`subscribe` (SUBACK)."""
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        """Subscribe now if connected, and again at every (clean) connection: paho
+        drops a ``subscribe()`` made before ``connect_async`` got through."""
+        self._filters.append((topic_filter, qos))
+        if self.client.is_connected():
+            self.client.subscribe(topic_filter, qos)
+
+    def _on_connect(self, client: paho.Client, *args: object) -> None:
+        for topic_filter, qos in self._filters:
+            client.subscribe(topic_filter, qos)
+
+    def _on_subscribe(self, client: paho.Client, *args: object) -> None:
+        self.subscribed.set()
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, *args: object) -> None:
         now = time.time()
