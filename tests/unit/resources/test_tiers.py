@@ -103,7 +103,8 @@ def test_edge_and_downlink() -> None:
         "r.yaml",
     )
     assert isinstance(edge.resource, Edge)
-    assert edge.resource.spec.retention.config() == StreamConfig(max_age=86400.0, max_events=500)
+    limits = edge.resource.spec.retention.limits()
+    assert StreamConfig(**limits) == StreamConfig(max_age=86400.0, max_events=500)
     assert isinstance(downlink.resource, Downlink)
     assert downlink.resource.spec.wait == "PT20S"
 
