@@ -216,6 +216,17 @@ class Devices:
         self._running.set()
         return self
 
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe, and return once the edge granted it (its SUBACK). paho drops a
+        subscribe made before its network thread has a socket (MQTT_ERR_NO_CONN),
+        which a loaded machine makes likely right after :meth:`start`."""
+        granted = threading.Event()
+        self.client.on_subscribe = lambda *args: granted.set()
+        wait_until(self.client.is_connected, 30, "the devices' connection")
+        result, _ = self.client.subscribe(topic, qos=qos)
+        assert result == paho.MQTT_ERR_SUCCESS, result
+        assert granted.wait(30), f"no SUBACK for {topic}"
+
     def pause(self) -> None:
         self._running.clear()
 

@@ -191,7 +191,7 @@ def test_commands_queued_during_an_outage_reach_the_device_after_it(lab: Lab) ->
     devices = lab.start_devices(rate=10)
     got: list[str] = []
     devices.client.on_message = lambda client, userdata, message: got.append(message.topic)
-    devices.client.subscribe("devices/+/commands", qos=1)
+    devices.subscribe("devices/+/commands", qos=1)
     wait_until(lambda: lab.status("cloud", "Edge", "site-7")["connected"], 30, "the downlink")
     lab.send_to_cloud([command(0, 3600)])
     wait_until(lambda: len(got) == 1, 30, "a command while connected", lab.edge, lab.cloud)
