@@ -145,6 +145,8 @@ class Ingress:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
+        # A SERVER span covers the request from its arrival (the body read too).
+        arrived = time.time_ns() if tracing.tracer is not None else 0
         if request.method == "OPTIONS":
             return web.Response(status=200, headers=_CAPABILITIES)
         if request.method != "POST":
@@ -184,16 +186,17 @@ class Ingress:
         events = decoded if isinstance(decoded, list) else [decoded]
         traced: Ingest | None = None
         if tracing.tracer is not None:
-            events, traced = self._trace(tracing.tracer, request, events)
+            events, traced = self._trace(tracing.tracer, request, events, arrived)
         response = await self._accept(broker, events, namespace, name)
         if traced is not None:
             traced.end(None if response.status == 202 else f"HTTP {response.status}")
         return response
 
     def _trace(
-        self, tracer: Tracer, request: web.Request, events: list[CloudEvent]
+        self, tracer: Tracer, request: web.Request, events: list[CloudEvent], arrived: int
     ) -> tuple[list[CloudEvent], Ingest | None]:
-        """The events with their trace context, under the request's ``traceparent``."""
+        """The events with their trace context, under the request's ``traceparent``
+        (``arrived``: when the request came, ns; 0 if tracing was off then)."""
         # The header is this hop's context; a structured event's own extension is
         # its origin's (distributed-tracing.md), the parent only without a header.
         incoming = context_of(list(request.headers.items()))
@@ -206,7 +209,7 @@ class Ingress:
             [incoming] * len(events),
             name=f"POST {route}",
             kind=Kind.SERVER,
-            start=time.time_ns(),
+            start=arrived or time.time_ns(),
             attributes={
                 "http.request.method": "POST",
                 "http.route": route,

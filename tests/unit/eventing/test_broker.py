@@ -449,16 +449,10 @@ async def test_a_sink_that_raises_writes_one_traceback_a_minute(
 
     sink = RecordingSink(broken)
     await broker.add_trigger(Trigger("buggy", sink, delivery=DeliverySpec(retry=0)))
+    stats = broker.triggers()["buggy"].stats
     with caplog.at_level(logging.ERROR, "headwater.eventing.delivery"):
         await broker.accept([event(i) for i in range(20)])
-        for _ in range(200):
-            if (
-                broker.triggers()["buggy"].stats.dropped
-                + broker.triggers()["buggy"].stats.dead_lettered
-                >= 20
-            ):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: stats.dropped + stats.dead_lettered >= 20, what="all given up")
     raised = [r for r in caplog.records if "raised while delivering" in r.getMessage()]
     assert len(raised) == 1 and raised[0].exc_info is not None
     assert sink.attempts == 20

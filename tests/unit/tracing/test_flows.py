@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from headwater import tracing
 from headwater.cloudevents import CloudEvent
-from headwater.eventing import Broker, DeliveryError, DeliverySpec, RecordingSink, Trigger
+from headwater.eventing import (
+    Broker,
+    DeliveryError,
+    DeliverySpec,
+    Ingress,
+    RecordingSink,
+    Trigger,
+)
 from headwater.log import MemoryLog
 from headwater.logs import JsonFormatter
 from headwater.tracing import TraceContext, Tracer, TracingConfig
 from headwater.tracing.flows import event_context
+from tests.helpers import WAIT
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
 
@@ -164,3 +176,39 @@ def test_a_filtered_out_event_ends_its_trigger_span() -> None:
         (span,) = exported.spans()
         assert span.attributes is not None and span.attributes["headwater.filter.matched"] is False
         assert span.parent is not None and hex_id(span.parent.span_id) == parent.span_id
+
+
+async def test_an_ingress_span_starts_when_the_request_arrives(traced: Exported) -> None:
+    """The SERVER span covers the whole request: reading a slow body is in it."""
+    looked_up, rest = asyncio.Event(), asyncio.Event()
+
+    class Accepting:  # what the ingress needs of a Broker
+        max_event_size = 1024
+
+        async def accept(self, events: Sequence[CloudEvent]) -> list[int]:
+            return list(range(len(events)))
+
+    def lookup(namespace: str, name: str) -> Accepting:
+        looked_up.set()  # the headers are in; the body is not yet
+        return Accepting()
+
+    app = web.Application()
+    Ingress(lookup).add_routes(app)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"a": '
+        await rest.wait()
+        yield b"1}"
+
+    headers = {
+        **{"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t"},
+        **{"content-type": "application/json", "traceparent": f"{PARENT}-01"},
+    }
+    async with TestClient(TestServer(app)) as client:
+        request = asyncio.create_task(client.post("/default/b", headers=headers, data=body()))
+        await asyncio.wait_for(looked_up.wait(), WAIT)
+        body_pending = time.time_ns()
+        rest.set()
+        assert (await request).status == 202
+    (span,) = traced.named("POST /{namespace}/{name}")
+    assert span.start_time is not None and span.start_time < body_pending
