@@ -4,8 +4,8 @@ How this works: :class:`Devices` (:mod:`headwater.devices.service`) is the
 one service a runtime owns; it keeps everything in the runtime's state store
 (``devices``, ``device-keys``, ``device-presence``, ``device-twins``,
 ``device-commands``, ``device-command-results`` buckets), beside the
-resources the API applied, whatever the event log (SQLite or JetStream); it
-asks only for the store's interface (revisions, compare-and-set, watches). An
+resources the API applied (SQLite on a single node, JetStream KV in a mesh);
+it asks only for the store's interface (revisions, compare-and-set, watches). An
 MqttBrokerSource with ``devices`` turned on runs a
 :class:`~headwater.devices.plane.DevicePlane` that authenticates its
 CONNECTs against the registry and speaks the device topics. The admin API
