@@ -311,6 +311,7 @@ def document() -> dict[str, Any]:
                 }
             },
             "/api/v1/replays": {
+                **job_paths("replay")[""],
                 "post": {
                     "summary": "Replay a Broker's events from a position to a destination",
                     "requestBody": {
@@ -338,7 +339,7 @@ def document() -> dict[str, Any]:
                         "404": error_body("No running Broker."),
                         "413": error_body("The body is too large."),
                     },
-                }
+                },
             },
             "/api/v1/filters/check": {
                 "post": {
@@ -561,7 +562,11 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            **{f"/api/v1/replays{path}": item for path, item in job_paths("replay").items()},
+            **{
+                f"/api/v1/replays{path}": item
+                for path, item in job_paths("replay").items()
+                if path  # "" is merged with the POST above
+            },
             "/api/v1/redrives": {
                 **job_paths("redrive")[""],
                 "post": {
