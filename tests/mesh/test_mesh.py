@@ -198,7 +198,7 @@ def test_devices_dead_letters_and_live_events_are_the_same_on_every_node(
                 f"the Trigger on {node.name}",
                 lambda node=node: "failing" in names(node, "triggers"),
             )
-            node.api(path="/api/v1/devices")  # its dashboard follows the Broker from now on
+            node.api(path="/api/v1/telemetry")  # its dashboard follows the Broker from now on
         for i in range(6):
             request = urllib.request.Request(
                 f"{n1.url}/default/orders",
@@ -221,7 +221,7 @@ def test_devices_dead_letters_and_live_events_are_the_same_on_every_node(
             wait_for(
                 f"every device on {node.name}",
                 lambda node=node: (
-                    {d["device"] for d in node.api(path="/api/v1/devices")["devices"]} == everyone
+                    {d["device"] for d in node.api(path="/api/v1/telemetry")["devices"]} == everyone
                 ),
             )
         for node in (n1, n3):
