@@ -106,6 +106,7 @@ from mqtt_to_http import (  # noqa: E402
     children,
     cpu_seconds,
     free_port,
+    run_publishers,
     sink_stats,
 )
 from tests.mesh.nodes import Node  # noqa: E402
@@ -162,55 +163,7 @@ def run_sink(port: int) -> None:
     uvloop.run(serve())
 
 
-# -- publishers and a subscriber (processes of the harness) ----------------------------------
-
-
-def run_publishers(
-    ports: list[int],
-    publishers: int,
-    total: int,
-    window: int,
-    topic_prefix: str,
-    out: mp.Queue[dict[str, Any]],
-) -> None:
-    """``publishers`` QoS 1 connections, connection ``i`` to ``ports[i % len(ports)]``."""
-    from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused
-    from headwater.mqtt.packets import ProtocolVersion
-
-    async def publisher(n: int, count: int, stats: dict[str, int]) -> None:
-        device = f"dev{n}"
-        topic = f"{topic_prefix}/{device}/climate"
-        config = ClientConfig(
-            "127.0.0.1",
-            ports[n % len(ports)],
-            f"bench-{n}",
-            ProtocolVersion.MQTT311,
-            clean_start=True,
-        )
-        seqs = iter(range(count))
-        async with Client(config) as client:
-
-            async def lane() -> None:
-                for seq in seqs:
-                    payload = orjson.dumps(
-                        {"device": device, "seq": seq, "sent": time.time(), "t": 15 + seq % 20}
-                    )
-                    try:
-                        await client.publish(topic, payload, 1)
-                        stats["acked"] += 1
-                    except (ConnectionLost, PublishRefused):
-                        stats["refused"] += 1
-
-            await asyncio.gather(*(lane() for _ in range(window)))
-
-    async def main() -> None:
-        stats = {"acked": 0, "refused": 0}
-        share = [total // publishers + (i < total % publishers) for i in range(publishers)]
-        started = time.time()
-        await asyncio.gather(*(publisher(i, share[i], stats) for i in range(publishers)))
-        out.put({**stats, "started": started, "finished": time.time()})
-
-    uvloop.run(main())
+# -- a subscriber (a process of the harness; the publishers are mqtt_to_http's) ---------------
 
 
 def run_subscriber(port: int, topic: str, expected: int, out: mp.Queue[dict[str, Any]]) -> None:
@@ -400,7 +353,7 @@ def drive(
     before = _watch(pids)
     pub = mp.Process(
         target=run_publishers,
-        args=(ports, args.publishers, args.messages, args.window, "bench", out),
+        args=(ports, args.publishers, args.messages, args.window, out, "bench", False),
     )
     pub.start()
     published = out.get(timeout=900)
@@ -475,7 +428,7 @@ def passthrough(
     before = _watch(pids)
     pub = mp.Process(
         target=run_publishers,
-        args=([pub_port], args.publishers, args.messages, args.window, "pt", out),
+        args=([pub_port], args.publishers, args.messages, args.window, out, "pt", False),
     )
     pub.start()
     published = out.get(timeout=900)

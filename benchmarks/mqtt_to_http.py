@@ -379,16 +379,28 @@ def sink_stats(port: int) -> dict[str, Any]:
 
 
 def run_publishers(
-    port: int, publishers: int, total: int, window: int, out: mp.Queue[dict[str, Any]]
+    ports: list[int],
+    publishers: int,
+    total: int,
+    window: int,
+    out: mp.Queue[dict[str, Any]],
+    topic_prefix: str = "bench",
+    mqtt5: bool = True,
 ) -> None:
+    """``publishers`` QoS 1 connections, connection ``i`` to ``ports[i % len(ports)]``,
+    each with ``window`` publishes in flight; ``total`` messages in all, each stamped
+    with the time it was sent (``sent``) for latencies measured at the receiver.
+    ``mqtt5=False`` speaks 3.1.1 (nats-server's MQTT has no 5.0)."""
     from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused
     from headwater.mqtt.packets import ProtocolVersion
 
+    version = ProtocolVersion.MQTT5 if mqtt5 else ProtocolVersion.MQTT311
+
     async def publisher(n: int, count: int, stats: dict[str, int]) -> None:
         device = f"dev{n}"
-        topic = f"bench/{device}/climate"
+        topic = f"{topic_prefix}/{device}/climate"
         config = ClientConfig(
-            "127.0.0.1", port, f"bench-{n}", ProtocolVersion.MQTT5, clean_start=True
+            "127.0.0.1", ports[n % len(ports)], f"bench-{n}", version, clean_start=True
         )
         seqs = iter(range(count))
         async with Client(config) as client:
@@ -396,7 +408,13 @@ def run_publishers(
             async def lane() -> None:
                 for seq in seqs:
                     payload = orjson.dumps(
-                        {"device": device, "seq": seq, "temperature": 15 + seq % 20, "rh": 55.5}
+                        {
+                            "device": device,
+                            "seq": seq,
+                            "sent": time.time(),
+                            "temperature": 15 + seq % 20,
+                            "rh": 55.5,
+                        }
                     )
                     try:
                         await client.publish(topic, payload, 1)
@@ -463,7 +481,7 @@ def drive(
     out: mp.Queue[dict[str, Any]] = mp.Queue()
     pub = mp.Process(
         target=run_publishers,
-        args=(mqtt_port, args.publishers, args.messages, args.window, out),
+        args=([mqtt_port], args.publishers, args.messages, args.window, out),
     )
     system_pids = pids + [c for pid in pids for c in children(pid)]
     watched = {"sink": sink.pid, **{str(pid): pid for pid in system_pids}}
