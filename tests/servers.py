@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,12 +35,36 @@ STOP_TIMEOUT: Final = 10.0
 LOOPBACK: Final = "127.0.0.1"
 
 
+def _ephemeral_range() -> range:
+    """The ports the kernel gives outgoing connections (and ``bind(0)``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A currently free loopback TCP port (for servers that cannot pick one themselves)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
+    """A currently free loopback TCP port (for servers that cannot pick one themselves).
+
+    Picked below the kernel's ephemeral range, never twice in a run: between
+    this call and the server's bind, an outgoing connection of a process the
+    test started (a node's to NATS) cannot take it, nor can another test.
+    """
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in range(20000, 32768) if p not in ephemeral and p not in _handed_out]
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def find_executable(name: str, *candidates: str) -> str:
