@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -76,7 +77,19 @@ _ERR_WRONG_LAST_SEQUENCE: Final = 10071
 _ERR_NO_MESSAGE: Final = 10037
 _ERR_STREAM_NOT_FOUND: Final = 10059
 
+log = logging.getLogger(__name__)
+
 _NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+OPEN_ATTEMPTS: Final = 4
+"""Tries to open a bucket while JetStream answers late: a cluster that creates
+streams for several nodes starting at once, or elects their leaders, can take
+longer than one ``request_timeout`` (as the event log's ``CREATE_ATTEMPTS``)."""
+
+
+class _NoLeader(Exception):
+    """A bucket's replicated stream has not elected a leader yet."""
+
 
 _CLOSED: Final = object()
 """Put in a watcher's queue when the store closes."""
@@ -459,17 +472,25 @@ class JetStreamStore:
             storage=api.StorageType.FILE,
         )
         js = self.js()
-        try:
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
             try:
-                info = await js.stream_info(stream)
-            except nats.js.errors.NotFoundError:
                 try:
-                    info = await js.add_stream(config)
-                except nats.js.errors.BadRequestError:
-                    info = await js.stream_info(stream)  # created by another node meanwhile
-            await self._until_led(js, stream, info)
-        except _NATS_ERRORS as exc:
-            raise _unavailable(exc, f"open bucket {name!r}") from exc
+                    info = await js.stream_info(stream)
+                except nats.js.errors.NotFoundError:
+                    try:
+                        info = await js.add_stream(config)
+                    except nats.js.errors.BadRequestError:
+                        info = await js.stream_info(stream)  # created by another node meanwhile
+                await self._until_led(js, stream, info)
+                break
+            except (TimeoutError, nats.js.errors.ServiceUnavailableError, _NoLeader) as exc:
+                if attempt == OPEN_ATTEMPTS or self.closed:
+                    if isinstance(exc, _NoLeader):
+                        raise StateUnavailable(str(exc)) from exc
+                    raise _unavailable(exc, f"open bucket {name!r}") from exc
+                log.info("opening bucket %r: %s; again (%d/%d)", name, exc, attempt, OPEN_ATTEMPTS)
+            except _NATS_ERRORS as exc:
+                raise _unavailable(exc, f"open bucket {name!r}") from exc
         return self._buckets.setdefault(
             name, JetStreamBucket(self, name, stream, f"$KV.{kv_name}.")
         )
@@ -481,7 +502,7 @@ class JetStreamStore:
         deadline = loop.time() + self.request_timeout
         while info.cluster is not None and not info.cluster.leader:
             if loop.time() >= deadline:
-                raise StateUnavailable(f"bucket stream {stream} has no leader yet")
+                raise _NoLeader(f"bucket stream {stream} has no leader yet")
             await asyncio.sleep(0.1)
             info = await js.stream_info(stream)
 
