@@ -346,6 +346,7 @@ async def start(options: UpOptions) -> Server:
             await runtime.start(found)  # ConfigError: every problem, before anything runs
         except StateError as exc:
             raise StartupError(f"cannot read the resources to run: {exc}") from exc
+        await runtime.desired.settled()  # in a mesh: what the start followed, started
         if not options.files and (mesh is None or runtime.get(EMBEDDED_MQTT) is not None):
             _check_embedded_mqtt(runtime, options)
         _check_started(runtime)
@@ -405,7 +406,7 @@ def _check_embedded_mqtt(runtime: Runtime, options: UpOptions) -> None:
     if ready["status"] == "True":
         return
     port = DEFAULT_MQTT_PORT if options.mqtt_port is None else options.mqtt_port
-    message = ready.get("message") or ready.get("reason") or "unknown error"
+    message = ready.get("message") or ready.get("reason") or f"its status is {ready['status']}"
     if "in use" in message.lower():
         raise StartupError(
             f"MQTT port {port} on {options.host} is in use; "

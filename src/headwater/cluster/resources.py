@@ -9,8 +9,10 @@ included, and every node runs what the bucket holds:
   is not written again) and removes the file-defined resources its files no
   longer define: the files of the node that started (or reloaded) last are
   the mesh's files. A node started without ``-f`` leaves them alone, and
-  seeds the embedded defaults only into an empty bucket. Then it runs the
-  whole bucket.
+  seeds the embedded defaults only into a bucket that holds nothing else: it
+  writes those still missing, so that nodes started together, each seeing
+  another's seeding half done, all start with every default. Then it runs
+  the whole bucket.
 - **Through the API** (``headwater apply``/``delete`` on any node) a change
   is written to the bucket and applied on that node at once; as before, the
   API refuses to change what a file defines (409).
@@ -60,6 +62,13 @@ def _same(loaded: Loaded) -> Loaded:
     return loaded
 
 
+def _only_from(files: LoadResult, stored: dict[Key, Stored]) -> bool:
+    """Whether the bucket holds nothing but what ``files`` (the embedded defaults of a
+    node without ``-f``) define: empty, or seeded (perhaps half) by another node."""
+    names = {item.file for item in files.loaded}
+    return all(s.origin.source == "file" and s.origin.file in names for s in stored.values())
+
+
 class MeshResources(Resources):
     """The desired state of a mesh node (see the module docstring)."""
 
@@ -96,7 +105,8 @@ class MeshResources(Resources):
         loaded = files.result()  # ConfigError: every problem, before anything is written
         taken = [k for k, s in stored.items() if k in owned and s.origin.source == "api"]
         for item in loaded:
-            await store.save(item, source="file")
+            if self.files_given or item.resource.key not in stored:
+                await store.save(item, source="file")
         if self.files_given:
             gone = [k for k, s in stored.items() if s.origin.source == "file" and k not in owned]
             await store.remove(gone)
@@ -119,7 +129,7 @@ class MeshResources(Resources):
             store = await self.store()
             stored = {s.key: s for s in await store.load()}
             taken: list[Key] = []
-            if self.files_given or not stored:
+            if self.files_given or _only_from(files, stored):
                 taken = await self._write_files(files, stored)
             revision = await store.bucket.revision()
             stored = {s.key: s for s in await store.load()}

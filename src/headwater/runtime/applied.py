@@ -336,6 +336,12 @@ class Resources:
     def origin(self, key: Key) -> Origin | None:
         return self.origins.get(key)
 
+    async def settled(self) -> None:
+        """Return once no change is being applied (in a mesh, one followed from
+        another node may be starting a component right now)."""
+        async with self._lock:
+            pass
+
     async def close(self) -> None:
         """Stop following the store (a mesh's resources do; these have nothing to stop)."""
 
