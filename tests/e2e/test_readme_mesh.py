@@ -28,12 +28,13 @@ import pytest
 from tests.e2e.test_readme import README, blocks
 from tests.servers import find_executable, free_port
 
-pytestmark = pytest.mark.integration
-
 REPO = README.parent
 README_PORTS = (4222, 4223, 4224, 6222, 6223, 6224, 8081, 8082, 8083, 1884, 1885, 1886)
-TIMEOUT = 300.0
-"""Seconds the whole walk-through may take (three servers elect their leaders first)."""
+TIMEOUT = 240.0
+"""Seconds the whole walk-through may take (three servers elect their leaders first);
+pytest's own timeout is longer, so that a block that hangs is reported with its output."""
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(TIMEOUT + 120)]
 
 
 def walk_through() -> str:
@@ -67,7 +68,7 @@ def test_the_three_node_walk_through_runs_as_written(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{servers}{os.pathsep}{os.environ['PATH']}"}
     env.pop("HEADWATER_SERVER", None)
     process = subprocess.Popen(
-        ["bash", "-e", "-o", "pipefail", "-c", script],
+        ["bash", "-x", "-e", "-o", "pipefail", "-c", script],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -75,17 +76,29 @@ def test_the_three_node_walk_through_runs_as_written(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # what a failed block left running
-        process.wait()
+    left = ""
+    with process:
+        try:
+            output, _ = process.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            left = subprocess.run(
+                ["ps", "-o", "pid,stat,etime,args", "-g", str(process.pid)],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            output = ""
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # what a failed block left running
+        if left:
+            output, _ = process.communicate()
+            output = f"{output}\n--- still running after {TIMEOUT:.0f} s:\n{left}"
     logs = "".join(
         f"\n--- {log.name}:\n{log.read_text()[-2000:]}"
         for log in sorted((tmp_path / "mesh").glob("*.log"))
     )
-    assert process.returncode == 0, output + logs
+    assert not left and process.returncode == 0, output + logs
     listed = output.split("get nodes", 1)[-1]
     assert all(f"n{i}" in listed for i in (1, 2, 3)), output
     assert re.search(r"Trigger\s+too-cold", output), output  # listed by node 3
