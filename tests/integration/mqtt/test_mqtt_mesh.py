@@ -336,3 +336,63 @@ def mesh_stream(broker: MqttBroker) -> str:
 async def consumers(broker: MqttBroker, stream: str) -> list[str]:
     js = broker.router.link.js  # type: ignore[attr-defined]
     return [c.name for c in await js.consumers_info(stream)]
+
+
+@pytest.mark.parametrize("how", ["disconnect", "node-dies"])
+async def test_a_qos2_flow_at_its_pubrel_resumes_on_another_node(
+    node: MakeNode, mesh: Mesh, how: str
+) -> None:
+    """[MQTT-4.4.0-1] the node that resumes a session sends the PUBREL of a QoS 2
+    flow the device PUBREC'd on another node, keeps its packet id in use until the
+    PUBCOMP, and does not send the message again."""
+    from headwater.cluster.mqtt.session import read_doc
+    from headwater.mqtt.packets import (
+        Properties,
+        Pubcomp,
+        Publish,
+        Pubrec,
+        Pubrel,
+        Subscribe,
+        SubscriptionOptions,
+    )
+    from tests.integration.mqtt._clients import V5, Raw
+
+    a, b = await node("a"), await node("b")
+    props = Properties(session_expiry_interval=300)
+    dev = Raw(a.port(), V5)
+    await asyncio.to_thread(dev.connect, "dev", clean_start=False, properties=props)
+    await asyncio.to_thread(dev.send, Subscribe(1, (("cmd/dev", SubscriptionOptions(qos=2)),)))
+    await asyncio.to_thread(dev.recv)  # SUBACK
+    async with client(a, "app") as app:
+        await app.publish("cmd/dev", b"one", qos=2)
+    first = await asyncio.to_thread(dev.recv)
+    assert isinstance(first, Publish) and first.payload == b"one", first
+    await asyncio.to_thread(dev.send, Pubrec(first.packet_id))  # type: ignore[arg-type]
+    assert await asyncio.to_thread(dev.recv) == Pubrel(first.packet_id)  # type: ignore[arg-type]
+    sessions = mesh.meshes["a"].link.sessions
+    assert sessions is not None
+
+    async def released() -> bool:
+        doc = read_doc(await sessions.get("dev"))
+        return str(first.packet_id) in (doc.get("rel") or {})
+
+    await until(released)  # no PUBCOMP: the flow waits at its PUBREL
+    if how == "node-dies":
+        await mesh.kill("a")
+    dev.close()
+
+    again = Raw(b.port(), V5)
+    connack = await asyncio.to_thread(again.connect, "dev", clean_start=False, properties=props)
+    assert connack.session_present
+    assert await asyncio.to_thread(again.recv) == Pubrel(first.packet_id)  # type: ignore[arg-type]
+    async with client(b, "app2") as app:
+        await app.publish("cmd/dev", b"two", qos=2)
+    second = await asyncio.to_thread(again.recv)
+    assert isinstance(second, Publish) and second.payload == b"two", second
+    assert second.packet_id != first.packet_id  # still in use until its PUBCOMP
+    await asyncio.to_thread(again.send, Pubcomp(first.packet_id))  # type: ignore[arg-type]
+    await asyncio.to_thread(again.send, Pubrec(second.packet_id))  # type: ignore[arg-type]
+    assert await asyncio.to_thread(again.recv) == Pubrel(second.packet_id)  # type: ignore[arg-type]
+    await asyncio.to_thread(again.send, Pubcomp(second.packet_id))  # type: ignore[arg-type]
+    assert await asyncio.to_thread(again.recv_all) == []  # "one" is not sent again
+    again.close()

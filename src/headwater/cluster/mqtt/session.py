@@ -26,10 +26,17 @@ from typing import Any, Final
 import orjson
 
 from headwater.cluster.mqtt.link import token
-from headwater.mqtt.session import Delivery, Session
+from headwater.mqtt.session import Delivery, Message, Outgoing, Session
 from headwater.state import Entry
 
-__all__ = ["RECENT_SEQUENCES", "MeshSession", "Puller", "consumer_name", "read_doc"]
+__all__ = [
+    "RECENT_SEQUENCES",
+    "MeshSession",
+    "Puller",
+    "consumer_name",
+    "read_doc",
+    "restore_released",
+]
 
 RECENT_SEQUENCES: Final = 256
 """Stream sequences a session remembers as delivered (copies from overlapping
@@ -51,6 +58,10 @@ class MeshSession(Session):
     )
     #: Consumer name -> its filter subject (persistent sessions' QoS 1/2 subscriptions).
     consumers: dict[str, str] = field(default_factory=dict)
+    #: Packet id -> stream sequence (or None) of QoS 2 deliveries the device PUBREC'd and
+    #: that wait for its PUBCOMP: kept in the session's document, so that the node
+    #: that resumes the session sends their PUBREL again [MQTT-4.4.0-1].
+    released: dict[int, int | None] = field(default_factory=dict)
 
     def track(self, delivery: Delivery, reply: str, seq: int) -> None:
         self.acks[id(delivery)] = [reply]
@@ -79,13 +90,23 @@ class MeshSession(Session):
     def pubcomp(self, packet_id: int) -> Any:
         out = Session.pubcomp(self, packet_id)
         if out is not None:
+            if packet_id in self.released:
+                del self.released[packet_id]
+                self.store.released_changed(self, None)
             self.finished(out.delivery)
         return out
 
     def pubrec(self, packet_id: int, failed: bool) -> Any:
         out = Session.pubrec(self, packet_id, failed)
-        if out is not None:
-            self.finished(out.delivery)  # the device has it (or refused it for good)
+        if out is None:
+            return None
+        if failed or not self.expiry_interval:
+            self.finished(out.delivery)  # refused for good, or a session that ends here
+        else:
+            # The device has it: the PUBREL state goes into the document first, then the
+            # message is acked in JetStream (store.released_changed calls finished).
+            self.released[packet_id] = self.seq_of.get(id(out.delivery))
+            self.store.released_changed(self, out.delivery)
         return out
 
     def drop_inflight(self, packet_id: int) -> None:
@@ -120,6 +141,21 @@ class MeshSession(Session):
         self.by_seq.clear()
         self.seq_of.clear()
         return held
+
+
+RELEASED_PLACEHOLDER: Final = Delivery(Message("", b"", 2), 2, False)
+"""The delivery of a QoS 2 flow resumed at its PUBREL: only the PUBREL is sent again
+[MQTT-4.3.3-6 (5.0)], so the message itself is not kept."""
+
+
+def restore_released(session: MeshSession, doc: dict[str, Any]) -> None:
+    """Put the document's QoS 2 flows waiting for their PUBCOMP back in flight."""
+    for pid, seq in dict(doc.get("rel") or {}).items():
+        packet_id = int(pid)
+        session.inflight[packet_id] = Outgoing(packet_id, RELEASED_PLACEHOLDER, released=True)
+        session.released[packet_id] = seq
+        if seq is not None:
+            session.recent.append(int(seq))  # a copy JetStream offers again is acked, not sent
 
 
 class Puller:

@@ -31,10 +31,14 @@ How this works (one :class:`MeshSessions` per node and MqttBrokerSource):
 
 Clean sessions (expiry 0) are claimed too (for takeovers across nodes) and
 their document is deleted when they end; they have no consumers.
-QoS 2 towards a device is acknowledged in JetStream at its PUBREC: the
-PUBREL/PUBCOMP that follow are kept by the node only, so a node that dies
-in between leaves the device waiting for a PUBREL the next node does not
-send (the message itself was received exactly once).
+QoS 2 towards a device of a persistent session: at its PUBREC the packet id
+(and the message's stream sequence) goes into the session's document
+(``rel``), then the message is acknowledged in JetStream; the PUBCOMP takes
+the id out. The node that resumes the session, after a disconnect or the
+death of the node that had it, sends those PUBRELs again [MQTT-4.4.0-1] and
+keeps the ids in use until their PUBCOMP (the device may still hold them
+for duplicate suppression), and a copy JetStream offers again because the
+ack did not get out is acknowledged, not delivered a second time.
 """
 
 from __future__ import annotations
@@ -54,7 +58,13 @@ from nats.js import api
 
 from headwater.cluster.mqtt.janitor import Janitor
 from headwater.cluster.mqtt.link import MeshLink, MeshUnavailable, decode, kv_key
-from headwater.cluster.mqtt.session import MeshSession, Puller, consumer_name, read_doc
+from headwater.cluster.mqtt.session import (
+    MeshSession,
+    Puller,
+    consumer_name,
+    read_doc,
+    restore_released,
+)
 from headwater.cluster.mqtt.subjects import filter_subjects
 from headwater.logs import Throttle
 from headwater.mqtt.connection import PublishParts
@@ -113,6 +123,10 @@ class MeshSessions:
         self._pullers: dict[str, Puller] = {}
         self._resync: set[str] = set()
         self._syncing: dict[str, asyncio.Task[Any]] = {}
+        self._released_dirty: set[str] = set()
+        self._releasing: dict[str, asyncio.Task[Any]] = {}
+        #: Client id -> (session, delivery) PUBREC'd, acked in JetStream once written.
+        self._after_release: dict[str, list[tuple[MeshSession, Delivery]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: set[asyncio.Task[Any]] = set()
         self._acks: list[bytes | str] = []
@@ -204,6 +218,7 @@ class MeshSessions:
             "disc": session.disconnected_at,
             "subs": [s.to_json() for s in session.subscriptions.values()],
             "cons": consumers,
+            "rel": _released(session),
         }
 
     async def claim(
@@ -270,7 +285,7 @@ class MeshSessions:
 
     def _session(self, doc: dict[str, Any]) -> MeshSession:
         subs = [Subscription.from_json(item) for item in doc.get("subs", ())]
-        return MeshSession(
+        session = MeshSession(
             str(doc["cid"]),
             expiry_interval=int(doc.get("exp") or 0),
             max_queued=self.max_queued,
@@ -282,25 +297,32 @@ class MeshSessions:
             store=self,
             consumers=dict(doc.get("cons") or {}),
         )
+        restore_released(session, doc)
+        return session
 
     async def _write(self, client_id: str, change: dict[str, Any]) -> bool:
-        """Update this node's claim of a session's document (False: no longer ours)."""
-        claim = self.claimed.get(client_id)
+        """Update this node's claim of a session's document (False: no longer ours).
+
+        A write of this node's that came in between (its subscriptions, its QoS 2
+        flows) is read again and the change made on top of it."""
         bucket = self.link.sessions
-        if claim is None or bucket is None:
-            return False
-        _, epoch = claim
-        entry = await bucket.get(self._key(client_id))
-        doc = read_doc(entry)
-        if entry is None or doc.get("node") != self.link.node or doc.get("epoch") != epoch:
-            return False
-        doc.update(change)
-        try:
-            new = await bucket.update(self._key(client_id), orjson.dumps(doc), entry.revision)
-        except RevisionMismatch:
-            return False
-        self.claimed[client_id] = (new, epoch)
-        return True
+        for _ in range(CLAIM_ATTEMPTS):
+            claim = self.claimed.get(client_id)
+            if claim is None or bucket is None:
+                return False
+            _, epoch = claim
+            entry = await bucket.get(self._key(client_id))
+            doc = read_doc(entry)
+            if entry is None or doc.get("node") != self.link.node or doc.get("epoch") != epoch:
+                return False
+            doc.update(change)
+            try:
+                new = await bucket.update(self._key(client_id), orjson.dumps(doc), entry.revision)
+            except RevisionMismatch:
+                continue
+            self.claimed[client_id] = (new, epoch)
+            return True
+        return False
 
     def _write_later(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
@@ -333,6 +355,37 @@ class MeshSessions:
                 await self._subscriptions_changed(session)
         finally:
             self._syncing.pop(client_id, None)
+
+    def released_changed(self, session: MeshSession, delivery: Delivery | None) -> None:
+        """A QoS 2 flow of ``session`` got its PUBREC (``delivery``) or its PUBCOMP
+        (``None``): the document follows; a PUBREC'd delivery is acknowledged in
+        JetStream once it is written. Changes that come while a write is on the way
+        are written together after it."""
+        client_id = session.client_id
+        if delivery is not None:
+            self._after_release.setdefault(client_id, []).append((session, delivery))
+        self._released_dirty.add(client_id)
+        task = self._releasing.get(client_id)
+        if task is None or task.done():
+            self._releasing[client_id] = self._write_later(self._write_released(client_id))
+
+    async def _write_released(self, client_id: str) -> None:
+        try:
+            while client_id in self._released_dirty:
+                self._released_dirty.discard(client_id)
+                waiting = self._after_release.pop(client_id, [])
+                session = self.hosted.get(client_id)
+                if session is not None:
+                    try:
+                        await self._write(client_id, {"rel": _released(session)})
+                    except StateError as exc:
+                        self.throttle.warning(
+                            "released", "QoS 2 state of %s not saved: %s", client_id, exc
+                        )
+                for held, delivery in waiting:
+                    held.finished(delivery)  # a session gone meanwhile gave it back already
+        finally:
+            self._releasing.pop(client_id, None)
 
     async def _subscriptions_changed(self, session: MeshSession) -> None:
         link = self.link
@@ -647,3 +700,9 @@ class MeshSessions:
                 if held:
                     self._send([(reply, b"+WPI") for reply in held])  # still being delivered
                 self.pump(session)
+
+
+def _released(session: Session) -> dict[str, int | None]:
+    """The document's ``rel``: packet id -> stream sequence of QoS 2 flows at PUBREL."""
+    released = session.released if isinstance(session, MeshSession) else {}
+    return {str(pid): seq for pid, seq in released.items()}
