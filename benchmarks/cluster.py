@@ -17,6 +17,9 @@ What is measured, in one run on this machine:
   subscriber on node B: two Headwater nodes of a mesh (the topic is not an
   event: MQTT routing only) against nats-server's own MQTT listener on two
   servers of a 3-server cluster (it stores QoS 1 messages in JetStream too).
+* **(d) apply**: on an idle 3-node mesh, 20 Triggers applied one at a time
+  on node 1; for each, the time from the API's answer until it is Ready on
+  nodes 2 and 3 (the issue's "seen by every node within a second").
 
 This machine has two cores shared by everything here (the NATS servers, the
 nodes, the publishers, the sink): what predicts scale on a bigger machine is
@@ -74,7 +77,7 @@ MQTT stream's copy is the first thing to save: it is only needed while some
 persistent session has a QoS 1/2 subscription.
 
 Run: ``.venv/bin/python benchmarks/cluster.py [--messages N] [--publishers P]
-[--window W] [--scenarios mesh,sqlite,passthrough] [--nodes 1,2,3]``.
+[--window W] [--scenarios mesh,sqlite,passthrough,apply] [--nodes 1,2,3]``.
 """
 
 from __future__ import annotations
@@ -488,12 +491,60 @@ def bench_passthrough(args: argparse.Namespace) -> list[Result]:
     return results
 
 
+APPLIES = 20
+"""Triggers applied one after the other in the ``apply`` scenario."""
+
+
+def _ready_triggers(node: Node) -> set[str]:
+    items = node.api(path="/api/v1/resources/Trigger")["items"]
+    return {
+        i["metadata"]["name"]
+        for i in items
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in i.get("status", {}).get("conditions", [])
+        )
+    }
+
+
+def bench_apply(sink_port: int) -> list[float]:
+    """Issue 15's "an apply on any node is seen by every node within a second": seconds
+    from each ``apply`` on node 1 answering to its Trigger being Ready on nodes 2 and 3
+    (polled every 5 ms), on an idle 3-node mesh."""
+    seen: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp_text:
+        tmp = Path(tmp_text)
+        files = tmp / "mesh.yaml"
+        files.write_text(resources(sink_port, replicas=3))
+        with (
+            NatsCluster(tmp / "nats") as cluster,
+            nodes_of(cluster, 3, tmp, files, ["--nats-replicas", "3"]) as nodes,
+        ):
+            first, others = nodes[0], nodes[1:]
+            for i in range(APPLIES):
+                name = f"applied-{i}"
+                first.apply(
+                    "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+                    f"metadata: {{name: {name}}}\n"
+                    "spec: {broker: default, subscriber: "
+                    f'{{uri: "http://127.0.0.1:{sink_port}/"}}}}\n'
+                )
+                applied = time.monotonic()
+                waiting = list(others)
+                while waiting:
+                    waiting = [n for n in waiting if name not in _ready_triggers(n)]
+                    if waiting:
+                        time.sleep(0.005)
+                seen.append(time.monotonic() - applied)
+    return seen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--publishers", type=int, default=12, help="MQTT connections")
     parser.add_argument("--window", type=int, default=20, help="unacked messages per connection")
-    parser.add_argument("--scenarios", default="mesh,sqlite,passthrough")
+    parser.add_argument("--scenarios", default="mesh,sqlite,passthrough,apply")
     parser.add_argument("--nodes", default="1,2,3", help="mesh sizes to run")
     args = parser.parse_args()
     scenarios = set(args.scenarios.split(","))
@@ -515,6 +566,14 @@ def main() -> None:
             for result in bench_passthrough(args):
                 results.append(result)
                 print(result.line(), flush=True)
+        if "apply" in scenarios:
+            seen = sorted(bench_apply(sink_port))
+            print(
+                f"apply on node 1 -> Ready on nodes 2 and 3 ({len(seen)} Triggers): "
+                f"p50 {_quantile(seen, 0.5) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms "
+                "(target: within a second)",
+                flush=True,
+            )
     finally:
         sink.terminate()
     by_name = {r.name: r for r in results}
