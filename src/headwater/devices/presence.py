@@ -21,6 +21,17 @@ and a commit competing with the CONNECTs). At start, every stored record is read
 online when the process stopped (or crashed) is marked offline, since no
 connection survives a restart. At shutdown the brokers close their
 connections first, and the flusher writes what is left.
+
+In a mesh every node's Presence writes to the one bucket and follows it
+with a watcher: each record names the node that holds (held) the connection,
+and what other nodes wrote is kept beside this node's own records. A device
+is shown by the record of its latest connection (``connected_at``), wherever
+it is: online on another node, this node's API says so. A record that ends
+an older connection (the node a device moved away from, writing late) never
+hides a newer one, and the flusher does not write it over a newer one it
+knows of. At start a node marks offline only its own records: the others
+belong to nodes that are running (a node that died leaves its devices
+online in the view until they connect again somewhere, or are deleted).
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from typing import Any, Final
 import orjson
 
 from headwater.devices.model import device_key, parse_device_key
-from headwater.state import Bucket, StateClosed, StateError, StateStore
+from headwater.devices.registry import follow
+from headwater.state import Bucket, Entry, StateClosed, StateError, StateStore
 
 __all__ = ["FLUSH_DELAY", "PRESENCE_BUCKET", "Connection", "Presence", "PresenceRecord"]
 
@@ -74,6 +86,8 @@ class PresenceRecord:
     connections: int = 0
     #: Why the last connection ended, when known (``headwater stopped``).
     reason: str | None = None
+    #: The mesh node that holds (held) the connection; None on a single node.
+    node: str | None = None
 
     @property
     def last_seen(self) -> float | None:
@@ -96,6 +110,7 @@ class PresenceRecord:
             "credential": self.credential,
             "connections": self.connections,
             "reason": self.reason,
+            "node": self.node,
         }
 
     @classmethod
@@ -112,6 +127,7 @@ class PresenceRecord:
             doc.get("credential"),
             int(doc.get("connections") or 0),
             doc.get("reason"),
+            doc.get("node"),
         )
 
 
@@ -132,11 +148,23 @@ class Connection:
 class Presence:
     """Presence of every device (see the module docstring); ``await start()`` first."""
 
-    def __init__(self, state: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        node: str | None = None,
+    ) -> None:
         self.state = state
         self.clock = clock
+        #: This node's name in a mesh (None: a single node, no one else writes).
+        self.node = node
         self._bucket: Bucket | None = None
+        #: This node's records: its connections' (and, single node, every record).
         self._records: dict[str, PresenceRecord] = {}
+        #: The latest record other nodes wrote per device (a mesh only).
+        self._remote: dict[str, PresenceRecord] = {}
+        self._watcher: asyncio.Task[None] | None = None
         self._live: dict[str, Connection] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -151,14 +179,17 @@ class Presence:
             if self._started:
                 return
             bucket = self._bucket = await self.state.bucket(PRESENCE_BUCKET)
+            revision = await bucket.revision()
             now = self.clock()
             for key in await bucket.keys():
                 entry = await bucket.get(key)
                 if entry is None or parse_device_key(key) is None:
                     continue
-                try:
-                    record = PresenceRecord.from_json(orjson.loads(entry.value))
-                except (orjson.JSONDecodeError, TypeError, ValueError):
+                record = _parse(entry.value)
+                if record is None:
+                    continue
+                if self._foreign(record):
+                    self._remote[key] = record
                     continue
                 if record.online:
                     # Online when the process stopped: no connection survives a restart.
@@ -171,19 +202,63 @@ class Presence:
                     self._dirty.add(key)
                 self._records[key] = record
             self._flusher = asyncio.create_task(self._flush_loop(), name="devices:presence")
+            if self.node is not None:
+                self._watcher = asyncio.create_task(
+                    self._watch(bucket, revision), name="devices:presence-watch"
+                )
             if self._dirty:
                 self._wake.set()
             self._started = True
 
     async def close(self) -> None:
-        """Write what is left, then stop the flusher."""
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        """Write what is left, then stop the flusher (and the watcher)."""
+        for task in (self._watcher, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._flusher = None
         with contextlib.suppress(StateError):
             await self._flush()
+
+    # -- other nodes' records (a mesh) ---------------------------------------------------
+
+    def _foreign(self, record: PresenceRecord) -> bool:
+        return self.node is not None and record.node is not None and record.node != self.node
+
+    async def _watch(self, bucket: Bucket, after: int) -> None:
+        await follow(bucket, after, self._followed, "device presence")
+
+    def _followed(self, entry: Entry) -> None:
+        if entry.deleted:
+            self._remote.pop(entry.key, None)
+            return
+        record = _parse(entry.value)
+        if record is not None and self._foreign(record):
+            self._remote_record(entry.key, record)
+
+    def _remote_record(self, key: str, record: PresenceRecord) -> None:
+        """Keep another node's record unless it is about an older connection than the one kept."""
+        kept = self._remote.get(key)
+        if kept is None or _since(record) >= _since(kept):
+            self._remote[key] = record
+        own = self._records.get(key)
+        if key in self._live and own is not None and _since(own) > _since(record):
+            # The node the device left wrote the end of its connection after this
+            # node's record of the newer one: this node writes it again, so that
+            # what the store keeps (and a starting node reads) is the live one.
+            self._dirty.add(key)
+            self._wake.set()
+
+    def _shown(self, key: str) -> PresenceRecord | None:
+        """The record of the device's latest connection, this node's or another's."""
+        own = self._records.get(key)
+        if key in self._live:
+            return own
+        other = self._remote.get(key)
+        if other is None or (own is not None and _since(own) >= _since(other)):
+            return own
+        return other
 
     def on_change(self, listener: Callable[[str, str, PresenceRecord], None]) -> None:
         """``listener(namespace, device id, record)`` on every change."""
@@ -192,15 +267,26 @@ class Presence:
     # -- what the API reads ------------------------------------------------------------
 
     def get(self, namespace: str, device_id: str) -> PresenceRecord | None:
-        return self._records.get(device_key(namespace, device_id))
+        """The device's presence, on whichever node of the mesh it is connected to."""
+        return self._shown(device_key(namespace, device_id))
 
     def online(self, namespace: str, device_id: str) -> bool:
-        return device_key(namespace, device_id) in self._live
+        """Connected here, or (a mesh) to another node by its latest record."""
+        key = device_key(namespace, device_id)
+        if key in self._live:
+            return True
+        shown = self._shown(key)
+        return shown is not None and shown.online and self._foreign(shown)
+
+    def local(self, namespace: str, device_id: str) -> PresenceRecord | None:
+        """This node's own record of the device (its connection here, if any)."""
+        return self._records.get(device_key(namespace, device_id))
 
     def connection(self, namespace: str, device_id: str) -> Connection | None:
         return self._live.get(device_key(namespace, device_id))
 
     def online_count(self) -> int:
+        """Devices connected to this node."""
         return len(self._live)
 
     # -- what the broker tells -----------------------------------------------------------
@@ -220,7 +306,7 @@ class Presence:
     ) -> PresenceRecord:
         key = device_key(namespace, device_id)
         self._live[key] = connection
-        previous = self._records.get(key)
+        previous = self._shown(key)
         record = PresenceRecord(
             True,
             self.clock(),
@@ -232,6 +318,7 @@ class Presence:
             broker,
             credential,
             (previous.connections if previous else 0) + 1,
+            node=self.node,
         )
         self._set(namespace, device_id, key, record)
         return record
@@ -257,6 +344,7 @@ class Presence:
         """The device was deleted: its presence goes too."""
         key = device_key(namespace, device_id)
         self._live.pop(key, None)
+        self._remote.pop(key, None)
         if self._records.pop(key, None) is not None:
             self._dirty.add(key)
             self._wake.set()
@@ -297,9 +385,26 @@ class Presence:
             changes: dict[str, bytes | None] = {}
             for key in keys:
                 record = self._records.get(key)
+                other = self._remote.get(key)
+                if record is not None and other is not None and _since(other) > _since(record):
+                    continue  # another node holds a newer connection: its record stays
                 changes[key] = orjson.dumps(record.to_json()) if record is not None else None
+            if not changes:
+                continue
             try:
                 await bucket.write_many(changes)
             except BaseException:
                 self._dirty.update(keys)
                 raise
+
+
+def _parse(value: bytes) -> PresenceRecord | None:
+    try:
+        return PresenceRecord.from_json(orjson.loads(value))
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
+
+
+def _since(record: PresenceRecord) -> float:
+    """When the connection a record is about began (what orders records of one device)."""
+    return record.connected_at or 0.0

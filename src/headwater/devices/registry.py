@@ -71,6 +71,7 @@ __all__ = [
     "Listener",
     "Registry",
     "Secret",
+    "follow",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,23 @@ class ImportResult:
     existing: list[str] = field(default_factory=list)
     #: (device id, why) of the rows that could not be registered.
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def follow(bucket: Bucket, after: int, apply: Callable[[Entry], object], what: str) -> None:
+    """``apply`` every change of ``bucket`` after revision ``after``, until the store closes."""
+    try:
+        changes = bucket.watch(after=after)
+        try:
+            async for entry in changes:
+                apply(entry)
+        finally:
+            close = getattr(changes, "aclose", None)
+            if close is not None:
+                await close()
+    except StateClosed:
+        return
+    except StateError as exc:
+        log.error("%s: following the store stopped: %s", what, exc)
 
 
 class Registry:
@@ -165,19 +183,7 @@ class Registry:
 
     async def _watch(self, after: int) -> None:
         assert self._bucket is not None
-        try:
-            changes = self._bucket.watch(after=after)
-            try:
-                async for entry in changes:
-                    self._index(entry)
-            finally:
-                close = getattr(changes, "aclose", None)
-                if close is not None:
-                    await close()
-        except StateClosed:
-            return
-        except StateError as exc:
-            log.error("device registry: following the store stopped: %s", exc)
+        await follow(self._bucket, after, self._index, "device registry")
 
     def _index(self, entry: Entry) -> Device | None:
         """Apply one stored version to the index (if newer than what it has)."""

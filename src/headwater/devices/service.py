@@ -50,9 +50,16 @@ log = logging.getLogger(__name__)
 class Devices:
     """The device registry and what hangs off it (see the module docstring)."""
 
-    def __init__(self, state: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        node: str | None = None,
+    ) -> None:
         self.registry = Registry(state, clock=clock)
-        self.presence = Presence(state, clock=clock)
+        #: ``node``: this node's name in a mesh (presence follows the other nodes').
+        self.presence = Presence(state, clock=clock, node=node)
         self.twins = Twins(state, clock=clock)
         self.commands = Commands(state, self.presence, clock=clock)
         self.commands.on_finished = self._command_finished

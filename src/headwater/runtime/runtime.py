@@ -115,7 +115,7 @@ class Runtime:
         # What the API applied is kept here (see runtime.applied); owned and closed here.
         self.state: StateStore = state if state is not None else MemoryStore()
         # The device registry, presence, twins and commands (headwater.devices), in it too.
-        self.devices = Devices(self.state)
+        self.devices = Devices(self.state, node=self.node)
         self.data_dir = data_dir
         self.registry = Registry()
         self.listeners = self.registry.listeners

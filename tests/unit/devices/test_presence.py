@@ -11,21 +11,24 @@ from headwater.devices import presence as presence_module
 from headwater.devices.presence import FLUSH_BATCH, Connection, Presence
 from headwater.state import MemoryStore, StateError
 from headwater.state.memory import MemoryBucket
+from tests.helpers import wait_until
 
 
-def connect(presence: Presence, device: str) -> None:
+def connect(presence: Presence, device: str, protocol: str = "3.1.1") -> object:
+    """A connection of ``device``; its ClientInfo stand-in (what ``disconnected`` takes)."""
     info = object()
     presence.connected(
         "default",
         device,
         Connection(info, None, f"token-{device}"),
         address="127.0.0.1:50000",
-        protocol="3.1.1",
+        protocol=protocol,
         client_id=device,
         listener="mqtt",
         broker="default/mqtt",
         credential=None,
     )
+    return info
 
 
 async def test_a_storm_is_written_in_a_few_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,3 +71,112 @@ async def test_what_the_store_refused_stays_to_be_written(monkeypatch: pytest.Mo
     await presence.close()
     bucket = await store.bucket(presence_module.PRESENCE_BUCKET)
     assert await bucket.keys() == ["default/d-0", "default/d-1", "default/d-2"]
+
+
+# -- a mesh: every node's Presence on one store ------------------------------------------
+
+
+class Clock:
+    """A clock every node shares, one second further at each look."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def on_node(store: MemoryStore, node: str, clock: Clock) -> Presence:
+    return Presence(store, clock=clock, node=node)
+
+
+async def two_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[MemoryStore, Clock, Presence, Presence]:
+    """Two started nodes on one store, writing at once (no flush delay)."""
+    monkeypatch.setattr(presence_module, "FLUSH_DELAY", 0.0)
+    store, clock = MemoryStore(), Clock()
+    n1, n2 = on_node(store, "n1", clock), on_node(store, "n2", clock)
+    await n1.start()
+    await n2.start()
+    return store, clock, n1, n2
+
+
+async def stored(store: MemoryStore, device: str) -> dict[str, object]:
+    bucket = await store.bucket(presence_module.PRESENCE_BUCKET)
+    entry = await bucket.get(f"default/{device}")
+    assert entry is not None
+    found: dict[str, object] = orjson.loads(entry.value)
+    return found
+
+
+async def test_every_node_sees_a_device_connected_to_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, _, n1, n2 = await two_nodes(monkeypatch)
+    info = connect(n1, "pump-1", "5.0")
+    await wait_until(lambda: n2.online("default", "pump-1"), what="online on n2")
+    seen = n2.get("default", "pump-1")
+    assert seen is not None and seen.node == "n1" and seen.protocol == "5.0"
+    assert n2.connection("default", "pump-1") is None  # n2 cannot send it anything
+    assert (n1.online_count(), n2.online_count()) == (1, 0)  # each node's own connections
+    n1.disconnected("default", "pump-1", info)
+    await wait_until(lambda: not n2.online("default", "pump-1"), what="offline on n2")
+    after = n2.get("default", "pump-1")
+    assert after is not None and after.disconnected_at is not None
+    await n1.close()
+    await n2.close()
+
+
+async def test_the_node_a_device_left_writing_late_does_not_hide_where_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, clock, n1, n2 = await two_nodes(monkeypatch)
+    first = connect(n1, "gw-1")
+    await wait_until(lambda: n2.online("default", "gw-1"), what="online on n2")
+    # The device moves to n2; n1 hears of its connection's end only afterwards,
+    # and writes it after n2 wrote the new connection.
+    connect(n2, "gw-1")
+    await n2._flush()
+    n1._remote.clear()  # n1 has not seen n2's record yet
+    n1.disconnected("default", "gw-1", first)
+    await n1._flush()
+    # n2 writes its live connection again; every node shows it online, on n2.
+    await wait_until(
+        lambda: n1.online("default", "gw-1") and n2.online("default", "gw-1"),
+        what="online on both",
+    )
+    await wait_until(lambda: _node_of(store, "gw-1", "n2"), what="the store's record of n2")
+    # A node starting now (n3, or n1 again) reads it online, and leaves it so.
+    n3 = on_node(store, "n3", clock)
+    await n3.start()
+    assert n3.online("default", "gw-1")
+    await n1.close()
+    again = on_node(store, "n1", clock)
+    await again.start()
+    assert again.online("default", "gw-1")
+    for presence in (n2, n3, again):
+        await presence.close()
+    assert (await stored(store, "gw-1"))["online"] is True
+
+
+async def test_a_starting_node_marks_offline_only_its_own_records() -> None:
+    store, clock = MemoryStore(), Clock()
+    n1, n2 = on_node(store, "n1", clock), on_node(store, "n2", clock)
+    await n1.start()
+    await n2.start()
+    for presence, device in ((n1, "a"), (n2, "b")):
+        connect(presence, device)
+        await presence._flush()
+    restarted = on_node(store, "n1", clock)
+    await restarted.start()
+    await restarted.close()
+    assert (await stored(store, "a"))["online"] is False  # n1's: no connection survives
+    assert (await stored(store, "b"))["online"] is True  # n2's: n2 still holds it
+    await n1.close()
+    await n2.close()
+
+
+async def _node_of(store: MemoryStore, device: str, node: str) -> bool:
+    return (await stored(store, device)).get("node") == node
