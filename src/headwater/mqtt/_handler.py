@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from headwater.mqtt._admission import Refused, admit
 from headwater.mqtt._pipeline import MAX_BATCH, Pipeline
@@ -142,17 +142,6 @@ class ClientHandler:
         self._readable: dict[str, bool] = {}
         #: PUBLISHes with the hook, and the batch being collected from the current read.
         self.pipeline = Pipeline(self)
-        self._handlers: dict[type, Callable[[Any], Awaitable[None] | None]] = {
-            Publish: self._on_publish_packet,
-            Puback: self._on_flow_ended,
-            Pubcomp: self._on_flow_ended,
-            Pubrec: self._on_flow_ended,
-            Subscribe: self._on_subscribe,
-            Unsubscribe: self._on_unsubscribe,
-            Disconnect: self._on_disconnect,
-            Pingreq: self._on_pingreq,
-            Pubrel: self.conn.complete,
-        }
 
     @property
     def v5(self) -> bool:
@@ -235,16 +224,15 @@ class ClientHandler:
     def _release(self) -> None:
         """Give back at once what the connection held for packets still arriving.
 
-        Not left to the garbage collector: the handler table and the pipeline refer
-        back to this object, so only a full collection would free it and the partial
-        packet its connection holds (a megabyte per connection under a probe).
+        Not left to the garbage collector: the pipeline refers back to this object,
+        so only a full collection would free it and the partial packet its
+        connection holds (a megabyte per connection under a probe).
         """
         held = self._held
         self.broker._incomplete -= held
         self._held = 0
         self.conn.release()
         self.broker.released(held)
-        self._handlers.clear()
         self._readable.clear()
         self.pipeline.close()
 
@@ -281,7 +269,7 @@ class ClientHandler:
                 event = conn.next_event()
         assert isinstance(event, Connect)
         await self._on_connect(event)
-        handlers = self._handlers
+        handlers = _HANDLERS
         pipeline = self.pipeline
         while not self.closing:
             while True:
@@ -297,7 +285,7 @@ class ClientHandler:
                         await pipeline.settled()  # earlier PUBLISHes take effect first
                         if self.closing:
                             return
-                    result = handlers[type(event)](event)
+                    result = handlers[type(event)](self, event)
                 if result is not None:
                     await result
                 if self.closing:
@@ -762,6 +750,9 @@ class ClientHandler:
     def _on_pingreq(self, packet: Pingreq) -> None:
         self.conn.pong()
 
+    def _on_pubrel(self, packet: Pubrel) -> None:
+        self.conn.complete(packet)
+
     def _on_disconnect(self, packet: Disconnect) -> None:
         session = self.session
         assert session is not None
@@ -774,3 +765,19 @@ class ClientHandler:
             # 0x04 keeps it so that it is published.
             self.will = None
         self.closing = True
+
+
+#: What the connection handler does with each packet after CONNECT: one table for
+#: every connection (a table of bound methods per connection cost each CONNECT
+#: ten allocations, and a reference cycle ``_release`` had to break).
+_HANDLERS: Final[dict[type, Callable[[ClientHandler, Any], Awaitable[None] | None]]] = {
+    Publish: ClientHandler._on_publish_packet,
+    Puback: ClientHandler._on_flow_ended,
+    Pubcomp: ClientHandler._on_flow_ended,
+    Pubrec: ClientHandler._on_flow_ended,
+    Subscribe: ClientHandler._on_subscribe,
+    Unsubscribe: ClientHandler._on_unsubscribe,
+    Disconnect: ClientHandler._on_disconnect,
+    Pingreq: ClientHandler._on_pingreq,
+    Pubrel: ClientHandler._on_pubrel,
+}
