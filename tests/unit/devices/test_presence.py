@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import orjson
@@ -71,6 +72,77 @@ async def test_what_the_store_refused_stays_to_be_written(monkeypatch: pytest.Mo
     await presence.close()
     bucket = await store.bucket(presence_module.PRESENCE_BUCKET)
     assert await bucket.keys() == ["default/d-0", "default/d-1", "default/d-2"]
+
+
+class SteppedSleep:
+    """The flusher's sleep, held until the test releases it."""
+
+    def __init__(self) -> None:
+        self.sleeping = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.sleeping.set()
+        await self.go.wait()
+        self.go.clear()
+
+    async def asleep(self) -> None:
+        """Return once the flusher sleeps."""
+        await self.sleeping.wait()
+        self.sleeping.clear()
+
+    def release(self) -> None:
+        self.go.set()
+
+
+async def test_a_storm_is_written_once_it_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    original = MemoryBucket.write_many
+
+    async def counted(self: MemoryBucket, changes: Mapping[str, bytes | None]) -> None:
+        writes.append(len(changes))
+        await original(self, changes)
+
+    monkeypatch.setattr(MemoryBucket, "write_many", counted)
+    sleep = SteppedSleep()
+    monkeypatch.setattr(presence_module, "_sleep", sleep)
+    presence = Presence(MemoryStore())
+    await presence.start()
+    # Devices keep connecting through ten flush delays: nothing is written meanwhile.
+    connect(presence, "d-0")
+    for n in range(1, 10):
+        await sleep.asleep()
+        connect(presence, f"d-{n}")
+        sleep.release()
+    await sleep.asleep()
+    assert writes == []
+    sleep.release()  # a delay without a change: all of it, in one write
+    await wait_until(lambda: writes == [10], what="one write")
+    await presence.close()
+
+
+async def test_changes_that_never_pause_are_written_after_the_longest_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[int] = []
+    original = MemoryBucket.write_many
+
+    async def counted(self: MemoryBucket, changes: Mapping[str, bytes | None]) -> None:
+        writes.append(len(changes))
+        await original(self, changes)
+
+    monkeypatch.setattr(MemoryBucket, "write_many", counted)
+    monkeypatch.setattr(presence_module, "FLUSH_MAX_DELAY", 0.0)
+    sleep = SteppedSleep()
+    monkeypatch.setattr(presence_module, "_sleep", sleep)
+    presence = Presence(MemoryStore())
+    await presence.start()
+    connect(presence, "d-0")
+    await sleep.asleep()
+    connect(presence, "d-1")  # came during the delay: written anyway, the delay is up
+    sleep.release()
+    await wait_until(lambda: writes == [2], what="the write")
+    await presence.close()
 
 
 # -- a mesh: every node's Presence on one store ------------------------------------------
