@@ -71,6 +71,10 @@ SCHEMAS: dict[str, Any] = {
                     "address": {"type": ["string", "null"]},
                     "protocol": {"type": ["string", "null"]},
                     "clientId": {"type": ["string", "null"]},
+                    "node": {
+                        "type": ["string", "null"],
+                        "description": "The mesh node it is (was last) connected to.",
+                    },
                 },
             },
         },
