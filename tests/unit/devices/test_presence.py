@@ -32,7 +32,8 @@ def connect(presence: Presence, device: str, protocol: str = "3.1.1") -> object:
     return info
 
 
-async def test_a_storm_is_written_in_a_few_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the store's ``write_many`` calls, as they come."""
     writes: list[int] = []
     original = MemoryBucket.write_many
 
@@ -41,6 +42,11 @@ async def test_a_storm_is_written_in_a_few_transactions(monkeypatch: pytest.Monk
         await original(self, changes)
 
     monkeypatch.setattr(MemoryBucket, "write_many", counted)
+    return writes
+
+
+async def test_a_storm_is_written_in_a_few_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = count_writes(monkeypatch)
     store = MemoryStore()
     presence = Presence(store)
     await presence.start()
@@ -96,14 +102,7 @@ class SteppedSleep:
 
 
 async def test_a_storm_is_written_once_it_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    writes: list[int] = []
-    original = MemoryBucket.write_many
-
-    async def counted(self: MemoryBucket, changes: Mapping[str, bytes | None]) -> None:
-        writes.append(len(changes))
-        await original(self, changes)
-
-    monkeypatch.setattr(MemoryBucket, "write_many", counted)
+    writes = count_writes(monkeypatch)
     sleep = SteppedSleep()
     monkeypatch.setattr(presence_module, "_sleep", sleep)
     presence = Presence(MemoryStore())
@@ -124,14 +123,7 @@ async def test_a_storm_is_written_once_it_is_over(monkeypatch: pytest.MonkeyPatc
 async def test_changes_that_never_pause_are_written_after_the_longest_delay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writes: list[int] = []
-    original = MemoryBucket.write_many
-
-    async def counted(self: MemoryBucket, changes: Mapping[str, bytes | None]) -> None:
-        writes.append(len(changes))
-        await original(self, changes)
-
-    monkeypatch.setattr(MemoryBucket, "write_many", counted)
+    writes = count_writes(monkeypatch)
     monkeypatch.setattr(presence_module, "FLUSH_MAX_DELAY", 0.0)
     sleep = SteppedSleep()
     monkeypatch.setattr(presence_module, "_sleep", sleep)
