@@ -22,7 +22,7 @@ from headwater.eventing._fanout import DEFAULT_MAX_PENDING_EVENTS, Fanout, Satur
 from headwater.eventing.delivery import DeliverySpec
 from headwater.eventing.dispatcher import Dispatcher
 from headwater.eventing.trigger import Trigger
-from headwater.log import DEFAULT_MAX_EVENT_SIZE, EventLog, StreamConfig
+from headwater.log import DEFAULT_MAX_EVENT_SIZE, EncodedEvents, EventLog, StreamConfig
 from headwater.logs import Throttle
 from headwater.tracing.flows import log_fields
 
@@ -99,6 +99,12 @@ class Broker(Fanout[Trigger]):
         """
         if isinstance(events, CloudEvent):
             raise TypeError("accept() takes a sequence of events; wrap a single event in a list")
+        if type(events) is EncodedEvents:
+            ttl = events.common.get(TTL_EXTENSION)
+            if type(ttl) is int and ttl > 0:
+                # Stamped by the producer (an MQTT source's mapping) on every event:
+                # nothing to add or drop, and the records it encoded stay valid.
+                return await self._append(events, wait=wait)
         stamped: list[CloudEvent] = []
         for event in events:
             ttl = event_ttl(event)

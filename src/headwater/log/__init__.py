@@ -13,6 +13,7 @@ the NATS client.
 
 from typing import TYPE_CHECKING, Any
 
+from headwater.log._codec import EncodedEvents, attributes_head, bytes_record
 from headwater.log.base import (
     DEFAULT_BATCH,
     DEFAULT_MAX_EVENT_SIZE,
@@ -48,6 +49,7 @@ __all__ = [
     "EARLIEST",
     "LATEST",
     "ConsumerInfo",
+    "EncodedEvents",
     "Entry",
     "EventLog",
     "EventTooLarge",
@@ -67,6 +69,8 @@ __all__ = [
     "StreamConfig",
     "StreamInfo",
     "StreamNotFound",
+    "attributes_head",
+    "bytes_record",
 ]
 
 

@@ -27,6 +27,13 @@ length (u32), then the records::
 The SQLite log writes each group commit's events of a stream as one batch
 row instead of one row per event (see :mod:`headwater.log._sqlite_writer`).
 A batch is never a record: :func:`decode` refuses its tag.
+
+A producer that knows most of its events' attributes in advance (an MQTT
+source: everything but the id, time and QoS follows from the topic) encodes
+their records itself, the constant part once (:func:`attributes_head`,
+:func:`bytes_record`), and hands them over with the events as
+:class:`EncodedEvents`; a log appends those records as they are instead of
+encoding every event again.
 """
 
 from __future__ import annotations
@@ -96,6 +103,58 @@ def encode(event: CloudEvent) -> bytes:
             raise InvalidEvent("data", f"cannot be serialised as JSON: {exc}") from exc
         tag |= _JSON
     return _pack(tag, len(head)) + head + body
+
+
+class EncodedEvents(tuple[CloudEvent, ...]):
+    """Events with their records already encoded, in order (``records[i]`` is
+    exactly :func:`encode` of ``self[i]``), and the attributes every one of them
+    carries (``common``: name -> value). Immutable, so that the two cannot part:
+    whatever derives other events from these builds a new sequence, which is
+    encoded as usual."""
+
+    records: tuple[bytes, ...]
+    common: dict[str, Any]
+
+    def __new__(
+        cls, events: Sequence[CloudEvent], records: Sequence[bytes], common: dict[str, Any]
+    ) -> EncodedEvents:
+        if len(events) != len(records):
+            raise ValueError(f"{len(events)} events but {len(records)} records")
+        self = super().__new__(cls, events)
+        self.records = tuple(records)
+        self.common = common
+        return self
+
+
+def records_of(events: Sequence[CloudEvent]) -> list[bytes]:
+    """The records of ``events``: those an :class:`EncodedEvents` carries, else encoded."""
+    if type(events) is EncodedEvents:
+        return list(events.records)
+    return [encode(event) for event in events]
+
+
+def attributes_head(attributes: dict[str, Any]) -> bytes | None:
+    """The start of the attributes JSON of every event whose attributes begin with
+    ``attributes`` (in this order): what :func:`encode` writes for them, without the
+    closing brace. None when a value needs the binary form (see :func:`encode`)."""
+    try:
+        return _dumps(attributes)[:-1]
+    except TypeError:
+        return None
+
+
+def bytes_record(head: bytes, middle: bytes, tail: bytes, data: bytes) -> bytes:
+    """The record of an event whose attributes JSON is ``head + middle + tail`` (as
+    :func:`encode` writes it) and whose data is ``data`` (bytes; empty: no data)."""
+    return b"".join(
+        (
+            _pack(_BYTES if data else _NONE, len(head) + len(middle) + len(tail)),
+            head,
+            middle,
+            tail,
+            data,
+        )
+    )
 
 
 def encode_batch(records: Sequence[bytes]) -> bytes:

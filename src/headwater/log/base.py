@@ -463,6 +463,6 @@ def as_event_list(events: Sequence[CloudEvent]) -> Sequence[CloudEvent]:
     sequence is expected (a common slip) is a TypeError."""
     if isinstance(events, CloudEvent):
         raise TypeError("append() takes a sequence of events; wrap a single event in a list")
-    if type(events) is list or type(events) is tuple:
+    if isinstance(events, list | tuple):  # a tuple: EncodedEvents too
         return events
     return list(events)

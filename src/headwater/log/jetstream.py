@@ -51,7 +51,7 @@ import orjson
 from nats.js import api
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import encode
+from headwater.log._codec import records_of
 from headwater.log._jetstream_nats import (
     NATS_ERRORS,
     PULL_SUBJECT,
@@ -352,7 +352,7 @@ class JetStreamLog(EventLogBase):
 
     async def append(self, stream: str, events: Sequence[CloudEvent]) -> list[int]:
         await self._context()
-        records = [encode(event) for event in as_event_list(events)]
+        records = records_of(as_event_list(events))
         limit = await self._max_size(stream)
         for index, record in enumerate(records):
             if len(record) > limit:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from headwater.cloudevents import CloudEvent
-from headwater.log._codec import encode
+from headwater.log._codec import records_of
 from headwater.log._cursor import Cursor
 from headwater.log._local import LocalReader, Signal
 from headwater.log.base import (
@@ -153,7 +153,7 @@ class MemoryLog(EventLogBase):
         s = self._stream(stream)
         limit = s.config.max_event_size
         events = as_event_list(events)
-        sizes = [len(encode(event)) for event in events]
+        sizes = [len(record) for record in records_of(events)]
         for index, size in enumerate(sizes):
             if size > limit:
                 raise EventTooLarge(size, limit, index)

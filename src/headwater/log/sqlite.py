@@ -69,6 +69,7 @@ from headwater.log._codec import (
     decode,
     encode,
     is_batch,
+    records_of,
     split_batch,
 )
 from headwater.log._cursor import Cursor
@@ -292,7 +293,7 @@ class SqliteLog(EventLogBase):
         if type(events) is list and len(events) == 1:
             records = [encode(events[0])]  # one event per call: the usual case, kept short
         else:
-            records = [encode(event) for event in as_event_list(events)]
+            records = records_of(as_event_list(events))
             if not records:
                 await self._stream_id(stream)  # still report a missing stream
                 return []

@@ -212,7 +212,7 @@ class Mapping:
     per_listener: bool = False
     #: Per topic (and client id / listener where a template uses them): the
     #: attributes that follow from them, validated once (or ``Unmatched``).
-    _by_topic: dict[tuple[str, str, str], dict[str, Any] | Unmatched] = field(
+    _by_topic: dict[tuple[str, str, str], _Topic | Unmatched] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -295,6 +295,13 @@ def _lifted(value: Any) -> str | int | bool | None:
     return orjson.dumps(value).decode()
 
 
+_JSON_FIRST_BYTES: Final = frozenset(b'{["-0123456789tfn \t\r\n')
+"""The bytes a JSON text can begin with (RFC 8259 §2: ``ws value ws``; a value is an
+object, array, string, number, ``true``, ``false`` or ``null``). A payload that
+begins otherwise (binary telemetry, CBOR, protobuf) is not JSON, and is known
+to be without a failed parse, whose exception costs seven times a successful one."""
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.partition(";")[0].strip().lower()
     return media == JSON or media.endswith("+json")
@@ -323,15 +330,24 @@ def map_publish(
     version: int,
     event_id: str,
     now: float,
+    records: list[bytes | None] | None = None,
 ) -> CloudEvent:
     """:func:`to_cloudevent` from the fields of an :class:`Inbound` (the hot path:
-    a source that has them at hand saves building one per message)."""
+    a source that has them at hand saves building one per message).
+
+    With ``records``, the event's log record is appended to it: encoded here
+    from the topic's attributes encoded once (an event of the usual shape:
+    nothing lifted, every attribute the mapping stamps as stamped), else None
+    (the log encodes it).
+    """
     if (
         mapping.passthrough
         and version == MQTT_5
         and is_cloudevent_mqtt(content_type, user_properties)
     ):
         carried = from_mqtt(payload, content_type, user_properties)
+        if records is not None:
+            records.append(None)
         return carried.evolve({"mqtttopic": topic, "mqttqos": qos, "mqttretain": retain})
     key = (
         topic,
@@ -339,11 +355,10 @@ def map_publish(
         listener if mapping.per_listener else "",
     )
     found = mapping._by_topic.get(key)
-    base = (
-        found
-        if isinstance(found, dict)
-        else _topic_attributes(mapping, key, topic, client_id, listener)
+    entry = (
+        found if type(found) is _Topic else _topic_entry(mapping, key, topic, client_id, listener)
     )
+    base = entry.attributes
     parsed: Any = None
     is_json = False
     foreign_type: str | None = None
@@ -356,7 +371,7 @@ def map_publish(
         foreign_type, content_type = content_type, None
     lifting = bool(mapping.extensions or mapping.time)
     if content_type is None:
-        if payload:
+        if payload and payload[0] in _JSON_FIRST_BYTES:
             try:
                 parsed = orjson.loads(payload)
                 is_json = True
@@ -375,10 +390,20 @@ def map_publish(
     # what comes from the payload, which is checked value by value.
     attributes = base.copy()
     attributes["id"] = event_id
-    attributes["time"] = timestamp(now)
+    attributes["time"] = stamp = timestamp(now)
     attributes["datacontenttype"] = content_type
     attributes["mqttqos"] = qos
     attributes["mqttretain"] = retain
+    if records is not None:
+        head = entry.head
+        if head is None or foreign_type is not None or (is_json and lifting):
+            records.append(None)  # another shape: encoded by the log
+        else:
+            records.append(
+                entry.record(
+                    head, _dumps(event_id), _tail(stamp, content_type, qos, retain), payload
+                )
+            )
     if foreign_type is not None and foreign_type.isprintable():
         attributes[CONTENT_TYPE_EXTENSION] = foreign_type
     if is_json and lifting:
@@ -412,17 +437,62 @@ def _is_media_type(value: str) -> bool:
 TOPIC_CACHE_MAX: Final = 10_000
 
 
-def _topic_attributes(
+class _Topic:
+    """What follows from a topic (and client id and listener where a template uses
+    them): its validated attributes, and the start of their records."""
+
+    __slots__ = ("attributes", "head", "record")
+
+    def __init__(self, mapping: Mapping, attributes: dict[str, Any]) -> None:
+        # Here, not at the top: the resource schema validates mappings with this
+        # module and must not load the event log (tests/unit/test_light_imports.py).
+        from headwater.log import attributes_head, bytes_record
+
+        self.attributes = attributes
+        #: The log's record of an event of this topic (see :func:`map_publish`).
+        self.record = bytes_record
+        #: The attributes JSON of the topic's events up to their id's value (see
+        #: :func:`~headwater.log.bytes_record`); None when it cannot be written once,
+        #: or when a capture replaced an attribute the mapping stamps (so that
+        #: every record carries the stamped attributes, as the source promises).
+        self.head: bytes | None = None
+        if all(attributes.get(name, _MISSING) == value for name, value in mapping.stamped):
+            head = attributes_head(attributes)
+            if head is not None:
+                self.head = head + b',"id":'
+
+
+_MISSING: Final = object()
+_dumps: Final = orjson.dumps
+
+#: The attributes JSON after the id, per (time, content type, QoS, retain) of the
+#: latest receive times (a batch shares its time): written once each.
+_tails: dict[tuple[str, str, int, bool], bytes] = {}
+
+
+def _tail(stamp: str, content_type: str, qos: int, retain: bool) -> bytes:
+    key = (stamp, content_type, qos, retain)
+    tail = _tails.get(key)
+    if tail is None:
+        if len(_tails) >= 64:
+            _tails.clear()
+        json = _dumps(
+            {"time": stamp, "datacontenttype": content_type, "mqttqos": qos, "mqttretain": retain}
+        )
+        tail = _tails[key] = b"," + json[1:]
+    return tail
+
+
+def _topic_entry(
     mapping: Mapping, key: tuple[str, str, str], topic: str, client_id: str, listener: str
-) -> dict[str, Any]:
-    """The validated attributes that depend only on the topic (and client id and
-    listener where a template uses them); raises :class:`Unmatched` or
+) -> _Topic:
+    """The topic's entry (validated attributes, cached); raises :class:`Unmatched` or
     :class:`~headwater.cloudevents.InvalidEvent` as the mapping would."""
     cache = mapping._by_topic
     found = cache.get(key)
     if found is None:
         try:
-            found = _render_topic(mapping, topic, client_id, listener)
+            found = _Topic(mapping, _render_topic(mapping, topic, client_id, listener))
         except Unmatched as exc:
             found = exc
         if len(cache) >= TOPIC_CACHE_MAX:
@@ -515,3 +585,10 @@ class IdSequence:
     def next(self) -> str:
         self._n += 1
         return f"{self.prefix}-{self._n}"
+
+    def take(self, count: int) -> list[str]:
+        """The next ``count`` ids at once (a batch's, formatted in one pass)."""
+        first = self._n + 1
+        self._n += count
+        prefix = self.prefix
+        return [f"{prefix}-{n}" for n in range(first, first + count)]

@@ -68,13 +68,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import orjson
 
 from headwater import tracing
 from headwater.cloudevents import CloudEvent, InvalidEvent
-from headwater.log import EventTooLarge, LogFull
+from headwater.log import EncodedEvents, EventTooLarge, LogFull
 from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
 from headwater.mqtt.config import Authenticator, Hooked, Outcome
@@ -321,17 +321,17 @@ class MqttBrokerSource:
         stats = self.stats
         outcomes: list[Outcome] = [None] * len(batch)
         events: list[CloudEvent] = []
-        # (batch index, packet id or None, fingerprint) of each event, in order.
-        appending: list[tuple[int, int | None, int]] = []
-        # (packet id, fingerprint) of the QoS 1/2 ones: their appends are under way.
-        begun: list[tuple[int, int]] = []
+        indexes: list[int] = []  # the batch index of each event, in order
+        # Their log records, encoded by the mapping (None: one the log encodes).
+        records: list[bytes | None] = []
+        # packet id -> fingerprint of the QoS 1/2 ones: their appends are under way.
+        prints: dict[int, int] = {}
         sender = info.client_id
         now = time.time()
         host = _host(info.listener)
         version = int(info.protocol_version)
         mapping = self.mapping
-        next_id = self.ids.next
-        redeliveries = self.redeliveries
+        ids = iter(self.ids.take(len(batch)))
         responses = self._responses
         max_size = self.max_event_size
         for index, (message, packet_id, dup) in enumerate(batch):
@@ -354,10 +354,9 @@ class MqttBrokerSource:
                 )
                 outcomes[index] = Refusal(ReasonCode.QUOTA_EXCEEDED)
                 continue
-            print_ = 0
             if packet_id is not None:
                 print_ = fingerprint(message.topic, payload)
-                if dup and await redeliveries.is_resend(sender, packet_id, print_):
+                if dup and await self.redeliveries.is_resend(sender, packet_id, print_):
                     stats.duplicates_suppressed += 1
                     continue  # [MQTT-4.3.2-2] acknowledged again, the event exists once
             try:
@@ -372,8 +371,9 @@ class MqttBrokerSource:
                     sender,
                     host,
                     version,
-                    next_id(),
+                    next(ids),
                     now,
+                    records,
                 )
             except Unmatched:
                 stats.unmatched += 1
@@ -388,33 +388,62 @@ class MqttBrokerSource:
             if message.content_type is not None and CONTENT_TYPE_EXTENSION in event:
                 stats.content_types_kept += 1
             events.append(event)
-            appending.append((index, packet_id, print_))
+            indexes.append(index)
             if packet_id is not None:
-                begun.append((packet_id, print_))
-        if begun:
-            redeliveries.begin_many(sender, begun)
-        if events:
+                prints[packet_id] = print_
+        if not events:
+            return outcomes
+        flight = self.redeliveries.begin(sender, prints) if prints else None
+        ok: bool | None = None  # None: the append did not finish (cancelled, or a bug)
+        try:
             if tracing.tracer is None:
-                await self._append(sender, batch, events, appending, outcomes)
+                if None not in records:
+                    # Every record encoded once here; each event carries what the
+                    # mapping stamps (a Broker's TTL): nothing left to redo downstream.
+                    encoded = cast("list[bytes]", records)
+                    stamped = dict(mapping.stamped)
+                    ok = await self._append(
+                        sender, batch, EncodedEvents(events, encoded, stamped), indexes, outcomes
+                    )
+                else:
+                    ok = await self._append(sender, batch, events, indexes, outcomes)
                 return outcomes
-            messages = [batch[index].message for index, _, _ in appending]
+            messages = [batch[index].message for index in indexes]
             events, traced = ingest_mqtt(
                 tracing.tracer, events, messages, client_id=sender, received=now
             )
-            await self._append(sender, batch, events, appending, outcomes)
+            ok = await self._append(sender, batch, events, indexes, outcomes)
             if traced is not None:
-                traced.end(failures=[outcomes[index] for index, _, _ in appending])
-        return outcomes
+                traced.end(failures=[outcomes[index] for index in indexes])
+            return outcomes
+        finally:
+            if flight is not None:
+                # What is in the log: all of the batch, or (after a failure or when
+                # appended one by one) those whose outcome is an acceptance; when
+                # unknown, nothing (a resend is appended again: at least once).
+                appended = prints
+                if ok is None:
+                    appended = {}
+                elif not ok:
+                    appended = {
+                        pid: prints[pid]
+                        for index in indexes
+                        if outcomes[index] is None
+                        and (pid := batch[index].packet_id) is not None
+                        and pid in prints
+                    }
+                self.redeliveries.end(sender, flight, appended)
 
     async def _append(
         self,
         sender: str,
         batch: Sequence[Hooked],
-        events: list[CloudEvent],
-        appending: list[tuple[int, int | None, int]],
+        events: Sequence[CloudEvent],
+        indexes: list[int],
         outcomes: list[Outcome],
-    ) -> None:
-        """Append ``events`` in one call; the outcome of each goes to ``outcomes``."""
+    ) -> bool:
+        """Append ``events`` in one call; the outcome of each goes to ``outcomes``.
+        True when every one of them was appended."""
         stats = self.stats
         failure: BaseException | None = None
         try:
@@ -427,19 +456,18 @@ class MqttBrokerSource:
             else:
                 # One event of the batch is over the log's limit (an event is larger
                 # than its payload): find it by appending one by one.
-                await self._append_each(sender, batch, events, appending, outcomes)
-                return
+                for event, index in zip(events, indexes, strict=True):
+                    await self._append(sender, batch, [event], [index], outcomes)
+                return False
         except Exception as exc:
             failure = exc
-        begun = [(pid, print_) for _, pid, print_ in appending if pid is not None]
-        self.redeliveries.end_many(sender, begun, failure is None)
         if failure is None:
             stats.events += len(events)
             stats.appends += 1
-            return
+            return True
         code = _failure_code(failure)
         too_large = _too_large(failure)
-        for index, _, _ in appending:
+        for index in indexes:
             if batch[index].message.qos == 0:
                 stats.dropped_qos0 += 1
             elif too_large:
@@ -456,17 +484,7 @@ class MqttBrokerSource:
             sender,
             failure,
         )
-
-    async def _append_each(
-        self,
-        sender: str,
-        batch: Sequence[Hooked],
-        events: list[CloudEvent],
-        appending: list[tuple[int, int | None, int]],
-        outcomes: list[Outcome],
-    ) -> None:
-        for event, entry in zip(events, appending, strict=True):
-            await self._append(sender, batch, [event], [entry], outcomes)
+        return False
 
     async def _device_event(
         self, info: ClientInfo, event_type: str, extra: DeviceEvent | None = None

@@ -18,9 +18,11 @@ recently active forgotten first), so a crash between append and ack can still
 produce a duplicate: delivery stays at least once, never at most once.
 
 A resend may arrive while the first copy's append is still under way (the
-sender reconnected and took over its session meanwhile); :meth:`begin` marks
-that append so the resend waits for its outcome instead of racing it. Only a
-resend that meets such a mark costs a future; the common case is a dict entry.
+sender reconnected and took over its session meanwhile); :meth:`Redeliveries.begin`
+marks the appends of one batch as a :class:`Flight` so that the resend waits
+for their outcome instead of racing it. The bookkeeping is per batch, not per
+message: one flight per append call, the batch's packet ids recorded with one
+dict update when it ends; only a resend that meets a flight costs a future.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
-__all__ = ["DEFAULT_SENDERS", "DEFAULT_WINDOW", "Redeliveries", "fingerprint"]
+__all__ = ["DEFAULT_SENDERS", "DEFAULT_WINDOW", "Flight", "Redeliveries", "fingerprint"]
 
 DEFAULT_WINDOW: Final = 1024
 """Appended packet ids remembered per sender. A sender resends only messages it has
@@ -49,71 +50,69 @@ def fingerprint(topic: str, payload: bytes) -> int:
     return hash((topic, payload))
 
 
+class Flight:
+    """The QoS 1/2 messages of one batch whose append is under way."""
+
+    __slots__ = ("prints", "waiter")
+
+    def __init__(self, prints: dict[int, int]) -> None:
+        #: packet id -> fingerprint of each message of the batch.
+        self.prints = prints
+        #: Resolved (True: appended) when the batch's append ends, if a resend waits.
+        self.waiter: asyncio.Future[bool] | None = None
+
+
 class Redeliveries:
     """Per-sender memory of appended packet ids; see the module docstring."""
 
-    __slots__ = ("_pending", "_senders", "max_senders", "suppressed", "window")
+    __slots__ = ("_flights", "_senders", "max_senders", "suppressed", "window")
 
     def __init__(self, window: int = DEFAULT_WINDOW, max_senders: int = DEFAULT_SENDERS) -> None:
         self.window = window
         self.max_senders = max_senders
         self.suppressed = 0
         self._senders: OrderedDict[str, dict[int, int]] = OrderedDict()
-        #: Appends under way: (sender, packet id) -> [fingerprint, future of a
-        #: resend waiting for it, or None].
-        self._pending: dict[tuple[str, int], list[Any]] = {}
+        #: The batches of each sender whose appends are under way, oldest first.
+        self._flights: dict[str, list[Flight]] = {}
 
     def appended(self, sender: str, packet_id: int, print_: int) -> None:
         """Record that ``sender``'s message ``packet_id`` is in the log."""
-        ids = self._senders.get(sender)
-        if ids is None:
-            if len(self._senders) >= self.max_senders:
-                self._senders.popitem(last=False)
-            ids = self._senders[sender] = {}
-        else:
-            self._senders.move_to_end(sender)
-            ids.pop(packet_id, None)  # re-insert: newest last
-        ids[packet_id] = print_
-        if len(ids) > self.window:
-            del ids[next(iter(ids))]
+        self._record(sender, {packet_id: print_})
 
     def was_appended(self, sender: str, packet_id: int, print_: int) -> bool:
         """True when this exact message (same id and fingerprint) was appended."""
         ids = self._senders.get(sender)
         return ids is not None and ids.get(packet_id) == print_
 
-    def begin(self, sender: str, packet_id: int, print_: int) -> None:
-        """Mark an append under way; :meth:`end` tells how it went."""
-        self._pending[(sender, packet_id)] = [print_, None]
+    def begin(self, sender: str, prints: dict[int, int]) -> Flight:
+        """Mark the appends of one batch under way (``prints``: packet id -> fingerprint,
+        handed over); :meth:`end` tells how they went."""
+        flight = Flight(prints)
+        flights = self._flights.get(sender)
+        if flights is None:
+            self._flights[sender] = [flight]
+        else:
+            flights.append(flight)
+        return flight
 
-    def begin_many(self, sender: str, appends: Sequence[tuple[int, int]]) -> None:
-        """:meth:`begin` for every (packet id, fingerprint) of one sender's batch."""
-        self._pending.update(((sender, pid), [print_, None]) for pid, print_ in appends)
+    def end(self, sender: str, flight: Flight, appended: dict[int, int]) -> None:
+        """The batch of ``flight`` is done: ``appended`` (its ``prints`` when all of it,
+        else those of them) is in the log, the rest is not."""
+        flights = self._flights.get(sender)
+        if flights is not None:
+            if flights[0] is flight:
+                del flights[0]
+            elif flight in flights:
+                flights.remove(flight)
+            if not flights:
+                del self._flights[sender]
+        waiter = flight.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(bool(appended))  # each waiter looks up its own id below
+        if appended:
+            self._record(sender, appended)
 
-    def end(self, sender: str, packet_id: int, print_: int, ok: bool) -> None:
-        """The append started by :meth:`begin` finished (``ok``: it is in the log)."""
-        key = (sender, packet_id)
-        entry = self._pending.get(key)
-        if entry is not None and entry[0] == print_:
-            del self._pending[key]
-            waiting = entry[1]
-            if waiting is not None and not waiting.done():
-                waiting.set_result(ok)
-        if ok:
-            self.appended(sender, packet_id, print_)
-
-    def end_many(self, sender: str, appends: Sequence[tuple[int, int]], ok: bool) -> None:
-        """:meth:`end` for every (packet id, fingerprint) of one sender's batch."""
-        pending = self._pending
-        for packet_id, print_ in appends:
-            entry = pending.get((sender, packet_id))
-            if entry is not None and entry[0] == print_:
-                del pending[(sender, packet_id)]
-                waiting = entry[1]
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(ok)
-        if not ok or not appends:
-            return
+    def _record(self, sender: str, appended: dict[int, int]) -> None:
         ids = self._senders.get(sender)
         if ids is None:
             if len(self._senders) >= self.max_senders:
@@ -121,9 +120,9 @@ class Redeliveries:
             ids = self._senders[sender] = {}
         else:
             self._senders.move_to_end(sender)
-        for packet_id, print_ in appends:
-            ids.pop(packet_id, None)  # re-insert: newest last
-            ids[packet_id] = print_
+            for packet_id in ids.keys() & appended.keys():
+                del ids[packet_id]  # re-inserted below: reused ids are the newest
+        ids.update(appended)
         excess = len(ids) - self.window
         if excess > 0:
             for stale in list(itertools.islice(ids, excess)):
@@ -135,11 +134,12 @@ class Redeliveries:
         Waits for a first copy whose append is still under way. A True answer
         is counted in :attr:`suppressed`.
         """
-        entry = self._pending.get((sender, packet_id))
-        if entry is not None and entry[0] == print_:
-            if entry[1] is None:
-                entry[1] = asyncio.get_running_loop().create_future()
-            await asyncio.shield(entry[1])
+        for flight in self._flights.get(sender, ()):
+            if flight.prints.get(packet_id) == print_:
+                if flight.waiter is None:
+                    flight.waiter = asyncio.get_running_loop().create_future()
+                await asyncio.shield(flight.waiter)
+                break
         if self.was_appended(sender, packet_id, print_):
             self.suppressed += 1
             return True

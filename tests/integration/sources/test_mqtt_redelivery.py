@@ -19,8 +19,9 @@ from contextlib import asynccontextmanager
 import pytest
 
 from headwater.cloudevents import CloudEvent
-from headwater.mqtt.broker import BrokerConfig, Listener, MqttBroker
+from headwater.mqtt.broker import BrokerConfig, ClientInfo, Listener, MqttBroker
 from headwater.mqtt.client import ClientConfig
+from headwater.mqtt.config import Hooked
 from headwater.mqtt.packets import (
     NEED_DATA,
     Connack,
@@ -34,6 +35,7 @@ from headwater.mqtt.packets import (
     ReasonCode,
     encode,
 )
+from headwater.mqtt.session import Message
 from headwater.sources.mapping import Mapping
 from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource
@@ -169,6 +171,25 @@ async def test_dup_resend_of_a_refused_publish_is_appended() -> None:
     assert [e.data_bytes() for e in log.events] == [b"x", b"a", b"b"]
     assert src.stats.duplicates_suppressed == 0
     assert src.stats.append_failures == 1
+
+
+async def test_a_batch_whose_append_never_finished_is_not_taken_as_appended() -> None:
+    # The hook's task is cancelled (the broker stops) while the append runs: whether
+    # the message reached the log is unknown, so its resend must be appended.
+    log = Log()
+    async with source(log) as src:
+        log.delay = 30.0
+        info = ClientInfo("s1", None, V5, "mqtt://127.0.0.1:1", "127.0.0.1:2")
+        message = Message("sensors/s1/climate", b'{"t": 21}', 1)
+        hook = asyncio.ensure_future(src(info, [Hooked(message, 7, False)]))
+        await log.started.wait()
+        hook.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hook
+        log.delay = 0.0
+        assert await src(info, [Hooked(message, 7, True)]) == [None]
+    assert len(log.events) == 1  # the resend, appended
+    assert src.stats.duplicates_suppressed == 0
 
 
 async def test_mqtt_source_acks_a_dup_resend_without_appending_again() -> None:

@@ -21,7 +21,8 @@ from headwater.eventing import (
     Subscription,
     Trigger,
 )
-from headwater.log import EARLIEST, LogUnavailable, MemoryLog, Start
+from headwater.log import EARLIEST, EncodedEvents, LogUnavailable, MemoryLog, SqliteLog, Start
+from headwater.log._codec import encode
 from tests.helpers import wait_until
 
 
@@ -53,6 +54,34 @@ async def test_accept_stamps_ttl_and_never_changes_data(broker: Broker) -> None:
     assert got[TTL_EXTENSION] == 255
     assert got.data == original.data
     assert got.evolve({TTL_EXTENSION: None}) == original
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_pre_encoded_events_are_stored_as_encoded_and_stamped_only_when_not(
+    durable: bool, tmp_path: Any
+) -> None:
+    log = await SqliteLog.open(tmp_path / "log.db") if durable else MemoryLog()
+    # A broker of its own name: what it drops is logged once per stream and interval.
+    async with log, Broker("default", f"encoded-{durable}", log) as broker:
+        sink = RecordingSink()
+        await broker.add_trigger(Trigger("all", sink, start=EARLIEST))
+        stamped = [event(i, knativebrokerttl=7) for i in (1, 2)]
+        # Every event carries the TTL the producer says: appended as they are.
+        await broker.accept(
+            EncodedEvents(stamped, [encode(e) for e in stamped], {TTL_EXTENSION: 7})
+        )
+        # No TTL promised (or none valid): stamped as any other events.
+        bare = [event(3), event(4, knativebrokerttl=0)]
+        await broker.accept(EncodedEvents(bare, [encode(e) for e in bare], {}))
+        got = await sink.wait_for(3)
+        assert [(e.id, e[TTL_EXTENSION]) for e in got] == [("1", 7), ("2", 7), ("3", 255)]
+        assert got[:2] == stamped
+        assert broker.stats.ttl_dropped == 1
+
+
+def test_encoded_events_need_a_record_each() -> None:
+    with pytest.raises(ValueError, match="2 events but 1 records"):
+        EncodedEvents([event(1), event(2)], [encode(event(1))], {})
 
 
 async def test_each_matching_trigger_gets_its_own_delivery(broker: Broker) -> None:

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from headwater.cloudevents import CloudEvent, InvalidEvent
 from headwater.cloudevents.mqtt import MQTT_3_1_1, to_mqtt
+from headwater.log._codec import decode, encode
 from headwater.sources.mapping import (
+    _JSON_FIRST_BYTES,
     DEFAULT_TYPE,
     IdSequence,
     Inbound,
@@ -19,6 +21,7 @@ from headwater.sources.mapping import (
     TopicPattern,
     Unmatched,
     _search,
+    map_publish,
     to_cloudevent,
 )
 
@@ -245,3 +248,96 @@ def test_any_payload_maps_or_raises_a_defined_error(payload: bytes, topic: str) 
 def test_top_level_field_shortcut_agrees_with_jmespath(document: object) -> None:
     expression = jmespath.compile("temperature")
     assert _search(expression, document) == expression.search(document)
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_a_payload_skipped_as_not_json_could_not_have_parsed(payload: bytes) -> None:
+    # The mapping parses only payloads whose first byte can begin a JSON text.
+    if payload[0] not in _JSON_FIRST_BYTES:
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(payload)
+
+
+@pytest.mark.parametrize("first", sorted(set(range(256)) - set(b'{["-0123456789tfn \t\r\n')))
+def test_no_byte_outside_the_json_first_bytes_begins_a_json_text(first: int) -> None:
+    for rest in (b"", b"1", b'"a"', b"{}", b"rue", b"alse", b"ull", b"aN", b"nfinity"):
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(bytes([first]) + rest)
+
+
+RECORD_MAPPINGS = {
+    "defaults": Mapping.compile(),
+    "pattern": Mapping.compile(topic_pattern="s/{device}/{metric}", type="t.{metric}"),
+    "static-stamped": Mapping.compile(static={"site": 'a"b\\c'}, subject=None).stamping(
+        {"knativebrokerttl": 255}
+    ),
+    "lifts": Mapping.compile(extensions={"temp": "temp"}),
+    "per-client": Mapping.compile(source="/c/{clientid}"),  # the subject: any topic
+}
+
+
+@given(
+    st.sampled_from(sorted(RECORD_MAPPINGS)),
+    st.sampled_from(["s/d1/temp", 's/ü/"x"', "a", "s/d/t/x"]),
+    st.one_of(st.binary(max_size=60), st.just(b'{"temp": 21.5}'), st.just(b"[1]"), st.just(b"")),
+    st.integers(0, 2),
+    st.booleans(),
+    st.sampled_from([None, "text/plain", "text", "application/json"]),
+    st.sampled_from([4, 5]),
+)
+def test_a_record_the_mapping_encodes_is_the_one_the_log_would_write(
+    name: str,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    content_type: str | None,
+    version: int,
+) -> None:
+    records: list[bytes | None] = []
+    try:
+        e = map_publish(
+            RECORD_MAPPINGS[name],
+            topic,
+            payload,
+            qos,
+            retain,
+            content_type,
+            (),
+            "client-1",
+            "127.0.0.1:1883",
+            version,
+            "f00d-7",
+            NOW,
+            records,
+        )
+    except (Unmatched, InvalidEvent):
+        assert records == []  # nothing for a message that is no event
+        return
+    (record,) = records
+    if record is not None:
+        assert record == encode(e)
+        assert decode(record) == e
+
+
+def test_the_usual_shape_is_encoded_by_the_mapping_and_a_replaced_stamp_is_not() -> None:
+    stamped = Mapping.compile(topic_pattern="s/{knativebrokerttl}").stamping(
+        {"knativebrokerttl": 255}
+    )
+    records: list[bytes | None] = []
+    for topic in ("s/3", "s/3"):  # the first renders the topic's entry, the second reuses it
+        e = map_publish(
+            stamped, topic, b"\x00", 1, False, None, (), "c", "l", 4, "i-1", NOW, records
+        )
+        assert e["knativebrokerttl"] == "3"  # the capture wins, as it always did
+    assert records == [None, None]  # so the records cannot promise the stamped TTL
+    plain = Mapping.compile(topic_pattern="s/{device}").stamping({"knativebrokerttl": 255})
+    records = []
+    e = map_publish(plain, "s/3", b"\x00", 1, False, None, (), "c", "l", 4, "i-1", NOW, records)
+    assert records == [encode(e)]
+
+
+def test_ids_taken_together_continue_the_sequence() -> None:
+    ids = IdSequence("p")
+    assert [ids.next(), *ids.take(3), ids.next()] == ["p-1", "p-2", "p-3", "p-4", "p-5"]
+    assert ids.take(0) == []

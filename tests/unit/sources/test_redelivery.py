@@ -37,37 +37,39 @@ def test_memory_is_bounded_per_sender_and_in_senders() -> None:
 
 async def test_a_resend_waits_for_the_first_copy_and_follows_its_outcome() -> None:
     r = Redeliveries()
-    r.begin("dev", 1, 11)
+    flight = r.begin("dev", {1: 11})
     waiting = asyncio.ensure_future(r.is_resend("dev", 1, 11))
     await asyncio.sleep(0)
     assert not waiting.done()
-    r.end("dev", 1, 11, ok=True)
+    r.end("dev", flight, flight.prints)
     assert await waiting is True
     assert r.suppressed == 1
-    r.begin("dev", 2, 22)
+    flight = r.begin("dev", {2: 22})
     waiting = asyncio.ensure_future(r.is_resend("dev", 2, 22))
     await asyncio.sleep(0)
-    r.end("dev", 2, 22, ok=False)  # the first copy never made it: append the resend
+    r.end("dev", flight, {})  # the first copy never made it: append the resend
     assert await waiting is False
     assert await r.is_resend("dev", 3, 33) is False  # never seen
     assert r.suppressed == 1
 
 
-def test_end_many_records_a_batch_and_wakes_waiting_resends() -> None:
-    async def run() -> None:
-        r = Redeliveries(window=3)
-        for pid in (1, 2, 3, 4):
-            r.begin("dev", pid, pid * 10)
-        waiting = asyncio.ensure_future(r.is_resend("dev", 2, 20))
-        await asyncio.sleep(0)
-        assert not waiting.done()  # the first copy's append is still under way
-        r.end_many("dev", [(1, 10), (2, 20), (3, 30), (4, 40)], True)
-        assert await waiting is True
-        # The window keeps the newest three.
-        assert not r.was_appended("dev", 1, 10)
-        assert all(r.was_appended("dev", pid, pid * 10) for pid in (2, 3, 4))
-        r.begin("dev", 5, 50)
-        r.end_many("dev", [(5, 50)], False)
-        assert not r.was_appended("dev", 5, 50)
-
-    asyncio.run(run())
+async def test_a_batch_is_recorded_at_its_end_and_wakes_waiting_resends() -> None:
+    r = Redeliveries(window=3)
+    first = r.begin("dev", {1: 10, 2: 20})
+    second = r.begin("dev", {3: 30, 4: 40})
+    waiting = asyncio.ensure_future(r.is_resend("dev", 4, 40))
+    other = asyncio.ensure_future(r.is_resend("dev", 2, 21))  # same id, another message
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the first copy's append is still under way
+    assert await other is False  # never waits for a batch that does not hold it
+    r.end("dev", second, second.prints)  # batches may end in any order
+    assert await waiting is True
+    r.end("dev", first, first.prints)
+    # The window keeps the newest three, a reused id counting as new.
+    assert not r.was_appended("dev", 3, 30)
+    assert all(r.was_appended("dev", pid, pid * 10) for pid in (4, 1, 2))
+    flight = r.begin("dev", {4: 41, 5: 50})
+    r.end("dev", flight, {5: 50})  # partly appended (one by one, one refused)
+    assert r.was_appended("dev", 5, 50) and r.was_appended("dev", 2, 20)
+    assert not r.was_appended("dev", 4, 41)
+    assert not r._flights  # nothing under way is remembered after its end
