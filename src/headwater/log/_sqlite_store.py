@@ -48,6 +48,14 @@ Version 2 stores batches of records in a row (:func:`headwater.log._codec.encode
 a version 1 file, one record per row, is a version 2 file that has none yet,
 and is marked 2 when opened while no other process has it open (:func:`upgrade`)."""
 
+PAGE_SIZE: Final = 16 * 1024
+"""``PRAGMA page_size`` of a new log file (a file keeps the size it was made with).
+A commit writes each page it changed to the WAL as a frame of its own, so the
+cost of a group commit follows its page count: a group of 512 MQTT events
+(about 200 KB) took 0.50-0.57 ms of CPU to commit in 4 KiB pages and
+0.32-0.33 ms in 16 KiB ones (64 KiB: no better). A commit of a single event
+writes a few more KB to the WAL than with 4 KiB pages."""
+
 BUSY_TIMEOUT_MS: Final = 10_000
 """How long a connection waits for another process's write lock before failing."""
 
@@ -179,6 +187,7 @@ def prepare_file(path: str, durability: Durability) -> None:
         except sqlite3.Error as exc:
             raise open_error(path, exc) from exc
         if application_id == 0 and version == 0 and not tables:
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before anything is written
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(
                 f"BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID};"

@@ -91,19 +91,19 @@ after which the checkpointer is asked to copy the WAL into the database file.
 Small enough that each background checkpoint is short, and the writer's
 catch-up (see :class:`Checkpointer`) copies little."""
 
-COMMIT_BYTES: Final = 2 * 4096
-"""The estimated WAL bytes a commit writes besides its records (the partly
+COMMIT_PAGES: Final = 2
+"""The estimated pages a commit writes to the WAL besides its records (the partly
 filled last page of the events table, the stream's row, positions)."""
 
-RESTART_PAGES: Final = 1000
-"""WAL size (pages) from which the writer, after a background checkpoint,
-copies the remainder itself so that the WAL restarts: SQLite's own
-``wal_autocheckpoint`` default (4 MB of 4 KiB pages)."""
+RESTART_BYTES: Final = 4 * 1024 * 1024
+"""WAL size from which the writer, after a background checkpoint, copies the
+remainder itself so that the WAL restarts: SQLite's own ``wal_autocheckpoint``
+default (1000 pages of 4 KiB)."""
 
-BACKSTOP_PAGES: Final = 10_000
-"""``wal_autocheckpoint`` of the writing connection: SQLite checkpoints inside a
-commit only if the WAL reaches about 40 MB, i.e. if the checkpointer cannot
-keep up (a very slow disk) or has failed."""
+BACKSTOP_BYTES: Final = 40 * 1024 * 1024
+"""The WAL size at which SQLite checkpoints inside a commit (``wal_autocheckpoint``
+of the writing connection): only if the checkpointer cannot keep up (a very
+slow disk) or has failed."""
 
 
 Item = tuple[asyncio.AbstractEventLoop, str, list[bytes], "asyncio.Future[list[int]]"]
@@ -160,7 +160,10 @@ class Writer:
         clock: Callable[[], float],
     ) -> None:
         self._conn = connect(path, durability)
-        self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+        # The file's own page size: a file made before PAGE_SIZE keeps 4 KiB pages.
+        self._page_size: int = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        backstop = BACKSTOP_BYTES // self._page_size
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {backstop}")
         self._conn.execute("UPDATE meta SET value = '0' WHERE key = 'clean_shutdown'")
         self._appends: collections.deque[Item] = collections.deque()
         self._commit_window = commit_window
@@ -170,7 +173,7 @@ class Writer:
         self._positions_lock = threading.Lock()
         self._next_sweep = 0.0
         self._inserts: dict[int, str] = {}
-        self._checkpointer = Checkpointer(path, durability)
+        self._checkpointer = Checkpointer(path, durability, RESTART_BYTES // self._page_size)
         self._unchecked = 0  # estimated WAL bytes since the checkpointer was last asked
         self._start(path)
 
@@ -336,7 +339,7 @@ class Writer:
         conn = self._conn
         done: list[Outcome] = []
         grown: set[str] = set()
-        written = COMMIT_BYTES
+        written = COMMIT_PAGES * self._page_size
         try:
             with transaction(conn):
                 for name, items in appends.items():
@@ -736,14 +739,15 @@ class Checkpointer:
 
     The WAL restarts from its beginning only at a commit that began when
     *everything* had been copied, which a checkpoint running beside a busy
-    writer never achieves; so once the WAL has :data:`RESTART_PAGES`, the
+    writer never achieves; so once the WAL has :data:`RESTART_BYTES`, the
     writer, between two groups, checkpoints the few pages committed since the
     background checkpoint itself (no concurrent commit: it completes), and the
     WAL stays near that size.
     """
 
-    def __init__(self, path: str, durability: Durability) -> None:
+    def __init__(self, path: str, durability: Durability, restart_pages: int) -> None:
         self._conn = connect(path, durability)
+        self._restart_pages = restart_pages
         self._wanted = threading.Event()
         self._stopping = threading.Event()
         self.restart_wanted = False
@@ -776,5 +780,5 @@ class Checkpointer:
             except sqlite3.Error:
                 pass  # busy or failing: next time, or the backstop
             else:
-                if pages >= RESTART_PAGES:
+                if pages >= self._restart_pages:
                     self.restart_wanted = True

@@ -30,7 +30,8 @@ from headwater.log import (
     StreamConfig,
     StreamNotFound,
 )
-from headwater.log._sqlite_writer import LoopWriter, Writer
+from headwater.log._sqlite_store import PAGE_SIZE
+from headwater.log._sqlite_writer import BACKSTOP_BYTES, LoopWriter, Writer
 from headwater.log.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteLog
 from tests.helpers import WAIT
 
@@ -759,3 +760,24 @@ async def test_a_full_disk_is_log_full_and_nothing_is_stored(
             await log.append("s", [big])
         conn.execute("PRAGMA max_page_count = 1073741823")
         assert await log.append("s", [event(3)]) == [2]
+
+
+@pytest.mark.parametrize("durability", ["normal", "fsync"])
+async def test_a_new_file_has_large_pages_and_an_old_one_keeps_its_own(
+    tmp_path: Path, durability: Any
+) -> None:
+    old = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(old)) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE t (x)")  # a file made with 4 KiB pages
+        conn.execute("DROP TABLE t")
+    for path, size in ((tmp_path / "new.db", PAGE_SIZE), (old, 4096)):
+        async with SqliteLog(path, durability=durability) as log:
+            await log.create_stream("s")
+            assert await log.append("s", [event(1), event(2)]) == [1, 2]
+            assert [e.event for e in await log.fetch_after("s", 0, 10)] == [event(1), event(2)]
+            writer = log._writer._conn
+            (autocheckpoint,) = writer.execute("PRAGMA wal_autocheckpoint").fetchone()
+            assert autocheckpoint * size == BACKSTOP_BYTES  # the same WAL bytes either way
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone()[0] == size
