@@ -394,16 +394,7 @@ def map_publish(
     attributes["datacontenttype"] = content_type
     attributes["mqttqos"] = qos
     attributes["mqttretain"] = retain
-    if records is not None:
-        head = entry.head
-        if head is None or foreign_type is not None or (is_json and lifting):
-            records.append(None)  # another shape: encoded by the log
-        else:
-            records.append(
-                entry.record(
-                    head, _dumps(event_id), _tail(stamp, content_type, qos, retain), payload
-                )
-            )
+    usual = foreign_type is None and not (is_json and lifting)
     if foreign_type is not None and foreign_type.isprintable():
         attributes[CONTENT_TYPE_EXTENSION] = foreign_type
     if is_json and lifting:
@@ -417,6 +408,13 @@ def map_publish(
             device_time = _search(mapping.time, parsed)
             if device_time is not None:
                 attributes["time"] = check_timestamp("time", _device_time(device_time))
+    if records is not None:  # last: nothing raises after the record is in
+        head = entry.head
+        if head is None or not usual:
+            records.append(None)  # another shape: encoded by the log
+        else:
+            tail = _tail(stamp, content_type, qos, retain)
+            records.append(entry.record(head, _dumps(event_id), tail, payload))
     return CloudEvent._trusted(attributes, payload if payload else NO_DATA)
 
 

@@ -273,13 +273,17 @@ RECORD_MAPPINGS = {
     ),
     "lifts": Mapping.compile(extensions={"temp": "temp"}),
     "per-client": Mapping.compile(source="/c/{clientid}"),  # the subject: any topic
+    "device-time": Mapping.compile(time="ts"),  # raises for a payload's bad time
 }
 
 
 @given(
     st.sampled_from(sorted(RECORD_MAPPINGS)),
     st.sampled_from(["s/d1/temp", 's/ü/"x"', "a", "s/d/t/x"]),
-    st.one_of(st.binary(max_size=60), st.just(b'{"temp": 21.5}'), st.just(b"[1]"), st.just(b"")),
+    st.one_of(
+        st.binary(max_size=60),
+        st.sampled_from([b'{"temp": 21.5}', b"[1]", b"", b'{"ts": "noon"}', b'{"ts": 1e9}']),
+    ),
     st.integers(0, 2),
     st.booleans(),
     st.sampled_from([None, "text/plain", "text", "application/json"]),
@@ -341,3 +345,13 @@ def test_ids_taken_together_continue_the_sequence() -> None:
     ids = IdSequence("p")
     assert [ids.next(), *ids.take(3), ids.next()] == ["p-1", "p-2", "p-3", "p-4", "p-5"]
     assert ids.take(0) == []
+
+
+def test_a_message_that_fails_to_map_leaves_no_record() -> None:
+    records: list[bytes | None] = []
+    mapping = RECORD_MAPPINGS["device-time"]
+    with pytest.raises(InvalidEvent):
+        map_publish(
+            mapping, "t", b'{"ts": "noon"}', 1, False, None, (), "c", "l", 4, "i", NOW, records
+        )
+    assert records == []  # the next event's record stays in line with it
