@@ -28,7 +28,13 @@ How this works:
   offset of the row's first event, so that reads are rowid range scans. A row
   holds one record, as the codec wrote it, or the records of one group commit
   as a batch (as Kafka stores record batches): one B-tree insert per group
-  instead of one per event. Records are read back without validation.
+  instead of one per event. Records are read back without validation. A new
+  file has 16 KiB pages (:data:`~headwater.log._sqlite_store.PAGE_SIZE`): a
+  commit writes each changed page to the WAL as a frame of its own, and a
+  group of hundreds of events commits in 40% less time than in 4 KiB pages.
+- **Pre-encoded events**: appends of
+  :class:`~headwater.log._codec.EncodedEvents` (an MQTT source's batches)
+  store the records they carry instead of encoding the events again.
 - **Readers** use a separate connection (WAL: readers never block the writer),
   queried on the event loop's own thread. A reader thread measured worse:
   while the loop was busy (the MQTT ingest of ``benchmarks/mqtt_to_http.py``)
