@@ -266,15 +266,16 @@ def test_a_dead_letter_not_sampled_at_the_head_is_recorded_after_the_fact(
     value, trace_id, _ = traceparent(sampled=False)
     assert device.publish("sensors/bad", b"{}", user_properties=[("traceparent", value)]) == 0
     attempts = subscribers.wait("/bad", bad + 3)[bad : bad + 3]
-    # Not sampled: the event went out with the context stored at ingest, unchanged.
+    # Not sampled: the event went out with the device's context as it came (W3C 3.4).
     (stored,) = {tp for tp, _, _ in attempts}
+    assert stored == value
     stored_trace, stored_parent, flags = parse(stored)
     assert (stored_trace, flags) == (trace_id, "00")
 
     spans = wait_trace(otlp, trace_id, ["Trigger default/bad", "dead-letter"])
     trigger = one(spans, "Trigger default/bad")
     assert trigger.attributes["headwater.sampled_at_head"] is False
-    assert trigger.parent_span_id == stored_parent  # the ingest span, never recorded
+    assert trigger.parent_span_id == stored_parent  # the device's span
     failed = [attrs for name, attrs in trigger.events if name == "attempt failed"]
     assert [a["headwater.attempt"] for a in failed] == [1, 2, 3]
     assert {s.name for s in spans} == {"Trigger default/bad", "dead-letter"}

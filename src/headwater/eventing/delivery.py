@@ -584,7 +584,9 @@ class Deliverer:
                 self.stats.failed(
                     f"{self.destination}: {error}",
                     attempt + 1,
-                    trace.context.trace_id if trace is not None else trace_id(event),
+                    trace.context.trace_id
+                    if trace is not None and trace.context is not None
+                    else trace_id(event),
                 )
             if not error.retryable or attempt >= spec.retry:
                 if trace is not None:

@@ -12,14 +12,34 @@ an ingest span, whose recording decision is the head sampling decision for
 the event (:meth:`~headwater.tracing.spans.Tracer.decide`). An event that
 brings a valid ``traceparent`` extension keeps it untouched: distributed-
 tracing.md, "the Distributed Tracing Extension ... MUST carry the trace
-information of the starting trace of the transmission". One without gets the
-ingest span's context ("Middleware between the source and the sink of the
-event could eventually add a Distributed Tracing Extension if the source
-didn't include any"); one whose extension is invalid gets it instead (W3C:
-"the implementation should restart the trace"). Either way the event is
-accepted: a malformed value is ignored, never refused. A sampled event's
-ingest span has a child for its durable append, which ends when the append
-does (PUBACK / 202 time).
+information of the starting trace of the transmission". A sampled one
+without gets the ingest span's context ("Middleware between the source and
+the sink of the event could eventually add a Distributed Tracing Extension
+if the source didn't include any"); one whose extension is invalid is
+treated as one without (W3C: "the implementation should restart the
+trace"). Either way the event is accepted: a malformed value is ignored,
+never refused. A sampled event's ingest span has a child for its durable
+append, which ends when the append does (PUBACK / 202 time).
+
+**What is not sampled carries what it came with, and nothing of Headwater's.**
+An incoming context the head does not sample is stored and sent on exactly
+as it came (W3C Trace Context 3.4: "A vendor receiving a traceparent request
+header MUST send it to outgoing requests. It MAY mutate the value"; keeping
+it also keeps ``tracestate``: "If the value of the traceparent field wasn't
+changed before propagation, tracestate MUST NOT be modified as well"). An
+event that came with no context and is not sampled gets none: no trace-id,
+no extension stored, nothing written on delivery. OpenTelemetry would make
+it a non-recording span whose context still propagates with the ``sampled``
+flag unset, and the Recommendation's processing model has a vendor create a
+new trace-id for a request without one; Headwater does not, deliberately:
+that context would record nothing anywhere (3.2.2.5.1: unset, "the caller
+did not record trace data out-of-band"), and carrying it cost every event,
+sampled or not, a sixth of its whole path (an id drawn, the extension
+stored, read back, checked per Trigger and written out twice), which is
+what tracing at 1% cost over tracing off. What is given up: a downstream
+``ParentBased`` sampler does not see Headwater's "no" (it decides for
+itself, as for any request without a context), and log lines about such an
+event carry no trace-id (the event id identifies it).
 
 **Delivery** (:class:`DeliveryTrace`, one per Trigger or Subscription and
 event): under the event's context, a span named after the Trigger records
@@ -32,16 +52,21 @@ for each delivery attempt of the same event"), so the event goes out with the
 attempt span's context in its extension, which the sinks also write as their
 protocol's field (HTTP ``traceparent`` header, MQTT 5 User Property), and a
 downstream Knative service or device continues the same trace under it. An
-event that was not sampled goes out with its context unchanged (sampled flag
-0: the downstream knows it is not recorded).
+event that was not sampled goes out as it is stored: with its incoming
+context unchanged (sampled flag 0: the downstream knows it is not recorded),
+or with none. A Trigger takes no head decision of its own: an event without
+a context is one its head did not sample (or one stored before tracing was
+on), and a second chance at each Trigger would record Trigger spans of traces
+whose ingest was not.
 
 **Dead letters are always recorded** (``TracingConfig.dead_letters``, on by
 default), whatever the head decided. For an event sampled at the head
 nothing changes (its spans are recorded anyway). For one that was not, no
 span of it was recorded while it travelled: the head decision is taken at
 ingest and its ingest, append and attempt spans are gone. When a Trigger gives
-it up, Headwater records, in the event's own trace (same trace-id, as a child
-of the context stored with the event):
+it up, Headwater records, in the event's own trace (as a child of the context
+stored with the event; a new trace with the Trigger's span as its root when
+the event has none):
 
 * the Trigger's span, from the moment the dispatcher handed it the event to
   the end of the dead-lettering, with every failed attempt as a span event
@@ -53,9 +78,9 @@ of the context stored with the event):
 
 The ingest and append spans and the spans of the failed attempts are not
 recorded (their time has passed), and the event had gone out with its
-unsampled context: the subscriber's side of those attempts is in the trace
-only if the subscriber records unsampled requests. A trace viewer shows the
-Trigger's span as a child of a span it does not have (the ingest span).
+unsampled context, or none: the subscriber's side of those attempts is in
+the trace only if the subscriber records unsampled requests of a context
+that came with the event.
 """
 
 from __future__ import annotations
@@ -94,6 +119,7 @@ __all__ = [
     "trace_id",
     "untraced",
     "with_context",
+    "without_context",
 ]
 
 
@@ -163,6 +189,18 @@ def with_context(event: CloudEvent, context: TraceContext) -> CloudEvent:
     return CloudEvent._trusted(attributes, event.data if event.has_data else NO_DATA)
 
 
+def without_context(event: CloudEvent) -> CloudEvent:
+    """The event without a distributed tracing extension."""
+    if TRACEPARENT not in event and TRACESTATE not in event:
+        return event
+    attributes = {
+        name: value
+        for name, value in event.attributes.items()
+        if name not in (TRACEPARENT, TRACESTATE)
+    }
+    return CloudEvent._trusted(attributes, event.data if event.has_data else NO_DATA)
+
+
 # -- ingest ---------------------------------------------------------------------------
 
 
@@ -220,40 +258,57 @@ def ingest(
     for index, event in enumerate(events):
         hop = incoming[index]
         if hop is None and TRACEPARENT not in event and TRACESTATE not in event:
-            # The common case (a device that sends no context): a new trace, and
-            # nothing more unless it is sampled.
-            value, sampled = new_root()
+            # The common case (a device that sends no context): a new trace if the
+            # head samples it, else nothing at all (see the module docstring).
+            value = new_root()
+            if value is None:
+                out.append(event)
+                continue
             event = event._stamped(TRACEPARENT, value)  # a valid String by construction
             out.append(event)
-            if not sampled:
-                continue
             context = TraceContext(value[3:35], value[36:52], SAMPLED)
             parent = None
         else:
             own = event_context(event) if TRACEPARENT in event else None
             parent = hop if hop is not None else own
-            context = tracer.decide(parent)
+            if parent is None:
+                # An invalid context in the event: "the implementation should
+                # restart the trace" (W3C), so it is dropped, and the event is
+                # one that came without any.
+                event = without_context(event)
+                value = new_root()
+                if value is None:
+                    out.append(event)
+                    continue
+                context = TraceContext(value[3:35], value[36:52], SAMPLED)
+            elif not tracer.sampled(parent):
+                # Not recorded: the incoming context is propagated as it came
+                # (W3C: "A vendor receiving a traceparent request header MUST send
+                # it to outgoing requests"), with no span id of Headwater's in it.
+                out.append(event if own is not None else with_context(event, parent))
+                continue
+            else:
+                context = tracer.decide(parent)
             if own is None:
                 event = with_context(event, context)  # the event as it is stored
             out.append(event)
-        if context.sampled:
-            span_attributes = dict(attributes)
-            span_attributes["cloudevents.event_id"] = event.id
-            span_attributes["cloudevents.event_type"] = event.type
-            spans.append(
-                (
-                    index,
-                    tracer.span(
-                        name,
-                        context,
-                        parent,
-                        kind=kind,
-                        remote=parent is not None,
-                        start=start,
-                        attributes=span_attributes,
-                    ),
-                )
+        span_attributes = dict(attributes)
+        span_attributes["cloudevents.event_id"] = event.id
+        span_attributes["cloudevents.event_type"] = event.type
+        spans.append(
+            (
+                index,
+                tracer.span(
+                    name,
+                    context,
+                    parent,
+                    kind=kind,
+                    remote=parent is not None,
+                    start=start,
+                    attributes=span_attributes,
+                ),
             )
+        )
     return out, (Ingest(spans, stream) if spans else None)
 
 
@@ -440,9 +495,8 @@ class DeliveryTrace:
     """
 
     __slots__ = (
-        "_context",
         "attempts",
-        "bare",
+        "context",
         "destination",
         "event",
         "failures",
@@ -457,9 +511,13 @@ class DeliveryTrace:
         cls, tracer: Tracer, event: CloudEvent, name: str, destination: str
     ) -> DeliveryTrace | None:
         """The trace of a delivery of ``event``; None when there is nothing to do
-        unless it fails: its stored context is valid and not sampled, so it goes
-        out as it is (a failed attempt then starts one, see ``Deliverer``)."""
-        if stored_unsampled(tracer, event):
+        unless it fails: it has no context (its head did not sample it) or a
+        valid one that is not sampled, so it goes out as it is (a failed attempt
+        then starts one, see ``Deliverer``)."""
+        if TRACEPARENT not in event or stored_unsampled(tracer, event):
+            return None
+        parent = event_context(event)
+        if parent is None or not tracer.sampled(parent):
             return None
         return cls(tracer, event, name, destination)
 
@@ -479,31 +537,20 @@ class DeliveryTrace:
         self.attempts = 0
         self.failures: list[tuple[int, dict[str, AttributeValue]]] | None = None
         self.span: Span | None = None
-        self.bare = False
-        self._context: TraceContext | None = None
         parent = event_context(event)
-        # An event stored without a context (tracing was off when it came, or it
-        # came another way) starts a trace here, and goes out with it.
-        self.bare = parent is None
-        if parent is not None and not tracer.sampled(parent):
-            self._context = parent
-            return
-        self._context = tracer.decide(parent)
-        if self._context.sampled:
-            self.span = self._span(parent)
+        # An event without a context was not sampled at its head (or came before
+        # tracing was on): nothing is recorded unless it ends as a dead letter,
+        # and no Trigger takes a head decision of its own (a second chance would
+        # record Trigger spans of traces whose ingest was not).
+        self.context: TraceContext | None = parent
+        if parent is not None and tracer.sampled(parent):
+            self.span = self._span(parent, tracer.decide(parent))
 
-    @property
-    def context(self) -> TraceContext:
-        """The context the event goes out with (the Trigger span's when recorded)."""
-        context = self._context
-        assert context is not None  # set by __init__
-        return context
-
-    def _span(self, parent: TraceContext | None) -> Span:
+    def _span(self, parent: TraceContext | None, context: TraceContext) -> Span:
         event = self.event
         span = self.tracer.span(
             self.name,
-            self.context,
+            context,
             parent,
             remote=parent is not None,
             start=self.start,
@@ -513,7 +560,7 @@ class DeliveryTrace:
                 "cloudevents.event_type": event.type,
             },
         )
-        self._context = span.context
+        self.context = span.context
         return span
 
     def filtered(self, matched: bool) -> None:
@@ -529,7 +576,7 @@ class DeliveryTrace:
         self.attempts += 1
         span = self.span
         if span is None:
-            return (with_context(event, self.context) if self.bare else event), None
+            return event, None
         attempt = span.child(
             "deliver", kind=Kind.CLIENT, attributes={"headwater.attempt": self.attempts}
         )
@@ -567,7 +614,12 @@ class DeliveryTrace:
         """The reply as it is to be stored (with a context when it has none) and its span."""
         own = TRACEPARENT in reply and event_context(reply) is not None
         if attempt is None:
-            return (reply if own else with_context(reply, self.context)), None
+            # Not recorded: the reply continues the event's context, or has none
+            # when the event had none (the same head decision).
+            context = self.context
+            if own or context is None:
+                return reply, None
+            return with_context(reply, context), None
         span = attempt.child(
             "reply",
             attributes={"cloudevents.event_id": reply.id, "cloudevents.event_type": reply.type},
@@ -581,8 +633,7 @@ class DeliveryTrace:
             if not self.tracer.config.dead_letters:
                 return None
             parent = event_context(event)
-            self._context = self.tracer.decide(parent)
-            span = self.span = self._span(parent)
+            span = self.span = self._span(parent, self.tracer.decide(parent))
             span.attributes["headwater.filter.matched"] = True
             span.attributes["headwater.sampled_at_head"] = False
             for at, attributes in self.failures or ():
@@ -599,8 +650,11 @@ class DeliveryTrace:
             span.end()
 
     def log_fields(self) -> dict[str, object]:
-        """The ids a log line about this delivery carries."""
-        return {"trace_id": self.context.trace_id, "span_id": self.context.span_id}
+        """The ids a log line about this delivery carries (none without a context)."""
+        context = self.context
+        if context is None:
+            return {}
+        return {"trace_id": context.trace_id, "span_id": context.span_id}
 
 
 def log_fields(event: CloudEvent, trace: DeliveryTrace | None = None) -> dict[str, object]:

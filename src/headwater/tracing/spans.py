@@ -56,7 +56,6 @@ SERVICE_NAME: Final = "headwater"
 """``service.name`` unless ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` say otherwise."""
 
 _LOW_64: Final = (1 << 64) - 1
-_FLAGS: Final = ("-00", "-01")
 
 AttributeValue = str | bool | int | float | Sequence[str]
 
@@ -216,16 +215,23 @@ class Tracer:
             return TraceContext(f"{trace_id:032x}", new_span_id(), SAMPLED if sampled else 0)
         return parent.child(new_span_id(), self.sampled(parent))
 
-    def new_root(self) -> tuple[str, bool]:
-        """The ``traceparent`` of a new trace's first span, and whether it is sampled:
-        :meth:`decide` for no parent, as one string (the hot path of ingest)."""
+    def new_root(self) -> str | None:
+        """The ``traceparent`` of a new trace's first span when the head samples it,
+        else None: :meth:`decide` for no parent, as one string (the hot path of ingest).
+
+        The low 64 bits of the trace-id, which decide, are drawn first: an event
+        not sampled (99 in 100 at 1%) costs that draw and a comparison. The ids of
+        a sampled one are those :meth:`decide` would draw (its other 64 bits and a
+        span-id, neither all zeros), so the rule and the odds are the same.
+        """
+        low = random.getrandbits(64)
+        if low >= self._bound:
+            return None
         while True:
-            bits = random.getrandbits(192)  # trace-id (128 bits), then span-id (64)
-            if bits >> 64 and bits & _LOW_64:  # neither all zeros
+            bits = random.getrandbits(128)  # the trace-id's high 64 bits, then the span-id
+            if bits & _LOW_64 and (low or bits >> 64):  # neither id all zeros
                 break
-        sampled = (bits >> 64) & _LOW_64 < self._bound
-        ids = "%048x" % bits  # noqa: UP031 - a third cheaper than the f-string here
-        return "00-" + ids[:32] + "-" + ids[32:] + _FLAGS[sampled], sampled
+        return f"00-{bits >> 64:016x}{low:016x}-{bits & _LOW_64:016x}-01"
 
     def sampled(self, parent: TraceContext) -> bool:
         """Whether work under ``parent`` is recorded."""

@@ -25,8 +25,8 @@ from headwater.eventing import (
 )
 from headwater.log import MemoryLog
 from headwater.logs import JsonFormatter
-from headwater.tracing import TraceContext, Tracer, TracingConfig
-from headwater.tracing.flows import event_context
+from headwater.tracing import Kind, TraceContext, Tracer, TracingConfig, parse_traceparent
+from headwater.tracing.flows import Publish, event_context, ingest, ingest_mqtt
 from tests.helpers import WAIT
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
@@ -71,6 +71,18 @@ def event(i: int, **extra: object) -> CloudEvent:
 
 def hex_id(value: int) -> str:
     return f"{value:016x}"
+
+
+async def failing_trigger(broker: Broker, error: DeliveryError, retry: int = 0) -> RecordingSink:
+    """A Trigger "bad" whose subscriber always fails with ``error``; its dead letter sink."""
+
+    async def refuse(e: CloudEvent) -> None:
+        raise error
+
+    dls = RecordingSink()
+    spec = DeliverySpec(retry=retry, backoff_delay=0.001, dead_letter_sink=dls, dead_letter_uri="d")
+    await broker.add_trigger(Trigger("bad", RecordingSink(refuse), delivery=spec))
+    return dls
 
 
 async def test_an_event_without_context_starts_a_trace_kept_with_it(
@@ -119,13 +131,7 @@ async def test_a_dead_letter_of_an_unsampled_event_is_recorded_with_its_attempts
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     for exported in install(sampling=0.0):
-
-        async def refuse(e: CloudEvent) -> None:
-            raise DeliveryError(500, True, reason="boom")
-
-        dls = RecordingSink()
-        spec = DeliverySpec(retry=2, backoff_delay=0.001, dead_letter_sink=dls, dead_letter_uri="d")
-        await broker.add_trigger(Trigger("bad", RecordingSink(refuse), delivery=spec))
+        dls = await failing_trigger(broker, DeliveryError(500, True, reason="boom"), retry=2)
         with caplog.at_level(logging.WARNING, "headwater.eventing.delivery"):
             await broker.accept([event(1, traceparent=f"{PARENT}-00")])
             (dead,) = await dls.wait_for(1)
@@ -152,18 +158,13 @@ async def test_a_dead_letter_of_an_unsampled_event_is_recorded_with_its_attempts
 
 async def test_without_dead_letter_sampling_nothing_is_recorded(broker: Broker) -> None:
     for exported in install(sampling=0.0, dead_letters=False):
-
-        async def refuse(e: CloudEvent) -> None:
-            raise DeliveryError(400, False)
-
-        dls = RecordingSink()
-        spec = DeliverySpec(dead_letter_sink=dls, dead_letter_uri="d")
-        await broker.add_trigger(Trigger("bad", RecordingSink(refuse), delivery=spec))
-        await broker.accept([event(1)])
-        (dead,) = await dls.wait_for(1)
+        dls = await failing_trigger(broker, DeliveryError(400, False))
+        await broker.accept([event(1, traceparent=f"{PARENT}-00"), event(2)])
+        dead = {e.id: e for e in await dls.wait_for(2)}
         assert exported.spans() == []
-        context = event_context(dead)
-        assert context is not None and not context.sampled  # propagated, not recorded
+        # The context that came with one is propagated as it came; the other had none.
+        assert dead["1"].get("traceparent") == f"{PARENT}-00"
+        assert "traceparent" not in dead["2"]
 
 
 def test_a_filtered_out_event_ends_its_trigger_span() -> None:
@@ -212,3 +213,84 @@ async def test_an_ingress_span_starts_when_the_request_arrives(traced: Exported)
         assert (await request).status == 202
     (span,) = traced.named("POST /{namespace}/{name}")
     assert span.start_time is not None and span.start_time < body_pending
+
+
+async def test_an_unsampled_event_without_context_goes_through_without_one(
+    broker: Broker,
+) -> None:
+    """Not sampled at the head and none came with it: nothing is stamped, stored or
+    sent (see the flows module: such a context would record nothing anywhere)."""
+    for exported in install(sampling=0.0):
+        sink = RecordingSink()
+        await broker.add_trigger(Trigger("all", sink))
+        await broker.accept([event(1)])
+        (got,) = await sink.wait_for(1)
+        assert "traceparent" not in got and "tracestate" not in got
+        async with broker.log.reader(broker.stream, "probe") as reader:
+            (entry,) = await reader.next_batch(10)
+        assert "traceparent" not in entry.event  # nothing stored either
+        assert exported.spans() == []
+
+
+def test_an_unsampled_incoming_context_is_stored_as_it_came() -> None:
+    """W3C Trace Context 3.4: "A vendor receiving a traceparent request header MUST
+    send it to outgoing requests"; not recorded, so no span id of Headwater's."""
+    for exported in install(sampling=1.0):
+        incoming = f"{PARENT}-00"
+        publish = Publish("t", 1, (("traceparent", incoming), ("tracestate", "congo=t61")))
+        (stored,), spans = ingest_mqtt(
+            exported.tracer, [event(1)], [publish], client_id="c", received=time.time()
+        )
+        assert spans is None
+        assert (stored.get("traceparent"), stored.get("tracestate")) == (incoming, "congo=t61")
+
+
+def test_an_invalid_context_is_dropped_when_not_sampled() -> None:
+    """A malformed extension is ignored (the trace restarts, W3C): unsampled, the
+    event keeps none of it (nor a tracestate without a valid traceparent)."""
+    for exported in install(sampling=0.0):
+        bad = event(1, traceparent="00-" + "0" * 32 + "-00f067aa0ba902b7-01", tracestate="a=1")
+        (stored,), spans = ingest(
+            exported.tracer, [bad], [None], name="n", kind=Kind.INTERNAL, start=0, attributes={}
+        )
+        assert spans is None
+        assert "traceparent" not in stored and "tracestate" not in stored
+        assert (stored.id, stored.source) == ("1", "/t")
+
+
+async def test_a_dead_letter_of_an_event_without_context_is_a_trace_of_its_own(
+    broker: Broker,
+) -> None:
+    """Always recorded (dead letters), though the head said no and no context came:
+    the Trigger's span is the root of a new trace, the dead letter carries it."""
+    for exported in install(sampling=0.0):
+        dls = await failing_trigger(broker, DeliveryError(500, True, reason="boom"), retry=1)
+        await broker.accept([event(1)])
+        (dead,) = await dls.wait_for(1)
+        (trigger,) = exported.named("Trigger default/bad")
+        assert trigger.parent is None and trigger.context is not None
+        assert trigger.attributes is not None
+        assert trigger.attributes["headwater.sampled_at_head"] is False
+        assert [e.attributes["headwater.attempt"] for e in trigger.events if e.attributes] == [
+            1,
+            2,
+        ]
+        (dead_span,) = exported.named("dead-letter")
+        context = event_context(dead)
+        assert context is not None and dead_span.context is not None
+        assert context.trace_id == f"{trigger.context.trace_id:032x}"
+        assert hex_id(dead_span.context.span_id) == context.span_id
+
+
+def test_a_new_root_is_sampled_by_the_low_64_bits_of_its_trace_id() -> None:
+    """The same rule as OpenTelemetry's TraceIdRatioBased, so a downstream sampler
+    using it agrees; and the ids are valid."""
+    for ratio, low, high in ((0.0, 0, 0), (1.0, 4000, 4000), (0.5, 1600, 2400)):
+        for exported in install(sampling=ratio):
+            values = [exported.tracer.new_root() for _ in range(4000)]
+            roots = [v for v in values if v is not None]
+            assert low <= len(roots) <= high  # 10 standard deviations either side at 0.5
+            for value in roots:
+                context = parse_traceparent(value)
+                assert context is not None and context.sampled and context.traceparent == value
+                assert int(context.trace_id[16:], 16) < ratio * 2**64
