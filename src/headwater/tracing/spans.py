@@ -35,7 +35,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from headwater import __version__
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 __all__ = ["SERVICE_NAME", "AttributeValue", "Kind", "Span", "Tracer"]
 
@@ -179,7 +180,7 @@ class Tracer:
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
         self._resource = _hashed(resource)
-        self._scope = InstrumentationScope("headwater", __version__)
+        self._readable = _converter(self._resource, InstrumentationScope("headwater", __version__))
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -271,41 +272,6 @@ class Tracer:
         self.spans += 1
         self._processor.on_end(self._readable(span, end))
 
-    def _readable(self, span: Span, end: int) -> ReadableSpan:
-        from opentelemetry.sdk.trace import Event, ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
-        from opentelemetry.trace.status import Status, StatusCode
-
-        ctx = span.context
-        state = TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
-        context = SpanContext(
-            int(ctx.trace_id, 16), int(ctx.span_id, 16), False, TraceFlags(SAMPLED), state
-        )
-        parent = None
-        if span.parent is not None:
-            parent = SpanContext(
-                int(span.parent.trace_id, 16),
-                int(span.parent.span_id, 16),
-                span.remote,
-                TraceFlags(span.parent.flags),
-                state,
-            )
-        return ReadableSpan(
-            span.name,
-            context,
-            parent,
-            self._resource,
-            span.attributes,
-            [Event(name, attributes, at) for name, at, attributes in span.events],
-            kind=SpanKind(int(span.kind)),
-            status=Status(StatusCode.ERROR, span.error)
-            if span.error is not None
-            else Status(StatusCode.UNSET),
-            start_time=span.start,
-            end_time=end,
-            instrumentation_scope=self._scope,
-        )
-
     def flush(self, timeout: float = 30.0) -> bool:
         """Export what is queued now (blocking: call it from a thread in async code)."""
         return self._processor.force_flush(int(timeout * 1000))
@@ -326,6 +292,51 @@ class Tracer:
 
 
 _export_failed = Throttle(log)
+
+
+def _converter(
+    resource: Resource, scope: InstrumentationScope
+) -> Callable[[Span, int], ReadableSpan]:
+    """What turns an ended :class:`Span` into the SDK's ``ReadableSpan``: the SDK's
+    classes and the constant parts bound once, not imported and built per span."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
+    from opentelemetry.trace.status import Status, StatusCode
+
+    recorded = TraceFlags(SAMPLED)
+    flags = {0: TraceFlags(0), SAMPLED: recorded}
+    kinds = [SpanKind(int(kind)) for kind in Kind]
+    unset = Status(StatusCode.UNSET)
+
+    def readable(span: Span, end: int) -> ReadableSpan:
+        ctx = span.context
+        state = TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
+        context = SpanContext(int(ctx.trace_id, 16), int(ctx.span_id, 16), False, recorded, state)
+        parent = None
+        if span.parent is not None:
+            up = span.parent
+            parent = SpanContext(
+                int(up.trace_id, 16),
+                int(up.span_id, 16),
+                span.remote,
+                flags[up.flags] if up.flags in flags else TraceFlags(up.flags),
+                state,
+            )
+        return ReadableSpan(
+            span.name,
+            context,
+            parent,
+            resource,
+            span.attributes,
+            [Event(name, attributes, at) for name, at, attributes in span.events],
+            kind=kinds[span.kind],
+            status=unset if span.error is None else Status(StatusCode.ERROR, span.error),
+            start_time=span.start,
+            end_time=end,
+            instrumentation_scope=scope,
+        )
+
+    return readable
 
 
 def _hashed(resource: Resource) -> Resource:
