@@ -490,8 +490,10 @@ class DeliveryTrace:
     ``span`` is the Trigger's span when the event is sampled, else None;
     failed attempts of an unsampled event are kept (time, attributes) in case
     it ends as a dead letter (see the module docstring). ``attempts`` counts
-    the attempts made. An event whose stored context is valid and not sampled
-    (99 in 100 at 1%) has none (:meth:`start_for`) unless an attempt fails.
+    the attempts made; ``context`` is the context the event goes out with (the
+    Trigger span's when recorded; None: the event has none). An event without
+    a context, or whose stored context is valid and not sampled (99 in 100 at
+    1%), has no trace (:meth:`start_for`) unless an attempt fails.
     """
 
     __slots__ = (
