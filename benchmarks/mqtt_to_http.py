@@ -762,6 +762,12 @@ def main() -> None:
         "--http-worker", default="on", choices=["on", "off"], help="headwater up --http-worker"
     )
     parser.add_argument(
+        "--baseline-tracing",
+        action="store_true",
+        help="run each --baseline with every --tracing setting too (a before/after of "
+        "tracing's own cost in one run), not only with tracing off",
+    )
+    parser.add_argument(
         "--tracing",
         default="off",
         help="headwater's runs, comma-separated: off, or tracing on at a sampling ratio "
@@ -769,7 +775,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     variants = tracing_variants(args.tracing)
-    bases = {f"headwater@{Path(d).resolve().name}": Path(d).resolve() for d in args.baseline}
+    # A baseline's runs: "headwater@DIR" (off), and with --baseline-tracing
+    # "headwater@DIR+1%"... for each setting of --tracing.
+    bases: dict[str, tuple[Path, float | None]] = {}
+    for directory in args.baseline:
+        tree = Path(directory).resolve()
+        for variant, sampling in variants.items():
+            if sampling is None or args.baseline_tracing:
+                name = f"headwater@{tree.name}{variant.removeprefix('headwater')}"
+                bases[name] = (tree, sampling)
 
     sink_port = free_port()
     sink_process = mp.Process(target=run_sink, args=(sink_port,), daemon=True)
@@ -800,7 +814,8 @@ def main() -> None:
             if system == "node-red":
                 result = bench_node_red(sink, args)
             elif system in bases:
-                result = bench_headwater(sink, args, str(bases[system] / "src"))
+                tree, sampling = bases[system]
+                result = bench_headwater(sink, args, str(tree / "src"), sampling)
             else:
                 result = bench_headwater(sink, args, None, variants[system])
             runs.setdefault(system, []).append(result)
@@ -822,7 +837,15 @@ def main() -> None:
     if "node-red" in results and "headwater" in results:
         ratio = results["headwater"].rate / max(results["node-red"].rate, 1e-9)
         print(f"ratio headwater/node-red: {ratio:.1f}x msgs/s (best runs)")
-    pairs = [("headwater", base) for base in bases]
+    # This tree's off against each baseline's; each setting against off in the same
+    # tree; and, with --baseline-tracing, each setting against the baseline's.
+    pairs: list[tuple[str, str]] = []
+    for base, (_, sampling) in bases.items():
+        off = base.partition("+")[0]
+        if sampling is None:
+            pairs.append(("headwater", base))
+        else:
+            pairs += [(base, off), ("headwater" + base.removeprefix(off), base)]
     pairs += [(system, "headwater") for system in variants if system != "headwater"]
     for system, other in pairs:
         if system in runs and other in runs:
