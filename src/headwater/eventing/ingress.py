@@ -57,7 +57,7 @@ from headwater.http_guard import (
 )
 from headwater.log import EventTooLarge, LogUnavailable, StreamNotFound
 from headwater.tracing import Kind, Tracer
-from headwater.tracing.flows import Ingest, context_of, ingest
+from headwater.tracing.flows import Ingest, context_of, decided, ingest
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
@@ -187,7 +187,8 @@ class Ingress:
         traced: Ingest | None = None
         if tracing.tracer is not None:
             events, traced = self._trace(tracing.tracer, request, events, arrived)
-        response = await self._accept(broker, events, namespace, name)
+        with decided():  # the Broker takes no second head decision
+            response = await self._accept(broker, events, namespace, name)
         if traced is not None:
             traced.end(None if response.status == 202 else f"HTTP {response.status}")
         return response

@@ -68,7 +68,7 @@ from headwater.sources.mapping import (
     to_cloudevent,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
-from headwater.tracing.flows import Ingest, Publish, ingest_mqtt
+from headwater.tracing.flows import Ingest, Publish, decided, ingest_mqtt
 
 __all__ = ["DEFAULT_BATCH", "MqttSourceRunner", "RunnerStats"]
 
@@ -264,7 +264,8 @@ class MqttSourceRunner:
                 client_id=self.config.client_id,
                 received=now,
             )
-        results = await self._emit_all(events)
+        with decided():  # the Broker takes no second head decision
+            results = await self._emit_all(events)
         if traced is not None:
             traced.end(failures=[r if isinstance(r, BaseException) else None for r in results])
         error: BaseException | None = None

@@ -92,7 +92,7 @@ from headwater.sources.mapping import (
     timestamp,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
-from headwater.tracing.flows import ingest_mqtt
+from headwater.tracing.flows import Ingest, decided, ingest_mqtt
 
 __all__ = [
     "CONNECTED_TYPE",
@@ -396,8 +396,21 @@ class MqttBrokerSource:
         flight = self.redeliveries.begin(sender, prints) if prints else None
         ok: bool | None = None  # None: the append did not finish (cancelled, or a bug)
         try:
-            if tracing.tracer is None:
-                if None not in records:
+            traced: Ingest | None = None
+            unchanged = True
+            if tracing.tracer is not None:
+                mapped = events
+                messages = [batch[index].message for index in indexes]
+                events, traced = ingest_mqtt(
+                    tracing.tracer, events, messages, client_id=sender, received=now
+                )
+                # A batch the head left as it came (nothing sampled, no context
+                # came with it) keeps the records encoded above.
+                unchanged = traced is None and all(
+                    a is b for a, b in zip(events, mapped, strict=True)
+                )
+            with decided():  # the Broker takes no second head decision
+                if unchanged and None not in records:
                     # Every record encoded once here; each event carries what the
                     # mapping stamps (a Broker's TTL): nothing left to redo downstream.
                     encoded = cast("list[bytes]", records)
@@ -407,12 +420,6 @@ class MqttBrokerSource:
                     )
                 else:
                     ok = await self._append(sender, batch, events, indexes, outcomes)
-                return outcomes
-            messages = [batch[index].message for index in indexes]
-            events, traced = ingest_mqtt(
-                tracing.tracer, events, messages, client_id=sender, received=now
-            )
-            ok = await self._append(sender, batch, events, indexes, outcomes)
             if traced is not None:
                 traced.end(failures=[outcomes[index] for index in indexes])
             return outcomes

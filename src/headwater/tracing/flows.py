@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar, Token
 from typing import Final, NamedTuple, Protocol
 
 from headwater.cloudevents import NO_DATA, CloudEvent
@@ -109,6 +110,7 @@ __all__ = [
     "Publish",
     "Published",
     "context_of",
+    "decided",
     "event_context",
     "hop",
     "hop_batch",
@@ -360,11 +362,32 @@ def ingest_mqtt(
     return out, spans
 
 
+_DECIDED: ContextVar[bool] = ContextVar("headwater_head_decided", default=False)
+
+
+class decided:
+    """Inside the block, what the task appends went through an ingest (MQTT, HTTP)
+    that took the head decision already: :func:`untraced` takes no second one
+    for the events it left without a context (they were not sampled). Set around
+    the append by the ingress paths; inherited by the tasks they start."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token: Token[bool] = _DECIDED.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _DECIDED.reset(self._token)
+
+
 def untraced(
     tracer: Tracer, events: Sequence[CloudEvent], stream: str
 ) -> tuple[Sequence[CloudEvent], Ingest | None]:
     """``events`` with a new trace for those that have no ``traceparent`` at all
-    (an in-process source's), and the spans of those sampled."""
+    (an in-process source's), and the spans of those sampled; ``events`` as they
+    are when they came through an ingest (:class:`decided`)."""
+    if _DECIDED.get():
+        return events, None
     missing = [index for index, event in enumerate(events) if TRACEPARENT not in event]
     if not missing:
         return events, None

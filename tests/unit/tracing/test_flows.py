@@ -294,3 +294,19 @@ def test_a_new_root_is_sampled_by_the_low_64_bits_of_its_trace_id() -> None:
                 context = parse_traceparent(value)
                 assert context is not None and context.sampled and context.traceparent == value
                 assert int(context.trace_id[16:], 16) < ratio * 2**64
+
+
+async def test_the_head_decides_once_for_what_came_through_an_ingress(broker: Broker) -> None:
+    """An event the ingress did not sample (and left without a context) gets no
+    second draw at the Broker: no ``accept`` span, ever, for what came by HTTP."""
+    for exported in install(sampling=0.5):
+        app = web.Application()
+        Ingress(lambda namespace, name: broker).add_routes(app)
+        headers = {"ce-specversion": "1.0", "ce-source": "/s", "ce-type": "t"}
+        async with TestClient(TestServer(app)) as client:
+            for i in range(100):
+                response = await client.post("/default/b", headers={**headers, "ce-id": str(i)})
+                assert response.status == 202
+        names = {span.name for span in exported.spans()}
+        assert "POST /{namespace}/{name}" in names  # about half were sampled there
+        assert not any(name.startswith("accept ") for name in names)
