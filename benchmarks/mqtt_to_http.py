@@ -106,7 +106,10 @@ to read; medians, every system once per round in rotating order):
   medians, 1.15x CPU (main's own 1% against its off in the same run: 1.55x
   CPU). cProfile of a 1% run: every tracing function together is about 1.5%
   of the main thread's time. The spread between runs is larger than what is
-  left to measure; 0.95x in the medians is not shown by these runs.
+  left to measure; 0.95x in the medians is not shown by these runs. Rebased on
+  main's pre-encoded MQTT records (kept at 1% for a batch nothing of which
+  is sampled), three rounds: 1% 0.99x msgs/s and 0.99x CPU of the off run
+  next to it in the first round, 0.86x msgs/s and 1.22x CPU in the medians.
 
 Run: ``.venv/bin/python benchmarks/mqtt_to_http.py [--messages N] [--publishers P]
 [--window W] [--systems node-red,headwater] [--max-inflight M] [--profile FILE]
