@@ -59,7 +59,8 @@ same two cores as the broker: the figures are what this machine does with
 both, not a broker alone.
 
 Run: ``.venv/bin/python benchmarks/devices.py`` (about 4 minutes);
-``--devices N`` and ``--commands N`` change the sizes.
+``--devices N`` and ``--commands N`` change the sizes; ``--scenarios ramped``
+(or any of at-once, ramped, commands, dynsec, comma-separated) runs only those.
 """
 
 from __future__ import annotations
@@ -684,9 +685,16 @@ SYNs its backlog of 100 dropped (1 s, 3 s, ...): one run gave 1.3 s, the next
 7.9 s for the same broker. The median of three says what a reboot usually costs."""
 
 
-def storms_of(name: str, server: Any, credentials: list[tuple[str, str]]) -> list[dict[str, Any]]:
+SCENARIOS = ("at-once", "ramped", "commands", "dynsec")
+"""What ``--scenarios`` may choose (all by default): the two storms, the command
+round trips, and the storm against Mosquitto's dynamic-security plugin."""
+
+
+def storms_of(
+    name: str, server: Any, credentials: list[tuple[str, str]], modes: list[tuple[str, int | None]]
+) -> list[dict[str, Any]]:
     out = []
-    for mode, ramp in MODES:
+    for mode, ramp in modes:
         runs = []
         for n in range(REPEATS):
             print(f"storm: {name}, {mode} ({n + 1}/{REPEATS})", flush=True)
@@ -703,7 +711,11 @@ HEADWATER_TRIPS = "headwater (command API: POST, GET ?wait)"
 
 
 def report(
-    n: int, storms: list[dict[str, Any]], trips: dict[str, dict[str, float]], commands: int
+    n: int,
+    storms: list[dict[str, Any]],
+    trips: dict[str, dict[str, float]],
+    commands: int,
+    modes: list[tuple[str, int | None]],
 ) -> None:
     print()
     print(
@@ -722,7 +734,7 @@ def report(
             f"{s['range'][0]:>5.2f}-{s['range'][1]:<5.2f} s {s['rate']:>10,.0f} "
             f"{s['retries']:>8,d} {s['idle']:>8.1f} {s['rss']:>7.1f} {s['peak']:>8.1f}"
         )
-    for mode, _ in MODES:
+    for mode, _ in modes:
         rates = {s["name"]: s for s in storms if s["mode"] == mode}
         ours = rates["headwater (generated secrets)"]
         peers = [r for name, r in rates.items() if name.startswith("mosquitto")]
@@ -733,6 +745,8 @@ def report(
             f"{mode}: headwater's connect rate is {ratios}; target (>= 0.5x the faster, "
             f"under 30 s): {'met' if met else 'NOT met'}"
         )
+    if not trips:
+        return
     print()
     print(f"Command round trip: one command to each of {commands:,} devices, one at a time (ms)")
     header = f"{'':42} {'p50':>8} {'p99':>8} {'max':>8} {'mean':>8}"
@@ -748,6 +762,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=DEVICES)
     parser.add_argument("--commands", type=int, default=COMMAND_DEVICES)
+    parser.add_argument(
+        "--scenarios",
+        type=_scenarios,
+        default=SCENARIOS,
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="hw-devices-bench-"))
@@ -757,8 +777,20 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _scenarios(text: str) -> tuple[str, ...]:
+    chosen = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}; choose from {', '.join(SCENARIOS)}"
+        )
+    return chosen
+
+
 def run(args: argparse.Namespace, root: Path) -> None:
     n = args.devices
+    scenarios = args.scenarios
+    modes = [m for m, key in zip(MODES, ("at-once", "ramped"), strict=True) if key in scenarios]
     print(f"{n:,} devices, {args.commands:,} command round trips; data in {root}", flush=True)
     storms: list[dict[str, Any]] = []
     trips: dict[str, dict[str, float]] = {}
@@ -780,10 +812,11 @@ def run(args: argparse.Namespace, root: Path) -> None:
         took = time.perf_counter() - started
         notes.append(f"headwater: restarted with {n:,} devices in {took:.2f} s (until ready)")
         credentials = [(d, secrets_by_id[d]) for d in ids]
-        storms += storms_of("headwater (generated secrets)", hw, credentials)
-        hw.restart()
-        print("round trips: headwater", flush=True)
-        trips[HEADWATER_TRIPS] = headwater_round_trips(hw, credentials[: args.commands])
+        storms += storms_of("headwater (generated secrets)", hw, credentials, modes)
+        if "commands" in scenarios:
+            hw.restart()
+            print("round trips: headwater", flush=True)
+            trips[HEADWATER_TRIPS] = headwater_round_trips(hw, credentials[: args.commands])
     finally:
         hw.stop()
 
@@ -794,8 +827,10 @@ def run(args: argparse.Namespace, root: Path) -> None:
     passwd = f"password_file {root / 'passwords'}\n"
     mosq = Mosquitto(root / "mosquitto-passwd", "mosquitto-passwd", passwd)
     try:
-        storms += storms_of("mosquitto (password file)", mosq, credentials)
+        storms += storms_of("mosquitto (password file)", mosq, credentials, modes)
         for label, tuned in (("defaults", False), ("TCP_NODELAY both sides", True)):
+            if "commands" not in scenarios:
+                break
             mosq.auth = passwd + ("set_tcp_nodelay true\n" if tuned else "")
             mosq.restart()
             print(f"round trips: mosquitto ({label})", flush=True)
@@ -805,15 +840,16 @@ def run(args: argparse.Namespace, root: Path) -> None:
     finally:
         mosq.stop()
 
-    dynsec_file(users, root / "dynsec.json")
-    plugin = f"plugin {dynsec_plugin()}\nplugin_opt_config_file {root / 'dynsec.json'}\n"
-    dyn = Mosquitto(root / "mosquitto-dynsec", "mosquitto-dynsec", plugin)
-    try:
-        storms += storms_of("mosquitto (dynamic security)", dyn, credentials)
-    finally:
-        dyn.stop()
+    if "dynsec" in scenarios:
+        dynsec_file(users, root / "dynsec.json")
+        plugin = f"plugin {dynsec_plugin()}\nplugin_opt_config_file {root / 'dynsec.json'}\n"
+        dyn = Mosquitto(root / "mosquitto-dynsec", "mosquitto-dynsec", plugin)
+        try:
+            storms += storms_of("mosquitto (dynamic security)", dyn, credentials, modes)
+        finally:
+            dyn.stop()
 
-    report(n, storms, trips, args.commands)
+    report(n, storms, trips, args.commands, modes)
     print()
     for note in notes:
         print(note)

@@ -42,7 +42,7 @@ loop forever and its later messages would never be acknowledged.
 Device connects/disconnects become ``dev.headwater.device.connected`` /
 ``...disconnected`` events (best effort: a failed append is logged and
 counted, there is nothing to refuse), appended in batches of the events of
-:data:`DEVICE_EVENT_WINDOW` (a reconnect storm of 10,000 devices is not
+:data:`~headwater.sources.device_events.WINDOW` (a reconnect storm of 10,000 devices is not
 10,000 appends). With a device plane (``devices``, the registry's side of the
 broker: :mod:`headwater.devices.plane`), the plane
 authenticates CONNECTs first, hears connects, disconnects and SUBACKs,
@@ -68,9 +68,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, cast
-
-import orjson
+from typing import Final, Protocol, cast
 
 from headwater import tracing
 from headwater.cloudevents import CloudEvent, InvalidEvent
@@ -78,18 +76,24 @@ from headwater.log import EncodedEvents, EventTooLarge, LogFull
 from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
 from headwater.mqtt.config import Authenticator, Hooked, Outcome
-from headwater.mqtt.packets import ProtocolVersion, ReasonCode
+from headwater.mqtt.packets import ReasonCode
 from headwater.mqtt.router import Router
 from headwater.mqtt.session import Message, Subscription
 from headwater.mqtt.stores import SessionStore
 from headwater.mqtt.topics import topic_matches
+from headwater.sources.device_events import (
+    CONNECTED_TYPE,
+    DISCONNECTED_TYPE,
+    DeviceEvent,
+    DeviceEvents,
+)
+from headwater.sources.device_events import listener_host as _host
 from headwater.sources.mapping import (
     CONTENT_TYPE_EXTENSION,
     IdSequence,
     Mapping,
     Unmatched,
     map_publish,
-    timestamp,
 )
 from headwater.sources.redelivery import Redeliveries, fingerprint
 from headwater.tracing.flows import Ingest, decided, ingest_mqtt
@@ -124,10 +128,6 @@ def _one_by_one(emit: Emit) -> EmitMany:
     return emit_many
 
 
-DeviceEvent = tuple[dict[str, Any], Any]
-"""What a device plane adds to a device event: extension attributes, and the data."""
-
-
 class DeviceHooks(Protocol):
     """A device plane: the registry's side of the broker (see :mod:`headwater.devices.plane`)."""
 
@@ -153,19 +153,10 @@ class DeviceHooks(Protocol):
     def subscribed(self, info: ClientInfo, subscriptions: Sequence[Subscription]) -> None: ...
 
 
-CONNECTED_TYPE: Final = "dev.headwater.device.connected"
-DISCONNECTED_TYPE: Final = "dev.headwater.device.disconnected"
-
 DEFAULT_APPEND_TIMEOUT: Final = 10.0
 """Seconds a publish waits for its durable append before the publisher is told to
 retry (PUBACK 0x97 for MQTT 5). Long enough for a SQLite fsync under load or
 a JetStream leader election; short enough that a device does not time out first."""
-
-DEVICE_EVENT_WINDOW: Final = 0.002
-"""Seconds device events gather before they are appended together. A connect's
-CONNACK is out before its event; 2 ms later its next packets are taken (they
-wait for the event). In a reconnect storm it makes batches of dozens of events
-instead of one each (a durable append has a fixed cost that a batch shares)."""
 
 _MATCH_CACHE_MAX: Final = 10_000
 """Topics whose filter verdict is cached; the cache is cleared when full (bounded memory)."""
@@ -243,9 +234,16 @@ class MqttBrokerSource:
         self.redeliveries = Redeliveries()
         self._matches: dict[str, bool] = {}
         self._responses: dict[str, asyncio.Future[Message]] = {}
-        #: Device events of this loop iteration, and the future of their append.
-        self._device_batch: tuple[list[CloudEvent], asyncio.Future[None]] | None = None
-        self._device_tasks: set[asyncio.Task[None]] = set()
+        self._device_events = DeviceEvents(
+            self.emit_many,
+            self.ids,
+            # What the sink stamps on each event (a Broker's TTL), set once per listener.
+            stamped=mapping.stamped,
+            append_timeout=append_timeout,
+            name=name,
+            on_failure=self._device_event_failed,
+            throttle=self.throttle,
+        )
         self.devices = devices
         hooked = device_events or devices is not None
         self.broker = MqttBroker(
@@ -493,84 +491,18 @@ class MqttBrokerSource:
         )
         return False
 
-    async def _device_event(
-        self, info: ClientInfo, event_type: str, extra: DeviceEvent | None = None
-    ) -> None:
-        """Append a device event (it waits for its batch: :data:`DEVICE_EVENT_WINDOW`)."""
-        attributes: dict[str, object] = {
-            "specversion": "1.0",
-            "id": self.ids.next(),
-            "source": f"mqtt://{_host(info.listener)}",
-            "type": event_type,
-            "subject": info.client_id,
-            "time": timestamp(time.time()),
-            "mqttclientid": info.client_id,
-            "mqttprotocol": "5.0" if info.protocol_version == ProtocolVersion.MQTT5 else "3.1.1",
-        }
-        if info.username is not None:
-            attributes["mqttusername"] = info.username
-        data: bytes | None = None
-        if extra is not None:
-            extensions, body = extra
-            attributes.update(extensions)
-            attributes["datacontenttype"] = "application/json"
-            data = orjson.dumps(body)
-        try:
-            event = CloudEvent(attributes, data)
-            async with asyncio.timeout(self.append_timeout):
-                await self._device_events_appended(event)
-        except Exception as exc:
-            self.stats.device_events_failed += 1
-            self.throttle.warning(
-                ("device-event", event_type),
-                "%s: %s event for %s failed: %s",
-                self.name,
-                event_type,
-                info.client_id,
-                exc,
-            )
-
-    def _device_events_appended(self, event: CloudEvent) -> asyncio.Future[None]:
-        """A future for ``event``'s append, together with the device events of the next
-        :data:`DEVICE_EVENT_WINDOW`: a reconnect storm's events are appended in
-        batches, as publishes are, not one append each."""
-        batch = self._device_batch
-        if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._device_batch = ([], loop.create_future())
-            loop.call_later(DEVICE_EVENT_WINDOW, self._append_device_events)
-        batch[0].append(event)
-        return asyncio.shield(batch[1])
-
-    def _append_device_events(self) -> None:
-        batch, self._device_batch = self._device_batch, None
-        if batch is None:
-            return
-        events, done = batch
-
-        async def append() -> None:
-            try:
-                await self.emit_many(events)
-            except Exception as exc:  # every waiter hears it
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
-
-        task = asyncio.ensure_future(append())
-        self._device_tasks.add(task)
-        task.add_done_callback(self._device_tasks.discard)
-        # Nobody waiting any more (timed out) must not leave the exception unretrieved.
-        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+    def _device_event_failed(self, count: int) -> None:
+        self.stats.device_events_failed += count
 
     async def _on_connect(self, info: ClientInfo) -> None:
         extra = self.devices.connected(info) if self.devices is not None else None
         if self.device_events:
-            await self._device_event(info, CONNECTED_TYPE, extra)
+            await self._device_events.record(info, CONNECTED_TYPE, extra)
 
     async def _on_disconnect(self, info: ClientInfo) -> None:
         extra = self.devices.disconnected(info) if self.devices is not None else None
         if self.device_events:
-            await self._device_event(info, DISCONNECTED_TYPE, extra)
+            await self._device_events.record(info, DISCONNECTED_TYPE, extra)
 
     def status(self) -> dict[str, object]:
         broker = self.broker
@@ -586,11 +518,6 @@ class MqttBrokerSource:
             "payloadFormatInvalid": broker.stats.payload_format_invalid,
             "sessionsResetOwner": broker.stats.sessions_reset_owner,
         }
-
-
-def _host(listener: str) -> str:
-    """``mqtt://127.0.0.1:1883`` -> ``127.0.0.1:1883`` (a named listener stays as it is)."""
-    return listener.partition("://")[2] or listener
 
 
 def _too_large(exc: BaseException) -> bool:
