@@ -383,7 +383,9 @@ def drive(
     )
 
 
-def bench_mesh(count: int, sink_port: int, args: argparse.Namespace) -> Result:
+@contextlib.contextmanager
+def mesh_of(count: int, sink_port: int) -> Iterator[tuple[NatsCluster, list[Node]]]:
+    """A fresh 3-server JetStream cluster and ``count`` nodes on it, R3, the bench's resources."""
     with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp_text:
         tmp = Path(tmp_text)
         files = tmp / "mesh.yaml"
@@ -392,15 +394,20 @@ def bench_mesh(count: int, sink_port: int, args: argparse.Namespace) -> Result:
             NatsCluster(tmp / "nats") as cluster,
             nodes_of(cluster, count, tmp, files, ["--nats-replicas", "3"]) as nodes,
         ):
-            pids = {n.name: n.process.pid for n in nodes if n.process is not None}
-            pids |= {
-                f"nats{i + 1}": s.process.pid
-                for i, s in enumerate(cluster.servers)
-                if s.process is not None
-            }
-            return drive(
-                f"mesh, {count} node(s), R3", [n.mqtt_port for n in nodes], sink_port, args, pids
-            )
+            yield cluster, nodes
+
+
+def bench_mesh(count: int, sink_port: int, args: argparse.Namespace) -> Result:
+    with mesh_of(count, sink_port) as (cluster, nodes):
+        pids = {n.name: n.process.pid for n in nodes if n.process is not None}
+        pids |= {
+            f"nats{i + 1}": s.process.pid
+            for i, s in enumerate(cluster.servers)
+            if s.process is not None
+        }
+        return drive(
+            f"mesh, {count} node(s), R3", [n.mqtt_port for n in nodes], sink_port, args, pids
+        )
 
 
 def bench_sqlite(sink_port: int, args: argparse.Namespace, durability: str) -> Result:
@@ -512,30 +519,23 @@ def bench_apply(sink_port: int) -> list[float]:
     from each ``apply`` on node 1 answering to its Trigger being Ready on nodes 2 and 3
     (polled every 5 ms), on an idle 3-node mesh."""
     seen: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp_text:
-        tmp = Path(tmp_text)
-        files = tmp / "mesh.yaml"
-        files.write_text(resources(sink_port, replicas=3))
-        with (
-            NatsCluster(tmp / "nats") as cluster,
-            nodes_of(cluster, 3, tmp, files, ["--nats-replicas", "3"]) as nodes,
-        ):
-            first, others = nodes[0], nodes[1:]
-            for i in range(APPLIES):
-                name = f"applied-{i}"
-                first.apply(
-                    "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
-                    f"metadata: {{name: {name}}}\n"
-                    "spec: {broker: default, subscriber: "
-                    f'{{uri: "http://127.0.0.1:{sink_port}/"}}}}\n'
-                )
-                applied = time.monotonic()
-                waiting = list(others)
-                while waiting:
-                    waiting = [n for n in waiting if name not in _ready_triggers(n)]
-                    if waiting:
-                        time.sleep(0.005)
-                seen.append(time.monotonic() - applied)
+    with mesh_of(3, sink_port) as (_, nodes):
+        first, others = nodes[0], nodes[1:]
+        for i in range(APPLIES):
+            name = f"applied-{i}"
+            first.apply(
+                "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+                f"metadata: {{name: {name}}}\n"
+                "spec: {broker: default, subscriber: "
+                f'{{uri: "http://127.0.0.1:{sink_port}/"}}}}\n'
+            )
+            applied = time.monotonic()
+            waiting = list(others)
+            while waiting:
+                waiting = [n for n in waiting if name not in _ready_triggers(n)]
+                if waiting:
+                    time.sleep(0.005)
+            seen.append(time.monotonic() - applied)
     return seen
 
 
