@@ -85,6 +85,10 @@ class ConnectionLost(ConnectionError):
     """The connection to the broker ended (or never completed)."""
 
 
+class CannotConnect(ConnectionLost):
+    """No TCP (or TLS) connection to the broker could be opened."""
+
+
 class ConnectRefused(ConnectionLost):
     """The broker answered CONNECT with a failure code."""
 
@@ -273,7 +277,7 @@ class Client:
                 c.host, c.port, ssl=c.tls, server_hostname=c.host if c.tls else None
             )
         except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
+            raise CannotConnect(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
         v5 = self.version == ProtocolVersion.MQTT5
         props = Properties(session_expiry_interval=c.session_expiry) if v5 else EMPTY_PROPERTIES
         connect = Connect(
@@ -281,10 +285,15 @@ class Client:
         )
         self.conn.start(connect, time.monotonic())
         self._flush()
-        while True:
-            event = await self._next()
-            if isinstance(event, Connack):
-                break
+        try:
+            while True:
+                event = await self._next()
+                if isinstance(event, Connack):
+                    break
+        except OSError as exc:  # a reset before CONNACK (ConnectionLost is one too)
+            if isinstance(exc, ConnectionLost):
+                raise
+            raise ConnectionLost(f"the connection ended before CONNACK: {exc}") from exc
         self.connack = event
         if not self.conn.connected:
             raise ConnectRefused(event.reason_code)
@@ -400,7 +409,10 @@ class Client:
             self._flush()
             writer = self._writer
             if writer is not None and writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except OSError as exc:
+                    raise ConnectionLost(str(exc)) from exc
             return await future
         finally:
             if self._waiting.get(packet_id) is future:

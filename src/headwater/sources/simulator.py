@@ -46,7 +46,15 @@ from dataclasses import dataclass, field
 import orjson
 
 from headwater.backoff import Backoff
-from headwater.mqtt.client import Client, ClientConfig, ConnectionLost, PublishRefused, tls_context
+from headwater.mqtt.client import (
+    CannotConnect,
+    Client,
+    ClientConfig,
+    ConnectionLost,
+    ConnectRefused,
+    PublishRefused,
+    tls_context,
+)
 from headwater.mqtt.packets import Properties, ProtocolVersion
 
 __all__ = ["Climate", "Fleet", "FleetConfig", "FleetStats", "VentFailures"]
@@ -183,6 +191,8 @@ class Fleet:
         self.stats = FleetStats()
         self._budget = config.count
         self._started = time.time()
+        #: Whether any device of the fleet has had a CONNACK yet.
+        self._connected = False
 
     def _take(self) -> bool:
         if self._budget is None:
@@ -231,9 +241,13 @@ class Fleet:
             try:
                 await self._session(client_config, model, interval)
                 return
-            except ConnectionLost:
-                if first and not self.stats.acked and not self.stats.reconnects:
-                    raise  # never connected at all: a wrong address or credentials
+            except ConnectionLost as exc:
+                # A wrong address, TLS set-up or credentials: the fleet never got in. A
+                # connection that ends otherwise (a take-over, a broker restarting, even a
+                # reset before CONNACK) is retried.
+                never = first and not self._connected
+                if never and isinstance(exc, CannotConnect | ConnectRefused):
+                    raise
             first = False
             self.stats.reconnects += 1
             await asyncio.sleep(delays.next())
@@ -243,6 +257,7 @@ class Fleet:
         c = self.config
         device_id = config.client_id
         async with Client(config) as client:
+            self._connected = True
             await client.subscribe(
                 [(f"devices/{device_id}/commands/#", 1), (f"devices/{device_id}/twin/delta", 1)]
             )

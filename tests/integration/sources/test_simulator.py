@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import subprocess
 import sys
 
@@ -59,6 +61,53 @@ async def test_fleet_telemetry_and_commands_through_the_embedded_broker() -> Non
     assert fleet.stats.acked == 40 and fleet.stats.failed == 0
     assert reply is not None
     assert orjson.loads(reply.data_bytes()) == {"ok": True, "device": "sim-2", "setpoint": 25.0}
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_connection_reset_before_connack_is_retried() -> None:
+    """A broker taking a client id over may reset the newcomer before its CONNACK
+    (two simulators with one --prefix): the device reconnects, it does not stop
+    the fleet with a raw ConnectionResetError."""
+    config = BrokerConfig(listeners=(Listener(port=0),))
+    mapping = Mapping.compile(topic_pattern="sensors/{device}/{metric}")
+    events: list[CloudEvent] = []
+
+    async def emit(event: CloudEvent) -> None:
+        events.append(event)
+
+    resets = 0
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        if resets == 0:  # the first connection: read its CONNECT, then reset it
+            resets += 1
+            await reader.read(65536)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", broker_port)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    async with MqttBrokerSource(config, mapping, emit, topics=("sensors/#",)) as source:
+        broker_port = source.broker.port()
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            fleet = Fleet(FleetConfig(port=port, devices=1, rate=100, count=5))
+            stats = await fleet.run()
+    assert resets == 1
+    assert (stats.acked, stats.failed, stats.reconnects) == (5, 0, 1)
 
 
 def _simulate(url: str, *extra: str) -> subprocess.Popen[str]:
