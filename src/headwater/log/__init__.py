@@ -14,6 +14,7 @@ the NATS client.
 from typing import TYPE_CHECKING, Any
 
 from headwater.log._codec import EncodedEvents, attributes_head, bytes_record
+from headwater.log._codec import encode as encode_record
 from headwater.log.base import (
     DEFAULT_BATCH,
     DEFAULT_MAX_EVENT_SIZE,
@@ -71,6 +72,7 @@ __all__ = [
     "StreamNotFound",
     "attributes_head",
     "bytes_record",
+    "encode_record",
 ]
 
 

@@ -72,7 +72,7 @@ from typing import Final, Protocol, cast
 
 from headwater import tracing
 from headwater.cloudevents import CloudEvent, InvalidEvent
-from headwater.log import EncodedEvents, EventTooLarge, LogFull
+from headwater.log import EncodedEvents, EventTooLarge, LogFull, encode_record
 from headwater.logs import Throttle
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, MqttBroker, Refusal
 from headwater.mqtt.config import Authenticator, Hooked, Outcome
@@ -395,20 +395,24 @@ class MqttBrokerSource:
         ok: bool | None = None  # None: the append did not finish (cancelled, or a bug)
         try:
             traced: Ingest | None = None
-            unchanged = True
             if tracing.tracer is not None:
                 mapped = events
                 messages = [batch[index].message for index in indexes]
                 events, traced = ingest_mqtt(
                     tracing.tracer, events, messages, client_id=sender, received=now
                 )
-                # A batch the head left as it came (nothing sampled, no context
-                # came with it) keeps the records encoded above.
-                unchanged = traced is None and all(
-                    a is b for a, b in zip(events, mapped, strict=True)
-                )
+                if traced is not None or any(
+                    a is not b for a, b in zip(events, mapped, strict=True)
+                ):
+                    # The events the head gave a context of Headwater's (sampled
+                    # ones) are encoded again; the rest keep the records encoded
+                    # above (at 1%, most batches of a busy client hold one).
+                    records = [
+                        record if event is before else encode_record(event)
+                        for record, event, before in zip(records, events, mapped, strict=True)
+                    ]
             with decided():  # the Broker takes no second head decision
-                if unchanged and None not in records:
+                if None not in records:
                     # Every record encoded once here; each event carries what the
                     # mapping stamps (a Broker's TTL): nothing left to redo downstream.
                     encoded = cast("list[bytes]", records)

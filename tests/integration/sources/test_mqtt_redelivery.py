@@ -17,8 +17,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from headwater import tracing
 from headwater.cloudevents import CloudEvent
+from headwater.log import EncodedEvents, encode_record
 from headwater.mqtt.broker import BrokerConfig, ClientInfo, Listener, MqttBroker
 from headwater.mqtt.client import ClientConfig
 from headwater.mqtt.config import Hooked
@@ -39,6 +42,7 @@ from headwater.mqtt.session import Message
 from headwater.sources.mapping import Mapping
 from headwater.sources.mqtt import MqttSourceRunner
 from headwater.sources.mqttbroker import MqttBrokerSource
+from headwater.tracing import Tracer, TracingConfig
 from tests.helpers import wait_until
 
 TIMEOUT = 10.0
@@ -330,3 +334,51 @@ async def test_the_publishes_of_one_write_are_appended_together() -> None:
     assert src.stats.events == 8
     assert src.stats.appends == len(batches)
     assert src.stats.snapshot()["appends"] == len(batches)
+
+
+async def test_a_batch_with_sampled_events_keeps_the_records_of_the_others() -> None:
+    """At 1% sampling most batches of a busy client hold a sampled event: the
+    batch still goes to the log encoded (only the sampled ones encoded again,
+    with the context the head gave them), not re-encoded whole."""
+    batches: list[Sequence[CloudEvent]] = []
+
+    async def emit_many(events: Sequence[CloudEvent]) -> None:
+        batches.append(events)
+
+    async def emit(event: CloudEvent) -> None:
+        batches.append([event])
+
+    # Parent-based at ratio 0: exactly the messages with a sampled traceparent are.
+    config = TracingConfig(endpoint="http://127.0.0.1:9/v1/traces", sampling=0.0)
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = Properties(user_properties=(("traceparent", parent),))
+    sampled = {3, 6}
+
+    def message(n: int) -> Publish:
+        props = traced if n in sampled else Properties()
+        return Publish("sensors/s1/climate", b'{"n": %d}' % n, 1, False, False, n, props)
+
+    with tracing.installed(Tracer(config, exporter=InMemorySpanExporter())):
+        async with (
+            MqttBrokerSource(
+                BrokerConfig(listeners=(Listener(port=0),)),
+                Mapping.compile(),
+                emit,
+                emit_many=emit_many,
+                device_events=False,
+            ) as src,
+            Client.connect(src.broker.port(), "s1") as device,
+        ):
+            device.writer.write(b"".join(encode(message(n), V5) for n in range(1, 9)))
+            assert [await device.recv() for _ in range(8)] == [Puback(n) for n in range(1, 9)]
+    events = [event for batch in batches for event in batch]
+    assert [e.data for e in events] == [b'{"n": %d}' % n for n in range(1, 9)]
+    with_context = {n for n, e in enumerate(events, 1) if "traceparent" in e}
+    assert with_context == sampled
+    for n, event in enumerate(events, 1):
+        if n in sampled:  # a child of the device's span, in the device's trace
+            assert event["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            assert event["traceparent"] != parent
+    for batch in batches:
+        assert type(batch) is EncodedEvents
+        assert list(batch.records) == [encode_record(event) for event in batch]
