@@ -167,3 +167,22 @@ def _online(node: Node, device: str) -> dict[str, Any] | None:
 def _offline(node: Node, device: str) -> dict[str, Any] | None:
     seen = presence(node, device)
     return seen if not seen["online"] and seen["disconnectedAt"] else None
+
+
+def test_the_devices_of_a_node_that_died_are_shown_offline(nodes: tuple[Node, Node]) -> None:
+    """A node killed with a device connected: once the mesh has lost its heartbeat,
+    the other node shows the device offline, and says why."""
+    n1, n2 = nodes
+    secret = register(n1, n2, "probe-9")
+    device = connect(n2, "probe-9", secret)
+    assert device.connack()[0] == 0
+    wait_for("probe-9 online on n1", lambda: _online(n1, "probe-9"))
+    n2.kill()
+    # The node registry's TTL (10 s) and presence's look at the nodes (every 5 s).
+    seen = wait_for("probe-9 offline on n1", lambda: _offline(n1, "probe-9"), timeout=60)
+    assert seen["reason"] == "node n2 is gone" and seen["node"] == "n2"
+    assert online_ids(n1) == []
+    # The record written says so too: a node starting now shows it offline.
+    n1.stop()
+    n1.start()
+    assert not presence(n1, "probe-9")["online"]

@@ -269,6 +269,9 @@ class Mesh:
         assert self.registry is not None
         return await self.registry.nodes()
 
+    async def live_nodes(self) -> set[str]:
+        return {n.name for n in await self.nodes()}
+
     # -- MQTT across the nodes ------------------------------------------------------------
 
     def mqtt(self, source: str, max_message_size: int) -> MqttMesh:
@@ -282,9 +285,6 @@ class Mesh:
         async def connect_for(purpose: str, no_echo: bool) -> Any:
             return await connect(options, f"headwater {self.node} {purpose}", no_echo=no_echo)
 
-        async def live_nodes() -> set[str]:
-            return {n.name for n in await self.nodes()}
-
         link = MeshLink(
             connect=connect_for,
             state=self.state,
@@ -293,7 +293,7 @@ class Mesh:
             source=source,
             replicas=self.replicas,
             max_message_size=max_message_size,
-            live_nodes=live_nodes,
+            live_nodes=self.live_nodes,
             lease=self.lease,
         )
         return MqttMesh(link)

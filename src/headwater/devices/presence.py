@@ -33,8 +33,13 @@ it is: online on another node, this node's API says so. A record that ends
 an older connection (the node a device moved away from, writing late) never
 hides a newer one, and the flusher does not write it over a newer one it
 knows of. At start a node marks offline only its own records: the others
-belong to nodes that are running (a node that died leaves its devices
-online in the view until they connect again somewhere, or are deleted).
+belong to nodes that are running. A node that dies leaves records that say
+its devices are online: every :data:`NODE_CHECK` seconds each node asks the
+mesh which nodes are alive (a node is gone once its heartbeat is older than
+the registry's TTL, ``cluster/nodes.py``) and shows such a device offline
+(``reason``: the node is gone); the first live node by name writes that to
+the store, so that it stays true after restarts. A device that connected
+again elsewhere meanwhile has a newer record, which wins as above.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -56,6 +61,7 @@ from headwater.state import Bucket, Entry, StateClosed, StateError, StateStore
 __all__ = [
     "FLUSH_DELAY",
     "FLUSH_MAX_DELAY",
+    "NODE_CHECK",
     "PRESENCE_BUCKET",
     "Connection",
     "Presence",
@@ -77,6 +83,10 @@ coming (what a crash can lose; what another node of a mesh may lag behind)."""
 FLUSH_BATCH: Final = 1000
 """Devices written per transaction at most: a storm's presence in a few commits,
 none of which holds the store's writer for long."""
+
+NODE_CHECK: Final = 5.0
+"""Seconds between looks at which nodes of a mesh are alive (their devices'
+records are ended when their node is gone)."""
 
 RETRY_DELAY: Final = 5.0
 """Seconds before writing again after the store failed (what is dirty stays dirty)."""
@@ -168,11 +178,15 @@ class Presence:
         *,
         clock: Callable[[], float] = time.time,
         node: str | None = None,
+        live_nodes: Callable[[], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
         #: This node's name in a mesh (None: a single node, no one else writes).
         self.node = node
+        #: The names of the mesh's live nodes (a mesh only).
+        self.live_nodes = live_nodes
+        self._reaper: asyncio.Task[None] | None = None
         self._bucket: Bucket | None = None
         #: This node's records: its connections' (and, single node, every record).
         self._records: dict[str, PresenceRecord] = {}
@@ -222,18 +236,22 @@ class Presence:
                 self._watcher = asyncio.create_task(
                     self._watch(bucket, revision), name="devices:presence-watch"
                 )
+                if self.live_nodes is not None:
+                    self._reaper = asyncio.create_task(
+                        self._reap_loop(), name="devices:presence-nodes"
+                    )
             if self._dirty:
                 self._wake.set()
             self._started = True
 
     async def close(self) -> None:
         """Write what is left, then stop the flusher (and the watcher)."""
-        for task in (self._watcher, self._flusher):
+        for task in (self._reaper, self._watcher, self._flusher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._watcher = self._flusher = None
+        self._reaper = self._watcher = self._flusher = None
         with contextlib.suppress(StateError):
             await self._flush()
 
@@ -265,6 +283,57 @@ class Presence:
             # what the store keeps (and a starting node reads) is the live one.
             self._dirty.add(key)
             self._wake.set()
+
+    async def _reap_loop(self) -> None:
+        assert self.live_nodes is not None
+        while True:
+            await _sleep(NODE_CHECK)
+            try:
+                live = await self.live_nodes()
+            except StateError as exc:
+                log.warning("device presence: cannot read the mesh's nodes: %s", exc)
+                continue
+            try:
+                await self.nodes_gone(live)
+            except StateError as exc:
+                log.warning("device presence: cannot write to the state store: %s", exc)
+
+    async def nodes_gone(self, live: set[str]) -> int:
+        """End the connections other nodes' records show online on nodes not in
+        ``live`` (they died); the first of ``live`` by name writes the records.
+        Returns how many devices went offline."""
+        live = live | {self.node} if self.node is not None else live
+        gone = {
+            key: record
+            for key, record in self._remote.items()
+            if record.online and record.node not in live and key not in self._live
+        }
+        if not gone:
+            return 0
+        now = self.clock()
+        ended = {
+            key: replace(
+                record, online=False, disconnected_at=now, reason=f"node {record.node} is gone"
+            )
+            for key, record in gone.items()
+        }
+        self._remote.update(ended)
+        if self.node == min(live) and self._bucket is not None:
+            try:
+                await self._bucket.write_many(
+                    {key: orjson.dumps(record.to_json()) for key, record in ended.items()}
+                )
+            except BaseException:
+                for key, record in gone.items():  # asked again at the next look
+                    if self._remote.get(key) is ended[key]:
+                        self._remote[key] = record
+                raise
+        log.warning(
+            "device presence: %d device(s) offline: gone from the mesh: %s",
+            len(ended),
+            ", ".join(sorted({str(r.node) for r in ended.values()})),
+        )
+        return len(ended)
 
     def _shown(self, key: str) -> PresenceRecord | None:
         """The record of the device's latest connection, this node's or another's."""

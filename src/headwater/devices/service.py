@@ -26,7 +26,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headwater.devices.commands import Command, Commands
@@ -56,10 +56,12 @@ class Devices:
         *,
         clock: Callable[[], float] = time.time,
         node: str | None = None,
+        live_nodes: Callable[[], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.registry = Registry(state, clock=clock)
-        #: ``node``: this node's name in a mesh (presence follows the other nodes').
-        self.presence = Presence(state, clock=clock, node=node)
+        #: ``node``: this node's name in a mesh (presence follows the other nodes',
+        #: and ends what ``live_nodes`` says are the connections of dead nodes).
+        self.presence = Presence(state, clock=clock, node=node, live_nodes=live_nodes)
         self.twins = Twins(state, clock=clock)
         self.commands = Commands(state, self.presence, clock=clock)
         self.commands.on_finished = self._command_finished

@@ -227,6 +227,10 @@ class MeshNode(Protocol):
         """The router and session store of the MqttBrokerSource ``source`` (``ns/name``)."""
         ...
 
+    async def live_nodes(self) -> set[str]:
+        """The names of the mesh's live nodes (a heartbeat within the registry's TTL)."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """What the API's info says of the mesh (its servers, namespace, replicas)."""
         ...

@@ -115,7 +115,9 @@ class Runtime:
         # What the API applied is kept here (see runtime.applied); owned and closed here.
         self.state: StateStore = state if state is not None else MemoryStore()
         # The device registry, presence, twins and commands (headwater.devices), in it too.
-        self.devices = Devices(self.state, node=self.node)
+        self.devices = Devices(
+            self.state, node=self.node, live_nodes=mesh.live_nodes if mesh is not None else None
+        )
         self.data_dir = data_dir
         self.registry = Registry()
         self.listeners = self.registry.listeners

@@ -244,3 +244,77 @@ async def test_a_starting_node_marks_offline_only_its_own_records() -> None:
 
 async def _node_of(store: MemoryStore, device: str, node: str) -> bool:
     return (await stored(store, device)).get("node") == node
+
+
+async def test_the_devices_of_a_node_that_died_go_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """n3 dies with a device online: every node shows it offline once n3 is gone
+    from the mesh, the first live node writes it, and a device that connected
+    again elsewhere meanwhile stays online."""
+    store, clock, n1, n2 = await two_nodes(monkeypatch)
+    n3 = on_node(store, "n3", clock)
+    await n3.start()
+    connect(n3, "pump-1")
+    connect(n3, "gw-1")
+    await n3._flush()
+    for node in (n1, n2):
+        await wait_until(
+            lambda n=node: n.online("default", "pump-1") and n.online("default", "gw-1"),
+            what="online",
+        )
+    n3._flusher.cancel()  # type: ignore[union-attr]  # n3 dies: it writes nothing more
+    connect(n1, "gw-1")  # gw-1 reconnects to n1 before n3 is found gone
+    await wait_until(
+        lambda: getattr(n2.get("default", "gw-1"), "node", None) == "n1", what="gw-1 on n1"
+    )
+
+    assert await n2.nodes_gone({"n1", "n2"}) == 1
+    shown = n2.get("default", "pump-1")
+    assert shown is not None and not shown.online and shown.reason == "node n3 is gone"
+    assert shown.disconnected_at is not None and shown.node == "n3"
+    assert (await stored(store, "pump-1"))["online"] is True  # n2 is not the first node
+    assert await n1.nodes_gone({"n1", "n2"}) == 1  # n1 is: it writes the records
+    assert (await stored(store, "pump-1"))["reason"] == "node n3 is gone"
+    assert n1.online("default", "gw-1") and n2.online("default", "gw-1")
+    assert await n2.nodes_gone({"n1", "n2"}) == 0  # nothing left to end
+
+    starting = on_node(store, "n4", clock)
+    await starting.start()
+    assert not starting.online("default", "pump-1")
+    for presence in (n1, n2, starting):
+        await presence.close()
+
+
+async def test_every_node_looks_at_the_mesh_s_nodes_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(presence_module, "FLUSH_DELAY", 0.0)
+    monkeypatch.setattr(presence_module, "NODE_CHECK", 0.01)
+    store, clock = MemoryStore(), Clock()
+    live = {"n1", "n2"}
+    looks = 0
+
+    async def live_nodes() -> set[str]:
+        nonlocal looks
+        looks += 1
+        if looks == 1:
+            raise StateError("NATS is unreachable")  # asked again at the next look
+        return set(live)
+
+    n1 = Presence(store, clock=clock, node="n1", live_nodes=live_nodes)
+    n2 = on_node(store, "n2", clock)
+    await n1.start()
+    await n2.start()
+    connect(n2, "valve-7")
+    await wait_until(lambda: n1.online("default", "valve-7"), what="online on n1")
+    n2._flusher.cancel()  # type: ignore[union-attr]
+    live.discard("n2")
+    await wait_until(lambda: not n1.online("default", "valve-7"), what="offline on n1")
+    await wait_until(lambda: _stored_offline(store, "valve-7"), what="the record stored")
+    assert looks >= 2
+    await n1.close()
+
+
+async def _stored_offline(store: MemoryStore, device: str) -> bool:
+    return (await stored(store, device))["online"] is False
