@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from headwater.mqtt.packets import ReasonCode
 from tests.integration.mqtt._clients import Paho, close_all
-from tests.mesh.nodes import Node, wait_for
+from tests.mesh.nodes import Node, receiving, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -169,19 +170,44 @@ def _offline(node: Node, device: str) -> dict[str, Any] | None:
     return seen if not seen["online"] and seen["disconnectedAt"] else None
 
 
+DISCONNECTED = """\
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: disconnects}
+spec:
+  broker: default
+  filter: {attributes: {type: dev.headwater.device.disconnected}}
+  subscriber: {uri: "%s"}
+"""
+
+
 def test_the_devices_of_a_node_that_died_are_shown_offline(nodes: tuple[Node, Node]) -> None:
     """A node killed with a device connected: once the mesh has lost its heartbeat,
-    the other node shows the device offline, and says why."""
+    the other node shows the device offline, says why, and records the
+    ``disconnected`` event the dead node could not."""
     n1, n2 = nodes
     secret = register(n1, n2, "probe-9")
-    device = connect(n2, "probe-9", secret)
-    assert device.connack()[0] == 0
-    wait_for("probe-9 online on n1", lambda: _online(n1, "probe-9"))
-    n2.kill()
-    # The node registry's TTL (10 s) and presence's look at the nodes (every 5 s).
-    seen = wait_for("probe-9 offline on n1", lambda: _offline(n1, "probe-9"), timeout=60)
-    assert seen["reason"] == "node n2 is gone" and seen["node"] == "n2"
-    assert online_ids(n1) == []
+    n1.api("PATCH", "/api/v1/devices/probe-9", {"labels": {"site": "north"}})
+    with receiving() as receiver:
+        n1.apply(DISCONNECTED % receiver.url)
+        for node in (n1, n2):
+            wait_for(
+                f"the Trigger on {node.name}",
+                lambda n=node: n.api(path="/api/v1/resources/Trigger/default/disconnects"),
+            )
+        device = connect(n2, "probe-9", secret)
+        assert device.connack()[0] == 0
+        wait_for("probe-9 online on n1", lambda: _online(n1, "probe-9"))
+        n2.kill()
+        # The node registry's TTL (10 s) and presence's look at the nodes (every 5 s).
+        seen = wait_for("probe-9 offline on n1", lambda: _offline(n1, "probe-9"), timeout=60)
+        assert seen["reason"] == "node n2 is gone" and seen["node"] == "n2"
+        assert online_ids(n1) == []
+        [event] = receiver.wait_for_blocking(1, within=60)
+    assert event.type == "dev.headwater.device.disconnected"
+    assert event["device"] == "probe-9" and event.subject == "probe-9"
+    body = orjson.loads(event.data_bytes())
+    assert body["device"] == "probe-9" and body["labels"] == {"site": "north"}
     # The record written says so too: a node starting now shows it offline.
     n1.stop()
     n1.start()

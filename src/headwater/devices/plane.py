@@ -58,7 +58,7 @@ from headwater.cloudevents import CloudEvent
 from headwater.devices.access import RegistryAuthenticator
 from headwater.devices.commands import Command
 from headwater.devices.model import DeviceError, InvalidDevice
-from headwater.devices.presence import Connection
+from headwater.devices.presence import Connection, PresenceRecord
 from headwater.devices.twins import InvalidTwin, Twin, TwinTooLarge
 from headwater.logs import Throttle
 from headwater.mqtt.auth import Acl
@@ -131,6 +131,9 @@ class DevicePlane:
         self._reported_task: asyncio.Task[None] | None = None
         self.events_failed = 0
         self.refused = 0
+        #: What records a connection that ended with the mesh node that held it
+        #: (the MqttBrokerSource's ``disconnected`` event): ``on_lost(info, extra)``.
+        self.on_lost: Callable[[ClientInfo, tuple[dict[str, Any], Any]], object] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -218,6 +221,23 @@ class DevicePlane:
             return None
         self.devices.presence.disconnected(self.namespace, device_id, info)
         return self._event_extra(device_id, info)
+
+    def lost(self, device_id: str, record: PresenceRecord) -> None:
+        """The connection ``record`` describes ended with the mesh node that held it
+        (it died): the event its disconnect hook would have recorded, from the record."""
+        if self.on_lost is None:
+            return
+        device = self.devices.registry.get(self.namespace, device_id)
+        info = ClientInfo(
+            record.client_id or device_id,
+            None,  # the MQTT username is not in the record
+            ProtocolVersion.MQTT5 if record.protocol == "5.0" else ProtocolVersion.MQTT311,
+            record.listener or "",
+            record.address or "",
+            f"{self._user_prefix}{device_id}",
+            dict(device.labels) if device is not None else {},
+        )
+        self.on_lost(info, self._event_extra(device_id, info))
 
     def _event_extra(self, device_id: str, info: ClientInfo) -> tuple[dict[str, Any], Any]:
         return {"device": device_id}, {

@@ -38,7 +38,9 @@ its devices are online: every :data:`NODE_CHECK` seconds each node asks the
 mesh which nodes are alive (a node is gone once its heartbeat is older than
 the registry's TTL, ``cluster/nodes.py``) and shows such a device offline
 (``reason``: the node is gone); the first live node by name writes that to
-the store, so that it stays true after restarts. A device that connected
+the store, so that it stays true after restarts, and tells
+:meth:`Presence.on_node_gone` (its MqttBrokerSource records the
+``disconnected`` event the dead node could not). A device that connected
 again elsewhere meanwhile has a newer record, which wins as above.
 """
 
@@ -200,6 +202,7 @@ class Presence:
         self._started = False
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[str, str, PresenceRecord], None]] = []
+        self._gone_listeners: list[Callable[[str, str, PresenceRecord], None]] = []
         self.write_failures = 0
         #: Changes so far (the flusher waits for a pause in them).
         self._changes = 0
@@ -328,6 +331,15 @@ class Presence:
                     if self._remote.get(key) is ended[key]:
                         self._remote[key] = record
                 raise
+            for key, record in ended.items():
+                parsed = parse_device_key(key)
+                if parsed is None:
+                    continue
+                for listener in self._gone_listeners:
+                    try:
+                        listener(*parsed, record)
+                    except Exception:
+                        log.exception("a presence listener failed")
         log.warning(
             "device presence: %d device(s) offline: gone from the mesh: %s",
             len(ended),
@@ -344,6 +356,12 @@ class Presence:
         if other is None or (own is not None and _since(own) >= _since(other)):
             return own
         return other
+
+    def on_node_gone(self, listener: Callable[[str, str, PresenceRecord], None]) -> None:
+        """``listener(namespace, device id, record)`` for each connection this node
+        ended because its node is gone (on the node that writes those records only,
+        so that each is told once in the mesh)."""
+        self._gone_listeners.append(listener)
 
     def on_change(self, listener: Callable[[str, str, PresenceRecord], None]) -> None:
         """``listener(namespace, device id, record)`` on every change."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from headwater.devices.commands import Command, Commands
 from headwater.devices.events import command_event, twin_event
 from headwater.devices.model import Device
-from headwater.devices.presence import Presence
+from headwater.devices.presence import Presence, PresenceRecord
 from headwater.devices.registry import Registry
 from headwater.devices.twins import Twin, TwinChange, Twins
 from headwater.logs import Throttle
@@ -66,6 +66,7 @@ class Devices:
         self.commands = Commands(state, self.presence, clock=clock)
         self.commands.on_finished = self._command_finished
         self.registry.on_change(self._device_changed)
+        self.presence.on_node_gone(self._connection_lost)
         self._planes: dict[str, list[DevicePlane]] = {}
         self._boot = secrets.token_hex(4)
         self._connections = itertools.count(1)
@@ -115,6 +116,14 @@ class Devices:
 
     def planes(self, namespace: str) -> list[DevicePlane]:
         return list(self._planes.get(namespace, ()))
+
+    def _connection_lost(self, namespace: str, device_id: str, record: PresenceRecord) -> None:
+        """A device's connection ended with the mesh node that held it: the plane of
+        the same MqttBrokerSource here says so (its ``disconnected`` event)."""
+        for plane in self._planes.get(namespace, ()):
+            if plane.name == record.broker:
+                plane.lost(device_id, record)
+                return
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)

@@ -152,6 +152,9 @@ class DeviceHooks(Protocol):
 
     def subscribed(self, info: ClientInfo, subscriptions: Sequence[Subscription]) -> None: ...
 
+    #: Set by the source: records a connection that ended with the mesh node holding it.
+    on_lost: Callable[[ClientInfo, DeviceEvent], object] | None
+
 
 DEFAULT_APPEND_TIMEOUT: Final = 10.0
 """Seconds a publish waits for its durable append before the publisher is told to
@@ -258,6 +261,7 @@ class MqttBrokerSource:
         )
         if devices is not None:
             devices.attach(self.broker)
+            devices.on_lost = self._on_lost
 
     async def __aenter__(self) -> MqttBrokerSource:
         await self.broker.__aenter__()
@@ -507,6 +511,11 @@ class MqttBrokerSource:
         extra = self.devices.disconnected(info) if self.devices is not None else None
         if self.device_events:
             await self._device_events.record(info, DISCONNECTED_TYPE, extra)
+
+    def _on_lost(self, info: ClientInfo, extra: DeviceEvent) -> None:
+        """A device's connection ended with the mesh node that held it (it died)."""
+        if self.device_events:
+            self._device_events.record(info, DISCONNECTED_TYPE, extra)
 
     def status(self) -> dict[str, object]:
         broker = self.broker

@@ -269,6 +269,13 @@ async def test_the_devices_of_a_node_that_died_go_offline(
         lambda: getattr(n2.get("default", "gw-1"), "node", None) == "n1", what="gw-1 on n1"
     )
 
+    told: dict[str, list[tuple[str, str, str | None]]] = {"n1": [], "n2": []}
+    for presence in (n1, n2):
+        presence.on_node_gone(
+            lambda ns, device, record, to=told[str(presence.node)]: to.append(
+                (ns, device, record.reason)
+            )
+        )
     assert await n2.nodes_gone({"n1", "n2"}) == 1
     shown = n2.get("default", "pump-1")
     assert shown is not None and not shown.online and shown.reason == "node n3 is gone"
@@ -276,6 +283,8 @@ async def test_the_devices_of_a_node_that_died_go_offline(
     assert (await stored(store, "pump-1"))["online"] is True  # n2 is not the first node
     assert await n1.nodes_gone({"n1", "n2"}) == 1  # n1 is: it writes the records
     assert (await stored(store, "pump-1"))["reason"] == "node n3 is gone"
+    # The node that wrote is the one told (its source records the disconnected event).
+    assert told == {"n1": [("default", "pump-1", "node n3 is gone")], "n2": []}
     assert n1.online("default", "gw-1") and n2.online("default", "gw-1")
     assert await n2.nodes_gone({"n1", "n2"}) == 0  # nothing left to end
 
