@@ -48,7 +48,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import nats.errors
@@ -121,10 +121,11 @@ class MeshSessions:
         #: Client id -> its session, while this node has it.
         self.hosted: dict[str, MeshSession] = {}
         self._pullers: dict[str, Puller] = {}
-        self._resync: set[str] = set()
-        self._syncing: dict[str, asyncio.Task[Any]] = {}
-        self._released_dirty: set[str] = set()
-        self._releasing: dict[str, asyncio.Task[Any]] = {}
+        #: Per client, one writer of its subscriptions (consumers and document), and
+        #: one of its QoS 2 flows' state; a change that comes while one is under way
+        #: is written together with any others after it.
+        self._syncs = _Coalesced(self._sync, self._write_later)
+        self._releases = _Coalesced(self._write_released, self._write_later)
         #: Client id -> (session, delivery) PUBREC'd, acked in JetStream once written.
         self._after_release: dict[str, list[tuple[MeshSession, Delivery]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -339,22 +340,12 @@ class MeshSessions:
         session = self.hosted.get(client_id)
         if session is None or not session.expiry_interval:
             return None
-        self._resync.add(client_id)
-        task = self._syncing.get(client_id)
-        if task is None or task.done():
-            task = self._syncing[client_id] = self._write_later(self._sync(client_id))
-        return task
+        return self._syncs.request(client_id)
 
     async def _sync(self, client_id: str) -> None:
-        try:
-            while client_id in self._resync:
-                self._resync.discard(client_id)
-                session = self.hosted.get(client_id)
-                if session is None:
-                    return
-                await self._subscriptions_changed(session)
-        finally:
-            self._syncing.pop(client_id, None)
+        session = self.hosted.get(client_id)
+        if session is not None:
+            await self._subscriptions_changed(session)
 
     def released_changed(self, session: MeshSession, delivery: Delivery | None) -> None:
         """A QoS 2 flow of ``session`` got its PUBREC (``delivery``) or its PUBCOMP
@@ -364,28 +355,18 @@ class MeshSessions:
         client_id = session.client_id
         if delivery is not None:
             self._after_release.setdefault(client_id, []).append((session, delivery))
-        self._released_dirty.add(client_id)
-        task = self._releasing.get(client_id)
-        if task is None or task.done():
-            self._releasing[client_id] = self._write_later(self._write_released(client_id))
+        self._releases.request(client_id)
 
     async def _write_released(self, client_id: str) -> None:
-        try:
-            while client_id in self._released_dirty:
-                self._released_dirty.discard(client_id)
-                waiting = self._after_release.pop(client_id, [])
-                session = self.hosted.get(client_id)
-                if session is not None:
-                    try:
-                        await self._write(client_id, {"rel": _released(session)})
-                    except StateError as exc:
-                        self.throttle.warning(
-                            "released", "QoS 2 state of %s not saved: %s", client_id, exc
-                        )
-                for held, delivery in waiting:
-                    held.finished(delivery)  # a session gone meanwhile gave it back already
-        finally:
-            self._releasing.pop(client_id, None)
+        waiting = self._after_release.pop(client_id, [])
+        session = self.hosted.get(client_id)
+        if session is not None:
+            try:
+                await self._write(client_id, {"rel": _released(session)})
+            except StateError as exc:
+                self.throttle.warning("released", "QoS 2 state of %s not saved: %s", client_id, exc)
+        for held, delivery in waiting:
+            held.finished(delivery)  # a session gone meanwhile gave it back already
 
     async def _subscriptions_changed(self, session: MeshSession) -> None:
         link = self.link
@@ -700,6 +681,37 @@ class MeshSessions:
                 if held:
                     self._send([(reply, b"+WPI") for reply in held])  # still being delivered
                 self.pump(session)
+
+
+class _Coalesced:
+    """Per key, at most one task running ``work(key)``, again as long as new requests
+    came while it ran: changes that come during a write are written together after it."""
+
+    def __init__(
+        self,
+        work: Callable[[str], Awaitable[None]],
+        spawn: Callable[[Awaitable[None]], asyncio.Task[Any]],
+    ) -> None:
+        self._work = work
+        self._spawn = spawn
+        self._requested: set[str] = set()
+        self._running: dict[str, asyncio.Task[Any]] = {}
+
+    def request(self, key: str) -> asyncio.Task[Any]:
+        """``work(key)`` will run after this call; the task that will have run it."""
+        self._requested.add(key)
+        task = self._running.get(key)
+        if task is None or task.done():
+            task = self._running[key] = self._spawn(self._run(key))
+        return task
+
+    async def _run(self, key: str) -> None:
+        try:
+            while key in self._requested:
+                self._requested.discard(key)
+                await self._work(key)
+        finally:
+            self._running.pop(key, None)
 
 
 def _released(session: Session) -> dict[str, int | None]:
