@@ -271,8 +271,15 @@ class Presence:
             self._remote.pop(entry.key, None)
             return
         record = _parse(entry.value)
-        if record is not None and self._foreign(record):
+        if record is None:
+            return
+        if self._foreign(record):
             self._remote_record(entry.key, record)
+        elif not record.online and entry.key in self._live and record.node == self.node:
+            # Another node took this one for dead (its heartbeat came too late) and
+            # ended a connection that is still here: the live record is written again.
+            self._dirty.add(entry.key)
+            self._wake.set()
 
     def _remote_record(self, key: str, record: PresenceRecord) -> None:
         """Keep another node's record unless it is about an older connection than the one kept."""
@@ -292,14 +299,11 @@ class Presence:
         while True:
             await _sleep(NODE_CHECK)
             try:
-                live = await self.live_nodes()
+                await self.nodes_gone(await self.live_nodes())
             except StateError as exc:
-                log.warning("device presence: cannot read the mesh's nodes: %s", exc)
-                continue
-            try:
-                await self.nodes_gone(live)
-            except StateError as exc:
-                log.warning("device presence: cannot write to the state store: %s", exc)
+                log.warning("device presence: nodes of the mesh not checked: %s", exc)
+            except Exception:
+                log.exception("device presence: nodes of the mesh not checked")
 
     async def nodes_gone(self, live: set[str]) -> int:
         """End the connections other nodes' records show online on nodes not in

@@ -327,3 +327,19 @@ async def test_every_node_looks_at_the_mesh_s_nodes_by_itself(
 
 async def _stored_offline(store: MemoryStore, device: str) -> bool:
     return (await stored(store, device))["online"] is False
+
+
+async def test_a_node_taken_for_dead_writes_its_live_connections_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """n2's heartbeat came too late: n1 ended n2's connections in the store, and n2,
+    which still holds them, writes them online again; every node shows them so."""
+    store, _, n1, n2 = await two_nodes(monkeypatch)
+    connect(n2, "pump-1")
+    await wait_until(lambda: n1.online("default", "pump-1"), what="online on n1")
+    assert await n1.nodes_gone({"n1"}) == 1
+    assert not n1.online("default", "pump-1")
+    await wait_until(lambda: n1.online("default", "pump-1"), what="online again on n1")
+    assert (await stored(store, "pump-1"))["online"] is True
+    for presence in (n1, n2):
+        await presence.close()
