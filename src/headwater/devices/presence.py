@@ -201,7 +201,6 @@ class Presence:
         self._flusher: asyncio.Task[None] | None = None
         self._started = False
         self._lock = asyncio.Lock()
-        self._listeners: list[Callable[[str, str, PresenceRecord], None]] = []
         self._gone_listeners: list[Callable[[str, str, PresenceRecord], None]] = []
         self.write_failures = 0
         #: Changes so far (the flusher waits for a pause in them).
@@ -367,10 +366,6 @@ class Presence:
         so that each is told once in the mesh)."""
         self._gone_listeners.append(listener)
 
-    def on_change(self, listener: Callable[[str, str, PresenceRecord], None]) -> None:
-        """``listener(namespace, device id, record)`` on every change."""
-        self._listeners.append(listener)
-
     # -- what the API reads ------------------------------------------------------------
 
     def get(self, namespace: str, device_id: str) -> PresenceRecord | None:
@@ -427,7 +422,7 @@ class Presence:
             (previous.connections if previous else 0) + 1,
             node=self.node,
         )
-        self._set(namespace, device_id, key, record)
+        self._set(key, record)
         return record
 
     def disconnected(self, namespace: str, device_id: str, info: object) -> PresenceRecord | None:
@@ -444,7 +439,7 @@ class Presence:
             if previous
             else PresenceRecord(False, disconnected_at=self.clock())
         )
-        self._set(namespace, device_id, key, record)
+        self._set(key, record)
         return record
 
     def forget(self, namespace: str, device_id: str) -> None:
@@ -456,16 +451,11 @@ class Presence:
             self._dirty.add(key)
             self._wake.set()
 
-    def _set(self, namespace: str, device_id: str, key: str, record: PresenceRecord) -> None:
+    def _set(self, key: str, record: PresenceRecord) -> None:
         self._records[key] = record
         self._dirty.add(key)
         self._changes += 1
         self._wake.set()
-        for listener in self._listeners:
-            try:
-                listener(namespace, device_id, record)
-            except Exception:
-                log.exception("a presence listener failed")
 
     # -- writing behind --------------------------------------------------------------------
 

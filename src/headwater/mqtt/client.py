@@ -290,9 +290,9 @@ class Client:
                 event = await self._next()
                 if isinstance(event, Connack):
                     break
-        except OSError as exc:  # a reset before CONNACK (ConnectionLost is one too)
-            if isinstance(exc, ConnectionLost):
-                raise
+        except ConnectionLost:
+            raise
+        except OSError as exc:  # a reset before CONNACK
             raise ConnectionLost(f"the connection ended before CONNACK: {exc}") from exc
         self.connack = event
         if not self.conn.connected:

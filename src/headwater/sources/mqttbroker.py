@@ -405,16 +405,12 @@ class MqttBrokerSource:
                 events, traced = ingest_mqtt(
                     tracing.tracer, events, messages, client_id=sender, received=now
                 )
-                if traced is not None or any(
-                    a is not b for a, b in zip(events, mapped, strict=True)
-                ):
-                    # The events the head gave a context of Headwater's (sampled
-                    # ones) are encoded again; the rest keep the records encoded
-                    # above (at 1%, most batches of a busy client hold one).
-                    records = [
-                        record if event is before else encode_record(event)
-                        for record, event, before in zip(records, events, mapped, strict=True)
-                    ]
+                # The events the head gave a context of Headwater's (sampled ones)
+                # are encoded again; the rest keep the records encoded above.
+                records = [
+                    record if event is before else encode_record(event)
+                    for record, event, before in zip(records, events, mapped, strict=True)
+                ]
             with decided():  # the Broker takes no second head decision
                 if None not in records:
                     # Every record encoded once here; each event carries what the
