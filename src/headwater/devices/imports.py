@@ -97,7 +97,16 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def _csv_rows(text: str) -> list[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text))
+    # newline="": the csv module reads line ends itself (a CR inside a quoted
+    # field, or a lone CR, is no error then).
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _read_csv(reader)
+    except csv.Error as exc:  # a field over the csv module's limit, a stray NUL...
+        raise ImportProblems([f"line {reader.line_num}: not CSV: {exc}"]) from None
+
+
+def _read_csv(reader: csv.DictReader[str]) -> list[tuple[str, dict[str, Any]]]:
     if reader.fieldnames is None:
         raise ImportProblems(["the CSV file is empty"])
     columns = [c.strip() for c in reader.fieldnames]

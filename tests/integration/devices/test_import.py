@@ -62,6 +62,11 @@ def test_json_import_with_every_kind_of_credential(node: Node) -> None:
         pytest.param("id,x509_fingerprint\na,abc\n", "text/csv", "SHA-256", id="fingerprint"),
         pytest.param("id\na,b\n", "text/csv", "more fields", id="extra-field"),
         pytest.param("", "text/csv", "empty", id="empty"),
+        # A lone CR and a form feed (what the API's fuzzing sent: a 500 before).
+        pytest.param("\x0c\r\U00047d44\xa9", "text/csv", "CSV columns are", id="lone-cr"),
+        pytest.param(
+            'id\n"' + "a" * 140_000 + '"\n', "text/csv", "not CSV: field larger", id="huge-field"
+        ),
         pytest.param(
             '{"devices": [{"id": "a", "x": 1}]}', "application/json", "unknown", id="field"
         ),
