@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -62,15 +63,26 @@ def api(
     body: Any = None,
     content_type: str = "application/json",
 ) -> Any:
-    """One admin API call; the decoded JSON answer (HTTPError for a 4xx/5xx)."""
+    """One admin API call; the decoded JSON answer (HTTPError for a 4xx/5xx).
+
+    The HTTPError raised holds its body in memory, not the connection: one that
+    is dropped (by :func:`wait_for`, polling until a resource exists) leaves no
+    socket for the garbage collector to warn about in a later test."""
     data = None
     if body is not None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     request = urllib.request.Request(url + path, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", content_type)
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read() or b"null")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            answer_body = exc.read()
+        raise urllib.error.HTTPError(
+            exc.url, exc.code, exc.msg, exc.headers, io.BytesIO(answer_body)
+        ) from None
 
 
 class Node:
