@@ -28,53 +28,61 @@ the CPU each process spends per 1,000 events, reported for every process.
 Targets (issue 15): cross-node MQTT QoS 1 at least 1x nats-server's MQTT;
 JetStream mode at least 0.5x the SQLite mode per node.
 
-Measured here (7 December 2026, after the merge of the runtime's seams; 2
-cores shared with other work, so rates are noisy; 20,000 messages, 12
-connections x window 20, one run):
+Measured here (7 December 2026, evening, main after issue 20; 2 cores shared
+by everything; 20,000 messages, 12 connections x window 20; the first of three
+runs, the other two in the text below):
 
 =============================  ========  =======  =======  ====  =================
 run                            msgs/s    p50      p99      lost  CPU s / 1,000 ev.
 =============================  ========  =======  =======  ====  =================
-mesh, 1 node, R3               4,001     1.6 s    1.9 s    0     node 0.096 + worker
-                                                                 0.035; NATS 0.131
-mesh, 2 nodes, R3              4,199     0.67 s   1.0 s    0     per node 0.054 +
-                                                                 0.024; NATS 0.117
-mesh, 3 nodes, R3              3,705     94 ms    0.30 s   0     per node 0.041 +
-                                                                 0.018; NATS 0.131
-sqlite fsync, 1 node           8,027     0.86 s   0.98 s   0     0.047 + 0.038
-sqlite normal, 1 node          6,968     1.0 s    1.3 s    0     0.045 + 0.036
-nats-server MQTT, A -> B       5,991     38 ms    56 ms    0     NATS 0.162
-headwater mesh, A -> B         10,346    14 ms    35 ms    0     0.047 + 0.006;
-                                                                 NATS 0.039
+mesh, 1 node, R3               4,494     1.5 s    1.7 s    0     node 0.127 + worker
+                                                                 0.046; NATS 0.164
+mesh, 2 nodes, R3              4,566     0.43 s   0.70 s   0     per node 0.073 +
+                                                                 0.032; NATS 0.171
+mesh, 3 nodes, R3              3,962     78 ms    0.26 s   0     per node 0.063 +
+                                                                 0.025; NATS 0.177
+sqlite fsync, 1 node           7,452     1.0 s    1.2 s    0     0.086 + 0.067
+sqlite normal, 1 node          8,112     1.1 s    1.4 s    0     0.072 + 0.065
+nats-server MQTT, A -> B       4,814     41 ms    56 ms    0     NATS 0.232
+headwater mesh, A -> B         10,659    15 ms    107 ms   0     0.070 + 0.007;
+                                                                 NATS 0.060
 =============================  ========  =======  =======  ====  =================
 
 (latencies of the pipeline runs are queueing: every publisher sends as fast as
 its window allows, so the backlog waits; the pass-through runs show the hop.)
 
-Against the targets: cross-node MQTT QoS 1 is 1.73x nats-server's MQTT (target
-1x; 2.43x in an earlier, more loaded run): nats-server stores every QoS 1
-message in JetStream and delivers it to a subscriber through a consumer of its
-own, while Headwater stores it (one R3 publish, before the PUBACK) and routes
-it by interest as a plain NATS message to the node of a clean-session
-subscriber. JetStream mode with one node is 0.50x SQLite fsync (target 0.5x:
-met, with no margin; 0.76x in the earlier run, when SQLite made 3,729/s on a
-busier machine). Per node, two nodes make 0.26x and three 0.15x: on two cores
+Against the targets: cross-node MQTT QoS 1 is 2.21x nats-server's MQTT (target
+1x; 1.73x and 2.43x in earlier runs): nats-server stores every QoS 1 message in
+JetStream and delivers it to a subscriber through a consumer of its own, while
+Headwater stores it (one R3 publish, before the PUBACK) and routes it by
+interest as a plain NATS message to the node of a clean-session subscriber.
+JetStream mode with one node makes 0.60x SQLite fsync in this run, 0.50x and
+0.44x in the two after it (mesh and sqlite scenarios only, on a quieter host
+where SQLite made 10.1k-10.4k/s): the target (0.5x) holds in two runs of three.
+Per node, two nodes make 0.26x-0.31x and three 0.16x-0.18x: on two cores
 shared by three nodes, three NATS servers, the publishers and the sink, the
-machine is the limit, not the mesh: the mesh's total rate stays near 4k/s
-whatever the number of nodes while what one node spends per event falls
-(0.131 -> 0.078 -> 0.059 s per 1,000 on the node and its HTTP worker), and
-the whole mesh (nodes plus NATS) spends 0.26-0.31 s per 1,000 events against
-SQLite's 0.085, so on a machine with a core per node and per NATS server the
-rate grows with the nodes. On this machine the per-node target holds for one
-node only.
+machine is the limit, not the mesh (the mesh's total rate stays at 4k-5.7k/s
+whatever the number of nodes).
 
-Where the time goes, in the mesh against SQLite: a node spends about 0.05 s
-more per 1,000 events (each event is a JetStream publish and its PubAck, a
-pull and an ack of the Trigger's consumer, and, for a QoS 1 publish, one more
-JetStream publish to the MQTT stream that persistent sessions read), and the
-three NATS servers about 0.14 s (the R3 replication of both streams). The
-MQTT stream's copy is the first thing to save: it is only needed while some
-persistent session has a QoS 1/2 subscription.
+What predicts the rate per node on a machine with a core per process is the
+CPU a node spends per event of its own (the report's "per-node capacity"):
+events a node handles per CPU second of its main process and HTTP worker,
+against the SQLite node's. In the three runs: one node 0.89x, 0.69x, 0.63x;
+two nodes 0.73x, 0.63x, 0.66x; three nodes 0.58x, 0.54x, 0.52x. Each node
+spends more per event as nodes are added, partly the sharing of two cores by
+more processes and partly smaller batches (each node's pulls, acks and
+appends carry fewer events). Counting the three NATS servers' CPU too, the
+mesh makes 0.31x-0.45x of SQLite's events per CPU second.
+
+Where the time goes, in the mesh against SQLite: a node spends about 0.06 s
+more per 1,000 events, most of it nats-py's per-message work (each event is a
+JetStream publish and its PubAck, a pull and an ack of the Trigger's
+consumer, and, for a QoS 1 publish, one more publish and PubAck to the MQTT
+stream that persistent sessions read: about 4% of the node's CPU, measured by
+leaving it out; see docs/architecture.md, "Decisions"), and the three NATS
+servers 0.15-0.18 s (the R3 replication; the MQTT stream has interest
+retention, so what no persistent session wants is replicated but not kept).
+nats-server here is Debian's 2.9, without batched publishes.
 
 Run: ``.venv/bin/python benchmarks/cluster.py [--messages N] [--publishers P]
 [--window W] [--scenarios mesh,sqlite,passthrough,apply] [--nodes 1,2,3]``.
@@ -539,6 +547,39 @@ def bench_apply(sink_port: int) -> list[float]:
     return seen
 
 
+def node_capacity(result: Result, nodes: int) -> tuple[float, float]:
+    """Events one node handles per CPU second of its own (main process and HTTP worker),
+    and events per CPU second of the whole system (the NATS servers included)."""
+    own = sum(cpu for name, cpu in result.cpu.items() if not name.startswith("nats"))
+    whole = sum(result.cpu.values())
+    per_node = own / nodes  # the publishers are spread over the nodes, and so are deliveries
+    return (
+        result.delivered / nodes / per_node if per_node else 0.0,
+        result.delivered / whole if whole else 0.0,
+    )
+
+
+def print_capacity(results: list[Result], sqlite: Result) -> None:
+    """What predicts the rate per node where each process has a core of its own: the
+    events a node handles per CPU second, against the SQLite node's (issue 15: CPU
+    seconds per 1,000 events per process "is what predicts scale on a bigger machine")."""
+    base, base_whole = node_capacity(sqlite, 1)
+    print(
+        "per-node capacity from CPU (events per CPU second of a node and its HTTP worker): "
+        f"SQLite fsync {base:.0f}"
+    )
+    for r in results:
+        if not r.name.startswith("mesh, "):
+            continue
+        nodes = int(r.name.split(",")[1].split()[0])
+        node, whole = node_capacity(r, nodes)
+        print(
+            f"  {r.name}: {node:.0f} per node = {node / base:.2f}x SQLite's node; the NATS "
+            f"servers' CPU counted too: {whole:.0f} for the whole mesh = "
+            f"{whole / base_whole:.2f}x SQLite"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
@@ -589,6 +630,8 @@ def main() -> None:
                 f"{r.name}: {r.rate / nodes:.0f} msgs/s per node, "
                 f"{r.rate / nodes / fsync.rate:.2f}x SQLite fsync per node"
             )
+    if fsync and fsync.delivered:
+        print_capacity(results, fsync)
     ours, peer = by_name.get("headwater mesh, A->B"), by_name.get("nats-server MQTT, A->B")
     if ours and peer and peer.rate:
         print(
