@@ -98,10 +98,6 @@ class ReportedMapping:
     fields: tuple[tuple[str, ParsedResult], ...]
 
 
-def _protocol(version: ProtocolVersion) -> str:
-    return "5.0" if version == ProtocolVersion.MQTT5 else "3.1.1"
-
-
 class DevicePlane:
     """The device side of one MqttBrokerSource (see the module docstring)."""
 
@@ -202,7 +198,7 @@ class DevicePlane:
             device_id,
             connection,
             address=info.peer,
-            protocol=_protocol(info.protocol_version),
+            protocol=info.protocol_version.label,
             client_id=info.client_id,
             listener=info.listener,
             broker=self.name,
@@ -231,7 +227,7 @@ class DevicePlane:
         info = ClientInfo(
             record.client_id or device_id,
             None,  # the MQTT username is not in the record
-            ProtocolVersion.MQTT5 if record.protocol == "5.0" else ProtocolVersion.MQTT311,
+            ProtocolVersion.from_label(record.protocol),
             record.listener or "",
             record.address or "",
             f"{self._user_prefix}{device_id}",

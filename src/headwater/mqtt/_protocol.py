@@ -12,3 +12,13 @@ class ProtocolVersion(IntEnum):
 
     MQTT311 = 4
     MQTT5 = 5
+
+    @property
+    def label(self) -> str:
+        """The version as people write it (``"3.1.1"``, ``"5.0"``): in events and device records."""
+        return "5.0" if self is ProtocolVersion.MQTT5 else "3.1.1"
+
+    @classmethod
+    def from_label(cls, label: str | None) -> ProtocolVersion:
+        """The version a :attr:`label` names (anything but ``"5.0"`` is 3.1.1)."""
+        return cls.MQTT5 if label == "5.0" else cls.MQTT311

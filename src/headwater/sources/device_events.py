@@ -43,7 +43,6 @@ from headwater.cloudevents._types import (
 )
 from headwater.logs import Throttle
 from headwater.mqtt.config import ClientInfo
-from headwater.mqtt.packets import ProtocolVersion
 from headwater.sources.mapping import IdSequence, timestamp
 
 __all__ = [
@@ -68,8 +67,6 @@ DeviceEvent = tuple[dict[str, Any], Any]
 """What a device plane adds to a device event: extension attributes, and the data."""
 
 EmitMany = Callable[[Sequence[CloudEvent]], Awaitable[object]]
-
-_PROTOCOLS: Final = {ProtocolVersion.MQTT5: "5.0"}
 
 
 class _Batch:
@@ -144,7 +141,7 @@ class DeviceEvents:
         attributes["subject"] = client_id
         attributes["time"] = timestamp(time.time())
         attributes["mqttclientid"] = client_id
-        attributes["mqttprotocol"] = _PROTOCOLS.get(info.protocol_version, "3.1.1")
+        attributes["mqttprotocol"] = info.protocol_version.label
         # Printable ASCII (the common client id) is a valid String; the rest is checked.
         if not (client_id.isascii() and client_id.isprintable()):
             check_string("subject", client_id)

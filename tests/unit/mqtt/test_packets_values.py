@@ -174,3 +174,10 @@ def test_errors_form_one_hierarchy() -> None:
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), MqttError)
+
+
+def test_protocol_versions_have_one_label_each_way() -> None:
+    for version in ProtocolVersion:
+        assert ProtocolVersion.from_label(version.label) is version
+    assert [v.label for v in ProtocolVersion] == ["3.1.1", "5.0"]
+    assert ProtocolVersion.from_label(None) is ProtocolVersion.MQTT311
