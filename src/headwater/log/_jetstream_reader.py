@@ -22,6 +22,7 @@ from headwater.log._jetstream_nats import (
     MIN_FETCH_WAIT,
     NATS_ERRORS,
     PULL_SLACK,
+    stream_sequence,
     translate,
 )
 from headwater.log.base import (
@@ -162,7 +163,7 @@ class JetStreamReader(ReaderBase):
         held, arrived = self._held, self._arrived
         while arrived and len(entries) < limit:
             message = arrived.popleft()
-            offset = message.metadata.sequence.stream
+            offset = stream_sequence(message.reply)
             if offset <= self._base:  # before a start that was in the future
                 self._skipped.append(message)
                 continue

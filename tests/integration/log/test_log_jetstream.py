@@ -46,6 +46,31 @@ def test_names_are_made_safe_for_nats_and_stay_unique() -> None:
     assert all(c.isalnum() or c in "_-" for c in nats_token("x > y.* \u00e9"))
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.hw_s.c1.1.123456.99.1733600000000000000.5",
+        "$JS.ACK.hub.ACCHASH.hw_s.c1.2.77.70.1733600000000000000.0.rnd",
+        "$JS.ACK.hub.ACCHASH.hw_s.c1.2.78.71.1733600000000000000.0",
+    ],
+)
+def test_a_delivered_message_s_stream_sequence_is_read_as_nats_py_reads_it(reply: str) -> None:
+    from nats.aio.msg import Msg
+
+    from headwater.log._jetstream_nats import stream_sequence
+
+    expected = Msg(_client=None, subject="x", reply=reply).metadata.sequence.stream
+    assert stream_sequence(reply) == expected
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.abc.1", "$JS.ACK.s.c.1.x.2.3.4", "$JS.API.a.b"])
+def test_a_subject_that_is_no_ack_subject_is_refused(reply: str) -> None:
+    from headwater.log._jetstream_nats import stream_sequence
+
+    with pytest.raises(ValueError):
+        stream_sequence(reply)
+
+
 async def test_an_outage_raises_promptly_and_the_log_recovers(nats_server: NatsServer) -> None:
     async with JetStreamLog(nats_server.url) as log:
         await log.create_stream(STREAM)

@@ -66,6 +66,7 @@ from headwater.cluster.mqtt.session import (
     restore_released,
 )
 from headwater.cluster.mqtt.subjects import filter_subjects
+from headwater.log._jetstream_nats import stream_sequence
 from headwater.logs import Throttle
 from headwater.mqtt.connection import PublishParts
 from headwater.mqtt.session import (
@@ -598,7 +599,7 @@ class MeshSessions:
     def _deliver(self, session: MeshSession, message: Any) -> None:
         reply = message.reply
         try:
-            seq = int(reply.split(".")[5])  # $JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>...
+            seq = stream_sequence(reply)
             mqtt, _, _ = decode(message.data)
         except (ValueError, IndexError, KeyError, TypeError, orjson.JSONDecodeError):
             self.throttle.warning("undecodable", "not an MQTT message in %s", self.link.stream)
