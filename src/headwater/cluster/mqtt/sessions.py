@@ -244,6 +244,13 @@ class MeshSessions:
             epoch = int(doc.get("epoch", 0)) + 1 if doc else 1
             claimed = dict(doc) if doc else {"cid": client_id, "subs": [], "cons": {}, "exp": 0}
             claimed.update(node=link.node, epoch=epoch, disc=None, will=will, will_at=None)
+            # The broker discards the session (Clean Start [MQTT-3.1.2-4 (5.0) / 3.1.2-6
+            # (3.1.1)], or another owner): the document says so with the claim, so that
+            # a node that dies now leaves nothing of it to resume.
+            discard = bool(doc) and (clean_start or doc.get("own") not in (None, owner))
+            if discard:
+                claimed.update(subs=[], cons={}, exp=0, own=owner)
+                claimed.pop("rel", None)
             try:
                 revision = await bucket.update(
                     key, orjson.dumps(claimed), entry.revision if entry is not None else 0
@@ -256,6 +263,17 @@ class MeshSessions:
         else:
             raise MeshUnavailable(f"session {client_id!r} changes too often to claim it")
         self.claimed[client_id] = (revision, epoch)
+        if discard:
+            # Its consumers go before the CONNACK: deleted later, they would take with
+            # them the consumers of the same names that the new session's first
+            # SUBSCRIBE makes (names come from the client id and the filter).
+            consumers = dict(doc.get("cons") or {})
+            hosted = self.hosted.get(client_id)
+            if hosted is not None:
+                consumers.update(hosted.consumers)
+                hosted.consumers.clear()  # the broker drops it: nothing left to delete then
+            await self.delete_consumers(consumers)
+            return None
         if client_id in self.hosted:
             return None  # this node has it already (a reconnection here): the broker resumes it
         if not doc or not int(doc.get("exp") or 0):
@@ -302,27 +320,33 @@ class MeshSessions:
         restore_released(session, doc)
         return session
 
-    async def _write(self, client_id: str, change: dict[str, Any]) -> bool:
+    async def _write(
+        self, client_id: str, change: dict[str, Any], *, epoch: int | None = None
+    ) -> bool:
         """Update this node's claim of a session's document (False: no longer ours).
 
         A write of this node's that came in between (its subscriptions, its QoS 2
-        flows) is read again and the change made on top of it."""
+        flows) is read again and the change made on top of it. ``epoch``: only over
+        that claim (a hand-off must not write over the claim of a reconnection)."""
         bucket = self.link.sessions
         for _ in range(CLAIM_ATTEMPTS):
             claim = self.claimed.get(client_id)
             if claim is None or bucket is None:
                 return False
-            _, epoch = claim
+            _, current = claim
+            if epoch is not None and current != epoch:
+                return False
             entry = await bucket.get(self._key(client_id))
             doc = read_doc(entry)
-            if entry is None or doc.get("node") != self.link.node or doc.get("epoch") != epoch:
+            if entry is None or doc.get("node") != self.link.node or doc.get("epoch") != current:
                 return False
             doc.update(change)
             try:
                 new = await bucket.update(self._key(client_id), orjson.dumps(doc), entry.revision)
             except RevisionMismatch:
                 continue
-            self.claimed[client_id] = (new, epoch)
+            if self.claimed.get(client_id) == claim:
+                self.claimed[client_id] = (new, current)
             return True
         return False
 
@@ -427,21 +451,26 @@ class MeshSessions:
         if self.hosted.get(client_id) is not session:
             return False
         self._leave(client_id, session)
-        doc = self._doc(session, node=None, epoch=self.claimed.get(client_id, (0, 0))[1])
+        epoch = self.claimed.get(client_id, (0, 0))[1]
+        doc = self._doc(session, node=None, epoch=epoch)
         doc["will"] = will
         doc["will_at"] = will_at
-        self._write_later(self._handed_off(client_id, doc))
+        self._write_later(self._handed_off(client_id, doc, epoch))
         return True
 
-    async def _handed_off(self, client_id: str, doc: dict[str, Any]) -> None:
+    async def _handed_off(self, client_id: str, doc: dict[str, Any], epoch: int) -> None:
+        """Write the handed-off document over this connection's claim (``epoch``) only:
+        the client may have connected here again meanwhile, with a claim of its own."""
         try:
-            await self._write(client_id, doc)
+            await self._write(client_id, doc, epoch=epoch)
         except StateError as exc:
             self.throttle.warning(
                 "handoff", "session %s not saved at disconnect: %s", client_id, exc
             )
         finally:
-            self.claimed.pop(client_id, None)
+            claim = self.claimed.get(client_id)
+            if claim is not None and claim[1] == epoch:
+                del self.claimed[client_id]
 
     def dropped(self, session: Session) -> None:
         """The session ended (clean start, Session Expiry 0, a new owner): forget it

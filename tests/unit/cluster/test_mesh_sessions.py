@@ -1,0 +1,165 @@
+"""MQTT sessions of a mesh, claimed and handed off, on an in-memory bucket and a fake JetStream.
+
+The races here need one node only: a connection that ends while the same client
+connects again, and a Clean Start whose old consumers share their names with the
+new session's. The mesh suites (tests/mesh, tests/integration/mqtt/test_mqtt_mesh.py)
+run the same code on real NATS servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import Any
+
+import orjson
+
+from headwater.cluster.mqtt.session import read_doc
+from headwater.cluster.mqtt.sessions import MeshSessions
+from headwater.mqtt.session import Subscription
+from headwater.state import Bucket
+from headwater.state.memory import MemoryStore
+
+
+class _Js:
+    """The JetStream calls of the session store: consumers by name, each call a round trip."""
+
+    def __init__(self) -> None:
+        self.consumers: set[str] = set()
+
+    async def add_consumer(self, stream: str, config: Any) -> None:
+        await asyncio.sleep(0)
+        self.consumers.add(config.durable_name)
+
+    async def delete_consumer(self, stream: str, name: str) -> None:
+        await asyncio.sleep(0.01)  # slower than a create: the old drop used to come last
+        self.consumers.discard(name)
+
+
+class _Sub:
+    async def unsubscribe(self) -> None:
+        return None
+
+
+class _Nc:
+    is_connected = True
+
+    async def subscribe(self, subject: str, cb: Any = None, queue: str = "") -> _Sub:
+        return _Sub()
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class _Router:
+    def attach(self, client_id: str, session: Any) -> None: ...
+
+    def detach(self, client_id: str, session: Any) -> None: ...
+
+    def wait(self, client_id: str, work: Any) -> None: ...
+
+    def pending(self, client_id: str) -> None:
+        return None
+
+
+class _SlowHandOff:
+    """A bucket whose first write of a handed-off document (node None) is slow."""
+
+    def __init__(self, inner: Bucket) -> None:
+        self.inner = inner
+        self.started = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update(self, key: str, value: bytes, expected: int) -> int:
+        if orjson.loads(value).get("node") is None and not self.started.is_set():
+            self.started.set()
+            await asyncio.sleep(0.05)
+        return await self.inner.update(key, value, expected)
+
+
+async def _sessions(bucket: Any) -> tuple[MeshSessions, _Js]:
+    js = _Js()
+    link = types.SimpleNamespace(
+        sessions=bucket,
+        node="n1",
+        node_token="t1",
+        prefix="hw.mqtt.x",
+        stored="hw.mqtt.x.s",
+        stream="hw_mqtt_x",
+        nc=_Nc(),
+        js=js,
+    )
+    sessions = MeshSessions(link)  # type: ignore[arg-type]
+    sessions.router = _Router()  # type: ignore[assignment]
+    return sessions, js
+
+
+def _subscriptions(count: int) -> dict[str, Subscription]:
+    return {f"t/{i}": Subscription(f"t/{i}", 1, match_filter=f"t/{i}") for i in range(count)}
+
+
+async def test_a_reconnection_during_the_hand_off_keeps_its_claim_and_its_will() -> None:
+    bucket = _SlowHandOff(await MemoryStore().bucket("sessions"))
+    sessions, _ = await _sessions(bucket)
+    await sessions.claim("c1", False, "u", None)
+    first = sessions.new_session("c1")
+    first.expiry_interval = 3600
+    assert sessions.hand_off(first, {"message": {"topic": "old/will"}, "delay": 30}, 123.0)
+    await bucket.started.wait()  # the hand-off read the document; its write is on the way
+    await sessions.claim("c1", False, "u", {"message": {"topic": "new/will"}, "delay": 0})
+    claim = sessions.claimed["c1"]
+    await asyncio.gather(*sessions._writes)
+
+    doc = read_doc(await bucket.get(sessions._key("c1")))
+    assert doc["node"] == "n1"  # not handed off: the client is connected here
+    assert doc["epoch"] == claim[1]
+    assert doc["will"] == {"message": {"topic": "new/will"}, "delay": 0}
+    assert doc["will_at"] is None and doc["disc"] is None
+    assert sessions.claimed.get("c1") == claim  # takeovers elsewhere are still watched
+
+
+async def test_a_clean_start_deletes_the_old_consumers_before_the_new_session_subscribes() -> None:
+    bucket = await MemoryStore().bucket("sessions")
+    sessions, js = await _sessions(bucket)
+    await sessions.claim("c1", False, "u", None)
+    old = sessions.new_session("c1")
+    old.expiry_interval = 3600
+    old.subscriptions = _subscriptions(3)
+    await sessions.subscriptions_changed("c1")
+    assert len(js.consumers) == 3
+
+    # MQTT 5 Clean Start 1 with a Session Expiry: the broker discards the old session
+    # and makes a new one; the device subscribes again at once (same filters).
+    await sessions.claim("c1", True, "u", None)
+    sessions.dropped(old)
+    new = sessions.new_session("c1")
+    new.expiry_interval = 3600
+    new.subscriptions = _subscriptions(3)
+    await sessions.subscriptions_changed("c1")
+    await asyncio.gather(*sessions._writes)
+
+    assert set(new.consumers) == js.consumers and len(js.consumers) == 3
+
+
+async def test_a_clean_start_leaves_nothing_of_the_old_session_in_the_document() -> None:
+    bucket = await MemoryStore().bucket("sessions")
+    sessions, js = await _sessions(bucket)
+    await sessions.claim("c1", False, "u", None)
+    old = sessions.new_session("c1")
+    old.expiry_interval = 3600
+    old.subscriptions = _subscriptions(2)
+    await sessions.subscriptions_changed("c1")
+    sessions.hand_off(old, None, None)
+    await asyncio.gather(*sessions._writes)
+
+    # Reconnecting elsewhere with Clean Start (another MeshSessions: another node).
+    other, _ = await _sessions(bucket)
+    other.link.node = "n2"
+    other.link.js = js
+    assert await other.claim("c1", True, "u", None) is None
+    doc = read_doc(await bucket.get(other._key("c1")))
+    assert doc["node"] == "n2"
+    assert doc["subs"] == [] and doc["cons"] == {} and doc["exp"] == 0
+    assert js.consumers == set()
