@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from headwater.cluster.mqtt.session import read_doc
-from headwater.cluster.mqtt.sessions import MeshSessions
+from headwater.cluster.mqtt.sessions import PULL_LOST_AFTER, MeshSessions
 from headwater.mqtt.session import Subscription
 from headwater.state import Bucket
 from headwater.state.memory import MemoryStore
@@ -44,11 +44,14 @@ class _Sub:
 class _Nc:
     is_connected = True
 
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
     async def subscribe(self, subject: str, cb: Any = None, queue: str = "") -> _Sub:
         return _Sub()
 
-    async def publish(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    async def publish(self, subject: str, data: bytes, reply: str = "") -> None:
+        self.published.append((subject, data))
 
 
 class _Router:
@@ -163,3 +166,41 @@ async def test_a_clean_start_leaves_nothing_of_the_old_session_in_the_document()
     assert doc["node"] == "n2"
     assert doc["subs"] == [] and doc["cons"] == {} and doc["exp"] == 0
     assert js.consumers == set()
+
+
+class _Connection:
+    connected = True
+    conn = types.SimpleNamespace(send_quota=20)
+
+
+class _Broker:
+    def online(self, client_id: str) -> _Connection:
+        return _Connection()
+
+
+async def test_a_pull_request_lost_in_a_nats_blip_is_asked_again() -> None:
+    bucket = await MemoryStore().bucket("sessions")
+    sessions, _ = await _sessions(bucket)
+    sessions.broker = _Broker()  # type: ignore[assignment]
+    nc = sessions.link.nc
+    await sessions.claim("c1", False, "u", None)
+    session = sessions.new_session("c1")
+    session.expiry_interval = 3600
+    session.subscriptions = _subscriptions(1)
+    await sessions.subscriptions_changed("c1")
+    await asyncio.gather(*sessions._writes)
+
+    def requests() -> int:
+        return sum(1 for subject, _ in nc.published if ".MSG.NEXT." in subject)
+
+    assert requests() == 1
+    sessions.pump(session)  # a request is open: nothing more is asked
+    await asyncio.gather(*sessions._writes)
+    assert requests() == 1
+    # Its 408 never comes (the node was cut off from NATS when the server sent it):
+    (puller,) = sessions._pullers.values()
+    puller.asked_at -= PULL_LOST_AFTER
+    sessions.pump(session)  # as the sweeper does every few seconds
+    await asyncio.sleep(0)
+    await asyncio.gather(*sessions._writes)
+    assert requests() == 2

@@ -203,9 +203,6 @@ class MeshLink:
         self.retained: Bucket | None = None
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.node_token[:8]}{secrets.token_hex(4)}"
-        #: Called when a connection is lost / back (the router re-subscribes nothing: NATS
-        #: keeps subscriptions over a reconnect; the session store re-claims).
-        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
 
     def new_id(self) -> str:
         return f"{self._id_prefix}.{next(self._ids)}"

@@ -166,14 +166,17 @@ class Puller:
     subject nobody listens to is dropped), so nothing more comes here.
     """
 
-    __slots__ = ("consumer", "inbox", "outstanding", "session", "sub", "subject")
+    __slots__ = ("asked_at", "consumer", "inbox", "outstanding", "session", "sub", "subject")
 
     def __init__(self, session: MeshSession, consumer: str, subject: str, inbox: str) -> None:
         self.session = session
         self.consumer = consumer
         self.subject = subject
         self.inbox = inbox
+        #: Messages the open request may still bring (0: no request open).
         self.outstanding = 0
+        #: When the open request was sent (the event loop's clock).
+        self.asked_at = 0.0
         self.sub: Any = None
 
 

@@ -98,6 +98,11 @@ PULL_EXPIRES: Final = 20.0
 """A waiting pull request for a connected session lasts this many seconds, then is
 renewed: the only traffic an idle persistent session costs."""
 
+PULL_LOST_AFTER: Final = PULL_EXPIRES + 10.0
+"""A request still open this long after it was sent is taken for lost and asked again:
+its end (the server's 408) or its messages went to a node cut off from NATS for a
+moment (core NATS does not keep them), and nothing else would ever ask again."""
+
 MAX_ACK_PENDING: Final = 1000
 """Messages of one consumer handed out and not acknowledged, at most."""
 
@@ -585,13 +590,18 @@ class MeshSessions:
         return max(0, min(PULL_BATCH, quota - len(session.inflight) - len(session.queue)))
 
     def _pull(self, puller: Puller) -> None:
-        """Ask for as many as the session has room for, if no request is open."""
-        if puller.outstanding or self._pullers.get(puller.consumer) is not puller:
+        """Ask for as many as the session has room for, if no request is open (or the
+        open one is lost: :data:`PULL_LOST_AFTER`; the sweeper asks every few seconds)."""
+        if self._pullers.get(puller.consumer) is not puller:
+            return
+        now = asyncio.get_running_loop().time()
+        if puller.outstanding and now - puller.asked_at < PULL_LOST_AFTER:
             return
         room = self._room(puller.session)
         if not room:
             return
         puller.outstanding = room
+        puller.asked_at = now
         request = orjson.dumps({"batch": room, "expires": int(PULL_EXPIRES * 1e9)})
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.link.stream}.{puller.consumer}"
         self._send([(subject, request, puller.inbox)])
