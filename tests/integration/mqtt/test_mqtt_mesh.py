@@ -49,9 +49,11 @@ class Mesh:
         self.meshes: dict[str, MqttMesh] = {}
         self.stores: dict[str, JetStreamStore] = {}
 
-    async def kill(self, name: str) -> None:
-        """Node ``name`` dies: its NATS connections drop and its heartbeat stops."""
-        self.live.discard(name)
+    async def kill(self, name: str, *, missed: bool = True) -> None:
+        """Node ``name`` dies: its NATS connections drop and its heartbeat stops
+        (``missed`` False: it is started again before the registry sees it gone)."""
+        if missed:
+            self.live.discard(name)
         await self.meshes[name].link.close()
         await self.stores[name].close()
 
@@ -297,6 +299,22 @@ async def test_the_will_of_a_client_of_a_dead_node_is_published_by_another(
         will = aiomqtt.Will("status/sensor", b"offline", qos=1)
         async with client(a, "sensor", will=will):
             await mesh.kill("a")  # the node dies with the client connected to it
+            [got] = await received(watcher, 1)
+    assert (str(got.topic), got.payload) == ("status/sensor", b"offline")
+
+
+async def test_a_node_that_comes_back_before_it_is_missed_closes_what_it_held(
+    node: MakeNode, mesh: Mesh
+) -> None:
+    """Crashed and restarted within the registry's TTL: no node saw it gone, so the
+    sessions its name still holds are its previous process's, closed as a dead node's."""
+    a, b = await node("a"), await node("b")
+    async with client(b, "watcher") as watcher:
+        await watcher.subscribe("status/#", qos=1)
+        will = aiomqtt.Will("status/sensor", b"offline", qos=1)
+        async with client(a, "sensor", will=will):
+            await mesh.kill("a", missed=False)
+            await node("a")
             [got] = await received(watcher, 1)
     assert (str(got.topic), got.payload) == ("status/sensor", b"offline")
 

@@ -204,3 +204,49 @@ async def test_a_pull_request_lost_in_a_nats_blip_is_asked_again() -> None:
     await asyncio.sleep(0)
     await asyncio.gather(*sessions._writes)
     assert requests() == 2
+
+
+class _WillBroker:
+    def __init__(self) -> None:
+        self.wills: list[str] = []
+
+    def publish_will(self, message: Any, info: Any) -> None:
+        self.wills.append(message.topic)
+
+
+def _will(topic: str, delay: int) -> dict[str, Any]:
+    return {"message": {"t": topic, "p": "", "q": 0}, "delay": delay, "info": {}}
+
+
+async def test_the_sessions_of_a_node_s_previous_run_are_closed_when_it_starts_again() -> None:
+    """A node that crashed and came back before the registry saw it gone: nobody else
+    closes what its previous process held, so it does, before any client connects."""
+    bucket = await MemoryStore().bucket("sessions")
+    docs = {
+        "clean": {"cid": "clean", "node": "n1", "epoch": 3, "exp": 0, "will": _will("w/a", 0)},
+        "kept": {"cid": "kept", "node": "n1", "epoch": 1, "exp": 3600, "will": _will("w/b", 30)},
+        "away": {"cid": "away", "node": "n2", "epoch": 1, "exp": 3600, "will": _will("w/c", 0)},
+    }
+    for key, doc in docs.items():
+        await bucket.put(key, orjson.dumps(doc))
+    sessions, _ = await _sessions(bucket)
+    broker = _WillBroker()
+    sessions.broker = broker  # type: ignore[assignment]
+
+    await sessions._close_previous_run()
+
+    clean = read_doc(await bucket.get("clean"))
+    kept = read_doc(await bucket.get("kept"))
+    assert clean["node"] is None and clean["will_at"] == clean["disc"]
+    assert kept["node"] is None and kept["will_at"] == kept["disc"] + 30
+    assert read_doc(await bucket.get("away")) == docs["away"]  # another node's: untouched
+
+    # The janitor (on whichever node holds its lease) does the rest, through the hooks.
+    from headwater.cluster.mqtt.janitor import Janitor
+
+    janitor = Janitor(sessions)
+    entry = await bucket.get("clean")
+    assert entry is not None
+    await janitor._tidy("clean", entry.revision, read_doc(entry), {"n1", "n2"}, clean["disc"])
+    assert broker.wills == ["w/a"]
+    assert await bucket.get("clean") is None  # a clean session ends with its connection

@@ -158,10 +158,37 @@ class MeshSessions:
         assert link.nc is not None and link.sessions is not None and self.router is not None
         retained = await self.router.start()
         revision = await link.sessions.revision()
+        await self._close_previous_run()
         self._spawn(self._watch(revision), "mqtt-sessions-watch")
         self._spawn(Janitor(self).run(), "mqtt-sessions-janitor")
         self._spawn(self._sweeper(), "mqtt-sessions-sweep")
         return StoredState([], retained)
+
+    async def _close_previous_run(self) -> None:
+        """Hand the sessions this node's name still holds to the mesh, before any client
+        connects: they are its previous process's (it crashed, or restarted sooner than
+        the node registry's TTL, so no other node saw it gone and the janitor, which
+        closes the sessions of nodes that are gone, left them). Each is marked
+        disconnected now with its will due (at once, or after its Will Delay), so that
+        the janitor publishes the will through the broker's hooks and ends a clean
+        session, as for a connection a network failure ended."""
+        link = self.link
+        bucket = link.sessions
+        assert bucket is not None
+        now = time.time()
+        for key in await bucket.keys():
+            entry = await bucket.get(key)
+            doc = read_doc(entry)
+            if entry is None or doc.get("node") != link.node:
+                continue
+            will = doc.get("will")
+            delay = int((will or {}).get("delay") or 0) if int(doc.get("exp") or 0) else 0
+            doc.update(node=None, disc=now, will_at=now + delay if will is not None else None)
+            log.info(
+                "session %s was left by this node's previous run: disconnected", doc.get("cid")
+            )
+            with contextlib.suppress(RevisionMismatch):  # its client is back (elsewhere)
+                await bucket.update(key, orjson.dumps(doc), entry.revision)
 
     async def save(self, changes: StoreChanges) -> None:
         """Nothing to do: session documents are written when they change, retained
