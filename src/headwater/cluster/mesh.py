@@ -270,7 +270,8 @@ class Mesh:
         return await self.registry.nodes()
 
     async def live_nodes(self) -> set[str]:
-        return {n.name for n in await self.nodes()}
+        assert self.registry is not None
+        return await self.registry.live()
 
     # -- MQTT across the nodes ------------------------------------------------------------
 

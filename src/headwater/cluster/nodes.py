@@ -160,6 +160,11 @@ class NodeRegistry:
         self._load = _Load()
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
+        self.clock: Callable[[], float] = time.monotonic
+        #: Per node seen alive: when (``clock``) its last heartbeat was written.
+        self._alive_at: dict[str, float] = {}
+        #: Since when (``clock``) this process's looks at the registry succeed.
+        self._looking_since: float | None = None
 
     def info(self) -> NodeInfo:
         cpu, rss, load = self._load.sample()
@@ -190,6 +195,35 @@ class NodeRegistry:
             if now - node.heartbeat <= self.ttl:
                 found.append(node)
         return sorted(found, key=lambda n: n.name)
+
+    async def live(self) -> set[str]:
+        """The names of the nodes to take for alive: those with a recent heartbeat, and
+        those this process saw alive less than a TTL before, counted from when its own
+        looks last started to succeed. After an outage of NATS the registry's entries
+        have expired; a node that is back heartbeats within seconds, and one that
+        looked first must not take the others for gone meanwhile (their devices'
+        wills, their sessions and presence would be closed under them). A node that
+        dies while this process looks is gone a TTL after its last heartbeat, as
+        before. Raises StateError when the registry cannot be read."""
+        now = self.clock()
+        try:
+            listed = await self.nodes()
+        except StateError:
+            self._looking_since = None
+            raise
+        since = self._looking_since
+        if since is None:
+            since = self._looking_since = now
+        wall = time.time()
+        for node in listed:
+            self._alive_at[node.name] = now - max(0.0, wall - node.heartbeat)
+        alive = {node.name for node in listed}
+        for name, at in list(self._alive_at.items()):
+            if now - max(at, since) < self.ttl:
+                alive.add(name)
+            elif now - at > 100 * self.ttl:
+                del self._alive_at[name]  # long gone: forgotten
+        return alive
 
     async def join(self) -> None:
         """Check the name and the protocol against the live nodes, then heartbeat."""

@@ -228,7 +228,9 @@ class MeshNode(Protocol):
         ...
 
     async def live_nodes(self) -> set[str]:
-        """The names of the mesh's live nodes (a heartbeat within the registry's TTL)."""
+        """The names of the mesh's live nodes: a heartbeat within the registry's TTL, or
+        seen alive less than that TTL before this process could look again (after an
+        outage of NATS every entry has expired)."""
         ...
 
     def info(self) -> dict[str, Any]:
