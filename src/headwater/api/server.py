@@ -378,9 +378,9 @@ async def start(options: UpOptions) -> Server:
                 f"cannot listen on {options.host}:{options.http_port}: {exc}"
             ) from exc
     except BaseException:
+        await runtime.close()
         if mesh is not None and mesh.registry is not None:
             await mesh.registry.leave()
-        await runtime.close()
         if mesh is not None:
             await mesh.close()
         raise
@@ -481,9 +481,12 @@ async def stop(server: Server, drain_timeout: float = 0.0) -> None:
     await server.runtime.stop_processes()
     await server.runner.cleanup()
     mesh = server.mesh
-    if mesh is not None and mesh.registry is not None:
-        await mesh.registry.leave()  # the others see this node go at once
     await server.runtime.close(grace=drain_timeout)
+    if mesh is not None and mesh.registry is not None:
+        # Only now: a node that left is gone for the others, whose janitor would
+        # close the sessions of its MQTT clients (wills published, DISCONNECT 0x8E)
+        # while its brokers still hand them over as a shutdown does.
+        await mesh.registry.leave()  # the others see this node go at once
     if mesh is not None:
         await mesh.close()
 
