@@ -39,7 +39,9 @@ split in halves until the one event it refuses is found: that event alone is
 handed to ``on_refused`` (the runtime records it as a dead letter, with the
 reason), and the rest go on. Before an event is called refused it is tried
 in the next plainer form (uncompressed, then alone in binary mode), so a
-receiver that does not take batches or gzip never makes good events dead.
+receiver that does not take batches or gzip never makes good events dead;
+only a refusal of that form too makes the event refused (a connectivity
+failure of the trial is retried like any other).
 
 **Backlog.** The backlog is bounded by the Broker stream's retention, not by
 the uplink: when retention removes events the uplink never sent, they are
@@ -321,13 +323,18 @@ class Uplink:
                 self._local_error(exc)
                 await asyncio.sleep(backoff.next())
                 continue
-            try:
-                position = info.consumer(self.consumer).position
-            except KeyError:
-                position = info.first_offset - 1
-            if first:
-                position = min(position, first[0].offset - 1)
-            self._read_high = position
+            if self._read_high is None:
+                try:
+                    position = info.consumer(self.consumer).position
+                except KeyError:
+                    position = info.first_offset - 1
+                if first:
+                    position = min(position, first[0].offset - 1)
+                self._read_high = position
+            # Else run() restarted in this process: the reader hands back what was
+            # read and not acknowledged, with gaps where other lanes acknowledged out
+            # of order. Those are not retention drops: only gaps above the highest
+            # offset read before are (see _note_read).
             self._ready.set()
             return first
 
@@ -390,7 +397,13 @@ class Uplink:
             self._room.clear()
 
     def _note_read(self, offset: int) -> None:
-        """Count events retention removed before they were read (a gap in the offsets)."""
+        """Count events retention removed before they were read (a gap in the offsets).
+
+        Only a gap above ``_read_high`` (the highest offset any run() of this
+        uplink read) is one: offsets at or below it are redeliveries of events
+        read and not acknowledged, and the gaps between those are events that
+        were acknowledged out of order.
+        """
         high = self._read_high
         if high is not None and offset > high + 1:
             self._count_dropped(offset - 1)
@@ -531,8 +544,18 @@ class Uplink:
                 async with self._trial_lock:
                     if answer.form != self.remote.form:
                         continue
-                    if await self._accepted_plainer(items, answer):
-                        return
+                    trial = await self._try_plainer(items, answer)
+                if trial is not None and trial.verdict is Verdict.ACCEPTED:
+                    return
+                if trial is not None and trial.verdict is Verdict.RETRY:
+                    # The plainer form met the weather (an outage, a reset, a 503), not
+                    # an answer on the event: nothing is known yet, so it is retried
+                    # (in the form the remote now has) like any failed request.
+                    self._failed(trial, "trying 1 event in a plainer form with")
+                    await self._pause(
+                        next_wait(backoff, trial.retry_after), connectivity=trial.status is None
+                    )
+                    continue
             await self._refuse(items[0], answer, backoff)
             return
 
@@ -581,30 +604,40 @@ class Uplink:
             if started < answered and now - started > STALE_AFTER and not request.done():
                 request.cancel()
 
-    async def _accepted_plainer(self, items: list[_Item], answer: Answer) -> bool:
-        """Try a refused event in the next plainer form; keep that form if it is taken."""
+    async def _try_plainer(self, items: list[_Item], answer: Answer) -> Answer | None:
+        """Try a refused event in the next plainer form; keep that form if it is taken.
+
+        Returns the trial's answer (None: nothing plainer is left). Only an
+        accepted trial keeps the plainer form; after any other answer (or none:
+        the uplink stops) the remote is as it was, and the caller refuses the
+        event only when the trial was refused too.
+        """
         remote = self.remote
         saved = (remote.mode, remote.gzip)
         change = remote.fallback(compressed=answer.wire_bytes != answer.raw_bytes)
         if change is None:
-            return False
-        retry = await remote.send([items[0].event], [items[0].encoded])
-        self.stats.requests += 1
-        self.stats.wire_bytes += retry.wire_bytes
-        self.stats.raw_bytes += retry.raw_bytes
-        if retry.verdict is Verdict.ACCEPTED:
-            log.warning(
-                "%s: %s refused an event (%s) but accepted it again when %s; "
-                "keeping that for this run (set `format`/`compression` to choose)",
-                self.name,
-                remote.url,
-                answer,
-                change,
-            )
-            self._accepted(items)
-            return True
-        remote.mode, remote.gzip = saved
-        return False
+            return None
+        kept = False
+        try:
+            trial = await remote.send([items[0].event], [items[0].encoded])
+            self.stats.requests += 1
+            self.stats.wire_bytes += trial.wire_bytes
+            self.stats.raw_bytes += trial.raw_bytes
+            if trial.verdict is Verdict.ACCEPTED:
+                log.warning(
+                    "%s: %s refused an event (%s) but accepted it again when %s; "
+                    "keeping that for this run (set `format`/`compression` to choose)",
+                    self.name,
+                    remote.url,
+                    answer,
+                    change,
+                )
+                self._accepted(items)
+                kept = True
+            return trial
+        finally:
+            if not kept:
+                remote.mode, remote.gzip = saved
 
     def _shrink(self, items: list[_Item]) -> None:
         size = sum(item.size for item in items)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,65 @@ async def test_forced_batches_to_a_receiver_without_them_fall_back(edge: Tier) -
         status = edge.status("Uplink", "up")
         assert status["deadLettered"] == 0
         assert status["mode"] == "binary"
+        assert not check_order(receiver.accepted)
+
+
+def _blip_503(request: web.Request) -> web.Response:
+    return web.Response(status=503, headers={"Retry-After": "0"})
+
+
+def _blip_429(request: web.Request) -> web.Response:
+    return web.Response(status=429)
+
+
+def _blip_reset(request: web.Request) -> web.Response:
+    assert request.transport is not None
+    request.transport.abort()  # the connection is reset: no answer at all
+    return web.Response(status=500)
+
+
+@pytest.mark.parametrize(
+    "blip",
+    [
+        pytest.param(_blip_503, id="503"),
+        pytest.param(_blip_429, id="429"),
+        pytest.param(_blip_reset, id="reset"),
+        pytest.param(None, id="timeout"),
+    ],
+)
+async def test_a_failure_of_the_plainer_form_is_retried_not_dead_lettered(
+    edge: Tier, blip: Callable[[web.Request], web.Response] | None
+) -> None:
+    """A receiver refuses the batch form (400, not 415), so a lone event is tried in
+    binary mode; when that trial meets the weather (an outage, a reset, a timeout)
+    rather than an answer on the event, the event is retried, never dead-lettered."""
+    blips = 2  # the first two binary requests fail: a trial is retried more than once
+
+    async def flaky(request: web.Request, events: list[CloudEvent]) -> web.Response | None:
+        nonlocal blips
+        if blips == 0:
+            return None
+        blips -= 1
+        if blip is None:
+            await asyncio.sleep(1.0)  # beyond the uplink's timeout: no answer in time
+            return web.Response(status=503)
+        return blip(request)
+
+    delivery = {"backoffDelay": "PT0.05S", "backoffMax": "PT0.2S", "timeout": "PT0.3S"}
+    async with receiving(Receiver(batches=False, script=flaky)) as receiver:
+        await edge.apply(
+            uplink_yaml(receiver.url, format="batch", compression="none", delivery=delivery)
+        )
+        await accept(edge, readings(40))
+        await until(
+            lambda: len(set(receiver.ids())) + edge.status("Uplink", "up")["deadLettered"] == 40
+        )
+        status = edge.status("Uplink", "up")
+        assert status["deadLettered"] == 0
+        assert len(set(receiver.ids())) == 40
+        assert await edge.runtime.dead_letters.list(10) == []
+        assert status["mode"] == "binary"  # the plainer form, once it was answered, is kept
+        assert status["failedAttempts"] >= 2
         assert not check_order(receiver.accepted)
 
 
