@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from headwater.devices.model import Credential, InvalidDevice
-from headwater.mqtt.auth import AuthError, hash_password, verify_password
+from headwater.mqtt.auth import AuthError, check_hash, hash_password, verify_password
 
 __all__ = [
     "SECRET_BYTES",
@@ -50,6 +51,8 @@ __all__ = [
     "normalise_subject",
     "verify_chosen_password",
 ]
+
+log = logging.getLogger(__name__)
 
 SECRET_BYTES: Final = 16
 """128 bits: what the issue (and NIST SP 800-63B for a generated secret) asks for."""
@@ -126,20 +129,34 @@ def hash_chosen_password(password: str) -> str:
 
 
 def check_password_hash(text: str) -> str:
-    """A ``$scrypt$`` hash given as it is (from a password file or an export)."""
+    """A ``$scrypt$`` hash given as it is (from a password file or an export).
+
+    Read, never computed (:func:`~headwater.mqtt.auth.check_hash`): its form, its
+    base64 and its parameters, the memory they need included, else every CONNECT
+    would fail. Running scrypt here would cost tens of milliseconds on the event
+    loop for each hash of an import, and raise OpenSSL's own ``ValueError`` for
+    parameters too large.
+    """
     try:
-        verify_password("", text)  # parses it; the result does not matter
+        check_hash(text)
     except AuthError as exc:
         raise InvalidDevice(
-            f"password hash: {exc} (expected $scrypt$n=...,r=...,p=...$...)"
+            f"password hash: {exc} (expected $scrypt$n=...,r=...,p=...$salt$key)"
         ) from exc
     return text
 
 
 def verify_chosen_password(password: bytes, stored: str) -> bool:
+    """Whether ``password`` is the one ``stored`` is the hash of (scrypt: in a worker thread).
+
+    A stored hash that cannot be checked is a refusal, never an error: one
+    written before :func:`check_password_hash` read hashes as it does (or by
+    an older node), whose parameters OpenSSL refuses (its ``ValueError``).
+    """
     try:
         return verify_password(password, stored)
-    except AuthError:
+    except ValueError as exc:  # AuthError (malformed) or OpenSSL's (memory limit exceeded)
+        log.warning("a stored device password hash cannot be checked (%s): refused", exc)
         return False
 
 

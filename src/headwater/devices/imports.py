@@ -33,11 +33,7 @@ from typing import Any, Final
 
 import orjson
 
-from headwater.devices.credentials import (
-    check_password_hash,
-    normalise_fingerprint,
-    normalise_subject,
-)
+from headwater.devices.credentials import check_password_hash, x509_credential
 from headwater.devices.model import (
     MAX_CREDENTIALS,
     InvalidDevice,
@@ -176,7 +172,14 @@ def _json_rows(text: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _check_credential(spec: Any) -> None:
+def _check_credential(spec: Any) -> tuple[str, ...]:
+    """Check one credential as the registry will; the certificate it names, if any: its
+    fingerprint and/or subject, given or read from its PEM ``certificate``, normalised.
+
+    A password hash is read, not computed (no scrypt on the event loop, whatever
+    the number of rows); a password in clear is hashed by the registry, in a
+    worker thread.
+    """
     if not isinstance(spec, Mapping):
         raise InvalidDevice("a credential is an object with a `type`")
     kind = spec.get("type")
@@ -186,14 +189,13 @@ def _check_credential(spec: Any) -> None:
         elif not isinstance(spec.get("password"), str):
             raise InvalidDevice("a password credential needs `password` or `hash`")
     elif kind == "x509":
-        if spec.get("fingerprint") is not None:
-            normalise_fingerprint(str(spec["fingerprint"]))
-        if spec.get("subject") is not None:
-            normalise_subject(str(spec["subject"]))
+        credential = x509_credential(spec, "", 0.0)
+        return tuple(v for v in (credential.fingerprint, credential.subject) if v is not None)
     elif kind != "secret":
         raise InvalidDevice(
             f"credential type {str(kind)[:40]!r} is not one of secret, password, x509"
         )
+    return ()
 
 
 def parse_rows(text: str, media: str) -> list[dict[str, Any]]:
@@ -222,14 +224,7 @@ def parse_rows(text: str, media: str) -> list[dict[str, Any]]:
                 if not isinstance(credentials, list) or len(credentials) > MAX_CREDENTIALS:
                     raise InvalidDevice(f"`credentials` is a list of at most {MAX_CREDENTIALS}")
                 for spec in credentials:
-                    _check_credential(spec)
-                    for field in ("fingerprint", "subject"):
-                        value = spec.get(field)
-                        if value is None:
-                            continue
-                        value = (
-                            normalise_fingerprint if field == "fingerprint" else normalise_subject
-                        )(str(value))
+                    for value in _check_credential(spec):
                         other = certificates.setdefault(value, device_id)
                         if other != device_id:
                             raise InvalidDevice(f"certificate {value[:40]} is also {other}'s")

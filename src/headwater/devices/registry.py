@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -143,6 +143,10 @@ class Registry:
         self._applied: dict[str, int] = {}
         self._by_fingerprint: dict[tuple[str, str], str] = {}
         self._by_subject: dict[tuple[str, str], str] = {}
+        #: Certificates that writes in flight register: ``(namespace, fingerprint or
+        #: subject) -> (device id, writes)`` (a fingerprint is hex, a subject has an
+        #: ``=``: they never collide). See :meth:`_claim`.
+        self._claims: dict[tuple[str, str], tuple[str, int]] = {}
         self._listeners: list[Listener] = []
         self._watcher: asyncio.Task[None] | None = None
         self._started = False
@@ -213,10 +217,14 @@ class Registry:
         old = devices.get(device_id)
         if old is not None:
             for credential in old.credentials:
-                if credential.fingerprint:
-                    self._by_fingerprint.pop((namespace, credential.fingerprint), None)
-                if credential.subject:
-                    self._by_subject.pop((namespace, credential.subject), None)
+                for index, value in (
+                    (self._by_fingerprint, credential.fingerprint),
+                    (self._by_subject, credential.subject),
+                ):
+                    # Only if it is this device's: two nodes that registered one
+                    # certificate at once both wrote it, and the other device keeps it.
+                    if value and index.get((namespace, value)) == device_id:
+                        del index[(namespace, value)]
         if device is None:
             devices.pop(device_id, None)
         else:
@@ -380,6 +388,46 @@ class Registry:
                     raise DeviceExists(
                         f"certificate {value[:80]} is a credential of device {holder!r} already"
                     )
+                claimed, _ = self._claims.get((namespace, value), (device_id, 0))
+                if claimed != device_id:
+                    raise DeviceExists(
+                        f"certificate {value[:80]} is a credential of device {claimed!r} "
+                        "(being registered)"
+                    )
+
+    @contextlib.contextmanager
+    def _claim(
+        self, namespace: str, device_id: str, credentials: Iterable[Credential]
+    ) -> Iterator[None]:
+        """Check that no other device holds or is registering these certificates, and
+        hold them for ``device_id`` until the block ends: the write applied to the
+        index, or failed.
+
+        The index shows what is written; a write awaits the store. Checked and
+        claimed with no await in between, a second write at once finds the
+        certificate taken, as it would once the first was applied (and an import
+        runs its creates at once). Only this registry's writes claim: two nodes
+        may still both register one certificate (see :meth:`_apply`).
+        """
+        self._check_certificates(namespace, device_id, credentials)
+        keys = {
+            (namespace, value)
+            for credential in credentials
+            for value in (credential.fingerprint, credential.subject)
+            if value is not None
+        }
+        for key in keys:
+            _, writes = self._claims.get(key, (device_id, 0))
+            self._claims[key] = (device_id, writes + 1)
+        try:
+            yield
+        finally:
+            for key in keys:
+                _, writes = self._claims[key]
+                if writes == 1:
+                    del self._claims[key]
+                else:
+                    self._claims[key] = (device_id, writes - 1)
 
     async def create(
         self,
@@ -402,16 +450,18 @@ class Registry:
             raise DeviceExists(f"device {device_id!r} exists in namespace {namespace!r}")
         now = self.clock()
         creds, shown = await self._credentials(device_id, specs, now, set())
-        self._check_certificates(namespace, device_id, creds)
         device = Device(
             namespace, device_id, label_map, bool(enabled), tuple(creds), now, now, owner
         )
-        try:
-            revision = await self._store().create(device.key, orjson.dumps(device.to_json()))
-        except RevisionMismatch as exc:
-            raise DeviceExists(f"device {device_id!r} exists in namespace {namespace!r}") from exc
-        device = device.evolve(revision=revision)
-        self._apply(namespace, device_id, device, revision)
+        with self._claim(namespace, device_id, creds):
+            try:
+                revision = await self._store().create(device.key, orjson.dumps(device.to_json()))
+            except RevisionMismatch as exc:
+                raise DeviceExists(
+                    f"device {device_id!r} exists in namespace {namespace!r}"
+                ) from exc
+            device = device.evolve(revision=revision)
+            self._apply(namespace, device_id, device, revision)
         return device, shown
 
     async def update(
@@ -475,7 +525,6 @@ class Registry:
                     f"{len(credentials)} credentials: at most {MAX_CREDENTIALS} per device "
                     "(remove one first)"
                 )
-            self._check_certificates(namespace, device_id, added)
             changed = current.evolve(
                 labels=label_map if label_map is not None else current.labels,
                 enabled=current.enabled if enabled is None else bool(enabled),
@@ -483,18 +532,20 @@ class Registry:
                 updated=now,
                 owner=owner if as_owner else current.owner,
             )
-            try:
-                new_revision = await bucket.update(
-                    key, orjson.dumps(changed.to_json()), current.revision
-                )
-            except RevisionMismatch as exc:
-                if revision is not None:
-                    raise DeviceConflict(
-                        f"device {device_id!r} was changed meanwhile; read it again", exc.actual
-                    ) from exc
-                continue
-            changed = changed.evolve(revision=new_revision)
-            self._apply(namespace, device_id, changed, new_revision)
+            with self._claim(namespace, device_id, added):
+                try:
+                    new_revision = await bucket.update(
+                        key, orjson.dumps(changed.to_json()), current.revision
+                    )
+                except RevisionMismatch as exc:
+                    if revision is not None:
+                        raise DeviceConflict(
+                            f"device {device_id!r} was changed meanwhile; read it again",
+                            exc.actual,
+                        ) from exc
+                    continue
+                changed = changed.evolve(revision=new_revision)
+                self._apply(namespace, device_id, changed, new_revision)
             return changed, shown
         raise DeviceConflict(f"device {device_id!r} keeps changing; try again", 0)
 
@@ -534,53 +585,53 @@ class Registry:
         namespace = check_namespace(namespace)
         device_id = check_device_id(device_id)
         label_map = check_labels(labels)
-        self._check_certificates(namespace, device_id, credentials)
         key = device_key(namespace, device_id)
         bucket = self._store()
-        for _ in range(UPDATE_ATTEMPTS):
-            entry = await bucket.get(key)
-            now = self.clock()
-            created = now
-            if entry is not None:
-                current = Device.from_json(
-                    namespace, device_id, orjson.loads(entry.value), entry.revision
-                )
-                created = current.created
-                if current.owner is None:
-                    log.warning(
-                        "device %s/%s, registered through the API, is now defined by %s",
-                        namespace,
-                        device_id,
-                        owner,
+        with self._claim(namespace, device_id, credentials):
+            for _ in range(UPDATE_ATTEMPTS):
+                entry = await bucket.get(key)
+                now = self.clock()
+                created = now
+                if entry is not None:
+                    current = Device.from_json(
+                        namespace, device_id, orjson.loads(entry.value), entry.revision
                     )
-            device = Device(
-                namespace,
-                device_id,
-                label_map,
-                enabled,
-                tuple(credentials),
-                created,
-                now,
-                owner,
-            )
-            if (
-                entry is not None
-                and current.labels == device.labels
-                and current.enabled == device.enabled
-                and current.credentials == device.credentials
-                and current.owner == owner
-            ):
-                return current  # unchanged: no write, the revision stays
-            try:
-                revision = await bucket.update(
-                    key, orjson.dumps(device.to_json()), entry.revision if entry else 0
+                    created = current.created
+                    if current.owner is None:
+                        log.warning(
+                            "device %s/%s, registered through the API, is now defined by %s",
+                            namespace,
+                            device_id,
+                            owner,
+                        )
+                device = Device(
+                    namespace,
+                    device_id,
+                    label_map,
+                    enabled,
+                    tuple(credentials),
+                    created,
+                    now,
+                    owner,
                 )
-            except RevisionMismatch:
-                continue
-            device = device.evolve(revision=revision)
-            self._apply(namespace, device_id, device, revision)
-            return device
-        raise DeviceConflict(f"device {device_id!r} keeps changing; try again", 0)
+                if (
+                    entry is not None
+                    and current.labels == device.labels
+                    and current.enabled == device.enabled
+                    and current.credentials == device.credentials
+                    and current.owner == owner
+                ):
+                    return current  # unchanged: no write, the revision stays
+                try:
+                    revision = await bucket.update(
+                        key, orjson.dumps(device.to_json()), entry.revision if entry else 0
+                    )
+                except RevisionMismatch:
+                    continue
+                device = device.evolve(revision=revision)
+                self._apply(namespace, device_id, device, revision)
+                return device
+            raise DeviceConflict(f"device {device_id!r} keeps changing; try again", 0)
 
     async def build_credentials(
         self, device_id: str, specs: Sequence[Mapping[str, Any]], now: float

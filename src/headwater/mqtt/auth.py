@@ -42,6 +42,7 @@ __all__ = [
     "AclRule",
     "AuthError",
     "PasswordFile",
+    "check_hash",
     "hash_password",
     "verify_password",
 ]
@@ -106,6 +107,14 @@ class _Hash:
             raise AuthError(f"malformed scrypt hash: {exc}") from exc
         if not (1 < n <= _SCRYPT_MAX_N and n & (n - 1) == 0 and 0 < r <= 32 and 0 < p <= 16):
             raise AuthError("scrypt parameters out of range")
+        # What OpenSSL counts against maxmem: B (128 r p) and V with its scratch (128 r (n+2)).
+        memory = 128 * r * (n + p + 2)
+        if memory > _SCRYPT_MAXMEM:
+            raise AuthError(
+                f"scrypt n={n},r={r},p={p} needs {memory / 2**20:.1f} MiB of memory for each "
+                f"check, more than the {_SCRYPT_MAXMEM // 2**20} MiB allowed (n=16384,r=8,"
+                "p=1 needs 16 MiB)"
+            )
         if not salt or not key:
             raise AuthError("empty salt or key")
         return cls(n, r, p, salt, key)
@@ -121,6 +130,12 @@ class _Hash:
             dklen=len(self.key),
         )
         return hmac.compare_digest(key, self.key)
+
+
+def check_hash(hashed: str) -> None:
+    """Read a hash as :func:`verify_password` would, computing nothing: its form, its
+    base64, and parameters the checker takes (memory included). Raises AuthError."""
+    _Hash.parse(hashed)
 
 
 def verify_password(password: str | bytes, hashed: str) -> bool:

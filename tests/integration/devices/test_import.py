@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.devices.conftest import Node
+from tests.integration.devices.test_password_hashes import TOO_BIG
 from tests.integration.devices.test_registry_auth import connect
 
 pytestmark = pytest.mark.integration
@@ -59,6 +60,20 @@ def test_json_import_with_every_kind_of_credential(node: Node) -> None:
         pytest.param("id,labels\na,site\n", "text/csv", "not name=value", id="label"),
         pytest.param("id,enabled\na,maybe\n", "text/csv", "true or false", id="enabled"),
         pytest.param("id,password_hash\na,plain\n", "text/csv", "scrypt", id="hash"),
+        # scrypt could not check it (more memory than it is given): a 500 before.
+        pytest.param(
+            f'id,password_hash\na,\nb,"{TOO_BIG}"\n',
+            "text/csv",
+            "row 3: password hash: scrypt n=65536,r=8,p=1 needs 64.0 MiB of memory",
+            id="hash-too-costly",
+        ),
+        pytest.param(
+            '[{"id": "a"}, {"id": "b", "credentials": '
+            f'[{{"type": "password", "hash": "{TOO_BIG}"}}]}}]',
+            "application/json",
+            "device 1: password hash: scrypt n=65536,r=8,p=1 needs 64.0 MiB of memory",
+            id="hash-too-costly-json",
+        ),
         pytest.param("id,x509_fingerprint\na,abc\n", "text/csv", "SHA-256", id="fingerprint"),
         pytest.param("id\na,b\n", "text/csv", "more fields", id="extra-field"),
         pytest.param("", "text/csv", "empty", id="empty"),

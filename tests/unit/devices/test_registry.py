@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from headwater.devices import (
@@ -16,8 +17,10 @@ from headwater.devices import (
     OwnedByResource,
     Registry,
 )
-from headwater.devices.model import MAX_CREDENTIALS, Device
-from headwater.state import MemoryStore, SqliteStore
+from headwater.devices.imports import parse_rows
+from headwater.devices.model import MAX_CREDENTIALS, Credential, Device
+from headwater.state import MemoryStore, SqliteStore, StateError
+from tests.unit.devices.conftest import TOO_BIG
 
 
 async def until(check: Callable[[], bool]) -> None:
@@ -142,3 +145,156 @@ async def test_import_skips_what_exists(registry: Registry) -> None:
     result = await registry.import_devices("default", [{"id": "a"}, {"id": "b"}, {"id": "c"}])
     assert [d.id for d in result.created] == ["b", "c"]
     assert result.existing == ["a"] and [s.device for s in result.secrets] == ["b", "c"]
+
+
+# -- password hashes: read, never computed on the event loop ---------------------------------
+
+
+async def test_a_hash_too_costly_to_check_is_invalid(registry: Registry) -> None:
+    with pytest.raises(InvalidDevice, match="memory"):
+        await registry.create("default", "d", credentials=[{"type": "password", "hash": TOO_BIG}])
+    assert registry.get("default", "d") is None
+    await registry.create("default", "d")
+    with pytest.raises(InvalidDevice, match="memory"):
+        await registry.update("default", "d", add=[{"type": "password", "hash": TOO_BIG}])
+
+
+async def test_a_stored_hash_scrypt_refuses_lets_nobody_in(registry: Registry) -> None:
+    """Stored before hashes were checked this way (or by an older node): a refusal."""
+    device = Device("default", "d", credentials=(Credential("c1", "password", 0.0, hash=TOO_BIG),))
+    assert await registry.check_password(device, b"anything") is None
+
+
+async def test_an_import_of_many_hashes_runs_no_scrypt(registry: Registry, no_scrypt: None) -> None:
+    hashed = "$scrypt$n=16384,r=8,p=1$c2FsdA==$a2V5"
+    text = "id,password_hash\n" + "".join(f'd{n:04d},"{hashed}"\n' for n in range(2000))
+    result = await registry.import_devices("default", parse_rows(text, "csv"))
+    assert len(result.created) == 2000 and result.failed == []
+    created, _ = await registry.create(
+        "default", "one", credentials=[{"type": "password", "hash": hashed}]
+    )
+    assert created.credentials[0].hash == hashed
+
+
+# -- one certificate, one device ----------------------------------------------------------------
+
+FINGERPRINT = "ab" * 32
+
+
+@pytest.fixture
+async def sqlite_registry(tmp_path: Path) -> AsyncIterator[Registry]:
+    """A registry whose writes really wait (SQLite's writer thread): creates interleave."""
+    store = await SqliteStore.open(tmp_path / "state.db")
+    registry = Registry(store)
+    await registry.start()
+    yield registry
+    await registry.close()
+    await store.close()
+
+
+CERTIFICATES = [
+    pytest.param({"type": "x509", "fingerprint": FINGERPRINT}, id="fingerprint"),
+    pytest.param({"type": "x509", "subject": "CN=shared"}, id="subject"),
+]
+
+
+@pytest.mark.parametrize("credential", CERTIFICATES)
+async def test_concurrent_creates_cannot_share_a_certificate(
+    sqlite_registry: Registry, credential: dict[str, str]
+) -> None:
+    registry = sqlite_registry
+    results = await asyncio.gather(
+        registry.create("default", "a", credentials=[credential]),
+        registry.create("default", "b", credentials=[credential]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], tuple), results
+    assert isinstance(results[1], DeviceExists) and "device 'a'" in str(results[1]), results
+    assert registry.get("default", "b") is None
+    holder = registry.by_certificate("default", FINGERPRINT, "CN=shared")
+    assert holder is not None and holder.id == "a"
+    # The claim was given back: once a is gone, b may have it.
+    await registry.delete("default", "a")
+    await registry.create("default", "b", credentials=[credential])
+
+
+@pytest.mark.parametrize("credential", CERTIFICATES)
+async def test_concurrent_updates_cannot_share_a_certificate(
+    sqlite_registry: Registry, credential: dict[str, str]
+) -> None:
+    registry = sqlite_registry
+    await registry.create("default", "a", credentials=[])
+    await registry.create("default", "b", credentials=[])
+    results = await asyncio.gather(
+        registry.update("default", "a", add=[credential]),
+        registry.update("default", "b", add=[credential]),
+        registry.create("default", "c", credentials=[credential]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], tuple), results
+    assert [type(r) for r in results[1:]] == [DeviceExists, DeviceExists], results
+    assert registry.get("default", "b").credentials == ()  # type: ignore[union-attr]
+    assert registry.get("default", "c") is None
+
+
+async def test_an_import_registers_a_certificate_once(sqlite_registry: Registry) -> None:
+    """Rows the file check did not catch (another import at the same time, say)."""
+    registry = sqlite_registry
+    rows = [
+        {"id": f"d{n}", "credentials": [{"type": "x509", "fingerprint": FINGERPRINT}]}
+        for n in range(10)
+    ]
+    result = await registry.import_devices("default", rows)
+    assert [d.id for d in result.created] == ["d0"]
+    assert [d for d, _ in result.failed] == [f"d{n}" for n in range(1, 10)]
+
+
+async def test_a_failed_write_gives_its_certificates_back(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = registry._store()
+
+    async def refuse(key: str, value: bytes) -> int:
+        raise StateError("the disk is full")
+
+    credential = {"type": "x509", "fingerprint": FINGERPRINT}
+    with monkeypatch.context() as patch:
+        patch.setattr(bucket, "create", refuse)
+        with pytest.raises(StateError):
+            await registry.create("default", "a", credentials=[credential])
+    await registry.create("default", "b", credentials=[credential])
+
+
+async def test_a_certificate_two_devices_hold_stays_with_the_one_left(
+    registry: Registry,
+) -> None:
+    """Two nodes that registered one certificate at once (each registry claims only what it
+    writes itself): whichever device lets go of it, the index keeps the one that holds it."""
+    bucket = await registry.state.bucket("devices")
+
+    def holding(device_id: str, *fingerprints: str) -> bytes:
+        credentials = tuple(
+            Credential(f"c{n}", "x509", 0.0, fingerprint=f) for n, f in enumerate(fingerprints)
+        )
+        return orjson.dumps(Device("default", device_id, credentials=credentials).to_json())
+
+    def holder(fingerprint: str) -> str | None:
+        device = registry.by_certificate("default", fingerprint, None)
+        return device.id if device is not None else None
+
+    # Another node's writes, seen through the watch: b, then a, with the same certificate.
+    b = await bucket.create("default/b", holding("b", FINGERPRINT))
+    await bucket.create("default/a", holding("a", FINGERPRINT))
+    await until(lambda: registry.get("default", "a") is not None)
+    assert holder(FINGERPRINT) == "a"
+    # b lets go of it (its credential removed): a still holds it.
+    await bucket.update("default/b", holding("b"), b)
+    await until(lambda: registry.get("default", "b").credentials == ())  # type: ignore[union-attr]
+    assert holder(FINGERPRINT) == "a"
+    # This registry's own delete of one of two holders.
+    other = "cd" * 32
+    await registry.create("default", "c", credentials=[{"type": "x509", "fingerprint": other}])
+    await bucket.create("default/d", holding("d", other))
+    await until(lambda: registry.get("default", "d") is not None)
+    await registry.delete("default", "c")
+    assert holder(other) == "d"

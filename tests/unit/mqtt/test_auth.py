@@ -36,6 +36,7 @@ def test_hash_is_salted_and_verifies() -> None:
         "$scrypt$n=2147483648,r=8,p=1$AAAA$AAAA",  # cost ceiling
         "$scrypt$n=16384,r=8,p=1$!!$AAAA",
         "$bcrypt$n=16384,r=8,p=1$AAAA$AAAA",
+        "$scrypt$n=65536,r=8,p=1$AAAA$AAAA",  # over the memory scrypt is given
     ],
 )
 def test_malformed_hashes_are_rejected(bad: str) -> None:
@@ -60,6 +61,16 @@ def test_password_file_round_trip(tmp_path: Path) -> None:
     assert loaded.verify("bob", b"builder")
     assert loaded.remove_user("bob")
     assert "bob" not in loaded
+
+
+def test_a_password_file_line_too_costly_to_check_is_refused_with_its_line(
+    tmp_path: Path,
+) -> None:
+    """OpenSSL would refuse it at every CONNECT (a ValueError in the checking thread)."""
+    path = tmp_path / "passwd"
+    path.write_text(f"alice:{hash_password('x')}\nbob:$scrypt$n=1048576,r=8,p=1$AAAA$AAAA\n")
+    with pytest.raises(AuthError, match=r"passwd:2: scrypt n=1048576,r=8,p=1 needs .* memory"):
+        PasswordFile.load(path)
 
 
 def test_password_file_errors_name_the_line(tmp_path: Path) -> None:
