@@ -9,6 +9,7 @@ run the same code on real NATS servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
 from typing import Any
 
@@ -19,6 +20,7 @@ from headwater.cluster.mqtt.sessions import PULL_LOST_AFTER, MeshSessions
 from headwater.mqtt.session import Subscription
 from headwater.state import Bucket
 from headwater.state.memory import MemoryStore
+from tests.helpers import wait_until
 
 
 class _Js:
@@ -250,3 +252,41 @@ async def test_the_sessions_of_a_node_s_previous_run_are_closed_when_it_starts_a
     await janitor._tidy("clean", entry.revision, read_doc(entry), {"n1", "n2"}, clean["disc"])
     assert broker.wills == ["w/a"]
     assert await bucket.get("clean") is None  # a clean session ends with its connection
+
+
+# -- the router's bookkeeping of what the publish hook stored ----------------------------------
+
+
+def _router() -> Any:
+    from headwater.cluster.mqtt.router import NatsRouter
+
+    link = types.SimpleNamespace(nc=_Nc(), node="n1", stored="hw.mqtt.x.s", live="hw.mqtt.x.m")
+    link.new_id = iter(range(1_000_000)).__next__
+    return NatsRouter(link, types.SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_past_its_bound_the_router_forgets_the_oldest_stored_messages_first(
+    monkeypatch: Any,
+) -> None:
+    from headwater.cluster.mqtt import router as router_module
+    from headwater.mqtt.session import Message
+
+    monkeypatch.setattr(router_module, "SENT_REMEMBERED", 3)
+    router = _router()
+    messages = [Message(f"t/{i}", b"", qos=1) for i in range(5)]
+    for message in messages:
+        router._remember_sent([message])
+    # The newest are those whose route() is still to come: kept (a clear sent them twice).
+    assert list(router._sent.values()) == messages[2:]
+
+
+async def test_a_publisher_that_goes_away_leaves_no_pub_ack_waiting() -> None:
+    from headwater.mqtt.session import Message
+
+    router = _router()
+    persisting = asyncio.ensure_future(router.persist([Message("t/1", b"x", qos=1)]))
+    await wait_until(lambda: bool(router._pubacks._futures), what="the publish sent")
+    persisting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await persisting
+    assert router._pubacks._futures == {}

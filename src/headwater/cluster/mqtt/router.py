@@ -80,6 +80,10 @@ RECENT_IDS: Final = 8192
 """Message ids a node remembers to route a message once when several of its NATS
 subscriptions match it (copies arrive together, within a few messages)."""
 
+SENT_REMEMBERED: Final = 100_000
+"""Messages stored by the publish hook whose route() (which must not send them again)
+a node remembers at most."""
+
 _ACCEPTED_BELOW: Final = 0x80
 
 
@@ -429,6 +433,11 @@ class NatsRouter:
                     waiting.append(self._keep_retained(message))
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 await asyncio.gather(*waiting)
+        except asyncio.CancelledError:
+            # The publisher went away meanwhile: its PubAcks are not waited for.
+            for reply in replies:
+                self._pubacks.forget(reply)
+            raise
         except (nats.errors.Error, OSError, TimeoutError, StateError, MeshUnavailable) as exc:
             self.counters["store_failures"] += len(messages)
             for reply in replies:
@@ -446,10 +455,14 @@ class NatsRouter:
         self._remember_sent(sent)
 
     def _remember_sent(self, sent: list[Message]) -> None:
-        if len(self._sent) > 100_000:
-            self._sent.clear()  # messages whose route never came (closed connections)
+        remembered = self._sent
         for message in sent:
-            self._sent[id(message)] = message
+            remembered[id(message)] = message
+        # Messages whose route never came (their connection closed first) would stay:
+        # the oldest go (a clear would also forget those whose route is due now, and
+        # send them to the mesh a second time).
+        while len(remembered) > SENT_REMEMBERED:
+            del remembered[next(iter(remembered))]
 
     async def _keep_retained(self, message: Message) -> None:
         bucket = self.link.retained
