@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,56 @@ def test_the_devices_of_a_node_that_died_are_shown_offline(nodes: tuple[Node, No
     n1.stop()
     n1.start()
     assert not presence(n1, "probe-9")["online"]
+
+
+def test_a_command_reaches_its_device_on_whichever_node_it_is_connected_to(
+    nodes: tuple[Node, Node],
+) -> None:
+    """A command made through one node's API is sent by the node the device is
+    connected to, sent again by the node it reconnects to, and its answer,
+    taken there, is what a wait on the first node sees."""
+    n1, n2 = nodes
+    secret = register(n1, n2, "pump-4")
+    device = connect(n2, "pump-4", secret)
+    assert device.connack()[0] == 0
+    device.subscribe("devices/pump-4/commands/+", 1)
+    made = n1.api("POST", "/api/v1/devices/pump-4/commands", {"data": {"speed": 3}})
+    message = device.get(timeout=30)
+    assert message.topic == f"devices/pump-4/commands/{made['id']}"
+    with ThreadPoolExecutor(1) as pool:  # the API's long poll on n1 (before or after the answer)
+        waiting = pool.submit(n1.api, path=f"/api/v1/devices/pump-4/commands/{made['id']}?wait=8")
+        device.publish(f"devices/pump-4/responses/{made['id']}", b'{"ok": true}', 1)
+        done = waiting.result(timeout=15)
+    assert done["status"] == "answered" and done["response"]["data"] == {"ok": True}
+
+    # Sent on n1, unanswered; the device reconnects to n2 and answers there.
+    device.close()
+    wait_for("pump-4 offline on n1", lambda: _offline(n1, "pump-4"))
+    device = connect(n1, "pump-4", secret)
+    assert device.connack()[0] == 0
+    device.subscribe("devices/pump-4/commands/+", 1)
+    again = n2.api("POST", "/api/v1/devices/pump-4/commands", {"data": "stop"})
+    assert device.get(timeout=30).topic == f"devices/pump-4/commands/{again['id']}"
+    wait_for("n2 knows it was sent once", lambda: _sent(n2, "pump-4", again["id"]) == 1)
+    device.close()
+    moved = connect(n2, "pump-4", secret)
+    assert moved.connack()[0] == 0
+    moved.subscribe("devices/pump-4/commands/+", 1)
+    assert moved.get(timeout=30).topic == f"devices/pump-4/commands/{again['id']}"
+    moved.publish(f"devices/pump-4/responses/{again['id']}", b"stopped", 1)
+    for node in (n1, n2):
+        seen = wait_for(
+            f"the answer on {node.name}",
+            lambda n=node: _answered(n, "pump-4", again["id"]),
+        )
+        assert seen["attempts"] == 2 and seen["response"]["data"] == "stopped"
+
+
+def _sent(node: Node, device: str, command: str) -> int:
+    seen: dict[str, Any] = node.api(path=f"/api/v1/devices/{device}/commands/{command}")
+    return int(seen["attempts"])
+
+
+def _answered(node: Node, device: str, command: str) -> dict[str, Any] | None:
+    seen: dict[str, Any] = node.api(path=f"/api/v1/devices/{device}/commands/{command}")
+    return seen if seen["status"] == "answered" else None

@@ -32,6 +32,25 @@ no reads.
 Changes of one device's commands are made one at a time (a lock per
 device), so that an answer arriving while "sent" is being written cannot be
 overtaken by it.
+
+In a mesh every node's Commands follows the ``device-commands`` bucket with
+a watcher, so that each node knows every unfinished command, whichever node
+made it. The node that holds the device's connection (one node at a time:
+:class:`~headwater.devices.presence.Presence` knows) is the one that sends
+it, when it hears of the command or when the device (re)connects there; an
+answer taken on any node finishes the command there (a command the node has
+not heard of yet is read from the store). What ends a command is the result
+*created* in ``device-command-results`` (compare-and-set: absent): the node
+whose write comes first finishes it (its ``on_finished``, so one event in the
+mesh), another that finds the result there already forgets the command, and
+an answer that finds one is late or a duplicate, as on one node. The removal
+from ``device-commands`` is what the other nodes' watchers see: they forget
+the command and wake whoever waits for it there, who then reads the result.
+"Sent" is written compare-and-set on the revision known, so that it never
+brings back a command another node finished. A node keeps its own record of
+a command sent on a connection it holds over what another node wrote (a
+stale "sent" on the device's previous connection): a command goes out at
+most once per connection, whatever order the writes are seen in.
 """
 
 from __future__ import annotations
@@ -54,8 +73,16 @@ import orjson
 
 from headwater.devices.model import DeviceError, InvalidDevice
 from headwater.devices.presence import Presence
+from headwater.devices.registry import follow
 from headwater.durations import parse_duration
-from headwater.state import Bucket, StateClosed, StateError, StateStore
+from headwater.state import (
+    Bucket,
+    Entry,
+    RevisionMismatch,
+    StateClosed,
+    StateError,
+    StateStore,
+)
 
 __all__ = [
     "COMMANDS_BUCKET",
@@ -292,11 +319,16 @@ class Commands:
         self._results_bucket: Bucket | None = None
         #: Per device key: its unfinished commands, oldest first.
         self._pending: dict[str, dict[str, Command]] = {}
+        #: Per command key: the latest revision of its queue entry known (written
+        #: here or seen by the watcher); what "sent" is written compare-and-set on.
+        self._revisions: dict[str, int] = {}
         self._expiry: list[tuple[float, str, str]] = []  # (expires, device key, command id)
         self._expiry_changed = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Follows the queue in a mesh (what other nodes write).
+        self._watcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._lock = asyncio.Lock()
@@ -316,6 +348,7 @@ class Commands:
                 return
             pending = self._pending_bucket = await self.state.bucket(COMMANDS_BUCKET)
             results = self._results_bucket = await self.state.bucket(RESULTS_BUCKET)
+            revision = await pending.revision()  # before reading: follow from there
             finished = set(await results.keys())
             for key in await pending.keys():
                 if key in finished:
@@ -324,19 +357,26 @@ class Commands:
                 entry = await pending.get(key)
                 if entry is None:
                     continue
-                try:
-                    command = Command.load(key, entry.value)
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("device commands: %s is not readable (%s); it is ignored", key, exc)
-                    continue
-                self._remember(command)
+                command = _readable(key, entry.value)
+                if command is not None:
+                    self._remember(command, entry.revision)
             self._tasks = [
                 asyncio.create_task(self._expire_loop(), name="devices:command-expiry"),
                 asyncio.create_task(self._retention_loop(), name="devices:command-retention"),
             ]
+            if self.presence.node is not None:  # a mesh: other nodes make commands too
+                self._watcher = asyncio.create_task(
+                    follow(pending, revision, self._followed, "device commands"),
+                    name="devices:command-watch",
+                )
             self._started = True
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:  # first: it starts deliveries
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if self._background:  # what was sent is recorded before the store closes
             await asyncio.gather(*self._background, return_exceptions=True)
         tasks, self._tasks = self._tasks, []
@@ -361,14 +401,23 @@ class Commands:
             lock = self._locks[device_key] = asyncio.Lock()
         return lock
 
-    def _remember(self, command: Command) -> None:
+    def _remember(self, command: Command, revision: int) -> Command:
+        """Keep an unfinished command (unless kept already: the watcher may have been
+        first, and a delivery since); the one kept."""
         device_key = f"{command.namespace}/{command.device}"
-        self._pending.setdefault(device_key, {})[command.id] = command
+        self._revisions[command.key] = max(revision, self._revisions.get(command.key, 0))
+        queue = self._pending.setdefault(device_key, {})
+        kept = queue.get(command.id)
+        if kept is not None:
+            return kept
+        queue[command.id] = command
         heapq.heappush(self._expiry, (command.expires, device_key, command.id))
         self._expiry_changed.set()
+        return command
 
     def _forget(self, command: Command) -> None:
         device_key = f"{command.namespace}/{command.device}"
+        self._revisions.pop(command.key, None)
         queue = self._pending.get(device_key)
         if queue is not None:
             queue.pop(command.id, None)
@@ -442,8 +491,18 @@ class Commands:
                 origin=origin,
                 correlation=correlation,
             )
-            await pending.create(command.key, command.stored())
-            self._remember(command)
+            try:
+                revision = await pending.create(command.key, command.stored())
+            except RevisionMismatch:
+                # Another node made the command of this id meanwhile: that one.
+                stored = await pending.get(command.key)
+                if stored is None:
+                    found = await self._result(command.key)
+                    if found is None:
+                        raise
+                    return found
+                command, revision = Command.load(command.key, stored.value), stored.revision
+            self._remember(command, revision)
         await self.deliver(namespace, device)
         return self._current(command)
 
@@ -456,7 +515,25 @@ class Commands:
         command = queue.get(command_id)
         if command is not None:
             return command
-        return await self._result(f"{namespace}/{device}/{command_id}")
+        key = f"{namespace}/{device}/{command_id}"
+        return await self._result(key) or await self._stored_pending(key)
+
+    async def _stored_pending(self, key: str) -> Command | None:
+        """An unfinished command from the store's queue (in a mesh: one another node
+        made, that this node's watcher has not brought yet), if there is one."""
+        if self.presence.node is None:
+            return None  # one node: the queue in memory is the whole queue
+        pending, _ = self._buckets()
+        try:
+            entry = await pending.get(key)
+        except ValueError:  # InvalidKey: not an id this registry made
+            return None
+        if entry is None:
+            return None
+        try:
+            return Command.load(key, entry.value)
+        except (ValueError, KeyError, TypeError):
+            return None
 
     async def _result(self, key: str) -> Command | None:
         """A finished command from the results, if there is one."""
@@ -552,10 +629,29 @@ class Commands:
                 if queue.get(command.id) is not command:
                     continue  # finished (or sent again) meanwhile: nothing to record
                 try:
-                    await pending.put(command.key, command.stored())
+                    await self._write_sent(pending, command)
                 except StateError as exc:
                     # It went out; only the record of it did not: a later write catches up.
                     log.warning("device commands: cannot record %s as sent: %s", command.id, exc)
+
+    async def _write_sent(self, pending: Bucket, command: Command) -> None:
+        """Write a command sent, over the revision known (caller holds its device's lock).
+
+        Never brings back what another node finished (removed from the queue); over
+        another node's record of it (sent on the device's previous connection), this
+        one, of a later send, is written."""
+        key = command.key
+        known = self._revisions.get(key)
+        if not known:
+            return  # forgotten meanwhile; 0 would be a create: it would bring it back
+        try:
+            revision = await pending.update(key, command.stored(), known)
+        except RevisionMismatch as exc:
+            if exc.actual == 0:
+                return  # finished elsewhere: the watcher forgets it
+            revision = await pending.update(key, command.stored(), exc.actual)
+        if key in self._revisions:
+            self._revisions[key] = max(revision, self._revisions[key])
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -581,11 +677,13 @@ class Commands:
             "reason": f"the device answered {code}" if failed else None,
         }
         device_key = f"{namespace}/{device}"
+        key = f"{device_key}/{command_id}"
         async with self._device_lock(device_key):
             command = self._pending.get(device_key, {}).get(command_id)
             if command is None:
-                return await self._late_answer(f"{device_key}/{command_id}", changes)
-            await self._finish(command, **changes)
+                command = await self._stored_pending(key)
+            if command is None or not await self._finish(command, **changes):
+                return await self._late_answer(key, changes)
         return True
 
     async def _late_answer(self, key: str, changes: dict[str, Any]) -> bool:
@@ -608,23 +706,32 @@ class Commands:
         count = 0
         async with self._device_lock(device_key):
             for command in list(self._pending.get(device_key, {}).values()):
-                await self._finish(command, status=Status.FAILED, reason=reason)
-                count += 1
+                if await self._finish(command, status=Status.FAILED, reason=reason):
+                    count += 1
         return count
 
-    async def _finish(self, command: Command, **changes: Any) -> None:
-        """Move a command to the results (caller holds its device's lock)."""
+    async def _finish(self, command: Command, **changes: Any) -> bool:
+        """Move a command to the results (caller holds its device's lock); False when
+        it had a result already (another node of a mesh finished it first)."""
         pending, results = self._buckets()
         done = replace(command, finished_at=self.clock(), **changes)
-        await results.put(done.key, done.stored())
+        try:
+            await results.create(done.key, done.stored())
+            first = True
+        except RevisionMismatch:
+            first = False  # another node's result came first: it finished the command
         # Finished once the result is durable: waiters hear it now, before the queue
         # entry goes (a crash in between leaves the entry, dropped at the next start).
         self._forget(command)
-        self._finished(done)
+        if first:
+            self._finished(done)
+        else:
+            self._wake(command.key)
         try:
-            await pending.delete(done.key)
+            await pending.delete(command.key)
         except StateError as exc:
-            log.warning("device commands: cannot remove %s from the queue: %s", done.id, exc)
+            log.warning("device commands: cannot remove %s from the queue: %s", command.id, exc)
+        return first
 
     def _finished(self, command: Command) -> None:
         if command.status == Status.ANSWERED:
@@ -633,14 +740,52 @@ class Commands:
             self.expired += 1
         else:
             self.failed += 1
-        for waiter in self._waiters.get(command.key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake(command.key)
         if self.on_finished is not None:
             try:
                 self.on_finished(command)
             except Exception:
                 log.exception("device commands: the finished-command listener failed")
+
+    def _wake(self, key: str) -> None:
+        """Whoever waits for the command ``key``: it finished."""
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- other nodes' commands (a mesh) --------------------------------------------------------
+
+    def _followed(self, entry: Entry) -> None:
+        """A change of the queue, this node's own writes included (seen again)."""
+        key = entry.key
+        if entry.revision <= self._revisions.get(key, 0):
+            return  # known already (this node's own write, or older than what it wrote)
+        parts = key.split("/")
+        if len(parts) != 3:
+            return
+        namespace, device, command_id = parts
+        queue = self._pending.get(f"{namespace}/{device}", {})
+        kept = queue.get(command_id)
+        if entry.deleted:  # finished (on this node or another): waiters read the result
+            if kept is not None:
+                self._forget(kept)
+            self._wake(key)
+            return
+        command = _readable(key, entry.value)
+        if command is None or command.finished:
+            return
+        connection = self.presence.connection(namespace, device)
+        token = connection.token if connection is not None else None
+        if kept is None:
+            kept = self._remember(command, entry.revision)
+        else:
+            self._revisions[key] = entry.revision
+            if token is None or kept.connection != token:
+                # Unless sent on this node's connection of the device: what this node
+                # knows then is newer than any other record of it (its previous one's).
+                kept = queue[command_id] = command
+        if connection is not None and connection.ready and kept.connection != token:
+            self._spawn(self.deliver(namespace, device))  # the device is connected here
 
     # -- expiry and retention ----------------------------------------------------------------
 
@@ -777,3 +922,12 @@ def parse_seconds(text: str) -> float:
         raise InvalidDevice(
             f"{text!r} is not a duration (seconds, or like 10s, 1.5m, 2h, PT10S)"
         ) from None
+
+
+def _readable(key: str, value: bytes) -> Command | None:
+    """The command a queue entry holds (None, logged, if it is not one)."""
+    try:
+        return Command.load(key, value)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("device commands: %s is not readable (%s); it is ignored", key, exc)
+        return None
