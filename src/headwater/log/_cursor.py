@@ -7,8 +7,12 @@ offset handed out; ``pending`` the offsets handed out and not yet acked. The
 position (the low-water mark, see :mod:`headwater.log.base`) is the smallest
 pending offset minus one, or ``delivered`` when nothing is pending; a min-heap
 with lazy deletion makes that O(log n) per ack even when acks come out of
-order. Offsets given back by a closing reader wait in ``redeliver`` and are
-handed out again before anything new.
+order. An offset acked below the top of the heap stays in it until it reaches
+the top, so while one early offset stays unacked (a delivery retrying with
+backoff for an hour) every later ack would stay too: the heap is rebuilt from
+``pending`` once the acked offsets in it outnumber the pending ones (see
+:data:`HEAP_SLACK`). Offsets given back by a closing reader wait in
+``redeliver`` and are handed out again before anything new.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ import heapq
 from collections.abc import Iterable
 
 from headwater.log.base import InvalidAck
+
+# The heap is rebuilt from the pending offsets once it holds more than
+# 2 x pending + HEAP_SLACK entries, so it never holds much more than twice what
+# is pending (itself bounded by the readers' in-flight limits). Rebuilding costs
+# O(pending) and happens only after more than pending + HEAP_SLACK acks left an
+# entry behind, so an ack costs O(1) amortised; the slack spares tiny heaps
+# from rebuilding every few acks.
+HEAP_SLACK = 64
 
 
 class Cursor:
@@ -55,8 +67,14 @@ class Cursor:
         if offset not in pending:
             return False  # acked before
         pending.discard(offset)
-        if self._heap[0] != offset:
-            return False  # below it is still pending: the position stays
+        heap = self._heap
+        if heap[0] != offset:
+            # Below it is still pending: the position stays. The acked offset
+            # stays in the heap until it reaches the top or the heap is rebuilt.
+            if len(heap) > 2 * len(pending) + HEAP_SLACK:
+                heap[:] = pending
+                heapq.heapify(heap)
+            return False
         return self._recompute()
 
     def _recompute(self) -> bool:

@@ -78,3 +78,49 @@ def test_any_ack_order_ends_at_the_last_offset(count: int, rnd: random.Random) -
             expected += 1
         assert cursor.position == expected
     assert cursor.position == count
+
+
+def test_acks_behind_one_unacked_offset_keep_the_heap_bounded() -> None:
+    # One early event keeps failing (retries with backoff) while everything
+    # after it is delivered and acked: memory must follow what is pending, not
+    # what was delivered meanwhile.
+    cursor = Cursor(0)
+    cursor.handed_out([1])
+    for offset in range(2, 100_002):
+        cursor.handed_out([offset])
+        assert cursor.ack(offset) is False
+        assert cursor.position == 0
+    assert len(cursor._heap) < 200
+    cursor.handed_out([100_002, 100_003])
+    assert cursor.ack(100_003) is False
+    assert cursor.ack(1) is True
+    assert cursor.position == 100_001
+    assert cursor.ack(100_002) is True
+    assert cursor.position == 100_003
+
+
+@given(
+    st.integers(min_value=1, max_value=400),
+    st.integers(min_value=0, max_value=5),
+    st.randoms(use_true_random=False),
+)
+def test_the_position_holds_while_the_heap_is_compacted(
+    count: int, held: int, rnd: random.Random
+) -> None:
+    # A few offsets stay unacked while the rest are acked in any order (enough
+    # of them to rebuild the heap several times); then the held ones are acked.
+    cursor = Cursor(0)
+    cursor.handed_out(range(1, count + 1))
+    order = list(range(1, count + 1))
+    rnd.shuffle(order)
+    order = order[held:] + order[:held]
+    acked: set[int] = set()
+    for offset in order:
+        cursor.ack(offset)
+        acked.add(offset)
+        expected = 0
+        while expected + 1 in acked:
+            expected += 1
+        assert cursor.position == expected
+        assert len(cursor._heap) <= 2 * (count - len(acked)) + 65
+    assert cursor.position == count
