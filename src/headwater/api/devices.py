@@ -42,7 +42,7 @@ from headwater.devices import (
     TooManyCommands,
     TwinTooLarge,
 )
-from headwater.devices.commands import expiry_seconds, parse_data, parse_seconds
+from headwater.devices.command_model import expiry_seconds, parse_data, parse_seconds
 from headwater.devices.imports import parse_rows
 from headwater.devices.model import check_device_id, check_namespace
 from headwater.http_guard import read_body

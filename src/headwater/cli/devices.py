@@ -457,7 +457,7 @@ def _data(text: str) -> tuple[Any, str | None]:
 
 def _duration(text: str) -> float:
     from headwater.devices import InvalidDevice
-    from headwater.devices.commands import parse_seconds
+    from headwater.devices.command_model import parse_seconds
 
     try:
         return parse_seconds(text)

@@ -146,7 +146,7 @@ class DeviceSinkSpec(Model):
     @field_validator("expiry")
     @classmethod
     def _expiry(cls, value: str) -> str:
-        from headwater.devices.commands import MAX_EXPIRY, MIN_EXPIRY
+        from headwater.devices.command_model import MAX_EXPIRY, MIN_EXPIRY
 
         seconds = parse_duration(value)
         if not MIN_EXPIRY <= seconds <= MAX_EXPIRY:

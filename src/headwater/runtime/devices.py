@@ -54,7 +54,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from headwater.cloudevents import CloudEvent
 from headwater.devices import DeviceError, Devices, InvalidDevice, TooManyCommands
 from headwater.devices.access import Provisioning, build_acl
-from headwater.devices.commands import command_id_for
+from headwater.devices.command_model import command_id_for
 from headwater.devices.credentials import (
     credential_id,
     load_ca_certificates,

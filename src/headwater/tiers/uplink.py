@@ -63,13 +63,11 @@ into the log).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from headwater import tracing
@@ -81,9 +79,10 @@ from headwater.eventing.filters import MATCH_ALL, EventFilter
 from headwater.log import LATEST, Entry, EventLog, LogError, LogUnavailable, Reader, Start
 from headwater.log.acks import AckBatcher
 from headwater.logs import Throttle
+from headwater.tiers._lanes import Item, Lane, oldest_unsent_age
 from headwater.tiers._policy import Verdict, new_backoff, next_wait, partition_key
 from headwater.tiers._remote import Answer, Remote
-from headwater.tiers._uplink_status import SendRate, UplinkStats, at_risk, event_time, now_text
+from headwater.tiers._uplink_status import SendRate, UplinkStats, at_risk, now_text
 from headwater.tiers.limits import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_EVENTS
 from headwater.tracing.flows import Hop, hop_batch
 
@@ -155,25 +154,6 @@ LOG_RETRY_DELAY: Final = (0.05, 2.0)
 """Backoff bounds (seconds) while the local log is unavailable."""
 
 
-@dataclass(slots=True)
-class _Item:
-    offset: int
-    event: CloudEvent
-    encoded: bytes | None
-    size: int
-    read_at: float
-
-
-@dataclass(slots=True, eq=False)
-class _Lane:
-    index: int
-    pending: collections.deque[_Item] = field(default_factory=collections.deque)
-    pending_bytes: int = 0
-    in_flight: list[_Item] = field(default_factory=list)
-    first_at: float = 0.0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class Uplink:
     """Sends the matching events of one stream consumer to a :class:`Remote`, until cancelled."""
 
@@ -224,7 +204,7 @@ class Uplink:
         self._on_refused = on_refused
         self.stats = UplinkStats()
         self._throttle = Throttle(logging.getLogger(__name__))
-        self._lanes: list[_Lane] = []
+        self._lanes: list[Lane] = []
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -274,7 +254,7 @@ class Uplink:
                 tasks.create_task(self._stats_loop())
                 first = await self._open(reader)
                 await self._ensure_known()
-                self._lanes = [_Lane(i) for i in range(self.lanes)]
+                self._lanes = [Lane(i) for i in range(self.lanes)]
                 for lane in self._lanes:
                     tasks.create_task(self._lane_loop(lane))
                 await self._read_loop(reader, first)
@@ -389,7 +369,7 @@ class Uplink:
             size = len(encoded) if encoded is not None else len(event.data_bytes()) + 200
             if not lane.pending:
                 lane.first_at = loop_now
-            lane.pending.append(_Item(offset, event, encoded, size, now))
+            lane.pending.append(Item(offset, event, encoded, size, now))
             lane.pending_bytes += size
             self._buffered += 1
             lane.wake.set()
@@ -429,7 +409,7 @@ class Uplink:
 
     # -- lanes --------------------------------------------------------------------------
 
-    async def _lane_loop(self, lane: _Lane) -> None:
+    async def _lane_loop(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not lane.pending or self._draining:
@@ -464,14 +444,14 @@ class Uplink:
             if self._buffered <= self.max_buffered * 3 // 4:
                 self._room.set()
 
-    def _full(self, lane: _Lane) -> bool:
+    def _full(self, lane: Lane) -> bool:
         if not self.remote.batches:
             return bool(lane.pending)
         return (
             len(lane.pending) >= self.max_batch_events or lane.pending_bytes >= self.max_batch_bytes
         )
 
-    def _take(self, lane: _Lane) -> list[_Item]:
+    def _take(self, lane: Lane) -> list[Item]:
         """The next request's events: the lane's oldest, within the batch limits."""
         pending = lane.pending
         items = [pending.popleft()]
@@ -488,7 +468,7 @@ class Uplink:
             lane.first_at = asyncio.get_running_loop().time()
         return items
 
-    async def _deliver(self, items: list[_Item]) -> None:
+    async def _deliver(self, items: list[Item]) -> None:
         """Send ``items`` until the receiver accepted every one or refused it for good."""
         backoff = new_backoff(self._backoff)
         while True:
@@ -559,7 +539,7 @@ class Uplink:
             await self._refuse(items[0], answer, backoff)
             return
 
-    async def _request(self, items: list[_Item]) -> Answer:
+    async def _request(self, items: list[Item]) -> Answer:
         """One request for ``items``; abandoned (as if unanswered) when the link came back
         while it waited on a connection that went dead with the outage."""
         loop = asyncio.get_running_loop()
@@ -604,7 +584,7 @@ class Uplink:
             if started < answered and now - started > STALE_AFTER and not request.done():
                 request.cancel()
 
-    async def _try_plainer(self, items: list[_Item], answer: Answer) -> Answer | None:
+    async def _try_plainer(self, items: list[Item], answer: Answer) -> Answer | None:
         """Try a refused event in the next plainer form; keep that form if it is taken.
 
         Returns the trial's answer (None: nothing plainer is left). Only an
@@ -639,7 +619,7 @@ class Uplink:
             if not kept:
                 remote.mode, remote.gzip = saved
 
-    def _shrink(self, items: list[_Item]) -> None:
+    def _shrink(self, items: list[Item]) -> None:
         size = sum(item.size for item in items)
         lowered = max(MIN_BATCH_BYTES, size // 2)
         if lowered < self.max_batch_bytes:
@@ -652,7 +632,7 @@ class Uplink:
                 lowered,
             )
 
-    async def _refuse(self, item: _Item, answer: Answer, backoff: Backoff) -> None:
+    async def _refuse(self, item: Item, answer: Answer, backoff: Backoff) -> None:
         """Hand a refused event to ``on_refused``, retrying that (never dropping it)."""
         error = DeliveryError(answer.status, False, answer.body, reason=answer.reason)
         while True:
@@ -682,7 +662,7 @@ class Uplink:
             )
             return
 
-    def _accepted(self, items: list[_Item]) -> None:
+    def _accepted(self, items: list[Item]) -> None:
         stats = self.stats
         stats.sent += len(items)
         stats.last_sent_at = now_text()
@@ -764,7 +744,7 @@ class Uplink:
         stats = self.stats
         now = time.time()
         stats.send_rate = self._rate.update(now, stats.sent)
-        stats.oldest_unsent_age = self._oldest_age(now)
+        stats.oldest_unsent_age = oldest_unsent_age(self._lanes, now)
         try:
             info = await self.log.info(self.stream)
             backlog = info.consumer(self.consumer).lag
@@ -784,19 +764,6 @@ class Uplink:
                 self.stream,
                 stats.at_risk,
             )
-
-    def _oldest_age(self, now: float) -> float | None:
-        oldest: float | None = None
-        for lane in self._lanes:
-            head = (
-                lane.in_flight[0] if lane.in_flight else (lane.pending[0] if lane.pending else None)
-            )
-            if head is None:
-                continue
-            made = event_time(head.event, head.read_at)
-            if oldest is None or made < oldest:
-                oldest = made
-        return None if oldest is None else max(0.0, now - oldest)
 
     def _local_error(self, exc: Exception) -> None:
         self.stats.last_error = f"log: {exc}"
