@@ -298,13 +298,18 @@ class Fanout(Generic[M]):
                 log.warning("%s: cursor not open after %gs; starting anyway", key, READY_TIMEOUT)
         return dispatcher
 
+    async def forget_cursor(self, consumer: str) -> None:
+        """Delete a member's durable cursor (its member was removed already): one of the
+        same name made later starts where its ``start`` says, not where this one was."""
+        await self.log.delete_consumer(self.stream, consumer)
+
     async def _remove(self, name: str, *, forget_cursor: bool) -> None:
         member = self._members.pop(name, None)
         if member is None:
             return
         await self._detach(member.consumer)
         if forget_cursor:
-            await self.log.delete_consumer(self.stream, member.consumer)
+            await self.forget_cursor(member.consumer)
 
     async def _detach(self, key: str) -> Dispatcher | None:
         dispatcher = self._dispatchers.pop(key, None)

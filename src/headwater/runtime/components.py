@@ -30,7 +30,7 @@ from headwater.eventing import DeliveryError, Dispatcher, Sink
 from headwater.eventing import Subscription as SubscriptionMember
 from headwater.eventing import Trigger as TriggerMember
 from headwater.eventing._fanout import Saturated
-from headwater.log import LogFull, LogUnavailable, StreamConfig
+from headwater.log import LogFull, LogUnavailable, StreamConfig, StreamNotFound
 from headwater.resources import (
     Broker,
     Channel,
@@ -252,6 +252,16 @@ class TriggerComponent:
                 await self._broker(self.resource).remove_trigger(self.resource.name)
             self.member = None
 
+    async def removed(self) -> None:
+        """Its Trigger was deleted: its cursor goes too (a Trigger made later under its
+        name starts at its ``headwater.dev/start``, LATEST by default, instead of
+        replaying what came while none existed)."""
+        with contextlib.suppress(LookupError, StreamNotFound):
+            broker = self._broker(self.resource)
+            await broker.forget_cursor(
+                f"{TriggerMember.kind}/{self.resource.namespace}/{self.resource.name}"
+            )
+
     async def update(self, resource: Resource) -> bool:
         assert isinstance(resource, Trigger)
         if resource.spec.broker != self.resource.spec.broker:
@@ -319,6 +329,14 @@ class SubscriptionComponent:
             with contextlib.suppress(LookupError):
                 await self._channel(self.resource).unsubscribe(self.resource.name)
             self.member = None
+
+    async def removed(self) -> None:
+        """Its Subscription was deleted: its cursor goes too (see TriggerComponent)."""
+        with contextlib.suppress(LookupError, StreamNotFound):
+            channel = self._channel(self.resource)
+            await channel.forget_cursor(
+                f"{SubscriptionMember.kind}/{self.resource.namespace}/{self.resource.name}"
+            )
 
     async def update(self, resource: Resource) -> bool:
         assert isinstance(resource, Subscription)

@@ -8,7 +8,10 @@ the order of their stages (each kind's stage is given with its builder:
 things that receive events before things that send them),
 creates components for new resources, asks existing ones to ``update`` in
 place (a Trigger keeps its cursor when only its filter changes) and recreates
-those that cannot, and stops the ones no longer desired, senders first. One
+those that cannot (or fail to: nothing stays half updated), with the Triggers
+and Subscriptions inside a Broker or Channel made anew, and stops the ones no
+longer desired, senders first. A resource that failed to start is tried again
+when it is given again (an apply, a reload), even unchanged. One
 lock serialises changes, so concurrent API calls and file reloads never
 interleave. A change may carry a ``commit`` callback: it runs under that lock
 once the new desired state passed its checks and before anything changes
@@ -23,13 +26,28 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from headwater.resources import ConfigError, Loaded, Problem, Resource, check_references
+from headwater.log import LogError
+from headwater.resources import (
+    Broker,
+    ConfigError,
+    Loaded,
+    Problem,
+    Resource,
+    Subscription,
+    Trigger,
+    check_references,
+)
 from headwater.runtime.capabilities import Removable
+from headwater.state import StateError
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]
 """A resource's (kind, namespace, name)."""
+
+_REFUSALS = (OSError, ValueError, LogError, StateError)
+"""What the environment refuses (a port in use, a file not there, the log or the
+state store away): one line in the log; a traceback is for Headwater's own bugs."""
 
 
 class Component(Protocol):
@@ -135,7 +153,7 @@ class Reconciler:
             self._check(desired.values())
             if commit is not None:
                 await commit()
-            result = await self._reconcile(desired)
+            result = await self._reconcile(desired, retry=incoming.keys())
             result.unchanged[:] = [k for k in result.unchanged if k in incoming]
             return result
 
@@ -149,7 +167,7 @@ class Reconciler:
             self._check(desired.values())
             if commit is not None:
                 await commit()
-            return await self._reconcile(desired)
+            return await self._reconcile(desired, retry=desired.keys())
 
     async def delete(self, keys: Iterable[Key], *, commit: Commit | None = None) -> ApplyResult:
         async with self._lock:
@@ -188,32 +206,73 @@ class Reconciler:
             )
         check_references(items)
 
-    async def _reconcile(self, desired: dict[Key, Loaded]) -> ApplyResult:
+    async def _reconcile(
+        self, desired: dict[Key, Loaded], *, retry: Iterable[Key] = ()
+    ) -> ApplyResult:
+        """Make the running components what ``desired`` says. ``retry``: keys whose
+        resource was given again (an apply, a reload): one that failed to start is
+        started again even when unchanged.
+
+        A Trigger or Subscription lives inside its Broker's or Channel's fan-out:
+        when that one is started anew (recreated, or started after it had
+        failed), its members are started again too, unchanged or not, else they
+        would be left attached to the fan-out that stopped."""
         result = ApplyResult([], [], [], [])
+        retried = set(retry)
         for key in sorted(self._entries.keys() - desired.keys(), key=self._stop_order):
             await self._stop(key, removed=True)
             del self._entries[key]
             result.deleted.append(key)
+        started: set[Key] = set()  # components started anew in this pass
         for key in sorted(desired, key=self._start_order):
             item = desired[key]
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = Entry(item)
                 await self._start(entry)
+                started.add(key)
                 result.created.append(key)
                 continue
+            parent = _parent(item.resource)
             if entry.loaded.resource == item.resource:
                 entry.loaded = item
                 result.unchanged.append(key)
+                failed = entry.component is None and key in retried
+                if failed or (parent is not None and parent in started):
+                    await self._stop(key)
+                    await self._start(entry)
+                    started.add(key)
                 continue
             entry.loaded = item
-            if entry.component is not None and await entry.component.update(item.resource):
-                entry.ready = Condition("Ready", "True")
+            if await self._update(key, entry, item.resource):
+                if parent is not None and parent in started:
+                    await self._stop(key)
+                    await self._start(entry)
+                    started.add(key)
             else:
                 await self._stop(key)
                 await self._start(entry)
+                started.add(key)
             result.updated.append(key)
         return result
+
+    async def _update(self, key: Key, entry: Entry, resource: Resource) -> bool:
+        """Ask a running component to take a changed resource in place; False when it
+        cannot (or failed midway: it is recreated then, so nothing is left half done)."""
+        component = entry.component
+        if component is None:
+            return False
+        try:
+            if not await component.update(resource):
+                return False
+        except Exception as exc:
+            if isinstance(exc, _REFUSALS):
+                log.error("%s %s/%s could not be updated in place (%s): recreated", *key, exc)
+            else:
+                log.exception("%s %s/%s could not be updated in place: recreated", *key)
+            return False
+        entry.ready = Condition("Ready", "True")
+        return True
 
     async def _start(self, entry: Entry) -> None:
         resource = entry.loaded.resource
@@ -226,7 +285,7 @@ class Reconciler:
             # The environment's refusals (a port in use, a file that is not
             # there) are one line; a traceback is for Headwater's own bugs.
             what = (resource.kind, resource.namespace, resource.name)
-            if isinstance(exc, OSError | ValueError):
+            if isinstance(exc, _REFUSALS):
                 log.error("%s %s/%s failed to start: %s", *what, exc)
             else:
                 log.exception("%s %s/%s failed to start", *what)
@@ -257,3 +316,13 @@ class Reconciler:
                     await component.removed()
             except Exception:
                 log.exception("%s %s/%s did not stop cleanly", *key)
+
+
+def _parent(resource: Resource) -> Key | None:
+    """The Broker or Channel whose fan-out a Trigger or Subscription runs in."""
+    if isinstance(resource, Trigger):
+        return (Broker.KIND, resource.namespace, resource.spec.broker)
+    if isinstance(resource, Subscription):
+        channel = resource.spec.channel
+        return (channel.kind, resource.namespace, channel.name)
+    return None
