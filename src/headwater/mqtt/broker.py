@@ -345,6 +345,10 @@ class MqttBroker:
             self._store = SqliteSessionStore(Path(config.data_dir))
         if self._store is not None:
             await self._load()
+        else:
+            # Nothing persists changes: deleted sessions and retained topics are not
+            # recorded (the sets would only grow, one id per client ever seen).
+            self._retained.tracked = False
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         try:
@@ -457,15 +461,32 @@ class MqttBroker:
         against the receiver's ACL (:meth:`~headwater.mqtt._handler.ClientHandler.may_read`).
         """
         cid = conn.client_id
+        now = time.time()
+        existing = self._sessions.get(cid)
+        # Whether the session this connection finds ends now instead of being resumed:
+        # Clean Start, another owner, its expiry passed, or Session Expiry 0 (a session
+        # that ends with its connection, which a takeover is closing).
+        ends = existing is not None and (
+            clean_start
+            or existing.owner not in (None, owner)
+            or existing.expiry_interval == 0
+            or existing.is_expired(now)
+        )
         old = self._online.pop(cid, None)
         if old is not None:
             # [MQTT-3.1.4-2 (3.1.1) / 3.1.4-3 (5.0)] takeover: DISCONNECT 0x8E, close.
             old.take_over()
-            self._connection_lost(old, takeover=True)
+            self._connection_lost(old, takeover=True, ends=ends)
         pending = self._wills.pop(cid, None)
-        if pending is not None and pending.handle is not None:
-            # [MQTT-3.1.3-9 (5.0)] reconnected within the Will Delay: no will.
-            pending.handle.cancel()
+        if pending is not None:
+            if pending.handle is not None:
+                pending.handle.cancel()
+            if ends:
+                # [MQTT-3.1.2-8 (5.0)] the will goes when its delay passes or the session
+                # ends, whichever comes first: this connection ends it.
+                self._publish_will(pending)
+            # Else [MQTT-3.1.3-9 (5.0)] reconnected to the session within the Will Delay:
+            # no will.
         handle = self._expiry.pop(cid, None)
         if handle is not None:
             handle.cancel()
@@ -480,8 +501,12 @@ class MqttBroker:
             )
             self._drop_session(session)
             session = None
-        if session is not None and (clean_start or session.is_expired(time.time())):
-            # Clean start discards any existing session [MQTT-3.1.2-6 (3.1.1) / 3.1.2-4 (5.0)].
+        if session is not None and (
+            clean_start or session.expiry_interval == 0 or session.is_expired(now)
+        ):
+            # Clean start discards any existing session [MQTT-3.1.2-6 (3.1.1) / 3.1.2-4 (5.0)],
+            # and one of Session Expiry 0 ended with its connection (taken over just now):
+            # its state is never reused [MQTT-3.1.2-6 (3.1.1)], Session Present 0.
             self._drop_session(session)
             session = None
         present = session is not None
@@ -511,7 +536,8 @@ class MqttBroker:
             self.router.unsubscribe(cid, sub)
         if self._sessions.get(cid) is session:
             del self._sessions[cid]
-            self._deleted_sessions.add(cid)
+            if self._store is not None:
+                self._deleted_sessions.add(cid)
         if self._shared is not None:
             self._shared.dropped(session)
 
@@ -540,8 +566,9 @@ class MqttBroker:
             except Exception:
                 logger.exception("on_disconnect hook failed for %s", conn.client_id)
 
-    def _connection_lost(self, conn: ClientHandler, takeover: bool) -> None:
-        """Handle the will and the session of a connection that just ended."""
+    def _connection_lost(self, conn: ClientHandler, takeover: bool, ends: bool = False) -> None:
+        """Handle the will and the session of a connection that just ended. ``ends``: a
+        takeover by a connection that does not resume the session (it ends now)."""
         cid = conn.client_id
         session = conn.session
         will, conn.will = conn.will, None
@@ -553,8 +580,10 @@ class MqttBroker:
                 # [MQTT-3.1.2-8 (5.0)] publish after the Will Delay (or at session end).
                 pending.handle = asyncio.get_running_loop().call_later(delay, self._fire_will, cid)
                 self._wills[cid] = pending
-            elif not (delay and takeover):
-                # [MQTT-3.1.2-8 (3.1.1)] the connection closed without DISCONNECT.
+            elif not (delay and takeover and not ends):
+                # [MQTT-3.1.2-8 (3.1.1)] the connection closed without DISCONNECT; with a
+                # Will Delay, a takeover that resumes the session sends none
+                # [MQTT-3.1.3-9 (5.0)], one that ends it sends it now [MQTT-3.1.2-8 (5.0)].
                 self._publish_will(pending)
         if takeover or session is None:
             return

@@ -34,7 +34,7 @@ class _Node:
 
 
 class RetainedStore:
-    __slots__ = ("_count", "_root", "deleted", "dirty", "max_retained", "rejected")
+    __slots__ = ("_count", "_root", "deleted", "dirty", "max_retained", "rejected", "tracked")
 
     def __init__(self, max_retained: int = DEFAULT_MAX_RETAINED) -> None:
         self._root = _Node()
@@ -46,6 +46,9 @@ class RetainedStore:
         self.deleted: set[str] = set()
         #: Retained messages refused because the store was full.
         self.rejected = 0
+        #: Whether changes are recorded (False: nothing persists them, so the sets
+        #: would only grow, a topic per retained message ever cleared).
+        self.tracked = True
 
     def __len__(self) -> int:
         return self._count
@@ -79,14 +82,15 @@ class RetainedStore:
         """
         topic = message.topic
         if not message.payload:
-            if self._remove(topic):
+            if self._remove(topic) and self.tracked:
                 self.dirty.discard(topic)
                 self.deleted.add(topic)
             return True
         if not self._put(message):
             return False
-        self.deleted.discard(topic)
-        self.dirty.add(topic)
+        if self.tracked:
+            self.deleted.discard(topic)
+            self.dirty.add(topic)
         return True
 
     def get(self, topic: str) -> Message | None:
@@ -165,7 +169,7 @@ class RetainedStore:
         live = [m for m in found if not m.expired(now)]
         if len(live) != len(found):
             for message in found:
-                if message.expired(now) and self._remove(message.topic):
+                if message.expired(now) and self._remove(message.topic) and self.tracked:
                     self.dirty.discard(message.topic)
                     self.deleted.add(message.topic)
         return live

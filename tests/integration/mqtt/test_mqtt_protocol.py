@@ -223,16 +223,60 @@ def test_no_topic_alias_for_clients_that_do_not_allow_them(broker: BrokerThread)
 
 @pytest.mark.parametrize("version", [V311, V5])
 def test_session_takeover(broker: BrokerThread, version) -> None:  # type: ignore[no-untyped-def]
+    # MQTT 5: a session outlives its connection only with a Session Expiry (3.1.2.11.2).
+    props = Properties(session_expiry_interval=60) if version == V5 else Properties()
     old = Raw(broker.port(), version)
-    old.connect("same", clean_start=False)
+    old.connect("same", clean_start=False, properties=props)
     new = Raw(broker.port(), version)
-    assert new.connect("same", clean_start=False).session_present
+    assert new.connect("same", clean_start=False, properties=props).session_present
     if version == V5:
         # [MQTT-3.1.4-3 (5.0)] DISCONNECT 0x8E to the existing connection.
         assert old.recv() == Disconnect(ReasonCode.SESSION_TAKEN_OVER)
     assert old.is_closed()  # [MQTT-3.1.4-2 (3.1.1)]
     new.send(Pingreq())
     assert new.recv() == Pingresp()
+
+
+@pytest.mark.parametrize("version", [V311, V5])
+def test_a_takeover_never_resumes_a_session_that_ended_with_its_connection(
+    broker: BrokerThread, version: int
+) -> None:
+    """[MQTT-3.1.2-6 (3.1.1)] a CleanSession=1 session's state is never reused; MQTT 5:
+    Session Expiry 0 ends the session with its connection (here: the one taken over)."""
+    old = Raw(broker.port(), version)
+    old.connect("same", clean_start=True)
+    _subscribe(old, ("t", 1))
+    props = Properties(session_expiry_interval=60) if version == V5 else Properties()
+    new = Raw(broker.port(), version)
+    assert not new.connect("same", clean_start=False, properties=props).session_present
+    _subscribe(new, ("sync", 0))
+    publisher = Raw(broker.port(), V5)
+    publisher.connect("publisher")
+    publisher.send(Publish("t", b"not yours", qos=0))
+    publisher.send(Publish("sync", b"now", qos=0))
+    assert new.recv() == Publish("sync", b"now")  # never the old session's "t"
+
+
+@pytest.mark.parametrize("takeover", [False, True], ids=["reconnect", "takeover"])
+def test_a_delayed_will_goes_when_a_clean_start_ends_its_session(
+    broker: BrokerThread, takeover: bool
+) -> None:
+    """[MQTT-3.1.2-8 (5.0)] the will goes when its delay passes or the session ends,
+    whichever is first; a Clean Start ends it (only a connection resuming the session
+    stops the will [MQTT-3.1.3-9])."""
+    watcher = Raw(broker.port(), V5)
+    watcher.connect("watcher")
+    _subscribe(watcher, ("w/#", 0))
+    will = Will("w/a", b"gone", 0, False, Properties(will_delay_interval=300))
+    first = Raw(broker.port(), V5)
+    first.connect(
+        "a", clean_start=True, will=will, properties=Properties(session_expiry_interval=600)
+    )
+    if not takeover:
+        first.close()  # the network drops: the will waits for its delay
+    second = Raw(broker.port(), V5)
+    second.connect("a", clean_start=True)
+    assert watcher.recv(timeout=WAIT) == Publish("w/a", b"gone")
 
 
 @pytest.mark.parametrize("version", [V311, V5])
@@ -423,3 +467,22 @@ def test_autosave_persists_without_shutdown(make_broker, tmp_path) -> None:  # t
         ]
 
     wait_until_blocking(saved)
+
+
+def test_without_a_store_ended_sessions_and_cleared_topics_leave_nothing_behind(
+    broker: BrokerThread,
+) -> None:
+    """Nothing persists them, so nothing records them (one id per client ever seen)."""
+    for i in range(50):
+        client = Raw(broker.port(), V311)
+        client.connect(f"client-{i}", clean_start=True)
+        client.send(Publish(f"r/{i}", b"x", retain=True))
+        client.send(Publish(f"r/{i}", b"", retain=True))
+        client.send(Disconnect())
+        assert client.is_closed()
+    mqtt = broker.broker
+    wait_until_blocking(
+        lambda: broker.call(lambda: not mqtt._sessions and not len(mqtt.retained)),
+        what="every session ended and every retained message cleared",
+    )
+    assert broker.call(lambda: (len(mqtt._deleted_sessions), len(mqtt.retained.deleted))) == (0, 0)
