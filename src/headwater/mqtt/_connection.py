@@ -11,6 +11,7 @@ over the connection's :class:`~headwater.mqtt.session.Session`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -54,7 +55,7 @@ from headwater.mqtt.packets import (
     encode_publish,
 )
 from headwater.mqtt.reasons import DISCONNECT_REASON_CODES, PUBACK_REASON_CODES
-from headwater.mqtt.session import Delivery, Session
+from headwater.mqtt.session import Delivery, Outgoing, Session
 
 V311 = ProtocolVersion.MQTT311
 V5 = ProtocolVersion.MQTT5
@@ -122,6 +123,10 @@ class Connection:
         self._alias_in: dict[int, str] = {}
         #: QoS 1/2 PUBLISHes we may have in flight (the peer's Receive Maximum).
         self.send_quota = 65535
+        #: Packet ids of a resumed session's in-flight PUBLISHes not resent on this
+        #: connection yet, in their original order: the send quota was used up.
+        #: They go out first (``pump``), before anything queued, as acks free it.
+        self._unsent: deque[int] = deque()
         #: QoS 1/2 PUBLISHes handed out and not yet acknowledged, and the QoS 2
         #: identifiers among them (a resend meanwhile is not handed out twice).
         self._unacked_in = 0
@@ -435,6 +440,7 @@ class Connection:
         assert session is not None
         if (
             session.queue
+            or self._unsent
             or len(session.inflight) >= self.send_quota
             or self._machine.state is not State.CONNECTED
         ):
@@ -457,16 +463,38 @@ class Connection:
         self.counters.messages_sent += 1
         self._out.append(packet)
 
-    def pump(self, now: float, allowed: Callable[[str], bool] | None = None) -> None:
-        """Move queued deliveries into flight while the peer's Receive Maximum allows.
+    @property
+    def waiting(self) -> bool:
+        """Whether messages wait for the send quota: queued, or in flight since a
+        previous connection and not resent yet (``pump`` sends them when it frees)."""
+        session = self.session
+        return bool(self._unsent or (session is not None and session.queue))
 
-        ``allowed(topic)`` may veto a queued message (an ACL that changed since).
+    def pump(self, now: float, allowed: Callable[[str], bool] | None = None) -> None:
+        """Move waiting messages into flight while the peer's Receive Maximum allows:
+        first the resumed session's PUBLISHes not resent yet, then the queue.
+
+        ``allowed(topic)`` may veto a message (an ACL that changed since).
         """
         session = self.session
-        if session is None or not session.queue or not self.connected:
+        if session is None or not self.connected:
             return
+        inflight = session.inflight
         quota = self.send_quota
-        while len(session.inflight) < quota:
+        if self._unsent:
+            # Meanwhile the peer may have acknowledged one it got on an earlier
+            # connection (PUBACK: gone; PUBREC: released, its PUBREL went out).
+            unsent = self._unsent = deque(
+                pid for pid in self._unsent if (o := inflight.get(pid)) and not o.released
+            )
+            # [MQTT-3.3.4-9 (5.0)] in flight: all but those not resent yet.
+            while unsent and len(inflight) - len(unsent) < quota:
+                self._resend(inflight[unsent.popleft()], now, allowed)
+            if unsent:
+                return  # [MQTT-4.6.0-6] nothing queued overtakes them
+        if not session.queue:
+            return
+        while len(inflight) < quota:
             delivery = session.pop_queued(now)
             if delivery is None:
                 break
@@ -475,23 +503,42 @@ class Connection:
 
     def resend_inflight(self, now: float, allowed: Callable[[str], bool] | None = None) -> None:
         """[MQTT-4.4.0-1] on a resumed session, resend unacknowledged PUBLISH (DUP=1)
-        and PUBREL with their original packet ids, in the original order."""
+        and PUBREL with their original packet ids, in the original order.
+
+        Every PUBREL goes out now. PUBLISHes only while the send quota of this
+        connection allows [MQTT-3.3.4-9 (5.0)] (a released QoS 2 flow holds its
+        place in it until its PUBCOMP, as it does on the connection that sent
+        it); the rest wait, in order, until acks free the quota (``pump``).
+        """
         session = self.session
         assert session is not None
+        unsent = self._unsent
+        unsent.clear()
+        quota = self.send_quota
+        outstanding = sum(out.released for out in session.inflight.values())
         for out in list(session.inflight.values()):
-            pid = out.packet_id
             if out.released:
-                self._out.append(write_ack_ok(PUBREL_FIRST, pid))
-                continue
-            d = out.delivery
-            if allowed is not None and not allowed(d.message.topic):
-                session.drop_inflight(pid)
-                continue
-            # [MQTT-3.3.1-1] DUP=1 on a re-delivery.
-            packet = self.publish_bytes(
-                PublishParts(d.message, now), d.qos, d.retain, d.subscription_ids, pid, dup=True
-            )
-            if packet is None:
-                session.drop_inflight(pid)
+                self._out.append(write_ack_ok(PUBREL_FIRST, out.packet_id))
+            elif outstanding < quota:
+                outstanding += self._resend(out, now, allowed)
             else:
-                self._out.append(packet)
+                unsent.append(out.packet_id)
+
+    def _resend(self, out: Outgoing, now: float, allowed: Callable[[str], bool] | None) -> bool:
+        """Resend one unacknowledged PUBLISH; ``False`` if it was dropped instead."""
+        session = self.session
+        assert session is not None
+        pid = out.packet_id
+        d = out.delivery
+        if allowed is not None and not allowed(d.message.topic):
+            session.drop_inflight(pid)
+            return False
+        # [MQTT-3.3.1-1] DUP=1 on a re-delivery.
+        packet = self.publish_bytes(
+            PublishParts(d.message, now), d.qos, d.retain, d.subscription_ids, pid, dup=True
+        )
+        if packet is None:
+            session.drop_inflight(pid)
+            return False
+        self._out.append(packet)
+        return True

@@ -532,9 +532,8 @@ class ClientHandler:
     # -- outbound -----------------------------------------------------------------------------
 
     def _on_flow_ended(self, packet: Puback | Pubcomp | Pubrec) -> None:
-        """One of our QoS 1/2 flows ended: room for what the session queued."""
-        session = self.session
-        if session is not None and session.queue:
+        """One of our QoS 1/2 flows ended: room for what waits for the send quota."""
+        if self.conn.waiting:
             self.pump()
 
     def may_read(self, topic: str) -> bool:
@@ -591,9 +590,8 @@ class ClientHandler:
             self.loop.call_soon(self.flush)
 
     def pump(self) -> None:
-        """Move queued messages into flight while the send quota allows."""
-        session = self.session
-        if session is None or not session.queue or self.closing:
+        """Move waiting messages into flight while the send quota allows."""
+        if self.closing or not self.conn.waiting:
             return
         self.conn.pump(time.time(), self.may_read)
         self.wake()

@@ -88,15 +88,34 @@ class StreamLink:
 
 
 class WebSocketLink:
-    """MQTT over WebSocket (MQTT 5.0 §6 / 3.1.1 §6): binary frames only."""
+    """MQTT over WebSocket (MQTT 5.0 §6 / 3.1.1 §6): binary frames only.
 
-    __slots__ = ("_closed", "_drained", "_pending", "_size", "_wake", "_ws", "peer")
+    ``write`` collects bytes; :meth:`pump` (a task beside the connection) sends
+    them, one frame per batch, and does the close handshake once closed.
+    ``transport`` is the socket under the WebSocket: :meth:`close` aborts it
+    when a peer that stopped reading keeps a send waiting, as
+    :meth:`StreamLink.close` does.
+    """
 
-    def __init__(self, ws: Any, peer: str) -> None:
+    __slots__ = (
+        "_closed",
+        "_drained",
+        "_pending",
+        "_sending",
+        "_size",
+        "_transport",
+        "_wake",
+        "_ws",
+        "peer",
+    )
+
+    def __init__(self, ws: Any, peer: str, transport: asyncio.Transport | None = None) -> None:
         self._ws = ws
         self.peer = peer
+        self._transport = transport
         self._pending: list[bytes] = []
         self._size = 0
+        self._sending = False
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -130,29 +149,61 @@ class WebSocketLink:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+        transport = self._transport
+        # A peer that stopped reading keeps ``pump`` waiting in ``send_bytes`` (and
+        # the close handshake behind it) forever, and with it this connection:
+        # abort instead, as StreamLink does (the bytes would never arrive anyway).
+        # Bytes only written here, not yet sent, still go out before the close.
+        if transport is not None and (self._sending or transport.get_write_buffer_size()):
+            transport.abort()
 
     async def pump(self) -> None:
-        """Send what was written, one frame per batch, until closed."""
+        """Send what was written, one frame per batch, until closed; then close."""
         ws = self._ws
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self._pending:
-                    data = b"".join(self._pending)
-                    self._pending.clear()
-                    # [MQTT-6.0.0-2] a frame may hold several (or part of a) packets.
-                    await ws.send_bytes(data)
-                    self._size -= len(data)
-                if not self._pending:
-                    self._drained.set()
-                if self._closed:
-                    return
+                if not self._closed:
+                    await self._send()
+                    continue
+                # The last bytes (a DISCONNECT, say): a peer that stops reading
+                # just now holds them no longer than a close handshake may take.
+                async with asyncio.timeout(WS_CLOSE_TIMEOUT):
+                    await self._send()
+                return
+        except TimeoutError:
+            self._abort()
         except (ConnectionError, RuntimeError):
-            self._closed = True
+            pass
         finally:
+            self._closed = True
             self._drained.set()
-            await ws.close()
+            try:
+                # aiohttp bounds the wait for the peer's close frame (WS_CLOSE_TIMEOUT),
+                # not its own write of ours before that: bound the whole handshake.
+                async with asyncio.timeout(2 * WS_CLOSE_TIMEOUT):
+                    await ws.close()
+            except TimeoutError:
+                self._abort()
+
+    async def _send(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._sending = True
+            try:
+                # [MQTT-6.0.0-2] a frame may hold several (or part of a) packets.
+                await self._ws.send_bytes(data)
+            finally:
+                self._sending = False
+            self._size -= len(data)
+        if not self._pending:
+            self._drained.set()
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCertificate | None:
@@ -233,7 +284,7 @@ async def _listen_websocket(
             return ws
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
-        link = WebSocketLink(ws, request.remote or "?")
+        link = WebSocketLink(ws, request.remote or "?", transport)
         certificate = peer_certificate(ssl_object)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(link.pump())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import socket
+import struct
 
 import pytest
 
@@ -24,6 +27,7 @@ from headwater.mqtt.packets import (
     Suback,
     Subscribe,
     SubscriptionOptions,
+    Will,
     encode,
 )
 from tests.helpers import wait_until
@@ -248,4 +252,89 @@ async def test_slow_subscriber_does_not_stall_others() -> None:
             assert conn.link.buffered() <= 256 * 1024 + 2 * 1024 * 1024
         for client in (stuck0, stuck1, fast, pub):
             client.writer.transport.abort()
+            await client.close()
+
+
+class StuckClient:
+    """A client that connects (over TCP or WebSocket), subscribes, then never reads.
+
+    Its receive buffer is made small, so the broker's writes to it soon stall.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, websocket: bool) -> None:
+        self.writer = writer
+        self.websocket = websocket
+
+    @classmethod
+    async def connect(cls, port: int, websocket: bool) -> StuckClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        if websocket:
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                f"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n".encode()
+            )
+            answer = await reader.readuntil(b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 101"), answer
+        return cls(writer, websocket)
+
+    def send(self, packet: Packet) -> None:
+        data = encode(packet, V311)
+        if self.websocket:
+            # [RFC 6455 5.3] a client masks every frame; one binary frame per packet.
+            mask = os.urandom(4)
+            size = len(data)
+            header = b"\x82" + (
+                bytes([0x80 | size])
+                if size < 126
+                else bytes([0x80 | 126]) + struct.pack(">H", size)
+            )
+            data = header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.writer.write(data)
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+@pytest.mark.parametrize("websocket", [False, True], ids=["tcp", "websocket"])
+@pytest.mark.parametrize("closed_by", ["keepalive", "disconnect"])
+async def test_a_client_that_stops_reading_is_closed(websocket: bool, closed_by: str) -> None:
+    # A client whose socket never drains is closed like any other (keepalive
+    # timeout, broker.disconnect): its will is published and it is gone, instead
+    # of a connection and its task stuck behind a write forever.
+    config = BrokerConfig(
+        listeners=(Listener(port=0), Listener(port=0, websocket=True, path="/mqtt"))
+    )
+    async with MqttBroker(config) as broker:
+        watch, _ = await Client.connect(broker.port(0), "watch", V311)
+        watch.send(Subscribe(1, (("will/#", SubscriptionOptions(qos=0)),)))
+        assert isinstance(await watch.recv(), Suback)
+        stuck = await StuckClient.connect(broker.port(1 if websocket else 0), websocket)
+        keep_alive = 1 if closed_by == "keepalive" else 0
+        stuck.send(Connect(client_id="stuck", keep_alive=keep_alive, will=Will("will/stuck", b"x")))
+        stuck.send(Subscribe(1, (("big", SubscriptionOptions(qos=0)),)))
+        await wait_until(lambda: broker.online("stuck") is not None, what="stuck connected")
+        pub, _ = await Client.connect(broker.port(0), "pub", V311)
+        # Publish until the broker drops messages for it: its writes have stalled.
+        while not broker.stats.dropped_slow_consumer:
+            for _ in range(20):
+                pub.send(Publish("big", b"x" * 60_000, 0))
+            await pub.writer.drain()
+            await asyncio.sleep(0)
+        if closed_by == "disconnect":
+            assert broker.disconnect(client_id="stuck") == 1
+        will = await watch.recv(20)
+        assert isinstance(will, Publish) and will.topic == "will/stuck"
+        await wait_until(
+            lambda: not any(c.client_id == "stuck" for c in broker._connections),
+            what="the stuck connection gone",
+        )
+        assert "stuck" not in broker.connected_clients
+        stuck.close()
+        for client in (watch, pub):
             await client.close()

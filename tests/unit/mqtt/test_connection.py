@@ -471,6 +471,113 @@ def test_resend_inflight_on_a_resumed_session() -> None:
     assert resent[1] == Pubrel(p2.packet_id)  # type: ignore[union-attr]  # released: PUBREL only
 
 
+def _unacked_on_a_resumed_session(
+    version: ProtocolVersion, qos: tuple[int, ...], **connect: Any
+) -> tuple[Session, list[Publish]]:
+    """A session whose first connection left one PUBLISH per ``qos`` unacknowledged."""
+    session = Session("c")
+    first = connected(version, session=session, **connect)
+    for i, q in enumerate(qos):
+        first.deliver(*_delivery(payload=b"%d" % i, qos=q))
+    published = sent(first, version)
+    assert len(published) == len(qos)
+    first.close()
+    return session, published  # type: ignore[return-value]
+
+
+def test_resend_inflight_keeps_to_the_new_receive_maximum() -> None:
+    # [MQTT-3.3.4-9 (5.0)] no more unacknowledged PUBLISHes than the Receive Maximum
+    # of the new connection: the rest are resent, in order, as acks free the quota.
+    session, first = _unacked_on_a_resumed_session(
+        V5, (1, 1, 1, 1, 1), properties=Properties(receive_maximum=10)
+    )
+    second = connected(V5, session=session, properties=Properties(receive_maximum=2))
+    second.resend_inflight(0.0)
+    resent = sent(second, V5)
+    assert [(p.packet_id, p.dup) for p in resent] == [(p.packet_id, True) for p in first[:2]]  # type: ignore[union-attr]
+    second.deliver(*_delivery(payload=b"new"))  # queued behind the resends
+    second.pump(0.0)
+    assert sent(second, V5) == []
+    outstanding, later = resent, []
+    for _ in range(4):  # each ack frees one slot, for the next in line
+        feed(second, wire(V5, Puback(outstanding[0].packet_id)), False)  # type: ignore[union-attr]
+        second.pump(0.0)
+        [publish] = sent(second, V5)
+        outstanding = [*outstanding[1:], publish]
+        later.append(publish)
+    assert (
+        [(p.packet_id, p.dup, p.payload) for p in later]
+        == [  # type: ignore[union-attr]
+            *((p.packet_id, True, p.payload) for p in first[2:]),
+            (later[3].packet_id, False, b"new"),  # type: ignore[union-attr]
+        ]
+    )
+    for p in outstanding:
+        feed(second, wire(V5, Puback(p.packet_id)), False)  # type: ignore[union-attr]
+    assert not session.inflight and not session.queue
+
+
+def test_resend_inflight_sends_every_pubrel_and_counts_them() -> None:
+    # A released QoS 2 flow holds its place in the quota until its PUBCOMP; its
+    # PUBREL is resent whatever the quota [MQTT-4.4.0-1].
+    session, first = _unacked_on_a_resumed_session(V5, (2, 2, 1))
+    conn = connected(V5, session=session)
+    for p in first[:2]:
+        feed(conn, wire(V5, Pubrec(p.packet_id)), False)  # type: ignore[arg-type]
+    conn.close()
+    second = connected(V5, session=session, properties=Properties(receive_maximum=2))
+    second.resend_inflight(0.0)
+    assert sent(second, V5) == [Pubrel(first[0].packet_id), Pubrel(first[1].packet_id)]  # type: ignore[arg-type]
+    feed(second, wire(V5, Pubcomp(first[0].packet_id)), False)  # type: ignore[arg-type]
+    second.pump(0.0)
+    [publish] = sent(second, V5)
+    assert isinstance(publish, Publish)
+    assert (publish.packet_id, publish.dup) == (first[2].packet_id, True)
+
+
+def test_a_message_not_resent_yet_may_be_acknowledged_or_vetoed() -> None:
+    session, first = _unacked_on_a_resumed_session(V5, (1, 1, 1, 2))
+    second = connected(V5, session=session, properties=Properties(receive_maximum=1))
+    second.resend_inflight(0.0, allowed=lambda topic: True)
+    [p1] = sent(second, V5)
+    # The ack the first connection lost, for one not resent yet: that flow ends.
+    feed(second, wire(V5, Puback(first[1].packet_id)), False)  # type: ignore[arg-type]
+    # And the PUBREC it lost: released, so PUBREL, never the PUBLISH again.
+    feed(second, wire(V5, Pubrec(first[3].packet_id)), False)  # type: ignore[arg-type]
+    assert sent(second, V5) == [Pubrel(first[3].packet_id)]  # type: ignore[arg-type]
+    feed(second, wire(V5, Pubcomp(first[3].packet_id)), False)  # type: ignore[arg-type]
+    second.pump(0.0)
+    assert sent(second, V5) == []  # p1 still holds the only slot
+    feed(second, wire(V5, Puback(p1.packet_id)), False)  # type: ignore[union-attr]
+    second.pump(0.0)
+    [p3] = sent(second, V5)
+    assert (p3.packet_id, p3.dup) == (first[2].packet_id, True)  # type: ignore[union-attr]
+    assert list(session.inflight) == [first[2].packet_id]
+
+
+def test_resend_inflight_vetoed_when_its_turn_comes() -> None:
+    session, _ = _unacked_on_a_resumed_session(V5, (1, 1, 1))
+    second = connected(V5, session=session, properties=Properties(receive_maximum=1))
+    second.resend_inflight(0.0)
+    [p1] = sent(second, V5)
+    feed(second, wire(V5, Puback(p1.packet_id)), False)  # type: ignore[union-attr]
+    second.pump(0.0, allowed=lambda topic: False)  # the ACL changed meanwhile
+    assert sent(second, V5) == []
+    assert not session.inflight
+
+
+def test_resend_inflight_in_311_keeps_to_the_brokers_inflight_limit() -> None:
+    session, first = _unacked_on_a_resumed_session(V311, (1, 1, 1))
+    second = connected(V311, ServerLimits(max_inflight=2), session=session)
+    second.resend_inflight(0.0)
+    resent = sent(second, V311)
+    assert [p.packet_id for p in resent] == [p.packet_id for p in first[:2]]  # type: ignore[union-attr]
+    feed(second, wire(V311, Puback(first[0].packet_id)), False)  # type: ignore[arg-type]
+    second.pump(0.0)
+    [p3] = sent(second, V311)
+    assert (p3.packet_id, p3.dup) == (first[2].packet_id, True)  # type: ignore[union-attr]
+
+
 # -- the client side ----------------------------------------------------------------------
 
 
