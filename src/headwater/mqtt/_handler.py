@@ -375,6 +375,15 @@ class ClientHandler:
             # the Reason Code of 0x99 (Payload format invalid)".
             broker.stats.payload_format_invalid += 1
             self._refuse(ReasonCode.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+        if v5 and will is not None:
+            # [MQTT-3.2.2-12 (5.0)] a Will QoS above what the server supports, and
+            # [MQTT-3.2.2-13 (5.0)] a Will Retain where retained messages are not
+            # available, reject the connection (0x9B / 0x9A); 3.1.1 has no such codes
+            # (its will is sent at the Maximum QoS, not retained).
+            if will.qos > config.maximum_qos:
+                self._refuse(ReasonCode.QOS_NOT_SUPPORTED, f"will QoS {will.qos}")
+            if will.retain and not config.retain_available:
+                self._refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain")
         if len(broker._online) >= config.max_connections and client_id not in broker._online:
             self._refuse(ReasonCode.SERVER_BUSY, "connection limit reached")
         if self.closing:

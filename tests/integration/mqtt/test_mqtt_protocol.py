@@ -486,3 +486,24 @@ def test_without_a_store_ended_sessions_and_cleared_topics_leave_nothing_behind(
         what="every session ended and every retained message cleared",
     )
     assert broker.call(lambda: (len(mqtt._deleted_sessions), len(mqtt.retained.deleted))) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "will", "code"),
+    [
+        ({"maximum_qos": 1}, Will("w/q", b"x", 2), ReasonCode.QOS_NOT_SUPPORTED),
+        ({"retain_available": False}, Will("w/r", b"x", 0, True), ReasonCode.RETAIN_NOT_SUPPORTED),
+    ],
+    ids=["will-qos", "will-retain"],
+)
+def test_a_will_the_server_cannot_honour_refuses_the_connection(
+    make_broker,  # type: ignore[no-untyped-def]
+    settings: dict[str, object],
+    will: Will,
+    code: ReasonCode,
+) -> None:
+    """[MQTT-3.2.2-12/13 (5.0)]: refused with 0x9B / 0x9A, not quietly downgraded."""
+    broker = make_broker(BrokerConfig(listeners=(Listener(port=0),), **settings))
+    client = Raw(broker.port(), V5)
+    assert client.connect("c", will=will).reason_code == code
+    assert client.is_closed()
