@@ -561,7 +561,14 @@ def timestamp(now: float) -> str:
 def _device_time(value: Any) -> str:
     """A device time: epoch seconds (number) or an RFC 3339 string (validated by the event)."""
     if type(value) in (int, float):
-        return timestamp(float(value))
+        try:
+            return timestamp(float(value))
+        except (ValueError, OverflowError, OSError) as exc:
+            # Milliseconds or nanoseconds since the epoch (Go's UnixNano), NaN, inf:
+            # datetime refuses them with one of three exceptions, by size.
+            raise InvalidEvent(
+                "time", f"the device time {value!r} is not a time in epoch seconds ({exc})"
+            ) from exc
     if type(value) is str:
         return value
     raise InvalidEvent("time", f"the device time {value!r} is not a number or a string")

@@ -355,3 +355,12 @@ def test_a_message_that_fails_to_map_leaves_no_record() -> None:
             mapping, "t", b'{"ts": "noon"}', 1, False, None, (), "c", "l", 4, "i", NOW, records
         )
     assert records == []  # the next event's record stays in line with it
+
+
+@pytest.mark.parametrize("ts", ["1.7e12", "1.7e18", "1e20", "-1e20"])
+def test_a_device_time_no_datetime_can_hold_is_an_invalid_event(ts: str) -> None:
+    """Milliseconds or nanoseconds since the epoch (Go's UnixNano) are no epoch seconds:
+    datetime refuses them with ValueError, OSError or OverflowError by size, and each
+    is the device's invalid event (PUBACK 0x99), never an error of the source."""
+    with pytest.raises(InvalidEvent, match="time"):
+        event(Mapping.compile(time="ts"), "s/d1/temp", f'{{"ts": {ts}}}'.encode())
