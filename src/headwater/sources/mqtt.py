@@ -203,7 +203,9 @@ class MqttSourceRunner:
             print_ = 0
             if pid is not None:
                 print_ = fingerprint(packet.topic, packet.payload)
-                if packet.dup and redeliveries.was_appended(_SESSION, pid, print_):
+                if not packet.dup:
+                    redeliveries.reused(_SESSION, pid)
+                elif redeliveries.was_appended(_SESSION, pid, print_):
                     stats.duplicates_suppressed += 1
                     redeliveries.suppressed += 1
                     continue

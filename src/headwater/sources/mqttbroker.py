@@ -358,7 +358,9 @@ class MqttBrokerSource:
                 continue
             if packet_id is not None:
                 print_ = fingerprint(message.topic, payload)
-                if dup and await self.redeliveries.is_resend(sender, packet_id, print_):
+                if not dup:
+                    self.redeliveries.reused(sender, packet_id)
+                elif await self.redeliveries.is_resend(sender, packet_id, print_):
                     stats.duplicates_suppressed += 1
                     continue  # [MQTT-4.3.2-2] acknowledged again, the event exists once
             try:

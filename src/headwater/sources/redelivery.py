@@ -79,6 +79,14 @@ class Redeliveries:
         """Record that ``sender``'s message ``packet_id`` is in the log."""
         self._record(sender, {packet_id: print_})
 
+    def reused(self, sender: str, packet_id: int) -> None:
+        """``sender`` sent a new message (DUP=0) under ``packet_id``: the one it had
+        before was acknowledged and is settled, so a resend of the new one must not
+        be matched against it (same topic and payload, say a door that opens twice)."""
+        ids = self._senders.get(sender)
+        if ids is not None:
+            ids.pop(packet_id, None)
+
     def was_appended(self, sender: str, packet_id: int, print_: int) -> bool:
         """True when this exact message (same id and fingerprint) was appended."""
         ids = self._senders.get(sender)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from headwater.sources.redelivery import Redeliveries, fingerprint
 
 
@@ -73,3 +75,51 @@ async def test_a_batch_is_recorded_at_its_end_and_wakes_waiting_resends() -> Non
     assert r.was_appended("dev", 5, 50) and r.was_appended("dev", 2, 20)
     assert not r.was_appended("dev", 4, 41)
     assert not r._flights  # nothing under way is remembered after its end
+
+
+def test_a_packet_id_used_again_for_a_new_message_forgets_the_old_one() -> None:
+    """A door that opens twice: the same topic and payload under a reused packet id.
+    The new message's resend (its append failed) is not the old one's."""
+    r = Redeliveries()
+    print_ = fingerprint("door/1", b"open")
+    r.appended("dev", 5, print_)
+    r.reused("dev", 5)  # the new message arrives (DUP=0) under id 5
+    assert not r.was_appended("dev", 5, print_)
+
+
+async def test_the_mqtt_source_appends_a_resent_new_message_under_a_reused_id() -> None:
+    from types import SimpleNamespace
+
+    from headwater.cloudevents import CloudEvent
+    from headwater.mqtt.client import ClientConfig, ConnectionLost
+    from headwater.mqtt.packets import Properties, ProtocolVersion, ReasonCode
+    from headwater.sources.mapping import Mapping
+    from headwater.sources.mqtt import MqttSourceRunner
+
+    class Message:
+        def __init__(self, pid: int, *, dup: bool = False) -> None:
+            self.topic, self.payload, self.packet_id, self.dup = "door/1", b"open", pid, dup
+            self.qos, self.retain, self.properties = 1, False, Properties()
+            self.acked: ReasonCode | None = None
+
+        async def ack(self, reason: ReasonCode = ReasonCode.SUCCESS) -> None:
+            self.acked = reason
+
+    log: list[CloudEvent] = []
+    failing = False
+
+    async def append(event: CloudEvent) -> None:
+        if failing:
+            raise OSError("the log is away")
+        log.append(event)
+
+    config = ClientConfig("127.0.0.1", 1883, "c", ProtocolVersion.MQTT5)
+    runner = MqttSourceRunner(config, [("#", 1)], Mapping.compile(), append)
+    client = SimpleNamespace(version=5)
+    await runner._append(client, [Message(5)])  # type: ignore[arg-type]
+    failing = True
+    with pytest.raises(ConnectionLost):
+        await runner._append(client, [Message(5)])  # type: ignore[arg-type]
+    failing = False
+    await runner._append(client, [Message(5, dup=True)])  # type: ignore[arg-type]
+    assert len(log) == 2 and runner.stats.duplicates_suppressed == 0
