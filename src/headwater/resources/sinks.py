@@ -173,10 +173,11 @@ class PrometheusSinkSpec(Model):
     @field_validator("metrics")
     @classmethod
     def _unique(cls, metrics: list[PrometheusMetric]) -> list[PrometheusMetric]:
-        names = [m.name for m in metrics]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"metric names must be unique: {duplicated}")
+        clashing = metricspec.clashing_names([m.name for m in metrics])
+        if clashing:
+            raise ValueError(
+                f"metric names must be unique, a counter's _total suffix set aside: {clashing}"
+            )
         return metrics
 
 

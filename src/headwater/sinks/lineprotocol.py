@@ -102,6 +102,10 @@ def escape_measurement(name: str) -> str:
     """Measurement names: "escape commas and spaces" (line protocol reference)."""
     if not name:
         raise LineProtocolError("the measurement name is empty")
+    if name.startswith("#"):
+        # A line that starts with # is a comment (line protocol reference), and no
+        # escape exists for it: InfluxDB would answer 204 and keep nothing.
+        raise LineProtocolError(f"measurement {name!r}: a line starting with # is a comment")
     _check(name, "measurement", _STRANDED_IN_MEASUREMENT)
     return name.translate(_MEASUREMENT_ESCAPES)
 

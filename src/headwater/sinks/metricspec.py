@@ -17,7 +17,7 @@ from typing import Final, Literal
 
 from headwater.sinks._values import compile_path
 
-__all__ = ["DEFAULT_MAX_SERIES", "DEFAULT_STALENESS", "MetricSpec"]
+__all__ = ["DEFAULT_MAX_SERIES", "DEFAULT_STALENESS", "MetricSpec", "clashing_names"]
 
 DEFAULT_STALENESS: Final = 300.0
 """Seconds without an update after which a series is dropped (Prometheus's own
@@ -56,3 +56,11 @@ class MetricSpec:
             raise ValueError(f"gauge {self.name} needs a `value` expression")
         if self.value is not None:
             compile_path(self.value)  # InvalidPath (a ValueError) says where
+
+
+def clashing_names(names: list[str]) -> list[str]:
+    """The metric names that would be exposed twice: a counter ``x`` is exposed as
+    ``x_total``, so ``x`` and ``x_total`` clash whatever their types (one ``# TYPE``
+    per name in the text format), as two of one name do."""
+    keys = [name.removesuffix("_total") for name in names]
+    return sorted({name for name, key in zip(names, keys, strict=True) if keys.count(key) > 1})

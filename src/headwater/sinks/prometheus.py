@@ -32,7 +32,12 @@ from headwater.cloudevents import CloudEvent
 from headwater.cloudevents._types import canonical_string
 from headwater.eventing.sink import DeliveryError
 from headwater.sinks._values import NOT_JSON, compile_path, json_data
-from headwater.sinks.metricspec import DEFAULT_MAX_SERIES, DEFAULT_STALENESS, MetricSpec
+from headwater.sinks.metricspec import (
+    DEFAULT_MAX_SERIES,
+    DEFAULT_STALENESS,
+    MetricSpec,
+    clashing_names,
+)
 
 __all__ = ["PrometheusSink"]
 
@@ -103,9 +108,11 @@ class PrometheusSink:
     ) -> None:
         if not metrics:
             raise ValueError("a PrometheusSink needs at least one metric")
-        names = [m.name for m in metrics]
-        if len(set(names)) != len(names):
-            raise ValueError(f"metric names must be unique: {names}")
+        clashing = clashing_names([m.name for m in metrics])
+        if clashing:
+            raise ValueError(
+                f"metric names must be unique, a counter's _total suffix set aside: {clashing}"
+            )
         if staleness <= 0 or max_series < 1:
             raise ValueError("staleness must be > 0 and max_series >= 1")
         self._metrics = [_Metric(spec) for spec in metrics]

@@ -55,8 +55,8 @@ def test_escaping_follows_the_line_protocol_reference(function, raw, escaped) ->
 
 @pytest.mark.parametrize(
     "text",
-    ["a\nb", "a\rb", "trailing\\", "", "a\\ b", "a\\,b", "a\\=b", 'a\\"b'],
-    ids=["newline", "cr", "trailing-backslash", "empty", "\\ ", "\\,", "\\=", '\\"'],
+    ["a\nb", "a\rb", "trailing\\", "", "a\\ b", "a\\,b", "a\\=b", 'a\\"b', "#temp"],
+    ids=["newline", "cr", "trailing-backslash", "empty", "\\ ", "\\,", "\\=", '\\"', "comment"],
 )
 def test_unwritable_measurements_are_refused(text: str) -> None:
     with pytest.raises(LineProtocolError):

@@ -140,3 +140,18 @@ def test_invalid_metric_specs_are_refused(spec: dict[str, object], message: str)
 def test_metric_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         PrometheusSink([TEMPERATURE, TEMPERATURE])
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("counter", "counter"), ("counter", "gauge"), ("gauge", "counter")],
+)
+def test_names_exposed_twice_are_refused(first: str, second: str) -> None:
+    """A counter ``events`` is exposed as ``events_total``: with a metric of that name
+    the exposition would hold one name twice (invalid, one ``# TYPE`` per name)."""
+    metrics = [
+        MetricSpec("events", type=first, value="v"),  # type: ignore[arg-type]
+        MetricSpec("events_total", type=second, value="v"),  # type: ignore[arg-type]
+    ]
+    with pytest.raises(ValueError, match=r"unique.*_total.*\['events', 'events_total'\]"):
+        PrometheusSink(metrics)
