@@ -189,7 +189,10 @@ async def start_replay(request: web.Request) -> web.Response:
         return error(400, str(exc).splitlines()[0] if str(exc) else "invalid request")
     except LookupError as exc:
         return error(400, str(exc))
-    job = await new_replay(runtime.log, stream, start_text, start, uri, max_failures=limit)
+    try:
+        job = await new_replay(runtime.log, stream, start_text, start, uri, max_failures=limit)
+    except LogError as exc:
+        return error(503, f"the event log cannot be read now: {exc}")
     runtime.replays.start(job, run_replay(runtime.log, job, start, sink))
     return json_response(job.status(), 202)
 
@@ -200,7 +203,10 @@ async def stream_info(request: web.Request) -> web.Response:
     stream = _broker_stream(runtime, namespace, name)
     if stream is None:
         return error(404, f"no running Broker {name!r} in namespace {namespace!r}")
-    info = await runtime.log.info(stream)
+    try:
+        info = await runtime.log.info(stream)
+    except LogError as exc:
+        return error(503, f"the event log cannot be read now: {exc}")
     return json_response(
         {
             "stream": info.name,

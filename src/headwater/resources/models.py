@@ -13,7 +13,7 @@ annotations (``headwater.dev/...``), keeping ``spec`` portable.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -304,6 +304,10 @@ class Trigger(Resource):
         return self
 
 
+MAX_OFFSET: Final = 2**63 - 1
+"""The largest offset a log can hold (SQLite's INTEGER, JetStream's sequences fit)."""
+
+
 def parse_start(text: str) -> tuple[str, str | int | None]:
     """Parse a replay start: ``earliest``, ``latest``, ``offset:N`` or ``time:RFC3339``."""
     from datetime import datetime
@@ -311,8 +315,11 @@ def parse_start(text: str) -> tuple[str, str | int | None]:
     if text in ("earliest", "latest"):
         return (text, None)
     kind, _, value = text.partition(":")
-    if kind == "offset" and value.isdigit():
-        return ("offset", int(value))
+    if kind == "offset" and value.isascii() and value.isdigit():
+        offset = int(value)
+        if offset > MAX_OFFSET:
+            raise ValueError(f"start {text!r}: an offset is at most {MAX_OFFSET}")
+        return ("offset", offset)
     if kind == "time":
         try:
             datetime.fromisoformat(value)

@@ -149,3 +149,37 @@ async def test_a_tail_filter_whose_attributes_exist_has_no_warning(mesh: Mesh) -
     )
     assert len([line for line in lines if line.startswith(b"data: {")]) == 13
     assert b"event: warning\n" not in lines
+
+
+@pytest.mark.parametrize("start", ["offset:100000000000000000000", "offset:\u00b2"])
+async def test_a_start_no_log_can_hold_is_a_400(mesh: Mesh, start: str) -> None:
+    """Refused before the stream opens (an offset past SQLite's INTEGER broke the tail
+    after its 200, and a replay job after its 202)."""
+    await mesh.apply(BROKER)
+    tail = await mesh.client.get("/api/v1/brokers/default/default/events", params={"start": start})
+    assert tail.status == 400, await tail.text()
+    replay = await mesh.client.post(
+        "/api/v1/replays",
+        json={"broker": "default", "start": start, "destination": {"uri": "http://127.0.0.1:9/"}},
+    )
+    assert replay.status == 400, await replay.text()
+
+
+async def test_a_log_that_cannot_be_read_is_a_503(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headwater.log import LogUnavailable
+
+    await mesh.apply(BROKER)
+
+    async def away(*args: object, **kwargs: object) -> None:
+        raise LogUnavailable("NATS is away")
+
+    monkeypatch.setattr(mesh.runtime.log, "info", away)
+    stream = await mesh.client.get("/api/v1/brokers/default/default/stream")
+    assert stream.status == 503 and "NATS is away" in (await stream.json())["error"]
+    replay = await mesh.client.post(
+        "/api/v1/replays",
+        json={"broker": "default", "destination": {"uri": "http://127.0.0.1:9/"}},
+    )
+    assert replay.status == 503, await replay.text()
