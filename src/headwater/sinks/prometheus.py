@@ -130,7 +130,10 @@ class PrometheusSink:
         now = self._clock()
         data = json_data(event)
         attributes = event.attributes
-        used = False
+        # Every metric's change is checked before any is made: an event refused for one
+        # metric (a counter going down, a series over the cap) changes none, so its
+        # dead letter, re-driven, counts once.
+        changes: list[tuple[_Metric, tuple[str, ...], float]] = []
         for metric in self._metrics:
             spec = metric.spec
             if spec.event_type is not None and event.type != spec.event_type:
@@ -149,8 +152,7 @@ class PrometheusSink:
                         None, False, reason=f"counter {spec.name} cannot go down by {-amount}"
                     )
             key = tuple(_label_value(attributes.get(name)) for name in metric.attributes)
-            series = metric.series.get(key)
-            if series is None:
+            if key not in metric.series:
                 if len(metric.series) >= self.max_series:
                     metric.forget_stale(now - self.staleness)
                 if len(metric.series) >= self.max_series:
@@ -160,15 +162,17 @@ class PrometheusSink:
                         reason=f"metric {spec.name} already has {self.max_series} series; "
                         f"refusing labels {dict(zip(metric.label_names, key, strict=True))}",
                     )
-                metric.series[key] = _Series(0.0 if metric.counter else amount, now)
-                series = metric.series[key]
+            changes.append((metric, key, amount))
+        for metric, key, amount in changes:
+            series = metric.series.get(key)
+            if series is None:
+                series = metric.series[key] = _Series(0.0 if metric.counter else amount, now)
             if metric.counter:
                 series.value += amount
             else:
                 series.value = amount
             series.seen = now
-            used = True
-        if not used:
+        if not changes:
             self.unused += 1
         return None
 

@@ -155,3 +155,16 @@ def test_names_exposed_twice_are_refused(first: str, second: str) -> None:
     ]
     with pytest.raises(ValueError, match=r"unique.*_total.*\['events', 'events_total'\]"):
         PrometheusSink(metrics)
+
+
+async def test_an_event_one_metric_refuses_changes_no_metric() -> None:
+    """Its dead letter, re-driven, must count once: nothing was counted the first time."""
+    sink = PrometheusSink([EVENTS, RAIN])
+    with pytest.raises(DeliveryError, match="cannot go down"):
+        await sink.deliver(reading("s1", {"rain": -2}))
+    assert samples(sink) == {}
+    await sink.deliver(reading("s1", {"rain": 2}))
+    assert samples(sink) == {
+        ("greenhouse_events_total", (("device", "s1"),)): 1.0,
+        ("rain_mm_total", (("device", "s1"),)): 2.0,
+    }
