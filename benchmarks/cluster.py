@@ -74,6 +74,13 @@ more processes and partly smaller batches (each node's pulls, acks and
 appends carry fewer events). Counting the three NATS servers' CPU too, the
 mesh makes 0.31x-0.45x of SQLite's events per CPU second.
 
+Two runs at the end of that day, after the JetStream reader stopped building
+nats-py's message metadata per event: one node 4,949 and 5,270 msgs/s against
+SQLite fsync 13,159 and 11,346 (0.38x, 0.46x: the mesh got faster, SQLite on a
+quieter host more so); three nodes 5,706 and 5,799 in all; per-node capacity
+by CPU 0.55x/0.67x (1 node), 0.50x/0.57x (2), 0.48x/0.56x (3); cross-node MQTT
+1.57x and 1.89x nats-server's.
+
 Where the time goes, in the mesh against SQLite: a node spends about 0.06 s
 more per 1,000 events, most of it nats-py's per-message work (each event is a
 JetStream publish and its PubAck, a pull and an ack of the Trigger's
