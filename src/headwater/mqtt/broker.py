@@ -491,19 +491,15 @@ class MqttBroker:
         if handle is not None:
             handle.cancel()
         session = self._sessions.get(cid)
-        if session is not None and not clean_start and session.owner not in (None, owner):
-            self.stats.sessions_reset_owner += 1
-            logger.warning(
-                "client id %r connected as %s: the session of %s is discarded, not resumed",
-                cid,
-                owner,
-                session.owner,
-            )
-            self._drop_session(session)
-            session = None
-        if session is not None and (
-            clean_start or session.expiry_interval == 0 or session.is_expired(now)
-        ):
+        if session is not None and ends:
+            if not clean_start and session.owner not in (None, owner):
+                self.stats.sessions_reset_owner += 1
+                logger.warning(
+                    "client id %r connected as %s: the session of %s is discarded, not resumed",
+                    cid,
+                    owner,
+                    session.owner,
+                )
             # Clean start discards any existing session [MQTT-3.1.2-6 (3.1.1) / 3.1.2-4 (5.0)],
             # and one of Session Expiry 0 ended with its connection (taken over just now):
             # its state is never reused [MQTT-3.1.2-6 (3.1.1)], Session Present 0.

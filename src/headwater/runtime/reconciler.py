@@ -233,27 +233,19 @@ class Reconciler:
                 started.add(key)
                 result.created.append(key)
                 continue
-            parent = _parent(item.resource)
+            # A member of a fan-out started anew joins that one, changed or not.
+            restart = _parent(item.resource) in started
             if entry.loaded.resource == item.resource:
-                entry.loaded = item
                 result.unchanged.append(key)
-                failed = entry.component is None and key in retried
-                if failed or (parent is not None and parent in started):
-                    await self._stop(key)
-                    await self._start(entry)
-                    started.add(key)
-                continue
-            entry.loaded = item
-            if await self._update(key, entry, item.resource):
-                if parent is not None and parent in started:
-                    await self._stop(key)
-                    await self._start(entry)
-                    started.add(key)
+                restart = restart or (entry.component is None and key in retried)
             else:
+                result.updated.append(key)
+                restart = restart or not await self._update(key, entry, item.resource)
+            entry.loaded = item
+            if restart:
                 await self._stop(key)
                 await self._start(entry)
                 started.add(key)
-            result.updated.append(key)
         return result
 
     async def _update(self, key: Key, entry: Entry, resource: Resource) -> bool:
