@@ -123,7 +123,6 @@ async def test_a_command_made_on_one_node_is_sent_by_the_node_its_device_is_on(
     assert (n1.commands.pending_count(), n2.commands.pending_count()) == (0, 0)
     # One node finished it: one `answered` event in the mesh.
     assert ([c.id for c in n1.finished], [c.id for c in n2.finished]) == ([], [made.id])
-    await asyncio.sleep(0.05)
     assert device.got == [made.id]  # sent once
 
 
@@ -237,8 +236,10 @@ async def test_a_late_record_of_a_send_on_the_previous_connection_sends_nothing_
     entry = await bucket.get(made.key)
     assert entry is not None
     stale = Command.load(made.key, entry.value)
-    await bucket.put(made.key, replace(stale, connection="n1-gone", attempts=1).stored())
-    await asyncio.sleep(0.05)  # the watchers apply it
+    revision = await bucket.put(made.key, replace(stale, connection="n1-gone", attempts=1).stored())
+    await wait_until(
+        lambda: n2.commands._revisions.get(made.key, 0) >= revision, what="n2's watcher saw it"
+    )
     assert await n2.commands.deliver("default", "d1") == 0
     assert device.got == [made.id]
     # The store has n2's send again once n2 writes it; an answer on n2 finishes it.
