@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from headwater.cluster.mqtt.session import read_doc
+from headwater.cluster.mqtt.session import MeshSession, read_doc
 from headwater.cluster.mqtt.sessions import PULL_LOST_AFTER, MeshSessions
 from headwater.mqtt.session import Subscription
 from headwater.state import Bucket
@@ -105,6 +105,17 @@ def _subscriptions(count: int) -> dict[str, Subscription]:
     return {f"t/{i}": Subscription(f"t/{i}", 1, match_filter=f"t/{i}") for i in range(count)}
 
 
+async def _subscribed(sessions: MeshSessions, filters: int) -> MeshSession:
+    """Client c1 connected with a persistent session, subscribed to ``filters`` QoS 1
+    filters (their consumers made, as before its SUBACK)."""
+    await sessions.claim("c1", False, "u", None)
+    session = sessions.new_session("c1")
+    session.expiry_interval = 3600
+    session.subscriptions = _subscriptions(filters)
+    await sessions.subscriptions_changed("c1")
+    return session
+
+
 async def test_a_reconnection_during_the_hand_off_keeps_its_claim_and_its_will() -> None:
     bucket = _SlowHandOff(await MemoryStore().bucket("sessions"))
     sessions, _ = await _sessions(bucket)
@@ -128,11 +139,7 @@ async def test_a_reconnection_during_the_hand_off_keeps_its_claim_and_its_will()
 async def test_a_clean_start_deletes_the_old_consumers_before_the_new_session_subscribes() -> None:
     bucket = await MemoryStore().bucket("sessions")
     sessions, js = await _sessions(bucket)
-    await sessions.claim("c1", False, "u", None)
-    old = sessions.new_session("c1")
-    old.expiry_interval = 3600
-    old.subscriptions = _subscriptions(3)
-    await sessions.subscriptions_changed("c1")
+    old = await _subscribed(sessions, 3)
     assert len(js.consumers) == 3
 
     # MQTT 5 Clean Start 1 with a Session Expiry: the broker discards the old session
@@ -151,11 +158,7 @@ async def test_a_clean_start_deletes_the_old_consumers_before_the_new_session_su
 async def test_a_clean_start_leaves_nothing_of_the_old_session_in_the_document() -> None:
     bucket = await MemoryStore().bucket("sessions")
     sessions, js = await _sessions(bucket)
-    await sessions.claim("c1", False, "u", None)
-    old = sessions.new_session("c1")
-    old.expiry_interval = 3600
-    old.subscriptions = _subscriptions(2)
-    await sessions.subscriptions_changed("c1")
+    old = await _subscribed(sessions, 2)
     sessions.hand_off(old, None, None)
     await asyncio.gather(*sessions._writes)
 
@@ -185,11 +188,7 @@ async def test_a_pull_request_lost_in_a_nats_blip_is_asked_again() -> None:
     sessions, _ = await _sessions(bucket)
     sessions.broker = _Broker()  # type: ignore[assignment]
     nc = sessions.link.nc
-    await sessions.claim("c1", False, "u", None)
-    session = sessions.new_session("c1")
-    session.expiry_interval = 3600
-    session.subscriptions = _subscriptions(1)
-    await sessions.subscriptions_changed("c1")
+    session = await _subscribed(sessions, 1)
     await asyncio.gather(*sessions._writes)
 
     def requests() -> int:
