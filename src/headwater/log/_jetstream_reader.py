@@ -11,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -42,13 +46,38 @@ if TYPE_CHECKING:
 __all__ = ["JetStreamReader"]
 
 
+def _ended(requests: dict[str, _Request], reply: str) -> bool:
+    return reply not in requests
+
+
+@dataclass(slots=True)
+class _Request:
+    """A pull request of a reader's: messages it may still bring, until when."""
+
+    owed: int
+    deadline: float  # loop time: its expiry plus PULL_SLACK
+    waits: bool  # a waiting request (``expires``), not ``no_wait``
+
+
 class JetStreamReader(ReaderBase):
     """Pull requests on a durable JetStream consumer (see :class:`headwater.log.Reader`).
 
-    Each reader has its own inbox subscription. ``next_batch`` first asks for
-    whatever is there (``no_wait``); only when nothing is, it leaves one
-    request for a single message open on the server until the timeout. Messages
-    that arrive after the reader stopped waiting are kept for the next call.
+    Each reader has its own inbox and each of its pull requests a reply subject
+    under it (``<inbox>.<n>``): a status names the request it ends, and a
+    message answers the oldest open one (the server serves requests in the
+    order they came), so the reader knows how many messages each still owes. ``next_batch(max)``
+    hands out what has arrived; when nothing has, it first asks for whatever
+    is there (``no_wait``: its answer also orders after everything the consumer
+    sent before), then leaves a request for one message open on the server
+    until the timeout. Whenever it hands entries out it tops the messages
+    asked for (arrived plus still owed) up to ``max`` with a ``no_wait``
+    request it does not wait for: the next batch is on its way while this one
+    is delivered (a busy consumer's reader seldom waits a round trip), and the
+    request ends at once on the server, so a closed reader leaves no request
+    behind to swallow messages. A request that neither finished nor expired by
+    its own deadline plus :data:`PULL_SLACK` (its status lost in a NATS blip)
+    no longer counts. Messages that arrive after the reader stopped waiting are
+    kept for the next call; those that arrive after it closed are naked.
     """
 
     def __init__(self, log: JetStreamLog, stream: str, consumer: str, start: Start) -> None:
@@ -60,8 +89,9 @@ class JetStreamReader(ReaderBase):
         self._keeper: asyncio.Task[None] | None = None
         self._base = 0
         self._arrived: collections.deque[Any] = collections.deque()  # not yet handed out
-        self._answered = asyncio.Event()  # the open pull request got its answer
-        self._wanted = 0
+        self._answered = asyncio.Event()  # a message arrived or a request ended
+        self._requests: dict[str, _Request] = {}  # open pull requests by reply subject
+        self._numbers = itertools.count(1)
         self._skipped: list[Any] = []
         self._held: dict[int, Any] = {}  # offset -> message handed out, not yet acked
         self._delivered = 0
@@ -76,7 +106,7 @@ class JetStreamReader(ReaderBase):
         nc = self._log._nc
         self._inbox = nc.new_inbox()
         try:
-            self._inbox_sub = await nc.subscribe(self._inbox, cb=self._arrive)
+            self._inbox_sub = await nc.subscribe(self._inbox + ".*", cb=self._arrive)
         except NATS_ERRORS as exc:
             raise translate(exc, self._stream) from exc
         self._keeper = asyncio.create_task(self._keep_held(), name="headwater-log-keep-held")
@@ -86,30 +116,74 @@ class JetStreamReader(ReaderBase):
         headers = message.headers
         status = headers.get("Status") if headers else None
         if status is None:
-            self._arrived.append(message)
-            if len(self._arrived) >= self._wanted:
-                self._answered.set()
+            if self._closed:  # owed to a closed reader: back to the consumer at once
+                with contextlib.suppress(*NATS_ERRORS):
+                    await message.nak()
+            else:
+                self._arrived.append(message)
+            # A delivered message keeps its stream subject: the server fills
+            # its waiting requests in the order they came, so it answers the
+            # oldest open one.
+            requests = self._requests
+            if requests:
+                reply = next(iter(requests))
+                request = requests[reply]
+                request.owed -= 1
+                if request.owed <= 0:
+                    del requests[reply]
+            self._answered.set()
         elif status != "100":  # 100 is an idle heartbeat; the rest end the request
+            self._requests.pop(message.subject, None)
             self._answered.set()
 
-    async def _pull(self, batch: int, wait: float | None) -> None:
-        """Ask for up to ``batch`` messages: what is there now (``wait=None``), or the
-        next ones within ``wait`` seconds; return when answered (or at the expiry)."""
-        request: dict[str, object] = {"batch": batch}
+    def _asking(self) -> str | None:
+        """The reply subject of an open ``no_wait`` request, if there is one."""
+        self._owed()  # forgets those past their deadline
+        for reply, request in self._requests.items():
+            if not request.waits:
+                return reply
+        return None
+
+    def _owed(self) -> int:
+        """Messages the open pull requests may still bring (past-deadline ones forgotten)."""
+        now = asyncio.get_running_loop().time()
+        owed = 0
+        for reply, request in list(self._requests.items()):
+            if request.deadline <= now:
+                del self._requests[reply]
+            else:
+                owed += request.owed
+        return owed
+
+    async def _request(self, batch: int, wait: float | None) -> str:
+        """Ask for up to ``batch`` messages: what is there now (``wait=None``), or
+        those that come within ``wait`` seconds. Returns the request's reply subject."""
+        body: dict[str, object] = {"batch": batch}
         if wait is None:
-            request["no_wait"] = True
+            body["no_wait"] = True
         else:
-            request["expires"] = int(wait * 1e9)
-        self._answered.clear()
-        self._wanted = len(self._arrived) + batch
-        nc = self._log._nc
+            body["expires"] = int(wait * 1e9)
+        reply = f"{self._inbox}.{next(self._numbers)}"
+        deadline = asyncio.get_running_loop().time() + (wait or 0) + PULL_SLACK
+        self._requests[reply] = _Request(batch, deadline, waits=wait is not None)
         try:
-            await nc.publish(self._pull_subject, orjson.dumps(request), reply=self._inbox)
-            limit = (wait or 0) + PULL_SLACK
-            with contextlib.suppress(TimeoutError):
-                await self._log._until_lost(asyncio.wait_for(self._answered.wait(), limit))
+            await self._log._nc.publish(self._pull_subject, orjson.dumps(body), reply=reply)
         except NATS_ERRORS as exc:
+            self._requests.pop(reply, None)
             raise translate(exc, self._stream) from exc
+        return reply
+
+    async def _until(self, ready: Callable[[], bool], limit: float) -> None:
+        """Wait until ``ready()``, at most ``limit`` seconds (LogUnavailable if the
+        connection drops meanwhile)."""
+
+        async def answered() -> None:
+            while not ready():
+                self._answered.clear()
+                await self._answered.wait()
+
+        with contextlib.suppress(TimeoutError):
+            await self._log._until_lost(asyncio.wait_for(answered(), limit))
 
     async def _keep_held(self) -> None:
         """Tell JetStream, every third of ``ack_wait``, that held entries are still being
@@ -136,18 +210,26 @@ class JetStreamReader(ReaderBase):
         while True:
             await self._log._context()  # LogUnavailable at once while NATS is away
             if not self._arrived:
-                await self._pull(max, None)
+                # What is there now: an open no_wait request (the last batch's
+                # top-up) or a new one; its end orders after all sent before it.
+                asked = self._asking() or await self._request(max, None)
+                await self._until(functools.partial(_ended, self._requests, asked), PULL_SLACK)
             if not self._arrived:
                 wait = FETCH_CHUNK if deadline is None else deadline - loop.time()
                 if wait > 0:
-                    await self._pull(
-                        1, min(FETCH_CHUNK, wait if wait > MIN_FETCH_WAIT else MIN_FETCH_WAIT)
-                    )
+                    if not self._owed():
+                        await self._request(
+                            1, min(FETCH_CHUNK, wait if wait > MIN_FETCH_WAIT else MIN_FETCH_WAIT)
+                        )
+                    await self._until(lambda: bool(self._arrived) or not self._owed(), wait)
             self._check_open()
             entries = self._entries(max)
             if self._skipped:
                 await self._ack_skipped()
             if entries:
+                wanted = max - len(self._arrived) - self._owed()
+                if wanted > 0:  # the next batch comes while this one is delivered
+                    await self._request(wanted, None)
                 return entries
             if deadline is not None and loop.time() >= deadline:
                 return []
@@ -218,5 +300,20 @@ class JetStreamReader(ReaderBase):
             for message in arrived:
                 await message.nak()
             if sub is not None:
-                await sub.unsubscribe()
+                if self._owed():
+                    # Requests still open on the server would deliver to an inbox
+                    # nobody reads (redelivered only after ack_wait): the inbox
+                    # stays, naking, until they end.
+                    self._log._background(self._linger(sub), "headwater-log-reader-linger")
+                else:
+                    await sub.unsubscribe()
             await self._log._flush()
+
+    async def _linger(self, sub: Any) -> None:
+        """Nak what the open requests of a closed reader still bring, then unsubscribe."""
+        try:
+            with contextlib.suppress(LogError):
+                await self._until(lambda: not self._owed(), FETCH_CHUNK + PULL_SLACK)
+        finally:
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import itertools
 import weakref
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -180,6 +180,7 @@ class JetStreamLog(EventLogBase):
         self._ack_tokens = itertools.count()
         self._max_sizes: dict[str, int] = {}
         self._readers: weakref.WeakSet[JetStreamReader] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[None]] = set()  # readers' work after their close
         self._closed = False
 
     # -- names ---------------------------------------------------------------------
@@ -498,12 +499,22 @@ class JetStreamLog(EventLogBase):
             with contextlib.suppress(LogError):
                 await reader.close()
         self._closed = True
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         nc, self._nc = self._nc, None
         if nc is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()
 
     # -- for readers ----------------------------------------------------------------------
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` of a closed reader's; cancelled when the log closes."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _consumer_config(self, consumer: str, start: Start, base: int) -> Any:
         config = api.ConsumerConfig(

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -228,6 +229,79 @@ async def test_held_entries_stay_with_their_reader_beyond_ack_wait(
         holder._keeper.cancel()  # as if its process had died: no more progress
         [(again, _)] = await other.next_batch(1, timeout=5)
         assert again == offset  # redelivered to the other reader after ack_wait
+
+
+async def _ack_pending(url: str, log: JetStreamLog, consumer: str) -> int:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(log.stream_name(STREAM), nats_token(consumer))
+    finally:
+        await nc.close()
+    return int(info.num_ack_pending)
+
+
+async def test_the_next_batch_is_on_its_way_while_one_is_handled(nats_server: NatsServer) -> None:
+    async with JetStreamLog(nats_server.url) as log:
+        await log.create_stream(STREAM)
+        await log.append(STREAM, [event(i) for i in range(30)])
+        reader = log.reader(STREAM, "c")
+        first = await reader.next_batch(10)
+        assert [o for o, _ in first] == list(range(1, 11))
+
+        async def delivered_ahead() -> bool:  # 10 handed out, 10 more sent unasked
+            return await _ack_pending(nats_server.url, log, "c") == 20
+
+        await wait_until(delivered_ahead, what="the next batch delivered before it is asked")
+        second = await reader.next_batch(10, timeout=0)
+        assert [o for o, _ in second] == list(range(11, 21))
+        await reader.close()
+
+
+async def test_a_pull_answer_lost_in_transit_costs_one_call(nats_server: NatsServer) -> None:
+    async with JetStreamLog(nats_server.url) as log:
+        await log.create_stream(STREAM)
+        reader = log.reader(STREAM, "c")
+        assert await reader.next_batch(1) == []  # opens the consumer and the inbox
+        arrive = reader._arrive
+        lost: list[object] = []
+
+        async def lose_one_status(message: Any) -> None:
+            if message.headers and not lost:
+                lost.append(message)  # the "no messages" answer of the next request
+                return
+            await arrive(message)
+
+        reader._arrive = lose_one_status  # type: ignore[method-assign]
+        reader._inbox_sub._cb = lose_one_status
+        assert await reader.next_batch(1) == []  # waited for the answer, in vain
+        assert lost
+        await log.append(STREAM, [event(1)])
+        # The request that was never answered is forgotten: a new one finds the entry.
+        assert [o for o, _ in await reader.next_batch(1)] == [1]
+        await reader.close()
+
+
+async def test_what_a_closed_reader_asked_for_goes_to_the_next_at_once(
+    nats_server: NatsServer,
+) -> None:
+    # ack_wait far beyond the wait below: an entry sent to the closed reader's
+    # inbox and left there would come back only after it.
+    async with JetStreamLog(nats_server.url, ack_wait=600.0) as log:
+        await log.create_stream(STREAM)
+        await log.append(STREAM, [event(i) for i in range(30)])
+        first = log.reader(STREAM, "c")
+        assert len(await first.next_batch(10)) == 10
+        await first.close()  # its top-up request answered meanwhile, or soon after
+        second = log.reader(STREAM, "c")
+        offsets: list[int] = []
+        while len(set(offsets)) < 30:
+            batch = await second.next_batch(30, timeout=WAIT)
+            assert batch, f"entries missing after the first reader closed: {sorted(offsets)}"
+            offsets += [o for o, _ in batch]
+        assert sorted(set(offsets)) == list(range(1, 31))
+        await second.close()
 
 
 async def test_info_lists_every_consumer_past_one_page(nats_server: NatsServer) -> None:
