@@ -27,6 +27,7 @@ RANKS: dict[str, int] = {
     "headwater.backoff": 0,
     "headwater.durations": 0,
     "headwater.logs": 0,
+    "headwater.natsclient": 0,  # nats-py only
     "headwater.http_guard": 1,  # logs
     # sans-IO protocol code
     "headwater.cloudevents": 2,

@@ -26,6 +26,8 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from headwater import natsclient
+
 __all__ = [
     "CONNECT_TIMEOUT",
     "ClusterError",
@@ -169,7 +171,7 @@ async def connect(options: NatsOptions, name: str, **extra: Any) -> Any:
 
     kwargs = {**options.connect_options(), **extra}
     connecting = asyncio.ensure_future(
-        nats.connect(
+        natsclient.connect(
             list(options.servers),
             name=name,
             allow_reconnect=True,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import orjson
 
+from headwater import natsclient
 from headwater.log._codec import CorruptRecord, decode
 from headwater.log._jetstream_nats import (
     FETCH_CHUNK,
@@ -44,6 +45,11 @@ if TYPE_CHECKING:
     from headwater.log.jetstream import JetStreamLog
 
 __all__ = ["JetStreamReader"]
+
+
+async def _nak(message: Any) -> None:
+    with contextlib.suppress(*NATS_ERRORS):
+        await message.nak()
 
 
 def _ended(requests: dict[str, _Request], reply: str) -> bool:
@@ -106,19 +112,18 @@ class JetStreamReader(ReaderBase):
         nc = self._log._nc
         self._inbox = nc.new_inbox()
         try:
-            self._inbox_sub = await nc.subscribe(self._inbox + ".*", cb=self._arrive)
+            self._inbox_sub = await natsclient.subscribe(nc, self._inbox + ".*", self._arrive)
         except NATS_ERRORS as exc:
             raise translate(exc, self._stream) from exc
         self._keeper = asyncio.create_task(self._keep_held(), name="headwater-log-keep-held")
 
-    async def _arrive(self, message: Any) -> None:
-        """The inbox callback: a message of ours, or the status that ends a request."""
+    def _arrive(self, message: Any) -> None:
+        """The inbox's handler: a message of ours, or the status that ends a request."""
         headers = message.headers
         status = headers.get("Status") if headers else None
         if status is None:
             if self._closed:  # owed to a closed reader: back to the consumer at once
-                with contextlib.suppress(*NATS_ERRORS):
-                    await message.nak()
+                self._log._background(_nak(message), "headwater-log-nak")
             else:
                 self._arrived.append(message)
             # A delivered message keeps its stream subject: the server fills

@@ -50,6 +50,7 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
+from headwater import natsclient
 from headwater.cloudevents import CloudEvent
 from headwater.log._codec import records_of
 from headwater.log._jetstream_nats import (
@@ -227,7 +228,7 @@ class JetStreamLog(EventLogBase):
             return None  # connection problems surface as LogUnavailable on the next call
 
         try:
-            nc = await nats.connect(
+            nc = await natsclient.connect(
                 self._servers,
                 connect_timeout=self._connect_timeout,
                 allow_reconnect=True,
@@ -245,14 +246,14 @@ class JetStreamLog(EventLogBase):
         nc.options["max_reconnect_attempts"] = -1  # connected once: reconnect forever
         self._ack_prefix = nc.new_inbox() + "."
         try:
-            await nc.subscribe(self._ack_prefix + "*", cb=self._on_puback)
+            await natsclient.subscribe(nc, self._ack_prefix + "*", self._on_puback)
         except NATS_ERRORS as exc:
             await nc.close()
             raise LogUnavailable(f"cannot subscribe at NATS: {exc}") from exc
         self._nc = nc
         self._js = nc.jetstream(timeout=self.request_timeout)
 
-    async def _on_puback(self, message: Any) -> None:
+    def _on_puback(self, message: Any) -> None:
         """A PubAck (or the refusal) for one published record: resolve its future."""
         future = self._acks.pop(message.subject, None)
         if future is None or future.done():

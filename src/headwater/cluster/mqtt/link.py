@@ -42,6 +42,7 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
+from headwater import natsclient
 from headwater.mqtt.router import RoutingUnavailable
 from headwater.mqtt.session import Message
 from headwater.state import Bucket, StateStore
@@ -86,7 +87,7 @@ class PubAcks:
 
     async def open(self, nc: Any) -> None:
         self._prefix = nc.new_inbox() + "."
-        self._sub = await nc.subscribe(self._prefix + "*", cb=self._arrived)
+        self._sub = await natsclient.subscribe(nc, self._prefix + "*", self._arrived)
 
     def expect(self) -> tuple[str, asyncio.Future[int]]:
         reply = f"{self._prefix}{next(self._tokens)}"
@@ -105,7 +106,7 @@ class PubAcks:
             if not future.done():
                 future.set_exception(MeshUnavailable(why))
 
-    async def _arrived(self, message: Any) -> None:
+    def _arrived(self, message: Any) -> None:
         future = self._futures.pop(message.subject, None)
         if future is None or future.done():
             return
