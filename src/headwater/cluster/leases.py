@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import orjson
 
+from headwater.runtime.capabilities import Removable
 from headwater.state import Bucket, RevisionMismatch, StateError
 
 __all__ = ["LEASES_BUCKET", "LEASE_TTL", "SAFE_SHARE", "Lease", "LeasedComponent"]
@@ -224,6 +225,13 @@ class LeasedComponent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.lease.release()
+
+    async def removed(self) -> None:
+        """Its resource was deleted (after :meth:`stop`): what the inner component keeps
+        goes too (an ordered Trigger's cursor), on every node, whichever ran it last
+        (the inner one's clean-up is idempotent)."""
+        if isinstance(self.inner, Removable):
+            await self.inner.removed()
 
     async def update(self, resource: Any) -> bool:
         return False  # recreate: the new component competes for the lease again
