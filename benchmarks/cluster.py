@@ -81,6 +81,20 @@ quieter host more so); three nodes 5,706 and 5,799 in all; per-node capacity
 by CPU 0.55x/0.67x (1 node), 0.50x/0.57x (2), 0.48x/0.56x (3); cross-node MQTT
 1.57x and 1.89x nats-server's.
 
+Later that evening (7 December 2026, after the JetStream reader began asking
+for its next batch while handing one out, and PubAcks and pulled messages
+went from nats-py's read loop straight to their handlers, headwater.natsclient):
+two full runs gave one node 4,059 and 3,621 msgs/s against SQLite fsync 7,289
+and 9,257 (0.56x, 0.39x); three nodes 3,824 and 4,778 in all; per-node
+capacity by CPU 0.79x/0.60x (1 node), 0.63x (2), 0.60x (3) in the first;
+cross-node MQTT 1.97x and 1.91x nats-server's. Five runs of the mesh and
+sqlite scenarios alone (30,000 messages, one node) gave 0.60x, 0.51x, 0.55x,
+0.54x and 0.45x (the node's main process 0.52x-0.67x of SQLite's events per
+CPU second); the day's code before these changes, in two runs between them,
+0.44x and 0.45x. The host's speed drifts by a third within minutes here
+(SQLite alone went from 8,656 to 6,279 in four runs), which is as much as
+the ratio's spread.
+
 Where the time goes, in the mesh against SQLite: a node spends about 0.06 s
 more per 1,000 events, most of it nats-py's per-message work (each event is a
 JetStream publish and its PubAck, a pull and an ack of the Trigger's
