@@ -234,7 +234,11 @@ class Reconciler:
                 result.created.append(key)
                 continue
             # A member of a fan-out started anew joins that one, changed or not.
-            restart = _parent(item.resource) in started
+            parent = _parent(item.resource)
+            restart = parent in started
+            # One moved to another Broker or Channel leaves the old one's cursor behind
+            # (Knative makes spec.broker immutable; here a move is a recreate).
+            moved = _parent(entry.loaded.resource) != parent
             if entry.loaded.resource == item.resource:
                 result.unchanged.append(key)
                 restart = restart or (entry.component is None and key in retried)
@@ -243,7 +247,7 @@ class Reconciler:
                 restart = restart or not await self._update(key, entry, item.resource)
             entry.loaded = item
             if restart:
-                await self._stop(key)
+                await self._stop(key, removed=moved)
                 await self._start(entry)
                 started.add(key)
         return result
@@ -295,7 +299,8 @@ class Reconciler:
         return (-rank, key)
 
     async def _stop(self, key: Key, *, removed: bool = False) -> None:
-        """Stop a component; ``removed``: its resource was deleted, and a
+        """Stop a component; ``removed``: its resource was deleted (or a Trigger or
+        Subscription moved to another Broker or Channel), and a
         :class:`~headwater.runtime.capabilities.Removable` component (one that
         keeps something, as a Device its registry entry) is told, unlike at
         shutdown."""

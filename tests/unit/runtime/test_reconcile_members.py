@@ -129,3 +129,28 @@ async def test_a_broker_whose_update_failed_is_made_again_and_so_are_its_trigger
         await receiver.wait_for(1)
     finally:
         await runtime.close()
+
+
+async def test_a_trigger_moved_to_another_broker_leaves_no_cursor_behind(
+    receiver: Receiver,
+) -> None:
+    runtime = Runtime()
+    other = broker("PT1H").replace("name: default", "name: other")
+    try:
+        await runtime.apply_text(
+            broker("PT1H") + "---\n" + other + "---\n" + trigger("t", receiver.url), "b.yaml"
+        )
+        old = runtime.broker("default", "default")
+        await old.accept([event("on-default")])
+        await receiver.wait_for(1)
+        moved = trigger("t", receiver.url).replace("broker: default", "broker: other")
+        result = await runtime.apply_text(
+            broker("PT1H") + "---\n" + other + "---\n" + moved, "b.yaml"
+        )
+        assert result.updated == [("Trigger", "default", "t")]
+        assert (await runtime.log.info(old.stream)).consumers == ()  # the old cursor went
+        await runtime.broker("default", "other").accept([event("on-other")])
+        await receiver.wait_for(2)
+        assert ids(receiver) == ["on-default", "on-other"]
+    finally:
+        await runtime.close()
