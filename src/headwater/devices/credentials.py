@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from headwater.devices.model import Credential, InvalidDevice
+from headwater.logs import Throttle
 from headwater.mqtt.auth import AuthError, check_hash, hash_password, verify_password
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_uncheckable = Throttle(log)
+"""Stored hashes that cannot be checked: a line a minute per hash, with a count."""
 
 SECRET_BYTES: Final = 16
 """128 bits: what the issue (and NIST SP 800-63B for a generated secret) asks for."""
@@ -156,7 +160,11 @@ def verify_chosen_password(password: bytes, stored: str) -> bool:
     try:
         return verify_password(password, stored)
     except ValueError as exc:  # AuthError (malformed) or OpenSSL's (memory limit exceeded)
-        log.warning("a stored device password hash cannot be checked (%s): refused", exc)
+        # A device retrying its CONNECT would write this line each time: once a
+        # minute per stored hash, with a count.
+        _uncheckable.warning(
+            stored, "a stored device password hash cannot be checked (%s): refused", exc
+        )
         return False
 
 

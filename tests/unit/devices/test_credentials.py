@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from headwater.devices import InvalidDevice
@@ -50,3 +52,15 @@ def test_a_stored_hash_scrypt_refuses_is_a_refusal_not_an_error() -> None:
     """A hash stored before it was checked this way (or by an older node): no way in."""
     assert verify_chosen_password(b"anything", TOO_BIG) is False
     assert verify_chosen_password(b"anything", "plain") is False
+
+
+def test_a_device_retrying_with_an_uncheckable_hash_is_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stored before hashes were read; a salt of its own: the throttle is per hash.
+    stored = f"$scrypt$n=16384,r=8,p=1$not base64 {secrets.token_hex(4)}$a2V5"
+    with caplog.at_level("WARNING", logger="headwater.devices.credentials"):
+        for _ in range(20):  # a device retrying its CONNECT
+            assert verify_chosen_password(b"anything", stored) is False
+    lines = [r for r in caplog.records if "cannot be checked" in r.getMessage()]
+    assert len(lines) == 1
