@@ -239,7 +239,10 @@ def test_registered_devices_presence_twin_and_a_command(
             lambda: page.find_element(By.CSS_SELECTOR, card).get_attribute("data-online") == "true",
             what="valve-1 online",
         )
-        offline = page.find_element(By.CSS_SELECTOR, '.card[data-device="valve-2"]').text
+        offline = until(
+            lambda: page.find_element(By.CSS_SELECTOR, '.card[data-device="valve-2"]').text,
+            what="valve-2's card",
+        )
         assert "offline" in offline and "never" in offline
         # The filter: by label, and by state.
         page.find_element(By.ID, "device-filter").send_keys("site=south")
@@ -268,14 +271,16 @@ def test_registered_devices_presence_twin_and_a_command(
         box = page.find_element(By.ID, "command-data")
         box.send_keys('{"open": true}')
         page.find_element(By.ID, "command-send").click()
-        until(
-            lambda: page.find_elements(
-                By.CSS_SELECTOR, '#device-commands tr[data-status="answered"]'
+        # Read in the same look: the table re-renders as the command's state changes.
+        answered = until(
+            lambda: (
+                page.find_element(
+                    By.CSS_SELECTOR, '#device-commands tr[data-status="answered"]'
+                ).text
             ),
             what="the command answered",
         )
-        row = page.find_element(By.CSS_SELECTOR, '#device-commands tr[data-status="answered"]')
-        assert '{"ok":true}' in row.text.replace(" ", "")
+        assert '{"ok":true}' in answered.replace(" ", "")
     finally:
         device.disconnect()
         device.loop_stop()
