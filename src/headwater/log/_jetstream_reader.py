@@ -141,24 +141,21 @@ class JetStreamReader(ReaderBase):
             self._requests.pop(message.subject, None)
             self._answered.set()
 
+    def _open_requests(self) -> dict[str, _Request]:
+        """The pull requests still open, those past their deadline forgotten."""
+        now = asyncio.get_running_loop().time()
+        requests = self._requests
+        for reply in [r for r, request in requests.items() if request.deadline <= now]:
+            del requests[reply]
+        return requests
+
     def _asking(self) -> str | None:
         """The reply subject of an open ``no_wait`` request, if there is one."""
-        self._owed()  # forgets those past their deadline
-        for reply, request in self._requests.items():
-            if not request.waits:
-                return reply
-        return None
+        return next((r for r, q in self._open_requests().items() if not q.waits), None)
 
     def _owed(self) -> int:
-        """Messages the open pull requests may still bring (past-deadline ones forgotten)."""
-        now = asyncio.get_running_loop().time()
-        owed = 0
-        for reply, request in list(self._requests.items()):
-            if request.deadline <= now:
-                del self._requests[reply]
-            else:
-                owed += request.owed
-        return owed
+        """Messages the open pull requests may still bring."""
+        return sum(request.owed for request in self._open_requests().values())
 
     async def _request(self, batch: int, wait: float | None) -> str:
         """Ask for up to ``batch`` messages: what is there now (``wait=None``), or
